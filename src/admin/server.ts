@@ -1,0 +1,211 @@
+// The admin HTTP API: auth, strict body parsing, routes to the controller,
+// and the one place that renders errors. It never touches a snapshot.
+
+import { timingSafeEqual, createHash } from 'node:crypto'
+import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import { isColor, type Color } from '../config/schema.js'
+import { parseOrigin } from '../config/values.js'
+import type { Controller } from '../control/controller.js'
+import { SwitchyardError, toSwitchyardError } from '../errors.js'
+
+const MAX_BODY = 1024 * 1024
+
+type Body = Record<string, unknown>
+
+export interface AdminOptions {
+  token: string
+}
+
+/** Compares in constant time (hashing first makes the lengths equal too). */
+function tokenMatches (header: string | undefined, token: string): boolean {
+  if (header === undefined || !header.startsWith('Bearer ')) return false
+  const a = createHash('sha256').update(header.slice(7)).digest()
+  const b = createHash('sha256').update(token).digest()
+  return timingSafeEqual(a, b)
+}
+
+async function readJson (req: IncomingMessage): Promise<Body> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length
+    if (size > MAX_BODY) throw new SwitchyardError('payload_too_large', `request body over ${MAX_BODY} bytes`)
+    chunks.push(chunk as Buffer)
+  }
+  if (size === 0) return {}
+  const type = req.headers['content-type'] ?? ''
+  if (type !== '' && !type.startsWith('application/json')) throw new SwitchyardError('unsupported_media_type', `content-type must be application/json, got ${type}`)
+  let value: unknown
+  try {
+    value = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch (err) {
+    throw new SwitchyardError('bad_request', `body is not valid JSON: ${(err as Error).message}`)
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new SwitchyardError('bad_request', 'body must be a JSON object')
+  return value as Body
+}
+
+/** Field checks: each names the field and what it should be. */
+const field = {
+  only (body: Body, allowed: readonly string[]): void {
+    for (const key of Object.keys(body)) {
+      if (!allowed.includes(key)) throw new SwitchyardError('bad_request', `unknown field "${key}" (allowed: ${allowed.join(', ')})`, { field: key })
+    }
+  },
+  bool (body: Body, key: string): boolean | undefined {
+    const v = body[key]
+    if (v === undefined) return undefined
+    if (typeof v !== 'boolean') throw new SwitchyardError('bad_request', `"${key}" must be true or false`, { field: key })
+    return v
+  },
+  text (body: Body, key: string, max = 1000): string | undefined {
+    const v = body[key]
+    if (v === undefined) return undefined
+    if (typeof v !== 'string' || v.length > max) throw new SwitchyardError('bad_request', `"${key}" must be a string of at most ${max} characters`, { field: key })
+    return v
+  },
+  color (body: Body, key: string): Color | undefined {
+    const v = body[key]
+    if (v === undefined) return undefined
+    if (!isColor(v)) throw new SwitchyardError('bad_request', `"${key}" must be "blue" or "green"`, { field: key })
+    return v
+  },
+  generation (body: Body): number | undefined {
+    const v = body.ifGeneration
+    if (v === undefined) return undefined
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new SwitchyardError('bad_request', '"ifGeneration" must be a non-negative integer', { field: 'ifGeneration' })
+    return v
+  },
+  services (body: Body): string[] | undefined {
+    const v = body.services
+    if (v === undefined) return undefined
+    if (!Array.isArray(v) || v.length === 0 || v.some((s) => typeof s !== 'string' || s === '')) {
+      throw new SwitchyardError('bad_request', '"services" must be a non-empty list of service names', { field: 'services' })
+    }
+    return v as string[]
+  },
+  targets (body: Body): string[] {
+    const v = body.targets
+    if (!Array.isArray(v)) throw new SwitchyardError('bad_request', '"targets" must be a list of URLs', { field: 'targets' })
+    const out: string[] = []
+    v.forEach((t: unknown, i: number) => {
+      const r = parseOrigin(t)
+      if ('error' in r) throw new SwitchyardError('bad_request', `targets[${i}]: ${r.error}`, { field: `targets[${i}]` })
+      if (out.includes(r.origin)) throw new SwitchyardError('bad_request', `targets[${i}]: duplicate target ${r.origin}`, { field: `targets[${i}]` })
+      out.push(r.origin)
+    })
+    return out
+  },
+}
+
+function send (res: ServerResponse, status: number, value: unknown): void {
+  const body = JSON.stringify(value) + '\n'
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' })
+  res.end(body)
+}
+
+function actorOf (req: IncomingMessage): string {
+  const h = req.headers['x-switchyard-actor']
+  return typeof h === 'string' && h !== '' ? h.slice(0, 100) : 'api'
+}
+
+const FLIP_FIELDS = ['to', 'services', 'force', 'reason', 'ifGeneration', 'guard'] as const
+
+export function createAdminServer (controller: Controller, opts: AdminOptions): http.Server {
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? '/', 'http://admin')
+    const path = url.pathname.replace(/\/+$/, '') || '/'
+    const method = req.method ?? 'GET'
+
+    if (path === '/healthz') return send(res, 200, { status: 'ok' })
+    if (path === '/readyz') return send(res, 200, { ready: true })
+
+    if (path.startsWith('/v1/') && opts.token !== '' && !tokenMatches(req.headers.authorization, opts.token)) {
+      res.setHeader('www-authenticate', 'Bearer realm="switchyard"')
+      throw new SwitchyardError('unauthorized')
+    }
+    const allow = (...methods: string[]): void => {
+      if (!methods.includes(method)) {
+        res.setHeader('allow', methods.join(', '))
+        throw new SwitchyardError('method_not_allowed', `${method} is not allowed on ${path} (use ${methods.join(', ')})`)
+      }
+    }
+
+    if (path === '/v1/state') {
+      allow('GET')
+      return send(res, 200, controller.describe())
+    }
+    if (path === '/v1/events') {
+      allow('GET')
+      const sinceText = url.searchParams.get('since')
+      let since: number | undefined
+      if (sinceText !== null) {
+        since = Number(sinceText)
+        if (!Number.isInteger(since) || since < 0) throw new SwitchyardError('bad_request', '"since" must be a non-negative integer event id', { field: 'since' })
+      }
+      return send(res, 200, { events: controller.events.list(since) })
+    }
+    if (path === '/v1/flip') {
+      allow('POST')
+      const body = await readJson(req)
+      field.only(body, FLIP_FIELDS)
+      return send(res, 200, await flip(body, req, field.services(body)))
+    }
+    if (path === '/v1/rollback') {
+      allow('POST')
+      const body = await readJson(req)
+      field.only(body, ['services', 'reason', 'ifGeneration'])
+      const result = await controller.rollback({ services: field.services(body), reason: field.text(body, 'reason'), ifGeneration: field.generation(body), actor: actorOf(req) })
+      return send(res, 200, { generation: result.generation, changes: result.changes })
+    }
+    const svcMatch = /^\/v1\/services\/([^/]+)(\/.*)?$/.exec(path)
+    if (svcMatch !== null) {
+      const name = decodeURIComponent(svcMatch[1])
+      const rest = svcMatch[2] ?? ''
+      if (rest === '/flip') {
+        allow('POST')
+        const body = await readJson(req)
+        field.only(body, FLIP_FIELDS.filter((f) => f !== 'services'))
+        return send(res, 200, await flip(body, req, [name]))
+      }
+      const tm = /^\/environments\/([^/]+)\/targets$/.exec(rest)
+      if (tm !== null) {
+        allow('PUT')
+        const color = decodeURIComponent(tm[1])
+        if (!isColor(color)) throw new SwitchyardError('not_found', `unknown color "${color}" (use blue or green)`, { field: 'color' })
+        const body = await readJson(req)
+        field.only(body, ['targets', 'force', 'reason', 'ifGeneration'])
+        const result = await controller.setTargets({
+          service: name, color, targets: field.targets(body), force: field.bool(body, 'force'),
+          reason: field.text(body, 'reason'), ifGeneration: field.generation(body), actor: actorOf(req),
+        })
+        return send(res, 200, { generation: result.generation, service: result.service, color: result.color, targets: result.targets })
+      }
+    }
+    throw new SwitchyardError('not_found', `no admin endpoint ${method} ${path}`)
+  }
+
+  async function flip (body: Body, req: IncomingMessage, services: string[] | undefined): Promise<unknown> {
+    const result = await controller.flip({
+      services,
+      to: field.color(body, 'to'),
+      force: field.bool(body, 'force'),
+      reason: field.text(body, 'reason'),
+      ifGeneration: field.generation(body),
+      guard: field.bool(body, 'guard'),
+      actor: actorOf(req),
+    })
+    return { generation: result.generation, changes: result.changes }
+  }
+
+  return http.createServer((req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      const e = toSwitchyardError(err)
+      if (res.headersSent) {
+        res.destroy()
+        return
+      }
+      send(res, e.status, e.toJSON())
+    })
+  })
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env node
+// Entry point of the `switchyard` command: argv and signals in, exit code out.
+
+import { run } from './commands.js'
+
+const stopSignal = new Promise<string>((resolve) => {
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(sig, () => {
+      resolve(sig)
+      // A second signal means "now".
+      process.once(sig, () => process.exit(130))
+    })
+  }
+})
+
+const code = await run(process.argv.slice(2), {
+  out: (text) => { process.stdout.write(text + '\n') },
+  err: (text) => { process.stderr.write(text + '\n') },
+  env: process.env,
+  stopSignal,
+})
+process.exitCode = code

@@ -1,0 +1,368 @@
+// Loads a config file: YAML, ${VAR} substitution in string values, strict
+// validation that reports every problem with its path, defaults filled from DEFAULTS.
+
+import { readFileSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
+import { parseDocument } from 'yaml'
+import {
+  COLORS, DEFAULTS, isColor,
+  type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig,
+  type HostPort, type ServiceConfig, type SmokeCheck, type Timeouts,
+} from './schema.js'
+import { isLoopback, parseDuration, parseHostPort, parseOrigin, substituteEnv } from './values.js'
+
+export interface ConfigProblem {
+  path: string
+  message: string
+}
+
+export class ConfigError extends Error {
+  readonly problems: ConfigProblem[]
+  constructor (problems: ConfigProblem[], source?: string) {
+    const lines = problems.map((p) => p.path === '' ? p.message : `${p.path}: ${p.message}`)
+    super(`invalid config${source === undefined ? '' : ` ${source}`}:\n  ${lines.join('\n  ')}`)
+    this.name = 'ConfigError'
+    this.problems = problems
+  }
+}
+
+type Obj = Record<string, unknown>
+
+/** Collects problems while walking the document; every check names its path. */
+class Checker {
+  readonly problems: ConfigProblem[] = []
+
+  fail (path: string, message: string): undefined {
+    this.problems.push({ path, message })
+    return undefined
+  }
+
+  /** A mapping whose keys must be among `keys` (null: any key, as for service names). */
+  object (value: unknown, path: string, keys: readonly string[] | null): Obj | undefined {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) return this.fail(path, 'must be a mapping')
+    if (keys === null) return value as Obj
+    for (const key of Object.keys(value)) {
+      if (!keys.includes(key)) this.fail(join(path, key), `unknown key (expected one of: ${keys.join(', ')})`)
+    }
+    return value as Obj
+  }
+
+  string (value: unknown, path: string): string | undefined {
+    if (typeof value !== 'string') return this.fail(path, 'must be a string')
+    return value
+  }
+
+  duration (value: unknown, path: string, fallback: number): number {
+    if (value === undefined) return fallback
+    const ms = typeof value === 'string' ? parseDuration(value) : undefined
+    if (ms === undefined) return this.fail(path, `not a duration (use 500ms, 2s, 1m): ${JSON.stringify(value)}`) ?? fallback
+    if (ms <= 0) return this.fail(path, 'must be greater than zero') ?? fallback
+    return ms
+  }
+
+  integer (value: unknown, path: string, fallback: number, min: number): number {
+    if (value === undefined) return fallback
+    const n = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
+    if (typeof n !== 'number' || !Number.isInteger(n)) return this.fail(path, 'must be an integer') ?? fallback
+    if (n < min) return this.fail(path, `must be at least ${min}`) ?? fallback
+    return n
+  }
+
+  ratio (value: unknown, path: string, fallback: number): number {
+    if (value === undefined) return fallback
+    const n = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
+    if (typeof n !== 'number' || !Number.isFinite(n) || n < 0 || n > 1) return this.fail(path, 'must be a number from 0 to 1') ?? fallback
+    return n
+  }
+
+  hostPort (value: unknown, path: string, fallback: string): HostPort {
+    const text = value ?? fallback
+    const hp = typeof text === 'string' ? parseHostPort(text) : undefined
+    return hp ?? this.fail(path, `not a host:port address: ${JSON.stringify(text)}`) ?? { host: '127.0.0.1', port: 0 }
+  }
+}
+
+function join (path: string, key: string | number): string {
+  if (typeof key === 'number') return `${path}[${key}]`
+  return path === '' ? key : `${path}.${key}`
+}
+
+const TOP_KEYS = ['listen', 'admin', 'state', 'defaults', 'services'] as const
+const SERVICE_SECTION_KEYS = ['timeouts', 'health', 'gate', 'guard', 'drain'] as const
+const SERVICE_KEYS = ['match', 'live', 'blue', 'green', 'preview', 'sticky', 'smoke', ...SERVICE_SECTION_KEYS] as const
+const SERVICE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+const COOKIE_NAME = HEADER_NAME
+
+/** Reads, substitutes, validates. Throws ConfigError listing every problem. */
+export function loadConfigFile (file: string, env: NodeJS.ProcessEnv = process.env): Config {
+  const abs = resolve(file)
+  let text: string
+  try {
+    text = readFileSync(abs, 'utf8')
+  } catch (err) {
+    throw new ConfigError([{ path: '', message: `cannot read ${abs}: ${(err as Error).message}` }])
+  }
+  return parseConfig(text, { file: abs, env })
+}
+
+/** Parses YAML text into a Config; `file` anchors relative paths. */
+export function parseConfig (text: string, opts: { file?: string, env?: NodeJS.ProcessEnv } = {}): Config {
+  const doc = parseDocument(text, { uniqueKeys: true })
+  if (doc.errors.length > 0) {
+    throw new ConfigError(doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })), opts.file)
+  }
+  const raw: unknown = doc.toJS() ?? {}
+  const missing = new Set<string>()
+  const substituted = substituteTree(raw, opts.env ?? process.env, missing)
+  const c = new Checker()
+  for (const name of missing) c.fail('', `environment variable ${name} is not set and has no default (use \${${name}:-default})`)
+  const config = validate(substituted, c, opts.file)
+  if (c.problems.length > 0) throw new ConfigError(c.problems, opts.file)
+  return config
+}
+
+function substituteTree (value: unknown, env: NodeJS.ProcessEnv, missing: Set<string>): unknown {
+  if (typeof value === 'string') {
+    const r = substituteEnv(value, env)
+    for (const m of r.missing) missing.add(m)
+    return r.text
+  }
+  if (Array.isArray(value)) return value.map((v) => substituteTree(v, env, missing))
+  if (value !== null && typeof value === 'object') {
+    const out: Obj = {}
+    for (const [k, v] of Object.entries(value)) out[k] = substituteTree(v, env, missing)
+    return out
+  }
+  return value
+}
+
+function validate (raw: unknown, c: Checker, file: string | undefined): Config {
+  const top = c.object(raw, '', TOP_KEYS) ?? {}
+  const baseDir = file === undefined ? process.cwd() : dirname(file)
+
+  const listen = c.hostPort(top.listen, 'listen', DEFAULTS.listen)
+  const adminRaw = top.admin === undefined ? {} : c.object(top.admin, 'admin', ['listen', 'token']) ?? {}
+  const adminListen = c.hostPort(adminRaw.listen, 'admin.listen', DEFAULTS.admin.listen)
+  const token = adminRaw.token === undefined ? DEFAULTS.admin.token : c.string(adminRaw.token, 'admin.token') ?? ''
+  if (token === '' && !isLoopback(adminListen.host)) {
+    c.fail('admin.token', `required when admin.listen (${adminListen.host}) is not loopback`)
+  }
+  const stateRaw = top.state === undefined ? {} : c.object(top.state, 'state', ['file']) ?? {}
+  const stateFile = stateRaw.file === undefined ? DEFAULTS.state.file : c.string(stateRaw.file, 'state.file') ?? DEFAULTS.state.file
+
+  const defaultsRaw = top.defaults === undefined ? {} : c.object(top.defaults, 'defaults', SERVICE_SECTION_KEYS) ?? {}
+  const base = sections(defaultsRaw, 'defaults', c, undefined)
+
+  const services: Record<string, ServiceConfig> = {}
+  const servicesRaw = top.services === undefined ? c.fail('services', 'required: at least one service') : c.object(top.services, 'services', null)
+  if (servicesRaw !== undefined) {
+    if (Object.keys(servicesRaw).length === 0) c.fail('services', 'required: at least one service')
+    for (const [name, value] of Object.entries(servicesRaw)) {
+      const path = join('services', name)
+      if (!SERVICE_NAME.test(name)) c.fail(path, 'service name must be lowercase letters, digits, - or _ (at most 63)')
+      const svc = service(name, value, path, c, base)
+      if (svc !== undefined) services[name] = svc
+    }
+    checkRoutes(services, c)
+  }
+
+  return {
+    ...(file === undefined ? {} : { file }),
+    listen,
+    admin: { listen: adminListen, token },
+    state: { file: resolve(baseDir, stateFile) },
+    services,
+  }
+}
+
+interface Sections {
+  timeouts: Timeouts
+  health: HealthConfig | undefined
+  gate: GateConfig
+  guard: GuardConfig
+  drain: DrainConfig
+}
+
+/** The per-service sections; `inherit` is what `defaults` resolved to. */
+function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undefined): Sections {
+  const d = DEFAULTS.defaults
+  const t = inherit?.timeouts ?? d.timeouts
+  const tr = raw.timeouts === undefined ? {} : c.object(raw.timeouts, join(path, 'timeouts'), ['connect', 'response', 'idleUpstream']) ?? {}
+  const timeouts: Timeouts = {
+    connect: c.duration(tr.connect, join(path, 'timeouts.connect'), t.connect),
+    response: c.duration(tr.response, join(path, 'timeouts.response'), t.response),
+    idleUpstream: c.duration(tr.idleUpstream, join(path, 'timeouts.idleUpstream'), t.idleUpstream),
+  }
+
+  let health: HealthConfig | undefined = inherit?.health
+  if (raw.health === false) {
+    health = undefined
+  } else if (raw.health !== undefined) {
+    const hp = join(path, 'health')
+    const h = health ?? d.health
+    const hr = c.object(raw.health, hp, ['path', 'interval', 'timeout', 'healthyThreshold', 'unhealthyThreshold']) ?? {}
+    const probePath = hr.path === undefined ? h.path : c.string(hr.path, join(hp, 'path')) ?? h.path
+    if (!probePath.startsWith('/')) c.fail(join(hp, 'path'), 'must start with /')
+    health = {
+      path: probePath,
+      interval: c.duration(hr.interval, join(hp, 'interval'), h.interval),
+      timeout: c.duration(hr.timeout, join(hp, 'timeout'), h.timeout),
+      healthyThreshold: c.integer(hr.healthyThreshold, join(hp, 'healthyThreshold'), h.healthyThreshold, 1),
+      unhealthyThreshold: c.integer(hr.unhealthyThreshold, join(hp, 'unhealthyThreshold'), h.unhealthyThreshold, 1),
+    }
+  }
+
+  const g = inherit?.gate ?? d.gate
+  const gr = raw.gate === undefined ? {} : c.object(raw.gate, join(path, 'gate'), ['minHealthy']) ?? {}
+  const gate: GateConfig = { minHealthy: c.integer(gr.minHealthy, join(path, 'gate.minHealthy'), g.minHealthy, 0) }
+
+  const gu = inherit?.guard ?? d.guard
+  const gur = raw.guard === undefined ? {} : c.object(raw.guard, join(path, 'guard'), ['window', 'maxErrorRate', 'minRequests']) ?? {}
+  const guard: GuardConfig = {
+    window: c.duration(gur.window, join(path, 'guard.window'), gu.window),
+    maxErrorRate: c.ratio(gur.maxErrorRate, join(path, 'guard.maxErrorRate'), gu.maxErrorRate),
+    minRequests: c.integer(gur.minRequests, join(path, 'guard.minRequests'), gu.minRequests, 1),
+  }
+
+  const dr = inherit?.drain ?? d.drain
+  const drr = raw.drain === undefined ? {} : c.object(raw.drain, join(path, 'drain'), ['timeout']) ?? {}
+  const drain: DrainConfig = { timeout: c.duration(drr.timeout, join(path, 'drain.timeout'), dr.timeout) }
+
+  return { timeouts, health, gate, guard, drain }
+}
+
+function service (name: string, value: unknown, path: string, c: Checker, base: Sections): ServiceConfig | undefined {
+  const raw = c.object(value, path, SERVICE_KEYS)
+  if (raw === undefined) return undefined
+  const before = c.problems.length
+
+  const mr = raw.match === undefined ? c.fail(join(path, 'match'), 'required: host and/or pathPrefix') : c.object(raw.match, join(path, 'match'), ['host', 'pathPrefix'])
+  let host: string | undefined
+  let pathPrefix: string = DEFAULTS.service.pathPrefix
+  if (mr !== undefined) {
+    if (mr.host === undefined && mr.pathPrefix === undefined) c.fail(join(path, 'match'), 'needs host and/or pathPrefix')
+    if (mr.host !== undefined) {
+      host = c.string(mr.host, join(path, 'match.host'))?.toLowerCase()
+      if (host !== undefined && !/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(host)) c.fail(join(path, 'match.host'), `not a host name: ${JSON.stringify(host)}`)
+    }
+    if (mr.pathPrefix !== undefined) {
+      const p = c.string(mr.pathPrefix, join(path, 'match.pathPrefix'))
+      if (p !== undefined) {
+        if (!p.startsWith('/') || /[?#\s]/.test(p)) c.fail(join(path, 'match.pathPrefix'), 'must start with / and hold no ?, # or spaces')
+        pathPrefix = p.length > 1 && p.endsWith('/') ? p.replace(/\/+$/, '') || '/' : p
+      }
+    }
+  }
+
+  let live: ServiceConfig['live'] = DEFAULTS.service.live
+  if (raw.live !== undefined) {
+    if (isColor(raw.live)) live = raw.live
+    else c.fail(join(path, 'live'), `must be blue or green, got ${JSON.stringify(raw.live)}`)
+  }
+
+  const envs = { blue: { targets: [] as string[] }, green: { targets: [] as string[] } }
+  for (const color of COLORS) {
+    const cp = join(path, color)
+    if (raw[color] === undefined) continue
+    const er = c.object(raw[color], cp, ['targets'])
+    if (er === undefined || er.targets === undefined) continue
+    if (!Array.isArray(er.targets)) {
+      c.fail(join(cp, 'targets'), 'must be a list of URLs')
+      continue
+    }
+    const seen = new Set<string>()
+    er.targets.forEach((t: unknown, i: number) => {
+      const r = parseOrigin(t)
+      if ('error' in r) return c.fail(join(join(cp, 'targets'), i), r.error)
+      if (seen.has(r.origin)) return c.fail(join(join(cp, 'targets'), i), `duplicate target ${r.origin}`)
+      seen.add(r.origin)
+      envs[color].targets.push(r.origin)
+    })
+  }
+  if (raw[live] === undefined || envs[live].targets.length === 0) {
+    if (c.problems.length === before) c.fail(join(join(path, live), 'targets'), `the live color (${live}) needs at least one target`)
+  }
+
+  let preview: ServiceConfig['preview']
+  if (raw.preview !== undefined) {
+    const pr = c.object(raw.preview, join(path, 'preview'), ['header', 'cookie'])
+    if (pr !== undefined) {
+      preview = {}
+      if (pr.header === undefined && pr.cookie === undefined) c.fail(join(path, 'preview'), 'needs header and/or cookie')
+      if (pr.header !== undefined) {
+        const h = c.string(pr.header, join(path, 'preview.header'))
+        if (h !== undefined && !HEADER_NAME.test(h)) c.fail(join(path, 'preview.header'), 'not a header name')
+        if (h !== undefined) preview.header = h.toLowerCase()
+      }
+      if (pr.cookie !== undefined) {
+        const k = c.string(pr.cookie, join(path, 'preview.cookie'))
+        if (k !== undefined && !COOKIE_NAME.test(k)) c.fail(join(path, 'preview.cookie'), 'not a cookie name')
+        if (k !== undefined) preview.cookie = k
+      }
+    }
+  }
+
+  let sticky: ServiceConfig['sticky']
+  if (raw.sticky !== undefined) {
+    const sr = c.object(raw.sticky, join(path, 'sticky'), ['cookie'])
+    const k = sr === undefined ? undefined : c.string(sr.cookie, join(path, 'sticky.cookie'))
+    if (k !== undefined && !COOKIE_NAME.test(k)) c.fail(join(path, 'sticky.cookie'), 'not a cookie name')
+    if (k !== undefined) sticky = { cookie: k }
+  }
+
+  const smoke: SmokeCheck[] = []
+  if (raw.smoke !== undefined) {
+    if (!Array.isArray(raw.smoke)) {
+      c.fail(join(path, 'smoke'), 'must be a list of checks')
+    } else {
+      raw.smoke.forEach((s: unknown, i: number) => {
+        const sp = join(join(path, 'smoke'), i)
+        const check = smokeCheck(s, sp, c)
+        if (check !== undefined) smoke.push(check)
+      })
+    }
+  }
+
+  const own = sections(raw, path, c, base)
+  return { name, match: host === undefined ? { pathPrefix } : { host, pathPrefix }, live, ...envs, ...(preview && { preview }), ...(sticky && { sticky }), smoke, ...own }
+}
+
+function smokeCheck (value: unknown, path: string, c: Checker): SmokeCheck | undefined {
+  const sr = c.object(value, path, ['method', 'path', 'headers', 'expectStatus', 'bodyContains'])
+  if (sr === undefined) return undefined
+  const p = sr.path === undefined ? c.fail(join(path, 'path'), 'required') : c.string(sr.path, join(path, 'path'))
+  if (p !== undefined && !p.startsWith('/')) c.fail(join(path, 'path'), 'must start with /')
+  const method = sr.method === undefined ? DEFAULTS.service.smokeMethod : c.string(sr.method, join(path, 'method'))?.toUpperCase()
+  if (method !== undefined && !/^[A-Z]+$/.test(method)) c.fail(join(path, 'method'), 'not an HTTP method')
+  const headers: Record<string, string> = {}
+  if (sr.headers !== undefined) {
+    const hr = c.object(sr.headers, join(path, 'headers'), null)
+    if (hr !== undefined) {
+      for (const [k, v] of Object.entries(hr)) {
+        if (!HEADER_NAME.test(k)) c.fail(join(join(path, 'headers'), k), 'not a header name')
+        const s = c.string(v, join(join(path, 'headers'), k))
+        if (s !== undefined) headers[k.toLowerCase()] = s
+      }
+    }
+  }
+  const expectStatus = c.integer(sr.expectStatus, join(path, 'expectStatus'), DEFAULTS.service.smokeExpectStatus, 100)
+  if (expectStatus > 599) c.fail(join(path, 'expectStatus'), 'must be an HTTP status (100-599)')
+  const bodyContains = sr.bodyContains === undefined ? undefined : c.string(sr.bodyContains, join(path, 'bodyContains'))
+  if (p === undefined || method === undefined) return undefined
+  return { method, path: p, headers, expectStatus, ...(bodyContains === undefined ? {} : { bodyContains }) }
+}
+
+/** Two services may not claim the same host + prefix: the winner would be arbitrary. */
+function checkRoutes (services: Record<string, ServiceConfig>, c: Checker): void {
+  const owners = new Map<string, string>()
+  for (const svc of Object.values(services)) {
+    const key = `${svc.match.host ?? '*'} ${svc.match.pathPrefix}`
+    const other = owners.get(key)
+    if (other !== undefined) {
+      c.fail(join(join('services', svc.name), 'match'), `same route as service ${other} (host ${svc.match.host ?? 'any'}, pathPrefix ${svc.match.pathPrefix})`)
+    } else {
+      owners.set(key, svc.name)
+    }
+  }
+}

@@ -1,0 +1,145 @@
+// The config schema: the resolved types every other module consumes, and the
+// one DEFAULTS object. Each field says its default next to its type.
+
+export type Color = 'blue' | 'green'
+export const COLORS: readonly Color[] = ['blue', 'green']
+
+export function otherColor (color: Color): Color {
+  return color === 'blue' ? 'green' : 'blue'
+}
+
+export function isColor (value: unknown): value is Color {
+  return value === 'blue' || value === 'green'
+}
+
+export interface HostPort {
+  host: string
+  port: number
+}
+
+export interface Timeouts {
+  /** TCP (and TLS) connect to a target, ms. Default 2s. Exceeded: 502 upstream_connect_failed. */
+  connect: number
+  /** Request sent to response headers received, ms. Default 30s. Exceeded: 504 upstream_timeout. */
+  response: number
+  /** An idle upstream keep-alive connection is closed after this, ms. Default 60s. */
+  idleUpstream: number
+}
+
+export interface HealthConfig {
+  /** Path probed with GET. Default /healthz. */
+  path: string
+  /** Time between probes of one target, ms. Default 2s. */
+  interval: number
+  /** Hard deadline of one probe, ms. Default 1s. */
+  timeout: number
+  /** Passes in a row that make a target healthy. Default 2. */
+  healthyThreshold: number
+  /** Failures in a row that make a target unhealthy. Default 3. */
+  unhealthyThreshold: number
+}
+
+export interface GateConfig {
+  /** A flip needs at least this many healthy targets in the new color. Default 1. */
+  minHealthy: number
+}
+
+export interface GuardConfig {
+  /** How long after a flip the new live color is watched, ms. Default 60s. */
+  window: number
+  /** Error share (5xx and gateway errors) above which the flip is reverted. Default 0.05. */
+  maxErrorRate: number
+  /** The error rate is judged only over at least this many requests. Default 20. */
+  minRequests: number
+}
+
+export interface DrainConfig {
+  /** After a flip, the old color's leftovers are closed after this, ms. Default 30s. */
+  timeout: number
+}
+
+export interface SmokeCheck {
+  /** HTTP method. Default GET. */
+  method: string
+  /** Path (with optional query) sent to the new color. Required. */
+  path: string
+  /** Extra request headers. Default none. */
+  headers: Record<string, string>
+  /** Expected response status. Default 200. */
+  expectStatus: number
+  /** When set, the response body must contain this text. Default unset. */
+  bodyContains?: string
+}
+
+export interface Environment {
+  /** Upstream origins (`http://` or `https://`, no path). Default none. */
+  targets: string[]
+}
+
+export interface ServiceConfig {
+  name: string
+  /** Route: optional exact host (port ignored) and a path prefix on whole segments. Default prefix `/`. */
+  match: { host?: string, pathPrefix: string }
+  /** Initial live color; the state file wins once it exists. Default blue. */
+  live: Color
+  blue: Environment
+  green: Environment
+  /** Testers reach a named color with this header or cookie. Default off. */
+  preview?: { header?: string, cookie?: string }
+  /** Pin sessions to a color while it drains. Default off. */
+  sticky?: { cookie: string }
+  /** Checks a flip runs against the new color first. Default none. */
+  smoke: SmokeCheck[]
+  timeouts: Timeouts
+  /** Active health probes: on when `defaults.health` or the service's `health` is set (missing fields from DEFAULTS); `health: false` turns them off. Off: targets count as healthy. */
+  health?: HealthConfig
+  gate: GateConfig
+  guard: GuardConfig
+  drain: DrainConfig
+}
+
+export interface Config {
+  /** Absolute path of the file this came from (relative paths resolve against its folder). */
+  file?: string
+  /** Public listener for HTTP and WebSocket traffic. Default 0.0.0.0:8080. */
+  listen: HostPort
+  admin: {
+    /** Admin API, metrics and dashboard. Default 127.0.0.1:9901. */
+    listen: HostPort
+    /** Bearer token; required when admin.listen is not loopback. Default empty (no auth). */
+    token: string
+  }
+  state: {
+    /** Live colors and generation survive restarts here. Default ./data/state.json. */
+    file: string
+  }
+  services: Record<string, ServiceConfig>
+}
+
+export interface ServiceDefaults {
+  timeouts: Timeouts
+  health: HealthConfig
+  gate: GateConfig
+  guard: GuardConfig
+  drain: DrainConfig
+}
+
+/** Every default, in one place. */
+export const DEFAULTS = {
+  listen: '0.0.0.0:8080',
+  admin: { listen: '127.0.0.1:9901', token: '' },
+  state: { file: './data/state.json' },
+  service: {
+    live: 'blue' as Color,
+    pathPrefix: '/',
+    smokeMethod: 'GET',
+    smokeExpectStatus: 200,
+  },
+  defaults: {
+    timeouts: { connect: 2_000, response: 30_000, idleUpstream: 60_000 },
+    health: { path: '/healthz', interval: 2_000, timeout: 1_000, healthyThreshold: 2, unhealthyThreshold: 3 },
+    gate: { minHealthy: 1 },
+    guard: { window: 60_000, maxErrorRate: 0.05, minRequests: 20 },
+    drain: { timeout: 30_000 },
+  } satisfies ServiceDefaults,
+} as const

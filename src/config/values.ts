@@ -1,0 +1,60 @@
+// Parsers for the scalar value types of the config file: durations,
+// host:port listen addresses, upstream origins, ${VAR} substitution.
+
+import type { HostPort } from './schema.js'
+
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }
+
+/** `500ms`, `2s`, `1.5m`, `1h` to milliseconds; undefined when malformed. */
+export function parseDuration (text: string): number | undefined {
+  const m = DURATION.exec(text.trim())
+  if (m === null) return undefined
+  return Math.round(Number(m[1]) * UNIT_MS[m[2]])
+}
+
+/** `host:port`, `:port` or `[::1]:port`; undefined when malformed. */
+export function parseHostPort (text: string): HostPort | undefined {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text.trim())
+  if (m === null) return undefined
+  const port = Number(m[3])
+  if (port > 65535) return undefined
+  const host = m[1] ?? m[2]
+  return { host: host === '' ? '0.0.0.0' : host, port }
+}
+
+export function isLoopback (host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host)
+}
+
+/** Validates an upstream origin; returns its normalized form or an error text. */
+export function parseOrigin (text: unknown): { origin: string } | { error: string } {
+  if (typeof text !== 'string') return { error: 'must be a URL string' }
+  let url: URL
+  try {
+    url = new URL(text)
+  } catch {
+    return { error: `not a URL: ${JSON.stringify(text)}` }
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return { error: `must be http:// or https://, got ${url.protocol}//` }
+  if (url.pathname !== '/' || url.search !== '' || url.hash !== '') return { error: 'must be an origin without a path, query or fragment' }
+  if (url.username !== '' || url.password !== '') return { error: 'must not contain credentials' }
+  return { origin: url.origin }
+}
+
+/**
+ * Replaces `${VAR}` and `${VAR:-default}` from env. An unset variable with no
+ * default is reported by name (all of them, not just the first).
+ */
+export function substituteEnv (text: string, env: NodeJS.ProcessEnv): { text: string, missing: string[] } {
+  const missing: string[] = []
+  const out = text.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g, (_all, name: string, fallback: string | undefined) => {
+    const value = env[name]
+    if (value !== undefined && value !== '') return value
+    if (fallback !== undefined) return fallback
+    if (value === '') return ''
+    missing.push(name)
+    return ''
+  })
+  return { text: out, missing }
+}

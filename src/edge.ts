@@ -1,0 +1,50 @@
+// The public listener's request path: read the current snapshot once, match
+// the service, choose the color, pick a target, hand off to the forwarder.
+
+import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { ERRORS } from './errors.js'
+import { Exchange, sendError } from './proxy/forward.js'
+import { proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
+import { chooseColor } from './routing/choose.js'
+import type { Switcher } from './routing/snapshot.js'
+
+const PROTO = 'http'
+
+export interface EdgeServer {
+  server: http.Server
+  /** Upgraded client sockets: the HTTP server stops tracking them after the 101. */
+  upgraded: Set<Duplex>
+}
+
+export function createEdgeServer (switcher: Switcher): EdgeServer {
+  const upgraded = new Set<Duplex>()
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    const route = switcher.current.match(req.headers.host, req.url as string)
+    if (route === undefined) return sendError(res, 'no_route', ERRORS.no_route.status)
+    const color = chooseColor(route, req.headers)
+    const endpoint = color.targets.pick()
+    if (endpoint === undefined) return sendError(res, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status, `no healthy upstream for ${route.name} (${color.color})`)
+    new Exchange(req, res, endpoint, color.targets, color.stats, PROTO).start()
+  }
+
+  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    socket.on('error', () => socket.destroy())
+    upgraded.add(socket)
+    socket.once('close', () => upgraded.delete(socket))
+    const route = switcher.current.match(req.headers.host, req.url as string)
+    if (route === undefined) return rejectUpgrade(socket, 'no_route', ERRORS.no_route.status)
+    const color = chooseColor(route, req.headers)
+    const endpoint = color.targets.pick()
+    if (endpoint === undefined) return rejectUpgrade(socket, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status)
+    proxyUpgrade(req, socket, head, endpoint, color.stats, PROTO, color.timeouts.connect)
+  }
+
+  const server = http.createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, onRequest)
+  server.on('upgrade', onUpgrade)
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
+    socket.end('HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","message":"malformed HTTP request"}')
+  })
+  return { server, upgraded }
+}

@@ -1,0 +1,63 @@
+// One catalogue of coded errors: every error the gateway or the admin API
+// answers with has a stable code and HTTP status defined here, rendered in one place.
+
+export interface ErrorSpec {
+  readonly status: number
+  readonly message: string
+}
+
+export const ERRORS = {
+  // Data plane (SPEC.md "Routing" step 5).
+  no_route: { status: 404, message: 'no route matches this request' },
+  no_healthy_upstream: { status: 503, message: 'no healthy upstream for this service and color' },
+  upstream_connect_failed: { status: 502, message: 'could not connect to the upstream' },
+  upstream_timeout: { status: 504, message: 'the upstream did not answer in time' },
+  upstream_error: { status: 502, message: 'the upstream connection failed' },
+  // Admin API.
+  bad_request: { status: 400, message: 'bad request' },
+  unauthorized: { status: 401, message: 'missing or wrong bearer token' },
+  not_found: { status: 404, message: 'not found' },
+  unknown_service: { status: 404, message: 'unknown service' },
+  method_not_allowed: { status: 405, message: 'method not allowed' },
+  live_color: { status: 409, message: 'that color is live' },
+  no_targets: { status: 409, message: 'that color has no targets' },
+  nothing_to_roll_back: { status: 409, message: 'nothing to roll back' },
+  gate_failed: { status: 409, message: 'the new color did not pass the gate' },
+  stale_generation: { status: 412, message: 'ifGeneration does not match the current generation' },
+  payload_too_large: { status: 413, message: 'request body too large' },
+  unsupported_media_type: { status: 415, message: 'send application/json' },
+  state_write_failed: { status: 500, message: 'could not persist the state file' },
+  internal: { status: 500, message: 'internal error' },
+} as const satisfies Record<string, ErrorSpec>
+
+export type ErrorCode = keyof typeof ERRORS
+
+/** A coded error: handlers throw it, one renderer turns it into a response. */
+export class SwitchyardError extends Error {
+  readonly code: ErrorCode
+  readonly status: number
+  readonly details: Record<string, unknown> | undefined
+
+  constructor (code: ErrorCode, message?: string, details?: Record<string, unknown>) {
+    super(message ?? ERRORS[code].message)
+    this.name = 'SwitchyardError'
+    this.code = code
+    this.status = ERRORS[code].status
+    this.details = details
+  }
+
+  toJSON (): Record<string, unknown> {
+    return { error: this.code, message: this.message, ...this.details }
+  }
+}
+
+/** The JSON body for an error code; data-plane errors are pre-rendered once. */
+export function errorBody (code: ErrorCode, message?: string): string {
+  return JSON.stringify({ error: code, message: message ?? ERRORS[code].message })
+}
+
+/** Any thrown value as a SwitchyardError (unknown errors become `internal`). */
+export function toSwitchyardError (err: unknown): SwitchyardError {
+  if (err instanceof SwitchyardError) return err
+  return new SwitchyardError('internal', err instanceof Error ? err.message : String(err))
+}

@@ -1,0 +1,155 @@
+// HTTP forwarding of one request to one upstream endpoint on undici's
+// dispatcher: raw header arrays, bodies streamed both ways with backpressure.
+
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Dispatcher } from 'undici'
+import { errorBody, type ErrorCode } from '../errors.js'
+import type { Endpoint } from '../upstream/target-set.js'
+import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
+
+/** Where a retry may go; proxy knows sets of endpoints, not colors. */
+export interface EndpointPicker {
+  pick (exclude?: Endpoint): Endpoint | undefined
+}
+
+/** Counters the exchange keeps exact: +1 at start, -1 when the response closes. */
+export interface InflightCounter {
+  inflight: number
+}
+
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
+/** Errors that mean the request never reached the upstream application. */
+const CONNECT_ERRORS = new Set([
+  'ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH',
+])
+
+export function classifyUpstreamError (err: Error & { code?: string }): ErrorCode {
+  const code = err.code ?? ''
+  if (CONNECT_ERRORS.has(code)) return 'upstream_connect_failed'
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return 'upstream_timeout'
+  return 'upstream_error'
+}
+
+function hasBody (req: IncomingMessage): boolean {
+  const len = req.headers['content-length']
+  return (len !== undefined && len !== '0') || req.headers['transfer-encoding'] !== undefined
+}
+
+export function sendError (res: ServerResponse, code: ErrorCode, status: number, message?: string): void {
+  if (res.headersSent) {
+    res.destroy()
+    return
+  }
+  const body = errorBody(code, message)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+  res.end(body)
+}
+
+/**
+ * One request's trip upstream. It is the undici handler itself (the legacy
+ * callback interface is what undici's HTTP/1 client calls natively; the newer
+ * controller interface is wrapped and copies headers into objects).
+ */
+export class Exchange implements Dispatcher.DispatchHandler {
+  private readonly req: IncomingMessage
+  private readonly res: ServerResponse
+  private readonly picker: EndpointPicker
+  private readonly counter: InflightCounter
+  private readonly headers: string[]
+  private readonly retryable: boolean
+  private endpoint: Endpoint
+  private abortUpstream: ((err?: Error) => void) | undefined
+  private resumeUpstream: (() => void) | undefined
+  private retried = false
+  private closed = false
+
+  constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, counter: InflightCounter, proto: string) {
+    this.req = req
+    this.res = res
+    this.endpoint = endpoint
+    this.picker = picker
+    this.counter = counter
+    this.headers = upstreamRequestHeaders(req, proto)
+    this.retryable = IDEMPOTENT.has(req.method as string) && !hasBody(req)
+  }
+
+  start (): void {
+    this.counter.inflight++
+    this.endpoint.target.inflight++
+    this.res.once('close', this.onClientClose)
+    this.dispatch()
+  }
+
+  private dispatch (): void {
+    const req = this.req
+    this.endpoint.dispatcher.dispatch({
+      path: req.url as string,
+      method: req.method as Dispatcher.HttpMethod,
+      headers: this.headers,
+      body: hasBody(req) ? req : null,
+    }, this)
+  }
+
+  /** The response is done or the client went away: settle counters once, stop the upstream. */
+  private readonly onClientClose = (): void => {
+    this.closed = true
+    this.counter.inflight--
+    this.endpoint.target.inflight--
+    if (!this.res.writableFinished) this.abortUpstream?.()
+  }
+
+  private readonly onDrain = (): void => {
+    this.resumeUpstream?.()
+  }
+
+  onConnect (abort: (err?: Error) => void): void {
+    this.abortUpstream = abort
+    if (this.closed) abort()
+  }
+
+  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if (this.closed) return false
+    this.resumeUpstream = resume
+    this.res.writeHead(statusCode, statusText, downstreamResponseHeaders(rawHeaders))
+    return true
+  }
+
+  onData (chunk: Buffer): boolean {
+    if (this.closed) return false
+    const ok = this.res.write(chunk)
+    if (!ok) this.res.once('drain', this.onDrain)
+    return ok
+  }
+
+  onComplete (): void {
+    if (!this.closed) this.res.end()
+  }
+
+  onError (err: Error): void {
+    if (this.closed) return
+    if (this.res.headersSent) {
+      // Mid-body failure: the client must see a truncated response, not a clean end.
+      this.res.destroy(err)
+      return
+    }
+    const code = classifyUpstreamError(err)
+    if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || isStaleConnection(err))) {
+      const next = this.picker.pick(this.endpoint) ?? (isStaleConnection(err) ? this.endpoint : undefined)
+      if (next !== undefined) {
+        this.retried = true
+        this.endpoint.target.inflight--
+        next.target.inflight++
+        this.endpoint = next
+        this.abortUpstream = undefined
+        this.dispatch()
+        return
+      }
+    }
+    sendError(this.res, code, code === 'upstream_timeout' ? 504 : 502)
+  }
+}
+
+/** A reused keep-alive connection the upstream had already closed. */
+function isStaleConnection (err: Error & { code?: string }): boolean {
+  return err.code === 'UND_ERR_SOCKET' || err.code === 'ECONNRESET'
+}

@@ -1,0 +1,170 @@
+// The immutable routing snapshot: every service's route, both colors' target
+// sets and the live color, plus a precompiled matcher. Built whole, then swapped in.
+
+import { COLORS, type Color, type Config, type ServiceConfig, type Timeouts } from '../config/schema.js'
+import type { ColorStats, TargetRegistry } from '../upstream/registry.js'
+import { TargetSet } from '../upstream/target-set.js'
+
+/** What changes at run time and persists: the controller owns it. */
+export interface ServiceState {
+  live: Color
+  previous: Color | null
+  /** Targets set through the admin API; they override the config's for that color. */
+  targets: Partial<Record<Color, string[]>>
+}
+
+export interface RoutingState {
+  generation: number
+  services: Record<string, ServiceState>
+}
+
+export interface ColorRoute {
+  readonly service: string
+  readonly color: Color
+  readonly targets: TargetSet
+  readonly stats: ColorStats
+  readonly timeouts: Timeouts
+}
+
+export interface ServiceRoute {
+  readonly name: string
+  readonly host: string | undefined
+  readonly prefix: string
+  readonly live: Color
+  readonly colors: Readonly<Record<Color, ColorRoute>>
+  readonly previewHeader: string | undefined
+  readonly previewCookie: string | undefined
+  readonly config: ServiceConfig
+}
+
+/** Routes of one host (or of any host), longest prefix first. */
+type RouteList = readonly ServiceRoute[]
+
+export class Snapshot {
+  readonly generation: number
+  readonly services: ReadonlyMap<string, ServiceRoute>
+  private readonly byHost: ReadonlyMap<string, RouteList>
+  private readonly anyHost: RouteList
+
+  constructor (generation: number, services: ServiceRoute[]) {
+    this.generation = generation
+    this.services = new Map(services.map((s) => [s.name, s]))
+    const sorted = [...services].sort((a, b) => b.prefix.length - a.prefix.length)
+    const byHost = new Map<string, ServiceRoute[]>()
+    for (const s of sorted) {
+      if (s.host === undefined) continue
+      const list = byHost.get(s.host) ?? []
+      list.push(s)
+      byHost.set(s.host, list)
+    }
+    this.byHost = byHost
+    this.anyHost = sorted.filter((s) => s.host === undefined)
+  }
+
+  /**
+   * The service for a request. Routes naming the request's host are tried
+   * first (as Envoy picks a virtual host before a route), then host-less ones;
+   * within each, the longest prefix on whole path segments wins.
+   */
+  match (hostHeader: string | undefined, url: string): ServiceRoute | undefined {
+    if (this.byHost.size > 0 && hostHeader !== undefined) {
+      const list = this.byHost.get(normalizeHost(hostHeader))
+      if (list !== undefined) {
+        const hit = matchPrefix(list, url)
+        if (hit !== undefined) return hit
+      }
+    }
+    return matchPrefix(this.anyHost, url)
+  }
+}
+
+function normalizeHost (host: string): string {
+  let end = host.length
+  if (host.charCodeAt(0) === 91 /* [ */) {
+    end = host.indexOf(']') + 1
+  } else {
+    const colon = host.lastIndexOf(':')
+    if (colon !== -1) end = colon
+  }
+  const h = end === host.length ? host : host.slice(0, end)
+  return h.toLowerCase()
+}
+
+/** `url` is the request target (path and query). A prefix matches whole segments. */
+function matchPrefix (list: RouteList, url: string): ServiceRoute | undefined {
+  for (let i = 0; i < list.length; i++) {
+    const p = list[i].prefix
+    if (p.length === 1) return list[i] // "/" matches everything
+    if (url.startsWith(p)) {
+      const next = url.charCodeAt(p.length)
+      // end of string (NaN), '/', '?'
+      if (Number.isNaN(next) || next === 47 || next === 63) return list[i]
+    }
+  }
+  return undefined
+}
+
+/** The targets a color serves: the admin override if one is set, else the config's. */
+export function colorTargets (svc: ServiceConfig, state: ServiceState | undefined, color: Color): string[] {
+  return state?.targets[color] ?? svc[color].targets
+}
+
+/** Builds a whole snapshot; throws before anything is swapped if the inputs are inconsistent. */
+export function buildSnapshot (config: Config, state: RoutingState, registry: TargetRegistry): Snapshot {
+  const routes: ServiceRoute[] = []
+  for (const svc of Object.values(config.services)) {
+    const st = state.services[svc.name]
+    const live = st?.live ?? svc.live
+    const colors = {} as Record<Color, ColorRoute>
+    for (const color of COLORS) {
+      const urls = colorTargets(svc, st, color)
+      colors[color] = {
+        service: svc.name,
+        color,
+        targets: new TargetSet(urls.map((u) => {
+          const target = registry.target(u)
+          return { target, dispatcher: target.dispatcher(svc.timeouts) }
+        })),
+        stats: registry.colorStats(svc.name, color),
+        timeouts: svc.timeouts,
+      }
+    }
+    if (colors[live].targets.endpoints.length === 0) {
+      throw new Error(`service ${svc.name}: live color ${live} has no targets`)
+    }
+    routes.push({
+      name: svc.name,
+      host: svc.match.host,
+      prefix: svc.match.pathPrefix,
+      live,
+      colors,
+      previewHeader: svc.preview?.header,
+      previewCookie: svc.preview?.cookie,
+      config: svc,
+    })
+  }
+  return new Snapshot(state.generation, routes)
+}
+
+/** Target URLs a snapshot uses; the registry keeps these and forgets the rest. */
+export function snapshotTargets (snapshot: Snapshot): Set<string> {
+  const urls = new Set<string>()
+  for (const s of snapshot.services.values()) {
+    for (const color of COLORS) for (const e of s.colors[color].targets.endpoints) urls.add(e.target.url)
+  }
+  return urls
+}
+
+/** Holds the one current snapshot. A request reads it once, when its headers arrive. */
+export class Switcher {
+  current: Snapshot
+  constructor (initial: Snapshot) {
+    this.current = initial
+  }
+
+  swap (next: Snapshot): Snapshot {
+    const prev = this.current
+    this.current = next
+    return prev
+  }
+}

@@ -1,0 +1,100 @@
+// Persists routing state (live/previous colors, generation, admin-set targets)
+// to one JSON file: temp file, fsync, rename, fsync of the folder.
+
+import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { isColor, type Color } from '../config/schema.js'
+import { parseOrigin } from '../config/values.js'
+import type { RoutingState, ServiceState } from '../routing/snapshot.js'
+
+export interface PersistedState extends RoutingState {
+  /** Services of the last color change: what a bare rollback reverts. */
+  lastChange: string[]
+}
+
+export class StateFileError extends Error {
+  constructor (file: string, problem: string) {
+    super(`state file ${file}: ${problem}. Fix or move it away; it is never replaced by defaults`)
+    this.name = 'StateFileError'
+  }
+}
+
+export class FileStateStore {
+  readonly file: string
+  constructor (file: string) {
+    this.file = file
+  }
+
+  /** The saved state; undefined only when the file does not exist. Anything unreadable throws. */
+  async load (): Promise<PersistedState | undefined> {
+    let text: string
+    try {
+      text = await readFile(this.file, 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw new StateFileError(this.file, `cannot read: ${(err as Error).message}`)
+    }
+    let raw: unknown
+    try {
+      raw = JSON.parse(text)
+    } catch (err) {
+      throw new StateFileError(this.file, `not valid JSON (${(err as Error).message})`)
+    }
+    return parseState(raw, this.file)
+  }
+
+  async save (state: PersistedState): Promise<void> {
+    await mkdir(dirname(this.file), { recursive: true })
+    const tmp = `${this.file}.${process.pid}.tmp`
+    const body = JSON.stringify({ version: 1, ...state }, null, 2) + '\n'
+    const fh = await open(tmp, 'w', 0o644)
+    try {
+      await fh.writeFile(body)
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    try {
+      await rename(tmp, this.file)
+    } catch (err) {
+      await unlink(tmp).catch(() => {})
+      throw err
+    }
+    // The rename is durable only once the folder entry is.
+    const dir = await open(dirname(this.file), 'r')
+    try {
+      await dir.sync()
+    } finally {
+      await dir.close()
+    }
+  }
+}
+
+function parseState (raw: unknown, file: string): PersistedState {
+  const bad = (what: string): never => { throw new StateFileError(file, what) }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) bad('not a JSON object')
+  const obj = raw as Record<string, unknown>
+  if (obj.version !== 1) bad(`unsupported version ${JSON.stringify(obj.version)} (expected 1)`)
+  if (typeof obj.generation !== 'number' || !Number.isInteger(obj.generation) || obj.generation < 0) bad('generation must be a non-negative integer')
+  if (obj.services === null || typeof obj.services !== 'object' || Array.isArray(obj.services)) bad('services must be an object')
+  const services: Record<string, ServiceState> = {}
+  for (const [name, v] of Object.entries(obj.services as Record<string, unknown>)) {
+    const s = v as Record<string, unknown> | null
+    if (s === null || typeof s !== 'object') bad(`services.${name} must be an object`)
+    const st = s as Record<string, unknown>
+    if (!isColor(st.live)) bad(`services.${name}.live must be blue or green`)
+    if (st.previous !== null && st.previous !== undefined && !isColor(st.previous)) bad(`services.${name}.previous must be blue, green or null`)
+    const targets: Partial<Record<Color, string[]>> = {}
+    if (st.targets !== undefined) {
+      if (st.targets === null || typeof st.targets !== 'object') bad(`services.${name}.targets must be an object`)
+      for (const [color, list] of Object.entries(st.targets as Record<string, unknown>)) {
+        if (!isColor(color)) bad(`services.${name}.targets.${color}: not a color`)
+        if (!Array.isArray(list) || list.some((u) => 'error' in parseOrigin(u))) bad(`services.${name}.targets.${color} must be a list of URLs`)
+        targets[color as Color] = list as string[]
+      }
+    }
+    services[name] = { live: st.live as Color, previous: (st.previous ?? null) as Color | null, targets }
+  }
+  const lastChange = Array.isArray(obj.lastChange) ? obj.lastChange.filter((x): x is string => typeof x === 'string') : []
+  return { generation: obj.generation as number, services, lastChange }
+}
