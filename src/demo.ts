@@ -46,6 +46,7 @@ async function startOne (service: string, color: 'blue' | 'green', u: URL): Prom
     res.end(body)
   })
   const wss = new WebSocketServer({ server })
+  wss.on('error', () => {}) // it re-emits the server's errors, which the listen below reports
   wss.on('connection', (ws) => {
     ws.send(JSON.stringify({ service, color, version, hello: true }))
     ws.on('message', (data) => ws.send(`${color}: ${String(data)}`))

@@ -72,11 +72,14 @@ export class Gateway {
   async stop (graceMs = 10_000): Promise<void> {
     const servers = [this.edge, this.admin].filter((s): s is http.Server => s?.listening === true)
     const closed = servers.map(async (s) => await new Promise<void>((resolve) => s.close(() => resolve())))
+    // Keep-alive connections go idle as their last response ends: close them as they do.
+    const sweep = setInterval(() => { for (const s of servers) s.closeIdleConnections() }, 50)
     for (const s of servers) s.closeIdleConnections()
     let timer: NodeJS.Timeout | undefined
     const deadline = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs) })
     await Promise.race([Promise.all(closed), deadline])
     clearTimeout(timer)
+    clearInterval(sweep)
     for (const s of servers) s.closeAllConnections()
     for (const socket of this.edgeParts?.upgraded ?? []) socket.destroy()
     await Promise.all(closed)

@@ -113,25 +113,27 @@ export function parseConfig (text: string, opts: { file?: string, env?: NodeJS.P
     throw new ConfigError(doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })), opts.file)
   }
   const raw: unknown = doc.toJS() ?? {}
-  const missing = new Set<string>()
-  const substituted = substituteTree(raw, opts.env ?? process.env, missing)
   const c = new Checker()
-  for (const name of missing) c.fail('', `environment variable ${name} is not set and has no default (use \${${name}:-default})`)
+  const substituted = substituteTree(raw, '', opts.env ?? process.env, c)
   const config = validate(substituted, c, opts.file)
   if (c.problems.length > 0) throw new ConfigError(c.problems, opts.file)
   return config
 }
 
-function substituteTree (value: unknown, env: NodeJS.ProcessEnv, missing: Set<string>): unknown {
+/** Substitutes every string value; an unset variable is reported at the path that uses it. */
+function substituteTree (value: unknown, path: string, env: NodeJS.ProcessEnv, c: Checker): unknown {
   if (typeof value === 'string') {
     const r = substituteEnv(value, env)
-    for (const m of r.missing) missing.add(m)
+    for (const name of r.missing) c.fail(path, `environment variable ${name} is not set and has no default (use \${${name}:-default})`)
     return r.text
   }
-  if (Array.isArray(value)) return value.map((v) => substituteTree(v, env, missing))
+  if (Array.isArray(value)) return value.map((v, i) => substituteTree(v, join(path, i), env, c))
   if (value !== null && typeof value === 'object') {
     const out: Obj = {}
-    for (const [k, v] of Object.entries(value)) out[k] = substituteTree(v, env, missing)
+    // defineProperty, not assignment: a `__proto__` key must stay an own key so it is reported as unknown
+    for (const [k, v] of Object.entries(value)) {
+      Object.defineProperty(out, k, { value: substituteTree(v, join(path, k), env, c), enumerable: true, writable: true, configurable: true })
+    }
     return out
   }
   return value
@@ -235,7 +237,6 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
 function service (name: string, value: unknown, path: string, c: Checker, base: Sections): ServiceConfig | undefined {
   const raw = c.object(value, path, SERVICE_KEYS)
   if (raw === undefined) return undefined
-  const before = c.problems.length
 
   const mr = raw.match === undefined ? c.fail(join(path, 'match'), 'required: host and/or pathPrefix') : c.object(raw.match, join(path, 'match'), ['host', 'pathPrefix'])
   let host: string | undefined
@@ -262,26 +263,16 @@ function service (name: string, value: unknown, path: string, c: Checker, base: 
   }
 
   const envs = { blue: { targets: [] as string[] }, green: { targets: [] as string[] } }
+  // a problem in the live color's own section (or in `live`) already explains missing
+  // targets; problems elsewhere in the service must not hide this one
+  let liveSectionFailed = raw.live !== undefined && !isColor(raw.live)
   for (const color of COLORS) {
-    const cp = join(path, color)
-    if (raw[color] === undefined) continue
-    const er = c.object(raw[color], cp, ['targets'])
-    if (er === undefined || er.targets === undefined) continue
-    if (!Array.isArray(er.targets)) {
-      c.fail(join(cp, 'targets'), 'must be a list of URLs')
-      continue
-    }
-    const seen = new Set<string>()
-    er.targets.forEach((t: unknown, i: number) => {
-      const r = parseOrigin(t)
-      if ('error' in r) return c.fail(join(join(cp, 'targets'), i), r.error)
-      if (seen.has(r.origin)) return c.fail(join(join(cp, 'targets'), i), `duplicate target ${r.origin}`)
-      seen.add(r.origin)
-      envs[color].targets.push(r.origin)
-    })
+    const before = c.problems.length
+    envs[color].targets = targetList(raw[color], join(path, color), c)
+    if (color === live && c.problems.length > before) liveSectionFailed = true
   }
-  if (raw[live] === undefined || envs[live].targets.length === 0) {
-    if (c.problems.length === before) c.fail(join(join(path, live), 'targets'), `the live color (${live}) needs at least one target`)
+  if (envs[live].targets.length === 0 && !liveSectionFailed) {
+    c.fail(join(join(path, live), 'targets'), `the live color (${live}) needs at least one target`)
   }
 
   let preview: ServiceConfig['preview']
@@ -326,6 +317,23 @@ function service (name: string, value: unknown, path: string, c: Checker, base: 
 
   const own = sections(raw, path, c, base)
   return { name, match: host === undefined ? { pathPrefix } : { host, pathPrefix }, live, ...envs, ...(preview && { preview }), ...(sticky && { sticky }), smoke, ...own }
+}
+
+/** One color's `{ targets: [...] }`: normalized origins, each bad or repeated one reported. */
+function targetList (value: unknown, path: string, c: Checker): string[] {
+  const targets: string[] = []
+  if (value === undefined) return targets
+  const er = c.object(value, path, ['targets'])
+  if (er === undefined || er.targets === undefined) return targets
+  const tp = join(path, 'targets')
+  if (!Array.isArray(er.targets)) return c.fail(tp, 'must be a list of URLs') ?? targets
+  er.targets.forEach((t: unknown, i: number) => {
+    const r = parseOrigin(t)
+    if ('error' in r) return c.fail(join(tp, i), r.error)
+    if (targets.includes(r.origin)) return c.fail(join(tp, i), `duplicate target ${r.origin}`)
+    targets.push(r.origin)
+  })
+  return targets
 }
 
 function smokeCheck (value: unknown, path: string, c: Checker): SmokeCheck | undefined {

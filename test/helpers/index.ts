@@ -1,0 +1,160 @@
+// Test helpers: real backends and a real gateway on 127.0.0.1 port 0,
+// an admin client, and eventually() for polling instead of sleeping.
+
+import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { WebSocketServer } from 'ws'
+import { request } from 'undici'
+import { parseConfig } from '../../src/config/load.js'
+import { Gateway } from '../../src/gateway.js'
+
+interface Teardown { teardown: (fn: () => unknown) => void }
+
+export interface Backend {
+  name: string
+  url: string
+  port: number
+  server: http.Server
+  /** Requests seen, in order. */
+  seen: Array<{ method: string, url: string, headers: http.IncomingHttpHeaders }>
+  /** Replace the request handler at run time. */
+  handler: ((req: IncomingMessage, res: ServerResponse) => void) | undefined
+  close: () => Promise<void>
+}
+
+/**
+ * A backend answering JSON `{backend, method, path}`. Special paths:
+ * `/slow?ms=N` answers after N ms; `/status/N` answers with status N.
+ * WebSocket connections get `name: message` echoes.
+ */
+export async function startBackend (t: Teardown, name: string): Promise<Backend> {
+  const seen: Backend['seen'] = []
+  const backend = { name, seen, handler: undefined } as unknown as Backend
+  const server = http.createServer((req, res) => {
+    seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers })
+    if (backend.handler !== undefined) return backend.handler(req, res)
+    const url = new URL(req.url ?? '/', 'http://x')
+    const reply = (status: number): void => {
+      const chunks: Buffer[] = []
+      req.on('data', (c: Buffer) => chunks.push(c))
+      req.on('end', () => {
+        const body = JSON.stringify({ backend: name, method: req.method, path: req.url, body: Buffer.concat(chunks).toString() })
+        res.writeHead(status, { 'content-type': 'application/json', 'x-backend': name })
+        res.end(body)
+      })
+    }
+    const status = /^\/status\/(\d{3})$/.exec(url.pathname)
+    if (status !== null) return reply(Number(status[1]))
+    if (url.pathname.endsWith('/slow')) {
+      const timer = setTimeout(() => reply(200), Number(url.searchParams.get('ms') ?? 1000))
+      res.on('close', () => clearTimeout(timer))
+      return
+    }
+    reply(200)
+  })
+  const wss = new WebSocketServer({ server })
+  wss.on('connection', (ws) => {
+    ws.on('message', (data) => ws.send(`${name}: ${String(data)}`))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  Object.assign(backend, {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    server,
+    close: async () => {
+      for (const c of wss.clients) c.terminate()
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    },
+  })
+  t.teardown(async () => await backend.close().catch(() => {}))
+  return backend
+}
+
+export function tempDir (t: Teardown): string {
+  const dir = mkdtempSync(join(tmpdir(), 'switchyard-test-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+export interface TestGateway {
+  gateway: Gateway
+  url: string
+  adminUrl: string
+  dir: string
+  configFile: string
+  stop: () => Promise<void>
+}
+
+/** Starts a gateway from YAML (written to a temp folder so state.file lands there). */
+export async function startGateway (t: Teardown, yaml: string, opts: { dir?: string, env?: NodeJS.ProcessEnv } = {}): Promise<TestGateway> {
+  const dir = opts.dir ?? tempDir(t)
+  const configFile = join(dir, 'switchyard.yaml')
+  writeFileSync(configFile, yaml)
+  const config = parseConfig(yaml, { file: configFile, env: opts.env ?? {} })
+  const gateway = new Gateway(config, { listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } })
+  await gateway.start()
+  let stopped = false
+  const stop = async (): Promise<void> => {
+    if (stopped) return
+    stopped = true
+    await gateway.stop(1000)
+  }
+  t.teardown(stop)
+  return { gateway, url: gateway.url, adminUrl: gateway.adminUrl, dir, configFile, stop }
+}
+
+/** A two-color service block for YAML configs. */
+export function serviceYaml (name: string, prefix: string, blue: Backend[], green: Backend[], extra = ''): string {
+  return `  ${name}:
+    match: { pathPrefix: ${prefix} }
+    blue: { targets: [${blue.map((b) => b.url).join(', ')}] }
+    green: { targets: [${green.map((b) => b.url).join(', ')}] }
+${extra}`
+}
+
+export interface Reply {
+  status: number
+  headers: Record<string, string | string[] | undefined>
+  text: string
+  json: any
+}
+
+export async function http1 (url: string, opts: { method?: string, headers?: Record<string, string>, body?: string, signal?: AbortSignal } = {}): Promise<Reply> {
+  const res = await request(url, { method: (opts.method ?? 'GET') as 'GET', headers: opts.headers, body: opts.body, signal: opts.signal })
+  const text = await res.body.text()
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    json = undefined
+  }
+  return { status: res.statusCode, headers: res.headers, text, json }
+}
+
+/** Admin call with an optional token; returns status and JSON. */
+export async function admin (base: string, method: string, path: string, body?: unknown, token?: string): Promise<Reply> {
+  const headers: Record<string, string> = {}
+  if (body !== undefined) headers['content-type'] = 'application/json'
+  if (token !== undefined) headers.authorization = `Bearer ${token}`
+  return await http1(base + path, { method, headers, body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body) })
+}
+
+/** Polls until `fn` stops throwing (or returns truthy), or fails after `timeout` ms. */
+export async function eventually<T> (fn: () => T | Promise<T>, { timeout = 5000, interval = 20 } = {}): Promise<T> {
+  const end = Date.now() + timeout
+  for (;;) {
+    try {
+      const v = await fn()
+      if (v !== false) return v
+      if (Date.now() > end) throw new Error('eventually: condition stayed false')
+    } catch (err) {
+      if (Date.now() > end) throw err
+    }
+    await new Promise((resolve) => setTimeout(resolve, interval))
+  }
+}
