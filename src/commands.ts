@@ -190,8 +190,9 @@ function printChanges (io: Io, result: Record<string, unknown>, json: boolean): 
 
 function integer (value: string | boolean | undefined, flag: string): number | undefined {
   if (value === undefined) return undefined
-  const n = Number(value)
-  if (!Number.isInteger(n) || n < 0) throw new CliError(`--${flag} must be a non-negative integer`, 2)
+  // Digits only: Number('') is 0, so an empty "$GEN" in a script would pass as generation 0.
+  const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : NaN
+  if (!Number.isSafeInteger(n)) throw new CliError(`--${flag} must be a non-negative integer`, 2)
   return n
 }
 

@@ -1,10 +1,8 @@
 // Integration tests of the admin API against a real gateway and real backends:
 // state view, flip, rollback, targets, optimistic concurrency, auth, strict input, events.
 
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { admin, eventually, http1, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
-
-type Test = typeof t
 
 interface Fleet {
   gw: TestGateway
@@ -368,6 +366,8 @@ t.test('bearer token auth on /v1', async (t) => {
   const ok = await admin(gw.adminUrl, 'GET', '/v1/state', undefined, 's3cret')
   t.equal(ok.status, 200)
   t.equal(ok.json.generation, 0)
+  t.equal((await http1(`${gw.adminUrl}/v1/state`, { headers: { authorization: 'bearer s3cret' } })).status, 200, 'the scheme is case-insensitive')
+  t.equal((await http1(`${gw.adminUrl}/v1/state`, { headers: { authorization: 'Bearer  s3cret' } })).status, 401, 'the token is compared exactly')
   const flipped = await admin(gw.adminUrl, 'POST', '/v1/flip', { services: ['users'] }, 's3cret')
   t.equal(flipped.status, 200)
   t.equal(await servedBy(gw, '/api/users'), 'users-green')
@@ -445,6 +445,11 @@ t.test('every bad admin input is refused with a message naming the field, and ch
     { name: 'since not a number', method: 'GET', path: '/v1/events?since=abc', status: 400, error: 'bad_request', message: /"since"/ },
     { name: 'since negative', method: 'GET', path: '/v1/events?since=-1', status: 400, error: 'bad_request', message: /"since"/ },
     { name: 'since fractional', method: 'GET', path: '/v1/events?since=1.5', status: 400, error: 'bad_request', message: /"since"/ },
+    { name: 'since empty', method: 'GET', path: '/v1/events?since=', status: 400, error: 'bad_request', message: /"since"/ },
+    { name: 'since in hex', method: 'GET', path: '/v1/events?since=0x1', status: 400, error: 'bad_request', message: /"since"/ },
+    { name: 'bad percent-encoding in the service', method: 'POST', path: '/v1/services/%E0%A4%A/flip', body: {}, status: 400, error: 'bad_request', message: /service in the path/ },
+    { name: 'bad percent-encoding in the color', method: 'PUT', path: '/v1/services/users/environments/%E0%A4%A/targets', body: { targets: [other] }, status: 400, error: 'bad_request', message: /color in the path/ },
+    { name: 'percent-encoded unknown color', method: 'PUT', path: '/v1/services/users/environments/%72ed/targets', body: { targets: [other] }, status: 404, error: 'not_found', message: /unknown color "red"/ },
   ]
   for (const c of cases) {
     const headers: Record<string, string> = {}

@@ -209,3 +209,19 @@ t.test('malformed requests get a 400 from the gateway itself', async (t) => {
   t.match(reply, /^HTTP\/1\.1 400/)
   t.equal(b.seen.length, 0)
 })
+
+t.test('a response undici cannot parse becomes 502 upstream_error', async (t) => {
+  const bad = net.createServer((c) => { c.once('data', () => c.end('HTTP/1.1 099 Weird\r\ncontent-length: 2\r\n\r\nok')) })
+  await new Promise<void>((resolve) => bad.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => bad.close())
+  const g = await startBackend(t, 'g')
+  const gw = await startGateway(t, `services:
+  svc:
+    match: { pathPrefix: / }
+    blue: { targets: [http://127.0.0.1:${(bad.address() as net.AddressInfo).port}] }
+    green: { targets: [${g.url}] }
+`)
+  const r = await http1(`${gw.url}/x`, { method: 'POST', body: 'x' })
+  t.equal(r.status, 502)
+  t.equal(r.json.error, 'upstream_error')
+})

@@ -18,7 +18,8 @@ export interface AdminOptions {
 
 /** Compares in constant time (hashing first makes the lengths equal too). */
 function tokenMatches (header: string | undefined, token: string): boolean {
-  if (header === undefined || !header.startsWith('Bearer ')) return false
+  // The auth scheme is case-insensitive (RFC 9110 section 11.1): "bearer x" is the same as "Bearer x".
+  if (header === undefined || !/^Bearer /i.test(header)) return false
   const a = createHash('sha256').update(header.slice(7)).digest()
   const b = createHash('sha256').update(token).digest()
   return timingSafeEqual(a, b)
@@ -98,6 +99,15 @@ const field = {
   },
 }
 
+/** A path segment; bad percent-encoding is the client's error, not a 500. */
+function segment (text: string, what: string): string {
+  try {
+    return decodeURIComponent(text)
+  } catch {
+    throw new SwitchyardError('bad_request', `${what} in the path is not valid percent-encoding: ${text}`, { field: what })
+  }
+}
+
 function send (res: ServerResponse, status: number, value: unknown): void {
   const body = JSON.stringify(value) + '\n'
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' })
@@ -140,8 +150,9 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
       const sinceText = url.searchParams.get('since')
       let since: number | undefined
       if (sinceText !== null) {
-        since = Number(sinceText)
-        if (!Number.isInteger(since) || since < 0) throw new SwitchyardError('bad_request', '"since" must be a non-negative integer event id', { field: 'since' })
+        // Digits only: Number() would take '' as 0 and '0x10' as 16.
+        since = /^\d+$/.test(sinceText) ? Number(sinceText) : NaN
+        if (!Number.isSafeInteger(since)) throw new SwitchyardError('bad_request', '"since" must be a non-negative integer event id', { field: 'since' })
       }
       return send(res, 200, { events: controller.events.list(since) })
     }
@@ -160,7 +171,7 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
     }
     const svcMatch = /^\/v1\/services\/([^/]+)(\/.*)?$/.exec(path)
     if (svcMatch !== null) {
-      const name = decodeURIComponent(svcMatch[1])
+      const name = segment(svcMatch[1], 'service')
       const rest = svcMatch[2] ?? ''
       if (rest === '/flip') {
         allow('POST')
@@ -171,7 +182,7 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
       const tm = /^\/environments\/([^/]+)\/targets$/.exec(rest)
       if (tm !== null) {
         allow('PUT')
-        const color = decodeURIComponent(tm[1])
+        const color = segment(tm[1], 'color')
         if (!isColor(color)) throw new SwitchyardError('not_found', `unknown color "${color}" (use blue or green)`, { field: 'color' })
         const body = await readJson(req)
         field.only(body, ['targets', 'force', 'reason', 'ifGeneration'])

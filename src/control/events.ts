@@ -35,6 +35,8 @@ export class EventLog {
   private readonly ring: SwitchyardEvent[] = []
   private nextId = 1
   private writes: Promise<void> = Promise.resolve()
+  /** The file ends in a torn line (a crash mid-append): the next append starts a new line. */
+  private isTorn = false
 
   constructor (file?: string) {
     this.file = file
@@ -54,6 +56,7 @@ export class EventLog {
       const start = Math.max(0, size - TAIL_BYTES)
       const buf = Buffer.alloc(size - start)
       await fh.read(buf, 0, buf.length, start)
+      this.isTorn = buf.length > 0 && buf[buf.length - 1] !== 0x0a
       const lines = buf.toString('utf8').split('\n')
       if (start > 0) lines.shift() // first line may be cut
       for (const line of lines) {
@@ -82,7 +85,8 @@ export class EventLog {
     this.push(ev)
     if (this.file !== undefined) {
       const file = this.file
-      const line = JSON.stringify(ev) + '\n'
+      const line = (this.isTorn ? '\n' : '') + JSON.stringify(ev) + '\n'
+      this.isTorn = false
       this.writes = this.writes
         .then(async () => {
           await mkdir(dirname(file), { recursive: true })

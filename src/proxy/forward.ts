@@ -110,7 +110,14 @@ export class Exchange implements Dispatcher.DispatchHandler {
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (this.closed) return false
     this.resumeUpstream = resume
-    this.res.writeHead(statusCode, statusText, downstreamResponseHeaders(rawHeaders))
+    try {
+      this.res.writeHead(statusCode, statusText, downstreamResponseHeaders(rawHeaders))
+    } catch {
+      // Node refuses what undici's parser accepted (say, a header value it deems invalid).
+      this.abortUpstream?.()
+      sendError(this.res, 'upstream_error', 502, 'the upstream sent response headers that cannot be relayed')
+      return false
+    }
     return true
   }
 
@@ -126,7 +133,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onError (err: Error): void {
-    if (this.closed) return
+    if (this.closed || this.res.writableEnded) return
     if (this.res.headersSent) {
       // Mid-body failure: the client must see a truncated response, not a clean end.
       this.res.destroy(err)

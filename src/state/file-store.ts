@@ -49,14 +49,15 @@ export class FileStateStore {
     const body = JSON.stringify({ version: 1, ...state }, null, 2) + '\n'
     const fh = await open(tmp, 'w', 0o644)
     try {
-      await fh.writeFile(body)
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
-    try {
+      try {
+        await fh.writeFile(body)
+        await fh.sync()
+      } finally {
+        await fh.close()
+      }
       await rename(tmp, this.file)
     } catch (err) {
+      // A failed write (disk full) or rename must not leave a temp file behind.
       await unlink(tmp).catch(() => {})
       throw err
     }
