@@ -22,7 +22,7 @@ const USAGE = `usage: switchyard <command> [options]
   validate FILE                       check a config file; prints OK or every error
   status                              services, live colors, targets
   flip [SERVICE...] [--to COLOR] [--force] [--reason TEXT] [--if-generation N]
-  rollback [SERVICE...] [--reason TEXT]
+  rollback [SERVICE...] [--reason TEXT] [--if-generation N]
   targets SERVICE COLOR URL... [--force] [--reason TEXT]
 
 client commands read SWITCHYARD_ADMIN_URL (default http://127.0.0.1:9901) and
@@ -210,10 +210,11 @@ async function flip (argv: string[], io: Io): Promise<number> {
 }
 
 async function rollback (argv: string[], io: Io): Promise<number> {
-  const { values, positionals } = args(argv, { reason: { type: 'string' } })
+  const { values, positionals } = args(argv, { reason: { type: 'string' }, 'if-generation': { type: 'string' } })
   const body = {
     ...(positionals.length > 0 ? { services: positionals } : {}),
     ...(values.reason === undefined ? {} : { reason: values.reason }),
+    ...(values['if-generation'] === undefined ? {} : { ifGeneration: integer(values['if-generation'], 'if-generation') }),
   }
   return printChanges(io, await call(io, 'POST', '/v1/rollback', body), values.json === true)
 }

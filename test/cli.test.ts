@@ -109,7 +109,10 @@ t.test('rollback reverts the last change, or the named services', async (t) => {
   t.equal(await servedBy(gw, '/api/orders'), 'orders-blue')
   t.match((await admin(gw.adminUrl, 'GET', '/v1/events')).json.events.at(-1), { type: 'rollback', reason: 'errors up' })
 
-  const named = await cli(['rollback', 'orders', '--json'], env)
+  const stale = await cli(['rollback', 'orders', '--if-generation', '1'], env)
+  t.equal(stale.code, 1)
+  t.match(stale.err, /stale_generation/)
+  const named = await cli(['rollback', 'orders', '--json', '--if-generation', '2'], env)
   t.equal(named.code, 0)
   t.strictSame(JSON.parse(named.out), { generation: 3, changes: [{ service: 'orders', from: 'blue', to: 'green' }] })
   t.equal(await servedBy(gw, '/api/orders'), 'orders-green')

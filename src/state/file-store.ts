@@ -61,12 +61,13 @@ export class FileStateStore {
       await unlink(tmp).catch(() => {})
       throw err
     }
-    // The rename is durable only once the folder entry is.
-    const dir = await open(dirname(this.file), 'r')
+    // The rename is durable only once the folder entry is. The new file is
+    // already in place, so a failure here must not report "nothing changed".
     try {
-      await dir.sync()
-    } finally {
-      await dir.close()
+      const dir = await open(dirname(this.file), 'r')
+      await dir.sync().finally(async () => await dir.close())
+    } catch (err) {
+      process.emitWarning(`state file ${this.file}: folder fsync failed: ${(err as Error).message}`)
     }
   }
 }
