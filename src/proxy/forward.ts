@@ -57,6 +57,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
   private readonly counter: InflightCounter
   private readonly headers: string[]
   private readonly retryable: boolean
+  private readonly body: IncomingMessage | null
   private endpoint: Endpoint
   private abortUpstream: ((err?: Error) => void) | undefined
   private resumeUpstream: (() => void) | undefined
@@ -70,7 +71,8 @@ export class Exchange implements Dispatcher.DispatchHandler {
     this.picker = picker
     this.counter = counter
     this.headers = upstreamRequestHeaders(req, proto)
-    this.retryable = IDEMPOTENT.has(req.method as string) && !hasBody(req)
+    this.body = hasBody(req) ? req : null
+    this.retryable = this.body === null && IDEMPOTENT.has(req.method as string)
   }
 
   start (): void {
@@ -86,7 +88,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
       path: req.url as string,
       method: req.method as Dispatcher.HttpMethod,
       headers: this.headers,
-      body: hasBody(req) ? req : null,
+      body: this.body,
     }, this)
   }
 

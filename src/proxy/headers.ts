@@ -75,20 +75,24 @@ export function upstreamRequestHeaders (req: IncomingMessage, proto: string): st
  * `res.writeHead`, without hop-by-hop ones. Repeated headers (Set-Cookie) stay repeated.
  */
 export function downstreamResponseHeaders (raw: readonly Buffer[]): string[] {
-  const names: string[] = new Array(raw.length >> 1)
-  let extra: Set<string> | undefined
-  for (let i = 0, j = 0; i < raw.length; i += 2, j++) {
-    const name = raw[i].toString('latin1')
-    names[j] = name
-    if (name.length === 10 && name.toLowerCase() === 'connection') {
-      for (const t of raw[i + 1].toString('latin1').split(',')) (extra ??= new Set()).add(t.trim().toLowerCase())
-    }
-  }
   const out: string[] = []
-  for (let i = 0, j = 0; i < raw.length; i += 2, j++) {
-    const lower = names[j].toLowerCase()
-    if (HOP_BY_HOP.has(lower) || (extra !== undefined && extra.has(lower))) continue
-    out.push(names[j], raw[i + 1].toString('latin1'))
+  let extra: Set<string> | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toString('latin1')
+    const lower = name.toLowerCase()
+    if (HOP_BY_HOP.has(lower)) {
+      if (lower === 'connection') {
+        for (const t of raw[i + 1].toString('latin1').split(',')) (extra ??= new Set()).add(t.trim().toLowerCase())
+      }
+      continue
+    }
+    out.push(name, raw[i + 1].toString('latin1'))
   }
-  return out
+  if (extra === undefined) return out
+  // Rare: drop what Connection named, now that every name is known.
+  const kept: string[] = []
+  for (let i = 0; i < out.length; i += 2) {
+    if (!extra.has(out[i].toLowerCase())) kept.push(out[i], out[i + 1])
+  }
+  return kept
 }
