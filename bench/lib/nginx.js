@@ -1,0 +1,132 @@
+// Child process: nginx as a reverse proxy in front of one upstream.
+//   node nginx.js --dir TEMPDIR --upstream 127.0.0.1:PORT [--nginx /usr/sbin/nginx]
+// Writes a config into TEMPDIR (prefix, pid, error log and temp paths all
+// there; access_log off), runs nginx in the foreground (`daemon off`) with
+// one worker, and reports { type: 'ready', url, version }. This wrapper kills
+// nginx when it is told to stop or when the parent process goes away.
+
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdirSync, writeFileSync, readFileSync, existsSync, rmSync } from 'node:fs'
+import net from 'node:net'
+import { join } from 'node:path'
+import { exitWithParent, parseArgs, reportStartupError } from './children.js'
+
+const args = parseArgs()
+const dir = String(args.dir)
+const bin = typeof args.nginx === 'string' ? args.nginx : 'nginx'
+let proc
+
+function killNginx () {
+  if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve()
+  const exited = new Promise((resolve) => proc.once('exit', resolve))
+  try { proc.kill('SIGTERM') } catch {} // nginx: SIGTERM = fast shutdown
+  const timer = setTimeout(() => { try { proc.kill('SIGKILL') } catch {} }, 3000)
+  return exited.finally(() => clearTimeout(timer))
+}
+
+// TEMPDIR is removed once nginx is gone (the parent removes it too; this
+// covers a parent killed with SIGKILL).
+const go = exitWithParent(async () => {
+  await killNginx()
+  rmSync(dir, { recursive: true, force: true })
+})
+process.on('message', (msg) => { if (msg?.type === 'stop') void go(0) })
+process.on('exit', () => { try { proc?.kill('SIGKILL') } catch {} })
+
+/** nginx cannot listen on port 0: take a free port from the kernel, then hand it over. */
+async function freePort () {
+  const srv = net.createServer()
+  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve) })
+  const { port } = srv.address()
+  await new Promise((resolve) => srv.close(resolve))
+  return port
+}
+
+async function waitForPort (port, ms) {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error(`nginx exited with ${proc.exitCode}: ${readLog()}`)
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1')
+      s.once('connect', () => { s.destroy(); resolve(true) })
+      s.once('error', () => resolve(false))
+    })
+    if (ok) return
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error(`nginx did not listen on ${port}: ${readLog()}`)
+}
+
+function readLog () {
+  const f = join(dir, 'logs', 'error.log')
+  return existsSync(f) ? readFileSync(f, 'utf8').slice(-2000) : '(no error log)'
+}
+
+function config (port, upstream) {
+  const tmp = (n) => join(dir, 'tmp', n)
+  return `
+worker_processes 1;
+daemon off;
+master_process on;
+${process.getuid?.() === 0 ? 'user root root;' : ''}
+pid ${join(dir, 'nginx.pid')};
+error_log ${join(dir, 'logs', 'error.log')} warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${tmp('client_body')};
+  proxy_temp_path ${tmp('proxy')};
+  fastcgi_temp_path ${tmp('fastcgi')};
+  uwsgi_temp_path ${tmp('uwsgi')};
+  scgi_temp_path ${tmp('scgi')};
+  keepalive_timeout 65s;
+  keepalive_requests 1000000;
+  upstream backend {
+    server ${upstream};
+    keepalive 128;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+    }
+  }
+}
+`
+}
+
+try {
+  mkdirSync(join(dir, 'logs'), { recursive: true })
+  mkdirSync(join(dir, 'tmp'), { recursive: true })
+  // `nginx -v` prints to stderr.
+  const v = spawnSync(bin, ['-v'], { encoding: 'utf8' })
+  const version = `${v.stderr ?? ''}${v.stdout ?? ''}`.trim().replace(/^nginx version: /, '')
+  let lastErr
+  for (let attempt = 0; attempt < 3; attempt++) { // the free port may be taken in between
+    const port = await freePort()
+    const conf = join(dir, 'nginx.conf')
+    writeFileSync(conf, config(port, String(args.upstream)))
+    proc = spawn(bin, ['-p', dir, '-c', conf, '-e', join(dir, 'logs', 'error.log')], { stdio: ['ignore', 'ignore', 'inherit'] })
+    proc.on('error', () => {})
+    try {
+      await waitForPort(port, 5000)
+      process.send({ type: 'ready', url: `http://127.0.0.1:${port}`, version, pid: proc.pid })
+      lastErr = undefined
+      break
+    } catch (err) {
+      lastErr = err
+      await killNginx()
+    }
+  }
+  if (lastErr !== undefined) throw lastErr
+} catch (err) {
+  reportStartupError(err)
+}
