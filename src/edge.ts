@@ -6,8 +6,9 @@ import type { Duplex } from 'node:stream'
 import { ERRORS } from './errors.js'
 import { Exchange, sendError } from './proxy/forward.js'
 import { proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
+import { SMOKE_HEADER, type SmokeRunner } from './health/smoke.js'
 import { chooseColor } from './routing/choose.js'
-import type { Switcher } from './routing/snapshot.js'
+import type { ColorRoute, ServiceRoute, Switcher } from './routing/snapshot.js'
 
 const PROTO = 'http'
 
@@ -17,14 +18,24 @@ export interface EdgeServer {
   upgraded: Set<Duplex>
 }
 
-export function createEdgeServer (switcher: Switcher): EdgeServer {
+export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner): EdgeServer {
   const upgraded = new Set<Duplex>()
+
+  /** Smoke checks of the gate pin a color with a header only this process can forge. */
+  const colorFor = (route: ServiceRoute, headers: IncomingMessage['headers']): ColorRoute => {
+    const pinned = headers[SMOKE_HEADER] === undefined ? undefined : smoke.colorOf(headers[SMOKE_HEADER])
+    return pinned === undefined ? chooseColor(route, headers) : route.colors[pinned]
+  }
+
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const route = switcher.current.match(req.headers.host, req.url as string)
     if (route === undefined) return sendError(res, 'no_route', ERRORS.no_route.status)
-    const color = chooseColor(route, req.headers)
+    const color = colorFor(route, req.headers)
     const endpoint = color.targets.pick()
-    if (endpoint === undefined) return sendError(res, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status, `no healthy upstream for ${route.name} (${color.color})`)
+    if (endpoint === undefined) {
+      color.stats.record(true)
+      return sendError(res, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status, `no healthy upstream for ${route.name} (${color.color})`)
+    }
     new Exchange(req, res, endpoint, color.targets, color.stats, PROTO).start()
   }
 
@@ -34,7 +45,7 @@ export function createEdgeServer (switcher: Switcher): EdgeServer {
     socket.once('close', () => upgraded.delete(socket))
     const route = switcher.current.match(req.headers.host, req.url as string)
     if (route === undefined) return rejectUpgrade(socket, 'no_route', ERRORS.no_route.status)
-    const color = chooseColor(route, req.headers)
+    const color = colorFor(route, req.headers)
     const endpoint = color.targets.pick()
     if (endpoint === undefined) return rejectUpgrade(socket, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status)
     proxyUpgrade(req, socket, head, endpoint, color.stats, PROTO, color.timeouts.connect)

@@ -10,6 +10,8 @@ import type { Config, HostPort } from './config/schema.js'
 import { Controller } from './control/controller.js'
 import { EventLog } from './control/events.js'
 import { createEdgeServer, type EdgeServer } from './edge.js'
+import { Prober } from './health/prober.js'
+import { SmokeRunner } from './health/smoke.js'
 import { FileStateStore } from './state/file-store.js'
 import { TargetRegistry } from './upstream/registry.js'
 
@@ -22,6 +24,8 @@ export interface GatewayOptions {
 export class Gateway {
   readonly config: Config
   readonly registry = new TargetRegistry()
+  readonly prober = new Prober()
+  readonly smoke = new SmokeRunner(() => this.url)
   controller!: Controller
   private edge: http.Server | undefined
   private edgeParts: EdgeServer | undefined
@@ -36,8 +40,8 @@ export class Gateway {
   async start (): Promise<void> {
     const store = new FileStateStore(this.config.state.file)
     const events = new EventLog(join(dirname(this.config.state.file), 'events.jsonl'))
-    this.controller = await Controller.create(this.config, this.registry, store, events)
-    this.edgeParts = createEdgeServer(this.controller.switcher)
+    this.controller = await Controller.create(this.config, this.registry, store, events, { prober: this.prober, smoke: this.smoke })
+    this.edgeParts = createEdgeServer(this.controller.switcher, this.smoke)
     this.edge = this.edgeParts.server
     this.admin = createAdminServer(this.controller, { token: this.config.admin.token })
     try {
@@ -57,8 +61,11 @@ export class Gateway {
     return this.admin?.address() as AddressInfo
   }
 
+  /** The public listener's origin, reachable from this host (a wildcard bind becomes loopback). */
   get url (): string {
-    return `http://127.0.0.1:${this.address.port}`
+    const { address, family, port } = this.address
+    if (address === '0.0.0.0' || address === '::') return `http://${family === 'IPv6' ? '[::1]' : '127.0.0.1'}:${port}`
+    return family === 'IPv6' ? `http://[${address}]:${port}` : `http://${address}:${port}`
   }
 
   get adminUrl (): string {
@@ -83,7 +90,8 @@ export class Gateway {
     for (const s of servers) s.closeAllConnections()
     for (const socket of this.edgeParts?.upgraded ?? []) socket.destroy()
     await Promise.all(closed)
-    await this.controller?.idle()
+    await this.controller?.stop()
+    await this.prober.stop()
     await this.registry.destroy()
   }
 }

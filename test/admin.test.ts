@@ -54,8 +54,8 @@ t.test('GET /v1/state describes every service and both colors', async (t) => {
   t.equal(users.previous, null)
   t.ok('guard' in users, 'guard is present')
   t.same(users.route, { pathPrefix: '/api/users' })
-  t.strictSame(users.environments.blue, { state: 'live', inflight: 0, websockets: 0, targets: [{ url: ub.url, healthy: true, inflight: 0 }] })
-  t.strictSame(users.environments.green, { state: 'idle', inflight: 0, websockets: 0, targets: [{ url: ug.url, healthy: true, inflight: 0 }] })
+  t.strictSame(users.environments.blue, { state: 'live', inflight: 0, websockets: 0, targets: [{ url: ub.url, healthy: true, inflight: 0, probe: 'unchecked' }], healthy: 1 })
+  t.strictSame(users.environments.green, { state: 'idle', inflight: 0, websockets: 0, targets: [{ url: ug.url, healthy: true, inflight: 0, probe: 'unchecked' }], healthy: 1 })
   t.same(st.services.orders.environments.blue.targets.map((x: any) => x.url), [ob.url])
   t.same(st.services.orders.environments.green.targets.map((x: any) => x.url), [og.url])
   t.equal((await admin(gw.adminUrl, 'GET', '/v1/state/')).status, 200, 'a trailing slash is the same endpoint')
@@ -333,15 +333,14 @@ t.test('the gate refuses a color below minHealthy unless force', async (t) => {
   const refused = await admin(gw.adminUrl, 'POST', '/v1/flip', { services: ['users', 'orders'] })
   t.equal(refused.status, 409)
   t.equal(refused.json.error, 'gate_failed')
-  t.same(refused.json.failures, [{ service: 'users', color: 'green', reason: '1 healthy target(s), gate.minHealthy is 2' }])
+  t.same(refused.json.failures, [{ service: 'users', color: 'green', reason: '1 healthy target(s), gate.minHealthy is 2', healthy: 1, minHealthy: 2, targets: [] }])
   t.same(await state(gw), before, 'orders passed its gate but did not move alone')
 
   const forced = await admin(gw.adminUrl, 'POST', '/v1/flip', { services: ['users'], force: true })
   t.equal(forced.status, 200)
   t.equal(await servedBy(gw, '/api/users'), 'users-green')
   const ev = (await events(gw)).at(-1)
-  t.equal(ev.forced, true)
-  t.equal(ev.gateFailures.length, 1)
+  t.equal(ev.forced, true, 'force skips the gate and is recorded')
 })
 
 t.test('bearer token auth on /v1', async (t) => {

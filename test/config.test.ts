@@ -257,18 +257,18 @@ t.test('unknown keys name their path', async (t) => {
   onlyProblem(t, `bogus: 1\n${ONE}`, 'bogus', /^unknown key \(expected one of: listen, admin, state, defaults, services\)$/)
   onlyProblem(t, `admin: { listen: 127.0.0.1:9901, tokn: x }\n${ONE}`, 'admin.tokn', /unknown key \(expected one of: listen, token\)/)
   onlyProblem(t, `defaults:\n  timeouts: { connect: 1s, read: 2s }\n${ONE}`, 'defaults.timeouts.read', /unknown key \(expected one of: connect, response, idleUpstream\)/)
-  onlyProblem(t, `defaults:\n  retries: 3\n${ONE}`, 'defaults.retries', /unknown key \(expected one of: timeouts, health, gate, guard, drain\)/)
+  onlyProblem(t, `defaults:\n  retries: 3\n${ONE}`, 'defaults.retries', /unknown key \(expected one of: timeouts, health, passive, gate, guard, drain\)/)
   onlyProblem(t, `defaults:\n  health: { path: /h, every: 2s }\n${ONE}`, 'defaults.health.every', /unknown key/)
   onlyProblem(t, `defaults:\n  gate: { min: 1 }\n${ONE}`, 'defaults.gate.min', /unknown key \(expected one of: minHealthy\)/)
   onlyProblem(t, `defaults:\n  guard: { windw: 1s }\n${ONE}`, 'defaults.guard.windw', /unknown key/)
   onlyProblem(t, `defaults:\n  drain: { wait: 1s }\n${ONE}`, 'defaults.drain.wait', /unknown key/)
-  onlyProblem(t, `services:\n${svc('users', '/api/users', '    bogus: true\n')}`, 'services.users.bogus', /^unknown key \(expected one of: match, live, blue, green, preview, sticky, smoke, timeouts, health, gate, guard, drain\)$/)
+  onlyProblem(t, `services:\n${svc('users', '/api/users', '    bogus: true\n')}`, 'services.users.bogus', /^unknown key \(expected one of: match, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, drain\)$/)
   onlyProblem(t, `services:\n${svc('users', '/api/users', '    timeouts: { connect: 1s, idle: 2s }\n')}`, 'services.users.timeouts.idle', /unknown key/)
   onlyProblem(t, `services:\n  users:\n    match: { pathPrefix: /u, method: GET }\n    blue: { targets: [http://h:1] }\n`, 'services.users.match.method', /unknown key \(expected one of: host, pathPrefix\)/)
   onlyProblem(t, `services:\n  users:\n    match: { pathPrefix: /u }\n    blue: { targets: [http://h:1], weight: 2 }\n`, 'services.users.blue.weight', /unknown key \(expected one of: targets\)/)
   onlyProblem(t, `services:\n${svc('users', '/u', '    preview: { header: x-c, query: c }\n')}`, 'services.users.preview.query', /unknown key/)
   onlyProblem(t, `services:\n${svc('users', '/u', '    sticky: { cookie: c, ttl: 1m }\n')}`, 'services.users.sticky.ttl', /unknown key/)
-  onlyProblem(t, `services:\n${svc('users', '/u', '    smoke:\n      - { path: /ping }\n      - { path: /ping, status: 204 }\n')}`, 'services.users.smoke[1].status', /unknown key \(expected one of: method, path, headers, expectStatus, bodyContains\)/)
+  onlyProblem(t, `services:\n${svc('users', '/', '    smoke:\n      - { path: /ping }\n      - { path: /ping, status: 204 }\n')}`, 'services.users.smoke[1].status', /unknown key \(expected one of: method, path, headers, expectStatus, bodyContains\)/)
   onlyProblem(t, `__proto__: { x: 1 }\n${ONE}`, '__proto__', /unknown key/)
   onlyProblem(t, `services:\n${svc('users', '/u', '    __proto__: { live: green }\n')}`, 'services.users.__proto__', /unknown key/)
 })
@@ -375,14 +375,14 @@ t.test('health', async (t) => {
 
   const d = parse(`defaults:\n  health: {}\n${ONE}`)
   t.same(d.services.users.health, DEFAULTS.defaults.health, 'empty defaults.health: on with DEFAULTS')
-  t.same(d.services.users.health, { path: '/healthz', interval: 2000, timeout: 1000, healthyThreshold: 2, unhealthyThreshold: 3 })
+  t.same(d.services.users.health, { path: '/healthz', interval: 2000, timeout: 1000, healthyThreshold: 2, unhealthyThreshold: 3, expectStatus: [], assumeHealthy: false, panicThreshold: 0 })
 
   const c = parse(`defaults:
   health: { path: /ready, interval: 5s }
 services:
 ${svc('inherits', '/a')}${svc('tweaks', '/b', '    health: { timeout: 500ms, unhealthyThreshold: 5 }\n', 3003)}${svc('off', '/c', '    health: false\n', 3005)}`)
-  t.same(c.services.inherits.health, { path: '/ready', interval: 5000, timeout: 1000, healthyThreshold: 2, unhealthyThreshold: 3 })
-  t.same(c.services.tweaks.health, { path: '/ready', interval: 5000, timeout: 500, healthyThreshold: 2, unhealthyThreshold: 5 }, 'service overrides part of defaults.health')
+  t.same(c.services.inherits.health, { path: '/ready', interval: 5000, timeout: 1000, healthyThreshold: 2, unhealthyThreshold: 3, expectStatus: [], assumeHealthy: false, panicThreshold: 0 })
+  t.same(c.services.tweaks.health, { path: '/ready', interval: 5000, timeout: 500, healthyThreshold: 2, unhealthyThreshold: 5, expectStatus: [], assumeHealthy: false, panicThreshold: 0 }, 'service overrides part of defaults.health')
   t.equal(c.services.off.health, undefined, 'health: false turns probes off')
 
   const own = parse(`services:\n${svc('users', '/u', '    health: { path: /live }\n')}`)
@@ -393,6 +393,40 @@ ${svc('inherits', '/a')}${svc('tweaks', '/b', '    health: { timeout: 500ms, unh
   onlyProblem(t, `defaults:\n  health: { healthyThreshold: 0 }\n${ONE}`, 'defaults.health.healthyThreshold', /at least 1/)
   onlyProblem(t, `services:\n${svc('users', '/u', '    health: { interval: 2 }\n')}`, 'services.users.health.interval', /not a duration/)
   onlyProblem(t, `services:\n${svc('users', '/u', '    health: true\n')}`, 'services.users.health', /must be a mapping/)
+
+  const opts = parse(`services:\n${svc('users', '/u', '    health: { expectStatus: [200, 204], assumeHealthy: true, panicThreshold: 50 }\n')}`)
+  t.same(opts.services.users.health?.expectStatus, [200, 204])
+  t.equal(opts.services.users.health?.assumeHealthy, true)
+  t.equal(opts.services.users.health?.panicThreshold, 50)
+  onlyProblem(t, `services:\n${svc('users', '/u', '    health: { expectStatus: 200 }\n')}`, 'services.users.health.expectStatus', /list of HTTP statuses/)
+  onlyProblem(t, `services:\n${svc('users', '/u', '    health: { expectStatus: [200, 700] }\n')}`, 'services.users.health.expectStatus[1]', /HTTP status/)
+  onlyProblem(t, `services:\n${svc('users', '/u', '    health: { expectStatus: [99] }\n')}`, 'services.users.health.expectStatus[0]', /at least 100/)
+  onlyProblem(t, `services:\n${svc('users', '/u', '    health: { assumeHealthy: yes please }\n')}`, 'services.users.health.assumeHealthy', /true or false/)
+  onlyProblem(t, `services:\n${svc('users', '/u', '    health: { panicThreshold: 101 }\n')}`, 'services.users.health.panicThreshold', /percentage/)
+  onlyProblem(t, `services:\n${svc('users', '/u', '    health: { interval: 1s, timeout: 2s }\n')}`, 'services.users.health.timeout', /not be longer than health.interval/)
+})
+
+t.test('smoke checks must fall under their service route', async (t) => {
+  const ok = parse(`services:\n${svc('users', '/api/users', '    smoke:\n      - { path: /api/users }\n      - { path: \'/api/users/ping?x=1\' }\n')}`)
+  t.equal(ok.services.users.smoke.length, 2)
+  onlyProblem(t, `services:\n${svc('users', '/api/users', '    smoke:\n      - { path: /api/usersx/ping }\n')}`, 'services.users.smoke[0].path', /under the service's pathPrefix \/api\/users/)
+  onlyProblem(t, `services:\n${svc('users', '/api/users', '    smoke:\n      - { path: /health }\n')}`, 'services.users.smoke[0].path', /under the service's pathPrefix/)
+})
+
+t.test('passive health (outlier ejection)', async (t) => {
+  t.same(parse(ONE).services.users.passive, DEFAULTS.defaults.passive, 'on by default')
+  t.same(DEFAULTS.defaults.passive, { consecutiveFailures: 5, baseEjectionTime: 30000, maxEjectionTime: 300000 })
+  const c = parse(`defaults:
+  passive: { consecutiveFailures: 3 }
+services:
+${svc('inherits', '/a')}${svc('tweaks', '/b', '    passive: { baseEjectionTime: 1s, maxEjectionTime: 10s }\n', 3003)}${svc('off', '/c', '    passive: false\n', 3005)}`)
+  t.same(c.services.inherits.passive, { consecutiveFailures: 3, baseEjectionTime: 30000, maxEjectionTime: 300000 })
+  t.same(c.services.tweaks.passive, { consecutiveFailures: 3, baseEjectionTime: 1000, maxEjectionTime: 10000 })
+  t.equal(c.services.off.passive, undefined)
+  t.equal(parse(`defaults:\n  passive: false\n${ONE}`).services.users.passive, undefined)
+  onlyProblem(t, `services:\n${svc('users', '/u', '    passive: { consecutiveFailures: 0 }\n')}`, 'services.users.passive.consecutiveFailures', /at least 1/)
+  onlyProblem(t, `services:\n${svc('users', '/u', '    passive: { baseEjectionTime: 1m, maxEjectionTime: 10s }\n')}`, 'services.users.passive.maxEjectionTime', /not be shorter/)
+  onlyProblem(t, `services:\n${svc('users', '/u', '    passive: { ejections: 2 }\n')}`, 'services.users.passive.ejections', /unknown key/)
 })
 
 t.test('preview and sticky', async (t) => {
@@ -408,7 +442,7 @@ t.test('preview and sticky', async (t) => {
 })
 
 t.test('smoke checks', async (t) => {
-  const c = parse(`services:\n${svc('users', '/u', `    smoke:
+  const c = parse(`services:\n${svc('users', '/api', `    smoke:
       - { path: /api/users/ping }
       - { method: post, path: '/api/users?dry=1', headers: { X-Test: yes, accept: text/plain }, expectStatus: 204, bodyContains: ok }
 `)}`)
@@ -417,7 +451,7 @@ t.test('smoke checks', async (t) => {
     { method: 'POST', path: '/api/users?dry=1', headers: { 'x-test': 'yes', accept: 'text/plain' }, expectStatus: 204, bodyContains: 'ok' },
   ], 'defaults GET and 200; method uppercased; header names lowercased')
 
-  const smoke = (lines: string): string => `services:\n${svc('users', '/u', `    smoke:\n${lines}`)}`
+  const smoke = (lines: string): string => `services:\n${svc('users', '/', `    smoke:\n${lines}`)}`
   onlyProblem(t, smoke('      - { method: GET }\n'), 'services.users.smoke[0].path', /^required$/)
   onlyProblem(t, smoke('      - { path: ping }\n'), 'services.users.smoke[0].path', /must start with \//)
   onlyProblem(t, smoke('      - { path: /a }\n      - { path: /b, method: "GE T" }\n'), 'services.users.smoke[1].method', /not an HTTP method/)
@@ -470,7 +504,7 @@ services:
     'invalid config /etc/switchyard.yaml:',
     '  admin.token: required when admin.listen (0.0.0.0) is not loopback',
     '  defaults.timeouts.connect: not a duration (use 500ms, 2s, 1m): "2 seconds"',
-    '  services.users.bogus: unknown key (expected one of: match, live, blue, green, preview, sticky, smoke, timeouts, health, gate, guard, drain)',
+    '  services.users.bogus: unknown key (expected one of: match, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, drain)',
     '  services.users.green.targets[1]: not a URL: "nope"',
   ].join('\n'))
 

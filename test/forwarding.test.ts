@@ -144,6 +144,7 @@ t.test('connect failure: 502, and idempotent requests retry once on another targ
     match: { pathPrefix: / }
     blue: { targets: [${dead}, ${b.url}] }
     green: { targets: [${g.url}] }
+    passive: false
   down:
     match: { pathPrefix: /down }
     blue: { targets: [${dead}] }

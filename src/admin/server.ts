@@ -128,7 +128,10 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
     const method = req.method ?? 'GET'
 
     if (path === '/healthz') return send(res, 200, { status: 'ok' })
-    if (path === '/readyz') return send(res, 200, { ready: true })
+    if (path === '/readyz') {
+      const r = controller.readiness()
+      return send(res, r.ready ? 200 : 503, r)
+    }
 
     if (path.startsWith('/v1/') && opts.token !== '' && !tokenMatches(req.headers.authorization, opts.token)) {
       res.setHeader('www-authenticate', 'Bearer realm="switchyard"')

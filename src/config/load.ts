@@ -6,7 +6,7 @@ import { dirname, resolve } from 'node:path'
 import { parseDocument } from 'yaml'
 import {
   COLORS, DEFAULTS, isColor,
-  type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig,
+  type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type PassiveConfig,
   type HostPort, type ServiceConfig, type SmokeCheck, type Timeouts,
 } from './schema.js'
 import { isLoopback, parseDuration, parseHostPort, parseOrigin, substituteEnv } from './values.js'
@@ -75,6 +75,23 @@ class Checker {
     return n
   }
 
+  bool (value: unknown, path: string): boolean | undefined {
+    if (typeof value !== 'boolean') return this.fail(path, 'must be true or false')
+    return value
+  }
+
+  /** A list of HTTP statuses (100-599). */
+  statusList (value: unknown, path: string): number[] | undefined {
+    if (!Array.isArray(value)) return this.fail(path, 'must be a list of HTTP statuses')
+    const out: number[] = []
+    value.forEach((v: unknown, i: number) => {
+      const n = this.integer(v, join(path, i), 0, 100)
+      if (n > 599) this.fail(join(path, i), 'must be an HTTP status (100-599)')
+      else if (n >= 100) out.push(n)
+    })
+    return out
+  }
+
   hostPort (value: unknown, path: string, fallback: string): HostPort {
     const text = value ?? fallback
     const hp = typeof text === 'string' ? parseHostPort(text) : undefined
@@ -88,7 +105,7 @@ function join (path: string, key: string | number): string {
 }
 
 const TOP_KEYS = ['listen', 'admin', 'state', 'defaults', 'services'] as const
-const SERVICE_SECTION_KEYS = ['timeouts', 'health', 'gate', 'guard', 'drain'] as const
+const SERVICE_SECTION_KEYS = ['timeouts', 'health', 'passive', 'gate', 'guard', 'drain'] as const
 const SERVICE_KEYS = ['match', 'live', 'blue', 'green', 'preview', 'sticky', 'smoke', ...SERVICE_SECTION_KEYS] as const
 const SERVICE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
@@ -181,6 +198,7 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
 interface Sections {
   timeouts: Timeouts
   health: HealthConfig | undefined
+  passive: PassiveConfig | undefined
   gate: GateConfig
   guard: GuardConfig
   drain: DrainConfig
@@ -203,7 +221,7 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
   } else if (raw.health !== undefined) {
     const hp = join(path, 'health')
     const h = health ?? d.health
-    const hr = c.object(raw.health, hp, ['path', 'interval', 'timeout', 'healthyThreshold', 'unhealthyThreshold']) ?? {}
+    const hr = c.object(raw.health, hp, ['path', 'interval', 'timeout', 'healthyThreshold', 'unhealthyThreshold', 'expectStatus', 'assumeHealthy', 'panicThreshold']) ?? {}
     const probePath = hr.path === undefined ? h.path : c.string(hr.path, join(hp, 'path')) ?? h.path
     if (!probePath.startsWith('/')) c.fail(join(hp, 'path'), 'must start with /')
     health = {
@@ -212,7 +230,27 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
       timeout: c.duration(hr.timeout, join(hp, 'timeout'), h.timeout),
       healthyThreshold: c.integer(hr.healthyThreshold, join(hp, 'healthyThreshold'), h.healthyThreshold, 1),
       unhealthyThreshold: c.integer(hr.unhealthyThreshold, join(hp, 'unhealthyThreshold'), h.unhealthyThreshold, 1),
+      expectStatus: hr.expectStatus === undefined ? h.expectStatus : c.statusList(hr.expectStatus, join(hp, 'expectStatus')) ?? h.expectStatus,
+      assumeHealthy: hr.assumeHealthy === undefined ? h.assumeHealthy : c.bool(hr.assumeHealthy, join(hp, 'assumeHealthy')) ?? h.assumeHealthy,
+      panicThreshold: c.integer(hr.panicThreshold, join(hp, 'panicThreshold'), h.panicThreshold, 0),
     }
+    if (health.panicThreshold > 100) c.fail(join(hp, 'panicThreshold'), 'must be a percentage from 0 to 100')
+    if (health.timeout > health.interval) c.fail(join(hp, 'timeout'), `must not be longer than health.interval (${health.interval}ms)`)
+  }
+
+  let passive: PassiveConfig | undefined = inherit === undefined ? d.passive : inherit.passive
+  if (raw.passive === false) {
+    passive = undefined
+  } else if (raw.passive !== undefined) {
+    const pp = join(path, 'passive')
+    const p = passive ?? d.passive
+    const pr = c.object(raw.passive, pp, ['consecutiveFailures', 'baseEjectionTime', 'maxEjectionTime']) ?? {}
+    passive = {
+      consecutiveFailures: c.integer(pr.consecutiveFailures, join(pp, 'consecutiveFailures'), p.consecutiveFailures, 1),
+      baseEjectionTime: c.duration(pr.baseEjectionTime, join(pp, 'baseEjectionTime'), p.baseEjectionTime),
+      maxEjectionTime: c.duration(pr.maxEjectionTime, join(pp, 'maxEjectionTime'), p.maxEjectionTime),
+    }
+    if (passive.maxEjectionTime < passive.baseEjectionTime) c.fail(join(pp, 'maxEjectionTime'), 'must not be shorter than baseEjectionTime')
   }
 
   const g = inherit?.gate ?? d.gate
@@ -231,7 +269,7 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
   const drr = raw.drain === undefined ? {} : c.object(raw.drain, join(path, 'drain'), ['timeout']) ?? {}
   const drain: DrainConfig = { timeout: c.duration(drr.timeout, join(path, 'drain.timeout'), dr.timeout) }
 
-  return { timeouts, health, gate, guard, drain }
+  return { timeouts, health, passive, gate, guard, drain }
 }
 
 function service (name: string, value: unknown, path: string, c: Checker, base: Sections): ServiceConfig | undefined {
@@ -310,7 +348,14 @@ function service (name: string, value: unknown, path: string, c: Checker, base: 
       raw.smoke.forEach((s: unknown, i: number) => {
         const sp = join(join(path, 'smoke'), i)
         const check = smokeCheck(s, sp, c)
-        if (check !== undefined) smoke.push(check)
+        if (check === undefined) return
+        // A check that this service's route would not match would test some other service.
+        const q = check.path.search(/[?#]/)
+        const p = q === -1 ? check.path : check.path.slice(0, q)
+        if (pathPrefix !== '/' && p !== pathPrefix && !p.startsWith(pathPrefix + '/')) {
+          c.fail(join(sp, 'path'), `must be under the service's pathPrefix ${pathPrefix}`)
+        }
+        smoke.push(check)
       })
     }
   }

@@ -37,6 +37,24 @@ export interface HealthConfig {
   healthyThreshold: number
   /** Failures in a row that make a target unhealthy. Default 3. */
   unhealthyThreshold: number
+  /** Statuses that count as a pass. Default empty: any 2xx. */
+  expectStatus: number[]
+  /** Serve a new target before its first probe ("healthy until proven otherwise"). Default false: unknown targets get no traffic. */
+  assumeHealthy: boolean
+  /**
+   * Panic mode, in percent: when fewer than this share of a color's targets
+   * are healthy, spread traffic over all of them (as Envoy does). Default 0: off.
+   */
+  panicThreshold: number
+}
+
+export interface PassiveConfig {
+  /** Failures in a row (connect failure, reset, timeout, 5xx) that eject a target. Default 5. */
+  consecutiveFailures: number
+  /** First ejection lasts this long; each further one in a row doubles it, ms. Default 30s. */
+  baseEjectionTime: number
+  /** Upper bound of one ejection, ms. Default 300s. */
+  maxEjectionTime: number
 }
 
 export interface GateConfig {
@@ -93,6 +111,8 @@ export interface ServiceConfig {
   timeouts: Timeouts
   /** Active health probes: on when `defaults.health` or the service's `health` is set (missing fields from DEFAULTS); `health: false` turns them off. Off: targets count as healthy. */
   health?: HealthConfig
+  /** Passive health (outlier ejection). Default on; `passive: false` turns it off. */
+  passive?: PassiveConfig
   gate: GateConfig
   guard: GuardConfig
   drain: DrainConfig
@@ -119,6 +139,7 @@ export interface Config {
 export interface ServiceDefaults {
   timeouts: Timeouts
   health: HealthConfig
+  passive: PassiveConfig
   gate: GateConfig
   guard: GuardConfig
   drain: DrainConfig
@@ -137,7 +158,8 @@ export const DEFAULTS = {
   },
   defaults: {
     timeouts: { connect: 2_000, response: 30_000, idleUpstream: 60_000 },
-    health: { path: '/healthz', interval: 2_000, timeout: 1_000, healthyThreshold: 2, unhealthyThreshold: 3 },
+    health: { path: '/healthz', interval: 2_000, timeout: 1_000, healthyThreshold: 2, unhealthyThreshold: 3, expectStatus: [] as number[], assumeHealthy: false, panicThreshold: 0 },
+    passive: { consecutiveFailures: 5, baseEjectionTime: 30_000, maxEjectionTime: 300_000 },
     gate: { minHealthy: 1 },
     guard: { window: 60_000, maxErrorRate: 0.05, minRequests: 20 },
     drain: { timeout: 30_000 },

@@ -4,8 +4,12 @@
 import { COLORS, otherColor, type Color, type Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
 import { buildSnapshot, colorTargets, snapshotTargets, Switcher, type RoutingState, type ServiceState, type Snapshot } from '../routing/snapshot.js'
+import { Guard, type GuardTrip } from '../health/guard.js'
+import type { Prober } from '../health/prober.js'
+import type { SmokeFailure, SmokeRunner } from '../health/smoke.js'
+import { log } from '../log.js'
 import type { FileStateStore, PersistedState } from '../state/file-store.js'
-import type { TargetRegistry } from '../upstream/registry.js'
+import type { HealthChange, Target, TargetRegistry } from '../upstream/registry.js'
 import type { ColorChange, EventLog, NewEvent, SwitchyardEvent } from './events.js'
 
 export interface FlipRequest {
@@ -14,7 +18,7 @@ export interface FlipRequest {
   force?: boolean
   reason?: string
   ifGeneration?: number
-  /** false leaves the post-flip guard off for this flip (the guard arrives with health probes). */
+  /** false leaves the post-flip guard off for this flip. */
   guard?: boolean
   actor?: string
 }
@@ -44,6 +48,23 @@ export interface ChangeResult {
 
 export type ColorState = 'live' | 'draining' | 'idle'
 
+/** Why the gate refused one service's flip. */
+export interface GateFailure {
+  service: string
+  color: Color
+  reason: string
+  healthy?: number
+  minHealthy?: number
+  targets?: Array<Record<string, unknown>>
+  smoke?: SmokeFailure[]
+}
+
+/** Health machinery the controller drives; absent in unit setups that need none. */
+export interface HealthDeps {
+  prober: Prober
+  smoke: SmokeRunner
+}
+
 export class Controller {
   readonly switcher: Switcher
   private config: Config
@@ -51,19 +72,26 @@ export class Controller {
   private readonly registry: TargetRegistry
   private readonly store: FileStateStore
   readonly events: EventLog
+  private readonly health: HealthDeps
+  private readonly guards = new Set<Guard>()
   private queue: Promise<unknown> = Promise.resolve()
+  /** Auto-reverts since start, per service (metrics read this). */
+  readonly autoReverts = new Map<string, number>()
 
-  private constructor (config: Config, state: PersistedState, registry: TargetRegistry, store: FileStateStore, events: EventLog, snapshot: Snapshot) {
+  private constructor (config: Config, state: PersistedState, registry: TargetRegistry, store: FileStateStore, events: EventLog, snapshot: Snapshot, health: HealthDeps) {
     this.config = config
     this.state = state
     this.registry = registry
     this.store = store
     this.events = events
+    this.health = health
     this.switcher = new Switcher(snapshot)
+    registry.onHealthChange((change) => this.onHealthChange(change))
+    this.afterSwap(snapshot)
   }
 
   /** Loads saved state (which wins over the config's `live`) and builds the first snapshot. */
-  static async create (config: Config, registry: TargetRegistry, store: FileStateStore, events: EventLog): Promise<Controller> {
+  static async create (config: Config, registry: TargetRegistry, store: FileStateStore, events: EventLog, health: HealthDeps): Promise<Controller> {
     const saved = await store.load()
     const state: PersistedState = saved ?? { generation: 0, services: {}, lastChange: [] }
     for (const svc of Object.values(config.services)) {
@@ -76,7 +104,27 @@ export class Controller {
     } catch (err) {
       throw new Error(`state file ${store.file} does not fit the config: ${(err as Error).message}`)
     }
-    return new Controller(config, state, registry, store, events, snapshot)
+    return new Controller(config, state, registry, store, events, snapshot, health)
+  }
+
+  /**
+   * Runtime state follows the snapshot now in force: each target takes the
+   * probe and passive settings of the first service (in config order) that
+   * uses it, probes run for exactly the targets in use, unused ones go.
+   */
+  private afterSwap (snapshot: Snapshot): void {
+    const seen = new Set<Target>()
+    for (const route of snapshot.services.values()) {
+      for (const color of COLORS) {
+        for (const e of route.colors[color].targets.endpoints) {
+          if (seen.has(e.target)) continue
+          seen.add(e.target)
+          e.target.configure(route.config.health, route.config.passive)
+        }
+      }
+    }
+    this.health.prober.sync(seen)
+    this.registry.prune(snapshotTargets(snapshot))
   }
 
   get generation (): number {
@@ -121,8 +169,103 @@ export class Controller {
     }
     this.state = next
     this.switcher.swap(snapshot)
-    this.registry.prune(snapshotTargets(snapshot))
+    this.afterSwap(snapshot)
     return this.events.append({ ...event, generation: next.generation })
+  }
+
+  /** Ends every guard watching one of these services (a manual change overrides it). */
+  private endGuards (services: readonly string[]): void {
+    for (const g of [...this.guards]) {
+      if (services.some((s) => g.covers(s))) g.end()
+    }
+  }
+
+  private startGuard (changes: ColorChange[], id: number): void {
+    const entries = changes
+      .filter((c) => this.config.services[c.service].guard.window > 0)
+      .map((c) => ({ service: c.service, color: c.to, from: c.from, config: this.config.services[c.service].guard, stats: this.registry.colorStats(c.service, c.to) }))
+    if (entries.length === 0) return
+    const guard = new Guard(id, entries, {
+      healthyTargets: (service, color) => this.switcher.current.services.get(service)?.colors[color].targets.healthyCount ?? 0,
+      onTrip: (g, trip) => { void this.autoRevert(g, trip) },
+      onEnd: (g) => { this.guards.delete(g) },
+    })
+    this.guards.add(guard)
+    // The new color may already be down.
+    guard.checkHealth()
+  }
+
+  /** The guard tripped: every service of its flip goes back in one swap, no gate. */
+  private async autoRevert (guard: Guard, trip: GuardTrip): Promise<void> {
+    try {
+      await this.exclusive(async () => {
+        // A manual change since the trip wins; revert only what is still as the guarded flip left it.
+        const reverts = guard.reverts.filter((r) => this.state.services[r.service]?.live === r.from)
+        if (reverts.length === 0) return
+        const next = this.cloneState()
+        for (const r of reverts) next.services[r.service] = { ...next.services[r.service], live: r.to, previous: r.from }
+        next.generation++
+        next.lastChange = reverts.map((r) => r.service)
+        const reason = trip.reason === 'error_rate'
+          ? `${trip.service}/${trip.color}: error rate ${(trip.errorRate * 100).toFixed(1)}% over ${trip.requests} requests exceeds ${(this.config.services[trip.service].guard.maxErrorRate * 100).toFixed(1)}%`
+          : `${trip.service}/${trip.color}: no healthy target`
+        await this.commit(next, { type: 'auto_revert', reason, actor: 'guard', changes: reverts, trip, flipEvent: guard.id })
+        for (const r of reverts) this.autoReverts.set(r.service, (this.autoReverts.get(r.service) ?? 0) + 1)
+        log('warn', 'auto-revert', { reason, changes: reverts })
+      })
+    } catch (err) {
+      log('error', 'auto-revert failed', { error: (err as Error).message, trip })
+    }
+  }
+
+  /** Health transitions are events; a guarded color may have just lost its last target. */
+  private onHealthChange (change: HealthChange): void {
+    const users: Array<{ service: string, color: Color }> = []
+    for (const route of this.switcher.current.services.values()) {
+      for (const color of COLORS) {
+        if (route.colors[color].targets.endpoints.some((e) => e.target === change.target)) users.push({ service: route.name, color })
+      }
+    }
+    const word = (h: boolean): string => h ? 'healthy' : 'unhealthy'
+    this.events.append({
+      type: 'health', generation: this.state.generation, reason: change.cause, actor: 'health',
+      target: change.target.url, from: word(change.from), to: word(change.to), services: users,
+    })
+    for (const g of [...this.guards]) g.checkHealth()
+  }
+
+  /** Readiness: config loaded and every live color's targets have had their first probe. */
+  readiness (): { ready: boolean, waiting: string[] } {
+    const waiting: string[] = []
+    for (const route of this.switcher.current.services.values()) {
+      for (const e of route.colors[route.live].targets.endpoints) {
+        if (!this.health.prober.hasProbed(e.target)) waiting.push(`${route.name}/${route.live} ${e.target.url}`)
+      }
+    }
+    return { ready: waiting.length === 0, waiting }
+  }
+
+  /** The gate for one service: enough healthy targets, then every smoke check passes. */
+  private async gate (name: string, to: Color): Promise<GateFailure | undefined> {
+    const svc = this.config.services[name]
+    const set = this.switcher.current.services.get(name)?.colors[to].targets
+    const healthy = set?.healthyCount ?? 0
+    if (healthy < svc.gate.minHealthy) {
+      return {
+        service: name, color: to, reason: `${healthy} healthy target(s), gate.minHealthy is ${svc.gate.minHealthy}`,
+        healthy, minHealthy: svc.gate.minHealthy,
+        targets: set?.endpoints.filter((e) => !e.target.healthy).map((e) => e.target.describe()),
+      }
+    }
+    if (svc.smoke.length === 0) return undefined
+    const smoke = await this.health.smoke.run(svc, to)
+    if (smoke.length === 0) return undefined
+    return { service: name, color: to, reason: `${smoke.length} smoke check(s) failed: ${smoke.map((f) => `${f.check}: ${f.reason}`).join('; ')}`, smoke }
+  }
+
+  async stop (): Promise<void> {
+    for (const g of [...this.guards]) g.end()
+    await this.idle()
   }
 
   private cloneState (): PersistedState {
@@ -135,32 +278,36 @@ export class Controller {
       const names = this.resolveServices(req.services)
       const next = this.cloneState()
       const changes: ColorChange[] = []
-      const failures: Array<{ service: string, color: Color, reason: string }> = []
-      const snapshot = this.switcher.current
       for (const name of names) {
         const st = next.services[name]
         const to = req.to ?? otherColor(st.live)
         if (to === st.live) continue
-        const set = snapshot.services.get(name)?.colors[to].targets
-        const total = set?.endpoints.length ?? 0
+        const total = this.switcher.current.services.get(name)?.colors[to].targets.endpoints.length ?? 0
         if (total === 0) throw new SwitchyardError('no_targets', `service ${name}: ${to} has no targets; set them first (PUT /v1/services/${name}/environments/${to}/targets)`, { service: name, color: to })
-        const healthy = set?.healthyCount ?? 0
-        const minHealthy = this.config.services[name].gate.minHealthy
-        if (healthy < minHealthy) failures.push({ service: name, color: to, reason: `${healthy} healthy target(s), gate.minHealthy is ${minHealthy}` })
         changes.push({ service: name, from: st.live, to })
         next.services[name] = { ...st, live: to, previous: st.live }
       }
-      if (failures.length > 0 && req.force !== true) {
-        throw new SwitchyardError('gate_failed', `flip refused: ${failures.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`, { failures })
-      }
       if (changes.length === 0) return { generation: this.state.generation, changes }
+      const failures: GateFailure[] = []
+      if (req.force !== true) {
+        for (const c of changes) {
+          const f = await this.gate(c.service, c.to)
+          if (f !== undefined) failures.push(f)
+        }
+        if (failures.length > 0) {
+          throw new SwitchyardError('gate_failed', `flip refused: ${failures.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`, { failures })
+        }
+      }
       next.generation++
       next.lastChange = changes.map((c) => c.service)
+      const guarded = req.guard !== false
       const event = await this.commit(next, {
         type: 'flip', reason: req.reason ?? null, actor: req.actor ?? 'api', changes,
         ...(req.force === true ? { forced: true } : {}),
-        ...(failures.length > 0 ? { gateFailures: failures } : {}),
+        ...(guarded ? {} : { guard: false }),
       })
+      this.endGuards(changes.map((c) => c.service))
+      if (guarded) this.startGuard(changes, event.id)
       return { generation: next.generation, changes, event }
     })
   }
@@ -184,6 +331,7 @@ export class Controller {
       next.generation++
       next.lastChange = names
       const event = await this.commit(next, { type: 'rollback', reason: req.reason ?? null, actor: req.actor ?? 'api', changes })
+      this.endGuards(names)
       return { generation: next.generation, changes, event }
     })
   }
@@ -228,7 +376,9 @@ export class Controller {
           state: colorState(route.live === color, c.stats.inflight + c.stats.websockets),
           inflight: c.stats.inflight,
           websockets: c.stats.websockets,
-          targets: c.targets.endpoints.map((e) => ({ url: e.target.url, healthy: e.target.healthy, inflight: e.target.inflight })),
+          targets: c.targets.endpoints.map((e) => e.target.describe()),
+          healthy: c.targets.healthyCount,
+          ...(c.targets.inPanic ? { panic: true } : {}),
           ...(st.targets[color] === undefined ? {} : { targetsFrom: 'api' }),
         }
       }
@@ -236,11 +386,19 @@ export class Controller {
         live: route.live,
         previous: st.previous,
         route: { ...(route.host === undefined ? {} : { host: route.host }), pathPrefix: route.prefix },
-        guard: null,
+        guard: this.describeGuard(route.name),
         environments,
       }
     }
     return { generation: this.state.generation, services }
+  }
+
+  private describeGuard (service: string): Record<string, unknown> | null {
+    for (const g of this.guards) {
+      const d = g.describe(service)
+      if (d !== undefined) return d
+    }
+    return null
   }
 
   /** A copy of the persisted routing state (for tests and the CLI's --json). */

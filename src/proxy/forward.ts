@@ -12,9 +12,13 @@ export interface EndpointPicker {
   pick (exclude?: Endpoint): Endpoint | undefined
 }
 
-/** Counters the exchange keeps exact: +1 at start, -1 when the response closes. */
-export interface InflightCounter {
+/**
+ * Per-color accounting: `inflight` is kept exact (+1 at start, -1 when the
+ * response closes); `record` is called once per request that got an answer.
+ */
+export interface ExchangeStats {
   inflight: number
+  record: (isError: boolean) => void
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
@@ -54,7 +58,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
   private readonly req: IncomingMessage
   private readonly res: ServerResponse
   private readonly picker: EndpointPicker
-  private readonly counter: InflightCounter
+  private readonly stats: ExchangeStats
   private readonly headers: string[]
   private readonly retryable: boolean
   private readonly body: IncomingMessage | null
@@ -64,19 +68,19 @@ export class Exchange implements Dispatcher.DispatchHandler {
   private retried = false
   private closed = false
 
-  constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, counter: InflightCounter, proto: string) {
+  constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, stats: ExchangeStats, proto: string) {
     this.req = req
     this.res = res
     this.endpoint = endpoint
     this.picker = picker
-    this.counter = counter
+    this.stats = stats
     this.headers = upstreamRequestHeaders(req, proto)
     this.body = hasBody(req) ? req : null
     this.retryable = this.body === null && IDEMPOTENT.has(req.method as string)
   }
 
   start (): void {
-    this.counter.inflight++
+    this.stats.inflight++
     this.endpoint.target.inflight++
     this.res.once('close', this.onClientClose)
     this.dispatch()
@@ -95,7 +99,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
   /** The response is done or the client went away: settle counters once, stop the upstream. */
   private readonly onClientClose = (): void => {
     this.closed = true
-    this.counter.inflight--
+    this.stats.inflight--
     this.endpoint.target.inflight--
     if (!this.res.writableFinished) this.abortUpstream?.()
   }
@@ -112,6 +116,9 @@ export class Exchange implements Dispatcher.DispatchHandler {
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (this.closed) return false
     this.resumeUpstream = resume
+    const failed = statusCode >= 500
+    this.endpoint.target.recordResult(!failed)
+    this.stats.record(failed)
     try {
       this.res.writeHead(statusCode, statusText, downstreamResponseHeaders(rawHeaders))
     } catch {
@@ -142,6 +149,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
       return
     }
     const code = classifyUpstreamError(err)
+    this.endpoint.target.recordResult(false)
     if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || isStaleConnection(err))) {
       const next = this.picker.pick(this.endpoint) ?? (isStaleConnection(err) ? this.endpoint : undefined)
       if (next !== undefined) {
@@ -154,6 +162,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
         return
       }
     }
+    this.stats.record(true)
     sendError(this.res, code, code === 'upstream_timeout' ? 504 : 502)
   }
 }

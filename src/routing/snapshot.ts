@@ -124,7 +124,7 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
         targets: new TargetSet(urls.map((u) => {
           const target = registry.target(u)
           return { target, dispatcher: target.dispatcher(svc.timeouts) }
-        })),
+        }), svc.health?.panicThreshold),
         stats: registry.colorStats(svc.name, color),
         timeouts: svc.timeouts,
       }

@@ -1,19 +1,136 @@
 // Runtime state that must outlive any one snapshot: targets keyed by URL
-// (connection pools, health, in-flight) and per service/color counters.
+// (connection pools, active and passive health, in-flight) and per service/color counters.
 
 import { Pool } from 'undici'
-import type { Color, Timeouts } from '../config/schema.js'
+import type { Color, HealthConfig, PassiveConfig, Timeouts } from '../config/schema.js'
+
+/** What active probes say: `unchecked` when no probes are configured for the target. */
+export type ProbeState = 'unchecked' | 'unknown' | 'healthy' | 'unhealthy'
+
+export interface HealthChange {
+  target: Target
+  from: boolean
+  to: boolean
+  cause: string
+}
 
 /** One upstream origin. Survives flips, target updates that keep the URL, and reloads. */
 export class Target {
   readonly url: string
-  /** Routing uses only healthy targets; probes (when configured) move this. */
+  /** Routing uses only healthy targets. Derived: probes say so (or none run) and not ejected. */
   healthy = true
   inflight = 0
+  probe: ProbeState = 'unchecked'
+  /** The probe config in force, set by whichever service uses this URL with probes. */
+  health: HealthConfig | undefined
+  passive: PassiveConfig | undefined
+  private passes = 0
+  private fails = 0
+  /** Passive accounting, as Envoy's outlier detection: consecutive failures, growing ejections. */
+  private consecutiveFailures = 0
+  private ejections = 0
+  private lastEjectionEnd = 0
+  ejectedUntil = 0
+  private configured = false
+  private ejectTimer: NodeJS.Timeout | undefined
   private readonly pools = new Map<string, Pool>()
+  private readonly onChange: (change: HealthChange) => void
 
-  constructor (url: string) {
+  constructor (url: string, onChange: (change: HealthChange) => void) {
     this.url = url
+    this.onChange = onChange
+  }
+
+  /** Sets the probe and passive configs; a target that gains probes starts unknown. */
+  configure (health: HealthConfig | undefined, passive: PassiveConfig | undefined): void {
+    this.passive = passive
+    if (health === undefined) {
+      this.health = undefined
+      if (this.probe !== 'unchecked') {
+        this.probe = 'unchecked'
+        this.passes = this.fails = 0
+      }
+    } else {
+      this.health = health
+      if (this.probe === 'unchecked') this.probe = 'unknown'
+    }
+    this.update('config', !this.configured)
+    this.configured = true
+  }
+
+  get ejected (): boolean {
+    return this.ejectedUntil !== 0
+  }
+
+  /** Recomputes `healthy`; a change is reported unless `silent` (a brand-new target). */
+  private update (cause: string, silent = false): void {
+    const byProbe = this.probe === 'unchecked' || this.probe === 'healthy' || (this.probe === 'unknown' && this.health?.assumeHealthy === true)
+    const next = byProbe && !this.ejected
+    if (next !== this.healthy) {
+      const from = this.healthy
+      this.healthy = next
+      if (!silent) this.onChange({ target: this, from, to: next, cause })
+    }
+  }
+
+  /**
+   * One probe result. Hysteresis: a pass resets the failure streak and vice
+   * versa; the first probe decides an unknown target, as Envoy does.
+   */
+  recordProbe (ok: boolean, detail: string): void {
+    if (this.health === undefined) return
+    if (ok) {
+      this.fails = 0
+      this.passes++
+      if (this.probe !== 'healthy' && (this.probe === 'unknown' || this.passes >= this.health.healthyThreshold)) this.probe = 'healthy'
+      // A passing probe ends an ejection early.
+      if (this.ejected) this.unEject()
+    } else {
+      this.passes = 0
+      this.fails++
+      if (this.probe !== 'unhealthy' && (this.probe === 'unknown' || this.fails >= this.health.unhealthyThreshold)) this.probe = 'unhealthy'
+    }
+    this.update(`probe: ${detail}`)
+  }
+
+  /** A proxied request's outcome (passive health). */
+  recordResult (ok: boolean): void {
+    if (ok) {
+      this.consecutiveFailures = 0
+      return
+    }
+    const p = this.passive
+    if (p === undefined || this.ejected) return
+    if (++this.consecutiveFailures < p.consecutiveFailures) return
+    this.consecutiveFailures = 0
+    const now = Date.now()
+    // Ejections in a row grow; a whole maxEjectionTime without one resets the count.
+    if (now - this.lastEjectionEnd > p.maxEjectionTime) this.ejections = 0
+    const duration = Math.min(p.baseEjectionTime * 2 ** this.ejections, p.maxEjectionTime)
+    this.ejections++
+    this.ejectedUntil = now + duration
+    this.ejectTimer = setTimeout(() => this.unEject(), duration)
+    this.ejectTimer.unref()
+    this.update(`ejected for ${duration}ms after ${p.consecutiveFailures} failures in a row`)
+  }
+
+  private unEject (): void {
+    clearTimeout(this.ejectTimer)
+    this.ejectTimer = undefined
+    this.ejectedUntil = 0
+    this.lastEjectionEnd = Date.now()
+    this.update('ejection over')
+  }
+
+  /** Current health for /v1/state. */
+  describe (): Record<string, unknown> {
+    return {
+      url: this.url,
+      healthy: this.healthy,
+      inflight: this.inflight,
+      probe: this.probe,
+      ...(this.ejected ? { ejectedUntil: new Date(this.ejectedUntil).toISOString() } : {}),
+    }
   }
 
   /** The keep-alive pool for these timeouts (services may time one origin differently). */
@@ -33,8 +150,13 @@ export class Target {
     return pool
   }
 
+  private stopTimers (): void {
+    clearTimeout(this.ejectTimer)
+  }
+
   /** Closes the pools once their in-flight requests finish. */
   async close (): Promise<void> {
+    this.stopTimers()
     const pools = [...this.pools.values()]
     this.pools.clear()
     await Promise.all(pools.map(async (p) => await p.close()))
@@ -42,29 +164,60 @@ export class Target {
 
   /** Closes the pools now, failing whatever is still in flight. */
   async destroy (): Promise<void> {
+    this.stopTimers()
     const pools = [...this.pools.values()]
     this.pools.clear()
     await Promise.all(pools.map(async (p) => await p.destroy()))
   }
 }
 
-/** In-flight HTTP requests and open WebSockets of one service's color. */
+/** Something watching a color's outcomes (the post-flip guard). */
+export interface OutcomeWatcher {
+  onOutcome (): void
+}
+
+/** In-flight HTTP requests, open WebSockets and request outcomes of one service's color. */
 export class ColorStats {
   inflight = 0
   websockets = 0
+  requests = 0
+  /** 5xx from upstream plus errors the gateway answered itself. */
+  errors = 0
+  watcher: OutcomeWatcher | undefined
+
+  /** Counts one finished request (by its status, or a gateway error). */
+  record (isError: boolean): void {
+    this.requests++
+    if (isError) this.errors++
+    if (this.watcher !== undefined) this.watcher.onOutcome()
+  }
 }
 
 export class TargetRegistry {
   private readonly targets = new Map<string, Target>()
   private readonly stats = new Map<string, ColorStats>()
+  private readonly listeners: Array<(change: HealthChange) => void> = []
+
+  /** Called on every change of a target's `healthy`. */
+  onHealthChange (fn: (change: HealthChange) => void): void {
+    this.listeners.push(fn)
+  }
+
+  private readonly emit = (change: HealthChange): void => {
+    for (const fn of this.listeners) fn(change)
+  }
 
   target (url: string): Target {
     let t = this.targets.get(url)
     if (t === undefined) {
-      t = new Target(url)
+      t = new Target(url, this.emit)
       this.targets.set(url, t)
     }
     return t
+  }
+
+  all (): IterableIterator<Target> {
+    return this.targets.values()
   }
 
   colorStats (service: string, color: Color): ColorStats {

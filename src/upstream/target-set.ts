@@ -11,10 +11,13 @@ export interface Endpoint {
 
 export class TargetSet {
   readonly endpoints: readonly Endpoint[]
+  /** Percent; below this share of healthy targets, pick from all (Envoy's panic mode). 0: off. */
+  private readonly panicThreshold: number
   private cursor = 0
 
-  constructor (endpoints: readonly Endpoint[]) {
+  constructor (endpoints: readonly Endpoint[], panicThreshold = 0) {
     this.endpoints = endpoints
+    this.panicThreshold = panicThreshold
   }
 
   get healthyCount (): number {
@@ -23,14 +26,20 @@ export class TargetSet {
     return n
   }
 
+  /** True when panic mode is on and too few targets are healthy to trust health at all. */
+  get inPanic (): boolean {
+    return this.panicThreshold > 0 && this.endpoints.length > 0 && this.healthyCount * 100 < this.panicThreshold * this.endpoints.length
+  }
+
   /** Next healthy endpoint in round-robin order, skipping `exclude`; undefined when none. */
   pick (exclude?: Endpoint): Endpoint | undefined {
     const list = this.endpoints
     const n = list.length
+    const any = this.panicThreshold > 0 && this.inPanic
     for (let i = 0; i < n; i++) {
       const e = list[this.cursor]
       this.cursor = this.cursor + 1 === n ? 0 : this.cursor + 1
-      if (e.target.healthy && e !== exclude) return e
+      if ((any || e.target.healthy) && e !== exclude) return e
     }
     return undefined
   }

@@ -1,0 +1,77 @@
+// Smoke checks of the flip gate: each check is sent to the gateway's own
+// public listener with a per-process secret header that pins the color, so it
+// crosses the same routing and forwarding code as real traffic.
+
+import { randomBytes } from 'node:crypto'
+import { request } from 'undici'
+import type { Color, ServiceConfig, SmokeCheck } from '../config/schema.js'
+
+export const SMOKE_HEADER = 'x-switchyard-smoke'
+
+export interface SmokeFailure {
+  service: string
+  color: Color
+  check: string
+  reason: string
+  expectStatus: number
+  status?: number
+}
+
+export class SmokeRunner {
+  /** `SMOKE_HEADER` values: secret + ' ' + color. Only this process knows the secret. */
+  readonly secret = randomBytes(16).toString('hex')
+  private readonly origin: () => string
+
+  /** `origin` gives the public listener's loopback-reachable origin (known once it listens). */
+  constructor (origin: () => string) {
+    this.origin = origin
+  }
+
+  /** The color a smoke header pins, or undefined when the header is not ours. */
+  colorOf (header: string | string[] | undefined): Color | undefined {
+    if (typeof header !== 'string' || header.charCodeAt(this.secret.length) !== 32 || !header.startsWith(this.secret)) return undefined
+    const color = header.slice(this.secret.length + 1)
+    return color === 'blue' || color === 'green' ? color : undefined
+  }
+
+  /** Runs every check of a service against one color; resolves to the failures (none: passed). */
+  async run (svc: ServiceConfig, color: Color): Promise<SmokeFailure[]> {
+    const failures: SmokeFailure[] = []
+    for (const check of svc.smoke) {
+      const reason = await this.one(svc, color, check)
+      if (reason !== undefined) {
+        failures.push({ service: svc.name, color, check: `${check.method} ${check.path}`, expectStatus: check.expectStatus, ...reason })
+      }
+    }
+    return failures
+  }
+
+  private async one (svc: ServiceConfig, color: Color, check: SmokeCheck): Promise<{ reason: string, status?: number } | undefined> {
+    const headers: Record<string, string> = { ...check.headers, [SMOKE_HEADER]: `${this.secret} ${color}`, 'user-agent': 'switchyard-smoke' }
+    if (svc.match.host !== undefined) headers.host = svc.match.host
+    try {
+      const res = await request(this.origin() + check.path, {
+        method: check.method as 'GET',
+        headers,
+        signal: AbortSignal.timeout(svc.timeouts.connect + svc.timeouts.response),
+      })
+      const body = await res.body.text()
+      if (res.statusCode !== check.expectStatus) {
+        return { reason: `status ${res.statusCode}, expected ${check.expectStatus}${errorCode(body)}`, status: res.statusCode }
+      }
+      if (check.bodyContains !== undefined && !body.includes(check.bodyContains)) {
+        return { reason: `body does not contain ${JSON.stringify(check.bodyContains)}`, status: res.statusCode }
+      }
+      return undefined
+    } catch (err) {
+      return { reason: `request failed: ${(err as Error).message}` }
+    }
+  }
+}
+
+/** A gateway error code in the body, to say why (e.g. no_healthy_upstream). */
+function errorCode (body: string): string {
+  if (!body.startsWith('{"error":"')) return ''
+  const end = body.indexOf('"', 10)
+  return end === -1 ? '' : ` (${body.slice(10, end)})`
+}
