@@ -12,9 +12,13 @@ async function servedBy (gw: TestGateway, path: string): Promise<string> {
   return res.json.backend
 }
 
+/** Routing state without the live guard counters, which move with every request. */
 async function state (gw: TestGateway): Promise<any> {
   const res = await admin(gw.adminUrl, 'GET', '/v1/state')
   if (res.status !== 200) throw new Error(`GET /v1/state: ${res.status} ${res.text}`)
+  for (const s of Object.values(res.json.services) as any[]) {
+    if (s.guard !== null) s.guard = { active: s.guard.active, color: s.guard.color }
+  }
   return res.json
 }
 

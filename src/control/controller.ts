@@ -159,18 +159,33 @@ export class Controller {
   /**
    * Build, persist, swap. If building or saving throws, neither the routing
    * nor the in-memory state has changed.
+   *
+   * `swapFirst` is for the guard's auto-revert: nobody waits for an answer,
+   * and every moment on the failing color costs requests, so it swaps at once
+   * and persists after. Should the write fail, routing stays on the
+   * known-good color and the next change writes the file.
    */
-  private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>): Promise<SwitchyardEvent> {
+  private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, swapFirst = false): Promise<SwitchyardEvent> {
     const snapshot = buildSnapshot(this.config, next, this.registry)
+    const apply = (): SwitchyardEvent => {
+      this.state = next
+      this.switcher.swap(snapshot)
+      this.afterSwap(snapshot)
+      return this.events.append({ ...event, generation: next.generation })
+    }
+    if (swapFirst) {
+      const applied = apply()
+      await this.store.save(next).catch((err: Error) => {
+        log('error', 'state file write failed after an auto-revert; routing is reverted, the file is behind', { file: this.store.file, error: err.message })
+      })
+      return applied
+    }
     try {
       await this.store.save(next)
     } catch (err) {
       throw new SwitchyardError('state_write_failed', `could not write ${this.store.file}: ${(err as Error).message}; nothing changed`)
     }
-    this.state = next
-    this.switcher.swap(snapshot)
-    this.afterSwap(snapshot)
-    return this.events.append({ ...event, generation: next.generation })
+    return apply()
   }
 
   /** Ends every guard watching one of these services (a manual change overrides it). */
@@ -209,8 +224,10 @@ export class Controller {
         const reason = trip.reason === 'error_rate'
           ? `${trip.service}/${trip.color}: error rate ${(trip.errorRate * 100).toFixed(1)}% over ${trip.requests} requests exceeds ${(this.config.services[trip.service].guard.maxErrorRate * 100).toFixed(1)}%`
           : `${trip.service}/${trip.color}: no healthy target`
-        await this.commit(next, { type: 'auto_revert', reason, actor: 'guard', changes: reverts, trip, flipEvent: guard.id })
+        const applied = this.commit(next, { type: 'auto_revert', reason, actor: 'guard', changes: reverts, trip, flipEvent: guard.id }, true)
+        // commit() has swapped synchronously by now; only the file write is pending.
         for (const r of reverts) this.autoReverts.set(r.service, (this.autoReverts.get(r.service) ?? 0) + 1)
+        await applied
         log('warn', 'auto-revert', { reason, changes: reverts })
       })
     } catch (err) {
@@ -226,10 +243,9 @@ export class Controller {
         if (route.colors[color].targets.endpoints.some((e) => e.target === change.target)) users.push({ service: route.name, color })
       }
     }
-    const word = (h: boolean): string => h ? 'healthy' : 'unhealthy'
     this.events.append({
       type: 'health', generation: this.state.generation, reason: change.cause, actor: 'health',
-      target: change.target.url, from: word(change.from), to: word(change.to), services: users,
+      target: change.target.url, from: change.from, to: change.to, healthy: change.healthy, services: users,
     })
     for (const g of [...this.guards]) g.checkHealth()
   }

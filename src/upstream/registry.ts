@@ -7,10 +7,14 @@ import type { Color, HealthConfig, PassiveConfig, Timeouts } from '../config/sch
 /** What active probes say: `unchecked` when no probes are configured for the target. */
 export type ProbeState = 'unchecked' | 'unknown' | 'healthy' | 'unhealthy'
 
+/** What a target is, for people: probe state, or `ejected` by passive health. */
+export type TargetStatus = 'healthy' | 'unhealthy' | 'unknown' | 'ejected'
+
 export interface HealthChange {
   target: Target
-  from: boolean
-  to: boolean
+  from: TargetStatus
+  to: TargetStatus
+  healthy: boolean
   cause: string
 }
 
@@ -32,6 +36,7 @@ export class Target {
   private lastEjectionEnd = 0
   ejectedUntil = 0
   private configured = false
+  private lastStatus: TargetStatus = 'healthy'
   private ejectTimer: NodeJS.Timeout | undefined
   private readonly pools = new Map<string, Pool>()
   private readonly onChange: (change: HealthChange) => void
@@ -62,14 +67,20 @@ export class Target {
     return this.ejectedUntil !== 0
   }
 
-  /** Recomputes `healthy`; a change is reported unless `silent` (a brand-new target). */
+  get status (): TargetStatus {
+    if (this.ejected) return 'ejected'
+    return this.probe === 'unchecked' ? 'healthy' : this.probe
+  }
+
+  /** Recomputes `healthy` and reports a change of status, unless `silent` (a brand-new target). */
   private update (cause: string, silent = false): void {
     const byProbe = this.probe === 'unchecked' || this.probe === 'healthy' || (this.probe === 'unknown' && this.health?.assumeHealthy === true)
-    const next = byProbe && !this.ejected
-    if (next !== this.healthy) {
-      const from = this.healthy
-      this.healthy = next
-      if (!silent) this.onChange({ target: this, from, to: next, cause })
+    this.healthy = byProbe && !this.ejected
+    const status = this.status
+    if (status !== this.lastStatus) {
+      const from = this.lastStatus
+      this.lastStatus = status
+      if (!silent) this.onChange({ target: this, from, to: status, healthy: this.healthy, cause })
     }
   }
 
