@@ -18,5 +18,8 @@ const code = await run(process.argv.slice(2), {
   err: (text) => { process.stderr.write(text + '\n') },
   env: process.env,
   stopSignal,
+  onReload: (fn) => { process.on('SIGHUP', fn) },
+  write: (text) => { process.stdout.write(text) },
+  tty: process.stdout.isTTY,
 })
 process.exitCode = code

@@ -14,6 +14,11 @@ export interface Io {
   env: NodeJS.ProcessEnv
   /** Resolves when the process is asked to stop (SIGTERM/SIGINT); only `serve` waits on it. */
   stopSignal?: Promise<string>
+  /** Registers what SIGHUP does (`serve` reloads its config). */
+  onReload?: (fn: () => void) => void
+  /** Raw output without a newline, and whether it is a terminal (live progress lines). */
+  write?: (text: string) => void
+  tty?: boolean
 }
 
 const USAGE = `usage: switchyard <command> [options]
@@ -24,6 +29,8 @@ const USAGE = `usage: switchyard <command> [options]
   flip [SERVICE...] [--to COLOR] [--force] [--reason TEXT] [--if-generation N]
   rollback [SERVICE...] [--reason TEXT] [--if-generation N]
   targets SERVICE COLOR URL... [--force] [--reason TEXT]
+  drain SERVICE [--color COLOR] [--wait] [--timeout DURATION]
+  reload                              re-read the config file (as SIGHUP does)
 
 client commands read SWITCHYARD_ADMIN_URL (default http://127.0.0.1:9901) and
 SWITCHYARD_ADMIN_TOKEN, and take --json for the server's JSON answer.`
@@ -47,6 +54,8 @@ export async function run (argv: string[], io: Io): Promise<number> {
       case 'flip': return await flip(rest, io)
       case 'rollback': return await rollback(rest, io)
       case 'targets': return await targets(rest, io)
+      case 'drain': return await drain(rest, io)
+      case 'reload': return await reload(rest, io)
       case undefined: case 'help': case '--help': case '-h':
         io.out(USAGE)
         return command === undefined ? 2 : 0
@@ -98,6 +107,7 @@ async function serve (argv: string[], io: Io): Promise<number> {
     generation: gateway.controller.generation,
     services: Object.fromEntries([...gateway.controller.switcher.current.services.values()].map((s) => [s.name, s.live])),
   })
+  io.onReload?.(() => { void gateway.reload() })
   const signal = await (io.stopSignal ?? new Promise<string>(() => {}))
   const grace = Math.max(...Object.values(config.services).map((s) => s.drain.timeout))
   log('info', 'stopping: finishing in-flight requests', { signal, graceMs: grace })
@@ -230,6 +240,68 @@ async function targets (argv: string[], io: Io): Promise<number> {
     io.out(JSON.stringify(result, null, 2))
   } else {
     io.out(`${service} ${color}: ${(result.targets as string[]).join(', ') || '(none)'}\ngeneration ${String(result.generation)}`)
+  }
+  return 0
+}
+
+async function reload (argv: string[], io: Io): Promise<number> {
+  const { values } = args(argv, {})
+  const result = await call(io, 'POST', '/v1/reload', {})
+  if (values.json === true) {
+    io.out(JSON.stringify(result, null, 2))
+  } else if (result.changed !== true) {
+    io.out(`config unchanged (generation ${String(result.generation)})`)
+  } else {
+    const list = (k: string): string => (result[k] as string[]).join(', ') || '-'
+    io.out(`config reloaded: added ${list('added')}; removed ${list('removed')}; updated ${list('updated')}\ngeneration ${String(result.generation)}`)
+  }
+  return 0
+}
+
+async function drain (argv: string[], io: Io): Promise<number> {
+  const { values, positionals } = args(argv, { color: { type: 'string' }, wait: { type: 'boolean' }, timeout: { type: 'string' } })
+  const [service] = positionals
+  if (service === undefined || positionals.length > 1) throw new CliError('usage: switchyard drain SERVICE [--color COLOR] [--wait] [--timeout DURATION]', 2)
+  if (values.color !== undefined && !isColor(values.color)) throw new CliError('--color must be blue or green', 2)
+  const body = {
+    ...(values.color === undefined ? {} : { color: values.color }),
+    ...(values.timeout === undefined ? {} : { timeout: values.timeout }),
+  }
+  const path = `/v1/services/${encodeURIComponent(service)}/drain`
+  if (values.wait !== true) {
+    const r = await call(io, 'POST', path, body)
+    io.out(values.json === true ? JSON.stringify(r, null, 2) : `${service} ${String(r.color)}: ${String(r.state)}, ${String(r.inflight)} in-flight, ${String(r.websockets)} WebSockets`)
+    return 0
+  }
+  // The waiting call answers when the drain ends; meanwhile show what is left.
+  let finished = false
+  const result = call(io, 'POST', path, { ...body, wait: true }).finally(() => { finished = true })
+  result.catch(() => {})
+  let last = ''
+  while (!finished) {
+    await new Promise((resolve) => setTimeout(resolve, 250))
+    if (finished) break
+    const st = await call(io, 'GET', '/v1/state').catch(() => undefined)
+    const svc = (st?.services as Record<string, ServiceView> | undefined)?.[service]
+    if (svc === undefined) continue
+    const color = (values.color as string | undefined) ?? (svc.live === 'blue' ? 'green' : 'blue')
+    const env = svc.environments[color] as EnvView & { drain?: { deadline: string } }
+    const left = env.drain === undefined ? '' : `, ${Math.max(0, Math.ceil((Date.parse(env.drain.deadline) - Date.now()) / 1000))}s left`
+    const line = `${service} ${color}: ${env.state}, ${env.inflight} in-flight, ${env.websockets} WebSockets${left}`
+    if (io.tty === true && io.write !== undefined) {
+      io.write(`\r${line}\u001b[K`)
+    } else if (line !== last) {
+      io.out(line)
+    }
+    last = line
+  }
+  if (io.tty === true && io.write !== undefined && last !== '') io.write('\n')
+  const r = await result
+  if (values.json === true) {
+    io.out(JSON.stringify(r, null, 2))
+  } else {
+    const closed = Number(r.closedWebsockets) + Number(r.closedRequests) > 0 ? ` (closed ${String(r.closedWebsockets)} WebSockets, ${String(r.closedRequests)} requests at the deadline)` : ''
+    io.out(`${service} ${String(r.color)}: drained in ${(Number(r.durationMs) / 1000).toFixed(1)}s, ${String(r.how)}${closed}`)
   }
   return 0
 }

@@ -7,7 +7,7 @@ import { ERRORS } from './errors.js'
 import { Exchange, sendError } from './proxy/forward.js'
 import { proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
 import { SMOKE_HEADER, type SmokeRunner } from './health/smoke.js'
-import { chooseColor } from './routing/choose.js'
+import { chooseColor, stickySetCookie } from './routing/choose.js'
 import type { ColorRoute, ServiceRoute, Switcher } from './routing/snapshot.js'
 
 const PROTO = 'http'
@@ -36,7 +36,8 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner): EdgeS
       color.stats.record(true)
       return sendError(res, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status, `no healthy upstream for ${route.name} (${color.color})`)
     }
-    new Exchange(req, res, endpoint, color.targets, color.stats, PROTO).start()
+    const cookie = route.stickySetCookie === undefined ? undefined : stickySetCookie(route, req.headers, color)
+    new Exchange(req, res, endpoint, color.targets, color.stats, PROTO, cookie).start()
   }
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {

@@ -15,6 +15,7 @@ export const ERRORS = {
   upstream_error: { status: 502, message: 'the upstream connection failed' },
   // Admin API.
   bad_request: { status: 400, message: 'bad request' },
+  config_invalid: { status: 400, message: 'the config file is invalid' },
   unauthorized: { status: 401, message: 'missing or wrong bearer token' },
   not_found: { status: 404, message: 'not found' },
   unknown_service: { status: 404, message: 'unknown service' },

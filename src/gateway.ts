@@ -6,7 +6,9 @@ import type { AddressInfo } from 'node:net'
 import type http from 'node:http'
 import { dirname, join } from 'node:path'
 import { createAdminServer } from './admin/server.js'
+import { ConfigError, loadConfigFile } from './config/load.js'
 import type { Config, HostPort } from './config/schema.js'
+import { log } from './log.js'
 import { Controller } from './control/controller.js'
 import { EventLog } from './control/events.js'
 import { createEdgeServer, type EdgeServer } from './edge.js'
@@ -16,6 +18,8 @@ import { FileStateStore } from './state/file-store.js'
 import { TargetRegistry } from './upstream/registry.js'
 
 export interface GatewayOptions {
+  /** Environment for ${VAR} substitution on reload. Default process.env. */
+  env?: NodeJS.ProcessEnv
   /** Override the config's listen addresses (tests use port 0). */
   listen?: HostPort
   adminListen?: HostPort
@@ -31,6 +35,9 @@ export class Gateway {
   private edgeParts: EdgeServer | undefined
   private admin: http.Server | undefined
   private readonly opts: GatewayOptions
+  private get env (): NodeJS.ProcessEnv {
+    return this.opts.env ?? process.env
+  }
 
   constructor (config: Config, opts: GatewayOptions = {}) {
     this.config = config
@@ -43,13 +50,28 @@ export class Gateway {
     this.controller = await Controller.create(this.config, this.registry, store, events, { prober: this.prober, smoke: this.smoke })
     this.edgeParts = createEdgeServer(this.controller.switcher, this.smoke)
     this.edge = this.edgeParts.server
-    this.admin = createAdminServer(this.controller, { token: this.config.admin.token })
+    this.admin = createAdminServer(this.controller, { loadConfig: () => this.loadConfig() })
     try {
       await listen(this.edge, this.opts.listen ?? this.config.listen)
       await listen(this.admin, this.opts.adminListen ?? this.config.admin.listen)
     } catch (err) {
       await this.stop(0)
       throw err
+    }
+  }
+
+  /** The config file again, for a reload; the running config when there is no file. */
+  loadConfig (): Config {
+    return this.config.file === undefined ? this.controller.currentConfig : loadConfigFile(this.config.file, this.env)
+  }
+
+  /** SIGHUP: re-read the config file; an invalid one is logged and the running config stays. */
+  async reload (): Promise<void> {
+    try {
+      const result = await this.controller.reload(this.loadConfig(), 'sighup')
+      log('info', result.changed ? 'config reloaded' : 'config unchanged', { ...result })
+    } catch (err) {
+      log('error', 'reload refused, the running config stays', { error: (err as Error).message, ...(err instanceof ConfigError ? { problems: err.problems } : {}) })
     }
   }
 
@@ -78,6 +100,8 @@ export class Gateway {
    */
   async stop (graceMs = 10_000): Promise<void> {
     const servers = [this.edge, this.admin].filter((s): s is http.Server => s?.listening === true)
+    // WebSockets would hold the listener open forever: tell them to go away (1001), spread out.
+    this.controller?.closeWebSockets(Math.min(1000, graceMs / 10))
     const closed = servers.map(async (s) => await new Promise<void>((resolve) => s.close(() => resolve())))
     // Keep-alive connections go idle as their last response ends: close them as they do.
     const sweep = setInterval(() => { for (const s of servers) s.closeIdleConnections() }, 50)

@@ -175,7 +175,7 @@ t.test('a probe timeout counts as a failure; the gate refuses an unhealthy color
 
   const forced = await admin(gw.adminUrl, 'POST', '/v1/flip', { services: ['svc'], force: true, guard: false, reason: 'hotfix' })
   t.equal(forced.status, 200, 'force skips the gate')
-  const flipEvent = (await admin(gw.adminUrl, 'GET', '/v1/events')).json.events.at(-1)
+  const flipEvent = (await admin(gw.adminUrl, 'GET', '/v1/events?type=flip')).json.events.at(-1)
   t.match(flipEvent, { type: 'flip', forced: true, guard: false, reason: 'hotfix' })
   const r = await http1(`${gw.url}/svc`)
   t.equal(r.status, 503, 'the forced color has no healthy target')

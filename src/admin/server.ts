@@ -5,6 +5,9 @@ import { timingSafeEqual, createHash } from 'node:crypto'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import { isColor, type Color } from '../config/schema.js'
 import { parseOrigin } from '../config/values.js'
+import { ConfigError } from '../config/load.js'
+import type { Config } from '../config/schema.js'
+import { parseDuration } from '../config/values.js'
 import type { Controller } from '../control/controller.js'
 import { SwitchyardError, toSwitchyardError } from '../errors.js'
 
@@ -13,7 +16,8 @@ const MAX_BODY = 1024 * 1024
 type Body = Record<string, unknown>
 
 export interface AdminOptions {
-  token: string
+  /** Re-reads the config file for POST /v1/reload; throws ConfigError when it is invalid. */
+  loadConfig: () => Config
 }
 
 /** Compares in constant time (hashing first makes the lengths equal too). */
@@ -70,6 +74,14 @@ const field = {
     if (v === undefined) return undefined
     if (!isColor(v)) throw new SwitchyardError('bad_request', `"${key}" must be "blue" or "green"`, { field: key })
     return v
+  },
+  /** A duration as the config writes it ("30s") or a number of milliseconds. */
+  duration (body: Body, key: string): number | undefined {
+    const v = body[key]
+    if (v === undefined) return undefined
+    const ms = typeof v === 'number' ? v : typeof v === 'string' ? parseDuration(v) : undefined
+    if (ms === undefined || !Number.isFinite(ms) || ms < 0) throw new SwitchyardError('bad_request', `"${key}" must be a duration such as "30s" or a number of milliseconds`, { field: key })
+    return ms
   },
   generation (body: Body): number | undefined {
     const v = body.ifGeneration
@@ -133,7 +145,8 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
       return send(res, r.ready ? 200 : 503, r)
     }
 
-    if (path.startsWith('/v1/') && opts.token !== '' && !tokenMatches(req.headers.authorization, opts.token)) {
+    const token = controller.currentConfig.admin.token
+    if (path.startsWith('/v1/') && token !== '' && !tokenMatches(req.headers.authorization, token)) {
       res.setHeader('www-authenticate', 'Bearer realm="switchyard"')
       throw new SwitchyardError('unauthorized')
     }
@@ -157,7 +170,10 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
         since = /^\d+$/.test(sinceText) ? Number(sinceText) : NaN
         if (!Number.isSafeInteger(since)) throw new SwitchyardError('bad_request', '"since" must be a non-negative integer event id', { field: 'since' })
       }
-      return send(res, 200, { events: controller.events.list(since) })
+      const typeText = url.searchParams.get('type')
+      const types = typeText === null ? undefined : new Set(typeText.split(',').map((x) => x.trim()).filter((x) => x !== ''))
+      const list = controller.events.list(since)
+      return send(res, 200, { events: types === undefined ? list : list.filter((e) => types.has(e.type)) })
     }
     if (path === '/v1/flip') {
       allow('POST')
@@ -172,6 +188,19 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
       const result = await controller.rollback({ services: field.services(body), reason: field.text(body, 'reason'), ifGeneration: field.generation(body), actor: actorOf(req) })
       return send(res, 200, { generation: result.generation, changes: result.changes })
     }
+    if (path === '/v1/reload') {
+      allow('POST')
+      const body = await readJson(req)
+      field.only(body, [])
+      let config: Config
+      try {
+        config = opts.loadConfig()
+      } catch (err) {
+        if (!(err instanceof ConfigError)) throw err
+        throw new SwitchyardError('config_invalid', `config file refused, the running config stays: ${err.problems.length} problem(s)`, { problems: err.problems })
+      }
+      return send(res, 200, await controller.reload(config, actorOf(req)))
+    }
     const svcMatch = /^\/v1\/services\/([^/]+)(\/.*)?$/.exec(path)
     if (svcMatch !== null) {
       const name = segment(svcMatch[1], 'service')
@@ -181,6 +210,12 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
         const body = await readJson(req)
         field.only(body, FLIP_FIELDS.filter((f) => f !== 'services'))
         return send(res, 200, await flip(body, req, [name]))
+      }
+      if (rest === '/drain') {
+        allow('POST')
+        const body = await readJson(req)
+        field.only(body, ['color', 'wait', 'timeout'])
+        return send(res, 200, await controller.drain({ service: name, color: field.color(body, 'color'), wait: field.bool(body, 'wait'), timeout: field.duration(body, 'timeout') }))
       }
       const tm = /^\/environments\/([^/]+)\/targets$/.exec(rest)
       if (tm !== null) {

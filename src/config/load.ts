@@ -75,6 +75,19 @@ class Checker {
     return n
   }
 
+  /** An http(s) URL (a path is fine here, unlike a target). */
+  url (value: unknown, path: string): string | undefined {
+    if (typeof value !== 'string') return this.fail(path, 'must be a URL string')
+    let u: URL
+    try {
+      u = new URL(value)
+    } catch {
+      return this.fail(path, `not a URL: ${JSON.stringify(value)}`)
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') return this.fail(path, `must be http:// or https://, got ${u.protocol}//`)
+    return u.href
+  }
+
   bool (value: unknown, path: string): boolean | undefined {
     if (typeof value !== 'boolean') return this.fail(path, 'must be true or false')
     return value
@@ -266,8 +279,10 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
   }
 
   const dr = inherit?.drain ?? d.drain
-  const drr = raw.drain === undefined ? {} : c.object(raw.drain, join(path, 'drain'), ['timeout']) ?? {}
+  const drr = raw.drain === undefined ? {} : c.object(raw.drain, join(path, 'drain'), ['timeout', 'onDrained']) ?? {}
   const drain: DrainConfig = { timeout: c.duration(drr.timeout, join(path, 'drain.timeout'), dr.timeout) }
+  const hook = drr.onDrained === undefined ? (dr as DrainConfig).onDrained : c.url(drr.onDrained, join(path, 'drain.onDrained'))
+  if (hook !== undefined) drain.onDrained = hook
 
   return { timeouts, health, passive, gate, guard, drain }
 }

@@ -74,6 +74,8 @@ export interface GuardConfig {
 export interface DrainConfig {
   /** After a flip, the old color's leftovers are closed after this, ms. Default 30s. */
   timeout: number
+  /** URL that gets a POST of the `drained` event (retried with backoff). Default unset. */
+  onDrained?: string
 }
 
 export interface SmokeCheck {

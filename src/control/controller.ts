@@ -10,7 +10,9 @@ import type { SmokeFailure, SmokeRunner } from '../health/smoke.js'
 import { log } from '../log.js'
 import type { FileStateStore, PersistedState } from '../state/file-store.js'
 import type { HealthChange, Target, TargetRegistry } from '../upstream/registry.js'
+import { Drain, type DrainResult } from './drain.js'
 import type { ColorChange, EventLog, NewEvent, SwitchyardEvent } from './events.js'
+import { deliver } from './webhook.js'
 
 export interface FlipRequest {
   services?: string[]
@@ -48,6 +50,23 @@ export interface ChangeResult {
 
 export type ColorState = 'live' | 'draining' | 'idle'
 
+export interface DrainRequest {
+  service: string
+  /** Default: the color that is not live. */
+  color?: Color
+  /** Deadline for what is left, ms; only brings an existing drain's deadline forward. Default drain.timeout. */
+  timeout?: number
+  wait?: boolean
+}
+
+export interface ReloadResult {
+  generation: number
+  changed: boolean
+  added: string[]
+  removed: string[]
+  updated: string[]
+}
+
 /** Why the gate refused one service's flip. */
 export interface GateFailure {
   service: string
@@ -74,6 +93,7 @@ export class Controller {
   readonly events: EventLog
   private readonly health: HealthDeps
   private readonly guards = new Set<Guard>()
+  private readonly drains = new Map<string, Drain>()
   private queue: Promise<unknown> = Promise.resolve()
   /** Auto-reverts since start, per service (metrics read this). */
   readonly autoReverts = new Map<string, number>()
@@ -165,13 +185,16 @@ export class Controller {
    * and persists after. Should the write fail, routing stays on the
    * known-good color and the next change writes the file.
    */
-  private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, swapFirst = false): Promise<SwitchyardEvent> {
-    const snapshot = buildSnapshot(this.config, next, this.registry)
+  private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, swapFirst = false, config = this.config): Promise<SwitchyardEvent> {
+    const snapshot = buildSnapshot(config, next, this.registry)
     const apply = (): SwitchyardEvent => {
+      this.config = config
       this.state = next
       this.switcher.swap(snapshot)
       this.afterSwap(snapshot)
-      return this.events.append({ ...event, generation: next.generation })
+      const appended = this.events.append({ ...event, generation: next.generation })
+      if (Array.isArray(event.changes)) this.retire(event.changes as ColorChange[])
+      return appended
     }
     if (swapFirst) {
       const applied = apply()
@@ -186,6 +209,100 @@ export class Controller {
       throw new SwitchyardError('state_write_failed', `could not write ${this.store.file}: ${(err as Error).message}; nothing changed`)
     }
     return apply()
+  }
+
+  /** After a color change: the new live color stops draining, the old one starts. */
+  private retire (changes: readonly ColorChange[]): void {
+    for (const c of changes) {
+      this.drains.get(`${c.service}/${c.to}`)?.cancel()
+      this.startDrain(c.service, c.from, this.config.services[c.service].drain.timeout)
+    }
+  }
+
+  private startDrain (service: string, color: Color, timeoutMs: number): Drain {
+    const key = `${service}/${color}`
+    const existing = this.drains.get(key)
+    if (existing !== undefined) {
+      existing.shorten(timeoutMs)
+      return existing
+    }
+    const svc = this.config.services[service]
+    const drain = new Drain(service, color, this.registry.colorStats(service, color), timeoutMs, svc.sticky !== undefined, (d, r) => this.onDrained(d, r))
+    this.drains.set(key, drain)
+    drain.start()
+    return drain
+  }
+
+  /** A drain ended: record it and tell the operator's automation. */
+  private onDrained (drain: Drain, result: DrainResult): void {
+    const key = `${drain.service}/${drain.color}`
+    if (this.drains.get(key) === drain) this.drains.delete(key)
+    if (result.how === 'cancelled') return
+    const event = this.events.append({
+      type: 'drained', generation: this.state.generation, reason: result.how === 'empty' ? 'no requests or WebSockets left' : 'drain timeout closed what was left',
+      actor: 'drain', ...result,
+    })
+    log('info', 'drained', { ...result })
+    const hook = this.config.services[drain.service]?.drain.onDrained
+    if (hook !== undefined) void deliver(hook, event)
+  }
+
+  /** POST /v1/services/NAME/drain: start (or hurry) the drain of a color that is not live. */
+  async drain (req: DrainRequest): Promise<Record<string, unknown>> {
+    const [name] = this.resolveServices([req.service])
+    const live = this.state.services[name].live
+    const color = req.color ?? otherColor(live)
+    if (color === live) throw new SwitchyardError('live_color', `${color} is the live color of ${name}; flip first, then drain it`, { service: name, color })
+    const drain = this.startDrain(name, color, req.timeout ?? this.config.services[name].drain.timeout)
+    if (req.wait === true) return { ...(await drain.wait()), state: 'idle' }
+    const stats = this.registry.colorStats(name, color)
+    return { service: name, color, state: drain.isDone ? 'idle' : 'draining', inflight: stats.inflight, websockets: stats.websockets, ...(drain.isDone ? {} : drain.describe()) }
+  }
+
+  /**
+   * Applies a re-read config: a new snapshot with the live colors from state
+   * and target health from the registry; open connections are untouched.
+   * A config that changes nothing does nothing.
+   */
+  async reload (config: Config, actor = 'api'): Promise<ReloadResult> {
+    return await this.exclusive(async () => {
+      const restart = ([['listen', config.listen, this.config.listen], ['admin.listen', config.admin.listen, this.config.admin.listen], ['state.file', config.state.file, this.config.state.file]] as const)
+        .filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b)).map(([k]) => k)
+      if (restart.length > 0) throw new SwitchyardError('bad_request', `reload cannot change ${restart.join(', ')}: restart the gateway for that; nothing changed`, { fields: restart })
+      const before = this.config.services
+      const after = config.services
+      const added = Object.keys(after).filter((n) => before[n] === undefined)
+      const removed = Object.keys(before).filter((n) => after[n] === undefined)
+      const updated = Object.keys(after).filter((n) => before[n] !== undefined && JSON.stringify(before[n]) !== JSON.stringify(after[n]))
+      const tokenChanged = config.admin.token !== this.config.admin.token
+      if (added.length + removed.length + updated.length === 0 && !tokenChanged) {
+        return { generation: this.state.generation, changed: false, added, removed, updated }
+      }
+      const next = this.cloneState()
+      for (const n of added) next.services[n] ??= { live: after[n].live, previous: null, targets: {} }
+      next.generation++
+      try {
+        buildSnapshot(config, next, this.registry)
+      } catch (err) {
+        throw new SwitchyardError('bad_request', `reload refused: ${(err as Error).message}; nothing changed`)
+      }
+      await this.commit(next, { type: 'reload', reason: null, actor, added, removed, updated, ...(tokenChanged ? { adminToken: 'changed' } : {}) }, false, config)
+      this.endGuards(removed)
+      for (const [key, d] of this.drains) if (removed.includes(key.split('/')[0])) d.cancel()
+      return { generation: next.generation, changed: true, added, removed, updated }
+    })
+  }
+
+  /** Shutdown: every open WebSocket gets 1001, spread over at most `spreadMs`. */
+  closeWebSockets (spreadMs: number): number {
+    let n = 0
+    for (const stats of this.registry.allColorStats()) {
+      for (const ws of stats.openWs) {
+        n++
+        setTimeout(() => ws.close(), Math.random() * spreadMs).unref()
+      }
+    }
+    return n
   }
 
   /** Ends every guard watching one of these services (a manual change overrides it). */
@@ -281,6 +398,7 @@ export class Controller {
 
   async stop (): Promise<void> {
     for (const g of [...this.guards]) g.end()
+    for (const d of [...this.drains.values()]) d.cancel()
     await this.idle()
   }
 
@@ -389,7 +507,8 @@ export class Controller {
       for (const color of COLORS) {
         const c = route.colors[color]
         environments[color] = {
-          state: colorState(route.live === color, c.stats.inflight + c.stats.websockets),
+          state: route.live === color ? 'live' : this.drains.has(`${route.name}/${color}`) ? 'draining' : 'idle',
+          ...(this.drains.has(`${route.name}/${color}`) ? { drain: this.drains.get(`${route.name}/${color}`)?.describe() } : {}),
           inflight: c.stats.inflight,
           websockets: c.stats.websockets,
           targets: c.targets.endpoints.map((e) => e.target.describe()),
@@ -426,9 +545,4 @@ export class Controller {
     await this.queue
     await this.events.flush()
   }
-}
-
-function colorState (isLive: boolean, open: number): ColorState {
-  if (isLive) return 'live'
-  return open > 0 ? 'draining' : 'idle'
 }

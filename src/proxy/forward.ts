@@ -13,11 +13,12 @@ export interface EndpointPicker {
 }
 
 /**
- * Per-color accounting: `inflight` is kept exact (+1 at start, -1 when the
- * response closes); `record` is called once per request that got an answer.
+ * Per-color accounting: `begin` at start and `end` when the response closes,
+ * exactly once each; `record` once per request that got an answer.
  */
 export interface ExchangeStats {
-  inflight: number
+  begin: (x: Exchange) => void
+  end: (x: Exchange) => void
   record: (isError: boolean) => void
 }
 
@@ -62,25 +63,28 @@ export class Exchange implements Dispatcher.DispatchHandler {
   private readonly headers: string[]
   private readonly retryable: boolean
   private readonly body: IncomingMessage | null
+  /** A Set-Cookie the gateway adds to the response (sticky sessions). */
+  private readonly setCookie: string | undefined
   private endpoint: Endpoint
   private abortUpstream: ((err?: Error) => void) | undefined
   private resumeUpstream: (() => void) | undefined
   private retried = false
   private closed = false
 
-  constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, stats: ExchangeStats, proto: string) {
+  constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, stats: ExchangeStats, proto: string, setCookie?: string) {
     this.req = req
     this.res = res
     this.endpoint = endpoint
     this.picker = picker
     this.stats = stats
+    this.setCookie = setCookie
     this.headers = upstreamRequestHeaders(req, proto)
     this.body = hasBody(req) ? req : null
     this.retryable = this.body === null && IDEMPOTENT.has(req.method as string)
   }
 
   start (): void {
-    this.stats.inflight++
+    this.stats.begin(this)
     this.endpoint.target.inflight++
     this.res.once('close', this.onClientClose)
     this.dispatch()
@@ -99,9 +103,15 @@ export class Exchange implements Dispatcher.DispatchHandler {
   /** The response is done or the client went away: settle counters once, stop the upstream. */
   private readonly onClientClose = (): void => {
     this.closed = true
-    this.stats.inflight--
+    this.stats.end(this)
     this.endpoint.target.inflight--
     if (!this.res.writableFinished) this.abortUpstream?.()
+  }
+
+  /** Ends the exchange now (drain deadline, shutdown): a long stream is cut, the upstream aborted. */
+  close (): void {
+    this.abortUpstream?.()
+    this.res.destroy()
   }
 
   private readonly onDrain = (): void => {
@@ -120,7 +130,9 @@ export class Exchange implements Dispatcher.DispatchHandler {
     this.endpoint.target.recordResult(!failed)
     this.stats.record(failed)
     try {
-      this.res.writeHead(statusCode, statusText, downstreamResponseHeaders(rawHeaders))
+      const headers = downstreamResponseHeaders(rawHeaders)
+      if (this.setCookie !== undefined) headers.push('set-cookie', this.setCookie)
+      this.res.writeHead(statusCode, statusText, headers)
     } catch {
       // Node refuses what undici's parser accepted (say, a header value it deems invalid).
       this.abortUpstream?.()

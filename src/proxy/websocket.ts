@@ -8,9 +8,11 @@ import { errorBody, type ErrorCode } from '../errors.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { classifyUpstreamError } from './forward.js'
 import { addForwardedHeaders } from './headers.js'
+import { WsRelay } from './ws-relay.js'
 
-export interface WebSocketCounter {
-  websockets: number
+export interface WebSocketStats {
+  wsOpen: (relay: WsRelay) => void
+  wsClose: (relay: WsRelay) => void
 }
 
 /** Raw HTTP/1.1 error on a socket that never became a WebSocket. */
@@ -38,10 +40,10 @@ function handshakeHeaders (req: IncomingMessage, proto: string): string[] {
 }
 
 /**
- * Proxies an upgrade request. `counter.websockets` counts the connection from
- * the 101 until either side closes, exactly once.
+ * Proxies an upgrade request. `stats` hears of the relay from the 101 until
+ * either side closes, exactly once each way.
  */
-export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, counter: WebSocketCounter, proto: string, connectTimeout: number): void {
+export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, stats: WebSocketStats, proto: string, connectTimeout: number): void {
   const url = new URL(req.url ?? '/', endpoint.target.url)
   const request = (url.protocol === 'https:' ? https : http).request({
     host: url.hostname,
@@ -70,22 +72,10 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
     upstream.setTimeout(0)
     upstream.setNoDelay(true)
     socket.write(headBlock(`HTTP/1.1 101 ${res.statusMessage ?? 'Switching Protocols'}`, res.rawHeaders))
-    if (upstreamHead.length > 0) socket.write(upstreamHead)
-    if (head.length > 0) upstream.write(head)
-    counter.websockets++
-    let open = true
-    const close = (): void => {
-      if (!open) return
-      open = false
-      counter.websockets--
-      socket.destroy()
-      upstream.destroy()
-    }
-    upstream.on('error', close)
-    upstream.on('close', close)
-    socket.on('close', close)
-    upstream.pipe(socket)
-    socket.pipe(upstream)
+    const relay = new WsRelay(socket, upstream, (r) => stats.wsClose(r))
+    // Frames that arrived with either handshake go through the relay, so its frame cursors stay in step.
+    relay.prime(head, upstreamHead)
+    stats.wsOpen(relay)
   })
   request.end()
 }

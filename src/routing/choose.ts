@@ -34,7 +34,29 @@ export function previewColor (route: ServiceRoute, headers: Record<string, strin
   return undefined
 }
 
+/**
+ * Preview (strict) first; then a sticky cookie naming a color that is still
+ * draining; else the live color.
+ */
 export function chooseColor (route: ServiceRoute, headers: Record<string, string | string[] | undefined>): ColorRoute {
-  if (route.previewHeader === undefined && route.previewCookie === undefined) return route.colors[route.live]
-  return route.colors[previewColor(route, headers) ?? route.live]
+  if (route.previewHeader !== undefined || route.previewCookie !== undefined) {
+    const preview = previewColor(route, headers)
+    if (preview !== undefined) return route.colors[preview]
+  }
+  if (route.stickyCookie !== undefined) {
+    const pinned = cookieValue(headers.cookie as string | undefined, route.stickyCookie)
+    if (isColor(pinned) && pinned !== route.live && route.colors[pinned].stats.drain !== undefined) return route.colors[pinned]
+  }
+  return route.colors[route.live]
+}
+
+/**
+ * The Set-Cookie a sticky service answers with: only when the session's
+ * cookie does not already name the color that served it, and never for preview traffic.
+ */
+export function stickySetCookie (route: ServiceRoute, headers: Record<string, string | string[] | undefined>, served: ColorRoute): string | undefined {
+  if (route.stickySetCookie === undefined) return undefined
+  if ((route.previewHeader !== undefined || route.previewCookie !== undefined) && previewColor(route, headers) !== undefined) return undefined
+  const pinned = cookieValue(headers.cookie as string | undefined, route.stickyCookie as string)
+  return pinned === served.color ? undefined : route.stickySetCookie[served.color]
 }

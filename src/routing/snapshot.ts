@@ -34,6 +34,9 @@ export interface ServiceRoute {
   readonly colors: Readonly<Record<Color, ColorRoute>>
   readonly previewHeader: string | undefined
   readonly previewCookie: string | undefined
+  /** Sticky sessions: the cookie's name, and the Set-Cookie value that pins each color. */
+  readonly stickyCookie: string | undefined
+  readonly stickySetCookie: Readonly<Record<Color, string>> | undefined
   readonly config: ServiceConfig
 }
 
@@ -140,6 +143,10 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
       colors,
       previewHeader: svc.preview?.header,
       previewCookie: svc.preview?.cookie,
+      stickyCookie: svc.sticky?.cookie,
+      stickySetCookie: svc.sticky === undefined
+        ? undefined
+        : { blue: `${svc.sticky.cookie}=blue; Path=/; HttpOnly; SameSite=Lax`, green: `${svc.sticky.cookie}=green; Path=/; HttpOnly; SameSite=Lax` },
       config: svc,
     })
   }

@@ -187,6 +187,16 @@ export interface OutcomeWatcher {
   onOutcome (): void
 }
 
+/** A drain in progress: told when the color's last request or WebSocket ends. */
+export interface EmptyWatcher {
+  onEmpty (): void
+}
+
+/** An open HTTP exchange or WebSocket that a drain deadline or shutdown can end. */
+export interface Closable {
+  close (): void
+}
+
 /** In-flight HTTP requests, open WebSockets and request outcomes of one service's color. */
 export class ColorStats {
   inflight = 0
@@ -195,6 +205,36 @@ export class ColorStats {
   /** 5xx from upstream plus errors the gateway answered itself. */
   errors = 0
   watcher: OutcomeWatcher | undefined
+  drain: EmptyWatcher | undefined
+  /** What is open on this color right now, so a deadline or shutdown can end it. */
+  readonly openHttp = new Set<Closable>()
+  readonly openWs = new Set<Closable>()
+
+  begin (x: Closable): void {
+    this.inflight++
+    this.openHttp.add(x)
+  }
+
+  end (x: Closable): void {
+    this.inflight--
+    this.openHttp.delete(x)
+    if (this.drain !== undefined && this.inflight === 0 && this.websockets === 0) this.drain.onEmpty()
+  }
+
+  wsOpen (x: Closable): void {
+    this.websockets++
+    this.openWs.add(x)
+  }
+
+  wsClose (x: Closable): void {
+    this.websockets--
+    this.openWs.delete(x)
+    if (this.drain !== undefined && this.inflight === 0 && this.websockets === 0) this.drain.onEmpty()
+  }
+
+  get isEmpty (): boolean {
+    return this.inflight === 0 && this.websockets === 0
+  }
 
   /** Counts one finished request (by its status, or a gateway error). */
   record (isError: boolean): void {
@@ -229,6 +269,10 @@ export class TargetRegistry {
 
   all (): IterableIterator<Target> {
     return this.targets.values()
+  }
+
+  allColorStats (): IterableIterator<ColorStats> {
+    return this.stats.values()
   }
 
   colorStats (service: string, color: Color): ColorStats {

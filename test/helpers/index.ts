@@ -96,7 +96,7 @@ export async function startGateway (t: Teardown, yaml: string, opts: { dir?: str
   const configFile = join(dir, 'switchyard.yaml')
   writeFileSync(configFile, yaml)
   const config = parseConfig(yaml, { file: configFile, env: opts.env ?? {} })
-  const gateway = new Gateway(config, { listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } })
+  const gateway = new Gateway(config, { env: opts.env ?? {}, listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } })
   await gateway.start()
   let stopped = false
   const stop = async (): Promise<void> => {
