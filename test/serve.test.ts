@@ -6,7 +6,8 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseConfig } from '../src/config/load.js'
 import { startDemoBackends, stopDemoBackends } from '../src/demo.js'
-import { http1, serviceYaml, startBackend, tempDir } from './helpers/index.js'
+import WebSocket from 'ws'
+import { eventually, http1, serviceYaml, startBackend, tempDir } from './helpers/index.js'
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url))
 
@@ -62,6 +63,37 @@ t.test('SIGTERM stops accepting, lets the in-flight request finish, exits 0', as
     s.once('error', () => resolve(true))
   })
   t.ok(refused, 'no longer listening')
+})
+
+t.test('SIGHUP reloads the config; SIGTERM sends open WebSockets 1001 and exits 0', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const o = await startBackend(t, 'other')
+  const dir = tempDir(t)
+  const file = join(dir, 'sy.yaml')
+  const head = 'listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nservices:\n'
+  writeFileSync(file, head + serviceYaml('svc', '/', [b], [g]))
+  const p = serve(t, ['serve', '--config', file])
+  const { port } = await listening(p)
+  t.equal((await http1(`http://127.0.0.1:${port}/other/x`)).json.backend, 'blue')
+
+  writeFileSync(file, head + serviceYaml('svc', '/', [b], [g]) + serviceYaml('other', '/other', [o], [o]))
+  p.kill('SIGHUP')
+  await eventually(() => p.lines.some((l) => l.msg === 'config reloaded'))
+  t.match(p.lines.find((l) => l.msg === 'config reloaded'), { added: ['other'], generation: 1 })
+  t.equal((await http1(`http://127.0.0.1:${port}/other/x`)).json.backend, 'other')
+
+  writeFileSync(file, 'services: [')
+  p.kill('SIGHUP')
+  await eventually(() => p.lines.some((l) => l.msg === 'reload refused, the running config stays'))
+  t.equal((await http1(`http://127.0.0.1:${port}/other/x`)).json.backend, 'other', 'an invalid file changes nothing')
+
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/chat`)
+  await new Promise((resolve) => ws.once('open', resolve))
+  const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)))
+  p.kill('SIGTERM')
+  t.equal(await closed, 1001, 'the WebSocket is told the server is going away')
+  t.equal(await p.exit, 0)
 })
 
 t.test('an invalid config exits non-zero without listening', async (t) => {

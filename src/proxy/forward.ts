@@ -110,8 +110,8 @@ export class Exchange implements Dispatcher.DispatchHandler {
 
   /** Ends the exchange now (drain deadline, shutdown): a long stream is cut, the upstream aborted. */
   close (): void {
-    this.abortUpstream?.()
     this.res.destroy()
+    this.abortUpstream?.()
   }
 
   private readonly onDrain = (): void => {
@@ -154,7 +154,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onError (err: Error): void {
-    if (this.closed || this.res.writableEnded) return
+    if (this.closed || this.res.writableEnded || this.res.destroyed) return
     if (this.res.headersSent) {
       // Mid-body failure: the client must see a truncated response, not a clean end.
       this.res.destroy(err)
