@@ -2,13 +2,17 @@
 // Entry point of the `switchyard` command: argv and signals in, exit code out.
 
 import { run } from './commands.js'
+import { flushLogs } from './log.js'
 
 const stopSignal = new Promise<string>((resolve) => {
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.once(sig, () => {
       resolve(sig)
       // A second signal means "now".
-      process.once(sig, () => process.exit(130))
+      process.once(sig, () => {
+        flushLogs()
+        process.exit(130)
+      })
     })
   }
 })
@@ -22,4 +26,5 @@ const code = await run(process.argv.slice(2), {
   write: (text) => { process.stdout.write(text) },
   tty: process.stdout.isTTY,
 })
+flushLogs()
 process.exitCode = code

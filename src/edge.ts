@@ -4,7 +4,7 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { ERRORS } from './errors.js'
-import { Exchange, sendError } from './proxy/forward.js'
+import { Exchange, requestIdFor, sendError } from './proxy/forward.js'
 import { proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
 import { SMOKE_HEADER, type SmokeRunner } from './health/smoke.js'
 import { chooseColor, stickySetCookie } from './routing/choose.js'
@@ -29,12 +29,17 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner): EdgeS
 
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const route = switcher.current.match(req.headers.host, req.url as string)
-    if (route === undefined) return sendError(res, 'no_route', ERRORS.no_route.status)
+    if (route === undefined) {
+      sendError(res, 'no_route', ERRORS.no_route.status)
+      return
+    }
     const color = colorFor(route, req.headers)
     const endpoint = color.targets.pick()
     if (endpoint === undefined) {
-      color.stats.record(true)
-      return sendError(res, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status, `no healthy upstream for ${route.name} (${color.color})`)
+      const started = performance.now()
+      const bytes = sendError(res, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status, `no healthy upstream for ${route.name} (${color.color})`)
+      color.stats.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
+      return
     }
     const cookie = route.stickySetCookie === undefined ? undefined : stickySetCookie(route, req.headers, color)
     new Exchange(req, res, endpoint, color.targets, color.stats, PROTO, cookie).start()

@@ -8,7 +8,8 @@ import { dirname, join } from 'node:path'
 import { createAdminServer } from './admin/server.js'
 import { ConfigError, loadConfigFile } from './config/load.js'
 import type { Config, HostPort } from './config/schema.js'
-import { log } from './log.js'
+import { createAccessLog, log, type AccessLog } from './log.js'
+import { createMetrics } from './metrics.js'
 import { Controller } from './control/controller.js'
 import { EventLog } from './control/events.js'
 import { createEdgeServer, type EdgeServer } from './edge.js'
@@ -31,6 +32,8 @@ export class Gateway {
   readonly prober = new Prober()
   readonly smoke = new SmokeRunner(() => this.url)
   controller!: Controller
+  private accessLog: AccessLog | undefined
+  private sampler: NodeJS.Timeout | undefined
   private edge: http.Server | undefined
   private edgeParts: EdgeServer | undefined
   private admin: http.Server | undefined
@@ -50,7 +53,15 @@ export class Gateway {
     this.controller = await Controller.create(this.config, this.registry, store, events, { prober: this.prober, smoke: this.smoke })
     this.edgeParts = createEdgeServer(this.controller.switcher, this.smoke)
     this.edge = this.edgeParts.server
-    this.admin = createAdminServer(this.controller, { loadConfig: () => this.loadConfig() })
+    this.registry.observers.metrics = this.config.metrics.enabled
+    if (this.config.log.access !== false) {
+      this.accessLog = createAccessLog(this.config.log.access)
+      this.registry.observers.accessLog = this.accessLog.write
+    }
+    this.sampler = setInterval(() => this.registry.sample(), 1000)
+    this.sampler.unref()
+    const metrics = this.config.metrics.enabled ? createMetrics({ registry: this.registry, controller: () => this.controller }) : undefined
+    this.admin = createAdminServer(this.controller, { loadConfig: () => this.loadConfig(), metrics })
     try {
       await listen(this.edge, this.opts.listen ?? this.config.listen)
       await listen(this.admin, this.opts.adminListen ?? this.config.admin.listen)
@@ -114,6 +125,8 @@ export class Gateway {
     for (const s of servers) s.closeAllConnections()
     for (const socket of this.edgeParts?.upgraded ?? []) socket.destroy()
     await Promise.all(closed)
+    clearInterval(this.sampler)
+    this.accessLog?.flush()
     await this.controller?.stop()
     await this.prober.stop()
     await this.registry.destroy()

@@ -1,15 +1,71 @@
-// Gateway logs (start, config, changes, errors) as one JSON line each on stdout.
+// Logs as JSON lines through pino: gateway logs ({"level": ...}: start, config, changes,
+// errors) and the access log ({"type": "access"}, one line per request), on stdout or a file.
+// Everything bound for stdout shares one asynchronous writer, so lines never
+// interleave and the request path never waits on a write.
+
+import { pino, stdTimeFunctions, destination, type DestinationStream, type Logger } from 'pino'
+import type { ColorStats, Finished } from './upstream/color-stats.js'
 
 export type Level = 'info' | 'warn' | 'error'
 
-export type LogSink = (line: string) => void
+type Dest = DestinationStream & { flushSync: () => void }
 
-let sink: LogSink = (line) => { process.stdout.write(line + '\n') }
-
-export function setLogSink (next: LogSink): void {
-  sink = next
+let stdout: Dest | undefined
+/** The one stdout writer; sonic-boom batches whatever piles up while a write is in flight. */
+function stdoutDest (): Dest {
+  stdout ??= destination({ dest: 1, sync: false, minLength: 0 }) as Dest
+  return stdout
 }
 
+const LEVEL = { level: (label: string) => ({ level: label }) }
+let logger: Logger = pino({ base: null, timestamp: stdTimeFunctions.isoTime, formatters: LEVEL }, stdoutDest())
+
 export function log (level: Level, msg: string, fields: Record<string, unknown> = {}): void {
-  sink(JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields }))
+  logger[level](fields, msg)
+}
+
+/** Redirects gateway logs (tests capture them this way). */
+export function setLogDestination (stream: NodeJS.WritableStream): void {
+  logger = pino({ base: null, timestamp: stdTimeFunctions.isoTime, formatters: LEVEL }, stream)
+}
+
+function flush (dest: Dest): void {
+  try {
+    dest.flushSync()
+  } catch {
+    // Not open yet, or nothing pending.
+  }
+}
+
+/** Writes out what is buffered for stdout (before exit). */
+export function flushLogs (): void {
+  if (stdout !== undefined) flush(stdout)
+}
+
+export interface AccessLog {
+  write: (stats: ColorStats, done: Finished) => void
+  flush: () => void
+}
+
+/** The access log: `true` for stdout, or a file path (appended, folder created). */
+export function createAccessLog (to: true | string): AccessLog {
+  const dest = to === true ? stdoutDest() : destination({ dest: to, sync: false, minLength: 0, mkdir: true }) as Dest
+  const access = pino({ base: null, timestamp: stdTimeFunctions.isoTime, formatters: { level: () => ({ type: 'access' }) } }, dest)
+  return {
+    write: (stats, d) => {
+      access.info({
+        service: stats.service,
+        color: stats.color,
+        target: d.target,
+        method: d.method,
+        path: d.path,
+        status: d.status,
+        bytes: d.bytes,
+        duration: Math.round(d.durationMs * 1000) / 1000,
+        upstream: d.upstreamMs < 0 ? null : Math.round(d.upstreamMs * 1000) / 1000,
+        requestId: d.requestId,
+      })
+    },
+    flush: () => flush(dest),
+  }
 }

@@ -232,7 +232,7 @@ t.test('reload: an invalid file is refused and the old routes serve; a valid one
   const same = await admin(gw.adminUrl, 'POST', '/v1/reload', {})
   t.same(same.json, { generation: 0, changed: false, added: [], removed: [], updated: [] }, 'an unchanged file does nothing')
 
-  writeFileSync(gw.configFile, `services:\n  svc:\n    match: { pathPrefix: / }\n    blue: { targets: [not a url] }\n`)
+  writeFileSync(gw.configFile, `log: { access: false }\nservices:\n  svc:\n    match: { pathPrefix: / }\n    blue: { targets: [not a url] }\n`)
   const bad = await admin(gw.adminUrl, 'POST', '/v1/reload', {})
   t.equal(bad.status, 400)
   t.equal(bad.json.error, 'config_invalid')
@@ -240,7 +240,7 @@ t.test('reload: an invalid file is refused and the old routes serve; a valid one
   t.equal((await http1(`${gw.url}/x`)).json.backend, 'blue', 'the running config stays')
 
   const other = await startBackend(t, 'other')
-  writeFileSync(gw.configFile, `services:\n${serviceYaml('svc', '/', [b], [g])}\n${serviceYaml('other', '/other', [other], [other])}`)
+  writeFileSync(gw.configFile, `log: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g])}\n${serviceYaml('other', '/other', [other], [other])}`)
   const ok = await admin(gw.adminUrl, 'POST', '/v1/reload', {})
   t.equal(ok.status, 200)
   t.same(ok.json, { generation: 1, changed: true, added: ['other'], removed: [], updated: [] })
@@ -251,7 +251,7 @@ t.test('reload: an invalid file is refused and the old routes serve; a valid one
   t.equal(r.status, 200, 'the in-flight request survived')
   t.match((await admin(gw.adminUrl, 'GET', '/v1/events?type=reload')).json.events, [{ type: 'reload', generation: 1, added: ['other'] }])
 
-  writeFileSync(gw.configFile, `listen: 127.0.0.1:1\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
+  writeFileSync(gw.configFile, `log: { access: false }\nlisten: 127.0.0.1:1\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
   const restart = await admin(gw.adminUrl, 'POST', '/v1/reload', {})
   t.equal(restart.status, 400)
   t.match(restart.json.message, /cannot change listen/)

@@ -265,7 +265,7 @@ t.test('guard: the new color answering 5xx after the flip is reverted in one swa
   t.match(ev.reason, /error rate \d+\.\d% over 10 requests exceeds 20\.0%/)
   t.equal((await http1(`${gw.url}/svc`)).json.backend, 'blue')
   t.ok(b.seen.length > 0)
-  t.equal(gw.gateway.controller.autoReverts.get('svc'), 1)
+  t.same(gw.gateway.controller.flipCounts.get('svc'), { manual: 1, rollback: 0, auto_revert: 1 })
 })
 
 t.test('guard: the new color losing all its targets is reverted', async (t) => {

@@ -3,6 +3,7 @@
 
 import { timingSafeEqual, createHash } from 'node:crypto'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import type { Registry } from 'prom-client'
 import { isColor, type Color } from '../config/schema.js'
 import { parseOrigin } from '../config/values.js'
 import { ConfigError } from '../config/load.js'
@@ -18,6 +19,8 @@ type Body = Record<string, unknown>
 export interface AdminOptions {
   /** Re-reads the config file for POST /v1/reload; throws ConfigError when it is invalid. */
   loadConfig: () => Config
+  /** Prometheus registry for GET /metrics; undefined when metrics are off. */
+  metrics?: Registry
 }
 
 /** Compares in constant time (hashing first makes the lengths equal too). */
@@ -157,6 +160,13 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
       }
     }
 
+    if (path === '/metrics' && opts.metrics !== undefined) {
+      allow('GET')
+      const text = await opts.metrics.metrics()
+      res.writeHead(200, { 'content-type': opts.metrics.contentType, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' })
+      res.end(text)
+      return
+    }
     if (path === '/v1/state') {
       allow('GET')
       return send(res, 200, controller.describe())

@@ -117,7 +117,7 @@ function join (path: string, key: string | number): string {
   return path === '' ? key : `${path}.${key}`
 }
 
-const TOP_KEYS = ['listen', 'admin', 'state', 'defaults', 'services'] as const
+const TOP_KEYS = ['listen', 'admin', 'state', 'log', 'metrics', 'defaults', 'services'] as const
 const SERVICE_SECTION_KEYS = ['timeouts', 'health', 'passive', 'gate', 'guard', 'drain'] as const
 const SERVICE_KEYS = ['match', 'live', 'blue', 'green', 'preview', 'sticky', 'smoke', ...SERVICE_SECTION_KEYS] as const
 const SERVICE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/
@@ -183,6 +183,14 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
   const stateRaw = top.state === undefined ? {} : c.object(top.state, 'state', ['file']) ?? {}
   const stateFile = stateRaw.file === undefined ? DEFAULTS.state.file : c.string(stateRaw.file, 'state.file') ?? DEFAULTS.state.file
 
+  const logRaw = top.log === undefined ? {} : c.object(top.log, 'log', ['access']) ?? {}
+  let access: boolean | string = DEFAULTS.log.access
+  if (typeof logRaw.access === 'boolean') access = logRaw.access
+  else if (typeof logRaw.access === 'string' && logRaw.access !== '') access = resolve(baseDir, logRaw.access)
+  else if (logRaw.access !== undefined) c.fail('log.access', 'must be true (stdout), false (off) or a file path')
+  const metricsRaw = top.metrics === undefined ? {} : c.object(top.metrics, 'metrics', ['enabled']) ?? {}
+  const metricsEnabled = metricsRaw.enabled === undefined ? DEFAULTS.metrics.enabled : c.bool(metricsRaw.enabled, 'metrics.enabled') ?? true
+
   const defaultsRaw = top.defaults === undefined ? {} : c.object(top.defaults, 'defaults', SERVICE_SECTION_KEYS) ?? {}
   const base = sections(defaultsRaw, 'defaults', c, undefined)
 
@@ -204,6 +212,8 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
     listen,
     admin: { listen: adminListen, token },
     state: { file: resolve(baseDir, stateFile) },
+    log: { access },
+    metrics: { enabled: metricsEnabled },
     services,
   }
 }

@@ -135,6 +135,14 @@ export interface Config {
     /** Live colors and generation survive restarts here. Default ./data/state.json. */
     file: string
   }
+  log: {
+    /** Access log: `true` for stdout, `false` for none, or a file path. Default true. */
+    access: boolean | string
+  }
+  metrics: {
+    /** Per-request metric bookkeeping and GET /metrics. Default true. */
+    enabled: boolean
+  }
   services: Record<string, ServiceConfig>
 }
 
@@ -152,6 +160,8 @@ export const DEFAULTS = {
   listen: '0.0.0.0:8080',
   admin: { listen: '127.0.0.1:9901', token: '' },
   state: { file: './data/state.json' },
+  log: { access: true },
+  metrics: { enabled: true },
   service: {
     live: 'blue' as Color,
     pathPrefix: '/',

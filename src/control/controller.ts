@@ -50,6 +50,8 @@ export interface ChangeResult {
 
 export type ColorState = 'live' | 'draining' | 'idle'
 
+export type FlipTrigger = 'manual' | 'rollback' | 'auto_revert'
+
 export interface DrainRequest {
   service: string
   /** Default: the color that is not live. */
@@ -95,8 +97,8 @@ export class Controller {
   private readonly guards = new Set<Guard>()
   private readonly drains = new Map<string, Drain>()
   private queue: Promise<unknown> = Promise.resolve()
-  /** Auto-reverts since start, per service (metrics read this). */
-  readonly autoReverts = new Map<string, number>()
+  /** Color changes since start, per service and trigger (switchyard_flips_total). */
+  readonly flipCounts = new Map<string, Record<FlipTrigger, number>>()
 
   private constructor (config: Config, state: PersistedState, registry: TargetRegistry, store: FileStateStore, events: EventLog, snapshot: Snapshot, health: HealthDeps) {
     this.config = config
@@ -211,6 +213,17 @@ export class Controller {
     return apply()
   }
 
+  private countFlips (changes: readonly ColorChange[], trigger: FlipTrigger): void {
+    for (const c of changes) {
+      let counts = this.flipCounts.get(c.service)
+      if (counts === undefined) {
+        counts = { manual: 0, rollback: 0, auto_revert: 0 }
+        this.flipCounts.set(c.service, counts)
+      }
+      counts[trigger]++
+    }
+  }
+
   /** After a color change: the new live color stops draining, the old one starts. */
   private retire (changes: readonly ColorChange[]): void {
     for (const c of changes) {
@@ -266,7 +279,10 @@ export class Controller {
    */
   async reload (config: Config, actor = 'api'): Promise<ReloadResult> {
     return await this.exclusive(async () => {
-      const restart = ([['listen', config.listen, this.config.listen], ['admin.listen', config.admin.listen, this.config.admin.listen], ['state.file', config.state.file, this.config.state.file]] as const)
+      const restart = ([
+        ['listen', config.listen, this.config.listen], ['admin.listen', config.admin.listen, this.config.admin.listen],
+        ['state.file', config.state.file, this.config.state.file], ['log', config.log, this.config.log], ['metrics', config.metrics, this.config.metrics],
+      ] as const)
         .filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b)).map(([k]) => k)
       if (restart.length > 0) throw new SwitchyardError('bad_request', `reload cannot change ${restart.join(', ')}: restart the gateway for that; nothing changed`, { fields: restart })
       const before = this.config.services
@@ -343,7 +359,7 @@ export class Controller {
           : `${trip.service}/${trip.color}: no healthy target`
         const applied = this.commit(next, { type: 'auto_revert', reason, actor: 'guard', changes: reverts, trip, flipEvent: guard.id }, true)
         // commit() has swapped synchronously by now; only the file write is pending.
-        for (const r of reverts) this.autoReverts.set(r.service, (this.autoReverts.get(r.service) ?? 0) + 1)
+        this.countFlips(reverts, 'auto_revert')
         await applied
         log('warn', 'auto-revert', { reason, changes: reverts })
       })
@@ -440,6 +456,7 @@ export class Controller {
         ...(req.force === true ? { forced: true } : {}),
         ...(guarded ? {} : { guard: false }),
       })
+      this.countFlips(changes, 'manual')
       this.endGuards(changes.map((c) => c.service))
       if (guarded) this.startGuard(changes, event.id)
       return { generation: next.generation, changes, event }
@@ -465,6 +482,7 @@ export class Controller {
       next.generation++
       next.lastChange = names
       const event = await this.commit(next, { type: 'rollback', reason: req.reason ?? null, actor: req.actor ?? 'api', changes })
+      this.countFlips(changes, 'rollback')
       this.endGuards(names)
       return { generation: next.generation, changes, event }
     })
@@ -513,6 +531,7 @@ export class Controller {
           websockets: c.stats.websockets,
           targets: c.targets.endpoints.map((e) => e.target.describe()),
           healthy: c.targets.healthyCount,
+          recent: c.stats.history,
           ...(c.targets.inPanic ? { panic: true } : {}),
           ...(st.targets[color] === undefined ? {} : { targetsFrom: 'api' }),
         }

@@ -1,9 +1,11 @@
 // HTTP forwarding of one request to one upstream endpoint on undici's
 // dispatcher: raw header arrays, bodies streamed both ways with backpressure.
 
+import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
 import { errorBody, type ErrorCode } from '../errors.js'
+import type { Finished, UpstreamErrorKind } from '../upstream/color-stats.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
 
@@ -14,12 +16,29 @@ export interface EndpointPicker {
 
 /**
  * Per-color accounting: `begin` at start and `end` when the response closes,
- * exactly once each; `record` once per request that got an answer.
+ * exactly once each; `record` once per request that got an answer;
+ * `upstreamError` for every failed attempt (a retried one too).
  */
 export interface ExchangeStats {
   begin: (x: Exchange) => void
-  end: (x: Exchange) => void
+  end: (x: Exchange, done: Finished) => void
   record: (isError: boolean) => void
+  upstreamError: (kind: UpstreamErrorKind) => void
+}
+
+const ERROR_KIND: Record<string, UpstreamErrorKind> = {
+  upstream_connect_failed: 'connect_failed',
+  upstream_timeout: 'timeout',
+  upstream_error: 'reset',
+}
+
+/** The client's X-Request-Id, or a new one (added to the upstream request). */
+export function requestIdFor (req: IncomingMessage, headers: string[] | undefined): string {
+  const given = req.headers['x-request-id']
+  if (typeof given === 'string' && given !== '') return given
+  const id = randomUUID()
+  headers?.push('x-request-id', id)
+  return id
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
@@ -40,14 +59,17 @@ function hasBody (req: IncomingMessage): boolean {
   return (len !== undefined && len !== '0') || req.headers['transfer-encoding'] !== undefined
 }
 
-export function sendError (res: ServerResponse, code: ErrorCode, status: number, message?: string): void {
+/** Answers with a coded JSON error; returns the body's size (0 when it could only cut the response). */
+export function sendError (res: ServerResponse, code: ErrorCode, status: number, message?: string): number {
   if (res.headersSent) {
     res.destroy()
-    return
+    return 0
   }
   const body = errorBody(code, message)
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+  const size = Buffer.byteLength(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': size })
   res.end(body)
+  return size
 }
 
 /**
@@ -55,7 +77,13 @@ export function sendError (res: ServerResponse, code: ErrorCode, status: number,
  * callback interface is what undici's HTTP/1 client calls natively; the newer
  * controller interface is wrapped and copies headers into objects).
  */
-export class Exchange implements Dispatcher.DispatchHandler {
+export class Exchange implements Dispatcher.DispatchHandler, Finished {
+  readonly requestId: string
+  /** Response body bytes sent to the client. */
+  bytes = 0
+  durationMs = 0
+  upstreamMs = -1
+  private readonly startedAt = performance.now()
   private readonly req: IncomingMessage
   private readonly res: ServerResponse
   private readonly picker: EndpointPicker
@@ -79,6 +107,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
     this.stats = stats
     this.setCookie = setCookie
     this.headers = upstreamRequestHeaders(req, proto)
+    this.requestId = requestIdFor(req, this.headers)
     this.body = hasBody(req) ? req : null
     this.retryable = this.body === null && IDEMPOTENT.has(req.method as string)
   }
@@ -100,10 +129,27 @@ export class Exchange implements Dispatcher.DispatchHandler {
     }, this)
   }
 
+  get method (): string {
+    return this.req.method as string
+  }
+
+  get path (): string {
+    return this.req.url as string
+  }
+
+  get status (): number {
+    return this.res.headersSent ? this.res.statusCode : 0
+  }
+
+  get target (): string {
+    return this.endpoint.target.url
+  }
+
   /** The response is done or the client went away: settle counters once, stop the upstream. */
   private readonly onClientClose = (): void => {
     this.closed = true
-    this.stats.end(this)
+    this.durationMs = performance.now() - this.startedAt
+    this.stats.end(this, this)
     this.endpoint.target.inflight--
     if (!this.res.writableFinished) this.abortUpstream?.()
   }
@@ -126,9 +172,11 @@ export class Exchange implements Dispatcher.DispatchHandler {
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (this.closed) return false
     this.resumeUpstream = resume
+    this.upstreamMs = performance.now() - this.startedAt
     const failed = statusCode >= 500
-    this.endpoint.target.recordResult(!failed)
+    // The color's count first: an ejection below may trip the guard, which reports it.
     this.stats.record(failed)
+    this.endpoint.target.recordResult(!failed)
     try {
       const headers = downstreamResponseHeaders(rawHeaders)
       if (this.setCookie !== undefined) headers.push('set-cookie', this.setCookie)
@@ -136,7 +184,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
     } catch {
       // Node refuses what undici's parser accepted (say, a header value it deems invalid).
       this.abortUpstream?.()
-      sendError(this.res, 'upstream_error', 502, 'the upstream sent response headers that cannot be relayed')
+      this.bytes += sendError(this.res, 'upstream_error', 502, 'the upstream sent response headers that cannot be relayed')
       return false
     }
     return true
@@ -144,6 +192,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
 
   onData (chunk: Buffer): boolean {
     if (this.closed) return false
+    this.bytes += chunk.length
     const ok = this.res.write(chunk)
     if (!ok) this.res.once('drain', this.onDrain)
     return ok
@@ -162,6 +211,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
     }
     const code = classifyUpstreamError(err)
     this.endpoint.target.recordResult(false)
+    this.stats.upstreamError(ERROR_KIND[code])
     if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || isStaleConnection(err))) {
       const next = this.picker.pick(this.endpoint) ?? (isStaleConnection(err) ? this.endpoint : undefined)
       if (next !== undefined) {
@@ -175,7 +225,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
       }
     }
     this.stats.record(true)
-    sendError(this.res, code, code === 'upstream_timeout' ? 504 : 502)
+    this.bytes += sendError(this.res, code, code === 'upstream_timeout' ? 504 : 502)
   }
 }
 

@@ -3,6 +3,10 @@
 
 import { Pool } from 'undici'
 import type { Color, HealthConfig, PassiveConfig, Timeouts } from '../config/schema.js'
+import { ColorStats, type Observers } from './color-stats.js'
+
+export { ColorStats } from './color-stats.js'
+export type { Closable, EmptyWatcher, OutcomeWatcher } from './color-stats.js'
 
 /** What active probes say: `unchecked` when no probes are configured for the target. */
 export type ProbeState = 'unchecked' | 'unknown' | 'healthy' | 'unhealthy'
@@ -182,72 +186,12 @@ export class Target {
   }
 }
 
-/** Something watching a color's outcomes (the post-flip guard). */
-export interface OutcomeWatcher {
-  onOutcome (): void
-}
-
-/** A drain in progress: told when the color's last request or WebSocket ends. */
-export interface EmptyWatcher {
-  onEmpty (): void
-}
-
-/** An open HTTP exchange or WebSocket that a drain deadline or shutdown can end. */
-export interface Closable {
-  close (): void
-}
-
-/** In-flight HTTP requests, open WebSockets and request outcomes of one service's color. */
-export class ColorStats {
-  inflight = 0
-  websockets = 0
-  requests = 0
-  /** 5xx from upstream plus errors the gateway answered itself. */
-  errors = 0
-  watcher: OutcomeWatcher | undefined
-  drain: EmptyWatcher | undefined
-  /** What is open on this color right now, so a deadline or shutdown can end it. */
-  readonly openHttp = new Set<Closable>()
-  readonly openWs = new Set<Closable>()
-
-  begin (x: Closable): void {
-    this.inflight++
-    this.openHttp.add(x)
-  }
-
-  end (x: Closable): void {
-    this.inflight--
-    this.openHttp.delete(x)
-    if (this.drain !== undefined && this.inflight === 0 && this.websockets === 0) this.drain.onEmpty()
-  }
-
-  wsOpen (x: Closable): void {
-    this.websockets++
-    this.openWs.add(x)
-  }
-
-  wsClose (x: Closable): void {
-    this.websockets--
-    this.openWs.delete(x)
-    if (this.drain !== undefined && this.inflight === 0 && this.websockets === 0) this.drain.onEmpty()
-  }
-
-  get isEmpty (): boolean {
-    return this.inflight === 0 && this.websockets === 0
-  }
-
-  /** Counts one finished request (by its status, or a gateway error). */
-  record (isError: boolean): void {
-    this.requests++
-    if (isError) this.errors++
-    if (this.watcher !== undefined) this.watcher.onOutcome()
-  }
-}
-
 export class TargetRegistry {
   private readonly targets = new Map<string, Target>()
   private readonly stats = new Map<string, ColorStats>()
   private readonly listeners: Array<(change: HealthChange) => void> = []
+  /** Shared by every ColorStats: what hears of finished requests (the access log). */
+  readonly observers: Observers = { accessLog: undefined, metrics: true }
 
   /** Called on every change of a target's `healthy`. */
   onHealthChange (fn: (change: HealthChange) => void): void {
@@ -275,11 +219,16 @@ export class TargetRegistry {
     return this.stats.values()
   }
 
+  /** Once a second: each color's request and error counts go into its one-minute history. */
+  sample (): void {
+    for (const s of this.stats.values()) s.sample()
+  }
+
   colorStats (service: string, color: Color): ColorStats {
     const key = `${service}/${color}`
     let s = this.stats.get(key)
     if (s === undefined) {
-      s = new ColorStats()
+      s = new ColorStats(service, color, this.observers)
       this.stats.set(key, s)
     }
     return s

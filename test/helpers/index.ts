@@ -94,6 +94,8 @@ export interface TestGateway {
 export async function startGateway (t: Teardown, yaml: string, opts: { dir?: string, env?: NodeJS.ProcessEnv } = {}): Promise<TestGateway> {
   const dir = opts.dir ?? tempDir(t)
   const configFile = join(dir, 'switchyard.yaml')
+  // Access logs would flood the test output: off unless a test asks for them.
+  if (!/^log:/m.test(yaml)) yaml = `log: { access: false }\n${yaml}`
   writeFileSync(configFile, yaml)
   const config = parseConfig(yaml, { file: configFile, env: opts.env ?? {} })
   const gateway = new Gateway(config, { env: opts.env ?? {}, listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } })

@@ -1,0 +1,143 @@
+// Every Prometheus metric Switchyard exposes is defined here and nowhere else.
+// The request path only bumps plain counters (upstream/color-stats.ts); these
+// collectors read them when /metrics is scraped, so metrics cost the hot path nothing more.
+
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client'
+import { COLORS } from './config/schema.js'
+import type { Controller } from './control/controller.js'
+import { DURATION_BUCKETS, type UpstreamErrorKind } from './upstream/color-stats.js'
+import type { TargetRegistry } from './upstream/registry.js'
+
+const CODE_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
+const ERROR_KINDS: readonly UpstreamErrorKind[] = ['connect_failed', 'timeout', 'reset', 'no_healthy_upstream']
+
+interface Deps {
+  registry: TargetRegistry
+  controller: () => Controller
+}
+
+/** A histogram whose buckets live in ColorStats; prom-client only formats them. */
+function durationHistogram (deps: Deps): { name: string, help: string, type: string, aggregator: string, get: () => Promise<unknown> } {
+  const name = 'switchyard_request_duration_seconds'
+  const help = 'Time from request headers to the end of the response, per service and color'
+  return {
+    name,
+    help,
+    type: 'histogram',
+    aggregator: 'sum',
+    get: async () => {
+      const values: Array<{ metricName: string, labels: Record<string, string | number>, value: number }> = []
+      for (const s of deps.registry.allColorStats()) {
+        const labels = { service: s.service, color: s.color }
+        let cumulative = 0
+        DURATION_BUCKETS.forEach((le, i) => {
+          cumulative += s.durationBuckets[i]
+          values.push({ metricName: `${name}_bucket`, labels: { ...labels, le }, value: cumulative })
+        })
+        values.push({ metricName: `${name}_bucket`, labels: { ...labels, le: '+Inf' }, value: s.durationCount })
+        values.push({ metricName: `${name}_sum`, labels, value: s.durationSum })
+        values.push({ metricName: `${name}_count`, labels, value: s.durationCount })
+      }
+      return { name, help, type: 'histogram', values, aggregator: 'sum' }
+    },
+  }
+}
+
+export function createMetrics (deps: Deps): Registry {
+  const reg = new Registry()
+  collectDefaultMetrics({ register: reg })
+
+  /* eslint-disable no-new */
+  new Counter({
+    name: 'switchyard_requests_total',
+    help: 'Requests answered, per service, color and status class',
+    labelNames: ['service', 'color', 'code'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const s of deps.registry.allColorStats()) {
+        CODE_CLASSES.forEach((code, i) => { if (s.codes[i] > 0) this.inc({ service: s.service, color: s.color, code }, s.codes[i]) })
+      }
+    },
+  })
+  reg.registerMetric(durationHistogram(deps) as never)
+  new Counter({
+    name: 'switchyard_upstream_errors_total',
+    help: 'Failed upstream attempts (retried ones too) and requests with no healthy upstream',
+    labelNames: ['service', 'color', 'kind'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const s of deps.registry.allColorStats()) {
+        for (const kind of ERROR_KINDS) if (s.upstreamErrors[kind] > 0) this.inc({ service: s.service, color: s.color, kind }, s.upstreamErrors[kind])
+      }
+    },
+  })
+  new Gauge({
+    name: 'switchyard_inflight_requests',
+    help: 'HTTP requests in flight, per service and color',
+    labelNames: ['service', 'color'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const s of deps.registry.allColorStats()) this.set({ service: s.service, color: s.color }, s.inflight)
+    },
+  })
+  new Gauge({
+    name: 'switchyard_websockets_open',
+    help: 'Open WebSockets, per service and color',
+    labelNames: ['service', 'color'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const s of deps.registry.allColorStats()) this.set({ service: s.service, color: s.color }, s.websockets)
+    },
+  })
+  new Gauge({
+    name: 'switchyard_live',
+    help: '1 for the live color of a service, else 0',
+    labelNames: ['service', 'color'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const route of deps.controller().switcher.current.services.values()) {
+        for (const color of COLORS) this.set({ service: route.name, color }, route.live === color ? 1 : 0)
+      }
+    },
+  })
+  new Counter({
+    name: 'switchyard_flips_total',
+    help: 'Color changes, per service and trigger (manual, rollback, auto_revert)',
+    labelNames: ['service', 'trigger'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const [service, counts] of deps.controller().flipCounts) {
+        for (const [trigger, n] of Object.entries(counts)) this.inc({ service, trigger }, n)
+      }
+    },
+  })
+  new Gauge({
+    name: 'switchyard_target_healthy',
+    help: '1 when a target gets traffic (probes pass, not ejected), else 0',
+    labelNames: ['service', 'color', 'target'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const route of deps.controller().switcher.current.services.values()) {
+        for (const color of COLORS) {
+          for (const e of route.colors[color].targets.endpoints) this.set({ service: route.name, color, target: e.target.url }, e.target.healthy ? 1 : 0)
+        }
+      }
+    },
+  })
+  new Gauge({
+    name: 'switchyard_generation',
+    help: 'Routing state generation: grows with every flip, rollback, auto-revert, target change and reload',
+    registers: [reg],
+    collect () {
+      this.set(deps.controller().generation)
+    },
+  })
+  return reg
+}

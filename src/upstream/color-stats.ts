@@ -1,0 +1,146 @@
+// Per service color runtime numbers that outlive snapshots: exact in-flight
+// and WebSocket counts, request outcomes for the guard, metric counters and a
+// one-minute history. Only integer arithmetic happens here on the request path.
+
+import type { Color } from '../config/schema.js'
+
+/** Something watching a color's outcomes (the post-flip guard). */
+export interface OutcomeWatcher {
+  onOutcome (): void
+}
+
+/** A drain in progress: told when the color's last request or WebSocket ends. */
+export interface EmptyWatcher {
+  onEmpty (): void
+}
+
+/** An open HTTP exchange or WebSocket that a drain deadline or shutdown can end. */
+export interface Closable {
+  close (): void
+}
+
+/** What the access log and metrics read off a finished request. */
+export interface Finished {
+  readonly method: string
+  readonly path: string
+  /** 0 when the client went away before any answer. */
+  readonly status: number
+  readonly bytes: number
+  readonly durationMs: number
+  /** Time to the upstream's response headers; -1 when there were none. */
+  readonly upstreamMs: number
+  readonly requestId: string
+  readonly target: string
+}
+
+export interface Observers {
+  accessLog: ((stats: ColorStats, x: Finished) => void) | undefined
+  /** Keep the per-request metric counters (metrics.enabled). */
+  metrics: boolean
+}
+
+/** Upper bounds (seconds) of switchyard_request_duration_seconds. */
+export const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+export type UpstreamErrorKind = 'connect_failed' | 'timeout' | 'reset' | 'no_healthy_upstream'
+
+const HISTORY = 60
+
+export class ColorStats {
+  readonly service: string
+  readonly color: Color
+  inflight = 0
+  websockets = 0
+  requests = 0
+  /** 5xx from upstream plus errors the gateway answered itself. */
+  errors = 0
+  watcher: OutcomeWatcher | undefined
+  drain: EmptyWatcher | undefined
+  /** What is open on this color right now, so a deadline or shutdown can end it. */
+  readonly openHttp = new Set<Closable>()
+  readonly openWs = new Set<Closable>()
+  /** Answered requests by status class 1xx..5xx (index 0..4). */
+  readonly codes = [0, 0, 0, 0, 0]
+  /** Durations: a count per bucket (not cumulative; the last is +Inf), their sum and count. */
+  readonly durationBuckets = new Array<number>(DURATION_BUCKETS.length + 1).fill(0)
+  durationSum = 0
+  durationCount = 0
+  readonly upstreamErrors: Record<UpstreamErrorKind, number> = { connect_failed: 0, timeout: 0, reset: 0, no_healthy_upstream: 0 }
+  /** Requests and errors per second over the last minute, oldest first. */
+  readonly history = { requests: new Array<number>(HISTORY).fill(0), errors: new Array<number>(HISTORY).fill(0) }
+  private sampled = { requests: 0, errors: 0 }
+  private readonly observers: Observers
+
+  constructor (service: string, color: Color, observers: Observers) {
+    this.service = service
+    this.color = color
+    this.observers = observers
+  }
+
+  begin (x: Closable): void {
+    this.inflight++
+    this.openHttp.add(x)
+  }
+
+  /** A request is over: it leaves the counts, and its numbers go to metrics and the access log. */
+  end (x: Closable, done: Finished): void {
+    this.inflight--
+    this.openHttp.delete(x)
+    this.finish(done)
+    if (this.drain !== undefined && this.inflight === 0 && this.websockets === 0) this.drain.onEmpty()
+  }
+
+  private finish (done: Finished): void {
+    if (this.observers.metrics && done.status !== 0) {
+      this.codes[Math.min(4, Math.max(0, ((done.status / 100) | 0) - 1))]++
+      const seconds = done.durationMs / 1000
+      let i = 0
+      while (i < DURATION_BUCKETS.length && seconds > DURATION_BUCKETS[i]) i++
+      this.durationBuckets[i]++
+      this.durationSum += seconds
+      this.durationCount++
+    }
+    if (this.observers.accessLog !== undefined) this.observers.accessLog(this, done)
+  }
+
+  wsOpen (x: Closable): void {
+    this.websockets++
+    this.openWs.add(x)
+  }
+
+  wsClose (x: Closable): void {
+    this.websockets--
+    this.openWs.delete(x)
+    if (this.drain !== undefined && this.inflight === 0 && this.websockets === 0) this.drain.onEmpty()
+  }
+
+  get isEmpty (): boolean {
+    return this.inflight === 0 && this.websockets === 0
+  }
+
+  /** Counts one answered request for the guard (by its status, or a gateway error). */
+  record (isError: boolean): void {
+    this.requests++
+    if (isError) this.errors++
+    if (this.watcher !== undefined) this.watcher.onOutcome()
+  }
+
+  /** The gateway answered 503 itself: no healthy target in this color. */
+  rejected (method: string, path: string, requestId: string, bytes: number, durationMs: number): void {
+    this.record(true)
+    this.upstreamError('no_healthy_upstream')
+    this.finish({ method, path, status: 503, bytes, durationMs, upstreamMs: -1, requestId, target: '' })
+  }
+
+  upstreamError (kind: UpstreamErrorKind): void {
+    this.upstreamErrors[kind]++
+  }
+
+  sample (): void {
+    this.history.requests.shift()
+    this.history.requests.push(this.requests - this.sampled.requests)
+    this.history.errors.shift()
+    this.history.errors.push(this.errors - this.sampled.errors)
+    this.sampled = { requests: this.requests, errors: this.errors }
+  }
+}
