@@ -127,7 +127,7 @@ function validate (argv: string[], io: Io): number {
 }
 
 /** Calls the admin API; a refusal becomes a CliError carrying the server's message. */
-async function call (io: Io, method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+async function call (io: Io, method: string, path: string, body?: unknown, timeoutMs: number | null = 120_000): Promise<Record<string, unknown>> {
   const base = (io.env.SWITCHYARD_ADMIN_URL ?? 'http://127.0.0.1:9901').replace(/\/+$/, '')
   const headers: Record<string, string> = { 'x-switchyard-actor': `cli:${io.env.USER ?? 'unknown'}` }
   if (body !== undefined) headers['content-type'] = 'application/json'
@@ -135,7 +135,7 @@ async function call (io: Io, method: string, path: string, body?: unknown): Prom
   if (token !== undefined && token !== '') headers.authorization = `Bearer ${token}`
   let res: Response
   try {
-    res = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(120_000) })
+    res = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: timeoutMs === null ? undefined : AbortSignal.timeout(timeoutMs) })
   } catch (err) {
     const cause = (err as { cause?: Error }).cause
     throw new CliError(`cannot reach the admin API at ${base}: ${cause?.message ?? (err as Error).message}`)
@@ -275,7 +275,8 @@ async function drain (argv: string[], io: Io): Promise<number> {
   }
   // The waiting call answers when the drain ends; meanwhile show what is left.
   let finished = false
-  const result = call(io, 'POST', path, { ...body, wait: true }).finally(() => { finished = true })
+  // No client deadline: the server answers by the drain's own deadline.
+  const result = call(io, 'POST', path, { ...body, wait: true }, null).finally(() => { finished = true })
   result.catch(() => {})
   let last = ''
   while (!finished) {

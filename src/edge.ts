@@ -28,6 +28,11 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner): EdgeS
   }
 
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    // Origin-form only (`/path?query`): absolute-form, `*` and friends are not for a reverse proxy.
+    if ((req.url as string).charCodeAt(0) !== 47) {
+      sendError(res, 'bad_request', ERRORS.bad_request.status, 'the request target must be a path starting with /')
+      return
+    }
     const route = switcher.current.match(req.headers.host, req.url as string)
     if (route === undefined) {
       sendError(res, 'no_route', ERRORS.no_route.status)
@@ -49,18 +54,20 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner): EdgeS
     socket.on('error', () => socket.destroy())
     upgraded.add(socket)
     socket.once('close', () => upgraded.delete(socket))
+    if ((req.url as string).charCodeAt(0) !== 47) return rejectUpgrade(socket, 'bad_request', ERRORS.bad_request.status)
     const route = switcher.current.match(req.headers.host, req.url as string)
     if (route === undefined) return rejectUpgrade(socket, 'no_route', ERRORS.no_route.status)
     const color = colorFor(route, req.headers)
     const endpoint = color.targets.pick()
     if (endpoint === undefined) return rejectUpgrade(socket, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status)
-    proxyUpgrade(req, socket, head, endpoint, color.stats, PROTO, color.timeouts.connect)
+    proxyUpgrade(req, socket, head, endpoint, color.stats, PROTO, color.timeouts)
   }
 
   const server = http.createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, onRequest)
   server.on('upgrade', onUpgrade)
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex & { _httpMessage?: { headersSent?: boolean } }) => {
+    // A response already under way on this socket cannot be followed by a 400.
+    if (err.code === 'ECONNRESET' || !socket.writable || socket._httpMessage?.headersSent === true) return socket.destroy()
     socket.end('HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","message":"malformed HTTP request"}')
   })
   return { server, upgraded }

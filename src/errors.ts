@@ -13,10 +13,12 @@ export const ERRORS = {
   upstream_connect_failed: { status: 502, message: 'could not connect to the upstream' },
   upstream_timeout: { status: 504, message: 'the upstream did not answer in time' },
   upstream_error: { status: 502, message: 'the upstream connection failed' },
+  request_refused: { status: 400, message: 'this request cannot be forwarded' },
   // Admin API.
   bad_request: { status: 400, message: 'bad request' },
   config_invalid: { status: 400, message: 'the config file is invalid' },
   unauthorized: { status: 401, message: 'missing or wrong bearer token' },
+  forbidden_origin: { status: 403, message: 'cross-origin requests are not accepted' },
   not_found: { status: 404, message: 'not found' },
   unknown_service: { status: 404, message: 'unknown service' },
   method_not_allowed: { status: 405, message: 'method not allowed' },

@@ -147,11 +147,27 @@ t.test('flip with `to`, flip of all, and a flip to the live color', async (t) =>
   t.equal(await servedBy(gw, '/api/users'), 'users-green')
   t.equal(await servedBy(gw, '/api/orders'), 'orders-blue')
 
-  // An empty body is the same as {}.
-  const bare = await http1(`${gw.adminUrl}/v1/flip`, { method: 'POST' })
+  // An empty body is the same as {}, but it still needs the JSON content type.
+  const bare = await http1(`${gw.adminUrl}/v1/flip`, { method: 'POST', headers: { 'content-type': 'application/json' } })
   t.equal(bare.status, 200)
   t.equal(bare.json.generation, 5)
   t.same(lives(await state(gw)), { users: 'blue', orders: 'green' })
+})
+
+t.test('cross-site requests cannot drive the API (CSRF, DNS rebinding)', async (t) => {
+  const { gw } = await fleet(t)
+  // What a page elsewhere can send without a CORS preflight: no JSON content type.
+  const simple = await http1(`${gw.adminUrl}/v1/flip`, { method: 'POST' })
+  t.equal(simple.status, 415)
+  const form = await http1(`${gw.adminUrl}/v1/rollback`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: '{}' })
+  t.equal(form.status, 415)
+  const foreign = await http1(`${gw.adminUrl}/v1/state`, { headers: { origin: 'http://evil.example' } })
+  t.equal(foreign.status, 403)
+  t.equal(foreign.json.error, 'forbidden_origin')
+  const port = new URL(gw.adminUrl).port
+  const same = await http1(`${gw.adminUrl}/v1/state`, { headers: { origin: `http://127.0.0.1:${port}` } })
+  t.equal(same.status, 200, 'the dashboard, served from the admin listener itself, is fine')
+  t.equal((await state(gw)).generation, 0, 'nothing changed')
 })
 
 t.test('POST /v1/services/NAME/flip flips that one service', async (t) => {

@@ -257,3 +257,75 @@ t.test('reload: an invalid file is refused and the old routes serve; a valid one
   t.match(restart.json.message, /cannot change listen/)
   ws.ws.close()
 })
+
+t.test('a client leaving during the WebSocket handshake leaves nothing counted or open', async (t) => {
+  const { b, gw } = await pair(t)
+  let upstreamSockets = 0
+  b.server.removeAllListeners('upgrade')
+  b.server.on('upgrade', (req, socket) => {
+    upstreamSockets++
+    // The gateway hanging up shows as FIN (end) on this half-open server socket.
+    let open = true
+    const gone = (): void => {
+      if (open) {
+        open = false
+        upstreamSockets--
+        socket.destroy()
+      }
+    }
+    socket.on('end', gone)
+    socket.on('close', gone)
+    socket.on('error', gone)
+    setTimeout(() => {
+      if (socket.destroyed || !socket.writable) return
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: x\r\n\r\n`)
+    }, 150)
+  })
+  const net = await import('node:net')
+  const s = net.connect(gw.gateway.address.port, '127.0.0.1')
+  s.on('error', () => {})
+  s.once('connect', () => {
+    s.write('GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+  })
+  await eventually(() => upstreamSockets === 1)
+  s.destroy()
+  await eventually(() => upstreamSockets === 0, { timeout: 2000 })
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  const blue = gw.gateway.controller.switcher.current.services.get('svc')?.colors.blue.stats
+  t.equal(blue?.websockets, 0)
+  t.equal(blue?.openWs.size, 0)
+})
+
+t.test('a refused upgrade is relayed whole and length-delimited', async (t) => {
+  const { b, gw } = await pair(t)
+  b.server.removeAllListeners('upgrade')
+  b.server.on('upgrade', (_req, socket) => socket.end('HTTP/1.1 401 Unauthorized\r\ntransfer-encoding: chunked\r\nx-why: token\r\n\r\n5\r\nnope!\r\n0\r\n\r\n'))
+  const reply = await new Promise<{ code: number, body: string, headers: Record<string, unknown> }>((resolve) => {
+    const ws = new WebSocket(gw.url.replace('http', 'ws') + '/ws')
+    ws.on('unexpected-response', (_req, res) => {
+      let body = ''
+      res.on('data', (c) => { body += String(c) })
+      res.on('end', () => resolve({ code: res.statusCode ?? 0, body, headers: res.headers }))
+    })
+    ws.on('error', () => {})
+  })
+  t.equal(reply.code, 401)
+  t.equal(reply.body, 'nope!')
+  t.equal(reply.headers['x-why'], 'token')
+  t.equal(reply.headers['content-length'], '5')
+  t.equal(reply.headers['transfer-encoding'], undefined)
+})
+
+t.test('after an auto-revert, sticky sessions are not held on the failing color', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g], '    sticky: { cookie: sy }\n    passive: false\n    guard: { window: 30s, maxErrorRate: 0.1, minRequests: 3 }\n    drain: { timeout: 30s }\n')}`)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
+  g.handler = (_req, res) => { res.writeHead(500).end('broken') }
+  for (let i = 0; i < 3; i++) await http1(`${gw.url}/x`, { headers: { cookie: 'sy=green' } })
+  await eventually(async () => (await st(gw)).services.svc.live === 'blue')
+  const r = await http1(`${gw.url}/x`, { headers: { cookie: 'sy=green' } })
+  t.equal(r.status, 200)
+  t.equal(r.json.backend, 'blue', 'the pinned session moved off the reverted color')
+  t.equal(r.headers['set-cookie'], 'sy=blue; Path=/; HttpOnly; SameSite=Lax')
+})

@@ -226,3 +226,48 @@ t.test('a response undici cannot parse becomes 502 upstream_error', async (t) =>
   t.equal(r.status, 502)
   t.equal(r.json.error, 'upstream_error')
 })
+
+t.test('only origin-form request targets are forwarded; gateway headers never leave', async (t) => {
+  const b = await startBackend(t, 'b')
+  const g = await startBackend(t, 'g')
+  const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`)
+  const raw = async (head: string): Promise<string> => await new Promise((resolve) => {
+    const s = net.connect(gw.gateway.address.port, '127.0.0.1', () => s.write(head))
+    let text = ''
+    s.on('data', (c) => { text += String(c); if (text.includes('\r\n\r\n')) s.end() })
+    s.on('close', () => resolve(text))
+  })
+  t.match(await raw('OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n'), /^HTTP\/1\.1 400/)
+  t.match(await raw('GET http://10.0.0.5:6379/x HTTP/1.1\r\nhost: x\r\n\r\n'), /^HTTP\/1\.1 400/)
+  t.match(await raw('GET http://10.0.0.5:6379/x HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n'), /^HTTP\/1\.1 400/)
+  t.equal(b.seen.length, 0, 'nothing reached the upstream')
+  const route = gw.gateway.controller.switcher.current.services.get('svc')
+  t.equal(route?.colors.blue.targets.endpoints[0].target.healthy, true, 'and nothing counted against it')
+  await http1(`${gw.url}/x`, { headers: { 'x-switchyard-smoke': 'guess blue' } })
+  t.equal(b.seen[0].headers['x-switchyard-smoke'], undefined, 'the smoke header is stripped')
+})
+
+t.test('103 Early Hints reach the client; the final answer follows', async (t) => {
+  const b = await startBackend(t, 'b')
+  const g = await startBackend(t, 'g')
+  b.handler = (_req, res) => {
+    res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' })
+    setTimeout(() => res.writeHead(200, { 'content-type': 'text/plain' }).end('done'), 20)
+  }
+  const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`)
+  const hints: string[] = []
+  const body = await new Promise<string>((resolve, reject) => {
+    const req = http.request(`${gw.url}/page`, (res) => {
+      let text = ''
+      res.on('data', (c) => { text += String(c) })
+      res.on('end', () => resolve(`${res.statusCode ?? 0} ${text}`))
+    })
+    req.on('information', (info) => hints.push(`${info.statusCode} ${String(info.headers.link)}`))
+    req.on('error', reject)
+    req.end()
+  })
+  t.equal(body, '200 done')
+  t.same(hints, ['103 </style.css>; rel=preload; as=style'])
+  const route = gw.gateway.controller.switcher.current.services.get('svc')
+  t.equal(route?.colors.blue.stats.requests, 1, 'counted once')
+})

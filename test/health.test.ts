@@ -329,3 +329,16 @@ t.test('passive: a target refusing connections is ejected while its sibling serv
   t.same(posts.map((p) => p.status), [200, 200, 200, 200], 'once ejected, even POSTs never meet it')
   t.equal(live.seen.length - before, 4)
 })
+
+t.test('a reload that turns probes on keeps serving targets until their first probe decides', async (t) => {
+  const b = await switchable(t, 'blue')
+  const g = await switchable(t, 'green')
+  const svc = `services:\n  svc:\n    match: { pathPrefix: /svc }\n    blue: { targets: [${b.url}] }\n    green: { targets: [${g.url}] }\n`
+  const gw = await startGateway(t, svc)
+  t.equal((await http1(`${gw.url}/svc`)).status, 200)
+  const { writeFileSync } = await import('node:fs')
+  writeFileSync(gw.configFile, `log: { access: false }\ndefaults:\n  health: { interval: 5s, timeout: 1s }\n${svc}`)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/reload', {})).json.changed, true)
+  t.equal((await http1(`${gw.url}/svc`)).status, 200, 'no 503 while the first probe is pending')
+  await eventually(async () => (await st(gw)).services.svc.environments.blue.targets[0].probe === 'healthy')
+})

@@ -6,8 +6,25 @@
 //          --idle-close N  close a keep-alive connection after N ms idle WITHOUT
 //                          announcing it (no Keep-Alive: timeout header), as many
 //                          non-Node servers do; exercises stale pooled connections
+//          --ws-echo       also accept WebSockets and answer each message with
+//                          "NAME:message" (ws-echo.js; { type: 'ws-stats' } for counts)
+//          --health-path P  the path that counts as a health probe (default /healthz);
+//                          it answers 200 like any other path unless a fault says otherwise
+//          --timeline      remember the time of every request, and event-loop stalls
+//                          (a 5 ms timer more than 20 ms late), for the guard bench;
+//                          off by default so throughput runs pay nothing for it
 // Reports { type: 'ready', servers: { name: port } }; answers { type: 'stats' }
 // with the number of requests each server has answered, and { type: 'reset' }.
+// Fault injection (guard bench), { type: 'fault', name, mode }:
+//   'ok'   everything answers 200 (the default)
+//   '5xx'  traffic answers 500, the health path still answers 200
+//   'down' traffic answers 503 and the health path answers 503
+// replies { at } (the time the fault took effect). { type: 'timeline', after,
+// bucketMs, from, to } replies per server: traffic/probe counts, failures, first
+// and last failure times, traffic after `after`, and per-bucket counts; with
+// from/to also this process's event-loop stalls in that span.
+// Times are performance.timeOrigin + performance.now() (ms since the epoch,
+// sub-ms resolution), comparable across processes on one machine.
 
 import http from 'node:http'
 import { exitWithParent, parseArgs, reportStartupError } from './children.js'
@@ -17,6 +34,24 @@ const names = String(args.names ?? 'ok').split(',').filter(Boolean)
 const colorBody = args['color-body'] === true
 const delayMs = Number(args['delay-ms'] ?? 0)
 const idleClose = Number(args['idle-close'] ?? 0)
+const healthPath = typeof args['health-path'] === 'string' ? args['health-path'] : '/healthz'
+const timeline = args.timeline === true
+
+const now = () => performance.timeOrigin + performance.now()
+/** Per server: fault mode and (with --timeline) what it answered, when. */
+const book = Object.create(null)
+const FAULT_STATUS = { '5xx': { traffic: 500, health: 200 }, down: { traffic: 503, health: 503 } }
+const failBody = Buffer.from('injected failure')
+/** [time, ms late] of each stall of this process's event loop (timeline only). */
+const stalls = []
+if (timeline) {
+  let expected = now() + 5
+  setInterval(() => {
+    const t = now()
+    if (t - expected > 20 && stalls.length < 10_000) stalls.push([t, t - expected])
+    expected = t + 5
+  }, 5).unref()
+}
 
 const servers = new Map()
 const counts = Object.create(null)
@@ -26,10 +61,49 @@ function makeServer (name) {
   const headers = { 'content-type': 'text/plain', 'content-length': body.length }
   if (colorBody) headers['x-color'] = name
   counts[name] = 0
-  const answer = (res) => { res.writeHead(200, headers); res.end(body) }
+  const b = book[name] = {
+    mode: 'ok', faultAt: null,
+    traffic: 0, trafficFailures: 0, probes: 0, probeFailures: 0,
+    firstTrafficFailureAt: null, lastTrafficFailureAt: null, firstProbeFailureAt: null, firstTrafficAt: null, lastTrafficAt: null,
+    trafficTimes: [], failureTimes: [], probeFailureTimes: [],
+  }
+  const failHeaders = (status) => ({ 'content-type': 'text/plain', 'content-length': failBody.length, ...(colorBody ? { 'x-color': name } : {}) })
+  const ok = (res) => { res.writeHead(200, headers); res.end(body) }
+  // The fault mode is read when the answer is written, so a change applies at once.
+  const answer = (res) => {
+    if (b.mode === 'ok') return ok(res)
+    const isProbe = res.isProbe === true
+    const status = FAULT_STATUS[b.mode][isProbe ? 'health' : 'traffic']
+    if (status === 200) return ok(res)
+    const t = now()
+    if (isProbe) {
+      b.probeFailures++
+      b.firstProbeFailureAt ??= t
+      if (timeline) b.probeFailureTimes.push(t)
+    } else {
+      b.trafficFailures++
+      b.firstTrafficFailureAt ??= t
+      b.lastTrafficFailureAt = t
+      if (timeline) b.failureTimes.push(t)
+    }
+    res.writeHead(status, failHeaders(status))
+    res.end(failBody)
+  }
   const respond = delayMs > 0 ? (res) => setTimeout(answer, delayMs, res) : answer
   const server = http.createServer((req, res) => {
     counts[name]++
+    if (req.url === healthPath) {
+      res.isProbe = true
+      b.probes++
+    } else {
+      b.traffic++
+      if (timeline) {
+        const t = now()
+        b.firstTrafficAt ??= t
+        b.lastTrafficAt = t
+        b.trafficTimes.push(t)
+      }
+    }
     if (idleClose > 0) {
       clearTimeout(req.socket.idleTimer)
       res.once('finish', () => { req.socket.idleTimer = setTimeout(() => req.socket.destroy(), idleClose) })
@@ -62,14 +136,51 @@ process.on('message', (msg) => {
   else if (msg?.type === 'reset') {
     for (const n of names) counts[n] = 0
     process.send({ type: 'reply', id: msg.id })
+  } else if (msg?.type === 'fault') {
+    const b = book[msg.name]
+    if (b === undefined || (msg.mode !== 'ok' && FAULT_STATUS[msg.mode] === undefined)) {
+      process.send({ type: 'reply', id: msg.id, error: `unknown server ${msg.name} or mode ${msg.mode}` })
+      return
+    }
+    b.mode = msg.mode
+    b.faultAt = now()
+    process.send({ type: 'reply', id: msg.id, at: b.faultAt })
+  } else if (msg?.type === 'timeline') {
+    process.send({ type: 'reply', id: msg.id, servers: describeTimeline(msg), stalls: msg.from === undefined ? undefined : stalls.filter(([t]) => t >= msg.from && t <= msg.to), clock: { perf: now(), date: Date.now() } })
   } else if (msg?.type === 'stop') void go(0)
 })
+
+/** Counts in [from, to) per bucket of `bucketMs`, and how many fall after `after`. */
+function describeTimeline ({ after, from, to, bucketMs = 10 }) {
+  const out = {}
+  const bucket = (times) => {
+    if (from === undefined || to === undefined) return undefined
+    const n = Math.max(0, Math.ceil((to - from) / bucketMs))
+    const counts = new Array(n).fill(0)
+    for (const t of times) if (t >= from && t < to) counts[Math.floor((t - from) / bucketMs)]++
+    return counts
+  }
+  const countAfter = (times, t) => { let n = 0; for (const x of times) if (x > t) n++; return n }
+  for (const [name, b] of Object.entries(book)) {
+    out[name] = {
+      mode: b.mode, faultAt: b.faultAt,
+      traffic: b.traffic, trafficFailures: b.trafficFailures, probes: b.probes, probeFailures: b.probeFailures,
+      firstTrafficFailureAt: b.firstTrafficFailureAt, lastTrafficFailureAt: b.lastTrafficFailureAt,
+      firstProbeFailureAt: b.firstProbeFailureAt, firstTrafficAt: b.firstTrafficAt, lastTrafficAt: b.lastTrafficAt,
+      probeFailureTimes: b.probeFailureTimes.slice(0, 100),
+      ...(after === undefined ? {} : { trafficAfter: countAfter(b.trafficTimes, after), failuresAfter: countAfter(b.failureTimes, after) }),
+      ...(from === undefined ? {} : { bucketMs, trafficBuckets: bucket(b.trafficTimes), failureBuckets: bucket(b.failureTimes) }),
+    }
+  }
+  return out
+}
 
 try {
   const ports = {}
   for (const name of names) {
     const server = makeServer(name)
     servers.set(name, server)
+    if (args['ws-echo'] === true) (await import('./ws-echo.js')).attachWsEcho(name, server)
     await new Promise((resolve, reject) => {
       server.once('error', reject)
       server.listen(0, '127.0.0.1', () => { server.off('error', reject); resolve() })

@@ -7,14 +7,20 @@ import autocannon from 'autocannon'
 /**
  * Runs autocannon against `url` and resolves with a compact summary.
  * Errors are tallied by code/message (autocannon only counts them).
+ * Optional hooks, called in this process as each answer arrives (keep them
+ * cheap): `onResponse(statusCode, latencyMs)` and `onError(err)`.
  */
-export async function load (url, { connections = 50, duration = 10, pipelining = 1, title = url, timeout = 10, method = 'GET', body, headers } = {}) {
+export async function load (url, { connections = 50, duration = 10, pipelining = 1, title = url, timeout = 10, method = 'GET', body, headers, onResponse, onError } = {}) {
   const errorKinds = Object.create(null)
   const instance = autocannon({ url, connections, duration, pipelining, timeout, title, method, ...(body !== undefined ? { body } : {}), ...(headers !== undefined ? { headers } : {}) })
   instance.on('reqError', (err) => {
     const k = err?.code ?? err?.message ?? String(err)
     errorKinds[k] = (errorKinds[k] ?? 0) + 1
+    if (onError !== undefined) onError(err)
   })
+  if (onResponse !== undefined) {
+    instance.on('response', (_client, statusCode, _resBytes, responseTime) => onResponse(statusCode, responseTime))
+  }
   const result = await new Promise((resolve, reject) => {
     instance.once('done', resolve)
     instance.once('error', reject)

@@ -1,8 +1,15 @@
 // Child process: a Switchyard gateway from dist/ (run `npm run build` first).
 //   node switchyard.js --dir TEMPDIR --config-json '{"svc": {"blue": [...], "green": [...]}}'
+// A service may also carry `health`, `passive`, `guard`, `gate`, `timeouts` or
+// `drain`: an object (durations as strings, e.g. "500ms") or false, written into
+// the YAML as they are (JSON is YAML flow syntax).
 // The YAML config and the state file live in TEMPDIR (removed on exit, by this
 // process and by the parent).
+// --top-json '{"log": {"access": false}}': extra top-level config sections (optional).
 // Reports { type: 'ready', url, adminUrl }.
+// --trace: install the diagnostics of trace-gateway.js (fsyncs, commits, state
+// file saves, routing swaps, target picks, event-loop lag); { type: 'trace',
+// after } replies with them. A module it cannot find only turns tracing off.
 
 import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -20,21 +27,41 @@ const go = exitWithParent(async () => {
     if (typeof args.dir === 'string') rmSync(args.dir, { recursive: true, force: true })
   }
 })
-process.on('message', (msg) => { if (msg?.type === 'stop') void go(0) })
+let tracer
+process.on('message', (msg) => {
+  if (msg?.type === 'stop') void go(0)
+  else if (msg?.type === 'trace') process.send({ type: 'reply', id: msg.id, trace: tracer?.snapshot(msg.after) ?? null })
+})
 
 try {
   if (typeof args.dir !== 'string') throw new Error('--dir is required')
   const services = JSON.parse(String(args['config-json']))
+  if (args.trace === true) {
+    tracer = await import('./trace-gateway.js')
+    await tracer.install()
+    const from = async (path, name) => { try { return (await import(path))[name] } catch { return undefined } }
+    tracer.attach({
+      Controller: await from('../../dist/control/controller.js', 'Controller'),
+      FileStateStore: await from('../../dist/state/file-store.js', 'FileStateStore'),
+      Switcher: await from('../../dist/routing/snapshot.js', 'Switcher'),
+      TargetSet: await from('../../dist/upstream/target-set.js', 'TargetSet'),
+    })
+  }
   const { parseConfig } = await import('../../dist/config/load.js')
   const { Gateway } = await import('../../dist/gateway.js')
 
   const lines = ['listen: 127.0.0.1:0', 'admin:', '  listen: 127.0.0.1:0', 'services:']
+  // --top-json: extra top-level sections, e.g. '{"log": {"access": false}}', written before `services:` as they are.
+  if (typeof args['top-json'] === 'string') for (const [k, v] of Object.entries(JSON.parse(args['top-json']))) lines.splice(lines.length - 1, 0, `${k}: ${JSON.stringify(v)}`)
   for (const [name, svc] of Object.entries(services)) {
     lines.push(`  ${name}:`)
     lines.push(`    match: { pathPrefix: ${svc.pathPrefix ?? '/'} }`)
     if (svc.live !== undefined) lines.push(`    live: ${svc.live}`)
     lines.push(`    blue: { targets: [${svc.blue.join(', ')}] }`)
     lines.push(`    green: { targets: [${svc.green.join(', ')}] }`)
+    for (const key of ['timeouts', 'health', 'passive', 'gate', 'guard', 'drain']) {
+      if (svc[key] !== undefined) lines.push(`    ${key}: ${JSON.stringify(svc[key])}`)
+    }
   }
   const yaml = lines.join('\n') + '\n'
   const file = join(args.dir, 'switchyard.yaml')

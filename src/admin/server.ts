@@ -32,7 +32,14 @@ function tokenMatches (header: string | undefined, token: string): boolean {
   return timingSafeEqual(a, b)
 }
 
+/**
+ * The body of a POST or PUT. `content-type: application/json` is required
+ * even for an empty body: a browser cannot send that cross-site without a
+ * CORS preflight, which this API never grants.
+ */
 async function readJson (req: IncomingMessage): Promise<Body> {
+  const type = req.headers['content-type'] ?? ''
+  if (!type.startsWith('application/json')) throw new SwitchyardError('unsupported_media_type', `content-type must be application/json${type === '' ? '' : `, got ${type}`}`)
   const chunks: Buffer[] = []
   let size = 0
   for await (const chunk of req) {
@@ -41,8 +48,6 @@ async function readJson (req: IncomingMessage): Promise<Body> {
     chunks.push(chunk as Buffer)
   }
   if (size === 0) return {}
-  const type = req.headers['content-type'] ?? ''
-  if (type !== '' && !type.startsWith('application/json')) throw new SwitchyardError('unsupported_media_type', `content-type must be application/json, got ${type}`)
   let value: unknown
   try {
     value = JSON.parse(Buffer.concat(chunks).toString('utf8'))
@@ -142,6 +147,11 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
     const path = url.pathname.replace(/\/+$/, '') || '/'
     const method = req.method ?? 'GET'
 
+    // A browser page from elsewhere (or a rebound DNS name) must not drive the API.
+    const origin = req.headers.origin
+    if (origin !== undefined && origin !== `http://${req.headers.host ?? ''}`) {
+      throw new SwitchyardError('forbidden_origin', `requests from ${origin} are not accepted`)
+    }
     if (path === '/healthz') return send(res, 200, { status: 'ok' })
     if (path === '/readyz') {
       const r = controller.readiness()

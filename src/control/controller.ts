@@ -3,7 +3,7 @@
 
 import { COLORS, otherColor, type Color, type Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
-import { buildSnapshot, colorTargets, snapshotTargets, Switcher, type RoutingState, type ServiceState, type Snapshot } from '../routing/snapshot.js'
+import { buildSnapshot, colorTargets, snapshotTargets, Switcher, type ServiceState, type Snapshot } from '../routing/snapshot.js'
 import { Guard, type GuardTrip } from '../health/guard.js'
 import type { Prober } from '../health/prober.js'
 import type { SmokeFailure, SmokeRunner } from '../health/smoke.js'
@@ -188,14 +188,20 @@ export class Controller {
    * known-good color and the next change writes the file.
    */
   private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, swapFirst = false, config = this.config): Promise<SwitchyardEvent> {
-    const snapshot = buildSnapshot(config, next, this.registry)
+    let snapshot: Snapshot
+    try {
+      snapshot = buildSnapshot(config, next, this.registry)
+    } catch (err) {
+      throw new SwitchyardError('bad_request', `${event.type} refused: ${(err as Error).message}; nothing changed`)
+    }
     const apply = (): SwitchyardEvent => {
       this.config = config
       this.state = next
       this.switcher.swap(snapshot)
       this.afterSwap(snapshot)
       const appended = this.events.append({ ...event, generation: next.generation })
-      if (Array.isArray(event.changes)) this.retire(event.changes as ColorChange[])
+      // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
+      if (Array.isArray(event.changes)) this.retire(event.changes as ColorChange[], event.type === 'flip')
       return appended
     }
     if (swapFirst) {
@@ -225,14 +231,14 @@ export class Controller {
   }
 
   /** After a color change: the new live color stops draining, the old one starts. */
-  private retire (changes: readonly ColorChange[]): void {
+  private retire (changes: readonly ColorChange[], keepSessions: boolean): void {
     for (const c of changes) {
       this.drains.get(`${c.service}/${c.to}`)?.cancel()
-      this.startDrain(c.service, c.from, this.config.services[c.service].drain.timeout)
+      this.startDrain(c.service, c.from, this.config.services[c.service].drain.timeout, keepSessions)
     }
   }
 
-  private startDrain (service: string, color: Color, timeoutMs: number): Drain {
+  private startDrain (service: string, color: Color, timeoutMs: number, keepSessions = true): Drain {
     const key = `${service}/${color}`
     const existing = this.drains.get(key)
     if (existing !== undefined) {
@@ -240,7 +246,7 @@ export class Controller {
       return existing
     }
     const svc = this.config.services[service]
-    const drain = new Drain(service, color, this.registry.colorStats(service, color), timeoutMs, svc.sticky !== undefined, (d, r) => this.onDrained(d, r))
+    const drain = new Drain(service, color, this.registry.colorStats(service, color), timeoutMs, keepSessions && svc.sticky !== undefined, (d, r) => this.onDrained(d, r))
     this.drains.set(key, drain)
     drain.start()
     return drain
@@ -267,7 +273,10 @@ export class Controller {
     const color = req.color ?? otherColor(live)
     if (color === live) throw new SwitchyardError('live_color', `${color} is the live color of ${name}; flip first, then drain it`, { service: name, color })
     const drain = this.startDrain(name, color, req.timeout ?? this.config.services[name].drain.timeout)
-    if (req.wait === true) return { ...(await drain.wait()), state: 'idle' }
+    if (req.wait === true) {
+      const result = await drain.wait()
+      return { ...result, state: result.how === 'cancelled' ? 'live' : 'idle' }
+    }
     const stats = this.registry.colorStats(name, color)
     return { service: name, color, state: drain.isDone ? 'idle' : 'draining', inflight: stats.inflight, websockets: stats.websockets, ...(drain.isDone ? {} : drain.describe()) }
   }
@@ -297,11 +306,6 @@ export class Controller {
       const next = this.cloneState()
       for (const n of added) next.services[n] ??= { live: after[n].live, previous: null, targets: {} }
       next.generation++
-      try {
-        buildSnapshot(config, next, this.registry)
-      } catch (err) {
-        throw new SwitchyardError('bad_request', `reload refused: ${(err as Error).message}; nothing changed`)
-      }
       await this.commit(next, { type: 'reload', reason: null, actor, added, removed, updated, ...(tokenChanged ? { adminToken: 'changed' } : {}) }, false, config)
       this.endGuards(removed)
       for (const [key, d] of this.drains) if (removed.includes(key.split('/')[0])) d.cancel()
@@ -553,11 +557,6 @@ export class Controller {
       if (d !== undefined) return d
     }
     return null
-  }
-
-  /** A copy of the persisted routing state (for tests and the CLI's --json). */
-  snapshotState (): RoutingState {
-    return structuredClone(this.state)
   }
 
   async idle (): Promise<void> {

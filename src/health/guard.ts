@@ -72,10 +72,6 @@ export class Guard implements OutcomeWatcher {
     return this.watches.map((w) => w.service)
   }
 
-  get isActive (): boolean {
-    return !this.ended
-  }
-
   covers (service: string): boolean {
     return this.watches.some((w) => w.service === service && w.active)
   }

@@ -2,7 +2,7 @@
 // public listener with a per-process secret header that pins the color, so it
 // crosses the same routing and forwarding code as real traffic.
 
-import { randomBytes } from 'node:crypto'
+import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { request } from 'undici'
 import type { Color, ServiceConfig, SmokeCheck } from '../config/schema.js'
 
@@ -20,6 +20,7 @@ export interface SmokeFailure {
 export class SmokeRunner {
   /** `SMOKE_HEADER` values: secret + ' ' + color. Only this process knows the secret. */
   readonly secret = randomBytes(16).toString('hex')
+  private readonly secretBytes = Buffer.from(this.secret)
   private readonly origin: () => string
 
   /** `origin` gives the public listener's loopback-reachable origin (known once it listens). */
@@ -29,7 +30,8 @@ export class SmokeRunner {
 
   /** The color a smoke header pins, or undefined when the header is not ours. */
   colorOf (header: string | string[] | undefined): Color | undefined {
-    if (typeof header !== 'string' || header.charCodeAt(this.secret.length) !== 32 || !header.startsWith(this.secret)) return undefined
+    if (typeof header !== 'string' || header.charCodeAt(this.secret.length) !== 32) return undefined
+    if (!timingSafeEqual(Buffer.from(header.slice(0, this.secret.length), 'latin1'), this.secretBytes)) return undefined
     const color = header.slice(this.secret.length + 1)
     return color === 'blue' || color === 'green' ? color : undefined
   }

@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
-import { errorBody, type ErrorCode } from '../errors.js'
+import { ERRORS, errorBody, type ErrorCode } from '../errors.js'
 import type { Finished, UpstreamErrorKind } from '../upstream/color-stats.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
@@ -26,7 +26,7 @@ export interface ExchangeStats {
   upstreamError: (kind: UpstreamErrorKind) => void
 }
 
-const ERROR_KIND: Record<string, UpstreamErrorKind> = {
+const ERROR_KIND: Partial<Record<ErrorCode, UpstreamErrorKind>> = {
   upstream_connect_failed: 'connect_failed',
   upstream_timeout: 'timeout',
   upstream_error: 'reset',
@@ -47,8 +47,12 @@ const CONNECT_ERRORS = new Set([
   'ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH',
 ])
 
+/** undici refusing the request itself (say, a method or target it will not send). */
+const REQUEST_ERRORS = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED'])
+
 export function classifyUpstreamError (err: Error & { code?: string }): ErrorCode {
   const code = err.code ?? ''
+  if (REQUEST_ERRORS.has(code)) return 'request_refused'
   if (CONNECT_ERRORS.has(code)) return 'upstream_connect_failed'
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return 'upstream_timeout'
   return 'upstream_error'
@@ -171,23 +175,28 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished {
 
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (this.closed) return false
+    if (statusCode < 200) {
+      // Informational: 103 Early Hints go on to the client; the final answer is still to come.
+      if (statusCode === 103) this.res.writeEarlyHints(earlyHints(rawHeaders))
+      return true
+    }
     this.resumeUpstream = resume
     this.upstreamMs = performance.now() - this.startedAt
-    const failed = statusCode >= 500
-    // The color's count first: an ejection below may trip the guard, which reports it.
-    this.stats.record(failed)
-    this.endpoint.target.recordResult(!failed)
+    let failed = statusCode >= 500
     try {
       const headers = downstreamResponseHeaders(rawHeaders)
       if (this.setCookie !== undefined) headers.push('set-cookie', this.setCookie)
       this.res.writeHead(statusCode, statusText, headers)
     } catch {
       // Node refuses what undici's parser accepted (say, a header value it deems invalid).
-      this.abortUpstream?.()
+      failed = true
       this.bytes += sendError(this.res, 'upstream_error', 502, 'the upstream sent response headers that cannot be relayed')
-      return false
+      this.abortUpstream?.()
     }
-    return true
+    // The color's count first: an ejection below may trip the guard, which reports it.
+    this.stats.record(failed)
+    this.endpoint.target.recordResult(!failed)
+    return !this.res.writableEnded
   }
 
   onData (chunk: Buffer): boolean {
@@ -210,8 +219,11 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished {
       return
     }
     const code = classifyUpstreamError(err)
-    this.endpoint.target.recordResult(false)
-    this.stats.upstreamError(ERROR_KIND[code])
+    // An error undici raised about the request itself is not the target's fault.
+    if (code !== 'request_refused') {
+      this.endpoint.target.recordResult(false)
+      this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
+    }
     if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || isStaleConnection(err))) {
       const next = this.picker.pick(this.endpoint) ?? (isStaleConnection(err) ? this.endpoint : undefined)
       if (next !== undefined) {
@@ -224,9 +236,18 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished {
         return
       }
     }
-    this.stats.record(true)
-    this.bytes += sendError(this.res, code, code === 'upstream_timeout' ? 504 : 502)
+    this.stats.record(code !== 'request_refused')
+    this.bytes += sendError(this.res, code, ERRORS[code].status)
   }
+}
+
+/** The link headers of a 103, as `res.writeEarlyHints` takes them. */
+function earlyHints (raw: Buffer[]): Record<string, string | string[]> {
+  const links: string[] = []
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].toString('latin1').toLowerCase() === 'link') links.push(raw[i + 1].toString('latin1'))
+  }
+  return { link: links }
 }
 
 /** A reused keep-alive connection the upstream had already closed. */

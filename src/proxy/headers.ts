@@ -9,6 +9,13 @@ const HOP_BY_HOP = new Set([
   'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect',
 ])
 
+/** Headers only the gateway itself may act on; never forwarded (the smoke-check secret). */
+const GATEWAY_HEADERS = new Set(['x-switchyard-smoke'])
+
+export function isGatewayHeader (lowerName: string): boolean {
+  return GATEWAY_HEADERS.has(lowerName)
+}
+
 /** Headers named in `Connection: a, b` are hop-by-hop for this hop only. */
 function connectionTokens (raw: readonly string[]): Set<string> | undefined {
   let tokens: Set<string> | undefined
@@ -32,7 +39,7 @@ export function stripRequestHeaders (raw: readonly string[]): string[] {
   const out: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toLowerCase()
-    if (HOP_BY_HOP.has(name) || name === 'x-forwarded-proto' || name === 'x-forwarded-host') continue
+    if (HOP_BY_HOP.has(name) || name === 'x-forwarded-proto' || name === 'x-forwarded-host' || GATEWAY_HEADERS.has(name)) continue
     if (extra !== undefined && extra.has(name)) continue
     out.push(raw[i], raw[i + 1])
   }

@@ -1,13 +1,13 @@
 // WebSocket (HTTP Upgrade) proxying to one endpoint: the handshake goes
-// upstream with its upgrade headers, then the two sockets are piped.
+// upstream with its upgrade headers, then a frame-aware relay joins the sockets.
 
 import http, { type IncomingMessage } from 'node:http'
 import https from 'node:https'
 import type { Duplex } from 'node:stream'
-import { errorBody, type ErrorCode } from '../errors.js'
+import { ERRORS, errorBody, type ErrorCode } from '../errors.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { classifyUpstreamError } from './forward.js'
-import { addForwardedHeaders } from './headers.js'
+import { addForwardedHeaders, isGatewayHeader } from './headers.js'
 import { WsRelay } from './ws-relay.js'
 
 export interface WebSocketStats {
@@ -15,67 +15,110 @@ export interface WebSocketStats {
   wsClose: (relay: WsRelay) => void
 }
 
+/** How much of a refused upgrade's answer is relayed. */
+const MAX_REFUSAL_BODY = 64 * 1024
+
 /** Raw HTTP/1.1 error on a socket that never became a WebSocket. */
 export function rejectUpgrade (socket: Duplex, code: ErrorCode, status: number): void {
   const body = errorBody(code)
   socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
 }
 
-function headBlock (statusLine: string, raw: readonly string[]): string {
+function headBlock (statusLine: string, raw: readonly string[], skip?: ReadonlySet<string>): string {
   let out = statusLine + '\r\n'
-  for (let i = 0; i < raw.length; i += 2) out += `${raw[i]}: ${raw[i + 1]}\r\n`
-  return out + '\r\n'
+  for (let i = 0; i < raw.length; i += 2) {
+    if (skip !== undefined && skip.has(raw[i].toLowerCase())) continue
+    out += `${raw[i]}: ${raw[i + 1]}\r\n`
+  }
+  return out
 }
 
-/** Request headers for the upstream handshake: all of the client's, minus X-Forwarded-* which are re-set. */
+/** Request headers for the upstream handshake: the client's (upgrade ones included), X-Forwarded-* re-set, gateway-internal ones dropped. */
 function handshakeHeaders (req: IncomingMessage, proto: string): string[] {
   const out: string[] = []
   const raw = req.rawHeaders
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toLowerCase()
-    if (name === 'x-forwarded-proto' || name === 'x-forwarded-host') continue
+    if (name === 'x-forwarded-proto' || name === 'x-forwarded-host' || isGatewayHeader(name)) continue
     out.push(raw[i], raw[i + 1])
   }
   return addForwardedHeaders(out, req, proto)
 }
 
+const REFUSAL_SKIP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'upgrade'])
+
 /**
- * Proxies an upgrade request. `stats` hears of the relay from the 101 until
+ * Proxies an upgrade request whose target the edge has checked starts with
+ * `/`. The connection goes to the endpoint's own host and port; the request
+ * target is sent as it is. `stats` hears of the relay from the 101 until
  * either side closes, exactly once each way.
  */
-export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, stats: WebSocketStats, proto: string, connectTimeout: number): void {
-  const url = new URL(req.url ?? '/', endpoint.target.url)
-  const request = (url.protocol === 'https:' ? https : http).request({
-    host: url.hostname,
-    port: url.port,
-    path: url.pathname + url.search,
+export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, stats: WebSocketStats, proto: string, timeouts: { connect: number, response: number }): void {
+  const origin = endpoint.target.origin
+  const request = (origin.tls ? https : http).request({
+    host: origin.host,
+    port: origin.port,
+    path: req.url,
     method: req.method,
     headers: handshakeHeaders(req, proto),
     agent: false,
-    timeout: connectTimeout,
   })
-  socket.on('error', () => request.destroy())
-
-  request.once('timeout', () => request.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })))
+  const fail = (err: Error & { code?: string }): void => {
+    const code = classifyUpstreamError(err)
+    if (!socket.destroyed) rejectUpgrade(socket, code, ERRORS[code].status)
+  }
+  // Connect deadline first; once connected, the response deadline for the 101.
+  let timer = setTimeout(() => request.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })), timeouts.connect)
+  request.once('socket', (s) => s.once('connect', () => {
+    clearTimeout(timer)
+    timer = setTimeout(() => request.destroy(Object.assign(new Error('handshake timeout'), { code: 'UND_ERR_HEADERS_TIMEOUT' })), timeouts.response)
+  }))
+  // The client giving up during the handshake (FIN or close; the server keeps sockets half-open) ends it upstream too.
+  const clientGone = (): void => {
+    request.destroy()
+    socket.destroy()
+  }
+  socket.once('close', clientGone)
+  socket.once('end', clientGone)
   request.once('error', (err) => {
-    if (!socket.destroyed) rejectUpgrade(socket, classifyUpstreamError(err), classifyUpstreamError(err) === 'upstream_timeout' ? 504 : 502)
+    clearTimeout(timer)
+    fail(err)
   })
 
-  // The upstream refused the upgrade: relay its answer as it is.
+  // The upstream refused the upgrade: relay its answer, length-delimited, then close.
   request.once('response', (res) => {
-    socket.write(headBlock(`HTTP/1.1 ${res.statusCode ?? 502} ${res.statusMessage ?? ''}`, res.rawHeaders))
-    res.pipe(socket)
+    clearTimeout(timer)
+    const chunks: Buffer[] = []
+    let size = 0
+    res.on('data', (c: Buffer) => {
+      if (size < MAX_REFUSAL_BODY) chunks.push(c)
+      size += c.length
+    })
+    res.once('end', () => {
+      const body = Buffer.concat(chunks).subarray(0, MAX_REFUSAL_BODY)
+      socket.end(Buffer.concat([
+        Buffer.from(headBlock(`HTTP/1.1 ${res.statusCode ?? 502} ${res.statusMessage ?? ''}`, res.rawHeaders, REFUSAL_SKIP) + `content-length: ${body.length}\r\nconnection: close\r\n\r\n`, 'latin1'),
+        body,
+      ]))
+    })
+    res.once('error', () => socket.destroy())
   })
 
   request.once('upgrade', (res, upstream, upstreamHead) => {
-    request.setTimeout(0)
+    clearTimeout(timer)
+    socket.off('close', clientGone)
+    socket.off('end', clientGone)
+    if (socket.destroyed || !socket.writable) {
+      upstream.destroy()
+      return
+    }
     upstream.setTimeout(0)
     upstream.setNoDelay(true)
-    socket.write(headBlock(`HTTP/1.1 101 ${res.statusMessage ?? 'Switching Protocols'}`, res.rawHeaders))
+    socket.write(headBlock(`HTTP/1.1 101 ${res.statusMessage ?? 'Switching Protocols'}`, res.rawHeaders) + '\r\n')
     const relay = new WsRelay(socket, upstream, (r) => stats.wsClose(r))
+    stats.wsOpen(relay)
     // Frames that arrived with either handshake go through the relay, so its frame cursors stay in step.
     relay.prime(head, upstreamHead)
-    stats.wsOpen(relay)
   })
   request.end()
 }

@@ -96,6 +96,8 @@ export class WsRelay {
     upstream.on('error', end)
     client.on('end', () => upstream.end())
     upstream.on('end', () => client.end())
+    // Either side may have gone while the handshake finished.
+    if (client.destroyed || upstream.destroyed) queueMicrotask(end)
   }
 
   /** Bytes read past either handshake: client-to-upstream and upstream-to-client. */

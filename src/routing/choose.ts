@@ -45,7 +45,8 @@ export function chooseColor (route: ServiceRoute, headers: Record<string, string
   }
   if (route.stickyCookie !== undefined) {
     const pinned = cookieValue(headers.cookie as string | undefined, route.stickyCookie)
-    if (isColor(pinned) && pinned !== route.live && route.colors[pinned].stats.drain !== undefined) return route.colors[pinned]
+    // Pinned to a color that is still draining and can still serve: stay there.
+    if (isColor(pinned) && pinned !== route.live && route.colors[pinned].stats.drain !== undefined && route.colors[pinned].targets.healthyCount > 0) return route.colors[pinned]
   }
   return route.colors[route.live]
 }

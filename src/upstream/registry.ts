@@ -40,14 +40,21 @@ export class Target {
   private lastEjectionEnd = 0
   ejectedUntil = 0
   private configured = false
+  private servingUntilProbed = false
   private lastStatus: TargetStatus = 'healthy'
   private ejectTimer: NodeJS.Timeout | undefined
   private readonly pools = new Map<string, Pool>()
   private readonly onChange: (change: HealthChange) => void
 
+  /** The URL taken apart once, for connections made by hand (WebSocket handshakes). */
+  readonly origin: { tls: boolean, host: string, port: number }
+
   constructor (url: string, onChange: (change: HealthChange) => void) {
     this.url = url
     this.onChange = onChange
+    const u = new URL(url)
+    const tls = u.protocol === 'https:'
+    this.origin = { tls, host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port === '' ? (tls ? 443 : 80) : Number(u.port) }
   }
 
   /** Sets the probe and passive configs; a target that gains probes starts unknown. */
@@ -61,7 +68,11 @@ export class Target {
       }
     } else {
       this.health = health
-      if (this.probe === 'unchecked') this.probe = 'unknown'
+      if (this.probe === 'unchecked') {
+        this.probe = 'unknown'
+        // Serving already (probes just turned on by a reload): keep serving until the first probe decides.
+        this.servingUntilProbed = this.configured && this.healthy
+      }
     }
     this.update('config', !this.configured)
     this.configured = true
@@ -78,7 +89,7 @@ export class Target {
 
   /** Recomputes `healthy` and reports a change of status, unless `silent` (a brand-new target). */
   private update (cause: string, silent = false): void {
-    const byProbe = this.probe === 'unchecked' || this.probe === 'healthy' || (this.probe === 'unknown' && this.health?.assumeHealthy === true)
+    const byProbe = this.probe === 'unchecked' || this.probe === 'healthy' || (this.probe === 'unknown' && (this.health?.assumeHealthy === true || this.servingUntilProbed))
     this.healthy = byProbe && !this.ejected
     const status = this.status
     if (status !== this.lastStatus) {
@@ -94,6 +105,7 @@ export class Target {
    */
   recordProbe (ok: boolean, detail: string): void {
     if (this.health === undefined) return
+    this.servingUntilProbed = false
     if (ok) {
       this.fails = 0
       this.passes++
@@ -209,10 +221,6 @@ export class TargetRegistry {
       this.targets.set(url, t)
     }
     return t
-  }
-
-  all (): IterableIterator<Target> {
-    return this.targets.values()
   }
 
   allColorStats (): IterableIterator<ColorStats> {
