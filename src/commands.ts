@@ -25,7 +25,7 @@ const USAGE = `usage: switchyard <command> [options]
 
   serve --config FILE [--demo]        run the gateway (--demo: start demo backends on loopback targets)
   validate FILE                       check a config file; prints OK or every error
-  status                              services, live colors, targets
+  status [--watch] [--interval MS]    services, live colors, targets, guard
   flip [SERVICE...] [--to COLOR] [--force] [--reason TEXT] [--if-generation N]
   rollback [SERVICE...] [--reason TEXT] [--if-generation N]
   targets SERVICE COLOR URL... [--force] [--reason TEXT]
@@ -155,32 +155,72 @@ async function call (io: Io, method: string, path: string, body?: unknown, timeo
   return json
 }
 
+/** ANSI color, only when writing to a terminal. */
+type Paint = (text: string, code: string) => string
+const PLAIN: Paint = (text) => text
+const ANSI: Paint = (text, code) => `\u001b[${code}m${text}\u001b[0m`
+const COLOR_CODE: Record<string, string> = { blue: '34;1', green: '32;1', draining: '33', unhealthy: '31', idle: '2' }
+
+/** Pads on visible width, so colored cells line up. */
 function table (rows: string[][]): string {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)))
-  return rows.map((r) => r.map((cell, i) => i === r.length - 1 ? cell : cell.padEnd(widths[i])).join('  ')).join('\n')
+  // eslint-disable-next-line no-control-regex
+  const width = (cell: string): number => cell.replace(/\u001b\[[0-9;]*m/g, '').length
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => width(r[i]))))
+  return rows.map((r) => r.map((cell, i) => i === r.length - 1 ? cell : cell + ' '.repeat(widths[i] - width(cell))).join('  ')).join('\n')
 }
 
-interface EnvView { state: string, inflight: number, websockets: number, targets: Array<{ url: string, healthy: boolean }> }
-interface ServiceView { live: string, previous: string | null, route: { host?: string, pathPrefix: string }, environments: Record<string, EnvView> }
+interface EnvView { state: string, inflight: number, websockets: number, targets: Array<{ url: string, healthy: boolean }>, recent?: { requests: number[], errors: number[] } }
+interface GuardView { color: string, endsAt: string, requests: number, errorRate: number, maxErrorRate: number }
+interface ServiceView { live: string, previous: string | null, route: { host?: string, pathPrefix: string }, guard: GuardView | null, environments: Record<string, EnvView> }
 
-function describeEnv (e: EnvView): string {
+function describeEnv (e: EnvView, paint: Paint): string {
   const healthy = e.targets.filter((t) => t.healthy).length
   const busy = e.inflight + e.websockets > 0 ? `, ${e.inflight} in-flight, ${e.websockets} ws` : ''
-  return `${e.state} ${healthy}/${e.targets.length} healthy${busy}`
+  // Requests per second over the last 10 s.
+  const last = e.recent?.requests.slice(-10) ?? []
+  const rate = last.length === 0 ? 0 : last.reduce((a, n) => a + n, 0) / last.length
+  const health = `${healthy}/${e.targets.length} healthy`
+  const state = e.state === 'live' ? e.state : paint(e.state, COLOR_CODE[e.state] ?? '0')
+  return `${state} ${healthy < e.targets.length || e.targets.length === 0 ? paint(health, COLOR_CODE.unhealthy) : health}${busy}${rate > 0 ? `, ${rate.toFixed(1)} req/s` : ''}`
+}
+
+function describeGuard (g: GuardView | null): string {
+  if (g === null) return '-'
+  const left = Math.max(0, Math.ceil((Date.parse(g.endsAt) - Date.now()) / 1000))
+  return `${left}s left, ${(g.errorRate * 100).toFixed(1)}% of ${g.requests} (max ${(g.maxErrorRate * 100).toFixed(1)}%)`
+}
+
+function statusText (state: Record<string, unknown>, paint: Paint): string {
+  const rows = [['SERVICE', 'ROUTE', 'LIVE', 'PREVIOUS', 'BLUE', 'GREEN', 'GUARD']]
+  for (const [name, s] of Object.entries(state.services as Record<string, ServiceView>)) {
+    rows.push([
+      name, `${s.route.host ?? '*'}${s.route.pathPrefix}`, paint(s.live, COLOR_CODE[s.live]), s.previous ?? '-',
+      describeEnv(s.environments.blue, paint), describeEnv(s.environments.green, paint), describeGuard(s.guard),
+    ])
+  }
+  return `generation ${String(state.generation)}\n${table(rows)}`
 }
 
 async function status (argv: string[], io: Io): Promise<number> {
-  const { values } = args(argv, {})
-  const state = await call(io, 'GET', '/v1/state')
-  if (values.json === true) {
-    io.out(JSON.stringify(state, null, 2))
+  const { values } = args(argv, { watch: { type: 'boolean', short: 'w' }, interval: { type: 'string' } })
+  const paint = io.tty === true ? ANSI : PLAIN
+  const show = async (): Promise<void> => {
+    const state = await call(io, 'GET', '/v1/state')
+    io.out(values.json === true ? JSON.stringify(state, null, 2) : statusText(state, paint))
+  }
+  if (values.watch !== true) {
+    await show()
     return 0
   }
-  const rows = [['SERVICE', 'ROUTE', 'LIVE', 'PREVIOUS', 'BLUE', 'GREEN']]
-  for (const [name, s] of Object.entries(state.services as Record<string, ServiceView>)) {
-    rows.push([name, `${s.route.host ?? '*'}${s.route.pathPrefix}`, s.live, s.previous ?? '-', describeEnv(s.environments.blue), describeEnv(s.environments.green)])
+  const every = integer(values.interval ?? '1000', 'interval') as number
+  let stopped = false
+  void io.stopSignal?.then(() => { stopped = true })
+  while (!stopped) {
+    // On a terminal, redraw in place; otherwise print one block per refresh.
+    if (io.tty === true && io.write !== undefined) io.write('\u001b[2J\u001b[H')
+    await show()
+    await Promise.race([new Promise((resolve) => setTimeout(resolve, every)), io.stopSignal])
   }
-  io.out(`generation ${String(state.generation)}\n${table(rows)}`)
   return 0
 }
 

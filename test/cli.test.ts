@@ -5,7 +5,7 @@ import t, { type Test } from 'tap'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { run } from '../src/commands.js'
-import { admin, http1, serviceYaml, startBackend, startGateway, type TestGateway } from './helpers/index.js'
+import { admin, eventually, http1, serviceYaml, startBackend, startGateway, type TestGateway } from './helpers/index.js'
 
 interface Ran { code: number, out: string, err: string }
 
@@ -39,10 +39,12 @@ t.test('status prints a table, and the server\'s JSON with --json', async (t) =>
   t.equal(table.err, '')
   const lines = table.out.split('\n')
   t.equal(lines[0], 'generation 1')
-  t.match(lines[1], /^SERVICE\s+ROUTE\s+LIVE\s+PREVIOUS\s+BLUE\s+GREEN$/)
+  t.match(lines[1], /^SERVICE\s+ROUTE\s+LIVE\s+PREVIOUS\s+BLUE\s+GREEN\s+GUARD$/)
   const row = (name: string): string[] => (lines.find((l) => l.startsWith(name + ' ')) ?? '').split(/\s{2,}/)
-  t.same(row('users'), ['users', '*/api/users', 'blue', '-', 'live 1/1 healthy', 'idle 1/1 healthy'])
-  t.same(row('orders'), ['orders', '*/api/orders', 'green', 'blue', 'idle 1/1 healthy', 'live 1/1 healthy'])
+  t.same(row('users'), ['users', '*/api/users', 'blue', '-', 'live 1/1 healthy', 'idle 1/1 healthy', '-'])
+  const orders = row('orders')
+  t.same(orders.slice(0, 6), ['orders', '*/api/orders', 'green', 'blue', 'idle 1/1 healthy', 'live 1/1 healthy'])
+  t.match(orders[6], /^\d+s left, 0\.0% of 0 \(max 5\.0%\)$/, 'the guard window of the flip')
 
   const json = await cli(['status', '--json'], env)
   t.equal(json.code, 0)
@@ -52,6 +54,23 @@ t.test('status prints a table, and the server\'s JSON with --json', async (t) =>
 
   // A trailing slash on the admin URL is fine.
   t.equal((await cli(['status'], { ...env, SWITCHYARD_ADMIN_URL: gw.adminUrl + '/' })).code, 0)
+})
+
+t.test('status --watch refreshes until stopped; colors only on a terminal', async (t) => {
+  const { gw, env } = await fleet(t)
+  for (let i = 0; i < 3; i++) await admin(gw.adminUrl, 'GET', '/v1/state')
+  const out: string[] = []
+  const raw: string[] = []
+  let stop: (s: string) => void = () => {}
+  const stopSignal = new Promise<string>((resolve) => { stop = resolve })
+  const done = run(['status', '--watch', '--interval', '50'], { out: (s) => out.push(s), err: (s) => out.push(s), env, stopSignal, tty: true, write: (s) => raw.push(s) })
+  await eventually(() => out.length >= 3)
+  stop('SIGINT')
+  t.equal(await done, 0)
+  t.ok(raw.every((r) => r === '\u001b[2J\u001b[H'), 'clears the screen between refreshes')
+  t.match(out[0], /\u001b\[34;1mblue\u001b\[0m/, 'the live color in color')
+  const plain = await cli(['status'], env)
+  t.notMatch(plain.out, /\u001b/, 'no escapes when not a terminal')
 })
 
 t.test('flip SERVICE --to green --reason x prints the change and records who and why', async (t) => {
