@@ -51,17 +51,26 @@ async function main () {
   const backendUrl = `http://127.0.0.1:${backend.info.servers.ok}`
   const backendPid = backend.child.pid
 
-  const cases = [
-    { name: 'direct', start: async () => ({ url: backendUrl }) },
-    {
-      name: 'switchyard',
+  function switchyardCase (name, top) {
+    return {
+      name,
       start: async () => {
         const dir = makeTempDir('switchyard-bench-sy-')
         const svc = { svc: { pathPrefix: '/', blue: [backendUrl], green: [backendUrl] } }
-        const c = await startChild(lib('switchyard.js'), ['--dir', dir, '--config-json', JSON.stringify(svc)], { name: 'switchyard' })
+        const c = await startChild(lib('switchyard.js'), ['--dir', dir, '--config-json', JSON.stringify(svc), '--top-json', JSON.stringify(top(dir))], { name })
         return { url: c.info.url, pid: c.child.pid, stop: async () => { await c.stop(); removeTempDir(dir) } }
       },
-    },
+    }
+  }
+
+  const cases = [
+    { name: 'direct', start: async () => ({ url: backendUrl }) },
+    // Three Switchyard cases measure what observability costs: `switchyard` is
+    // the default set-up with metrics on and the access log off; `-bare` turns
+    // metrics off too; `+accesslog` writes the access log to a file.
+    switchyardCase('switchyard', (dir) => ({ log: { access: false } })),
+    switchyardCase('switchyard-bare', (dir) => ({ log: { access: false }, metrics: { enabled: false } })),
+    switchyardCase('switchyard+accesslog', (dir) => ({ log: { access: join(dir, 'access.log') } })),
     {
       name: 'http-proxy-3',
       start: async () => {

@@ -8,12 +8,24 @@ import type { ColorStats, Finished } from './upstream/color-stats.js'
 
 export type Level = 'info' | 'warn' | 'error'
 
-type Dest = DestinationStream & { flushSync: () => void }
+type Dest = DestinationStream & { flushSync: () => void, flush: (cb?: (err?: Error) => void) => void }
+
+/** Lines are gathered up to this many bytes before a write: one syscall for many requests. */
+const BATCH_BYTES = 4096
+/** ... and written at least this often, so a quiet gateway's log is never far behind. */
+const FLUSH_MS = 250
+
+/** An asynchronous, batching writer with a timer that keeps it from lagging. */
+function batched (dest: number | string): Dest {
+  const d = destination({ dest, sync: false, minLength: BATCH_BYTES, mkdir: typeof dest === 'string' }) as Dest
+  setInterval(() => d.flush(() => {}), FLUSH_MS).unref()
+  return d
+}
 
 let stdout: Dest | undefined
-/** The one stdout writer; sonic-boom batches whatever piles up while a write is in flight. */
+/** The one stdout writer, shared by gateway and access logs so their lines never interleave. */
 function stdoutDest (): Dest {
-  stdout ??= destination({ dest: 1, sync: false, minLength: 0 }) as Dest
+  stdout ??= batched(1)
   return stdout
 }
 
@@ -22,6 +34,8 @@ let logger: Logger = pino({ base: null, timestamp: stdTimeFunctions.isoTime, for
 
 export function log (level: Level, msg: string, fields: Record<string, unknown> = {}): void {
   logger[level](fields, msg)
+  // Gateway events are rare and worth seeing at once.
+  stdout?.flush(() => {})
 }
 
 /** Redirects gateway logs (tests capture them this way). */
@@ -49,7 +63,7 @@ export interface AccessLog {
 
 /** The access log: `true` for stdout, or a file path (appended, folder created). */
 export function createAccessLog (to: true | string): AccessLog {
-  const dest = to === true ? stdoutDest() : destination({ dest: to, sync: false, minLength: 0, mkdir: true }) as Dest
+  const dest = to === true ? stdoutDest() : batched(to)
   const access = pino({ base: null, timestamp: stdTimeFunctions.isoTime, formatters: { level: () => ({ type: 'access' }) } }, dest)
   return {
     write: (stats, d) => {

@@ -5,7 +5,8 @@
 // the YAML as they are (JSON is YAML flow syntax).
 // The YAML config and the state file live in TEMPDIR (removed on exit, by this
 // process and by the parent).
-// --top-json '{"log": {"access": false}}': extra top-level config sections (optional).
+// --top-json '{"metrics": {"enabled": false}}': extra top-level config sections (optional;
+// the access log is off unless this turns it on).
 // Reports { type: 'ready', url, adminUrl }.
 // --trace: install the diagnostics of trace-gateway.js (fsyncs, commits, state
 // file saves, routing swaps, target picks, event-loop lag); { type: 'trace',
@@ -52,7 +53,9 @@ try {
 
   const lines = ['listen: 127.0.0.1:0', 'admin:', '  listen: 127.0.0.1:0', 'services:']
   // --top-json: extra top-level sections, e.g. '{"log": {"access": false}}', written before `services:` as they are.
-  if (typeof args['top-json'] === 'string') for (const [k, v] of Object.entries(JSON.parse(args['top-json']))) lines.splice(lines.length - 1, 0, `${k}: ${JSON.stringify(v)}`)
+  // The access log is off unless asked for: benches measure the proxy, not a terminal.
+  const top = { log: { access: false }, ...(typeof args['top-json'] === 'string' ? JSON.parse(args['top-json']) : {}) }
+  for (const [k, v] of Object.entries(top)) lines.splice(lines.length - 1, 0, `${k}: ${JSON.stringify(v)}`)
   for (const [name, svc] of Object.entries(services)) {
     lines.push(`  ${name}:`)
     lines.push(`    match: { pathPrefix: ${svc.pathPrefix ?? '/'} }`)
