@@ -11,6 +11,7 @@ import type { Config } from '../config/schema.js'
 import { parseDuration } from '../config/values.js'
 import type { Controller } from '../control/controller.js'
 import { SwitchyardError, toSwitchyardError } from '../errors.js'
+import { UI_HEADERS, UI_HTML } from './ui.js'
 
 const MAX_BODY = 1024 * 1024
 
@@ -175,6 +176,13 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
       const text = await opts.metrics.metrics()
       res.writeHead(200, { 'content-type': opts.metrics.contentType, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' })
       res.end(text)
+      return
+    }
+    // The dashboard is static HTML: no token needed to load it; its API calls carry one.
+    if (path === '/ui') {
+      allow('GET', 'HEAD')
+      res.writeHead(200, UI_HEADERS)
+      res.end(method === 'HEAD' ? undefined : UI_HTML)
       return
     }
     if (path === '/v1/state') {
