@@ -30,17 +30,12 @@ function stdoutDest (): Dest {
 }
 
 const LEVEL = { level: (label: string) => ({ level: label }) }
-let logger: Logger = pino({ base: null, timestamp: stdTimeFunctions.isoTime, formatters: LEVEL }, stdoutDest())
+const logger: Logger = pino({ base: null, timestamp: stdTimeFunctions.isoTime, formatters: LEVEL }, stdoutDest())
 
 export function log (level: Level, msg: string, fields: Record<string, unknown> = {}): void {
   logger[level](fields, msg)
   // Gateway events are rare and worth seeing at once.
   stdout?.flush(() => {})
-}
-
-/** Redirects gateway logs (tests capture them this way). */
-export function setLogDestination (stream: NodeJS.WritableStream): void {
-  logger = pino({ base: null, timestamp: stdTimeFunctions.isoTime, formatters: LEVEL }, stream)
 }
 
 function flush (dest: Dest): void {

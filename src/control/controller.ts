@@ -48,8 +48,6 @@ export interface ChangeResult {
   event?: SwitchyardEvent
 }
 
-export type ColorState = 'live' | 'draining' | 'idle'
-
 export type FlipTrigger = 'manual' | 'rollback' | 'auto_revert'
 
 export interface DrainRequest {
