@@ -1,7 +1,9 @@
 // The CLI's commands: `serve` runs the gateway; the others are thin clients
 // of the admin API that print a table (or --json) and exit non-zero on refusal.
 
+import cluster from 'node:cluster'
 import { parseArgs } from 'node:util'
+import { runWorker, WorkerPool } from './cluster.js'
 import { ConfigError, loadConfigFile } from './config/load.js'
 import { isColor } from './config/schema.js'
 import { startDemoBackends, stopDemoBackends, type DemoBackend } from './demo.js'
@@ -23,7 +25,9 @@ export interface Io {
 
 const USAGE = `usage: switchyard <command> [options]
 
-  serve --config FILE [--demo]        run the gateway (--demo: start demo backends on loopback targets)
+  serve --config FILE [--demo] [--workers N]
+                                      run the gateway (--demo: demo backends on loopback targets;
+                                      --workers: N processes share the listener)
   validate FILE                       check a config file; prints OK or every error
   status [--watch] [--interval MS]    services, live colors, targets, guard
   flip [SERVICE...] [--to COLOR] [--force] [--reason TEXT] [--if-generation N]
@@ -85,7 +89,14 @@ function args (argv: string[], options: Record<string, { type: 'string' | 'boole
 }
 
 async function serve (argv: string[], io: Io): Promise<number> {
-  const { values } = args(argv, { config: { type: 'string', short: 'c' }, demo: { type: 'boolean' } })
+  const { values } = args(argv, { config: { type: 'string', short: 'c' }, demo: { type: 'boolean' }, workers: { type: 'string' } })
+  if (cluster.isWorker) {
+    // A forked worker: it serves until the primary tells it to stop, then exits by itself.
+    await runWorker()
+    return await new Promise<number>(() => {})
+  }
+  const count = integer(values.workers ?? '1', 'workers') as number
+  if (count < 1) throw new CliError('--workers must be at least 1', 2)
   const file = (values.config as string | undefined) ?? 'config/switchyard.yaml'
   const config = loadConfigFile(file, io.env)
   let demo: DemoBackend[] = []
@@ -93,7 +104,7 @@ async function serve (argv: string[], io: Io): Promise<number> {
     demo = await startDemoBackends(config)
     log('info', 'demo backends started', { backends: demo.map((d) => `${d.service}/${d.color} ${d.url}`) })
   }
-  const gateway = new Gateway(config)
+  const gateway = new Gateway(config, count > 1 ? { workers: new WorkerPool(count) } : {})
   try {
     await gateway.start()
   } catch (err) {
@@ -103,6 +114,7 @@ async function serve (argv: string[], io: Io): Promise<number> {
   log('info', 'switchyard listening', {
     listen: `${config.listen.host}:${gateway.address.port}`,
     admin: `${config.admin.listen.host}:${gateway.adminAddress.port}`,
+    workers: count,
     config: config.file,
     generation: gateway.controller.generation,
     services: Object.fromEntries([...gateway.controller.switcher.current.services.values()].map((s) => [s.name, s.live])),

@@ -3,6 +3,7 @@
 
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
+import type { Duplex } from 'node:stream'
 import type http from 'node:http'
 import { dirname, join } from 'node:path'
 import { createAdminServer } from './admin/server.js'
@@ -17,6 +18,7 @@ import { Prober } from './health/prober.js'
 import { SmokeRunner } from './health/smoke.js'
 import { FileStateStore } from './state/file-store.js'
 import { TargetRegistry } from './upstream/registry.js'
+import type { WorkerPool } from './cluster.js'
 
 export interface GatewayOptions {
   /** Environment for ${VAR} substitution on reload. Default process.env. */
@@ -24,13 +26,15 @@ export interface GatewayOptions {
   /** Override the config's listen addresses (tests use port 0). */
   listen?: HostPort
   adminListen?: HostPort
+  /** Primary of worker processes: they hold the public listener; this process keeps the admin API and the state. */
+  workers?: WorkerPool
 }
 
 export class Gateway {
   readonly config: Config
   readonly registry = new TargetRegistry()
   readonly prober = new Prober()
-  readonly smoke = new SmokeRunner(() => this.url)
+  readonly smoke = new SmokeRunner(() => this.opts.workers?.url ?? this.url)
   controller!: Controller
   private accessLog: AccessLog | undefined
   private sampler: NodeJS.Timeout | undefined
@@ -50,9 +54,17 @@ export class Gateway {
   async start (): Promise<void> {
     const store = new FileStateStore(this.config.state.file)
     const events = new EventLog(join(dirname(this.config.state.file), 'events.jsonl'))
-    this.controller = await Controller.create(this.config, this.registry, store, events, { prober: this.prober, smoke: this.smoke })
-    this.edgeParts = createEdgeServer(this.controller.switcher, this.smoke)
-    this.edge = this.edgeParts.server
+    const workers = this.opts.workers
+    if (workers !== undefined) this.registry.observers.remote = workers
+    this.controller = await Controller.create(this.config, this.registry, store, events, {
+      prober: this.prober,
+      smoke: this.smoke,
+      ...(workers === undefined ? {} : { publish: async (config, state) => await workers.publish(config, state) }),
+    })
+    if (workers === undefined) {
+      this.edgeParts = createEdgeServer(this.controller.switcher, this.smoke)
+      this.edge = this.edgeParts.server
+    }
     this.registry.observers.metrics = this.config.metrics.enabled
     if (this.config.log.access !== false) {
       this.accessLog = createAccessLog(this.config.log.access)
@@ -63,7 +75,8 @@ export class Gateway {
     const metrics = this.config.metrics.enabled ? createMetrics({ registry: this.registry, controller: () => this.controller }) : undefined
     this.admin = createAdminServer(this.controller, { loadConfig: () => this.loadConfig(), metrics })
     try {
-      await listen(this.edge, this.opts.listen ?? this.config.listen)
+      if (this.edge !== undefined) await listen(this.edge, this.opts.listen ?? this.config.listen)
+      if (workers !== undefined) await workers.start(this.controller, this.registry, this.smoke.secret)
       await listen(this.admin, this.opts.adminListen ?? this.config.admin.listen)
     } catch (err) {
       await this.stop(0)
@@ -87,7 +100,7 @@ export class Gateway {
   }
 
   get address (): AddressInfo {
-    return this.edge?.address() as AddressInfo
+    return this.edge?.address() as AddressInfo ?? this.opts.workers?.address
   }
 
   get adminAddress (): AddressInfo {
@@ -110,21 +123,10 @@ export class Gateway {
    * then closes whatever is left and the upstream pools.
    */
   async stop (graceMs = 10_000): Promise<void> {
-    const servers = [this.edge, this.admin].filter((s): s is http.Server => s?.listening === true)
     // WebSockets would hold the listener open forever: tell them to go away (1001), spread out.
     this.controller?.closeWebSockets(Math.min(1000, graceMs / 10))
-    const closed = servers.map(async (s) => await new Promise<void>((resolve) => s.close(() => resolve())))
-    // Keep-alive connections go idle as their last response ends: close them as they do.
-    const sweep = setInterval(() => { for (const s of servers) s.closeIdleConnections() }, 50)
-    for (const s of servers) s.closeIdleConnections()
-    let timer: NodeJS.Timeout | undefined
-    const deadline = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs) })
-    await Promise.race([Promise.all(closed), deadline])
-    clearTimeout(timer)
-    clearInterval(sweep)
-    for (const s of servers) s.closeAllConnections()
-    for (const socket of this.edgeParts?.upgraded ?? []) socket.destroy()
-    await Promise.all(closed)
+    await this.opts.workers?.stop(graceMs)
+    await closeGracefully([this.edge, this.admin], this.edgeParts?.upgraded ?? new Set(), graceMs)
     clearInterval(this.sampler)
     this.accessLog?.flush()
     await this.controller?.stop()
@@ -133,7 +135,26 @@ export class Gateway {
   }
 }
 
-async function listen (server: http.Server, at: HostPort): Promise<void> {
+/**
+ * Stops accepting, lets in-flight requests finish for up to `graceMs`
+ * (closing keep-alive connections as they go idle), then closes the rest.
+ */
+export async function closeGracefully (list: Array<http.Server | undefined>, upgraded: Set<Duplex>, graceMs: number): Promise<void> {
+  const servers = list.filter((s): s is http.Server => s?.listening === true)
+  const closed = servers.map(async (s) => await new Promise<void>((resolve) => s.close(() => resolve())))
+  const sweep = setInterval(() => { for (const s of servers) s.closeIdleConnections() }, 50)
+  for (const s of servers) s.closeIdleConnections()
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs) })
+  await Promise.race([Promise.all(closed), deadline])
+  clearTimeout(timer)
+  clearInterval(sweep)
+  for (const s of servers) s.closeAllConnections()
+  for (const socket of upgraded) socket.destroy()
+  await Promise.all(closed)
+}
+
+export async function listen (server: http.Server, at: HostPort): Promise<void> {
   server.listen(at.port, at.host)
   await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => { throw new Error(`cannot listen on ${at.host}:${at.port}: ${(err as Error).message}`) })])
 }

@@ -3,13 +3,13 @@
 
 import { COLORS, otherColor, type Color, type Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
-import { buildSnapshot, colorTargets, snapshotTargets, Switcher, type ServiceState, type Snapshot } from '../routing/snapshot.js'
+import { buildSnapshot, colorTargets, configureTargets, snapshotTargets, Switcher, type RoutingState, type ServiceState, type Snapshot } from '../routing/snapshot.js'
 import { Guard, type GuardTrip } from '../health/guard.js'
 import type { Prober } from '../health/prober.js'
 import type { SmokeFailure, SmokeRunner } from '../health/smoke.js'
 import { log } from '../log.js'
 import type { FileStateStore, PersistedState } from '../state/file-store.js'
-import type { HealthChange, Target, TargetRegistry } from '../upstream/registry.js'
+import type { HealthChange, TargetRegistry } from '../upstream/registry.js'
 import { Drain, type DrainResult } from './drain.js'
 import type { ColorChange, EventLog, NewEvent, SwitchyardEvent } from './events.js'
 import { deliver } from './webhook.js'
@@ -82,6 +82,11 @@ export interface GateFailure {
 export interface HealthDeps {
   prober: Prober
   smoke: SmokeRunner
+  /**
+   * With worker processes: hands every new routing state (and config) to
+   * them; a change is answered only once this resolves.
+   */
+  publish?: (config: Config, state: RoutingState) => Promise<void>
 }
 
 export class Controller {
@@ -133,17 +138,7 @@ export class Controller {
    * uses it, probes run for exactly the targets in use, unused ones go.
    */
   private afterSwap (snapshot: Snapshot): void {
-    const seen = new Set<Target>()
-    for (const route of snapshot.services.values()) {
-      for (const color of COLORS) {
-        for (const e of route.colors[color].targets.endpoints) {
-          if (seen.has(e.target)) continue
-          seen.add(e.target)
-          e.target.configure(route.config.health, route.config.passive)
-        }
-      }
-    }
-    this.health.prober.sync(seen)
+    this.health.prober.sync(configureTargets(snapshot))
     this.registry.prune(snapshotTargets(snapshot))
   }
 
@@ -204,9 +199,11 @@ export class Controller {
     }
     if (swapFirst) {
       const applied = apply()
+      const published = this.health.publish?.(config, next)
       await this.store.save(next).catch((err: Error) => {
         log('error', 'state file write failed after an auto-revert; routing is reverted, the file is behind', { file: this.store.file, error: err.message })
       })
+      await published
       return applied
     }
     try {
@@ -214,7 +211,14 @@ export class Controller {
     } catch (err) {
       throw new SwitchyardError('state_write_failed', `could not write ${this.store.file}: ${(err as Error).message}; nothing changed`)
     }
-    return apply()
+    const applied = apply()
+    await this.health.publish?.(config, next)
+    return applied
+  }
+
+  /** The routing state and config now in force (what worker processes are given). */
+  routing (): { config: Config, state: RoutingState } {
+    return { config: this.config, state: this.state }
   }
 
   private countFlips (changes: readonly ColorChange[], trigger: FlipTrigger): void {

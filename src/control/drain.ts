@@ -80,10 +80,20 @@ export class Drain implements EmptyWatcher {
   private expire (): void {
     if (this.result !== undefined) return
     this.closing = true
+    const spread = Math.min(MAX_SPREAD_MS, (this.deadline - this.startedAt) / 10)
+    if (this.stats.remote !== undefined) {
+      // Worker processes hold the connections: they close them, and their reports bring the counts to zero.
+      if (this.stats.isEmpty) return this.finish('empty')
+      this.closed = { websockets: this.stats.websockets, requests: this.stats.inflight }
+      this.stats.remote.closeAll(this.service, this.color, spread)
+      const t = setTimeout(() => this.finish('timeout'), spread + SETTLE_MS)
+      t.unref()
+      this.closeTimers.push(t)
+      return
+    }
     const left = [...this.stats.openWs, ...this.stats.openHttp]
     if (left.length === 0) return this.finish('empty')
     this.closed = { websockets: this.stats.websockets, requests: this.stats.inflight }
-    const spread = Math.min(MAX_SPREAD_MS, (this.deadline - this.startedAt) / 10)
     for (const x of left) {
       const t = setTimeout(() => x.close(), Math.random() * spread)
       t.unref()

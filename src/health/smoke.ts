@@ -18,14 +18,16 @@ export interface SmokeFailure {
 }
 
 export class SmokeRunner {
-  /** `SMOKE_HEADER` values: secret + ' ' + color. Only this process knows the secret. */
-  readonly secret = randomBytes(16).toString('hex')
-  private readonly secretBytes = Buffer.from(this.secret)
+  /** `SMOKE_HEADER` values: secret + ' ' + color. Only this process (and its workers) know the secret. */
+  readonly secret: string
+  private readonly secretBytes: Buffer
   private readonly origin: () => string
 
   /** `origin` gives the public listener's loopback-reachable origin (known once it listens). */
-  constructor (origin: () => string) {
+  constructor (origin: () => string, secret = randomBytes(16).toString('hex')) {
     this.origin = origin
+    this.secret = secret
+    this.secretBytes = Buffer.from(secret, 'latin1')
   }
 
   /** The color a smoke header pins, or undefined when the header is not ours. */

@@ -2,7 +2,7 @@
 // sets and the live color, plus a precompiled matcher. Built whole, then swapped in.
 
 import { COLORS, type Color, type Config, type ServiceConfig, type Timeouts } from '../config/schema.js'
-import type { ColorStats, TargetRegistry } from '../upstream/registry.js'
+import type { ColorStats, Target, TargetRegistry } from '../upstream/registry.js'
 import { TargetSet } from '../upstream/target-set.js'
 
 /** What changes at run time and persists: the controller owns it. */
@@ -151,6 +151,25 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
     })
   }
   return new Snapshot(state.generation, routes)
+}
+
+/**
+ * Runtime state follows the snapshot now in force: each target takes the
+ * probe and passive settings of the first service (in config order) that
+ * uses it. Returns the targets in use.
+ */
+export function configureTargets (snapshot: Snapshot): Set<Target> {
+  const seen = new Set<Target>()
+  for (const route of snapshot.services.values()) {
+    for (const color of COLORS) {
+      for (const e of route.colors[color].targets.endpoints) {
+        if (seen.has(e.target)) continue
+        seen.add(e.target)
+        e.target.configure(route.config.health, route.config.passive)
+      }
+    }
+  }
+  return seen
 }
 
 /** Target URLs a snapshot uses; the registry keeps these and forgets the rest. */

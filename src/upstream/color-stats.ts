@@ -33,8 +33,15 @@ export interface Finished {
   readonly target: string
 }
 
+/** Worker processes, seen from the primary. */
+export interface RemoteColors {
+  /** Ends every request and WebSocket of a color in every worker, spread over `spreadMs`. */
+  closeAll: (service: string, color: Color, spreadMs: number) => void
+}
+
 export interface Observers {
   accessLog: ((stats: ColorStats, x: Finished) => void) | undefined
+  remote?: RemoteColors
   /** Keep the per-request metric counters (metrics.enabled). */
   metrics: boolean
 }
@@ -43,6 +50,19 @@ export interface Observers {
 export const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 export type UpstreamErrorKind = 'connect_failed' | 'timeout' | 'reset' | 'no_healthy_upstream'
+
+/** A color's counts, as workers report them and the primary sums them. */
+export interface Totals {
+  inflight: number
+  websockets: number
+  requests: number
+  errors: number
+  codes: number[]
+  durationBuckets: number[]
+  durationSum: number
+  durationCount: number
+  upstreamErrors: Record<UpstreamErrorKind, number>
+}
 
 const HISTORY = 60
 
@@ -56,6 +76,10 @@ export class ColorStats {
   errors = 0
   watcher: OutcomeWatcher | undefined
   drain: EmptyWatcher | undefined
+  /** Set when worker processes hold this color's connections (the counts here are their sums). */
+  get remote (): RemoteColors | undefined {
+    return this.observers.remote
+  }
   /** What is open on this color right now, so a deadline or shutdown can end it. */
   readonly openHttp = new Set<Closable>()
   readonly openWs = new Set<Closable>()
@@ -134,6 +158,39 @@ export class ColorStats {
 
   upstreamError (kind: UpstreamErrorKind): void {
     this.upstreamErrors[kind]++
+  }
+
+  /**
+   * Primary process: the sums of every worker's latest report replace the
+   * counts, then the guard and a drain hear of it as if requests had ended here.
+   */
+  setTotals (t: Totals): void {
+    this.inflight = t.inflight
+    this.websockets = t.websockets
+    this.requests = t.requests
+    this.errors = t.errors
+    for (let i = 0; i < 5; i++) this.codes[i] = t.codes[i]
+    for (let i = 0; i < this.durationBuckets.length; i++) this.durationBuckets[i] = t.durationBuckets[i]
+    this.durationSum = t.durationSum
+    this.durationCount = t.durationCount
+    Object.assign(this.upstreamErrors, t.upstreamErrors)
+    if (this.watcher !== undefined) this.watcher.onOutcome()
+    if (this.drain !== undefined && this.isEmpty) this.drain.onEmpty()
+  }
+
+  /** What a worker reports of this color. */
+  totals (): Totals {
+    return {
+      inflight: this.inflight,
+      websockets: this.websockets,
+      requests: this.requests,
+      errors: this.errors,
+      codes: [...this.codes],
+      durationBuckets: [...this.durationBuckets],
+      durationSum: this.durationSum,
+      durationCount: this.durationCount,
+      upstreamErrors: { ...this.upstreamErrors },
+    }
   }
 
   sample (): void {

@@ -120,6 +120,15 @@ export class Target {
     this.update(`probe: ${detail}`)
   }
 
+  /** Worker processes: the primary's probes decided this target's state. */
+  setProbe (probe: ProbeState): void {
+    if (this.health === undefined || probe === 'unchecked') return
+    this.probe = probe
+    this.servingUntilProbed = false
+    if (probe === 'healthy' && this.ejected) this.unEject()
+    this.update('probe (primary)')
+  }
+
   /** A proxied request's outcome (passive health). */
   recordResult (ok: boolean): void {
     if (ok) {
@@ -221,6 +230,10 @@ export class TargetRegistry {
       this.targets.set(url, t)
     }
     return t
+  }
+
+  find (url: string): Target | undefined {
+    return this.targets.get(url)
   }
 
   allColorStats (): IterableIterator<ColorStats> {

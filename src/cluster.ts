@@ -1,0 +1,270 @@
+// Multi-core serving (`serve --workers N`): worker processes share the public
+// listener; the primary keeps the admin API, the controller (the one writer of
+// the state file), probes and guards, and hands every routing change to every
+// worker before the change is answered. Workers report their counts back.
+
+import cluster, { type Worker } from 'node:cluster'
+import type { AddressInfo } from 'node:net'
+import type { Color, Config } from './config/schema.js'
+import type { Controller } from './control/controller.js'
+import { createEdgeServer, type EdgeServer } from './edge.js'
+import { closeGracefully, listen } from './gateway.js'
+import { SmokeRunner } from './health/smoke.js'
+import { createAccessLog, log } from './log.js'
+import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState } from './routing/snapshot.js'
+import type { RemoteColors, Totals } from './upstream/color-stats.js'
+import { TargetRegistry, type ProbeState } from './upstream/registry.js'
+
+/** How often a worker reports its counts: the lag of guard, drain and /v1/state in cluster mode. */
+export const REPORT_MS = 100
+/** A worker that does not take a routing change within this long is logged and not waited for. */
+const ACK_TIMEOUT_MS = 5000
+
+type ToWorker =
+  | { t: 'sync', seq: number, config: Config, state: RoutingState, probes: Record<string, ProbeState>, secret: string }
+  | { t: 'probe', url: string, probe: ProbeState }
+  | { t: 'close', service: string, color: Color, spreadMs: number }
+  | { t: 'stop', graceMs: number }
+
+type FromWorker =
+  | { t: 'hello' }
+  | { t: 'ack', seq: number }
+  | { t: 'ready', address: AddressInfo }
+  | { t: 'stats', colors: Array<{ service: string, color: Color, totals: Totals }> }
+
+function zero (): Totals {
+  return {
+    inflight: 0, websockets: 0, requests: 0, errors: 0, codes: [0, 0, 0, 0, 0],
+    durationBuckets: [], durationSum: 0, durationCount: 0,
+    upstreamErrors: { connect_failed: 0, timeout: 0, reset: 0, no_healthy_upstream: 0 },
+  }
+}
+
+function add (a: Totals, b: Totals): void {
+  a.inflight += b.inflight
+  a.websockets += b.websockets
+  a.requests += b.requests
+  a.errors += b.errors
+  for (let i = 0; i < 5; i++) a.codes[i] += b.codes[i]
+  b.durationBuckets.forEach((n, i) => { a.durationBuckets[i] = (a.durationBuckets[i] ?? 0) + n })
+  a.durationSum += b.durationSum
+  a.durationCount += b.durationCount
+  for (const k of Object.keys(a.upstreamErrors) as Array<keyof Totals['upstreamErrors']>) a.upstreamErrors[k] += b.upstreamErrors[k]
+}
+
+/** The primary's side: forks, feeds and listens to the workers. */
+export class WorkerPool implements RemoteColors {
+  private readonly count: number
+  private readonly workers = new Map<number, Worker>()
+  private readonly ready = new Set<number>()
+  /** Every worker's latest report, by worker id then `service/color`. */
+  private readonly reports = new Map<number, Map<string, Totals>>()
+  /** Counts of workers that exited: their requests happened, so totals keep them. */
+  private readonly retired = new Map<string, Totals>()
+  private readonly acks = new Map<string, () => void>()
+  private seq = 0
+  private stopping = false
+  private controller!: Controller
+  private registry!: TargetRegistry
+  private secret = ''
+  address: AddressInfo | undefined
+
+  constructor (count: number) {
+    this.count = count
+  }
+
+  get url (): string {
+    const a = this.address as AddressInfo
+    const host = a.address === '0.0.0.0' || a.address === '::' ? '127.0.0.1' : a.address
+    return `http://${host.includes(':') ? `[${host}]` : host}:${a.port}`
+  }
+
+  /** Forks the workers and resolves once every one listens with the current routing. */
+  async start (controller: Controller, registry: TargetRegistry, secret: string): Promise<void> {
+    this.controller = controller
+    this.registry = registry
+    this.secret = secret
+    registry.onHealthChange((c) => this.broadcast({ t: 'probe', url: c.target.url, probe: c.target.probe }))
+    cluster.on('exit', (worker, code, signal) => this.onExit(worker, code, signal))
+    const all: Array<Promise<void>> = []
+    for (let i = 0; i < this.count; i++) all.push(this.fork())
+    await Promise.all(all)
+  }
+
+  private async fork (): Promise<void> {
+    const worker = cluster.fork({ SWITCHYARD_WORKER: '1' })
+    this.workers.set(worker.id, worker)
+    await new Promise<void>((resolve, reject) => {
+      worker.once('exit', (code) => reject(new Error(`worker ${worker.id} exited (${String(code)}) before it was ready`)))
+      worker.on('message', (msg: FromWorker) => {
+        if (msg.t === 'hello') this.send(worker, this.syncMessage())
+        else if (msg.t === 'ready') {
+          this.address = msg.address
+          this.ready.add(worker.id)
+          resolve()
+        } else if (msg.t === 'ack') this.acks.get(`${worker.id}/${msg.seq}`)?.()
+        else if (msg.t === 'stats') this.onStats(worker.id, msg.colors)
+      })
+    })
+  }
+
+  private syncMessage (): ToWorker {
+    const { config, state } = this.controller.routing()
+    const probes: Record<string, ProbeState> = {}
+    for (const route of this.controller.switcher.current.services.values()) {
+      for (const set of [route.colors.blue, route.colors.green]) for (const e of set.targets.endpoints) probes[e.target.url] = e.target.probe
+    }
+    return { t: 'sync', seq: ++this.seq, config, state, probes, secret: this.secret }
+  }
+
+  private send (worker: Worker, msg: ToWorker): void {
+    if (worker.isConnected()) worker.send(msg)
+  }
+
+  private broadcast (msg: ToWorker): void {
+    for (const w of this.workers.values()) this.send(w, msg)
+  }
+
+  /** Hands new routing to every worker; resolves when all have swapped it in. */
+  async publish (_config: Config, _state: RoutingState): Promise<void> {
+    const msg = this.syncMessage() as Extract<ToWorker, { t: 'sync' }>
+    const waits = [...this.workers.values()].filter((w) => this.ready.has(w.id)).map(async (w) => await new Promise<void>((resolve) => {
+      const key = `${w.id}/${msg.seq}`
+      const timer = setTimeout(() => {
+        this.acks.delete(key)
+        log('error', 'worker did not take a routing change in time', { worker: w.id, seq: msg.seq })
+        resolve()
+      }, ACK_TIMEOUT_MS)
+      this.acks.set(key, () => {
+        clearTimeout(timer)
+        this.acks.delete(key)
+        resolve()
+      })
+      this.send(w, msg)
+    }))
+    await Promise.all(waits)
+  }
+
+  closeAll (service: string, color: Color, spreadMs: number): void {
+    this.broadcast({ t: 'close', service, color, spreadMs })
+  }
+
+  private onStats (id: number, colors: Array<{ service: string, color: Color, totals: Totals }>): void {
+    const mine = new Map(colors.map((c) => [`${c.service}/${c.color}`, c.totals]))
+    this.reports.set(id, mine)
+    for (const key of mine.keys()) this.total(key)
+  }
+
+  /** Sums one color over the workers (and the ones that exited) into the primary's ColorStats. */
+  private total (key: string): void {
+    const sum = zero()
+    const gone = this.retired.get(key)
+    if (gone !== undefined) add(sum, { ...gone, inflight: 0, websockets: 0 })
+    for (const r of this.reports.values()) {
+      const t = r.get(key)
+      if (t !== undefined) add(sum, t)
+    }
+    const [service, color] = key.split('/') as [string, Color]
+    this.registry.colorStats(service, color).setTotals(sum)
+  }
+
+  private onExit (worker: Worker, code: number | null, signal: string | null): void {
+    if (!this.workers.has(worker.id)) return
+    this.workers.delete(worker.id)
+    this.ready.delete(worker.id)
+    const last = this.reports.get(worker.id)
+    this.reports.delete(worker.id)
+    for (const [key, t] of last ?? []) {
+      const r = this.retired.get(key) ?? zero()
+      add(r, t)
+      this.retired.set(key, r)
+      this.total(key)
+    }
+    if (this.stopping) return
+    log('error', 'worker exited; starting another', { worker: worker.id, code, signal })
+    this.fork().catch((err: Error) => log('error', 'could not start a worker', { error: err.message }))
+  }
+
+  /** Shutdown: every worker finishes its in-flight requests (up to `graceMs`) and exits. */
+  async stop (graceMs: number): Promise<void> {
+    this.stopping = true
+    const exits = [...this.workers.values()].map(async (w) => await new Promise<void>((resolve) => {
+      if (w.isDead()) return resolve()
+      w.once('exit', () => resolve())
+      this.send(w, { t: 'stop', graceMs })
+      setTimeout(() => { w.kill('SIGKILL') }, graceMs + 2000).unref()
+    }))
+    await Promise.all(exits)
+  }
+}
+
+/**
+ * A worker process: the public listener and the request path only. Its
+ * routing comes from the primary; it reports its counts every REPORT_MS.
+ */
+export async function runWorker (): Promise<void> {
+  const registry = new TargetRegistry()
+  let switcher: Switcher | undefined
+  let edge: EdgeServer | undefined
+  let smoke: SmokeRunner | undefined
+  let flush: (() => void) | undefined
+
+  const apply = (config: Config, state: RoutingState, probes: Record<string, ProbeState>): void => {
+    const snapshot = buildSnapshot(config, state, registry)
+    if (switcher === undefined) switcher = new Switcher(snapshot)
+    else switcher.swap(snapshot)
+    for (const target of configureTargets(snapshot)) {
+      const p = probes[target.url]
+      if (p !== undefined) target.setProbe(p)
+    }
+    registry.prune(snapshotTargets(snapshot))
+  }
+
+  const report = setInterval(() => {
+    const colors = [...registry.allColorStats()].map((s) => ({ service: s.service, color: s.color, totals: s.totals() }))
+    process.send?.({ t: 'stats', colors } satisfies FromWorker)
+  }, REPORT_MS)
+  report.unref()
+
+  const stop = async (graceMs: number): Promise<void> => {
+    clearInterval(report)
+    for (const s of registry.allColorStats()) for (const ws of s.openWs) ws.close()
+    await closeGracefully([edge?.server], edge?.upgraded ?? new Set(), graceMs)
+    flush?.()
+    await registry.destroy()
+    process.exit(0)
+  }
+  // The primary says when to stop; a signal to the whole process group is the same request.
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => {})
+
+  process.on('message', (msg: ToWorker) => {
+    if (msg.t === 'sync') {
+      apply(msg.config, msg.state, msg.probes)
+      if (edge === undefined) {
+        registry.observers.metrics = msg.config.metrics.enabled
+        if (msg.config.log.access !== false) {
+          const al = createAccessLog(msg.config.log.access)
+          registry.observers.accessLog = al.write
+          flush = al.flush
+        }
+        smoke = new SmokeRunner(() => '', msg.secret)
+        edge = createEdgeServer(switcher as Switcher, smoke)
+        listen(edge.server, msg.config.listen).then(() => {
+          process.send?.({ t: 'ready', address: edge?.server.address() as AddressInfo } satisfies FromWorker)
+        }, (err: Error) => {
+          log('error', 'worker cannot listen', { error: err.message })
+          process.exit(1)
+        })
+      }
+      process.send?.({ t: 'ack', seq: msg.seq } satisfies FromWorker)
+    } else if (msg.t === 'probe') {
+      registry.find(msg.url)?.setProbe(msg.probe)
+    } else if (msg.t === 'close') {
+      const s = registry.colorStats(msg.service, msg.color)
+      for (const x of [...s.openWs, ...s.openHttp]) setTimeout(() => x.close(), Math.random() * msg.spreadMs).unref()
+    } else if (msg.t === 'stop') {
+      void stop(msg.graceMs)
+    }
+  })
+  process.send?.({ t: 'hello' } satisfies FromWorker)
+}
