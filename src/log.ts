@@ -8,18 +8,19 @@ import type { ColorStats, Finished } from './upstream/color-stats.js'
 
 export type Level = 'info' | 'warn' | 'error'
 
-type Dest = DestinationStream & { flushSync: () => void, flush: (cb?: (err?: Error) => void) => void }
+type Dest = DestinationStream & { flushSync: () => void, flush: () => void }
 
 /** Lines are gathered up to this many bytes before a write: one syscall for many requests. */
 const BATCH_BYTES = 4096
 /** ... and written at least this often, so a quiet gateway's log is never far behind. */
 const FLUSH_MS = 250
 
-/** An asynchronous, batching writer with a timer that keeps it from lagging. */
+/**
+ * An asynchronous, batching writer that sonic-boom itself flushes every
+ * FLUSH_MS (flush without a callback: a callback would make it fsync).
+ */
 function batched (dest: number | string): Dest {
-  const d = destination({ dest, sync: false, minLength: BATCH_BYTES, mkdir: typeof dest === 'string' }) as Dest
-  setInterval(() => d.flush(() => {}), FLUSH_MS).unref()
-  return d
+  return destination({ dest, sync: false, minLength: BATCH_BYTES, periodicFlush: FLUSH_MS, mkdir: typeof dest === 'string' }) as Dest
 }
 
 let stdout: Dest | undefined
@@ -35,7 +36,7 @@ const logger: Logger = pino({ base: null, timestamp: stdTimeFunctions.isoTime, f
 export function log (level: Level, msg: string, fields: Record<string, unknown> = {}): void {
   logger[level](fields, msg)
   // Gateway events are rare and worth seeing at once.
-  stdout?.flush(() => {})
+  stdout?.flush()
 }
 
 function flush (dest: Dest): void {

@@ -10,6 +10,8 @@
 //                          "NAME:message" (ws-echo.js; { type: 'ws-stats' } for counts)
 //          --health-path P  the path that counts as a health probe (default /healthz);
 //                          it answers 200 like any other path unless a fault says otherwise
+//          --large-path P  GET P answers 200 with --large-bytes N bytes (default 65536)
+//                          instead of the short body (run.js's 64 KiB case)
 //          --timeline      remember the time of every request, and event-loop stalls
 //                          (a 5 ms timer more than 20 ms late), for the guard bench;
 //                          off by default so throughput runs pay nothing for it
@@ -36,6 +38,8 @@ const delayMs = Number(args['delay-ms'] ?? 0)
 const idleClose = Number(args['idle-close'] ?? 0)
 const healthPath = typeof args['health-path'] === 'string' ? args['health-path'] : '/healthz'
 const timeline = args.timeline === true
+const largePath = typeof args['large-path'] === 'string' ? args['large-path'] : undefined
+const largeBody = largePath === undefined ? undefined : Buffer.alloc(Number(args['large-bytes'] ?? 65536), 'x')
 
 const now = () => performance.timeOrigin + performance.now()
 /** Per server: fault mode and (with --timeline) what it answered, when. */
@@ -68,7 +72,12 @@ function makeServer (name) {
     trafficTimes: [], failureTimes: [], probeFailureTimes: [],
   }
   const failHeaders = (status) => ({ 'content-type': 'text/plain', 'content-length': failBody.length, ...(colorBody ? { 'x-color': name } : {}) })
-  const ok = (res) => { res.writeHead(200, headers); res.end(body) }
+  const largeHeaders = largeBody === undefined ? undefined : { ...headers, 'content-type': 'application/octet-stream', 'content-length': largeBody.length }
+  const ok = (res) => {
+    if (res.large === true) { res.writeHead(200, largeHeaders); res.end(largeBody); return }
+    res.writeHead(200, headers)
+    res.end(body)
+  }
   // The fault mode is read when the answer is written, so a change applies at once.
   const answer = (res) => {
     if (b.mode === 'ok') return ok(res)
@@ -92,6 +101,7 @@ function makeServer (name) {
   const respond = delayMs > 0 ? (res) => setTimeout(answer, delayMs, res) : answer
   const server = http.createServer((req, res) => {
     counts[name]++
+    if (largePath !== undefined && req.url === largePath) res.large = true
     if (req.url === healthPath) {
       res.isProbe = true
       b.probes++

@@ -68,11 +68,11 @@ export function removeTempDir (dir) {
  * must be `{ type: 'ready', ... }` (or `{ type: 'error', message }`).
  * Returns { child, info, request(msg), stop() }.
  */
-export async function startChild (script, args = [], { timeoutMs = 15_000, name = script } = {}) {
+export async function startChild (script, args = [], { timeoutMs = 15_000, name = script, execArgv } = {}) {
   hook()
-  const child = fork(script, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
-  children.add(child)
-  child.once('exit', () => children.delete(child))
+  // execArgv: Node flags for the child (e.g. --cpu-prof); the default inherits this process's.
+  const child = fork(script, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], ...(execArgv !== undefined ? { execArgv } : {}) })
+  trackProcess(child)
 
   const info = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => fail(new Error(`${name}: not ready after ${timeoutMs} ms`)), timeoutMs)
@@ -121,6 +121,17 @@ export async function startChild (script, args = [], { timeoutMs = 15_000, name 
   }
 
   return { child, info, request, stop: async () => await stopProcess(child) }
+}
+
+/**
+ * Registers a process this script spawned itself (say, wrk) so it is killed
+ * on every exit path, like the forked children.
+ */
+export function trackProcess (child) {
+  hook()
+  children.add(child)
+  child.once('exit', () => children.delete(child))
+  return child
 }
 
 /** SIGTERM, then SIGKILL after `graceMs`; resolves when the process is gone. */

@@ -38,6 +38,18 @@ export function treeCpuSeconds (pid) {
   }
 }
 
+/** `pid` and all its descendants (Linux; [pid] elsewhere). */
+export function treePids (pid) {
+  const out = []
+  const stack = [pid]
+  while (stack.length > 0) {
+    const p = stack.pop()
+    out.push(p)
+    if (process.platform === 'linux') stack.push(...childrenOf(p))
+  }
+  return out
+}
+
 /** Busy CPU seconds of the whole machine so far (all cores), from /proc/stat; null elsewhere. */
 export function machineBusySeconds () {
   if (process.platform !== 'linux') return null
@@ -47,6 +59,40 @@ export function machineBusySeconds () {
     const idle = f[3] + (f[4] ?? 0)
     const total = f.slice(0, 8).reduce((a, b) => a + b, 0)
     return (total - idle) / TICKS
+  } catch {
+    return null
+  }
+}
+
+/**
+ * CPU seconds of this process's children that have exited and been reaped
+ * (cutime + cstime of /proc/self/stat), or null: how run.js measures wrk,
+ * whose own /proc entry is gone once it has finished.
+ */
+export function reapedChildrenCpuSeconds () {
+  if (process.platform !== 'linux') return null
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[13]) + Number(fields[14])) / TICKS
+  } catch {
+    return null
+  }
+}
+
+/**
+ * User and system CPU seconds of one process, all threads and its main
+ * thread alone (/proc/PID/stat and /proc/PID/task/PID/stat), or null.
+ */
+export function cpuSplit (pid) {
+  if (pid === undefined || process.platform !== 'linux') return null
+  const read = (path) => {
+    const stat = readFileSync(path, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return { user: Number(f[11]) / TICKS, system: Number(f[12]) / TICKS }
+  }
+  try {
+    return { all: read(`/proc/${pid}/stat`), main: read(`/proc/${pid}/task/${pid}/stat`) }
   } catch {
     return null
   }

@@ -1,5 +1,10 @@
-// Child process: nginx as a reverse proxy in front of one upstream.
+// Child process: nginx as a reverse proxy in front of one upstream, or as
+// the fast upstream itself.
 //   node nginx.js --dir TEMPDIR --upstream 127.0.0.1:PORT [--nginx /usr/sbin/nginx]
+//   node nginx.js --dir TEMPDIR --role upstream [--large-path /64k --large-bytes 65536]
+// The upstream role answers `return 200 "ok"` on every path (a POST's body is
+// read and discarded), and GET of --large-path with a static file of
+// --large-bytes bytes (sendfile; a 64 KiB string is too long for `return`).
 // Writes a config into TEMPDIR (prefix, pid, error log and temp paths all
 // there; access_log off), runs nginx in the foreground (`daemon off`) with
 // one worker, and reports { type: 'ready', url, version }. This wrapper kills
@@ -14,6 +19,9 @@ import { exitWithParent, parseArgs, reportStartupError } from './children.js'
 const args = parseArgs()
 const dir = String(args.dir)
 const bin = typeof args.nginx === 'string' ? args.nginx : 'nginx'
+const role = args.role === 'upstream' ? 'upstream' : 'proxy'
+const largePath = typeof args['large-path'] === 'string' ? args['large-path'] : '/64k'
+const largeBytes = Number(args['large-bytes'] ?? 65536)
 let proc
 
 function killNginx () {
@@ -30,7 +38,11 @@ const go = exitWithParent(async () => {
   await killNginx()
   rmSync(dir, { recursive: true, force: true })
 })
-process.on('message', (msg) => { if (msg?.type === 'stop') void go(0) })
+process.on('message', (msg) => {
+  if (msg?.type === 'stop') void go(0)
+  // The error log's tail (warn and up): e.g. "an upstream response is buffered to a temporary file".
+  else if (msg?.type === 'log') process.send({ type: 'reply', id: msg.id, log: readLog() })
+})
 process.on('exit', () => { try { proc?.kill('SIGKILL') } catch {} })
 
 /** nginx cannot listen on port 0: take a free port from the kernel, then hand it over. */
@@ -63,7 +75,10 @@ function readLog () {
 }
 
 function config (port, upstream) {
-  const tmp = (n) => join(dir, 'tmp', n)
+  return role === 'upstream' ? upstreamConfig(port) : proxyConfig(port, upstream)
+}
+
+function head () {
   return `
 worker_processes 1;
 daemon off;
@@ -72,13 +87,49 @@ ${process.getuid?.() === 0 ? 'user root root;' : ''}
 pid ${join(dir, 'nginx.pid')};
 error_log ${join(dir, 'logs', 'error.log')} warn;
 events { worker_connections 4096; }
-http {
-  access_log off;
+`
+}
+
+function tempPaths () {
+  const tmp = (n) => join(dir, 'tmp', n)
+  return `
   client_body_temp_path ${tmp('client_body')};
   proxy_temp_path ${tmp('proxy')};
   fastcgi_temp_path ${tmp('fastcgi')};
   uwsgi_temp_path ${tmp('uwsgi')};
   scgi_temp_path ${tmp('scgi')};
+`
+}
+
+function upstreamConfig (port) {
+  const file = join(dir, 'www', 'large.bin')
+  return `${head()}
+http {
+  access_log off;${tempPaths()}
+  default_type text/plain;
+  sendfile on;
+  open_file_cache max=16 inactive=60s;
+  open_file_cache_valid 60s;
+  keepalive_timeout 65s;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:${port};
+    location = ${largePath} {
+      default_type application/octet-stream;
+      alias ${file};
+    }
+    location / {
+      return 200 "ok";
+    }
+  }
+}
+`
+}
+
+function proxyConfig (port, upstream) {
+  return `${head()}
+http {
+  access_log off;${tempPaths()}
   keepalive_timeout 65s;
   keepalive_requests 1000000;
   upstream backend {
@@ -106,6 +157,10 @@ http {
 try {
   mkdirSync(join(dir, 'logs'), { recursive: true })
   mkdirSync(join(dir, 'tmp'), { recursive: true })
+  if (role === 'upstream') {
+    mkdirSync(join(dir, 'www'), { recursive: true })
+    writeFileSync(join(dir, 'www', 'large.bin'), Buffer.alloc(largeBytes, 'x'))
+  }
   // `nginx -v` prints to stderr.
   const v = spawnSync(bin, ['-v'], { encoding: 'utf8' })
   const version = `${v.stderr ?? ''}${v.stdout ?? ''}`.trim().replace(/^nginx version: /, '')

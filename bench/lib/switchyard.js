@@ -8,6 +8,8 @@
 // --top-json '{"metrics": {"enabled": false}}': extra top-level config sections (optional;
 // the access log is off unless this turns it on).
 // Reports { type: 'ready', url, adminUrl }.
+// { type: 'memory', gc } replies with process.memoryUsage() (after a full GC
+// when gc is true and the child runs with --expose-gc).
 // --trace: install the diagnostics of trace-gateway.js (fsyncs, commits, state
 // file saves, routing swaps, target picks, event-loop lag); { type: 'trace',
 // after } replies with them. A module it cannot find only turns tracing off.
@@ -32,6 +34,12 @@ let tracer
 process.on('message', (msg) => {
   if (msg?.type === 'stop') void go(0)
   else if (msg?.type === 'trace') process.send({ type: 'reply', id: msg.id, trace: tracer?.snapshot(msg.after) ?? null })
+  else if (msg?.type === 'memory') {
+    // { gc: true } runs a full GC first when the child has --expose-gc (soak.js starts it so).
+    const gcRan = msg.gc === true && typeof globalThis.gc === 'function'
+    if (gcRan) globalThis.gc()
+    process.send({ type: 'reply', id: msg.id, gcRan, memory: process.memoryUsage() })
+  }
 })
 
 try {

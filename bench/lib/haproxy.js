@@ -1,0 +1,122 @@
+// Child process: HAProxy as a reverse proxy in front of one upstream.
+//   node haproxy.js --dir TEMPDIR --upstream 127.0.0.1:PORT [--haproxy /usr/sbin/haproxy]
+// Writes haproxy.cfg into TEMPDIR: one thread (`nbthread 1`), no logs, one
+// frontend on 127.0.0.1, keep-alive on both sides (`option http-keep-alive`,
+// backend `http-reuse always`), and the same X-Forwarded-For/-Proto/-Host work
+// as the other proxies. Runs it in the foreground (`-db`: no daemon, no
+// master process) and reports { type: 'ready', url, version, pid }. This
+// wrapper kills HAProxy when it is told to stop or when the parent goes away.
+
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
+import { join } from 'node:path'
+import { exitWithParent, parseArgs, reportStartupError } from './children.js'
+
+const args = parseArgs()
+const dir = String(args.dir)
+const bin = typeof args.haproxy === 'string' ? args.haproxy : 'haproxy'
+let proc
+let stderr = ''
+
+function kill () {
+  if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve()
+  const exited = new Promise((resolve) => proc.once('exit', resolve))
+  try { proc.kill('SIGTERM') } catch {} // HAProxy: SIGTERM = hard stop
+  const timer = setTimeout(() => { try { proc.kill('SIGKILL') } catch {} }, 3000)
+  return exited.finally(() => clearTimeout(timer))
+}
+
+const go = exitWithParent(async () => {
+  await kill()
+  rmSync(dir, { recursive: true, force: true })
+})
+process.on('message', (msg) => {
+  if (msg?.type === 'stop') void go(0)
+  else if (msg?.type === 'log') process.send({ type: 'reply', id: msg.id, log: stderr.slice(-2000) })
+})
+process.on('exit', () => { try { proc?.kill('SIGKILL') } catch {} })
+
+/** Like nginx.js: take a free port from the kernel, then hand it over. */
+async function freePort () {
+  const srv = net.createServer()
+  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve) })
+  const { port } = srv.address()
+  await new Promise((resolve) => srv.close(resolve))
+  return port
+}
+
+async function waitForPort (port, ms) {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error(`haproxy exited with ${proc.exitCode}: ${stderr.slice(-2000)}`)
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1')
+      s.once('connect', () => { s.destroy(); resolve(true) })
+      s.once('error', () => resolve(false))
+    })
+    if (ok) return
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error(`haproxy did not listen on ${port}: ${stderr.slice(-2000)}`)
+}
+
+function config (port, upstream) {
+  return `
+global
+  nbthread 1
+  maxconn 4096
+  pidfile ${join(dir, 'haproxy.pid')}
+
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 65s
+  timeout server 65s
+  timeout http-keep-alive 65s
+  timeout http-request 65s
+
+frontend fe
+  bind 127.0.0.1:${port}
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  default_backend be
+
+backend be
+  http-reuse always
+  server up ${upstream}
+`
+}
+
+try {
+  mkdirSync(dir, { recursive: true })
+  const v = spawnSync(bin, ['-v'], { encoding: 'utf8' })
+  const version = (/version (\S+)/.exec(v.stdout ?? '') ?? [])[1] ?? String(v.stdout ?? '').split('\n')[0]
+  let lastErr
+  for (let attempt = 0; attempt < 3; attempt++) { // the free port may be taken in between
+    const port = await freePort()
+    const conf = join(dir, 'haproxy.cfg')
+    writeFileSync(conf, config(port, String(args.upstream)))
+    const check = spawnSync(bin, ['-c', '-f', conf], { encoding: 'utf8' })
+    if (check.status !== 0) throw new Error(`haproxy -c failed: ${check.stdout}${check.stderr}`)
+    stderr = ''
+    proc = spawn(bin, ['-db', '-f', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
+    proc.stderr.setEncoding('utf8')
+    proc.stderr.on('data', (d) => { if (stderr.length < 100_000) stderr += d })
+    proc.on('error', () => {})
+    try {
+      await waitForPort(port, 5000)
+      process.send({ type: 'ready', url: `http://127.0.0.1:${port}`, version, pid: proc.pid })
+      lastErr = undefined
+      break
+    } catch (err) {
+      lastErr = err
+      await kill()
+    }
+  }
+  if (lastErr !== undefined) throw lastErr
+} catch (err) {
+  reportStartupError(err)
+}
