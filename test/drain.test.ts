@@ -5,28 +5,10 @@ import { writeFileSync } from 'node:fs'
 import WebSocket from 'ws'
 import { run } from '../src/commands.js'
 import { closeFrame, FrameCursor } from '../src/proxy/ws-relay.js'
-import { admin, eventually, http1, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
+import { admin, eventually, http1, openWs, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
 
 async function st (gw: TestGateway): Promise<any> {
   return (await admin(gw.adminUrl, 'GET', '/v1/state')).json
-}
-
-async function openWs (url: string, headers: Record<string, string> = {}): Promise<{ ws: WebSocket, next: () => Promise<string>, closed: Promise<number> }> {
-  const ws = new WebSocket(url, { headers })
-  const queue: string[] = []
-  const waiters: Array<(m: string) => void> = []
-  ws.on('message', (d) => {
-    const w = waiters.shift()
-    if (w !== undefined) w(String(d))
-    else queue.push(String(d))
-  })
-  const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)))
-  await new Promise<void>((resolve, reject) => {
-    ws.once('open', () => resolve())
-    ws.once('error', reject)
-  })
-  const next = async (): Promise<string> => queue.length > 0 ? queue.shift() as string : await new Promise((resolve) => waiters.push(resolve))
-  return { ws, next, closed }
 }
 
 async function pair (t: Tap.Test, extra = '', head = ''): Promise<{ b: Backend, g: Backend, gw: TestGateway }> {

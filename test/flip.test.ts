@@ -1,6 +1,6 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import { admin, eventually, http1, serviceYaml, startBackend, startGateway } from './helpers/index.js'
+import { admin, eventually, http1, openWs, serviceYaml, startBackend, startGateway } from './helpers/index.js'
 
 t.test('a flip of several services is one swap: no request started after it returns sees an old color', async (t) => {
   const [ub, ug, ob, og] = await Promise.all(['users-blue', 'users-green', 'orders-blue', 'orders-green'].map(async (n) => await startBackend(t, n)))
@@ -76,23 +76,6 @@ t.test('client abort of an in-flight request settles the counters', async (t) =>
   await eventually(() => route?.colors.blue.stats.inflight === 0)
   t.equal(route?.colors.blue.targets.endpoints[0].target.inflight, 0)
 })
-
-async function openWs (url: string): Promise<{ ws: WebSocket, next: () => Promise<string> }> {
-  const ws = new WebSocket(url)
-  const queue: string[] = []
-  const waiters: Array<(m: string) => void> = []
-  ws.on('message', (d) => {
-    const w = waiters.shift()
-    if (w !== undefined) w(String(d))
-    else queue.push(String(d))
-  })
-  await new Promise<void>((resolve, reject) => {
-    ws.once('open', () => resolve())
-    ws.once('error', reject)
-  })
-  const next = async (): Promise<string> => queue.length > 0 ? queue.shift() as string : await new Promise((resolve) => waiters.push(resolve))
-  return { ws, next }
-}
 
 t.test('WebSockets go to the live color and keep working on the old one after a flip', async (t) => {
   const b = await startBackend(t, 'blue')

@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { WebSocketServer } from 'ws'
+import WebSocket, { WebSocketServer } from 'ws'
 import { request } from 'undici'
 import { parseConfig } from '../../src/config/load.js'
 import { Gateway } from '../../src/gateway.js'
@@ -159,4 +159,23 @@ export async function eventually<T> (fn: () => T | Promise<T>, { timeout = 5000,
     }
     await new Promise((resolve) => setTimeout(resolve, interval))
   }
+}
+
+/** A WebSocket client whose messages can be awaited one by one; `closed` resolves with the close code. */
+export async function openWs (url: string, headers: Record<string, string> = {}): Promise<{ ws: WebSocket, next: () => Promise<string>, closed: Promise<number> }> {
+  const ws = new WebSocket(url, { headers })
+  const queue: string[] = []
+  const waiters: Array<(m: string) => void> = []
+  ws.on('message', (d) => {
+    const w = waiters.shift()
+    if (w !== undefined) w(String(d))
+    else queue.push(String(d))
+  })
+  const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)))
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve())
+    ws.once('error', reject)
+  })
+  const next = async (): Promise<string> => queue.length > 0 ? queue.shift() as string : await new Promise((resolve) => waiters.push(resolve))
+  return { ws, next, closed }
 }
