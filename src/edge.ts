@@ -7,7 +7,7 @@ import { ERRORS } from './errors.js'
 import { Exchange, requestIdFor, sendError } from './proxy/forward.js'
 import { proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
 import { SMOKE_HEADER, type SmokeRunner } from './health/smoke.js'
-import { chooseColor, stickySetCookie } from './routing/choose.js'
+import { chooseColor, chooseSticky } from './routing/choose.js'
 import type { ColorRoute, ServiceRoute, Switcher } from './routing/snapshot.js'
 
 const PROTO = 'http'
@@ -22,10 +22,13 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner): EdgeS
   const upgraded = new Set<Duplex>()
 
   /** Smoke checks of the gate pin a color with a header only this process can forge. */
-  const colorFor = (route: ServiceRoute, headers: IncomingMessage['headers']): ColorRoute => {
+  const smokeColor = (route: ServiceRoute, headers: IncomingMessage['headers']): ColorRoute | undefined => {
     const pinned = headers[SMOKE_HEADER] === undefined ? undefined : smoke.colorOf(headers[SMOKE_HEADER])
-    return pinned === undefined ? chooseColor(route, headers) : route.colors[pinned]
+    return pinned === undefined ? undefined : route.colors[pinned]
   }
+
+  const colorFor = (route: ServiceRoute, headers: IncomingMessage['headers']): ColorRoute =>
+    smokeColor(route, headers) ?? (route.stickyCookie === undefined ? chooseColor(route, headers) : chooseSticky(route, headers).color)
 
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     // Origin-form only (`/path?query`): absolute-form, `*` and friends are not for a reverse proxy.
@@ -38,7 +41,12 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner): EdgeS
       sendError(res, 'no_route', ERRORS.no_route.status)
       return
     }
-    const color = colorFor(route, req.headers)
+    let color = smokeColor(route, req.headers)
+    let cookie: string | undefined
+    if (color === undefined) {
+      if (route.stickyCookie === undefined) color = chooseColor(route, req.headers)
+      else ({ color, setCookie: cookie } = chooseSticky(route, req.headers))
+    }
     const endpoint = color.targets.pick()
     if (endpoint === undefined) {
       const started = performance.now()
@@ -46,7 +54,6 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner): EdgeS
       color.stats.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
       return
     }
-    const cookie = route.stickySetCookie === undefined ? undefined : stickySetCookie(route, req.headers, color)
     new Exchange(req, res, endpoint, color.targets, color.stats, PROTO, cookie).start()
   }
 

@@ -5,7 +5,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client'
 import { COLORS } from './config/schema.js'
 import type { Controller } from './control/controller.js'
-import { DURATION_BUCKETS, type UpstreamErrorKind } from './upstream/color-stats.js'
+import { DURATION_BUCKETS, type ColorStats, type UpstreamErrorKind } from './upstream/color-stats.js'
 import type { TargetRegistry } from './upstream/registry.js'
 
 const CODE_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
@@ -43,6 +43,21 @@ function durationHistogram (deps: Deps): { name: string, help: string, type: str
   }
 }
 
+/** A gauge with one value per service and color, read off ColorStats at scrape time. */
+function colorGauge (reg: Registry, deps: Deps, name: string, help: string, read: (s: ColorStats) => number): void {
+  /* eslint-disable-next-line no-new */
+  new Gauge({
+    name,
+    help,
+    labelNames: ['service', 'color'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const s of deps.registry.allColorStats()) this.set({ service: s.service, color: s.color }, read(s))
+    },
+  })
+}
+
 export function createMetrics (deps: Deps): Registry {
   const reg = new Registry()
   collectDefaultMetrics({ register: reg })
@@ -73,26 +88,8 @@ export function createMetrics (deps: Deps): Registry {
       }
     },
   })
-  new Gauge({
-    name: 'switchyard_inflight_requests',
-    help: 'HTTP requests in flight, per service and color',
-    labelNames: ['service', 'color'],
-    registers: [reg],
-    collect () {
-      this.reset()
-      for (const s of deps.registry.allColorStats()) this.set({ service: s.service, color: s.color }, s.inflight)
-    },
-  })
-  new Gauge({
-    name: 'switchyard_websockets_open',
-    help: 'Open WebSockets, per service and color',
-    labelNames: ['service', 'color'],
-    registers: [reg],
-    collect () {
-      this.reset()
-      for (const s of deps.registry.allColorStats()) this.set({ service: s.service, color: s.color }, s.websockets)
-    },
-  })
+  colorGauge(reg, deps, 'switchyard_inflight_requests', 'HTTP requests in flight, per service and color', (s) => s.inflight)
+  colorGauge(reg, deps, 'switchyard_websockets_open', 'Open WebSockets, per service and color', (s) => s.websockets)
   new Gauge({
     name: 'switchyard_live',
     help: '1 for the live color of a service, else 0',

@@ -1,12 +1,8 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
 import http from 'node:http'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { admin, eventually, serviceYaml, startBackend, tempDir } from './helpers/index.js'
-
-const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url))
+import { admin, eventually, listening, serve, serviceYaml, startBackend, tempDir } from './helpers/index.js'
 
 /** A request on a fresh connection, so the cluster may hand it to any worker. */
 async function fresh (url: string): Promise<{ status: number, json: any }> {
@@ -29,22 +25,9 @@ t.test('serve --workers 2: flips reach every worker before they are answered; co
   const dir = tempDir(t)
   const file = join(dir, 'sy.yaml')
   writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g], '    guard: { window: 30s, maxErrorRate: 0.2, minRequests: 10 }\n    passive: false\n')}`)
-  const child = spawn(process.execPath, [CLI, 'serve', '--config', file, '--workers', '2'], { stdio: ['ignore', 'pipe', 'pipe'] })
-  t.teardown(() => { child.kill('SIGKILL') })
-  const lines: any[] = []
-  let buf = ''
-  child.stdout.on('data', (c) => {
-    buf += String(c)
-    let i
-    while ((i = buf.indexOf('\n')) !== -1) {
-      lines.push(JSON.parse(buf.slice(0, i)))
-      buf = buf.slice(i + 1)
-    }
-  })
-  let stderr = ''
-  child.stderr.on('data', (c) => { stderr += String(c) })
-  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
-  const up = await eventually(() => lines.find((l) => l.msg === 'switchyard listening') ?? false, { timeout: 10_000 }).catch(() => { throw new Error(stderr) })
+  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
+  await listening(p)
+  const up = p.lines.find((l) => l.msg === 'switchyard listening')
   t.equal(up.workers, 2)
   const url = `http://${up.listen as string}`
   const adminUrl = `http://${up.admin as string}`
@@ -75,7 +58,7 @@ t.test('serve --workers 2: flips reach every worker before they are answered; co
 
   const inflight = fresh(`${url}/slow?ms=600`)
   await eventually(() => b.seen.some((s) => s.url === '/slow?ms=600'))
-  child.kill('SIGTERM')
+  p.kill('SIGTERM')
   t.equal((await inflight).status, 200, 'SIGTERM lets in-flight requests finish in the workers')
-  t.equal(await exit, 0)
+  t.equal(await p.exit, 0)
 })

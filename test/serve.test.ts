@@ -1,45 +1,11 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
 import net from 'node:net'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { parseConfig } from '../src/config/load.js'
 import { startDemoBackends, stopDemoBackends } from '../src/demo.js'
 import WebSocket from 'ws'
-import { eventually, http1, serviceYaml, startBackend, tempDir } from './helpers/index.js'
-
-const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url))
-
-interface Proc { lines: any[], exit: Promise<number | null>, kill: (sig: NodeJS.Signals) => void, stderr: () => string }
-
-function serve (t: Tap.Test, args: string[]): Proc {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  const lines: any[] = []
-  let buf = ''
-  let err = ''
-  child.stdout.on('data', (c) => {
-    buf += String(c)
-    let i
-    while ((i = buf.indexOf('\n')) !== -1) {
-      lines.push(JSON.parse(buf.slice(0, i)))
-      buf = buf.slice(i + 1)
-    }
-  })
-  child.stderr.on('data', (c) => { err += String(c) })
-  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
-  t.teardown(() => { child.kill('SIGKILL') })
-  return { lines, exit, kill: (sig) => child.kill(sig), stderr: () => err }
-}
-
-async function listening (p: Proc): Promise<{ port: number, admin: number }> {
-  for (let i = 0; i < 200; i++) {
-    const l = p.lines.find((x) => x.msg === 'switchyard listening')
-    if (l !== undefined) return { port: Number(l.listen.split(':').pop()), admin: Number(l.admin.split(':').pop()) }
-    await new Promise((resolve) => setTimeout(resolve, 25))
-  }
-  throw new Error('gateway did not start: ' + p.stderr())
-}
+import { eventually, http1, listening, serve, serviceYaml, startBackend, tempDir } from './helpers/index.js'
 
 t.test('SIGTERM stops accepting, lets the in-flight request finish, exits 0', async (t) => {
   const b = await startBackend(t, 'blue')

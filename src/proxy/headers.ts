@@ -12,10 +12,6 @@ const HOP_BY_HOP = new Set([
 /** Headers only the gateway itself may act on; never forwarded (the smoke-check secret). */
 const GATEWAY_HEADERS = new Set(['x-switchyard-smoke'])
 
-export function isGatewayHeader (lowerName: string): boolean {
-  return GATEWAY_HEADERS.has(lowerName)
-}
-
 /** Headers named in `Connection: a, b` are hop-by-hop for this hop only. */
 function connectionTokens (raw: readonly string[]): Set<string> | undefined {
   let tokens: Set<string> | undefined
@@ -31,14 +27,19 @@ function connectionTokens (raw: readonly string[]): Set<string> | undefined {
 }
 
 /**
- * Pass 1: request headers without hop-by-hop ones and without the
- * X-Forwarded-* set, which pass 2 rewrites. Keeps order and duplicates.
+ * Pass 1: request headers without hop-by-hop ones, gateway-internal ones and
+ * the X-Forwarded-* set, which pass 2 rewrites. Keeps order and duplicates.
+ * `upgrade` keeps `Connection` and `Upgrade` for a WebSocket handshake.
  */
-export function stripRequestHeaders (raw: readonly string[]): string[] {
+export function stripRequestHeaders (raw: readonly string[], upgrade = false): string[] {
   const extra = connectionTokens(raw)
   const out: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toLowerCase()
+    if (upgrade && (name === 'connection' || name === 'upgrade')) {
+      out.push(raw[i], raw[i + 1])
+      continue
+    }
     if (HOP_BY_HOP.has(name) || name === 'x-forwarded-proto' || name === 'x-forwarded-host' || GATEWAY_HEADERS.has(name)) continue
     if (extra !== undefined && extra.has(name)) continue
     out.push(raw[i], raw[i + 1])

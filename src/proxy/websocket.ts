@@ -7,7 +7,7 @@ import type { Duplex } from 'node:stream'
 import { ERRORS, errorBody, type ErrorCode } from '../errors.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { classifyUpstreamError } from './forward.js'
-import { addForwardedHeaders, isGatewayHeader } from './headers.js'
+import { addForwardedHeaders, stripRequestHeaders } from './headers.js'
 import { WsRelay } from './ws-relay.js'
 
 export interface WebSocketStats {
@@ -33,18 +33,6 @@ function headBlock (statusLine: string, raw: readonly string[], skip?: ReadonlyS
   return out
 }
 
-/** Request headers for the upstream handshake: the client's (upgrade ones included), X-Forwarded-* re-set, gateway-internal ones dropped. */
-function handshakeHeaders (req: IncomingMessage, proto: string): string[] {
-  const out: string[] = []
-  const raw = req.rawHeaders
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i].toLowerCase()
-    if (name === 'x-forwarded-proto' || name === 'x-forwarded-host' || isGatewayHeader(name)) continue
-    out.push(raw[i], raw[i + 1])
-  }
-  return addForwardedHeaders(out, req, proto)
-}
-
 const REFUSAL_SKIP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'upgrade'])
 
 /**
@@ -60,7 +48,7 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
     port: origin.port,
     path: req.url,
     method: req.method,
-    headers: handshakeHeaders(req, proto),
+    headers: addForwardedHeaders(stripRequestHeaders(req.rawHeaders, true), req, proto),
     agent: false,
   })
   const fail = (err: Error & { code?: string }): void => {

@@ -34,30 +34,34 @@ export function previewColor (route: ServiceRoute, headers: Record<string, strin
   return undefined
 }
 
-/**
- * Preview (strict) first; then a sticky cookie naming a color that is still
- * draining; else the live color.
- */
+/** Preview (strict) first, else the live color. Services with sticky sessions use `chooseSticky`. */
 export function chooseColor (route: ServiceRoute, headers: Record<string, string | string[] | undefined>): ColorRoute {
   if (route.previewHeader !== undefined || route.previewCookie !== undefined) {
     const preview = previewColor(route, headers)
     if (preview !== undefined) return route.colors[preview]
   }
-  if (route.stickyCookie !== undefined) {
-    const pinned = cookieValue(headers.cookie as string | undefined, route.stickyCookie)
-    // Pinned to a color that is still draining and can still serve: stay there.
-    if (isColor(pinned) && pinned !== route.live && route.colors[pinned].stats.drain !== undefined && route.colors[pinned].targets.healthyCount > 0) return route.colors[pinned]
-  }
   return route.colors[route.live]
 }
 
+export interface StickyChoice {
+  color: ColorRoute
+  /** The Set-Cookie to answer with: only when the session's cookie does not already name the color, never for preview traffic. */
+  setCookie: string | undefined
+}
+
 /**
- * The Set-Cookie a sticky service answers with: only when the session's
- * cookie does not already name the color that served it, and never for preview traffic.
+ * A service with sticky sessions: preview (strict) first; then a cookie
+ * naming a color that is still draining and can still serve; else live.
+ * Each header and cookie is read once.
  */
-export function stickySetCookie (route: ServiceRoute, headers: Record<string, string | string[] | undefined>, served: ColorRoute): string | undefined {
-  if (route.stickySetCookie === undefined) return undefined
-  if ((route.previewHeader !== undefined || route.previewCookie !== undefined) && previewColor(route, headers) !== undefined) return undefined
+export function chooseSticky (route: ServiceRoute, headers: Record<string, string | string[] | undefined>): StickyChoice {
+  if (route.previewHeader !== undefined || route.previewCookie !== undefined) {
+    const preview = previewColor(route, headers)
+    if (preview !== undefined) return { color: route.colors[preview], setCookie: undefined }
+  }
   const pinned = cookieValue(headers.cookie as string | undefined, route.stickyCookie as string)
-  return pinned === served.color ? undefined : route.stickySetCookie[served.color]
+  let color = route.colors[route.live]
+  if (isColor(pinned) && pinned !== route.live && route.colors[pinned].stats.drain !== undefined && route.colors[pinned].targets.healthyCount > 0) color = route.colors[pinned]
+  const cookies = route.stickySetCookie as Readonly<Record<Color, string>>
+  return { color, setCookie: pinned === color.color ? undefined : cookies[color.color] }
 }

@@ -35,7 +35,7 @@ export class TargetSet {
   pick (exclude?: Endpoint): Endpoint | undefined {
     const list = this.endpoints
     const n = list.length
-    const any = this.panicThreshold > 0 && this.inPanic
+    const any = this.inPanic
     for (let i = 0; i < n; i++) {
       const e = list[this.cursor]
       this.cursor = this.cursor + 1 === n ? 0 : this.cursor + 1

@@ -5,6 +5,8 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { join } from 'node:path'
 import WebSocket, { WebSocketServer } from 'ws'
 import { request } from 'undici'
@@ -178,4 +180,39 @@ export async function openWs (url: string, headers: Record<string, string> = {})
   })
   const next = async (): Promise<string> => queue.length > 0 ? queue.shift() as string : await new Promise((resolve) => waiters.push(resolve))
   return { ws, next, closed }
+}
+
+/** The built CLI: these helpers run it as a real process. */
+const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url))
+
+export interface Proc { lines: any[], exit: Promise<number | null>, kill: (sig: NodeJS.Signals) => void, stderr: () => string }
+
+/** Runs `node dist/cli.js ARGS`, collecting its JSON log lines; killed at teardown. */
+export function serve (t: Teardown, args: string[]): Proc {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const lines: any[] = []
+  let buf = ''
+  let err = ''
+  child.stdout.on('data', (c) => {
+    buf += String(c)
+    let i
+    while ((i = buf.indexOf('\n')) !== -1) {
+      lines.push(JSON.parse(buf.slice(0, i)))
+      buf = buf.slice(i + 1)
+    }
+  })
+  child.stderr.on('data', (c) => { err += String(c) })
+  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  t.teardown(() => { child.kill('SIGKILL') })
+  return { lines, exit, kill: (sig) => child.kill(sig), stderr: () => err }
+}
+
+/** Waits for the "switchyard listening" line; its ports. */
+export async function listening (p: Proc): Promise<{ port: number, admin: number }> {
+  for (let i = 0; i < 400; i++) {
+    const l = p.lines.find((x) => x.msg === 'switchyard listening')
+    if (l !== undefined) return { port: Number(l.listen.split(':').pop()), admin: Number(l.admin.split(':').pop()) }
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+  throw new Error('gateway did not start: ' + p.stderr())
 }
