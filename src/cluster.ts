@@ -229,7 +229,7 @@ export async function runWorker (): Promise<void> {
   const stop = async (graceMs: number): Promise<void> => {
     clearInterval(report)
     for (const s of registry.allColorStats()) for (const ws of s.openWs) ws.close()
-    await closeGracefully([edge?.server], edge?.upgraded ?? new Set(), graceMs)
+    await closeGracefully([edge], edge?.upgraded ?? new Set(), graceMs)
     flush?.()
     await registry.destroy()
     process.exit(0)
@@ -248,7 +248,7 @@ export async function runWorker (): Promise<void> {
           flush = al.flush
         }
         smoke = new SmokeRunner(() => '', msg.secret)
-        edge = createEdgeServer(switcher as Switcher, smoke)
+        edge = createEdgeServer(switcher as Switcher, smoke, msg.config.engine)
         listen(edge.server, msg.config.listen).then(() => {
           process.send?.({ t: 'ready', address: edge?.server.address() as AddressInfo } satisfies FromWorker)
         }, (err: Error) => {

@@ -2,7 +2,10 @@
 // the service, choose the color, pick a target, hand off to the forwarder.
 
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import type net from 'node:net'
 import type { Duplex } from 'node:stream'
+import type { Engine } from './config/schema.js'
+import { FastEdge } from './proxy/h1/server.js'
 import { ERRORS } from './errors.js'
 import { Exchange, requestIdFor, sendError } from './proxy/forward.js'
 import { proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
@@ -12,13 +15,24 @@ import type { ColorRoute, ServiceRoute, Switcher } from './routing/snapshot.js'
 
 const PROTO = 'http'
 
-export interface EdgeServer {
-  server: http.Server
+/** A listener that can be stopped gracefully. */
+export interface Closer {
+  server: net.Server
+  /** Closes keep-alive connections that have no request in flight. */
+  closeIdle: () => void
+  closeAll: () => void
+}
+
+export interface EdgeServer extends Closer {
   /** Upgraded client sockets: the HTTP server stops tracking them after the 101. */
   upgraded: Set<Duplex>
 }
 
-export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner): EdgeServer {
+export function httpCloser (server: http.Server): Closer {
+  return { server, closeIdle: () => server.closeIdleConnections(), closeAll: () => server.closeAllConnections() }
+}
+
+export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, engine: Engine = 'fast'): EdgeServer {
   const upgraded = new Set<Duplex>()
 
   /** Smoke checks of the gate pin a color with a header only this process can forge. */
@@ -77,5 +91,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner): EdgeS
     if (err.code === 'ECONNRESET' || !socket.writable || socket._httpMessage?.headersSent === true) return socket.destroy()
     socket.end('HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","message":"malformed HTTP request"}')
   })
-  return { server, upgraded }
+  if (engine === 'node') return { ...httpCloser(server), upgraded }
+  const fast = new FastEdge(switcher, smoke, server, PROTO)
+  return { server: fast.server, closeIdle: () => fast.closeIdle(), closeAll: () => fast.closeAll(), upgraded }
 }

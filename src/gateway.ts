@@ -3,6 +3,7 @@
 
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
+import type net from 'node:net'
 import type { Duplex } from 'node:stream'
 import type http from 'node:http'
 import { dirname, join } from 'node:path'
@@ -13,7 +14,7 @@ import { createAccessLog, log, type AccessLog } from './log.js'
 import { createMetrics } from './metrics.js'
 import { Controller } from './control/controller.js'
 import { EventLog } from './control/events.js'
-import { createEdgeServer, type EdgeServer } from './edge.js'
+import { createEdgeServer, httpCloser, type Closer, type EdgeServer } from './edge.js'
 import { Prober } from './health/prober.js'
 import { SmokeRunner } from './health/smoke.js'
 import { FileStateStore } from './state/file-store.js'
@@ -38,7 +39,7 @@ export class Gateway {
   controller!: Controller
   private accessLog: AccessLog | undefined
   private sampler: NodeJS.Timeout | undefined
-  private edge: http.Server | undefined
+  private edge: net.Server | undefined
   private edgeParts: EdgeServer | undefined
   private admin: http.Server | undefined
   private readonly opts: GatewayOptions
@@ -62,7 +63,7 @@ export class Gateway {
       ...(workers === undefined ? {} : { publish: async (config, state) => await workers.publish(config, state) }),
     })
     if (workers === undefined) {
-      this.edgeParts = createEdgeServer(this.controller.switcher, this.smoke)
+      this.edgeParts = createEdgeServer(this.controller.switcher, this.smoke, this.config.engine)
       this.edge = this.edgeParts.server
     }
     this.registry.observers.metrics = this.config.metrics.enabled
@@ -126,7 +127,7 @@ export class Gateway {
     // WebSockets would hold the listener open forever: tell them to go away (1001), spread out.
     this.controller?.closeWebSockets(Math.min(1000, graceMs / 10))
     await this.opts.workers?.stop(graceMs)
-    await closeGracefully([this.edge, this.admin], this.edgeParts?.upgraded ?? new Set(), graceMs)
+    await closeGracefully([this.edgeParts, this.admin === undefined ? undefined : httpCloser(this.admin)], this.edgeParts?.upgraded ?? new Set(), graceMs)
     clearInterval(this.sampler)
     this.accessLog?.flush()
     await this.controller?.stop()
@@ -139,22 +140,22 @@ export class Gateway {
  * Stops accepting, lets in-flight requests finish for up to `graceMs`
  * (closing keep-alive connections as they go idle), then closes the rest.
  */
-export async function closeGracefully (list: Array<http.Server | undefined>, upgraded: Set<Duplex>, graceMs: number): Promise<void> {
-  const servers = list.filter((s): s is http.Server => s?.listening === true)
-  const closed = servers.map(async (s) => await new Promise<void>((resolve) => s.close(() => resolve())))
-  const sweep = setInterval(() => { for (const s of servers) s.closeIdleConnections() }, 50)
-  for (const s of servers) s.closeIdleConnections()
+export async function closeGracefully (list: Array<Closer | undefined>, upgraded: Set<Duplex>, graceMs: number): Promise<void> {
+  const servers = list.filter((s): s is Closer => s?.server.listening === true)
+  const closed = servers.map(async (s) => await new Promise<void>((resolve) => s.server.close(() => resolve())))
+  const sweep = setInterval(() => { for (const s of servers) s.closeIdle() }, 50)
+  for (const s of servers) s.closeIdle()
   let timer: NodeJS.Timeout | undefined
   const deadline = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs) })
   await Promise.race([Promise.all(closed), deadline])
   clearTimeout(timer)
   clearInterval(sweep)
-  for (const s of servers) s.closeAllConnections()
+  for (const s of servers) s.closeAll()
   for (const socket of upgraded) socket.destroy()
   await Promise.all(closed)
 }
 
-export async function listen (server: http.Server, at: HostPort): Promise<void> {
+export async function listen (server: net.Server, at: HostPort): Promise<void> {
   server.listen(at.port, at.host)
   await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => { throw new Error(`cannot listen on ${at.host}:${at.port}: ${(err as Error).message}`) })])
 }

@@ -253,8 +253,14 @@ services:
   t.equal(parse(ONE, { PATH: '/bin' }).listen.port, 8080, 'env without references is harmless')
 })
 
+t.test('engine: fast by default, node on request, nothing else', async (t) => {
+  t.equal(parse(ONE).engine, 'fast')
+  t.equal(parse(`engine: node\n${ONE}`).engine, 'node')
+  onlyProblem(t, `engine: turbo\n${ONE}`, 'engine', /^must be fast or node, got "turbo"$/)
+})
+
 t.test('unknown keys name their path', async (t) => {
-  onlyProblem(t, `bogus: 1\n${ONE}`, 'bogus', /^unknown key \(expected one of: listen, admin, state, log, metrics, defaults, services\)$/)
+  onlyProblem(t, `bogus: 1\n${ONE}`, 'bogus', /^unknown key \(expected one of: listen, engine, admin, state, log, metrics, defaults, services\)$/)
   onlyProblem(t, `admin: { listen: 127.0.0.1:9901, tokn: x }\n${ONE}`, 'admin.tokn', /unknown key \(expected one of: listen, token\)/)
   onlyProblem(t, `defaults:\n  timeouts: { connect: 1s, read: 2s }\n${ONE}`, 'defaults.timeouts.read', /unknown key \(expected one of: connect, response, idleUpstream\)/)
   onlyProblem(t, `defaults:\n  retries: 3\n${ONE}`, 'defaults.retries', /unknown key \(expected one of: timeouts, health, passive, gate, guard, drain\)/)

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { parseDocument } from 'yaml'
 import {
-  COLORS, DEFAULTS, isColor,
+  COLORS, DEFAULTS, isColor, type Engine,
   type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type PassiveConfig,
   type HostPort, type ServiceConfig, type SmokeCheck, type Timeouts,
 } from './schema.js'
@@ -117,7 +117,7 @@ function join (path: string, key: string | number): string {
   return path === '' ? key : `${path}.${key}`
 }
 
-const TOP_KEYS = ['listen', 'admin', 'state', 'log', 'metrics', 'defaults', 'services'] as const
+const TOP_KEYS = ['listen', 'engine', 'admin', 'state', 'log', 'metrics', 'defaults', 'services'] as const
 const SERVICE_SECTION_KEYS = ['timeouts', 'health', 'passive', 'gate', 'guard', 'drain'] as const
 const SERVICE_KEYS = ['match', 'live', 'blue', 'green', 'preview', 'sticky', 'smoke', ...SERVICE_SECTION_KEYS] as const
 const SERVICE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/
@@ -174,6 +174,9 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
   const baseDir = file === undefined ? process.cwd() : dirname(file)
 
   const listen = c.hostPort(top.listen, 'listen', DEFAULTS.listen)
+  let engine: Engine = DEFAULTS.engine
+  if (top.engine === 'fast' || top.engine === 'node') engine = top.engine
+  else if (top.engine !== undefined) c.fail('engine', `must be fast or node, got ${JSON.stringify(top.engine)}`)
   const adminRaw = top.admin === undefined ? {} : c.object(top.admin, 'admin', ['listen', 'token']) ?? {}
   const adminListen = c.hostPort(adminRaw.listen, 'admin.listen', DEFAULTS.admin.listen)
   const token = adminRaw.token === undefined ? DEFAULTS.admin.token : c.string(adminRaw.token, 'admin.token') ?? ''
@@ -210,6 +213,7 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
   return {
     ...(file === undefined ? {} : { file }),
     listen,
+    engine,
     admin: { listen: adminListen, token },
     state: { file: resolve(baseDir, stateFile) },
     log: { access },

@@ -12,6 +12,8 @@ export function isColor (value: unknown): value is Color {
   return value === 'blue' || value === 'green'
 }
 
+export type Engine = 'fast' | 'node'
+
 export interface HostPort {
   host: string
   port: number
@@ -125,6 +127,13 @@ export interface Config {
   file?: string
   /** Public listener for HTTP and WebSocket traffic. Default 0.0.0.0:8080. */
   listen: HostPort
+  /**
+   * How the public listener forwards HTTP/1.1. `fast`: raw sockets both ways,
+   * handing what it does not take (HTTP/1.0, chunked uploads, Expect,
+   * WebSocket upgrades, odd heads) to node:http. `node`: node:http and undici
+   * for everything. Default fast.
+   */
+  engine: Engine
   admin: {
     /** Admin API, metrics and dashboard. Default 127.0.0.1:9901. */
     listen: HostPort
@@ -158,6 +167,7 @@ export interface ServiceDefaults {
 /** Every default, in one place. */
 export const DEFAULTS = {
   listen: '0.0.0.0:8080',
+  engine: 'fast' as Engine,
   admin: { listen: '127.0.0.1:9901', token: '' },
   state: { file: './data/state.json' },
   log: { access: true },

@@ -2,6 +2,7 @@
 // (connection pools, active and passive health, in-flight) and per service/color counters.
 
 import { Pool } from 'undici'
+import { H1Pool } from '../proxy/h1/pool.js'
 import type { Color, HealthConfig, PassiveConfig, Timeouts } from '../config/schema.js'
 import { ColorStats, type Observers } from './color-stats.js'
 
@@ -44,6 +45,7 @@ export class Target {
   private lastStatus: TargetStatus = 'healthy'
   private ejectTimer: NodeJS.Timeout | undefined
   private readonly pools = new Map<string, Pool>()
+  private readonly h1Pools = new Map<string, H1Pool>()
   private readonly onChange: (change: HealthChange) => void
 
   /** The URL taken apart once, for connections made by hand (WebSocket handshakes). */
@@ -186,6 +188,17 @@ export class Target {
     return pool
   }
 
+  /** The fast path's connections for these timeouts. */
+  h1Pool (timeouts: Timeouts): H1Pool {
+    const key = `${timeouts.connect}/${timeouts.idleUpstream}/${timeouts.response}`
+    let pool = this.h1Pools.get(key)
+    if (pool === undefined) {
+      pool = new H1Pool(this.origin, timeouts)
+      this.h1Pools.set(key, pool)
+    }
+    return pool
+  }
+
   private stopTimers (): void {
     clearTimeout(this.ejectTimer)
   }
@@ -193,6 +206,8 @@ export class Target {
   /** Closes the pools once their in-flight requests finish. */
   async close (): Promise<void> {
     this.stopTimers()
+    for (const p of this.h1Pools.values()) p.close()
+    this.h1Pools.clear()
     const pools = [...this.pools.values()]
     this.pools.clear()
     await Promise.all(pools.map(async (p) => await p.close()))
@@ -201,6 +216,8 @@ export class Target {
   /** Closes the pools now, failing whatever is still in flight. */
   async destroy (): Promise<void> {
     this.stopTimers()
+    for (const p of this.h1Pools.values()) p.destroy()
+    this.h1Pools.clear()
     const pools = [...this.pools.values()]
     this.pools.clear()
     await Promise.all(pools.map(async (p) => await p.destroy()))

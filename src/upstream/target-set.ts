@@ -2,11 +2,15 @@
 // selection over the healthy ones: O(1) while all are healthy.
 
 import type { Dispatcher } from 'undici'
+import type { H1Pool } from '../proxy/h1/pool.js'
 import type { Target } from './registry.js'
 
 export interface Endpoint {
   readonly target: Target
+  /** undici's pool, for the node:http path. */
   readonly dispatcher: Dispatcher
+  /** Raw keep-alive connections, for the fast path. */
+  readonly h1: H1Pool
 }
 
 export class TargetSet {

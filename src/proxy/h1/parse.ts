@@ -1,0 +1,368 @@
+// HTTP/1.1 message heads for the fast path, parsed from a latin1 string in
+// one pass that also writes the head to forward. Strict by design: whatever
+// is unusual (a request the fast path does not take, or anything it is not
+// sure about) comes back as `undefined`, and the connection goes to node:http,
+// whose llhttp parser decides. The upstream's answers get no such fallback:
+// anything not plainly valid is an upstream error.
+
+/** RFC 9110 5.6.2 tchar, by char code. */
+const TCHAR = new Uint8Array(128)
+for (const c of "!#$%&'*+-.^_`|~") TCHAR[c.charCodeAt(0)] = 1
+for (let c = 48; c <= 57; c++) TCHAR[c] = 1
+for (let c = 65; c <= 90; c++) TCHAR[c] = 1
+for (let c = 97; c <= 122; c++) TCHAR[c] = 1
+
+function isToken (s: string): boolean {
+  if (s.length === 0) return false
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i)
+    if (c > 127 || TCHAR[c] === 0) return false
+  }
+  return true
+}
+
+/** A field value with optional whitespace trimmed; undefined when it holds a control character. */
+function fieldValue (line: string, from: number): string | undefined {
+  let a = from
+  let b = line.length
+  while (a < b && (line.charCodeAt(a) === 32 || line.charCodeAt(a) === 9)) a++
+  while (b > a && (line.charCodeAt(b - 1) === 32 || line.charCodeAt(b - 1) === 9)) b--
+  for (let i = a; i < b; i++) {
+    const c = line.charCodeAt(i)
+    if ((c < 32 && c !== 9) || c === 127) return undefined
+  }
+  return line.slice(a, b)
+}
+
+/** A Content-Length value: digits only, at most 15 of them (safe integers); -1 otherwise. */
+function contentLength (v: string): number {
+  if (v.length === 0 || v.length > 15) return -1
+  for (let i = 0; i < v.length; i++) {
+    const c = v.charCodeAt(i)
+    if (c < 48 || c > 57) return -1
+  }
+  return Number(v)
+}
+
+/** The comma-separated tokens of a Connection header, lowercased. */
+function tokens (v: string): string[] {
+  const out: string[] = []
+  for (const t of v.split(',')) {
+    const name = t.trim().toLowerCase()
+    if (name !== '') out.push(name)
+  }
+  return out
+}
+
+/** Drops header lines whose name a Connection header listed (rare; a second pass). */
+function dropNamed (lines: string, named: string[]): string {
+  let out = ''
+  for (const line of lines.split('\r\n')) {
+    if (line === '') continue
+    const name = line.slice(0, line.indexOf(':')).toLowerCase()
+    if (!named.includes(name)) out += line + '\r\n'
+  }
+  return out
+}
+
+export interface RequestHead {
+  method: string
+  /** Origin-form: starts with `/`. */
+  target: string
+  host: string | undefined
+  /** Body size; 0 when there is none (chunked bodies take the node:http path). */
+  contentLength: number
+  /** The client asked to close after this exchange. */
+  close: boolean
+  requestId: string | undefined
+  /** The X-Forwarded-For values the client sent, joined; '' when none. */
+  xff: string
+  cookie: string | undefined
+  smoke: string | undefined
+  /** The header lines to forward, each ending in CRLF, hop-by-hop and gateway-owned ones removed. */
+  lines: string
+}
+
+/**
+ * Parses a request head (request line and header lines, without the final
+ * empty line). Returns undefined for anything the fast path leaves to node:http:
+ * other versions, non-origin-form targets, bodies with Transfer-Encoding,
+ * Upgrade, Expect, malformed or doubtful lines.
+ */
+export function parseRequestHead (head: string): RequestHead | undefined {
+  let eol = head.indexOf('\r\n')
+  if (eol === -1) eol = head.length
+  const sp1 = head.indexOf(' ')
+  const sp2 = sp1 === -1 ? -1 : head.indexOf(' ', sp1 + 1)
+  if (sp2 === -1 || sp2 > eol || head.slice(sp2 + 1, eol) !== 'HTTP/1.1') return undefined
+  const method = head.slice(0, sp1)
+  const target = head.slice(sp1 + 1, sp2)
+  if (!isToken(method) || method === 'CONNECT' || target.charCodeAt(0) !== 47) return undefined
+  for (let i = 1; i < target.length; i++) {
+    const c = target.charCodeAt(i)
+    if (c <= 32 || c >= 127) return undefined
+  }
+  const r: RequestHead = {
+    method, target, host: undefined, contentLength: 0, close: false, requestId: undefined,
+    xff: '', cookie: undefined, smoke: undefined, lines: '',
+  }
+  let named: string[] | undefined
+  let sawLength = false
+  let pos = eol + 2
+  while (pos < head.length) {
+    let end = head.indexOf('\r\n', pos)
+    if (end === -1) end = head.length
+    const line = head.slice(pos, end)
+    pos = end + 2
+    const colon = line.indexOf(':')
+    if (colon <= 0) return undefined
+    const name = line.slice(0, colon)
+    if (!isToken(name)) return undefined
+    const value = fieldValue(line, colon + 1)
+    if (value === undefined) return undefined
+    let keep = true
+    const lower = name.toLowerCase()
+    switch (lower) {
+      case 'host':
+        if (r.host !== undefined) return undefined
+        r.host = value
+        break
+      case 'content-length':
+        if (sawLength) return undefined
+        sawLength = true
+        r.contentLength = contentLength(value)
+        if (r.contentLength === -1) return undefined
+        break
+      case 'connection':
+        keep = false
+        for (const t of tokens(value)) {
+          if (t === 'close') r.close = true
+          else if (t !== 'keep-alive') (named ??= []).push(t)
+        }
+        break
+      case 'transfer-encoding': case 'upgrade': case 'expect':
+        return undefined
+      case 'keep-alive': case 'proxy-connection': case 'proxy-authenticate': case 'proxy-authorization':
+      case 'te': case 'trailer': case 'x-forwarded-proto': case 'x-forwarded-host':
+        keep = false
+        break
+      case 'x-forwarded-for':
+        keep = false
+        r.xff = r.xff === '' ? value : `${r.xff}, ${value}`
+        break
+      case 'x-switchyard-smoke':
+        keep = false
+        r.smoke = value
+        break
+      case 'x-request-id':
+        if (r.requestId === undefined && value !== '') r.requestId = value
+        break
+      case 'cookie':
+        r.cookie = r.cookie === undefined ? value : `${r.cookie}; ${value}`
+        break
+    }
+    if (keep) r.lines += line + '\r\n'
+  }
+  if (r.host === undefined) return undefined
+  if (named !== undefined) {
+    if (named.includes('host') || named.includes('content-length')) return undefined
+    r.lines = dropNamed(r.lines, named)
+  }
+  return r
+}
+
+/** How the end of a response body is found. */
+export const enum Framing { None, Length, Chunked, Close }
+
+export interface ResponseHead {
+  status: number
+  /** `HTTP/1.1 NNN reason` as the client gets it. */
+  statusLine: string
+  framing: Framing
+  contentLength: number
+  /** The upstream will close (or is HTTP/1.0 without keep-alive): do not reuse the connection. */
+  close: boolean
+  /** Seconds from a `Keep-Alive: timeout=N` header; 0 when not announced. */
+  keepAliveSeconds: number
+  /** Header lines for the client, each ending in CRLF, without hop-by-hop ones. */
+  lines: string
+}
+
+/**
+ * Parses a response head. `noBody`: the request was HEAD (the body framing
+ * headers still go to the client). Returns a string naming the problem for a
+ * response that cannot be relayed.
+ */
+export function parseResponseHead (head: string, noBody: boolean): ResponseHead | string {
+  let eol = head.indexOf('\r\n')
+  if (eol === -1) eol = head.length
+  const version = head.slice(0, 9)
+  if ((version !== 'HTTP/1.1 ' && version !== 'HTTP/1.0 ') || eol < 12 || (eol > 12 && head.charCodeAt(12) !== 32)) return 'malformed status line'
+  let status = 0
+  for (let i = 9; i < 12; i++) {
+    const c = head.charCodeAt(i)
+    if (c < 48 || c > 57) return 'malformed status line'
+    status = status * 10 + c - 48
+  }
+  if (status < 100 || status > 599) return `invalid status ${status}`
+  const reason = eol > 13 ? fieldValue(head.slice(13, eol), 0) : ''
+  if (reason === undefined) return 'malformed status line'
+  const http10 = version === 'HTTP/1.0 '
+  const r: ResponseHead = {
+    status,
+    statusLine: http10 ? `HTTP/1.1 ${head.slice(9, eol)}` : head.slice(0, eol),
+    framing: Framing.Close,
+    contentLength: -1,
+    close: http10,
+    keepAliveSeconds: 0,
+    lines: '',
+  }
+  let chunked = false
+  let te = false
+  let named: string[] | undefined
+  let pos = eol + 2
+  while (pos < head.length) {
+    let end = head.indexOf('\r\n', pos)
+    if (end === -1) end = head.length
+    const line = head.slice(pos, end)
+    pos = end + 2
+    const colon = line.indexOf(':')
+    if (colon <= 0 || !isToken(line.slice(0, colon))) return 'malformed header line'
+    const value = fieldValue(line, colon + 1)
+    if (value === undefined) return 'control character in a header value'
+    let keep = true
+    switch (line.slice(0, colon).toLowerCase()) {
+      case 'content-length': {
+        const n = contentLength(value)
+        if (n === -1 || (r.contentLength !== -1 && r.contentLength !== n)) return 'invalid content-length'
+        r.contentLength = n
+        break
+      }
+      case 'transfer-encoding':
+        // Only chunked is passed through as it is; the gateway decodes nothing.
+        te = true
+        chunked = value.toLowerCase().endsWith('chunked')
+        keep = chunked
+        break
+      case 'connection':
+        keep = false
+        for (const t of tokens(value)) {
+          if (t === 'close') r.close = true
+          else if (t === 'keep-alive') { if (http10) r.close = false } else (named ??= []).push(t)
+        }
+        break
+      case 'keep-alive': {
+        keep = false
+        const m = /timeout\s*=\s*(\d+)/i.exec(value)
+        if (m !== null) r.keepAliveSeconds = Number(m[1])
+        break
+      }
+      case 'proxy-connection': case 'proxy-authenticate': case 'upgrade': case 'te':
+        keep = false
+        break
+      case 'trailer':
+        keep = chunked
+        break
+    }
+    if (keep) r.lines += line + '\r\n'
+  }
+  if (named !== undefined) r.lines = dropNamed(r.lines, named)
+  if (noBody || status < 200 || status === 204 || status === 304) {
+    r.framing = Framing.None
+  } else if (te) {
+    // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which the client then must not see.
+    if (r.contentLength !== -1) r.lines = dropNamed(r.lines, ['content-length'])
+    r.framing = chunked ? Framing.Chunked : Framing.Close
+    r.contentLength = -1
+  } else if (r.contentLength !== -1) {
+    r.framing = Framing.Length
+  }
+  if (r.framing === Framing.Close) r.close = true
+  return r
+}
+
+const enum Chunk { Size, Ext, SizeLf, Data, DataCr, DataLf, LineStart, Trailer, TrailerLf, EndLf }
+
+/**
+ * Finds where a chunked body ends, without decoding it (the bytes are passed
+ * on as they are). Feed it every body byte in order.
+ */
+export class ChunkedScanner {
+  private state = Chunk.Size
+  private size = 0
+  private digits = 0
+
+  /**
+   * Scans `buf` from `from`: the index just past the body's last byte, -1 when
+   * the body goes on, or -2 when the framing is invalid.
+   */
+  scan (buf: Buffer, from: number): number {
+    let i = from
+    const n = buf.length
+    while (i < n) {
+      const c = buf[i++]
+      switch (this.state) {
+        case Chunk.Size: {
+          const l = c | 32
+          const d = c >= 48 && c <= 57 ? c - 48 : l >= 97 && l <= 102 ? l - 87 : -1
+          if (d !== -1) {
+            if (++this.digits > 12) return -2
+            this.size = this.size * 16 + d
+          } else if (this.digits === 0) {
+            return -2
+          } else if (c === 13) {
+            this.state = Chunk.SizeLf
+          } else if (c === 59 || c === 32 || c === 9) {
+            this.state = Chunk.Ext
+          } else {
+            return -2
+          }
+          break
+        }
+        case Chunk.Ext:
+          if (c === 13) this.state = Chunk.SizeLf
+          else if (c === 10) return -2
+          break
+        case Chunk.SizeLf:
+          if (c !== 10) return -2
+          this.state = this.size === 0 ? Chunk.LineStart : Chunk.Data
+          break
+        case Chunk.Data: {
+          // c was the first byte of the run: skip the rest of it at once.
+          const take = Math.min(this.size - 1, n - i)
+          this.size -= take + 1
+          i += take
+          if (this.size === 0) this.state = Chunk.DataCr
+          break
+        }
+        case Chunk.DataCr:
+          if (c !== 13) return -2
+          this.state = Chunk.DataLf
+          break
+        case Chunk.DataLf:
+          if (c !== 10) return -2
+          this.state = Chunk.Size
+          this.digits = 0
+          break
+        case Chunk.LineStart:
+          // After the last chunk: trailer lines, then an empty line.
+          if (c === 13) this.state = Chunk.EndLf
+          else if (c === 10) return -2
+          else this.state = Chunk.Trailer
+          break
+        case Chunk.Trailer:
+          if (c === 13) this.state = Chunk.TrailerLf
+          else if (c === 10) return -2
+          break
+        case Chunk.TrailerLf:
+          if (c !== 10) return -2
+          this.state = Chunk.LineStart
+          break
+        case Chunk.EndLf:
+          if (c !== 10) return -2
+          return i
+      }
+    }
+    return -1
+  }
+}

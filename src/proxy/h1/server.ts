@@ -1,0 +1,611 @@
+// The fast path of the public listener: HTTP/1.1 on raw sockets both ways.
+// Request heads are parsed here and forwarded as rewritten text; bodies pass
+// through as bytes (a chunked response is not decoded, only scanned for its
+// end). Anything else goes, with its whole connection, to node:http (the
+// `fallback` server), which takes it from the first byte it has not answered:
+// HTTP/1.0, chunked uploads, Expect, WebSocket upgrades, odd or malformed heads.
+
+import { randomUUID } from 'node:crypto'
+import http from 'node:http'
+import net from 'node:net'
+import { ERRORS, errorBody, type ErrorCode } from '../../errors.js'
+import type { SmokeRunner } from '../../health/smoke.js'
+import { chooseColor, chooseSticky } from '../../routing/choose.js'
+import type { ColorRoute, ServiceRoute, Switcher } from '../../routing/snapshot.js'
+import type { ColorStats, Finished, UpstreamErrorKind } from '../../upstream/color-stats.js'
+import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
+import { classifyUpstreamError } from '../forward.js'
+import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
+import type { UpstreamConn, UpstreamUser } from './pool.js'
+
+const CRLF2 = Buffer.from('\r\n\r\n')
+/** Longest request or response head, as node:http's default (16 KiB). */
+export const MAX_HEAD = 16 * 1024
+/** Bodies up to this size leave in the same write as their head. */
+const COALESCE = 16 * 1024
+/** An idle client connection is closed after this, as node:http's `keepAliveTimeout` in edge.ts. */
+const CLIENT_IDLE_MS = 65_000
+
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
+
+const ERROR_KIND: Partial<Record<ErrorCode, UpstreamErrorKind>> = {
+  upstream_connect_failed: 'connect_failed',
+  upstream_timeout: 'timeout',
+  upstream_error: 'reset',
+}
+
+/** A header's value in forwarded header lines (routing by a preview header; rare). */
+export function headerIn (lines: string, lowerName: string): string | undefined {
+  for (const line of lines.split('\r\n')) {
+    const colon = line.indexOf(':')
+    if (colon === lowerName.length && line.slice(0, colon).toLowerCase() === lowerName) return line.slice(colon + 1).trim()
+  }
+  return undefined
+}
+
+/** A coded JSON answer from the gateway itself, whole. */
+function localResponse (status: number, code: ErrorCode, close: boolean, message?: string): { text: string, bytes: number } {
+  const body = errorBody(code, message)
+  const bytes = Buffer.byteLength(body)
+  return {
+    text: `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n${close ? 'connection: close\r\n' : ''}\r\n${body}`,
+    bytes,
+  }
+}
+
+/** Writes text and bytes as one buffer when small, else as two writes in one syscall. */
+function writeHeadAndBody (socket: net.Socket, head: string, body: Buffer | undefined): boolean {
+  if (body === undefined || body.length === 0) return socket.write(head, 'latin1')
+  if (body.length <= COALESCE) {
+    const headLen = head.length
+    const out = Buffer.allocUnsafe(headLen + body.length)
+    out.write(head, 0, headLen, 'latin1')
+    body.copy(out, headLen)
+    return socket.write(out)
+  }
+  socket.cork()
+  socket.write(head, 'latin1')
+  const ok = socket.write(body)
+  socket.uncork()
+  return ok
+}
+
+export class FastEdge {
+  readonly server: net.Server
+  /** Connections the fast path does not serve, from the byte it stopped at. */
+  readonly fallback: http.Server
+  readonly switcher: Switcher
+  readonly smoke: SmokeRunner
+  readonly proto: string
+  readonly conns = new Set<ClientConn>()
+  closing = false
+
+  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, proto: string) {
+    this.switcher = switcher
+    this.smoke = smoke
+    this.fallback = fallback
+    this.proto = proto
+    // Sets up node:http's own connection tracking and timeout checks, as if it listened itself.
+    fallback.emit('listening')
+    this.server = net.createServer({ noDelay: true }, (socket) => {
+      const conn = new ClientConn(this, socket)
+      this.conns.add(conn)
+    })
+    this.server.on('close', () => fallback.close(() => {}))
+  }
+
+  /** Graceful stop: idle connections close now, busy ones after their response. */
+  closeIdle (): void {
+    this.closing = true
+    for (const c of this.conns) if (c.idle) c.socket.destroy()
+    this.fallback.closeIdleConnections()
+  }
+
+  closeAll (): void {
+    for (const c of this.conns) c.socket.destroy()
+    this.fallback.closeAllConnections()
+  }
+}
+
+export class ClientConn {
+  readonly socket: net.Socket
+  readonly remote: string
+  private readonly edge: FastEdge
+  /** Bytes read but not yet taken: the next request's head (or part of it). */
+  private buf: Buffer | undefined
+  private x: FastExchange | undefined
+  /** Request body bytes still to come for the current exchange. */
+  private bodyLeft = 0
+  /** Answered its last request; what still arrives is ignored. */
+  private ended = false
+
+  constructor (edge: FastEdge, socket: net.Socket) {
+    this.edge = edge
+    this.socket = socket
+    this.remote = socket.remoteAddress ?? ''
+    socket.setTimeout(CLIENT_IDLE_MS)
+    socket.on('data', this.onData)
+    socket.on('error', noop)
+    socket.on('close', this.onClose)
+    socket.on('timeout', this.onTimeout)
+  }
+
+  get idle (): boolean {
+    return this.x === undefined && this.buf === undefined
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.ended) return
+    if (this.bodyLeft > 0) {
+      const x = this.x as FastExchange
+      if (chunk.length <= this.bodyLeft) {
+        this.bodyLeft -= chunk.length
+        x.sendBody(chunk, this.bodyLeft === 0)
+        return
+      }
+      x.sendBody(chunk.subarray(0, this.bodyLeft), true)
+      chunk = chunk.subarray(this.bodyLeft)
+      this.bodyLeft = 0
+    }
+    this.buf = this.buf === undefined ? chunk : Buffer.concat([this.buf, chunk])
+    if (this.x === undefined) this.next()
+    // A pipelined request waits, unread, until the current answer is out.
+    else this.socket.pause()
+  }
+
+  private readonly onClose = (): void => {
+    this.edge.conns.delete(this)
+    this.x?.clientGone()
+  }
+
+  private readonly onTimeout = (): void => {
+    if (this.x === undefined) this.socket.destroy()
+  }
+
+  /** Parses and starts the requests in the buffer while they are whole and nothing is in flight. */
+  private next (): void {
+    while (this.x === undefined && this.buf !== undefined && !this.ended) {
+      let buf = this.buf
+      // RFC 9112 2.2: empty lines before a request line are ignored.
+      let start = 0
+      while (start + 1 < buf.length && buf[start] === 13 && buf[start + 1] === 10) start += 2
+      const end = buf.indexOf(CRLF2, start)
+      if (end === -1) {
+        if (buf.length > MAX_HEAD) this.handOff()
+        return
+      }
+      const head = parseRequestHead(buf.toString('latin1', start, end))
+      if (head === undefined) return this.handOff()
+      buf = buf.subarray(end + 4)
+      let body: Buffer | undefined
+      if (head.contentLength > 0 && buf.length > 0) {
+        body = buf.length <= head.contentLength ? buf : buf.subarray(0, head.contentLength)
+        buf = buf.subarray(body.length)
+      }
+      this.buf = buf.length === 0 ? undefined : buf
+      this.bodyLeft = head.contentLength - (body?.length ?? 0)
+      this.route(head, body)
+    }
+  }
+
+  /** This connection continues on node:http, from the first byte not yet answered. */
+  private handOff (): void {
+    const socket = this.socket
+    socket.removeListener('data', this.onData)
+    socket.removeListener('close', this.onClose)
+    socket.removeListener('timeout', this.onTimeout)
+    socket.removeListener('error', noop)
+    socket.setTimeout(0)
+    this.edge.conns.delete(this)
+    socket.pause()
+    if (this.buf !== undefined) socket.unshift(this.buf)
+    this.buf = undefined
+    // node:http would read the handle natively and miss the bytes unshifted above.
+    const handle = (socket as unknown as { _handle?: { _consumed?: boolean } })._handle
+    if (handle != null) handle._consumed = true
+    this.edge.fallback.emit('connection', socket)
+    socket.resume()
+  }
+
+  private route (head: RequestHead, body: Buffer | undefined): void {
+    const edge = this.edge
+    const route = edge.switcher.current.match(head.host, head.target)
+    if (route === undefined) {
+      this.answer(head, 'no_route')
+      return
+    }
+    let color: ColorRoute | undefined
+    let cookie: string | undefined
+    if (head.smoke !== undefined) {
+      const pinned = edge.smoke.colorOf(head.smoke)
+      if (pinned !== undefined) color = route.colors[pinned]
+    }
+    if (color === undefined) {
+      if (route.previewHeader === undefined && route.stickyCookie === undefined && route.previewCookie === undefined) {
+        color = route.colors[route.live]
+      } else {
+        const headers = routingHeaders(route, head)
+        if (route.stickyCookie === undefined) color = chooseColor(route, headers)
+        else ({ color, setCookie: cookie } = chooseSticky(route, headers))
+      }
+    }
+    const endpoint = color.targets.pick()
+    if (endpoint === undefined) {
+      const started = performance.now()
+      const bytes = this.answer(head, 'no_healthy_upstream', `no healthy upstream for ${route.name} (${color.color})`)
+      color.stats.rejected(head.method, head.target, head.requestId ?? randomUUID(), bytes, performance.now() - started)
+      return
+
+    }
+    this.x = new FastExchange(this, head, endpoint, color.targets, color.stats, cookie, this.edge.proto)
+    this.x.start(body, this.bodyLeft === 0)
+  }
+
+  /** The gateway's own answer to a request it does not forward; returns the body size. */
+  private answer (head: RequestHead, code: ErrorCode, message?: string): number {
+    // A body that is still on its way is not read: the connection closes after the answer.
+    const close = head.close || this.bodyLeft > 0 || this.edge.closing
+    const r = localResponse(ERRORS[code].status, code, close, message)
+    this.socket.write(r.text, 'latin1')
+    if (close) this.end()
+    return r.bytes
+  }
+
+  /** Raw bytes to the client; false when it should stop sending for now. */
+  write (head: string, body: Buffer | undefined): boolean {
+    return writeHeadAndBody(this.socket, head, body)
+  }
+
+  writeBody (chunk: Buffer): boolean {
+    return this.socket.write(chunk)
+  }
+
+  /** No more requests on this connection: it ends once what was written is out. */
+  private end (): void {
+    this.ended = true
+    this.bodyLeft = 0
+    this.buf = undefined
+    this.socket.end()
+  }
+
+  /** The current exchange is over; `close`: so is the connection. */
+  done (close: boolean): void {
+    this.x = undefined
+    if (close || this.edge.closing || this.bodyLeft > 0) return this.end()
+    if (this.buf !== undefined) {
+      this.next()
+      if (this.x === undefined || this.bodyLeft > 0) this.socket.resume()
+    } else if (this.socket.isPaused()) {
+      this.socket.resume()
+    }
+  }
+
+  /** The client reads too slowly: `fn` runs once it has caught up. */
+  onceDrained (fn: () => void): void {
+    this.socket.once('drain', fn)
+  }
+}
+
+function noop (): void {}
+
+/** The headers a service's preview and sticky settings read, as `chooseColor` takes them. */
+function routingHeaders (route: ServiceRoute, head: RequestHead): Record<string, string | undefined> {
+  const headers: Record<string, string | undefined> = { cookie: head.cookie }
+  if (route.previewHeader !== undefined) headers[route.previewHeader] = headerIn(head.lines, route.previewHeader)
+  return headers
+}
+
+const enum Phase { Waiting, Body, Done }
+
+/** One request's trip upstream on the fast path. */
+export class FastExchange implements UpstreamUser, Finished {
+  readonly requestId: string
+  readonly method: string
+  readonly path: string
+  status = 0
+  bytes = 0
+  durationMs = 0
+  upstreamMs = -1
+  private readonly startedAt = performance.now()
+  private readonly conn: ClientConn
+  private readonly head: RequestHead
+  private readonly picker: TargetSet
+  private readonly stats: ColorStats
+  private readonly setCookie: string | undefined
+  private readonly upstreamHead: string
+  private readonly retryable: boolean
+  private endpoint: Endpoint
+  private up: UpstreamConn | undefined
+  private phase = Phase.Waiting
+  private retried = false
+  private settled = false
+  /** Response bytes seen (a failure before any is a candidate for a retry). */
+  private answered = false
+  private requestSent = false
+  private pending: Buffer | undefined
+  private response: ResponseHead | undefined
+  private remaining = 0
+  private scanner: ChunkedScanner | undefined
+  private closeClient = false
+
+  constructor (conn: ClientConn, head: RequestHead, endpoint: Endpoint, picker: TargetSet, stats: ColorStats, setCookie: string | undefined, proto: string) {
+    this.conn = conn
+    this.head = head
+    this.method = head.method
+    this.path = head.target
+    this.endpoint = endpoint
+    this.picker = picker
+    this.stats = stats
+    this.setCookie = setCookie
+    let extra = `x-forwarded-for: ${head.xff === '' ? conn.remote : `${head.xff}, ${conn.remote}`}\r\nx-forwarded-proto: ${proto}\r\nx-forwarded-host: ${head.host as string}\r\n`
+    if (head.requestId === undefined) {
+      this.requestId = randomUUID()
+      extra += `x-request-id: ${this.requestId}\r\n`
+    } else {
+      this.requestId = head.requestId
+    }
+    this.upstreamHead = `${head.method} ${head.target} HTTP/1.1\r\n${head.lines}${extra}\r\n`
+    this.retryable = head.contentLength === 0 && IDEMPOTENT.has(head.method)
+  }
+
+  get target (): string {
+    return this.endpoint.target.url
+  }
+
+  start (body: Buffer | undefined, complete: boolean): void {
+    this.stats.begin(this)
+    this.endpoint.target.inflight++
+    this.dispatch(body, complete)
+  }
+
+  private dispatch (body: Buffer | undefined, complete: boolean): void {
+    const up = this.endpoint.h1.acquire(this)
+    this.up = up
+    this.requestSent = complete
+    if (!writeHeadAndBody(up.socket, this.upstreamHead, body) && !complete) this.pauseClient(up)
+  }
+
+  /** The upstream takes the body more slowly than the client sends it. */
+  private pauseClient (up: UpstreamConn): void {
+    this.conn.socket.pause()
+    up.socket.once('drain', this.resumeClient)
+  }
+
+  /** More of the request body from the client. */
+  sendBody (chunk: Buffer, last: boolean): void {
+    if (last) this.requestSent = true
+    const up = this.up
+    if (up === undefined) return
+    if (!up.socket.write(chunk)) this.pauseClient(up)
+  }
+
+  private readonly resumeClient = (): void => {
+    if (this.phase !== Phase.Done) this.conn.socket.resume()
+  }
+
+  private readonly resumeUpstream = (): void => {
+    this.up?.socket.resume()
+  }
+
+  onUpstreamData (chunk: Buffer): void {
+    this.answered = true
+    if (this.phase === Phase.Body) return this.relay(chunk)
+    this.onHeadBytes(chunk)
+  }
+
+  private onHeadBytes (chunk: Buffer): void {
+    let buf = this.pending === undefined ? chunk : Buffer.concat([this.pending, chunk])
+    for (;;) {
+      const end = buf.indexOf(CRLF2)
+      if (end === -1) {
+        if (buf.length > MAX_HEAD) return this.fail('upstream_error')
+        this.pending = buf
+        return
+      }
+      this.pending = undefined
+      const r = parseResponseHead(buf.toString('latin1', 0, end), this.method === 'HEAD')
+      if (typeof r === 'string') return this.fail('upstream_error')
+      buf = buf.subarray(end + 4)
+      if (r.status >= 200) return this.respond(r, buf)
+      if (r.status === 101) return this.fail('upstream_error')
+      // Informational: 103 Early Hints go on to the client; the final answer is still to come.
+      if (r.status === 103) this.conn.write(`${r.statusLine}\r\n${r.lines}\r\n`, undefined)
+      if (buf.length === 0) return
+    }
+  }
+
+  private respond (r: ResponseHead, rest: Buffer): void {
+    this.upstreamMs = performance.now() - this.startedAt
+    this.response = r
+    this.status = r.status
+    this.phase = Phase.Body
+    const failed = r.status >= 500
+    this.stats.record(failed)
+    this.endpoint.target.recordResult(!failed)
+    this.closeClient = this.head.close || r.framing === Framing.Close || !this.requestSent
+    let head = `${r.statusLine}\r\n${r.lines}`
+    if (this.setCookie !== undefined) head += `set-cookie: ${this.setCookie}\r\n`
+    if (this.closeClient) head += 'connection: close\r\n'
+    head += '\r\n'
+    if (r.framing === Framing.Length) this.remaining = r.contentLength
+    else if (r.framing === Framing.Chunked) this.scanner = new ChunkedScanner()
+    const { part, end } = this.take(rest)
+    if (end === -2) return this.fail('upstream_error')
+    if (part !== undefined) this.bytes += part.length
+    const ok = this.conn.write(head, part)
+    if (end !== -1) return this.complete(end < rest.length)
+    if (!ok) this.pauseUpstream()
+  }
+
+  /**
+   * The part of `chunk` that belongs to the body, and where the body ended
+   * in it: -1 not yet, -2 invalid framing, else the index past its end.
+   */
+  private take (chunk: Buffer): { part: Buffer | undefined, end: number } {
+    const r = this.response as ResponseHead
+    switch (r.framing) {
+      case Framing.None:
+        return { part: undefined, end: 0 }
+      case Framing.Length:
+        if (chunk.length < this.remaining) {
+          this.remaining -= chunk.length
+          return { part: chunk, end: -1 }
+        } else {
+          const n = this.remaining
+          this.remaining = 0
+          return { part: n === chunk.length ? chunk : chunk.subarray(0, n), end: n }
+        }
+      case Framing.Chunked: {
+        const end = (this.scanner as ChunkedScanner).scan(chunk, 0)
+        if (end < 0) return { part: end === -1 ? chunk : undefined, end }
+        return { part: end === chunk.length ? chunk : chunk.subarray(0, end), end }
+      }
+      default:
+        return { part: chunk, end: -1 }
+    }
+  }
+
+  private relay (chunk: Buffer): void {
+    const { part, end } = this.take(chunk)
+    if (end === -2) return this.fail('upstream_error')
+    let ok = true
+    if (part !== undefined && part.length > 0) {
+      this.bytes += part.length
+      ok = this.conn.writeBody(part)
+    }
+    if (end !== -1) return this.complete(end < chunk.length)
+    if (!ok) this.pauseUpstream()
+  }
+
+  private pauseUpstream (): void {
+    this.up?.socket.pause()
+    this.conn.onceDrained(this.resumeUpstream)
+  }
+
+  /** The whole response went to the client. `extra`: the upstream sent bytes past its end. */
+  private complete (extra: boolean): void {
+    const up = this.up as UpstreamConn
+    const r = this.response as ResponseHead
+    this.phase = Phase.Done
+    this.up = undefined
+    if (r.close || extra || !this.requestSent) {
+      up.user = undefined
+      up.socket.destroy()
+    } else {
+      up.release(r.keepAliveSeconds)
+    }
+    this.settle()
+    this.conn.done(this.closeClient)
+  }
+
+  onUpstreamEnd (): void {
+    // A body that runs until the upstream closes ends here.
+    if (this.phase === Phase.Body && this.response?.framing === Framing.Close) this.complete(false)
+  }
+
+  onUpstreamClose (err: (Error & { code?: string }) | undefined, reused: boolean): void {
+    this.up = undefined
+    if (this.phase === Phase.Done) return
+    if (this.phase === Phase.Body) {
+      // Mid-body: the client must see a truncated response, not a clean end.
+      this.phase = Phase.Done
+      this.endpoint.target.recordResult(false)
+      this.stats.upstreamError('reset')
+      this.settle()
+      this.conn.socket.destroy()
+      return
+    }
+    const e = err ?? Object.assign(new Error('upstream closed the connection'), { code: 'UND_ERR_SOCKET' })
+    this.upstreamFailed(e, reused)
+  }
+
+  onUpstreamTimeout (): void {
+    // Once the answer has begun, a quiet stream (server-sent events, say) is left alone.
+    if (this.phase !== Phase.Waiting) return
+    this.fail('upstream_timeout')
+  }
+
+  /** A failure before the answer: retried once when safe, else a coded error to the client. */
+  private upstreamFailed (err: Error & { code?: string }, reused: boolean): void {
+    const code = classifyUpstreamError(err)
+    this.endpoint.target.recordResult(false)
+    this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
+    // A kept-alive connection the upstream closed just as it was reused: the request never got there.
+    const stale = !this.answered && (reused || err.code === 'ECONNRESET')
+    if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || stale)) {
+      const next = this.picker.pick(this.endpoint) ?? (stale ? this.endpoint : undefined)
+      if (next !== undefined) {
+        this.retried = true
+        this.endpoint.target.inflight--
+        next.target.inflight++
+        this.endpoint = next
+        this.dispatch(undefined, true)
+        return
+      }
+    }
+    this.answerError(code)
+  }
+
+  /** Gives up on the upstream: its connection is closed and the client gets `code`. */
+  private fail (code: ErrorCode): void {
+    const up = this.up
+    this.up = undefined
+    if (up !== undefined) {
+      up.user = undefined
+      up.socket.destroy()
+    }
+    if (this.phase === Phase.Body) {
+      // Head already sent: cut the response.
+      this.phase = Phase.Done
+      this.endpoint.target.recordResult(false)
+      this.stats.upstreamError('reset')
+      this.settle()
+      this.conn.socket.destroy()
+      return
+    }
+    this.endpoint.target.recordResult(false)
+    this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
+    this.answerError(code)
+  }
+
+  private answerError (code: ErrorCode): void {
+    this.phase = Phase.Done
+    const status = ERRORS[code].status
+    this.stats.record(true)
+    this.status = status
+    const close = this.head.close || !this.requestSent
+    const r = localResponse(status, code, close)
+    this.bytes += r.bytes
+    this.conn.write(r.text, undefined)
+    this.settle()
+    this.conn.done(close)
+  }
+
+  /** The client went away: the upstream connection cannot be reused. */
+  clientGone (): void {
+    if (this.phase !== Phase.Done) {
+      this.phase = Phase.Done
+      const up = this.up
+      this.up = undefined
+      if (up !== undefined) {
+        up.user = undefined
+        up.socket.destroy()
+      }
+    }
+    this.settle()
+  }
+
+  /** Ends the exchange now (drain deadline, shutdown). */
+  close (): void {
+    this.conn.socket.destroy()
+  }
+
+  /** Counters settle exactly once. */
+  private settle (): void {
+    if (this.settled) return
+    this.settled = true
+    this.durationMs = performance.now() - this.startedAt
+    this.endpoint.target.inflight--
+    this.stats.end(this, this)
+  }
+}
