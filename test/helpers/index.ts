@@ -98,6 +98,8 @@ export async function startGateway (t: Teardown, yaml: string, opts: { dir?: str
   const configFile = join(dir, 'switchyard.yaml')
   // Access logs would flood the test output: off unless a test asks for them.
   if (!/^log:/m.test(yaml)) yaml = `log: { access: false }\n${yaml}`
+  // A suite can run on the other engine: see forwarding-node.test.ts.
+  if (process.env.SWITCHYARD_TEST_ENGINE !== undefined && !/^engine:/m.test(yaml)) yaml = `engine: ${process.env.SWITCHYARD_TEST_ENGINE}\n${yaml}`
   writeFileSync(configFile, yaml)
   const config = parseConfig(yaml, { file: configFile, env: opts.env ?? {} })
   const gateway = new Gateway(config, { env: opts.env ?? {}, listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } })

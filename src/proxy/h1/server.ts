@@ -130,6 +130,11 @@ export class ClientConn {
     socket.on('timeout', this.onTimeout)
   }
 
+  /** The gateway is stopping: answers in progress are the connection's last. */
+  get closing (): boolean {
+    return this.edge.closing
+  }
+
   get idle (): boolean {
     return this.x === undefined && this.buf === undefined
   }
@@ -415,22 +420,22 @@ export class FastExchange implements UpstreamUser, Finished {
   }
 
   private respond (r: ResponseHead, rest: Buffer): void {
-    this.upstreamMs = performance.now() - this.startedAt
     this.response = r
+    if (r.framing === Framing.Length) this.remaining = r.contentLength
+    else if (r.framing === Framing.Chunked) this.scanner = new ChunkedScanner()
+    const { part, end } = this.take(rest)
+    if (end === -2) return this.fail('upstream_error')
+    this.upstreamMs = performance.now() - this.startedAt
     this.status = r.status
     this.phase = Phase.Body
     const failed = r.status >= 500
     this.stats.record(failed)
     this.endpoint.target.recordResult(!failed)
-    this.closeClient = this.head.close || r.framing === Framing.Close || !this.requestSent
+    this.closeClient = this.head.close || r.framing === Framing.Close || !this.requestSent || this.conn.closing
     let head = `${r.statusLine}\r\n${r.lines}`
     if (this.setCookie !== undefined) head += `set-cookie: ${this.setCookie}\r\n`
     if (this.closeClient) head += 'connection: close\r\n'
     head += '\r\n'
-    if (r.framing === Framing.Length) this.remaining = r.contentLength
-    else if (r.framing === Framing.Chunked) this.scanner = new ChunkedScanner()
-    const { part, end } = this.take(rest)
-    if (end === -2) return this.fail('upstream_error')
     if (part !== undefined) this.bytes += part.length
     const ok = this.conn.write(head, part)
     if (end !== -1) return this.complete(end < rest.length)
