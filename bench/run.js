@@ -1,7 +1,9 @@
 // Throughput/latency comparison, all with the same load in one run: direct to
-// the upstream, through Switchyard (three variants), through plain
-// http-proxy-3, and through nginx and HAProxy (each when installed), for
-// each request scenario (small GET, 1 KiB POST, 64 KiB GET).
+// the upstream, a Node server answering by itself (node-hello: not a proxy,
+// the ceiling for one Node process), through Switchyard (three variants),
+// through the naive Node baselines (http-proxy-3, an undici Pool forwarder),
+// and through nginx and HAProxy (each when installed), for each request
+// scenario (small GET, 1 KiB POST, 64 KiB GET).
 //
 //   node bench/run.js [--duration 10] [--warmup 2] [--connections 50] [--repeat 1]
 //                     [--only direct,switchyard,...] [--scenario small|post1k|get64k|all]
@@ -9,9 +11,10 @@
 //   bench/run          (builds dist/ when needed, then this with the defaults)
 //
 // Process layout: this process runs only the load generator (autocannon
-// in-process, or wrk as its own process with --wrk). The upstream, Switchyard,
-// http-proxy-3, nginx and HAProxy each run in their own child process; each
-// proxy is started just before its case and stopped right after it.
+// in-process, or wrk as its own process with --wrk). The upstream, node-hello,
+// Switchyard, http-proxy-3, undici-naive, nginx and HAProxy each run in their
+// own child process; each is started just before its case and stopped right
+// after it.
 // Results: one table per scenario on stdout and bench/results/latest.json.
 
 import { mkdirSync, writeFileSync } from 'node:fs'
@@ -123,7 +126,7 @@ async function main () {
           if (started.request !== undefined && (c.name === 'nginx' || c.name === 'haproxy')) {
             try { proxyLog = (await started.request({ type: 'log' })).log } catch {}
           }
-          runs.get(scenario).get(c.name).push({ name: c.name, scenario, round, loadgen: loadgenName, ...(started.version ? { version: started.version } : {}), ...r, cpu, memory, ...(proxyLog ? { proxyLog } : {}) })
+          runs.get(scenario).get(c.name).push({ name: c.name, ...(c.label ? { label: c.label } : {}), ...(c.notProxy ? { notProxy: true } : {}), scenario, round, loadgen: loadgenName, ...(started.version ? { version: started.version } : {}), ...r, cpu, memory, ...(proxyLog ? { proxyLog } : {}) })
           process.stderr.write(`${Math.round(r.reqPerSec)} req/s\n`)
         } finally {
           await started.stop?.()
@@ -144,6 +147,8 @@ async function main () {
     })
     const direct = results.find((r) => r.name === 'direct')
     const nginx = results.find((r) => r.name === 'nginx')
+    const undiciNaive = results.find((r) => r.name === 'undici-naive')
+    const nodeHello = results.find((r) => r.name === 'node-hello')
     // With --repeat: ratios within each round (cases of one round ran minutes
     // apart, rounds further), and their medians. Steadier than ratios of medians.
     const median = (xs) => { const v = xs.filter((x) => x !== null && Number.isFinite(x)).sort((a, b) => a - b); return v.length === 0 ? null : v.length % 2 === 1 ? v[v.length >> 1] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2 }
@@ -157,6 +162,8 @@ async function main () {
           ratioToNginx: nginx ? perRound(r.name, 'nginx', rps) : null,
           ratioToDirect: direct ? perRound(r.name, 'direct', rps) : null,
           ratioToHttpProxy3: perRound(r.name, 'http-proxy-3', rps),
+          ratioToUndiciNaive: perRound(r.name, 'undici-naive', rps),
+          ratioToNodeHello: perRound(r.name, 'node-hello', rps),
           p99RatioToNginx: nginx ? perRound(r.name, 'nginx', p99) : null,
           proxyMicrosPerRequest: roundsOf(r.name).map((x) => x.cpu.proxyMicrosPerRequest),
         }
@@ -164,16 +171,18 @@ async function main () {
       }
       r.ratioToDirect = direct ? r.reqPerSec / direct.reqPerSec : null
       r.ratioToNginx = nginx ? r.reqPerSec / nginx.reqPerSec : null
+      r.ratioToUndiciNaive = undiciNaive ? r.reqPerSec / undiciNaive.reqPerSec : null
+      r.ratioToNodeHello = nodeHello ? r.reqPerSec / nodeHello.reqPerSec : null
       r.p99RatioToNginx = nginx && nginx.latencyFineMs.p99 > 0 ? r.latencyFineMs.p99 / nginx.latencyFineMs.p99 : null
       r.p99RatioToDirect = direct && direct.latencyFineMs.p99 > 0 ? r.latencyFineMs.p99 / direct.latencyFineMs.p99 : null
     }
     byScenario[scenario] = results
-    printTable(scenario, results, nginx !== undefined)
+    printTable(scenario, results, { nginx: nginx !== undefined, undiciNaive: undiciNaive !== undefined, nodeHello: nodeHello !== undefined })
   }
   const targets = checkTargets(byScenario.small)
   if (targets !== null) {
     console.log('\nIssue targets, small case (reported, not enforced):')
-    for (const t of targets) console.log(`  ${t.ok === null ? '?' : t.ok ? 'met ' : 'MISS'}  ${t.what}: ${t.value}`)
+    for (const t of targets) console.log(`  ${t.info ? 'info' : t.ok === null ? '?' : t.ok ? 'met ' : 'MISS'}  ${t.what}: ${t.value}`)
   }
 
   const doc = {
@@ -187,7 +196,7 @@ async function main () {
     code,
     versions: versions(),
     upstream: { kind: upstream.kind, version: upstream.version },
-    layout: `${loadgenName} ${useWrk ? 'as its own process' : 'in the bench process'}; upstream, switchyard, http-proxy-3, nginx and haproxy each in their own child process (one proxy running at a time)`,
+    layout: `${loadgenName} ${useWrk ? 'as its own process' : 'in the bench process'}; upstream, node-hello, switchyard, http-proxy-3, undici-naive, nginx and haproxy each in their own child process (one case running at a time)`,
     settings: { loadgen: loadgenName, connections, pipelining: 1, threads: 1, durationSec: duration, warmupSec: warmup, repeat, keepAlive: true, scenarios: Object.fromEntries(scenarios.map((s) => [s, SCENARIOS[s].describe])) },
     latencyNote: 'latencyFineMs: every response, 10 µs buckets (autocannon) or wrk\'s own µs histogram; latencyMs: autocannon\'s histogram (2xx only, 1 ms resolution)',
     targets,
@@ -204,31 +213,37 @@ async function main () {
   }
 }
 
-/** The issue's targets for the small case; null when a needed case was not run. */
+/**
+ * The issue's targets for the small case; null when a needed case was not run.
+ * Only proxies count: node-hello (no proxy) is never compared here. Entries
+ * with `info: true` are context, not targets (ok is null).
+ */
 function checkTargets (results) {
   if (results === undefined) return null
   const sy = results.find((r) => r.name === 'switchyard')
   if (sy === undefined) return null
   const nginx = results.find((r) => r.name === 'nginx')
   const hp = results.find((r) => r.name === 'http-proxy-3')
+  const un = results.find((r) => r.name === 'undici-naive')
   const f = (x) => (x === null || x === undefined ? '-' : x.toFixed(2))
   // With --repeat, also the median of the per-round ratios (in brackets).
   const pr = (k) => (sy.medians?.[k] === undefined ? '' : ` [per-round median ${f(sy.medians[k])}x, rounds ${sy.perRound[k].map(f).join(' ')}]`)
   const out = []
   if (nginx) out.push({ what: 'switchyard req/s >= 0.5x nginx', value: `${f(sy.reqPerSec / nginx.reqPerSec)}x${pr('ratioToNginx')}`, ok: sy.reqPerSec >= 0.5 * nginx.reqPerSec })
   if (hp) out.push({ what: 'switchyard req/s >= 1.6x http-proxy-3', value: `${f(sy.reqPerSec / hp.reqPerSec)}x${pr('ratioToHttpProxy3')}`, ok: sy.reqPerSec >= 1.6 * hp.reqPerSec })
+  if (un) out.push({ what: 'switchyard req/s vs undici-naive (information, not a target)', value: `${f(sy.reqPerSec / un.reqPerSec)}x (${Math.round(sy.reqPerSec)} vs ${Math.round(un.reqPerSec)} req/s)${pr('ratioToUndiciNaive')}`, ok: null, info: true })
   if (nginx) out.push({ what: 'switchyard p99 <= 2.5x nginx p99', value: `${sy.latencyFineMs.p99} ms vs ${nginx.latencyFineMs.p99} ms = ${f(sy.latencyFineMs.p99 / nginx.latencyFineMs.p99)}x${pr('p99RatioToNginx')}`, ok: sy.latencyFineMs.p99 <= 2.5 * nginx.latencyFineMs.p99 })
   out.push({ what: 'switchyard: zero errors and zero non-2xx', value: `${sy.errors} errors, ${sy.non2xx} non-2xx`, ok: sy.errors === 0 && sy.non2xx === 0 })
   return out
 }
 
-function printTable (scenario, results, withNginx) {
+function printTable (scenario, results, withRef) {
   const pct = (x) => (x === null || x === undefined ? '-' : `${Math.round(x * 100)}%`)
   const fmt = (n, d = 0) => (n === null || n === undefined ? '-' : n.toFixed(d))
   const rss = (m) => (m === null ? '-' : `${fmt(mib(m.rssIdleKiB))} → ${fmt(mib(m.rssLoadMaxKiB))}`)
-  const head = ['name', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'errors', 'non-2xx', 'vs direct', ...(withNginx ? ['vs nginx', 'p99 vs nginx'] : []), 'proxy CPU', 'proxy µs/req', 'RSS MiB idle → load', 'upstream CPU', `${loadgenName} CPU`, 'other CPU']
+  const head = ['name', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'errors', 'non-2xx', 'vs direct', ...(withRef.nginx ? ['vs nginx', 'p99 vs nginx'] : []), ...(withRef.undiciNaive ? ['vs undici-naive'] : []), ...(withRef.nodeHello ? ['vs node-hello'] : []), 'proxy CPU', 'proxy µs/req', 'RSS MiB idle → load', 'upstream CPU', `${loadgenName} CPU`, 'other CPU']
   const rows = results.map((r) => [
-    r.name,
+    r.label ?? r.name,
     fmt(r.reqPerSec),
     fmt(r.latencyFineMs.p50, 2),
     fmt(r.latencyFineMs.p99, 2),
@@ -236,7 +251,9 @@ function printTable (scenario, results, withNginx) {
     String(r.errors),
     String(r.non2xx),
     fmt(r.ratioToDirect, 2),
-    ...(withNginx ? [fmt(r.ratioToNginx, 2), fmt(r.p99RatioToNginx, 2)] : []),
+    ...(withRef.nginx ? [fmt(r.ratioToNginx, 2), fmt(r.p99RatioToNginx, 2)] : []),
+    ...(withRef.undiciNaive ? [fmt(r.ratioToUndiciNaive, 2)] : []),
+    ...(withRef.nodeHello ? [fmt(r.ratioToNodeHello, 2)] : []),
     r.name === 'direct' ? '-' : pct(r.cpu.proxyCores),
     r.name === 'direct' || r.cpu.proxyMicrosPerRequest === null ? '-' : fmt(r.cpu.proxyMicrosPerRequest),
     rss(r.memory),
@@ -249,6 +266,7 @@ function printTable (scenario, results, withNginx) {
   console.log(`\n### ${scenario}: ${SCENARIOS[scenario].describe}`)
   console.log(`${loadgenName}, 1 thread, ${connections} connections, pipelining 1, keep-alive, ${duration}s per case (after ${warmup}s warmup${repeat > 1 ? `; median of ${repeat} interleaved runs` : ''}); Node ${process.version}; ${os.cpus().length} CPUs; load avg at start ${loadavgAtStart.map((x) => x.toFixed(2)).join(' ')}`)
   console.log(`CPU columns: average share of one core during the measured run; "other" = everything else on the machine (noise).`)
+  if (withRef.nodeHello) console.log('node-hello is not a proxy: a Node server answering by itself, the ceiling for one Node process (its "proxy" columns are that server\'s).')
   console.log(line(head))
   console.log('|' + widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|')
   for (const row of rows) console.log(line(row))

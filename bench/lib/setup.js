@@ -73,10 +73,23 @@ export async function startSwitchyard (upstreamUrl, { name = 'switchyard', top =
 /**
  * Every case run.js knows, by name, in table order. start(upstreamUrl) resolves
  * with { url, pid (CPU: whole tree), rssPid (the proxy proper), version?, request?, stop? }.
+ * `label`: the table's name when it differs; `notProxy`: serves the answers
+ * itself (no upstream), so it is a reference, not a proxy.
  */
 export function allCases () {
   const cases = [
     { name: 'direct', start: async (up) => ({ url: up }) },
+    // Not a proxy: a Node server answering like the upstream itself, the
+    // ceiling for anything one Node process serves. Never a target-check case.
+    {
+      name: 'node-hello',
+      label: 'node-hello (no proxy)',
+      notProxy: true,
+      start: async () => {
+        const c = await startChild(lib('node-hello.js'), ['--large-path', LARGE_PATH, '--large-bytes', String(LARGE_BYTES)], { name: 'node-hello' })
+        return { url: c.info.url, pid: c.child.pid, rssPid: c.child.pid, stop: c.stop }
+      },
+    },
     // Three Switchyard cases measure what observability costs: `switchyard` is
     // the default set-up with metrics on and the access log off; `-bare` turns
     // metrics off too; `+accesslog` writes the access log to a file.
@@ -87,6 +100,14 @@ export function allCases () {
       name: 'http-proxy-3',
       start: async (up) => {
         const c = await startChild(lib('http-proxy.js'), ['--target', up], { name: 'http-proxy-3' })
+        return { url: c.info.url, pid: c.child.pid, rssPid: c.child.pid, stop: c.stop }
+      },
+    },
+    // The other naive baseline: one undici Pool, one pool.request() per request.
+    {
+      name: 'undici-naive',
+      start: async (up) => {
+        const c = await startChild(lib('undici-naive.js'), ['--target', up], { name: 'undici-naive' })
         return { url: c.info.url, pid: c.child.pid, rssPid: c.child.pid, stop: c.stop }
       },
     },
