@@ -46,6 +46,11 @@ function contentLength (v: string): number {
 
 /** The comma-separated tokens of a Connection header, lowercased. */
 function tokens (v: string): string[] {
+  // Nearly always one of these two, alone.
+  if (v.length === 10 || v.length === 5) {
+    const lower = v.toLowerCase()
+    if (lower === 'keep-alive' || lower === 'close') return [lower]
+  }
   const out: string[] = []
   for (const t of v.split(',')) {
     const name = t.trim().toLowerCase()
@@ -174,6 +179,10 @@ export function parseRequestHead (head: string): RequestHead | undefined {
 /** How the end of a response body is found. */
 export const enum Framing { None, Length, Chunked, Close }
 
+/** Lengths of the response header names parseResponseHead acts on. */
+const RESPONSE_NAME_LENGTHS = new Uint8Array(32)
+for (const name of ['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'upgrade', 'te', 'trailer']) RESPONSE_NAME_LENGTHS[name.length] = 1
+
 export interface ResponseHead {
   status: number
   /** `HTTP/1.1 NNN reason` as the client gets it. */
@@ -231,7 +240,8 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
     const value = fieldValue(line, colon + 1)
     if (value === undefined) return 'control character in a header value'
     let keep = true
-    switch (line.slice(0, colon).toLowerCase()) {
+    // Only names of these lengths mean anything here: the rest need no lowercasing.
+    switch (RESPONSE_NAME_LENGTHS[colon] === 1 ? line.slice(0, colon).toLowerCase() : '') {
       case 'content-length': {
         const n = contentLength(value)
         if (n === -1 || (r.contentLength !== -1 && r.contentLength !== n)) return 'invalid content-length'
