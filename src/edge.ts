@@ -89,7 +89,9 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, engine
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex & { _httpMessage?: { headersSent?: boolean } }) => {
     // A response already under way on this socket cannot be followed by a 400.
     if (err.code === 'ECONNRESET' || !socket.writable || socket._httpMessage?.headersSent === true) return socket.destroy()
-    socket.end('HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","message":"malformed HTTP request"}')
+    socket.end(err.code === 'HPE_HEADER_OVERFLOW'
+      ? 'HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","message":"request head larger than 16 KiB"}'
+      : 'HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","message":"malformed HTTP request"}')
   })
   if (engine === 'node') return { ...httpCloser(server), upgraded }
   const fast = new FastEdge(switcher, smoke, server, PROTO)

@@ -83,7 +83,13 @@ t.test('what the fast path does not take, node:http serves on the same connectio
   t.match(huge, /^HTTP\/1\.1 431/, 'a head over 16 KiB gets node:http\'s 431')
   const bad = await exchange(port, 'GET / HTTP/1.1\r\nhost: x\r\nbad header\r\n\r\n')
   t.match(bad, /^HTTP\/1\.1 400/)
-  t.equal(b.seen.filter((r) => r.url === '/').length, 0, 'nothing odd reached the upstream')
+  const started = Date.now()
+  const lf = await exchange(port, 'GET / HTTP/1.1\nhost: x\n\n', (s) => s.includes('\r\n\r\n'))
+  t.match(lf, /^HTTP\/1\.1 400/, 'bare LF line ends: node:http answers at once')
+  t.ok(Date.now() - started < 5000)
+  const lower = await exchange(port, 'get /lower HTTP/1.1\r\nhost: x\r\n\r\n', (s) => s.includes('\r\n\r\n'))
+  t.match(lower, /^HTTP\/1\.1 400/, 'a lowercase method is not forwarded')
+  t.equal(b.seen.filter((r) => r.url === '/' || r.url === '/lower').length, 0, 'nothing odd reached the upstream')
 })
 
 t.test('gateway answers keep the connection unless a body is still coming', async (t) => {
@@ -173,12 +179,13 @@ t.test('broken answers: 502 before the head, a cut connection after it', async (
     }
     else if (path === '/bad-first-chunk') s.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n')
     else if (path === '/huge-head') s.write(`HTTP/1.1 200 OK\r\nx-big: ${'a'.repeat(17 * 1024)}`)
+    else if (path === '/huge-whole-head') s.write(`HTTP/1.1 200 OK\r\nx-big: ${'a'.repeat(17 * 1024)}\r\ncontent-length: 2\r\n\r\nok`)
     else if (path === '/junk') s.write('SSH-2.0-OpenSSH\r\n\r\n')
     else if (path === '/close-early') s.end('HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc')
     else if (path === '/silent') s.end()
   })
   const gw = await startGateway(t, oneService(up.url, g.url))
-  for (const path of ['/101', '/huge-head', '/junk', '/bad-first-chunk']) {
+  for (const path of ['/101', '/huge-head', '/huge-whole-head', '/junk', '/bad-first-chunk']) {
     const r = await http1(`${gw.url}${path}`)
     t.equal(r.status, 502, path)
     t.equal(r.json.error, 'upstream_error', path)
@@ -189,6 +196,10 @@ t.test('broken answers: 502 before the head, a cut connection after it', async (
     t.match(got, /^HTTP\/1\.1 200/, `${path}: the head went out`)
     t.notMatch(got, /502/, `${path}: then the connection was cut`)
   }
+  const before = up.connections()
+  const huge = await exchange(port, `GET /huge HTTP/1.1\r\nhost: x\r\nx-big: ${'a'.repeat(17 * 1024)}\r\n\r\n`)
+  t.match(huge, /^HTTP\/1\.1 431/, 'a request head over 16 KiB, even in one read, is refused by the gateway itself')
+  t.equal(up.connections(), before)
   const silent = await http1(`${gw.url}/silent`, { method: 'POST', body: 'x' })
   t.equal(silent.status, 502, 'closed without an answer')
   const route = gw.gateway.controller.switcher.current.services.get('svc')

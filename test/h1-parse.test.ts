@@ -54,6 +54,8 @@ t.test('request heads left to node:http', async (t) => {
     'bare LF in a value': ['GET / HTTP/1.1', 'host: x', 'x-a: 1\nx-b: 2'],
     'DEL in a value': ['GET / HTTP/1.1', 'host: x', 'x-a: \x7f'],
     'Connection names Host': ['GET / HTTP/1.1', 'host: x', 'connection: host'],
+    'lowercase method': ['get / HTTP/1.1', 'host: x'],
+    'WebDAV method': ['PROPFIND / HTTP/1.1', 'host: x'],
   }
   for (const [what, lines] of Object.entries(cases)) t.equal(req(lines), undefined, what)
   t.equal(parseRequestHead('GET / HTTP/1.1'), undefined, 'a request line alone has no Host')
@@ -89,6 +91,16 @@ t.test('response heads and how their bodies end', async (t) => {
   t.equal(res('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: x-hop\r\nx-hop: 1\r\nx-keep: 2\r\nupgrade: h2c\r\nproxy-connection: x\r\nte: x\r\nproxy-authenticate: y').lines,
     'content-length: 2\r\nx-keep: 2\r\n')
   t.equal(res('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: max=5').keepAliveSeconds, 0)
+  const framing = res('HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: content-length, transfer-encoding, x-a\r\nx-a: 1')
+  t.same([framing.framing, framing.lines], [Framing.Length, 'content-length: 5\r\n'], 'Connection cannot take away the framing the client needs')
+  const trailerFirst = res('HTTP/1.1 200 OK\r\ntrailer: x-sum\r\ntransfer-encoding: chunked')
+  t.same([trailerFirst.framing, trailerFirst.lines], [Framing.Chunked, 'trailer: x-sum\r\ntransfer-encoding: chunked\r\n'], 'Trailer before Transfer-Encoding is kept')
+  for (const codings of [['xchunked'], ['gzip, notchunked'], ['chunked', 'gzip'], ['chunked, gzip']]) {
+    const r = res(`HTTP/1.1 200 OK\r\n${codings.map((c) => `transfer-encoding: ${c}`).join('\r\n')}\r\ntrailer: x`)
+    t.same([r.framing, r.close, r.lines], [Framing.Close, true, ''], `${codings.join(' + ')}: not chunked last, so read to the close and sent without it`)
+  }
+  const two = res('HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: Chunked')
+  t.same([two.framing, two.lines], [Framing.Chunked, 'transfer-encoding: gzip\r\ntransfer-encoding: Chunked\r\n'], 'gzip then chunked: passed through, both lines')
 })
 
 t.test('response heads that cannot be relayed', async (t) => {

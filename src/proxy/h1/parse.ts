@@ -70,6 +70,9 @@ function dropNamed (lines: string, named: string[]): string {
   return out
 }
 
+/** Methods the fast path forwards; any other (CONNECT, WebDAV, lowercase) is node:http's to judge. */
+const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH', 'TRACE'])
+
 export interface RequestHead {
   method: string
   /** Origin-form: starts with `/`. */
@@ -102,7 +105,7 @@ export function parseRequestHead (head: string): RequestHead | undefined {
   if (sp2 === -1 || sp2 > eol || head.slice(sp2 + 1, eol) !== 'HTTP/1.1') return undefined
   const method = head.slice(0, sp1)
   const target = head.slice(sp1 + 1, sp2)
-  if (!isToken(method) || method === 'CONNECT' || target.charCodeAt(0) !== 47) return undefined
+  if (!METHODS.has(method) || target.charCodeAt(0) !== 47) return undefined
   for (let i = 1; i < target.length; i++) {
     const c = target.charCodeAt(i)
     if (c <= 32 || c >= 127) return undefined
@@ -226,8 +229,9 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
     keepAliveSeconds: 0,
     lines: '',
   }
-  let chunked = false
-  let te = false
+  /** Transfer-Encoding values, and those lines with any Trailer lines: kept or dropped together below. */
+  let codings: string | undefined
+  let teLines = ''
   let named: string[] | undefined
   let pos = eol + 2
   while (pos < head.length) {
@@ -249,16 +253,21 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
         break
       }
       case 'transfer-encoding':
-        // Only chunked is passed through as it is; the gateway decodes nothing.
-        te = true
-        chunked = value.toLowerCase().endsWith('chunked')
-        keep = chunked
+        codings = codings === undefined ? value : `${codings}, ${value}`
+        teLines += line + '\r\n'
+        keep = false
+        break
+      case 'trailer':
+        teLines += line + '\r\n'
+        keep = false
         break
       case 'connection':
         keep = false
         for (const t of tokens(value)) {
           if (t === 'close') r.close = true
-          else if (t === 'keep-alive') { if (http10) r.close = false } else (named ??= []).push(t)
+          else if (t === 'keep-alive') { if (http10) r.close = false }
+          // Framing headers stay whatever Connection says: the client needs them to find the end.
+          else if (t !== 'content-length' && t !== 'transfer-encoding') (named ??= []).push(t)
         }
         break
       case 'keep-alive': {
@@ -270,12 +279,14 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
       case 'proxy-connection': case 'proxy-authenticate': case 'upgrade': case 'te':
         keep = false
         break
-      case 'trailer':
-        keep = chunked
-        break
     }
     if (keep) r.lines += line + '\r\n'
   }
+  // Only chunked as the final coding is passed through as it is (the gateway decodes nothing);
+  // any other body with a Transfer-Encoding runs until the upstream closes, sent without it.
+  const te = codings !== undefined
+  const chunked = te && tokens(codings as string).at(-1) === 'chunked'
+  if (chunked) r.lines += teLines
   if (named !== undefined) r.lines = dropNamed(r.lines, named)
   if (noBody || status < 200 || status === 204 || status === 304) {
     r.framing = Framing.None

@@ -19,6 +19,9 @@ import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type Requ
 import type { UpstreamConn, UpstreamUser } from './pool.js'
 
 const CRLF2 = Buffer.from('\r\n\r\n')
+const LF2 = Buffer.from('\n\n')
+/** A request head must be whole this long after its first byte, as node:http's `headersTimeout`. */
+const HEAD_TIMEOUT_MS = 60_000
 /** Longest request or response head, as node:http's default (16 KiB). */
 export const MAX_HEAD = 16 * 1024
 /** Bodies up to this size leave in the same write as their head. */
@@ -118,6 +121,8 @@ export class ClientConn {
   private bodyLeft = 0
   /** Answered its last request; what still arrives is ignored. */
   private ended = false
+  /** When the first byte of a head still incomplete arrived; 0 when none is pending. */
+  private headSince = 0
 
   constructor (edge: FastEdge, socket: net.Socket) {
     this.edge = edge
@@ -135,8 +140,9 @@ export class ClientConn {
     return this.edge.closing
   }
 
+  /** Nothing in flight, nothing half-read and nothing left to send. */
   get idle (): boolean {
-    return this.x === undefined && this.buf === undefined
+    return this.x === undefined && this.buf === undefined && !this.ended && this.socket.writableLength === 0
   }
 
   private readonly onData = (chunk: Buffer): void => {
@@ -176,9 +182,15 @@ export class ClientConn {
       while (start + 1 < buf.length && buf[start] === 13 && buf[start + 1] === 10) start += 2
       const end = buf.indexOf(CRLF2, start)
       if (end === -1) {
-        if (buf.length > MAX_HEAD) this.handOff()
+        // Too long, ended by bare LFs, or trickling in for too long: node:http answers (431, 400) or times it out.
+        if (buf.length > MAX_HEAD || buf.includes(LF2)) return this.handOff()
+        const now = Date.now()
+        if (this.headSince === 0) this.headSince = now
+        else if (now - this.headSince > HEAD_TIMEOUT_MS) this.socket.destroy()
         return
       }
+      this.headSince = 0
+      if (end - start > MAX_HEAD) return this.handOff()
       const head = parseRequestHead(buf.toString('latin1', start, end))
       if (head === undefined) return this.handOff()
       buf = buf.subarray(end + 4)
@@ -271,6 +283,8 @@ export class ClientConn {
     this.bodyLeft = 0
     this.buf = undefined
     this.socket.end()
+    // Read (and ignore) what the client still sends, so its FIN is seen and the socket closes.
+    this.socket.resume()
   }
 
   /** The current exchange is over; `close`: so is the connection. */
@@ -402,7 +416,7 @@ export class FastExchange implements UpstreamUser, Finished {
     let buf = this.pending === undefined ? chunk : Buffer.concat([this.pending, chunk])
     for (;;) {
       const end = buf.indexOf(CRLF2)
-      if (end === -1) {
+      if (end === -1 || end > MAX_HEAD) {
         if (buf.length > MAX_HEAD) return this.fail('upstream_error')
         this.pending = buf
         return
@@ -513,9 +527,8 @@ export class FastExchange implements UpstreamUser, Finished {
     if (this.phase === Phase.Done) return
     if (this.phase === Phase.Body) {
       // Mid-body: the client must see a truncated response, not a clean end.
+      // (The answer was already counted, as on the node:http path.)
       this.phase = Phase.Done
-      this.endpoint.target.recordResult(false)
-      this.stats.upstreamError('reset')
       this.settle()
       this.conn.socket.destroy()
       return
@@ -536,7 +549,7 @@ export class FastExchange implements UpstreamUser, Finished {
     this.endpoint.target.recordResult(false)
     this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
     // A kept-alive connection the upstream closed just as it was reused: the request never got there.
-    const stale = !this.answered && (reused || err.code === 'ECONNRESET')
+    const stale = !this.answered && (reused || err.code === 'ECONNRESET' || err.code === 'UND_ERR_SOCKET')
     if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || stale)) {
       const next = this.picker.pick(this.endpoint) ?? (stale ? this.endpoint : undefined)
       if (next !== undefined) {
@@ -560,10 +573,8 @@ export class FastExchange implements UpstreamUser, Finished {
       up.socket.destroy()
     }
     if (this.phase === Phase.Body) {
-      // Head already sent: cut the response.
+      // Head already sent: cut the response (already counted as answered).
       this.phase = Phase.Done
-      this.endpoint.target.recordResult(false)
-      this.stats.upstreamError('reset')
       this.settle()
       this.conn.socket.destroy()
       return
