@@ -162,6 +162,29 @@ export function exitWithParent (cleanup = async () => {}) {
   return go
 }
 
+/**
+ * For child scripts that are one HTTP server: listen on 127.0.0.1 port 0,
+ * report { type: 'ready', url }, and on 'stop' or the parent's exit close
+ * every connection, then run `cleanup` (pools, agents).
+ */
+export async function serveAsChild (server, cleanup = async () => {}) {
+  const go = exitWithParent(async () => {
+    server.closeAllConnections()
+    await new Promise((resolve) => server.close(() => resolve()))
+    await cleanup()
+  })
+  process.on('message', (msg) => { if (msg?.type === 'stop') void go(0) })
+  try {
+    await new Promise((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(0, '127.0.0.1', () => { server.off('error', reject); resolve() })
+    })
+    process.send({ type: 'ready', url: `http://127.0.0.1:${server.address().port}` })
+  } catch (err) {
+    reportStartupError(err)
+  }
+}
+
 /** For child scripts: report a start-up failure to the parent and exit. */
 export function reportStartupError (err) {
   try { process.send?.({ type: 'error', message: err?.stack ?? String(err) }) } catch {}

@@ -4,7 +4,7 @@
 
 import http from 'node:http'
 import { createProxyServer } from 'http-proxy-3'
-import { exitWithParent, parseArgs, reportStartupError } from './children.js'
+import { parseArgs, serveAsChild } from './children.js'
 
 const args = parseArgs()
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256 })
@@ -22,19 +22,4 @@ proxy.on('error', (err, req, res) => {
 
 const server = http.createServer({ keepAliveTimeout: 65_000 }, (req, res) => proxy.web(req, res))
 
-const go = exitWithParent(async () => {
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(() => resolve()))
-  agent.destroy()
-})
-process.on('message', (msg) => { if (msg?.type === 'stop') void go(0) })
-
-try {
-  await new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => { server.off('error', reject); resolve() })
-  })
-  process.send({ type: 'ready', url: `http://127.0.0.1:${server.address().port}` })
-} catch (err) {
-  reportStartupError(err)
-}
+await serveAsChild(server, () => agent.destroy())

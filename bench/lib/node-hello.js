@@ -8,7 +8,7 @@
 // Reports { type: 'ready', url }.
 
 import http from 'node:http'
-import { exitWithParent, parseArgs, reportStartupError } from './children.js'
+import { parseArgs, serveAsChild } from './children.js'
 
 const args = parseArgs()
 const largePath = typeof args['large-path'] === 'string' ? args['large-path'] : '/64k'
@@ -37,18 +37,4 @@ const server = http.createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
   answer(req, res)
 })
 
-const go = exitWithParent(async () => {
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(() => resolve()))
-})
-process.on('message', (msg) => { if (msg?.type === 'stop') void go(0) })
-
-try {
-  await new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => { server.off('error', reject); resolve() })
-  })
-  process.send({ type: 'ready', url: `http://127.0.0.1:${server.address().port}` })
-} catch (err) {
-  reportStartupError(err)
-}
+await serveAsChild(server)

@@ -7,7 +7,7 @@
 
 import http from 'node:http'
 import { Pool } from 'undici'
-import { exitWithParent, parseArgs, reportStartupError } from './children.js'
+import { parseArgs, serveAsChild } from './children.js'
 
 const args = parseArgs()
 const pool = new Pool(String(args.target), { connections: 128, pipelining: 1, keepAliveTimeout: 60_000 })
@@ -62,19 +62,4 @@ async function forward (req, res) {
 
 const server = http.createServer({ keepAliveTimeout: 65_000 }, (req, res) => { forward(req, res).catch((err) => fail(res, err)) })
 
-const go = exitWithParent(async () => {
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(() => resolve()))
-  await pool.destroy()
-})
-process.on('message', (msg) => { if (msg?.type === 'stop') void go(0) })
-
-try {
-  await new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => { server.off('error', reject); resolve() })
-  })
-  process.send({ type: 'ready', url: `http://127.0.0.1:${server.address().port}` })
-} catch (err) {
-  reportStartupError(err)
-}
+await serveAsChild(server, async () => await pool.destroy())
