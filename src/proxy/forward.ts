@@ -26,7 +26,8 @@ export interface ExchangeStats {
   upstreamError: (kind: UpstreamErrorKind) => void
 }
 
-const ERROR_KIND: Partial<Record<ErrorCode, UpstreamErrorKind>> = {
+/** The upstream-error metric kind of each coded failure (both engines). */
+export const ERROR_KIND: Partial<Record<ErrorCode, UpstreamErrorKind>> = {
   upstream_connect_failed: 'connect_failed',
   upstream_timeout: 'timeout',
   upstream_error: 'reset',
@@ -41,7 +42,8 @@ export function requestIdFor (req: IncomingMessage, headers: string[] | undefine
   return id
 }
 
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
+/** Methods a failed attempt may be retried for (both engines). */
+export const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 /** Errors that mean the request never reached the upstream application. */
 const CONNECT_ERRORS = new Set([
   'ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH',

@@ -12,9 +12,9 @@ import { ERRORS, errorBody, type ErrorCode } from '../../errors.js'
 import type { SmokeRunner } from '../../health/smoke.js'
 import { chooseColor, chooseSticky } from '../../routing/choose.js'
 import type { ColorRoute, ServiceRoute, Switcher } from '../../routing/snapshot.js'
-import type { ColorStats, Finished, UpstreamErrorKind } from '../../upstream/color-stats.js'
+import type { ColorStats, Finished } from '../../upstream/color-stats.js'
 import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
-import { classifyUpstreamError } from '../forward.js'
+import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
 import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
 import type { UpstreamConn, UpstreamUser } from './pool.js'
 
@@ -28,14 +28,6 @@ export const MAX_HEAD = 16 * 1024
 const COALESCE = 16 * 1024
 /** An idle client connection is closed after this, as node:http's `keepAliveTimeout` in edge.ts. */
 const CLIENT_IDLE_MS = 65_000
-
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
-
-const ERROR_KIND: Partial<Record<ErrorCode, UpstreamErrorKind>> = {
-  upstream_connect_failed: 'connect_failed',
-  upstream_timeout: 'timeout',
-  upstream_error: 'reset',
-}
 
 /** A header's value in forwarded header lines (routing by a preview header; rare). */
 export function headerIn (lines: string, lowerName: string): string | undefined {
