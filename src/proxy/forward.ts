@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
 import { ERRORS, errorBody, type ErrorCode } from '../errors.js'
-import type { Finished, UpstreamErrorKind } from '../upstream/color-stats.js'
+import type { Finished, OpenExchange, UpstreamErrorKind } from '../upstream/color-stats.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
 
@@ -83,8 +83,10 @@ export function sendError (res: ServerResponse, code: ErrorCode, status: number,
  * callback interface is what undici's HTTP/1 client calls natively; the newer
  * controller interface is wrapped and copies headers into objects).
  */
-export class Exchange implements Dispatcher.DispatchHandler, Finished {
+export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExchange {
   readonly requestId: string
+  prevOpen: OpenExchange | undefined = undefined
+  nextOpen: OpenExchange | undefined = undefined
   /** Response body bytes sent to the client. */
   bytes = 0
   durationMs = 0

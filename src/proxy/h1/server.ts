@@ -12,7 +12,7 @@ import { ERRORS, errorBody, type ErrorCode } from '../../errors.js'
 import type { SmokeRunner } from '../../health/smoke.js'
 import { chooseColor, chooseSticky } from '../../routing/choose.js'
 import type { ColorRoute, ServiceRoute, Switcher } from '../../routing/snapshot.js'
-import type { ColorStats, Finished } from '../../upstream/color-stats.js'
+import type { ColorStats, Finished, OpenExchange } from '../../upstream/color-stats.js'
 import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
 import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
 import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
@@ -309,8 +309,10 @@ function routingHeaders (route: ServiceRoute, head: RequestHead): Record<string,
 const enum Phase { Waiting, Body, Done }
 
 /** One request's trip upstream on the fast path. */
-export class FastExchange implements UpstreamUser, Finished {
+export class FastExchange implements UpstreamUser, Finished, OpenExchange {
   readonly requestId: string
+  prevOpen: OpenExchange | undefined = undefined
+  nextOpen: OpenExchange | undefined = undefined
   readonly method: string
   readonly path: string
   status = 0
