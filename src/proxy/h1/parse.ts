@@ -182,6 +182,16 @@ export function parseRequestHead (head: string): RequestHead | undefined {
 /** How the end of a response body is found. */
 export const enum Framing { None, Length, Chunked, Close }
 
+/** Header lines, each ending in CRLF: RFC 9110 field-name, colon, then VCHAR, obs-text, SP or HTAB only. */
+const HEADER_LINES = /^(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*$/
+
+/** `s` from `a` to `b` without optional whitespace at either end. */
+function trimmed (s: string, a: number, b: number): string {
+  while (a < b && (s.charCodeAt(a) === 32 || s.charCodeAt(a) === 9)) a++
+  while (b > a && (s.charCodeAt(b - 1) === 32 || s.charCodeAt(b - 1) === 9)) b--
+  return s.slice(a, b)
+}
+
 /** Lengths of the response header names parseResponseHead acts on. */
 const RESPONSE_NAME_LENGTHS = new Uint8Array(32)
 for (const name of ['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'upgrade', 'te', 'trailer']) RESPONSE_NAME_LENGTHS[name.length] = 1
@@ -233,37 +243,42 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
   let codings: string | undefined
   let teLines = ''
   let named: string[] | undefined
-  let pos = eol + 2
+  const fields = eol + 2
+  // Every header line at once, natively: a token, a colon, then visible characters, spaces and tabs.
+  if (fields < head.length && !HEADER_LINES.test(head.slice(fields) + '\r\n')) return 'malformed header line'
+  // Kept lines are sliced from `head` in runs; only dropped lines break a run.
+  let runStart = fields
+  let pos = fields
   while (pos < head.length) {
     let end = head.indexOf('\r\n', pos)
     if (end === -1) end = head.length
-    const line = head.slice(pos, end)
+    const colon = head.indexOf(':', pos)
+    const nameLength = colon - pos
+    const lineStart = pos
     pos = end + 2
-    const colon = line.indexOf(':')
-    if (colon <= 0 || !isToken(line.slice(0, colon))) return 'malformed header line'
-    const value = fieldValue(line, colon + 1)
-    if (value === undefined) return 'control character in a header value'
-    let keep = true
     // Only names of these lengths mean anything here: the rest need no lowercasing.
-    switch (RESPONSE_NAME_LENGTHS[colon] === 1 ? line.slice(0, colon).toLowerCase() : '') {
+    if (nameLength >= 32 || RESPONSE_NAME_LENGTHS[nameLength] === 0) continue
+    const name = head.slice(lineStart, colon).toLowerCase()
+    let drop = true
+    switch (name) {
       case 'content-length': {
-        const n = contentLength(value)
+        const n = contentLength(trimmed(head, colon + 1, end))
         if (n === -1 || (r.contentLength !== -1 && r.contentLength !== n)) return 'invalid content-length'
         r.contentLength = n
+        drop = false
         break
       }
-      case 'transfer-encoding':
+      case 'transfer-encoding': {
+        const value = trimmed(head, colon + 1, end)
         codings = codings === undefined ? value : `${codings}, ${value}`
-        teLines += line + '\r\n'
-        keep = false
+        teLines += head.slice(lineStart, end) + '\r\n'
         break
+      }
       case 'trailer':
-        teLines += line + '\r\n'
-        keep = false
+        teLines += head.slice(lineStart, end) + '\r\n'
         break
       case 'connection':
-        keep = false
-        for (const t of tokens(value)) {
+        for (const t of tokens(trimmed(head, colon + 1, end))) {
           if (t === 'close') r.close = true
           else if (t === 'keep-alive') { if (http10) r.close = false }
           // Framing headers stay whatever Connection says: the client needs them to find the end.
@@ -271,17 +286,21 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
         }
         break
       case 'keep-alive': {
-        keep = false
-        const m = /timeout\s*=\s*(\d+)/i.exec(value)
+        const m = /timeout\s*=\s*(\d+)/i.exec(head.slice(colon + 1, end))
         if (m !== null) r.keepAliveSeconds = Number(m[1])
         break
       }
       case 'proxy-connection': case 'proxy-authenticate': case 'upgrade': case 'te':
-        keep = false
         break
+      default:
+        drop = false
     }
-    if (keep) r.lines += line + '\r\n'
+    if (drop) {
+      r.lines += head.slice(runStart, lineStart)
+      runStart = pos
+    }
   }
+  if (runStart < head.length) r.lines += head.slice(runStart) + '\r\n'
   // Only chunked as the final coding is passed through as it is (the gateway decodes nothing);
   // any other body with a Transfer-Encoding runs until the upstream closes, sent without it.
   const te = codings !== undefined
