@@ -1,13 +1,13 @@
 // HTTP forwarding of one request to one upstream endpoint on undici's
 // dispatcher: raw header arrays, bodies streamed both ways with backpressure.
 
-import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
 import { ERRORS, errorBody, type ErrorCode } from '../errors.js'
 import type { Finished, OpenExchange, UpstreamErrorKind } from '../upstream/color-stats.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
+import { newRequestId } from './request-id.js'
 
 /** Where a retry may go; proxy knows sets of endpoints, not colors. */
 export interface EndpointPicker {
@@ -37,7 +37,7 @@ export const ERROR_KIND: Partial<Record<ErrorCode, UpstreamErrorKind>> = {
 export function requestIdFor (req: IncomingMessage, headers: string[] | undefined): string {
   const given = req.headers['x-request-id']
   if (typeof given === 'string' && given !== '') return given
-  const id = randomUUID()
+  const id = newRequestId()
   headers?.push('x-request-id', id)
   return id
 }

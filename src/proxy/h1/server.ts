@@ -5,7 +5,6 @@
 // `fallback` server), which takes it from the first byte it has not answered:
 // HTTP/1.0, chunked uploads, Expect, WebSocket upgrades, odd or malformed heads.
 
-import { randomUUID } from 'node:crypto'
 import http from 'node:http'
 import net from 'node:net'
 import { ERRORS, errorBody, type ErrorCode } from '../../errors.js'
@@ -15,6 +14,7 @@ import type { ColorRoute, ServiceRoute, Switcher } from '../../routing/snapshot.
 import type { ColorStats, Finished, OpenExchange } from '../../upstream/color-stats.js'
 import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
 import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
+import { newRequestId } from '../request-id.js'
 import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
 import type { UpstreamConn, UpstreamUser } from './pool.js'
 
@@ -242,7 +242,7 @@ export class ClientConn {
     if (endpoint === undefined) {
       const started = performance.now()
       const bytes = this.answer(head, 'no_healthy_upstream', `no healthy upstream for ${route.name} (${color.color})`)
-      color.stats.rejected(head.method, head.target, head.requestId ?? randomUUID(), bytes, performance.now() - started)
+      color.stats.rejected(head.method, head.target, head.requestId ?? newRequestId(), bytes, performance.now() - started)
       return
 
     }
@@ -352,7 +352,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
     this.setCookie = setCookie
     let extra = `x-forwarded-for: ${head.xff === '' ? conn.remote : `${head.xff}, ${conn.remote}`}\r\nx-forwarded-proto: ${proto}\r\nx-forwarded-host: ${head.host as string}\r\n`
     if (head.requestId === undefined) {
-      this.requestId = randomUUID()
+      this.requestId = newRequestId()
       extra += `x-request-id: ${this.requestId}\r\n`
     } else {
       this.requestId = head.requestId
