@@ -57,24 +57,32 @@ export interface AccessLog {
   flush: () => void
 }
 
-/** The access log: `true` for stdout, or a file path (appended, folder created). */
+/** The current time as ISO 8601, formatted once per millisecond. */
+let isoAt = 0
+let iso = ''
+function isoNow (): string {
+  const now = Date.now()
+  if (now !== isoAt) {
+    isoAt = now
+    iso = new Date(now).toISOString()
+  }
+  return iso
+}
+
+const round3 = (ms: number): number => Math.round(ms * 1000) / 1000
+
+/**
+ * The access log: `true` for stdout, or a file path (appended, folder
+ * created). One JSON line per request, written by hand (the same fields, in
+ * the same order, as pino would): pino's generic serializer and a timestamp
+ * per line cost about a quarter of the fast engine's throughput.
+ */
 export function createAccessLog (to: true | string): AccessLog {
   const dest = to === true ? stdoutDest() : batched(to)
-  const access = pino({ base: null, timestamp: stdTimeFunctions.isoTime, formatters: { level: () => ({ type: 'access' }) } }, dest)
+  const s = JSON.stringify
   return {
     write: (stats, d) => {
-      access.info({
-        service: stats.service,
-        color: stats.color,
-        target: d.target,
-        method: d.method,
-        path: d.path,
-        status: d.status,
-        bytes: d.bytes,
-        duration: Math.round(d.durationMs * 1000) / 1000,
-        upstream: d.upstreamMs < 0 ? null : Math.round(d.upstreamMs * 1000) / 1000,
-        requestId: d.requestId,
-      })
+      dest.write(`{"type":"access","time":"${isoNow()}","service":${s(stats.service)},"color":"${stats.color}","target":${s(d.target)},"method":${s(d.method)},"path":${s(d.path)},"status":${d.status},"bytes":${d.bytes},"duration":${round3(d.durationMs)},"upstream":${d.upstreamMs < 0 ? 'null' : round3(d.upstreamMs)},"requestId":${s(d.requestId)}}\n`)
     },
     flush: () => flush(dest),
   }
