@@ -5,35 +5,6 @@
 // whose llhttp parser decides. The upstream's answers get no such fallback:
 // anything not plainly valid is an upstream error.
 
-/** RFC 9110 5.6.2 tchar, by char code. */
-const TCHAR = new Uint8Array(128)
-for (const c of "!#$%&'*+-.^_`|~") TCHAR[c.charCodeAt(0)] = 1
-for (let c = 48; c <= 57; c++) TCHAR[c] = 1
-for (let c = 65; c <= 90; c++) TCHAR[c] = 1
-for (let c = 97; c <= 122; c++) TCHAR[c] = 1
-
-function isToken (s: string): boolean {
-  if (s.length === 0) return false
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i)
-    if (c > 127 || TCHAR[c] === 0) return false
-  }
-  return true
-}
-
-/** A field value with optional whitespace trimmed; undefined when it holds a control character. */
-function fieldValue (line: string, from: number): string | undefined {
-  let a = from
-  let b = line.length
-  while (a < b && (line.charCodeAt(a) === 32 || line.charCodeAt(a) === 9)) a++
-  while (b > a && (line.charCodeAt(b - 1) === 32 || line.charCodeAt(b - 1) === 9)) b--
-  for (let i = a; i < b; i++) {
-    const c = line.charCodeAt(i)
-    if ((c < 32 && c !== 9) || c === 127) return undefined
-  }
-  return line.slice(a, b)
-}
-
 /** A Content-Length value: digits only, at most 15 of them (safe integers); -1 otherwise. */
 function contentLength (v: string): number {
   if (v.length === 0 || v.length > 15) return -1
@@ -105,45 +76,42 @@ export function parseRequestHead (head: string): RequestHead | undefined {
   if (sp2 === -1 || sp2 > eol || head.slice(sp2 + 1, eol) !== 'HTTP/1.1') return undefined
   const method = head.slice(0, sp1)
   const target = head.slice(sp1 + 1, sp2)
-  if (!METHODS.has(method) || target.charCodeAt(0) !== 47) return undefined
-  for (let i = 1; i < target.length; i++) {
-    const c = target.charCodeAt(i)
-    if (c <= 32 || c >= 127) return undefined
-  }
+  if (!METHODS.has(method) || !TARGET.test(target)) return undefined
   const r: RequestHead = {
     method, target, host: undefined, contentLength: 0, close: false, requestId: undefined,
     xff: '', cookie: undefined, smoke: undefined, lines: '',
   }
   let named: string[] | undefined
   let sawLength = false
-  let pos = eol + 2
+  const fields = eol + 2
+  if (fields < head.length && !HEADER_LINES.test(head.slice(fields) + '\r\n')) return undefined
+  // Kept lines are sliced from `head` in runs; only dropped lines break a run.
+  let runStart = fields
+  let pos = fields
   while (pos < head.length) {
     let end = head.indexOf('\r\n', pos)
     if (end === -1) end = head.length
-    const line = head.slice(pos, end)
+    const colon = head.indexOf(':', pos)
+    const nameLength = colon - pos
+    const lineStart = pos
     pos = end + 2
-    const colon = line.indexOf(':')
-    if (colon <= 0) return undefined
-    const name = line.slice(0, colon)
-    if (!isToken(name)) return undefined
-    const value = fieldValue(line, colon + 1)
-    if (value === undefined) return undefined
+    // Only names of these lengths mean anything here: the rest need no lowercasing.
+    if (nameLength >= 32 || REQUEST_NAME_LENGTHS[nameLength] === 0) continue
     let keep = true
-    const lower = name.toLowerCase()
-    switch (lower) {
+    switch (head.slice(lineStart, colon).toLowerCase()) {
       case 'host':
         if (r.host !== undefined) return undefined
-        r.host = value
+        r.host = trimmed(head, colon + 1, end)
         break
       case 'content-length':
         if (sawLength) return undefined
         sawLength = true
-        r.contentLength = contentLength(value)
+        r.contentLength = contentLength(trimmed(head, colon + 1, end))
         if (r.contentLength === -1) return undefined
         break
       case 'connection':
         keep = false
-        for (const t of tokens(value)) {
+        for (const t of tokens(trimmed(head, colon + 1, end))) {
           if (t === 'close') r.close = true
           else if (t !== 'keep-alive') (named ??= []).push(t)
         }
@@ -154,23 +122,33 @@ export function parseRequestHead (head: string): RequestHead | undefined {
       case 'te': case 'trailer': case 'x-forwarded-proto': case 'x-forwarded-host':
         keep = false
         break
-      case 'x-forwarded-for':
+      case 'x-forwarded-for': {
         keep = false
+        const value = trimmed(head, colon + 1, end)
         r.xff = r.xff === '' ? value : `${r.xff}, ${value}`
         break
+      }
       case 'x-switchyard-smoke':
         keep = false
-        r.smoke = value
+        r.smoke = trimmed(head, colon + 1, end)
         break
-      case 'x-request-id':
+      case 'x-request-id': {
+        const value = trimmed(head, colon + 1, end)
         if (r.requestId === undefined && value !== '') r.requestId = value
         break
-      case 'cookie':
+      }
+      case 'cookie': {
+        const value = trimmed(head, colon + 1, end)
         r.cookie = r.cookie === undefined ? value : `${r.cookie}; ${value}`
         break
+      }
     }
-    if (keep) r.lines += line + '\r\n'
+    if (!keep) {
+      r.lines += head.slice(runStart, lineStart)
+      runStart = pos
+    }
   }
+  if (runStart < head.length) r.lines += head.slice(runStart) + '\r\n'
   if (r.host === undefined) return undefined
   if (named !== undefined) {
     if (named.includes('host') || named.includes('content-length')) return undefined
@@ -191,6 +169,18 @@ function trimmed (s: string, a: number, b: number): string {
   while (b > a && (s.charCodeAt(b - 1) === 32 || s.charCodeAt(b - 1) === 9)) b--
   return s.slice(a, b)
 }
+
+/** A reason phrase: visible characters, obs-text, spaces and tabs. */
+const REASON = /^[\t\x20-\x7e\x80-\xff]*$/
+
+/** An origin-form request target: `/`, then visible ASCII only. */
+const TARGET = /^\/[\x21-\x7e]*$/
+
+/** Lengths of the request header names parseRequestHead acts on. */
+const REQUEST_NAME_LENGTHS = new Uint8Array(32)
+for (const name of ['host', 'content-length', 'connection', 'transfer-encoding', 'upgrade', 'expect', 'keep-alive', 'proxy-connection',
+  'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-for',
+  'x-switchyard-smoke', 'x-request-id', 'cookie']) REQUEST_NAME_LENGTHS[name.length] = 1
 
 /** Lengths of the response header names parseResponseHead acts on. */
 const RESPONSE_NAME_LENGTHS = new Uint8Array(32)
@@ -227,8 +217,7 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
     status = status * 10 + c - 48
   }
   if (status < 100 || status > 599) return `invalid status ${status}`
-  const reason = eol > 13 ? fieldValue(head.slice(13, eol), 0) : ''
-  if (reason === undefined) return 'malformed status line'
+  if (eol > 13 && !REASON.test(head.slice(13, eol))) return 'malformed status line'
   const http10 = version === 'HTTP/1.0 '
   const r: ResponseHead = {
     status,
