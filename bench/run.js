@@ -2,7 +2,7 @@
 // the upstream, a Node server answering by itself (node-hello: not a proxy,
 // the ceiling for one Node process), through Switchyard (three variants),
 // through the naive Node baselines (http-proxy-3, an undici Pool forwarder),
-// and through nginx and HAProxy (each when installed), for each request
+// and through nginx, HAProxy and Caddy (each when installed), for each request
 // scenario (small GET, 1 KiB POST, 64 KiB GET).
 //
 //   node bench/run.js [--duration 10] [--warmup 2] [--connections 50] [--repeat 1]
@@ -12,8 +12,8 @@
 //
 // Process layout: this process runs only the load generator (autocannon
 // in-process, or wrk as its own process with --wrk). The upstream, node-hello,
-// Switchyard, http-proxy-3, undici-naive, nginx and HAProxy each run in their
-// own child process; each is started just before its case and stopped right
+// Switchyard, http-proxy-3, undici-naive, nginx, HAProxy and Caddy each run in
+// their own child process; each is started just before its case and stopped right
 // after it.
 // Results: one table per scenario on stdout and bench/results/latest.json.
 
@@ -123,7 +123,7 @@ async function main () {
           cpu.backendMicrosPerRequest = cpu.backendCores === null || r.requestsTotal === 0 ? null : cpu.backendCores * secs * 1e6 / r.requestsTotal
           const memory = c.name === 'direct' ? null : { rssIdleKiB, rssLoadMaxKiB: rssSamples.length === 0 ? null : Math.max(...rssSamples), rssLoadLastKiB: rssSamples.at(-1) ?? null }
           let proxyLog
-          if (started.request !== undefined && (c.name === 'nginx' || c.name === 'haproxy')) {
+          if (started.request !== undefined && ['nginx', 'haproxy', 'caddy'].includes(c.name)) {
             try { proxyLog = (await started.request({ type: 'log' })).log } catch {}
           }
           runs.get(scenario).get(c.name).push({ name: c.name, ...(c.label ? { label: c.label } : {}), ...(c.notProxy ? { notProxy: true } : {}), scenario, round, loadgen: loadgenName, ...(started.version ? { version: started.version } : {}), ...r, cpu, memory, ...(proxyLog ? { proxyLog } : {}) })
@@ -149,6 +149,7 @@ async function main () {
     const nginx = results.find((r) => r.name === 'nginx')
     const undiciNaive = results.find((r) => r.name === 'undici-naive')
     const nodeHello = results.find((r) => r.name === 'node-hello')
+    const caddy = results.find((r) => r.name === 'caddy')
     // With --repeat: ratios within each round (cases of one round ran minutes
     // apart, rounds further), and their medians. Steadier than ratios of medians.
     const median = (xs) => { const v = xs.filter((x) => x !== null && Number.isFinite(x)).sort((a, b) => a - b); return v.length === 0 ? null : v.length % 2 === 1 ? v[v.length >> 1] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2 }
@@ -164,6 +165,7 @@ async function main () {
           ratioToHttpProxy3: perRound(r.name, 'http-proxy-3', rps),
           ratioToUndiciNaive: perRound(r.name, 'undici-naive', rps),
           ratioToNodeHello: perRound(r.name, 'node-hello', rps),
+          ratioToCaddy: perRound(r.name, 'caddy', rps),
           p99RatioToNginx: nginx ? perRound(r.name, 'nginx', p99) : null,
           proxyMicrosPerRequest: roundsOf(r.name).map((x) => x.cpu.proxyMicrosPerRequest),
         }
@@ -173,6 +175,7 @@ async function main () {
       r.ratioToNginx = nginx ? r.reqPerSec / nginx.reqPerSec : null
       r.ratioToUndiciNaive = undiciNaive ? r.reqPerSec / undiciNaive.reqPerSec : null
       r.ratioToNodeHello = nodeHello ? r.reqPerSec / nodeHello.reqPerSec : null
+      r.ratioToCaddy = caddy ? r.reqPerSec / caddy.reqPerSec : null
       r.p99RatioToNginx = nginx && nginx.latencyFineMs.p99 > 0 ? r.latencyFineMs.p99 / nginx.latencyFineMs.p99 : null
       r.p99RatioToDirect = direct && direct.latencyFineMs.p99 > 0 ? r.latencyFineMs.p99 / direct.latencyFineMs.p99 : null
     }
@@ -196,7 +199,7 @@ async function main () {
     code,
     versions: versions(),
     upstream: { kind: upstream.kind, version: upstream.version },
-    layout: `${loadgenName} ${useWrk ? 'as its own process' : 'in the bench process'}; upstream, node-hello, switchyard, http-proxy-3, undici-naive, nginx and haproxy each in their own child process (one case running at a time)`,
+    layout: `${loadgenName} ${useWrk ? 'as its own process' : 'in the bench process'}; upstream, node-hello, switchyard, http-proxy-3, undici-naive, nginx, haproxy and caddy each in their own child process (one case running at a time)`,
     settings: { loadgen: loadgenName, connections, pipelining: 1, threads: 1, durationSec: duration, warmupSec: warmup, repeat, keepAlive: true, scenarios: Object.fromEntries(scenarios.map((s) => [s, SCENARIOS[s].describe])) },
     latencyNote: 'latencyFineMs: every response, 10 µs buckets (autocannon) or wrk\'s own µs histogram; latencyMs: autocannon\'s histogram (2xx only, 1 ms resolution)',
     targets,
@@ -225,6 +228,7 @@ function checkTargets (results) {
   const nginx = results.find((r) => r.name === 'nginx')
   const hp = results.find((r) => r.name === 'http-proxy-3')
   const un = results.find((r) => r.name === 'undici-naive')
+  const caddy = results.find((r) => r.name === 'caddy')
   const f = (x) => (x === null || x === undefined ? '-' : x.toFixed(2))
   // With --repeat, also the median of the per-round ratios (in brackets).
   const pr = (k) => (sy.medians?.[k] === undefined ? '' : ` [per-round median ${f(sy.medians[k])}x, rounds ${sy.perRound[k].map(f).join(' ')}]`)
@@ -232,6 +236,7 @@ function checkTargets (results) {
   if (nginx) out.push({ what: 'switchyard req/s >= 0.5x nginx', value: `${f(sy.reqPerSec / nginx.reqPerSec)}x${pr('ratioToNginx')}`, ok: sy.reqPerSec >= 0.5 * nginx.reqPerSec })
   if (hp) out.push({ what: 'switchyard req/s >= 1.6x http-proxy-3', value: `${f(sy.reqPerSec / hp.reqPerSec)}x${pr('ratioToHttpProxy3')}`, ok: sy.reqPerSec >= 1.6 * hp.reqPerSec })
   if (un) out.push({ what: 'switchyard req/s vs undici-naive (information, not a target)', value: `${f(sy.reqPerSec / un.reqPerSec)}x (${Math.round(sy.reqPerSec)} vs ${Math.round(un.reqPerSec)} req/s)${pr('ratioToUndiciNaive')}`, ok: null, info: true })
+  if (caddy) out.push({ what: 'switchyard req/s vs caddy (ahead of Caddy)', value: `${f(sy.reqPerSec / caddy.reqPerSec)}x (${Math.round(sy.reqPerSec)} vs ${Math.round(caddy.reqPerSec)} req/s)${pr('ratioToCaddy')}`, ok: sy.reqPerSec > caddy.reqPerSec })
   if (nginx) out.push({ what: 'switchyard p99 <= 2.5x nginx p99', value: `${sy.latencyFineMs.p99} ms vs ${nginx.latencyFineMs.p99} ms = ${f(sy.latencyFineMs.p99 / nginx.latencyFineMs.p99)}x${pr('p99RatioToNginx')}`, ok: sy.latencyFineMs.p99 <= 2.5 * nginx.latencyFineMs.p99 })
   out.push({ what: 'switchyard: zero errors and zero non-2xx', value: `${sy.errors} errors, ${sy.non2xx} non-2xx`, ok: sy.errors === 0 && sy.non2xx === 0 })
   return out

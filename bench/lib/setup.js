@@ -23,7 +23,7 @@ export function which (cmd) {
   return undefined
 }
 
-export const bins = { nginx: which('nginx'), haproxy: which('haproxy'), wrk: which('wrk') }
+export const bins = { nginx: which('nginx'), haproxy: which('haproxy'), caddy: which('caddy'), wrk: which('wrk') }
 
 export const LARGE_PATH = '/64k'
 export const LARGE_BYTES = 65536
@@ -132,6 +132,17 @@ export function allCases () {
       },
     })
   }
+  // Caddy has no one-worker mode: it runs with GOMAXPROCS=1 (see caddy.js).
+  if (bins.caddy !== undefined) {
+    cases.push({
+      name: 'caddy',
+      start: async (up) => {
+        const dir = makeTempDir('switchyard-bench-caddy-')
+        const c = await startChild(lib('caddy.js'), ['--dir', dir, '--upstream', up.slice('http://'.length), '--caddy', bins.caddy], { name: 'caddy' })
+        return { url: c.info.url, pid: c.child.pid, rssPid: c.info.pid, version: c.info.version, request: c.request, stop: async () => { await c.stop(); removeTempDir(dir) } }
+      },
+    })
+  }
   return cases
 }
 
@@ -161,6 +172,7 @@ export function versions () {
     undici: pkg('undici'),
     nginx: out(bins.nginx, ['-v'])?.replace(/^nginx version: /, '') ?? null,
     haproxy: out(bins.haproxy, ['-v']) ?? null,
+    caddy: out(bins.caddy, ['version']) ?? null,
     wrk: out(bins.wrk, ['--version']) ?? null,
   }
 }

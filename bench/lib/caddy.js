@@ -1,0 +1,131 @@
+// Child process: Caddy as a reverse proxy in front of one upstream.
+//   node caddy.js --dir TEMPDIR --upstream 127.0.0.1:PORT [--caddy /usr/bin/caddy]
+// Writes a Caddyfile into TEMPDIR: admin endpoint off, automatic HTTPS off,
+// HTTP/1.1 only, one site bound to 127.0.0.1, `reverse_proxy` to the upstream
+// with keep-alive (Caddy's HTTP transport keeps connections alive; its idle
+// pool is raised to 128 like nginx's `keepalive 128`). No `log` directive, so
+// no access log; the default (runtime) logger goes to stderr at WARN.
+// Caddy sets X-Forwarded-For/-Proto/-Host itself (no header_up needed), so it
+// does the same header work as the other proxies. Caddy has no "one worker"
+// setting: it runs with GOMAXPROCS=1 (one core's worth of Go scheduler, like
+// nginx's one worker and HAProxy's `nbthread 1`). XDG_CONFIG_HOME and
+// XDG_DATA_HOME point into TEMPDIR, so Caddy's autosave.json (2.6.2 has no
+// `persist_config off` in the Caddyfile) and its data dir stay there.
+// Runs `caddy run --config Caddyfile --adapter caddyfile` and reports
+// { type: 'ready', url, version, pid }. This wrapper kills Caddy when it is
+// told to stop or when the parent goes away.
+
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
+import { join } from 'node:path'
+import { exitWithParent, parseArgs, reportStartupError } from './children.js'
+
+const args = parseArgs()
+const dir = String(args.dir)
+const bin = typeof args.caddy === 'string' ? args.caddy : 'caddy'
+let proc
+let stderr = ''
+
+function kill () {
+  if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve()
+  const exited = new Promise((resolve) => proc.once('exit', resolve))
+  try { proc.kill('SIGTERM') } catch {} // Caddy: SIGTERM = graceful stop (grace_period 1s below)
+  const timer = setTimeout(() => { try { proc.kill('SIGKILL') } catch {} }, 3000)
+  return exited.finally(() => clearTimeout(timer))
+}
+
+const go = exitWithParent(async () => {
+  await kill()
+  rmSync(dir, { recursive: true, force: true })
+})
+process.on('message', (msg) => {
+  if (msg?.type === 'stop') void go(0)
+  else if (msg?.type === 'log') process.send({ type: 'reply', id: msg.id, log: stderr.slice(-2000) })
+})
+process.on('exit', () => { try { proc?.kill('SIGKILL') } catch {} })
+
+/** Like nginx.js: take a free port from the kernel, then hand it over. */
+async function freePort () {
+  const srv = net.createServer()
+  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve) })
+  const { port } = srv.address()
+  await new Promise((resolve) => srv.close(resolve))
+  return port
+}
+
+async function waitForPort (port, ms) {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error(`caddy exited with ${proc.exitCode}: ${stderr.slice(-2000)}`)
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1')
+      s.once('connect', () => { s.destroy(); resolve(true) })
+      s.once('error', () => resolve(false))
+    })
+    if (ok) return
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error(`caddy did not listen on ${port}: ${stderr.slice(-2000)}`)
+}
+
+// `http://:PORT` + `bind 127.0.0.1`: a site address with a host
+// (`http://127.0.0.1:PORT`) would still listen on every interface and add a
+// Host matcher to every request; this listens on 127.0.0.1 only, unmatched,
+// like the nginx and HAProxy configs.
+function config (port, upstream) {
+  return `{
+	admin off
+	auto_https off
+	grace_period 1s
+	log {
+		level WARN
+	}
+	servers {
+		protocols h1
+	}
+}
+
+http://:${port} {
+	bind 127.0.0.1
+	reverse_proxy ${upstream} {
+		transport http {
+			keepalive 65s
+			keepalive_idle_conns 128
+			keepalive_idle_conns_per_host 128
+		}
+	}
+}
+`
+}
+
+try {
+  mkdirSync(join(dir, 'xdg-config'), { recursive: true })
+  mkdirSync(join(dir, 'xdg-data'), { recursive: true })
+  const v = spawnSync(bin, ['version'], { encoding: 'utf8' })
+  const version = String(v.stdout ?? '').trim().split(/\s/)[0] || String(v.stderr ?? '').trim().split('\n')[0]
+  const env = { ...process.env, GOMAXPROCS: '1', XDG_CONFIG_HOME: join(dir, 'xdg-config'), XDG_DATA_HOME: join(dir, 'xdg-data') }
+  let lastErr
+  for (let attempt = 0; attempt < 3; attempt++) { // the free port may be taken in between
+    const port = await freePort()
+    const conf = join(dir, 'Caddyfile')
+    writeFileSync(conf, config(port, String(args.upstream)))
+    stderr = ''
+    proc = spawn(bin, ['run', '--config', conf, '--adapter', 'caddyfile'], { cwd: dir, env, stdio: ['ignore', 'ignore', 'pipe'] })
+    proc.stderr.setEncoding('utf8')
+    proc.stderr.on('data', (d) => { if (stderr.length < 100_000) stderr += d })
+    proc.on('error', () => {})
+    try {
+      await waitForPort(port, 5000)
+      process.send({ type: 'ready', url: `http://127.0.0.1:${port}`, version, pid: proc.pid })
+      lastErr = undefined
+      break
+    } catch (err) {
+      lastErr = err
+      await kill()
+    }
+  }
+  if (lastErr !== undefined) throw lastErr
+} catch (err) {
+  reportStartupError(err)
+}
