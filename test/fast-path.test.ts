@@ -129,6 +129,30 @@ t.test('a kept-alive connection the upstream dropped is retried for safe request
   const got = await exchange(port, 'GET /a HTTP/1.1\r\nhost: x\r\n\r\n', (s) => s.endsWith('ok'))
   t.match(got, /^HTTP\/1\.1 200/)
   for (let i = 0; i < 3; i++) t.equal((await http1(`${gw.url}/again`)).status, 200, `GET ${i} after the close`)
+  // The race itself: an upstream that answers the first request on a connection and drops the
+  // connection when a second one arrives. Not the target failing: with consecutiveFailures 1 a
+  // single counted failure would eject it.
+  const seen = new WeakMap<net.Socket, number>()
+  const racy = await rawUpstream(t, (s) => {
+    const n = (seen.get(s) ?? 0) + 1
+    seen.set(s, n)
+    if (n === 1) s.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
+    else s.destroy()
+  })
+  const strict = await startGateway(t, `services:
+  svc:
+    match: { pathPrefix: / }
+    blue: { targets: [${racy.url}] }
+    green: { targets: [${g.url}] }
+    passive: { consecutiveFailures: 1 }
+`)
+  for (let i = 0; i < 4; i++) t.equal((await http1(`${strict.url}/s${i}`)).status, 200, `GET ${i}: retried on a new connection`)
+  t.ok(racy.connections() >= 4, 'each retry opened a new connection')
+  const target = strict.gateway.controller.switcher.current.services.get('svc')?.colors.blue.targets.endpoints[0].target
+  t.equal(target?.healthy, true, 'the target was not ejected')
+  const post = await http1(`${strict.url}/post`, { method: 'POST', body: 'x' })
+  t.equal(post.status, 502, 'a POST on a dropped kept-alive connection is not retried')
+  t.equal(target?.healthy, true, 'and does not eject the target either')
 })
 
 t.test('chunked, close-delimited and HTTP/1.0 answers reach the client whole', async (t) => {

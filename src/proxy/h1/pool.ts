@@ -117,9 +117,9 @@ export class H1Pool {
     this.timeouts = timeouts
   }
 
-  /** An idle connection (newest first) or a new one, held by `user`. */
-  acquire (user: UpstreamUser): UpstreamConn {
-    let conn = this.idle.pop()
+  /** An idle connection (newest first) or a new one (always, when `fresh`), held by `user`. */
+  acquire (user: UpstreamUser, fresh = false): UpstreamConn {
+    let conn = fresh ? undefined : this.idle.pop()
     while (conn !== undefined && (conn.socket.destroyed || !conn.socket.writable)) conn = this.idle.pop()
     if (conn === undefined) {
       const { tls: secure, host, port } = this.origin

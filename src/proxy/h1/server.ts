@@ -371,8 +371,8 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
     this.dispatch(body, complete)
   }
 
-  private dispatch (body: Buffer | undefined, complete: boolean): void {
-    const up = this.endpoint.h1.acquire(this)
+  private dispatch (body: Buffer | undefined, complete: boolean, fresh = false): void {
+    const up = this.endpoint.h1.acquire(this, fresh)
     this.up = up
     this.requestSent = complete
     if (!writeHeadAndBody(up.socket, this.upstreamHead, body) && !complete) this.pauseClient(up)
@@ -540,21 +540,24 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
   /** A failure before the answer: retried once when safe, else a coded error to the client. */
   private upstreamFailed (err: Error & { code?: string }, reused: boolean): void {
     const code = classifyUpstreamError(err)
-    this.endpoint.target.recordResult(false)
     this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
     // A kept-alive connection the upstream closed just as it was reused: the request never got there.
-    const stale = !this.answered && (reused || err.code === 'ECONNRESET' || err.code === 'UND_ERR_SOCKET')
-    if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || stale)) {
-      const next = this.picker.pick(this.endpoint) ?? (stale ? this.endpoint : undefined)
+    const stale = !this.answered && reused
+    if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || stale || (!this.answered && (err.code === 'ECONNRESET' || err.code === 'UND_ERR_SOCKET')))) {
+      const next = this.picker.pick(this.endpoint) ?? (code === 'upstream_connect_failed' ? undefined : this.endpoint)
       if (next !== undefined) {
+        if (!stale) this.endpoint.target.recordResult(false)
         this.retried = true
         this.endpoint.target.inflight--
         next.target.inflight++
         this.endpoint = next
-        this.dispatch(undefined, true)
+        // On a new connection: the idle ones were likely closed at the same moment as this one.
+        this.dispatch(undefined, true, true)
         return
       }
     }
+    // A stale connection is the keep-alive race, not the target failing: it does not count toward ejection.
+    if (!stale) this.endpoint.target.recordResult(false)
     this.answerError(code)
   }
 
