@@ -8,10 +8,10 @@
 // wrapper kills HAProxy when it is told to stop or when the parent goes away.
 
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
-import net from 'node:net'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { exitWithParent, parseArgs, reportStartupError } from './children.js'
+import { parseArgs, reportStartupError } from './children.js'
+import { exitWithServer, freePort, killServer, waitForPort } from './external.js'
 
 const args = parseArgs()
 const dir = String(args.dir)
@@ -19,47 +19,9 @@ const bin = typeof args.haproxy === 'string' ? args.haproxy : 'haproxy'
 let proc
 let stderr = ''
 
-function kill () {
-  if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve()
-  const exited = new Promise((resolve) => proc.once('exit', resolve))
-  try { proc.kill('SIGTERM') } catch {} // HAProxy: SIGTERM = hard stop
-  const timer = setTimeout(() => { try { proc.kill('SIGKILL') } catch {} }, 3000)
-  return exited.finally(() => clearTimeout(timer))
-}
-
-const go = exitWithParent(async () => {
-  await kill()
-  rmSync(dir, { recursive: true, force: true })
-})
-process.on('message', (msg) => {
-  if (msg?.type === 'stop') void go(0)
-  else if (msg?.type === 'log') process.send({ type: 'reply', id: msg.id, log: stderr.slice(-2000) })
-})
-process.on('exit', () => { try { proc?.kill('SIGKILL') } catch {} })
-
-/** Like nginx.js: take a free port from the kernel, then hand it over. */
-async function freePort () {
-  const srv = net.createServer()
-  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve) })
-  const { port } = srv.address()
-  await new Promise((resolve) => srv.close(resolve))
-  return port
-}
-
-async function waitForPort (port, ms) {
-  const deadline = Date.now() + ms
-  while (Date.now() < deadline) {
-    if (proc.exitCode !== null) throw new Error(`haproxy exited with ${proc.exitCode}: ${stderr.slice(-2000)}`)
-    const ok = await new Promise((resolve) => {
-      const s = net.connect(port, '127.0.0.1')
-      s.once('connect', () => { s.destroy(); resolve(true) })
-      s.once('error', () => resolve(false))
-    })
-    if (ok) return
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  throw new Error(`haproxy did not listen on ${port}: ${stderr.slice(-2000)}`)
-}
+const stderrTail = () => stderr.slice(-2000)
+// HAProxy: SIGTERM = hard stop
+exitWithServer({ server: () => proc, dir, log: stderrTail })
 
 function config (port, upstream) {
   return `
@@ -107,13 +69,13 @@ try {
     proc.stderr.on('data', (d) => { if (stderr.length < 100_000) stderr += d })
     proc.on('error', () => {})
     try {
-      await waitForPort(port, 5000)
+      await waitForPort(proc, port, 5000, { name: 'haproxy', log: stderrTail })
       process.send({ type: 'ready', url: `http://127.0.0.1:${port}`, version, pid: proc.pid })
       lastErr = undefined
       break
     } catch (err) {
       lastErr = err
-      await kill()
+      await killServer(proc)
     }
   }
   if (lastErr !== undefined) throw lastErr

@@ -11,10 +11,10 @@
 // nginx when it is told to stop or when the parent process goes away.
 
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdirSync, writeFileSync, readFileSync, existsSync, rmSync } from 'node:fs'
-import net from 'node:net'
+import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { exitWithParent, parseArgs, reportStartupError } from './children.js'
+import { parseArgs, reportStartupError } from './children.js'
+import { exitWithServer, freePort, killServer, waitForPort } from './external.js'
 
 const args = parseArgs()
 const dir = String(args.dir)
@@ -24,50 +24,10 @@ const largePath = typeof args['large-path'] === 'string' ? args['large-path'] : 
 const largeBytes = Number(args['large-bytes'] ?? 65536)
 let proc
 
-function killNginx () {
-  if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve()
-  const exited = new Promise((resolve) => proc.once('exit', resolve))
-  try { proc.kill('SIGTERM') } catch {} // nginx: SIGTERM = fast shutdown
-  const timer = setTimeout(() => { try { proc.kill('SIGKILL') } catch {} }, 3000)
-  return exited.finally(() => clearTimeout(timer))
-}
-
-// TEMPDIR is removed once nginx is gone (the parent removes it too; this
-// covers a parent killed with SIGKILL).
-const go = exitWithParent(async () => {
-  await killNginx()
-  rmSync(dir, { recursive: true, force: true })
-})
-process.on('message', (msg) => {
-  if (msg?.type === 'stop') void go(0)
-  // The error log's tail (warn and up): e.g. "an upstream response is buffered to a temporary file".
-  else if (msg?.type === 'log') process.send({ type: 'reply', id: msg.id, log: readLog() })
-})
-process.on('exit', () => { try { proc?.kill('SIGKILL') } catch {} })
-
-/** nginx cannot listen on port 0: take a free port from the kernel, then hand it over. */
-async function freePort () {
-  const srv = net.createServer()
-  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve) })
-  const { port } = srv.address()
-  await new Promise((resolve) => srv.close(resolve))
-  return port
-}
-
-async function waitForPort (port, ms) {
-  const deadline = Date.now() + ms
-  while (Date.now() < deadline) {
-    if (proc.exitCode !== null) throw new Error(`nginx exited with ${proc.exitCode}: ${readLog()}`)
-    const ok = await new Promise((resolve) => {
-      const s = net.connect(port, '127.0.0.1')
-      s.once('connect', () => { s.destroy(); resolve(true) })
-      s.once('error', () => resolve(false))
-    })
-    if (ok) return
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  throw new Error(`nginx did not listen on ${port}: ${readLog()}`)
-}
+// nginx: SIGTERM = fast shutdown. TEMPDIR is removed once nginx is gone.
+// The 'log' reply is the error log's tail (warn and up): e.g. "an upstream
+// response is buffered to a temporary file".
+exitWithServer({ server: () => proc, dir, log: readLog })
 
 function readLog () {
   const f = join(dir, 'logs', 'error.log')
@@ -165,20 +125,20 @@ try {
   const v = spawnSync(bin, ['-v'], { encoding: 'utf8' })
   const version = `${v.stderr ?? ''}${v.stdout ?? ''}`.trim().replace(/^nginx version: /, '')
   let lastErr
-  for (let attempt = 0; attempt < 3; attempt++) { // the free port may be taken in between
+  for (let attempt = 0; attempt < 3; attempt++) { // the free port may be taken in between (nginx cannot listen on port 0)
     const port = await freePort()
     const conf = join(dir, 'nginx.conf')
     writeFileSync(conf, config(port, String(args.upstream)))
     proc = spawn(bin, ['-p', dir, '-c', conf, '-e', join(dir, 'logs', 'error.log')], { stdio: ['ignore', 'ignore', 'inherit'] })
     proc.on('error', () => {})
     try {
-      await waitForPort(port, 5000)
+      await waitForPort(proc, port, 5000, { name: 'nginx', log: readLog })
       process.send({ type: 'ready', url: `http://127.0.0.1:${port}`, version, pid: proc.pid })
       lastErr = undefined
       break
     } catch (err) {
       lastErr = err
-      await killNginx()
+      await killServer(proc)
     }
   }
   if (lastErr !== undefined) throw lastErr

@@ -1,0 +1,64 @@
+// Shared by the wrappers that run an external server binary as a child of a
+// forked bench child (nginx.js, haproxy.js, caddy.js): stopping the server,
+// the wrapper's exit wiring (stop, log and parent-gone handling), a free port
+// from the kernel and waiting until the server listens on it. Each wrapper
+// keeps its own config, its start-up and its port-retry loop.
+
+import { rmSync } from 'node:fs'
+import net from 'node:net'
+import { exitWithParent, stopProcess } from './children.js'
+
+/** SIGTERM, then SIGKILL after 3 s; resolves when `proc` is gone (at once if there is none or it already exited). */
+export async function killServer (proc) {
+  if (proc === undefined) return
+  await stopProcess(proc, 3000)
+}
+
+/**
+ * Wires the wrapper's exit. When the parent goes away, on SIGTERM/SIGINT or on
+ * { type: 'stop' }: kill the server, remove `dir` (the parent removes it too;
+ * this covers a parent killed with SIGKILL) and exit. Answers { type: 'log' }
+ * with { type: 'reply', id, log: log() }, the server's error output tail. If
+ * this process exits anyway, the server gets SIGKILL. `server()` returns the
+ * current server process (undefined before the first start).
+ */
+export function exitWithServer ({ server, dir, log }) {
+  const go = exitWithParent(async () => {
+    await killServer(server())
+    rmSync(dir, { recursive: true, force: true })
+  })
+  process.on('message', (msg) => {
+    if (msg?.type === 'stop') void go(0)
+    else if (msg?.type === 'log') process.send({ type: 'reply', id: msg.id, log: log() })
+  })
+  process.on('exit', () => { try { server()?.kill('SIGKILL') } catch {} })
+}
+
+/** For servers that cannot listen on port 0: take a free port from the kernel, then hand it over. */
+export async function freePort () {
+  const srv = net.createServer()
+  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve) })
+  const { port } = srv.address()
+  await new Promise((resolve) => srv.close(resolve))
+  return port
+}
+
+/**
+ * Polls a connect to 127.0.0.1:`port` every 50 ms until `proc` listens there;
+ * throws with `log()` (the server's error output tail) if `proc` exits first
+ * or nothing listens within `ms`. `name` starts the error messages.
+ */
+export async function waitForPort (proc, port, ms, { name, log }) {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error(`${name} exited with ${proc.exitCode}: ${log()}`)
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1')
+      s.once('connect', () => { s.destroy(); resolve(true) })
+      s.once('error', () => resolve(false))
+    })
+    if (ok) return
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error(`${name} did not listen on ${port}: ${log()}`)
+}
