@@ -10,8 +10,8 @@ import { ERRORS } from './errors.js'
 import { Exchange, requestIdFor, sendError } from './proxy/forward.js'
 import { proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
 import { SMOKE_HEADER, type SmokeRunner } from './health/smoke.js'
-import { chooseColor, chooseSticky } from './routing/choose.js'
-import type { ColorRoute, ServiceRoute, Switcher } from './routing/snapshot.js'
+import { chooseFor, type StickyChoice } from './routing/choose.js'
+import type { ServiceRoute, Switcher } from './routing/snapshot.js'
 
 const PROTO = 'http'
 
@@ -36,13 +36,8 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, engine
   const upgraded = new Set<Duplex>()
 
   /** Smoke checks of the gate pin a color with a header only this process can forge. */
-  const smokeColor = (route: ServiceRoute, headers: IncomingMessage['headers']): ColorRoute | undefined => {
-    const pinned = headers[SMOKE_HEADER] === undefined ? undefined : smoke.colorOf(headers[SMOKE_HEADER])
-    return pinned === undefined ? undefined : route.colors[pinned]
-  }
-
-  const colorFor = (route: ServiceRoute, headers: IncomingMessage['headers']): ColorRoute =>
-    smokeColor(route, headers) ?? (route.stickyCookie === undefined ? chooseColor(route, headers) : chooseSticky(route, headers).color)
+  const choose = (route: ServiceRoute, headers: IncomingMessage['headers']): StickyChoice =>
+    chooseFor(route, headers[SMOKE_HEADER] === undefined ? undefined : smoke.colorOf(headers[SMOKE_HEADER]), headers)
 
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     // Origin-form only (`/path?query`): absolute-form, `*` and friends are not for a reverse proxy.
@@ -55,12 +50,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, engine
       sendError(res, 'no_route', ERRORS.no_route.status)
       return
     }
-    let color = smokeColor(route, req.headers)
-    let cookie: string | undefined
-    if (color === undefined) {
-      if (route.stickyCookie === undefined) color = chooseColor(route, req.headers)
-      else ({ color, setCookie: cookie } = chooseSticky(route, req.headers))
-    }
+    const { color, setCookie: cookie } = choose(route, req.headers)
     const endpoint = color.targets.pick()
     if (endpoint === undefined) {
       const started = performance.now()
@@ -78,7 +68,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, engine
     if ((req.url as string).charCodeAt(0) !== 47) return rejectUpgrade(socket, 'bad_request', ERRORS.bad_request.status)
     const route = switcher.current.match(req.headers.host, req.url as string)
     if (route === undefined) return rejectUpgrade(socket, 'no_route', ERRORS.no_route.status)
-    const color = colorFor(route, req.headers)
+    const { color } = choose(route, req.headers)
     const endpoint = color.targets.pick()
     if (endpoint === undefined) return rejectUpgrade(socket, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status)
     proxyUpgrade(req, socket, head, endpoint, color.stats, PROTO, color.timeouts)

@@ -65,3 +65,20 @@ export function chooseSticky (route: ServiceRoute, headers: Record<string, strin
   const cookies = route.stickySetCookie as Readonly<Record<Color, string>>
   return { color, setCookie: pinned === color.color ? undefined : cookies[color.color] }
 }
+
+/** Whether choosing a color for `route` reads request headers at all (preview or sticky settings). */
+export function readsHeaders (route: ServiceRoute): boolean {
+  return route.previewHeader !== undefined || route.previewCookie !== undefined || route.stickyCookie !== undefined
+}
+
+/**
+ * The color for one request, for both engines and WebSocket upgrades: the
+ * color a smoke check pinned first, then preview and sticky rules (from
+ * `headers`, which may be left out when `readsHeaders` is false), else live.
+ */
+export function chooseFor (route: ServiceRoute, pinned: Color | undefined, headers: Record<string, string | string[] | undefined> | undefined): StickyChoice {
+  if (pinned !== undefined) return { color: route.colors[pinned], setCookie: undefined }
+  if (headers === undefined || !readsHeaders(route)) return { color: route.colors[route.live], setCookie: undefined }
+  if (route.stickyCookie !== undefined) return chooseSticky(route, headers)
+  return { color: chooseColor(route, headers), setCookie: undefined }
+}

@@ -9,8 +9,8 @@ import http from 'node:http'
 import net from 'node:net'
 import { ERRORS, errorBody, type ErrorCode } from '../../errors.js'
 import type { SmokeRunner } from '../../health/smoke.js'
-import { chooseColor, chooseSticky } from '../../routing/choose.js'
-import type { ColorRoute, ServiceRoute, Switcher } from '../../routing/snapshot.js'
+import { chooseFor, readsHeaders } from '../../routing/choose.js'
+import type { ServiceRoute, Switcher } from '../../routing/snapshot.js'
 import type { ColorStats, Finished, OpenExchange } from '../../upstream/color-stats.js'
 import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
 import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
@@ -223,28 +223,14 @@ export class ClientConn {
       this.answer(head, 'no_route')
       return
     }
-    let color: ColorRoute | undefined
-    let cookie: string | undefined
-    if (head.smoke !== undefined) {
-      const pinned = edge.smoke.colorOf(head.smoke)
-      if (pinned !== undefined) color = route.colors[pinned]
-    }
-    if (color === undefined) {
-      if (route.previewHeader === undefined && route.stickyCookie === undefined && route.previewCookie === undefined) {
-        color = route.colors[route.live]
-      } else {
-        const headers = routingHeaders(route, head)
-        if (route.stickyCookie === undefined) color = chooseColor(route, headers)
-        else ({ color, setCookie: cookie } = chooseSticky(route, headers))
-      }
-    }
+    const pinned = head.smoke === undefined ? undefined : edge.smoke.colorOf(head.smoke)
+    const { color, setCookie: cookie } = chooseFor(route, pinned, readsHeaders(route) ? routingHeaders(route, head) : undefined)
     const endpoint = color.targets.pick()
     if (endpoint === undefined) {
       const started = performance.now()
       const bytes = this.answer(head, 'no_healthy_upstream', `no healthy upstream for ${route.name} (${color.color})`)
       color.stats.rejected(head.method, head.target, head.requestId ?? newRequestId(), bytes, performance.now() - started)
       return
-
     }
     this.x = new FastExchange(this, head, endpoint, color.targets, color.stats, cookie, this.edge.proto)
     this.x.start(body, this.bodyLeft === 0)
@@ -299,7 +285,7 @@ export class ClientConn {
 
 function noop (): void {}
 
-/** The headers a service's preview and sticky settings read, as `chooseColor` takes them. */
+/** The headers a service's preview and sticky settings read, as `chooseFor` takes them. */
 function routingHeaders (route: ServiceRoute, head: RequestHead): Record<string, string | undefined> {
   const headers: Record<string, string | undefined> = { cookie: head.cookie }
   if (route.previewHeader !== undefined) headers[route.previewHeader] = headerIn(head.lines, route.previewHeader)
