@@ -3,6 +3,8 @@
 // Everything bound for stdout shares one asynchronous writer, so lines never
 // interleave and the request path never waits on a write.
 
+import { mkdirSync, openSync } from 'node:fs'
+import { dirname } from 'node:path'
 import { pino, stdTimeFunctions, destination, type DestinationStream, type Logger } from 'pino'
 import type { ColorStats, Finished } from './upstream/color-stats.js'
 
@@ -20,7 +22,13 @@ const FLUSH_MS = 250
  * FLUSH_MS (flush without a callback: a callback would make it fsync).
  */
 function batched (dest: number | string): Dest {
-  return destination({ dest, sync: false, minLength: BATCH_BYTES, periodicFlush: FLUSH_MS, mkdir: typeof dest === 'string' }) as Dest
+  // A file is opened here, synchronously: sonic-boom would open it in the background, and a
+  // flush at shutdown before that finished would drop every buffered line.
+  if (typeof dest === 'string') {
+    mkdirSync(dirname(dest), { recursive: true })
+    dest = openSync(dest, 'a')
+  }
+  return destination({ dest, sync: false, minLength: BATCH_BYTES, periodicFlush: FLUSH_MS }) as Dest
 }
 
 let stdout: Dest | undefined
