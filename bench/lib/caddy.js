@@ -19,7 +19,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs, reportStartupError } from './children.js'
-import { exitWithServer, freePort, killServer, waitForPort } from './external.js'
+import { exitWithServer, startOnFreePort } from './external.js'
 
 const args = parseArgs()
 const dir = String(args.dir)
@@ -67,9 +67,7 @@ try {
   const v = spawnSync(bin, ['version'], { encoding: 'utf8' })
   const version = String(v.stdout ?? '').trim().split(/\s/)[0] || String(v.stderr ?? '').trim().split('\n')[0]
   const env = { ...process.env, GOMAXPROCS: '1', XDG_CONFIG_HOME: join(dir, 'xdg-config'), XDG_DATA_HOME: join(dir, 'xdg-data') }
-  let lastErr
-  for (let attempt = 0; attempt < 3; attempt++) { // the free port may be taken in between
-    const port = await freePort()
+  await startOnFreePort((port) => {
     const conf = join(dir, 'Caddyfile')
     writeFileSync(conf, config(port, String(args.upstream)))
     stderr = ''
@@ -77,17 +75,8 @@ try {
     proc.stderr.setEncoding('utf8')
     proc.stderr.on('data', (d) => { if (stderr.length < 100_000) stderr += d })
     proc.on('error', () => {})
-    try {
-      await waitForPort(proc, port, 5000, { name: 'caddy', log: stderrTail })
-      process.send({ type: 'ready', url: `http://127.0.0.1:${port}`, version, pid: proc.pid })
-      lastErr = undefined
-      break
-    } catch (err) {
-      lastErr = err
-      await killServer(proc)
-    }
-  }
-  if (lastErr !== undefined) throw lastErr
+    return proc
+  }, { name: 'caddy', log: stderrTail, version })
 } catch (err) {
   reportStartupError(err)
 }

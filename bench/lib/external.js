@@ -62,3 +62,27 @@ export async function waitForPort (proc, port, ms, { name, log }) {
   }
   throw new Error(`${name} did not listen on ${port}: ${log()}`)
 }
+
+/**
+ * Starts a server on a free port from the kernel and waits until it listens,
+ * three tries (the port may be taken in between: nginx, HAProxy and Caddy
+ * cannot listen on port 0 and report it). `start(port)` writes the config and
+ * spawns the server; its stderr or log is read through `log`. Reports
+ * { type: 'ready', url, version, pid } to the parent and returns the process.
+ */
+export async function startOnFreePort (start, { name, log, version }) {
+  let lastErr
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort()
+    const proc = start(port)
+    try {
+      await waitForPort(proc, port, 5000, { name, log })
+      process.send({ type: 'ready', url: `http://127.0.0.1:${port}`, version, pid: proc.pid })
+      return proc
+    } catch (err) {
+      lastErr = err
+      await killServer(proc)
+    }
+  }
+  throw lastErr
+}

@@ -11,7 +11,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs, reportStartupError } from './children.js'
-import { exitWithServer, freePort, killServer, waitForPort } from './external.js'
+import { exitWithServer, startOnFreePort } from './external.js'
 
 const args = parseArgs()
 const dir = String(args.dir)
@@ -56,9 +56,7 @@ try {
   mkdirSync(dir, { recursive: true })
   const v = spawnSync(bin, ['-v'], { encoding: 'utf8' })
   const version = (/version (\S+)/.exec(v.stdout ?? '') ?? [])[1] ?? String(v.stdout ?? '').split('\n')[0]
-  let lastErr
-  for (let attempt = 0; attempt < 3; attempt++) { // the free port may be taken in between
-    const port = await freePort()
+  await startOnFreePort((port) => {
     const conf = join(dir, 'haproxy.cfg')
     writeFileSync(conf, config(port, String(args.upstream)))
     const check = spawnSync(bin, ['-c', '-f', conf], { encoding: 'utf8' })
@@ -68,17 +66,8 @@ try {
     proc.stderr.setEncoding('utf8')
     proc.stderr.on('data', (d) => { if (stderr.length < 100_000) stderr += d })
     proc.on('error', () => {})
-    try {
-      await waitForPort(proc, port, 5000, { name: 'haproxy', log: stderrTail })
-      process.send({ type: 'ready', url: `http://127.0.0.1:${port}`, version, pid: proc.pid })
-      lastErr = undefined
-      break
-    } catch (err) {
-      lastErr = err
-      await killServer(proc)
-    }
-  }
-  if (lastErr !== undefined) throw lastErr
+    return proc
+  }, { name: 'haproxy', log: stderrTail, version })
 } catch (err) {
   reportStartupError(err)
 }

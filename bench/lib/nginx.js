@@ -14,7 +14,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs, reportStartupError } from './children.js'
-import { exitWithServer, freePort, killServer, waitForPort } from './external.js'
+import { exitWithServer, startOnFreePort } from './external.js'
 
 const args = parseArgs()
 const dir = String(args.dir)
@@ -124,24 +124,13 @@ try {
   // `nginx -v` prints to stderr.
   const v = spawnSync(bin, ['-v'], { encoding: 'utf8' })
   const version = `${v.stderr ?? ''}${v.stdout ?? ''}`.trim().replace(/^nginx version: /, '')
-  let lastErr
-  for (let attempt = 0; attempt < 3; attempt++) { // the free port may be taken in between (nginx cannot listen on port 0)
-    const port = await freePort()
+  await startOnFreePort((port) => {
     const conf = join(dir, 'nginx.conf')
     writeFileSync(conf, config(port, String(args.upstream)))
     proc = spawn(bin, ['-p', dir, '-c', conf, '-e', join(dir, 'logs', 'error.log')], { stdio: ['ignore', 'ignore', 'inherit'] })
     proc.on('error', () => {})
-    try {
-      await waitForPort(proc, port, 5000, { name: 'nginx', log: readLog })
-      process.send({ type: 'ready', url: `http://127.0.0.1:${port}`, version, pid: proc.pid })
-      lastErr = undefined
-      break
-    } catch (err) {
-      lastErr = err
-      await killServer(proc)
-    }
-  }
-  if (lastErr !== undefined) throw lastErr
+    return proc
+  }, { name: 'nginx', log: readLog, version })
 } catch (err) {
   reportStartupError(err)
 }
