@@ -84,7 +84,7 @@ export function parseRequestHead (head: string): RequestHead | undefined {
   let named: string[] | undefined
   let sawLength = false
   const fields = eol + 2
-  if (fields < head.length && !HEADER_LINES.test(head.slice(fields) + '\r\n')) return undefined
+  if (!validFields(head, fields)) return undefined
   // Kept lines are sliced from `head` in runs; only dropped lines break a run.
   let runStart = fields
   let pos = fields
@@ -160,8 +160,18 @@ export function parseRequestHead (head: string): RequestHead | undefined {
 /** How the end of a response body is found. */
 export const enum Framing { None, Length, Chunked, Close }
 
-/** Header lines, each ending in CRLF: RFC 9110 field-name, colon, then VCHAR, obs-text, SP or HTAB only. */
-const HEADER_LINES = /^(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*$/
+/**
+ * Header lines from `from` to the end of `head` (which has no final CRLF):
+ * each an RFC 9110 field-name, a colon, then VCHAR, obs-text, SP or HTAB
+ * only. Checked natively in one pass, in place (sticky: no copy of the head).
+ */
+const HEADER_LINES = /(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*$/y
+
+function validFields (head: string, from: number): boolean {
+  if (from >= head.length) return true
+  HEADER_LINES.lastIndex = from
+  return HEADER_LINES.test(head)
+}
 
 /** `s` from `a` to `b` without optional whitespace at either end. */
 function trimmed (s: string, a: number, b: number): string {
@@ -234,7 +244,7 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
   let named: string[] | undefined
   const fields = eol + 2
   // Every header line at once, natively: a token, a colon, then visible characters, spaces and tabs.
-  if (fields < head.length && !HEADER_LINES.test(head.slice(fields) + '\r\n')) return 'malformed header line'
+  if (!validFields(head, fields)) return 'malformed header line'
   // Kept lines are sliced from `head` in runs; only dropped lines break a run.
   let runStart = fields
   let pos = fields
