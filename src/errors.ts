@@ -14,11 +14,16 @@ export const ERRORS = {
   upstream_timeout: { status: 504, message: 'the upstream did not answer in time' },
   upstream_error: { status: 502, message: 'the upstream connection failed' },
   request_refused: { status: 400, message: 'this request cannot be forwarded' },
+  upstream_overloaded: { status: 503, message: 'every connection to the upstream is busy' },
+  request_timeout: { status: 408, message: 'the request was not received in time' },
+  header_too_large: { status: 431, message: 'request head too large' },
+  upgrade_refused: { status: 400, message: 'only complete WebSocket handshakes are upgraded' },
   // Admin API.
   bad_request: { status: 400, message: 'bad request' },
   config_invalid: { status: 400, message: 'the config file is invalid' },
   unauthorized: { status: 401, message: 'missing or wrong bearer token' },
   forbidden_origin: { status: 403, message: 'cross-origin requests are not accepted' },
+  forbidden_host: { status: 403, message: 'this Host is not one the admin API answers to' },
   not_found: { status: 404, message: 'not found' },
   unknown_service: { status: 404, message: 'unknown service' },
   method_not_allowed: { status: 405, message: 'method not allowed' },
@@ -30,6 +35,7 @@ export const ERRORS = {
   payload_too_large: { status: 413, message: 'request body too large' },
   unsupported_media_type: { status: 415, message: 'send application/json' },
   state_write_failed: { status: 500, message: 'could not persist the state file' },
+  event_write_failed: { status: 500, message: 'could not persist the event log' },
   internal: { status: 500, message: 'internal error' },
 } as const satisfies Record<string, ErrorSpec>
 

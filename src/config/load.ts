@@ -7,9 +7,9 @@ import { parseDocument } from 'yaml'
 import {
   COLORS, DEFAULTS, isColor, type Engine,
   type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type PassiveConfig,
-  type HostPort, type ServiceConfig, type SmokeCheck, type Timeouts,
+  type HostPort, type LimitsConfig, type ServiceConfig, type SmokeCheck, type Timeouts,
 } from './schema.js'
-import { isLoopback, parseDuration, parseHostPort, parseOrigin, substituteEnv } from './values.js'
+import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, substituteEnv } from './values.js'
 
 export interface ConfigProblem {
   path: string
@@ -105,6 +105,29 @@ class Checker {
     return out
   }
 
+  /** A list of IP addresses or CIDR blocks (`10.0.0.0/8`, `::1`), normalized to `address/prefix`. */
+  cidrList (value: unknown, path: string): string[] {
+    if (!Array.isArray(value)) return this.fail(path, 'must be a list of IP addresses or CIDR blocks') ?? []
+    const out: string[] = []
+    value.forEach((v: unknown, i: number) => {
+      const r = typeof v === 'string' ? parseCidr(v) : undefined
+      if (r === undefined) this.fail(join(path, i), `not an IP address or CIDR block (10.0.0.0/8, 192.168.1.7, fd00::/8): ${JSON.stringify(v)}`)
+      else out.push(`${r.address}/${r.prefix}`)
+    })
+    return out
+  }
+
+  /** A list of host names, each optionally with a port (`admin.example:9901`). */
+  hostList (value: unknown, path: string): string[] {
+    if (!Array.isArray(value)) return this.fail(path, 'must be a list of host names') ?? []
+    const out: string[] = []
+    value.forEach((v: unknown, i: number) => {
+      if (typeof v !== 'string' || !/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:\d{1,5})?$/.test(v)) this.fail(join(path, i), `not a host name (with an optional :port): ${JSON.stringify(v)}`)
+      else out.push(v.toLowerCase())
+    })
+    return out
+  }
+
   hostPort (value: unknown, path: string, fallback: string): HostPort {
     const text = value ?? fallback
     const hp = typeof text === 'string' ? parseHostPort(text) : undefined
@@ -117,8 +140,8 @@ function join (path: string, key: string | number): string {
   return path === '' ? key : `${path}.${key}`
 }
 
-const TOP_KEYS = ['listen', 'engine', 'admin', 'state', 'log', 'metrics', 'defaults', 'services'] as const
-const SERVICE_SECTION_KEYS = ['timeouts', 'health', 'passive', 'gate', 'guard', 'drain'] as const
+const TOP_KEYS = ['listen', 'engine', 'trustedProxies', 'client', 'admin', 'state', 'log', 'metrics', 'defaults', 'services'] as const
+const SERVICE_SECTION_KEYS = ['timeouts', 'health', 'passive', 'gate', 'guard', 'drain', 'limits'] as const
 const SERVICE_KEYS = ['match', 'live', 'blue', 'green', 'preview', 'sticky', 'smoke', ...SERVICE_SECTION_KEYS] as const
 const SERVICE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
@@ -177,7 +200,15 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
   let engine: Engine = DEFAULTS.engine
   if (top.engine === 'fast' || top.engine === 'node') engine = top.engine
   else if (top.engine !== undefined) c.fail('engine', `must be fast or node, got ${JSON.stringify(top.engine)}`)
-  const adminRaw = top.admin === undefined ? {} : c.object(top.admin, 'admin', ['listen', 'token']) ?? {}
+  const trustedProxies = top.trustedProxies === undefined ? [...DEFAULTS.trustedProxies] : c.cidrList(top.trustedProxies, 'trustedProxies')
+  const clientRaw = top.client === undefined ? {} : c.object(top.client, 'client', ['headerTimeout', 'idleTimeout', 'bodyTimeout']) ?? {}
+  const client = {
+    header: c.duration(clientRaw.headerTimeout, 'client.headerTimeout', DEFAULTS.client.header),
+    idle: c.duration(clientRaw.idleTimeout, 'client.idleTimeout', DEFAULTS.client.idle),
+    body: c.duration(clientRaw.bodyTimeout, 'client.bodyTimeout', DEFAULTS.client.body),
+  }
+  const adminRaw = top.admin === undefined ? {} : c.object(top.admin, 'admin', ['listen', 'token', 'allowedHosts']) ?? {}
+  const allowedHosts = adminRaw.allowedHosts === undefined ? [...DEFAULTS.admin.allowedHosts] : c.hostList(adminRaw.allowedHosts, 'admin.allowedHosts')
   const adminListen = c.hostPort(adminRaw.listen, 'admin.listen', DEFAULTS.admin.listen)
   const token = adminRaw.token === undefined ? DEFAULTS.admin.token : c.string(adminRaw.token, 'admin.token') ?? ''
   if (token === '' && !isLoopback(adminListen.host)) {
@@ -214,7 +245,9 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
     ...(file === undefined ? {} : { file }),
     listen,
     engine,
-    admin: { listen: adminListen, token },
+    trustedProxies,
+    client,
+    admin: { listen: adminListen, token, allowedHosts },
     state: { file: resolve(baseDir, stateFile) },
     log: { access },
     metrics: { enabled: metricsEnabled },
@@ -229,6 +262,7 @@ interface Sections {
   gate: GateConfig
   guard: GuardConfig
   drain: DrainConfig
+  limits: LimitsConfig
 }
 
 /** The per-service sections; `inherit` is what `defaults` resolved to. */
@@ -298,7 +332,11 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
   const hook = drr.onDrained === undefined ? (dr as DrainConfig).onDrained : c.url(drr.onDrained, join(path, 'drain.onDrained'))
   if (hook !== undefined) drain.onDrained = hook
 
-  return { timeouts, health, passive, gate, guard, drain }
+  const li = inherit?.limits ?? d.limits
+  const lr = raw.limits === undefined ? {} : c.object(raw.limits, join(path, 'limits'), ['maxConnections']) ?? {}
+  const limits: LimitsConfig = { maxConnections: c.integer(lr.maxConnections, join(path, 'limits.maxConnections'), li.maxConnections, 1) }
+
+  return { timeouts, health, passive, gate, guard, drain, limits }
 }
 
 function service (name: string, value: unknown, path: string, c: Checker, base: Sections): ServiceConfig | undefined {

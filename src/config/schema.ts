@@ -28,6 +28,26 @@ export interface Timeouts {
   idleUpstream: number
 }
 
+/** Caps on what one process opens to one upstream target. */
+export interface LimitsConfig {
+  /**
+   * Connections one process keeps open (busy or idle) to one target, per
+   * engine. A request that finds them all busy waits for one (FIFO) up to
+   * `timeouts.connect`, then gets 503 upstream_overloaded. Default 1024.
+   */
+  maxConnections: number
+}
+
+/** Deadlines on the client side of the public listener. */
+export interface ClientTimeouts {
+  /** A request head must be whole this long after its first byte, ms. Default 60s. Exceeded: 408 and close. */
+  header: number
+  /** An idle keep-alive client connection is closed after this, ms. Default 65s. */
+  idle: number
+  /** Longest silence between two reads of a request body, ms (nginx's client_body_timeout). Default 60s. Exceeded: 408 (or the connection cut when the answer has begun). */
+  body: number
+}
+
 export interface HealthConfig {
   /** Path probed with GET. Default /healthz. */
   path: string
@@ -120,6 +140,7 @@ export interface ServiceConfig {
   gate: GateConfig
   guard: GuardConfig
   drain: DrainConfig
+  limits: LimitsConfig
 }
 
 export interface Config {
@@ -134,11 +155,21 @@ export interface Config {
    * for everything. Default fast.
    */
   engine: Engine
+  /**
+   * Peers (IP addresses or CIDR blocks, IPv4 or IPv6) whose X-Forwarded-* and
+   * Forwarded headers are kept and extended; from anyone else they are
+   * replaced by what the gateway saw. Default none.
+   */
+  trustedProxies: string[]
+  /** Client-side deadlines of the public listener. */
+  client: ClientTimeouts
   admin: {
     /** Admin API, metrics and dashboard. Default 127.0.0.1:9901. */
     listen: HostPort
     /** Bearer token; required when admin.listen is not loopback. Default empty (no auth). */
     token: string
+    /** Host names (with or without port) the admin API answers to besides its own addresses (DNS rebinding defence). Default none. */
+    allowedHosts: string[]
   }
   state: {
     /** Live colors and generation survive restarts here. Default ./data/state.json. */
@@ -162,13 +193,16 @@ export interface ServiceDefaults {
   gate: GateConfig
   guard: GuardConfig
   drain: DrainConfig
+  limits: LimitsConfig
 }
 
 /** Every default, in one place. */
 export const DEFAULTS = {
   listen: '0.0.0.0:8080',
   engine: 'fast' as Engine,
-  admin: { listen: '127.0.0.1:9901', token: '' },
+  trustedProxies: [] as string[],
+  client: { header: 60_000, idle: 65_000, body: 60_000 } satisfies ClientTimeouts,
+  admin: { listen: '127.0.0.1:9901', token: '', allowedHosts: [] as string[] },
   state: { file: './data/state.json' },
   log: { access: true },
   metrics: { enabled: true },
@@ -185,5 +219,6 @@ export const DEFAULTS = {
     gate: { minHealthy: 1 },
     guard: { window: 60_000, maxErrorRate: 0.05, minRequests: 20 },
     drain: { timeout: 30_000 },
+    limits: { maxConnections: 1024 },
   } satisfies ServiceDefaults,
 } as const

@@ -1,6 +1,7 @@
 // Parsers for the scalar value types of the config file: durations,
 // host:port listen addresses, upstream origins, ${VAR} substitution.
 
+import { isIP } from 'node:net'
 import type { HostPort } from './schema.js'
 
 const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/
@@ -57,4 +58,20 @@ export function substituteEnv (text: string, env: NodeJS.ProcessEnv): { text: st
     return ''
   })
   return { text: out, missing }
+}
+
+/** `10.0.0.0/8`, `fd00::/8` or a bare address (a /32 or /128); undefined when malformed. */
+export function parseCidr (text: string): { address: string, prefix: number, family: 'ipv4' | 'ipv6' } | undefined {
+  const slash = text.indexOf('/')
+  const address = (slash === -1 ? text : text.slice(0, slash)).trim()
+  const version = isIP(address)
+  if (version === 0) return undefined
+  const max = version === 4 ? 32 : 128
+  let prefix = max
+  if (slash !== -1) {
+    const p = text.slice(slash + 1).trim()
+    if (!/^\d{1,3}$/.test(p) || Number(p) > max) return undefined
+    prefix = Number(p)
+  }
+  return { address: address.toLowerCase(), prefix, family: version === 4 ? 'ipv4' : 'ipv6' }
 }
