@@ -117,7 +117,10 @@ t.test('values: substituteEnv', async (t) => {
 t.test('defaults are filled from DEFAULTS', async (t) => {
   const c = parse(ONE)
   t.same(c.listen, { host: '0.0.0.0', port: 8080 })
-  t.same(c.admin, { listen: { host: '127.0.0.1', port: 9901 }, token: '' })
+  t.same(c.admin, { listen: { host: '127.0.0.1', port: 9901 }, token: '', allowedHosts: [] })
+  t.same(c.trustedProxies, [])
+  t.same(c.client, { header: 60_000, idle: 65_000, body: 60_000 })
+  t.same(c.services.users.limits, { maxConnections: 1024 })
   t.equal(c.state.file, resolve(process.cwd(), 'data/state.json'), 'no file: relative to the working folder')
   t.equal(c.file, undefined)
   const u = c.services.users
@@ -260,15 +263,15 @@ t.test('engine: fast by default, node on request, nothing else', async (t) => {
 })
 
 t.test('unknown keys name their path', async (t) => {
-  onlyProblem(t, `bogus: 1\n${ONE}`, 'bogus', /^unknown key \(expected one of: listen, engine, admin, state, log, metrics, defaults, services\)$/)
-  onlyProblem(t, `admin: { listen: 127.0.0.1:9901, tokn: x }\n${ONE}`, 'admin.tokn', /unknown key \(expected one of: listen, token\)/)
+  onlyProblem(t, `bogus: 1\n${ONE}`, 'bogus', /^unknown key \(expected one of: listen, engine, trustedProxies, client, admin, state, log, metrics, defaults, services\)$/)
+  onlyProblem(t, `admin: { listen: 127.0.0.1:9901, tokn: x }\n${ONE}`, 'admin.tokn', /unknown key \(expected one of: listen, token, allowedHosts\)/)
   onlyProblem(t, `defaults:\n  timeouts: { connect: 1s, read: 2s }\n${ONE}`, 'defaults.timeouts.read', /unknown key \(expected one of: connect, response, idleUpstream\)/)
-  onlyProblem(t, `defaults:\n  retries: 3\n${ONE}`, 'defaults.retries', /unknown key \(expected one of: timeouts, health, passive, gate, guard, drain\)/)
+  onlyProblem(t, `defaults:\n  retries: 3\n${ONE}`, 'defaults.retries', /unknown key \(expected one of: timeouts, health, passive, gate, guard, drain, limits\)/)
   onlyProblem(t, `defaults:\n  health: { path: /h, every: 2s }\n${ONE}`, 'defaults.health.every', /unknown key/)
   onlyProblem(t, `defaults:\n  gate: { min: 1 }\n${ONE}`, 'defaults.gate.min', /unknown key \(expected one of: minHealthy\)/)
   onlyProblem(t, `defaults:\n  guard: { windw: 1s }\n${ONE}`, 'defaults.guard.windw', /unknown key/)
   onlyProblem(t, `defaults:\n  drain: { wait: 1s }\n${ONE}`, 'defaults.drain.wait', /unknown key/)
-  onlyProblem(t, `services:\n${svc('users', '/api/users', '    bogus: true\n')}`, 'services.users.bogus', /^unknown key \(expected one of: match, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, drain\)$/)
+  onlyProblem(t, `services:\n${svc('users', '/api/users', '    bogus: true\n')}`, 'services.users.bogus', /^unknown key \(expected one of: match, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, drain, limits\)$/)
   onlyProblem(t, `services:\n${svc('users', '/api/users', '    timeouts: { connect: 1s, idle: 2s }\n')}`, 'services.users.timeouts.idle', /unknown key/)
   onlyProblem(t, `services:\n  users:\n    match: { pathPrefix: /u, method: GET }\n    blue: { targets: [http://h:1] }\n`, 'services.users.match.method', /unknown key \(expected one of: host, pathPrefix\)/)
   onlyProblem(t, `services:\n  users:\n    match: { pathPrefix: /u }\n    blue: { targets: [http://h:1], weight: 2 }\n`, 'services.users.blue.weight', /unknown key \(expected one of: targets\)/)
@@ -369,7 +372,7 @@ t.test('admin token: required off loopback', async (t) => {
   onlyProblem(t, `admin: { listen: 10.0.0.5:9901, token: '' }\n${ONE}`, 'admin.token', /required when admin.listen \(10.0.0.5\)/)
   onlyProblem(t, `admin: { listen: 0.0.0.0:9901, token: '\${SWITCHYARD_ADMIN_TOKEN:-}' }\n${ONE}`, 'admin.token', /required/)
   const withToken = parse(`admin: { listen: 0.0.0.0:9901, token: '\${SWITCHYARD_ADMIN_TOKEN:-}' }\n${ONE}`, { SWITCHYARD_ADMIN_TOKEN: 'tok' })
-  t.same(withToken.admin, { listen: { host: '0.0.0.0', port: 9901 }, token: 'tok' })
+  t.same(withToken.admin, { listen: { host: '0.0.0.0', port: 9901 }, token: 'tok', allowedHosts: [] })
   t.equal(parse(`admin: { listen: 0.0.0.0:9901, token: abc }\n${ONE}`).admin.token, 'abc')
   for (const host of ['127.0.0.1:9901', 'localhost:9901', '[::1]:9901', '127.0.0.2:1']) {
     t.equal(parse(`admin: { listen: '${host}' }\n${ONE}`).admin.token, '', `${host} needs no token`)
@@ -510,7 +513,7 @@ services:
     'invalid config /etc/switchyard.yaml:',
     '  admin.token: required when admin.listen (0.0.0.0) is not loopback',
     '  defaults.timeouts.connect: not a duration (use 500ms, 2s, 1m): "2 seconds"',
-    '  services.users.bogus: unknown key (expected one of: match, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, drain)',
+    '  services.users.bogus: unknown key (expected one of: match, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, drain, limits)',
     '  services.users.green.targets[1]: not a URL: "nope"',
   ].join('\n'))
 
@@ -627,4 +630,19 @@ t.test('validate command', async (t) => {
     await run(['validate'], none.io)
     t.same(none.err, ['switchyard: usage: switchyard validate FILE'])
   })
+})
+
+t.test('edge trust settings: trustedProxies, admin.allowedHosts, client deadlines, limits', async (t) => {
+  const c = parse(`trustedProxies: [10.0.0.0/8, 192.168.1.7, 'FD00::/8']\nclient: { headerTimeout: 5s, idleTimeout: 10s, bodyTimeout: 2s }\nadmin: { allowedHosts: [Admin.Internal, 'admin.internal:9901'] }\ndefaults:\n  limits: { maxConnections: 8 }\n${ONE}`)
+  t.same(c.trustedProxies, ['10.0.0.0/8', '192.168.1.7/32', 'fd00::/8'], 'bare addresses become /32 or /128, IPv6 lowercased')
+  t.same(c.client, { header: 5000, idle: 10_000, body: 2000 })
+  t.same(c.admin.allowedHosts, ['admin.internal', 'admin.internal:9901'])
+  t.equal(c.services.users.limits.maxConnections, 8)
+  onlyProblem(t, `trustedProxies: 10.0.0.0/8\n${ONE}`, 'trustedProxies', /must be a list of IP addresses or CIDR blocks/)
+  onlyProblem(t, `trustedProxies: [10.0.0.0/33]\n${ONE}`, 'trustedProxies[0]', /not an IP address or CIDR block/)
+  onlyProblem(t, `trustedProxies: [10.0.0.0/8, example.com]\n${ONE}`, 'trustedProxies[1]', /not an IP address or CIDR block/)
+  onlyProblem(t, `client: { bodyTimeout: soon }\n${ONE}`, 'client.bodyTimeout', /not a duration/)
+  onlyProblem(t, `client: { readTimeout: 1s }\n${ONE}`, 'client.readTimeout', /unknown key \(expected one of: headerTimeout, idleTimeout, bodyTimeout\)/)
+  onlyProblem(t, `admin: { allowedHosts: ['http://x'] }\n${ONE}`, 'admin.allowedHosts[0]', /not a host name/)
+  onlyProblem(t, `defaults:\n  limits: { maxConnections: 0 }\n${ONE}`, 'defaults.limits.maxConnections', /at least 1/)
 })
