@@ -248,7 +248,7 @@ export async function runWorker (): Promise<void> {
           flush = al.flush
         }
         smoke = new SmokeRunner(() => '', msg.secret)
-        edge = createEdgeServer(switcher as Switcher, smoke, msg.config.engine)
+        edge = createEdgeServer(switcher as Switcher, smoke, msg.config)
         listen(edge.server, msg.config.listen).then(() => {
           process.send?.({ t: 'ready', address: edge?.server.address() as AddressInfo } satisfies FromWorker)
         }, (err: Error) => {

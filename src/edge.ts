@@ -4,7 +4,7 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type net from 'node:net'
 import type { Duplex } from 'node:stream'
-import type { Engine } from './config/schema.js'
+import type { Config } from './config/schema.js'
 import { FastEdge } from './proxy/h1/server.js'
 import { ERRORS } from './errors.js'
 import { Exchange, requestIdFor, sendError } from './proxy/forward.js'
@@ -32,7 +32,10 @@ export function httpCloser (server: http.Server): Closer {
   return { server, closeIdle: () => server.closeIdleConnections(), closeAll: () => server.closeAllConnections() }
 }
 
-export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, engine: Engine = 'fast'): EdgeServer {
+/** What the public listener takes from the config; fixed for the life of the listener (a change needs a restart). */
+export type EdgeOptions = Pick<Config, 'engine' | 'client' | 'trustedProxies'>
+
+export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: EdgeOptions): EdgeServer {
   const upgraded = new Set<Duplex>()
 
   /** Smoke checks of the gate pin a color with a header only this process can forge. */
@@ -74,7 +77,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, engine
     proxyUpgrade(req, socket, head, endpoint, color.stats, PROTO, color.timeouts)
   }
 
-  const server = http.createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, onRequest)
+  const server = http.createServer({ keepAliveTimeout: opts.client.idle, headersTimeout: opts.client.header, requestTimeout: 0 }, onRequest)
   server.on('upgrade', onUpgrade)
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex & { _httpMessage?: { headersSent?: boolean } }) => {
     // A response already under way on this socket cannot be followed by a 400.
@@ -83,7 +86,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, engine
       ? 'HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","message":"request head larger than 16 KiB"}'
       : 'HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","message":"malformed HTTP request"}')
   })
-  if (engine === 'node') return { ...httpCloser(server), upgraded }
-  const fast = new FastEdge(switcher, smoke, server, PROTO)
+  if (opts.engine === 'node') return { ...httpCloser(server), upgraded }
+  const fast = new FastEdge(switcher, smoke, server, PROTO, opts)
   return { server: fast.server, closeIdle: () => fast.closeIdle(), closeAll: () => fast.closeAll(), upgraded }
 }

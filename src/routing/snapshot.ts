@@ -126,7 +126,7 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
         color,
         targets: new TargetSet(urls.map((u) => {
           const target = registry.target(u)
-          return { target, dispatcher: target.dispatcher(svc.timeouts), h1: target.h1Pool(svc.timeouts) }
+          return { target, dispatcher: target.dispatcher(svc.timeouts, svc.limits), h1: target.h1Pool(svc.timeouts, svc.limits) }
         }), svc.health?.panicThreshold),
         stats: registry.colorStats(svc.name, color),
         timeouts: svc.timeouts,

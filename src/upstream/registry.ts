@@ -3,7 +3,7 @@
 
 import { Pool } from 'undici'
 import { H1Pool } from '../proxy/h1/pool.js'
-import type { Color, HealthConfig, PassiveConfig, Timeouts } from '../config/schema.js'
+import type { Color, HealthConfig, PassiveConfig, LimitsConfig, Timeouts } from '../config/schema.js'
 import { ColorStats, type Observers } from './color-stats.js'
 
 export { ColorStats } from './color-stats.js'
@@ -171,9 +171,9 @@ export class Target {
     }
   }
 
-  /** The keep-alive pool for these timeouts (services may time one origin differently). */
-  dispatcher (timeouts: Timeouts): Pool {
-    const key = `${timeouts.connect}/${timeouts.idleUpstream}/${timeouts.response}`
+  /** The keep-alive pool for these timeouts and limits (services may time one origin differently). */
+  dispatcher (timeouts: Timeouts, limits: LimitsConfig): Pool {
+    const key = `${timeouts.connect}/${timeouts.idleUpstream}/${timeouts.response}/${limits.maxConnections}`
     let pool = this.pools.get(key)
     if (pool === undefined) {
       pool = new Pool(this.url, {
@@ -181,6 +181,7 @@ export class Target {
         keepAliveTimeout: timeouts.idleUpstream,
         keepAliveMaxTimeout: timeouts.idleUpstream,
         headersTimeout: timeouts.response,
+        connections: limits.maxConnections,
         pipelining: 1,
       })
       this.pools.set(key, pool)
@@ -189,11 +190,11 @@ export class Target {
   }
 
   /** The fast path's connections for these timeouts. */
-  h1Pool (timeouts: Timeouts): H1Pool {
-    const key = `${timeouts.connect}/${timeouts.idleUpstream}/${timeouts.response}`
+  h1Pool (timeouts: Timeouts, limits: LimitsConfig): H1Pool {
+    const key = `${timeouts.connect}/${timeouts.idleUpstream}/${timeouts.response}/${limits.maxConnections}`
     let pool = this.h1Pools.get(key)
     if (pool === undefined) {
-      pool = new H1Pool(this.origin, timeouts)
+      pool = new H1Pool(this.origin, timeouts, limits)
       this.h1Pools.set(key, pool)
     }
     return pool

@@ -5,7 +5,7 @@
 
 import net from 'node:net'
 import tls from 'node:tls'
-import type { Timeouts } from '../../config/schema.js'
+import type { LimitsConfig, Timeouts } from '../../config/schema.js'
 
 /** The exchange holding a connection hears of its socket through this. */
 export interface UpstreamUser {
@@ -107,14 +107,16 @@ export class UpstreamConn {
 export class H1Pool {
   readonly origin: Origin
   readonly timeouts: Timeouts
+  readonly limits: LimitsConfig
   private readonly idle: UpstreamConn[] = []
   private readonly all = new Set<UpstreamConn>()
   private sweeper: NodeJS.Timeout | undefined
   private closing = false
 
-  constructor (origin: Origin, timeouts: Timeouts) {
+  constructor (origin: Origin, timeouts: Timeouts, limits: LimitsConfig) {
     this.origin = origin
     this.timeouts = timeouts
+    this.limits = limits
   }
 
   /** An idle connection (newest first) or a new one (always, when `fresh`), held by `user`. */

@@ -8,6 +8,7 @@
 import http from 'node:http'
 import net from 'node:net'
 import { ERRORS, errorBody, type ErrorCode } from '../../errors.js'
+import type { ClientTimeouts } from '../../config/schema.js'
 import type { SmokeRunner } from '../../health/smoke.js'
 import { chooseFor, readsHeaders } from '../../routing/choose.js'
 import type { ServiceRoute, Switcher } from '../../routing/snapshot.js'
@@ -20,14 +21,10 @@ import type { UpstreamConn, UpstreamUser } from './pool.js'
 
 const CRLF2 = Buffer.from('\r\n\r\n')
 const LF2 = Buffer.from('\n\n')
-/** A request head must be whole this long after its first byte, as node:http's `headersTimeout`. */
-const HEAD_TIMEOUT_MS = 60_000
 /** Longest request or response head, as node:http's default (16 KiB). */
 export const MAX_HEAD = 16 * 1024
 /** Bodies up to this size leave in the same write as their head. */
 const COALESCE = 16 * 1024
-/** An idle client connection is closed after this, as node:http's `keepAliveTimeout` in edge.ts. */
-const CLIENT_IDLE_MS = 65_000
 
 /** A header's value in forwarded header lines (routing by a preview header; rare). */
 export function headerIn (lines: string, lowerName: string): string | undefined {
@@ -73,9 +70,15 @@ export class FastEdge {
   readonly smoke: SmokeRunner
   readonly proto: string
   readonly conns = new Set<ClientConn>()
+  /** Client-side deadlines (the same ones node:http is given for what it takes). */
+  readonly client: ClientTimeouts
+  /** Peers whose X-Forwarded-* headers are kept (CIDR blocks). */
+  readonly trustedProxies: readonly string[]
   closing = false
 
-  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, proto: string) {
+  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, proto: string, opts: { client: ClientTimeouts, trustedProxies: readonly string[] }) {
+    this.client = opts.client
+    this.trustedProxies = opts.trustedProxies
     this.switcher = switcher
     this.smoke = smoke
     this.fallback = fallback
@@ -120,7 +123,7 @@ export class ClientConn {
     this.edge = edge
     this.socket = socket
     this.remote = socket.remoteAddress ?? ''
-    socket.setTimeout(CLIENT_IDLE_MS)
+    socket.setTimeout(edge.client.idle)
     socket.on('data', this.onData)
     socket.on('error', noop)
     socket.on('close', this.onClose)
@@ -178,7 +181,7 @@ export class ClientConn {
         if (buf.length > MAX_HEAD || buf.includes(LF2)) return this.handOff()
         const now = Date.now()
         if (this.headSince === 0) this.headSince = now
-        else if (now - this.headSince > HEAD_TIMEOUT_MS) this.socket.destroy()
+        else if (now - this.headSince > this.edge.client.header) this.socket.destroy()
         return
       }
       this.headSince = 0
