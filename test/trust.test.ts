@@ -5,6 +5,8 @@
 import t from 'tap'
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import { Forwarding, forwardedNode } from '../src/proxy/trust.js'
+import { parseRequestHead } from '../src/proxy/h1/parse.js'
+import { stripRequestHeaders } from '../src/proxy/headers.js'
 import { serviceYaml, startBackend, startGateway } from './helpers/index.js'
 import { rawRequest, wsHandshake } from './helpers/raw.js'
 
@@ -29,6 +31,21 @@ t.test('Forwarding.values: replaced from a client, kept and extended from a trus
   t.same(f.values('10.0.0.2', 'gw.test', { xff: '', xfProto: undefined, xfHost: undefined, forwarded: undefined }), { xff: '10.0.0.2', proto: 'http', host: 'gw.test', forwarded: undefined }, 'trusted, nothing sent: set')
   t.equal(forwardedNode(''), 'unknown')
   t.equal(forwardedNode('::ffff:10.0.0.2'), '"[::ffff:10.0.0.2]"')
+})
+
+t.test('both engines read the same forwarding set from a request and forward none of it as sent', async (t) => {
+  const lines = ['Host: gw.test', 'X-Forwarded-For: 203.0.113.9', 'x-forwarded-for: 10.0.0.1', 'X-Forwarded-Proto: https', 'X-Forwarded-Host: shop.example',
+    'Forwarded: for=203.0.113.9', 'forwarded: for=10.0.0.1', 'Connection: keep-alive, X-Hop', 'X-Hop: 1', 'Accept: */*']
+  const want = { xff: '203.0.113.9, 10.0.0.1', xfProto: 'https', xfHost: 'shop.example', forwarded: 'for=203.0.113.9, for=10.0.0.1' }
+  const head = parseRequestHead(['GET / HTTP/1.1', ...lines].join('\r\n'))
+  if (head === undefined) throw new Error('refused')
+  t.same({ xff: head.xff, xfProto: head.xfProto, xfHost: head.xfHost, forwarded: head.forwarded }, want, 'fast engine')
+  t.same(head.connectionNames, ['x-hop'])
+  t.equal(head.lines, 'Host: gw.test\r\nAccept: */*\r\n')
+  const sent = { xff: '', xfProto: undefined, xfHost: undefined, forwarded: undefined }
+  const raw = lines.flatMap((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1).trim()])
+  t.same(stripRequestHeaders(raw, false, sent), ['Host', 'gw.test', 'Accept', '*/*'])
+  t.same(sent, want, 'node engine')
 })
 
 const SPOOF = ['x-forwarded-for: 203.0.113.9', 'X-Forwarded-For: 198.51.100.7', 'x-forwarded-proto: https', 'x-forwarded-host: shop.example', 'forwarded: for=203.0.113.9;proto=https']
