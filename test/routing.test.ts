@@ -1,5 +1,6 @@
 import t from 'tap'
 import { admin, http1, serviceYaml, startBackend, startGateway } from './helpers/index.js'
+import { rawRequest, wsHandshake } from './helpers/raw.js'
 
 t.test('routes by longest path prefix on whole segments, 404 without a route', async (t) => {
   const [ub, ug, ob, og] = await Promise.all(['users-blue', 'users-green', 'api-blue', 'api-green'].map(async (n) => await startBackend(t, n)))
@@ -83,3 +84,39 @@ ${serviceYaml('svc', '/svc', [b], [g], '    preview: { header: x-switchyard-colo
   t.equal(r.json.error, 'no_healthy_upstream')
   t.match(r.json.message, /solo \(green\)/)
 })
+
+// SPEC Routing: a preview header on two lines, or a routing header named in
+// Connection, is refused the same way on every engine (before: the fast
+// engine took the first line or ignored the hop-by-hop one, node:http joined
+// the lines or used it, so one request reached different colors).
+for (const engine of ['fast', 'node'] as const) {
+  t.test(`${engine} engine: ambiguous routing headers are refused with 400`, async (t) => {
+    const [b, g, sb, sg] = await Promise.all(['blue', 'green', 'sticky-blue', 'sticky-green'].map(async (n) => await startBackend(t, n)))
+    const gw = await startGateway(t, `engine: ${engine}
+services:
+${serviceYaml('svc', '/svc', [b], [g], '    preview: { header: x-switchyard-color, cookie: switchyard-preview }\n')}
+${serviceYaml('pinned', '/pinned', [sb], [sg], '    sticky: { cookie: switchyard-color }\n')}`)
+    const port = gw.gateway.address.port
+    const ask = async (path: string, lines: string[], version = '1.1'): Promise<{ status: number, backend?: string, error?: string, message?: string }> => {
+      const r = await rawRequest(port, [`GET ${path} HTTP/${version}`, 'host: gw.test', ...lines, '', ''].join('\r\n'))
+      return { status: r.status, backend: r.json?.backend, error: r.json?.error, message: r.json?.message }
+    }
+    const refused = (message: string): object => ({ status: 400, backend: undefined, error: 'bad_request', message })
+    const twice = 'the x-switchyard-color header appears more than once'
+    // HTTP/1.0 is what the fast engine hands to node:http: the same answers there.
+    for (const version of ['1.1', '1.0']) {
+      t.same(await ask('/svc', ['x-switchyard-color: green', 'x-switchyard-color: blue'], version), refused(twice), `two colors, HTTP/${version}`)
+      t.same(await ask('/svc', ['x-switchyard-color: green', 'X-Switchyard-Color: green'], version), refused(twice), `the same color twice, HTTP/${version}`)
+      t.same(await ask('/svc', ['connection: x-switchyard-color', 'x-switchyard-color: green'], version), refused('Connection names x-switchyard-color, which routes this request'), `preview header named in Connection, HTTP/${version}`)
+      t.same(await ask('/svc', ['connection: keep-alive, Cookie', 'cookie: switchyard-preview=green'], version), refused('Connection names cookie, which routes this request'), `preview cookie named in Connection, HTTP/${version}`)
+      t.same(await ask('/pinned', ['connection: cookie', 'cookie: switchyard-color=green'], version), refused('Connection names cookie, which routes this request'), `sticky cookie named in Connection, HTTP/${version}`)
+      // Clear requests still route as before.
+      t.same(await ask('/svc', ['x-switchyard-color: green'], version), { status: 200, backend: 'green', error: undefined, message: undefined }, `one preview header, HTTP/${version}`)
+      t.same(await ask('/svc', ['cookie: switchyard-preview=green', 'cookie: a=1'], version), { status: 200, backend: 'green', error: undefined, message: undefined }, `cookies on two lines, HTTP/${version}`)
+      t.same(await ask('/svc', ['connection: x-other', 'x-switchyard-color: green'], version), { status: 200, backend: 'green', error: undefined, message: undefined }, `another header named in Connection, HTTP/${version}`)
+    }
+    const ws = await rawRequest(port, wsHandshake('/svc/ws', ['x-switchyard-color: green', 'x-switchyard-color: blue']))
+    t.same([ws.status, ws.json?.error], [400, 'bad_request'], 'a WebSocket upgrade with two preview headers')
+    t.same([b.seen.length, g.seen.length, sb.seen.length, sg.seen.length], [0, 6, 0, 0], 'only the clear requests reached an upstream')
+  })
+}

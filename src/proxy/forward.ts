@@ -8,6 +8,7 @@ import type { Finished, OpenExchange, UpstreamErrorKind } from '../upstream/colo
 import type { Endpoint } from '../upstream/target-set.js'
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { newRequestId } from './request-id.js'
+import type { Forwarding } from './trust.js'
 
 /** Where a retry may go; proxy knows sets of endpoints, not colors. */
 export interface EndpointPicker {
@@ -107,14 +108,14 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private retried = false
   private closed = false
 
-  constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, stats: ExchangeStats, proto: string, setCookie?: string) {
+  constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, stats: ExchangeStats, forwarding: Forwarding, setCookie?: string) {
     this.req = req
     this.res = res
     this.endpoint = endpoint
     this.picker = picker
     this.stats = stats
     this.setCookie = setCookie
-    this.headers = upstreamRequestHeaders(req, proto)
+    this.headers = upstreamRequestHeaders(req, forwarding)
     this.requestId = requestIdFor(req, this.headers)
     this.body = hasBody(req) ? req : null
     this.retryable = this.body === null && IDEMPOTENT.has(req.method as string)

@@ -2,6 +2,7 @@
 // X-Forwarded-* set. Each works on flat raw arrays [name, value, name, value, ...].
 
 import type { IncomingMessage } from 'node:http'
+import type { ForwardedValues, Forwarding, SentForwarding } from './trust.js'
 
 /** RFC 9110 7.6.1 hop-by-hop headers, plus ones undici refuses to be handed. */
 const HOP_BY_HOP = new Set([
@@ -26,12 +27,33 @@ function connectionTokens (raw: readonly string[]): Set<string> | undefined {
   return tokens
 }
 
+/** The header names a request's Connection header lists (besides close and keep-alive); undefined when none. */
+export function connectionNames (raw: readonly string[]): string[] | undefined {
+  const tokens = connectionTokens(raw)
+  return tokens === undefined ? undefined : [...tokens]
+}
+
+/** How many lines of header `lowerName` a request carries. */
+export function countHeader (raw: readonly string[], lowerName: string): number {
+  let n = 0
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].length === lowerName.length && raw[i].toLowerCase() === lowerName) n++
+  }
+  return n
+}
+
+/** Adds one more line's value to a header's joined value. */
+function joined (prev: string | undefined, value: string): string {
+  return prev === undefined || prev === '' ? value : `${prev}, ${value}`
+}
+
 /**
  * Pass 1: request headers without hop-by-hop ones, gateway-internal ones and
- * the X-Forwarded-* set, which pass 2 rewrites. Keeps order and duplicates.
- * `upgrade` keeps `Connection` and `Upgrade` for a WebSocket handshake.
+ * the forwarding set (X-Forwarded-For/-Proto/-Host, Forwarded), whose values
+ * go to `sent` for pass 2. Keeps order and duplicates. `upgrade` keeps
+ * `Connection` and `Upgrade` for a WebSocket handshake.
  */
-export function stripRequestHeaders (raw: readonly string[], upgrade = false): string[] {
+export function stripRequestHeaders (raw: readonly string[], upgrade = false, sent?: SentForwarding): string[] {
   const extra = connectionTokens(raw)
   const out: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
@@ -40,42 +62,40 @@ export function stripRequestHeaders (raw: readonly string[], upgrade = false): s
       out.push(raw[i], raw[i + 1])
       continue
     }
-    if (HOP_BY_HOP.has(name) || name === 'x-forwarded-proto' || name === 'x-forwarded-host' || GATEWAY_HEADERS.has(name)) continue
+    if (HOP_BY_HOP.has(name) || GATEWAY_HEADERS.has(name)) continue
+    switch (name) {
+      case 'x-forwarded-for':
+        if (sent !== undefined) sent.xff = joined(sent.xff, raw[i + 1].trim())
+        continue
+      case 'x-forwarded-proto':
+        if (sent !== undefined) sent.xfProto = joined(sent.xfProto, raw[i + 1].trim())
+        continue
+      case 'x-forwarded-host':
+        if (sent !== undefined) sent.xfHost = joined(sent.xfHost, raw[i + 1].trim())
+        continue
+      case 'forwarded':
+        if (sent !== undefined) sent.forwarded = joined(sent.forwarded, raw[i + 1].trim())
+        continue
+    }
     if (extra !== undefined && extra.has(name)) continue
     out.push(raw[i], raw[i + 1])
   }
   return out
 }
 
-/**
- * Pass 2: X-Forwarded-For appends the client address to what the client
- * sent; -Proto and -Host state what this gateway saw.
- */
-export function addForwardedHeaders (headers: string[], req: IncomingMessage, proto: string): string[] {
-  const client = req.socket.remoteAddress ?? ''
-  let xff = -1
-  for (let i = 0; i < headers.length; i += 2) {
-    if (headers[i].length === 15 && headers[i].toLowerCase() === 'x-forwarded-for') {
-      if (xff === -1) {
-        xff = i
-      } else {
-        headers[xff + 1] += ', ' + headers[i + 1]
-        headers.splice(i, 2)
-        i -= 2
-      }
-    }
-  }
-  if (xff === -1) headers.push('x-forwarded-for', client)
-  else headers[xff + 1] += ', ' + client
-  headers.push('x-forwarded-proto', proto)
-  const host = req.headers.host
-  if (host !== undefined) headers.push('x-forwarded-host', host)
+/** Pass 2: the forwarding headers `Forwarding.values` decided, appended. */
+export function addForwardedHeaders (headers: string[], values: ForwardedValues): string[] {
+  headers.push('x-forwarded-for', values.xff, 'x-forwarded-proto', values.proto)
+  if (values.host !== undefined) headers.push('x-forwarded-host', values.host)
+  if (values.forwarded !== undefined) headers.push('forwarded', values.forwarded)
   return headers
 }
 
-/** Request headers for the upstream: both passes. */
-export function upstreamRequestHeaders (req: IncomingMessage, proto: string): string[] {
-  return addForwardedHeaders(stripRequestHeaders(req.rawHeaders), req, proto)
+/** Request headers for the upstream (`upgrade`: a WebSocket handshake): both passes. */
+export function upstreamRequestHeaders (req: IncomingMessage, forwarding: Forwarding, upgrade = false): string[] {
+  const sent: SentForwarding = { xff: '', xfProto: undefined, xfHost: undefined, forwarded: undefined }
+  const headers = stripRequestHeaders(req.rawHeaders, upgrade, sent)
+  return addForwardedHeaders(headers, forwarding.values(req.socket.remoteAddress ?? '', req.headers.host, sent))
 }
 
 /**

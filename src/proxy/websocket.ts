@@ -7,7 +7,8 @@ import type { Duplex } from 'node:stream'
 import { ERRORS, errorBody, type ErrorCode } from '../errors.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { classifyUpstreamError } from './forward.js'
-import { addForwardedHeaders, stripRequestHeaders } from './headers.js'
+import { upstreamRequestHeaders } from './headers.js'
+import type { Forwarding } from './trust.js'
 import { WsRelay } from './ws-relay.js'
 
 export interface WebSocketStats {
@@ -41,14 +42,14 @@ const REFUSAL_SKIP = new Set(['connection', 'keep-alive', 'transfer-encoding', '
  * target is sent as it is. `stats` hears of the relay from the 101 until
  * either side closes, exactly once each way.
  */
-export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, stats: WebSocketStats, proto: string, timeouts: { connect: number, response: number }): void {
+export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, stats: WebSocketStats, forwarding: Forwarding, timeouts: { connect: number, response: number }): void {
   const origin = endpoint.target.origin
   const request = (origin.tls ? https : http).request({
     host: origin.host,
     port: origin.port,
     path: req.url,
     method: req.method,
-    headers: addForwardedHeaders(stripRequestHeaders(req.rawHeaders, true), req, proto),
+    headers: upstreamRequestHeaders(req, forwarding, true),
     agent: false,
   })
   const fail = (err: Error & { code?: string }): void => {

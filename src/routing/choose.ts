@@ -34,6 +34,25 @@ export function previewColor (route: ServiceRoute, headers: Record<string, strin
   return undefined
 }
 
+/**
+ * SPEC Routing: a request whose routing headers could be read two ways is
+ * refused (400 bad_request), the same on every engine: the service's preview
+ * header on more than one line (even with equal values), or the preview
+ * header or `cookie` (when a cookie routes this service) named in
+ * `Connection`, which makes it hop-by-hop. `previewLines`: how many lines of
+ * the preview header the request carries; `connection`: the names its
+ * Connection header lists. Returns the message naming the header, or
+ * undefined when the request is clear.
+ */
+export function ambiguousRouting (route: ServiceRoute, previewLines: number, connection: readonly string[] | undefined): string | undefined {
+  const header = route.previewHeader
+  if (header !== undefined && previewLines > 1) return `the ${header} header appears more than once`
+  if (connection === undefined) return undefined
+  if (header !== undefined && connection.includes(header)) return `Connection names ${header}, which routes this request`
+  if ((route.previewCookie !== undefined || route.stickyCookie !== undefined) && connection.includes('cookie')) return 'Connection names cookie, which routes this request'
+  return undefined
+}
+
 /** Preview (strict) first, else the live color. Services with sticky sessions use `chooseSticky`. */
 export function chooseColor (route: ServiceRoute, headers: Record<string, string | string[] | undefined>): ColorRoute {
   if (route.previewHeader !== undefined || route.previewCookie !== undefined) {

@@ -56,6 +56,12 @@ export interface RequestHead {
   requestId: string | undefined
   /** The X-Forwarded-For values the client sent, joined; '' when none. */
   xff: string
+  /** X-Forwarded-Proto, X-Forwarded-Host and Forwarded as sent, joined; undefined when absent. */
+  xfProto: string | undefined
+  xfHost: string | undefined
+  forwarded: string | undefined
+  /** Header names the Connection header lists (besides close and keep-alive); undefined when none. */
+  connectionNames: string[] | undefined
   cookie: string | undefined
   smoke: string | undefined
   /** The header lines to forward, each ending in CRLF, hop-by-hop and gateway-owned ones removed. */
@@ -79,7 +85,7 @@ export function parseRequestHead (head: string): RequestHead | undefined {
   if (!METHODS.has(method) || !TARGET.test(target)) return undefined
   const r: RequestHead = {
     method, target, host: undefined, contentLength: 0, close: false, requestId: undefined,
-    xff: '', cookie: undefined, smoke: undefined, lines: '',
+    xff: '', xfProto: undefined, xfHost: undefined, forwarded: undefined, connectionNames: undefined, cookie: undefined, smoke: undefined, lines: '',
   }
   let named: string[] | undefined
   let sawLength = false
@@ -115,17 +121,37 @@ export function parseRequestHead (head: string): RequestHead | undefined {
           if (t === 'close') r.close = true
           else if (t !== 'keep-alive') (named ??= []).push(t)
         }
+        r.connectionNames = named
         break
       case 'transfer-encoding': case 'upgrade': case 'expect':
         return undefined
       case 'keep-alive': case 'proxy-connection': case 'proxy-authenticate': case 'proxy-authorization':
-      case 'te': case 'trailer': case 'x-forwarded-proto': case 'x-forwarded-host':
+      case 'te': case 'trailer':
         keep = false
         break
+      // The forwarding set is rebuilt for the upstream (proxy/trust.ts), from these values when the peer is trusted.
       case 'x-forwarded-for': {
         keep = false
         const value = trimmed(head, colon + 1, end)
         r.xff = r.xff === '' ? value : `${r.xff}, ${value}`
+        break
+      }
+      case 'x-forwarded-proto': {
+        keep = false
+        const value = trimmed(head, colon + 1, end)
+        r.xfProto = r.xfProto === undefined ? value : `${r.xfProto}, ${value}`
+        break
+      }
+      case 'x-forwarded-host': {
+        keep = false
+        const value = trimmed(head, colon + 1, end)
+        r.xfHost = r.xfHost === undefined ? value : `${r.xfHost}, ${value}`
+        break
+      }
+      case 'forwarded': {
+        keep = false
+        const value = trimmed(head, colon + 1, end)
+        r.forwarded = r.forwarded === undefined ? value : `${r.forwarded}, ${value}`
         break
       }
       case 'x-switchyard-smoke':
@@ -190,7 +216,7 @@ const TARGET = /^\/[\x21-\x7e]*$/
 const REQUEST_NAME_LENGTHS = new Uint8Array(32)
 for (const name of ['host', 'content-length', 'connection', 'transfer-encoding', 'upgrade', 'expect', 'keep-alive', 'proxy-connection',
   'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-for',
-  'x-switchyard-smoke', 'x-request-id', 'cookie']) REQUEST_NAME_LENGTHS[name.length] = 1
+  'forwarded', 'x-switchyard-smoke', 'x-request-id', 'cookie']) REQUEST_NAME_LENGTHS[name.length] = 1
 
 /** Lengths of the response header names parseResponseHead acts on. */
 const RESPONSE_NAME_LENGTHS = new Uint8Array(32)

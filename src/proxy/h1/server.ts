@@ -10,12 +10,14 @@ import net from 'node:net'
 import { ERRORS, errorBody, type ErrorCode } from '../../errors.js'
 import type { ClientTimeouts } from '../../config/schema.js'
 import type { SmokeRunner } from '../../health/smoke.js'
-import { chooseFor, readsHeaders } from '../../routing/choose.js'
+import { ambiguousRouting, chooseFor, readsHeaders } from '../../routing/choose.js'
+import { normalizeTarget, TARGET_ABOVE_ROOT } from '../../routing/path.js'
 import type { ServiceRoute, Switcher } from '../../routing/snapshot.js'
 import type { ColorStats, Finished, OpenExchange } from '../../upstream/color-stats.js'
 import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
 import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
 import { newRequestId } from '../request-id.js'
+import type { Forwarding } from '../trust.js'
 import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
 import type { UpstreamConn, UpstreamUser } from './pool.js'
 
@@ -25,6 +27,21 @@ const LF2 = Buffer.from('\n\n')
 export const MAX_HEAD = 16 * 1024
 /** Bodies up to this size leave in the same write as their head. */
 const COALESCE = 16 * 1024
+
+/** How many lines of header `lowerName` forwarded header lines hold (routing by a preview header; rare). */
+export function linesOf (lines: string, lowerName: string): number {
+  let n = 0
+  let at = 0
+  while (at < lines.length) {
+    const colon = lines.indexOf(':', at)
+    if (colon === -1) break
+    if (colon - at === lowerName.length && lines.slice(at, colon).toLowerCase() === lowerName) n++
+    const eol = lines.indexOf('\r\n', colon)
+    if (eol === -1) break
+    at = eol + 2
+  }
+  return n
+}
 
 /** A header's value in forwarded header lines (routing by a preview header; rare). */
 export function headerIn (lines: string, lowerName: string): string | undefined {
@@ -68,7 +85,8 @@ export class FastEdge {
   readonly fallback: http.Server
   readonly switcher: Switcher
   readonly smoke: SmokeRunner
-  readonly proto: string
+  /** The scheme served and the peers whose forwarding headers are believed. */
+  readonly forwarding: Forwarding
   readonly conns = new Set<ClientConn>()
   /** Client-side deadlines (the same ones node:http is given for what it takes). */
   readonly client: ClientTimeouts
@@ -76,13 +94,13 @@ export class FastEdge {
   readonly trustedProxies: readonly string[]
   closing = false
 
-  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, proto: string, opts: { client: ClientTimeouts, trustedProxies: readonly string[] }) {
+  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, forwarding: Forwarding, opts: { client: ClientTimeouts, trustedProxies: readonly string[] }) {
     this.client = opts.client
     this.trustedProxies = opts.trustedProxies
     this.switcher = switcher
     this.smoke = smoke
     this.fallback = fallback
-    this.proto = proto
+    this.forwarding = forwarding
     // Sets up node:http's own connection tracking and timeout checks, as if it listened itself.
     fallback.emit('listening')
     this.server = net.createServer({ noDelay: true }, (socket) => {
@@ -221,13 +239,29 @@ export class ClientConn {
 
   private route (head: RequestHead, body: Buffer | undefined): void {
     const edge = this.edge
-    const route = edge.switcher.current.match(head.host, head.target)
+    // The target is routed and forwarded normalized; the check is one scan of its slashes.
+    const target = normalizeTarget(head.target)
+    if (target === undefined) {
+      this.answer(head, 'bad_request', TARGET_ABOVE_ROOT)
+      return
+    }
+    head.target = target
+    const route = edge.switcher.current.match(head.host, target)
     if (route === undefined) {
       this.answer(head, 'no_route')
       return
     }
+    let headers: Record<string, string | undefined> | undefined
+    if (readsHeaders(route)) {
+      const ambiguous = ambiguousRouting(route, route.previewHeader === undefined ? 0 : linesOf(head.lines, route.previewHeader), head.connectionNames)
+      if (ambiguous !== undefined) {
+        this.answer(head, 'bad_request', ambiguous)
+        return
+      }
+      headers = routingHeaders(route, head)
+    }
     const pinned = head.smoke === undefined ? undefined : edge.smoke.colorOf(head.smoke)
-    const { color, setCookie: cookie } = chooseFor(route, pinned, readsHeaders(route) ? routingHeaders(route, head) : undefined)
+    const { color, setCookie: cookie } = chooseFor(route, pinned, headers)
     const endpoint = color.targets.pick()
     if (endpoint === undefined) {
       const started = performance.now()
@@ -235,7 +269,7 @@ export class ClientConn {
       color.stats.rejected(head.method, head.target, head.requestId ?? newRequestId(), bytes, performance.now() - started)
       return
     }
-    this.x = new FastExchange(this, head, endpoint, color.targets, color.stats, cookie, this.edge.proto)
+    this.x = new FastExchange(this, head, endpoint, color.targets, color.stats, cookie, edge.forwarding)
     this.x.start(body, this.bodyLeft === 0)
   }
 
@@ -330,7 +364,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
   private scanner: ChunkedScanner | undefined
   private closeClient = false
 
-  constructor (conn: ClientConn, head: RequestHead, endpoint: Endpoint, picker: TargetSet, stats: ColorStats, setCookie: string | undefined, proto: string) {
+  constructor (conn: ClientConn, head: RequestHead, endpoint: Endpoint, picker: TargetSet, stats: ColorStats, setCookie: string | undefined, forwarding: Forwarding) {
     this.conn = conn
     this.head = head
     this.method = head.method
@@ -339,7 +373,9 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
     this.picker = picker
     this.stats = stats
     this.setCookie = setCookie
-    let extra = `x-forwarded-for: ${head.xff === '' ? conn.remote : `${head.xff}, ${conn.remote}`}\r\nx-forwarded-proto: ${proto}\r\nx-forwarded-host: ${head.host as string}\r\n`
+    const f = forwarding.values(conn.remote, head.host, head)
+    let extra = `x-forwarded-for: ${f.xff}\r\nx-forwarded-proto: ${f.proto}\r\nx-forwarded-host: ${f.host as string}\r\n`
+    if (f.forwarded !== undefined) extra += `forwarded: ${f.forwarded}\r\n`
     if (head.requestId === undefined) {
       this.requestId = newRequestId()
       extra += `x-request-id: ${this.requestId}\r\n`

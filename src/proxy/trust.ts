@@ -1,0 +1,86 @@
+// Edge trust for forwarding headers (SPEC "Edge trust"): which peers may
+// speak for the client, and the one rule every engine uses to build X-Forwarded-*.
+
+import net from 'node:net'
+
+/** The forwarding headers a client sent, each joined over its lines (', '); '' or undefined when absent. */
+export interface SentForwarding {
+  xff: string
+  xfProto: string | undefined
+  xfHost: string | undefined
+  forwarded: string | undefined
+}
+
+/** What goes upstream. `host` and `forwarded` are left out when undefined. */
+export interface ForwardedValues {
+  xff: string
+  proto: string
+  host: string | undefined
+  forwarded: string | undefined
+}
+
+/**
+ * How one listener forwards: the scheme it serves and the peers whose
+ * forwarding headers are believed. Built once per listener.
+ */
+export class Forwarding {
+  /** The scheme clients reached this listener with. */
+  readonly proto: string
+  /** No trusted proxies (the default): every peer is a client, decided without a lookup. */
+  readonly trustsNone: boolean
+  private readonly list = new net.BlockList()
+  /** Connections send many requests: the last answer is kept. */
+  private lastPeer = ''
+  private lastTrusted = false
+
+  /** `trustedProxies`: normalized `address/prefix` strings (config). */
+  constructor (proto: string, trustedProxies: readonly string[]) {
+    this.proto = proto
+    this.trustsNone = trustedProxies.length === 0
+    for (const cidr of trustedProxies) {
+      const slash = cidr.lastIndexOf('/')
+      const address = slash === -1 ? cidr : cidr.slice(0, slash)
+      const family = net.isIPv6(address) ? 'ipv6' : 'ipv4'
+      const prefix = slash === -1 ? (family === 'ipv6' ? 128 : 32) : Number(cidr.slice(slash + 1))
+      this.list.addSubnet(address, prefix, family)
+    }
+  }
+
+  /** Whether `peer` (a socket's remote address) is a trusted proxy. */
+  trusts (peer: string): boolean {
+    if (this.trustsNone || peer === '') return false
+    if (peer === this.lastPeer) return this.lastTrusted
+    let trusted: boolean
+    if (peer.includes(':')) {
+      // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: an IPv4 block must still match them.
+      const mapped = peer.length > 7 && peer.slice(0, 7).toLowerCase() === '::ffff:' && peer.includes('.')
+      trusted = (mapped && this.list.check(peer.slice(7), 'ipv4')) || this.list.check(peer, 'ipv6')
+    } else {
+      trusted = this.list.check(peer, 'ipv4')
+    }
+    this.lastPeer = peer
+    this.lastTrusted = trusted
+    return trusted
+  }
+
+  /**
+   * The forwarding headers for the upstream, on every engine. From a peer
+   * that is not trusted, what the client sent is dropped and replaced by what
+   * the gateway saw; from a trusted proxy it is kept and extended.
+   */
+  values (peer: string, host: string | undefined, sent: SentForwarding): ForwardedValues {
+    if (!this.trusts(peer)) return { xff: peer, proto: this.proto, host, forwarded: undefined }
+    return {
+      xff: sent.xff === '' ? peer : `${sent.xff}, ${peer}`,
+      proto: sent.xfProto === undefined || sent.xfProto === '' ? this.proto : sent.xfProto,
+      host: sent.xfHost === undefined || sent.xfHost === '' ? host : sent.xfHost,
+      forwarded: sent.forwarded === undefined || sent.forwarded === '' ? undefined : `${sent.forwarded}, for=${forwardedNode(peer)}`,
+    }
+  }
+}
+
+/** A node for `Forwarded: for=` (RFC 7239 6): IPv6 bracketed and quoted. */
+export function forwardedNode (address: string): string {
+  if (address === '') return 'unknown'
+  return address.includes(':') ? `"[${address}]"` : address
+}
