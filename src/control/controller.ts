@@ -259,9 +259,10 @@ export class Controller {
   }
 
   /**
-   * A sticky hold starts, moves or ends outside a commit: swap in a snapshot
-   * rebuilt with it and hand it to the workers. Its end by time needs neither;
-   * an early end (cancel, empty, reload) does.
+   * A sticky hold starts, moves or ends with its drain, often outside any
+   * commit (a hurried or cancelled drain): swap in a snapshot rebuilt with it
+   * and hand it to the workers. Workers end a hold by its time on their own;
+   * the primary still publishes every change so none lingers or comes late.
    */
   private holdSticky (service: string, hold: StickyHold | undefined): void {
     const sticky = { ...this.sticky }
