@@ -1,7 +1,8 @@
 // Multi-core serving (`serve --workers N`): worker processes share the public
 // listener; the primary keeps the admin API, the controller (the one writer of
 // the state file), probes and guards, and hands every routing change to every
-// worker before the change is answered. Workers report their counts back.
+// worker before the change is answered. Workers report their counts back, and
+// finish what they hold before exiting when the primary goes away.
 
 import cluster, { type Worker } from 'node:cluster'
 import type { AddressInfo } from 'node:net'
@@ -10,7 +11,7 @@ import type { Controller } from './control/controller.js'
 import { createEdgeServer, type EdgeServer } from './edge.js'
 import { closeGracefully, listen } from './gateway.js'
 import { SmokeRunner } from './health/smoke.js'
-import { createAccessLog, log } from './log.js'
+import { createAccessLog, flushLogs, log } from './log.js'
 import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState } from './routing/snapshot.js'
 import type { RemoteColors, Totals } from './upstream/color-stats.js'
 import { TargetRegistry, type ProbeState } from './upstream/registry.js'
@@ -198,9 +199,16 @@ export class WorkerPool implements RemoteColors {
   }
 }
 
+/** Sends to the primary while there is one: a send on a closed channel would throw from an 'error' event. */
+function tell (msg: FromWorker): void {
+  if (process.connected) process.send?.(msg)
+}
+
 /**
  * A worker process: the public listener and the request path only. Its
  * routing comes from the primary; it reports its counts every REPORT_MS.
+ * Should the primary die, it stops accepting, finishes what it holds (up to
+ * the longest drain.timeout, as a SIGTERM would) and exits 0.
  */
 export async function runWorker (): Promise<void> {
   const registry = new TargetRegistry()
@@ -208,6 +216,7 @@ export async function runWorker (): Promise<void> {
   let edge: EdgeServer | undefined
   let smoke: SmokeRunner | undefined
   let flush: (() => void) | undefined
+  let config: Config | undefined
 
   const apply = (config: Config, state: RoutingState, probes: Record<string, ProbeState>): void => {
     const snapshot = buildSnapshot(config, state, registry)
@@ -222,24 +231,41 @@ export async function runWorker (): Promise<void> {
 
   const report = setInterval(() => {
     const colors = [...registry.allColorStats()].map((s) => ({ service: s.service, color: s.color, totals: s.totals() }))
-    process.send?.({ t: 'stats', colors } satisfies FromWorker)
+    tell({ t: 'stats', colors })
   }, REPORT_MS)
   report.unref()
 
+  let stopping = false
   const stop = async (graceMs: number): Promise<void> => {
+    if (stopping) return
+    stopping = true
     clearInterval(report)
     for (const s of registry.allColorStats()) for (const ws of s.openWs) ws.close()
     await closeGracefully([edge], edge?.upgraded ?? new Set(), graceMs)
     flush?.()
     await registry.destroy()
+    if (!process.connected) log('info', 'worker stopped', { pid: process.pid, code: 0 })
+    flushLogs()
     process.exit(0)
   }
   // The primary says when to stop; a signal to the whole process group is the same request.
   for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => {})
+  // node:cluster makes a worker exit at once when its channel to the primary
+  // closes unasked, cutting every request it holds. Mark the disconnect as
+  // expected and drain instead: the primary was killed (SIGKILL, OOM) and a
+  // supervisor is starting a new one.
+  if (cluster.worker !== undefined) cluster.worker.exitedAfterDisconnect = true
+  process.once('disconnect', () => {
+    if (stopping) return
+    const graceMs = config === undefined ? 0 : Math.max(0, ...Object.values(config.services).map((s) => s.drain.timeout))
+    log('warn', 'worker: the primary is gone; finishing in-flight requests, then exiting', { pid: process.pid, graceMs })
+    void stop(graceMs)
+  })
 
   process.on('message', (msg: ToWorker) => {
     if (msg.t === 'sync') {
       apply(msg.config, msg.state, msg.probes)
+      config = msg.config
       if (edge === undefined) {
         registry.observers.metrics = msg.config.metrics.enabled
         if (msg.config.log.access !== false) {
@@ -250,13 +276,14 @@ export async function runWorker (): Promise<void> {
         smoke = new SmokeRunner(() => '', msg.secret)
         edge = createEdgeServer(switcher as Switcher, smoke, msg.config)
         listen(edge.server, msg.config.listen).then(() => {
-          process.send?.({ t: 'ready', address: edge?.server.address() as AddressInfo } satisfies FromWorker)
+          log('info', 'worker listening', { pid: process.pid })
+          tell({ t: 'ready', address: edge?.server.address() as AddressInfo })
         }, (err: Error) => {
           log('error', 'worker cannot listen', { error: err.message })
           process.exit(1)
         })
       }
-      process.send?.({ t: 'ack', seq: msg.seq } satisfies FromWorker)
+      tell({ t: 'ack', seq: msg.seq })
     } else if (msg.t === 'probe') {
       registry.find(msg.url)?.setProbe(msg.probe)
     } else if (msg.t === 'close') {
@@ -266,5 +293,5 @@ export async function runWorker (): Promise<void> {
       void stop(msg.graceMs)
     }
   })
-  process.send?.({ t: 'hello' } satisfies FromWorker)
+  tell({ t: 'hello' })
 }

@@ -1,22 +1,33 @@
 import t from 'tap'
 import http from 'node:http'
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { admin, eventually, listening, serve, serviceYaml, startBackend, tempDir } from './helpers/index.js'
 
 /** A request on a fresh connection, so the cluster may hand it to any worker. */
-async function fresh (url: string): Promise<{ status: number, json: any }> {
+async function fresh (url: string, headers: http.OutgoingHttpHeaders = {}): Promise<{ status: number, json: any, body: string, headers: http.IncomingHttpHeaders }> {
   return await new Promise((resolve, reject) => {
-    http.get(url, { agent: false }, (res) => {
+    http.get(url, { agent: false, headers }, (res) => {
       let body = ''
+      res.on('error', reject)
+      res.on('aborted', () => reject(new Error('response cut short')))
       res.on('data', (c) => { body += String(c) })
       res.on('end', () => {
         let json
         try { json = JSON.parse(body) } catch { json = undefined }
-        resolve({ status: res.statusCode ?? 0, json })
+        resolve({ status: res.statusCode ?? 0, json, body, headers: res.headers })
       })
     }).on('error', reject)
   })
+}
+
+/** Whether a process runs (an exited one not yet reaped by its new parent counts as gone). */
+function isAlive (pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return false
+  }
 }
 
 t.test('serve --workers 2: flips reach every worker before they are answered; counts are summed', async (t) => {
@@ -61,4 +72,65 @@ t.test('serve --workers 2: flips reach every worker before they are answered; co
   p.kill('SIGTERM')
   t.equal((await inflight).status, 200, 'SIGTERM lets in-flight requests finish in the workers')
   t.equal(await p.exit, 0)
+})
+
+t.test('serve --workers 2: sticky sessions stay on the draining color in every worker until drain.timeout', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const dir = tempDir(t)
+  const file = join(dir, 'sy.yaml')
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g], '    sticky: { cookie: sy }\n    drain: { timeout: 3s }\n    passive: false\n')}`)
+  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
+  await listening(p)
+  const up = p.lines.find((l) => l.msg === 'switchyard listening')
+  const url = `http://${up.listen as string}`
+  const adminUrl = `http://${up.admin as string}`
+  const pinnedBlue = { cookie: 'sy=blue' }
+
+  t.equal((await fresh(`${url}/a`, pinnedBlue)).json.backend, 'blue')
+  t.equal((await admin(adminUrl, 'POST', '/v1/flip', {})).status, 200)
+  // Fresh connections: the primary deals them out over both workers.
+  const during = await Promise.all(Array.from({ length: 12 }, async () => await fresh(`${url}/b`, pinnedBlue)))
+  t.same(during.map((r) => r.json.backend), Array(12).fill('blue'), 'every worker keeps the pinned session on the draining color')
+  t.same(during.map((r) => r.headers['set-cookie']), Array(12).fill(undefined), 'and leaves its cookie alone')
+  const unpinned = await fresh(`${url}/b`)
+  t.equal(unpinned.json.backend, 'green', 'a new session goes live')
+  t.same(unpinned.headers['set-cookie'], ['sy=green; Path=/; HttpOnly; SameSite=Lax'])
+
+  await eventually(async () => (await admin(adminUrl, 'GET', '/v1/state')).json.services.svc.environments.blue.state === 'idle', { timeout: 8000 })
+  const after = await Promise.all(Array.from({ length: 12 }, async () => await fresh(`${url}/c`, pinnedBlue)))
+  t.same(after.map((r) => r.json.backend), Array(12).fill('green'), 'after drain.timeout the session moves to live in every worker')
+  t.same(after.map((r) => r.headers['set-cookie']), Array(12).fill(['sy=green; Path=/; HttpOnly; SameSite=Lax']), 'with the cookie rewritten')
+  p.kill('SIGTERM')
+  t.equal(await p.exit, 0)
+})
+
+t.test('serve --workers 2: when the primary is SIGKILLed, workers finish in-flight requests and exit 0', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const dir = tempDir(t)
+  const file = join(dir, 'sy.yaml')
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g], '    drain: { timeout: 5s }\n')}`)
+  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
+  await listening(p)
+  const up = p.lines.find((l) => l.msg === 'switchyard listening')
+  const url = `http://${up.listen as string}`
+  const pids = p.lines.filter((l) => l.msg === 'worker listening').map((l) => l.pid as number)
+  t.equal(pids.length, 2, 'each worker logs its pid')
+  t.teardown(() => { for (const pid of pids) if (isAlive(pid)) process.kill(pid, 'SIGKILL') })
+
+  // The upstream answers after ~1 s, so the primary dies in the middle of it.
+  const inflight = fresh(`${url}/slow?ms=1000`)
+  await eventually(() => b.seen.some((s) => s.url === '/slow?ms=1000'))
+  const killedAt = Date.now()
+  p.kill('SIGKILL')
+  t.equal(await p.exit, null, 'the primary is gone')
+  const r = await inflight
+  t.equal(r.status, 200, 'the in-flight request completes')
+  t.equal(r.body, JSON.stringify({ backend: 'blue', method: 'GET', path: '/slow?ms=1000', body: '' }), 'with its full body')
+  await eventually(() => pids.every((pid) => !isAlive(pid)), { timeout: 5000 })
+  const took = Date.now() - killedAt
+  t.ok(took < 5000, `workers exited ${took} ms after the primary died, within the drain grace`)
+  await eventually(() => p.lines.filter((l) => l.msg === 'worker stopped' && l.code === 0).length === 2)
+  t.same(p.lines.filter((l) => l.msg === 'worker stopped').map((l) => l.pid).sort(), [...pids].sort(), 'both workers say they exit with code 0')
 })

@@ -3,7 +3,7 @@
 
 import { COLORS, otherColor, type Color, type Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
-import { buildSnapshot, colorTargets, configureTargets, snapshotTargets, Switcher, type RoutingState, type ServiceState, type Snapshot } from '../routing/snapshot.js'
+import { buildSnapshot, colorTargets, configureTargets, snapshotTargets, Switcher, type RoutingState, type ServiceState, type Snapshot, type StickyHold } from '../routing/snapshot.js'
 import { Guard, type GuardTrip } from '../health/guard.js'
 import type { Prober } from '../health/prober.js'
 import type { SmokeFailure, SmokeRunner } from '../health/smoke.js'
@@ -99,6 +99,8 @@ export class Controller {
   private readonly health: HealthDeps
   private readonly guards = new Set<Guard>()
   private readonly drains = new Map<string, Drain>()
+  /** Colors still serving sticky sessions, by service: routing state every process gets, kept out of the state file. */
+  private sticky: Record<string, StickyHold> = {}
   private queue: Promise<unknown> = Promise.resolve()
   /** Color changes since start, per service and trigger (switchyard_flips_total). */
   readonly flipCounts = new Map<string, Record<FlipTrigger, number>>()
@@ -183,7 +185,7 @@ export class Controller {
   private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, swapFirst = false, config = this.config): Promise<SwitchyardEvent> {
     let snapshot: Snapshot
     try {
-      snapshot = buildSnapshot(config, next, this.registry)
+      snapshot = buildSnapshot(config, { ...next, sticky: this.sticky }, this.registry)
     } catch (err) {
       throw new SwitchyardError('bad_request', `${event.type} refused: ${(err as Error).message}; nothing changed`)
     }
@@ -218,7 +220,7 @@ export class Controller {
 
   /** The routing state and config now in force (what worker processes are given). */
   routing (): { config: Config, state: RoutingState } {
-    return { config: this.config, state: this.state }
+    return { config: this.config, state: { ...this.state, sticky: this.sticky } }
   }
 
   private countFlips (changes: readonly ColorChange[], trigger: FlipTrigger): void {
@@ -245,19 +247,38 @@ export class Controller {
     const existing = this.drains.get(key)
     if (existing !== undefined) {
       existing.shorten(timeoutMs)
+      if (existing.holdsSessions && this.sticky[service]?.until !== existing.deadline) this.holdSticky(service, { color, until: existing.deadline })
       return existing
     }
     const svc = this.config.services[service]
     const drain = new Drain(service, color, this.registry.colorStats(service, color), timeoutMs, keepSessions && svc.sticky !== undefined, (d, r) => this.onDrained(d, r))
     this.drains.set(key, drain)
     drain.start()
+    if (drain.holdsSessions) this.holdSticky(service, { color, until: drain.deadline })
     return drain
+  }
+
+  /**
+   * A sticky hold starts, moves or ends with its drain, often outside any
+   * commit (a hurried or cancelled drain): swap in a snapshot rebuilt with it
+   * and hand it to the workers. Workers end a hold by its time on their own;
+   * the primary still publishes every change so none lingers or comes late.
+   */
+  private holdSticky (service: string, hold: StickyHold | undefined): void {
+    const sticky = { ...this.sticky }
+    if (hold === undefined) delete sticky[service]
+    else sticky[service] = hold
+    this.sticky = sticky
+    const state = { ...this.state, sticky }
+    this.switcher.swap(buildSnapshot(this.config, state, this.registry))
+    this.health.publish?.(this.config, state).catch((err: Error) => log('error', 'could not hand a sticky hold to the workers', { error: err.message }))
   }
 
   /** A drain ended: record it and tell the operator's automation. */
   private onDrained (drain: Drain, result: DrainResult): void {
     const key = `${drain.service}/${drain.color}`
     if (this.drains.get(key) === drain) this.drains.delete(key)
+    if (this.sticky[drain.service]?.color === drain.color) this.holdSticky(drain.service, undefined)
     if (result.how === 'cancelled') return
     const event = this.events.append({
       type: 'drained', generation: this.state.generation, reason: result.how === 'empty' ? 'no requests or WebSockets left' : 'drain timeout closed what was left',

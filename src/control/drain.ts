@@ -46,6 +46,11 @@ export class Drain implements EmptyWatcher {
     this.deadline = this.startedAt + timeoutMs
   }
 
+  /** Whether this drain keeps the color serving sticky sessions until its deadline. */
+  get holdsSessions (): boolean {
+    return this.sticky
+  }
+
   get isDone (): boolean {
     return this.result !== undefined
   }

@@ -70,7 +70,8 @@ export interface StickyChoice {
 
 /**
  * A service with sticky sessions: preview (strict) first; then a cookie
- * naming a color that is still draining and can still serve; else live.
+ * naming the color the snapshot holds for sticky sessions (draining, before
+ * its deadline, with a healthy target); else live.
  * Each header and cookie is read once.
  */
 export function chooseSticky (route: ServiceRoute, headers: Record<string, string | string[] | undefined>): StickyChoice {
@@ -80,7 +81,9 @@ export function chooseSticky (route: ServiceRoute, headers: Record<string, strin
   }
   const pinned = cookieValue(headers.cookie as string | undefined, route.stickyCookie as string)
   let color = route.colors[route.live]
-  if (isColor(pinned) && pinned !== route.live && route.colors[pinned].stats.drain !== undefined && route.colors[pinned].targets.healthyCount > 0) color = route.colors[pinned]
+  // The hold comes with the snapshot (every worker has it) and ends by the clock, so no process waits on a message.
+  const hold = route.stickyHold
+  if (hold !== undefined && pinned === hold.color && route.colors[hold.color].targets.healthyCount > 0 && Date.now() < hold.until) color = route.colors[hold.color]
   const cookies = route.stickySetCookie as Readonly<Record<Color, string>>
   return { color, setCookie: pinned === color.color ? undefined : cookies[color.color] }
 }

@@ -13,9 +13,21 @@ export interface ServiceState {
   targets: Partial<Record<Color, string[]>>
 }
 
+/** A color that keeps serving its pinned sessions after a flip, until `until` (epoch ms). */
+export interface StickyHold {
+  color: Color
+  until: number
+}
+
 export interface RoutingState {
   generation: number
   services: Record<string, ServiceState>
+  /**
+   * Per service, the draining color that still serves sticky sessions. Part
+   * of what every worker process is given, and ends by time, so a worker needs
+   * no message when it does. Not persisted: a drain does not outlive its process.
+   */
+  sticky?: Record<string, StickyHold>
 }
 
 export interface ColorRoute {
@@ -37,6 +49,8 @@ export interface ServiceRoute {
   /** Sticky sessions: the cookie's name, and the Set-Cookie value that pins each color. */
   readonly stickyCookie: string | undefined
   readonly stickySetCookie: Readonly<Record<Color, string>> | undefined
+  /** The draining color still serving sticky sessions, and until when; only on services with sticky sessions. */
+  readonly stickyHold: StickyHold | undefined
   readonly config: ServiceConfig
 }
 
@@ -147,10 +161,16 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
       stickySetCookie: svc.sticky === undefined
         ? undefined
         : { blue: `${svc.sticky.cookie}=blue; Path=/; HttpOnly; SameSite=Lax`, green: `${svc.sticky.cookie}=green; Path=/; HttpOnly; SameSite=Lax` },
+      stickyHold: svc.sticky === undefined ? undefined : stickyHold(state.sticky?.[svc.name], live),
       config: svc,
     })
   }
   return new Snapshot(state.generation, routes)
+}
+
+/** A hold on the live color means nothing (it serves everyone anyway). */
+function stickyHold (hold: StickyHold | undefined, live: Color): StickyHold | undefined {
+  return hold === undefined || hold.color === live ? undefined : { color: hold.color, until: hold.until }
 }
 
 /**

@@ -1,0 +1,77 @@
+// Sticky holds as routing state: built into the snapshot from RoutingState.sticky
+// (what every worker process is given), ended by the clock, never persisted.
+
+import t from 'tap'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { parseConfig } from '../src/config/load.js'
+import { chooseFor } from '../src/routing/choose.js'
+import { buildSnapshot, configureTargets, type RoutingState, type ServiceRoute } from '../src/routing/snapshot.js'
+import { TargetRegistry } from '../src/upstream/registry.js'
+import { admin, eventually, http1, serviceYaml, startBackend, startGateway } from './helpers/index.js'
+
+const CONFIG = parseConfig(`services:
+  svc:
+    match: { pathPrefix: / }
+    live: green
+    blue: { targets: ['http://127.0.0.1:1'] }
+    green: { targets: ['http://127.0.0.1:2'] }
+    sticky: { cookie: sy }
+    health: { path: /healthz }
+  plain:
+    match: { pathPrefix: /plain }
+    live: green
+    blue: { targets: ['http://127.0.0.1:3'] }
+    green: { targets: ['http://127.0.0.1:4'] }
+`)
+
+function routeWith (t: { teardown: (fn: () => unknown) => void }, sticky: RoutingState['sticky'], name = 'svc'): ServiceRoute {
+  const registry = new TargetRegistry()
+  t.teardown(async () => await registry.destroy())
+  const snapshot = buildSnapshot(CONFIG, { generation: 1, services: {}, sticky }, registry)
+  for (const target of configureTargets(snapshot)) target.setProbe('healthy')
+  return snapshot.services.get(name) as ServiceRoute
+}
+
+const pick = (route: ServiceRoute, cookie?: string): { color: string, setCookie: string | undefined } => {
+  const c = chooseFor(route, undefined, cookie === undefined ? {} : { cookie })
+  return { color: c.color.color, setCookie: c.setCookie }
+}
+
+t.test('a hold in the routing state keeps pinned sessions on the draining color until its time', async (t) => {
+  const held = routeWith(t, { svc: { color: 'blue', until: Date.now() + 60_000 } })
+  t.same(pick(held, 'sy=blue'), { color: 'blue', setCookie: undefined }, 'a session pinned to the held color stays there')
+  t.same(pick(held, 'a=1; sy=green'), { color: 'green', setCookie: undefined })
+  t.same(pick(held), { color: 'green', setCookie: 'sy=green; Path=/; HttpOnly; SameSite=Lax' }, 'a new session goes live')
+
+  const expired = routeWith(t, { svc: { color: 'blue', until: Date.now() - 1 } })
+  t.same(pick(expired, 'sy=blue'), { color: 'green', setCookie: 'sy=green; Path=/; HttpOnly; SameSite=Lax' }, 'past its time the session moves live, no message needed')
+
+  t.same(pick(routeWith(t, undefined), 'sy=blue'), { color: 'green', setCookie: 'sy=green; Path=/; HttpOnly; SameSite=Lax' }, 'no hold: live')
+  t.equal(routeWith(t, { svc: { color: 'green', until: Date.now() + 60_000 } }).stickyHold, undefined, 'a hold on the live color is dropped')
+  t.equal(routeWith(t, { plain: { color: 'blue', until: Date.now() + 60_000 } }, 'plain').stickyHold, undefined, 'a service without sticky sessions ignores a hold')
+})
+
+t.test('a held color with no healthy target does not keep its sessions', async (t) => {
+  const route = routeWith(t, { svc: { color: 'blue', until: Date.now() + 60_000 } })
+  for (const e of route.colors.blue.targets.endpoints) e.target.setProbe('unhealthy')
+  t.same(pick(route, 'sy=blue'), { color: 'green', setCookie: 'sy=green; Path=/; HttpOnly; SameSite=Lax' })
+})
+
+t.test('the hold is not written to the state file, and a hurried drain ends it early', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const gw = await startGateway(t, `state: { file: ./state.json }\nservices:\n${serviceYaml('svc', '/', [b], [g], '    sticky: { cookie: sy }\n    drain: { timeout: 30s }\n')}`)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
+  t.equal((await http1(`${gw.url}/a`, { headers: { cookie: 'sy=blue' } })).json.backend, 'blue', 'held for 30 s')
+  const saved = JSON.parse(readFileSync(join(gw.dir, 'state.json'), 'utf8'))
+  t.equal(saved.services.svc.live, 'green')
+  t.notOk('sticky' in saved, 'the state file has no hold: a drain does not outlive its process')
+
+  const hurried = await admin(gw.adminUrl, 'POST', '/v1/services/svc/drain', { timeout: 200, wait: true })
+  t.equal(hurried.status, 200)
+  const moved = await http1(`${gw.url}/a`, { headers: { cookie: 'sy=blue' } })
+  t.equal(moved.json.backend, 'green', 'the hold ended with the hurried drain')
+  t.equal(moved.headers['set-cookie'], 'sy=green; Path=/; HttpOnly; SameSite=Lax')
+  await eventually(async () => (await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.svc.environments.blue.state === 'idle')
+})
