@@ -3,7 +3,7 @@
 // answers), (c) a flip into a color whose target resets mid-body.
 // Each prints its figures; see lib.ts for the gateway process and the load.
 
-import t from 'tap'
+import t, { type Test } from 'tap'
 import net from 'node:net'
 import { admin, eventually, startBackend } from '../helpers/index.js'
 import { ENGINES, events, figures, isOk, startCli, startLoad, startTarget, state, tally, type Sample } from './lib.js'
@@ -11,7 +11,7 @@ import { ENGINES, events, figures, isOk, startCli, startLoad, startTarget, state
 type Mode = 'ok' | 'hang' | 'reset-body'
 
 /** An HTTP/1.1 target on raw sockets whose behaviour can be switched: answer, hang, or reset after part of the body. */
-async function rawTarget (t: Tap.Test, name: string): Promise<{ url: string, mode: Mode, answered: () => number }> {
+async function rawTarget (t: Test, name: string): Promise<{ url: string, mode: Mode, answered: () => number }> {
   const body = JSON.stringify({ backend: name })
   const ok = `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`
   const sockets = new Set<net.Socket>()
