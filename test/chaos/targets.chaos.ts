@@ -122,6 +122,8 @@ services:
       failedAfterEjection: samples.filter((s) => s.start > ejectedAt && !isOk(s)).length,
       hangToEjection: ms(ejectedAt - hungAt),
       slowest: ms(slowest),
+      slowest504: ms(Math.max(0, ...failed.map((s) => s.end - s.start))),
+      slowestOk: ms(Math.max(0, ...samples.filter(isOk).map((s) => s.end - s.start))),
       outcomes: tally(samples),
     })
     t.ok(failed.every((s) => s.status === 504), 'every failure is a 504 from the gateway')
