@@ -243,6 +243,9 @@ t.test('reload: an invalid file is refused and the old routes serve; a valid one
 t.test('a client leaving during the WebSocket handshake leaves nothing counted or open', async (t) => {
   const { b, gw } = await pair(t)
   let upstreamSockets = 0
+  // The upstream's 101 comes late, after the client left: wait for that moment, not a guessed time.
+  let lateAnswer!: () => void
+  const answeredLate = new Promise<void>((resolve) => { lateAnswer = resolve })
   b.server.removeAllListeners('upgrade')
   b.server.on('upgrade', (req, socket) => {
     upstreamSockets++
@@ -259,6 +262,7 @@ t.test('a client leaving during the WebSocket handshake leaves nothing counted o
     socket.on('close', gone)
     socket.on('error', gone)
     setTimeout(() => {
+      lateAnswer()
       if (socket.destroyed || !socket.writable) return
       socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: x\r\n\r\n`)
     }, 150)
@@ -272,7 +276,9 @@ t.test('a client leaving during the WebSocket handshake leaves nothing counted o
   await eventually(() => upstreamSockets === 1)
   s.destroy()
   await eventually(() => upstreamSockets === 0, { timeout: 2000 })
-  await new Promise((resolve) => setTimeout(resolve, 200))
+  await answeredLate
+  // Whatever the late 101 could have set off has run once the loop turns after it.
+  await new Promise((resolve) => setImmediate(resolve))
   const blue = gw.gateway.controller.switcher.current.services.get('svc')?.colors.blue.stats
   t.equal(blue?.websockets, 0)
   t.equal(blue?.openWs.size, 0)

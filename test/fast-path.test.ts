@@ -259,14 +259,16 @@ t.test('a client that leaves mid-answer frees the upstream connection and the co
 t.test('a slow reader holds the upstream back instead of the gateway buffering', async (t) => {
   const b = await startBackend(t, 'b')
   const g = await startBackend(t, 'g')
-  const size = 8 * 1024 * 1024
+  // Far more than the socket buffers between the upstream and the client can hold
+  // (see the bound below), so a gateway that read ahead would show it.
+  const size = 128 * 1024 * 1024
+  const chunk = Buffer.alloc(64 * 1024, 1)
+  let written = 0
   b.handler = (_req, res) => {
     res.writeHead(200, { 'content-length': String(size) })
-    const chunk = Buffer.alloc(64 * 1024, 1)
-    let n = 0
     const write = (): void => {
-      while (n < size / chunk.length) {
-        n++
+      while (written < size) {
+        written += chunk.length
         if (!res.write(chunk)) return void res.once('drain', write)
       }
       res.end()
@@ -274,19 +276,44 @@ t.test('a slow reader holds the upstream back instead of the gateway buffering',
     write()
   }
   const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`)
-  const got = await new Promise<number>((resolve) => {
-    const s = net.connect(gw.gateway.address.port, '127.0.0.1', () => s.write('GET /big HTTP/1.1\r\nhost: x\r\n\r\n'))
-    let bytes = 0
-    s.on('data', (c) => {
-      bytes += c.length
-      // Read in bursts with pauses, so the gateway's writes back up.
-      s.pause()
-      setTimeout(() => s.resume(), 1)
-      if (bytes >= size) s.destroy()
+  const s = net.connect(gw.gateway.address.port, '127.0.0.1', () => s.write('GET /big HTTP/1.1\r\nhost: x\r\n\r\n'))
+  t.teardown(() => s.destroy())
+  let got = 0
+  const headSeen = new Promise<void>((resolve) => s.once('data', (c: Buffer) => {
+    got += c.length
+    s.pause() // the client stops reading: nothing more is taken off its socket
+    resolve()
+  }))
+  await headSeen
+  const memBefore = process.memoryUsage().arrayBuffers
+  // Wait until the upstream's writes stall (no progress for 300 ms), bounded.
+  let last = -1
+  let still = 0
+  for (let i = 0; i < 200 && still < 6; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    still = written === last ? still + 1 : 0
+    last = written
+  }
+  const stalledAt = written
+  const memGrowth = process.memoryUsage().arrayBuffers - memBefore
+  t.comment(`upstream stalled after ${(stalledAt / 1048576).toFixed(1)} MiB; gateway process buffers grew ${(memGrowth / 1048576).toFixed(1)} MiB`)
+  t.equal(still, 6, 'the upstream\'s writes stalled while the client did not read')
+  // What may sit in between: kernel socket buffers on both legs (loopback autotuning
+  // stays far below tcp_rmem's max for a reader that does not read) and a few chunks in
+  // the gateway. A gateway reading ahead would take all of it.
+  t.ok(stalledAt < size / 4, `the upstream got only ${(stalledAt / 1048576).toFixed(1)} MiB of ${size / 1048576} MiB out`)
+  t.ok(memGrowth < 8 * 1024 * 1024, `the gateway holds no more than a few chunks (${(memGrowth / 1048576).toFixed(1)} MiB)`)
+  // Reading again, every byte arrives.
+  const done = new Promise<void>((resolve) => {
+    s.on('data', (c: Buffer) => {
+      got += c.length
+      if (got >= size) resolve()
     })
-    s.on('close', () => resolve(bytes))
+    s.on('close', () => resolve())
   })
-  t.ok(got >= size, 'all 8 MiB arrived')
+  s.resume()
+  await done
+  t.ok(got > size, `all ${size / 1048576} MiB (and the head) arrived once the client read again`)
 })
 
 t.test('a graceful stop closes idle connections now and busy ones after their answer', async (t) => {

@@ -1,6 +1,7 @@
 import t from 'tap'
 import http from 'node:http'
 import net from 'node:net'
+import { createHash } from 'node:crypto'
 import { request } from 'undici'
 import { http1, serviceYaml, startBackend, startGateway } from './helpers/index.js'
 
@@ -61,10 +62,10 @@ t.test('request and response bodies stream through, large and chunked', async (t
   const b = await startBackend(t, 'b')
   const g = await startBackend(t, 'g')
   b.handler = (req, res) => {
-    // Echo with a digest so a 4 MiB body need not be compared in memory twice.
+    // Echo a digest so a 4 MiB body need not be compared in memory twice.
     let size = 0
-    let sum = 0
-    req.on('data', (c: Buffer) => { size += c.length; for (const x of c) sum = (sum + x) % 65521 })
+    const hash = createHash('sha256')
+    req.on('data', (c: Buffer) => { size += c.length; hash.update(c) })
     req.on('end', () => {
       if (req.url === '/big') {
         res.writeHead(200, { 'content-type': 'application/octet-stream' })
@@ -80,17 +81,20 @@ t.test('request and response bodies stream through, large and chunked', async (t
         return write()
       }
       res.writeHead(201, { 'content-type': 'application/json' })
-      res.end(JSON.stringify({ size, sum, te: req.headers['transfer-encoding'] ?? null, cl: req.headers['content-length'] ?? null }))
+      res.end(JSON.stringify({ size, sha256: hash.digest('hex'), te: req.headers['transfer-encoding'] ?? null, cl: req.headers['content-length'] ?? null }))
     })
   }
   const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`)
   const body = Buffer.alloc(4 * 1024 * 1024)
   for (let i = 0; i < body.length; i++) body[i] = i % 251
-  let sum = 0
-  for (const x of body) sum = (sum + x) % 65521
-  const posted = await http1(`${gw.url}/upload`, { method: 'POST', body: body.toString('latin1'), headers: { 'content-type': 'application/octet-stream' } })
-  t.equal(posted.status, 201)
-  t.equal(posted.json.cl, String(Buffer.byteLength(body.toString('latin1'))))
+  const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
+  // The bytes themselves (a string body would go out UTF-8 encoded).
+  const res = await request(`${gw.url}/upload`, { method: 'POST', body, headers: { 'content-type': 'application/octet-stream' } })
+  const posted = await res.body.json() as { size: number, sha256: string, cl: string | null }
+  t.equal(res.statusCode, 201)
+  t.equal(posted.cl, String(body.length))
+  t.equal(posted.size, body.length, 'every byte of the 4 MiB upload arrived')
+  t.equal(posted.sha256, sha256(body), 'byte for byte')
 
   // A chunked upload (no content-length) arrives whole.
   const chunked = await new Promise<any>((resolve, reject) => {
@@ -104,13 +108,18 @@ t.test('request and response bodies stream through, large and chunked', async (t
     req.end()
   })
   t.equal(chunked.size, 16 * 65536)
+  t.equal(chunked.sha256, sha256(body.subarray(0, 16 * 65536)), 'the chunked upload arrived byte for byte')
   t.equal(chunked.te, 'chunked')
 
   const big = await request(`${gw.url}/big`)
+  const down = createHash('sha256')
   let got = 0
-  for await (const c of big.body) got += (c as Buffer).length
+  for await (const c of big.body) {
+    got += (c as Buffer).length
+    down.update(c as Buffer)
+  }
   t.equal(got, 64 * 64 * 1024, '4 MiB streamed back')
-  t.ok(sum >= 0)
+  t.equal(down.digest('hex'), sha256(Buffer.alloc(64 * 64 * 1024, 7)), 'byte for byte')
 })
 
 t.test('status codes and HEAD pass through', async (t) => {
