@@ -290,9 +290,11 @@ export class Controller {
    */
   async reload (config: Config, actor = 'api'): Promise<ReloadResult> {
     return await this.exclusive(async () => {
+      // What the listeners and the state store were built with at start; the edge keeps its engine, deadlines and trust until a restart.
       const restart = ([
         ['listen', config.listen, this.config.listen], ['admin.listen', config.admin.listen, this.config.admin.listen],
         ['state.file', config.state.file, this.config.state.file], ['log', config.log, this.config.log], ['metrics', config.metrics, this.config.metrics],
+        ['engine', config.engine, this.config.engine], ['client', config.client, this.config.client], ['trustedProxies', config.trustedProxies, this.config.trustedProxies],
       ] as const)
         .filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b)).map(([k]) => k)
       if (restart.length > 0) throw new SwitchyardError('bad_request', `reload cannot change ${restart.join(', ')}: restart the gateway for that; nothing changed`, { fields: restart })
@@ -302,13 +304,14 @@ export class Controller {
       const removed = Object.keys(before).filter((n) => after[n] === undefined)
       const updated = Object.keys(after).filter((n) => before[n] !== undefined && JSON.stringify(before[n]) !== JSON.stringify(after[n]))
       const tokenChanged = config.admin.token !== this.config.admin.token
-      if (added.length + removed.length + updated.length === 0 && !tokenChanged) {
+      const hostsChanged = JSON.stringify(config.admin.allowedHosts) !== JSON.stringify(this.config.admin.allowedHosts)
+      if (added.length + removed.length + updated.length === 0 && !tokenChanged && !hostsChanged) {
         return { generation: this.state.generation, changed: false, added, removed, updated }
       }
       const next = this.cloneState()
       for (const n of added) next.services[n] ??= { live: after[n].live, previous: null, targets: {} }
       next.generation++
-      await this.commit(next, { type: 'reload', reason: null, actor, added, removed, updated, ...(tokenChanged ? { adminToken: 'changed' } : {}) }, false, config)
+      await this.commit(next, { type: 'reload', reason: null, actor, added, removed, updated, ...(tokenChanged ? { adminToken: 'changed' } : {}), ...(hostsChanged ? { allowedHosts: config.admin.allowedHosts } : {}) }, false, config)
       this.endGuards(removed)
       for (const [key, d] of this.drains) if (removed.includes(key.split('/')[0])) d.cancel()
       return { generation: next.generation, changed: true, added, removed, updated }
