@@ -48,6 +48,20 @@ export interface ChangeResult {
   event?: SwitchyardEvent
 }
 
+/** A flip planned on one generation, to be gated outside the queue. */
+interface FlipPlan {
+  generation: number
+  config: Config
+  changes: ColorChange[]
+  /** The targets of each change's new color, in the order of `changes`. */
+  targets: string[][]
+}
+
+/** Whether a gate verdict on `a` holds for `b`: the same changes into the same targets under the same config. */
+function samePlan (a: FlipPlan, b: FlipPlan): boolean {
+  return a.config === b.config && JSON.stringify([a.changes, a.targets]) === JSON.stringify([b.changes, b.targets])
+}
+
 export type FlipTrigger = 'manual' | 'rollback' | 'auto_revert'
 
 export interface DrainRequest {
@@ -431,45 +445,78 @@ export class Controller {
     return structuredClone(this.state)
   }
 
+  /**
+   * The gate runs outside the queue: smoke checks take seconds, and an
+   * auto-revert (or any other change) must never wait on them. The plan is
+   * made in the queue, gated outside it, and committed back in the queue only
+   * if the generation is still the one it was planned on. If something else
+   * changed meanwhile, the flip is planned again; the gate's verdict is kept
+   * when the plan, the config and the gated colors' targets are the same,
+   * else the gate runs again. A flip that keeps losing that race (or any flip
+   * with `ifGeneration`, whose premise is gone) is refused with 412.
+   */
   async flip (req: FlipRequest): Promise<ChangeResult> {
-    return await this.exclusive(async () => {
-      this.checkGeneration(req.ifGeneration)
-      const names = this.resolveServices(req.services)
-      const next = this.cloneState()
-      const changes: ColorChange[] = []
-      for (const name of names) {
-        const st = next.services[name]
-        const to = req.to ?? otherColor(st.live)
-        if (to === st.live) continue
-        const total = this.switcher.current.services.get(name)?.colors[to].targets.endpoints.length ?? 0
-        if (total === 0) throw new SwitchyardError('no_targets', `service ${name}: ${to} has no targets; set them first (PUT /v1/services/${name}/environments/${to}/targets)`, { service: name, color: to })
-        changes.push({ service: name, from: st.live, to })
-        next.services[name] = { ...st, live: to, previous: st.live }
-      }
-      if (changes.length === 0) return { generation: this.state.generation, changes }
-      const failures: GateFailure[] = []
-      if (req.force !== true) {
-        for (const c of changes) {
+    let gated: FlipPlan | undefined
+    for (let attempt = 1; ; attempt++) {
+      const plan = await this.exclusive(async () => this.planFlip(req))
+      if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
+      if (req.force !== true && !(gated !== undefined && samePlan(gated, plan))) {
+        const failures: GateFailure[] = []
+        for (const c of plan.changes) {
           const f = await this.gate(c.service, c.to)
           if (f !== undefined) failures.push(f)
         }
         if (failures.length > 0) {
           throw new SwitchyardError('gate_failed', `flip refused: ${failures.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`, { failures })
         }
+        gated = plan
       }
-      next.generation++
-      next.lastChange = changes.map((c) => c.service)
-      const guarded = req.guard !== false
-      const event = await this.commit(next, {
-        type: 'flip', reason: req.reason ?? null, actor: req.actor ?? 'api', changes,
-        ...(req.force === true ? { forced: true } : {}),
-        ...(guarded ? {} : { guard: false }),
+      const result = await this.exclusive(async () => {
+        if (this.state.generation !== plan.generation) return undefined
+        return await this.commitFlip(req, plan)
       })
-      this.countFlips(changes, 'manual')
-      this.endGuards(changes.map((c) => c.service))
-      if (guarded) this.startGuard(changes, event.id)
-      return { generation: next.generation, changes, event }
+      if (result !== undefined) return result
+      if (req.ifGeneration !== undefined || attempt === 2) {
+        throw new SwitchyardError('stale_generation', `flip refused: another change (generation ${this.state.generation}) landed while the gate ran on generation ${plan.generation}; nothing changed, try again`, { generation: this.state.generation })
+      }
+    }
+  }
+
+  /** What a flip would change, from the state now in force; throws for a stale ifGeneration, an unknown service or an empty color. */
+  private planFlip (req: FlipRequest): FlipPlan {
+    this.checkGeneration(req.ifGeneration)
+    const names = this.resolveServices(req.services)
+    const changes: ColorChange[] = []
+    const targets: string[][] = []
+    for (const name of names) {
+      const st = this.state.services[name]
+      const to = req.to ?? otherColor(st.live)
+      if (to === st.live) continue
+      const total = this.switcher.current.services.get(name)?.colors[to].targets.endpoints.length ?? 0
+      if (total === 0) throw new SwitchyardError('no_targets', `service ${name}: ${to} has no targets; set them first (PUT /v1/services/${name}/environments/${to}/targets)`, { service: name, color: to })
+      changes.push({ service: name, from: st.live, to })
+      targets.push(colorTargets(this.config.services[name], st, to))
+    }
+    return { generation: this.state.generation, config: this.config, changes, targets }
+  }
+
+  /** In the queue, on the generation the plan was made from. */
+  private async commitFlip (req: FlipRequest, plan: FlipPlan): Promise<ChangeResult> {
+    const next = this.cloneState()
+    for (const c of plan.changes) next.services[c.service] = { ...next.services[c.service], live: c.to, previous: c.from }
+    const changes = plan.changes
+    next.generation++
+    next.lastChange = changes.map((c) => c.service)
+    const guarded = req.guard !== false
+    const event = await this.commit(next, {
+      type: 'flip', reason: req.reason ?? null, actor: req.actor ?? 'api', changes,
+      ...(req.force === true ? { forced: true } : {}),
+      ...(guarded ? {} : { guard: false }),
     })
+    this.countFlips(changes, 'manual')
+    this.endGuards(changes.map((c) => c.service))
+    if (guarded) this.startGuard(changes, event.id)
+    return { generation: next.generation, changes, event }
   }
 
   async rollback (req: RollbackRequest): Promise<ChangeResult> {
