@@ -136,7 +136,7 @@ export class Controller {
     for (const svc of Object.values(config.services)) {
       state.services[svc.name] ??= { live: svc.live, previous: null, targets: {} }
     }
-    await events.restore()
+    await events.restore(saved?.generation)
     let snapshot: Snapshot
     try {
       snapshot = buildSnapshot(config, state, registry)
@@ -189,9 +189,17 @@ export class Controller {
    * Build, persist, swap. If building or saving throws, neither the routing
    * nor the in-memory state has changed.
    *
+   * Persisting is two writes, each fsynced before the change is answered:
+   * the event line first, then the state file. The state file is the commit
+   * point: a crash (or a failed state write) after the event leaves an event
+   * of a change that did not happen, which EventLog.restore recognizes by
+   * its generation and leaves out; the other order would leave a change in
+   * force whose event is missing. A failed event write fails the change
+   * (event_write_failed) before anything else is touched.
+   *
    * `swapFirst` is for the guard's auto-revert: nobody waits for an answer,
    * and every moment on the failing color costs requests, so it swaps at once
-   * and persists after. Should the write fail, routing stays on the
+   * and persists after. Should a write fail, routing stays on the
    * known-good color and the next change writes the file.
    */
   private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, swapFirst = false, config = this.config): Promise<SwitchyardEvent> {
@@ -201,19 +209,23 @@ export class Controller {
     } catch (err) {
       throw new SwitchyardError('bad_request', `${event.type} refused: ${(err as Error).message}; nothing changed`)
     }
+    const prepared = this.events.prepare({ ...event, generation: next.generation })
     const apply = (): SwitchyardEvent => {
       this.config = config
       this.state = next
       this.switcher.swap(snapshot)
       this.afterSwap(snapshot)
-      const appended = this.events.append({ ...event, generation: next.generation })
+      this.events.publish(prepared)
       // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
       if (Array.isArray(event.changes)) this.retire(event.changes as ColorChange[], event.type === 'flip')
-      return appended
+      return prepared
     }
     if (swapFirst) {
       const applied = apply()
       const published = this.health.publish?.(config, next)
+      await this.events.persist(prepared).catch((err: Error) => {
+        log('error', 'events file write failed after an auto-revert; routing is reverted, the event is only in memory', { file: this.events.file, error: err.message })
+      })
       await this.store.save(next).catch((err: Error) => {
         log('error', 'state file write failed after an auto-revert; routing is reverted, the file is behind', { file: this.store.file, error: err.message })
       })
@@ -221,8 +233,15 @@ export class Controller {
       return applied
     }
     try {
+      await this.events.persist(prepared)
+    } catch (err) {
+      this.events.discard(prepared)
+      throw new SwitchyardError('event_write_failed', `could not append to ${this.events.file ?? 'the event log'}: ${(err as Error).message}; nothing changed`)
+    }
+    try {
       await this.store.save(next)
     } catch (err) {
+      this.events.discard(prepared)
       throw new SwitchyardError('state_write_failed', `could not write ${this.store.file}: ${(err as Error).message}; nothing changed`)
     }
     const applied = apply()
