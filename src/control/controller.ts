@@ -211,11 +211,12 @@ export class Controller {
     }
     const prepared = this.events.prepare({ ...event, generation: next.generation })
     const apply = (): SwitchyardEvent => {
+      // First: the change is decided, and a prepared event left pending would hold back every later one.
+      this.events.publish(prepared)
       this.config = config
       this.state = next
       this.switcher.swap(snapshot)
       this.afterSwap(snapshot)
-      this.events.publish(prepared)
       // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
       if (Array.isArray(event.changes)) this.retire(event.changes as ColorChange[], event.type === 'flip')
       return prepared
