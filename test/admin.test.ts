@@ -3,6 +3,7 @@
 
 import t, { type Test } from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
+import { isAllowedHost } from '../src/admin/server.js'
 import { SwitchyardError, toSwitchyardError } from '../src/errors.js'
 import { admin, eventually, http1, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
 
@@ -627,4 +628,17 @@ t.test('an unexpected error answers 500 internal without its own text; the log l
   t.strictSame(e.toJSON(), { error: 'internal', message: 'internal error', id: reported[0][0] }, 'under the id the answer carries')
   const coded = new SwitchyardError('live_color', 'blue is live')
   t.equal(toSwitchyardError(coded, () => t.fail('a coded error is not reported')), coded, 'coded errors pass through')
+})
+
+t.test('isAllowedHost: a wildcard listener reached by IP, IPv6, the configured listen host', async (t) => {
+  const config = (host: string, allowedHosts: string[] = []): any => ({ admin: { listen: { host, port: 9901 }, allowedHosts } })
+  t.ok(isAllowedHost('10.0.0.5:9901', { localAddress: '::ffff:10.0.0.5', localPort: 9901 }, config('::')), 'dual-stack wildcard reached over IPv4')
+  t.ok(isAllowedHost('10.0.0.5:9901', { localAddress: '10.0.0.5', localPort: 9901 }, config('0.0.0.0')))
+  t.notOk(isAllowedHost('10.0.0.6:9901', { localAddress: '10.0.0.5', localPort: 9901 }, config('0.0.0.0')), 'another address')
+  t.ok(isAllowedHost('[FD00::1]:9901', { localAddress: 'fd00::1', localPort: 9901 }, config('::')), 'IPv6, case-insensitive')
+  t.ok(isAllowedHost('admin.internal:9901', { localAddress: '10.0.0.5', localPort: 9901 }, config('admin.internal')), 'the configured listen host')
+  t.notOk(isAllowedHost('admin.internal:9902', { localAddress: '10.0.0.5', localPort: 9901 }, config('admin.internal')), 'with the port the request arrived on')
+  t.ok(isAllowedHost('localhost', { localPort: 80 }, config('127.0.0.1')), 'no port is port 80')
+  t.ok(isAllowedHost('[::1]:8443', { localPort: 1 }, config('127.0.0.1', ['[::1]:8443'])), 'an IPv6 allowedHosts entry with a port')
+  t.notOk(isAllowedHost(undefined, { localPort: 9901 }, config('127.0.0.1')), 'no Host at all')
 })
