@@ -97,8 +97,17 @@ ${serviceYaml('a', '/a', [ab], [ag], '    smoke: [{ path: /a/smoke, expectStatus
   const stale = await pinned
   t.equal(stale.status, 412)
   t.equal(stale.json.error, 'stale_generation')
-  t.match(stale.json.message, /while the gate ran/)
+  t.match(stale.json.message, /while the smoke checks ran/)
   const st = (await admin(gw.adminUrl, 'GET', '/v1/state')).json
   t.equal(st.generation, 3)
   t.equal(st.services.a.live, 'green')
+})
+
+t.test('concurrent flips without smoke checks each commit in one turn of the queue: none is refused', async (t) => {
+  const [ab, ag] = await Promise.all(['a-blue', 'a-green'].map(async (n) => await startBackend(t, n)))
+  const gw = await startGateway(t, `services:\n${serviceYaml('a', '/a', [ab], [ag])}`)
+  const results = await Promise.all(Array.from({ length: 30 }, async () => await admin(gw.adminUrl, 'POST', '/v1/flip', {})))
+  t.same(results.map((r) => r.status), Array(30).fill(200))
+  t.same(results.map((r) => r.json.generation).sort((x: number, y: number) => x - y), Array.from({ length: 30 }, (_, i) => i + 1), 'thirty generations, one each')
+  t.equal((await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.a.live, 'blue', 'an even number of toggles')
 })

@@ -48,7 +48,7 @@ export interface ChangeResult {
   event?: SwitchyardEvent
 }
 
-/** A flip planned on one generation, to be gated outside the queue. */
+/** A flip planned on one generation, whose smoke checks run outside the queue. */
 interface FlipPlan {
   generation: number
   config: Config
@@ -57,9 +57,13 @@ interface FlipPlan {
   targets: string[][]
 }
 
-/** Whether a gate verdict on `a` holds for `b`: the same changes into the same targets under the same config. */
+/** Whether a smoke verdict on `a` holds for `b`: the same changes into the same targets under the same config. */
 function samePlan (a: FlipPlan, b: FlipPlan): boolean {
   return a.config === b.config && JSON.stringify([a.changes, a.targets]) === JSON.stringify([b.changes, b.targets])
+}
+
+function gateFailed (failures: GateFailure[]): SwitchyardError {
+  return new SwitchyardError('gate_failed', `flip refused: ${failures.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`, { failures })
 }
 
 export type FlipTrigger = 'manual' | 'rollback' | 'auto_revert'
@@ -437,20 +441,22 @@ export class Controller {
     return { ready: waiting.length === 0, waiting }
   }
 
-  /** The gate for one service: enough healthy targets, then every smoke check passes. */
-  private async gate (name: string, to: Color): Promise<GateFailure | undefined> {
+  /** The first half of a service's gate, taken in the queue: enough healthy targets in the new color. */
+  private healthGate (name: string, to: Color): GateFailure | undefined {
     const svc = this.config.services[name]
     const set = this.switcher.current.services.get(name)?.colors[to].targets
     const healthy = set?.healthyCount ?? 0
-    if (healthy < svc.gate.minHealthy) {
-      return {
-        service: name, color: to, reason: `${healthy} healthy target(s), gate.minHealthy is ${svc.gate.minHealthy}`,
-        healthy, minHealthy: svc.gate.minHealthy,
-        targets: set?.endpoints.filter((e) => !e.target.healthy).map((e) => e.target.describe()),
-      }
+    if (healthy >= svc.gate.minHealthy) return undefined
+    return {
+      service: name, color: to, reason: `${healthy} healthy target(s), gate.minHealthy is ${svc.gate.minHealthy}`,
+      healthy, minHealthy: svc.gate.minHealthy,
+      targets: set?.endpoints.filter((e) => !e.target.healthy).map((e) => e.target.describe()),
     }
-    if (svc.smoke.length === 0) return undefined
-    const smoke = await this.health.smoke.run(svc, to)
+  }
+
+  /** The second half, run outside the queue: every smoke check passes. */
+  private async smokeGate (name: string, to: Color): Promise<GateFailure | undefined> {
+    const smoke = await this.health.smoke.run(this.config.services[name], to)
     if (smoke.length === 0) return undefined
     return { service: name, color: to, reason: `${smoke.length} smoke check(s) failed: ${smoke.map((f) => `${f.check}: ${f.reason}`).join('; ')}`, smoke }
   }
@@ -466,38 +472,56 @@ export class Controller {
   }
 
   /**
-   * The gate runs outside the queue: smoke checks take seconds, and an
-   * auto-revert (or any other change) must never wait on them. The plan is
-   * made in the queue, gated outside it, and committed back in the queue only
-   * if the generation is still the one it was planned on. If something else
-   * changed meanwhile, the flip is planned again; the gate's verdict is kept
-   * when the plan, the config and the gated colors' targets are the same,
-   * else the gate runs again. A flip that keeps losing that race (or any flip
-   * with `ifGeneration`, whose premise is gone) is refused with 412.
+   * Smoke checks run outside the queue: they take seconds, and an
+   * auto-revert (or any other change) must never wait on them. A flip is
+   * planned in the queue and its health gate taken there; with no smoke
+   * check to run it commits in that same turn. Otherwise the smoke checks
+   * run outside, and the flip commits back in the queue only if the
+   * generation is still the one it was planned on. If something else changed
+   * meanwhile, it is planned again; the smoke verdict is kept when the plan,
+   * the config and the gated colors' targets are the same, else the checks
+   * run again. A flip that loses that race twice (or any flip with
+   * `ifGeneration`, whose premise is gone) is refused with 412.
    */
   async flip (req: FlipRequest): Promise<ChangeResult> {
-    let gated: FlipPlan | undefined
+    let smoked: FlipPlan | undefined
     for (let attempt = 1; ; attempt++) {
-      const plan = await this.exclusive(async () => this.planFlip(req))
-      if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
-      if (req.force !== true && !(gated !== undefined && samePlan(gated, plan))) {
+      const step = await this.exclusive(async (): Promise<ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }> => {
+        const plan = this.planFlip(req)
+        if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
         const failures: GateFailure[] = []
-        for (const c of plan.changes) {
-          const f = await this.gate(c.service, c.to)
-          if (f !== undefined) failures.push(f)
+        const smoke: ColorChange[] = []
+        if (req.force !== true) {
+          for (const c of plan.changes) {
+            const f = this.healthGate(c.service, c.to)
+            if (f !== undefined) failures.push(f)
+            else if (this.config.services[c.service].smoke.length > 0) smoke.push(c)
+          }
         }
-        if (failures.length > 0) {
-          throw new SwitchyardError('gate_failed', `flip refused: ${failures.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`, { failures })
+        if (smoke.length === 0 || (smoked !== undefined && samePlan(smoked, plan))) {
+          if (failures.length > 0) throw gateFailed(failures)
+          return await this.commitFlip(req, plan)
         }
-        gated = plan
+        return { plan, failures, smoke }
+      })
+      if (!('plan' in step)) return step
+      const { plan, failures, smoke } = step
+      for (const c of smoke) {
+        const f = await this.smokeGate(c.service, c.to)
+        if (f !== undefined) failures.push(f)
       }
+      if (failures.length > 0) {
+        const order = plan.changes.map((c) => c.service)
+        throw gateFailed(failures.sort((a, b) => order.indexOf(a.service) - order.indexOf(b.service)))
+      }
+      smoked = plan
       const result = await this.exclusive(async () => {
         if (this.state.generation !== plan.generation) return undefined
         return await this.commitFlip(req, plan)
       })
       if (result !== undefined) return result
       if (req.ifGeneration !== undefined || attempt === 2) {
-        throw new SwitchyardError('stale_generation', `flip refused: another change (generation ${this.state.generation}) landed while the gate ran on generation ${plan.generation}; nothing changed, try again`, { generation: this.state.generation })
+        throw new SwitchyardError('stale_generation', `flip refused: another change (generation ${this.state.generation}) landed while the smoke checks ran on generation ${plan.generation}; nothing changed, try again`, { generation: this.state.generation })
       }
     }
   }
