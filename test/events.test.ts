@@ -124,3 +124,18 @@ t.test('stale state temp files of dead processes are removed at start', async (t
   t.ok(existsSync(join(data, 'state.json.bak.tmp')), 'other names are left alone')
   t.ok(existsSync(join(data, 'other.json.1.tmp')))
 })
+
+t.test('a log larger than maxBytes (from before rotation) is restored from its tail', async (t) => {
+  const dir = tempDir(t)
+  const file = join(dir, 'events.jsonl')
+  const lines = Array.from({ length: 200 }, (_, i) => JSON.stringify({ id: i + 1, time: '2026-01-01T00:00:00.000Z', type: 'health', generation: 0, reason: 'x'.repeat(50), actor: 'health' }) + '\n')
+  writeFileSync(file, lines.join(''))
+  const log = new EventLog(file, { maxBytes: 4096 })
+  await log.restore()
+  const ids = log.list().map((e) => e.id)
+  t.ok(ids.length > 10 && ids.length < 200, `only the tail is read (${ids.length} events)`)
+  t.same(ids, Array.from({ length: ids.length }, (_, i) => 200 - ids.length + 1 + i), 'whole lines, up to the newest')
+  t.equal(log.append({ type: 'health', generation: 0, reason: null, actor: 'health' }).id, 201)
+  await log.flush()
+  t.same(readdirSync(dir).sort(), ['events.jsonl', 'events.jsonl.1'], 'the next write rotates it')
+})

@@ -2,7 +2,7 @@
 // health noise (health, drained) in separate in-memory rings, served merged by
 // /v1/events, and a JSONL file beside the state file, fsynced for changes and rotated by size.
 
-import { mkdir, open, readFile, rename, type FileHandle } from 'node:fs/promises'
+import { mkdir, open, rename, type FileHandle } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import type { Color } from '../config/schema.js'
 import { log } from '../log.js'
@@ -99,7 +99,7 @@ export class EventLog {
     for (const file of this.files()) {
       let text: string
       try {
-        text = await readFile(file, 'utf8')
+        text = await readTail(file, this.maxBytes)
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log('warn', 'events file cannot be read; its events are not served', { file, error: (err as Error).message })
         continue
@@ -285,6 +285,21 @@ async function syncDir (dir: string): Promise<void> {
   const fh = await open(dir, 'r')
   try {
     await fh.sync()
+  } finally {
+    await fh.close()
+  }
+}
+
+/** A file's text; of one larger than `max` (a log from before rotation), its last `max` bytes from a line start. */
+async function readTail (file: string, max: number): Promise<string> {
+  const fh = await open(file, 'r')
+  try {
+    const { size } = await fh.stat()
+    const start = Math.max(0, size - max)
+    const buf = Buffer.alloc(size - start)
+    await fh.read(buf, 0, buf.length, start)
+    const text = buf.toString('utf8')
+    return start === 0 ? text : text.slice(text.indexOf('\n') + 1)
   } finally {
     await fh.close()
   }
