@@ -398,6 +398,19 @@ t.test('a client that goes quiet mid-body gets 408 and holds no upstream connect
   await eventually(() => up.open() === 0)
   t.pass('and every upstream connection was closed')
   t.equal(blueTarget(gw, up.url).ejected, false, 'the target is not blamed')
+
+  // The upstream answers before the body is in: the quiet client then cuts both sides.
+  const eager = await rawUpstream(t, (s, data, n) => {
+    if (n === 1) s.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n')
+  })
+  const gw2 = await startGateway(t, oneService([eager.url], g.url, '    passive: false\n', 'client: { bodyTimeout: 300ms }\n'))
+  const began = Date.now()
+  const cut = await exchange(gw2.gateway.address.port, 'POST /eager HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nx')
+  const ms = Date.now() - began
+  t.match(cut, /^HTTP\/1\.1 200 OK[^]*\r\n\r\n5\r\nhello\r\n$/, 'the answer began, then the client connection was cut')
+  t.ok(ms >= 250 && ms < 3000, `cut after ${ms} ms`)
+  await eventually(() => eager.open() === 0)
+  t.pass('and so was the upstream connection')
 })
 
 t.test('the per-target connection cap: requests wait in turn, or get 503 after timeouts.connect', async (t) => {
