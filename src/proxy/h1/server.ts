@@ -357,6 +357,13 @@ export class ClientConn implements Gatherer {
     }
   }
 
+  /** Reads the request body again after the gateway held it back; client.body runs afresh. */
+  resumeBody (): void {
+    this.socket.resume()
+    // The deadline may have fired (and been ignored) while reading was paused: arm it again.
+    if (this.bodyLeft > 0) this.socket.setTimeout(this.edge.client.body)
+  }
+
   /** The client reads too slowly: `fn` runs once it has caught up. */
   onceDrained (fn: () => void): void {
     this.socket.once('drain', fn)
@@ -476,7 +483,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     const body = this.held
     this.held = undefined
     this.send(up, body)
-    if (!this.requestSent && this.up === up && !up.socket.writableNeedDrain) this.conn.socket.resume()
+    if (!this.requestSent && this.up === up && !up.socket.writableNeedDrain) this.conn.resumeBody()
   }
 
   onUpstreamOverloaded (): void {
@@ -520,7 +527,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
   }
 
   private readonly resumeClient = (): void => {
-    if (this.phase !== Phase.Done) this.conn.socket.resume()
+    if (this.phase !== Phase.Done) this.conn.resumeBody()
   }
 
   private readonly resumeUpstream = (): void => {
