@@ -12,8 +12,13 @@
 // while it is idle, and one reused from the idle list is closed (the request
 // retried on a new connection when safe) if bytes arrive in the same turn of
 // the event loop as the request was written: they were on their way before
-// the request left. Residual limit: bytes an upstream sends later than that,
-// once the next request is on its way, cannot be told from that request's
+// the request left. (A request written outside the poll phase, such as a
+// pipelined one after an error, keeps that mark one turn longer: a genuine
+// answer arriving within microseconds would then be retried as on a stale
+// connection.) Residual limit: bytes an upstream sends later than that
+// (say, a separate write its Nagle algorithm holds back until the gateway's
+// next packet acknowledges the answer), once the next request is on its
+// way, cannot be told from that request's
 // answer (HTTP/1.1 has no request ids); they are taken as its answer, and the
 // real answer that follows them closes the connection.
 
