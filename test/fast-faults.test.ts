@@ -68,9 +68,9 @@ async function rawUpstream (t: Tap.Test, answer: (socket: net.Socket, data: stri
   }
 }
 
-/** A one-service gateway config: blue `targets`, green another backend. */
+/** A one-service gateway config on the fast engine (whatever SWITCHYARD_TEST_ENGINE says): blue `targets`, green another backend. */
 function oneService (blue: string[], green: string, extra = '', top = ''): string {
-  return `${top}services:
+  return `engine: fast\n${top}services:
   svc:
     match: { pathPrefix: / }
     blue: { targets: [${blue.join(', ')}] }
@@ -136,7 +136,8 @@ t.test('an answer cut after its head is an upstream error for the guard, the met
 t.test('a flip into a color whose target truncates bodies is reverted by the guard', async (t) => {
   const b = await startBackend(t, 'blue')
   const bad = await truncating(t)
-  const gw = await startGateway(t, `defaults:
+  const gw = await startGateway(t, `engine: fast
+defaults:
   health: { interval: 100ms, timeout: 100ms, healthyThreshold: 1, unhealthyThreshold: 2 }
 services:
   svc:
@@ -439,7 +440,7 @@ t.test('the per-target connection cap: requests wait in turn, or get 503 after t
 t.test('client.idleTimeout closes an idle keep-alive connection on the fast engine', async (t) => {
   const b = await startBackend(t, 'b')
   const g = await startBackend(t, 'g')
-  const gw = await startGateway(t, oneService([b.url], g.url, '', 'engine: fast\nclient: { idleTimeout: 300ms }\n'))
+  const gw = await startGateway(t, oneService([b.url], g.url, '', 'client: { idleTimeout: 300ms }\n'))
   const port = gw.gateway.address.port
   let answeredAt = 0
   const closedAt = await new Promise<number>((resolve) => {
