@@ -92,7 +92,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
       color.stats.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
       return
     }
-    new Exchange(req, res, endpoint, color.targets, color.stats, PROTO, cookie, opts.client.body).start()
+    new Exchange(req, res, endpoint, color.targets, color.stats, PROTO, cookie).start(opts.client.body)
   }
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {

@@ -124,7 +124,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   /** A Set-Cookie the gateway adds to the response (sticky sessions). */
   private readonly setCookie: string | undefined
   /** Longest silence between two reads of the request body, ms (0: none). */
-  private readonly bodyTimeout: number
+  private bodyTimeout = 0
   private bodyTimer: NodeJS.Timeout | undefined
   /** undici paused the body (upstream backpressure): silence is not the client's. */
   private bodyHeld = false
@@ -138,21 +138,22 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   /** The outcome was recorded (exactly once per answered exchange). */
   private settled = false
 
-  constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, stats: ExchangeStats, proto: string, setCookie?: string, bodyTimeout = 0) {
+  constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, stats: ExchangeStats, proto: string, setCookie?: string) {
     this.req = req
     this.res = res
     this.endpoint = endpoint
     this.picker = picker
     this.stats = stats
     this.setCookie = setCookie
-    this.bodyTimeout = bodyTimeout
     this.headers = upstreamRequestHeaders(req, proto)
     this.requestId = requestIdFor(req, this.headers)
     this.body = hasBody(req) ? req : null
     this.retryable = this.body === null && IDEMPOTENT.has(req.method as string)
   }
 
-  start (): void {
+  /** Sends the request on its way; `bodyTimeout` is the client's body deadline (client.bodyTimeout, ms). */
+  start (bodyTimeout = 0): void {
+    this.bodyTimeout = bodyTimeout
     // What the upstream would refuse for its size (X-Forwarded-* and the request id added) is refused here.
     if (upstreamHeadSize(this.req.method as string, this.req.url as string, this.headers) > MAX_HEAD) {
       sendError(this.res, 'header_too_large', ERRORS.header_too_large.status, `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`, true)
