@@ -49,8 +49,12 @@ class ClientTurns {
   }
 }
 
+/** Parsed requests that may wait on one connection before its parser is paused. */
+const MAX_WAITING = 32
+
 const kTurns = Symbol('turns')
-type TurnSocket = Duplex & { [kTurns]?: ClientTurns }
+/** node:http's own fields on its sockets: `_paused` stops the parser after the current read, `parser` restarts it. */
+type TurnSocket = Duplex & { [kTurns]?: ClientTurns, _paused?: boolean, parser?: { resume: () => void } | null }
 
 /** A raw coded JSON error that ends the connection (the parser gave up on it). */
 function rawError (code: ErrorCode, message: string): string {
@@ -123,6 +127,11 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
     const turns = socket[kTurns] ??= new ClientTurns(socket)
     if (turns.busy) {
       turns.waiting.push(req, res)
+      // Enough parsed ahead: node:http stops its parser after this read (its own flag for output backpressure).
+      if (turns.waiting.length >= 2 * MAX_WAITING && socket._paused !== true) {
+        socket._paused = true
+        socket.pause()
+      }
       return
     }
     turns.busy = true
@@ -131,7 +140,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
   }
 
   const nextTurn = (turns: ClientTurns): void => {
-    const socket = turns.socket
+    const socket = turns.socket as TurnSocket
     if (socket.destroyed || !socket.writable) {
       // Nobody to answer: what waited never runs.
       turns.waiting.length = 0
@@ -141,6 +150,11 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
     if (turns.waiting.length > 0) {
       const req = turns.waiting.shift() as IncomingMessage
       const res = turns.waiting.shift() as ServerResponse
+      if (socket._paused === true && turns.waiting.length <= MAX_WAITING) {
+        socket._paused = false
+        socket.parser?.resume()
+        socket.resume()
+      }
       res.once('close', () => nextTurn(turns))
       serve(req, res)
       return

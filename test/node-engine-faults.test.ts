@@ -237,6 +237,38 @@ for (const engine of ENGINES) {
   })
 }
 
+t.test('engine node: a connection is parsed only so far ahead of the answer it waits for', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  lengthDelimited(blue)
+  const answer = blue.handler as NonNullable<Backend['handler']>
+  // The first request waits until released; the rest are answered at once.
+  let release: (() => void) | undefined
+  blue.handler = (req, res) => {
+    if (release === undefined) release = () => answer(req, res)
+    else answer(req, res)
+  }
+  const gw = await startGateway(t, oneService('node', blue.url, green.url))
+  let parsed = 0
+  ;((gw.gateway as any).edge as net.Server).on('request', () => parsed++)
+  const N = 5000
+  let text = ''
+  for (let i = 0; i < N; i++) text += `GET /p${i} HTTP/1.1\r\nhost: x\r\n${i === N - 1 ? 'connection: close\r\n' : ''}\r\n`
+  const done = exchange(gw.gateway.address.port, text, undefined, 30_000)
+  await eventually(() => release !== undefined)
+  // Settled: two looks 100 ms apart see the same count.
+  let last = -1
+  await eventually(() => {
+    const same = parsed === last
+    last = parsed
+    return same
+  }, { interval: 100 })
+  t.ok(parsed < N / 2, `${parsed} of ${N} requests parsed while the first one waits`)
+  ;(release as () => void)()
+  const got = await done
+  t.equal([...got.matchAll(/"path":"([^"]+)"/g)].length, N, 'then every one is answered')
+})
+
 t.test('engine node: a head that stops coming gets 408 after client.headerTimeout', async (t) => {
   const blue = await startBackend(t, 'blue')
   const green = await startBackend(t, 'green')
