@@ -220,6 +220,27 @@ for (const engine of ENGINES) {
     t.equal(gw.gateway.registry.find(blue.url)?.inflight, 0)
   })
 
+  t.test(`${via}: an upstream flooding 103 answers gets a few relayed, then a 502`, async (t) => {
+    const flood = await rawUpstream(t, (s, data) => {
+      // Answer once the request's body is in.
+      if (!data.endsWith('ab') && !data.endsWith('0\r\n\r\n')) return
+      s.write('HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n'.repeat(5000))
+      s.end('HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone')
+    })
+    const green = await startBackend(t, 'green')
+    const gw = await startGateway(t, oneService(engine, flood.url, green.url))
+    // A chunked upload: the fast engine hands it over.
+    const got = await exchange(gw.gateway.address.port, 'POST /h HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n')
+    const codes = statuses(got)
+    const hints = codes.filter((s) => s === '103').length
+    t.ok(hints >= 1 && hints <= 16, `${hints} of 5000 103s relayed`)
+    t.equal(codes.at(-1), '502', 'then an upstream error')
+    t.match(got, /"error":"upstream_error"/)
+    const stats = gw.gateway.registry.colorStats('svc', 'blue')
+    await eventually(() => stats.requests === 1)
+    t.equal(stats.errors, 1, 'counted as an error')
+  })
+
   t.test(`${via}: an idle keep-alive client is closed after client.idleTimeout`, async (t) => {
     const blue = await startBackend(t, 'blue')
     const green = await startBackend(t, 'green')

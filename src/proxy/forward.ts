@@ -44,6 +44,9 @@ export function requestIdFor (req: IncomingMessage, headers: string[] | undefine
   return id
 }
 
+/** Informational (1xx) answers relayed per exchange at most; one more is an upstream error (as on the fast engine). */
+export const MAX_INFORMATIONAL = 16
+
 /** Methods a failed attempt may be retried for (both engines). */
 export const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 /** Errors that mean the request never reached the upstream application. */
@@ -135,6 +138,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private closed = false
   /** The upstream's response head went to the client: the outcome waits for the end. */
   private answered = false
+  /** 1xx answers seen. */
+  private informational = 0
   /** The outcome was recorded (exactly once per answered exchange). */
   private settled = false
 
@@ -293,6 +298,12 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (this.closed || this.res.writableEnded) return false
     if (statusCode < 200) {
+      // A flood of 1xx would be relayed without end (memory grows if the client does not read): past a few, the upstream is broken.
+      if (++this.informational > MAX_INFORMATIONAL) {
+        this.onError(Object.assign(new Error('too many informational answers'), { code: 'UND_ERR_INFO_FLOOD' }))
+        this.abortUpstream?.()
+        return false
+      }
       // Informational: 103 Early Hints go on to the client; the final answer is still to come.
       if (statusCode === 103) this.res.writeEarlyHints(earlyHints(rawHeaders))
       return true
