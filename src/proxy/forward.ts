@@ -232,7 +232,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
       return
     }
     // undici starts reading the body right after this, in the same tick: the listeners see every chunk.
-    if (this.body !== null && this.bodyTimeout > 0 && this.bodyTimer === undefined && !this.body.readableEnded) this.watchBody(this.body)
+    // A body the client has sent whole cannot go quiet on its side.
+    if (this.body !== null && this.bodyTimeout > 0 && this.bodyTimer === undefined && !this.body.complete) this.watchBody(this.body)
   }
 
   /**
