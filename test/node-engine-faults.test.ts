@@ -116,6 +116,24 @@ for (const engine of ENGINES) {
     t.same(stats.upstreamErrors, { connect_failed: 0, timeout: 0, reset: 0, no_healthy_upstream: 0 })
   })
 
+  t.test(`${via}: a client that leaves mid-answer is not the upstream's fault`, async (t) => {
+    const blue = await startBackend(t, 'blue')
+    const green = await startBackend(t, 'green')
+    // A 200 whose body never ends.
+    blue.handler = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' })
+      res.write('first part')
+    }
+    const gw = await startGateway(t, oneService(engine, blue.url, green.url))
+    const stats = gw.gateway.registry.colorStats('svc', 'blue')
+    const got = await exchange(gw.gateway.address.port, get(engine, '/stream'), (text) => text.includes('first part'))
+    t.match(got, /^HTTP\/1\.1 200 /)
+    await eventually(() => stats.inflight === 0)
+    t.equal(stats.requests, 1, 'counted once')
+    t.equal(stats.errors, 0, 'by its status')
+    t.equal(stats.upstreamErrors.reset, 0)
+  })
+
   t.test(`${via}: pipelined requests then a malformed one get their answers, in order, then the 400`, async (t) => {
     const blue = await startBackend(t, 'blue')
     const green = await startBackend(t, 'green')
