@@ -6,3 +6,6 @@ export const MAX_HEAD = 16 * 1024
 
 /** Most header lines in a request head: over it, 431 (node:http would silently keep only the first 2000). */
 export const MAX_HEADER_LINES = 256
+
+/** Informational (1xx) answers relayed per exchange at most; one more is an upstream error (a 103 flood cannot grow memory). */
+export const MAX_INFORMATIONAL = 16

@@ -16,7 +16,7 @@ import type { ServiceRoute, Switcher } from '../../routing/snapshot.js'
 import type { ColorStats, Finished, OpenExchange, UpstreamErrorKind } from '../../upstream/color-stats.js'
 import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
 import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
-import { MAX_HEAD, MAX_HEADER_LINES } from '../limits.js'
+import { MAX_HEAD, MAX_HEADER_LINES, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
 import { newRequestId } from '../request-id.js'
 import type { Forwarding } from '../trust.js'
@@ -25,9 +25,7 @@ import type { H1Pool as UpstreamPool, UpstreamConn, UpstreamUser } from './pool.
 
 const CRLF2 = Buffer.from('\r\n\r\n')
 const LF2 = Buffer.from('\n\n')
-export { MAX_HEAD }
-/** Informational (1xx) answers relayed per exchange at most; one more is an upstream error. */
-export const MAX_INFORMATIONAL = 16
+export { MAX_HEAD, MAX_INFORMATIONAL }
 
 /**
  * Bytes copied and scanned while gathering heads that arrive in pieces (not
