@@ -242,6 +242,10 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
   let codings: string | undefined
   let teLines = ''
   let named: string[] | undefined
+  /** 1xx and 204 have no body: their framing headers (RFC 9110 8.6, 9112 6.1 forbid them) are dropped. */
+  const bodiless = status < 200 || status === 204
+  /** The Content-Length line is relayed rewritten (leading zeros), not as sent. */
+  let rewriteLength = false
   const fields = eol + 2
   // Every header line at once, natively: a token, a colon, then visible characters, spaces and tabs.
   if (!validFields(head, fields)) return 'malformed header line'
@@ -261,10 +265,13 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
     let drop = true
     switch (name) {
       case 'content-length': {
-        const n = contentLength(trimmed(head, colon + 1, end))
-        if (n === -1 || (r.contentLength !== -1 && r.contentLength !== n)) return 'invalid content-length'
+        const value = trimmed(head, colon + 1, end)
+        const n = contentLength(value)
+        // A repeated one, even equal, is refused: Node's strict client (and nginx) would refuse it too.
+        if (n === -1 || r.contentLength !== -1) return 'invalid content-length'
         r.contentLength = n
-        drop = false
+        if (value.length > 1 && value.charCodeAt(0) === 48) rewriteLength = true
+        drop = bodiless || rewriteLength
         break
       }
       case 'transfer-encoding': {
@@ -303,16 +310,21 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
   // Only chunked as the final coding is passed through as it is (the gateway decodes nothing);
   // any other body with a Transfer-Encoding runs until the upstream closes, sent without it.
   const te = codings !== undefined
+  // Both at once is the classic smuggling pair: refused (RFC 9112 6.1 allows it; llhttp insists).
+  if (te && r.contentLength !== -1) return 'both transfer-encoding and content-length'
   const chunked = te && tokens(codings as string).at(-1) === 'chunked'
-  if (chunked) r.lines += teLines
+  if (bodiless) {
+    // Neither is relayed on an answer without a body.
+  } else if (chunked) {
+    r.lines += teLines
+  } else if (rewriteLength) {
+    r.lines += `content-length: ${r.contentLength}\r\n`
+  }
   if (named !== undefined) r.lines = dropNamed(r.lines, named)
   if (noBody || status < 200 || status === 204 || status === 304) {
     r.framing = Framing.None
   } else if (te) {
-    // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which the client then must not see.
-    if (r.contentLength !== -1) r.lines = dropNamed(r.lines, ['content-length'])
     r.framing = chunked ? Framing.Chunked : Framing.Close
-    r.contentLength = -1
   } else if (r.contentLength !== -1) {
     r.framing = Framing.Length
   }
@@ -320,16 +332,42 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
   return r
 }
 
-const enum Chunk { Size, Ext, SizeLf, Data, DataCr, DataLf, LineStart, Trailer, TrailerLf, EndLf }
+const enum Chunk {
+  Size, SizeLf, ExtName, ExtNameMore, ExtValue, ExtToken, ExtQuoted, ExtEscape, ExtQuotedEnd,
+  Data, DataCr, DataLf, LineStart, TrailerName, TrailerValue, TrailerLf, EndLf,
+}
+
+/** RFC 9110 tchar: 1 for the bytes a token (header name, chunk extension name) is made of. */
+const TCHAR = new Uint8Array(256)
+for (const c of "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") TCHAR[c.charCodeAt(0)] = 1
+
+/** Bytes a field value may hold: HTAB, SP, VCHAR, obs-text (the same set HEADER_LINES allows). */
+const FIELD_CHAR = new Uint8Array(256)
+FIELD_CHAR[9] = 1
+for (let c = 0x20; c <= 0xff; c++) if (c !== 0x7f) FIELD_CHAR[c] = 1
+
+/**
+ * Trailer fields a client must never be handed after the body: framing, routing and
+ * connection control (RFC 9110 6.5.1), which a client that merges trailers into the
+ * head would act on. A response carrying one is cut, not relayed.
+ */
+const FORBIDDEN_TRAILERS = new Set(['content-length', 'transfer-encoding', 'trailer', 'host', 'connection', 'keep-alive',
+  'proxy-connection', 'te', 'upgrade', 'content-encoding', 'content-type', 'content-range', 'set-cookie'])
 
 /**
  * Finds where a chunked body ends, without decoding it (the bytes are passed
- * on as they are). Feed it every body byte in order.
+ * on as they are, so whatever is relayed must be plainly valid). Chunk
+ * extensions must follow RFC 9112 7.1.1 without whitespace (`;name`,
+ * `;name=token`, `;name="quoted"`), as Node's own strict parser wants; trailer
+ * lines must be header fields and none of FORBIDDEN_TRAILERS. Anything else is
+ * invalid framing. Feed it every body byte in order.
  */
 export class ChunkedScanner {
   private state = Chunk.Size
   private size = 0
   private digits = 0
+  /** The trailer field name read so far, lowercased (trailers are rare: built byte by byte). */
+  private name = ''
 
   /**
    * Scans `buf` from `from`: the index just past the body's last byte, -1 when
@@ -351,16 +389,47 @@ export class ChunkedScanner {
             return -2
           } else if (c === 13) {
             this.state = Chunk.SizeLf
-          } else if (c === 59 || c === 32 || c === 9) {
-            this.state = Chunk.Ext
+          } else if (c === 59) {
+            this.state = Chunk.ExtName
           } else {
+            // Whitespace or text after the size: llhttp refuses it, so a client would.
             return -2
           }
           break
         }
-        case Chunk.Ext:
+        case Chunk.ExtName:
+          if (TCHAR[c] === 0) return -2
+          this.state = Chunk.ExtNameMore
+          break
+        case Chunk.ExtNameMore:
           if (c === 13) this.state = Chunk.SizeLf
-          else if (c === 10) return -2
+          else if (c === 59) this.state = Chunk.ExtName
+          else if (c === 61) this.state = Chunk.ExtValue
+          else if (TCHAR[c] === 0) return -2
+          break
+        case Chunk.ExtValue:
+          if (c === 34) this.state = Chunk.ExtQuoted
+          else if (TCHAR[c] === 1) this.state = Chunk.ExtToken
+          else return -2
+          break
+        case Chunk.ExtToken:
+          if (c === 13) this.state = Chunk.SizeLf
+          else if (c === 59) this.state = Chunk.ExtName
+          else if (TCHAR[c] === 0) return -2
+          break
+        case Chunk.ExtQuoted:
+          if (c === 34) this.state = Chunk.ExtQuotedEnd
+          else if (c === 92) this.state = Chunk.ExtEscape
+          else if (FIELD_CHAR[c] === 0) return -2
+          break
+        case Chunk.ExtEscape:
+          if (FIELD_CHAR[c] === 0) return -2
+          this.state = Chunk.ExtQuoted
+          break
+        case Chunk.ExtQuotedEnd:
+          if (c === 13) this.state = Chunk.SizeLf
+          else if (c === 59) this.state = Chunk.ExtName
+          else return -2
           break
         case Chunk.SizeLf:
           if (c !== 10) return -2
@@ -384,14 +453,29 @@ export class ChunkedScanner {
           this.digits = 0
           break
         case Chunk.LineStart:
-          // After the last chunk: trailer lines, then an empty line.
-          if (c === 13) this.state = Chunk.EndLf
-          else if (c === 10) return -2
-          else this.state = Chunk.Trailer
+          // After the last chunk: trailer lines (header fields), then an empty line.
+          if (c === 13) {
+            this.state = Chunk.EndLf
+          } else if (TCHAR[c] === 1) {
+            this.name = String.fromCharCode(c >= 65 && c <= 90 ? c | 32 : c)
+            this.state = Chunk.TrailerName
+          } else {
+            return -2
+          }
           break
-        case Chunk.Trailer:
+        case Chunk.TrailerName:
+          if (c === 58) {
+            if (FORBIDDEN_TRAILERS.has(this.name)) return -2
+            this.state = Chunk.TrailerValue
+          } else if (TCHAR[c] === 1) {
+            if (this.name.length < 32) this.name += String.fromCharCode(c >= 65 && c <= 90 ? c | 32 : c)
+          } else {
+            return -2
+          }
+          break
+        case Chunk.TrailerValue:
           if (c === 13) this.state = Chunk.TrailerLf
-          else if (c === 10) return -2
+          else if (FIELD_CHAR[c] === 0) return -2
           break
         case Chunk.TrailerLf:
           if (c !== 10) return -2
