@@ -47,6 +47,7 @@ t.test('request heads left to node:http', async (t) => {
     'bad length': ['POST / HTTP/1.1', 'host: x', 'content-length: 1x'],
     'huge length': ['POST / HTTP/1.1', 'host: x', 'content-length: 1234567890123456'],
     'empty length': ['POST / HTTP/1.1', 'host: x', 'content-length:'],
+    'tab after the length (llhttp refuses it)': ['POST / HTTP/1.1', 'host: x', 'content-length: 1\t'],
     'space before colon': ['GET / HTTP/1.1', 'host : x'],
     'obs-fold': ['GET / HTTP/1.1', 'host: x', 'x-a: 1', ' folded'],
     'no colon': ['GET / HTTP/1.1', 'host: x', 'junk'],
@@ -116,6 +117,7 @@ t.test('response heads that cannot be relayed', async (t) => {
     'control char': 'HTTP/1.1 200 OK\r\nx-a: 1\x00',
     'bad length': 'HTTP/1.1 200 OK\r\ncontent-length: -1',
     'conflicting lengths': 'HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2',
+    'tab after the length': 'HTTP/1.1 200 OK\r\ncontent-length: 1 \t',
   }
   for (const [what, head] of Object.entries(bad)) t.type(parseResponseHead(head, false), 'string', what)
 })

@@ -5,14 +5,23 @@
 // whose llhttp parser decides. The upstream's answers get no such fallback:
 // anything not plainly valid is an upstream error.
 
-/** A Content-Length value: digits only, at most 15 of them (safe integers); -1 otherwise. */
-function contentLength (v: string): number {
-  if (v.length === 0 || v.length > 15) return -1
-  for (let i = 0; i < v.length; i++) {
-    const c = v.charCodeAt(i)
+/**
+ * The Content-Length value in `s` from `a` to `b`: optional whitespace, digits
+ * only (at most 15: safe integers), then optional spaces; -1 otherwise. Not a
+ * tab after the digits: llhttp refuses that, so a strict peer would read no
+ * length where we read one.
+ */
+function contentLength (s: string, a: number, b: number): number {
+  while (a < b && (s.charCodeAt(a) === 32 || s.charCodeAt(a) === 9)) a++
+  while (b > a && s.charCodeAt(b - 1) === 32) b--
+  if (a === b || b - a > 15) return -1
+  let n = 0
+  for (let i = a; i < b; i++) {
+    const c = s.charCodeAt(i)
     if (c < 48 || c > 57) return -1
+    n = n * 10 + c - 48
   }
-  return Number(v)
+  return n
 }
 
 /** The comma-separated tokens of a Connection header, lowercased. */
@@ -106,7 +115,7 @@ export function parseRequestHead (head: string): RequestHead | undefined {
       case 'content-length':
         if (sawLength) return undefined
         sawLength = true
-        r.contentLength = contentLength(trimmed(head, colon + 1, end))
+        r.contentLength = contentLength(head, colon + 1, end)
         if (r.contentLength === -1) return undefined
         break
       case 'connection':
@@ -265,11 +274,11 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
     let drop = true
     switch (name) {
       case 'content-length': {
-        const value = trimmed(head, colon + 1, end)
-        const n = contentLength(value)
+        const n = contentLength(head, colon + 1, end)
         // A repeated one, even equal, is refused: Node's strict client (and nginx) would refuse it too.
         if (n === -1 || r.contentLength !== -1) return 'invalid content-length'
         r.contentLength = n
+        const value = trimmed(head, colon + 1, end)
         if (value.length > 1 && value.charCodeAt(0) === 48) rewriteLength = true
         drop = bodiless || rewriteLength
         break
