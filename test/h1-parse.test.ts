@@ -204,6 +204,11 @@ t.test('upstream junk: framing a strict client would refuse is not relayed', asy
     'chunked beside a length': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 9',
     'another coding beside a length': 'HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: gzip',
     'both on a 204': 'HTTP/1.1 204 No Content\r\ncontent-length: 0\r\ntransfer-encoding: chunked',
+    'an empty coding after chunked (llhttp: not chunked)': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,',
+    'an empty coding before chunked': 'HTTP/1.1 200 OK\r\ntransfer-encoding: , chunked',
+    'a tab after chunked (llhttp: not chunked)': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\t',
+    'NBSP after chunked': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\xa0',
+    'a coding with parameters': 'HTTP/1.1 200 OK\r\ntransfer-encoding: gzip;q=1, chunked',
   }
   for (const [what, head] of Object.entries(bad)) t.type(parseResponseHead(head, false), 'string', what)
 })

@@ -25,7 +25,7 @@ export function runSeed (): number {
 }
 
 /** Bytes that break parsers, for mutations. */
-const NASTY = ['\r', '\n', '\r\n', ' ', '\t', '\0', ':', '\x7f', '\x80', '\xff', ',', ';', '\x0b', '\x0c', '"', '\\', '\r\n ', '\r\n\r\n']
+const NASTY = ['\xa0', '\r', '\n', '\r\n', ' ', '\t', '\0', ':', '\x7f', '\x80', '\xff', ',', ';', '\x0b', '\x0c', '"', '\\', '\r\n ', '\r\n\r\n']
 
 /** One or two random edits (insert, replace, delete) at random places. */
 export function mutate (rng: Rng, text: string): string {
@@ -124,7 +124,7 @@ export function request (rng: Rng): string {
   const version = rng.chance(0.9) ? 'HTTP/1.1' : rng.pick(['HTTP/1.0', 'HTTP/1.2', 'http/1.1', 'HTTP/2.0', 'HTTP/1.1 ', 'HTTP/11', 'HTTP/1.1\t'])
   const lines: string[] = []
   if (rng.chance(0.93)) lines.push(rng.pick(['Host: h', 'host: h', 'Host:h', 'Host:  h  ', 'HOST: h']))
-  if (rng.chance(0.07)) lines.push(rng.pick(['Host: other', 'Host : h', 'Host: h, other', 'Host:', 'Host: h\x00', 'Host: h h', '\tHost: h']))
+  if (rng.chance(0.07)) lines.push(rng.pick(['Host: h\t', 'Host:\th', 'Host: h\xa0', 'Host: other', 'Host : h', 'Host: h, other', 'Host:', 'Host: h\x00', 'Host: h h', '\tHost: h']))
   lines.push(...otherLines(rng), ...framingLines(rng, 'request'))
   // Header order matters to some parsers: shuffle a little.
   if (lines.length > 1 && rng.chance(0.5)) {
@@ -160,8 +160,20 @@ export function requestCase (rng: Rng): string {
 /** A response case: the upstream's bytes, and whether the request was HEAD. */
 export interface ResponseCase { text: string, head: boolean }
 
+/** A plainly valid answer: a length, chunks (maybe with extensions and trailers), or none. */
+function goodResponse (rng: Rng): string {
+  switch (rng.int(4)) {
+    case 0: return 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello'
+    case 1: return `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${rng.pick(['5', '5;a=b', '5;a="x y"', '05'])}\r\nhello\r\n0\r\n${rng.pick(['', 'X-Sum: 1\r\n'])}\r\n`
+    case 2: return `HTTP/1.1 ${rng.pick(['204 No Content', '304 Not Modified'])}\r\nX-A: 1\r\n\r\n`
+    default: return 'HTTP/1.0 200 OK\r\nX-A: 1\r\n\r\nuntil the end'
+  }
+}
+
 export function responseCase (rng: Rng): ResponseCase {
   const head = rng.chance(0.1)
+  // Near misses: a valid answer with a byte or two changed.
+  if (rng.chance(0.3)) return { text: mutate(rng, goodResponse(rng)), head }
   let text = ''
   if (rng.chance(0.1)) {
     // Informational answers first, some with framing headers.

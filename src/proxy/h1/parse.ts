@@ -39,6 +39,23 @@ function tokens (v: string): string[] {
   return out
 }
 
+/** One transfer coding in a list: a token between optional spaces and tabs (no parameters). */
+const CODING = /^[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+[ \t]*$/
+
+/**
+ * Whether a Transfer-Encoding list ends in chunked; undefined when an element
+ * is empty or not a plain token ("chunked," or "chunked\xa0"): parsers differ on
+ * those (llhttp reads "chunked," as not chunked), so they are not relayed.
+ */
+function endsInChunked (v: string): boolean | undefined {
+  let last = ''
+  for (const element of v.split(',')) {
+    if (!CODING.test(element)) return undefined
+    last = element
+  }
+  return last.trim().toLowerCase() === 'chunked'
+}
+
 /** Drops header lines whose name a Connection header listed (rare; a second pass). */
 function dropNamed (lines: string, named: string[]): string {
   let out = ''
@@ -284,6 +301,10 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
         break
       }
       case 'transfer-encoding': {
+        // A tab at the end: llhttp then reads "chunked\t" as another coding, we would read chunked.
+        let last = end
+        while (last > colon + 1 && head.charCodeAt(last - 1) === 32) last--
+        if (head.charCodeAt(last - 1) === 9) return 'invalid transfer-encoding'
         const value = trimmed(head, colon + 1, end)
         codings = codings === undefined ? value : `${codings}, ${value}`
         teLines += head.slice(lineStart, end) + '\r\n'
@@ -321,7 +342,8 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
   const te = codings !== undefined
   // Both at once is the classic smuggling pair: refused (RFC 9112 6.1 allows it; llhttp insists).
   if (te && r.contentLength !== -1) return 'both transfer-encoding and content-length'
-  const chunked = te && tokens(codings as string).at(-1) === 'chunked'
+  const chunked = te && endsInChunked(codings as string)
+  if (chunked === undefined) return 'invalid transfer-encoding'
   if (bodiless) {
     // Neither is relayed on an answer without a body.
   } else if (chunked) {
