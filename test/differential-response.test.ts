@@ -177,8 +177,10 @@ t.test('upstream answers through a real gateway: refused, or read as llhttp read
   const found: string[] = []
   let refused = 0
   let next = 0
+  // Bounded in time as well as in count: a loaded machine runs fewer cases (the count is printed).
+  const deadline = started + Number(process.env.DIFF_MS ?? 8000)
   await Promise.all(Array.from({ length: 8 }, async () => {
-    while (next < cases.length) {
+    while (next < cases.length && Date.now() < deadline) {
       const i = next++
       const c = cases[i]
       const via = await fetchRaw(port, `/r/${i}`, c.head)
@@ -199,7 +201,7 @@ t.test('upstream answers through a real gateway: refused, or read as llhttp read
   }))
   for (const d of found.slice(0, 20)) t.comment(d)
   t.equal(found.length, 0, 'what the gateway relays reads as the upstream meant it, or is refused')
-  t.comment(`differential: ${cases.length} response cases through the gateway (${refused} refused), ${found.length} disagreements, seed ${seed}, ${Date.now() - started} ms`)
+  t.comment(`differential: ${next} response cases through the gateway (${refused} refused), ${found.length} disagreements, seed ${seed}, ${Date.now() - started} ms`)
 })
 
 t.test('gateway error answers to HEAD have no body (a client would read it as the next answer)', async (t) => {
