@@ -3,7 +3,9 @@
 // is unusual (a request the fast path does not take, or anything it is not
 // sure about) comes back as `undefined`, and the connection goes to node:http,
 // whose llhttp parser decides. The upstream's answers get no such fallback:
-// anything not plainly valid is an upstream error.
+// anything not plainly valid is an upstream error. "Valid" is held to what
+// llhttp (Node's strict parser) accepts and how it frames it: the differential
+// tests (test/differential-*.test.ts) check that on generated messages.
 
 /**
  * The Content-Length value in `s` from `a` to `b`: optional whitespace, digits
@@ -340,7 +342,7 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
   // Only chunked as the final coding is passed through as it is (the gateway decodes nothing);
   // any other body with a Transfer-Encoding runs until the upstream closes, sent without it.
   const te = codings !== undefined
-  // Both at once is the classic smuggling pair: refused (RFC 9112 6.1 allows it; llhttp insists).
+  // Both at once is the classic smuggling pair. RFC 9112 6.3 lets Transfer-Encoding win; llhttp and nginx refuse it, and so do we.
   if (te && r.contentLength !== -1) return 'both transfer-encoding and content-length'
   const chunked = te && endsInChunked(codings as string)
   if (chunked === undefined) return 'invalid transfer-encoding'
