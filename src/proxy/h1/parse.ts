@@ -297,8 +297,11 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
         // A repeated one, even equal, is refused: Node's strict client (and nginx) would refuse it too.
         if (n === -1 || r.contentLength !== -1) return 'invalid content-length'
         r.contentLength = n
-        const value = trimmed(head, colon + 1, end)
-        if (value.length > 1 && value.charCodeAt(0) === 48) rewriteLength = true
+        // Leading zeros ("007", "00"): the first digit is 0 and another digit follows it.
+        let first = colon + 1
+        while (head.charCodeAt(first) === 32 || head.charCodeAt(first) === 9) first++
+        const next = head.charCodeAt(first + 1)
+        if (head.charCodeAt(first) === 48 && next >= 48 && next <= 57) rewriteLength = true
         drop = bodiless || rewriteLength
         break
       }
