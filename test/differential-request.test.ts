@@ -200,7 +200,7 @@ t.test('pipelines across the hand-over: the upstream gets exactly what llhttp pa
     'GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n folded\r\n\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\n',
     'GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcdGET /c HTTP/1.1\r\nHost: h\r\n\r\n',
   ]
-  const generated = Array.from({ length: 24 }, () => {
+  const generated = Array.from({ length: 100 }, () => {
     // Good ones the fast path takes, then one it may hand over, then good ones again (executed by node:http after the hand-over).
     let text = goodRequest(rng) + goodRequest(rng)
     let odd = request(rng)
