@@ -63,9 +63,27 @@ function framingLines (rng: Rng, kind: 'request' | 'response'): string[] {
   return lines
 }
 
+/** `n` random bytes (latin1), CR and LF rarer than the rest. */
+function randomBytes (rng: Rng, n: number): string {
+  let s = ''
+  for (let i = 0; i < n; i++) {
+    let c = rng.int(256)
+    if ((c === 13 || c === 10) && rng.chance(0.8)) c = 0x61
+    s += String.fromCharCode(c)
+  }
+  return s
+}
+
+/** A header line of random bytes around a colon: every byte class against both parsers. */
+function randomLine (rng: Rng): string {
+  const name = rng.chance(0.7) ? rng.pick(['X-R', 'x-r', 'Accept', 'X-Rand']) : randomBytes(rng, 1 + rng.int(6))
+  return `${name}:${randomBytes(rng, rng.int(8))}`
+}
+
 /** Other header lines, some of them bent. */
 function otherLines (rng: Rng): string[] {
   const lines: string[] = []
+  if (rng.chance(0.2)) lines.push(randomLine(rng))
   for (let n = rng.int(3); n > 0; n--) {
     lines.push(rng.pick(['Accept: */*', 'X-A: 1', 'x-b:2', 'X-C: \x80\xff', 'X-D: a\tb', 'X-E:', 'X-F: 1\r\n folded', 'X G: 1', 'X-H : 1', 'X-I: a\rb',
       'X-J: a\nb', 'X-K: \x00', ': empty-name', 'no-colon', 'X-L: "quoted"', 'X-M: \x7f', 'Cookie: a=1', 'X-Request-Id: r1', 'Keep-Alive: timeout=5']))
@@ -118,6 +136,7 @@ function bodyFor (rng: Rng, lines: string[]): string {
 export function request (rng: Rng): string {
   const method = rng.chance(0.85) ? rng.pick(['GET', 'POST', 'PUT', 'DELETE', 'HEAD', 'OPTIONS', 'PATCH']) : rng.pick(['get', 'G ET', 'PROPFIND', 'CONNECT', 'TRACE', 'GET\t', 'QUERY', ''])
   let target = rng.pick(['/', '/a', '/a/b?c=d', '/x?y=%20', '/a/../b', '/%2e%2e/x'])
+  if (rng.chance(0.1)) target = '/' + randomBytes(rng, 1 + rng.int(4))
   if (rng.chance(0.2)) {
     target = rng.pick(['/a b', '/a"b', '/a<b>', '/a{b}', '/a|b', '/a\\b', '/a^b', '/a`b', '/a#frag', '*', 'http://h/x', '', '/a\x7f', '/a\x80', '/a\tb', '//x', '/?'])
   }
@@ -180,7 +199,8 @@ export function responseCase (rng: Rng): ResponseCase {
     text += rng.pick(['HTTP/1.1 100 Continue\r\n\r\n', 'HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n', 'HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\n\r\n',
       'HTTP/1.1 103 Early Hints\r\nTransfer-Encoding: chunked\r\n\r\n', 'HTTP/1.1 102 Processing\r\n\r\n'])
   }
-  const status = rng.chance(0.8) ? rng.pick(['200 OK', '201 Created', '404 Not Found', '500 Oops', '200']) : rng.pick(['204 No Content', '304 Not Modified', '205 Reset', '200OK', '2000 OK', '099 x', '200 O\x01K', '200 \x80'])
+  let status = rng.chance(0.8) ? rng.pick(['200 OK', '201 Created', '404 Not Found', '500 Oops', '200']) : rng.pick(['204 No Content', '304 Not Modified', '205 Reset', '200OK', '2000 OK', '099 x', '200 O\x01K', '200 \x80'])
+  if (rng.chance(0.05)) status = `200 ${randomBytes(rng, 1 + rng.int(4))}`
   const version = rng.chance(0.9) ? 'HTTP/1.1' : rng.pick(['HTTP/1.0', 'HTTP/1.2', 'http/1.1', 'HTTP/2'])
   const lines = [...otherLines(rng), ...framingLines(rng, 'response')]
   if (rng.chance(0.2)) lines.push(rng.pick(['Connection: close', 'Connection: keep-alive', 'Trailer: x-sum', 'Connection: x-a']))
