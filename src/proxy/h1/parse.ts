@@ -3,16 +3,27 @@
 // is unusual (a request the fast path does not take, or anything it is not
 // sure about) comes back as `undefined`, and the connection goes to node:http,
 // whose llhttp parser decides. The upstream's answers get no such fallback:
-// anything not plainly valid is an upstream error.
+// anything not plainly valid is an upstream error. "Valid" is held to what
+// llhttp (Node's strict parser) accepts and how it frames it: the differential
+// tests (test/differential-*.test.ts) check that on generated messages.
 
-/** A Content-Length value: digits only, at most 15 of them (safe integers); -1 otherwise. */
-function contentLength (v: string): number {
-  if (v.length === 0 || v.length > 15) return -1
-  for (let i = 0; i < v.length; i++) {
-    const c = v.charCodeAt(i)
+/**
+ * The Content-Length value in `s` from `a` to `b`: optional whitespace, digits
+ * only (at most 15: safe integers), then optional spaces; -1 otherwise. Not a
+ * tab after the digits: llhttp refuses that, so a strict peer would read no
+ * length where we read one.
+ */
+function contentLength (s: string, a: number, b: number): number {
+  while (a < b && (s.charCodeAt(a) === 32 || s.charCodeAt(a) === 9)) a++
+  while (b > a && s.charCodeAt(b - 1) === 32) b--
+  if (a === b || b - a > 15) return -1
+  let n = 0
+  for (let i = a; i < b; i++) {
+    const c = s.charCodeAt(i)
     if (c < 48 || c > 57) return -1
+    n = n * 10 + c - 48
   }
-  return Number(v)
+  return n
 }
 
 /** The comma-separated tokens of a Connection header, lowercased. */
@@ -28,6 +39,23 @@ function tokens (v: string): string[] {
     if (name !== '') out.push(name)
   }
   return out
+}
+
+/** One transfer coding in a list: a token between optional spaces and tabs (no parameters). */
+const CODING = /^[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+[ \t]*$/
+
+/**
+ * Whether a Transfer-Encoding list ends in chunked; undefined when an element
+ * is empty or not a plain token ("chunked," or "chunked\xa0"): parsers differ on
+ * those (llhttp reads "chunked," as not chunked), so they are not relayed.
+ */
+function endsInChunked (v: string): boolean | undefined {
+  let last = ''
+  for (const element of v.split(',')) {
+    if (!CODING.test(element)) return undefined
+    last = element
+  }
+  return last.trim().toLowerCase() === 'chunked'
 }
 
 /** Drops header lines whose name a Connection header listed (rare; a second pass). */
@@ -112,7 +140,7 @@ export function parseRequestHead (head: string): RequestHead | undefined {
       case 'content-length':
         if (sawLength) return undefined
         sawLength = true
-        r.contentLength = contentLength(trimmed(head, colon + 1, end))
+        r.contentLength = contentLength(head, colon + 1, end)
         if (r.contentLength === -1) return undefined
         break
       case 'connection':
@@ -268,6 +296,10 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
   let codings: string | undefined
   let teLines = ''
   let named: string[] | undefined
+  /** 1xx and 204 have no body: their framing headers (RFC 9110 8.6, 9112 6.1 forbid them) are dropped. */
+  const bodiless = status < 200 || status === 204
+  /** The Content-Length line is relayed rewritten (leading zeros), not as sent. */
+  let rewriteLength = false
   const fields = eol + 2
   // Every header line at once, natively: a token, a colon, then visible characters, spaces and tabs.
   if (!validFields(head, fields)) return 'malformed header line'
@@ -287,13 +319,23 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
     let drop = true
     switch (name) {
       case 'content-length': {
-        const n = contentLength(trimmed(head, colon + 1, end))
-        if (n === -1 || (r.contentLength !== -1 && r.contentLength !== n)) return 'invalid content-length'
+        const n = contentLength(head, colon + 1, end)
+        // A repeated one, even equal, is refused: Node's strict client (and nginx) would refuse it too.
+        if (n === -1 || r.contentLength !== -1) return 'invalid content-length'
         r.contentLength = n
-        drop = false
+        // Leading zeros ("007", "00"): the first digit is 0 and another digit follows it.
+        let first = colon + 1
+        while (head.charCodeAt(first) === 32 || head.charCodeAt(first) === 9) first++
+        const next = head.charCodeAt(first + 1)
+        if (head.charCodeAt(first) === 48 && next >= 48 && next <= 57) rewriteLength = true
+        drop = bodiless || rewriteLength
         break
       }
       case 'transfer-encoding': {
+        // A tab at the end: llhttp then reads "chunked\t" as another coding, we would read chunked.
+        let last = end
+        while (last > colon + 1 && head.charCodeAt(last - 1) === 32) last--
+        if (head.charCodeAt(last - 1) === 9) return 'invalid transfer-encoding'
         const value = trimmed(head, colon + 1, end)
         codings = codings === undefined ? value : `${codings}, ${value}`
         teLines += head.slice(lineStart, end) + '\r\n'
@@ -329,16 +371,22 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
   // Only chunked as the final coding is passed through as it is (the gateway decodes nothing);
   // any other body with a Transfer-Encoding runs until the upstream closes, sent without it.
   const te = codings !== undefined
-  const chunked = te && tokens(codings as string).at(-1) === 'chunked'
-  if (chunked) r.lines += teLines
+  // Both at once is the classic smuggling pair. RFC 9112 6.3 lets Transfer-Encoding win; llhttp and nginx refuse it, and so do we.
+  if (te && r.contentLength !== -1) return 'both transfer-encoding and content-length'
+  const chunked = te && endsInChunked(codings as string)
+  if (chunked === undefined) return 'invalid transfer-encoding'
+  if (bodiless) {
+    // Neither is relayed on an answer without a body.
+  } else if (chunked) {
+    r.lines += teLines
+  } else if (rewriteLength) {
+    r.lines += `content-length: ${r.contentLength}\r\n`
+  }
   if (named !== undefined) r.lines = dropNamed(r.lines, named)
   if (noBody || status < 200 || status === 204 || status === 304) {
     r.framing = Framing.None
   } else if (te) {
-    // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which the client then must not see.
-    if (r.contentLength !== -1) r.lines = dropNamed(r.lines, ['content-length'])
     r.framing = chunked ? Framing.Chunked : Framing.Close
-    r.contentLength = -1
   } else if (r.contentLength !== -1) {
     r.framing = Framing.Length
   }
@@ -346,16 +394,42 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
   return r
 }
 
-const enum Chunk { Size, Ext, SizeLf, Data, DataCr, DataLf, LineStart, Trailer, TrailerLf, EndLf }
+const enum Chunk {
+  Size, SizeLf, ExtName, ExtNameMore, ExtValue, ExtToken, ExtQuoted, ExtEscape, ExtQuotedEnd,
+  Data, DataCr, DataLf, LineStart, TrailerName, TrailerValue, TrailerLf, EndLf,
+}
+
+/** RFC 9110 tchar: 1 for the bytes a token (header name, chunk extension name) is made of. */
+const TCHAR = new Uint8Array(256)
+for (const c of "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") TCHAR[c.charCodeAt(0)] = 1
+
+/** Bytes a field value may hold: HTAB, SP, VCHAR, obs-text (the same set HEADER_LINES allows). */
+const FIELD_CHAR = new Uint8Array(256)
+FIELD_CHAR[9] = 1
+for (let c = 0x20; c <= 0xff; c++) if (c !== 0x7f) FIELD_CHAR[c] = 1
+
+/**
+ * Trailer fields a client must never be handed after the body: framing, routing and
+ * connection control (RFC 9110 6.5.1), which a client that merges trailers into the
+ * head would act on. A response carrying one is cut, not relayed.
+ */
+const FORBIDDEN_TRAILERS = new Set(['content-length', 'transfer-encoding', 'trailer', 'host', 'connection', 'keep-alive',
+  'proxy-connection', 'te', 'upgrade', 'content-encoding', 'content-type', 'content-range', 'set-cookie'])
 
 /**
  * Finds where a chunked body ends, without decoding it (the bytes are passed
- * on as they are). Feed it every body byte in order.
+ * on as they are, so whatever is relayed must be plainly valid). Chunk
+ * extensions must follow RFC 9112 7.1.1 without whitespace (`;name`,
+ * `;name=token`, `;name="quoted"`), as Node's own strict parser wants; trailer
+ * lines must be header fields and none of FORBIDDEN_TRAILERS. Anything else is
+ * invalid framing. Feed it every body byte in order.
  */
 export class ChunkedScanner {
   private state = Chunk.Size
   private size = 0
   private digits = 0
+  /** The trailer field name read so far, lowercased (trailers are rare: built byte by byte). */
+  private name = ''
 
   /**
    * Scans `buf` from `from`: the index just past the body's last byte, -1 when
@@ -377,16 +451,47 @@ export class ChunkedScanner {
             return -2
           } else if (c === 13) {
             this.state = Chunk.SizeLf
-          } else if (c === 59 || c === 32 || c === 9) {
-            this.state = Chunk.Ext
+          } else if (c === 59) {
+            this.state = Chunk.ExtName
           } else {
+            // Whitespace or text after the size: llhttp refuses it, so a client would.
             return -2
           }
           break
         }
-        case Chunk.Ext:
+        case Chunk.ExtName:
+          if (TCHAR[c] === 0) return -2
+          this.state = Chunk.ExtNameMore
+          break
+        case Chunk.ExtNameMore:
           if (c === 13) this.state = Chunk.SizeLf
-          else if (c === 10) return -2
+          else if (c === 59) this.state = Chunk.ExtName
+          else if (c === 61) this.state = Chunk.ExtValue
+          else if (TCHAR[c] === 0) return -2
+          break
+        case Chunk.ExtValue:
+          if (c === 34) this.state = Chunk.ExtQuoted
+          else if (TCHAR[c] === 1) this.state = Chunk.ExtToken
+          else return -2
+          break
+        case Chunk.ExtToken:
+          if (c === 13) this.state = Chunk.SizeLf
+          else if (c === 59) this.state = Chunk.ExtName
+          else if (TCHAR[c] === 0) return -2
+          break
+        case Chunk.ExtQuoted:
+          if (c === 34) this.state = Chunk.ExtQuotedEnd
+          else if (c === 92) this.state = Chunk.ExtEscape
+          else if (FIELD_CHAR[c] === 0) return -2
+          break
+        case Chunk.ExtEscape:
+          if (FIELD_CHAR[c] === 0) return -2
+          this.state = Chunk.ExtQuoted
+          break
+        case Chunk.ExtQuotedEnd:
+          if (c === 13) this.state = Chunk.SizeLf
+          else if (c === 59) this.state = Chunk.ExtName
+          else return -2
           break
         case Chunk.SizeLf:
           if (c !== 10) return -2
@@ -410,14 +515,29 @@ export class ChunkedScanner {
           this.digits = 0
           break
         case Chunk.LineStart:
-          // After the last chunk: trailer lines, then an empty line.
-          if (c === 13) this.state = Chunk.EndLf
-          else if (c === 10) return -2
-          else this.state = Chunk.Trailer
+          // After the last chunk: trailer lines (header fields), then an empty line.
+          if (c === 13) {
+            this.state = Chunk.EndLf
+          } else if (TCHAR[c] === 1) {
+            this.name = String.fromCharCode(c >= 65 && c <= 90 ? c | 32 : c)
+            this.state = Chunk.TrailerName
+          } else {
+            return -2
+          }
           break
-        case Chunk.Trailer:
+        case Chunk.TrailerName:
+          if (c === 58) {
+            if (FORBIDDEN_TRAILERS.has(this.name)) return -2
+            this.state = Chunk.TrailerValue
+          } else if (TCHAR[c] === 1) {
+            if (this.name.length < 32) this.name += String.fromCharCode(c >= 65 && c <= 90 ? c | 32 : c)
+          } else {
+            return -2
+          }
+          break
+        case Chunk.TrailerValue:
           if (c === 13) this.state = Chunk.TrailerLf
-          else if (c === 10) return -2
+          else if (FIELD_CHAR[c] === 0) return -2
           break
         case Chunk.TrailerLf:
           if (c !== 10) return -2

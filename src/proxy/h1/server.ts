@@ -98,12 +98,13 @@ export function headerIn (lines: string, lowerName: string): string | undefined 
 }
 
 /** A coded JSON answer from the gateway itself, whole. */
-function localResponse (status: number, code: ErrorCode, close: boolean, message?: string): { text: string, bytes: number } {
+function localResponse (status: number, code: ErrorCode, close: boolean, message?: string, method?: string): { text: string, bytes: number } {
   const body = errorBody(code, message)
   const bytes = Buffer.byteLength(body)
   return {
-    text: `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n${close ? 'connection: close\r\n' : ''}\r\n${body}`,
-    bytes,
+    // A HEAD answer has no body (a client would read it as the next response).
+    text: `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n${close ? 'connection: close\r\n' : ''}\r\n${method === 'HEAD' ? '' : body}`,
+    bytes: method === 'HEAD' ? 0 : bytes,
   }
 }
 
@@ -351,7 +352,7 @@ export class ClientConn implements Gatherer {
   private answer (head: RequestHead, code: ErrorCode, message?: string): number {
     // A body that is still on its way is not read: the connection closes after the answer.
     const close = head.close || this.bodyLeft > 0 || this.edge.closing
-    const r = localResponse(ERRORS[code].status, code, close, message)
+    const r = localResponse(ERRORS[code].status, code, close, message, head.method)
     this.socket.write(r.text, 'latin1')
     if (close) this.end()
     return r.bytes
@@ -769,7 +770,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     this.stats.record(true)
     this.status = status
     const close = this.head.close || !this.requestSent
-    const r = localResponse(status, code, close)
+    const r = localResponse(status, code, close, undefined, this.method)
     this.bytes += r.bytes
     this.conn.write(r.text, undefined)
     this.settle()
