@@ -6,9 +6,10 @@ import type net from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Config } from './config/schema.js'
 import { FastEdge } from './proxy/h1/server.js'
-import { ERRORS } from './errors.js'
+import { ERRORS, errorBody, type ErrorCode } from './errors.js'
 import { Exchange, requestIdFor, sendError } from './proxy/forward.js'
-import { proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
+import { MAX_HEADER_LINES } from './proxy/limits.js'
+import { isWebSocketHandshake, proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
 import { SMOKE_HEADER, type SmokeRunner } from './health/smoke.js'
 import { ambiguousRouting, chooseFor, readsHeaders, type StickyChoice } from './routing/choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from './routing/path.js'
@@ -29,6 +30,40 @@ export interface Closer {
 export interface EdgeServer extends Closer {
   /** Upgraded client sockets: the HTTP server stops tracking them after the 101. */
   upgraded: Set<Duplex>
+}
+
+/**
+ * node:http parses pipelined requests ahead and emits them all at once; the
+ * gateway forwards them one at a time per client connection (so pipelining
+ * cannot open an upstream connection per request), and a malformed request
+ * after them is answered after theirs. One per connection, made on its first request.
+ */
+class ClientTurns {
+  readonly socket: Duplex
+  /** A request of this connection is being served. */
+  busy = false
+  /** Parsed requests waiting their turn: req, res, req, res... */
+  readonly waiting: Array<IncomingMessage | ServerResponse> = []
+  /** The error answer for a malformed request, owed once the answers before it are out. */
+  refusal: string | undefined
+
+  constructor (socket: Duplex) {
+    this.socket = socket
+  }
+}
+
+/** Parsed requests that may wait on one connection before its parser is paused. */
+const MAX_WAITING = 32
+
+const kTurns = Symbol('turns')
+/** node:http's own fields on its sockets: `_paused` stops the parser after the current read, `parser` restarts it. */
+type TurnSocket = Duplex & { [kTurns]?: ClientTurns, _paused?: boolean, parser?: { resume: () => void } | null }
+
+/** A raw coded JSON error that ends the connection (the parser gave up on it). */
+function rawError (code: ErrorCode, message: string): string {
+  const status = ERRORS[code].status
+  const body = errorBody(code, message)
+  return `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
 }
 
 export function httpCloser (server: http.Server): Closer {
@@ -80,7 +115,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
       color.stats.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
       return
     }
-    new Exchange(req, res, endpoint, color.targets, color.stats, forwarding, cookie).start()
+    new Exchange(req, res, endpoint, color.targets, color.stats, forwarding, cookie).start(opts.client.body)
   }
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
@@ -96,14 +131,91 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
     proxyUpgrade(req, socket, head, endpoint, color.stats, forwarding, color.timeouts)
   }
 
-  const server = http.createServer({ keepAliveTimeout: opts.client.idle, headersTimeout: opts.client.header, requestTimeout: 0 }, onRequest)
-  server.on('upgrade', onUpgrade)
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex & { _httpMessage?: { headersSent?: boolean } }) => {
-    // A response already under way on this socket cannot be followed by a 400.
-    if (err.code === 'ECONNRESET' || !socket.writable || socket._httpMessage?.headersSent === true) return socket.destroy()
-    socket.end(err.code === 'HPE_HEADER_OVERFLOW'
-      ? 'HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","message":"request head larger than 16 KiB"}'
-      : 'HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","message":"malformed HTTP request"}')
+  /** A request whose head node:http took but the gateway will not (too many lines: node:http would have dropped some). */
+  const serve = (req: IncomingMessage, res: ServerResponse): void => {
+    if (req.rawHeaders.length > 2 * MAX_HEADER_LINES) {
+      sendError(res, 'header_too_large', ERRORS.header_too_large.status, `more than ${MAX_HEADER_LINES} header lines`, true)
+      return
+    }
+    onRequest(req, res)
+  }
+
+  /** One request at a time per client connection, in order (see ClientTurns). */
+  const inTurn = (req: IncomingMessage, res: ServerResponse): void => {
+    const socket = req.socket as TurnSocket
+    const turns = socket[kTurns] ??= new ClientTurns(socket)
+    if (turns.busy) {
+      turns.waiting.push(req, res)
+      // Enough parsed ahead: node:http stops its parser after this read (its own flag for output backpressure).
+      if (turns.waiting.length >= 2 * MAX_WAITING && socket._paused !== true) {
+        socket._paused = true
+        socket.pause()
+      }
+      return
+    }
+    turns.busy = true
+    res.once('close', () => nextTurn(turns))
+    serve(req, res)
+  }
+
+  const nextTurn = (turns: ClientTurns): void => {
+    const socket = turns.socket as TurnSocket
+    if (socket.destroyed || !socket.writable) {
+      // Nobody to answer: what waited never runs.
+      turns.waiting.length = 0
+      turns.busy = false
+      return
+    }
+    if (turns.waiting.length > 0) {
+      const req = turns.waiting.shift() as IncomingMessage
+      const res = turns.waiting.shift() as ServerResponse
+      if (socket._paused === true && turns.waiting.length <= MAX_WAITING) {
+        socket._paused = false
+        socket.parser?.resume()
+        socket.resume()
+      }
+      res.once('close', () => nextTurn(turns))
+      serve(req, res)
+      return
+    }
+    turns.busy = false
+    if (turns.refusal !== undefined) socket.end(turns.refusal)
+  }
+
+  const onUpgradeChecked = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    // Only a complete WebSocket handshake becomes a tunnel (h2c, made-up protocols and keyless ones never do).
+    if (req.rawHeaders.length > 2 * MAX_HEADER_LINES) return rejectUpgrade(socket, 'header_too_large', ERRORS.header_too_large.status)
+    if (!isWebSocketHandshake(req)) return rejectUpgrade(socket, 'upgrade_refused', ERRORS.upgrade_refused.status)
+    onUpgrade(req, socket, head)
+  }
+
+  const server = http.createServer({
+    keepAliveTimeout: opts.client.idle,
+    headersTimeout: opts.client.header,
+    requestTimeout: 0,
+    // Header deadlines are checked on this beat (node:http's default is every 30 s).
+    connectionsCheckingInterval: Math.min(1000, Math.max(50, opts.client.header / 4)),
+  }, inTurn)
+  // Past this many lines node:http leaves headers out of req.headers (rawHeaders keeps them): such heads are refused above.
+  server.maxHeadersCount = MAX_HEADER_LINES + 1
+  server.on('upgrade', onUpgradeChecked)
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean } }) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
+    const refusal = err.code === 'HPE_HEADER_OVERFLOW'
+      ? rawError('header_too_large', 'request head larger than 16 KiB')
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? rawError('request_timeout', 'the request head was not received in time')
+        : rawError('bad_request', 'malformed HTTP request')
+    // Requests parsed before the bad one ran (or wait their turn): their answers go first, in order.
+    const turns = socket[kTurns]
+    if (turns?.busy === true) {
+      if (turns.refusal === undefined) socket.on('error', () => socket.destroy())
+      turns.refusal = refusal
+      return
+    }
+    // A response already under way on this socket cannot be followed by an error.
+    if (socket._httpMessage?.headersSent === true) return socket.destroy()
+    socket.end(refusal)
   })
   if (opts.engine === 'node') return { ...httpCloser(server), upgraded }
   const fast = new FastEdge(switcher, smoke, server, forwarding, opts)

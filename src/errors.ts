@@ -1,6 +1,9 @@
 // One catalogue of coded errors: every error the gateway or the admin API
 // answers with has a stable code and HTTP status defined here, rendered in one place.
 
+import { randomBytes } from 'node:crypto'
+import { log } from './log.js'
+
 export interface ErrorSpec {
   readonly status: number
   readonly message: string
@@ -65,8 +68,21 @@ export function errorBody (code: ErrorCode, message?: string): string {
   return JSON.stringify({ error: code, message: message ?? ERRORS[code].message })
 }
 
-/** Any thrown value as a SwitchyardError (unknown errors become `internal`). */
-export function toSwitchyardError (err: unknown): SwitchyardError {
+/** Logs an unexpected error under the id its answer carries. */
+export type InternalReport = (id: string, err: unknown) => void
+
+const logInternal: InternalReport = (id, err) => {
+  log('error', 'internal error', { id, error: err instanceof Error ? err.message : String(err), ...(err instanceof Error && err.stack !== undefined ? { stack: err.stack } : {}) })
+}
+
+/**
+ * Any thrown value as a SwitchyardError. An unknown error becomes `internal`
+ * with a fixed message: its own text (a path, a stack, a peer's words) is for
+ * the log, never for the client; the answer carries the id of the log line.
+ */
+export function toSwitchyardError (err: unknown, report: InternalReport = logInternal): SwitchyardError {
   if (err instanceof SwitchyardError) return err
-  return new SwitchyardError('internal', err instanceof Error ? err.message : String(err))
+  const id = randomBytes(8).toString('hex')
+  report(id, err)
+  return new SwitchyardError('internal', ERRORS.internal.message, { id })
 }

@@ -3,6 +3,9 @@
 
 import t, { type Test } from 'tap'
 import http from 'node:http'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { isAllowedHost } from '../src/admin/server.js'
+import { SwitchyardError, toSwitchyardError } from '../src/errors.js'
 import { admin, eventually, http1, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
 
 interface Fleet {
@@ -168,7 +171,42 @@ t.test('cross-site requests cannot drive the API (CSRF, DNS rebinding)', async (
   const port = new URL(gw.adminUrl).port
   const same = await http1(`${gw.adminUrl}/v1/state`, { headers: { origin: `http://127.0.0.1:${port}` } })
   t.equal(same.status, 200, 'the dashboard, served from the admin listener itself, is fine')
+
+  // DNS rebinding: the page's own name now resolves to this machine, so Host
+  // and Origin agree and the Origin check alone passes.
+  const rebound = `attacker.example:${port}`
+  const flip = await http1(`${gw.adminUrl}/v1/flip`, { method: 'POST', headers: { host: rebound, origin: `http://${rebound}`, 'content-type': 'application/json' }, body: '{}' })
+  t.equal(flip.status, 403)
+  t.equal(flip.json.error, 'forbidden_host')
   t.equal((await state(gw)).generation, 0, 'nothing changed')
+  t.equal(await servedBy(gw, '/api/users'), 'users-blue', 'nothing flipped')
+  for (const path of ['/healthz', '/readyz', '/metrics', '/ui', '/v1/state', '/v1/events', '/nope']) {
+    const r = await http1(`${gw.adminUrl}${path}`, { headers: { host: rebound } })
+    t.equal(r.status, 403, `${path}: refused before any other processing`)
+    t.equal(r.json?.error, 'forbidden_host', `${path}: forbidden_host`)
+  }
+})
+
+t.test('the admin API answers only its own Host names and admin.allowedHosts', async (t) => {
+  const { gw } = await fleet(t, { head: 'admin: { allowedHosts: [switchyard-admin.internal, ops.example:1] }\n' })
+  const port = Number(new URL(gw.adminUrl).port)
+  const status = async (host: string): Promise<number> => (await http1(`${gw.adminUrl}/v1/state`, { headers: { host } })).status
+  for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `LocalHost:${port}`, `[::1]:${port}`, `switchyard-admin.internal:${port}`, 'switchyard-admin.internal:7', 'switchyard-admin.internal', 'ops.example:1']) {
+    t.equal(await status(host), 200, `${host}: allowed`)
+  }
+  for (const host of [`attacker.example:${port}`, 'attacker.example', '127.0.0.1', `127.0.0.1:${port + 1}`, `localhost:${port + 1}`, `ops.example:${port}`, `localhost.:${port}`, `127.0.0.1.attacker.example:${port}`, `[::2]:${port}`, '', `localhost:${port}:${port}`]) {
+    t.equal(await status(host), 403, `${JSON.stringify(host)}: refused`)
+  }
+
+  // The list is read from the running config: a reload changes it, like the token.
+  const yaml = readFileSync(gw.configFile, 'utf8').replace('ops.example:1', `late.example:${port}`)
+  writeFileSync(gw.configFile, yaml)
+  t.equal(await status(`late.example:${port}`), 403, 'not before the reload')
+  const reload = await admin(gw.adminUrl, 'POST', '/v1/reload', {})
+  t.equal(reload.status, 200)
+  t.equal(reload.json.changed, true, 'a change of allowedHosts is a change')
+  t.equal(await status(`late.example:${port}`), 200, 'after the reload')
+  t.equal(await status('ops.example:1'), 403, 'the removed entry is refused')
 })
 
 t.test('POST /v1/services/NAME/flip flips that one service', async (t) => {
@@ -567,4 +605,61 @@ t.test('GET /v1/events: flip, targets and rollback events, newest last, ?since',
   const bad = await admin(gw.adminUrl, 'GET', '/v1/events?since=two')
   t.equal(bad.status, 400)
   t.equal(bad.json.field, 'since')
+})
+
+t.test('a reload that changes only engine, client deadlines or trustedProxies says a restart is needed', async (t) => {
+  const { gw } = await fleet(t)
+  const original = readFileSync(gw.configFile, 'utf8')
+  const engine = /^engine: node/m.test(original) ? 'fast' : 'node'
+  const cases: Array<[string, string]> = [
+    ['engine', `engine: ${engine}\n`],
+    ['client', 'client: { headerTimeout: 5s }\n'],
+    ['trustedProxies', 'trustedProxies: [10.0.0.0/8]\n'],
+    ['engine, trustedProxies', `engine: ${engine}\ntrustedProxies: [10.0.0.0/8]\n`],
+  ]
+  for (const [fields, head] of cases) {
+    writeFileSync(gw.configFile, head + original.replace(/^engine: .*\n/m, /engine/.test(head) ? '' : '$&'))
+    const res = await admin(gw.adminUrl, 'POST', '/v1/reload', {})
+    t.equal(res.status, 400, `${fields}: refused, not "changed: false"`)
+    t.equal(res.json.error, 'bad_request')
+    t.match(res.json.message, `reload cannot change ${fields}: restart the gateway`)
+    t.same(res.json.fields, fields.split(', '), `${fields}: the fields are named`)
+    t.equal((await state(gw)).generation, 0, `${fields}: nothing changed`)
+  }
+  writeFileSync(gw.configFile, original)
+  t.same((await admin(gw.adminUrl, 'POST', '/v1/reload', {})).json.changed, false, 'the original file again is no change')
+})
+
+t.test('an unexpected error answers 500 internal without its own text; the log line has the id the answer carries', async (t) => {
+  const { gw } = await fleet(t)
+  const secret = 'ENOENT: /srv/secret/path/token.txt'
+  gw.gateway.controller.describe = () => { throw new Error(secret) }
+  const res = await admin(gw.adminUrl, 'GET', '/v1/state')
+  t.equal(res.status, 500)
+  t.equal(res.json.error, 'internal')
+  t.equal(res.json.message, 'internal error')
+  t.match(res.json.id, /^[0-9a-f]{16}$/)
+  t.notOk(res.text.includes('/srv/secret'), 'the raw message is not echoed')
+  t.same(Object.keys(res.json).sort(), ['error', 'id', 'message'])
+
+  const reported: Array<[string, unknown]> = []
+  const e = toSwitchyardError(new Error(secret), (id, err) => reported.push([id, err]))
+  t.equal(reported.length, 1)
+  t.equal((reported[0][1] as Error).message, secret, 'the real message goes to the log')
+  t.strictSame(e.toJSON(), { error: 'internal', message: 'internal error', id: reported[0][0] }, 'under the id the answer carries')
+  const coded = new SwitchyardError('live_color', 'blue is live')
+  t.equal(toSwitchyardError(coded, () => t.fail('a coded error is not reported')), coded, 'coded errors pass through')
+})
+
+t.test('isAllowedHost: a wildcard listener reached by IP, IPv6, the configured listen host', async (t) => {
+  const config = (host: string, allowedHosts: string[] = []): any => ({ admin: { listen: { host, port: 9901 }, allowedHosts } })
+  t.ok(isAllowedHost('10.0.0.5:9901', { localAddress: '::ffff:10.0.0.5', localPort: 9901 }, config('::')), 'dual-stack wildcard reached over IPv4')
+  t.ok(isAllowedHost('10.0.0.5:9901', { localAddress: '10.0.0.5', localPort: 9901 }, config('0.0.0.0')))
+  t.notOk(isAllowedHost('10.0.0.6:9901', { localAddress: '10.0.0.5', localPort: 9901 }, config('0.0.0.0')), 'another address')
+  t.ok(isAllowedHost('[FD00::1]:9901', { localAddress: 'fd00::1', localPort: 9901 }, config('::')), 'IPv6, case-insensitive')
+  t.ok(isAllowedHost('admin.internal:9901', { localAddress: '10.0.0.5', localPort: 9901 }, config('admin.internal')), 'the configured listen host')
+  t.notOk(isAllowedHost('admin.internal:9902', { localAddress: '10.0.0.5', localPort: 9901 }, config('admin.internal')), 'with the port the request arrived on')
+  t.ok(isAllowedHost('localhost', { localPort: 80 }, config('127.0.0.1')), 'no port is port 80')
+  t.ok(isAllowedHost('[::1]:8443', { localPort: 1 }, config('127.0.0.1', ['[::1]:8443'])), 'an IPv6 allowedHosts entry with a port')
+  t.notOk(isAllowedHost(undefined, { localPort: 9901 }, config('127.0.0.1')), 'no Host at all')
 })

@@ -165,6 +165,7 @@ t.test('a torn last line in events.jsonl is skipped, not fatal', async (t) => {
   const dir = tempDir(t)
   mkdirSync(join(dir, 'data'))
   const good = { id: 7, time: new Date().toISOString(), type: 'flip', generation: 1, reason: null, actor: 'api', changes: [] }
+  writeFileSync(join(dir, 'data', 'state.json'), JSON.stringify({ version: 1, generation: 1, services: {} }))
   writeFileSync(join(dir, 'data', 'events.jsonl'), JSON.stringify(good) + '\n{"id": 8, "ty')
   const gw = await startGateway(t, yaml, { dir })
   t.same((await admin(gw.adminUrl, 'GET', '/v1/events')).json.events.map((e: any) => e.id), [7])
@@ -178,7 +179,7 @@ t.test('a torn last line in events.jsonl is skipped, not fatal', async (t) => {
   t.same((await admin(again.adminUrl, 'GET', '/v1/events?type=flip')).json.events.map((e: any) => e.id), [7, 8])
 })
 
-t.test('a failed state write answers 500 state_write_failed and changes nothing', async (t) => {
+t.test('a data folder that cannot be written answers 500 and changes nothing', async (t) => {
   const { yaml, ug } = await pair(t)
   const gw = await startGateway(t, yaml)
   const data = join(gw.dir, 'data')
@@ -192,20 +193,21 @@ t.test('a failed state write answers 500 state_write_failed and changes nothing'
   rmSync(data, { recursive: true })
   writeFileSync(data, 'not a folder')
 
+  // The event is written first (see Controller.commit), so that is the write that fails.
   const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', {})
   t.equal(flip.status, 500)
-  t.equal(flip.json.error, 'state_write_failed')
-  t.match(flip.json.message, join(data, 'state.json'))
+  t.equal(flip.json.error, 'event_write_failed')
+  t.match(flip.json.message, join(data, 'events.jsonl'))
   t.match(flip.json.message, /nothing changed/)
   t.same(await state(gw), before, 'same generation, same live color')
   t.equal(await servedBy(gw, '/api/users'), 'users-green', 'traffic stays on the old color')
 
   const rollback = await admin(gw.adminUrl, 'POST', '/v1/rollback', {})
   t.equal(rollback.status, 500)
-  t.equal(rollback.json.error, 'state_write_failed')
+  t.equal(rollback.json.error, 'event_write_failed')
   const targets = await admin(gw.adminUrl, 'PUT', '/v1/services/users/environments/blue/targets', { targets: [ug.url] })
   t.equal(targets.status, 500)
-  t.equal(targets.json.error, 'state_write_failed')
+  t.equal(targets.json.error, 'event_write_failed')
   t.same(await state(gw), before)
   t.same((await admin(gw.adminUrl, 'GET', '/v1/events')).json.events, eventsBefore, 'no event for a change that did not happen')
   t.equal(await servedBy(gw, '/api/users'), 'users-green')
@@ -219,7 +221,7 @@ t.test('a failed state write answers 500 state_write_failed and changes nothing'
   t.equal(JSON.parse(readFileSync(join(data, 'state.json'), 'utf8')).generation, before.generation + 1)
 })
 
-t.test('a full disk or a failed rename leaves no temp file and changes nothing', async (t) => {
+t.test('a full disk or a failed rename answers 500 state_write_failed, leaves no temp file and changes nothing', async (t) => {
   const { yaml } = await pair(t)
   const gw = await startGateway(t, yaml)
   const data = join(gw.dir, 'data')
@@ -250,6 +252,21 @@ t.test('a full disk or a failed rename leaves no temp file and changes nothing',
   t.same(readdirSync(data).filter((f) => f.endsWith('.tmp')), [], 'the temp file is removed')
   t.same(await state(gw), before)
   t.equal(await servedBy(gw, '/api/users'), 'users-green')
+
+  // The events of both refused flips were written before the state file failed: never served, not now, not after a restart.
+  const changes = async (g: TestGateway): Promise<number[]> => (await admin(g.adminUrl, 'GET', '/v1/events?type=flip')).json.events.map((e: any) => e.generation)
+  t.same(await changes(gw), [1], 'only the flip that happened')
+  const lines = readFileSync(join(data, 'events.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.type === 'flip')
+  t.same(lines.map((e) => e.generation), [1, 2, 2], 'the file holds the two refused ones')
+  rmSync(file, { recursive: true })
+  writeFileSync(file, saved)
+  await gw.stop()
+  const again = await startGateway(t, yaml, { dir: gw.dir })
+  t.same(await changes(again), [1], 'a restart leaves out events whose generation the state file never reached')
+  t.equal((await admin(again.adminUrl, 'POST', '/v1/flip', {})).json.generation, 2)
+  await again.stop()
+  const third = await startGateway(t, yaml, { dir: gw.dir })
+  t.same(await changes(third), [1, 2], 'and those an event of the same generation followed')
 })
 
 function isLink (path: string): boolean {

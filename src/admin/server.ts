@@ -140,15 +140,56 @@ function actorOf (req: IncomingMessage): string {
   return typeof h === 'string' && h !== '' ? h.slice(0, 100) : 'api'
 }
 
+/** Host and port of a Host header or an allowedHosts entry, lower-cased; port undefined when absent. */
+function splitHost (text: string): { host: string, port: number | undefined } | undefined {
+  const m = /^(\[[0-9a-f:.]+\]|[^:[\]]+)(?::(\d{1,5}))?$/.exec(text.toLowerCase())
+  if (m === null) return undefined
+  return { host: m[1], port: m[2] === undefined ? undefined : Number(m[2]) }
+}
+
+/** An address as it appears in a Host header: IPv6 in brackets, IPv4-mapped IPv6 as IPv4. */
+function hostForm (address: string): string {
+  const a = address.toLowerCase().replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/, '')
+  return a.includes(':') ? `[${a}]` : a
+}
+
+/**
+ * DNS rebinding defence (Caddy's admin `checkHost`): a browser page on a name
+ * its owner points at this machine sends that name as Host. The API answers
+ * only its own addresses with the port the request arrived on (127.0.0.1,
+ * localhost, [::1], the configured listen host, and the address the connection
+ * was accepted on, which covers a wildcard listener reached by IP), or an
+ * `admin.allowedHosts` entry (one without a port matches any port). A Host
+ * without a port means port 80, as in a URL.
+ */
+export function isAllowedHost (header: string | undefined, socket: { localAddress?: string, localPort?: number }, config: Config): boolean {
+  if (header === undefined) return false
+  const h = splitHost(header)
+  if (h === undefined) return false
+  const port = h.port ?? 80
+  for (const entry of config.admin.allowedHosts) {
+    const e = splitHost(entry)
+    if (e !== undefined && e.host === h.host && (e.port === undefined || e.port === port)) return true
+  }
+  if (port !== socket.localPort) return false
+  if (h.host === '127.0.0.1' || h.host === 'localhost' || h.host === '[::1]') return true
+  if (h.host === hostForm(config.admin.listen.host)) return true
+  return socket.localAddress !== undefined && h.host === hostForm(socket.localAddress)
+}
+
 const FLIP_FIELDS = ['to', 'services', 'force', 'reason', 'ifGeneration', 'guard'] as const
 
 export function createAdminServer (controller: Controller, opts: AdminOptions): http.Server {
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    // Before anything else, every path included: a rebound DNS name must not even learn what is here.
+    if (!isAllowedHost(req.headers.host, req.socket, controller.currentConfig)) {
+      throw new SwitchyardError('forbidden_host', `Host ${JSON.stringify(req.headers.host ?? '')} is not one this admin API answers to; add it to admin.allowedHosts`)
+    }
     const url = new URL(req.url ?? '/', 'http://admin')
     const path = url.pathname.replace(/\/+$/, '') || '/'
     const method = req.method ?? 'GET'
 
-    // A browser page from elsewhere (or a rebound DNS name) must not drive the API.
+    // A browser page from elsewhere must not drive the API.
     const origin = req.headers.origin
     if (origin !== undefined && origin !== `http://${req.headers.host ?? ''}`) {
       throw new SwitchyardError('forbidden_origin', `requests from ${origin} are not accepted`)

@@ -48,6 +48,24 @@ export interface ChangeResult {
   event?: SwitchyardEvent
 }
 
+/** A flip planned on one generation, whose smoke checks run outside the queue. */
+interface FlipPlan {
+  generation: number
+  config: Config
+  changes: ColorChange[]
+  /** The targets of each change's new color, in the order of `changes`. */
+  targets: string[][]
+}
+
+/** Whether a smoke verdict on `a` holds for `b`: the same changes into the same targets under the same config. */
+function samePlan (a: FlipPlan, b: FlipPlan): boolean {
+  return a.config === b.config && JSON.stringify([a.changes, a.targets]) === JSON.stringify([b.changes, b.targets])
+}
+
+function gateFailed (failures: GateFailure[]): SwitchyardError {
+  return new SwitchyardError('gate_failed', `flip refused: ${failures.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`, { failures })
+}
+
 export type FlipTrigger = 'manual' | 'rollback' | 'auto_revert'
 
 export interface DrainRequest {
@@ -124,7 +142,7 @@ export class Controller {
     for (const svc of Object.values(config.services)) {
       state.services[svc.name] ??= { live: svc.live, previous: null, targets: {} }
     }
-    await events.restore()
+    await events.restore(saved?.generation)
     let snapshot: Snapshot
     try {
       snapshot = buildSnapshot(config, state, registry)
@@ -177,9 +195,17 @@ export class Controller {
    * Build, persist, swap. If building or saving throws, neither the routing
    * nor the in-memory state has changed.
    *
+   * Persisting is two writes, each fsynced before the change is answered:
+   * the event line first, then the state file. The state file is the commit
+   * point: a crash (or a failed state write) after the event leaves an event
+   * of a change that did not happen, which EventLog.restore recognizes by
+   * its generation and leaves out; the other order would leave a change in
+   * force whose event is missing. A failed event write fails the change
+   * (event_write_failed) before anything else is touched.
+   *
    * `swapFirst` is for the guard's auto-revert: nobody waits for an answer,
    * and every moment on the failing color costs requests, so it swaps at once
-   * and persists after. Should the write fail, routing stays on the
+   * and persists after. Should a write fail, routing stays on the
    * known-good color and the next change writes the file.
    */
   private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, swapFirst = false, config = this.config): Promise<SwitchyardEvent> {
@@ -190,22 +216,27 @@ export class Controller {
     } catch (err) {
       throw new SwitchyardError('bad_request', `${event.type} refused: ${(err as Error).message}; nothing changed`)
     }
+    const prepared = this.events.prepare({ ...event, generation: next.generation })
     const apply = (): SwitchyardEvent => {
-      // Drains start and end holds on their own clock, also while the state is being saved:
+      // First: the change is decided, and a prepared event left pending would hold back every later one.
+      this.events.publish(prepared)
+      // Drains start and end holds on their own clock, also while the change is being written:
       // swap in the holds in force now, not the ones seen before the write.
       if (this.sticky !== sticky) snapshot = buildSnapshot(config, { ...next, sticky: this.sticky }, this.registry)
       this.config = config
       this.state = next
       this.switcher.swap(snapshot)
       this.afterSwap(snapshot)
-      const appended = this.events.append({ ...event, generation: next.generation })
       // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
       if (Array.isArray(event.changes)) this.retire(event.changes as ColorChange[], event.type === 'flip')
-      return appended
+      return prepared
     }
     if (swapFirst) {
       const applied = apply()
       const published = this.health.publish?.(config, next)
+      await this.events.persist(prepared).catch((err: Error) => {
+        log('error', 'events file write failed after an auto-revert; routing is reverted, the event is only in memory', { file: this.events.file, error: err.message })
+      })
       await this.store.save(next).catch((err: Error) => {
         log('error', 'state file write failed after an auto-revert; routing is reverted, the file is behind', { file: this.store.file, error: err.message })
       })
@@ -213,8 +244,15 @@ export class Controller {
       return applied
     }
     try {
+      await this.events.persist(prepared)
+    } catch (err) {
+      this.events.discard(prepared)
+      throw new SwitchyardError('event_write_failed', `could not append to ${this.events.file ?? 'the event log'}: ${(err as Error).message}; nothing changed`)
+    }
+    try {
       await this.store.save(next)
     } catch (err) {
+      this.events.discard(prepared)
       throw new SwitchyardError('state_write_failed', `could not write ${this.store.file}: ${(err as Error).message}; nothing changed`)
     }
     const applied = apply()
@@ -315,9 +353,11 @@ export class Controller {
    */
   async reload (config: Config, actor = 'api'): Promise<ReloadResult> {
     return await this.exclusive(async () => {
+      // What the listeners and the state store were built with at start; the edge keeps its engine, deadlines and trust until a restart.
       const restart = ([
         ['listen', config.listen, this.config.listen], ['admin.listen', config.admin.listen, this.config.admin.listen],
         ['state.file', config.state.file, this.config.state.file], ['log', config.log, this.config.log], ['metrics', config.metrics, this.config.metrics],
+        ['engine', config.engine, this.config.engine], ['client', config.client, this.config.client], ['trustedProxies', config.trustedProxies, this.config.trustedProxies],
       ] as const)
         .filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b)).map(([k]) => k)
       if (restart.length > 0) throw new SwitchyardError('bad_request', `reload cannot change ${restart.join(', ')}: restart the gateway for that; nothing changed`, { fields: restart })
@@ -327,13 +367,14 @@ export class Controller {
       const removed = Object.keys(before).filter((n) => after[n] === undefined)
       const updated = Object.keys(after).filter((n) => before[n] !== undefined && JSON.stringify(before[n]) !== JSON.stringify(after[n]))
       const tokenChanged = config.admin.token !== this.config.admin.token
-      if (added.length + removed.length + updated.length === 0 && !tokenChanged) {
+      const hostsChanged = JSON.stringify(config.admin.allowedHosts) !== JSON.stringify(this.config.admin.allowedHosts)
+      if (added.length + removed.length + updated.length === 0 && !tokenChanged && !hostsChanged) {
         return { generation: this.state.generation, changed: false, added, removed, updated }
       }
       const next = this.cloneState()
       for (const n of added) next.services[n] ??= { live: after[n].live, previous: null, targets: {} }
       next.generation++
-      await this.commit(next, { type: 'reload', reason: null, actor, added, removed, updated, ...(tokenChanged ? { adminToken: 'changed' } : {}) }, false, config)
+      await this.commit(next, { type: 'reload', reason: null, actor, added, removed, updated, ...(tokenChanged ? { adminToken: 'changed' } : {}), ...(hostsChanged ? { allowedHosts: config.admin.allowedHosts } : {}) }, false, config)
       this.endGuards(removed)
       for (const [key, d] of this.drains) if (removed.includes(key.split('/')[0])) d.cancel()
       return { generation: next.generation, changed: true, added, removed, updated }
@@ -425,20 +466,22 @@ export class Controller {
     return { ready: waiting.length === 0, waiting }
   }
 
-  /** The gate for one service: enough healthy targets, then every smoke check passes. */
-  private async gate (name: string, to: Color): Promise<GateFailure | undefined> {
+  /** The first half of a service's gate, taken in the queue: enough healthy targets in the new color. */
+  private healthGate (name: string, to: Color): GateFailure | undefined {
     const svc = this.config.services[name]
     const set = this.switcher.current.services.get(name)?.colors[to].targets
     const healthy = set?.healthyCount ?? 0
-    if (healthy < svc.gate.minHealthy) {
-      return {
-        service: name, color: to, reason: `${healthy} healthy target(s), gate.minHealthy is ${svc.gate.minHealthy}`,
-        healthy, minHealthy: svc.gate.minHealthy,
-        targets: set?.endpoints.filter((e) => !e.target.healthy).map((e) => e.target.describe()),
-      }
+    if (healthy >= svc.gate.minHealthy) return undefined
+    return {
+      service: name, color: to, reason: `${healthy} healthy target(s), gate.minHealthy is ${svc.gate.minHealthy}`,
+      healthy, minHealthy: svc.gate.minHealthy,
+      targets: set?.endpoints.filter((e) => !e.target.healthy).map((e) => e.target.describe()),
     }
-    if (svc.smoke.length === 0) return undefined
-    const smoke = await this.health.smoke.run(svc, to)
+  }
+
+  /** The second half, run outside the queue: every smoke check passes. */
+  private async smokeGate (name: string, to: Color): Promise<GateFailure | undefined> {
+    const smoke = await this.health.smoke.run(this.config.services[name], to)
     if (smoke.length === 0) return undefined
     return { service: name, color: to, reason: `${smoke.length} smoke check(s) failed: ${smoke.map((f) => `${f.check}: ${f.reason}`).join('; ')}`, smoke }
   }
@@ -453,45 +496,96 @@ export class Controller {
     return structuredClone(this.state)
   }
 
+  /**
+   * Smoke checks run outside the queue: they take seconds, and an
+   * auto-revert (or any other change) must never wait on them. A flip is
+   * planned in the queue and its health gate taken there; with no smoke
+   * check to run it commits in that same turn. Otherwise the smoke checks
+   * run outside, and the flip commits back in the queue only if the
+   * generation is still the one it was planned on. If something else changed
+   * meanwhile, it is planned again; the smoke verdict is kept when the plan,
+   * the config and the gated colors' targets are the same, else the checks
+   * run again. A flip that loses that race twice (or any flip with
+   * `ifGeneration`, whose premise is gone) is refused with 412.
+   */
   async flip (req: FlipRequest): Promise<ChangeResult> {
-    return await this.exclusive(async () => {
-      this.checkGeneration(req.ifGeneration)
-      const names = this.resolveServices(req.services)
-      const next = this.cloneState()
-      const changes: ColorChange[] = []
-      for (const name of names) {
-        const st = next.services[name]
-        const to = req.to ?? otherColor(st.live)
-        if (to === st.live) continue
-        const total = this.switcher.current.services.get(name)?.colors[to].targets.endpoints.length ?? 0
-        if (total === 0) throw new SwitchyardError('no_targets', `service ${name}: ${to} has no targets; set them first (PUT /v1/services/${name}/environments/${to}/targets)`, { service: name, color: to })
-        changes.push({ service: name, from: st.live, to })
-        next.services[name] = { ...st, live: to, previous: st.live }
-      }
-      if (changes.length === 0) return { generation: this.state.generation, changes }
-      const failures: GateFailure[] = []
-      if (req.force !== true) {
-        for (const c of changes) {
-          const f = await this.gate(c.service, c.to)
-          if (f !== undefined) failures.push(f)
+    let smoked: FlipPlan | undefined
+    for (let attempt = 1; ; attempt++) {
+      const step = await this.exclusive(async (): Promise<ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }> => {
+        const plan = this.planFlip(req)
+        if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
+        const failures: GateFailure[] = []
+        const smoke: ColorChange[] = []
+        if (req.force !== true) {
+          for (const c of plan.changes) {
+            const f = this.healthGate(c.service, c.to)
+            if (f !== undefined) failures.push(f)
+            else if (this.config.services[c.service].smoke.length > 0) smoke.push(c)
+          }
         }
-        if (failures.length > 0) {
-          throw new SwitchyardError('gate_failed', `flip refused: ${failures.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`, { failures })
+        if (smoke.length === 0 || (smoked !== undefined && samePlan(smoked, plan))) {
+          if (failures.length > 0) throw gateFailed(failures)
+          return await this.commitFlip(req, plan)
         }
-      }
-      next.generation++
-      next.lastChange = changes.map((c) => c.service)
-      const guarded = req.guard !== false
-      const event = await this.commit(next, {
-        type: 'flip', reason: req.reason ?? null, actor: req.actor ?? 'api', changes,
-        ...(req.force === true ? { forced: true } : {}),
-        ...(guarded ? {} : { guard: false }),
+        return { plan, failures, smoke }
       })
-      this.countFlips(changes, 'manual')
-      this.endGuards(changes.map((c) => c.service))
-      if (guarded) this.startGuard(changes, event.id)
-      return { generation: next.generation, changes, event }
+      if (!('plan' in step)) return step
+      const { plan, failures, smoke } = step
+      for (const c of smoke) {
+        const f = await this.smokeGate(c.service, c.to)
+        if (f !== undefined) failures.push(f)
+      }
+      if (failures.length > 0) {
+        const order = plan.changes.map((c) => c.service)
+        throw gateFailed(failures.sort((a, b) => order.indexOf(a.service) - order.indexOf(b.service)))
+      }
+      smoked = plan
+      const result = await this.exclusive(async () => {
+        if (this.state.generation !== plan.generation) return undefined
+        return await this.commitFlip(req, plan)
+      })
+      if (result !== undefined) return result
+      if (req.ifGeneration !== undefined || attempt === 2) {
+        throw new SwitchyardError('stale_generation', `flip refused: another change (generation ${this.state.generation}) landed while the smoke checks ran on generation ${plan.generation}; nothing changed, try again`, { generation: this.state.generation })
+      }
+    }
+  }
+
+  /** What a flip would change, from the state now in force; throws for a stale ifGeneration, an unknown service or an empty color. */
+  private planFlip (req: FlipRequest): FlipPlan {
+    this.checkGeneration(req.ifGeneration)
+    const names = this.resolveServices(req.services)
+    const changes: ColorChange[] = []
+    const targets: string[][] = []
+    for (const name of names) {
+      const st = this.state.services[name]
+      const to = req.to ?? otherColor(st.live)
+      if (to === st.live) continue
+      const total = this.switcher.current.services.get(name)?.colors[to].targets.endpoints.length ?? 0
+      if (total === 0) throw new SwitchyardError('no_targets', `service ${name}: ${to} has no targets; set them first (PUT /v1/services/${name}/environments/${to}/targets)`, { service: name, color: to })
+      changes.push({ service: name, from: st.live, to })
+      targets.push(colorTargets(this.config.services[name], st, to))
+    }
+    return { generation: this.state.generation, config: this.config, changes, targets }
+  }
+
+  /** In the queue, on the generation the plan was made from. */
+  private async commitFlip (req: FlipRequest, plan: FlipPlan): Promise<ChangeResult> {
+    const next = this.cloneState()
+    for (const c of plan.changes) next.services[c.service] = { ...next.services[c.service], live: c.to, previous: c.from }
+    const changes = plan.changes
+    next.generation++
+    next.lastChange = changes.map((c) => c.service)
+    const guarded = req.guard !== false
+    const event = await this.commit(next, {
+      type: 'flip', reason: req.reason ?? null, actor: req.actor ?? 'api', changes,
+      ...(req.force === true ? { forced: true } : {}),
+      ...(guarded ? {} : { guard: false }),
     })
+    this.countFlips(changes, 'manual')
+    this.endGuards(changes.map((c) => c.service))
+    if (guarded) this.startGuard(changes, event.id)
+    return { generation: next.generation, changes, event }
   }
 
   async rollback (req: RollbackRequest): Promise<ChangeResult> {

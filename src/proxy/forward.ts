@@ -7,6 +7,8 @@ import { ERRORS, errorBody, type ErrorCode } from '../errors.js'
 import type { Finished, OpenExchange, UpstreamErrorKind } from '../upstream/color-stats.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
+import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
+import { recordOutcome } from './outcome.js'
 import { newRequestId } from './request-id.js'
 import type { Forwarding } from './trust.js'
 
@@ -43,6 +45,7 @@ export function requestIdFor (req: IncomingMessage, headers: string[] | undefine
   return id
 }
 
+
 /** Methods a failed attempt may be retried for (both engines). */
 export const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 /** Errors that mean the request never reached the upstream application. */
@@ -66,14 +69,30 @@ function hasBody (req: IncomingMessage): boolean {
   return (len !== undefined && len !== '0') || req.headers['transfer-encoding'] !== undefined
 }
 
-/** Answers with a coded JSON error; returns the body's size (0 when it could only cut the response). */
-export function sendError (res: ServerResponse, code: ErrorCode, status: number, message?: string): number {
+/**
+ * The size of the head undici will send for these headers: request line,
+ * header lines, the final CRLF, and room for what undici adds itself
+ * (connection, content-length or transfer-encoding).
+ */
+export function upstreamHeadSize (method: string, path: string, headers: readonly string[]): number {
+  let n = method.length + path.length + 14 + 64
+  for (let i = 0; i < headers.length; i++) n += headers[i].length + 2
+  return n
+}
+
+/**
+ * Answers with a coded JSON error; returns the body's size (0 when it could
+ * only cut the response). `close` ends the connection after it (a request
+ * body may still be coming and is not worth reading).
+ */
+export function sendError (res: ServerResponse, code: ErrorCode, status: number, message?: string, close = false): number {
   if (res.headersSent) {
     res.destroy()
     return 0
   }
   const body = errorBody(code, message)
   const size = Buffer.byteLength(body)
+  if (close) res.shouldKeepAlive = false
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': size })
   res.end(body)
   return size
@@ -83,6 +102,10 @@ export function sendError (res: ServerResponse, code: ErrorCode, status: number,
  * One request's trip upstream. It is the undici handler itself (the legacy
  * callback interface is what undici's HTTP/1 client calls natively; the newer
  * controller interface is wrapped and copies headers into objects).
+ *
+ * Its outcome is settled once, when it ends (SPEC "Edge trust"): a complete
+ * answer by its status, an answer the upstream broke after its head as an
+ * upstream error, one the client walked away from by its status.
  */
 export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExchange {
   readonly requestId: string
@@ -102,11 +125,22 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private readonly body: IncomingMessage | null
   /** A Set-Cookie the gateway adds to the response (sticky sessions). */
   private readonly setCookie: string | undefined
+  /** Longest silence between two reads of the request body, ms (0: none). */
+  private bodyTimeout = 0
+  private bodyTimer: NodeJS.Timeout | undefined
+  /** undici paused the body (upstream backpressure): silence is not the client's. */
+  private bodyHeld = false
   private endpoint: Endpoint
   private abortUpstream: ((err?: Error) => void) | undefined
   private resumeUpstream: (() => void) | undefined
   private retried = false
   private closed = false
+  /** The upstream's response head went to the client: the outcome waits for the end. */
+  private answered = false
+  /** 1xx answers seen. */
+  private informational = 0
+  /** The outcome was recorded (exactly once per answered exchange). */
+  private settled = false
 
   constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, stats: ExchangeStats, forwarding: Forwarding, setCookie?: string) {
     this.req = req
@@ -121,7 +155,14 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.retryable = this.body === null && IDEMPOTENT.has(req.method as string)
   }
 
-  start (): void {
+  /** Sends the request on its way; `bodyTimeout` is the client's body deadline (client.bodyTimeout, ms). */
+  start (bodyTimeout = 0): void {
+    this.bodyTimeout = bodyTimeout
+    // What the upstream would refuse for its size (X-Forwarded-* and the request id added) is refused here.
+    if (upstreamHeadSize(this.req.method as string, this.req.url as string, this.headers) > MAX_HEAD) {
+      sendError(this.res, 'header_too_large', ERRORS.header_too_large.status, `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`, true)
+      return
+    }
     this.stats.begin(this)
     this.endpoint.target.inflight++
     this.res.once('close', this.onClientClose)
@@ -154,9 +195,19 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     return this.endpoint.target.url
   }
 
+  /** Records the outcome of an exchange that got the upstream's head, once. */
+  private settle (failure: UpstreamErrorKind | undefined): void {
+    if (this.settled) return
+    this.settled = true
+    recordOutcome(this.stats, this.endpoint.target, this.res.statusCode, failure)
+  }
+
   /** The response is done or the client went away: settle counters once, stop the upstream. */
   private readonly onClientClose = (): void => {
     this.closed = true
+    this.stopBodyTimer()
+    // A client that went away mid-answer: the status decides (a no-op when the end was already settled).
+    if (this.answered) this.settle(undefined)
     this.durationMs = performance.now() - this.startedAt
     this.stats.end(this, this)
     this.endpoint.target.inflight--
@@ -175,32 +226,103 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
 
   onConnect (abort: (err?: Error) => void): void {
     this.abortUpstream = abort
-    if (this.closed) abort()
+    if (this.closed) {
+      abort()
+      return
+    }
+    // undici starts reading the body right after this, in the same tick: the listeners see every chunk.
+    // A body the client has sent whole cannot go quiet on its side.
+    if (this.body !== null && this.bodyTimeout > 0 && this.bodyTimer === undefined && !this.body.complete) this.watchBody(this.body)
+  }
+
+  /**
+   * The client's body deadline: armed while the gateway waits for body bytes,
+   * refreshed by each read; while undici holds the body back (the upstream
+   * is slow, not the client) an expiry only re-arms it.
+   */
+  private watchBody (body: IncomingMessage): void {
+    this.bodyTimer = setTimeout(this.onBodyTimeout, this.bodyTimeout)
+    body.on('data', this.onBodyRead)
+    body.on('pause', this.onBodyPause)
+    body.on('resume', this.onBodyResume)
+    body.once('end', this.stopBodyTimer)
+  }
+
+  private readonly onBodyRead = (): void => {
+    this.bodyTimer?.refresh()
+  }
+
+  private readonly onBodyPause = (): void => {
+    this.bodyHeld = true
+  }
+
+  private readonly onBodyResume = (): void => {
+    this.bodyHeld = false
+    this.bodyTimer?.refresh()
+  }
+
+  private readonly stopBodyTimer = (): void => {
+    if (this.bodyTimer === undefined) return
+    clearTimeout(this.bodyTimer)
+    this.bodyTimer = undefined
+    const body = this.body as IncomingMessage
+    body.off('data', this.onBodyRead)
+    body.off('pause', this.onBodyPause)
+    body.off('resume', this.onBodyResume)
+    body.off('end', this.stopBodyTimer)
+  }
+
+  /** The client went quiet mid-body: 408 if nothing was answered yet, else cut; the upstream request ends either way. */
+  private readonly onBodyTimeout = (): void => {
+    if (this.bodyHeld) {
+      this.bodyTimer?.refresh()
+      return
+    }
+    this.stopBodyTimer()
+    if (this.closed) return
+    if (this.res.headersSent) {
+      if (this.answered) this.settle(undefined)
+      this.res.destroy()
+      this.abortUpstream?.()
+      return
+    }
+    this.bytes += sendError(this.res, 'request_timeout', ERRORS.request_timeout.status, `no request body bytes for ${this.bodyTimeout}ms`, true)
+    // Aborting destroys the request body, and with it the client socket: only once the 408 is out.
+    this.res.once('finish', this.onTimeoutSent)
+  }
+
+  private readonly onTimeoutSent = (): void => {
+    this.abortUpstream?.()
   }
 
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
-    if (this.closed) return false
+    if (this.closed || this.res.writableEnded) return false
     if (statusCode < 200) {
+      // A flood of 1xx would be relayed without end (memory grows if the client does not read): past a few, the upstream is broken.
+      if (++this.informational > MAX_INFORMATIONAL) {
+        this.onError(Object.assign(new Error('too many informational answers'), { code: 'UND_ERR_INFO_FLOOD' }))
+        this.abortUpstream?.()
+        return false
+      }
       // Informational: 103 Early Hints go on to the client; the final answer is still to come.
       if (statusCode === 103) this.res.writeEarlyHints(earlyHints(rawHeaders))
       return true
     }
     this.resumeUpstream = resume
     this.upstreamMs = performance.now() - this.startedAt
-    let failed = statusCode >= 500
     try {
       const headers = downstreamResponseHeaders(rawHeaders)
       if (this.setCookie !== undefined) headers.push('set-cookie', this.setCookie)
       this.res.writeHead(statusCode, statusText, headers)
     } catch {
       // Node refuses what undici's parser accepted (say, a header value it deems invalid).
-      failed = true
       this.bytes += sendError(this.res, 'upstream_error', 502, 'the upstream sent response headers that cannot be relayed')
+      this.settle(undefined)
       this.abortUpstream?.()
+      return false
     }
-    // The color's count first: an ejection below may trip the guard, which reports it.
-    this.stats.record(failed)
-    this.endpoint.target.recordResult(!failed)
+    // The outcome is known at the end: onComplete, onError or the client's close.
+    this.answered = true
     return !this.res.writableEnded
   }
 
@@ -213,16 +335,20 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   }
 
   onComplete (): void {
-    if (!this.closed) this.res.end()
+    if (this.closed) return
+    this.res.end()
+    this.settle(undefined)
   }
 
-  onError (err: Error): void {
-    if (this.closed || this.res.writableEnded || this.res.destroyed) return
-    if (this.res.headersSent) {
-      // Mid-body failure: the client must see a truncated response, not a clean end.
-      this.res.destroy(err)
+  onError (err: Error & { code?: string }): void {
+    if (this.closed) return
+    if (this.answered) {
+      // Mid-body failure: an upstream error, and the client must see a truncated response, not a clean end.
+      this.settle(err.code === 'UND_ERR_BODY_TIMEOUT' ? 'timeout' : 'reset')
+      if (!this.res.destroyed) this.res.destroy(err)
       return
     }
+    if (this.res.writableEnded || this.res.destroyed) return
     const code = classifyUpstreamError(err)
     // An error undici raised about the request itself is not the target's fault.
     if (code !== 'request_refused') {

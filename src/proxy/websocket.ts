@@ -1,6 +1,7 @@
 // WebSocket (HTTP Upgrade) proxying to one endpoint: the handshake goes
 // upstream with its upgrade headers, then a frame-aware relay joins the sockets.
 
+import { createHash } from 'node:crypto'
 import http, { type IncomingMessage } from 'node:http'
 import https from 'node:https'
 import type { Duplex } from 'node:stream'
@@ -18,6 +19,37 @@ export interface WebSocketStats {
 
 /** How much of a refused upgrade's answer is relayed. */
 const MAX_REFUSAL_BODY = 64 * 1024
+
+/** RFC 6455 1.3: the GUID a server appends to the key to prove it speaks WebSocket. */
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
+const KEY = /^[A-Za-z0-9+/]{22}==$/
+
+/** The Sec-WebSocket-Accept a server must answer to this key. */
+export function acceptFor (key: string): string {
+  return createHash('sha1').update(key + WS_GUID).digest('base64')
+}
+
+/** A header's only value, or undefined when it is absent or repeated. */
+function single (v: string | string[] | undefined): string | undefined {
+  return typeof v === 'string' ? v : undefined
+}
+
+/**
+ * A complete WebSocket opening handshake (RFC 6455 4.1): GET on HTTP/1.1,
+ * `Upgrade: websocket` alone, `Connection` naming upgrade, version 13 and a
+ * key of 16 base64 bytes. Nothing else is tunnelled (SPEC: trust is
+ * configured, never assumed; h2c and made-up protocols never get through).
+ */
+export function isWebSocketHandshake (req: IncomingMessage): boolean {
+  if (req.method !== 'GET' || req.httpVersion !== '1.1') return false
+  const upgrade = single(req.headers.upgrade)
+  if (upgrade === undefined || upgrade.trim().toLowerCase() !== 'websocket') return false
+  const connection = single(req.headers.connection)
+  if (connection === undefined || !connection.split(',').some((t) => t.trim().toLowerCase() === 'upgrade')) return false
+  if (single(req.headers['sec-websocket-version'])?.trim() !== '13') return false
+  const key = single(req.headers['sec-websocket-key'])?.trim()
+  return key !== undefined && KEY.test(key) && Buffer.from(key, 'base64').length === 16
+}
 
 /** Raw HTTP/1.1 error on a socket that never became a WebSocket. */
 export function rejectUpgrade (socket: Duplex, code: ErrorCode, status: number): void {
@@ -77,6 +109,12 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
   // The upstream refused the upgrade: relay its answer, length-delimited, then close.
   request.once('response', (res) => {
     clearTimeout(timer)
+    if ((res.statusCode ?? 0) < 200) {
+      // A 101 without the upgrade it announces: nothing sensible to relay.
+      res.destroy()
+      rejectUpgrade(socket, 'upstream_error', ERRORS.upstream_error.status)
+      return
+    }
     const chunks: Buffer[] = []
     let size = 0
     res.on('data', (c: Buffer) => {
@@ -99,6 +137,13 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
     socket.off('end', clientGone)
     if (socket.destroyed || !socket.writable) {
       upstream.destroy()
+      return
+    }
+    // A 101 that does not prove the upstream took this WebSocket handshake is no tunnel.
+    if (single(res.headers.upgrade)?.trim().toLowerCase() !== 'websocket' ||
+      single(res.headers['sec-websocket-accept'])?.trim() !== acceptFor((req.headers['sec-websocket-key'] as string).trim())) {
+      upstream.destroy()
+      rejectUpgrade(socket, 'upstream_error', ERRORS.upstream_error.status)
       return
     }
     upstream.setTimeout(0)

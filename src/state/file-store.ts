@@ -1,8 +1,8 @@
 // Persists routing state (live/previous colors, generation, admin-set targets)
 // to one JSON file: temp file, fsync, rename, fsync of the folder.
 
-import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
 import { isColor, type Color } from '../config/schema.js'
 import { parseOrigin } from '../config/values.js'
 import type { RoutingState, ServiceState } from '../routing/snapshot.js'
@@ -27,6 +27,7 @@ export class FileStateStore {
 
   /** The saved state; undefined only when the file does not exist. Anything unreadable throws. */
   async load (): Promise<PersistedState | undefined> {
+    await this.removeStaleTemps()
     let text: string
     try {
       text = await readFile(this.file, 'utf8')
@@ -41,6 +42,27 @@ export class FileStateStore {
       throw new StateFileError(this.file, `not valid JSON (${(err as Error).message})`)
     }
     return parseState(raw, this.file)
+  }
+
+  /**
+   * Temp files of saves a dead process never finished (`state.json.<pid>.tmp`).
+   * Our own pid counts as dead: nothing has been saved yet, and in a container
+   * every start has the same pid. A live process's file is left alone.
+   */
+  private async removeStaleTemps (): Promise<void> {
+    const prefix = basename(this.file) + '.'
+    let names: string[]
+    try {
+      names = await readdir(dirname(this.file))
+    } catch {
+      return
+    }
+    for (const name of names) {
+      if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue
+      const pid = name.slice(prefix.length, -'.tmp'.length)
+      if (!/^\d+$/.test(pid) || (Number(pid) !== process.pid && isAlive(Number(pid)))) continue
+      await unlink(join(dirname(this.file), name)).catch(() => {})
+    }
   }
 
   async save (state: PersistedState): Promise<void> {
@@ -69,6 +91,16 @@ export class FileStateStore {
     } catch (err) {
       process.emitWarning(`state file ${this.file}: folder fsync failed: ${(err as Error).message}`)
     }
+  }
+}
+
+function isAlive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    // EPERM: it exists, under another user.
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
 

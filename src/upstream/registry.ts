@@ -9,6 +9,9 @@ import { ColorStats, type Observers } from './color-stats.js'
 export { ColorStats } from './color-stats.js'
 export type { Closable, EmptyWatcher, OutcomeWatcher } from './color-stats.js'
 
+/** Longest silence within an upstream's response body, ms: none (0), as on the fast engine. */
+export const UPSTREAM_BODY_TIMEOUT = 0
+
 /** What active probes say: `unchecked` when no probes are configured for the target. */
 export type ProbeState = 'unchecked' | 'unknown' | 'healthy' | 'unhealthy'
 
@@ -181,6 +184,8 @@ export class Target {
         keepAliveTimeout: timeouts.idleUpstream,
         keepAliveMaxTimeout: timeouts.idleUpstream,
         headersTimeout: timeouts.response,
+        // A response stream may be quiet as long as it likes (SSE, long polls): undici's default cuts it at 300 s.
+        bodyTimeout: UPSTREAM_BODY_TIMEOUT,
         connections: limits.maxConnections,
         pipelining: 1,
       })

@@ -1,7 +1,26 @@
 // Keep-alive HTTP/1.1 connections to one upstream origin for the fast path.
 // A connection serves one exchange at a time (no pipelining); its socket
 // events go to whichever exchange holds it, so nothing is attached per request.
-// Idle ones are reused newest first and closed by one sweep per pool.
+// Idle ones are reused newest first and closed by one sweep per pool; at
+// `limits.maxConnections` a request waits for one, in order.
+//
+// Bytes an upstream sends that no request asked for (a body after a 204, 304
+// or HEAD answer, more than its Content-Length, an answer out of nowhere) must
+// never reach a client. Bytes in the same read as the answer are seen by the
+// exchange; for later ones, a released connection "settles" for one read of
+// the event loop before anyone may reuse it, it is closed if anything arrives
+// while it is idle, and one reused from the idle list is closed (the request
+// retried on a new connection when safe) if bytes arrive in the same turn of
+// the event loop as the request was written: they were on their way before
+// the request left. (A request written outside the poll phase, such as a
+// pipelined one after an error, keeps that mark one turn longer: a genuine
+// answer arriving within microseconds would then be retried as on a stale
+// connection.) Residual limit: bytes an upstream sends later than that
+// (say, a separate write its Nagle algorithm holds back until the gateway's
+// next packet acknowledges the answer), once the next request is on its
+// way, cannot be told from that request's
+// answer (HTTP/1.1 has no request ids); they are taken as its answer, and the
+// real answer that follows them closes the connection.
 
 import net from 'node:net'
 import tls from 'node:tls'
@@ -16,6 +35,20 @@ export interface UpstreamUser {
   onUpstreamClose: (err: (Error & { code?: string }) | undefined, reused: boolean) => void
   /** No byte moved for `timeouts.response` while the exchange waited. */
   onUpstreamTimeout: () => void
+  /** A connection for an `acquire` that had to wait. */
+  onUpstreamReady: (conn: UpstreamConn) => void
+  /** Waited `timeouts.connect` for a connection and got none. */
+  onUpstreamOverloaded: () => void
+}
+
+interface Waiter {
+  user: UpstreamUser
+  timer: NodeJS.Timeout
+}
+
+/** What a connection that sent bytes nobody asked for is closed with. */
+function unsolicited (): Error & { code: string } {
+  return Object.assign(new Error('the upstream sent bytes no request asked for'), { code: 'UND_ERR_SOCKET' })
 }
 
 export interface Origin {
@@ -35,6 +68,8 @@ export class UpstreamConn {
   /** Served an exchange before: a failure before any answer may be a stale keep-alive. */
   reused = false
   connected = false
+  /** Reused in this turn of the event loop: a byte now was sent before the request could arrive. */
+  early = false
   private idleUntil = 0
   private error: (Error & { code?: string }) | undefined
 
@@ -57,8 +92,10 @@ export class UpstreamConn {
   }
 
   private readonly onData = (chunk: Buffer): void => {
-    if (this.user !== undefined) this.user.onUpstreamData(chunk)
-    else this.socket.destroy() // bytes nobody asked for: the connection cannot be trusted
+    const user = this.user
+    if (user !== undefined && !this.early) return user.onUpstreamData(chunk)
+    // Bytes nobody asked for: the connection cannot be trusted, and they go nowhere.
+    this.socket.destroy(user === undefined ? undefined : unsolicited())
   }
 
   private readonly onEnd = (): void => {
@@ -92,11 +129,12 @@ export class UpstreamConn {
     if (this.socket.isPaused()) this.socket.resume()
     let idleMs = this.pool.timeouts.idleUpstream
     if (keepAliveSeconds > 0) idleMs = Math.min(idleMs, keepAliveSeconds * 1000 - KEEP_ALIVE_MARGIN_MS)
-    if (idleMs <= 0 || !this.pool.keep(this)) {
+    if (idleMs <= 0 || this.pool.closing) {
       this.socket.destroy()
       return
     }
     this.idleUntil = Date.now() + idleMs
+    this.pool.settle(this)
   }
 
   expired (now: number): boolean {
@@ -108,10 +146,18 @@ export class H1Pool {
   readonly origin: Origin
   readonly timeouts: Timeouts
   readonly limits: LimitsConfig
+  closing = false
   private readonly idle: UpstreamConn[] = []
   private readonly all = new Set<UpstreamConn>()
+  /** Released in this turn of the event loop, and in the one before: not yet reusable. */
+  private settling: UpstreamConn[] = []
+  private settled: UpstreamConn[] = []
+  /** Taken from the idle list in this turn (their `early` is cleared at its end). */
+  private reused: UpstreamConn[] = []
+  private ticking = false
+  /** Requests waiting for a connection, first come first served. */
+  private readonly waiters: Waiter[] = []
   private sweeper: NodeJS.Timeout | undefined
-  private closing = false
 
   constructor (origin: Origin, timeouts: Timeouts, limits: LimitsConfig) {
     this.origin = origin
@@ -119,37 +165,120 @@ export class H1Pool {
     this.limits = limits
   }
 
-  /** An idle connection (newest first) or a new one (always, when `fresh`), held by `user`. */
-  acquire (user: UpstreamUser, fresh = false): UpstreamConn {
+  /**
+   * An idle connection (newest first) or a new one (always, when `fresh`),
+   * held by `user`. Undefined when `limits.maxConnections` are all busy: the
+   * pool calls `user.onUpstreamReady` or `user.onUpstreamOverloaded` later.
+   */
+  acquire (user: UpstreamUser, fresh = false): UpstreamConn | undefined {
     let conn = fresh ? undefined : this.idle.pop()
     while (conn !== undefined && (conn.socket.destroyed || !conn.socket.writable)) conn = this.idle.pop()
-    if (conn === undefined) {
-      const { tls: secure, host, port } = this.origin
-      const socket = secure
-        ? tls.connect({ host, port, servername: net.isIP(host) === 0 ? host : undefined, ALPNProtocols: ['http/1.1'] })
-        : net.connect({ host, port })
-      conn = new UpstreamConn(this, socket)
-      this.all.add(conn)
+    if (conn !== undefined) {
+      conn.early = true
+      this.reused.push(conn)
+      this.schedule()
+    } else {
+      if (this.all.size >= this.limits.maxConnections) {
+        // A fresh connection is wanted: an idle one makes room for it.
+        const oldest = this.idle.shift()
+        if (oldest === undefined) {
+          this.wait(user)
+          return undefined
+        }
+        this.all.delete(oldest)
+        oldest.socket.destroy()
+      }
+      conn = this.open()
     }
     conn.user = user
     return conn
   }
 
-  /** Takes a connection back as idle; false when the pool is closing. */
-  keep (conn: UpstreamConn): boolean {
-    if (this.closing) return false
-    this.idle.push(conn)
-    if (this.sweeper === undefined) {
-      this.sweeper = setInterval(this.sweep, SWEEP_MS)
-      this.sweeper.unref()
+  private open (): UpstreamConn {
+    const { tls: secure, host, port } = this.origin
+    const socket = secure
+      ? tls.connect({ host, port, servername: net.isIP(host) === 0 ? host : undefined, ALPNProtocols: ['http/1.1'] })
+      : net.connect({ host, port })
+    const conn = new UpstreamConn(this, socket)
+    this.all.add(conn)
+    return conn
+  }
+
+  private wait (user: UpstreamUser): void {
+    const waiter: Waiter = {
+      user,
+      timer: setTimeout(() => {
+        const i = this.waiters.indexOf(waiter)
+        if (i !== -1) this.waiters.splice(i, 1)
+        user.onUpstreamOverloaded()
+      }, this.timeouts.connect),
     }
-    return true
+    this.waiters.push(waiter)
+  }
+
+  /** `user` no longer wants the connection it waits for. */
+  cancel (user: UpstreamUser): void {
+    const i = this.waiters.findIndex((w) => w.user === user)
+    if (i === -1) return
+    clearTimeout(this.waiters[i].timer)
+    this.waiters.splice(i, 1)
+  }
+
+  /** A released connection: reusable once the event loop has read its socket again. */
+  settle (conn: UpstreamConn): void {
+    this.settling.push(conn)
+    this.schedule()
+  }
+
+  private schedule (): void {
+    if (this.ticking) return
+    this.ticking = true
+    setImmediate(this.tick)
+  }
+
+  /** The end of a turn of the event loop (its check phase, after the poll that read the sockets). */
+  private readonly tick = (): void => {
+    this.ticking = false
+    for (const conn of this.reused) conn.early = false
+    this.reused = []
+    // Released two turns ago: a poll has read their sockets since, and found nothing, or they are closed.
+    const ready = this.settled
+    this.settled = this.settling
+    this.settling = []
+    for (const conn of ready) {
+      if (conn.socket.destroyed || conn.user !== undefined || !this.all.has(conn)) continue
+      if (this.closing) {
+        conn.socket.destroy()
+        continue
+      }
+      const waiter = this.waiters.shift()
+      if (waiter !== undefined) {
+        clearTimeout(waiter.timer)
+        conn.user = waiter.user
+        waiter.user.onUpstreamReady(conn)
+        continue
+      }
+      this.idle.push(conn)
+      if (this.sweeper === undefined) {
+        this.sweeper = setInterval(this.sweep, SWEEP_MS)
+        this.sweeper.unref()
+      }
+    }
+    if (this.settled.length > 0) this.schedule()
   }
 
   forget (conn: UpstreamConn): void {
-    this.all.delete(conn)
+    if (!this.all.delete(conn)) return
     const i = this.idle.indexOf(conn)
     if (i !== -1) this.idle.splice(i, 1)
+    // Room for a new connection: the first waiter gets it.
+    if (this.waiters.length > 0 && this.all.size < this.limits.maxConnections) {
+      const waiter = this.waiters.shift() as Waiter
+      clearTimeout(waiter.timer)
+      const fresh = this.open()
+      fresh.user = waiter.user
+      waiter.user.onUpstreamReady(fresh)
+    }
   }
 
   private readonly sweep = (): void => {
@@ -176,6 +305,10 @@ export class H1Pool {
   /** Closes every connection now, failing what is in flight. */
   destroy (): void {
     this.close()
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer)
+      w.user.onUpstreamOverloaded()
+    }
     for (const conn of [...this.all]) conn.socket.destroy()
   }
 }

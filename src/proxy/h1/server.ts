@@ -13,18 +13,63 @@ import type { SmokeRunner } from '../../health/smoke.js'
 import { ambiguousRouting, chooseFor, readsHeaders } from '../../routing/choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from '../../routing/path.js'
 import type { ServiceRoute, Switcher } from '../../routing/snapshot.js'
-import type { ColorStats, Finished, OpenExchange } from '../../upstream/color-stats.js'
+import type { ColorStats, Finished, OpenExchange, UpstreamErrorKind } from '../../upstream/color-stats.js'
 import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
 import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
+import { MAX_HEAD, MAX_HEADER_LINES, MAX_INFORMATIONAL } from '../limits.js'
+import { recordOutcome } from '../outcome.js'
 import { newRequestId } from '../request-id.js'
 import type { Forwarding } from '../trust.js'
 import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
-import type { UpstreamConn, UpstreamUser } from './pool.js'
+import type { H1Pool as UpstreamPool, UpstreamConn, UpstreamUser } from './pool.js'
 
 const CRLF2 = Buffer.from('\r\n\r\n')
 const LF2 = Buffer.from('\n\n')
-/** Longest request or response head, as node:http's default (16 KiB). */
-export const MAX_HEAD = 16 * 1024
+export { MAX_HEAD, MAX_INFORMATIONAL }
+
+/**
+ * Bytes copied and scanned while gathering heads that arrive in pieces (not
+ * counted for a head that arrives whole): tests check it grows linearly.
+ */
+export const headWork = { copied: 0, scanned: 0 }
+
+/** Whatever gathers a head that arrives in pieces: the buffer it grows in. */
+interface Gatherer {
+  room: Buffer | undefined
+}
+
+/**
+ * `buf` followed by `chunk`. When `buf` is a view at the start of `g.room`
+ * (what this returned last time), `chunk` is copied after it in place while
+ * there is room, and the room doubles when there is not: a head arriving a
+ * byte at a time costs linear time, not quadratic.
+ */
+function gather (g: Gatherer, buf: Buffer, chunk: Buffer): Buffer {
+  const length = buf.length + chunk.length
+  const room = g.room
+  if (room !== undefined && buf.buffer === room.buffer && buf.byteOffset === room.byteOffset && length <= room.length) {
+    chunk.copy(room, buf.length)
+    headWork.copied += chunk.length
+    return room.subarray(0, length)
+  }
+  const grown = Buffer.allocUnsafeSlow(Math.max(2 * length, 1024))
+  buf.copy(grown, 0)
+  chunk.copy(grown, buf.length)
+  headWork.copied += length
+  g.room = grown
+  return grown.subarray(0, length)
+}
+
+/** More than MAX_HEADER_LINES header lines between `start` and `end` (the head without its final empty line)? */
+function tooManyLines (buf: Buffer, start: number, end: number): boolean {
+  // Each line is at least `a:` and its line end: shorter heads cannot have too many.
+  if (end - start <= 4 * MAX_HEADER_LINES) return false
+  let lines = 0
+  for (let i = buf.indexOf(10, start); i !== -1 && i < end; i = buf.indexOf(10, i + 1)) {
+    if (++lines > MAX_HEADER_LINES) return true
+  }
+  return false
+}
 /** Bodies up to this size leave in the same write as their head. */
 const COALESCE = 16 * 1024
 
@@ -123,7 +168,7 @@ export class FastEdge {
   }
 }
 
-export class ClientConn {
+export class ClientConn implements Gatherer {
   readonly socket: net.Socket
   readonly remote: string
   private readonly edge: FastEdge
@@ -136,6 +181,11 @@ export class ClientConn {
   private ended = false
   /** When the first byte of a head still incomplete arrived; 0 when none is pending. */
   private headSince = 0
+  /** Where the incomplete head in `buf` starts (past empty lines) and how far it was searched. */
+  private headStart = 0
+  private scanned = 0
+  /** The buffer `buf` grows in while a head arrives in pieces. */
+  room: Buffer | undefined = undefined
 
   constructor (edge: FastEdge, socket: net.Socket) {
     this.edge = edge
@@ -164,14 +214,16 @@ export class ClientConn {
       const x = this.x as FastExchange
       if (chunk.length <= this.bodyLeft) {
         this.bodyLeft -= chunk.length
+        if (this.bodyLeft === 0) this.socket.setTimeout(this.edge.client.idle)
         x.sendBody(chunk, this.bodyLeft === 0)
         return
       }
+      this.socket.setTimeout(this.edge.client.idle)
       x.sendBody(chunk.subarray(0, this.bodyLeft), true)
       chunk = chunk.subarray(this.bodyLeft)
       this.bodyLeft = 0
     }
-    this.buf = this.buf === undefined ? chunk : Buffer.concat([this.buf, chunk])
+    this.buf = this.buf === undefined ? chunk : gather(this, this.buf, chunk)
     if (this.x === undefined) this.next()
     // A pipelined request waits, unread, until the current answer is out.
     else this.socket.pause()
@@ -183,7 +235,9 @@ export class ClientConn {
   }
 
   private readonly onTimeout = (): void => {
-    if (this.x === undefined) this.socket.destroy()
+    if (this.x === undefined) return void this.socket.destroy()
+    // client.body: the client went quiet mid-body (not while the gateway itself holds it back).
+    if (this.bodyLeft > 0 && !this.socket.isPaused()) this.x.bodyTimeout()
   }
 
   /** Parses and starts the requests in the buffer while they are whole and nothing is in flight. */
@@ -191,19 +245,29 @@ export class ClientConn {
     while (this.x === undefined && this.buf !== undefined && !this.ended) {
       let buf = this.buf
       // RFC 9112 2.2: empty lines before a request line are ignored.
-      let start = 0
+      let start = this.headStart
       while (start + 1 < buf.length && buf[start] === 13 && buf[start + 1] === 10) start += 2
-      const end = buf.indexOf(CRLF2, start)
+      // Only what was not searched before (a terminator may straddle the old end).
+      const from = Math.max(start, this.scanned - 3)
+      const end = buf.indexOf(CRLF2, from)
       if (end === -1) {
+        headWork.scanned += buf.length - from
         // Too long, ended by bare LFs, or trickling in for too long: node:http answers (431, 400) or times it out.
-        if (buf.length > MAX_HEAD || buf.includes(LF2)) return this.handOff()
+        if (buf.length > MAX_HEAD || buf.indexOf(LF2, Math.max(start, from - 1)) !== -1) return this.handOff()
+        this.headStart = start
+        this.scanned = buf.length
         const now = Date.now()
         if (this.headSince === 0) this.headSince = now
         else if (now - this.headSince > this.edge.client.header) this.socket.destroy()
         return
       }
       this.headSince = 0
+      this.headStart = 0
+      this.scanned = 0
+      this.room = undefined
       if (end - start > MAX_HEAD) return this.handOff()
+      // node:http would keep only the first 2000 header lines and judge the body from those.
+      if (tooManyLines(buf, start, end)) return this.refuse('header_too_large')
       const head = parseRequestHead(buf.toString('latin1', start, end))
       if (head === undefined) return this.handOff()
       buf = buf.subarray(end + 4)
@@ -214,8 +278,15 @@ export class ClientConn {
       }
       this.buf = buf.length === 0 ? undefined : buf
       this.bodyLeft = head.contentLength - (body?.length ?? 0)
+      if (this.bodyLeft > 0) this.socket.setTimeout(this.edge.client.body)
       this.route(head, body)
     }
+  }
+
+  /** A head the gateway will not read: a coded answer, and the connection closes (its framing is unknown). */
+  private refuse (code: ErrorCode): void {
+    this.socket.write(localResponse(ERRORS[code].status, code, true).text, 'latin1')
+    this.end()
   }
 
   /** This connection continues on node:http, from the first byte not yet answered. */
@@ -269,8 +340,11 @@ export class ClientConn {
       color.stats.rejected(head.method, head.target, head.requestId ?? newRequestId(), bytes, performance.now() - started)
       return
     }
-    this.x = new FastExchange(this, head, endpoint, color.targets, color.stats, cookie, edge.forwarding)
-    this.x.start(body, this.bodyLeft === 0)
+    const x = new FastExchange(this, head, endpoint, color.targets, color.stats, cookie, edge.forwarding)
+    // The added X-Forwarded-* and request id must not push the head past what an upstream takes.
+    if (!x.fitsUpstream) return void this.answer(head, 'header_too_large')
+    this.x = x
+    x.start(body, this.bodyLeft === 0)
   }
 
   /** The gateway's own answer to a request it does not forward; returns the body size. */
@@ -297,6 +371,7 @@ export class ClientConn {
     this.ended = true
     this.bodyLeft = 0
     this.buf = undefined
+    this.room = undefined
     this.socket.end()
     // Read (and ignore) what the client still sends, so its FIN is seen and the socket closes.
     this.socket.resume()
@@ -312,6 +387,13 @@ export class ClientConn {
     } else if (this.socket.isPaused()) {
       this.socket.resume()
     }
+  }
+
+  /** Reads the request body again after the gateway held it back; client.body runs afresh. */
+  resumeBody (): void {
+    this.socket.resume()
+    // The deadline may have fired (and been ignored) while reading was paused: arm it again.
+    if (this.bodyLeft > 0) this.socket.setTimeout(this.edge.client.body)
   }
 
   /** The client reads too slowly: `fn` runs once it has caught up. */
@@ -332,7 +414,7 @@ function routingHeaders (route: ServiceRoute, head: RequestHead): Record<string,
 const enum Phase { Waiting, Body, Done }
 
 /** One request's trip upstream on the fast path. */
-export class FastExchange implements UpstreamUser, Finished, OpenExchange {
+export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gatherer {
   readonly requestId: string
   prevOpen: OpenExchange | undefined = undefined
   nextOpen: OpenExchange | undefined = undefined
@@ -363,6 +445,16 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
   private remaining = 0
   private scanner: ChunkedScanner | undefined
   private closeClient = false
+  /** How far `pending` was searched for the end of a head. */
+  private scanned = 0
+  room: Buffer | undefined = undefined
+  /** 1xx answers seen so far. */
+  private informational = 0
+  /** Reading from the upstream is paused until the client catches up. */
+  private upstreamPaused = false
+  /** Waiting for a connection from this pool (all busy); the body to send once one comes. */
+  private waitingOn: UpstreamPool | undefined
+  private held: Buffer | undefined
 
   constructor (conn: ClientConn, head: RequestHead, endpoint: Endpoint, picker: TargetSet, stats: ColorStats, setCookie: string | undefined, forwarding: Forwarding) {
     this.conn = conn
@@ -390,6 +482,11 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
     return this.endpoint.target.url
   }
 
+  /** The head as it goes upstream is within MAX_HEAD (else the client gets 431). */
+  get fitsUpstream (): boolean {
+    return this.upstreamHead.length <= MAX_HEAD
+  }
+
   start (body: Buffer | undefined, complete: boolean): void {
     this.stats.begin(this)
     this.endpoint.target.inflight++
@@ -397,10 +494,52 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
   }
 
   private dispatch (body: Buffer | undefined, complete: boolean, fresh = false): void {
-    const up = this.endpoint.h1.acquire(this, fresh)
-    this.up = up
     this.requestSent = complete
-    if (!writeHeadAndBody(up.socket, this.upstreamHead, body) && !complete) this.pauseClient(up)
+    const pool = this.endpoint.h1
+    const up = pool.acquire(this, fresh)
+    if (up === undefined) {
+      // Every connection to the target is busy: the pool calls back; the client's body waits unread.
+      this.waitingOn = pool
+      this.held = body
+      if (!complete) this.conn.socket.pause()
+      return
+    }
+    this.send(up, body)
+  }
+
+  private send (up: UpstreamConn, body: Buffer | undefined): void {
+    this.up = up
+    if (!writeHeadAndBody(up.socket, this.upstreamHead, body) && !this.requestSent) this.pauseClient(up)
+  }
+
+  onUpstreamReady (up: UpstreamConn): void {
+    this.waitingOn = undefined
+    const body = this.held
+    this.held = undefined
+    this.send(up, body)
+    if (!this.requestSent && this.up === up && !up.socket.writableNeedDrain) this.conn.resumeBody()
+  }
+
+  onUpstreamOverloaded (): void {
+    this.waitingOn = undefined
+    this.held = undefined
+    // An error for the guard (the color cannot serve), not against the target: it is busy, not broken.
+    this.answerError('upstream_overloaded')
+  }
+
+  /** Lets go of the upstream: its connection is closed (never reused), or the wait for one ends. */
+  private dropUpstream (): void {
+    const up = this.up
+    this.up = undefined
+    if (up !== undefined) {
+      up.user = undefined
+      up.socket.destroy()
+    }
+    if (this.waitingOn !== undefined) {
+      this.waitingOn.cancel(this)
+      this.waitingOn = undefined
+      this.held = undefined
+    }
   }
 
   /** The upstream takes the body more slowly than the client sends it. */
@@ -413,15 +552,20 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
   sendBody (chunk: Buffer, last: boolean): void {
     if (last) this.requestSent = true
     const up = this.up
-    if (up === undefined) return
+    if (up === undefined) {
+      // Read before the pause took effect, while waiting for a connection.
+      if (this.waitingOn !== undefined) this.held = this.held === undefined ? chunk : Buffer.concat([this.held, chunk])
+      return
+    }
     if (!up.socket.write(chunk)) this.pauseClient(up)
   }
 
   private readonly resumeClient = (): void => {
-    if (this.phase !== Phase.Done) this.conn.socket.resume()
+    if (this.phase !== Phase.Done) this.conn.resumeBody()
   }
 
   private readonly resumeUpstream = (): void => {
+    this.upstreamPaused = false
     this.up?.socket.resume()
   }
 
@@ -432,22 +576,34 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
   }
 
   private onHeadBytes (chunk: Buffer): void {
-    let buf = this.pending === undefined ? chunk : Buffer.concat([this.pending, chunk])
+    let buf = chunk
+    let from = 0
+    if (this.pending !== undefined) {
+      buf = gather(this, this.pending, chunk)
+      // Only what was not searched before (a terminator may straddle the old end).
+      from = Math.max(0, this.scanned - 3)
+    }
     for (;;) {
-      const end = buf.indexOf(CRLF2)
+      const end = buf.indexOf(CRLF2, from)
       if (end === -1 || end > MAX_HEAD) {
         if (buf.length > MAX_HEAD) return this.fail('upstream_error')
+        headWork.scanned += buf.length - from
         this.pending = buf
+        this.scanned = buf.length
         return
       }
       this.pending = undefined
+      this.room = undefined
+      from = 0
       const r = parseResponseHead(buf.toString('latin1', 0, end), this.method === 'HEAD')
       if (typeof r === 'string') return this.fail('upstream_error')
       buf = buf.subarray(end + 4)
       if (r.status >= 200) return this.respond(r, buf)
       if (r.status === 101) return this.fail('upstream_error')
-      // Informational: 103 Early Hints go on to the client; the final answer is still to come.
-      if (r.status === 103) this.conn.write(`${r.statusLine}\r\n${r.lines}\r\n`, undefined)
+      // A flood of 1xx would be relayed (or parsed) without end: past a few, the upstream is broken.
+      if (++this.informational > MAX_INFORMATIONAL) return this.fail('upstream_error')
+      // Informational: 103 Early Hints go on to the client (no faster than it reads); the final answer is still to come.
+      if (r.status === 103 && !this.conn.write(`${r.statusLine}\r\n${r.lines}\r\n`, undefined)) this.pauseUpstream()
       if (buf.length === 0) return
     }
   }
@@ -460,10 +616,8 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
     if (end === -2) return this.fail('upstream_error')
     this.upstreamMs = performance.now() - this.startedAt
     this.status = r.status
+    // Counted when the body ends (see endBody): a reset or short body after this head is a failure.
     this.phase = Phase.Body
-    const failed = r.status >= 500
-    this.stats.record(failed)
-    this.endpoint.target.recordResult(!failed)
     this.closeClient = this.head.close || r.framing === Framing.Close || !this.requestSent || this.conn.closing
     let head = `${r.statusLine}\r\n${r.lines}`
     if (this.setCookie !== undefined) head += `set-cookie: ${this.setCookie}\r\n`
@@ -516,6 +670,8 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
   }
 
   private pauseUpstream (): void {
+    if (this.upstreamPaused) return
+    this.upstreamPaused = true
     this.up?.socket.pause()
     this.conn.onceDrained(this.resumeUpstream)
   }
@@ -524,7 +680,6 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
   private complete (extra: boolean): void {
     const up = this.up as UpstreamConn
     const r = this.response as ResponseHead
-    this.phase = Phase.Done
     this.up = undefined
     if (r.close || extra || !this.requestSent) {
       up.user = undefined
@@ -532,8 +687,18 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
     } else {
       up.release(r.keepAliveSeconds)
     }
-    this.settle()
+    this.endBody(undefined)
     this.conn.done(this.closeClient)
+  }
+
+  /**
+   * The answer the upstream began is over: whole (`failure` undefined) or
+   * broken by the upstream. The one place an answered exchange is counted.
+   */
+  private endBody (failure: UpstreamErrorKind | undefined): void {
+    this.phase = Phase.Done
+    recordOutcome(this.stats, this.endpoint.target, this.status, failure)
+    this.settle()
   }
 
   onUpstreamEnd (): void {
@@ -545,10 +710,8 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
     this.up = undefined
     if (this.phase === Phase.Done) return
     if (this.phase === Phase.Body) {
-      // Mid-body: the client must see a truncated response, not a clean end.
-      // (The answer was already counted, as on the node:http path.)
-      this.phase = Phase.Done
-      this.settle()
+      // Mid-body: the client must see a truncated response, not a clean end; the upstream failed.
+      this.endBody('reset')
       this.conn.socket.destroy()
       return
     }
@@ -588,16 +751,10 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
 
   /** Gives up on the upstream: its connection is closed and the client gets `code`. */
   private fail (code: ErrorCode): void {
-    const up = this.up
-    this.up = undefined
-    if (up !== undefined) {
-      up.user = undefined
-      up.socket.destroy()
-    }
+    this.dropUpstream()
     if (this.phase === Phase.Body) {
-      // Head already sent: cut the response (already counted as answered).
-      this.phase = Phase.Done
-      this.settle()
+      // Head already sent: cut the response; the upstream broke it.
+      this.endBody(ERROR_KIND[code] ?? 'reset')
       this.conn.socket.destroy()
       return
     }
@@ -622,15 +779,34 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange {
   /** The client went away: the upstream connection cannot be reused. */
   clientGone (): void {
     if (this.phase !== Phase.Done) {
+      this.dropUpstream()
+      // Not the upstream's fault: an answer under way counts by its status alone.
+      if (this.phase === Phase.Body) this.endBody(undefined)
       this.phase = Phase.Done
-      const up = this.up
-      this.up = undefined
-      if (up !== undefined) {
-        up.user = undefined
-        up.socket.destroy()
-      }
     }
     this.settle()
+  }
+
+  /**
+   * The client went quiet mid-body for client.body: before the answer, a 408
+   * and the connection closes; after it began, both sides are cut. Either
+   * way the upstream connection is closed, never reused, and not blamed.
+   */
+  bodyTimeout (): void {
+    if (this.phase === Phase.Done) return
+    this.dropUpstream()
+    if (this.phase === Phase.Body) {
+      this.endBody(undefined)
+      this.conn.socket.destroy()
+      return
+    }
+    this.phase = Phase.Done
+    this.status = ERRORS.request_timeout.status
+    const r = localResponse(this.status, 'request_timeout', true)
+    this.bytes += r.bytes
+    this.conn.write(r.text, undefined)
+    this.settle()
+    this.conn.done(true)
   }
 
   /** Ends the exchange now (drain deadline, shutdown). */

@@ -1,0 +1,141 @@
+// The event log holds every acknowledged change: fsynced before the answer,
+// kept apart from health noise, rotated by size, restored across rotations.
+
+import t from 'tap'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { EventLog, type SwitchyardEvent } from '../src/control/events.js'
+import { admin, http1, serviceYaml, startBackend, startGateway, tempDir } from './helpers/index.js'
+
+t.test('an events file that cannot be written fails the change with 500 event_write_failed; nothing changes', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
+  const data = join(gw.dir, 'data')
+  const before = (await admin(gw.adminUrl, 'GET', '/v1/state')).json
+  const events = (await admin(gw.adminUrl, 'GET', '/v1/events')).json.events
+  const stateFile = readFileSync(join(data, 'state.json'), 'utf8')
+
+  // Tests run as root, where permissions block nothing: a folder where the file should be.
+  rmSync(join(data, 'events.jsonl'))
+  mkdirSync(join(data, 'events.jsonl'))
+  for (const [method, path, body] of [['POST', '/v1/flip', {}], ['POST', '/v1/rollback', {}], ['PUT', '/v1/services/svc/environments/blue/targets', { targets: [g.url] }]] as const) {
+    const res = await admin(gw.adminUrl, method, path, body)
+    t.equal(res.status, 500, `${path}: 500`)
+    t.equal(res.json.error, 'event_write_failed')
+    t.match(res.json.message, join(data, 'events.jsonl'))
+    t.match(res.json.message, /nothing changed/)
+  }
+  t.same((await admin(gw.adminUrl, 'GET', '/v1/state')).json, before, 'same generation, colors and targets')
+  t.equal((await http1(gw.url)).json.backend, 'green', 'traffic stays where it was')
+  t.same((await admin(gw.adminUrl, 'GET', '/v1/events')).json.events, events, 'no event for what did not happen')
+  t.equal(readFileSync(join(data, 'state.json'), 'utf8'), stateFile, 'the state file was not written')
+
+  rmSync(join(data, 'events.jsonl'), { recursive: true })
+  const ok = await admin(gw.adminUrl, 'POST', '/v1/flip', {})
+  t.equal(ok.status, 200, 'once it can be written again, changes go through')
+  t.equal(ok.json.generation, before.generation + 1)
+})
+
+t.test('2,000 health events do not push a flip out of GET /v1/events, now or after a restart', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const yaml = `services:\n${serviceYaml('svc', '/', [b], [g])}`
+  const gw = await startGateway(t, yaml)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', { reason: 'keep me' })).status, 200)
+  let newest = 0
+  for (let i = 0; i < 2000; i++) {
+    newest = gw.gateway.controller.events.append({ type: 'health', generation: 1, reason: 'probe failed', actor: 'health', target: b.url, from: i % 2 === 0 ? 'healthy' : 'unhealthy', to: i % 2 === 0 ? 'unhealthy' : 'healthy' }).id
+  }
+  const check = async (url: string, when: string): Promise<void> => {
+    const evs = (await admin(url, 'GET', '/v1/events')).json.events
+    t.same(evs.filter((e: any) => e.type === 'flip').map((e: any) => e.reason), ['keep me'], `${when}: the flip is there`)
+    const health = evs.filter((e: any) => e.type === 'health')
+    t.equal(health.length, 1000, `${when}: the newest 1000 health events`)
+    t.ok(evs.every((e: any, i: number) => i === 0 || e.id > evs[i - 1].id), `${when}: merged in id order`)
+    t.equal(evs.at(-1).id, newest, `${when}: up to the newest`)
+  }
+  await check(gw.adminUrl, 'running')
+  await gw.stop()
+  const again = await startGateway(t, yaml, { dir: gw.dir })
+  await check(again.adminUrl, 'after a restart')
+})
+
+function ev (log: EventLog, i: number): SwitchyardEvent {
+  return log.append({ type: 'health', generation: 0, reason: 'x'.repeat(100), actor: 'health', n: i })
+}
+
+t.test('the file is rotated by size, keeps N old files, and restore reads across them', async (t) => {
+  const dir = tempDir(t)
+  const file = join(dir, 'events.jsonl')
+  const log = new EventLog(file, { maxBytes: 4096, keep: 2 })
+  let generation = 0
+  const written: number[] = []
+  for (let i = 0; i < 100; i++) {
+    if (i % 10 === 0) {
+      written.push(log.append({ type: 'flip', generation: ++generation, reason: `flip ${generation}`, actor: 'api' }).id)
+    } else {
+      written.push(ev(log, i).id)
+    }
+  }
+  await log.flush()
+  t.same(readdirSync(dir).sort(), ['events.jsonl', 'events.jsonl.1', 'events.jsonl.2'], 'two old files kept, no third')
+  for (const f of readdirSync(dir)) t.ok(statSync(join(dir, f)).size <= 4096, `${f} is within maxBytes`)
+  const lines = ['events.jsonl.2', 'events.jsonl.1', 'events.jsonl'].flatMap((f) => readFileSync(join(dir, f), 'utf8').trim().split('\n').map((l) => JSON.parse(l).id))
+  t.same(lines, written.slice(written.length - lines.length), 'the files hold the newest events, in order, none twice')
+  t.ok(lines.length < written.length, 'the oldest ones went with the third rotation')
+
+  const restored = new EventLog(file, { maxBytes: 4096, keep: 2 })
+  await restored.restore(generation)
+  t.same(restored.list().map((e) => e.id), lines, 'restore reads every kept file, oldest first')
+  const next = restored.append({ type: 'health', generation, reason: null, actor: 'health' })
+  t.equal(next.id, written.at(-1)! + 1, 'ids keep growing across files')
+})
+
+t.test('a change being written holds back later events, so a reader polling with ?since never skips it', async (t) => {
+  const log = new EventLog(join(tempDir(t), 'events.jsonl'))
+  const before = log.append({ type: 'health', generation: 0, reason: null, actor: 'health' })
+  const change = log.prepare({ type: 'flip', generation: 1, reason: null, actor: 'api' })
+  const after = log.append({ type: 'health', generation: 0, reason: null, actor: 'health' })
+  t.same(log.list().map((e) => e.id), [before.id], 'the health event after the pending change waits')
+  await log.persist(change)
+  log.publish(change)
+  t.same(log.list(before.id).map((e) => e.id), [change.id, after.id])
+  const refused = log.prepare({ type: 'flip', generation: 2, reason: null, actor: 'api' })
+  log.discard(refused)
+  t.same(log.list(after.id), [], 'a discarded change is never served')
+  await log.flush()
+})
+
+t.test('stale state temp files of dead processes are removed at start', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const dir = tempDir(t)
+  const data = join(dir, 'data')
+  mkdirSync(data)
+  const dead = 4194305 // above Linux's largest pid_max: never a live process
+  const names = [`state.json.${dead}.tmp`, `state.json.${process.pid}.tmp`, `state.json.${process.ppid}.tmp`, 'state.json.bak.tmp', 'other.json.1.tmp']
+  for (const n of names) writeFileSync(join(data, n), '{"half": ')
+  await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`, { dir })
+  t.notOk(existsSync(join(data, `state.json.${dead}.tmp`)), 'a dead process\'s temp file is removed')
+  t.notOk(existsSync(join(data, `state.json.${process.pid}.tmp`)), 'one with our own pid (a container restart) is removed')
+  t.ok(existsSync(join(data, `state.json.${process.ppid}.tmp`)), 'a live process\'s temp file is left alone')
+  t.ok(existsSync(join(data, 'state.json.bak.tmp')), 'other names are left alone')
+  t.ok(existsSync(join(data, 'other.json.1.tmp')))
+})
+
+t.test('a log larger than maxBytes (from before rotation) is restored from its tail', async (t) => {
+  const dir = tempDir(t)
+  const file = join(dir, 'events.jsonl')
+  const lines = Array.from({ length: 200 }, (_, i) => JSON.stringify({ id: i + 1, time: '2026-01-01T00:00:00.000Z', type: 'health', generation: 0, reason: 'x'.repeat(50), actor: 'health' }) + '\n')
+  writeFileSync(file, lines.join(''))
+  const log = new EventLog(file, { maxBytes: 4096 })
+  await log.restore()
+  const ids = log.list().map((e) => e.id)
+  t.ok(ids.length > 10 && ids.length < 200, `only the tail is read (${ids.length} events)`)
+  t.same(ids, Array.from({ length: ids.length }, (_, i) => 200 - ids.length + 1 + i), 'whole lines, up to the newest')
+  t.equal(log.append({ type: 'health', generation: 0, reason: null, actor: 'health' }).id, 201)
+  await log.flush()
+  t.same(readdirSync(dir).sort(), ['events.jsonl', 'events.jsonl.1'], 'the next write rotates it')
+})
