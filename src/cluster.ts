@@ -57,7 +57,12 @@ function add (a: Totals, b: Totals): void {
 export class WorkerPool implements RemoteColors {
   private readonly count: number
   private readonly workers = new Map<number, Worker>()
-  private readonly ready = new Set<number>()
+  /**
+   * Workers that have been sent their first routing state: from then on they
+   * get every change. (Only the ready ones used to: a change made while a
+   * worker started, between its first state and its listener, never reached it.)
+   */
+  private readonly synced = new Set<number>()
   /** Every worker's latest report, by worker id then `service/color`. */
   private readonly reports = new Map<number, Map<string, Totals>>()
   /** Counts of workers that exited: their requests happened, so totals keep them. */
@@ -98,10 +103,12 @@ export class WorkerPool implements RemoteColors {
     await new Promise<void>((resolve, reject) => {
       worker.once('exit', (code) => reject(new Error(`worker ${worker.id} exited (${String(code)}) before it was ready`)))
       worker.on('message', (msg: FromWorker) => {
-        if (msg.t === 'hello') this.send(worker, this.syncMessage())
-        else if (msg.t === 'ready') {
+        if (msg.t === 'hello') {
+          this.send(worker, this.syncMessage())
+          this.synced.add(worker.id)
+          log('info', 'worker started; routing sent', { worker: worker.id, pid: worker.process.pid })
+        } else if (msg.t === 'ready') {
           this.address = msg.address
-          this.ready.add(worker.id)
           resolve()
         } else if (msg.t === 'ack') this.acks.get(`${worker.id}/${msg.seq}`)?.()
         else if (msg.t === 'stats') this.onStats(worker.id, msg.colors)
@@ -129,7 +136,7 @@ export class WorkerPool implements RemoteColors {
   /** Hands new routing to every worker; resolves when all have swapped it in. */
   async publish (_config: Config, _state: RoutingState): Promise<void> {
     const msg = this.syncMessage() as Extract<ToWorker, { t: 'sync' }>
-    const waits = [...this.workers.values()].filter((w) => this.ready.has(w.id)).map(async (w) => await new Promise<void>((resolve) => {
+    const waits = [...this.workers.values()].filter((w) => this.synced.has(w.id)).map(async (w) => await new Promise<void>((resolve) => {
       const key = `${w.id}/${msg.seq}`
       const timer = setTimeout(() => {
         this.acks.delete(key)
@@ -172,7 +179,7 @@ export class WorkerPool implements RemoteColors {
   private onExit (worker: Worker, code: number | null, signal: string | null): void {
     if (!this.workers.has(worker.id)) return
     this.workers.delete(worker.id)
-    this.ready.delete(worker.id)
+    this.synced.delete(worker.id)
     const last = this.reports.get(worker.id)
     this.reports.delete(worker.id)
     for (const [key, t] of last ?? []) {

@@ -134,3 +134,42 @@ t.test('serve --workers 2: when the primary is SIGKILLed, workers finish in-flig
   await eventually(() => p.lines.filter((l) => l.msg === 'worker stopped' && l.code === 0).length === 2)
   t.same(p.lines.filter((l) => l.msg === 'worker stopped').map((l) => l.pid).sort(), [...pids].sort(), 'both workers say they exit with code 0')
 })
+
+t.test('serve --workers 2: a worker started in place of a crashed one gets the changes made while it starts', async (t) => {
+  // The live color's target moves round three backends, so a worker that missed a change answers from the wrong one.
+  const backends = await Promise.all(Array.from({ length: 3 }, async (_, i) => await startBackend(t, `b${i}`)))
+  const g = await startBackend(t, 'green')
+  const dir = tempDir(t)
+  const file = join(dir, 'sy.yaml')
+  // Many services: a worker takes a moment to build its first routing state.
+  const more = Array.from({ length: 1000 }, (_, i) => serviceYaml(`s${i}`, `/s${i}`, [g], [g], '    passive: false\n')).join('')
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [backends[0]], [g], '    passive: false\n')}${more}`)
+  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
+  await listening(p)
+  const up = p.lines.find((l) => l.msg === 'switchyard listening')
+  const url = `http://${up.listen as string}`
+  const adminUrl = `http://${up.admin as string}`
+  const lines = (msg: string): any[] => p.lines.filter((l) => l.msg === msg)
+  t.teardown(() => { for (const l of lines('worker started; routing sent')) if (isAlive(l.pid)) process.kill(l.pid, 'SIGKILL') })
+
+  for (let round = 1; round <= 2; round++) {
+    const started = lines('worker started; routing sent').length
+    const listeningNow = lines('worker listening').length
+    process.kill(lines('worker listening').map((l) => l.pid as number).filter(isAlive)[0], 'SIGKILL')
+    // The replacement has been sent its first routing state: hold it there,
+    // before its listener is up, and change the routing meanwhile.
+    await eventually(() => lines('worker started; routing sent').length > started, { timeout: 10_000, interval: 1 })
+    const replacement = lines('worker started; routing sent')[started].pid as number
+    process.kill(replacement, 'SIGSTOP')
+    const next = backends[round % backends.length]
+    const change = admin(adminUrl, 'PUT', '/v1/services/svc/environments/blue/targets', { targets: [next.url], force: true })
+    await eventually(async () => JSON.stringify((await admin(adminUrl, 'GET', '/v1/state')).json).includes(next.url))
+    process.kill(replacement, 'SIGCONT')
+    t.equal((await change).status, 200)
+    await eventually(() => lines('worker listening').length > listeningNow, { timeout: 10_000 })
+    const seen = await Promise.all(Array.from({ length: 12 }, async () => (await fresh(`${url}/r${round}`)).json.backend))
+    t.same(seen, Array(12).fill(next.name), `round ${round}: both workers answer from ${next.name}, the target set while one started`)
+  }
+  p.kill('SIGTERM')
+  t.equal(await p.exit, 0)
+})

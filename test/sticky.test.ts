@@ -75,3 +75,33 @@ t.test('the hold is not written to the state file, and a hurried drain ends it e
   t.equal(moved.headers['set-cookie'], 'sy=green; Path=/; HttpOnly; SameSite=Lax')
   await eventually(async () => (await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.svc.environments.blue.state === 'idle')
 })
+
+t.test('a hold that ends while another change is being saved stays ended', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const g2 = await startBackend(t, 'green2')
+  const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g], '    sticky: { cookie: sy }\n    drain: { timeout: 30s }\n')}`)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
+  t.equal((await http1(`${gw.url}/a`, { headers: { cookie: 'sy=blue' } })).json.backend, 'blue', 'held')
+
+  // Hold the next state write open: the change is built, not yet swapped in.
+  const store = (gw.gateway.controller as unknown as { store: { save: (s: unknown) => Promise<void> } }).store
+  const save = store.save.bind(store)
+  let release = (): void => {}
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  let saving = false
+  store.save = async (s) => {
+    saving = true
+    await gate
+    await save(s)
+  }
+  const change = admin(gw.adminUrl, 'PUT', '/v1/services/svc/environments/green/targets', { targets: [g.url, g2.url], force: true })
+  await eventually(() => saving)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/services/svc/drain', { timeout: 100, wait: true })).status, 200, 'the drain is hurried and ends meanwhile')
+  t.not((await http1(`${gw.url}/a`, { headers: { cookie: 'sy=blue' } })).json.backend, 'blue', 'the hold ended with it')
+  release()
+  t.equal((await change).status, 200)
+  const after = await http1(`${gw.url}/a`, { headers: { cookie: 'sy=blue' } })
+  t.not(after.json.backend, 'blue', 'the saved change did not bring the ended hold back')
+  t.equal(after.headers['set-cookie'], 'sy=green; Path=/; HttpOnly; SameSite=Lax')
+})

@@ -84,3 +84,28 @@ for (const engine of ['fast', 'node'] as const) {
     })
   }
 }
+
+// Empty forwarding lines from a trusted proxy: the fast engine joined
+// `x-forwarded-proto:` + `x-forwarded-proto: https` into ', https' while
+// node:http made it 'https'. One rule (proxy/trust.ts) drops empty list
+// elements, the same on every engine.
+const EMPTY_LINES = ['x-forwarded-proto:', 'x-forwarded-proto: https', 'x-forwarded-for:', 'x-forwarded-for: 203.0.113.9', 'x-forwarded-for: ',
+  'x-forwarded-host: ', 'x-forwarded-host: shop.example', 'forwarded:', 'forwarded: for=203.0.113.9']
+const CLEANED = { xff: '203.0.113.9, 127.0.0.1', proto: 'https', host: 'shop.example', forwarded: 'for=203.0.113.9, for=127.0.0.1' }
+
+for (const engine of ['fast', 'node'] as const) {
+  t.test(`${engine} engine: empty forwarding lines from a trusted proxy are left out`, async (t) => {
+    const b = await startBackend(t, 'b')
+    const upgrades: IncomingHttpHeaders[] = []
+    b.server.on('upgrade', (req: IncomingMessage) => upgrades.push(req.headers))
+    const gw = await startGateway(t, `engine: ${engine}\ntrustedProxies: [127.0.0.1]\nservices:\n${serviceYaml('svc', '/', [b], [b])}`)
+    const port = gw.gateway.address.port
+    const lines = ['host: gw.test', ...EMPTY_LINES].join('\r\n')
+    t.equal((await rawRequest(port, `GET /a HTTP/1.1\r\n${lines}\r\n\r\n`)).status, 200)
+    t.equal((await rawRequest(port, `GET /b HTTP/1.0\r\n${lines}\r\n\r\n`)).status, 200, 'HTTP/1.0 (handed over by the fast engine)')
+    t.equal((await rawRequest(port, wsHandshake('/ws', EMPTY_LINES))).status, 101)
+    t.equal(b.seen.length, 2)
+    for (const s of b.seen) t.same(forwardingSeen(s.headers), CLEANED, `${s.method} ${s.url}`)
+    t.same(forwardingSeen(upgrades[0]), CLEANED, 'WebSocket upgrade')
+  })
+}

@@ -210,8 +210,9 @@ export class Controller {
    */
   private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, swapFirst = false, config = this.config): Promise<SwitchyardEvent> {
     let snapshot: Snapshot
+    const sticky = this.sticky
     try {
-      snapshot = buildSnapshot(config, { ...next, sticky: this.sticky }, this.registry)
+      snapshot = buildSnapshot(config, { ...next, sticky }, this.registry)
     } catch (err) {
       throw new SwitchyardError('bad_request', `${event.type} refused: ${(err as Error).message}; nothing changed`)
     }
@@ -219,6 +220,9 @@ export class Controller {
     const apply = (): SwitchyardEvent => {
       // First: the change is decided, and a prepared event left pending would hold back every later one.
       this.events.publish(prepared)
+      // Drains start and end holds on their own clock, also while the change is being written:
+      // swap in the holds in force now, not the ones seen before the write.
+      if (this.sticky !== sticky) snapshot = buildSnapshot(config, { ...next, sticky: this.sticky }, this.registry)
       this.config = config
       this.state = next
       this.switcher.swap(snapshot)

@@ -70,13 +70,34 @@ export class Forwarding {
    */
   values (peer: string, host: string | undefined, sent: SentForwarding): ForwardedValues {
     if (!this.trusts(peer)) return { xff: peer, proto: this.proto, host, forwarded: undefined }
+    const xff = listOf(sent.xff)
+    const proto = listOf(sent.xfProto)
+    const xfHost = listOf(sent.xfHost)
+    const forwarded = listOf(sent.forwarded)
     return {
-      xff: sent.xff === '' ? peer : `${sent.xff}, ${peer}`,
-      proto: sent.xfProto === undefined || sent.xfProto === '' ? this.proto : sent.xfProto,
-      host: sent.xfHost === undefined || sent.xfHost === '' ? host : sent.xfHost,
-      forwarded: sent.forwarded === undefined || sent.forwarded === '' ? undefined : `${sent.forwarded}, for=${forwardedNode(peer)}`,
+      xff: xff === undefined ? peer : `${xff}, ${peer}`,
+      proto: proto ?? this.proto,
+      host: xfHost ?? host,
+      forwarded: forwarded === undefined ? undefined : `${forwarded}, for=${forwardedNode(peer)}`,
     }
   }
+}
+
+/** A list with an empty element: a leading, doubled or trailing comma. */
+const EMPTY_ELEMENT = /^\s*,|,\s*,|,\s*$/
+
+/**
+ * A forwarding header's lines as one list without empty elements, or
+ * undefined when nothing is left. The engines join lines differently (an
+ * empty first line gave ', https' on one and 'https' on the other), so the
+ * list is cleaned here, once, for all of them.
+ */
+function listOf (joined: string | undefined): string | undefined {
+  if (joined === undefined || joined === '') return undefined
+  // Lists without an empty element pass as sent (a quoted Forwarded value may hold a comma).
+  if (!EMPTY_ELEMENT.test(joined)) return joined
+  const items = joined.split(',').map((v) => v.trim()).filter((v) => v !== '')
+  return items.length === 0 ? undefined : items.join(', ')
 }
 
 /** A node for `Forwarded: for=` (RFC 7239 6): IPv6 bracketed and quoted. */
