@@ -41,6 +41,8 @@ t.test('routes by host (port and case ignored) before host-less routes', async (
   }
   t.same(await get('shop.example.com', '/'), { status: 200, backend: 'host-blue', path: '/' })
   t.same(await get('SHOP.example.com:8080', '/x'), { status: 200, backend: 'host-blue', path: '/x' })
+  t.same(await get('shop.example.com.', '/y'), { status: 200, backend: 'host-blue', path: '/y' }, 'a trailing dot names the same host')
+  t.same(await get('shop.example.com.:8080', '/z'), { status: 200, backend: 'host-blue', path: '/z' }, 'and with a port')
   t.equal((await get('shop.example.com', '/api/1')).backend, 'catch-blue', 'longest prefix within the host')
   t.equal((await get('shop.example.com', '/api/long/prefix')).backend, 'catch-blue', 'a host route wins over a longer host-less one')
   t.equal((await get('other.example.com', '/api/long/prefix/1')).backend, 'catch-blue', 'host-less routes serve any host')

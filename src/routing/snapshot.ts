@@ -103,6 +103,8 @@ function normalizeHost (host: string): string {
     const colon = host.lastIndexOf(':')
     if (colon !== -1) end = colon
   }
+  // A fully qualified name's trailing dot (`shop.example.com.`) names the same host.
+  if (end > 1 && host.charCodeAt(end - 1) === 46 /* . */) end--
   const h = end === host.length ? host : host.slice(0, end)
   return h.toLowerCase()
 }
