@@ -48,7 +48,14 @@ t.test('both engines read the same forwarding set from a request and forward non
   t.same(sent, want, 'node engine')
 })
 
-const SPOOF = ['x-forwarded-for: 203.0.113.9', 'X-Forwarded-For: 198.51.100.7', 'x-forwarded-proto: https', 'x-forwarded-host: shop.example', 'forwarded: for=203.0.113.9;proto=https']
+const SPOOF = ['x-forwarded-for: 203.0.113.9', 'X-Forwarded-For: 198.51.100.7', 'x-forwarded-proto: https', 'x-forwarded-host: shop.example', 'forwarded: for=203.0.113.9;proto=https',
+  // Underscore spellings: CGI, WSGI and Rack read them as the dashed header (HTTP_X_FORWARDED_FOR).
+  'x_forwarded_for: 6.6.6.6', 'X-Forwarded_Proto: gopher', 'x_forwarded-host: evil.example']
+
+/** Forwarding header names the upstream got in a spelling other than the gateway's own. */
+function aliasesSeen (h: IncomingHttpHeaders): string[] {
+  return Object.keys(h).filter((k) => /^x[-_]forwarded[-_](for|proto|host)$/.test(k) && k.includes('_'))
+}
 
 /** What the upstream got of the forwarding set. */
 function forwardingSeen (h: IncomingHttpHeaders): Record<string, string | undefined> {
@@ -74,10 +81,14 @@ for (const engine of ['fast', 'node'] as const) {
       t.equal(await send(`POST /b HTTP/1.1\r\n${lines}\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n`), 200)
       t.equal(await send(`GET /c HTTP/1.0\r\n${lines}\r\n\r\n`), 200)
       t.equal(b.seen.length, 3)
-      for (const s of b.seen) t.same(forwardingSeen(s.headers), want, `${s.method} ${s.url}`)
+      for (const s of b.seen) {
+        t.same(forwardingSeen(s.headers), want, `${s.method} ${s.url}`)
+        t.same(aliasesSeen(s.headers), [], `${s.method} ${s.url}: no underscore spelling reaches the upstream`)
+      }
       t.equal((await send(wsHandshake('/ws', SPOOF))), 101, 'the upgrade went through')
       t.equal(upgrades.length, 1)
       t.same(forwardingSeen(upgrades[0]), want, 'WebSocket upgrade')
+      t.same(aliasesSeen(upgrades[0]), [], 'WebSocket upgrade: no underscore spelling')
       // Without any forwarding header, the gateway states what it saw, trusted or not.
       t.equal(await send('GET /d HTTP/1.1\r\nhost: gw.test\r\n\r\n'), 200)
       t.same(forwardingSeen(b.seen[3].headers), REPLACED, 'nothing sent: set')

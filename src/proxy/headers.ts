@@ -2,7 +2,7 @@
 // X-Forwarded-* set. Each works on flat raw arrays [name, value, name, value, ...].
 
 import type { IncomingMessage } from 'node:http'
-import type { ForwardedValues, Forwarding, SentForwarding } from './trust.js'
+import { isForwardingAlias, type ForwardedValues, type Forwarding, type SentForwarding } from './trust.js'
 
 /** RFC 9110 7.6.1 hop-by-hop headers, plus ones undici refuses to be handed. */
 const HOP_BY_HOP = new Set([
@@ -78,6 +78,7 @@ export function stripRequestHeaders (raw: readonly string[], upgrade = false, se
         continue
     }
     if (extra !== undefined && extra.has(name)) continue
+    if (isForwardingAlias(name)) continue
     out.push(raw[i], raw[i + 1])
   }
   return out

@@ -105,3 +105,16 @@ export function forwardedNode (address: string): string {
   if (address === '') return 'unknown'
   return address.includes(':') ? `"[${address}]"` : address
 }
+
+/**
+ * A forwarding header spelled with underscores (`x_forwarded_for`,
+ * `X-Forwarded_Proto`): CGI, WSGI and Rack upstreams read it as the dashed
+ * header, so it could speak for the client past this gateway. Never
+ * forwarded, from anyone (a proxy sends the dashed spelling). `lower`: the
+ * lowercased name.
+ */
+export function isForwardingAlias (lower: string): boolean {
+  if (lower.length < 15 || lower.length > 17 || !lower.includes('_')) return false
+  const dashed = lower.replaceAll('_', '-')
+  return dashed === 'x-forwarded-for' || dashed === 'x-forwarded-proto' || dashed === 'x-forwarded-host'
+}

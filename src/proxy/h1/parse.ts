@@ -7,6 +7,8 @@
 // llhttp (Node's strict parser) accepts and how it frames it: the differential
 // tests (test/differential-*.test.ts) check that on generated messages.
 
+import { isForwardingAlias } from '../trust.js'
+
 /**
  * The Content-Length value in `s` from `a` to `b`: optional whitespace, digits
  * only (at most 15: safe integers), then optional spaces; -1 otherwise. Not a
@@ -132,7 +134,8 @@ export function parseRequestHead (head: string): RequestHead | undefined {
     // Only names of these lengths mean anything here: the rest need no lowercasing.
     if (nameLength >= 32 || REQUEST_NAME_LENGTHS[nameLength] === 0) continue
     let keep = true
-    switch (head.slice(lineStart, colon).toLowerCase()) {
+    const name = head.slice(lineStart, colon).toLowerCase()
+    switch (name) {
       case 'host':
         if (r.host !== undefined) return undefined
         r.host = trimmed(head, colon + 1, end)
@@ -185,6 +188,10 @@ export function parseRequestHead (head: string): RequestHead | undefined {
       case 'x-switchyard-smoke':
         keep = false
         r.smoke = trimmed(head, colon + 1, end)
+        break
+      default:
+        // Only names of the forwarding headers' lengths get here with an underscore: rare.
+        if (isForwardingAlias(name)) keep = false
         break
       case 'x-request-id': {
         const value = trimmed(head, colon + 1, end)
