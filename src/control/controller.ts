@@ -499,7 +499,7 @@ export class Controller {
    * check to run it commits in that same turn. Otherwise the smoke checks
    * run outside, and the flip commits back in the queue only if the
    * generation is still the one it was planned on. If something else changed
-   * meanwhile, it is planned again; the smoke verdict is kept when the plan,
+   * meanwhile, it is planned again toward the same colors; the smoke verdict is kept when the plan,
    * the config and the gated colors' targets are the same, else the checks
    * run again. A flip that loses that race twice (or any flip with
    * `ifGeneration`, whose premise is gone) is refused with 412.
@@ -508,7 +508,7 @@ export class Controller {
     let smoked: FlipPlan | undefined
     for (let attempt = 1; ; attempt++) {
       const step = await this.exclusive(async (): Promise<ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }> => {
-        const plan = this.planFlip(req)
+        const plan = this.planFlip(req, smoked)
         if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
         const failures: GateFailure[] = []
         const smoke: ColorChange[] = []
@@ -547,16 +547,22 @@ export class Controller {
     }
   }
 
-  /** What a flip would change, from the state now in force; throws for a stale ifGeneration, an unknown service or an empty color. */
-  private planFlip (req: FlipRequest): FlipPlan {
+  /**
+   * What a flip would change, from the state now in force; throws for a stale
+   * ifGeneration, an unknown service or an empty color. Planned again after
+   * its gate (`first` is the plan the gate ran on), a flip without `to` keeps
+   * the colors it was asked toward: "the other color" has turned around if a
+   * revert or rollback landed meanwhile, and would undo it.
+   */
+  private planFlip (req: FlipRequest, first?: FlipPlan): FlipPlan {
     this.checkGeneration(req.ifGeneration)
     const names = this.resolveServices(req.services)
     const changes: ColorChange[] = []
     const targets: string[][] = []
     for (const name of names) {
       const st = this.state.services[name]
-      const to = req.to ?? otherColor(st.live)
-      if (to === st.live) continue
+      const to = req.to ?? (first === undefined ? otherColor(st.live) : first.changes.find((c) => c.service === name)?.to)
+      if (to === undefined || to === st.live) continue
       const total = this.switcher.current.services.get(name)?.colors[to].targets.endpoints.length ?? 0
       if (total === 0) throw new SwitchyardError('no_targets', `service ${name}: ${to} has no targets; set them first (PUT /v1/services/${name}/environments/${to}/targets)`, { service: name, color: to })
       changes.push({ service: name, from: st.live, to })
