@@ -333,7 +333,8 @@ export class Controller {
     const live = this.state.services[name].live
     const color = req.color ?? otherColor(live)
     if (color === live) throw new SwitchyardError('live_color', `${color} is the live color of ${name}; flip first, then drain it`, { service: name, color })
-    const drain = this.startDrain(name, color, req.timeout ?? this.config.services[name].drain.timeout)
+    // Only a flip's drain holds sessions; one started here would send every cookie naming an idle color to it.
+    const drain = this.startDrain(name, color, req.timeout ?? this.config.services[name].drain.timeout, false)
     if (req.wait === true) {
       const result = await drain.wait()
       return { ...result, state: result.how === 'cancelled' ? 'live' : 'idle' }
