@@ -85,7 +85,7 @@ t.test('the state file is JSON, written by rename with no temp files left', asyn
   t.match(saved, { version: 1, generation: 5, services: { users: { live: 'green', previous: 'blue' } }, lastChange: ['users'] })
   const leftovers = readdirSync(join(gw.dir, 'data')).filter((f) => f.endsWith('.tmp'))
   t.same(leftovers, [], 'no temp files are left behind')
-  t.same(readdirSync(join(gw.dir, 'data')).sort(), ['events.jsonl', 'state.json'])
+  t.same(readdirSync(join(gw.dir, 'data')).sort(), ['events.health.jsonl', 'events.jsonl', 'state.json'], 'changes, drain and health events, state')
 })
 
 t.test('a relative state.file resolves against the config file\'s folder', async (t) => {
@@ -146,8 +146,9 @@ t.test('events.jsonl keeps events across a restart and ids keep growing', async 
   t.same(all.filter((e: any) => e.type === 'flip' || e.type === 'rollback'), before, '?type filters')
   await first.stop()
 
-  const lines = readFileSync(join(dir, 'data', 'events.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l))
-  t.same(lines, all, 'the file holds the same events, one JSON object a line')
+  const read = (name: string): any[] => readFileSync(join(dir, 'data', name), 'utf8').trim().split('\n').map((l) => JSON.parse(l))
+  t.same(read('events.jsonl'), before, 'events.jsonl holds the changes, one JSON object a line')
+  t.same([...before, ...read('events.health.jsonl')].sort((a, b) => a.id - b.id), all, 'events.health.jsonl the rest')
 
   const second = await startGateway(t, yaml, { dir })
   t.same((await admin(second.adminUrl, 'GET', '/v1/events')).json.events, all, 'served again after the restart')
