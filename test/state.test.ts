@@ -277,3 +277,20 @@ function isLink (path: string): boolean {
     return false
   }
 }
+
+t.test('the first change\'s event without a state file (killed between the two writes) is never served', async (t) => {
+  const { yaml } = await pair(t)
+  const dir = tempDir(t)
+  mkdirSync(join(dir, 'data'))
+  // What a SIGKILL after the event's fsync and before the first state file leaves behind.
+  const orphan = { id: 1, time: '2026-01-01T00:00:00.000Z', type: 'flip', generation: 1, reason: 'never happened', actor: 'api', changes: [{ service: 'users', from: 'blue', to: 'green' }] }
+  writeFileSync(join(dir, 'data', 'events.jsonl'), JSON.stringify(orphan) + '\n')
+  const gw = await startGateway(t, yaml, { dir })
+  t.equal((await state(gw)).generation, 0, 'no state file: generation 0')
+  t.same((await admin(gw.adminUrl, 'GET', '/v1/events?type=flip')).json.events, [], 'the flip that never happened is not served')
+  const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { reason: 'real' })
+  t.equal(flip.json.generation, 1)
+  const flips = (await admin(gw.adminUrl, 'GET', '/v1/events?type=flip')).json.events
+  t.same(flips.map((e: any) => [e.reason, e.generation]), [['real', 1]], 'only the real one')
+  t.ok(flips[0].id > orphan.id, 'with an id above the orphan\'s')
+})

@@ -142,7 +142,8 @@ export class Controller {
     for (const svc of Object.values(config.services)) {
       state.services[svc.name] ??= { live: svc.live, previous: null, targets: {} }
     }
-    await events.restore(saved?.generation)
+    // No state file is generation 0: a change event without one is of a first change killed before its state write.
+    await events.restore(saved?.generation ?? 0)
     let snapshot: Snapshot
     try {
       snapshot = buildSnapshot(config, state, registry)
