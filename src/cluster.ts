@@ -180,6 +180,8 @@ export class WorkerPool implements RemoteColors {
     if (!this.workers.has(worker.id)) return
     this.workers.delete(worker.id)
     this.synced.delete(worker.id)
+    // A dead worker acks nothing: waiting out ACK_TIMEOUT_MS would hold the change's answer and the controller's queue (an auto-revert too).
+    for (const [key, done] of this.acks) if (key.startsWith(`${worker.id}/`)) done()
     const last = this.reports.get(worker.id)
     this.reports.delete(worker.id)
     for (const [key, t] of last ?? []) {

@@ -6,6 +6,7 @@ import http from 'node:http'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { isAllowedHost } from '../src/admin/server.js'
 import { SwitchyardError, toSwitchyardError } from '../src/errors.js'
+import { rawRequest } from './helpers/raw.js'
 import { admin, eventually, http1, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
 
 interface Fleet {
@@ -207,6 +208,27 @@ t.test('the admin API answers only its own Host names and admin.allowedHosts', a
   t.equal(reload.json.changed, true, 'a change of allowedHosts is a change')
   t.equal(await status(`late.example:${port}`), 200, 'after the reload')
   t.equal(await status('ops.example:1'), 403, 'the removed entry is refused')
+})
+
+t.test('the Host check cannot be sidestepped with a second Host line or an absolute-form target', async (t) => {
+  const { gw } = await fleet(t)
+  const port = Number(new URL(gw.adminUrl).port)
+  const ask = async (target: string, hosts: string[]): Promise<number> => {
+    const head = `GET ${target} HTTP/1.1\r\n${hosts.map((h) => `Host: ${h}\r\n`).join('')}Connection: close\r\n\r\n`
+    return (await rawRequest(port, head)).status
+  }
+  const own = `127.0.0.1:${port}`
+  const evil = `attacker.example:${port}`
+  t.equal(await ask('/v1/state', [own]), 200, 'one Host line of its own: answered')
+  // RFC 9112 section 3.2: more than one Host line is a 400; node:http keeps only the first, so the check saw one.
+  t.equal(await ask('/v1/state', [own, evil]), 400, 'its own Host, then another: refused')
+  t.equal(await ask('/v1/state', [own, own]), 400, 'the same Host twice: refused')
+  t.equal(await ask('/v1/state', [evil, own]), 400)
+  // RFC 9112 section 3.2.2: with an absolute-form target, its authority is the host the request is for.
+  t.equal(await ask(`http://${own}/v1/state`, [own]), 200, 'absolute form naming its own address: answered')
+  t.equal(await ask(`http://${evil}/v1/state`, [own]), 403, 'absolute form naming another host: refused, whatever the Host line says')
+  t.equal(await ask(`http://${own}/v1/state`, [evil]), 403)
+  t.equal(await ask(`http://evil@${own}/v1/state`, [own]), 403, 'userinfo in the target: refused')
 })
 
 t.test('POST /v1/services/NAME/flip flips that one service', async (t) => {

@@ -173,3 +173,31 @@ t.test('serve --workers 2: a worker started in place of a crashed one gets the c
   p.kill('SIGTERM')
   t.equal(await p.exit, 0)
 })
+
+t.test('serve --workers 2: a worker that dies while a change is handed out does not hold the answer (or the queue) for the ack timeout', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const dir = tempDir(t)
+  const file = join(dir, 'sy.yaml')
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
+  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
+  await listening(p)
+  const adminUrl = `http://${p.lines.find((l) => l.msg === 'switchyard listening').admin as string}`
+  const pids = p.lines.filter((l) => l.msg === 'worker listening').map((l) => l.pid as number)
+  t.teardown(() => { for (const pid of pids) if (isAlive(pid)) process.kill(pid, 'SIGKILL') })
+
+  // A stopped worker takes no change: the flip waits for its ack.
+  process.kill(pids[0], 'SIGSTOP')
+  let answeredAt = 0
+  const flip = admin(adminUrl, 'POST', '/v1/flip', {}).finally(() => { answeredAt = Date.now() })
+  // The primary has swapped (so the change is being handed out) and not answered yet.
+  await eventually(async () => (await admin(adminUrl, 'GET', '/v1/state')).json.generation === 1)
+  t.equal(answeredAt, 0, 'the flip waits for the stopped worker')
+  const killedAt = Date.now()
+  process.kill(pids[0], 'SIGKILL')
+  t.equal((await flip).status, 200)
+  t.ok(answeredAt - killedAt < 2500, `answered ${answeredAt - killedAt} ms after the worker died (the ack timeout is 5 s)`)
+  await eventually(() => p.lines.filter((l) => l.msg === 'worker listening').length === 3, { timeout: 8000 })
+  p.kill('SIGTERM')
+  t.equal(await p.exit, 0)
+})

@@ -66,31 +66,39 @@ function ev (log: EventLog, i: number): SwitchyardEvent {
   return log.append({ type: 'health', generation: 0, reason: 'x'.repeat(100), actor: 'health', n: i })
 }
 
-t.test('the file is rotated by size, keeps N old files, and restore reads across them', async (t) => {
+t.test('each file is rotated by size, keeps N old files, and restore reads across them', async (t) => {
   const dir = tempDir(t)
   const file = join(dir, 'events.jsonl')
   const log = new EventLog(file, { maxBytes: 4096, keep: 2 })
   let generation = 0
   const written: number[] = []
+  const flips: number[] = []
   for (let i = 0; i < 100; i++) {
     if (i % 10 === 0) {
-      written.push(log.append({ type: 'flip', generation: ++generation, reason: `flip ${generation}`, actor: 'api' }).id)
+      // Long reasons, so the changes file rotates too.
+      const e = log.append({ type: 'flip', generation: ++generation, reason: `flip ${generation} ${'f'.repeat(600)}`, actor: 'api' })
+      flips.push(e.id)
+      written.push(e.id)
     } else {
       written.push(ev(log, i).id)
     }
   }
   await log.flush()
-  t.same(readdirSync(dir).sort(), ['events.jsonl', 'events.jsonl.1', 'events.jsonl.2'], 'two old files kept, no third')
+  t.same(readdirSync(dir).sort(), ['events.health.jsonl', 'events.health.jsonl.1', 'events.health.jsonl.2', 'events.jsonl', 'events.jsonl.1'], 'health noise in files of its own; two old files kept, no third')
   for (const f of readdirSync(dir)) t.ok(statSync(join(dir, f)).size <= 4096, `${f} is within maxBytes`)
-  const lines = ['events.jsonl.2', 'events.jsonl.1', 'events.jsonl'].flatMap((f) => readFileSync(join(dir, f), 'utf8').trim().split('\n').map((l) => JSON.parse(l).id))
-  t.same(lines, written.slice(written.length - lines.length), 'the files hold the newest events, in order, none twice')
-  t.ok(lines.length < written.length, 'the oldest ones went with the third rotation')
+  const ids = (names: string[]): number[] => names.flatMap((f) => readFileSync(join(dir, f), 'utf8').trim().split('\n').map((l) => JSON.parse(l).id))
+  t.same(ids(['events.jsonl.1', 'events.jsonl']), flips, 'every change, in order, none twice')
+  const health = ids(['events.health.jsonl.2', 'events.health.jsonl.1', 'events.health.jsonl'])
+  const allHealth = written.filter((id) => !flips.includes(id))
+  t.same(health, allHealth.slice(allHealth.length - health.length), 'the newest health events, in order, none twice')
+  t.ok(health.length < allHealth.length, 'the oldest ones went with the third rotation')
 
   const restored = new EventLog(file, { maxBytes: 4096, keep: 2 })
   await restored.restore(generation)
-  t.same(restored.list().map((e) => e.id), lines, 'restore reads every kept file, oldest first')
+  t.same(restored.list().map((e) => e.id), [...flips, ...health].sort((a, b) => a - b), 'restore reads every kept file, merged by id')
   const next = restored.append({ type: 'health', generation, reason: null, actor: 'health' })
   t.equal(next.id, written.at(-1)! + 1, 'ids keep growing across files')
+  await restored.flush()
 })
 
 t.test('a change being written holds back later events, so a reader polling with ?since never skips it', async (t) => {
@@ -135,7 +143,29 @@ t.test('a log larger than maxBytes (from before rotation) is restored from its t
   const ids = log.list().map((e) => e.id)
   t.ok(ids.length > 10 && ids.length < 200, `only the tail is read (${ids.length} events)`)
   t.same(ids, Array.from({ length: ids.length }, (_, i) => 200 - ids.length + 1 + i), 'whole lines, up to the newest')
-  t.equal(log.append({ type: 'health', generation: 0, reason: null, actor: 'health' }).id, 201)
-  await log.flush()
+  const change = log.prepare({ type: 'reload', generation: 1, reason: null, actor: 'api' })
+  t.equal(change.id, 201)
+  await log.persist(change)
   t.same(readdirSync(dir).sort(), ['events.jsonl', 'events.jsonl.1'], 'the next write rotates it')
+})
+
+t.test('health noise never rotates a change out of the files: a restart still serves it', async (t) => {
+  const dir = tempDir(t)
+  const file = join(dir, 'events.jsonl')
+  const log = new EventLog(file, { maxBytes: 4096, keep: 1 })
+  const flip = log.prepare({ type: 'flip', generation: 1, reason: 'keep me', actor: 'api' })
+  await log.persist(flip)
+  log.publish(flip)
+  // Far more than two files' worth of noise (a flapping target over days).
+  for (let i = 0; i < 300; i++) ev(log, i)
+  await log.flush()
+  for (const f of readdirSync(dir)) t.ok(statSync(join(dir, f)).size <= 4096, `${f} is within maxBytes`)
+  const restored = new EventLog(file, { maxBytes: 4096, keep: 1 })
+  await restored.restore(1)
+  const list = restored.list()
+  t.same(list.filter((e) => e.type === 'flip').map((e) => [e.id, e.reason]), [[flip.id, 'keep me']], 'the flip is served after the restart')
+  t.ok(list.filter((e) => e.type === 'health').length > 10, 'with the newest health events')
+  t.equal(list.at(-1)?.id, flip.id + 300, 'up to the newest')
+  t.equal(restored.append({ type: 'health', generation: 1, reason: null, actor: 'health' }).id, flip.id + 301, 'ids keep growing')
+  await restored.flush()
 })

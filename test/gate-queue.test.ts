@@ -111,3 +111,38 @@ t.test('concurrent flips without smoke checks each commit in one turn of the que
   t.same(results.map((r) => r.json.generation).sort((x: number, y: number) => x - y), Array.from({ length: 30 }, (_, i) => i + 1), 'thirty generations, one each')
   t.equal((await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.a.live, 'blue', 'an even number of toggles')
 })
+
+t.test('a flip without "to" keeps the direction it was gated for: a revert or rollback under its gate is not undone', async (t) => {
+  const [ab, ag] = await Promise.all(['a-blue', 'a-green'].map(async (n) => await startBackend(t, n)))
+  const gw = await startGateway(t, `services:
+${serviceYaml('a', '/a', [ab], [ag], '    smoke: [{ path: /a/smoke, expectStatus: 200 }]\n    guard: { window: 30s, maxErrorRate: 0.2, minRequests: 5 }\n    passive: false\n')}`)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', { services: ['a'], reason: 'to green' })).status, 200, 'a goes to green, guarded')
+
+  // blue holds its smoke check until told (or 8 s, so a broken build cannot hang the test).
+  let release: () => void = () => {}
+  let arrived: () => void = () => {}
+  const seen = new Promise<void>((resolve) => { arrived = resolve })
+  ab.handler = (req, res) => {
+    if (req.url?.startsWith('/a/smoke') !== true) return res.end('{"backend":"a-blue"}')
+    const cap = setTimeout(() => res.end('{}'), 8000)
+    release = () => { clearTimeout(cap); res.end('{}') }
+    arrived()
+  }
+  t.teardown(() => release())
+
+  // The operator toggles a back to blue; while blue's smoke check runs, green fails and the guard gets there first.
+  const back = admin(gw.adminUrl, 'POST', '/v1/flip', { services: ['a'], reason: 'back to blue' })
+  await seen
+  // Its own smoke check still passes: only real traffic fails, as when a build breaks one feature.
+  ag.handler = (req, res) => { res.writeHead(req.url?.startsWith('/a/smoke') === true ? 200 : 500); res.end('{}') }
+  for (let i = 0; i < 5; i++) t.equal((await http1(`${gw.url}/a/${i}`)).status, 500)
+  await eventually(async () => (await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.a.live === 'blue')
+  release()
+  const res = await back
+  t.equal(res.status, 200)
+  t.strictSame(res.json, { generation: 2, changes: [] }, 'a is already on blue, where the flip was going: nothing to change')
+  const st = (await admin(gw.adminUrl, 'GET', '/v1/state')).json
+  t.equal(st.services.a.live, 'blue', 'the flip did not take a back to the green the guard just left')
+  t.equal((await http1(`${gw.url}/a/after`)).json.backend, 'a-blue')
+  t.same((await admin(gw.adminUrl, 'GET', '/v1/events?type=flip,auto_revert,rollback')).json.events.map((e: any) => e.type), ['flip', 'auto_revert'])
+})

@@ -85,7 +85,7 @@ t.test('the state file is JSON, written by rename with no temp files left', asyn
   t.match(saved, { version: 1, generation: 5, services: { users: { live: 'green', previous: 'blue' } }, lastChange: ['users'] })
   const leftovers = readdirSync(join(gw.dir, 'data')).filter((f) => f.endsWith('.tmp'))
   t.same(leftovers, [], 'no temp files are left behind')
-  t.same(readdirSync(join(gw.dir, 'data')).sort(), ['events.jsonl', 'state.json'])
+  t.same(readdirSync(join(gw.dir, 'data')).sort(), ['events.health.jsonl', 'events.jsonl', 'state.json'], 'changes, drain and health events, state')
 })
 
 t.test('a relative state.file resolves against the config file\'s folder', async (t) => {
@@ -146,8 +146,9 @@ t.test('events.jsonl keeps events across a restart and ids keep growing', async 
   t.same(all.filter((e: any) => e.type === 'flip' || e.type === 'rollback'), before, '?type filters')
   await first.stop()
 
-  const lines = readFileSync(join(dir, 'data', 'events.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l))
-  t.same(lines, all, 'the file holds the same events, one JSON object a line')
+  const read = (name: string): any[] => readFileSync(join(dir, 'data', name), 'utf8').trim().split('\n').map((l) => JSON.parse(l))
+  t.same(read('events.jsonl'), before, 'events.jsonl holds the changes, one JSON object a line')
+  t.same([...before, ...read('events.health.jsonl')].sort((a, b) => a.id - b.id), all, 'events.health.jsonl the rest')
 
   const second = await startGateway(t, yaml, { dir })
   t.same((await admin(second.adminUrl, 'GET', '/v1/events')).json.events, all, 'served again after the restart')
@@ -276,3 +277,20 @@ function isLink (path: string): boolean {
     return false
   }
 }
+
+t.test('the first change\'s event without a state file (killed between the two writes) is never served', async (t) => {
+  const { yaml } = await pair(t)
+  const dir = tempDir(t)
+  mkdirSync(join(dir, 'data'))
+  // What a SIGKILL after the event's fsync and before the first state file leaves behind.
+  const orphan = { id: 1, time: '2026-01-01T00:00:00.000Z', type: 'flip', generation: 1, reason: 'never happened', actor: 'api', changes: [{ service: 'users', from: 'blue', to: 'green' }] }
+  writeFileSync(join(dir, 'data', 'events.jsonl'), JSON.stringify(orphan) + '\n')
+  const gw = await startGateway(t, yaml, { dir })
+  t.equal((await state(gw)).generation, 0, 'no state file: generation 0')
+  t.same((await admin(gw.adminUrl, 'GET', '/v1/events?type=flip')).json.events, [], 'the flip that never happened is not served')
+  const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { reason: 'real' })
+  t.equal(flip.json.generation, 1)
+  const flips = (await admin(gw.adminUrl, 'GET', '/v1/events?type=flip')).json.events
+  t.same(flips.map((e: any) => [e.reason, e.generation]), [['real', 1]], 'only the real one')
+  t.ok(flips[0].id > orphan.id, 'with an id above the orphan\'s')
+})

@@ -105,3 +105,16 @@ t.test('a hold that ends while another change is being saved stays ended', async
   t.not(after.json.backend, 'blue', 'the saved change did not bring the ended hold back')
   t.equal(after.headers['set-cookie'], 'sy=green; Path=/; HttpOnly; SameSite=Lax')
 })
+
+t.test('draining a color that was not serving anything holds no sessions on it', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g], '    sticky: { cookie: sy }\n    drain: { timeout: 30s }\n')}`)
+  // green is idle (the color a new build is deployed to); a stale or forged cookie names it.
+  const res = await admin(gw.adminUrl, 'POST', '/v1/services/svc/drain', { color: 'green' })
+  t.equal(res.status, 200)
+  const r = await http1(`${gw.url}/a`, { headers: { cookie: 'sy=green' } })
+  t.equal(r.json.backend, 'blue', 'the session goes live, not to the idle color the drain was asked for')
+  t.equal(r.headers['set-cookie'], 'sy=blue; Path=/; HttpOnly; SameSite=Lax')
+  t.equal(g.seen.filter((s) => s.url === '/a').length, 0, 'green got no traffic')
+})

@@ -177,14 +177,30 @@ export function isAllowedHost (header: string | undefined, socket: { localAddres
   return socket.localAddress !== undefined && h.host === hostForm(socket.localAddress)
 }
 
+/**
+ * Refuses a request not addressed to this API. node:http keeps only the
+ * first of several Host lines, so more than one is refused here (RFC 9112
+ * section 3.2), and an absolute-form target names the host the request is
+ * for (section 3.2.2): its authority must pass the check as well.
+ */
+function checkHost (req: IncomingMessage, config: Config): void {
+  let lines = 0
+  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i].toLowerCase() === 'host') lines++
+  if (lines > 1) throw new SwitchyardError('bad_request', `${lines} Host lines; a request carries exactly one`)
+  const authority = /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)/i.exec(req.url ?? '')?.[1]
+  for (const host of authority === undefined ? [req.headers.host] : [req.headers.host, authority]) {
+    if (!isAllowedHost(host, req.socket, config)) {
+      throw new SwitchyardError('forbidden_host', `Host ${JSON.stringify(host ?? '')} is not one this admin API answers to; add it to admin.allowedHosts`)
+    }
+  }
+}
+
 const FLIP_FIELDS = ['to', 'services', 'force', 'reason', 'ifGeneration', 'guard'] as const
 
 export function createAdminServer (controller: Controller, opts: AdminOptions): http.Server {
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     // Before anything else, every path included: a rebound DNS name must not even learn what is here.
-    if (!isAllowedHost(req.headers.host, req.socket, controller.currentConfig)) {
-      throw new SwitchyardError('forbidden_host', `Host ${JSON.stringify(req.headers.host ?? '')} is not one this admin API answers to; add it to admin.allowedHosts`)
-    }
+    checkHost(req, controller.currentConfig)
     const url = new URL(req.url ?? '/', 'http://admin')
     const path = url.pathname.replace(/\/+$/, '') || '/'
     const method = req.method ?? 'GET'

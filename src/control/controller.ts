@@ -142,7 +142,8 @@ export class Controller {
     for (const svc of Object.values(config.services)) {
       state.services[svc.name] ??= { live: svc.live, previous: null, targets: {} }
     }
-    await events.restore(saved?.generation)
+    // No state file is generation 0: a change event without one is of a first change killed before its state write.
+    await events.restore(saved?.generation ?? 0)
     let snapshot: Snapshot
     try {
       snapshot = buildSnapshot(config, state, registry)
@@ -337,7 +338,8 @@ export class Controller {
     const live = this.state.services[name].live
     const color = req.color ?? otherColor(live)
     if (color === live) throw new SwitchyardError('live_color', `${color} is the live color of ${name}; flip first, then drain it`, { service: name, color })
-    const drain = this.startDrain(name, color, req.timeout ?? this.config.services[name].drain.timeout)
+    // Only a flip's drain holds sessions; one started here would send every cookie naming an idle color to it.
+    const drain = this.startDrain(name, color, req.timeout ?? this.config.services[name].drain.timeout, false)
     if (req.wait === true) {
       const result = await drain.wait()
       return { ...result, state: result.how === 'cancelled' ? 'live' : 'idle' }
@@ -503,7 +505,7 @@ export class Controller {
    * check to run it commits in that same turn. Otherwise the smoke checks
    * run outside, and the flip commits back in the queue only if the
    * generation is still the one it was planned on. If something else changed
-   * meanwhile, it is planned again; the smoke verdict is kept when the plan,
+   * meanwhile, it is planned again toward the same colors; the smoke verdict is kept when the plan,
    * the config and the gated colors' targets are the same, else the checks
    * run again. A flip that loses that race twice (or any flip with
    * `ifGeneration`, whose premise is gone) is refused with 412.
@@ -512,7 +514,7 @@ export class Controller {
     let smoked: FlipPlan | undefined
     for (let attempt = 1; ; attempt++) {
       const step = await this.exclusive(async (): Promise<ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }> => {
-        const plan = this.planFlip(req)
+        const plan = this.planFlip(req, smoked)
         if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
         const failures: GateFailure[] = []
         const smoke: ColorChange[] = []
@@ -551,16 +553,22 @@ export class Controller {
     }
   }
 
-  /** What a flip would change, from the state now in force; throws for a stale ifGeneration, an unknown service or an empty color. */
-  private planFlip (req: FlipRequest): FlipPlan {
+  /**
+   * What a flip would change, from the state now in force; throws for a stale
+   * ifGeneration, an unknown service or an empty color. Planned again after
+   * its gate (`first` is the plan the gate ran on), a flip without `to` keeps
+   * the colors it was asked toward: "the other color" has turned around if a
+   * revert or rollback landed meanwhile, and would undo it.
+   */
+  private planFlip (req: FlipRequest, first?: FlipPlan): FlipPlan {
     this.checkGeneration(req.ifGeneration)
     const names = this.resolveServices(req.services)
     const changes: ColorChange[] = []
     const targets: string[][] = []
     for (const name of names) {
       const st = this.state.services[name]
-      const to = req.to ?? otherColor(st.live)
-      if (to === st.live) continue
+      const to = req.to ?? (first === undefined ? otherColor(st.live) : first.changes.find((c) => c.service === name)?.to)
+      if (to === undefined || to === st.live) continue
       const total = this.switcher.current.services.get(name)?.colors[to].targets.endpoints.length ?? 0
       if (total === 0) throw new SwitchyardError('no_targets', `service ${name}: ${to} has no targets; set them first (PUT /v1/services/${name}/environments/${to}/targets)`, { service: name, color: to })
       changes.push({ service: name, from: st.live, to })

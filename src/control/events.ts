@@ -1,6 +1,6 @@
 // The audit log: changes (flip, rollback, auto_revert, targets, reload) and
-// health noise (health, drained) in separate in-memory rings, served merged by
-// /v1/events, and a JSONL file beside the state file, fsynced for changes and rotated by size.
+// health noise (health, drained) in separate in-memory rings and separate JSONL
+// files beside the state file (changes fsynced), each rotated by size, served merged by /v1/events.
 
 import { mkdir, open, rename, type FileHandle } from 'node:fs/promises'
 import { dirname } from 'node:path'
@@ -37,7 +37,7 @@ export interface SwitchyardEvent extends NewEvent {
 }
 
 export interface EventLogOptions {
-  /** The file is rotated (events.jsonl -> events.jsonl.1) before it would grow past this. Default 10 MiB. */
+  /** Each file is rotated (events.jsonl -> events.jsonl.1) before it would grow past this. Default 10 MiB. */
   maxBytes?: number
   /** Rotated files kept (events.jsonl.1 .. .N); restore reads them all. Default 1. */
   keep?: number
@@ -46,14 +46,22 @@ export interface EventLogOptions {
 }
 
 interface Line {
+  file: string
   text: string
   durable: boolean
   resolve: () => void
   reject: (err: Error) => void
 }
 
+/** Where health noise goes beside the changes file: events.jsonl -> events.health.jsonl. */
+export function noiseFileOf (file: string): string {
+  return /\.jsonl$/.test(file) ? file.replace(/\.jsonl$/, '.health.jsonl') : `${file}.health`
+}
+
 export class EventLog {
+  /** Change events. Health noise has a file of its own (noiseFileOf), so however much of it rotates away, changes stay. */
   readonly file: string | undefined
+  readonly noiseFile: string | undefined
   private readonly maxBytes: number
   private readonly keep: number
   private readonly ringSize: number
@@ -69,17 +77,18 @@ export class EventLog {
 
   constructor (file?: string, opts: EventLogOptions = {}) {
     this.file = file
+    this.noiseFile = file === undefined ? undefined : noiseFileOf(file)
     this.maxBytes = opts.maxBytes ?? 10 * 1024 * 1024
     this.keep = Math.max(1, opts.keep ?? 1)
     this.ringSize = opts.ringSize ?? 1000
   }
 
-  /** Oldest first: events.jsonl.N .. events.jsonl.1, events.jsonl. */
-  private files (): string[] {
-    if (this.file === undefined) return []
+  /** Oldest first: FILE.N .. FILE.1, FILE. */
+  private files (file: string | undefined): string[] {
+    if (file === undefined) return []
     const out: string[] = []
-    for (let i = this.keep; i >= 1; i--) out.push(`${this.file}.${i}`)
-    out.push(this.file)
+    for (let i = this.keep; i >= 1; i--) out.push(`${file}.${i}`)
+    out.push(file)
     return out
   }
 
@@ -92,11 +101,12 @@ export class EventLog {
    * has a generation above the state file's, or is followed by another
    * change event of the same generation (generations only grow on a commit);
    * both are left out. `committedGeneration` is the state file's generation,
-   * undefined when there is none.
+   * undefined when there is none. (A changes file written before health
+   * noise had its own holds noise too; it is sorted out by type.)
    */
   async restore (committedGeneration?: number): Promise<void> {
     let dropped = 0
-    for (const file of this.files()) {
+    for (const file of [...this.files(this.file), ...this.files(this.noiseFile)]) {
       let text: string
       try {
         text = await readTail(file, this.maxBytes)
@@ -131,6 +141,8 @@ export class EventLog {
         dropped++
       }
     }
+    // Noise came from two sets of files (the changes file of an older version held it too).
+    this.noise.sort((a, b) => a.id - b.id)
     if (dropped > 0) log('warn', 'events of changes that never committed are left out', { file: this.file, dropped })
   }
 
@@ -182,24 +194,28 @@ export class EventLog {
   }
 
   private async write (ev: SwitchyardEvent, durable: boolean): Promise<void> {
-    if (this.file === undefined) return
+    if (this.file === undefined || this.noiseFile === undefined) return
+    const file = isChange(ev.type) ? this.file : this.noiseFile
     const text = JSON.stringify(ev) + '\n'
     await new Promise<void>((resolve, reject) => {
-      this.queue.push({ text, durable, resolve, reject })
+      this.queue.push({ file, text, durable, resolve, reject })
       this.writing ??= this.drain()
     })
   }
 
-  /** One writer: lines queued meanwhile go out together, in id order, with one fsync. */
+  /** One writer: lines queued meanwhile go out together, in id order per file, with one fsync per file. */
   private async drain (): Promise<void> {
     while (this.queue.length > 0) {
       const batch = this.queue
       this.queue = []
-      try {
-        await this.writeBatch(batch.map((l) => l.text), batch.some((l) => l.durable))
-        for (const l of batch) l.resolve()
-      } catch (err) {
-        for (const l of batch) l.reject(err as Error)
+      for (const file of new Set(batch.map((l) => l.file))) {
+        const lines = batch.filter((l) => l.file === file)
+        try {
+          await this.writeBatch(file, lines.map((l) => l.text), lines.some((l) => l.durable))
+          for (const l of lines) l.resolve()
+        } catch (err) {
+          for (const l of lines) l.reject(err as Error)
+        }
       }
     }
     this.writing = undefined
@@ -210,8 +226,7 @@ export class EventLog {
    * followed), rotates it whenever the next line would take it past
    * maxBytes, and starts on a new line when the file ends in a torn one.
    */
-  private async writeBatch (lines: string[], durable: boolean): Promise<void> {
-    const file = this.file as string
+  private async writeBatch (file: string, lines: string[], durable: boolean): Promise<void> {
     await mkdir(dirname(file), { recursive: true })
     let i = 0
     while (i < lines.length) {
@@ -224,7 +239,7 @@ export class EventLog {
           const last = Buffer.alloc(1)
           await fh.read(last, 0, 1, size - 1)
           if (last[0] !== 0x0a) chunk = '\n'
-        } else {
+        } else if (file === this.file) {
           this.needsDirSync = true
         }
         let bytes = size + chunk.length
@@ -240,8 +255,8 @@ export class EventLog {
         await fh.close()
       }
       if (full) {
-        await this.rotate()
-        this.needsDirSync = true
+        await this.rotate(file)
+        if (file === this.file) this.needsDirSync = true
       }
     }
     // A new file (first write, or after a rotation) is durable only once its folder entry is.
@@ -251,8 +266,7 @@ export class EventLog {
     }
   }
 
-  private async rotate (): Promise<void> {
-    const file = this.file as string
+  private async rotate (file: string): Promise<void> {
     for (let i = this.keep; i >= 1; i--) {
       const from = i === 1 ? file : `${file}.${i - 1}`
       await rename(from, `${file}.${i}`).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw err })
