@@ -4,7 +4,7 @@
 import t from 'tap'
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { EventLog, type SwitchyardEvent } from '../src/control/events.js'
+import { EventLog, RESTART_ID_GAP, type SwitchyardEvent } from '../src/control/events.js'
 import { admin, http1, serviceYaml, startBackend, startGateway, tempDir } from './helpers/index.js'
 
 t.test('an events file that cannot be written fails the change with 500 event_write_failed; nothing changes', async (t) => {
@@ -97,7 +97,7 @@ t.test('each file is rotated by size, keeps N old files, and restore reads acros
   await restored.restore(generation)
   t.same(restored.list().map((e) => e.id), [...flips, ...health].sort((a, b) => a - b), 'restore reads every kept file, merged by id')
   const next = restored.append({ type: 'health', generation, reason: null, actor: 'health' })
-  t.equal(next.id, written.at(-1)! + 1, 'ids keep growing across files')
+  t.equal(next.id, written.at(-1)! + 1 + RESTART_ID_GAP, 'ids keep growing across files, past the restart gap')
   await restored.flush()
 })
 
@@ -144,7 +144,7 @@ t.test('a log larger than maxBytes (from before rotation) is restored from its t
   t.ok(ids.length > 10 && ids.length < 200, `only the tail is read (${ids.length} events)`)
   t.same(ids, Array.from({ length: ids.length }, (_, i) => 200 - ids.length + 1 + i), 'whole lines, up to the newest')
   const change = log.prepare({ type: 'reload', generation: 1, reason: null, actor: 'api' })
-  t.equal(change.id, 201)
+  t.equal(change.id, 201 + RESTART_ID_GAP)
   await log.persist(change)
   t.same(readdirSync(dir).sort(), ['events.jsonl', 'events.jsonl.1'], 'the next write rotates it')
 })
@@ -166,6 +166,27 @@ t.test('health noise never rotates a change out of the files: a restart still se
   t.same(list.filter((e) => e.type === 'flip').map((e) => [e.id, e.reason]), [[flip.id, 'keep me']], 'the flip is served after the restart')
   t.ok(list.filter((e) => e.type === 'health').length > 10, 'with the newest health events')
   t.equal(list.at(-1)?.id, flip.id + 300, 'up to the newest')
-  t.equal(restored.append({ type: 'health', generation: 1, reason: null, actor: 'health' }).id, flip.id + 301, 'ids keep growing')
+  t.equal(restored.append({ type: 'health', generation: 1, reason: null, actor: 'health' }).id, flip.id + 301 + RESTART_ID_GAP, 'ids keep growing, past the restart gap')
   await restored.flush()
+})
+
+t.test('an id served but not yet written before a crash is never given to another event after the restart', async (t) => {
+  const dir = tempDir(t)
+  const file = join(dir, 'events.jsonl')
+  const first = new EventLog(file)
+  await first.restore()
+  const flip = first.prepare({ type: 'flip', generation: 1, reason: null, actor: 'api' })
+  await first.persist(flip)
+  first.publish(flip)
+  // Health events are served at once and written behind: a crash now loses these lines.
+  const served = Array.from({ length: 5 }, (_, i) => first.append({ type: 'health', generation: 1, reason: null, actor: 'probe', n: i }).id)
+  const onDisk = join(dir, 'crashed')
+  mkdirSync(onDisk)
+  for (const name of readdirSync(dir)) if (name.startsWith('events')) writeFileSync(join(onDisk, name), readFileSync(join(dir, name)))
+  const second = new EventLog(join(onDisk, 'events.jsonl'))
+  await second.restore(1)
+  const next = second.append({ type: 'health', generation: 1, reason: null, actor: 'probe' }).id
+  t.ok(next > Math.max(...served), `the first id after the restart (${next}) is above every id served before it (${served.join(', ')})`)
+  await first.flush()
+  await second.flush()
 })

@@ -58,6 +58,9 @@ export function noiseFileOf (file: string): string {
   return /\.jsonl$/.test(file) ? file.replace(/\.jsonl$/, '.health.jsonl') : `${file}.health`
 }
 
+/** How far ids jump at a restart: more than the events a crash can catch served but not yet written. */
+export const RESTART_ID_GAP = 1000
+
 export class EventLog {
   /** Change events. Health noise has a file of its own (noiseFileOf), so however much of it rotates away, changes stay. */
   readonly file: string | undefined
@@ -143,6 +146,9 @@ export class EventLog {
     }
     // Noise came from two sets of files (the changes file of an older version held it too).
     this.noise.sort((a, b) => a.id - b.id)
+    // Health events (and auto-reverts) are served before their line is written: a crash can lose
+    // lines whose ids a reader already holds. Ids go on past any such gap, so `?since` never skips.
+    if (this.nextId > 1) this.nextId += RESTART_ID_GAP
     if (dropped > 0) log('warn', 'events of changes that never committed are left out', { file: this.file, dropped })
   }
 
