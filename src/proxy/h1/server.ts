@@ -186,6 +186,8 @@ export class ClientConn implements Gatherer {
   private scanned = 0
   /** The buffer `buf` grows in while a head arrives in pieces. */
   room: Buffer | undefined = undefined
+  /** Reading is paused until the client reads what was written to it. */
+  private drainWait = false
 
   constructor (edge: FastEdge, socket: net.Socket) {
     this.edge = edge
@@ -243,6 +245,9 @@ export class ClientConn implements Gatherer {
   /** Parses and starts the requests in the buffer while they are whole and nothing is in flight. */
   private next (): void {
     while (this.x === undefined && this.buf !== undefined && !this.ended) {
+      // The client is not reading its answers: no further request is taken until it does, so a
+      // pipelined flood cannot pile answers up in memory (node:http stops its parser the same way).
+      if (this.socket.writableNeedDrain) return this.holdUntilDrained()
       let buf = this.buf
       // RFC 9112 2.2: empty lines before a request line are ignored.
       let start = this.headStart
@@ -381,12 +386,27 @@ export class ClientConn implements Gatherer {
   done (close: boolean): void {
     this.x = undefined
     if (close || this.edge.closing || this.bodyLeft > 0) return this.end()
-    if (this.buf !== undefined) {
-      this.next()
-      if (this.x === undefined || this.bodyLeft > 0) this.socket.resume()
-    } else if (this.socket.isPaused()) {
-      this.socket.resume()
-    }
+    this.proceed()
+  }
+
+  /** Takes the next buffered request if any, and reads on unless a request waits its turn or the client must catch up. */
+  private proceed (): void {
+    if (this.buf === undefined) return void this.socket.resume()
+    this.next()
+    if (!this.drainWait && (this.x === undefined || this.bodyLeft > 0)) this.socket.resume()
+  }
+
+  /** Reading stops until the client has taken what was written to it. */
+  private holdUntilDrained (): void {
+    this.socket.pause()
+    if (this.drainWait) return
+    this.drainWait = true
+    this.socket.once('drain', this.onClientDrained)
+  }
+
+  private readonly onClientDrained = (): void => {
+    this.drainWait = false
+    if (!this.ended && this.x === undefined) this.proceed()
   }
 
   /** Reads the request body again after the gateway held it back; client.body runs afresh. */
