@@ -47,3 +47,46 @@ for (const engine of ENGINES) {
     t.pass(`all ${N} answered once the client read`)
   })
 }
+
+/** The blue target of the one service, by URL. */
+function blueTarget (gw: TestGateway, url: string): any {
+  return gw.gateway.controller.switcher.current.services.get('svc')?.colors.blue.targets.endpoints.find((e: any) => e.target.url === url)?.target
+}
+
+/** One raw request on its own connection; resolves with what came back once the connection closes (or after 5 s). */
+async function oneShot (port: number, text: string): Promise<string> {
+  return await new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1', () => s.write(text))
+    let got = ''
+    const timer = setTimeout(() => s.destroy(), 5000)
+    s.on('data', (c: Buffer) => { got += c.toString('latin1') })
+    s.on('error', () => {})
+    s.on('close', () => { clearTimeout(timer); resolve(got) })
+  })
+}
+
+// README: a request that finds maxConnections busy waits up to timeouts.connect, then 503 upstream_overloaded.
+// undici's pool queued it without a deadline on the node:http side.
+for (const [engine, version] of [['node', '1.1'], ['fast', '1.0']] as const) {
+  t.test(`${engine} engine, HTTP/${version}: at maxConnections a request waits timeouts.connect, then gets 503 upstream_overloaded`, async (t) => {
+    const b = await startBackend(t, 'b')
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n  svc:\n    match: { pathPrefix: / }\n    blue: { targets: [${b.url}] }\n    green: { targets: [${b.url}] }\n    limits: { maxConnections: 1 }\n    timeouts: { connect: 300ms }\n    passive: { consecutiveFailures: 1 }\n`)
+    const port = gw.gateway.address.port
+    const ask = async (path: string): Promise<{ text: string, ms: number }> => {
+      const began = Date.now()
+      const text = await oneShot(port, `GET ${path} HTTP/${version}\r\nhost: x\r\nconnection: close\r\n\r\n`)
+      return { text, ms: Date.now() - began }
+    }
+    const busy = ask('/slow?ms=2000')
+    await eventually(() => b.seen.length === 1)
+    const waiting = await ask('/slow?ms=10')
+    t.match(waiting.text, /^HTTP\/1\.1 503 [^]*"error":"upstream_overloaded"/, 'the second request gets 503 upstream_overloaded')
+    t.ok(waiting.ms >= 250 && waiting.ms < 1500, `after about timeouts.connect (${waiting.ms} ms), not after the busy request`)
+    t.match((await busy).text, /^HTTP\/1\.1 200 /, 'the busy request is answered')
+    t.match((await ask('/after')).text, /^HTTP\/1\.1 200 /, 'the connection serves the next request')
+    t.same(b.seen.map((r) => r.url), ['/slow?ms=2000', '/after'], 'the refused request never reached the upstream, even once a connection was free')
+    t.equal(blueTarget(gw, b.url).ejected, false, 'the busy target is not blamed')
+    t.equal(gw.gateway.registry.colorStats('svc', 'blue').errors, 1, 'the 503 counts for the guard')
+    await eventually(() => blueTarget(gw, b.url).inflight === 0)
+  })
+}

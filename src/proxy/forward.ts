@@ -46,6 +46,18 @@ export function requestIdFor (req: IncomingMessage, headers: string[] | undefine
 }
 
 
+/**
+ * undici pools whose every connection is busy (a dispatch said so; their
+ * 'drain' clears it): a request dispatched to one now waits in its queue.
+ */
+const saturated = new WeakSet<Dispatcher>()
+
+function markSaturated (pool: Dispatcher): void {
+  if (saturated.has(pool)) return
+  saturated.add(pool)
+  pool.once('drain', () => saturated.delete(pool))
+}
+
 /** Methods a failed attempt may be retried for (both engines). */
 export const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 /** Errors that mean the request never reached the upstream application. */
@@ -128,6 +140,9 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   /** Longest silence between two reads of the request body, ms (0: none). */
   private bodyTimeout = 0
   private bodyTimer: NodeJS.Timeout | undefined
+  /** Longest wait for a connection when all of the target's are busy, ms (timeouts.connect). */
+  private waitMs = 0
+  private waitTimer: NodeJS.Timeout | undefined
   /** undici paused the body (upstream backpressure): silence is not the client's. */
   private bodyHeld = false
   private endpoint: Endpoint
@@ -155,9 +170,14 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.retryable = this.body === null && IDEMPOTENT.has(req.method as string)
   }
 
-  /** Sends the request on its way; `bodyTimeout` is the client's body deadline (client.bodyTimeout, ms). */
-  start (bodyTimeout = 0): void {
+  /**
+   * Sends the request on its way; `bodyTimeout` is the client's body deadline
+   * (client.bodyTimeout, ms), `waitMs` how long it may wait for a connection
+   * when limits.maxConnections are all busy (timeouts.connect, ms).
+   */
+  start (bodyTimeout = 0, waitMs = 0): void {
     this.bodyTimeout = bodyTimeout
+    this.waitMs = waitMs
     // What the upstream would refuse for its size (X-Forwarded-* and the request id added) is refused here.
     if (upstreamHeadSize(this.req.method as string, this.req.url as string, this.headers) > MAX_HEAD) {
       sendError(this.res, 'header_too_large', ERRORS.header_too_large.status, `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`, true)
@@ -171,12 +191,27 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
 
   private dispatch (): void {
     const req = this.req
-    this.endpoint.dispatcher.dispatch({
+    const pool = this.endpoint.dispatcher
+    const queued = saturated.has(pool)
+    if (!pool.dispatch({
       path: req.url as string,
       method: req.method as Dispatcher.HttpMethod,
       headers: this.headers,
       body: this.body,
-    }, this)
+    }, this)) markSaturated(pool)
+    // Every connection busy: it waits its turn up to timeouts.connect, as on the fast engine (README, limits.maxConnections).
+    if (queued && this.waitMs > 0 && this.abortUpstream === undefined && this.waitTimer === undefined) {
+      this.waitTimer = setTimeout(this.onOverloaded, this.waitMs)
+    }
+  }
+
+  /** Waited timeouts.connect in undici's queue: an error for the guard (the color cannot serve), not against the target (busy, not broken). */
+  private readonly onOverloaded = (): void => {
+    this.waitTimer = undefined
+    if (this.abortUpstream !== undefined || this.closed || this.res.headersSent) return
+    this.stats.record(true)
+    // undici gives the request a connection later: onConnect then aborts it (the answer is already out).
+    this.bytes += sendError(this.res, 'upstream_overloaded', ERRORS.upstream_overloaded.status, undefined, this.body !== null)
   }
 
   get method (): string {
@@ -206,6 +241,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private readonly onClientClose = (): void => {
     this.closed = true
     this.stopBodyTimer()
+    clearTimeout(this.waitTimer)
     // A client that went away mid-answer: the status decides (a no-op when the end was already settled).
     if (this.answered) this.settle(undefined)
     this.durationMs = performance.now() - this.startedAt
@@ -226,7 +262,12 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
 
   onConnect (abort: (err?: Error) => void): void {
     this.abortUpstream = abort
-    if (this.closed) {
+    if (this.waitTimer !== undefined) {
+      clearTimeout(this.waitTimer)
+      this.waitTimer = undefined
+    }
+    // Gone, or already answered by the gateway (overloaded, body deadline): the request must not leave.
+    if (this.closed || this.res.writableEnded) {
       abort()
       return
     }
