@@ -90,3 +90,30 @@ for (const [engine, version] of [['node', '1.1'], ['fast', '1.0']] as const) {
     await eventually(() => blueTarget(gw, b.url).inflight === 0)
   })
 }
+
+// A client listing X-Forwarded-For in Connection made the upstream drop the gateway's own
+// X-Forwarded-For as hop-by-hop (its Connection was forwarded as sent on WebSocket handshakes):
+// the upstream then saw the gateway as the client.
+for (const engine of ENGINES) {
+  t.test(`${engine}: a WebSocket handshake reaches the upstream with Connection: Upgrade only, never the client's list`, async (t) => {
+    let seen = ''
+    const server = net.createServer((socket) => {
+      socket.on('error', () => {})
+      socket.once('data', (d) => {
+        seen = d.toString('latin1')
+        socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n')
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => { server.close() })
+    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n  svc:\n    match: { pathPrefix: / }\n    blue: { targets: [${url}] }\n    green: { targets: [${url}] }\n    passive: false\n`)
+    const got = await oneShot(gw.gateway.address.port, 'GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade, X-Forwarded-For, X-Request-Id, Authorization\r\n' +
+      'authorization: Bearer x\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n')
+    t.match(got, /^HTTP\/1\.1 403 /, 'the upstream answer is relayed')
+    const lines = seen.split('\r\n').map((l) => l.toLowerCase())
+    t.same(lines.filter((l) => l.startsWith('connection:')), ['connection: upgrade'], 'one Connection line, naming only upgrade')
+    t.equal(lines.filter((l) => l.startsWith('x-forwarded-for: 127.0.0.1')).length, 1, "the gateway's X-Forwarded-For is there")
+    t.equal(lines.filter((l) => l.startsWith('authorization:')).length, 0, 'a header the client named in Connection is hop-by-hop: dropped here')
+  })
+}
