@@ -117,3 +117,43 @@ for (const engine of ENGINES) {
     t.equal(lines.filter((l) => l.startsWith('authorization:')).length, 0, 'a header the client named in Connection is hop-by-hop: dropped here')
   })
 }
+
+// The fast engine retried such a request without blaming the target; the node:http side
+// counted it toward ejection, so one keep-alive race ejected a healthy target there.
+for (const [engine, version] of [['fast', '1.1'], ['node', '1.1'], ['fast', '1.0']] as const) {
+  t.test(`${engine} engine, HTTP/${version}: a kept-alive connection the upstream closes as it is reused does not count against the target`, async (t) => {
+    const server = net.createServer((socket) => {
+      let n = 0
+      socket.on('error', () => {})
+      socket.on('data', (d) => {
+        if (d.toString('latin1').includes('/healthz')) return void socket.write('HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n')
+        // Each connection answers once, then closes when asked again (the keep-alive race, every time).
+        if (++n === 1) socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
+        else socket.destroy()
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => { server.close() })
+    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n  svc:\n    match: { pathPrefix: / }\n    blue: { targets: [${url}] }\n    green: { targets: [${url}] }\n    passive: { consecutiveFailures: 1 }\n`)
+    const s = net.connect(gw.gateway.address.port, '127.0.0.1')
+    s.on('error', () => {})
+    t.teardown(() => { s.destroy() })
+    let got = ''
+    s.on('data', (c: Buffer) => { got += c.toString('latin1') })
+    // One client connection, requests one after another: the gateway reuses its upstream connection each time.
+    for (let i = 1; i <= 4; i++) {
+      s.write(`GET /r${i} HTTP/${version}\r\nhost: x\r\n${version === '1.0' ? 'connection: keep-alive\r\n' : ''}\r\n`)
+      await eventually(() => got.split('HTTP/1.1 ').length - 1 === i)
+    }
+    const statuses = [...got.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => m[1])
+    t.equal(blueTarget(gw, url).ejected, false, 'the target is not ejected (one failure counted would eject it)')
+    t.equal(blueTarget(gw, url).healthy, true, 'and still takes requests')
+    if (engine === 'fast' && version === '1.1') {
+      t.same(statuses, ['200', '200', '200', '200'], 'every request is answered (retried on a new connection)')
+    } else {
+      // undici retries on whichever pooled connection is free, which here may be another closing one: a 502 then.
+      t.ok(statuses.every((s) => s === '200' || s === '502'), `answered 200, or 502 when the retry met another closing connection (${statuses.join(', ')})`)
+    }
+  })
+}

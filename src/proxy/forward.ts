@@ -8,7 +8,7 @@ import type { Finished, OpenExchange, UpstreamErrorKind } from '../upstream/colo
 import type { Endpoint } from '../upstream/target-set.js'
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
-import { recordOutcome } from './outcome.js'
+import { keepAliveRace, recordOutcome } from './outcome.js'
 import { newRequestId } from './request-id.js'
 import type { Forwarding } from './trust.js'
 
@@ -391,9 +391,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     }
     if (this.res.writableEnded || this.res.destroyed) return
     const code = classifyUpstreamError(err)
-    // An error undici raised about the request itself is not the target's fault.
+    const stale = isStaleConnection(err) && keepAliveRace(false, servedBefore(err))
+    // An error undici raised about the request itself is not the target's fault; nor is the keep-alive race.
     if (code !== 'request_refused') {
-      this.endpoint.target.recordResult(false)
+      if (!stale) this.endpoint.target.recordResult(false)
       this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
     }
     if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || isStaleConnection(err))) {
@@ -420,6 +421,15 @@ function earlyHints (raw: Buffer[]): Record<string, string | string[]> {
     if (raw[i].toString('latin1').toLowerCase() === 'link') links.push(raw[i + 1].toString('latin1'))
   }
   return { link: links }
+}
+
+/**
+ * The connection of an undici socket error had read bytes before (no answer
+ * to this request had begun): it served earlier exchanges. A bare ECONNRESET
+ * carries no counts and is taken as a fresh connection's failure.
+ */
+function servedBefore (err: Error & { socket?: { bytesRead?: number } }): boolean {
+  return (err.socket?.bytesRead ?? 0) > 0
 }
 
 /** A reused keep-alive connection the upstream had already closed. */

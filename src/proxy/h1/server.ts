@@ -17,7 +17,7 @@ import type { ColorStats, Finished, OpenExchange, UpstreamErrorKind } from '../.
 import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
 import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
 import { MAX_HEAD, MAX_HEADER_LINES, MAX_INFORMATIONAL } from '../limits.js'
-import { recordOutcome } from '../outcome.js'
+import { keepAliveRace, recordOutcome } from '../outcome.js'
 import { newRequestId } from '../request-id.js'
 import type { Forwarding } from '../trust.js'
 import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
@@ -750,7 +750,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     const code = classifyUpstreamError(err)
     this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
     // A kept-alive connection the upstream closed just as it was reused: the request never got there.
-    const stale = !this.answered && reused
+    const stale = keepAliveRace(this.answered, reused)
     if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || stale || (!this.answered && (err.code === 'ECONNRESET' || err.code === 'UND_ERR_SOCKET')))) {
       const next = this.picker.pick(this.endpoint) ?? (code === 'upstream_connect_failed' ? undefined : this.endpoint)
       if (next !== undefined) {
