@@ -157,3 +157,29 @@ for (const [engine, version] of [['fast', '1.1'], ['node', '1.1'], ['fast', '1.0
     }
   })
 }
+
+// README: a request head must be whole client.headerTimeout after its first byte, else 408 and the
+// connection closes. The fast engine checked it only when more bytes came (a quiet client waited
+// out client.idleTimeout instead) and closed without the 408.
+for (const engine of ENGINES) {
+  for (const trickle of [false, true]) {
+    t.test(`${engine}: a head ${trickle ? 'trickling in' : 'that stops coming'} gets 408 after client.headerTimeout`, async (t) => {
+      const b = await startBackend(t, 'b')
+      const gw = await startGateway(t, `engine: ${engine}\nclient: { headerTimeout: 300ms, idleTimeout: 10s }\nservices:\n  svc:\n    match: { pathPrefix: / }\n    blue: { targets: [${b.url}] }\n    green: { targets: [${b.url}] }\n`)
+      const started = Date.now()
+      const got = await new Promise<string>((resolve) => {
+        const s = net.connect(gw.gateway.address.port, '127.0.0.1', () => s.write(trickle ? 'GET / HTTP/1.1\r\nx-pad: ' : 'GET / HTTP/1.1\r\n'))
+        let text = ''
+        const drip = trickle ? setInterval(() => s.write('x'), 50) : undefined
+        const timer = setTimeout(() => s.destroy(), 5000)
+        s.on('data', (c: Buffer) => { text += c.toString('latin1') })
+        s.on('error', () => {})
+        s.on('close', () => { clearInterval(drip); clearTimeout(timer); resolve(text) })
+      })
+      const ms = Date.now() - started
+      t.match(got, /^HTTP\/1\.1 408 [^]*"error":"request_timeout"/, 'a 408 request_timeout, then the close')
+      t.ok(ms >= 250 && ms < 2500, `after ${ms} ms`)
+      t.equal(b.seen.length, 0, 'nothing reached the upstream')
+    })
+  }
+}

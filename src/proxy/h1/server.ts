@@ -237,7 +237,11 @@ export class ClientConn implements Gatherer {
   }
 
   private readonly onTimeout = (): void => {
-    if (this.x === undefined) return void this.socket.destroy()
+    if (this.x === undefined) {
+      // client.header: a head begun and not finished (README: 408, the connection closes).
+      if (this.headSince !== 0 && !this.ended) return this.refuse('request_timeout')
+      return void this.socket.destroy()
+    }
     // client.body: the client went quiet mid-body (not while the gateway itself holds it back).
     if (this.bodyLeft > 0 && !this.socket.isPaused()) this.x.bodyTimeout()
   }
@@ -262,10 +266,16 @@ export class ClientConn implements Gatherer {
         this.headStart = start
         this.scanned = buf.length
         const now = Date.now()
-        if (this.headSince === 0) this.headSince = now
-        else if (now - this.headSince > this.edge.client.header) this.socket.destroy()
+        if (this.headSince === 0) {
+          this.headSince = now
+          // A head that stops coming: onTimeout answers 408 once client.header passes without a byte.
+          this.socket.setTimeout(this.edge.client.header)
+        } else if (now - this.headSince > this.edge.client.header) {
+          return this.refuse('request_timeout')
+        }
         return
       }
+      if (this.headSince !== 0) this.socket.setTimeout(this.edge.client.idle)
       this.headSince = 0
       this.headStart = 0
       this.scanned = 0
