@@ -183,3 +183,44 @@ for (const engine of ENGINES) {
     })
   }
 }
+
+/** A masked WebSocket text frame, as a client sends it. */
+function wsText (text: string): Buffer {
+  const payload = Buffer.from(text)
+  const mask = Buffer.from([1, 2, 3, 4])
+  return Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, payload.map((b, i) => b ^ mask[i % 4])])
+}
+
+// node:http emits 'upgrade' as soon as it parses the handshake, even behind a request still being
+// answered: the 101 went out first and that answer was written into the tunnel after it.
+const WS_HANDSHAKE = 'GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n'
+for (const [engine, first] of [
+  ['node', 'GET /slow?ms=300 HTTP/1.1\r\nhost: x\r\n\r\n'],
+  ['fast', 'POST /slow?ms=300 HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n'],
+] as const) {
+  t.test(`${engine}: a WebSocket handshake pipelined behind a request is answered after it, never inside its answer`, async (t) => {
+    const b = await startBackend(t, 'b')
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n  svc:\n    match: { pathPrefix: / }\n    blue: { targets: [${b.url}] }\n    green: { targets: [${b.url}] }\n`)
+    const got = await new Promise<string>((resolve) => {
+      const s = net.connect(gw.gateway.address.port, '127.0.0.1', () => s.write(first + WS_HANDSHAKE))
+      let text = ''
+      let sent = false
+      const timer = setTimeout(() => s.destroy(), 4000)
+      s.on('data', (c: Buffer) => {
+        text += c.toString('latin1')
+        if (!sent && /HTTP\/1\.1 101 [^]*\r\n\r\n/.test(text)) {
+          sent = true
+          s.write(wsText('hi'))
+        }
+        if (text.includes('b: hi')) s.destroy()
+      })
+      s.on('error', () => {})
+      s.on('close', () => { clearTimeout(timer); resolve(text) })
+    })
+    const answer = got.indexOf('HTTP/1.1 200 ')
+    const upgrade = got.indexOf('HTTP/1.1 101 ')
+    t.ok(answer === 0, 'the first answer comes first')
+    t.ok(answer === 0 && upgrade > answer && got.lastIndexOf('"path":"/slow?ms=300"') < upgrade, 'the 101 follows the whole first answer')
+    t.match(got.slice(upgrade), /^HTTP\/1\.1 101 [^]*\r\n\r\n\x81\x05b: hi$/, 'then the tunnel carries only WebSocket frames')
+  })
+}
