@@ -225,3 +225,29 @@ for (const [engine, first] of [
     t.match(got.slice(upgrade), /^HTTP\/1\.1 101 [^]*\r\n\r\n\x81\x05b: hi$/, 'then the tunnel carries only WebSocket frames')
   })
 }
+
+// A 103 is advisory. node:http refuses to write some Link values (writeEarlyHints throws), and the
+// node:http side then failed the whole exchange with 502, against the target; the fast engine relays it.
+for (const engine of ENGINES) {
+  t.test(`${engine}: a 103 the gateway cannot pass on never costs the final answer`, async (t) => {
+    const hints = ['link: nonsense', 'link: ', 'x-hint: 1']
+    let n = 0
+    const server = net.createServer((socket) => {
+      socket.on('error', () => {})
+      socket.on('data', (d) => {
+        if (d.toString('latin1').includes('/healthz')) return void socket.write('HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n')
+        socket.write(`HTTP/1.1 103 Early Hints\r\n${hints[n++ % hints.length]}\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok`)
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => { server.close() })
+    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n  svc:\n    match: { pathPrefix: / }\n    blue: { targets: [${url}] }\n    green: { targets: [${url}] }\n    passive: { consecutiveFailures: 1 }\n`)
+    for (const hint of hints) {
+      const got = await oneShot(gw.gateway.address.port, 'GET /x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n')
+      t.match(got, /HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/, `${hint}: the final answer arrives whole`)
+    }
+    t.equal(blueTarget(gw, url).ejected, false, 'the target is not blamed')
+    t.equal(gw.gateway.registry.colorStats('svc', 'blue').errors, 0, 'no request failed')
+  })
+}

@@ -346,7 +346,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
         return false
       }
       // Informational: 103 Early Hints go on to the client; the final answer is still to come.
-      if (statusCode === 103) this.res.writeEarlyHints(earlyHints(rawHeaders))
+      if (statusCode === 103) this.earlyHints(rawHeaders)
       return true
     }
     this.resumeUpstream = resume
@@ -365,6 +365,15 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     // The outcome is known at the end: onComplete, onError or the client's close.
     this.answered = true
     return !this.res.writableEnded
+  }
+
+  /** Relays a 103's Link values. Hints are advisory: ones node:http will not write (it throws) are dropped, never the exchange. */
+  private earlyHints (rawHeaders: Buffer[]): void {
+    const hints = earlyHints(rawHeaders)
+    if (hints.link.length === 0) return
+    try {
+      this.res.writeEarlyHints(hints)
+    } catch {}
   }
 
   onData (chunk: Buffer): boolean {
@@ -415,7 +424,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
 }
 
 /** The link headers of a 103, as `res.writeEarlyHints` takes them. */
-function earlyHints (raw: Buffer[]): Record<string, string | string[]> {
+function earlyHints (raw: Buffer[]): { link: string[] } {
   const links: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i].toString('latin1').toLowerCase() === 'link') links.push(raw[i + 1].toString('latin1'))
