@@ -117,7 +117,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
       color.stats.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
       return
     }
-    new Exchange(req, res, endpoint, color.targets, color.stats, forwarding, cookie).start(opts.client.body, color.timeouts.connect)
+    new Exchange(req, res, endpoint, color.targets, color.stats, forwarding, cookie).start(opts.client.body, color.timeouts.connect, opts.client.idle)
   }
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {

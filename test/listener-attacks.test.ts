@@ -251,3 +251,49 @@ for (const engine of ENGINES) {
     t.equal(gw.gateway.registry.colorStats('svc', 'blue').errors, 0, 'no request failed')
   })
 }
+
+// A client that asks for a large answer and reads none of it held its upstream connection
+// forever on both engines (nothing timed the wait for it): a few hundred such clients fill
+// limits.maxConnections and every other request gets 503. client.idleTimeout now bounds it.
+for (const [engine, version] of [['fast', '1.1'], ['node', '1.1'], ['fast', '1.0']] as const) {
+  t.test(`${engine} engine, HTTP/${version}: a client that stops reading its answer is cut after client.idleTimeout, freeing the upstream`, async (t) => {
+    // An answer far larger than every buffer between (1 GiB announced), written as fast as it is taken.
+    const chunk = Buffer.alloc(64 * 1024, 'a')
+    let upstreamOpen = 0
+    let served = 0
+    const server = net.createServer((socket) => {
+      socket.on('error', () => {})
+      socket.once('data', (d) => {
+        if (d.toString('latin1').includes('/healthz')) return void socket.end('HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n')
+        served++
+        upstreamOpen++
+        socket.on('close', () => { upstreamOpen-- })
+        socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${1024 * 1024 * 1024}\r\n\r\n`)
+        const pump = (): void => {
+          while (!socket.destroyed && socket.write(chunk)) {}
+        }
+        socket.on('drain', pump)
+        pump()
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => { server.close() })
+    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+    const gw = await startGateway(t, `engine: ${engine}\nclient: { idleTimeout: 400ms }\nservices:\n  svc:\n    match: { pathPrefix: / }\n    blue: { targets: [${url}] }\n    green: { targets: [${url}] }\n    passive: { consecutiveFailures: 1 }\n`)
+    const s = net.connect(gw.gateway.address.port, '127.0.0.1', () => s.write(`GET /big HTTP/${version}\r\nhost: x\r\n\r\n`))
+    s.on('error', () => {})
+    t.teardown(() => { s.destroy() })
+    s.pause()
+    const began = Date.now()
+    const closed = new Promise<number>((resolve) => s.on('close', () => resolve(Date.now() - began)))
+    await eventually(() => served === 1)
+    // The client reads nothing: once the buffers between are full, nothing moves.
+    await eventually(() => upstreamOpen === 0, { timeout: 6000 })
+    t.pass('the upstream connection was closed')
+    s.resume()
+    const ms = await closed
+    t.ok(ms < 6000, `and the client connection was cut (${ms} ms)`)
+    t.equal(blueTarget(gw, url).ejected, false, 'the target is not blamed')
+    await eventually(() => blueTarget(gw, url).inflight === 0)
+  })
+}

@@ -143,6 +143,9 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   /** Longest wait for a connection when all of the target's are busy, ms (timeouts.connect). */
   private waitMs = 0
   private waitTimer: NodeJS.Timeout | undefined
+  /** Longest wait for the client to take some of the answer, ms (client.idleTimeout; 0: none). */
+  private stallMs = 0
+  private stallTimer: NodeJS.Timeout | undefined
   /** undici paused the body (upstream backpressure): silence is not the client's. */
   private bodyHeld = false
   private endpoint: Endpoint
@@ -173,11 +176,13 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   /**
    * Sends the request on its way; `bodyTimeout` is the client's body deadline
    * (client.bodyTimeout, ms), `waitMs` how long it may wait for a connection
-   * when limits.maxConnections are all busy (timeouts.connect, ms).
+   * when limits.maxConnections are all busy (timeouts.connect, ms), `stallMs`
+   * how long a client may take none of its answer (client.idleTimeout, ms).
    */
-  start (bodyTimeout = 0, waitMs = 0): void {
+  start (bodyTimeout = 0, waitMs = 0, stallMs = 0): void {
     this.bodyTimeout = bodyTimeout
     this.waitMs = waitMs
+    this.stallMs = stallMs
     // What the upstream would refuse for its size (X-Forwarded-* and the request id added) is refused here.
     if (upstreamHeadSize(this.req.method as string, this.req.url as string, this.headers) > MAX_HEAD) {
       sendError(this.res, 'header_too_large', ERRORS.header_too_large.status, `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`, true)
@@ -242,6 +247,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.closed = true
     this.stopBodyTimer()
     clearTimeout(this.waitTimer)
+    clearTimeout(this.stallTimer)
     // A client that went away mid-answer: the status decides (a no-op when the end was already settled).
     if (this.answered) this.settle(undefined)
     this.durationMs = performance.now() - this.startedAt
@@ -257,7 +263,15 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   }
 
   private readonly onDrain = (): void => {
+    clearTimeout(this.stallTimer)
+    this.stallTimer = undefined
     this.resumeUpstream?.()
+  }
+
+  /** The client took none of its answer for client.idleTimeout: cut, or it holds the upstream connection forever. */
+  private readonly onStalled = (): void => {
+    this.stallTimer = undefined
+    if (!this.closed) this.res.destroy()
   }
 
   onConnect (abort: (err?: Error) => void): void {
@@ -380,7 +394,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     if (this.closed) return false
     this.bytes += chunk.length
     const ok = this.res.write(chunk)
-    if (!ok) this.res.once('drain', this.onDrain)
+    if (!ok) {
+      this.res.once('drain', this.onDrain)
+      if (this.stallMs > 0 && this.stallTimer === undefined) this.stallTimer = setTimeout(this.onStalled, this.stallMs)
+    }
     return ok
   }
 

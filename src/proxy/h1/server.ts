@@ -243,7 +243,13 @@ export class ClientConn implements Gatherer {
       return void this.socket.destroy()
     }
     // client.body: the client went quiet mid-body (not while the gateway itself holds it back).
-    if (this.bodyLeft > 0 && !this.socket.isPaused()) this.x.bodyTimeout()
+    if (this.bodyLeft > 0) {
+      if (!this.socket.isPaused()) this.x.bodyTimeout()
+    } else if (this.socket.writableNeedDrain) {
+      // client.idle: the client took none of its answer for that long; it would hold the upstream connection forever.
+      // (A quiet stream the client keeps up with has nothing pending: it is left alone.)
+      this.socket.destroy()
+    }
   }
 
   /** Parses and starts the requests in the buffer while they are whole and nothing is in flight. */
