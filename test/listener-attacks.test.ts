@@ -297,3 +297,28 @@ for (const [engine, version] of [['fast', '1.1'], ['node', '1.1'], ['fast', '1.0
     await eventually(() => blueTarget(gw, url).inflight === 0)
   })
 }
+
+// A HEAD answer has no body (RFC 9110 9.3.2). The fast engine's own error answers to HEAD carried
+// their JSON body, which a client reads as the start of the next answer: a response desync.
+for (const engine of ENGINES) {
+  t.test(`${engine}: the gateway's own answers to HEAD carry no body`, async (t) => {
+    const dead = net.createServer()
+    await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', resolve))
+    const deadUrl = `http://127.0.0.1:${(dead.address() as net.AddressInfo).port}`
+    await new Promise((resolve) => dead.close(resolve))
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n  svc:\n    match: { pathPrefix: /api }\n    blue: { targets: [${deadUrl}] }\n    green: { targets: [${deadUrl}] }\n    passive: false\n`)
+    for (const path of ['/nope', '/api/x']) {
+      const got = await new Promise<string>((resolve) => {
+        const s = net.connect(gw.gateway.address.port, '127.0.0.1', () => s.write(`HEAD ${path} HTTP/1.1\r\nhost: x\r\n\r\nGET ${path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n`))
+        let text = ''
+        const timer = setTimeout(() => s.destroy(), 4000)
+        s.on('data', (c: Buffer) => { text += c.toString('latin1') })
+        s.on('error', () => {})
+        s.on('close', () => { clearTimeout(timer); resolve(text) })
+      })
+      const end = got.indexOf('\r\n\r\n')
+      t.match(got.slice(0, end), /^HTTP\/1\.1 (404|502) /, `HEAD ${path}: a coded answer`)
+      t.match(got.slice(end + 4), /^HTTP\/1\.1 (404|502) [^]*\r\n\r\n\{"error"/, `HEAD ${path}: no body after its head; the next answer follows at once, with its body`)
+    }
+  })
+}

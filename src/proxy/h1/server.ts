@@ -97,12 +97,12 @@ export function headerIn (lines: string, lowerName: string): string | undefined 
   return undefined
 }
 
-/** A coded JSON answer from the gateway itself, whole. */
-function localResponse (status: number, code: ErrorCode, close: boolean, message?: string): { text: string, bytes: number } {
+/** A coded JSON answer from the gateway itself, whole; to a HEAD request (`method`), the head alone (RFC 9110 9.3.2). */
+function localResponse (status: number, code: ErrorCode, close: boolean, message?: string, method?: string): { text: string, bytes: number } {
   const body = errorBody(code, message)
   const bytes = Buffer.byteLength(body)
   return {
-    text: `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n${close ? 'connection: close\r\n' : ''}\r\n${body}`,
+    text: `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n${close ? 'connection: close\r\n' : ''}\r\n${method === 'HEAD' ? '' : body}`,
     bytes,
   }
 }
@@ -372,7 +372,7 @@ export class ClientConn implements Gatherer {
   private answer (head: RequestHead, code: ErrorCode, message?: string): number {
     // A body that is still on its way is not read: the connection closes after the answer.
     const close = head.close || this.bodyLeft > 0 || this.edge.closing
-    const r = localResponse(ERRORS[code].status, code, close, message)
+    const r = localResponse(ERRORS[code].status, code, close, message, head.method)
     this.socket.write(r.text, 'latin1')
     if (close) this.end()
     return r.bytes
@@ -805,7 +805,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     this.stats.record(true)
     this.status = status
     const close = this.head.close || !this.requestSent
-    const r = localResponse(status, code, close)
+    const r = localResponse(status, code, close, undefined, this.method)
     this.bytes += r.bytes
     this.conn.write(r.text, undefined)
     this.settle()
@@ -838,7 +838,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     }
     this.phase = Phase.Done
     this.status = ERRORS.request_timeout.status
-    const r = localResponse(this.status, 'request_timeout', true)
+    const r = localResponse(this.status, 'request_timeout', true, undefined, this.method)
     this.bytes += r.bytes
     this.conn.write(r.text, undefined)
     this.settle()
