@@ -46,6 +46,8 @@ class ClientTurns {
   readonly waiting: Array<IncomingMessage | ServerResponse> = []
   /** The error answer for a malformed request, owed once the answers before it are out. */
   refusal: string | undefined
+  /** An upgrade parsed behind requests still being answered: it goes on once they are. */
+  upgrade: (() => void) | undefined
 
   constructor (socket: Duplex) {
     this.socket = socket
@@ -115,13 +117,10 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
       color.stats.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
       return
     }
-    new Exchange(req, res, endpoint, color.targets, color.stats, forwarding, cookie).start(opts.client.body)
+    new Exchange(req, res, endpoint, color.targets, color.stats, forwarding, cookie).start(opts.client.body, color.timeouts.connect, opts.client.idle)
   }
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
-    socket.on('error', () => socket.destroy())
-    upgraded.add(socket)
-    socket.once('close', () => upgraded.delete(socket))
     const route = routeOf(req)
     if (typeof route === 'string') return rejectUpgrade(socket, 'bad_request', ERRORS.bad_request.status)
     if (route === undefined) return rejectUpgrade(socket, 'no_route', ERRORS.no_route.status)
@@ -164,6 +163,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
       // Nobody to answer: what waited never runs.
       turns.waiting.length = 0
       turns.busy = false
+      turns.upgrade = undefined
       return
     }
     if (turns.waiting.length > 0) {
@@ -179,10 +179,28 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
       return
     }
     turns.busy = false
-    if (turns.refusal !== undefined) socket.end(turns.refusal)
+    const upgrade = turns.upgrade
+    turns.upgrade = undefined
+    if (upgrade !== undefined) upgrade()
+    else if (turns.refusal !== undefined) socket.end(turns.refusal)
   }
 
   const onUpgradeChecked = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    // node:http no longer watches the socket: its errors and its closing are the gateway's from here.
+    socket.on('error', () => socket.destroy())
+    upgraded.add(socket)
+    socket.once('close', () => upgraded.delete(socket))
+    // node:http hands over an upgrade as soon as it is parsed: one behind requests still being
+    // answered waits for their answers, or its 101 (and the tunnel) would come out inside them.
+    const turns = (socket as TurnSocket)[kTurns]
+    if (turns?.busy === true) {
+      turns.upgrade = () => upgradeInTurn(req, socket, head)
+      return
+    }
+    upgradeInTurn(req, socket, head)
+  }
+
+  const upgradeInTurn = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     // Only a complete WebSocket handshake becomes a tunnel (h2c, made-up protocols and keyless ones never do).
     if (req.rawHeaders.length > 2 * MAX_HEADER_LINES) return rejectUpgrade(socket, 'header_too_large', ERRORS.header_too_large.status)
     if (!isWebSocketHandshake(req)) return rejectUpgrade(socket, 'upgrade_refused', ERRORS.upgrade_refused.status)

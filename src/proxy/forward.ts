@@ -8,7 +8,7 @@ import type { Finished, OpenExchange, UpstreamErrorKind } from '../upstream/colo
 import type { Endpoint } from '../upstream/target-set.js'
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
-import { recordOutcome } from './outcome.js'
+import { keepAliveRace, recordOutcome } from './outcome.js'
 import { newRequestId } from './request-id.js'
 import type { Forwarding } from './trust.js'
 
@@ -45,6 +45,18 @@ export function requestIdFor (req: IncomingMessage, headers: string[] | undefine
   return id
 }
 
+
+/**
+ * undici pools whose every connection is busy (a dispatch said so; their
+ * 'drain' clears it): a request dispatched to one now waits in its queue.
+ */
+const saturated = new WeakSet<Dispatcher>()
+
+function markSaturated (pool: Dispatcher): void {
+  if (saturated.has(pool)) return
+  saturated.add(pool)
+  pool.once('drain', () => saturated.delete(pool))
+}
 
 /** Methods a failed attempt may be retried for (both engines). */
 export const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
@@ -128,6 +140,12 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   /** Longest silence between two reads of the request body, ms (0: none). */
   private bodyTimeout = 0
   private bodyTimer: NodeJS.Timeout | undefined
+  /** Longest wait for a connection when all of the target's are busy, ms (timeouts.connect). */
+  private waitMs = 0
+  private waitTimer: NodeJS.Timeout | undefined
+  /** Longest wait for the client to take some of the answer, ms (client.idleTimeout; 0: none). */
+  private stallMs = 0
+  private stallTimer: NodeJS.Timeout | undefined
   /** undici paused the body (upstream backpressure): silence is not the client's. */
   private bodyHeld = false
   private endpoint: Endpoint
@@ -155,9 +173,16 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.retryable = this.body === null && IDEMPOTENT.has(req.method as string)
   }
 
-  /** Sends the request on its way; `bodyTimeout` is the client's body deadline (client.bodyTimeout, ms). */
-  start (bodyTimeout = 0): void {
+  /**
+   * Sends the request on its way; `bodyTimeout` is the client's body deadline
+   * (client.bodyTimeout, ms), `waitMs` how long it may wait for a connection
+   * when limits.maxConnections are all busy (timeouts.connect, ms), `stallMs`
+   * how long a client may take none of its answer (client.idleTimeout, ms).
+   */
+  start (bodyTimeout = 0, waitMs = 0, stallMs = 0): void {
     this.bodyTimeout = bodyTimeout
+    this.waitMs = waitMs
+    this.stallMs = stallMs
     // What the upstream would refuse for its size (X-Forwarded-* and the request id added) is refused here.
     if (upstreamHeadSize(this.req.method as string, this.req.url as string, this.headers) > MAX_HEAD) {
       sendError(this.res, 'header_too_large', ERRORS.header_too_large.status, `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`, true)
@@ -171,12 +196,27 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
 
   private dispatch (): void {
     const req = this.req
-    this.endpoint.dispatcher.dispatch({
+    const pool = this.endpoint.dispatcher
+    const queued = saturated.has(pool)
+    if (!pool.dispatch({
       path: req.url as string,
       method: req.method as Dispatcher.HttpMethod,
       headers: this.headers,
       body: this.body,
-    }, this)
+    }, this)) markSaturated(pool)
+    // Every connection busy: it waits its turn up to timeouts.connect, as on the fast engine (README, limits.maxConnections).
+    if (queued && this.waitMs > 0 && this.abortUpstream === undefined && this.waitTimer === undefined) {
+      this.waitTimer = setTimeout(this.onOverloaded, this.waitMs)
+    }
+  }
+
+  /** Waited timeouts.connect in undici's queue: an error for the guard (the color cannot serve), not against the target (busy, not broken). */
+  private readonly onOverloaded = (): void => {
+    this.waitTimer = undefined
+    if (this.abortUpstream !== undefined || this.closed || this.res.headersSent) return
+    this.stats.record(true)
+    // undici gives the request a connection later: onConnect then aborts it (the answer is already out).
+    this.bytes += sendError(this.res, 'upstream_overloaded', ERRORS.upstream_overloaded.status, undefined, this.body !== null)
   }
 
   get method (): string {
@@ -206,6 +246,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private readonly onClientClose = (): void => {
     this.closed = true
     this.stopBodyTimer()
+    clearTimeout(this.waitTimer)
+    clearTimeout(this.stallTimer)
     // A client that went away mid-answer: the status decides (a no-op when the end was already settled).
     if (this.answered) this.settle(undefined)
     this.durationMs = performance.now() - this.startedAt
@@ -221,12 +263,25 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   }
 
   private readonly onDrain = (): void => {
+    clearTimeout(this.stallTimer)
+    this.stallTimer = undefined
     this.resumeUpstream?.()
+  }
+
+  /** The client took none of its answer for client.idleTimeout: cut, or it holds the upstream connection forever. */
+  private readonly onStalled = (): void => {
+    this.stallTimer = undefined
+    if (!this.closed) this.res.destroy()
   }
 
   onConnect (abort: (err?: Error) => void): void {
     this.abortUpstream = abort
-    if (this.closed) {
+    if (this.waitTimer !== undefined) {
+      clearTimeout(this.waitTimer)
+      this.waitTimer = undefined
+    }
+    // Gone, or already answered by the gateway (overloaded, body deadline): the request must not leave.
+    if (this.closed || this.res.writableEnded) {
       abort()
       return
     }
@@ -305,7 +360,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
         return false
       }
       // Informational: 103 Early Hints go on to the client; the final answer is still to come.
-      if (statusCode === 103) this.res.writeEarlyHints(earlyHints(rawHeaders))
+      if (statusCode === 103) this.earlyHints(rawHeaders)
       return true
     }
     this.resumeUpstream = resume
@@ -326,11 +381,23 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     return !this.res.writableEnded
   }
 
+  /** Relays a 103's Link values. Hints are advisory: ones node:http will not write (it throws) are dropped, never the exchange. */
+  private earlyHints (rawHeaders: Buffer[]): void {
+    const hints = earlyHints(rawHeaders)
+    if (hints.link.length === 0) return
+    try {
+      this.res.writeEarlyHints(hints)
+    } catch {}
+  }
+
   onData (chunk: Buffer): boolean {
     if (this.closed) return false
     this.bytes += chunk.length
     const ok = this.res.write(chunk)
-    if (!ok) this.res.once('drain', this.onDrain)
+    if (!ok) {
+      this.res.once('drain', this.onDrain)
+      if (this.stallMs > 0 && this.stallTimer === undefined) this.stallTimer = setTimeout(this.onStalled, this.stallMs)
+    }
     return ok
   }
 
@@ -350,9 +417,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     }
     if (this.res.writableEnded || this.res.destroyed) return
     const code = classifyUpstreamError(err)
-    // An error undici raised about the request itself is not the target's fault.
+    const stale = isStaleConnection(err) && keepAliveRace(false, servedBefore(err))
+    // An error undici raised about the request itself is not the target's fault; nor is the keep-alive race.
     if (code !== 'request_refused') {
-      this.endpoint.target.recordResult(false)
+      if (!stale) this.endpoint.target.recordResult(false)
       this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
     }
     if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || isStaleConnection(err))) {
@@ -373,12 +441,21 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
 }
 
 /** The link headers of a 103, as `res.writeEarlyHints` takes them. */
-function earlyHints (raw: Buffer[]): Record<string, string | string[]> {
+function earlyHints (raw: Buffer[]): { link: string[] } {
   const links: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i].toString('latin1').toLowerCase() === 'link') links.push(raw[i + 1].toString('latin1'))
   }
   return { link: links }
+}
+
+/**
+ * The connection of an undici socket error had read bytes before (no answer
+ * to this request had begun): it served earlier exchanges. A bare ECONNRESET
+ * carries no counts and is taken as a fresh connection's failure.
+ */
+function servedBefore (err: Error & { socket?: { bytesRead?: number } }): boolean {
+  return (err.socket?.bytesRead ?? 0) > 0
 }
 
 /** A reused keep-alive connection the upstream had already closed. */

@@ -51,15 +51,20 @@ function joined (prev: string | undefined, value: string): string {
  * Pass 1: request headers without hop-by-hop ones, gateway-internal ones and
  * the forwarding set (X-Forwarded-For/-Proto/-Host, Forwarded), whose values
  * go to `sent` for pass 2. Keeps order and duplicates. `upgrade` keeps
- * `Connection` and `Upgrade` for a WebSocket handshake.
+ * `Upgrade` for a WebSocket handshake, and `Connection` as `Upgrade` alone.
  */
 export function stripRequestHeaders (raw: readonly string[], upgrade = false, sent?: SentForwarding): string[] {
   const extra = connectionTokens(raw)
   const out: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toLowerCase()
-    if (upgrade && (name === 'connection' || name === 'upgrade')) {
+    if (upgrade && name === 'upgrade') {
       out.push(raw[i], raw[i + 1])
+      continue
+    }
+    // Only `upgrade` goes on: another name the client lists would make the upstream drop that header (its X-Forwarded-For, say) as hop-by-hop.
+    if (upgrade && name === 'connection') {
+      out.push(raw[i], 'Upgrade')
       continue
     }
     if (HOP_BY_HOP.has(name) || GATEWAY_HEADERS.has(name)) continue

@@ -17,7 +17,7 @@ import type { ColorStats, Finished, OpenExchange, UpstreamErrorKind } from '../.
 import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
 import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
 import { MAX_HEAD, MAX_HEADER_LINES, MAX_INFORMATIONAL } from '../limits.js'
-import { recordOutcome } from '../outcome.js'
+import { keepAliveRace, recordOutcome } from '../outcome.js'
 import { newRequestId } from '../request-id.js'
 import type { Forwarding } from '../trust.js'
 import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
@@ -97,12 +97,11 @@ export function headerIn (lines: string, lowerName: string): string | undefined 
   return undefined
 }
 
-/** A coded JSON answer from the gateway itself, whole. */
+/** A coded JSON answer from the gateway itself, whole; to a HEAD request (`method`), the head alone (RFC 9110 9.3.2). */
 function localResponse (status: number, code: ErrorCode, close: boolean, message?: string, method?: string): { text: string, bytes: number } {
   const body = errorBody(code, message)
   const bytes = Buffer.byteLength(body)
   return {
-    // A HEAD answer has no body (a client would read it as the next response).
     text: `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n${close ? 'connection: close\r\n' : ''}\r\n${method === 'HEAD' ? '' : body}`,
     bytes: method === 'HEAD' ? 0 : bytes,
   }
@@ -187,6 +186,8 @@ export class ClientConn implements Gatherer {
   private scanned = 0
   /** The buffer `buf` grows in while a head arrives in pieces. */
   room: Buffer | undefined = undefined
+  /** Reading is paused until the client reads what was written to it. */
+  private drainWait = false
 
   constructor (edge: FastEdge, socket: net.Socket) {
     this.edge = edge
@@ -236,14 +237,27 @@ export class ClientConn implements Gatherer {
   }
 
   private readonly onTimeout = (): void => {
-    if (this.x === undefined) return void this.socket.destroy()
+    if (this.x === undefined) {
+      // client.header: a head begun and not finished (README: 408, the connection closes).
+      if (this.headSince !== 0 && !this.ended) return this.refuse('request_timeout')
+      return void this.socket.destroy()
+    }
     // client.body: the client went quiet mid-body (not while the gateway itself holds it back).
-    if (this.bodyLeft > 0 && !this.socket.isPaused()) this.x.bodyTimeout()
+    if (this.bodyLeft > 0) {
+      if (!this.socket.isPaused()) this.x.bodyTimeout()
+    } else if (this.socket.writableNeedDrain) {
+      // client.idle: the client took none of its answer for that long; it would hold the upstream connection forever.
+      // (A quiet stream the client keeps up with has nothing pending: it is left alone.)
+      this.socket.destroy()
+    }
   }
 
   /** Parses and starts the requests in the buffer while they are whole and nothing is in flight. */
   private next (): void {
     while (this.x === undefined && this.buf !== undefined && !this.ended) {
+      // The client is not reading its answers: no further request is taken until it does, so a
+      // pipelined flood cannot pile answers up in memory (node:http stops its parser the same way).
+      if (this.socket.writableNeedDrain) return this.holdUntilDrained()
       let buf = this.buf
       // RFC 9112 2.2: empty lines before a request line are ignored.
       let start = this.headStart
@@ -258,10 +272,16 @@ export class ClientConn implements Gatherer {
         this.headStart = start
         this.scanned = buf.length
         const now = Date.now()
-        if (this.headSince === 0) this.headSince = now
-        else if (now - this.headSince > this.edge.client.header) this.socket.destroy()
+        if (this.headSince === 0) {
+          this.headSince = now
+          // A head that stops coming: onTimeout answers 408 once client.header passes without a byte.
+          this.socket.setTimeout(this.edge.client.header)
+        } else if (now - this.headSince > this.edge.client.header) {
+          return this.refuse('request_timeout')
+        }
         return
       }
+      if (this.headSince !== 0) this.socket.setTimeout(this.edge.client.idle)
       this.headSince = 0
       this.headStart = 0
       this.scanned = 0
@@ -382,12 +402,27 @@ export class ClientConn implements Gatherer {
   done (close: boolean): void {
     this.x = undefined
     if (close || this.edge.closing || this.bodyLeft > 0) return this.end()
-    if (this.buf !== undefined) {
-      this.next()
-      if (this.x === undefined || this.bodyLeft > 0) this.socket.resume()
-    } else if (this.socket.isPaused()) {
-      this.socket.resume()
-    }
+    this.proceed()
+  }
+
+  /** Takes the next buffered request if any, and reads on unless a request waits its turn or the client must catch up. */
+  private proceed (): void {
+    if (this.buf === undefined) return void this.socket.resume()
+    this.next()
+    if (!this.drainWait && (this.x === undefined || this.bodyLeft > 0)) this.socket.resume()
+  }
+
+  /** Reading stops until the client has taken what was written to it. */
+  private holdUntilDrained (): void {
+    this.socket.pause()
+    if (this.drainWait) return
+    this.drainWait = true
+    this.socket.once('drain', this.onClientDrained)
+  }
+
+  private readonly onClientDrained = (): void => {
+    this.drainWait = false
+    if (!this.ended && this.x === undefined) this.proceed()
   }
 
   /** Reads the request body again after the gateway held it back; client.body runs afresh. */
@@ -731,7 +766,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     const code = classifyUpstreamError(err)
     this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
     // A kept-alive connection the upstream closed just as it was reused: the request never got there.
-    const stale = !this.answered && reused
+    const stale = keepAliveRace(this.answered, reused)
     if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || stale || (!this.answered && (err.code === 'ECONNRESET' || err.code === 'UND_ERR_SOCKET')))) {
       const next = this.picker.pick(this.endpoint) ?? (code === 'upstream_connect_failed' ? undefined : this.endpoint)
       if (next !== undefined) {
@@ -803,7 +838,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     }
     this.phase = Phase.Done
     this.status = ERRORS.request_timeout.status
-    const r = localResponse(this.status, 'request_timeout', true)
+    const r = localResponse(this.status, 'request_timeout', true, undefined, this.method)
     this.bytes += r.bytes
     this.conn.write(r.text, undefined)
     this.settle()
