@@ -8,65 +8,7 @@ import http from 'node:http'
 import net from 'node:net'
 import * as server from '../src/proxy/h1/server.js'
 import { admin, eventually, http1, startBackend, startGateway, type TestGateway } from './helpers/index.js'
-
-/** Writes `text` to the gateway and collects what comes back until `done` says so, the socket closes or 5 s pass. */
-async function exchange (port: number, text: string | string[], done: (got: string) => boolean = () => false): Promise<string> {
-  return await new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1', () => {
-      for (const part of Array.isArray(text) ? text : [text]) s.write(part)
-    })
-    const timer = setTimeout(() => s.destroy(), 5000)
-    s.on('close', () => clearTimeout(timer))
-    let got = ''
-    s.on('data', (c) => {
-      got += c.toString('latin1')
-      if (done(got)) s.destroy()
-    })
-    s.on('error', () => {})
-    s.on('close', () => resolve(got))
-  })
-}
-
-const count = (text: string, what: string): number => text.split(what).length - 1
-
-interface RawUpstream {
-  url: string
-  /** Connections accepted so far. */
-  connections: () => number
-  /** Connections open now, and the most open at once. */
-  open: () => number
-  maxOpen: () => number
-}
-
-/** A raw upstream: `answer` gets each read's bytes, the socket and how many reads that socket had. */
-async function rawUpstream (t: Tap.Test, answer: (socket: net.Socket, data: string, n: number) => void): Promise<RawUpstream> {
-  let connections = 0
-  let open = 0
-  let maxOpen = 0
-  const sockets = new Set<net.Socket>()
-  const server = net.createServer((socket) => {
-    connections++
-    maxOpen = Math.max(maxOpen, ++open)
-    sockets.add(socket)
-    let n = 0
-    // As node:http does: a separate write leaves at once, not held back (Nagle) until the gateway's next packet.
-    socket.setNoDelay(true)
-    socket.on('error', () => {})
-    socket.on('close', () => { open--; sockets.delete(socket) })
-    socket.on('data', (d) => answer(socket, d.toString('latin1'), ++n))
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => {
-    for (const s of sockets) s.destroy()
-    server.close()
-  })
-  return {
-    url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
-    connections: () => connections,
-    open: () => open,
-    maxOpen: () => maxOpen,
-  }
-}
+import { count, exchange, rawUpstream } from './helpers/raw.js'
 
 /** A one-service gateway config on the fast engine (whatever SWITCHYARD_TEST_ENGINE says): blue `targets`, green another backend. */
 function oneService (blue: string[], green: string, extra = '', top = ''): string {

@@ -5,39 +5,9 @@
 import t from 'tap'
 import net from 'node:net'
 import { http1, serviceYaml, startBackend, startGateway, eventually } from './helpers/index.js'
+import { count, exchange, rawUpstream } from './helpers/raw.js'
 
-/** Writes `text` to the gateway and collects what comes back until `done` says so or the socket closes. */
-async function exchange (port: number, text: string | string[], done: (got: string) => boolean = () => false): Promise<string> {
-  return await new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1', () => {
-      for (const part of Array.isArray(text) ? text : [text]) s.write(part)
-    })
-    let got = ''
-    s.on('data', (c) => {
-      got += c.toString('latin1')
-      if (done(got)) s.destroy()
-    })
-    s.on('error', () => {})
-    s.on('close', () => resolve(got))
-  })
-}
 
-const count = (text: string, what: string): number => text.split(what).length - 1
-
-/** A raw upstream: `answer` gets each request's bytes and the socket. Counts connections. */
-async function rawUpstream (t: Tap.Test, answer: (socket: net.Socket, data: string) => void): Promise<{ url: string, connections: () => number }> {
-  let connections = 0
-  const server = net.createServer((socket) => {
-    connections++
-    socket.on('error', () => {})
-    socket.on('data', (d) => answer(socket, d.toString('latin1')))
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => { server.close(); })
-  return { url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, connections: () => connections }
-}
-
-/** A one-service gateway config in front of `url` (green gets another backend). */
 function oneService (url: string, green: string, extra = ''): string {
   return `services:
   svc:

@@ -8,31 +8,9 @@ import net from 'node:net'
 import { DEFAULTS } from '../src/config/schema.js'
 import { Target } from '../src/upstream/registry.js'
 import { eventually, startBackend, startGateway, type Backend } from './helpers/index.js'
+import { exchange, rawUpstream } from './helpers/raw.js'
 
 const ENGINES = ['node', 'fast'] as const
-
-/**
- * Writes `text` to the gateway and collects what comes back until `done`
- * says so, the socket closes, or `limitMs` passes.
- */
-async function exchange (port: number, text: string | string[], done: (got: string) => boolean = () => false, limitMs = 5000): Promise<string> {
-  return await new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1', () => {
-      for (const part of Array.isArray(text) ? text : [text]) s.write(part)
-    })
-    let got = ''
-    const timer = setTimeout(() => s.destroy(), limitMs)
-    s.on('data', (c) => {
-      got += c.toString('latin1')
-      if (done(got)) s.destroy()
-    })
-    s.on('error', () => {})
-    s.on('close', () => {
-      clearTimeout(timer)
-      resolve(got)
-    })
-  })
-}
 
 /** Answers JSON with a Content-Length, so an HTTP/1.0 client can keep its connection. */
 function lengthDelimited (backend: Backend): void {
@@ -47,19 +25,6 @@ function lengthDelimited (backend: Backend): void {
 }
 
 const statuses = (text: string): string[] => [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])
-
-/** A raw upstream: `answer` gets each chunk of request bytes and the socket. */
-async function rawUpstream (t: Tap.Test, answer: (socket: net.Socket, data: string) => void): Promise<{ url: string, connections: () => number }> {
-  let connections = 0
-  const server = net.createServer((socket) => {
-    connections++
-    socket.on('error', () => {})
-    socket.on('data', (d) => answer(socket, d.toString('latin1')))
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => { server.close() })
-  return { url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, connections: () => connections }
-}
 
 function oneService (engine: string, blue: string, green: string, extra = '', top = ''): string {
   return `engine: ${engine}

@@ -90,3 +90,73 @@ function dechunk (buf: Buffer): Buffer | undefined {
     at = eol + 2 + size + 2
   }
 }
+
+/**
+ * Writes `text` (in parts, when a list) to the gateway on a fresh socket and
+ * collects what comes back until `done` says so, the socket closes, or
+ * `limitMs` passes.
+ */
+export async function exchange (port: number, text: string | string[], done: (got: string) => boolean = () => false, limitMs = 5000): Promise<string> {
+  return await new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1', () => {
+      for (const part of Array.isArray(text) ? text : [text]) s.write(part)
+    })
+    let got = ''
+    const timer = setTimeout(() => s.destroy(), limitMs)
+    s.on('data', (c: Buffer) => {
+      got += c.toString('latin1')
+      if (done(got)) s.destroy()
+    })
+    s.on('error', () => {})
+    s.on('close', () => {
+      clearTimeout(timer)
+      resolve(got)
+    })
+  })
+}
+
+/** How many times `what` occurs in `text`. */
+export const count = (text: string, what: string): number => text.split(what).length - 1
+
+export interface RawUpstream {
+  url: string
+  /** Connections accepted so far. */
+  connections: () => number
+  /** Connections open now, and the most open at once. */
+  open: () => number
+  maxOpen: () => number
+}
+
+/**
+ * An upstream on raw sockets, for answers no HTTP library would send:
+ * `answer` gets each read's bytes, the socket, and how many reads that
+ * socket had. Closed (with its sockets) at teardown.
+ */
+export async function rawUpstream (t: { teardown: (fn: () => unknown) => void }, answer: (socket: net.Socket, data: string, n: number) => void): Promise<RawUpstream> {
+  let connections = 0
+  let open = 0
+  let maxOpen = 0
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer((socket) => {
+    connections++
+    maxOpen = Math.max(maxOpen, ++open)
+    sockets.add(socket)
+    let n = 0
+    // As node:http does: a separate write leaves at once, not held back (Nagle) until the gateway's next packet.
+    socket.setNoDelay(true)
+    socket.on('error', () => {})
+    socket.on('close', () => { open--; sockets.delete(socket) })
+    socket.on('data', (d: Buffer) => answer(socket, d.toString('latin1'), ++n))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const s of sockets) s.destroy()
+    server.close()
+  })
+  return {
+    url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    connections: () => connections,
+    open: () => open,
+    maxOpen: () => maxOpen,
+  }
+}
