@@ -115,6 +115,8 @@ t.test('serve --workers 2: when the primary is SIGKILLed, workers finish in-flig
   await listening(p)
   const up = p.lines.find((l) => l.msg === 'switchyard listening')
   const url = `http://${up.listen as string}`
+  // Workers log on their own stdout: their lines may come in after the primary's.
+  await eventually(() => p.lines.filter((l) => l.msg === 'worker listening').length >= 2, { timeout: 10_000 })
   const pids = p.lines.filter((l) => l.msg === 'worker listening').map((l) => l.pid as number)
   t.equal(pids.length, 2, 'each worker logs its pid')
   t.teardown(() => { for (const pid of pids) if (isAlive(pid)) process.kill(pid, 'SIGKILL') })
@@ -151,6 +153,8 @@ t.test('serve --workers 2: a worker started in place of a crashed one gets the c
   const adminUrl = `http://${up.admin as string}`
   const lines = (msg: string): any[] => p.lines.filter((l) => l.msg === msg)
   t.teardown(() => { for (const l of lines('worker started; routing sent')) if (isAlive(l.pid)) process.kill(l.pid, 'SIGKILL') })
+  // Workers log on their own stdout: their lines may come in after the primary's.
+  await eventually(() => lines('worker listening').length >= 2, { timeout: 10_000 })
 
   for (let round = 1; round <= 2; round++) {
     const started = lines('worker started; routing sent').length
@@ -183,6 +187,8 @@ t.test('serve --workers 2: a worker that dies while a change is handed out does 
   const p = serve(t, ['serve', '--config', file, '--workers', '2'])
   await listening(p)
   const adminUrl = `http://${p.lines.find((l) => l.msg === 'switchyard listening').admin as string}`
+  // Workers log on their own stdout: their lines may come in after the primary's.
+  await eventually(() => p.lines.filter((l) => l.msg === 'worker listening').length >= 2, { timeout: 10_000 })
   const pids = p.lines.filter((l) => l.msg === 'worker listening').map((l) => l.pid as number)
   t.teardown(() => { for (const pid of pids) if (isAlive(pid)) process.kill(pid, 'SIGKILL') })
 
