@@ -109,66 +109,66 @@ const JUNK = 'HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nJUNK'
 
 // node:http's side (undici) is held to the same rule: it is what the fast engine hands over.
 for (const engine of ['fast', 'node']) {
-t.test(`${engine} engine: bytes an upstream sends past a complete answer never reach a client`, async (t) => {
-  const g = await startBackend(t, 'g')
-  // Each request gets its answer; after the misbehaving ones, junk follows in a separate write
-  // when the test says so, and that connection answers nothing more (only the junk is sent).
-  const junkFor: Array<() => void> = []
-  const poisoned = new WeakSet<net.Socket>()
-  const up = await rawUpstream(t, (s, data) => {
-    const [method, path] = data.split(' ')
-    if (poisoned.has(s)) return
-    const own = `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`
-    if (path.startsWith('/204')) s.write('HTTP/1.1 204 No Content\r\n\r\n')
-    else if (path.startsWith('/304')) s.write('HTTP/1.1 304 Not Modified\r\netag: "x"\r\n\r\n')
-    else if (method === 'HEAD') s.write(`HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n`)
-    else if (path.startsWith('/more')) s.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
-    else return void s.write(own)
-    poisoned.add(s)
-    junkFor.push(() => s.write(JUNK))
+  t.test(`${engine} engine: bytes an upstream sends past a complete answer never reach a client`, async (t) => {
+    const g = await startBackend(t, 'g')
+    // Each request gets its answer; after the misbehaving ones, junk follows in a separate write
+    // when the test says so, and that connection answers nothing more (only the junk is sent).
+    const junkFor: Array<() => void> = []
+    const poisoned = new WeakSet<net.Socket>()
+    const up = await rawUpstream(t, (s, data) => {
+      const [method, path] = data.split(' ')
+      if (poisoned.has(s)) return
+      const own = `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`
+      if (path.startsWith('/204')) s.write('HTTP/1.1 204 No Content\r\n\r\n')
+      else if (path.startsWith('/304')) s.write('HTTP/1.1 304 Not Modified\r\netag: "x"\r\n\r\n')
+      else if (method === 'HEAD') s.write(`HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n`)
+      else if (path.startsWith('/more')) s.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
+      else return void s.write(own)
+      poisoned.add(s)
+      junkFor.push(() => s.write(JUNK))
+    })
+    const gw = await startGateway(t, oneService([up.url], g.url, '    passive: false\n', '', engine))
+    const port = gw.gateway.address.port
+    const flushJunk = (): void => { for (const f of junkFor.splice(0)) f() }
+
+    // Pipelined: the second request is ready the moment the first answer ends.
+    for (const [method, first] of [['GET', '/204'], ['GET', '/304'], ['HEAD', '/head'], ['GET', '/more']]) {
+      const got = await exchange(port, `${method} ${first} HTTP/1.1\r\nhost: x\r\n\r\nGET /second HTTP/1.1\r\nhost: x\r\n\r\n`, (s) => {
+        // The first answer is out: now the junk leaves the upstream, in its own write.
+        if (count(s, 'HTTP/1.1') === 1) flushJunk()
+        return s.endsWith('/second') || s.includes('JUNK')
+      })
+      t.notMatch(got, /JUNK/, `${method} ${first}: the junk reached no client`)
+      t.match(got, /\r\n\r\n\/second$/, `${method} ${first}: the second request got its own answer`)
+    }
+
+    // Sequential, and the junk arrives together with the next request on the kept-alive connection.
+    for (const [method, first] of [['GET', '/204'], ['HEAD', '/head'], ['GET', '/more']]) {
+      const got = await new Promise<string>((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => s.write(`${method} ${first}-seq HTTP/1.1\r\nhost: x\r\n\r\n`))
+        let text = ''
+        let sent = false
+        s.on('data', (c) => {
+          text += c.toString('latin1')
+          if (!sent && (text.endsWith('\r\n\r\n') || text.endsWith('ok'))) {
+            sent = true
+            s.write('GET /next HTTP/1.1\r\nhost: x\r\n\r\n')
+            flushJunk()
+          }
+          if (text.endsWith('/next') || text.includes('JUNK')) s.destroy()
+        })
+        const timer = setTimeout(() => s.destroy(), 5000)
+        s.on('error', () => {})
+        s.on('close', () => {
+          clearTimeout(timer)
+          resolve(text)
+        })
+      })
+      t.notMatch(got, /JUNK/, `${method} ${first}, then another request: the junk reached no client`)
+      t.match(got, /\r\n\r\n\/next$/, `${method} ${first}, then another request: it got its own answer`)
+    }
   })
-  const gw = await startGateway(t, oneService([up.url], g.url, '    passive: false\n', '', engine))
-  const port = gw.gateway.address.port
-  const flushJunk = (): void => { for (const f of junkFor.splice(0)) f() }
-
-  // Pipelined: the second request is ready the moment the first answer ends.
-  for (const [method, first] of [['GET', '/204'], ['GET', '/304'], ['HEAD', '/head'], ['GET', '/more']]) {
-    const got = await exchange(port, `${method} ${first} HTTP/1.1\r\nhost: x\r\n\r\nGET /second HTTP/1.1\r\nhost: x\r\n\r\n`, (s) => {
-      // The first answer is out: now the junk leaves the upstream, in its own write.
-      if (count(s, 'HTTP/1.1') === 1) flushJunk()
-      return s.endsWith('/second') || s.includes('JUNK')
-    })
-    t.notMatch(got, /JUNK/, `${method} ${first}: the junk reached no client`)
-    t.match(got, /\r\n\r\n\/second$/, `${method} ${first}: the second request got its own answer`)
-  }
-
-  // Sequential, and the junk arrives together with the next request on the kept-alive connection.
-  for (const [method, first] of [['GET', '/204'], ['HEAD', '/head'], ['GET', '/more']]) {
-    const got = await new Promise<string>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => s.write(`${method} ${first}-seq HTTP/1.1\r\nhost: x\r\n\r\n`))
-      let text = ''
-      let sent = false
-      s.on('data', (c) => {
-        text += c.toString('latin1')
-        if (!sent && (text.endsWith('\r\n\r\n') || text.endsWith('ok'))) {
-          sent = true
-          s.write('GET /next HTTP/1.1\r\nhost: x\r\n\r\n')
-          flushJunk()
-        }
-        if (text.endsWith('/next') || text.includes('JUNK')) s.destroy()
-      })
-      const timer = setTimeout(() => s.destroy(), 5000)
-      s.on('error', () => {})
-      s.on('close', () => {
-        clearTimeout(timer)
-        resolve(text)
-      })
-    })
-    t.notMatch(got, /JUNK/, `${method} ${first}, then another request: the junk reached no client`)
-    t.match(got, /\r\n\r\n\/next$/, `${method} ${first}, then another request: it got its own answer`)
-  }
-
-})}
+}
 
 t.test('an answer out of nowhere on an idle connection closes it', async (t) => {
   const g = await startBackend(t, 'g')
