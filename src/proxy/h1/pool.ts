@@ -15,7 +15,15 @@
 // the request left. (A request written outside the poll phase, such as a
 // pipelined one after an error, keeps that mark one turn longer: a genuine
 // answer arriving within microseconds would then be retried as on a stale
-// connection.) Residual limit: bytes an upstream sends later than that
+// connection.) That "same turn" holds only while libuv reads every ready
+// socket in one epoll batch: a batch that fills its 1024 slots is followed,
+// in the same poll phase, by another, so a genuine fast answer could come
+// "early". The mark is therefore set only while the fast engine holds fewer
+// than EARLY_MARK_LIMIT sockets (client and upstream, counted in `heldSockets`),
+// which leaves room for node:http's, the admin's and other descriptors.
+// Above it, those in-flight bytes go unnoticed (the residual below); what
+// node:http holds beyond that room is not counted.
+// Residual limit: bytes an upstream sends later than that
 // (say, a separate write its Nagle algorithm holds back until the gateway's
 // next packet acknowledges the answer), once the next request is on its
 // way, cannot be told from that request's
@@ -61,6 +69,20 @@ export interface Origin {
 const KEEP_ALIVE_MARGIN_MS = 1000
 const SWEEP_MS = 1000
 
+/** Sockets the fast engine holds now: client connections (handed-off ones until they close) and upstream ones across pools. */
+export const heldSockets = { count: 0 }
+
+/**
+ * Below this many held sockets, no epoll batch (1024 events in libuv) can fill,
+ * so a reused connection's `early` mark is exact; at or above it, none is set.
+ */
+export let EARLY_MARK_LIMIT = 512
+
+/** For tests: the held-socket count from which `early` is no longer set. */
+export function setEarlyMarkLimit (n: number): void {
+  EARLY_MARK_LIMIT = n
+}
+
 export class UpstreamConn {
   readonly socket: net.Socket
   readonly pool: H1Pool
@@ -76,6 +98,7 @@ export class UpstreamConn {
   constructor (pool: H1Pool, socket: net.Socket) {
     this.pool = pool
     this.socket = socket
+    heldSockets.count++
     socket.setNoDelay(true)
     socket.setTimeout(pool.timeouts.connect)
     socket.on('data', this.onData)
@@ -108,6 +131,7 @@ export class UpstreamConn {
   }
 
   private readonly onClose = (): void => {
+    heldSockets.count--
     this.pool.forget(this)
     const user = this.user
     this.user = undefined
@@ -174,9 +198,12 @@ export class H1Pool {
     let conn = fresh ? undefined : this.idle.pop()
     while (conn !== undefined && (conn.socket.destroyed || !conn.socket.writable)) conn = this.idle.pop()
     if (conn !== undefined) {
-      conn.early = true
-      this.reused.push(conn)
-      this.schedule()
+      // Exact only while no epoll batch can fill (see the header); above that, not set.
+      if (heldSockets.count < EARLY_MARK_LIMIT) {
+        conn.early = true
+        this.reused.push(conn)
+        this.schedule()
+      }
     } else {
       if (this.all.size >= this.limits.maxConnections) {
         // A fresh connection is wanted: an idle one makes room for it.
