@@ -509,9 +509,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     this.picker = picker
     this.stats = stats
     this.setCookie = setCookie
-    const f = forwarding.values(conn.remote, head.host, head)
-    let extra = `x-forwarded-for: ${f.xff}\r\nx-forwarded-proto: ${f.proto}\r\nx-forwarded-host: ${f.host as string}\r\n`
-    if (f.forwarded !== undefined) extra += `forwarded: ${f.forwarded}\r\n`
+    let extra = forwarding.headerLines(conn.remote, head.host, head)
     if (head.requestId === undefined) {
       this.requestId = newRequestId()
       extra += `x-request-id: ${this.requestId}\r\n`
