@@ -90,8 +90,8 @@ export class UpstreamConn {
   /** Served an exchange before: a failure before any answer may be a stale keep-alive. */
   reused = false
   connected = false
-  /** Reused in this turn of the event loop: a byte now was sent before the request could arrive. */
-  early = false
+  /** The pool's turn in which it was reused; see `early`. */
+  private reusedIn = -1
   private idleUntil = 0
   private error: (Error & { code?: string }) | undefined
 
@@ -116,7 +116,7 @@ export class UpstreamConn {
 
   private readonly onData = (chunk: Buffer): void => {
     const user = this.user
-    if (user !== undefined && !this.early) return user.onUpstreamData(chunk)
+    if (user !== undefined && this.reusedIn !== this.pool.turn) return user.onUpstreamData(chunk)
     // Bytes nobody asked for: the connection cannot be trusted, and they go nowhere.
     this.socket.destroy(user === undefined ? undefined : unsolicited())
   }
@@ -161,6 +161,16 @@ export class UpstreamConn {
     this.pool.settle(this)
   }
 
+  /** Reused in this turn of the event loop: a byte now was sent before the request could arrive. */
+  get early (): boolean {
+    return this.reusedIn === this.pool.turn
+  }
+
+  /** Marks the connection reused now (until the pool's turn ends). */
+  markEarly (): void {
+    this.reusedIn = this.pool.turn
+  }
+
   expired (now: number): boolean {
     return now >= this.idleUntil
   }
@@ -173,11 +183,17 @@ export class H1Pool {
   closing = false
   private readonly idle: UpstreamConn[] = []
   private readonly all = new Set<UpstreamConn>()
+  /**
+   * Turns of the event loop this pool has seen end (its check phase): a
+   * connection reused in the current one is `early`, so ending the turn
+   * clears every mark at once, with no list of them.
+   */
+  turn = 0
   /** Released in this turn of the event loop, and in the one before: not yet reusable. */
   private settling: UpstreamConn[] = []
   private settled: UpstreamConn[] = []
-  /** Taken from the idle list in this turn (their `early` is cleared at its end). */
-  private reused: UpstreamConn[] = []
+  /** An empty list the two above take turns with (no array is made per turn). */
+  private spare: UpstreamConn[] = []
   private ticking = false
   /** Requests waiting for a connection, first come first served. */
   private readonly waiters: Waiter[] = []
@@ -200,8 +216,7 @@ export class H1Pool {
     if (conn !== undefined) {
       // Exact only while no epoll batch can fill (see the header); above that, not set.
       if (heldSockets.count < EARLY_MARK_LIMIT) {
-        conn.early = true
-        this.reused.push(conn)
+        conn.markEarly()
         this.schedule()
       }
     } else {
@@ -266,12 +281,11 @@ export class H1Pool {
   /** The end of a turn of the event loop (its check phase, after the poll that read the sockets). */
   private readonly tick = (): void => {
     this.ticking = false
-    for (const conn of this.reused) conn.early = false
-    this.reused = []
+    this.turn++
     // Released two turns ago: a poll has read their sockets since, and found nothing, or they are closed.
     const ready = this.settled
     this.settled = this.settling
-    this.settling = []
+    this.settling = this.spare
     for (const conn of ready) {
       if (conn.socket.destroyed || conn.user !== undefined || !this.all.has(conn)) continue
       if (this.closing) {
@@ -291,6 +305,8 @@ export class H1Pool {
         this.sweeper.unref()
       }
     }
+    ready.length = 0
+    this.spare = ready
     if (this.settled.length > 0) this.schedule()
   }
 
