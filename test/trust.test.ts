@@ -33,6 +33,17 @@ t.test('Forwarding.values: replaced from a client, kept and extended from a trus
   t.equal(forwardedNode('::ffff:10.0.0.2'), '"[::ffff:10.0.0.2]"')
 })
 
+t.test('Forwarding.headerLines spells out Forwarding.values, for clients and trusted proxies alike', async (t) => {
+  const f = new Forwarding('https', ['10.0.0.0/8'])
+  const sent = { xff: '1.2.3.4, , 5.6.7.8', xfProto: 'http', xfHost: 'shop.example', forwarded: 'for=1.2.3.4' }
+  const spelled = (v: ReturnType<Forwarding['values']>): string =>
+    `x-forwarded-for: ${v.xff}\r\nx-forwarded-proto: ${v.proto}\r\nx-forwarded-host: ${v.host as string}\r\n${v.forwarded === undefined ? '' : `forwarded: ${v.forwarded}\r\n`}`
+  for (const peer of ['10.1.2.3', '11.1.2.3', '']) {
+    t.equal(f.headerLines(peer, 'gw.example', sent), spelled(f.values(peer, 'gw.example', sent)), peer || 'no address')
+  }
+  t.equal(new Forwarding('http', []).headerLines('127.0.0.1', 'gw', sent), 'x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: gw\r\n', 'nothing trusted: what the gateway saw')
+})
+
 t.test('both engines read the same forwarding set from a request and forward none of it as sent', async (t) => {
   const lines = ['Host: gw.test', 'X-Forwarded-For: 203.0.113.9', 'x-forwarded-for: 10.0.0.1', 'X-Forwarded-Proto: https', 'X-Forwarded-Host: shop.example',
     'Forwarded: for=203.0.113.9', 'forwarded: for=10.0.0.1', 'Connection: keep-alive, X-Hop', 'X-Hop: 1', 'Accept: */*']

@@ -81,6 +81,18 @@ export class Forwarding {
       forwarded: forwarded === undefined ? undefined : `${forwarded}, for=${forwardedNode(peer)}`,
     }
   }
+
+  /**
+   * `values` as raw header lines (each ending in CRLF), for the fast path.
+   * From a peer that is not trusted (every peer, by default) the text is
+   * built directly, with no object in between: this runs on every request.
+   */
+  headerLines (peer: string, host: string | undefined, sent: SentForwarding): string {
+    if (!this.trusts(peer)) return `x-forwarded-for: ${peer}\r\nx-forwarded-proto: ${this.proto}\r\nx-forwarded-host: ${host as string}\r\n`
+    const f = this.values(peer, host, sent)
+    const lines = `x-forwarded-for: ${f.xff}\r\nx-forwarded-proto: ${f.proto}\r\nx-forwarded-host: ${f.host as string}\r\n`
+    return f.forwarded === undefined ? lines : `${lines}forwarded: ${f.forwarded}\r\n`
+  }
 }
 
 /** A list with an empty element: a leading, doubled or trailing comma. */

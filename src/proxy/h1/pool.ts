@@ -15,7 +15,15 @@
 // the request left. (A request written outside the poll phase, such as a
 // pipelined one after an error, keeps that mark one turn longer: a genuine
 // answer arriving within microseconds would then be retried as on a stale
-// connection.) Residual limit: bytes an upstream sends later than that
+// connection.) That "same turn" holds only while libuv reads every ready
+// socket in one epoll batch: a batch that fills its 1024 slots is followed,
+// in the same poll phase, by another, so a genuine fast answer could come
+// "early". The mark is therefore set only while the fast engine holds fewer
+// than EARLY_MARK_LIMIT sockets (client and upstream, counted in `heldSockets`),
+// which leaves room for node:http's, the admin's and other descriptors.
+// Above it, those in-flight bytes go unnoticed (the residual below); what
+// node:http holds beyond that room is not counted.
+// Residual limit: bytes an upstream sends later than that
 // (say, a separate write its Nagle algorithm holds back until the gateway's
 // next packet acknowledges the answer), once the next request is on its
 // way, cannot be told from that request's
@@ -61,6 +69,20 @@ export interface Origin {
 const KEEP_ALIVE_MARGIN_MS = 1000
 const SWEEP_MS = 1000
 
+/** Sockets the fast engine holds now: client connections (handed-off ones until they close) and upstream ones across pools. */
+export const heldSockets = { count: 0 }
+
+/**
+ * Below this many held sockets, no epoll batch (1024 events in libuv) can fill,
+ * so a reused connection's `early` mark is exact; at or above it, none is set.
+ */
+export let EARLY_MARK_LIMIT = 512
+
+/** For tests: the held-socket count from which `early` is no longer set. */
+export function setEarlyMarkLimit (n: number): void {
+  EARLY_MARK_LIMIT = n
+}
+
 export class UpstreamConn {
   readonly socket: net.Socket
   readonly pool: H1Pool
@@ -68,14 +90,15 @@ export class UpstreamConn {
   /** Served an exchange before: a failure before any answer may be a stale keep-alive. */
   reused = false
   connected = false
-  /** Reused in this turn of the event loop: a byte now was sent before the request could arrive. */
-  early = false
+  /** The pool's turn in which it was reused; see `early`. */
+  private reusedIn = -1
   private idleUntil = 0
   private error: (Error & { code?: string }) | undefined
 
   constructor (pool: H1Pool, socket: net.Socket) {
     this.pool = pool
     this.socket = socket
+    heldSockets.count++
     socket.setNoDelay(true)
     socket.setTimeout(pool.timeouts.connect)
     socket.on('data', this.onData)
@@ -93,7 +116,7 @@ export class UpstreamConn {
 
   private readonly onData = (chunk: Buffer): void => {
     const user = this.user
-    if (user !== undefined && !this.early) return user.onUpstreamData(chunk)
+    if (user !== undefined && this.reusedIn !== this.pool.turn) return user.onUpstreamData(chunk)
     // Bytes nobody asked for: the connection cannot be trusted, and they go nowhere.
     this.socket.destroy(user === undefined ? undefined : unsolicited())
   }
@@ -108,6 +131,7 @@ export class UpstreamConn {
   }
 
   private readonly onClose = (): void => {
+    heldSockets.count--
     this.pool.forget(this)
     const user = this.user
     this.user = undefined
@@ -137,6 +161,16 @@ export class UpstreamConn {
     this.pool.settle(this)
   }
 
+  /** Reused in this turn of the event loop: a byte now was sent before the request could arrive. */
+  get early (): boolean {
+    return this.reusedIn === this.pool.turn
+  }
+
+  /** Marks the connection reused now (until the pool's turn ends). */
+  markEarly (): void {
+    this.reusedIn = this.pool.turn
+  }
+
   expired (now: number): boolean {
     return now >= this.idleUntil
   }
@@ -149,11 +183,17 @@ export class H1Pool {
   closing = false
   private readonly idle: UpstreamConn[] = []
   private readonly all = new Set<UpstreamConn>()
+  /**
+   * Turns of the event loop this pool has seen end (its check phase): a
+   * connection reused in the current one is `early`, so ending the turn
+   * clears every mark at once, with no list of them.
+   */
+  turn = 0
   /** Released in this turn of the event loop, and in the one before: not yet reusable. */
   private settling: UpstreamConn[] = []
   private settled: UpstreamConn[] = []
-  /** Taken from the idle list in this turn (their `early` is cleared at its end). */
-  private reused: UpstreamConn[] = []
+  /** An empty list the two above take turns with (no array is made per turn). */
+  private spare: UpstreamConn[] = []
   private ticking = false
   /** Requests waiting for a connection, first come first served. */
   private readonly waiters: Waiter[] = []
@@ -174,9 +214,11 @@ export class H1Pool {
     let conn = fresh ? undefined : this.idle.pop()
     while (conn !== undefined && (conn.socket.destroyed || !conn.socket.writable)) conn = this.idle.pop()
     if (conn !== undefined) {
-      conn.early = true
-      this.reused.push(conn)
-      this.schedule()
+      // Exact only while no epoll batch can fill (see the header); above that, not set.
+      if (heldSockets.count < EARLY_MARK_LIMIT) {
+        conn.markEarly()
+        this.schedule()
+      }
     } else {
       if (this.all.size >= this.limits.maxConnections) {
         // A fresh connection is wanted: an idle one makes room for it.
@@ -239,12 +281,11 @@ export class H1Pool {
   /** The end of a turn of the event loop (its check phase, after the poll that read the sockets). */
   private readonly tick = (): void => {
     this.ticking = false
-    for (const conn of this.reused) conn.early = false
-    this.reused = []
+    this.turn++
     // Released two turns ago: a poll has read their sockets since, and found nothing, or they are closed.
     const ready = this.settled
     this.settled = this.settling
-    this.settling = []
+    this.settling = this.spare
     for (const conn of ready) {
       if (conn.socket.destroyed || conn.user !== undefined || !this.all.has(conn)) continue
       if (this.closing) {
@@ -264,6 +305,8 @@ export class H1Pool {
         this.sweeper.unref()
       }
     }
+    ready.length = 0
+    this.spare = ready
     if (this.settled.length > 0) this.schedule()
   }
 

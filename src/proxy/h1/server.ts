@@ -21,7 +21,7 @@ import { keepAliveRace, recordOutcome } from '../outcome.js'
 import { newRequestId } from '../request-id.js'
 import type { Forwarding } from '../trust.js'
 import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
-import type { H1Pool as UpstreamPool, UpstreamConn, UpstreamUser } from './pool.js'
+import { heldSockets, type H1Pool as UpstreamPool, type UpstreamConn, type UpstreamUser } from './pool.js'
 
 const CRLF2 = Buffer.from('\r\n\r\n')
 const LF2 = Buffer.from('\n\n')
@@ -193,6 +193,8 @@ export class ClientConn implements Gatherer {
     this.edge = edge
     this.socket = socket
     this.remote = socket.remoteAddress ?? ''
+    // Counted until it closes, here or on node:http: see pool.ts on epoll batches.
+    heldSockets.count++
     socket.setTimeout(edge.client.idle)
     socket.on('data', this.onData)
     socket.on('error', noop)
@@ -232,6 +234,7 @@ export class ClientConn implements Gatherer {
   }
 
   private readonly onClose = (): void => {
+    heldSockets.count--
     this.edge.conns.delete(this)
     this.x?.clientGone()
   }
@@ -319,6 +322,7 @@ export class ClientConn implements Gatherer {
     socket.removeListener('error', noop)
     socket.setTimeout(0)
     this.edge.conns.delete(this)
+    socket.once('close', uncount)
     socket.pause()
     if (this.buf !== undefined) socket.unshift(this.buf)
     this.buf = undefined
@@ -440,6 +444,10 @@ export class ClientConn implements Gatherer {
 
 function noop (): void {}
 
+function uncount (): void {
+  heldSockets.count--
+}
+
 /** The headers a service's preview and sticky settings read, as `chooseFor` takes them. */
 function routingHeaders (route: ServiceRoute, head: RequestHead): Record<string, string | undefined> {
   const headers: Record<string, string | undefined> = { cookie: head.cookie }
@@ -501,9 +509,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     this.picker = picker
     this.stats = stats
     this.setCookie = setCookie
-    const f = forwarding.values(conn.remote, head.host, head)
-    let extra = `x-forwarded-for: ${f.xff}\r\nx-forwarded-proto: ${f.proto}\r\nx-forwarded-host: ${f.host as string}\r\n`
-    if (f.forwarded !== undefined) extra += `forwarded: ${f.forwarded}\r\n`
+    let extra = forwarding.headerLines(conn.remote, head.host, head)
     if (head.requestId === undefined) {
       this.requestId = newRequestId()
       extra += `x-request-id: ${this.requestId}\r\n`
