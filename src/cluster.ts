@@ -11,7 +11,7 @@ import type { Controller } from './control/controller.js'
 import { createEdgeServer, type EdgeServer } from './edge.js'
 import { closeGracefully, listen } from './gateway.js'
 import { SmokeRunner } from './health/smoke.js'
-import { createAccessLog, flushLogs, log } from './log.js'
+import { createAccessLog, drainLogs, log } from './log.js'
 import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState } from './routing/snapshot.js'
 import type { RemoteColors, Totals } from './upstream/color-stats.js'
 import { TargetRegistry, type ProbeState } from './upstream/registry.js'
@@ -254,7 +254,8 @@ export async function runWorker (): Promise<void> {
     flush?.()
     await registry.destroy()
     if (!process.connected) log('info', 'worker stopped', { pid: process.pid, code: 0 })
-    flushLogs()
+    // The line above is being written asynchronously: exit only once it is out.
+    await drainLogs()
     process.exit(0)
   }
   // The primary says when to stop; a signal to the whole process group is the same request.

@@ -10,7 +10,7 @@ import type { ColorStats, Finished } from './upstream/color-stats.js'
 
 export type Level = 'info' | 'warn' | 'error'
 
-type Dest = DestinationStream & { flushSync: () => void, flush: () => void }
+type Dest = DestinationStream & { flushSync: () => void, flush: (cb?: (err?: Error) => void) => void }
 
 /** Lines are gathered up to this many bytes before a write: one syscall for many requests. */
 const BATCH_BYTES = 4096
@@ -58,6 +58,28 @@ function flush (dest: Dest): void {
 /** Writes out what is buffered for stdout (before exit). */
 export function flushLogs (): void {
   if (stdout !== undefined) flush(stdout)
+}
+
+/**
+ * Resolves once every line logged so far is written (at most `limitMs`), for
+ * a process about to call process.exit: `log` starts an asynchronous write
+ * that flushLogs cannot take over, and exit would drop its line.
+ */
+export async function drainLogs (limitMs = 1000): Promise<void> {
+  const dest = stdout
+  if (dest === undefined) return
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, limitMs)
+    const done = (): void => {
+      clearTimeout(timer)
+      resolve()
+    }
+    try {
+      dest.flush(done)
+    } catch {
+      done()
+    }
+  })
 }
 
 export interface AccessLog {
