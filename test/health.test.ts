@@ -287,7 +287,7 @@ t.test('guard: the new color losing all its targets is reverted', async (t) => {
 })
 
 t.test('guard: a healthy flip is left alone and the window ends; guard: false and manual changes end it', async (t) => {
-  const { gw } = await fleet(t, '    guard: { window: 300ms, maxErrorRate: 0.05, minRequests: 5 }\n')
+  const { gw } = await fleet(t, '    guard: { window: 1500ms, maxErrorRate: 0.05, minRequests: 5 }\n')
   await eventually(async () => (await st(gw)).services.svc.environments.green.healthy === 1)
   t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
   for (let i = 0; i < 20; i++) t.equal((await http1(`${gw.url}/svc/${i}`)).status, 200)
