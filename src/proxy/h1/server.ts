@@ -7,7 +7,7 @@
 
 import http from 'node:http'
 import net from 'node:net'
-import { ERRORS, errorBody, type ErrorCode } from '../../errors.js'
+import { ERRORS, rawError, type ErrorCode } from '../../errors.js'
 import type { ClientTimeouts } from '../../config/schema.js'
 import type { SmokeRunner } from '../../health/smoke.js'
 import { ambiguousRouting, chooseFor, readsHeaders } from '../../routing/choose.js'
@@ -95,16 +95,6 @@ export function headerIn (lines: string, lowerName: string): string | undefined 
     if (colon === lowerName.length && line.slice(0, colon).toLowerCase() === lowerName) return line.slice(colon + 1).trim()
   }
   return undefined
-}
-
-/** A coded JSON answer from the gateway itself, whole; to a HEAD request (`method`), the head alone (RFC 9110 9.3.2). */
-function localResponse (status: number, code: ErrorCode, close: boolean, message?: string, method?: string): { text: string, bytes: number } {
-  const body = errorBody(code, message)
-  const bytes = Buffer.byteLength(body)
-  return {
-    text: `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n${close ? 'connection: close\r\n' : ''}\r\n${method === 'HEAD' ? '' : body}`,
-    bytes: method === 'HEAD' ? 0 : bytes,
-  }
 }
 
 /** Writes text and bytes as one buffer when small, else as two writes in one syscall. */
@@ -309,7 +299,7 @@ export class ClientConn implements Gatherer {
 
   /** A head the gateway will not read: a coded answer, and the connection closes (its framing is unknown). */
   private refuse (code: ErrorCode): void {
-    this.socket.write(localResponse(ERRORS[code].status, code, true).text, 'latin1')
+    this.socket.write(rawError(code, true).text, 'latin1')
     this.end()
   }
 
@@ -376,7 +366,7 @@ export class ClientConn implements Gatherer {
   private answer (head: RequestHead, code: ErrorCode, message?: string): number {
     // A body that is still on its way is not read: the connection closes after the answer.
     const close = head.close || this.bodyLeft > 0 || this.edge.closing
-    const r = localResponse(ERRORS[code].status, code, close, message, head.method)
+    const r = rawError(code, close, message, head.method)
     this.socket.write(r.text, 'latin1')
     if (close) this.end()
     return r.bytes
@@ -811,7 +801,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     this.stats.record(true)
     this.status = status
     const close = this.head.close || !this.requestSent
-    const r = localResponse(status, code, close, undefined, this.method)
+    const r = rawError(code, close, undefined, this.method)
     this.bytes += r.bytes
     this.conn.write(r.text, undefined)
     this.settle()
@@ -844,7 +834,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     }
     this.phase = Phase.Done
     this.status = ERRORS.request_timeout.status
-    const r = localResponse(this.status, 'request_timeout', true, undefined, this.method)
+    const r = rawError('request_timeout', true, undefined, this.method)
     this.bytes += r.bytes
     this.conn.write(r.text, undefined)
     this.settle()
