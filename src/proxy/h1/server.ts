@@ -125,13 +125,10 @@ export class FastEdge {
   readonly conns = new Set<ClientConn>()
   /** Client-side deadlines (the same ones node:http is given for what it takes). */
   readonly client: ClientTimeouts
-  /** Peers whose X-Forwarded-* headers are kept (CIDR blocks). */
-  readonly trustedProxies: readonly string[]
   closing = false
 
-  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, forwarding: Forwarding, opts: { client: ClientTimeouts, trustedProxies: readonly string[] }) {
+  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, forwarding: Forwarding, opts: { client: ClientTimeouts }) {
     this.client = opts.client
-    this.trustedProxies = opts.trustedProxies
     this.switcher = switcher
     this.smoke = smoke
     this.fallback = fallback
