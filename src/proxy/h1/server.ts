@@ -792,12 +792,18 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     this.answerError(code)
   }
 
+  /** The gateway answers in the upstream's place: an error for the guard. */
   private answerError (code: ErrorCode): void {
+    // Done before the count: a guard the count trips finds this exchange over.
     this.phase = Phase.Done
-    const status = ERRORS[code].status
     this.stats.record(true)
-    this.status = status
-    const close = this.head.close || !this.requestSent
+    this.answerLocal(code, this.head.close || !this.requestSent)
+  }
+
+  /** A coded answer from the gateway ends the exchange (the upstream is already let go). */
+  private answerLocal (code: ErrorCode, close: boolean): void {
+    this.phase = Phase.Done
+    this.status = ERRORS[code].status
     const r = rawError(code, close, undefined, this.method)
     this.bytes += r.bytes
     this.conn.write(r.text, undefined)
@@ -829,13 +835,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
       this.conn.socket.destroy()
       return
     }
-    this.phase = Phase.Done
-    this.status = ERRORS.request_timeout.status
-    const r = rawError('request_timeout', true, undefined, this.method)
-    this.bytes += r.bytes
-    this.conn.write(r.text, undefined)
-    this.settle()
-    this.conn.done(true)
+    this.answerLocal('request_timeout', true)
   }
 
   /** Ends the exchange now (drain deadline, shutdown). */
