@@ -25,7 +25,6 @@ import { heldSockets, type H1Pool as UpstreamPool, type UpstreamConn, type Upstr
 
 const CRLF2 = Buffer.from('\r\n\r\n')
 const LF2 = Buffer.from('\n\n')
-export { MAX_HEAD, MAX_INFORMATIONAL }
 
 /**
  * Bytes copied and scanned while gathering heads that arrive in pieces (not
