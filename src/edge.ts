@@ -8,7 +8,7 @@ import type { Config } from './config/schema.js'
 import { FastEdge } from './proxy/h1/server.js'
 import { ERRORS, rawError } from './errors.js'
 import { Exchange, requestIdFor, sendError } from './proxy/forward.js'
-import { MAX_HEADER_LINES } from './proxy/limits.js'
+import { MAX_HEAD, MAX_HEADER_LINES } from './proxy/limits.js'
 import { isWebSocketHandshake, proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
 import { SMOKE_HEADER, type SmokeRunner } from './health/smoke.js'
 import { ambiguousRouting, chooseFor, readsHeaders, type StickyChoice } from './routing/choose.js'
@@ -204,6 +204,8 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
     keepAliveTimeout: opts.client.idle,
     headersTimeout: opts.client.header,
     requestTimeout: 0,
+    // Named, not left to node:http's default (which --max-http-header-size changes): the fast path refuses the same heads.
+    maxHeaderSize: MAX_HEAD,
     // Header deadlines are checked on this beat (node:http's default is every 30 s).
     connectionsCheckingInterval: Math.min(1000, Math.max(50, opts.client.header / 4)),
   }, inTurn)
@@ -213,7 +215,7 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean } }) => {
     if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
     const refusal = err.code === 'HPE_HEADER_OVERFLOW'
-      ? rawError('header_too_large', true, 'request head larger than 16 KiB').text
+      ? rawError('header_too_large', true, `request head larger than ${MAX_HEAD / 1024} KiB`).text
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? rawError('request_timeout', true, 'the request head was not received in time').text
         : rawError('bad_request', true, 'malformed HTTP request').text
