@@ -25,7 +25,7 @@ const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 const KEY = /^[A-Za-z0-9+/]{22}==$/
 
 /** The Sec-WebSocket-Accept a server must answer to this key. */
-export function acceptFor (key: string): string {
+function acceptFor (key: string): string {
   return createHash('sha1').update(key + WS_GUID).digest('base64')
 }
 

@@ -73,7 +73,7 @@ function tooManyLines (buf: Buffer, start: number, end: number): boolean {
 const COALESCE = 16 * 1024
 
 /** How many lines of header `lowerName` forwarded header lines hold (routing by a preview header; rare). */
-export function linesOf (lines: string, lowerName: string): number {
+function linesOf (lines: string, lowerName: string): number {
   let n = 0
   let at = 0
   while (at < lines.length) {
