@@ -6,9 +6,9 @@ import type net from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Config } from './config/schema.js'
 import { FastEdge } from './proxy/h1/server.js'
-import { ERRORS, errorBody, type ErrorCode } from './errors.js'
+import { ERRORS, rawError } from './errors.js'
 import { Exchange, requestIdFor, sendError } from './proxy/forward.js'
-import { MAX_HEADER_LINES } from './proxy/limits.js'
+import { MAX_HEAD, MAX_HEADER_LINES } from './proxy/limits.js'
 import { isWebSocketHandshake, proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
 import { SMOKE_HEADER, type SmokeRunner } from './health/smoke.js'
 import { ambiguousRouting, chooseFor, readsHeaders, type StickyChoice } from './routing/choose.js'
@@ -60,13 +60,6 @@ const MAX_WAITING = 32
 const kTurns = Symbol('turns')
 /** node:http's own fields on its sockets: `_paused` stops the parser after the current read, `parser` restarts it. */
 type TurnSocket = Duplex & { [kTurns]?: ClientTurns, _paused?: boolean, parser?: { resume: () => void } | null }
-
-/** A raw coded JSON error that ends the connection (the parser gave up on it). */
-function rawError (code: ErrorCode, message: string): string {
-  const status = ERRORS[code].status
-  const body = errorBody(code, message)
-  return `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
-}
 
 export function httpCloser (server: http.Server): Closer {
   return { server, closeIdle: () => server.closeIdleConnections(), closeAll: () => server.closeAllConnections() }
@@ -122,11 +115,11 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const route = routeOf(req)
-    if (typeof route === 'string') return rejectUpgrade(socket, 'bad_request', ERRORS.bad_request.status)
-    if (route === undefined) return rejectUpgrade(socket, 'no_route', ERRORS.no_route.status)
+    if (typeof route === 'string') return rejectUpgrade(socket, 'bad_request')
+    if (route === undefined) return rejectUpgrade(socket, 'no_route')
     const { color } = choose(route, req.headers)
     const endpoint = color.targets.pick()
-    if (endpoint === undefined) return rejectUpgrade(socket, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status)
+    if (endpoint === undefined) return rejectUpgrade(socket, 'no_healthy_upstream')
     proxyUpgrade(req, socket, head, endpoint, color.stats, forwarding, color.timeouts)
   }
 
@@ -202,8 +195,8 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
 
   const upgradeInTurn = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     // Only a complete WebSocket handshake becomes a tunnel (h2c, made-up protocols and keyless ones never do).
-    if (req.rawHeaders.length > 2 * MAX_HEADER_LINES) return rejectUpgrade(socket, 'header_too_large', ERRORS.header_too_large.status)
-    if (!isWebSocketHandshake(req)) return rejectUpgrade(socket, 'upgrade_refused', ERRORS.upgrade_refused.status)
+    if (req.rawHeaders.length > 2 * MAX_HEADER_LINES) return rejectUpgrade(socket, 'header_too_large')
+    if (!isWebSocketHandshake(req)) return rejectUpgrade(socket, 'upgrade_refused')
     onUpgrade(req, socket, head)
   }
 
@@ -211,6 +204,8 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
     keepAliveTimeout: opts.client.idle,
     headersTimeout: opts.client.header,
     requestTimeout: 0,
+    // Named, not left to node:http's default (which --max-http-header-size changes): the fast path refuses the same heads.
+    maxHeaderSize: MAX_HEAD,
     // Header deadlines are checked on this beat (node:http's default is every 30 s).
     connectionsCheckingInterval: Math.min(1000, Math.max(50, opts.client.header / 4)),
   }, inTurn)
@@ -220,10 +215,10 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean } }) => {
     if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
     const refusal = err.code === 'HPE_HEADER_OVERFLOW'
-      ? rawError('header_too_large', 'request head larger than 16 KiB')
+      ? rawError('header_too_large', true, `request head larger than ${MAX_HEAD / 1024} KiB`).text
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
-        ? rawError('request_timeout', 'the request head was not received in time')
-        : rawError('bad_request', 'malformed HTTP request')
+        ? rawError('request_timeout', true, 'the request head was not received in time').text
+        : rawError('bad_request', true, 'malformed HTTP request').text
     // Requests parsed before the bad one ran (or wait their turn): their answers go first, in order.
     const turns = socket[kTurns]
     if (turns?.busy === true) {

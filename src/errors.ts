@@ -2,6 +2,7 @@
 // answers with has a stable code and HTTP status defined here, rendered in one place.
 
 import { randomBytes } from 'node:crypto'
+import { STATUS_CODES } from 'node:http'
 import { log } from './log.js'
 
 export interface ErrorSpec {
@@ -66,6 +67,22 @@ export class SwitchyardError extends Error {
 /** The JSON body for an error code; data-plane errors are pre-rendered once. */
 export function errorBody (code: ErrorCode, message?: string): string {
   return JSON.stringify({ error: code, message: message ?? ERRORS[code].message })
+}
+
+/**
+ * A coded JSON error as raw HTTP/1.1 text, for sockets no ServerResponse
+ * speaks on (the fast engine, a refused upgrade, a request node:http gave up
+ * on); `bytes` is the body's size. To a HEAD request (`method`), the head
+ * alone (RFC 9110 9.3.2).
+ */
+export function rawError (code: ErrorCode, close: boolean, message?: string, method?: string): { text: string, bytes: number } {
+  const status = ERRORS[code].status
+  const body = errorBody(code, message)
+  const bytes = Buffer.byteLength(body)
+  return {
+    text: `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n${close ? 'connection: close\r\n' : ''}\r\n${method === 'HEAD' ? '' : body}`,
+    bytes: method === 'HEAD' ? 0 : bytes,
+  }
 }
 
 /** Logs an unexpected error under the id its answer carries. */

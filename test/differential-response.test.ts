@@ -8,7 +8,7 @@ import http from 'node:http'
 import net from 'node:net'
 import { createRequire } from 'node:module'
 import { ChunkedScanner, Framing, parseResponseHead } from '../src/proxy/h1/parse.js'
-import { MAX_HEAD } from '../src/proxy/h1/server.js'
+import { MAX_HEAD } from '../src/proxy/limits.js'
 import { responseCase, Rng, runSeed, type ResponseCase } from './helpers/http-fuzz.js'
 import { startGateway } from './helpers/index.js'
 

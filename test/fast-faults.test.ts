@@ -7,6 +7,7 @@ import t from 'tap'
 import http from 'node:http'
 import net from 'node:net'
 import * as server from '../src/proxy/h1/server.js'
+import { MAX_HEAD, MAX_INFORMATIONAL } from '../src/proxy/limits.js'
 import { admin, eventually, http1, startBackend, startGateway, type TestGateway } from './helpers/index.js'
 import { count, exchange, rawUpstream } from './helpers/raw.js'
 
@@ -265,7 +266,7 @@ t.test('a 1xx flood is capped, and 1xx the client cannot take yet pause the upst
   const gw = await startGateway(t, oneService([up.url], g.url, '    passive: false\n'))
   const port = gw.gateway.address.port
   const flood = await exchange(port, 'GET /flood HTTP/1.1\r\nhost: x\r\n\r\n', (s) => s.includes('}'))
-  t.equal(count(flood, 'HTTP/1.1 103'), server.MAX_INFORMATIONAL, 'at most 16 informational answers are relayed')
+  t.equal(count(flood, 'HTTP/1.1 103'), MAX_INFORMATIONAL, 'at most 16 informational answers are relayed')
   t.match(flood, /HTTP\/1\.1 502 [^]*"error":"upstream_error"/, 'then the flood is an upstream error')
   t.notMatch(flood, /\r\n\r\nok/)
   const sixteen = await exchange(port, 'GET /sixteen HTTP/1.1\r\nhost: x\r\n\r\n', (s) => s.endsWith('ok'))
@@ -307,12 +308,12 @@ t.test('heads that would be too big upstream, or have too many lines, get 431 at
   const port = gw.gateway.address.port
   // Just under 16 KiB as sent; the X-Forwarded-* and X-Request-Id lines the gateway adds push it over.
   const start = 'GET /big HTTP/1.1\r\nhost: x\r\nx-pad: '
-  const head = start + 'p'.repeat(server.MAX_HEAD - start.length - 10)
+  const head = start + 'p'.repeat(MAX_HEAD - start.length - 10)
   const big = await exchange(port, `${head}\r\n\r\n`, (s) => s.includes('}'))
   t.match(big, /^HTTP\/1\.1 431 [^]*"error":"header_too_large"/)
   t.equal(up.connections(), 0, 'nothing reached the upstream')
   // A head that fits still goes through.
-  const fits = await exchange(port, `${start}${'p'.repeat(server.MAX_HEAD - start.length - 400)}\r\n\r\n`, (s) => s.endsWith('/big'))
+  const fits = await exchange(port, `${start}${'p'.repeat(MAX_HEAD - start.length - 400)}\r\n\r\n`, (s) => s.endsWith('/big'))
   t.match(fits, /^HTTP\/1\.1 200/)
 
   const lines = (n: number): string => Array.from({ length: n }, (_, i) => `x-h${i}: 1\r\n`).join('')

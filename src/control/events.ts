@@ -12,7 +12,7 @@ export type EventType = 'flip' | 'rollback' | 'auto_revert' | 'targets' | 'drain
 /** Events of changes to routing state; every other type is health noise. */
 const CHANGE_TYPES: ReadonlySet<EventType> = new Set<EventType>(['flip', 'rollback', 'auto_revert', 'targets', 'reload', 'start'])
 
-export function isChange (type: EventType): boolean {
+function isChange (type: EventType): boolean {
   return CHANGE_TYPES.has(type)
 }
 
@@ -54,7 +54,7 @@ interface Line {
 }
 
 /** Where health noise goes beside the changes file: events.jsonl -> events.health.jsonl. */
-export function noiseFileOf (file: string): string {
+function noiseFileOf (file: string): string {
   return /\.jsonl$/.test(file) ? file.replace(/\.jsonl$/, '.health.jsonl') : `${file}.health`
 }
 

@@ -86,7 +86,7 @@ function hasBody (req: IncomingMessage): boolean {
  * header lines, the final CRLF, and room for what undici adds itself
  * (connection, content-length or transfer-encoding).
  */
-export function upstreamHeadSize (method: string, path: string, headers: readonly string[]): number {
+function upstreamHeadSize (method: string, path: string, headers: readonly string[]): number {
   let n = method.length + path.length + 14 + 64
   for (let i = 0; i < headers.length; i++) n += headers[i].length + 2
   return n

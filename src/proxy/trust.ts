@@ -2,6 +2,7 @@
 // speak for the client, and the one rule every engine uses to build X-Forwarded-*.
 
 import net from 'node:net'
+import { parseCidr } from '../config/values.js'
 
 /** The forwarding headers a client sent, each joined over its lines (', '); '' or undefined when absent. */
 export interface SentForwarding {
@@ -37,12 +38,10 @@ export class Forwarding {
   constructor (proto: string, trustedProxies: readonly string[]) {
     this.proto = proto
     this.trustsNone = trustedProxies.length === 0
-    for (const cidr of trustedProxies) {
-      const slash = cidr.lastIndexOf('/')
-      const address = slash === -1 ? cidr : cidr.slice(0, slash)
-      const family = net.isIPv6(address) ? 'ipv6' : 'ipv4'
-      const prefix = slash === -1 ? (family === 'ipv6' ? 128 : 32) : Number(cidr.slice(slash + 1))
-      this.list.addSubnet(address, prefix, family)
+    for (const text of trustedProxies) {
+      // The config's own parser: it validated these strings, so none is undefined here.
+      const cidr = parseCidr(text)
+      if (cidr !== undefined) this.list.addSubnet(cidr.address, cidr.prefix, cidr.family)
     }
   }
 

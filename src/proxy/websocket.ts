@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto'
 import http, { type IncomingMessage } from 'node:http'
 import https from 'node:https'
 import type { Duplex } from 'node:stream'
-import { ERRORS, errorBody, type ErrorCode } from '../errors.js'
+import { rawError, type ErrorCode } from '../errors.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { classifyUpstreamError } from './forward.js'
 import { upstreamRequestHeaders } from './headers.js'
@@ -25,7 +25,7 @@ const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 const KEY = /^[A-Za-z0-9+/]{22}==$/
 
 /** The Sec-WebSocket-Accept a server must answer to this key. */
-export function acceptFor (key: string): string {
+function acceptFor (key: string): string {
   return createHash('sha1').update(key + WS_GUID).digest('base64')
 }
 
@@ -52,9 +52,8 @@ export function isWebSocketHandshake (req: IncomingMessage): boolean {
 }
 
 /** Raw HTTP/1.1 error on a socket that never became a WebSocket. */
-export function rejectUpgrade (socket: Duplex, code: ErrorCode, status: number): void {
-  const body = errorBody(code)
-  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+export function rejectUpgrade (socket: Duplex, code: ErrorCode): void {
+  socket.end(rawError(code, true).text)
 }
 
 function headBlock (statusLine: string, raw: readonly string[], skip?: ReadonlySet<string>): string {
@@ -86,7 +85,7 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
   })
   const fail = (err: Error & { code?: string }): void => {
     const code = classifyUpstreamError(err)
-    if (!socket.destroyed) rejectUpgrade(socket, code, ERRORS[code].status)
+    if (!socket.destroyed) rejectUpgrade(socket, code)
   }
   // Connect deadline first; once connected, the response deadline for the 101.
   let timer = setTimeout(() => request.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })), timeouts.connect)
@@ -112,7 +111,7 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
     if ((res.statusCode ?? 0) < 200) {
       // A 101 without the upgrade it announces: nothing sensible to relay.
       res.destroy()
-      rejectUpgrade(socket, 'upstream_error', ERRORS.upstream_error.status)
+      rejectUpgrade(socket, 'upstream_error')
       return
     }
     const chunks: Buffer[] = []
@@ -143,7 +142,7 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
     if (single(res.headers.upgrade)?.trim().toLowerCase() !== 'websocket' ||
       single(res.headers['sec-websocket-accept'])?.trim() !== acceptFor((req.headers['sec-websocket-key'] as string).trim())) {
       upstream.destroy()
-      rejectUpgrade(socket, 'upstream_error', ERRORS.upstream_error.status)
+      rejectUpgrade(socket, 'upstream_error')
       return
     }
     upstream.setTimeout(0)

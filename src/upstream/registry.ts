@@ -10,7 +10,7 @@ export { ColorStats } from './color-stats.js'
 export type { Closable, EmptyWatcher, OutcomeWatcher } from './color-stats.js'
 
 /** Longest silence within an upstream's response body, ms: none (0), as on the fast engine. */
-export const UPSTREAM_BODY_TIMEOUT = 0
+const UPSTREAM_BODY_TIMEOUT = 0
 
 /** What active probes say: `unchecked` when no probes are configured for the target. */
 export type ProbeState = 'unchecked' | 'unknown' | 'healthy' | 'unhealthy'

@@ -294,9 +294,7 @@ export class H1Pool {
       }
       const waiter = this.waiters.shift()
       if (waiter !== undefined) {
-        clearTimeout(waiter.timer)
-        conn.user = waiter.user
-        waiter.user.onUpstreamReady(conn)
+        this.handOver(waiter, conn)
         continue
       }
       this.idle.push(conn)
@@ -315,13 +313,14 @@ export class H1Pool {
     const i = this.idle.indexOf(conn)
     if (i !== -1) this.idle.splice(i, 1)
     // Room for a new connection: the first waiter gets it.
-    if (this.waiters.length > 0 && this.all.size < this.limits.maxConnections) {
-      const waiter = this.waiters.shift() as Waiter
-      clearTimeout(waiter.timer)
-      const fresh = this.open()
-      fresh.user = waiter.user
-      waiter.user.onUpstreamReady(fresh)
-    }
+    if (this.waiters.length > 0 && this.all.size < this.limits.maxConnections) this.handOver(this.waiters.shift() as Waiter, this.open())
+  }
+
+  /** A waiting request gets `conn`; its overload deadline no longer runs. */
+  private handOver (waiter: Waiter, conn: UpstreamConn): void {
+    clearTimeout(waiter.timer)
+    conn.user = waiter.user
+    waiter.user.onUpstreamReady(conn)
   }
 
   private readonly sweep = (): void => {

@@ -7,7 +7,7 @@
 
 import http from 'node:http'
 import net from 'node:net'
-import { ERRORS, errorBody, type ErrorCode } from '../../errors.js'
+import { ERRORS, rawError, type ErrorCode } from '../../errors.js'
 import type { ClientTimeouts } from '../../config/schema.js'
 import type { SmokeRunner } from '../../health/smoke.js'
 import { ambiguousRouting, chooseFor, readsHeaders } from '../../routing/choose.js'
@@ -25,7 +25,6 @@ import { heldSockets, type H1Pool as UpstreamPool, type UpstreamConn, type Upstr
 
 const CRLF2 = Buffer.from('\r\n\r\n')
 const LF2 = Buffer.from('\n\n')
-export { MAX_HEAD, MAX_INFORMATIONAL }
 
 /**
  * Bytes copied and scanned while gathering heads that arrive in pieces (not
@@ -74,7 +73,7 @@ function tooManyLines (buf: Buffer, start: number, end: number): boolean {
 const COALESCE = 16 * 1024
 
 /** How many lines of header `lowerName` forwarded header lines hold (routing by a preview header; rare). */
-export function linesOf (lines: string, lowerName: string): number {
+function linesOf (lines: string, lowerName: string): number {
   let n = 0
   let at = 0
   while (at < lines.length) {
@@ -95,16 +94,6 @@ export function headerIn (lines: string, lowerName: string): string | undefined 
     if (colon === lowerName.length && line.slice(0, colon).toLowerCase() === lowerName) return line.slice(colon + 1).trim()
   }
   return undefined
-}
-
-/** A coded JSON answer from the gateway itself, whole; to a HEAD request (`method`), the head alone (RFC 9110 9.3.2). */
-function localResponse (status: number, code: ErrorCode, close: boolean, message?: string, method?: string): { text: string, bytes: number } {
-  const body = errorBody(code, message)
-  const bytes = Buffer.byteLength(body)
-  return {
-    text: `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n${close ? 'connection: close\r\n' : ''}\r\n${method === 'HEAD' ? '' : body}`,
-    bytes: method === 'HEAD' ? 0 : bytes,
-  }
 }
 
 /** Writes text and bytes as one buffer when small, else as two writes in one syscall. */
@@ -135,13 +124,10 @@ export class FastEdge {
   readonly conns = new Set<ClientConn>()
   /** Client-side deadlines (the same ones node:http is given for what it takes). */
   readonly client: ClientTimeouts
-  /** Peers whose X-Forwarded-* headers are kept (CIDR blocks). */
-  readonly trustedProxies: readonly string[]
   closing = false
 
-  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, forwarding: Forwarding, opts: { client: ClientTimeouts, trustedProxies: readonly string[] }) {
+  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, forwarding: Forwarding, opts: { client: ClientTimeouts }) {
     this.client = opts.client
-    this.trustedProxies = opts.trustedProxies
     this.switcher = switcher
     this.smoke = smoke
     this.fallback = fallback
@@ -309,7 +295,7 @@ export class ClientConn implements Gatherer {
 
   /** A head the gateway will not read: a coded answer, and the connection closes (its framing is unknown). */
   private refuse (code: ErrorCode): void {
-    this.socket.write(localResponse(ERRORS[code].status, code, true).text, 'latin1')
+    this.socket.write(rawError(code, true).text, 'latin1')
     this.end()
   }
 
@@ -376,7 +362,7 @@ export class ClientConn implements Gatherer {
   private answer (head: RequestHead, code: ErrorCode, message?: string): number {
     // A body that is still on its way is not read: the connection closes after the answer.
     const close = head.close || this.bodyLeft > 0 || this.edge.closing
-    const r = localResponse(ERRORS[code].status, code, close, message, head.method)
+    const r = rawError(code, close, message, head.method)
     this.socket.write(r.text, 'latin1')
     if (close) this.end()
     return r.bytes
@@ -805,13 +791,19 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     this.answerError(code)
   }
 
+  /** The gateway answers in the upstream's place: an error for the guard. */
   private answerError (code: ErrorCode): void {
+    // Done before the count: a guard the count trips finds this exchange over.
     this.phase = Phase.Done
-    const status = ERRORS[code].status
     this.stats.record(true)
-    this.status = status
-    const close = this.head.close || !this.requestSent
-    const r = localResponse(status, code, close, undefined, this.method)
+    this.answerLocal(code, this.head.close || !this.requestSent)
+  }
+
+  /** A coded answer from the gateway ends the exchange (the upstream is already let go). */
+  private answerLocal (code: ErrorCode, close: boolean): void {
+    this.phase = Phase.Done
+    this.status = ERRORS[code].status
+    const r = rawError(code, close, undefined, this.method)
     this.bytes += r.bytes
     this.conn.write(r.text, undefined)
     this.settle()
@@ -842,13 +834,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
       this.conn.socket.destroy()
       return
     }
-    this.phase = Phase.Done
-    this.status = ERRORS.request_timeout.status
-    const r = localResponse(this.status, 'request_timeout', true, undefined, this.method)
-    this.bytes += r.bytes
-    this.conn.write(r.text, undefined)
-    this.settle()
-    this.conn.done(true)
+    this.answerLocal('request_timeout', true)
   }
 
   /** Ends the exchange now (drain deadline, shutdown). */
