@@ -2,7 +2,7 @@
 // X-Forwarded-* set. Each works on flat raw arrays [name, value, name, value, ...].
 
 import type { IncomingMessage } from 'node:http'
-import { isForwardingAlias, type ForwardedValues, type Forwarding, type SentForwarding } from './trust.js'
+import { addSent, isForwardingAlias, type ForwardedValues, type Forwarding, type SentForwarding } from './trust.js'
 
 /** RFC 9110 7.6.1 hop-by-hop headers, plus ones undici refuses to be handed. */
 const HOP_BY_HOP = new Set([
@@ -42,11 +42,6 @@ export function countHeader (raw: readonly string[], lowerName: string): number 
   return n
 }
 
-/** Adds one more line's value to a header's joined value. */
-function joined (prev: string | undefined, value: string): string {
-  return prev === undefined || prev === '' ? value : `${prev}, ${value}`
-}
-
 /**
  * Pass 1: request headers without hop-by-hop ones, gateway-internal ones and
  * the forwarding set (X-Forwarded-For/-Proto/-Host, Forwarded), whose values
@@ -69,17 +64,8 @@ export function stripRequestHeaders (raw: readonly string[], upgrade = false, se
     }
     if (HOP_BY_HOP.has(name) || GATEWAY_HEADERS.has(name)) continue
     switch (name) {
-      case 'x-forwarded-for':
-        if (sent !== undefined) sent.xff = joined(sent.xff, raw[i + 1].trim())
-        continue
-      case 'x-forwarded-proto':
-        if (sent !== undefined) sent.xfProto = joined(sent.xfProto, raw[i + 1].trim())
-        continue
-      case 'x-forwarded-host':
-        if (sent !== undefined) sent.xfHost = joined(sent.xfHost, raw[i + 1].trim())
-        continue
-      case 'forwarded':
-        if (sent !== undefined) sent.forwarded = joined(sent.forwarded, raw[i + 1].trim())
+      case 'x-forwarded-for': case 'x-forwarded-proto': case 'x-forwarded-host': case 'forwarded':
+        if (sent !== undefined) addSent(sent, name, raw[i + 1].trim())
         continue
     }
     if (extra !== undefined && extra.has(name)) continue

@@ -12,6 +12,24 @@ export interface SentForwarding {
   forwarded: string | undefined
 }
 
+/**
+ * One more line of a forwarding header a client sent, joined to the lines
+ * before it (list syntax); `lowerName` is one of the four the set holds.
+ * Empty elements are dropped later, when the values are decided.
+ */
+export function addSent (sent: SentForwarding, lowerName: string, value: string): void {
+  switch (lowerName) {
+    case 'x-forwarded-for': sent.xff = joinLine(sent.xff, value); break
+    case 'x-forwarded-proto': sent.xfProto = joinLine(sent.xfProto, value); break
+    case 'x-forwarded-host': sent.xfHost = joinLine(sent.xfHost, value); break
+    case 'forwarded': sent.forwarded = joinLine(sent.forwarded, value); break
+  }
+}
+
+function joinLine (prev: string | undefined, value: string): string {
+  return prev === undefined || prev === '' ? value : `${prev}, ${value}`
+}
+
 /** What goes upstream. `host` and `forwarded` are left out when undefined. */
 export interface ForwardedValues {
   xff: string

@@ -7,7 +7,7 @@
 // llhttp (Node's strict parser) accepts and how it frames it: the differential
 // tests (test/differential-*.test.ts) check that on generated messages.
 
-import { isForwardingAlias } from '../trust.js'
+import { addSent, isForwardingAlias } from '../trust.js'
 
 /**
  * The Content-Length value in `s` from `a` to `b`: optional whitespace, digits
@@ -161,30 +161,10 @@ export function parseRequestHead (head: string): RequestHead | undefined {
         keep = false
         break
       // The forwarding set is rebuilt for the upstream (proxy/trust.ts), from these values when the peer is trusted.
-      case 'x-forwarded-for': {
+      case 'x-forwarded-for': case 'x-forwarded-proto': case 'x-forwarded-host': case 'forwarded':
         keep = false
-        const value = trimmed(head, colon + 1, end)
-        r.xff = r.xff === '' ? value : `${r.xff}, ${value}`
+        addSent(r, name, trimmed(head, colon + 1, end))
         break
-      }
-      case 'x-forwarded-proto': {
-        keep = false
-        const value = trimmed(head, colon + 1, end)
-        r.xfProto = r.xfProto === undefined ? value : `${r.xfProto}, ${value}`
-        break
-      }
-      case 'x-forwarded-host': {
-        keep = false
-        const value = trimmed(head, colon + 1, end)
-        r.xfHost = r.xfHost === undefined ? value : `${r.xfHost}, ${value}`
-        break
-      }
-      case 'forwarded': {
-        keep = false
-        const value = trimmed(head, colon + 1, end)
-        r.forwarded = r.forwarded === undefined ? value : `${r.forwarded}, ${value}`
-        break
-      }
       case 'x-switchyard-smoke':
         keep = false
         r.smoke = trimmed(head, colon + 1, end)
