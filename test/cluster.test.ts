@@ -1,8 +1,6 @@
 import t from 'tap'
 import http from 'node:http'
-import { readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
-import { admin, eventually, listening, serve, serviceYaml, startBackend, tempDir } from './helpers/index.js'
+import { admin, configFile, eventually, isAlive, listening, serve, serviceYaml, startBackend } from './helpers/index.js'
 
 /** A request on a fresh connection, so the cluster may hand it to any worker. */
 async function fresh (url: string, headers: http.OutgoingHttpHeaders = {}): Promise<{ status: number, json: any, body: string, headers: http.IncomingHttpHeaders }> {
@@ -21,21 +19,11 @@ async function fresh (url: string, headers: http.OutgoingHttpHeaders = {}): Prom
   })
 }
 
-/** Whether a process runs (an exited one not yet reaped by its new parent counts as gone). */
-function isAlive (pid: number): boolean {
-  try {
-    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
-  } catch {
-    return false
-  }
-}
 
 t.test('serve --workers 2: flips reach every worker before they are answered; counts are summed', async (t) => {
   const b = await startBackend(t, 'blue')
   const g = await startBackend(t, 'green')
-  const dir = tempDir(t)
-  const file = join(dir, 'sy.yaml')
-  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g], '    guard: { window: 30s, maxErrorRate: 0.2, minRequests: 10 }\n    passive: false\n')}`)
+  const file = configFile(t, `services:\n${serviceYaml('svc', '/', [b], [g], '    guard: { window: 30s, maxErrorRate: 0.2, minRequests: 10 }\n    passive: false\n')}`)
   const p = serve(t, ['serve', '--config', file, '--workers', '2'])
   await listening(p)
   const up = p.lines.find((l) => l.msg === 'switchyard listening')
@@ -77,9 +65,7 @@ t.test('serve --workers 2: flips reach every worker before they are answered; co
 t.test('serve --workers 2: sticky sessions stay on the draining color in every worker until drain.timeout', async (t) => {
   const b = await startBackend(t, 'blue')
   const g = await startBackend(t, 'green')
-  const dir = tempDir(t)
-  const file = join(dir, 'sy.yaml')
-  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g], '    sticky: { cookie: sy }\n    drain: { timeout: 3s }\n    passive: false\n')}`)
+  const file = configFile(t, `services:\n${serviceYaml('svc', '/', [b], [g], '    sticky: { cookie: sy }\n    drain: { timeout: 3s }\n    passive: false\n')}`)
   const p = serve(t, ['serve', '--config', file, '--workers', '2'])
   await listening(p)
   const up = p.lines.find((l) => l.msg === 'switchyard listening')
@@ -108,9 +94,7 @@ t.test('serve --workers 2: sticky sessions stay on the draining color in every w
 t.test('serve --workers 2: when the primary is SIGKILLed, workers finish in-flight requests and exit 0', async (t) => {
   const b = await startBackend(t, 'blue')
   const g = await startBackend(t, 'green')
-  const dir = tempDir(t)
-  const file = join(dir, 'sy.yaml')
-  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g], '    drain: { timeout: 5s }\n')}`)
+  const file = configFile(t, `services:\n${serviceYaml('svc', '/', [b], [g], '    drain: { timeout: 5s }\n')}`)
   const p = serve(t, ['serve', '--config', file, '--workers', '2'])
   await listening(p)
   const up = p.lines.find((l) => l.msg === 'switchyard listening')
@@ -141,11 +125,9 @@ t.test('serve --workers 2: a worker started in place of a crashed one gets the c
   // The live color's target moves round three backends, so a worker that missed a change answers from the wrong one.
   const backends = await Promise.all(Array.from({ length: 3 }, async (_, i) => await startBackend(t, `b${i}`)))
   const g = await startBackend(t, 'green')
-  const dir = tempDir(t)
-  const file = join(dir, 'sy.yaml')
   // Many services: a worker takes a moment to build its first routing state.
   const more = Array.from({ length: 1000 }, (_, i) => serviceYaml(`s${i}`, `/s${i}`, [g], [g], '    passive: false\n')).join('')
-  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [backends[0]], [g], '    passive: false\n')}${more}`)
+  const file = configFile(t, `services:\n${serviceYaml('svc', '/', [backends[0]], [g], '    passive: false\n')}${more}`)
   const p = serve(t, ['serve', '--config', file, '--workers', '2'])
   await listening(p)
   const up = p.lines.find((l) => l.msg === 'switchyard listening')
@@ -181,9 +163,7 @@ t.test('serve --workers 2: a worker started in place of a crashed one gets the c
 t.test('serve --workers 2: a worker that dies while a change is handed out does not hold the answer (or the queue) for the ack timeout', async (t) => {
   const b = await startBackend(t, 'blue')
   const g = await startBackend(t, 'green')
-  const dir = tempDir(t)
-  const file = join(dir, 'sy.yaml')
-  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
+  const file = configFile(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`)
   const p = serve(t, ['serve', '--config', file, '--workers', '2'])
   await listening(p)
   const adminUrl = `http://${p.lines.find((l) => l.msg === 'switchyard listening').admin as string}`

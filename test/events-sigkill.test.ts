@@ -2,18 +2,14 @@
 // with SIGKILL right after each acknowledged flip loses none of them.
 
 import t from 'tap'
-import { writeFileSync } from 'node:fs'
-import { join } from 'node:path'
-import { admin, listening, serve, serviceYaml, startBackend, tempDir } from './helpers/index.js'
+import { admin, configFile, listening, serve, serviceYaml, startBackend } from './helpers/index.js'
 
 const ROUNDS = 20
 
 t.test('SIGKILL right after each acknowledged flip: every acknowledged change is in the log after a restart', async (t) => {
   const b = await startBackend(t, 'blue')
   const g = await startBackend(t, 'green')
-  const dir = tempDir(t)
-  const file = join(dir, 'sy.yaml')
-  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
+  const file = configFile(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`)
   const acknowledged: number[] = []
   const start = async (): Promise<{ kill: () => Promise<void>, url: string }> => {
     const p = serve(t, ['serve', '--config', file])

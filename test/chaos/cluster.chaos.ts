@@ -5,10 +5,9 @@
 import t from 'tap'
 import http from 'node:http'
 import { spawn } from 'node:child_process'
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { readdirSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
-import { eventually, serviceYaml, startBackend, tempDir } from '../helpers/index.js'
+import { configFile, eventually, isAlive, serviceYaml, startBackend } from '../helpers/index.js'
 import { figures } from './lib.js'
 
 const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url))
@@ -28,15 +27,6 @@ function childrenOf (pid: number): number[] {
   return out
 }
 
-function isAlive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
-
 /** A GET on its own connection, so the cluster may give it to either worker. */
 async function fresh (url: string): Promise<{ status: number, error?: string }> {
   return await new Promise((resolve) => {
@@ -51,9 +41,7 @@ async function fresh (url: string): Promise<{ status: number, error?: string }> 
 t.test('(g) primary killed in cluster mode: in-flight requests complete, workers exit', async (t) => {
   const b = await startBackend(t, 'blue')
   const g = await startBackend(t, 'green')
-  const dir = tempDir(t)
-  const file = join(dir, 'sy.yaml')
-  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
+  const file = configFile(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`)
   const primary = spawn(process.execPath, [CLI, 'serve', '--config', file, '--workers', '2'], { stdio: ['ignore', 'pipe', 'inherit'] })
   let workers: number[] = []
   t.teardown(() => {

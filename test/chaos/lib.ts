@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Pool } from 'undici'
-import { admin, listening, serve, tempDir, type Proc } from '../helpers/index.js'
+import { admin, CLI_TOP, listening, serve, tempDir, type Proc } from '../helpers/index.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -26,7 +26,7 @@ export interface Cli {
 export async function startCli (t: Teardown, yaml: string, opts: { dir?: string, args?: string[] } = {}): Promise<Cli> {
   const dir = opts.dir ?? tempDir(t)
   const file = join(dir, 'switchyard.yaml')
-  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\n${yaml}`)
+  writeFileSync(file, `${CLI_TOP}${yaml}`)
   const proc = serve(t, ['serve', '--config', file, ...(opts.args ?? [])])
   const { port, admin: adminPort } = await listening(proc)
   return { url: `http://127.0.0.1:${port}`, port, adminUrl: `http://127.0.0.1:${adminPort}`, dir, file, proc }

@@ -4,7 +4,7 @@
 
 import t from 'tap'
 import { writeFileSync } from 'node:fs'
-import { admin, openWs, startBackend } from '../helpers/index.js'
+import { admin, CLI_TOP, openWs, startBackend } from '../helpers/index.js'
 import { figures, startCli, state } from './lib.js'
 
 const SOCKETS = 20
@@ -34,7 +34,7 @@ t.test('(f) reload storm: WebSockets stay open and echo across 50 reloads', asyn
   const reloadMs: number[] = []
   const started = Date.now()
   for (let i = 1; i <= RELOADS && Date.now() - started < 60_000; i++) {
-    writeFileSync(gw.file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\n${yaml(i)}`)
+    writeFileSync(gw.file, `${CLI_TOP}${yaml(i)}`)
     const sent = Date.now()
     const res = await admin(gw.adminUrl, 'POST', '/v1/reload', {})
     reloadMs.push(Date.now() - sent)

@@ -3,7 +3,7 @@
 
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
@@ -81,6 +81,16 @@ export function tempDir (t: Teardown): string {
   const dir = mkdtempSync(join(tmpdir(), 'switchyard-test-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   return dir
+}
+
+/** The top of a config for a gateway a test runs as its own process: ports from the kernel, no access log. */
+export const CLI_TOP = 'listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\n'
+
+/** Writes CLI_TOP + `yaml` to a fresh temp folder and returns the file's path, for `serve(t, ['serve', '--config', file])`. */
+export function configFile (t: Teardown, yaml: string): string {
+  const file = join(tempDir(t), 'sy.yaml')
+  writeFileSync(file, CLI_TOP + yaml)
+  return file
 }
 
 export interface TestGateway {
@@ -217,4 +227,13 @@ export async function listening (p: Proc): Promise<{ port: number, admin: number
     await new Promise((resolve) => setTimeout(resolve, 25))
   }
   throw new Error('gateway did not start: ' + p.stderr())
+}
+
+/** Whether a process runs (an exited one not yet reaped by its new parent counts as gone). */
+export function isAlive (pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return false
+  }
 }
