@@ -191,8 +191,10 @@ t.test('a data folder that cannot be written answers 500 and changes nothing', a
   const eventsBefore = (await admin(gw.adminUrl, 'GET', '/v1/events')).json.events
 
   // Tests run as root, where permissions block nothing: put a regular file
-  // where the state file's folder should be.
-  rmSync(data, { recursive: true })
+  // where the state file's folder should be. The drain's event line may still
+  // be on its way into the folder: let the log finish first.
+  await gw.gateway.controller.idle()
+  rmSync(data, { recursive: true, maxRetries: 5 })
   writeFileSync(data, 'not a folder')
 
   // The event is written first (see Controller.commit), so that is the write that fails.
