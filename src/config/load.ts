@@ -269,12 +269,15 @@ interface Sections {
 function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undefined): Sections {
   const d = DEFAULTS.defaults
   const t = inherit?.timeouts ?? d.timeouts
-  const tr = raw.timeouts === undefined ? {} : c.object(raw.timeouts, join(path, 'timeouts'), ['connect', 'response', 'idleUpstream']) ?? {}
+  const tr = raw.timeouts === undefined ? {} : c.object(raw.timeouts, join(path, 'timeouts'), ['connect', 'response', 'idleUpstream', 'body']) ?? {}
   const timeouts: Timeouts = {
     connect: c.duration(tr.connect, join(path, 'timeouts.connect'), t.connect),
     response: c.duration(tr.response, join(path, 'timeouts.response'), t.response),
     idleUpstream: c.duration(tr.idleUpstream, join(path, 'timeouts.idleUpstream'), t.idleUpstream),
   }
+  // Unset means no limit, and stays absent (inherited when `defaults` set it).
+  const body = tr.body === undefined ? (t as Timeouts).body : c.duration(tr.body, join(path, 'timeouts.body'), 0)
+  if (body !== undefined) timeouts.body = body
 
   let health: HealthConfig | undefined = inherit?.health
   if (raw.health === false) {

@@ -26,6 +26,13 @@ export interface Timeouts {
   response: number
   /** An idle upstream keep-alive connection is closed after this, ms. Default 60s. */
   idleUpstream: number
+  /**
+   * Longest silence within an upstream's response body once its head has
+   * come, ms, on every engine. Default unset: none (a server-sent event
+   * stream or a long poll may be quiet as long as it likes). Exceeded: the
+   * response is cut and counts as an upstream timeout.
+   */
+  body?: number
 }
 
 /** Caps on what one process opens to one upstream target. */
