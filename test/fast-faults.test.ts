@@ -6,7 +6,7 @@
 import t from 'tap'
 import http from 'node:http'
 import net from 'node:net'
-import * as server from '../src/proxy/h1/server.js'
+import * as io from '../src/proxy/h1/io.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../src/proxy/limits.js'
 import { admin, eventually, http1, startBackend, startGateway, type TestGateway } from './helpers/index.js'
 import { count, exchange, rawUpstream } from './helpers/raw.js'
@@ -220,7 +220,7 @@ t.test('a head arriving a byte at a time costs linear work, on both sides', asyn
     return out
   } as typeof Buffer.concat
   t.teardown(() => { Buffer.concat = concat })
-  const work = (): number => concatenated + (server.headWork?.copied ?? 0)
+  const work = (): number => concatenated + (io.headWork?.copied ?? 0)
 
   // The request head, fed to the gateway's socket one byte per read (15 KiB: 15,000 reads).
   const edge = (gw.gateway as any).edge as net.Server
@@ -232,12 +232,12 @@ t.test('a head arriving a byte at a time costs linear work, on both sides', asyn
   const socket = await gatewaySide
   const head = Buffer.from(`GET /trickle-down HTTP/1.1\r\nhost: x\r\nx-big: ${big}\r\n\r\n`)
   const before = work()
-  const scannedBefore = server.headWork?.scanned ?? 0
+  const scannedBefore = io.headWork?.scanned ?? 0
   for (let i = 0; i < head.length; i++) socket.emit('data', head.subarray(i, i + 1))
   await eventually(() => answer.endsWith('/trickle-down'))
   t.ok(work() - before < 4 * head.length, `bytes copied for a ${head.length}-byte request head: ${work() - before}`)
   // Each one-byte read searches its byte and the 3 before it (a terminator may straddle reads).
-  const scanned = (server.headWork?.scanned ?? Infinity) - scannedBefore
+  const scanned = (io.headWork?.scanned ?? Infinity) - scannedBefore
   t.ok(scanned <= 4 * head.length, `bytes searched for the end of that head: ${scanned}`)
   client.destroy()
 

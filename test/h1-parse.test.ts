@@ -1,6 +1,6 @@
 import t from 'tap'
 import { ChunkedScanner, Framing, parseRequestHead, parseResponseHead, type ResponseHead } from '../src/proxy/h1/parse.js'
-import { headerIn } from '../src/proxy/h1/server.js'
+import { headerIn } from '../src/proxy/h1/client.js'
 
 const req = (lines: string[]): ReturnType<typeof parseRequestHead> => parseRequestHead(lines.join('\r\n'))
 

@@ -4,7 +4,7 @@
 
 import t from 'tap'
 import net from 'node:net'
-import { EARLY_MARK_LIMIT, H1Pool, heldSockets, setEarlyMarkLimit, type UpstreamConn, type UpstreamUser } from '../src/proxy/h1/pool.js'
+import { EARLY_MARK_LIMIT, H1Pool, heldSockets, setEarlyMarkLimit, type UpstreamConn, type UpstreamUser } from '../src/upstream/h1-pool.js'
 
 const ANSWER = 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'
 

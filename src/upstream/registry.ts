@@ -2,7 +2,7 @@
 // (connection pools, active and passive health, in-flight) and per service/color counters.
 
 import { Pool } from 'undici'
-import { H1Pool } from '../proxy/h1/pool.js'
+import { H1Pool } from './h1-pool.js'
 import type { Color, HealthConfig, PassiveConfig, LimitsConfig, Timeouts } from '../config/schema.js'
 import { ColorStats, type Observers } from './color-stats.js'
 

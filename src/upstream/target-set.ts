@@ -2,7 +2,7 @@
 // selection over the healthy ones: O(1) while all are healthy.
 
 import type { Dispatcher } from 'undici'
-import type { H1Pool } from '../proxy/h1/pool.js'
+import type { H1Pool } from './h1-pool.js'
 import type { Target } from './registry.js'
 
 export interface Endpoint {

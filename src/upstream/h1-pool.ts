@@ -32,7 +32,7 @@
 
 import net from 'node:net'
 import tls from 'node:tls'
-import type { LimitsConfig, Timeouts } from '../../config/schema.js'
+import type { LimitsConfig, Timeouts } from '../config/schema.js'
 
 /** The exchange holding a connection hears of its socket through this. */
 export interface UpstreamUser {

@@ -1,0 +1,353 @@
+// One client connection on the fast path: gathers request heads, takes pipelined
+// requests in turn, keeps the client deadlines, routes each request and answers or refuses it.
+
+import type http from 'node:http'
+import type net from 'node:net'
+import { rawError, type ErrorCode } from '../../errors.js'
+import type { ClientTimeouts } from '../../config/schema.js'
+import type { SmokeRunner } from '../../health/smoke.js'
+import { ambiguousRouting, chooseFor, readsHeaders } from '../../routing/choose.js'
+import { normalizeTarget, TARGET_ABOVE_ROOT } from '../../routing/path.js'
+import type { ServiceRoute, Switcher } from '../../routing/snapshot.js'
+import { heldSockets } from '../../upstream/h1-pool.js'
+import { MAX_HEAD, MAX_HEADER_LINES } from '../limits.js'
+import { newRequestId } from '../request-id.js'
+import type { Forwarding } from '../trust.js'
+import { FastExchange, type ClientSide } from './exchange.js'
+import { CRLF2, gather, headWork, writeHeadAndBody, type Gatherer } from './io.js'
+import { parseRequestHead, type RequestHead } from './parse.js'
+
+const LF2 = Buffer.from('\n\n')
+
+/** More than MAX_HEADER_LINES header lines between `start` and `end` (the head without its final empty line)? */
+function tooManyLines (buf: Buffer, start: number, end: number): boolean {
+  // Each line is at least `a:` and its line end: shorter heads cannot have too many.
+  if (end - start <= 4 * MAX_HEADER_LINES) return false
+  let lines = 0
+  for (let i = buf.indexOf(10, start); i !== -1 && i < end; i = buf.indexOf(10, i + 1)) {
+    if (++lines > MAX_HEADER_LINES) return true
+  }
+  return false
+}
+
+/** How many lines of header `lowerName` forwarded header lines hold (routing by a preview header; rare). */
+function linesOf (lines: string, lowerName: string): number {
+  let n = 0
+  let at = 0
+  while (at < lines.length) {
+    const colon = lines.indexOf(':', at)
+    if (colon === -1) break
+    if (colon - at === lowerName.length && lines.slice(at, colon).toLowerCase() === lowerName) n++
+    const eol = lines.indexOf('\r\n', colon)
+    if (eol === -1) break
+    at = eol + 2
+  }
+  return n
+}
+
+/** A header's value in forwarded header lines (routing by a preview header; rare). */
+export function headerIn (lines: string, lowerName: string): string | undefined {
+  for (const line of lines.split('\r\n')) {
+    const colon = line.indexOf(':')
+    if (colon === lowerName.length && line.slice(0, colon).toLowerCase() === lowerName) return line.slice(colon + 1).trim()
+  }
+  return undefined
+}
+
+/** What a client connection reads of the listener that accepted it (the listener owns the connection set). */
+export interface ConnOwner {
+  readonly fallback: http.Server
+  readonly switcher: Switcher
+  readonly smoke: SmokeRunner
+  readonly forwarding: Forwarding
+  readonly conns: Set<ClientConn>
+  readonly client: ClientTimeouts
+  readonly closing: boolean
+}
+
+export class ClientConn implements Gatherer, ClientSide {
+  readonly socket: net.Socket
+  readonly remote: string
+  private readonly edge: ConnOwner
+  /** Bytes read but not yet taken: the next request's head (or part of it). */
+  private buf: Buffer | undefined
+  private x: FastExchange | undefined
+  /** Request body bytes still to come for the current exchange. */
+  private bodyLeft = 0
+  /** Answered its last request; what still arrives is ignored. */
+  private ended = false
+  /** When the first byte of a head still incomplete arrived; 0 when none is pending. */
+  private headSince = 0
+  /** Where the incomplete head in `buf` starts (past empty lines) and how far it was searched. */
+  private headStart = 0
+  private scanned = 0
+  /** The buffer `buf` grows in while a head arrives in pieces. */
+  room: Buffer | undefined = undefined
+  /** Reading is paused until the client reads what was written to it. */
+  private drainWait = false
+
+  constructor (edge: ConnOwner, socket: net.Socket) {
+    this.edge = edge
+    this.socket = socket
+    this.remote = socket.remoteAddress ?? ''
+    // Counted until it closes, here or on node:http: see upstream/h1-pool.ts on epoll batches.
+    heldSockets.count++
+    socket.setTimeout(edge.client.idle)
+    socket.on('data', this.onData)
+    socket.on('error', noop)
+    socket.on('close', this.onClose)
+    socket.on('timeout', this.onTimeout)
+  }
+
+  /** The gateway is stopping: answers in progress are the connection's last. */
+  get closing (): boolean {
+    return this.edge.closing
+  }
+
+  /** Nothing in flight, nothing half-read and nothing left to send. */
+  get idle (): boolean {
+    return this.x === undefined && this.buf === undefined && !this.ended && this.socket.writableLength === 0
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.ended) return
+    if (this.bodyLeft > 0) {
+      const x = this.x as FastExchange
+      if (chunk.length <= this.bodyLeft) {
+        this.bodyLeft -= chunk.length
+        if (this.bodyLeft === 0) this.socket.setTimeout(this.edge.client.idle)
+        x.sendBody(chunk, this.bodyLeft === 0)
+        return
+      }
+      this.socket.setTimeout(this.edge.client.idle)
+      x.sendBody(chunk.subarray(0, this.bodyLeft), true)
+      chunk = chunk.subarray(this.bodyLeft)
+      this.bodyLeft = 0
+    }
+    this.buf = this.buf === undefined ? chunk : gather(this, this.buf, chunk)
+    if (this.x === undefined) this.next()
+    // A pipelined request waits, unread, until the current answer is out.
+    else this.socket.pause()
+  }
+
+  private readonly onClose = (): void => {
+    heldSockets.count--
+    this.edge.conns.delete(this)
+    this.x?.clientGone()
+  }
+
+  private readonly onTimeout = (): void => {
+    if (this.x === undefined) {
+      // client.header: a head begun and not finished (README: 408, the connection closes).
+      if (this.headSince !== 0 && !this.ended) return this.refuse('request_timeout')
+      return void this.socket.destroy()
+    }
+    // client.body: the client went quiet mid-body (not while the gateway itself holds it back).
+    if (this.bodyLeft > 0) {
+      if (!this.socket.isPaused()) this.x.bodyTimeout()
+    } else if (this.socket.writableNeedDrain) {
+      // client.idle: the client took none of its answer for that long; it would hold the upstream connection forever.
+      // (A quiet stream the client keeps up with has nothing pending: it is left alone.)
+      this.socket.destroy()
+    }
+  }
+
+  /** Parses and starts the requests in the buffer while they are whole and nothing is in flight. */
+  private next (): void {
+    while (this.x === undefined && this.buf !== undefined && !this.ended) {
+      // The client is not reading its answers: no further request is taken until it does, so a
+      // pipelined flood cannot pile answers up in memory (node:http stops its parser the same way).
+      if (this.socket.writableNeedDrain) return this.holdUntilDrained()
+      let buf = this.buf
+      // RFC 9112 2.2: empty lines before a request line are ignored.
+      let start = this.headStart
+      while (start + 1 < buf.length && buf[start] === 13 && buf[start + 1] === 10) start += 2
+      // Only what was not searched before (a terminator may straddle the old end).
+      const from = Math.max(start, this.scanned - 3)
+      const end = buf.indexOf(CRLF2, from)
+      if (end === -1) {
+        headWork.scanned += buf.length - from
+        // Too long, ended by bare LFs, or trickling in for too long: node:http answers (431, 400) or times it out.
+        if (buf.length > MAX_HEAD || buf.indexOf(LF2, Math.max(start, from - 1)) !== -1) return this.handOff()
+        this.headStart = start
+        this.scanned = buf.length
+        const now = Date.now()
+        if (this.headSince === 0) {
+          this.headSince = now
+          // A head that stops coming: onTimeout answers 408 once client.header passes without a byte.
+          this.socket.setTimeout(this.edge.client.header)
+        } else if (now - this.headSince > this.edge.client.header) {
+          return this.refuse('request_timeout')
+        }
+        return
+      }
+      if (this.headSince !== 0) this.socket.setTimeout(this.edge.client.idle)
+      this.headSince = 0
+      this.headStart = 0
+      this.scanned = 0
+      this.room = undefined
+      if (end - start > MAX_HEAD) return this.handOff()
+      // node:http would keep only the first 2000 header lines and judge the body from those.
+      if (tooManyLines(buf, start, end)) return this.refuse('header_too_large')
+      const head = parseRequestHead(buf.toString('latin1', start, end))
+      if (head === undefined) return this.handOff()
+      buf = buf.subarray(end + 4)
+      let body: Buffer | undefined
+      if (head.contentLength > 0 && buf.length > 0) {
+        body = buf.length <= head.contentLength ? buf : buf.subarray(0, head.contentLength)
+        buf = buf.subarray(body.length)
+      }
+      this.buf = buf.length === 0 ? undefined : buf
+      this.bodyLeft = head.contentLength - (body?.length ?? 0)
+      if (this.bodyLeft > 0) this.socket.setTimeout(this.edge.client.body)
+      this.route(head, body)
+    }
+  }
+
+  /** A head the gateway will not read: a coded answer, and the connection closes (its framing is unknown). */
+  private refuse (code: ErrorCode): void {
+    this.socket.write(rawError(code, true).text, 'latin1')
+    this.end()
+  }
+
+  /** This connection continues on node:http, from the first byte not yet answered. */
+  private handOff (): void {
+    const socket = this.socket
+    socket.removeListener('data', this.onData)
+    socket.removeListener('close', this.onClose)
+    socket.removeListener('timeout', this.onTimeout)
+    socket.removeListener('error', noop)
+    socket.setTimeout(0)
+    this.edge.conns.delete(this)
+    socket.once('close', uncount)
+    socket.pause()
+    if (this.buf !== undefined) socket.unshift(this.buf)
+    this.buf = undefined
+    // node:http would read the handle natively and miss the bytes unshifted above.
+    const handle = (socket as unknown as { _handle?: { _consumed?: boolean } })._handle
+    if (handle != null) handle._consumed = true
+    this.edge.fallback.emit('connection', socket)
+    socket.resume()
+  }
+
+  private route (head: RequestHead, body: Buffer | undefined): void {
+    const edge = this.edge
+    // The target is routed and forwarded normalized; the check is one scan of its slashes.
+    const target = normalizeTarget(head.target)
+    if (target === undefined) {
+      this.answer(head, 'bad_request', TARGET_ABOVE_ROOT)
+      return
+    }
+    head.target = target
+    const route = edge.switcher.current.match(head.host, target)
+    if (route === undefined) {
+      this.answer(head, 'no_route')
+      return
+    }
+    let headers: Record<string, string | undefined> | undefined
+    if (readsHeaders(route)) {
+      const ambiguous = ambiguousRouting(route, route.previewHeader === undefined ? 0 : linesOf(head.lines, route.previewHeader), head.connectionNames)
+      if (ambiguous !== undefined) {
+        this.answer(head, 'bad_request', ambiguous)
+        return
+      }
+      headers = routingHeaders(route, head)
+    }
+    const pinned = head.smoke === undefined ? undefined : edge.smoke.colorOf(head.smoke)
+    const { color, setCookie: cookie } = chooseFor(route, pinned, headers)
+    const endpoint = color.targets.pick()
+    if (endpoint === undefined) {
+      const started = performance.now()
+      const bytes = this.answer(head, 'no_healthy_upstream', `no healthy upstream for ${route.name} (${color.color})`)
+      color.stats.rejected(head.method, head.target, head.requestId ?? newRequestId(), bytes, performance.now() - started)
+      return
+    }
+    const x = new FastExchange(this, head, endpoint, color.targets, color.stats, cookie, edge.forwarding)
+    // The added X-Forwarded-* and request id must not push the head past what an upstream takes.
+    if (!x.fitsUpstream) return void this.answer(head, 'header_too_large')
+    this.x = x
+    x.start(body, this.bodyLeft === 0)
+  }
+
+  /** The gateway's own answer to a request it does not forward; returns the body size. */
+  private answer (head: RequestHead, code: ErrorCode, message?: string): number {
+    // A body that is still on its way is not read: the connection closes after the answer.
+    const close = head.close || this.bodyLeft > 0 || this.edge.closing
+    const r = rawError(code, close, message, head.method)
+    this.socket.write(r.text, 'latin1')
+    if (close) this.end()
+    return r.bytes
+  }
+
+  /** Raw bytes to the client; false when it should stop sending for now. */
+  write (head: string, body: Buffer | undefined): boolean {
+    return writeHeadAndBody(this.socket, head, body)
+  }
+
+  writeBody (chunk: Buffer): boolean {
+    return this.socket.write(chunk)
+  }
+
+  /** No more requests on this connection: it ends once what was written is out. */
+  private end (): void {
+    this.ended = true
+    this.bodyLeft = 0
+    this.buf = undefined
+    this.room = undefined
+    this.socket.end()
+    // Read (and ignore) what the client still sends, so its FIN is seen and the socket closes.
+    this.socket.resume()
+  }
+
+  /** The current exchange is over; `close`: so is the connection. */
+  done (close: boolean): void {
+    this.x = undefined
+    if (close || this.edge.closing || this.bodyLeft > 0) return this.end()
+    this.proceed()
+  }
+
+  /** Takes the next buffered request if any, and reads on unless a request waits its turn or the client must catch up. */
+  private proceed (): void {
+    if (this.buf === undefined) return void this.socket.resume()
+    this.next()
+    if (!this.drainWait && (this.x === undefined || this.bodyLeft > 0)) this.socket.resume()
+  }
+
+  /** Reading stops until the client has taken what was written to it. */
+  private holdUntilDrained (): void {
+    this.socket.pause()
+    if (this.drainWait) return
+    this.drainWait = true
+    this.socket.once('drain', this.onClientDrained)
+  }
+
+  private readonly onClientDrained = (): void => {
+    this.drainWait = false
+    if (!this.ended && this.x === undefined) this.proceed()
+  }
+
+  /** Reads the request body again after the gateway held it back; client.body runs afresh. */
+  resumeBody (): void {
+    this.socket.resume()
+    // The deadline may have fired (and been ignored) while reading was paused: arm it again.
+    if (this.bodyLeft > 0) this.socket.setTimeout(this.edge.client.body)
+  }
+
+  /** The client reads too slowly: `fn` runs once it has caught up. */
+  onceDrained (fn: () => void): void {
+    this.socket.once('drain', fn)
+  }
+}
+
+function noop (): void {}
+
+function uncount (): void {
+  heldSockets.count--
+}
+
+/** The headers a service's preview and sticky settings read, as `chooseFor` takes them. */
+function routingHeaders (route: ServiceRoute, head: RequestHead): Record<string, string | undefined> {
+  const headers: Record<string, string | undefined> = { cookie: head.cookie }
+  if (route.previewHeader !== undefined) headers[route.previewHeader] = headerIn(head.lines, route.previewHeader)
+  return headers
+}

@@ -1,0 +1,55 @@
+// The fast path of the public listener: HTTP/1.1 on raw sockets both ways.
+// Request heads are parsed here and forwarded as rewritten text; bodies pass
+// through as bytes (a chunked response is not decoded, only scanned for its
+// end). Anything else goes, with its whole connection, to node:http (the
+// `fallback` server), which takes it from the first byte it has not answered:
+// HTTP/1.0, chunked uploads, Expect, WebSocket upgrades, odd or malformed heads.
+
+import type http from 'node:http'
+import net from 'node:net'
+import type { ClientTimeouts } from '../../config/schema.js'
+import type { SmokeRunner } from '../../health/smoke.js'
+import type { Switcher } from '../../routing/snapshot.js'
+import type { Forwarding } from '../trust.js'
+import { ClientConn, type ConnOwner } from './client.js'
+
+export class FastEdge implements ConnOwner {
+  readonly server: net.Server
+  /** Connections the fast path does not serve, from the byte it stopped at. */
+  readonly fallback: http.Server
+  readonly switcher: Switcher
+  readonly smoke: SmokeRunner
+  /** The scheme served and the peers whose forwarding headers are believed. */
+  readonly forwarding: Forwarding
+  readonly conns = new Set<ClientConn>()
+  /** Client-side deadlines (the same ones node:http is given for what it takes). */
+  readonly client: ClientTimeouts
+  closing = false
+
+  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, forwarding: Forwarding, opts: { client: ClientTimeouts }) {
+    this.client = opts.client
+    this.switcher = switcher
+    this.smoke = smoke
+    this.fallback = fallback
+    this.forwarding = forwarding
+    // Sets up node:http's own connection tracking and timeout checks, as if it listened itself.
+    fallback.emit('listening')
+    this.server = net.createServer({ noDelay: true }, (socket) => {
+      const conn = new ClientConn(this, socket)
+      this.conns.add(conn)
+    })
+    this.server.on('close', () => fallback.close(() => {}))
+  }
+
+  /** Graceful stop: idle connections close now, busy ones after their response. */
+  closeIdle (): void {
+    this.closing = true
+    for (const c of this.conns) if (c.idle) c.socket.destroy()
+    this.fallback.closeIdleConnections()
+  }
+
+  closeAll (): void {
+    for (const c of this.conns) c.socket.destroy()
+    this.fallback.closeAllConnections()
+  }
+}
