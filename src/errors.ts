@@ -2,7 +2,7 @@
 // answers with has a stable code and HTTP status defined here, rendered in one place.
 
 import { randomBytes } from 'node:crypto'
-import { STATUS_CODES } from 'node:http'
+import { STATUS_CODES, type ServerResponse } from 'node:http'
 import { log } from './log.js'
 
 export interface ErrorSpec {
@@ -83,6 +83,25 @@ export function rawError (code: ErrorCode, close: boolean, message?: string, met
     text: `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n${close ? 'connection: close\r\n' : ''}\r\n${method === 'HEAD' ? '' : body}`,
     bytes: method === 'HEAD' ? 0 : bytes,
   }
+}
+
+/**
+ * A coded JSON error on a node:http response (the node engine); returns the
+ * body's size, or 0 when the head had gone out and the response could only
+ * be cut. `close` ends the connection after it (a request body may still be
+ * coming and is not worth reading).
+ */
+export function writeError (res: ServerResponse, code: ErrorCode, message?: string, close = false): number {
+  if (res.headersSent) {
+    res.destroy()
+    return 0
+  }
+  const body = errorBody(code, message)
+  const size = Buffer.byteLength(body)
+  if (close) res.shouldKeepAlive = false
+  res.writeHead(ERRORS[code].status, { 'content-type': 'application/json', 'content-length': size })
+  res.end(body)
+  return size
 }
 
 /** Logs an unexpected error under the id its answer carries. */

@@ -34,7 +34,7 @@ function routeWith (t: { teardown: (fn: () => unknown) => void }, sticky: Routin
 }
 
 const pick = (route: ServiceRoute, cookie?: string): { color: string, setCookie: string | undefined } => {
-  const c = chooseFor(route, undefined, cookie === undefined ? {} : { cookie })
+  const c = chooseFor(route, undefined, { cookie, header: () => undefined })
   return { color: c.color.color, setCookie: c.setCookie }
 }
 

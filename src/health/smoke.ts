@@ -5,8 +5,10 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { request } from 'undici'
 import type { Color, ServiceConfig, SmokeCheck } from '../config/schema.js'
+import { PIN_HEADER } from '../proxy/headers.js'
 
-export const SMOKE_HEADER = 'x-switchyard-smoke'
+/** The header a smoke check pins its color with: the proxy's own pin header, which it never forwards. */
+export const SMOKE_HEADER = PIN_HEADER
 
 export interface SmokeFailure {
   service: string

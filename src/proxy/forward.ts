@@ -1,40 +1,19 @@
-// HTTP forwarding of one request to one upstream endpoint on undici's
-// dispatcher: raw header arrays, bodies streamed both ways with backpressure.
+// The node engine's forwarding of one request to one upstream endpoint, on
+// undici's dispatcher and its current handler interface: raw header arrays,
+// bodies streamed both ways with backpressure, trailers relayed.
 
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
-import { ERRORS, errorBody, type ErrorCode } from '../errors.js'
-import type { Finished, OpenExchange, UpstreamErrorKind } from '../upstream/color-stats.js'
+import { writeError, type ErrorCode } from '../errors.js'
+import type { ColorStats, Finished, OpenExchange } from '../upstream/color-stats.js'
 import type { Endpoint } from '../upstream/target-set.js'
-import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
+import { failureKindOf, judgeAttempt, metricOf } from './attempt.js'
+import { connectionNames, countHeader, downstreamResponseHeaders, PIN_HEADER, responseTrailers, upstreamRequestHeaders } from './headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
-import { keepAliveRace, recordOutcome } from './outcome.js'
+import { recordOutcome } from './outcome.js'
 import { newRequestId } from './request-id.js'
+import type { RequestFacts, Resolution, UpstreamGroup } from './resolve.js'
 import type { Forwarding } from './trust.js'
-
-/** Where a retry may go; proxy knows sets of endpoints, not colors. */
-export interface EndpointPicker {
-  pick (exclude?: Endpoint): Endpoint | undefined
-}
-
-/**
- * Per-color accounting: `begin` at start and `end` when the response closes,
- * exactly once each; `record` once per request that got an answer;
- * `upstreamError` for every failed attempt (a retried one too).
- */
-export interface ExchangeStats {
-  begin: (x: Exchange) => void
-  end: (x: Exchange, done: Finished) => void
-  record: (isError: boolean) => void
-  upstreamError: (kind: UpstreamErrorKind) => void
-}
-
-/** The upstream-error metric kind of each coded failure (both engines). */
-export const ERROR_KIND: Partial<Record<ErrorCode, UpstreamErrorKind>> = {
-  upstream_connect_failed: 'connect_failed',
-  upstream_timeout: 'timeout',
-  upstream_error: 'reset',
-}
 
 /** The client's X-Request-Id, or a new one (added to the upstream request). */
 export function requestIdFor (req: IncomingMessage, headers: string[] | undefined): string {
@@ -45,6 +24,36 @@ export function requestIdFor (req: IncomingMessage, headers: string[] | undefine
   return id
 }
 
+/** A node:http request as the resolve step reads it (the Connection names are only listed when asked for). */
+export class NodeRequestFacts implements RequestFacts {
+  readonly target: string
+  readonly host: string | undefined
+  readonly smoke: string | undefined
+  readonly cookie: string | undefined
+  private readonly req: IncomingMessage
+
+  constructor (req: IncomingMessage) {
+    this.req = req
+    this.target = req.url as string
+    this.host = req.headers.host
+    const smoke = req.headers[PIN_HEADER]
+    this.smoke = typeof smoke === 'string' ? smoke : undefined
+    this.cookie = req.headers.cookie
+  }
+
+  get connectionNames (): readonly string[] | undefined {
+    return connectionNames(this.req.rawHeaders)
+  }
+
+  header (lowerName: string): string | undefined {
+    const v = this.req.headers[lowerName]
+    return typeof v === 'string' ? v : undefined
+  }
+
+  headerLines (lowerName: string): number {
+    return countHeader(this.req.rawHeaders, lowerName)
+  }
+}
 
 /**
  * undici pools whose every connection is busy (a dispatch said so; their
@@ -56,24 +65,6 @@ function markSaturated (pool: Dispatcher): void {
   if (saturated.has(pool)) return
   saturated.add(pool)
   pool.once('drain', () => saturated.delete(pool))
-}
-
-/** Methods a failed attempt may be retried for (both engines). */
-export const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
-/** Errors that mean the request never reached the upstream application. */
-const CONNECT_ERRORS = new Set([
-  'ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH',
-])
-
-/** undici refusing the request itself (say, a method or target it will not send). */
-const REQUEST_ERRORS = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED'])
-
-export function classifyUpstreamError (err: Error & { code?: string }): ErrorCode {
-  const code = err.code ?? ''
-  if (REQUEST_ERRORS.has(code)) return 'request_refused'
-  if (CONNECT_ERRORS.has(code)) return 'upstream_connect_failed'
-  if (code === 'UND_ERR_HEADERS_TIMEOUT') return 'upstream_timeout'
-  return 'upstream_error'
 }
 
 function hasBody (req: IncomingMessage): boolean {
@@ -93,31 +84,36 @@ function upstreamHeadSize (method: string, path: string, headers: readonly strin
 }
 
 /**
- * Answers with a coded JSON error; returns the body's size (0 when it could
- * only cut the response). `close` ends the connection after it (a request
- * body may still be coming and is not worth reading).
+ * Header lines as undici hands them: the raw array its controller carries
+ * (names as sent, order and repeats kept), else the parsed object.
  */
-export function sendError (res: ServerResponse, code: ErrorCode, status: number, message?: string, close = false): number {
-  if (res.headersSent) {
-    res.destroy()
-    return 0
+function headerPairs (raw: Dispatcher.DispatchController['rawHeaders'], parsed: IncomingHttpHeaders): Array<Buffer | string> {
+  if (Array.isArray(raw)) return raw
+  const out: string[] = []
+  for (const [name, value] of Object.entries(raw ?? parsed)) {
+    if (Array.isArray(value)) for (const v of value) out.push(name, v)
+    else if (value !== undefined) out.push(name, String(value))
   }
-  const body = errorBody(code, message)
-  const size = Buffer.byteLength(body)
-  if (close) res.shouldKeepAlive = false
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': size })
-  res.end(body)
-  return size
+  return out
+}
+
+/** Client-side deadlines of one exchange, ms (0: none). */
+export interface ClientDeadlines {
+  /** Longest silence between two reads of the request body (client.bodyTimeout). */
+  body: number
+  /** Longest time the client may take none of its answer (client.idleTimeout). */
+  stall: number
 }
 
 /**
- * One request's trip upstream. It is the undici handler itself (the legacy
- * callback interface is what undici's HTTP/1 client calls natively; the newer
- * controller interface is wrapped and copies headers into objects).
+ * One request's trip upstream. It is the undici handler itself, on undici's
+ * current interface (onRequestStart, onResponseStart, onResponseData,
+ * onResponseEnd, onResponseError).
  *
- * Its outcome is settled once, when it ends (SPEC "Edge trust"): a complete
- * answer by its status, an answer the upstream broke after its head as an
- * upstream error, one the client walked away from by its status.
+ * Its outcome is settled once, when it ends: a complete answer by its status,
+ * an answer the upstream broke after its head as an upstream error, one the
+ * client walked away from by its status. A failure before any answer goes to
+ * the attempt policy (proxy/attempt.ts), the same one the fast engine uses.
  */
 export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExchange {
   readonly requestId: string
@@ -130,18 +126,19 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private readonly startedAt = performance.now()
   private readonly req: IncomingMessage
   private readonly res: ServerResponse
-  private readonly picker: EndpointPicker
-  private readonly stats: ExchangeStats
+  private readonly picker: UpstreamGroup['targets']
+  private readonly stats: ColorStats
   private readonly headers: string[]
-  private readonly retryable: boolean
   private readonly body: IncomingMessage | null
   /** A Set-Cookie the gateway adds to the response (sticky sessions). */
   private readonly setCookie: string | undefined
+  /** Longest wait for a connection when all of the target's are busy, ms (timeouts.connect). */
+  private readonly waitMs: number
+  /** Longest silence within the upstream's response body, ms (timeouts.body; 0: none). */
+  private readonly upstreamBodyMs: number
   /** Longest silence between two reads of the request body, ms (0: none). */
   private bodyTimeout = 0
   private bodyTimer: NodeJS.Timeout | undefined
-  /** Longest wait for a connection when all of the target's are busy, ms (timeouts.connect). */
-  private waitMs = 0
   private waitTimer: NodeJS.Timeout | undefined
   /** Longest wait for the client to take some of the answer, ms (client.idleTimeout; 0: none). */
   private stallMs = 0
@@ -149,9 +146,9 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   /** undici paused the body (upstream backpressure): silence is not the client's. */
   private bodyHeld = false
   private endpoint: Endpoint
-  private abortUpstream: ((err?: Error) => void) | undefined
-  private resumeUpstream: (() => void) | undefined
-  private retried = false
+  /** The current attempt's handle on undici (abort, pause, resume); set when a connection takes it. */
+  private controller: Dispatcher.DispatchController | undefined
+  private retries = 0
   private closed = false
   /** The upstream's response head went to the client: the outcome waits for the end. */
   private answered = false
@@ -160,32 +157,27 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   /** The outcome was recorded (exactly once per answered exchange). */
   private settled = false
 
-  constructor (req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, picker: EndpointPicker, stats: ExchangeStats, forwarding: Forwarding, setCookie?: string) {
+  constructor (req: IncomingMessage, res: ServerResponse, to: Resolution, forwarding: Forwarding) {
     this.req = req
     this.res = res
-    this.endpoint = endpoint
-    this.picker = picker
-    this.stats = stats
-    this.setCookie = setCookie
+    this.endpoint = to.endpoint
+    this.picker = to.group.targets
+    this.stats = to.group.stats
+    this.waitMs = to.group.timeouts.connect
+    this.upstreamBodyMs = to.group.timeouts.body ?? 0
+    this.setCookie = to.setCookie
     this.headers = upstreamRequestHeaders(req, forwarding)
     this.requestId = requestIdFor(req, this.headers)
     this.body = hasBody(req) ? req : null
-    this.retryable = this.body === null && IDEMPOTENT.has(req.method as string)
   }
 
-  /**
-   * Sends the request on its way; `bodyTimeout` is the client's body deadline
-   * (client.bodyTimeout, ms), `waitMs` how long it may wait for a connection
-   * when limits.maxConnections are all busy (timeouts.connect, ms), `stallMs`
-   * how long a client may take none of its answer (client.idleTimeout, ms).
-   */
-  start (bodyTimeout = 0, waitMs = 0, stallMs = 0): void {
-    this.bodyTimeout = bodyTimeout
-    this.waitMs = waitMs
-    this.stallMs = stallMs
+  /** Sends the request on its way, under the client's deadlines. */
+  start (client: ClientDeadlines): void {
+    this.bodyTimeout = client.body
+    this.stallMs = client.stall
     // What the upstream would refuse for its size (X-Forwarded-* and the request id added) is refused here.
     if (upstreamHeadSize(this.req.method as string, this.req.url as string, this.headers) > MAX_HEAD) {
-      sendError(this.res, 'header_too_large', ERRORS.header_too_large.status, `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`, true)
+      writeError(this.res, 'header_too_large', `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`, true)
       return
     }
     this.stats.begin(this)
@@ -203,20 +195,21 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
       method: req.method as Dispatcher.HttpMethod,
       headers: this.headers,
       body: this.body,
+      // Set here, not left to undici's default (300 s): a quiet stream is cut only when timeouts.body says so.
+      bodyTimeout: this.upstreamBodyMs,
     }, this)) markSaturated(pool)
     // Every connection busy: it waits its turn up to timeouts.connect, as on the fast engine (README, limits.maxConnections).
-    if (queued && this.waitMs > 0 && this.abortUpstream === undefined && this.waitTimer === undefined) {
+    if (queued && this.waitMs > 0 && this.controller === undefined && this.waitTimer === undefined) {
       this.waitTimer = setTimeout(this.onOverloaded, this.waitMs)
     }
   }
 
-  /** Waited timeouts.connect in undici's queue: an error for the guard (the color cannot serve), not against the target (busy, not broken). */
+  /** Waited timeouts.connect in undici's queue: the attempt policy's `overloaded` (the color cannot serve; the target is busy, not broken). */
   private readonly onOverloaded = (): void => {
     this.waitTimer = undefined
-    if (this.abortUpstream !== undefined || this.closed || this.res.headersSent) return
-    this.stats.record(true)
-    // undici gives the request a connection later: onConnect then aborts it (the answer is already out).
-    this.bytes += sendError(this.res, 'upstream_overloaded', ERRORS.upstream_overloaded.status, undefined, this.body !== null)
+    if (this.controller !== undefined || this.closed || this.res.headersSent) return
+    // undici gives the request a connection later: onRequestStart then aborts it (the answer is already out).
+    this.answerError(judgeAttempt('overloaded', false, false, this.method, this.body !== null, this.retries).code, true, this.body !== null)
   }
 
   get method (): string {
@@ -236,10 +229,22 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   }
 
   /** Records the outcome of an exchange that got the upstream's head, once. */
-  private settle (failure: UpstreamErrorKind | undefined): void {
+  private settle (failure: Parameters<typeof recordOutcome>[3]): void {
     if (this.settled) return
     this.settled = true
     recordOutcome(this.stats, this.endpoint.target, this.res.statusCode, failure)
+  }
+
+  /** Stops the current attempt upstream (undici then reports it to onResponseError, which finds the exchange over). */
+  private abortUpstream (): void {
+    const c = this.controller
+    if (c !== undefined && !c.aborted) c.abort(new Error('the gateway ended this exchange'))
+  }
+
+  /** The gateway answers in the upstream's place; `isError`: an error for the guard. */
+  private answerError (code: ErrorCode, isError: boolean, close = false): void {
+    this.stats.record(isError)
+    this.bytes += writeError(this.res, code, undefined, close)
   }
 
   /** The response is done or the client went away: settle counters once, stop the upstream. */
@@ -253,19 +258,19 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.durationMs = performance.now() - this.startedAt
     this.stats.end(this, this)
     this.endpoint.target.inflight--
-    if (!this.res.writableFinished) this.abortUpstream?.()
+    if (!this.res.writableFinished) this.abortUpstream()
   }
 
   /** Ends the exchange now (drain deadline, shutdown): a long stream is cut, the upstream aborted. */
   close (): void {
     this.res.destroy()
-    this.abortUpstream?.()
+    this.abortUpstream()
   }
 
   private readonly onDrain = (): void => {
     clearTimeout(this.stallTimer)
     this.stallTimer = undefined
-    this.resumeUpstream?.()
+    this.controller?.resume()
   }
 
   /** The client took none of its answer for client.idleTimeout: cut, or it holds the upstream connection forever. */
@@ -274,15 +279,15 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     if (!this.closed) this.res.destroy()
   }
 
-  onConnect (abort: (err?: Error) => void): void {
-    this.abortUpstream = abort
+  onRequestStart (controller: Dispatcher.DispatchController): void {
+    this.controller = controller
     if (this.waitTimer !== undefined) {
       clearTimeout(this.waitTimer)
       this.waitTimer = undefined
     }
     // Gone, or already answered by the gateway (overloaded, body deadline): the request must not leave.
     if (this.closed || this.res.writableEnded) {
-      abort()
+      this.abortUpstream()
       return
     }
     // undici starts reading the body right after this, in the same tick: the listeners see every chunk.
@@ -338,115 +343,113 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     if (this.res.headersSent) {
       if (this.answered) this.settle(undefined)
       this.res.destroy()
-      this.abortUpstream?.()
+      this.abortUpstream()
       return
     }
-    this.bytes += sendError(this.res, 'request_timeout', ERRORS.request_timeout.status, `no request body bytes for ${this.bodyTimeout}ms`, true)
+    this.bytes += writeError(this.res, 'request_timeout', `no request body bytes for ${this.bodyTimeout}ms`, true)
     // Aborting destroys the request body, and with it the client socket: only once the 408 is out.
     this.res.once('finish', this.onTimeoutSent)
   }
 
   private readonly onTimeoutSent = (): void => {
-    this.abortUpstream?.()
+    this.abortUpstream()
   }
 
-  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
-    if (this.closed || this.res.writableEnded) return false
+  onResponseStart (controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
+    if (this.closed || this.res.writableEnded) {
+      this.abortUpstream()
+      return
+    }
     if (statusCode < 200) {
       // A flood of 1xx would be relayed without end (memory grows if the client does not read): past a few, the upstream is broken.
       if (++this.informational > MAX_INFORMATIONAL) {
-        this.onError(Object.assign(new Error('too many informational answers'), { code: 'UND_ERR_INFO_FLOOD' }))
-        this.abortUpstream?.()
-        return false
+        this.onResponseError(controller, Object.assign(new Error('too many informational answers'), { code: 'UND_ERR_INFO_FLOOD' }))
+        this.abortUpstream()
+        return
       }
       // Informational: 103 Early Hints go on to the client; the final answer is still to come.
-      if (statusCode === 103) this.earlyHints(rawHeaders)
-      return true
+      if (statusCode === 103) this.earlyHints(headerPairs(controller.rawHeaders, headers))
+      return
     }
-    this.resumeUpstream = resume
     this.upstreamMs = performance.now() - this.startedAt
     try {
-      const headers = downstreamResponseHeaders(rawHeaders)
-      if (this.setCookie !== undefined) headers.push('set-cookie', this.setCookie)
-      this.res.writeHead(statusCode, statusText, headers)
+      const out = downstreamResponseHeaders(headerPairs(controller.rawHeaders, headers))
+      if (this.setCookie !== undefined) out.push('set-cookie', this.setCookie)
+      this.res.writeHead(statusCode, statusMessage ?? '', out)
     } catch {
       // Node refuses what undici's parser accepted (say, a header value it deems invalid).
-      this.bytes += sendError(this.res, 'upstream_error', 502, 'the upstream sent response headers that cannot be relayed')
+      this.bytes += writeError(this.res, 'upstream_error', 'the upstream sent response headers that cannot be relayed')
       this.settle(undefined)
-      this.abortUpstream?.()
-      return false
+      this.abortUpstream()
+      return
     }
-    // The outcome is known at the end: onComplete, onError or the client's close.
+    // The outcome is known at the end: onResponseEnd, onResponseError or the client's close.
     this.answered = true
-    return !this.res.writableEnded
   }
 
   /** Relays a 103's Link values. Hints are advisory: ones node:http will not write (it throws) are dropped, never the exchange. */
-  private earlyHints (rawHeaders: Buffer[]): void {
-    const hints = earlyHints(rawHeaders)
-    if (hints.link.length === 0) return
+  private earlyHints (pairs: ReadonlyArray<Buffer | string>): void {
+    const links: string[] = []
+    for (let i = 0; i < pairs.length; i += 2) {
+      if (pairs[i].toString('latin1').toLowerCase() === 'link') links.push(pairs[i + 1].toString('latin1'))
+    }
+    if (links.length === 0) return
     try {
-      this.res.writeEarlyHints(hints)
+      this.res.writeEarlyHints({ link: links })
     } catch {}
   }
 
-  onData (chunk: Buffer): boolean {
-    if (this.closed) return false
+  onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.closed) return
     this.bytes += chunk.length
-    const ok = this.res.write(chunk)
-    if (!ok) {
-      this.res.once('drain', this.onDrain)
-      if (this.stallMs > 0 && this.stallTimer === undefined) this.stallTimer = setTimeout(this.onStalled, this.stallMs)
-    }
-    return ok
+    if (this.res.write(chunk)) return
+    // The client reads more slowly than the upstream sends: undici stops reading until it catches up.
+    controller.pause()
+    this.res.once('drain', this.onDrain)
+    if (this.stallMs > 0 && this.stallTimer === undefined) this.stallTimer = setTimeout(this.onStalled, this.stallMs)
   }
 
-  onComplete (): void {
+  onResponseEnd (controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
     if (this.closed) return
+    // Trailers go on when the client's response is chunked (node:http drops them otherwise, as HTTP/1.0 has none).
+    const relayed = responseTrailers(headerPairs(controller.rawTrailers, trailers))
+    if (relayed.length > 0) {
+      try {
+        this.res.addTrailers(relayed)
+      } catch {}
+    }
     this.res.end()
     this.settle(undefined)
   }
 
-  onError (err: Error & { code?: string }): void {
+  onResponseError (_controller: Dispatcher.DispatchController | undefined, err: Error & { code?: string }): void {
     if (this.closed) return
     if (this.answered) {
       // Mid-body failure: an upstream error, and the client must see a truncated response, not a clean end.
-      this.settle(err.code === 'UND_ERR_BODY_TIMEOUT' ? 'timeout' : 'reset')
+      this.settle(metricOf(failureKindOf(err)) ?? 'reset')
       if (!this.res.destroyed) this.res.destroy(err)
       return
     }
     if (this.res.writableEnded || this.res.destroyed) return
-    const code = classifyUpstreamError(err)
-    const stale = isStaleConnection(err) && keepAliveRace(false, servedBefore(err))
-    // An error undici raised about the request itself is not the target's fault; nor is the keep-alive race.
-    if (code !== 'request_refused') {
-      if (!stale) this.endpoint.target.recordResult(false)
-      this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
-    }
-    if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || isStaleConnection(err))) {
-      const next = this.picker.pick(this.endpoint) ?? (isStaleConnection(err) ? this.endpoint : undefined)
+    const kind = failureKindOf(err)
+    // A reused connection the upstream closed as it was reused (the keep-alive race) is not the target failing.
+    const verdict = judgeAttempt(kind, false, kind === 'reset' && servedBefore(err), this.method, this.body !== null, this.retries)
+    if (verdict.metric !== undefined) this.stats.upstreamError(verdict.metric)
+    if (verdict.countsAgainstTarget) this.endpoint.target.recordResult(false)
+    if (verdict.retry) {
+      const next = this.picker.pick(this.endpoint) ?? (verdict.sameTargetOk ? this.endpoint : undefined)
       if (next !== undefined) {
-        this.retried = true
+        this.retries++
         this.endpoint.target.inflight--
         next.target.inflight++
         this.endpoint = next
-        this.abortUpstream = undefined
+        this.controller = undefined
         this.dispatch()
         return
       }
     }
-    this.stats.record(code !== 'request_refused')
-    this.bytes += sendError(this.res, code, ERRORS[code].status)
+    this.answerError(verdict.code, verdict.countsForGuard)
   }
-}
-
-/** The link headers of a 103, as `res.writeEarlyHints` takes them. */
-function earlyHints (raw: Buffer[]): { link: string[] } {
-  const links: string[] = []
-  for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i].toString('latin1').toLowerCase() === 'link') links.push(raw[i + 1].toString('latin1'))
-  }
-  return { link: links }
 }
 
 /**
@@ -456,9 +459,4 @@ function earlyHints (raw: Buffer[]): { link: string[] } {
  */
 function servedBefore (err: Error & { socket?: { bytesRead?: number } }): boolean {
   return (err.socket?.bytesRead ?? 0) > 0
-}
-
-/** A reused keep-alive connection the upstream had already closed. */
-function isStaleConnection (err: Error & { code?: string }): boolean {
-  return err.code === 'UND_ERR_SOCKET' || err.code === 'ECONNRESET'
 }

@@ -4,14 +4,31 @@
 import type { IncomingMessage } from 'node:http'
 import { addSent, isForwardingAlias, type ForwardedValues, type Forwarding, type SentForwarding } from './trust.js'
 
-/** RFC 9110 7.6.1 hop-by-hop headers, plus ones undici refuses to be handed. */
-const HOP_BY_HOP = new Set([
+/**
+ * The one hop-by-hop table, both ways and on every engine: RFC 9110 7.6.1's
+ * connection-specific fields, plus ones undici refuses to be handed. (The
+ * fast engine's parser keeps a response's chunked framing and its Trailer
+ * announcement, which it relays untouched.)
+ */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization',
   'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect',
 ])
 
-/** Headers only the gateway itself may act on; never forwarded (the smoke-check secret). */
-const GATEWAY_HEADERS = new Set(['x-switchyard-smoke'])
+/** The gateway's own pin header (smoke checks carry its per-process secret): acted on here, never forwarded. */
+export const PIN_HEADER = 'x-switchyard-smoke'
+
+/** Headers only the gateway itself may act on; never forwarded. */
+const GATEWAY_HEADERS: ReadonlySet<string> = new Set([PIN_HEADER])
+
+/**
+ * Trailer fields a client must never be handed after the body: framing, routing and
+ * connection control (RFC 9110 6.5.1), which a client that merges trailers into the
+ * head would act on. The fast engine cuts a response carrying one (it relays bytes
+ * as they are); the node engine leaves such fields out.
+ */
+export const FORBIDDEN_TRAILERS: ReadonlySet<string> = new Set(['content-length', 'transfer-encoding', 'trailer', 'host', 'connection', 'keep-alive',
+  'proxy-connection', 'te', 'upgrade', 'content-encoding', 'content-type', 'content-range', 'set-cookie'])
 
 /** Headers named in `Connection: a, b` are hop-by-hop for this hop only. */
 function connectionTokens (raw: readonly string[]): Set<string> | undefined {
@@ -91,10 +108,10 @@ export function upstreamRequestHeaders (req: IncomingMessage, forwarding: Forwar
 }
 
 /**
- * Response headers from undici's raw Buffers to a flat string array for
+ * Response headers (undici's raw pairs) to a flat string array for
  * `res.writeHead`, without hop-by-hop ones. Repeated headers (Set-Cookie) stay repeated.
  */
-export function downstreamResponseHeaders (raw: readonly Buffer[]): string[] {
+export function downstreamResponseHeaders (raw: ReadonlyArray<Buffer | string>): string[] {
   const out: string[] = []
   let extra: Set<string> | undefined
   for (let i = 0; i < raw.length; i += 2) {
@@ -115,4 +132,14 @@ export function downstreamResponseHeaders (raw: readonly Buffer[]): string[] {
     if (!extra.has(out[i].toLowerCase())) kept.push(out[i], out[i + 1])
   }
   return kept
+}
+
+/** An upstream's trailer fields for `res.addTrailers`, less the ones a client must never get after a body. */
+export function responseTrailers (raw: ReadonlyArray<Buffer | string>): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toString('latin1')
+    if (!FORBIDDEN_TRAILERS.has(name.toLowerCase())) out.push([name, raw[i + 1].toString('latin1')])
+  }
+  return out
 }

@@ -6,9 +6,9 @@ import http, { type IncomingMessage } from 'node:http'
 import https from 'node:https'
 import type { Duplex } from 'node:stream'
 import { rawError, type ErrorCode } from '../errors.js'
-import type { Endpoint } from '../upstream/target-set.js'
-import { classifyUpstreamError } from './forward.js'
+import { errorCodeOf, failureKindOf } from './attempt.js'
 import { upstreamRequestHeaders } from './headers.js'
+import type { Resolution } from './resolve.js'
 import type { Forwarding } from './trust.js'
 import { WsRelay } from './ws-relay.js'
 
@@ -73,8 +73,10 @@ const REFUSAL_SKIP = new Set(['connection', 'keep-alive', 'transfer-encoding', '
  * target is sent as it is. `stats` hears of the relay from the 101 until
  * either side closes, exactly once each way.
  */
-export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, stats: WebSocketStats, forwarding: Forwarding, timeouts: { connect: number, response: number }): void {
-  const origin = endpoint.target.origin
+export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer, to: Resolution, forwarding: Forwarding): void {
+  const stats: WebSocketStats = to.group.stats
+  const timeouts = to.group.timeouts
+  const origin = to.endpoint.target.origin
   const request = (origin.tls ? https : http).request({
     host: origin.host,
     port: origin.port,
@@ -84,7 +86,7 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
     agent: false,
   })
   const fail = (err: Error & { code?: string }): void => {
-    const code = classifyUpstreamError(err)
+    const code = errorCodeOf(failureKindOf(err))
     if (!socket.destroyed) rejectUpgrade(socket, code)
   }
   // Connect deadline first; once connected, the response deadline for the 101.

@@ -4,6 +4,13 @@
 import { isColor, type Color } from '../config/schema.js'
 import type { ColorRoute, ServiceRoute } from './snapshot.js'
 
+/** The request headers choosing a color reads: the Cookie header, and a service's preview header. */
+export interface ChoiceHeaders {
+  readonly cookie: string | undefined
+  /** The header's value when it has exactly one line. */
+  header: (lowerName: string) => string | undefined
+}
+
 /** The value of cookie `name` in a Cookie header, without allocating a map. */
 export function cookieValue (header: string | undefined, name: string): string | undefined {
   if (header === undefined) return undefined
@@ -22,13 +29,13 @@ export function cookieValue (header: string | undefined, name: string): string |
 }
 
 /** The color a preview header or cookie asks for, when it names one. */
-export function previewColor (route: ServiceRoute, headers: Record<string, string | string[] | undefined>): Color | undefined {
+export function previewColor (route: ServiceRoute, headers: ChoiceHeaders): Color | undefined {
   if (route.previewHeader !== undefined) {
-    const v = headers[route.previewHeader]
-    if (typeof v === 'string' && isColor(v)) return v
+    const v = headers.header(route.previewHeader)
+    if (v !== undefined && isColor(v)) return v
   }
   if (route.previewCookie !== undefined) {
-    const v = cookieValue(headers.cookie as string | undefined, route.previewCookie)
+    const v = cookieValue(headers.cookie, route.previewCookie)
     if (isColor(v)) return v
   }
   return undefined
@@ -54,7 +61,7 @@ export function ambiguousRouting (route: ServiceRoute, previewLines: number, con
 }
 
 /** Preview (strict) first, else the live color. Services with sticky sessions use `chooseSticky`. */
-export function chooseColor (route: ServiceRoute, headers: Record<string, string | string[] | undefined>): ColorRoute {
+export function chooseColor (route: ServiceRoute, headers: ChoiceHeaders): ColorRoute {
   if (route.previewHeader !== undefined || route.previewCookie !== undefined) {
     const preview = previewColor(route, headers)
     if (preview !== undefined) return route.colors[preview]
@@ -74,12 +81,12 @@ export interface StickyChoice {
  * its deadline, with a healthy target); else live.
  * Each header and cookie is read once.
  */
-export function chooseSticky (route: ServiceRoute, headers: Record<string, string | string[] | undefined>): StickyChoice {
+export function chooseSticky (route: ServiceRoute, headers: ChoiceHeaders): StickyChoice {
   if (route.previewHeader !== undefined || route.previewCookie !== undefined) {
     const preview = previewColor(route, headers)
     if (preview !== undefined) return { color: route.colors[preview], setCookie: undefined }
   }
-  const pinned = cookieValue(headers.cookie as string | undefined, route.stickyCookie as string)
+  const pinned = cookieValue(headers.cookie, route.stickyCookie as string)
   let color = route.colors[route.live]
   // The hold comes with the snapshot (every worker has it) and ends by the clock, so no process waits on a message.
   const hold = route.stickyHold
@@ -98,7 +105,7 @@ export function readsHeaders (route: ServiceRoute): boolean {
  * color a smoke check pinned first, then preview and sticky rules (from
  * `headers`, which may be left out when `readsHeaders` is false), else live.
  */
-export function chooseFor (route: ServiceRoute, pinned: Color | undefined, headers: Record<string, string | string[] | undefined> | undefined): StickyChoice {
+export function chooseFor (route: ServiceRoute, pinned: Color | undefined, headers: ChoiceHeaders | undefined): StickyChoice {
   if (pinned !== undefined) return { color: route.colors[pinned], setCookie: undefined }
   if (headers === undefined || !readsHeaders(route)) return { color: route.colors[route.live], setCookie: undefined }
   if (route.stickyCookie !== undefined) return chooseSticky(route, headers)

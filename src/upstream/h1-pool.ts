@@ -151,6 +151,8 @@ export class UpstreamConn {
     this.user = undefined
     this.reused = true
     if (this.socket.isPaused()) this.socket.resume()
+    // An exchange may have timed its body by timeouts.body: the next one waits for its head by timeouts.response.
+    if (this.socket.timeout !== this.pool.timeouts.response) this.socket.setTimeout(this.pool.timeouts.response)
     let idleMs = this.pool.timeouts.idleUpstream
     if (keepAliveSeconds > 0) idleMs = Math.min(idleMs, keepAliveSeconds * 1000 - KEEP_ALIVE_MARGIN_MS)
     if (idleMs <= 0 || this.pool.closing) {

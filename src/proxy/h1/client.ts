@@ -5,13 +5,10 @@ import type http from 'node:http'
 import type net from 'node:net'
 import { rawError, type ErrorCode } from '../../errors.js'
 import type { ClientTimeouts } from '../../config/schema.js'
-import type { SmokeRunner } from '../../health/smoke.js'
-import { ambiguousRouting, chooseFor, readsHeaders } from '../../routing/choose.js'
-import { normalizeTarget, TARGET_ABOVE_ROOT } from '../../routing/path.js'
-import type { ServiceRoute, Switcher } from '../../routing/snapshot.js'
 import { heldSockets } from '../../upstream/h1-pool.js'
 import { MAX_HEAD, MAX_HEADER_LINES } from '../limits.js'
 import { newRequestId } from '../request-id.js'
+import type { Resolve } from '../resolve.js'
 import type { Forwarding } from '../trust.js'
 import { FastExchange, type ClientSide } from './exchange.js'
 import { CRLF2, gather, headWork, writeHeadAndBody, type Gatherer } from './io.js'
@@ -30,35 +27,11 @@ function tooManyLines (buf: Buffer, start: number, end: number): boolean {
   return false
 }
 
-/** How many lines of header `lowerName` forwarded header lines hold (routing by a preview header; rare). */
-function linesOf (lines: string, lowerName: string): number {
-  let n = 0
-  let at = 0
-  while (at < lines.length) {
-    const colon = lines.indexOf(':', at)
-    if (colon === -1) break
-    if (colon - at === lowerName.length && lines.slice(at, colon).toLowerCase() === lowerName) n++
-    const eol = lines.indexOf('\r\n', colon)
-    if (eol === -1) break
-    at = eol + 2
-  }
-  return n
-}
-
-/** A header's value in forwarded header lines (routing by a preview header; rare). */
-export function headerIn (lines: string, lowerName: string): string | undefined {
-  for (const line of lines.split('\r\n')) {
-    const colon = line.indexOf(':')
-    if (colon === lowerName.length && line.slice(0, colon).toLowerCase() === lowerName) return line.slice(colon + 1).trim()
-  }
-  return undefined
-}
-
 /** What a client connection reads of the listener that accepted it (the listener owns the connection set). */
 export interface ConnOwner {
   readonly fallback: http.Server
-  readonly switcher: Switcher
-  readonly smoke: SmokeRunner
+  /** Where each request goes (the resolve step): the fast engine routes nothing itself. */
+  readonly resolve: Resolve
   readonly forwarding: Forwarding
   readonly conns: Set<ClientConn>
   readonly client: ClientTimeouts
@@ -231,38 +204,16 @@ export class ClientConn implements Gatherer, ClientSide {
   }
 
   private route (head: RequestHead, body: Buffer | undefined): void {
-    const edge = this.edge
-    // The target is routed and forwarded normalized; the check is one scan of its slashes.
-    const target = normalizeTarget(head.target)
-    if (target === undefined) {
-      this.answer(head, 'bad_request', TARGET_ABOVE_ROOT)
-      return
-    }
-    head.target = target
-    const route = edge.switcher.current.match(head.host, target)
-    if (route === undefined) {
-      this.answer(head, 'no_route')
-      return
-    }
-    let headers: Record<string, string | undefined> | undefined
-    if (readsHeaders(route)) {
-      const ambiguous = ambiguousRouting(route, route.previewHeader === undefined ? 0 : linesOf(head.lines, route.previewHeader), head.connectionNames)
-      if (ambiguous !== undefined) {
-        this.answer(head, 'bad_request', ambiguous)
-        return
-      }
-      headers = routingHeaders(route, head)
-    }
-    const pinned = head.smoke === undefined ? undefined : edge.smoke.colorOf(head.smoke)
-    const { color, setCookie: cookie } = chooseFor(route, pinned, headers)
-    const endpoint = color.targets.pick()
-    if (endpoint === undefined) {
+    const to = this.edge.resolve(head)
+    if (to.endpoint === undefined) {
       const started = performance.now()
-      const bytes = this.answer(head, 'no_healthy_upstream', `no healthy upstream for ${route.name} (${color.color})`)
-      color.stats.rejected(head.method, head.target, head.requestId ?? newRequestId(), bytes, performance.now() - started)
+      const bytes = this.answer(head, to.code, to.message)
+      if (to.stats !== undefined) to.stats.rejected(head.method, to.target ?? head.target, head.requestId ?? newRequestId(), bytes, performance.now() - started)
       return
     }
-    const x = new FastExchange(this, head, endpoint, color.targets, color.stats, cookie, edge.forwarding)
+    // The target is forwarded normalized.
+    head.target = to.target
+    const x = new FastExchange(this, head, to, this.edge.forwarding)
     // The added X-Forwarded-* and request id must not push the head past what an upstream takes.
     if (!x.fitsUpstream) return void this.answer(head, 'header_too_large')
     this.x = x
@@ -343,11 +294,4 @@ function noop (): void {}
 
 function uncount (): void {
   heldSockets.count--
-}
-
-/** The headers a service's preview and sticky settings read, as `chooseFor` takes them. */
-function routingHeaders (route: ServiceRoute, head: RequestHead): Record<string, string | undefined> {
-  const headers: Record<string, string | undefined> = { cookie: head.cookie }
-  if (route.previewHeader !== undefined) headers[route.previewHeader] = headerIn(head.lines, route.previewHeader)
-  return headers
 }

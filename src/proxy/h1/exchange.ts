@@ -5,11 +5,12 @@ import type net from 'node:net'
 import { ERRORS, rawError, type ErrorCode } from '../../errors.js'
 import type { ColorStats, Finished, OpenExchange, UpstreamErrorKind } from '../../upstream/color-stats.js'
 import type { H1Pool as UpstreamPool, UpstreamConn, UpstreamUser } from '../../upstream/h1-pool.js'
-import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
-import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
+import type { Endpoint } from '../../upstream/target-set.js'
+import { failureKindOf, judgeAttempt, metricOf, type FailureKind } from '../attempt.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
-import { keepAliveRace, recordOutcome } from '../outcome.js'
+import { recordOutcome } from '../outcome.js'
 import { newRequestId } from '../request-id.js'
+import type { Resolution, UpstreamGroup } from '../resolve.js'
 import type { Forwarding } from '../trust.js'
 import { CRLF2, gather, headWork, writeHeadAndBody, type Gatherer } from './io.js'
 import { ChunkedScanner, Framing, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
@@ -43,15 +44,16 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
   private readonly startedAt = performance.now()
   private readonly conn: ClientSide
   private readonly head: RequestHead
-  private readonly picker: TargetSet
+  private readonly picker: UpstreamGroup['targets']
   private readonly stats: ColorStats
   private readonly setCookie: string | undefined
   private readonly upstreamHead: string
-  private readonly retryable: boolean
+  /** Longest silence within the response body, ms (timeouts.body; 0: none). */
+  private readonly bodyMs: number
   private endpoint: Endpoint
   private up: UpstreamConn | undefined
   private phase = Phase.Waiting
-  private retried = false
+  private retries = 0
   private settled = false
   /** Response bytes seen (a failure before any is a candidate for a retry). */
   private answered = false
@@ -72,15 +74,16 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
   private waitingOn: UpstreamPool | undefined
   private held: Buffer | undefined
 
-  constructor (conn: ClientSide, head: RequestHead, endpoint: Endpoint, picker: TargetSet, stats: ColorStats, setCookie: string | undefined, forwarding: Forwarding) {
+  constructor (conn: ClientSide, head: RequestHead, to: Resolution, forwarding: Forwarding) {
     this.conn = conn
     this.head = head
     this.method = head.method
     this.path = head.target
-    this.endpoint = endpoint
-    this.picker = picker
-    this.stats = stats
-    this.setCookie = setCookie
+    this.endpoint = to.endpoint
+    this.picker = to.group.targets
+    this.stats = to.group.stats
+    this.bodyMs = to.group.timeouts.body ?? 0
+    this.setCookie = to.setCookie
     let extra = forwarding.headerLines(conn.remote, head.host, head)
     if (head.requestId === undefined) {
       this.requestId = newRequestId()
@@ -89,7 +92,6 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
       this.requestId = head.requestId
     }
     this.upstreamHead = `${head.method} ${head.target} HTTP/1.1\r\n${head.lines}${extra}\r\n`
-    this.retryable = head.contentLength === 0 && IDEMPOTENT.has(head.method)
   }
 
   get target (): string {
@@ -138,7 +140,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     this.waitingOn = undefined
     this.held = undefined
     // An error for the guard (the color cannot serve), not against the target: it is busy, not broken.
-    this.answerError('upstream_overloaded')
+    this.fail('overloaded')
   }
 
   /** Lets go of the upstream: its connection is closed (never reused), or the wait for one ends. */
@@ -181,6 +183,8 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
   private readonly resumeUpstream = (): void => {
     this.upstreamPaused = false
     this.up?.socket.resume()
+    // Silence while the gateway held the upstream back was not the upstream's: timeouts.body starts afresh.
+    if (this.bodyMs > 0 && this.phase === Phase.Body) this.up?.socket.setTimeout(this.bodyMs)
   }
 
   onUpstreamData (chunk: Buffer): void {
@@ -200,7 +204,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     for (;;) {
       const end = buf.indexOf(CRLF2, from)
       if (end === -1 || end > MAX_HEAD) {
-        if (buf.length > MAX_HEAD) return this.fail('upstream_error')
+        if (buf.length > MAX_HEAD) return this.fail('protocol')
         headWork.scanned += buf.length - from
         this.pending = buf
         this.scanned = buf.length
@@ -210,12 +214,12 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
       this.room = undefined
       from = 0
       const r = parseResponseHead(buf.toString('latin1', 0, end), this.method === 'HEAD')
-      if (typeof r === 'string') return this.fail('upstream_error')
+      if (typeof r === 'string') return this.fail('protocol')
       buf = buf.subarray(end + 4)
       if (r.status >= 200) return this.respond(r, buf)
-      if (r.status === 101) return this.fail('upstream_error')
+      if (r.status === 101) return this.fail('protocol')
       // A flood of 1xx would be relayed (or parsed) without end: past a few, the upstream is broken.
-      if (++this.informational > MAX_INFORMATIONAL) return this.fail('upstream_error')
+      if (++this.informational > MAX_INFORMATIONAL) return this.fail('protocol')
       // Informational: 103 Early Hints go on to the client (no faster than it reads); the final answer is still to come.
       if (r.status === 103 && !this.conn.write(`${r.statusLine}\r\n${r.lines}\r\n`, undefined)) this.pauseUpstream()
       if (buf.length === 0) return
@@ -227,11 +231,13 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     if (r.framing === Framing.Length) this.remaining = r.contentLength
     else if (r.framing === Framing.Chunked) this.scanner = new ChunkedScanner()
     const { part, end } = this.take(rest)
-    if (end === -2) return this.fail('upstream_error')
+    if (end === -2) return this.fail('protocol')
     this.upstreamMs = performance.now() - this.startedAt
     this.status = r.status
     // Counted when the body ends (see endBody): a reset or short body after this head is a failure.
     this.phase = Phase.Body
+    // From here the upstream's silence is timed by timeouts.body (if set), not timeouts.response.
+    if (this.bodyMs > 0) this.up?.socket.setTimeout(this.bodyMs)
     this.closeClient = this.head.close || r.framing === Framing.Close || !this.requestSent || this.conn.closing
     let head = `${r.statusLine}\r\n${r.lines}`
     if (this.setCookie !== undefined) head += `set-cookie: ${this.setCookie}\r\n`
@@ -273,7 +279,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
 
   private relay (chunk: Buffer): void {
     const { part, end } = this.take(chunk)
-    if (end === -2) return this.fail('upstream_error')
+    if (end === -2) return this.fail('protocol')
     let ok = true
     if (part !== undefined && part.length > 0) {
       this.bytes += part.length
@@ -329,27 +335,36 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
       this.conn.socket.destroy()
       return
     }
-    const e = err ?? Object.assign(new Error('upstream closed the connection'), { code: 'UND_ERR_SOCKET' })
-    this.upstreamFailed(e, reused)
+    this.fail(failureKindOf(err ?? Object.assign(new Error('upstream closed the connection'), { code: 'UND_ERR_SOCKET' })), reused)
   }
 
   onUpstreamTimeout (): void {
-    // Once the answer has begun, a quiet stream (server-sent events, say) is left alone.
-    if (this.phase !== Phase.Waiting) return
-    this.fail('upstream_timeout')
+    if (this.phase === Phase.Waiting) return this.fail('timeout')
+    // Once the answer has begun, a quiet stream (server-sent events, say) is left alone unless timeouts.body says otherwise.
+    if (this.phase === Phase.Body && this.bodyMs > 0 && !this.upstreamPaused) this.fail('timeout')
   }
 
-  /** A failure before the answer: retried once when safe, else a coded error to the client. */
-  private upstreamFailed (err: Error & { code?: string }, reused: boolean): void {
-    const code = classifyUpstreamError(err)
-    this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
-    // A kept-alive connection the upstream closed just as it was reused: the request never got there.
-    const stale = keepAliveRace(this.answered, reused)
-    if (this.retryable && !this.retried && (code === 'upstream_connect_failed' || stale || (!this.answered && (err.code === 'ECONNRESET' || err.code === 'UND_ERR_SOCKET')))) {
-      const next = this.picker.pick(this.endpoint) ?? (code === 'upstream_connect_failed' ? undefined : this.endpoint)
+  /**
+   * Gives up on this attempt (its connection is closed, never reused). Before
+   * the answer, the attempt policy decides: tried again, or a coded answer
+   * to the client. After the head went out, the response is cut.
+   */
+  private fail (kind: FailureKind, reused = false): void {
+    this.dropUpstream()
+    if (this.phase === Phase.Body) {
+      // Head already sent: cut the response; the upstream broke it.
+      this.endBody(metricOf(kind) ?? 'reset')
+      this.conn.socket.destroy()
+      return
+    }
+    const verdict = judgeAttempt(kind, this.answered, reused, this.method, this.head.contentLength > 0, this.retries)
+    if (verdict.metric !== undefined) this.stats.upstreamError(verdict.metric)
+    if (verdict.countsAgainstTarget) this.endpoint.target.recordResult(false)
+    if (verdict.retry) {
+      const next = this.picker.pick(this.endpoint) ?? (verdict.sameTargetOk ? this.endpoint : undefined)
       if (next !== undefined) {
-        if (!stale) this.endpoint.target.recordResult(false)
-        this.retried = true
+        this.retries++
+        this.answered = false
         this.endpoint.target.inflight--
         next.target.inflight++
         this.endpoint = next
@@ -358,30 +373,14 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
         return
       }
     }
-    // A stale connection is the keep-alive race, not the target failing: it does not count toward ejection.
-    if (!stale) this.endpoint.target.recordResult(false)
-    this.answerError(code)
+    this.answerError(verdict.code, verdict.countsForGuard)
   }
 
-  /** Gives up on the upstream: its connection is closed and the client gets `code`. */
-  private fail (code: ErrorCode): void {
-    this.dropUpstream()
-    if (this.phase === Phase.Body) {
-      // Head already sent: cut the response; the upstream broke it.
-      this.endBody(ERROR_KIND[code] ?? 'reset')
-      this.conn.socket.destroy()
-      return
-    }
-    this.endpoint.target.recordResult(false)
-    this.stats.upstreamError(ERROR_KIND[code] ?? 'reset')
-    this.answerError(code)
-  }
-
-  /** The gateway answers in the upstream's place: an error for the guard. */
-  private answerError (code: ErrorCode): void {
+  /** The gateway answers in the upstream's place; `isError`: an error for the guard. */
+  private answerError (code: ErrorCode, isError: boolean): void {
     // Done before the count: a guard the count trips finds this exchange over.
     this.phase = Phase.Done
-    this.stats.record(true)
+    this.stats.record(isError)
     this.answerLocal(code, this.head.close || !this.requestSent)
   }
 

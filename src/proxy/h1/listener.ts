@@ -8,8 +8,7 @@
 import type http from 'node:http'
 import net from 'node:net'
 import type { ClientTimeouts } from '../../config/schema.js'
-import type { SmokeRunner } from '../../health/smoke.js'
-import type { Switcher } from '../../routing/snapshot.js'
+import type { Resolve } from '../resolve.js'
 import type { Forwarding } from '../trust.js'
 import { ClientConn, type ConnOwner } from './client.js'
 
@@ -17,8 +16,7 @@ export class FastEdge implements ConnOwner {
   readonly server: net.Server
   /** Connections the fast path does not serve, from the byte it stopped at. */
   readonly fallback: http.Server
-  readonly switcher: Switcher
-  readonly smoke: SmokeRunner
+  readonly resolve: Resolve
   /** The scheme served and the peers whose forwarding headers are believed. */
   readonly forwarding: Forwarding
   readonly conns = new Set<ClientConn>()
@@ -26,10 +24,9 @@ export class FastEdge implements ConnOwner {
   readonly client: ClientTimeouts
   closing = false
 
-  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, forwarding: Forwarding, opts: { client: ClientTimeouts }) {
+  constructor (resolve: Resolve, fallback: http.Server, forwarding: Forwarding, opts: { client: ClientTimeouts }) {
     this.client = opts.client
-    this.switcher = switcher
-    this.smoke = smoke
+    this.resolve = resolve
     this.fallback = fallback
     this.forwarding = forwarding
     // Sets up node:http's own connection tracking and timeout checks, as if it listened itself.

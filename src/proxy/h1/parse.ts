@@ -7,6 +7,8 @@
 // llhttp (Node's strict parser) accepts and how it frames it: the differential
 // tests (test/differential-*.test.ts) check that on generated messages.
 
+import type { RequestFacts } from '../resolve.js'
+import { FORBIDDEN_TRAILERS, HOP_BY_HOP, PIN_HEADER } from '../headers.js'
 import { addSent, isForwardingAlias } from '../trust.js'
 
 /**
@@ -74,28 +76,67 @@ function dropNamed (lines: string, named: string[]): string {
 /** Methods the fast path forwards; any other (CONNECT, WebDAV, lowercase) is node:http's to judge. */
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH', 'TRACE'])
 
-export interface RequestHead {
+/**
+ * A parsed request head. It is also the request's facts for the resolve step
+ * (RequestFacts): the header lookups scan the forwarded lines, and only run
+ * for services whose preview header routes them.
+ */
+export class RequestHead implements RequestFacts {
   method: string
   /** Origin-form: starts with `/`. */
   target: string
-  host: string | undefined
+  host: string | undefined = undefined
   /** Body size; 0 when there is none (chunked bodies take the node:http path). */
-  contentLength: number
+  contentLength = 0
   /** The client asked to close after this exchange. */
-  close: boolean
-  requestId: string | undefined
+  close = false
+  requestId: string | undefined = undefined
   /** The X-Forwarded-For values the client sent, joined; '' when none. */
-  xff: string
+  xff = ''
   /** X-Forwarded-Proto, X-Forwarded-Host and Forwarded as sent, joined; undefined when absent. */
-  xfProto: string | undefined
-  xfHost: string | undefined
-  forwarded: string | undefined
+  xfProto: string | undefined = undefined
+  xfHost: string | undefined = undefined
+  forwarded: string | undefined = undefined
   /** Header names the Connection header lists (besides close and keep-alive); undefined when none. */
-  connectionNames: string[] | undefined
-  cookie: string | undefined
-  smoke: string | undefined
+  connectionNames: string[] | undefined = undefined
+  cookie: string | undefined = undefined
+  smoke: string | undefined = undefined
   /** The header lines to forward, each ending in CRLF, hop-by-hop and gateway-owned ones removed. */
-  lines: string
+  lines = ''
+
+  constructor (method: string, target: string) {
+    this.method = method
+    this.target = target
+  }
+
+  /** The value of header `lowerName` in the forwarded lines, when it has exactly one line. */
+  header (lowerName: string): string | undefined {
+    let found: string | undefined
+    for (const line of this.lines.split('\r\n')) {
+      const colon = line.indexOf(':')
+      if (colon === lowerName.length && line.slice(0, colon).toLowerCase() === lowerName) {
+        if (found !== undefined) return undefined
+        found = line.slice(colon + 1).trim()
+      }
+    }
+    return found
+  }
+
+  /** How many lines of header `lowerName` the forwarded lines hold. */
+  headerLines (lowerName: string): number {
+    const lines = this.lines
+    let n = 0
+    let at = 0
+    while (at < lines.length) {
+      const colon = lines.indexOf(':', at)
+      if (colon === -1) break
+      if (colon - at === lowerName.length && lines.slice(at, colon).toLowerCase() === lowerName) n++
+      const eol = lines.indexOf('\r\n', colon)
+      if (eol === -1) break
+      at = eol + 2
+    }
+    return n
+  }
 }
 
 /**
@@ -113,10 +154,7 @@ export function parseRequestHead (head: string): RequestHead | undefined {
   const method = head.slice(0, sp1)
   const target = head.slice(sp1 + 1, sp2)
   if (!METHODS.has(method) || !TARGET.test(target)) return undefined
-  const r: RequestHead = {
-    method, target, host: undefined, contentLength: 0, close: false, requestId: undefined,
-    xff: '', xfProto: undefined, xfHost: undefined, forwarded: undefined, connectionNames: undefined, cookie: undefined, smoke: undefined, lines: '',
-  }
+  const r = new RequestHead(method, target)
   let named: string[] | undefined
   let sawLength = false
   const fields = eol + 2
@@ -156,22 +194,18 @@ export function parseRequestHead (head: string): RequestHead | undefined {
         break
       case 'transfer-encoding': case 'upgrade': case 'expect':
         return undefined
-      case 'keep-alive': case 'proxy-connection': case 'proxy-authenticate': case 'proxy-authorization':
-      case 'te': case 'trailer':
-        keep = false
-        break
       // The forwarding set is rebuilt for the upstream (proxy/trust.ts), from these values when the peer is trusted.
       case 'x-forwarded-for': case 'x-forwarded-proto': case 'x-forwarded-host': case 'forwarded':
         keep = false
         addSent(r, name, trimmed(head, colon + 1, end))
         break
-      case 'x-switchyard-smoke':
+      case PIN_HEADER:
         keep = false
         r.smoke = trimmed(head, colon + 1, end)
         break
       default:
-        // Only names of the forwarding headers' lengths get here with an underscore: rare.
-        if (isForwardingAlias(name)) keep = false
+        // The rest of the hop-by-hop table; only names of the forwarding headers' lengths get here with an underscore (rare).
+        if (HOP_BY_HOP.has(name) || isForwardingAlias(name)) keep = false
         break
       case 'x-request-id': {
         const value = trimmed(head, colon + 1, end)
@@ -229,13 +263,12 @@ const TARGET = /^\/[\x21-\x7e]*$/
 
 /** Lengths of the request header names parseRequestHead acts on. */
 const REQUEST_NAME_LENGTHS = new Uint8Array(32)
-for (const name of ['host', 'content-length', 'connection', 'transfer-encoding', 'upgrade', 'expect', 'keep-alive', 'proxy-connection',
-  'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-for',
-  'forwarded', 'x-switchyard-smoke', 'x-request-id', 'cookie']) REQUEST_NAME_LENGTHS[name.length] = 1
+for (const name of [...HOP_BY_HOP, 'host', 'content-length', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-for',
+  'forwarded', PIN_HEADER, 'x-request-id', 'cookie']) REQUEST_NAME_LENGTHS[name.length] = 1
 
 /** Lengths of the response header names parseResponseHead acts on. */
 const RESPONSE_NAME_LENGTHS = new Uint8Array(32)
-for (const name of ['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'upgrade', 'te', 'trailer']) RESPONSE_NAME_LENGTHS[name.length] = 1
+for (const name of [...HOP_BY_HOP, 'content-length']) RESPONSE_NAME_LENGTHS[name.length] = 1
 
 export interface ResponseHead {
   status: number
@@ -344,10 +377,9 @@ export function parseResponseHead (head: string, noBody: boolean): ResponseHead 
         if (m !== null) r.keepAliveSeconds = Number(m[1])
         break
       }
-      case 'proxy-connection': case 'proxy-authenticate': case 'upgrade': case 'te':
-        break
       default:
-        drop = false
+        // The rest of the hop-by-hop table goes; everything else stays.
+        drop = HOP_BY_HOP.has(name)
     }
     if (drop) {
       r.lines += head.slice(runStart, lineStart)
@@ -395,13 +427,6 @@ const FIELD_CHAR = new Uint8Array(256)
 FIELD_CHAR[9] = 1
 for (let c = 0x20; c <= 0xff; c++) if (c !== 0x7f) FIELD_CHAR[c] = 1
 
-/**
- * Trailer fields a client must never be handed after the body: framing, routing and
- * connection control (RFC 9110 6.5.1), which a client that merges trailers into the
- * head would act on. A response carrying one is cut, not relayed.
- */
-const FORBIDDEN_TRAILERS = new Set(['content-length', 'transfer-encoding', 'trailer', 'host', 'connection', 'keep-alive',
-  'proxy-connection', 'te', 'upgrade', 'content-encoding', 'content-type', 'content-range', 'set-cookie'])
 
 /**
  * Finds where a chunked body ends, without decoding it (the bytes are passed

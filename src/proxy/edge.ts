@@ -1,21 +1,17 @@
-// The public listener's request path: read the current snapshot once, match
-// the service, choose the color, pick a target, hand off to the forwarder.
+// The public listener, on either engine: node:http's server (the node engine,
+// and what the fast engine hands over), each request resolved once, then forwarded.
 
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type net from 'node:net'
 import type { Duplex } from 'node:stream'
-import type { Config } from './config/schema.js'
-import { FastEdge } from './proxy/h1/listener.js'
-import { ERRORS, rawError } from './errors.js'
-import { Exchange, requestIdFor, sendError } from './proxy/forward.js'
-import { MAX_HEAD, MAX_HEADER_LINES } from './proxy/limits.js'
-import { isWebSocketHandshake, proxyUpgrade, rejectUpgrade } from './proxy/websocket.js'
-import { SMOKE_HEADER, type SmokeRunner } from './health/smoke.js'
-import { ambiguousRouting, chooseFor, readsHeaders, type StickyChoice } from './routing/choose.js'
-import { normalizeTarget, TARGET_ABOVE_ROOT } from './routing/path.js'
-import type { ServiceRoute, Switcher } from './routing/snapshot.js'
-import { connectionNames, countHeader } from './proxy/headers.js'
-import { Forwarding } from './proxy/trust.js'
+import type { Config } from '../config/schema.js'
+import { rawError, writeError } from '../errors.js'
+import { FastEdge } from './h1/listener.js'
+import { Exchange, NodeRequestFacts, requestIdFor } from './forward.js'
+import { MAX_HEAD, MAX_HEADER_LINES } from './limits.js'
+import type { Resolve } from './resolve.js'
+import { Forwarding } from './trust.js'
+import { isWebSocketHandshake, proxyUpgrade, rejectUpgrade } from './websocket.js'
 
 const PROTO = 'http'
 
@@ -68,65 +64,40 @@ export function httpCloser (server: http.Server): Closer {
 /** What the public listener takes from the config; fixed for the life of the listener (a change needs a restart). */
 export type EdgeOptions = Pick<Config, 'engine' | 'client' | 'trustedProxies'>
 
-export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: EdgeOptions): EdgeServer {
+/**
+ * The public listener for `resolve` (the resolve step: the listener routes
+ * nothing itself). The fast engine serves what it can and hands the rest
+ * over to the node:http server made here, which the node engine uses alone.
+ */
+export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServer {
   const upgraded = new Set<Duplex>()
   /** Which peers' X-Forwarded-* are believed: decided once for the listener, on every engine. */
   const forwarding = new Forwarding(PROTO, opts.trustedProxies)
-
-  /** Smoke checks of the gate pin a color with a header only this process can forge. */
-  const choose = (route: ServiceRoute, headers: IncomingMessage['headers']): StickyChoice =>
-    chooseFor(route, headers[SMOKE_HEADER] === undefined ? undefined : smoke.colorOf(headers[SMOKE_HEADER]), headers)
-
-  /**
-   * The service for a request, after its target is normalized (and set as
-   * the one to forward); a string is the reason it is refused with 400.
-   */
-  const routeOf = (req: IncomingMessage): ServiceRoute | string | undefined => {
-    // Origin-form only (`/path?query`): absolute-form, `*` and friends are not for a reverse proxy.
-    if ((req.url as string).charCodeAt(0) !== 47) return 'the request target must be a path starting with /'
-    const target = normalizeTarget(req.url as string)
-    if (target === undefined) return TARGET_ABOVE_ROOT
-    req.url = target
-    const found = switcher.current.match(req.headers.host, target)
-    if (found === undefined || !readsHeaders(found)) return found
-    return ambiguousRouting(found, found.previewHeader === undefined ? 0 : countHeader(req.rawHeaders, found.previewHeader), connectionNames(req.rawHeaders)) ?? found
-  }
+  const deadlines = { body: opts.client.body, stall: opts.client.idle }
 
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
-    const route = routeOf(req)
-    if (typeof route === 'string') {
-      sendError(res, 'bad_request', ERRORS.bad_request.status, route)
-      return
-    }
-    if (route === undefined) {
-      sendError(res, 'no_route', ERRORS.no_route.status)
-      return
-    }
-    const { color, setCookie: cookie } = choose(route, req.headers)
-    const endpoint = color.targets.pick()
-    if (endpoint === undefined) {
+    const to = resolve(new NodeRequestFacts(req))
+    if (to.target !== undefined) req.url = to.target
+    if (to.endpoint === undefined) {
       const started = performance.now()
-      const bytes = sendError(res, 'no_healthy_upstream', ERRORS.no_healthy_upstream.status, `no healthy upstream for ${route.name} (${color.color})`)
-      color.stats.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
+      const bytes = writeError(res, to.code, to.message)
+      to.stats?.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
       return
     }
-    new Exchange(req, res, endpoint, color.targets, color.stats, forwarding, cookie).start(opts.client.body, color.timeouts.connect, opts.client.idle)
+    new Exchange(req, res, to, forwarding).start(deadlines)
   }
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
-    const route = routeOf(req)
-    if (typeof route === 'string') return rejectUpgrade(socket, 'bad_request')
-    if (route === undefined) return rejectUpgrade(socket, 'no_route')
-    const { color } = choose(route, req.headers)
-    const endpoint = color.targets.pick()
-    if (endpoint === undefined) return rejectUpgrade(socket, 'no_healthy_upstream')
-    proxyUpgrade(req, socket, head, endpoint, color.stats, forwarding, color.timeouts)
+    const to = resolve(new NodeRequestFacts(req))
+    if (to.target !== undefined) req.url = to.target
+    if (to.endpoint === undefined) return rejectUpgrade(socket, to.code)
+    proxyUpgrade(req, socket, head, to, forwarding)
   }
 
   /** A request whose head node:http took but the gateway will not (too many lines: node:http would have dropped some). */
   const serve = (req: IncomingMessage, res: ServerResponse): void => {
     if (req.rawHeaders.length > 2 * MAX_HEADER_LINES) {
-      sendError(res, 'header_too_large', ERRORS.header_too_large.status, `more than ${MAX_HEADER_LINES} header lines`, true)
+      writeError(res, 'header_too_large', `more than ${MAX_HEADER_LINES} header lines`, true)
       return
     }
     onRequest(req, res)
@@ -231,6 +202,6 @@ export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: 
     socket.end(refusal)
   })
   if (opts.engine === 'node') return { ...httpCloser(server), upgraded }
-  const fast = new FastEdge(switcher, smoke, server, forwarding, opts)
+  const fast = new FastEdge(resolve, server, forwarding, opts)
   return { server: fast.server, closeIdle: () => fast.closeIdle(), closeAll: () => fast.closeAll(), upgraded }
 }

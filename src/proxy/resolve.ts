@@ -1,0 +1,60 @@
+// The contract between the engines and routing: what the proxy tells about a
+// request, and the one answer it gets back (where to send it, or why not).
+
+import type { Timeouts } from '../config/schema.js'
+import type { ErrorCode } from '../errors.js'
+import type { ColorStats } from '../upstream/color-stats.js'
+import type { Endpoint } from '../upstream/target-set.js'
+
+/**
+ * What the resolve step reads of a request. Each engine answers from its own
+ * parse (the fast engine's head, node:http's IncomingMessage, later HTTP/2
+ * headers) and copies nothing the routing does not ask for.
+ */
+export interface RequestFacts {
+  /** The request target as received. */
+  readonly target: string
+  readonly host: string | undefined
+  /** The gateway's own pin header (smoke checks), as sent. */
+  readonly smoke: string | undefined
+  /** The Cookie header, its lines joined. */
+  readonly cookie: string | undefined
+  /** The header names the Connection header lists (besides close and keep-alive); undefined when none. */
+  readonly connectionNames: readonly string[] | undefined
+  /** The value of header `lowerName` when it has exactly one line; asked only for a service's preview header. */
+  header: (lowerName: string) => string | undefined
+  /** How many lines of header `lowerName` the request carries. */
+  headerLines: (lowerName: string) => number
+}
+
+/** Where the chosen color's requests go, as the proxy sees it (it never learns which color). */
+export interface UpstreamGroup {
+  /** Where a retry may go. */
+  readonly targets: { pick: (exclude?: Endpoint) => Endpoint | undefined }
+  readonly stats: ColorStats
+  readonly timeouts: Timeouts
+}
+
+/** A request with somewhere to go. */
+export interface Resolution {
+  /** The target to forward: normalized (dot segments and doubled slashes resolved). */
+  readonly target: string
+  readonly endpoint: Endpoint
+  readonly group: UpstreamGroup
+  /** A Set-Cookie to answer with (sticky sessions), or undefined. */
+  readonly setCookie: string | undefined
+}
+
+/** A request the gateway answers itself, with the coded reason. */
+export interface Refusal {
+  readonly endpoint?: undefined
+  readonly code: ErrorCode
+  readonly message: string | undefined
+  /** The normalized target, once it is known. */
+  readonly target: string | undefined
+  /** The color that could not serve it (no healthy upstream): the refusal is counted there. */
+  readonly stats: ColorStats | undefined
+}
+
+/** The one resolve step every engine calls: route, color, target, or the error to answer. */
+export type Resolve = (facts: RequestFacts) => Resolution | Refusal

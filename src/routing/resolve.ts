@@ -1,0 +1,49 @@
+// Step one of every request, on every engine and for WebSocket upgrades: from
+// what a request says to where it goes, or the coded reason it goes nowhere.
+
+import type { Color } from '../config/schema.js'
+import type { Refusal, RequestFacts, Resolution, Resolve } from '../proxy/resolve.js'
+import { ambiguousRouting, chooseFor, readsHeaders } from './choose.js'
+import { normalizeTarget, TARGET_ABOVE_ROOT } from './path.js'
+import type { Snapshot } from './snapshot.js'
+
+/** Who may pin a color on a request (the smoke checks of a flip's gate). */
+export interface ColorPins {
+  /** The color the gateway's own pin header names, or undefined when the header is not genuine. */
+  colorOf: (header: string) => Color | undefined
+}
+
+const NO_ROUTE: Refusal = { code: 'no_route', message: undefined, target: undefined, stats: undefined }
+const NOT_A_PATH: Refusal = { code: 'bad_request', message: 'the request target must be a path starting with /', target: undefined, stats: undefined }
+const ABOVE_ROOT: Refusal = { code: 'bad_request', message: TARGET_ABOVE_ROOT, target: undefined, stats: undefined }
+
+/**
+ * The resolve step over the snapshot `snapshots` holds at the moment of each
+ * call (read once per request, so a flip never splits one): the target is
+ * normalized, the service matched, a request whose routing headers could be
+ * read two ways refused, the color chosen (pin, preview, sticky, live) and a
+ * target picked.
+ */
+export function createResolver (snapshots: { readonly current: Snapshot }, pins: ColorPins): Resolve {
+  return (facts: RequestFacts): Resolution | Refusal => {
+    const raw = facts.target
+    // Origin-form only (`/path?query`): absolute-form, `*` and friends are not for a reverse proxy.
+    if (raw.charCodeAt(0) !== 47) return NOT_A_PATH
+    const target = normalizeTarget(raw)
+    if (target === undefined) return ABOVE_ROOT
+    const route = snapshots.current.match(facts.host, target)
+    if (route === undefined) return target === raw ? NO_ROUTE : { ...NO_ROUTE, target }
+    let headers: RequestFacts | undefined
+    if (readsHeaders(route)) {
+      const ambiguous = ambiguousRouting(route, route.previewHeader === undefined ? 0 : facts.headerLines(route.previewHeader), facts.connectionNames)
+      if (ambiguous !== undefined) return { code: 'bad_request', message: ambiguous, target, stats: undefined }
+      headers = facts
+    }
+    const { color, setCookie } = chooseFor(route, facts.smoke === undefined ? undefined : pins.colorOf(facts.smoke), headers)
+    const endpoint = color.targets.pick()
+    if (endpoint === undefined) {
+      return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats }
+    }
+    return { target, endpoint, group: color, setCookie }
+  }
+}
