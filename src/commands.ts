@@ -3,11 +3,11 @@
 
 import cluster from 'node:cluster'
 import { parseArgs } from 'node:util'
-import { runWorker, WorkerPool } from './cluster.js'
 import { ConfigError, loadConfigFile } from './config/load.js'
 import { isColor } from './config/schema.js'
 import { startDemoBackends, stopDemoBackends, type DemoBackend } from './demo.js'
 import { Gateway } from './gateway.js'
+import { runWorker, WorkerPool } from './listen/worker-pool.js'
 import { log } from './log.js'
 
 export interface Io {
@@ -104,7 +104,7 @@ async function serve (argv: string[], io: Io): Promise<number> {
     demo = await startDemoBackends(config)
     log('info', 'demo backends started', { backends: demo.map((d) => `${d.service}/${d.color} ${d.url}`) })
   }
-  const gateway = new Gateway(config, count > 1 ? { workers: new WorkerPool(count) } : {})
+  const gateway = new Gateway(config, count > 1 ? { listener: new WorkerPool(count) } : {})
   try {
     await gateway.start()
   } catch (err) {

@@ -1,10 +1,7 @@
-// Wiring: builds the registry, controller, edge and admin servers from a
-// config, and starts and stops them. No logic of its own beyond lifecycle.
+// Wiring: builds the registry, controller, public listener and admin server
+// from a config, and starts and stops them. No logic of its own beyond lifecycle.
 
-import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
-import type net from 'node:net'
-import type { Duplex } from 'node:stream'
 import type http from 'node:http'
 import { dirname, join } from 'node:path'
 import { createAdminServer } from './admin/server.js'
@@ -14,12 +11,13 @@ import { createAccessLog, log, type AccessLog } from './log.js'
 import { createMetrics } from './metrics.js'
 import { Controller } from './control/controller.js'
 import { EventLog } from './control/events.js'
-import { createEdgeServer, httpCloser, type Closer, type EdgeServer } from './edge.js'
+import { httpCloser } from './edge.js'
 import { Prober } from './health/prober.js'
 import { SmokeRunner } from './health/smoke.js'
+import { LocalListener } from './listen/local.js'
+import { closeGracefully, listen, originOf, type PublicListener } from './listen/public-listener.js'
 import { FileStateStore } from './state/file-store.js'
 import { TargetRegistry } from './upstream/registry.js'
-import type { WorkerPool } from './cluster.js'
 
 export interface GatewayOptions {
   /** Environment for ${VAR} substitution on reload. Default process.env. */
@@ -27,20 +25,22 @@ export interface GatewayOptions {
   /** Override the config's listen addresses (tests use port 0). */
   listen?: HostPort
   adminListen?: HostPort
-  /** Primary of worker processes: they hold the public listener; this process keeps the admin API and the state. */
-  workers?: WorkerPool
+  /**
+   * Where requests are served. Default: a listener in this process. A worker
+   * pool serves them in worker processes; this one keeps the admin API and the state.
+   */
+  listener?: PublicListener
 }
 
 export class Gateway {
   readonly config: Config
   readonly registry = new TargetRegistry()
   readonly prober = new Prober()
-  readonly smoke = new SmokeRunner(() => this.opts.workers?.url ?? this.url)
+  readonly smoke = new SmokeRunner(() => this.url)
+  readonly listener: PublicListener
   controller!: Controller
   private accessLog: AccessLog | undefined
   private sampler: NodeJS.Timeout | undefined
-  private edge: net.Server | undefined
-  private edgeParts: EdgeServer | undefined
   private admin: http.Server | undefined
   private readonly opts: GatewayOptions
   private get env (): NodeJS.ProcessEnv {
@@ -50,22 +50,18 @@ export class Gateway {
   constructor (config: Config, opts: GatewayOptions = {}) {
     this.config = config
     this.opts = opts
+    this.listener = opts.listener ?? new LocalListener()
   }
 
   async start (): Promise<void> {
     const store = new FileStateStore(this.config.state.file)
     const events = new EventLog(join(dirname(this.config.state.file), 'events.jsonl'))
-    const workers = this.opts.workers
-    if (workers !== undefined) this.registry.observers.remote = workers
+    this.registry.observers.remote = this.listener.remote
     this.controller = await Controller.create(this.config, this.registry, store, events, {
       prober: this.prober,
       smoke: this.smoke,
-      ...(workers === undefined ? {} : { publish: async (config, state) => await workers.publish(config, state) }),
+      publish: this.listener.publish,
     })
-    if (workers === undefined) {
-      this.edgeParts = createEdgeServer(this.controller.switcher, this.smoke, this.config)
-      this.edge = this.edgeParts.server
-    }
     this.registry.observers.metrics = this.config.metrics.enabled
     if (this.config.log.access !== false) {
       this.accessLog = createAccessLog(this.config.log.access)
@@ -76,8 +72,13 @@ export class Gateway {
     const metrics = this.config.metrics.enabled ? createMetrics({ registry: this.registry, controller: () => this.controller }) : undefined
     this.admin = createAdminServer(this.controller, { loadConfig: () => this.loadConfig(), metrics })
     try {
-      if (this.edge !== undefined) await listen(this.edge, this.opts.listen ?? this.config.listen)
-      if (workers !== undefined) await workers.start(this.controller, this.registry, this.smoke.secret)
+      await this.listener.start({
+        controller: this.controller,
+        registry: this.registry,
+        smoke: this.smoke,
+        config: this.config,
+        listen: this.opts.listen ?? this.config.listen,
+      })
       await listen(this.admin, this.opts.adminListen ?? this.config.admin.listen)
     } catch (err) {
       await this.stop(0)
@@ -101,7 +102,7 @@ export class Gateway {
   }
 
   get address (): AddressInfo {
-    return this.edge?.address() as AddressInfo ?? this.opts.workers?.address
+    return this.listener.address as AddressInfo
   }
 
   get adminAddress (): AddressInfo {
@@ -110,9 +111,7 @@ export class Gateway {
 
   /** The public listener's origin, reachable from this host (a wildcard bind becomes loopback). */
   get url (): string {
-    const { address, family, port } = this.address
-    if (address === '0.0.0.0' || address === '::') return `http://${family === 'IPv6' ? '[::1]' : '127.0.0.1'}:${port}`
-    return family === 'IPv6' ? `http://[${address}]:${port}` : `http://${address}:${port}`
+    return originOf(this.address)
   }
 
   get adminUrl (): string {
@@ -124,38 +123,15 @@ export class Gateway {
    * then closes whatever is left and the upstream pools.
    */
   async stop (graceMs = 10_000): Promise<void> {
-    // WebSockets would hold the listener open forever: tell them to go away (1001), spread out.
-    this.controller?.closeWebSockets(Math.min(1000, graceMs / 10))
-    await this.opts.workers?.stop(graceMs)
-    await closeGracefully([this.edgeParts, this.admin === undefined ? undefined : httpCloser(this.admin)], this.edgeParts?.upgraded ?? new Set(), graceMs)
+    // The admin API stops accepting with the public side; each lets its in-flight requests finish.
+    await Promise.all([
+      this.listener.stop(graceMs),
+      closeGracefully([this.admin === undefined ? undefined : httpCloser(this.admin)], new Set(), graceMs),
+    ])
     clearInterval(this.sampler)
     this.accessLog?.flush()
     await this.controller?.stop()
     await this.prober.stop()
     await this.registry.destroy()
   }
-}
-
-/**
- * Stops accepting, lets in-flight requests finish for up to `graceMs`
- * (closing keep-alive connections as they go idle), then closes the rest.
- */
-export async function closeGracefully (list: Array<Closer | undefined>, upgraded: Set<Duplex>, graceMs: number): Promise<void> {
-  const servers = list.filter((s): s is Closer => s?.server.listening === true)
-  const closed = servers.map(async (s) => await new Promise<void>((resolve) => s.server.close(() => resolve())))
-  const sweep = setInterval(() => { for (const s of servers) s.closeIdle() }, 50)
-  for (const s of servers) s.closeIdle()
-  let timer: NodeJS.Timeout | undefined
-  const deadline = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs) })
-  await Promise.race([Promise.all(closed), deadline])
-  clearTimeout(timer)
-  clearInterval(sweep)
-  for (const s of servers) s.closeAll()
-  for (const socket of upgraded) socket.destroy()
-  await Promise.all(closed)
-}
-
-export async function listen (server: net.Server, at: HostPort): Promise<void> {
-  server.listen(at.port, at.host)
-  await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => { throw new Error(`cannot listen on ${at.host}:${at.port}: ${(err as Error).message}`) })])
 }

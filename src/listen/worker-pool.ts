@@ -6,15 +6,15 @@
 
 import cluster, { type Worker } from 'node:cluster'
 import type { AddressInfo } from 'node:net'
-import type { Color, Config } from './config/schema.js'
-import type { Controller } from './control/controller.js'
-import { createEdgeServer, type EdgeServer } from './edge.js'
-import { closeGracefully, listen } from './gateway.js'
-import { SmokeRunner } from './health/smoke.js'
-import { createAccessLog, drainLogs, log } from './log.js'
-import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState } from './routing/snapshot.js'
-import type { RemoteColors, Totals } from './upstream/color-stats.js'
-import { TargetRegistry, type ProbeState } from './upstream/registry.js'
+import type { Color, Config, HostPort } from '../config/schema.js'
+import type { Controller } from '../control/controller.js'
+import { createEdgeServer, type EdgeServer } from '../edge.js'
+import { SmokeRunner } from '../health/smoke.js'
+import { createAccessLog, drainLogs, log } from '../log.js'
+import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState } from '../routing/snapshot.js'
+import type { RemoteColors, Totals } from '../upstream/color-stats.js'
+import { TargetRegistry, type ProbeState } from '../upstream/registry.js'
+import { closeGracefully, listen, type ListenerDeps, type PublicListener } from './public-listener.js'
 
 /** How often a worker reports its counts: the lag of guard, drain and /v1/state in cluster mode. */
 export const REPORT_MS = 100
@@ -22,7 +22,7 @@ export const REPORT_MS = 100
 const ACK_TIMEOUT_MS = 5000
 
 type ToWorker =
-  | { t: 'sync', seq: number, config: Config, state: RoutingState, probes: Record<string, ProbeState>, secret: string }
+  | { t: 'sync', seq: number, config: Config, state: RoutingState, probes: Record<string, ProbeState>, secret: string, listen: HostPort }
   | { t: 'probe', url: string, probe: ProbeState }
   | { t: 'close', service: string, color: Color, spreadMs: number }
   | { t: 'stop', graceMs: number }
@@ -54,7 +54,7 @@ function add (a: Totals, b: Totals): void {
 }
 
 /** The primary's side: forks, feeds and listens to the workers. */
-export class WorkerPool implements RemoteColors {
+export class WorkerPool implements PublicListener, RemoteColors {
   private readonly count: number
   private readonly workers = new Map<number, Worker>()
   /**
@@ -73,23 +73,22 @@ export class WorkerPool implements RemoteColors {
   private controller!: Controller
   private registry!: TargetRegistry
   private secret = ''
+  private at: HostPort | undefined
   address: AddressInfo | undefined
+  /** The workers hold every connection: a drain deadline closes a color's in each of them. */
+  readonly remote: RemoteColors = this
 
   constructor (count: number) {
     this.count = count
   }
 
-  get url (): string {
-    const a = this.address as AddressInfo
-    const host = a.address === '0.0.0.0' || a.address === '::' ? '127.0.0.1' : a.address
-    return `http://${host.includes(':') ? `[${host}]` : host}:${a.port}`
-  }
-
   /** Forks the workers and resolves once every one listens with the current routing. */
-  async start (controller: Controller, registry: TargetRegistry, secret: string): Promise<void> {
+  async start ({ controller, registry, smoke, listen: at }: ListenerDeps): Promise<void> {
     this.controller = controller
     this.registry = registry
-    this.secret = secret
+    // Workers recognize the primary's smoke checks by its secret.
+    this.secret = smoke.secret
+    this.at = at
     registry.onHealthChange((c) => this.broadcast({ t: 'probe', url: c.target.url, probe: c.target.probe }))
     cluster.on('exit', (worker, code, signal) => this.onExit(worker, code, signal))
     const all: Array<Promise<void>> = []
@@ -122,7 +121,7 @@ export class WorkerPool implements RemoteColors {
     for (const route of this.controller.switcher.current.services.values()) {
       for (const set of [route.colors.blue, route.colors.green]) for (const e of set.targets.endpoints) probes[e.target.url] = e.target.probe
     }
-    return { t: 'sync', seq: ++this.seq, config, state, probes, secret: this.secret }
+    return { t: 'sync', seq: ++this.seq, config, state, probes, secret: this.secret, listen: this.at as HostPort }
   }
 
   private send (worker: Worker, msg: ToWorker): void {
@@ -133,8 +132,8 @@ export class WorkerPool implements RemoteColors {
     for (const w of this.workers.values()) this.send(w, msg)
   }
 
-  /** Hands new routing to every worker; resolves when all have swapped it in. */
-  async publish (_config: Config, _state: RoutingState): Promise<void> {
+  /** Hands new routing to every worker; resolves when all have swapped it in. (A property: the controller calls it unbound.) */
+  readonly publish = async (_config: Config, _state: RoutingState): Promise<void> => {
     const msg = this.syncMessage() as Extract<ToWorker, { t: 'sync' }>
     const waits = [...this.workers.values()].filter((w) => this.synced.has(w.id)).map(async (w) => await new Promise<void>((resolve) => {
       const key = `${w.id}/${msg.seq}`
@@ -285,7 +284,7 @@ export async function runWorker (): Promise<void> {
         }
         smoke = new SmokeRunner(() => '', msg.secret)
         edge = createEdgeServer(switcher as Switcher, smoke, msg.config)
-        listen(edge.server, msg.config.listen).then(() => {
+        listen(edge.server, msg.listen).then(() => {
           log('info', 'worker listening', { pid: process.pid })
           tell({ t: 'ready', address: edge?.server.address() as AddressInfo })
         }, (err: Error) => {

@@ -1,0 +1,77 @@
+// The public side of the gateway as one boundary: where requests are served
+// (this process, or worker processes), so the wiring treats both the same.
+
+import { once } from 'node:events'
+import type net from 'node:net'
+import type { Duplex } from 'node:stream'
+import type { Config, HostPort } from '../config/schema.js'
+import type { Controller } from '../control/controller.js'
+import type { Closer } from '../edge.js'
+import type { SmokeRunner } from '../health/smoke.js'
+import type { RoutingState } from '../routing/snapshot.js'
+import type { RemoteColors } from '../upstream/color-stats.js'
+import type { TargetRegistry } from '../upstream/registry.js'
+
+/** What a listener serves from: built by the gateway before the listener starts. */
+export interface ListenerDeps {
+  /** Its routing (the switcher, the routing state) and the WebSockets to close at shutdown. */
+  controller: Controller
+  /** Where the request counts end up, and the probe results that flow to the request path. */
+  registry: TargetRegistry
+  /** Recognizes the gate's smoke requests (its secret pins a color). */
+  smoke: SmokeRunner
+  /** The listener options (engine, client limits, trusted proxies) fixed for its life. */
+  config: Config
+  /** Where to accept connections. */
+  listen: HostPort
+}
+
+export interface PublicListener {
+  /**
+   * Hands every routing change to where requests are served; a change is
+   * answered only once it resolves. Absent when they read the controller's
+   * switcher in this process, where a swap is already seen by the next request.
+   */
+  readonly publish?: (config: Config, state: RoutingState) => Promise<void>
+  /** Connections held in other processes, for the registry to end a color's (drain deadline); absent when held here. */
+  readonly remote?: RemoteColors
+  /** Accepts connections; resolves once requests are served with the controller's current routing. */
+  start: (deps: ListenerDeps) => Promise<void>
+  /** Where it accepts; undefined before start. */
+  readonly address: net.AddressInfo | undefined
+  /**
+   * Shutdown: stops accepting, tells open WebSockets 1001, lets in-flight
+   * requests finish for up to `graceMs`, then closes the rest. Safe before start.
+   */
+  stop: (graceMs: number) => Promise<void>
+}
+
+/** A listener's origin, reachable from this host (a wildcard bind becomes loopback). */
+export function originOf ({ address, family, port }: net.AddressInfo): string {
+  if (address === '0.0.0.0' || address === '::') return `http://${family === 'IPv6' ? '[::1]' : '127.0.0.1'}:${port}`
+  return family === 'IPv6' ? `http://[${address}]:${port}` : `http://${address}:${port}`
+}
+
+export async function listen (server: net.Server, at: HostPort): Promise<void> {
+  server.listen(at.port, at.host)
+  await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => { throw new Error(`cannot listen on ${at.host}:${at.port}: ${(err as Error).message}`) })])
+}
+
+/**
+ * Stops accepting, lets in-flight requests finish for up to `graceMs`
+ * (closing keep-alive connections as they go idle), then closes the rest.
+ */
+export async function closeGracefully (list: Array<Closer | undefined>, upgraded: Set<Duplex>, graceMs: number): Promise<void> {
+  const servers = list.filter((s): s is Closer => s?.server.listening === true)
+  const closed = servers.map(async (s) => await new Promise<void>((resolve) => s.server.close(() => resolve())))
+  const sweep = setInterval(() => { for (const s of servers) s.closeIdle() }, 50)
+  for (const s of servers) s.closeIdle()
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs) })
+  await Promise.race([Promise.all(closed), deadline])
+  clearTimeout(timer)
+  clearInterval(sweep)
+  for (const s of servers) s.closeAll()
+  for (const socket of upgraded) socket.destroy()
+  await Promise.all(closed)
+}
