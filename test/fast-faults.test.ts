@@ -10,6 +10,7 @@ import * as io from '../src/proxy/h1/io.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../src/proxy/limits.js'
 import { admin, eventually, http1, startBackend, startGateway, type TestGateway } from './helpers/index.js'
 import { count, exchange, rawUpstream } from './helpers/raw.js'
+import type { LocalListener } from '../src/listen/local.js'
 
 /** A one-service gateway config on the fast engine (whatever SWITCHYARD_TEST_ENGINE says): blue `targets`, green another backend. */
 function oneService (blue: string[], green: string, extra = '', top = '', engine = 'fast'): string {
@@ -223,7 +224,7 @@ t.test('a head arriving a byte at a time costs linear work, on both sides', asyn
   const work = (): number => concatenated + (io.headWork?.copied ?? 0)
 
   // The request head, fed to the gateway's socket one byte per read (15 KiB: 15,000 reads).
-  const edge = (gw.gateway as any).edge as net.Server
+  const edge = (gw.gateway.listener as LocalListener).server as net.Server
   const gatewaySide = new Promise<net.Socket>((resolve) => edge.once('connection', resolve))
   const client = net.connect(port, '127.0.0.1')
   client.on('error', () => {})
@@ -274,7 +275,7 @@ t.test('a 1xx flood is capped, and 1xx the client cannot take yet pause the upst
   t.match(sixteen, /HTTP\/1\.1 200 OK[^]*ok$/)
 
   // A client whose socket is full: the gateway stops reading the upstream until it drains.
-  const edge = (gw.gateway as any).edge as net.Server
+  const edge = (gw.gateway.listener as LocalListener).server as net.Server
   const gatewaySide = new Promise<net.Socket>((resolve) => edge.once('connection', resolve))
   const client = net.connect(port, '127.0.0.1', () => client.write('GET /hint HTTP/1.1\r\nhost: x\r\n\r\n'))
   client.on('error', () => {})

@@ -5,13 +5,14 @@
 import t from 'tap'
 import net from 'node:net'
 import { eventually, startBackend, startGateway, type TestGateway } from './helpers/index.js'
+import type { LocalListener } from '../src/listen/local.js'
 
 const ENGINES = ['fast', 'node'] as const
 
 /** The server side of every connection the public listener accepts, in order. */
 function serverSockets (gw: TestGateway): net.Socket[] {
   const sockets: net.Socket[] = []
-  ;(gw.gateway as unknown as { edge: net.Server }).edge.on('connection', (s: net.Socket) => sockets.push(s))
+  ;((gw.gateway.listener as LocalListener).server as net.Server).on('connection', (s: net.Socket) => sockets.push(s))
   return sockets
 }
 

@@ -9,6 +9,7 @@ import { DEFAULTS } from '../src/config/schema.js'
 import { Target } from '../src/upstream/registry.js'
 import { eventually, startBackend, startGateway, type Backend } from './helpers/index.js'
 import { exchange, rawUpstream } from './helpers/raw.js'
+import type { LocalListener } from '../src/listen/local.js'
 
 const ENGINES = ['node', 'fast'] as const
 
@@ -254,7 +255,7 @@ t.test('engine node: a connection is parsed only so far ahead of the answer it w
   }
   const gw = await startGateway(t, oneService('node', blue.url, green.url))
   let parsed = 0
-  ;((gw.gateway as any).edge as net.Server).on('request', () => parsed++)
+  ;((gw.gateway.listener as LocalListener).server as net.Server).on('request', () => parsed++)
   const N = 5000
   let text = ''
   for (let i = 0; i < N; i++) text += `GET /p${i} HTTP/1.1\r\nhost: x\r\n${i === N - 1 ? 'connection: close\r\n' : ''}\r\n`

@@ -1,8 +1,10 @@
 // The public listener in this process: the edge server reads the controller's
 // switcher directly, so a routing change needs no hand-over.
 
+import type net from 'node:net'
 import type { AddressInfo } from 'node:net'
-import { createEdgeServer, type EdgeServer } from '../edge.js'
+import { createEdgeServer, type EdgeServer } from '../proxy/edge.js'
+import { createResolver } from '../routing/resolve.js'
 import { closeGracefully, listen, type ListenerDeps, type PublicListener } from './public-listener.js'
 
 /** Longest spread of the WebSockets' 1001 at shutdown, so clients do not all reconnect at once. */
@@ -14,8 +16,13 @@ export class LocalListener implements PublicListener {
 
   async start (deps: ListenerDeps): Promise<void> {
     this.deps = deps
-    this.edge = createEdgeServer(deps.controller.switcher, deps.smoke, deps.config)
+    this.edge = createEdgeServer(createResolver(deps.controller.switcher, deps.smoke), deps.config)
     await listen(this.edge.server, deps.listen)
+  }
+
+  /** The listening server, once started (tests watch its connections). */
+  get server (): net.Server | undefined {
+    return this.edge?.server
   }
 
   get address (): AddressInfo | undefined {

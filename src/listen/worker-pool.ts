@@ -8,7 +8,8 @@ import cluster, { type Worker } from 'node:cluster'
 import type { AddressInfo } from 'node:net'
 import type { Color, Config, HostPort } from '../config/schema.js'
 import type { Controller } from '../control/controller.js'
-import { createEdgeServer, type EdgeServer } from '../edge.js'
+import { createEdgeServer, type EdgeServer } from '../proxy/edge.js'
+import { createResolver } from '../routing/resolve.js'
 import { SmokeRunner } from '../health/smoke.js'
 import { createAccessLog, drainLogs, log } from '../log.js'
 import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState } from '../routing/snapshot.js'
@@ -283,7 +284,7 @@ export async function runWorker (): Promise<void> {
           flush = al.flush
         }
         smoke = new SmokeRunner(() => '', msg.secret)
-        edge = createEdgeServer(switcher as Switcher, smoke, msg.config)
+        edge = createEdgeServer(createResolver(switcher as Switcher, smoke), msg.config)
         listen(edge.server, msg.listen).then(() => {
           log('info', 'worker listening', { pid: process.pid })
           tell({ t: 'ready', address: edge?.server.address() as AddressInfo })
