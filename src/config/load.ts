@@ -10,6 +10,7 @@ import {
   type HostPort, type LimitsConfig, type ServiceConfig, type SmokeCheck, type Timeouts,
 } from './schema.js'
 import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, substituteEnv } from './values.js'
+import { CONFIG_KEYS, ENVIRONMENT_KEYS, SECTION_KEYS, SERVICE_KEYS, SMOKE_KEYS, listKeys } from './keys.js'
 
 export interface ConfigProblem {
   path: string
@@ -140,9 +141,6 @@ function join (path: string, key: string | number): string {
   return path === '' ? key : `${path}.${key}`
 }
 
-const TOP_KEYS = ['listen', 'engine', 'trustedProxies', 'client', 'admin', 'state', 'log', 'metrics', 'defaults', 'services'] as const
-const SERVICE_SECTION_KEYS = ['timeouts', 'health', 'passive', 'gate', 'guard', 'drain', 'limits'] as const
-const SERVICE_KEYS = ['match', 'live', 'blue', 'green', 'preview', 'sticky', 'smoke', ...SERVICE_SECTION_KEYS] as const
 const SERVICE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const COOKIE_NAME = HEADER_NAME
@@ -193,7 +191,7 @@ function substituteTree (value: unknown, path: string, env: NodeJS.ProcessEnv, c
 }
 
 function validate (raw: unknown, c: Checker, file: string | undefined): Config {
-  const top = c.object(raw, '', TOP_KEYS) ?? {}
+  const top = c.object(raw, '', listKeys(CONFIG_KEYS)) ?? {}
   const baseDir = file === undefined ? process.cwd() : dirname(file)
 
   const listen = c.hostPort(top.listen, 'listen', DEFAULTS.listen)
@@ -201,31 +199,31 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
   if (top.engine === 'fast' || top.engine === 'node') engine = top.engine
   else if (top.engine !== undefined) c.fail('engine', `must be fast or node, got ${JSON.stringify(top.engine)}`)
   const trustedProxies = top.trustedProxies === undefined ? [...DEFAULTS.trustedProxies] : c.cidrList(top.trustedProxies, 'trustedProxies')
-  const clientRaw = top.client === undefined ? {} : c.object(top.client, 'client', ['headerTimeout', 'idleTimeout', 'bodyTimeout']) ?? {}
+  const clientRaw = top.client === undefined ? {} : c.object(top.client, 'client', listKeys(CONFIG_KEYS.client)) ?? {}
   const client = {
     header: c.duration(clientRaw.headerTimeout, 'client.headerTimeout', DEFAULTS.client.header),
     idle: c.duration(clientRaw.idleTimeout, 'client.idleTimeout', DEFAULTS.client.idle),
     body: c.duration(clientRaw.bodyTimeout, 'client.bodyTimeout', DEFAULTS.client.body),
   }
-  const adminRaw = top.admin === undefined ? {} : c.object(top.admin, 'admin', ['listen', 'token', 'allowedHosts']) ?? {}
+  const adminRaw = top.admin === undefined ? {} : c.object(top.admin, 'admin', listKeys(CONFIG_KEYS.admin)) ?? {}
   const allowedHosts = adminRaw.allowedHosts === undefined ? [...DEFAULTS.admin.allowedHosts] : c.hostList(adminRaw.allowedHosts, 'admin.allowedHosts')
   const adminListen = c.hostPort(adminRaw.listen, 'admin.listen', DEFAULTS.admin.listen)
   const token = adminRaw.token === undefined ? DEFAULTS.admin.token : c.string(adminRaw.token, 'admin.token') ?? ''
   if (token === '' && !isLoopback(adminListen.host)) {
     c.fail('admin.token', `required when admin.listen (${adminListen.host}) is not loopback`)
   }
-  const stateRaw = top.state === undefined ? {} : c.object(top.state, 'state', ['file']) ?? {}
+  const stateRaw = top.state === undefined ? {} : c.object(top.state, 'state', listKeys(CONFIG_KEYS.state)) ?? {}
   const stateFile = stateRaw.file === undefined ? DEFAULTS.state.file : c.string(stateRaw.file, 'state.file') ?? DEFAULTS.state.file
 
-  const logRaw = top.log === undefined ? {} : c.object(top.log, 'log', ['access']) ?? {}
+  const logRaw = top.log === undefined ? {} : c.object(top.log, 'log', listKeys(CONFIG_KEYS.log)) ?? {}
   let access: boolean | string = DEFAULTS.log.access
   if (typeof logRaw.access === 'boolean') access = logRaw.access
   else if (typeof logRaw.access === 'string' && logRaw.access !== '') access = resolve(baseDir, logRaw.access)
   else if (logRaw.access !== undefined) c.fail('log.access', 'must be true (stdout), false (off) or a file path')
-  const metricsRaw = top.metrics === undefined ? {} : c.object(top.metrics, 'metrics', ['enabled']) ?? {}
+  const metricsRaw = top.metrics === undefined ? {} : c.object(top.metrics, 'metrics', listKeys(CONFIG_KEYS.metrics)) ?? {}
   const metricsEnabled = metricsRaw.enabled === undefined ? DEFAULTS.metrics.enabled : c.bool(metricsRaw.enabled, 'metrics.enabled') ?? true
 
-  const defaultsRaw = top.defaults === undefined ? {} : c.object(top.defaults, 'defaults', SERVICE_SECTION_KEYS) ?? {}
+  const defaultsRaw = top.defaults === undefined ? {} : c.object(top.defaults, 'defaults', listKeys(CONFIG_KEYS.defaults)) ?? {}
   const base = sections(defaultsRaw, 'defaults', c, undefined)
 
   const services: Record<string, ServiceConfig> = {}
@@ -269,7 +267,7 @@ interface Sections {
 function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undefined): Sections {
   const d = DEFAULTS.defaults
   const t = inherit?.timeouts ?? d.timeouts
-  const tr = raw.timeouts === undefined ? {} : c.object(raw.timeouts, join(path, 'timeouts'), ['connect', 'response', 'idleUpstream', 'body']) ?? {}
+  const tr = raw.timeouts === undefined ? {} : c.object(raw.timeouts, join(path, 'timeouts'), listKeys(SECTION_KEYS.timeouts)) ?? {}
   const timeouts: Timeouts = {
     connect: c.duration(tr.connect, join(path, 'timeouts.connect'), t.connect),
     response: c.duration(tr.response, join(path, 'timeouts.response'), t.response),
@@ -285,7 +283,7 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
   } else if (raw.health !== undefined) {
     const hp = join(path, 'health')
     const h = health ?? d.health
-    const hr = c.object(raw.health, hp, ['path', 'interval', 'timeout', 'healthyThreshold', 'unhealthyThreshold', 'expectStatus', 'assumeHealthy', 'panicThreshold']) ?? {}
+    const hr = c.object(raw.health, hp, listKeys(SECTION_KEYS.health)) ?? {}
     const probePath = hr.path === undefined ? h.path : c.string(hr.path, join(hp, 'path')) ?? h.path
     if (!probePath.startsWith('/')) c.fail(join(hp, 'path'), 'must start with /')
     health = {
@@ -308,7 +306,7 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
   } else if (raw.passive !== undefined) {
     const pp = join(path, 'passive')
     const p = passive ?? d.passive
-    const pr = c.object(raw.passive, pp, ['consecutiveFailures', 'baseEjectionTime', 'maxEjectionTime']) ?? {}
+    const pr = c.object(raw.passive, pp, listKeys(SECTION_KEYS.passive)) ?? {}
     passive = {
       consecutiveFailures: c.integer(pr.consecutiveFailures, join(pp, 'consecutiveFailures'), p.consecutiveFailures, 1),
       baseEjectionTime: c.duration(pr.baseEjectionTime, join(pp, 'baseEjectionTime'), p.baseEjectionTime),
@@ -318,11 +316,11 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
   }
 
   const g = inherit?.gate ?? d.gate
-  const gr = raw.gate === undefined ? {} : c.object(raw.gate, join(path, 'gate'), ['minHealthy']) ?? {}
+  const gr = raw.gate === undefined ? {} : c.object(raw.gate, join(path, 'gate'), listKeys(SECTION_KEYS.gate)) ?? {}
   const gate: GateConfig = { minHealthy: c.integer(gr.minHealthy, join(path, 'gate.minHealthy'), g.minHealthy, 0) }
 
   const gu = inherit?.guard ?? d.guard
-  const gur = raw.guard === undefined ? {} : c.object(raw.guard, join(path, 'guard'), ['window', 'maxErrorRate', 'minRequests']) ?? {}
+  const gur = raw.guard === undefined ? {} : c.object(raw.guard, join(path, 'guard'), listKeys(SECTION_KEYS.guard)) ?? {}
   const guard: GuardConfig = {
     window: c.duration(gur.window, join(path, 'guard.window'), gu.window),
     maxErrorRate: c.ratio(gur.maxErrorRate, join(path, 'guard.maxErrorRate'), gu.maxErrorRate),
@@ -330,23 +328,23 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
   }
 
   const dr = inherit?.drain ?? d.drain
-  const drr = raw.drain === undefined ? {} : c.object(raw.drain, join(path, 'drain'), ['timeout', 'onDrained']) ?? {}
+  const drr = raw.drain === undefined ? {} : c.object(raw.drain, join(path, 'drain'), listKeys(SECTION_KEYS.drain)) ?? {}
   const drain: DrainConfig = { timeout: c.duration(drr.timeout, join(path, 'drain.timeout'), dr.timeout) }
   const hook = drr.onDrained === undefined ? (dr as DrainConfig).onDrained : c.url(drr.onDrained, join(path, 'drain.onDrained'))
   if (hook !== undefined) drain.onDrained = hook
 
   const li = inherit?.limits ?? d.limits
-  const lr = raw.limits === undefined ? {} : c.object(raw.limits, join(path, 'limits'), ['maxConnections']) ?? {}
+  const lr = raw.limits === undefined ? {} : c.object(raw.limits, join(path, 'limits'), listKeys(SECTION_KEYS.limits)) ?? {}
   const limits: LimitsConfig = { maxConnections: c.integer(lr.maxConnections, join(path, 'limits.maxConnections'), li.maxConnections, 1) }
 
   return { timeouts, health, passive, gate, guard, drain, limits }
 }
 
 function service (name: string, value: unknown, path: string, c: Checker, base: Sections): ServiceConfig | undefined {
-  const raw = c.object(value, path, SERVICE_KEYS)
+  const raw = c.object(value, path, listKeys(SERVICE_KEYS))
   if (raw === undefined) return undefined
 
-  const mr = raw.match === undefined ? c.fail(join(path, 'match'), 'required: host and/or pathPrefix') : c.object(raw.match, join(path, 'match'), ['host', 'pathPrefix'])
+  const mr = raw.match === undefined ? c.fail(join(path, 'match'), 'required: host and/or pathPrefix') : c.object(raw.match, join(path, 'match'), listKeys(SERVICE_KEYS.match))
   let host: string | undefined
   let pathPrefix: string = DEFAULTS.service.pathPrefix
   if (mr !== undefined) {
@@ -385,7 +383,7 @@ function service (name: string, value: unknown, path: string, c: Checker, base: 
 
   let preview: ServiceConfig['preview']
   if (raw.preview !== undefined) {
-    const pr = c.object(raw.preview, join(path, 'preview'), ['header', 'cookie'])
+    const pr = c.object(raw.preview, join(path, 'preview'), listKeys(SERVICE_KEYS.preview))
     if (pr !== undefined) {
       preview = {}
       if (pr.header === undefined && pr.cookie === undefined) c.fail(join(path, 'preview'), 'needs header and/or cookie')
@@ -404,7 +402,7 @@ function service (name: string, value: unknown, path: string, c: Checker, base: 
 
   let sticky: ServiceConfig['sticky']
   if (raw.sticky !== undefined) {
-    const sr = c.object(raw.sticky, join(path, 'sticky'), ['cookie'])
+    const sr = c.object(raw.sticky, join(path, 'sticky'), listKeys(SERVICE_KEYS.sticky))
     const k = sr === undefined ? undefined : c.string(sr.cookie, join(path, 'sticky.cookie'))
     if (k !== undefined && !COOKIE_NAME.test(k)) c.fail(join(path, 'sticky.cookie'), 'not a cookie name')
     if (k !== undefined) sticky = { cookie: k }
@@ -438,7 +436,7 @@ function service (name: string, value: unknown, path: string, c: Checker, base: 
 function targetList (value: unknown, path: string, c: Checker): string[] {
   const targets: string[] = []
   if (value === undefined) return targets
-  const er = c.object(value, path, ['targets'])
+  const er = c.object(value, path, listKeys(ENVIRONMENT_KEYS))
   if (er === undefined || er.targets === undefined) return targets
   const tp = join(path, 'targets')
   if (!Array.isArray(er.targets)) return c.fail(tp, 'must be a list of URLs') ?? targets
@@ -452,7 +450,7 @@ function targetList (value: unknown, path: string, c: Checker): string[] {
 }
 
 function smokeCheck (value: unknown, path: string, c: Checker): SmokeCheck | undefined {
-  const sr = c.object(value, path, ['method', 'path', 'headers', 'expectStatus', 'bodyContains'])
+  const sr = c.object(value, path, listKeys(SMOKE_KEYS))
   if (sr === undefined) return undefined
   const p = sr.path === undefined ? c.fail(join(path, 'path'), 'required') : c.string(sr.path, join(path, 'path'))
   if (p !== undefined && !p.startsWith('/')) c.fail(join(path, 'path'), 'must start with /')
