@@ -459,8 +459,19 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
         t.equal(up.connections() - before, 1, `GET ${i}: retried on a fresh connection`)
       }
       t.equal(up.requests(), 1 + 2 * OVER_THRESHOLD, 'each GET reached the upstream twice: the stale try and the retry')
-      const target = await blueTarget(gw)
-      t.equal(target.healthy, true, 'the target is not ejected')
+      t.equal((await blueTarget(gw)).healthy, true, 'the target is not ejected')
+
+      // All at once on stale connections: every stale try fails before any retry answers, so counting them would eject.
+      const up2 = await racingUpstream(t)
+      const gw2 = await racingGateway(t, engine, up2)
+      await fillPool(t, gw2, up2)
+      up2.holdUntil(0, OVER_THRESHOLD)
+      const gets = await Promise.all(Array.from({ length: OVER_THRESHOLD }, async (_, i) => await http1(`${gw2.url}/get/${i}`)))
+      t.equal(up2.reusedHits(), OVER_THRESHOLD, 'each GET took an idle connection, which the upstream closed unanswered')
+      t.same(gets.map((r) => `${r.status} ${r.text}`), Array(OVER_THRESHOLD).fill('200 ok'), 'each was retried and answered')
+      t.equal(up2.connections(), 2 * OVER_THRESHOLD, 'each retry on a fresh connection')
+      const target = await blueTarget(gw2)
+      t.equal(target.healthy, true, `${OVER_THRESHOLD} stale connections in a row do not eject the target`)
       t.equal(target.ejectedUntil, undefined)
     },
   },
@@ -552,7 +563,7 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
       t.notOk(got.includes(LAST_CHUNK), 'then the response was cut: no last chunk')
       t.ok(took >= 250, `not before the body timeout (${took} ms)`)
       t.ok(took < 5000, `near the body timeout, not at the client's patience (${took} ms)`)
-      await eventually(async () => (await upstreamErrors(gw, 'timeout')) === 1)
+      await eventually(async () => (await upstreamErrors(gw, 'timeout')) === 1, { timeout: 2000 })
       t.pass('counted once as an upstream timeout')
     },
   },
