@@ -108,7 +108,7 @@ export async function startGateway (t: Teardown, yaml: string, opts: { dir?: str
   const configFile = join(dir, 'switchyard.yaml')
   // Access logs would flood the test output: off unless a test asks for them.
   if (!/^log:/m.test(yaml)) yaml = `log: { access: false }\n${yaml}`
-  // A suite can run on the other engine: see forwarding-node.test.ts.
+  // Any suite can be run on the node engine by hand (SWITCHYARD_TEST_ENGINE=node); a config naming its engine keeps it.
   if (process.env.SWITCHYARD_TEST_ENGINE !== undefined && !/^engine:/m.test(yaml)) yaml = `engine: ${process.env.SWITCHYARD_TEST_ENGINE}\n${yaml}`
   writeFileSync(configFile, yaml)
   const config = parseConfig(yaml, { file: configFile, env: opts.env ?? {} })
