@@ -3,7 +3,7 @@
 // bodies streamed both ways with backpressure, trailers relayed.
 
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
-import type { Dispatcher } from 'undici'
+import { Client, type Dispatcher } from 'undici'
 import { writeError, type ErrorCode } from '../errors.js'
 import type { ColorStats, Finished, OpenExchange } from '../upstream/color-stats.js'
 import type { Endpoint } from '../upstream/target-set.js'
@@ -136,6 +136,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private readonly waitMs: number
   /** Longest silence within the upstream's response body, ms (timeouts.body; 0: none). */
   private readonly upstreamBodyMs: number
+  /** Longest wait for the response head, ms (timeouts.response). */
+  private readonly responseMs: number
   /** Longest silence between two reads of the request body, ms (0: none). */
   private bodyTimeout = 0
   private bodyTimer: NodeJS.Timeout | undefined
@@ -165,6 +167,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.stats = to.group.stats
     this.waitMs = to.group.timeouts.connect
     this.upstreamBodyMs = to.group.timeouts.body ?? 0
+    this.responseMs = to.group.timeouts.response
     this.setCookie = to.setCookie
     this.headers = upstreamRequestHeaders(req, forwarding)
     this.requestId = requestIdFor(req, this.headers)
@@ -186,9 +189,11 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.dispatch()
   }
 
-  private dispatch (): void {
+  private dispatch (fresh = false): void {
     const req = this.req
-    const pool = this.endpoint.dispatcher
+    // A retry after the keep-alive race goes on a connection of its own: the pool's other idle
+    // ones were likely closed at the same moment (the fast engine's pool opens a fresh one the same way).
+    const pool = fresh ? this.freshClient() : this.endpoint.dispatcher
     const queued = saturated.has(pool)
     if (!pool.dispatch({
       path: req.url as string,
@@ -202,6 +207,18 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     if (queued && this.waitMs > 0 && this.controller === undefined && this.waitTimer === undefined) {
       this.waitTimer = setTimeout(this.onOverloaded, this.waitMs)
     }
+  }
+
+  /** A connection to the endpoint for this one request: it closes once the request is done. */
+  private freshClient (): Dispatcher {
+    const client = new Client(this.endpoint.target.url, {
+      connect: { timeout: this.waitMs },
+      headersTimeout: this.responseMs,
+      pipelining: 1,
+    })
+    // Graceful: undici closes it once the request dispatched next has finished.
+    queueMicrotask(() => { client.close().catch(() => {}) })
+    return client
   }
 
   /** Waited timeouts.connect in undici's queue: the attempt policy's `overloaded` (the color cannot serve; the target is busy, not broken). */
@@ -444,7 +461,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
         next.target.inflight++
         this.endpoint = next
         this.controller = undefined
-        this.dispatch()
+        this.dispatch(kind === 'reset')
         return
       }
     }
