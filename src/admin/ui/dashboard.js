@@ -76,7 +76,7 @@
     return fetch(path, init).then(function (res) {
       return res.text().then(function (raw) {
         var data = null
-        try { data = raw ? JSON.parse(raw) : null } catch (e) { data = null }
+        try { data = raw ? JSON.parse(raw) : null } catch { data = null }
         if (res.status === 401) {
           var denied = new Error('unauthorized')
           denied.unauthorized = true
