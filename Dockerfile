@@ -13,6 +13,8 @@ ENV NODE_ENV=production
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+# The dashboard's page files: dist/admin/ui.js reads them from here at startup.
+COPY --from=build /app/src/admin/ui ./src/admin/ui
 COPY config ./config
 # The example config keeps its state (state.json, events.jsonl) here.
 RUN mkdir -p /app/data && chown node:node /app/data

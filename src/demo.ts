@@ -49,7 +49,8 @@ async function startOne (service: string, color: 'blue' | 'green', u: URL): Prom
   wss.on('error', () => {}) // it re-emits the server's errors, which the listen below reports
   wss.on('connection', (ws) => {
     ws.send(JSON.stringify({ service, color, version, hello: true }))
-    ws.on('message', (data) => ws.send(`${color}: ${String(data)}`))
+    // ws's default binaryType hands every message over as one Buffer.
+    ws.on('message', (data) => ws.send(`${color}: ${(data as Buffer).toString()}`))
   })
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`demo backend ${service}/${color} cannot listen on ${u.host}: ${err.message}`)))

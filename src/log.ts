@@ -28,7 +28,7 @@ function batched (dest: number | string): Dest {
     mkdirSync(dirname(dest), { recursive: true })
     dest = openSync(dest, 'a')
   }
-  return destination({ dest, sync: false, minLength: BATCH_BYTES, periodicFlush: FLUSH_MS }) as Dest
+  return destination({ dest, sync: false, minLength: BATCH_BYTES, periodicFlush: FLUSH_MS })
 }
 
 let stdout: Dest | undefined

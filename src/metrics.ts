@@ -25,7 +25,7 @@ function durationHistogram (deps: Deps): { name: string, help: string, type: str
     help,
     type: 'histogram',
     aggregator: 'sum',
-    get: async () => {
+    get: () => {
       const values: Array<{ metricName: string, labels: Record<string, string | number>, value: number }> = []
       for (const s of deps.registry.allColorStats()) {
         const labels = { service: s.service, color: s.color }
@@ -38,7 +38,7 @@ function durationHistogram (deps: Deps): { name: string, help: string, type: str
         values.push({ metricName: `${name}_sum`, labels, value: s.durationSum })
         values.push({ metricName: `${name}_count`, labels, value: s.durationCount })
       }
-      return { name, help, type: 'histogram', values, aggregator: 'sum' }
+      return Promise.resolve({ name, help, type: 'histogram', values, aggregator: 'sum' })
     },
   }
 }

@@ -68,8 +68,10 @@ t.test('status --watch refreshes until stopped; colors only on a terminal', asyn
   stop('SIGINT')
   t.equal(await done, 0)
   t.ok(raw.every((r) => r === '\u001b[2J\u001b[H'), 'clears the screen between refreshes')
+  // eslint-disable-next-line no-control-regex -- the ANSI escape is what is checked
   t.match(out[0], /\u001b\[34;1mblue\u001b\[0m/, 'the live color in color')
   const plain = await cli(['status'], env)
+  // eslint-disable-next-line no-control-regex -- the ANSI escape is what is checked
   t.notMatch(plain.out, /\u001b/, 'no escapes when not a terminal')
 })
 

@@ -214,6 +214,7 @@ t.test('a head arriving a byte at a time costs linear work, on both sides', asyn
   const port = gw.gateway.address.port
   // Every Buffer.concat the gateway makes, in bytes.
   let concatenated = 0
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- kept to put back, and called with .call
   const concat = Buffer.concat
   Buffer.concat = function (list: readonly Uint8Array[], total?: number): Buffer {
     const out = concat.call(Buffer, list, total)
@@ -282,6 +283,7 @@ t.test('a 1xx flood is capped, and 1xx the client cannot take yet pause the upst
   let text = ''
   client.on('data', (c) => { text += c.toString('latin1') })
   const socket = await gatewaySide
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- called with .apply(socket)
   const write = socket.write
   socket.write = function (...args: any[]): boolean {
     (write as any).apply(socket, args)

@@ -190,7 +190,7 @@ t.test('a probe timeout counts as a failure; the gate refuses an unhealthy color
 })
 
 t.test('probe state survives a flip and a target update that keeps the URL; new targets start unknown', async (t) => {
-  const { b, g, gw } = await fleet(t)
+  const { b, gw } = await fleet(t)
   await eventually(async () => (await st(gw)).services.svc.environments.green.healthy === 1)
   t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', { services: ['svc'], guard: false })).status, 200)
   b.health.status = 500

@@ -223,6 +223,7 @@ for (const [engine, first] of [
     const upgrade = got.indexOf('HTTP/1.1 101 ')
     t.ok(answer === 0, 'the first answer comes first')
     t.ok(answer === 0 && upgrade > answer && got.lastIndexOf('"path":"/slow?ms=300"') < upgrade, 'the 101 follows the whole first answer')
+    // eslint-disable-next-line no-control-regex -- \x81\x05 is the head of the WebSocket frame expected
     t.match(got.slice(upgrade), /^HTTP\/1\.1 101 [^]*\r\n\r\n\x81\x05b: hi$/, 'then the tunnel carries only WebSocket frames')
   })
 }
@@ -271,7 +272,7 @@ for (const [engine, version] of [['fast', '1.1'], ['node', '1.1'], ['fast', '1.0
         socket.on('close', () => { upstreamOpen-- })
         socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${1024 * 1024 * 1024}\r\n\r\n`)
         const pump = (): void => {
-          while (!socket.destroyed && socket.write(chunk)) {}
+          while (!socket.destroyed && socket.write(chunk)) { /* write until the socket buffers */ }
         }
         socket.on('drain', pump)
         pump()

@@ -17,7 +17,7 @@ async function servedBy (gw: TestGateway, path: string): Promise<string> {
 async function state (gw: TestGateway): Promise<any> {
   const res = await admin(gw.adminUrl, 'GET', '/v1/state')
   if (res.status !== 200) throw new Error(`GET /v1/state: ${res.status} ${res.text}`)
-  for (const s of Object.values(res.json.services) as any[]) {
+  for (const s of Object.values<any>(res.json.services)) {
     if (s.guard !== null) s.guard = { active: s.guard.active, color: s.guard.color }
   }
   return res.json

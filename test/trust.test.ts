@@ -70,7 +70,7 @@ function aliasesSeen (h: IncomingHttpHeaders): string[] {
 
 /** What the upstream got of the forwarding set. */
 function forwardingSeen (h: IncomingHttpHeaders): Record<string, string | undefined> {
-  return { xff: h['x-forwarded-for'], proto: h['x-forwarded-proto'], host: h['x-forwarded-host'], forwarded: h.forwarded as string | undefined }
+  return { xff: h['x-forwarded-for'], proto: h['x-forwarded-proto'], host: h['x-forwarded-host'], forwarded: h.forwarded }
 }
 
 const REPLACED = { xff: '127.0.0.1', proto: 'http', host: 'gw.test', forwarded: undefined }

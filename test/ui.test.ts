@@ -3,7 +3,7 @@
 
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
-import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { chromium, type Page } from 'playwright-core'
@@ -95,6 +95,9 @@ t.test('GET /ui is static HTML under a hash-only CSP, served without the token',
   const style = /<style>([\s\S]*?)<\/style>/.exec(res.text)?.[1] ?? ''
   t.ok(csp.includes(`script-src ${hash(script)}`), 'the inline script is allowed by its hash')
   t.ok(csp.includes(`style-src ${hash(style)}`), 'the inline style is allowed by its hash')
+  const asset = (name: string): string => readFileSync(new URL(`../src/admin/ui/${name}`, import.meta.url), 'utf8')
+  t.equal(script, asset('dashboard.js'), 'the inline script is src/admin/ui/dashboard.js as it is on disk')
+  t.equal(style, asset('dashboard.css'), 'the inline style is src/admin/ui/dashboard.css as it is on disk')
   t.notMatch(res.text, /<script src|<link rel="stylesheet"|(src|href)="https?:|@import/, 'no external assets')
 
   t.equal((await http1(`${gw.adminUrl}/ui/`)).status, 200, 'a trailing slash is the same page')

@@ -71,7 +71,7 @@ function makeServer (name) {
     firstTrafficFailureAt: null, lastTrafficFailureAt: null, firstProbeFailureAt: null, firstTrafficAt: null, lastTrafficAt: null,
     trafficTimes: [], failureTimes: [], probeFailureTimes: [],
   }
-  const failHeaders = (status) => ({ 'content-type': 'text/plain', 'content-length': failBody.length, ...(colorBody ? { 'x-color': name } : {}) })
+  const failHeaders = () => ({ 'content-type': 'text/plain', 'content-length': failBody.length, ...(colorBody ? { 'x-color': name } : {}) })
   const largeHeaders = largeBody === undefined ? undefined : { ...headers, 'content-type': 'application/octet-stream', 'content-length': largeBody.length }
   const ok = (res) => {
     if (res.large === true) { res.writeHead(200, largeHeaders); res.end(largeBody); return }
@@ -95,7 +95,7 @@ function makeServer (name) {
       b.lastTrafficFailureAt = t
       if (timeline) b.failureTimes.push(t)
     }
-    res.writeHead(status, failHeaders(status))
+    res.writeHead(status, failHeaders())
     res.end(failBody)
   }
   const respond = delayMs > 0 ? (res) => setTimeout(answer, delayMs, res) : answer

@@ -79,7 +79,7 @@ export interface Load {
  * when the last one ended and at most `rps / connections` per second, for
  * `durationMs` or `maxRequests` in all, whichever comes first.
  */
-export function startLoad (url: string, { path = '/', rps = 300, connections = 8, durationMs = 3000, maxRequests = 5000, headers = {} as Record<string, string> } = {}): Load {
+export function startLoad (url: string, { path = '/', rps = 300, connections = 8, durationMs = 3000, maxRequests = 5000, headers = {} } = {}): Load {
   const pool = new Pool(url, { connections, pipelining: 1, headersTimeout: 10_000, bodyTimeout: 10_000 })
   const samples: Sample[] = []
   const gap = connections * 1000 / rps
@@ -114,7 +114,7 @@ export const isOk = (s: Sample): boolean => s.status >= 200 && s.status < 400
 
 /** One line of figures on stderr (tap passes it through as it is). */
 export function figures (scenario: string, values: Record<string, unknown>): void {
-  const parts = Object.entries(values).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+  const parts = Object.entries(values).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v as string | number | boolean | undefined)}`)
   process.stderr.write(`[chaos] ${scenario}: ${parts.join(' ')}\n`)
 }
 

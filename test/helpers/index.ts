@@ -59,7 +59,8 @@ export async function startBackend (t: Teardown, name: string): Promise<Backend>
   })
   const wss = new WebSocketServer({ server })
   wss.on('connection', (ws) => {
-    ws.on('message', (data) => ws.send(`${name}: ${String(data)}`))
+    // ws's default binaryType hands every message over as one Buffer.
+    ws.on('message', (data) => ws.send(`${name}: ${(data as Buffer).toString()}`))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const port = (server.address() as AddressInfo).port
@@ -182,8 +183,9 @@ export async function openWs (url: string, headers: Record<string, string> = {})
   const waiters: Array<(m: string) => void> = []
   ws.on('message', (d) => {
     const w = waiters.shift()
-    if (w !== undefined) w(String(d))
-    else queue.push(String(d))
+    // ws's default binaryType hands every message over as one Buffer.
+    if (w !== undefined) w((d as Buffer).toString())
+    else queue.push((d as Buffer).toString())
   })
   const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)))
   await new Promise<void>((resolve, reject) => {

@@ -1,0 +1,530 @@
+// The dashboard's code, inlined into index.html by src/admin/ui.ts and allowed by its hash:
+// polls /v1/state and /v1/events, and flips, rolls back and drains through the admin API.
+// It builds every node with textContent (never innerHTML with data), so nothing
+// the API returns can become markup.
+(function () {
+  'use strict'
+  var TOKEN_KEY = 'switchyard.token'
+  var COLORS = ['blue', 'green']
+  var STATES = ['live', 'draining', 'idle']
+  var EVENT_TYPES = ['flip', 'rollback', 'auto_revert', 'targets', 'health', 'drained', 'reload', 'start']
+  var KEEP_EVENTS = 200
+  var SHOW_EVENTS = 40
+  var SVG = 'http://www.w3.org/2000/svg'
+
+  var token = sessionStorage.getItem(TOKEN_KEY) || ''
+  var needToken = false
+  var pending = null
+  var acting = false
+  var cards = new Map()
+  var events = []
+  var lastEventId = null
+  var noticeTimer = null
+
+  function $ (id) { return document.getElementById(id) }
+
+  function h (tag, cls, children) {
+    var el = document.createElement(tag)
+    if (cls) el.className = cls
+    if (children !== undefined) add(el, children)
+    return el
+  }
+
+  function add (el, children) {
+    if (!Array.isArray(children)) children = [children]
+    children.forEach(function (c) {
+      if (c === null || c === undefined || c === false) return
+      el.appendChild(typeof c === 'object' ? c : document.createTextNode(String(c)))
+    })
+    return el
+  }
+
+  function svg (tag, attrs) {
+    var el = document.createElementNS(SVG, tag)
+    Object.keys(attrs).forEach(function (k) { el.setAttribute(k, String(attrs[k])) })
+    return el
+  }
+
+  function color (x) { return COLORS.indexOf(x) >= 0 ? x : null }
+  function other (c) { return c === 'blue' ? 'green' : 'blue' }
+  function num (x) { return typeof x === 'number' && isFinite(x) ? x : 0 }
+  function list (x) { return Array.isArray(x) ? x : [] }
+  function text (x) { return x === null || x === undefined ? '' : String(x) }
+  function sum (a) { return list(a).reduce(function (t, x) { return t + num(x) }, 0) }
+  function pct (x) { return (num(x) * 100).toFixed(1) + '%' }
+  function rate (x) { return x >= 10 ? String(Math.round(x)) : x.toFixed(1) }
+  function pad (n) { return n < 10 ? '0' + n : String(n) }
+  function clock (d) { return isNaN(d.getTime()) ? '' : pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds()) }
+  function secondsUntil (iso) { return Math.max(0, Math.round((new Date(iso).getTime() - Date.now()) / 1000)) }
+
+  /** A color name as a colored chip. */
+  function chip (c) {
+    var ok = color(c)
+    return h('span', 'chip' + (ok ? ' chip-' + ok : ''), text(c))
+  }
+
+  // --- the admin API ---------------------------------------------------------
+
+  function api (method, path, body) {
+    var headers = { accept: 'application/json' }
+    if (token) headers.authorization = 'Bearer ' + token
+    var init = { method: method, headers: headers, cache: 'no-store' }
+    if (body !== undefined) {
+      headers['content-type'] = 'application/json'
+      init.body = JSON.stringify(body)
+    }
+    return fetch(path, init).then(function (res) {
+      return res.text().then(function (raw) {
+        var data = null
+        try { data = raw ? JSON.parse(raw) : null } catch { data = null }
+        if (res.status === 401) {
+          var denied = new Error('unauthorized')
+          denied.unauthorized = true
+          throw denied
+        }
+        if (!res.ok) {
+          var err = new Error((data && data.message) || ('HTTP ' + res.status))
+          err.body = data
+          throw err
+        }
+        return data
+      })
+    })
+  }
+
+  /** Runs fn every ms, one call at a time; stops while a token is needed. */
+  function poller (fn, ms) {
+    var timer = null
+    var busy = false
+    var again = false
+    function run () {
+      clearTimeout(timer)
+      timer = null
+      if (busy) { again = true; return }
+      busy = true
+      fn().catch(pollFailed).then(function () {
+        busy = false
+        if (needToken) return
+        if (again) { again = false; run(); return }
+        timer = setTimeout(run, ms)
+      })
+    }
+    return run
+  }
+
+  function pollFailed (err) {
+    if (err && err.unauthorized) return askToken()
+    setConn('bad', 'cannot reach the gateway: ' + text(err && err.message))
+  }
+
+  var pollState = poller(function () {
+    return api('GET', '/v1/state').then(function (st) {
+      render(st || {})
+      setConn('ok', 'updated ' + clock(new Date()))
+    })
+  }, 1000)
+
+  var pollEvents = poller(function () {
+    var q = lastEventId === null ? '' : '?since=' + lastEventId
+    return api('GET', '/v1/events' + q).then(function (r) { addEvents(list(r && r.events)) })
+  }, 2000)
+
+  function setConn (kind, msg) {
+    var el = $('conn')
+    el.className = 'conn conn-' + kind
+    el.textContent = msg
+  }
+
+  // --- the token ---------------------------------------------------------------
+
+  function askToken () {
+    var wasSet = token !== ''
+    needToken = true
+    document.body.classList.add('locked')
+    $('login').hidden = false
+    $('login-msg').textContent = wasSet
+      ? 'That token was not accepted. Enter the admin token again.'
+      : 'This gateway has an admin token. Enter it to see and change routing; it stays in this browser tab only.'
+    $('login').classList.toggle('login-wrong', wasSet)
+    setConn('locked', 'admin token required')
+    $('token').focus()
+  }
+
+  $('login').addEventListener('submit', function (ev) {
+    ev.preventDefault()
+    token = $('token').value.trim()
+    if (!token) return
+    sessionStorage.setItem(TOKEN_KEY, token)
+    $('token').value = ''
+    $('login').hidden = true
+    document.body.classList.remove('locked')
+    needToken = false
+    showForget()
+    pollState()
+    pollEvents()
+    var retry = pending
+    pending = null
+    if (retry) retry()
+  })
+
+  $('forget').addEventListener('click', function () {
+    sessionStorage.removeItem(TOKEN_KEY)
+    token = ''
+    showForget()
+    pollState()
+  })
+
+  function showForget () { $('forget').hidden = token === '' }
+
+  // --- notices -------------------------------------------------------------------
+
+  function notice (kind, title, body) {
+    var el = $('notice')
+    clearTimeout(noticeTimer)
+    el.className = 'notice notice-' + kind
+    el.replaceChildren()
+    var close = h('button', 'notice-close', '\u00d7')
+    close.type = 'button'
+    close.setAttribute('aria-label', 'dismiss')
+    close.addEventListener('click', function () { el.hidden = true })
+    add(el, [close, h('strong', 'notice-title', title)])
+    if (body) add(el, body)
+    el.hidden = false
+    if (kind === 'ok') noticeTimer = setTimeout(function () { el.hidden = true }, 8000)
+  }
+
+  function changesText (changes) {
+    return list(changes).map(function (c) {
+      return h('span', 'change', [text(c.service) + ' ', chip(c.from), ' \u2192 ', chip(c.to)])
+    })
+  }
+
+  function refusal (what, err) {
+    var body = err.body || {}
+    var parts = [h('p', 'notice-msg', text(err.message))]
+    var failures = list(body.failures)
+    if (failures.length > 0) {
+      var ul = h('ul', 'failures')
+      failures.forEach(function (f) {
+        var li = h('li', null, [h('b', null, text(f.service) + '/' + text(f.color)), ': ' + text(f.reason)])
+        var sub = h('ul')
+        list(f.targets).forEach(function (tg) { add(sub, h('li', null, text(tg.url) + ' \u2014 ' + text(tg.probe))) })
+        list(f.smoke).forEach(function (sm) { add(sub, h('li', null, text(sm.check) + ': ' + text(sm.reason))) })
+        if (sub.children.length > 0) li.appendChild(sub)
+        ul.appendChild(li)
+      })
+      parts.push(ul)
+    }
+    notice('error', what + ' refused' + (body.error ? ' (' + text(body.error) + ')' : ''), parts)
+  }
+
+  // --- actions -------------------------------------------------------------------
+
+  function act (question, what, method, path, body, done) {
+    if (!window.confirm(question)) return
+    function run () {
+      setActing(true)
+      api(method, path, body).then(function (r) {
+        notice('ok', what + ' done', done(r || {}))
+        pollState()
+        pollEvents()
+      }).catch(function (err) {
+        if (err && err.unauthorized) {
+          pending = run
+          askToken()
+          return
+        }
+        refusal(what, err || new Error('failed'))
+      }).then(function () { setActing(false) })
+    }
+    run()
+  }
+
+  function setActing (on) {
+    acting = on
+    cards.forEach(function (c) { if (c.data) updateButtons(c, c.data) })
+  }
+
+  function servicePath (name, action) { return '/v1/services/' + encodeURIComponent(name) + '/' + action }
+
+  function flip (c) {
+    var from = color(c.data.live)
+    var to = other(from)
+    act('Flip ' + c.name + ' from ' + from + ' to ' + to + '?\nNew requests go to ' + to + ' at once; ' + from + ' drains.',
+      'Flip of ' + c.name, 'POST', servicePath(c.name, 'flip'), {}, function (r) {
+        var ch = changesText(r.changes)
+        return ch.length > 0 ? [h('p', 'notice-msg', ch), h('p', 'notice-sub', 'generation ' + num(r.generation))] : h('p', 'notice-msg', 'nothing changed')
+      })
+  }
+
+  function rollback (c) {
+    var back = color(c.data.previous)
+    act('Roll ' + c.name + ' back to ' + back + '?', 'Rollback of ' + c.name, 'POST', '/v1/rollback', { services: [c.name] }, function (r) {
+      return [h('p', 'notice-msg', changesText(r.changes)), h('p', 'notice-sub', 'generation ' + num(r.generation))]
+    })
+  }
+
+  function drain (c) {
+    var col = other(color(c.data.live))
+    act('Drain ' + col + ' of ' + c.name + '?\nIts remaining requests and WebSockets are closed at the drain deadline.',
+      'Drain of ' + c.name + ' ' + col, 'POST', servicePath(c.name, 'drain'), {}, function (r) {
+        if (r.state === 'idle') return h('p', 'notice-msg', [chip(r.color), ' is idle: nothing left in flight'])
+        return h('p', 'notice-msg', [chip(r.color), ' draining: ' + num(r.inflight) + ' in-flight, ' + num(r.websockets) + ' WebSockets, deadline ' + clock(new Date(r.deadline))])
+      })
+  }
+
+  // --- services ------------------------------------------------------------------
+
+  function button (label, cls, onClick) {
+    var b = h('button', 'btn ' + cls, label)
+    b.type = 'button'
+    b.addEventListener('click', onClick)
+    return b
+  }
+
+  function stat (label) {
+    var value = h('b', null, '0')
+    return { root: h('div', 'stat', [value, h('span', null, label)]), value: value }
+  }
+
+  function makeEnv (col) {
+    var e = { color: col }
+    e.badge = h('span', 'badge')
+    e.rate = stat('req/s')
+    e.errors = stat('errors')
+    e.inflight = stat('in-flight')
+    e.ws = stat('WebSockets')
+    e.area = svg('polygon', { class: 'spark-area' })
+    e.line = svg('polyline', { class: 'spark-line', 'vector-effect': 'non-scaling-stroke' })
+    e.errBars = svg('path', { class: 'spark-err', 'vector-effect': 'non-scaling-stroke' })
+    var spark = svg('svg', { class: 'spark', viewBox: '0 0 240 48', preserveAspectRatio: 'none', role: 'img' })
+    var title = svg('title', {})
+    title.textContent = col + ': requests and errors per second over the last minute'
+    add(spark, [title, e.area, e.line, e.errBars])
+    e.legend = h('div', 'spark-legend')
+    e.drain = h('div', 'drain')
+    e.healthy = h('span', 'healthy')
+    e.targets = h('ul', 'targets')
+    e.root = h('section', 'env env-' + col, [
+      h('div', 'env-head', [h('span', 'swatch'), h('h3', null, col), e.badge]),
+      h('div', 'stats', [e.rate.root, e.errors.root, e.inflight.root, e.ws.root]),
+      spark, e.legend, e.drain,
+      h('div', 'targets-head', ['Targets', e.healthy]),
+      e.targets,
+    ])
+    return e
+  }
+
+  function makeCard (name) {
+    var c = { name: name, data: null, envs: {} }
+    c.route = h('div', 'route')
+    c.liveColor = h('span', 'live-color')
+    c.live = h('div', 'live', [h('span', 'live-label', 'live'), c.liveColor])
+    c.prev = h('div', 'prev')
+    c.guard = h('div', 'guard')
+    c.guardText = h('div', 'guard-text')
+    c.guardBar = h('div', 'guard-fill')
+    add(c.guard, [c.guardText, h('div', 'guard-bar', c.guardBar)])
+    var envs = h('div', 'envs')
+    COLORS.forEach(function (col) {
+      c.envs[col] = makeEnv(col)
+      envs.appendChild(c.envs[col].root)
+    })
+    c.flipBtn = button('Flip', 'btn-flip', function () { flip(c) })
+    c.rollbackBtn = button('Roll back', 'btn-rollback', function () { rollback(c) })
+    c.drainBtn = button('Drain', 'btn-drain', function () { drain(c) })
+    c.root = h('article', 'svc', [
+      h('header', 'svc-head', [h('div', 'svc-title', [h('h2', null, name), c.route, c.prev]), c.live]),
+      c.guard, envs,
+      h('footer', 'actions', [c.flipBtn, c.rollbackBtn, c.drainBtn]),
+    ])
+    c.root.setAttribute('data-service', name)
+    return c
+  }
+
+  function updateButtons (c, d) {
+    var live = color(d.live)
+    var to = other(live)
+    var prev = color(d.previous)
+    c.flipBtn.textContent = 'Flip to ' + to
+    c.flipBtn.className = 'btn btn-flip btn-' + to
+    c.flipBtn.disabled = acting || !live
+    c.rollbackBtn.textContent = prev && prev !== live ? 'Roll back to ' + prev : 'Roll back'
+    c.rollbackBtn.disabled = acting || !prev || prev === live
+    c.rollbackBtn.title = c.rollbackBtn.disabled && !acting ? 'nothing to roll back' : ''
+    c.drainBtn.textContent = 'Drain ' + to
+    c.drainBtn.disabled = acting || !live
+  }
+
+  function updateCard (c, d) {
+    c.data = d
+    var live = color(d.live)
+    c.root.setAttribute('data-live', live || '')
+    c.liveColor.textContent = text(d.live)
+    c.live.className = 'live' + (live ? ' live-' + live : '')
+    var route = d.route || {}
+    c.route.textContent = (route.host ? text(route.host) + ' ' : '') + text(route.pathPrefix || '/')
+    c.prev.replaceChildren()
+    if (color(d.previous)) add(c.prev, ['previously ', chip(d.previous)])
+    updateGuard(c, d.guard)
+    COLORS.forEach(function (col) { updateEnv(c.envs[col], (d.environments || {})[col] || {}) })
+    updateButtons(c, d)
+  }
+
+  function updateGuard (c, g) {
+    c.guard.hidden = !(g && g.active)
+    if (c.guard.hidden) return
+    var left = secondsUntil(g.endsAt)
+    var total = Math.max(1, (new Date(g.endsAt).getTime() - new Date(g.startedAt).getTime()) / 1000)
+    c.guardText.replaceChildren()
+    add(c.guardText, [
+      h('b', null, 'Guard'), ' watching ', chip(g.color), ' for ' + left + ' s more \u00b7 ',
+      num(g.errors) + ' errors / ' + num(g.requests) + ' requests (' + pct(g.errorRate) + ')',
+      ' \u00b7 reverts to ', chip(g.revertsTo), ' above ' + pct(g.maxErrorRate) + ' after ' + num(g.minRequests) + ' requests',
+    ])
+    c.guardBar.style.width = Math.min(100, Math.max(0, 100 * left / total)) + '%'
+  }
+
+  function updateEnv (e, env) {
+    var state = STATES.indexOf(env.state) >= 0 ? env.state : 'idle'
+    e.root.className = 'env env-' + e.color + ' st-' + state
+    e.badge.className = 'badge badge-' + state
+    e.badge.textContent = state
+    var recent = env.recent || {}
+    var reqs = list(recent.requests)
+    var errs = list(recent.errors)
+    var total = sum(reqs)
+    var failed = sum(errs)
+    var seconds = Math.max(1, reqs.length)
+    e.rate.value.textContent = rate(total / seconds)
+    e.errors.value.textContent = total > 0 ? pct(failed / total) : '\u2013'
+    e.errors.root.classList.toggle('stat-bad', failed > 0)
+    e.inflight.value.textContent = String(num(env.inflight))
+    e.ws.value.textContent = String(num(env.websockets))
+    drawSpark(e, reqs, errs)
+    var peak = reqs.reduce(function (m, x) { return Math.max(m, num(x)) }, 0)
+    e.legend.textContent = 'last ' + seconds + ' s \u00b7 ' + total + ' requests, ' + failed + ' errors \u00b7 peak ' + peak + '/s'
+    var dr = env.drain
+    e.drain.hidden = !dr
+    if (dr) {
+      e.drain.textContent = (dr.closing ? 'closing what is left' : 'draining, deadline in ' + secondsUntil(dr.deadline) + ' s') + (dr.sticky ? ' \u00b7 sticky sessions' : '')
+    }
+    var targets = list(env.targets)
+    e.healthy.textContent = num(env.healthy) + ' of ' + targets.length + ' healthy'
+    e.targets.replaceChildren()
+    if (targets.length === 0) e.targets.appendChild(h('li', 'target-none', 'no targets'))
+    targets.forEach(function (tg) {
+      var ejected = tg.ejectedUntil ? 'ejected ' + secondsUntil(tg.ejectedUntil) + ' s' : ''
+      var li = h('li', 'target', [
+        h('span', 'hdot ' + (tg.healthy ? 'hdot-ok' : 'hdot-bad')),
+        h('span', 'target-url', text(tg.url)),
+        h('span', 'target-meta', (ejected || text(tg.probe)) + ' \u00b7 ' + num(tg.inflight) + ' in-flight'),
+      ])
+      li.title = text(tg.url)
+      add(e.targets, li)
+    })
+  }
+
+  function drawSpark (e, reqs, errs) {
+    var n = Math.max(2, reqs.length)
+    var max = Math.max(1, reqs.reduce(function (m, x) { return Math.max(m, num(x)) }, 0))
+    function points (values) {
+      return values.map(function (v, i) {
+        return (i * 240 / (n - 1)).toFixed(1) + ',' + (46 - num(v) / max * 42).toFixed(1)
+      }).join(' ')
+    }
+    var line = points(reqs)
+    e.line.setAttribute('points', line)
+    e.area.setAttribute('points', reqs.length > 0 ? '0,48 ' + line + ' 240,48' : '')
+    // Errors are red ticks up from the floor, only in the seconds that had any.
+    var bars = ''
+    errs.forEach(function (v, i) {
+      if (num(v) > 0) bars += 'M' + (i * 240 / (n - 1)).toFixed(1) + ',48V' + Math.min(46, 46 - num(v) / max * 42).toFixed(1)
+    })
+    e.errBars.setAttribute('d', bars)
+  }
+
+  function render (st) {
+    $('gen').textContent = 'generation ' + num(st.generation)
+    var services = st.services && typeof st.services === 'object' ? st.services : {}
+    var names = Object.keys(services).sort()
+    var box = $('services')
+    names.forEach(function (name, i) {
+      var c = cards.get(name)
+      if (!c) {
+        c = makeCard(name)
+        cards.set(name, c)
+      }
+      if (box.children[i] !== c.root) box.insertBefore(c.root, box.children[i] || null)
+      updateCard(c, services[name] || {})
+    })
+    cards.forEach(function (c, name) {
+      if (names.indexOf(name) < 0) {
+        c.root.remove()
+        cards.delete(name)
+      }
+    })
+    $('empty').hidden = names.length > 0
+  }
+
+  // --- events --------------------------------------------------------------------
+
+  function summary (ev) {
+    switch (ev.type) {
+      case 'flip':
+      case 'rollback':
+      case 'auto_revert': {
+        var ch = changesText(ev.changes)
+        return ch.length > 0 ? ch : 'nothing changed'
+      }
+      case 'targets':
+        return [text(ev.service) + ' ', chip(ev.color), ' \u2192 ' + list(ev.to).map(text).join(', ') + (ev.forced ? ' (forced)' : '')]
+      case 'health':
+        return [text(ev.target) + ': ' + text(ev.from) + ' \u2192 ', h('span', ev.healthy ? 'ok' : 'bad', text(ev.to))]
+      case 'drained':
+        return [text(ev.service) + ' ', chip(ev.color), ' drained (' + text(ev.how) + ', ' + (num(ev.durationMs) / 1000).toFixed(1) + ' s)']
+      case 'reload': {
+        var parts = []
+        if (list(ev.added).length) parts.push('added ' + list(ev.added).map(text).join(', '))
+        if (list(ev.removed).length) parts.push('removed ' + list(ev.removed).map(text).join(', '))
+        if (list(ev.updated).length) parts.push('updated ' + list(ev.updated).map(text).join(', '))
+        return parts.length > 0 ? 'config reloaded: ' + parts.join('; ') : 'config reloaded'
+      }
+      case 'start':
+        return 'gateway started'
+      default:
+        return text(ev.type)
+    }
+  }
+
+  function addEvents (fresh) {
+    var added = false
+    fresh.forEach(function (ev) {
+      if (!ev || typeof ev.id !== 'number') return
+      if (lastEventId !== null && ev.id <= lastEventId) return
+      events.push(ev)
+      lastEventId = ev.id
+      added = true
+    })
+    if (!added && $('events').children.length > 0) return
+    if (events.length > KEEP_EVENTS) events = events.slice(events.length - KEEP_EVENTS)
+    var body = $('events')
+    body.replaceChildren()
+    events.slice(-SHOW_EVENTS).reverse().forEach(function (ev) {
+      var type = EVENT_TYPES.indexOf(ev.type) >= 0 ? ev.type : 'other'
+      var what = h('td', 'ev-what', summary(ev))
+      if (ev.reason) add(what, h('div', 'ev-reason', text(ev.reason)))
+      add(body, h('tr', 'ev ev-' + type, [
+        h('td', 'ev-time', clock(new Date(ev.time))),
+        h('td', 'ev-kind', h('span', 'ev-type', text(ev.type).replace('_', ' '))),
+        what,
+        h('td', 'ev-who', text(ev.actor)),
+      ]))
+    })
+    $('no-events').hidden = events.length > 0
+  }
+
+  showForget()
+  pollState()
+  pollEvents()
+})()
