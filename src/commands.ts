@@ -92,7 +92,7 @@ async function serve (argv: string[], io: Io): Promise<number> {
   const { values } = args(argv, { config: { type: 'string', short: 'c' }, demo: { type: 'boolean' }, workers: { type: 'string' } })
   if (cluster.isWorker) {
     // A forked worker: it serves until the primary tells it to stop, then exits by itself.
-    await runWorker()
+    runWorker()
     return await new Promise<number>(() => {})
   }
   const count = integer(values.workers ?? '1', 'workers') as number

@@ -219,7 +219,7 @@ function tell (msg: FromWorker): void {
  * Should the primary die, it stops accepting, finishes what it holds (up to
  * the longest drain.timeout, as a SIGTERM would) and exits 0.
  */
-export async function runWorker (): Promise<void> {
+export function runWorker (): void {
   const registry = new TargetRegistry()
   let switcher: Switcher | undefined
   let edge: EdgeServer | undefined
