@@ -11,7 +11,7 @@ export interface ErrorSpec {
 }
 
 export const ERRORS = {
-  // Data plane (SPEC.md "Routing" step 5).
+  // Data plane (docs/admin-api.md, "Data-plane errors").
   no_route: { status: 404, message: 'no route matches this request' },
   no_healthy_upstream: { status: 503, message: 'no healthy upstream for this service and color' },
   upstream_connect_failed: { status: 502, message: 'could not connect to the upstream' },

@@ -26,13 +26,3 @@ export function recordOutcome (stats: OutcomeStats, target: OutcomeTarget, statu
   stats.record(failed)
   target.recordResult(!failed)
 }
-
-/**
- * A failure before any answer byte, on a connection that had served an
- * exchange before: the keep-alive race (the upstream closed it as it was
- * reused), not the target failing. Retried when safe, and never counted
- * toward the target's ejection, on every engine.
- */
-export function keepAliveRace (answered: boolean, reused: boolean): boolean {
-  return !answered && reused
-}

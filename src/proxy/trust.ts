@@ -1,4 +1,4 @@
-// Edge trust for forwarding headers (SPEC "Edge trust"): which peers may
+// Edge trust for forwarding headers (SECURITY.md; README, "Forwarding"): which peers may
 // speak for the client, and the one rule every engine uses to build X-Forwarded-*.
 
 import net from 'node:net'

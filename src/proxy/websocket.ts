@@ -37,7 +37,7 @@ function single (v: string | string[] | undefined): string | undefined {
 /**
  * A complete WebSocket opening handshake (RFC 6455 4.1): GET on HTTP/1.1,
  * `Upgrade: websocket` alone, `Connection` naming upgrade, version 13 and a
- * key of 16 base64 bytes. Nothing else is tunnelled (SPEC: trust is
+ * key of 16 base64 bytes. Nothing else is tunnelled (trust is
  * configured, never assumed; h2c and made-up protocols never get through).
  */
 export function isWebSocketHandshake (req: IncomingMessage): boolean {

@@ -42,7 +42,7 @@ export function previewColor (route: ServiceRoute, headers: ChoiceHeaders): Colo
 }
 
 /**
- * SPEC Routing: a request whose routing headers could be read two ways is
+ * A request whose routing headers could be read two ways is
  * refused (400 bad_request), the same on every engine: the service's preview
  * header on more than one line (even with equal values), or the preview
  * header or `cookie` (when a cookie routes this service) named in
