@@ -119,7 +119,7 @@ export class WorkerPool implements RemoteColors {
   private syncMessage (): ToWorker {
     const { config, state } = this.controller.routing()
     const probes: Record<string, ProbeState> = {}
-    for (const route of this.controller.switcher.current.services.values()) {
+    for (const route of this.controller.snapshots.current.services.values()) {
       for (const set of [route.colors.blue, route.colors.green]) for (const e of set.targets.endpoints) probes[e.target.url] = e.target.probe
     }
     return { t: 'sync', seq: ++this.seq, config, state, probes, secret: this.secret }

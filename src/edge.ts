@@ -13,7 +13,7 @@ import { isWebSocketHandshake, proxyUpgrade, rejectUpgrade } from './proxy/webso
 import { SMOKE_HEADER, type SmokeRunner } from './health/smoke.js'
 import { ambiguousRouting, chooseFor, readsHeaders, type StickyChoice } from './routing/choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from './routing/path.js'
-import type { ServiceRoute, Switcher } from './routing/snapshot.js'
+import type { ServiceRoute, SnapshotView } from './routing/snapshot.js'
 import { connectionNames, countHeader } from './proxy/headers.js'
 import { Forwarding } from './proxy/trust.js'
 
@@ -68,7 +68,7 @@ export function httpCloser (server: http.Server): Closer {
 /** What the public listener takes from the config; fixed for the life of the listener (a change needs a restart). */
 export type EdgeOptions = Pick<Config, 'engine' | 'client' | 'trustedProxies'>
 
-export function createEdgeServer (switcher: Switcher, smoke: SmokeRunner, opts: EdgeOptions): EdgeServer {
+export function createEdgeServer (switcher: SnapshotView, smoke: SmokeRunner, opts: EdgeOptions): EdgeServer {
   const upgraded = new Set<Duplex>()
   /** Which peers' X-Forwarded-* are believed: decided once for the listener, on every engine. */
   const forwarding = new Forwarding(PROTO, opts.trustedProxies)

@@ -63,7 +63,7 @@ export class Gateway {
       ...(workers === undefined ? {} : { publish: async (config, state) => await workers.publish(config, state) }),
     })
     if (workers === undefined) {
-      this.edgeParts = createEdgeServer(this.controller.switcher, this.smoke, this.config)
+      this.edgeParts = createEdgeServer(this.controller.snapshots, this.smoke, this.config)
       this.edge = this.edgeParts.server
     }
     this.registry.observers.metrics = this.config.metrics.enabled

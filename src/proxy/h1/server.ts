@@ -12,7 +12,7 @@ import type { ClientTimeouts } from '../../config/schema.js'
 import type { SmokeRunner } from '../../health/smoke.js'
 import { ambiguousRouting, chooseFor, readsHeaders } from '../../routing/choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from '../../routing/path.js'
-import type { ServiceRoute, Switcher } from '../../routing/snapshot.js'
+import type { ServiceRoute, SnapshotView } from '../../routing/snapshot.js'
 import type { ColorStats, Finished, OpenExchange, UpstreamErrorKind } from '../../upstream/color-stats.js'
 import type { Endpoint, TargetSet } from '../../upstream/target-set.js'
 import { classifyUpstreamError, ERROR_KIND, IDEMPOTENT } from '../forward.js'
@@ -117,7 +117,7 @@ export class FastEdge {
   readonly server: net.Server
   /** Connections the fast path does not serve, from the byte it stopped at. */
   readonly fallback: http.Server
-  readonly switcher: Switcher
+  readonly switcher: SnapshotView
   readonly smoke: SmokeRunner
   /** The scheme served and the peers whose forwarding headers are believed. */
   readonly forwarding: Forwarding
@@ -126,7 +126,7 @@ export class FastEdge {
   readonly client: ClientTimeouts
   closing = false
 
-  constructor (switcher: Switcher, smoke: SmokeRunner, fallback: http.Server, forwarding: Forwarding, opts: { client: ClientTimeouts }) {
+  constructor (switcher: SnapshotView, smoke: SmokeRunner, fallback: http.Server, forwarding: Forwarding, opts: { client: ClientTimeouts }) {
     this.client = opts.client
     this.switcher = switcher
     this.smoke = smoke
