@@ -1,7 +1,7 @@
 // The only code that changes routing state. Every change is serialized,
 // built into a whole new snapshot, persisted, then swapped in with one assignment.
 
-import type { Color, Config } from '../config/schema.js'
+import type { Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
 import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState, type Snapshot, type SnapshotView, type StickyHold } from '../routing/snapshot.js'
 import type { Guard, GuardTrip } from '../health/guard.js'
@@ -12,12 +12,12 @@ import type { FileStateStore, PersistedState } from '../state/file-store.js'
 import type { HealthChange, TargetRegistry } from '../upstream/registry.js'
 import { closeWebSockets, Drains } from './drains.js'
 import type { ColorChange, EventLog, NewEvent, SwitchyardEvent } from './events.js'
-import { applyColorChanges, isSamePlan, planFlip, planRollback, planTargets, type FlipPlan } from './plans.js'
-import { checkHealthGate, gateFailed, readiness, runSmokeGate, type GateFailure } from './gate.js'
-import { Guards, tripReason } from './guards.js'
+import { applyColorChanges, isSamePlan, planFlip, planReload, planRollback, planTargets, type FlipPlan } from './plans.js'
+import { checkHealthGate, checkReadiness, gateFailed, runSmokeGate, type GateFailure } from './gate.js'
+import { describeTrip, Guards } from './guards.js'
 import { diffConfigs } from './reload-diff.js'
-import { FlipCounts, type ChangeResult, type DrainRequest, type FlipRequest, type ReloadResult, type RollbackRequest, type TargetsRequest } from './requests.js'
-import { colorsUsing, describeState } from './state-view.js'
+import { FlipCounts, type ChangeResult, type DrainRequest, type FlipRequest, type ReloadResult, type RollbackRequest, type TargetsRequest, type TargetsResult } from './requests.js'
+import { describeState, listColorsUsing } from './state-view.js'
 
 /** Health machinery the controller drives; absent in unit setups that need none. */
 export interface HealthDeps {
@@ -67,10 +67,8 @@ export class Controller {
       colorStats: (service, color) => registry.colorStats(service, color),
       stickyHold: (service) => this.sticky[service],
       holdSticky: (service, hold) => this.holdSticky(service, hold),
-      recordDrained: (result) => this.events.append({
-        type: 'drained', generation: this.state.generation, reason: result.how === 'empty' ? 'no requests or WebSockets left' : 'drain timeout closed what was left',
-        actor: 'drain', ...result,
-      }),
+      // `generation` second, where the line of a drained event has always had it.
+      record: ({ type, ...rest }) => this.events.append({ type, generation: this.state.generation, ...rest }),
     })
     registry.onHealthChange((change) => this.onHealthChange(change))
     this.afterSwap(snapshot)
@@ -241,9 +239,7 @@ export class Controller {
       if (added.length + removed.length + updated.length === 0 && !tokenChanged && !hostsChanged) {
         return { generation: this.state.generation, changed: false, added, removed, updated }
       }
-      const next = structuredClone(this.state)
-      for (const n of added) next.services[n] ??= { live: config.services[n].live, previous: null, targets: {} }
-      next.generation++
+      const next = planReload(added, this.state, config)
       await this.commit(next, { type: 'reload', reason: null, actor, added, removed, updated, ...(tokenChanged ? { adminToken: 'changed' } : {}), ...(hostsChanged ? { allowedHosts: config.admin.allowedHosts } : {}) }, false, config)
       this.guards.end(removed)
       this.drains.cancel(removed)
@@ -264,7 +260,7 @@ export class Controller {
         const reverts = guard.reverts.filter((r) => this.state.services[r.service]?.live === r.from)
         if (reverts.length === 0) return
         const next = applyColorChanges(this.state, reverts)
-        const reason = tripReason(trip, this.config)
+        const reason = describeTrip(trip, this.config)
         const applied = this.commit(next, { type: 'auto_revert', reason, actor: 'guard', changes: reverts, trip, flipEvent: guard.id }, true)
         // commit() has swapped synchronously by now; only the file write is pending.
         this.flipCounts.add(reverts, 'auto_revert')
@@ -280,14 +276,14 @@ export class Controller {
   private onHealthChange (change: HealthChange): void {
     this.events.append({
       type: 'health', generation: this.state.generation, reason: change.cause, actor: 'health',
-      target: change.target.url, from: change.from, to: change.to, healthy: change.healthy, services: colorsUsing(this.#switcher.current, change.target),
+      target: change.target.url, from: change.from, to: change.to, healthy: change.healthy, services: listColorsUsing(this.#switcher.current, change.target),
     })
     this.guards.checkHealth()
   }
 
   /** Readiness: config loaded and every live color's targets have had their first probe. */
   readiness (): { ready: boolean, waiting: string[] } {
-    return readiness(this.#switcher.current, this.health.prober)
+    return checkReadiness(this.#switcher.current, this.health.prober)
   }
 
   async stop (): Promise<void> {
@@ -367,7 +363,7 @@ export class Controller {
     })
   }
 
-  async setTargets (req: TargetsRequest): Promise<{ generation: number, service: string, color: Color, targets: string[], event?: SwitchyardEvent }> {
+  async setTargets (req: TargetsRequest): Promise<TargetsResult> {
     return await this.exclusive(async () => {
       this.checkGeneration(req.ifGeneration)
       const [name] = this.resolveServices([req.service])

@@ -7,7 +7,7 @@ import { log } from '../log.js'
 import type { StickyHold } from '../routing/snapshot.js'
 import type { ColorStats, TargetRegistry } from '../upstream/registry.js'
 import { Drain, type DrainResult } from './drain.js'
-import type { ColorChange, SwitchyardEvent } from './events.js'
+import type { ColorChange, NewEvent, SwitchyardEvent } from './events.js'
 import type { DrainRequest } from './requests.js'
 import { describeDrainEnded, describeDrainStarted } from './state-view.js'
 import { deliver } from './webhook.js'
@@ -20,8 +20,8 @@ export interface DrainsDeps {
   stickyHold: (service: string) => StickyHold | undefined
   /** Sticky holds are routing state: the controller swaps in a snapshot with this one set (or, undefined, ended). */
   holdSticky: (service: string, hold: StickyHold | undefined) => void
-  /** A drain finished: the controller records its event and returns it. */
-  recordDrained: (result: DrainResult) => SwitchyardEvent
+  /** A drain finished: the controller appends its event (at the generation in force) and returns it. */
+  record: (event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>) => SwitchyardEvent
 }
 
 export class Drains {
@@ -87,7 +87,9 @@ export class Drains {
     if (this.byColor.get(key) === drain) this.byColor.delete(key)
     if (this.deps.stickyHold(drain.service)?.color === drain.color) this.deps.holdSticky(drain.service, undefined)
     if (result.how === 'cancelled') return
-    const event = this.deps.recordDrained(result)
+    const event = this.deps.record({
+      type: 'drained', reason: result.how === 'empty' ? 'no requests or WebSockets left' : 'drain timeout closed what was left', actor: 'drain', ...result,
+    })
     log('info', 'drained', { ...result })
     const hook = this.deps.config().services[drain.service]?.drain.onDrained
     if (hook !== undefined) void deliver(hook, event)

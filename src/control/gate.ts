@@ -68,7 +68,7 @@ export async function runSmokeGate (runner: SmokeRunner, config: () => Config, c
 }
 
 /** Readiness: config loaded and every live color's targets have had their first probe. */
-export function readiness (snapshot: Snapshot, prober: Prober): { ready: boolean, waiting: string[] } {
+export function checkReadiness (snapshot: Snapshot, prober: Prober): { ready: boolean, waiting: string[] } {
   const waiting: string[] = []
   for (const route of snapshot.services.values()) {
     for (const e of route.colors[route.live].targets.endpoints) {

@@ -65,7 +65,7 @@ export class Guards {
 }
 
 /** The reason an auto-revert records for a trip. */
-export function tripReason (trip: GuardTrip, config: Config): string {
+export function describeTrip (trip: GuardTrip, config: Config): string {
   return trip.reason === 'error_rate'
     ? `${trip.service}/${trip.color}: error rate ${(trip.errorRate * 100).toFixed(1)}% over ${trip.requests} requests exceeds ${(config.services[trip.service].guard.maxErrorRate * 100).toFixed(1)}%`
     : `${trip.service}/${trip.color}: no healthy target`

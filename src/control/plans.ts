@@ -91,3 +91,11 @@ export function planTargets (service: string, req: TargetsRequest, state: Persis
   next.generation++
   return { next, before, isLive }
 }
+
+/** A reload: services it adds start on their configured live color, with nothing to roll back to. */
+export function planReload (added: readonly string[], state: PersistedState, config: Config): PersistedState {
+  const next = structuredClone(state)
+  for (const n of added) next.services[n] ??= { live: config.services[n].live, previous: null, targets: {} }
+  next.generation++
+  return next
+}

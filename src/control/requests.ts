@@ -32,6 +32,15 @@ export interface TargetsRequest {
   actor?: string
 }
 
+export interface TargetsResult {
+  generation: number
+  service: string
+  color: Color
+  targets: string[]
+  /** Absent when the targets were already these: nothing changed. */
+  event?: SwitchyardEvent
+}
+
 export interface ChangeResult {
   generation: number
   changes: ColorChange[]

@@ -58,7 +58,7 @@ export function describeDrainEnded (result: DrainResult): Record<string, unknown
 }
 
 /** The service colors a target serves, as a health event names them. */
-export function colorsUsing (snapshot: Snapshot, target: Target): Array<{ service: string, color: Color }> {
+export function listColorsUsing (snapshot: Snapshot, target: Target): Array<{ service: string, color: Color }> {
   const users: Array<{ service: string, color: Color }> = []
   for (const route of snapshot.services.values()) {
     for (const color of COLORS) {
