@@ -117,7 +117,7 @@ async function serve (argv: string[], io: Io): Promise<number> {
     workers: count,
     config: config.file,
     generation: gateway.controller.generation,
-    services: Object.fromEntries([...gateway.controller.switcher.current.services.values()].map((s) => [s.name, s.live])),
+    services: Object.fromEntries([...gateway.controller.snapshots.current.services.values()].map((s) => [s.name, s.live])),
   })
   io.onReload?.(() => { void gateway.reload() })
   const signal = await (io.stopSignal ?? new Promise<string>(() => {}))

@@ -97,7 +97,7 @@ export function createMetrics (deps: Deps): Registry {
     registers: [reg],
     collect () {
       this.reset()
-      for (const route of deps.controller().switcher.current.services.values()) {
+      for (const route of deps.controller().snapshots.current.services.values()) {
         for (const color of COLORS) this.set({ service: route.name, color }, route.live === color ? 1 : 0)
       }
     },
@@ -121,7 +121,7 @@ export function createMetrics (deps: Deps): Registry {
     registers: [reg],
     collect () {
       this.reset()
-      for (const route of deps.controller().switcher.current.services.values()) {
+      for (const route of deps.controller().snapshots.current.services.values()) {
         for (const color of COLORS) {
           for (const e of route.colors[color].targets.endpoints) this.set({ service: route.name, color, target: e.target.url }, e.target.healthy ? 1 : 0)
         }

@@ -67,7 +67,7 @@ t.test('a 2 s request started before a flip finishes with 200 on the old color; 
 
 t.test('counts return to exactly zero after client aborts and upstream resets, HTTP and WebSocket', async (t) => {
   const { b, gw } = await pair(t)
-  const blue = (): any => gw.gateway.controller.switcher.current.services.get('svc')?.colors.blue.stats
+  const blue = (): any => gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.stats
   // Client abort mid-request.
   const ac = new AbortController()
   const aborted = http1(`${gw.url}/slow?ms=5000`, { signal: ac.signal }).catch((e: Error) => e)
@@ -279,7 +279,7 @@ t.test('a client leaving during the WebSocket handshake leaves nothing counted o
   await answeredLate
   // Whatever the late 101 could have set off has run once the loop turns after it.
   await new Promise((resolve) => setImmediate(resolve))
-  const blue = gw.gateway.controller.switcher.current.services.get('svc')?.colors.blue.stats
+  const blue = gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.stats
   t.equal(blue?.websockets, 0)
   t.equal(blue?.openWs.size, 0)
 })

@@ -24,7 +24,7 @@ ${extra}`
 
 /** The blue targets of the one service, by URL. */
 function blueTarget (gw: TestGateway, url: string): any {
-  return gw.gateway.controller.switcher.current.services.get('svc')?.colors.blue.targets.endpoints.find((e: any) => e.target.url === url)?.target
+  return gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.targets.endpoints.find((e: any) => e.target.url === url)?.target
 }
 
 /** A backend that answers 200 with content-length 1000, sends 10 bytes and drops the connection (its /healthz is fine). */
@@ -290,7 +290,7 @@ t.test('a 1xx flood is capped, and 1xx the client cannot take yet pause the upst
     return false
   } as typeof socket.write
   await eventually(() => text.includes('103 Early Hints'))
-  const pool = gw.gateway.controller.switcher.current.services.get('svc')?.colors.blue.targets.endpoints[0].h1 as any
+  const pool = gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.targets.endpoints[0].h1 as any
   const upstreamSocket = [...pool.all].find((c: any) => c.user !== undefined).socket as net.Socket
   t.equal(upstreamSocket.isPaused(), true, 'the upstream is not read while the client cannot take the 103')
   socket.write = write

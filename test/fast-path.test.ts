@@ -118,7 +118,7 @@ t.test('a kept-alive connection the upstream dropped is retried for safe request
 `)
   for (let i = 0; i < 4; i++) t.equal((await http1(`${strict.url}/s${i}`)).status, 200, `GET ${i}: retried on a new connection`)
   t.ok(racy.connections() >= 4, 'each retry opened a new connection')
-  const target = strict.gateway.controller.switcher.current.services.get('svc')?.colors.blue.targets.endpoints[0].target
+  const target = strict.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.targets.endpoints[0].target
   t.equal(target?.healthy, true, 'the target was not ejected')
   const post = await http1(`${strict.url}/post`, { method: 'POST', body: 'x' })
   t.equal(post.status, 502, 'a POST on a dropped kept-alive connection is not retried')
@@ -196,7 +196,7 @@ t.test('broken answers: 502 before the head, a cut connection after it', async (
   t.equal(up.connections(), before)
   const silent = await http1(`${gw.url}/silent`, { method: 'POST', body: 'x' })
   t.equal(silent.status, 502, 'closed without an answer')
-  const route = gw.gateway.controller.switcher.current.services.get('svc')
+  const route = gw.gateway.controller.snapshots.current.services.get('svc')
   await eventually(() => { if (route?.colors.blue.stats.inflight !== 0) throw new Error('in flight') })
   t.equal(route?.colors.blue.targets.endpoints[0].target.inflight, 0)
 })
@@ -213,7 +213,7 @@ t.test('a client that leaves mid-answer frees the upstream connection and the co
   const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`)
   const port = gw.gateway.address.port
   await exchange(port, 'GET /leave HTTP/1.1\r\nhost: x\r\n\r\n', (s) => s.includes('partial'))
-  const route = gw.gateway.controller.switcher.current.services.get('svc')
+  const route = gw.gateway.controller.snapshots.current.services.get('svc')
   await eventually(() => { if (!upstreamClosed || route?.colors.blue.stats.inflight !== 0) throw new Error('still open') })
   t.pass('upstream closed, nothing in flight')
   // And one that leaves before the answer.

@@ -69,7 +69,7 @@ t.test('client abort of an in-flight request settles the counters', async (t) =>
   const ac = new AbortController()
   const pending = http1(`${gw.url}/slow?ms=5000`, { signal: ac.signal }).catch((err: Error) => err)
   await eventually(() => b.seen.length === 1)
-  const route = gw.gateway.controller.switcher.current.services.get('svc')
+  const route = gw.gateway.controller.snapshots.current.services.get('svc')
   t.equal(route?.colors.blue.stats.inflight, 1)
   ac.abort()
   t.type(await pending, Error)

@@ -358,7 +358,7 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
       t.equal(res.statusCode, 200)
       await t.rejects(res.body.text(), 'the client sees the truncation as an error')
       // Counters settle back to zero.
-      const route = gw.gateway.controller.switcher.current.services.get('svc')
+      const route = gw.gateway.controller.snapshots.current.services.get('svc')
       t.equal(route?.colors.blue.stats.inflight, 0)
     },
   },
@@ -412,7 +412,7 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
       t.match(await raw('GET http://10.0.0.5:6379/x HTTP/1.1\r\nhost: x\r\n\r\n'), /^HTTP\/1\.1 400/)
       t.match(await raw('GET http://10.0.0.5:6379/x HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n'), /^HTTP\/1\.1 400/)
       t.equal(b.seen.length, 0, 'nothing reached the upstream')
-      const route = gw.gateway.controller.switcher.current.services.get('svc')
+      const route = gw.gateway.controller.snapshots.current.services.get('svc')
       t.equal(route?.colors.blue.targets.endpoints[0].target.healthy, true, 'and nothing counted against it')
       await http1(`${gw.url}/x`, { headers: { 'x-switchyard-smoke': 'guess blue' } })
       t.equal(b.seen[0].headers['x-switchyard-smoke'], undefined, 'the smoke header is stripped')
@@ -441,7 +441,7 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
       })
       t.equal(body, '200 done')
       t.same(hints, ['103 </style.css>; rel=preload; as=style'])
-      const route = gw.gateway.controller.switcher.current.services.get('svc')
+      const route = gw.gateway.controller.snapshots.current.services.get('svc')
       t.equal(route?.colors.blue.stats.requests, 1, 'counted once')
     },
   },

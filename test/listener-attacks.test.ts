@@ -51,7 +51,7 @@ for (const engine of ENGINES) {
 
 /** The blue target of the one service, by URL. */
 function blueTarget (gw: TestGateway, url: string): any {
-  return gw.gateway.controller.switcher.current.services.get('svc')?.colors.blue.targets.endpoints.find((e: any) => e.target.url === url)?.target
+  return gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.targets.endpoints.find((e: any) => e.target.url === url)?.target
 }
 
 /** One raw request on its own connection; resolves with what came back once the connection closes (or after 5 s). */

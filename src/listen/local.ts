@@ -16,7 +16,7 @@ export class LocalListener implements PublicListener {
 
   async start (deps: ListenerDeps): Promise<void> {
     this.deps = deps
-    this.edge = createEdgeServer(createResolver(deps.controller.switcher, deps.smoke), deps.config)
+    this.edge = createEdgeServer(createResolver(deps.controller.snapshots, deps.smoke), deps.config)
     await listen(this.edge.server, deps.listen)
   }
 

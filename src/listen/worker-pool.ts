@@ -119,7 +119,7 @@ export class WorkerPool implements PublicListener, RemoteColors {
   private syncMessage (): ToWorker {
     const { config, state } = this.controller.routing()
     const probes: Record<string, ProbeState> = {}
-    for (const route of this.controller.switcher.current.services.values()) {
+    for (const route of this.controller.snapshots.current.services.values()) {
       for (const set of [route.colors.blue, route.colors.green]) for (const e of set.targets.endpoints) probes[e.target.url] = e.target.probe
     }
     return { t: 'sync', seq: ++this.seq, config, state, probes, secret: this.secret, listen: this.at as HostPort }
@@ -284,7 +284,7 @@ export function runWorker (): void {
           flush = al.flush
         }
         smoke = new SmokeRunner(() => '', msg.secret)
-        edge = createEdgeServer(createResolver(switcher as Switcher, smoke), msg.config)
+        edge = createEdgeServer(createResolver((switcher as Switcher).view, smoke), msg.config)
         listen(edge.server, msg.listen).then(() => {
           log('info', 'worker listening', { pid: process.pid })
           tell({ t: 'ready', address: edge?.server.address() as AddressInfo })

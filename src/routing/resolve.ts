@@ -5,7 +5,7 @@ import type { Color } from '../config/schema.js'
 import type { Refusal, RequestFacts, Resolution, Resolve } from '../proxy/resolve.js'
 import { ambiguousRouting, chooseFor, readsHeaders } from './choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from './path.js'
-import type { Snapshot } from './snapshot.js'
+import type { SnapshotView } from './snapshot.js'
 
 /** Who may pin a color on a request (the smoke checks of a flip's gate). */
 export interface ColorPins {
@@ -24,7 +24,7 @@ const ABOVE_ROOT: Refusal = { code: 'bad_request', message: TARGET_ABOVE_ROOT, t
  * read two ways refused, the color chosen (pin, preview, sticky, live) and a
  * target picked.
  */
-export function createResolver (snapshots: { readonly current: Snapshot }, pins: ColorPins): Resolve {
+export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resolve {
   return (facts: RequestFacts): Resolution | Refusal => {
     const raw = facts.target
     // Origin-form only (`/path?query`): absolute-form, `*` and friends are not for a reverse proxy.

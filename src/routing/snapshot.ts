@@ -203,16 +203,33 @@ export function snapshotTargets (snapshot: Snapshot): Set<string> {
   return urls
 }
 
-/** Holds the one current snapshot. A request reads it once, when its headers arrive. */
-export class Switcher {
-  current: Snapshot
+/** What readers of routing are handed: the snapshot in force, and no way to replace it. */
+export interface SnapshotView {
+  readonly current: Snapshot
+}
+
+/**
+ * Holds the one current snapshot. A request reads it once, when its headers
+ * arrive. Only the holder's owner swaps: everyone else is given `view`.
+ */
+export class Switcher implements SnapshotView {
+  private snapshot: Snapshot
+  /** A separate object, so a reader handed it cannot reach swap() even by a cast. */
+  readonly view: SnapshotView
+
   constructor (initial: Snapshot) {
-    this.current = initial
+    this.snapshot = initial
+    const read = (): Snapshot => this.snapshot
+    this.view = Object.freeze({ get current () { return read() } })
+  }
+
+  get current (): Snapshot {
+    return this.snapshot
   }
 
   swap (next: Snapshot): Snapshot {
-    const prev = this.current
-    this.current = next
+    const prev = this.snapshot
+    this.snapshot = next
     return prev
   }
 }

@@ -1,0 +1,34 @@
+// What a re-read config changes against the one in force: the fields only a
+// restart can apply, the services added, removed or updated, and admin access.
+
+import type { Config } from '../config/schema.js'
+
+export interface ConfigDiff {
+  /** Fields a reload refuses to change. */
+  restart: string[]
+  added: string[]
+  removed: string[]
+  updated: string[]
+  tokenChanged: boolean
+  hostsChanged: boolean
+}
+
+export function diffConfigs (before: Config, after: Config): ConfigDiff {
+  // What the listeners and the state store were built with at start; the edge keeps its engine, deadlines and trust until a restart.
+  const restart = ([
+    ['listen', after.listen, before.listen], ['admin.listen', after.admin.listen, before.admin.listen],
+    ['state.file', after.state.file, before.state.file], ['log', after.log, before.log], ['metrics', after.metrics, before.metrics],
+    ['engine', after.engine, before.engine], ['client', after.client, before.client], ['trustedProxies', after.trustedProxies, before.trustedProxies],
+  ] as const)
+    .filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b)).map(([k]) => k)
+  const was = before.services
+  const is = after.services
+  return {
+    restart,
+    added: Object.keys(is).filter((n) => was[n] === undefined),
+    removed: Object.keys(was).filter((n) => is[n] === undefined),
+    updated: Object.keys(is).filter((n) => was[n] !== undefined && JSON.stringify(was[n]) !== JSON.stringify(is[n])),
+    tokenChanged: after.admin.token !== before.admin.token,
+    hostsChanged: JSON.stringify(after.admin.allowedHosts) !== JSON.stringify(before.admin.allowedHosts),
+  }
+}
