@@ -3,6 +3,7 @@
 
 import type { ErrorCode } from '../errors.js'
 import type { UpstreamErrorKind } from '../upstream/color-stats.js'
+import type { Endpoint } from '../upstream/target-set.js'
 
 /**
  * How an attempt failed. `connect`: no connection (the request never left);
@@ -88,6 +89,29 @@ export function judgeAttempt (kind: FailureKind, answered: boolean, reused: bool
     code: CODE[kind],
     metric: METRIC[kind],
   }
+}
+
+/** What acting on a verdict touches: the color's counters and where a retry may go. */
+export interface AttemptContext {
+  readonly stats: { upstreamError: (kind: UpstreamErrorKind) => void }
+  readonly targets: { pick: (exclude?: Endpoint) => Endpoint | undefined }
+}
+
+/**
+ * Acts on a failed attempt's verdict, the same way on every engine: the
+ * upstream-error metric, the count against the target, and, when the policy
+ * retries and somewhere is left to go, the endpoint for the next attempt
+ * (the in-flight count moved to it). Undefined: answer `verdict.code`.
+ */
+export function nextAttempt (verdict: AttemptVerdict, failed: Endpoint, ctx: AttemptContext): Endpoint | undefined {
+  if (verdict.metric !== undefined) ctx.stats.upstreamError(verdict.metric)
+  if (verdict.countsAgainstTarget) failed.target.recordResult(false)
+  if (!verdict.retry) return undefined
+  const next = ctx.targets.pick(failed) ?? (verdict.sameTargetOk ? failed : undefined)
+  if (next === undefined) return undefined
+  failed.target.inflight--
+  next.target.inflight++
+  return next
 }
 
 /** Socket and undici error codes that mean no connection was made. */

@@ -7,7 +7,7 @@ import { Client, type Dispatcher } from 'undici'
 import { writeError, type ErrorCode } from '../errors.js'
 import type { ColorStats, Finished, OpenExchange } from '../upstream/color-stats.js'
 import type { Endpoint } from '../upstream/target-set.js'
-import { failureKindOf, judgeAttempt, metricOf } from './attempt.js'
+import { failureKindOf, judgeAttempt, metricOf, nextAttempt } from './attempt.js'
 import { connectionNames, countHeader, downstreamResponseHeaders, PIN_HEADER, responseTrailers, upstreamRequestHeaders } from './headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
 import { recordOutcome } from './outcome.js'
@@ -126,7 +126,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private readonly startedAt = performance.now()
   private readonly req: IncomingMessage
   private readonly res: ServerResponse
-  private readonly picker: UpstreamGroup['targets']
+  /** The color's targets (where a retry may go) and counters. */
+  private readonly group: UpstreamGroup
   private readonly stats: ColorStats
   private readonly headers: string[]
   private readonly body: IncomingMessage | null
@@ -163,7 +164,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.req = req
     this.res = res
     this.endpoint = to.endpoint
-    this.picker = to.group.targets
+    this.group = to.group
     this.stats = to.group.stats
     this.waitMs = to.group.timeouts.connect
     this.upstreamBodyMs = to.group.timeouts.body ?? 0
@@ -451,19 +452,13 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     const kind = failureKindOf(err)
     // A reused connection the upstream closed as it was reused (the keep-alive race) is not the target failing.
     const verdict = judgeAttempt(kind, false, kind === 'reset' && servedBefore(err), this.method, this.body !== null, this.retries)
-    if (verdict.metric !== undefined) this.stats.upstreamError(verdict.metric)
-    if (verdict.countsAgainstTarget) this.endpoint.target.recordResult(false)
-    if (verdict.retry) {
-      const next = this.picker.pick(this.endpoint) ?? (verdict.sameTargetOk ? this.endpoint : undefined)
-      if (next !== undefined) {
-        this.retries++
-        this.endpoint.target.inflight--
-        next.target.inflight++
-        this.endpoint = next
-        this.controller = undefined
-        this.dispatch(kind === 'reset')
-        return
-      }
+    const next = nextAttempt(verdict, this.endpoint, this.group)
+    if (next !== undefined) {
+      this.retries++
+      this.endpoint = next
+      this.controller = undefined
+      this.dispatch(kind === 'reset')
+      return
     }
     this.answerError(verdict.code, verdict.countsForGuard)
   }

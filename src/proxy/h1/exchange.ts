@@ -6,7 +6,7 @@ import { ERRORS, rawError, type ErrorCode } from '../../errors.js'
 import type { ColorStats, Finished, OpenExchange, UpstreamErrorKind } from '../../upstream/color-stats.js'
 import type { H1Pool as UpstreamPool, UpstreamConn, UpstreamUser } from '../../upstream/h1-pool.js'
 import type { Endpoint } from '../../upstream/target-set.js'
-import { failureKindOf, judgeAttempt, metricOf, type FailureKind } from '../attempt.js'
+import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type FailureKind } from '../attempt.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
 import { newRequestId } from '../request-id.js'
@@ -44,7 +44,8 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
   private readonly startedAt = performance.now()
   private readonly conn: ClientSide
   private readonly head: RequestHead
-  private readonly picker: UpstreamGroup['targets']
+  /** The color's targets (where a retry may go) and counters. */
+  private readonly group: UpstreamGroup
   private readonly stats: ColorStats
   private readonly setCookie: string | undefined
   private readonly upstreamHead: string
@@ -80,7 +81,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     this.method = head.method
     this.path = head.target
     this.endpoint = to.endpoint
-    this.picker = to.group.targets
+    this.group = to.group
     this.stats = to.group.stats
     this.bodyMs = to.group.timeouts.body ?? 0
     this.setCookie = to.setCookie
@@ -358,20 +359,14 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
       return
     }
     const verdict = judgeAttempt(kind, this.answered, reused, this.method, this.head.contentLength > 0, this.retries)
-    if (verdict.metric !== undefined) this.stats.upstreamError(verdict.metric)
-    if (verdict.countsAgainstTarget) this.endpoint.target.recordResult(false)
-    if (verdict.retry) {
-      const next = this.picker.pick(this.endpoint) ?? (verdict.sameTargetOk ? this.endpoint : undefined)
-      if (next !== undefined) {
-        this.retries++
-        this.answered = false
-        this.endpoint.target.inflight--
-        next.target.inflight++
-        this.endpoint = next
-        // On a new connection: the idle ones were likely closed at the same moment as this one.
-        this.dispatch(undefined, true, true)
-        return
-      }
+    const next = nextAttempt(verdict, this.endpoint, this.group)
+    if (next !== undefined) {
+      this.retries++
+      this.answered = false
+      this.endpoint = next
+      // On a new connection: the idle ones were likely closed at the same moment as this one.
+      this.dispatch(undefined, true, true)
+      return
     }
     this.answerError(verdict.code, verdict.countsForGuard)
   }
