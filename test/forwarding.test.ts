@@ -550,15 +550,7 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
   {
     name: 'timeouts.body: a quiet upstream body is cut, and counts as an upstream timeout',
     run: async (t, engine) => {
-      const up = await quietUpstream(t)
-      const g = await startBackend(t, 'g')
-      const gw = await gateway(t, engine, `services:
-  svc:
-    match: { pathPrefix: / }
-    blue: { targets: [${up.url}] }
-    green: { targets: [${g.url}] }
-    timeouts: { body: 300ms }
-`)
+      const gw = await quietGateway(t, engine, '    timeouts: { body: 300ms }\n')
       t.equal(await upstreamErrors(gw, 'timeout'), 0)
       const started = Date.now()
       const got = await exchange(gw.gateway.address.port, 'GET /events HTTP/1.1\r\nhost: x\r\n\r\n', () => false, 6000)
@@ -574,14 +566,7 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
   {
     name: 'without timeouts.body a quiet upstream body is left alone',
     run: async (t, engine) => {
-      const up = await quietUpstream(t)
-      const g = await startBackend(t, 'g')
-      const gw = await gateway(t, engine, `services:
-  svc:
-    match: { pathPrefix: / }
-    blue: { targets: [${up.url}] }
-    green: { targets: [${g.url}] }
-`)
+      const gw = await quietGateway(t, engine, '')
       const stream = openStream(gw.gateway.address.port, 'GET /events HTTP/1.1\r\nhost: x\r\n\r\n')
       t.teardown(stream.destroy)
       await eventually(() => stream.got().includes('hello\n'))
@@ -592,6 +577,18 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
     },
   },
 ]
+
+/** A gateway whose blue target sends one chunk of its body and then goes quiet; `extra`: more service lines. */
+async function quietGateway (t: Test, engine: Engine, extra: string): Promise<TestGateway> {
+  const up = await quietUpstream(t)
+  const g = await startBackend(t, 'g')
+  return await gateway(t, engine, `services:
+  svc:
+    match: { pathPrefix: / }
+    blue: { targets: [${up.url}] }
+    green: { targets: [${g.url}] }
+${extra}`)
+}
 
 for (const engine of ENGINES) {
   for (const c of cases) t.test(`${engine}: ${c.name}`, async (t) => await c.run(t, engine))
