@@ -3,9 +3,10 @@
 // bodies streamed both ways with backpressure, trailers relayed.
 
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
-import { Client, type Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import { writeError, type ErrorCode } from '../errors.js'
 import type { ColorStats, Finished, OpenExchange } from '../upstream/color-stats.js'
+import { connectionOf } from '../upstream/registry.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { failureKindOf, judgeAttempt, metricOf, nextAttempt } from './attempt.js'
 import { connectionNames, countHeader, downstreamResponseHeaders, PIN_HEADER, responseTrailers, upstreamRequestHeaders } from './headers.js'
@@ -137,8 +138,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private readonly waitMs: number
   /** Longest silence within the upstream's response body, ms (timeouts.body; 0: none). */
   private readonly upstreamBodyMs: number
-  /** Longest wait for the response head, ms (timeouts.response). */
-  private readonly responseMs: number
+  /** The current attempt's dispatch options. */
+  private attempt: Dispatcher.DispatchOptions | undefined
   /** Longest silence between two reads of the request body, ms (0: none). */
   private bodyTimeout = 0
   private bodyTimer: NodeJS.Timeout | undefined
@@ -168,7 +169,6 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.stats = to.group.stats
     this.waitMs = to.group.timeouts.connect
     this.upstreamBodyMs = to.group.timeouts.body ?? 0
-    this.responseMs = to.group.timeouts.response
     this.setCookie = to.setCookie
     this.headers = upstreamRequestHeaders(req, forwarding)
     this.requestId = requestIdFor(req, this.headers)
@@ -190,36 +190,25 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.dispatch()
   }
 
-  private dispatch (fresh = false): void {
+  /** Sends this attempt through the target's pool, or on `via`, one connection of it. */
+  private dispatch (via?: Dispatcher): void {
     const req = this.req
-    // A retry after the keep-alive race goes on a connection of its own: the pool's other idle
-    // ones were likely closed at the same moment (the fast engine's pool opens a fresh one the same way).
-    const pool = fresh ? this.freshClient() : this.endpoint.dispatcher
+    const pool = via ?? this.endpoint.dispatcher
     const queued = saturated.has(pool)
-    if (!pool.dispatch({
+    // A new object per attempt: it names the attempt's connection afterwards (connectionOf).
+    this.attempt = {
       path: req.url as string,
       method: req.method as Dispatcher.HttpMethod,
       headers: this.headers,
       body: this.body,
       // Set here, not left to undici's default (300 s): a quiet stream is cut only when timeouts.body says so.
       bodyTimeout: this.upstreamBodyMs,
-    }, this)) markSaturated(pool)
+    }
+    if (!pool.dispatch(this.attempt, this)) markSaturated(pool)
     // Every connection busy: it waits its turn up to timeouts.connect, as on the fast engine (README, limits.maxConnections).
     if (queued && this.waitMs > 0 && this.controller === undefined && this.waitTimer === undefined) {
       this.waitTimer = setTimeout(this.onOverloaded, this.waitMs)
     }
-  }
-
-  /** A connection to the endpoint for this one request: it closes once the request is done. */
-  private freshClient (): Dispatcher {
-    const client = new Client(this.endpoint.target.url, {
-      connect: { timeout: this.waitMs },
-      headersTimeout: this.responseMs,
-      pipelining: 1,
-    })
-    // Graceful: undici closes it once the request dispatched next has finished.
-    queueMicrotask(() => { client.close().catch(() => {}) })
-    return client
   }
 
   /** Waited timeouts.connect in undici's queue: the attempt policy's `overloaded` (the color cannot serve; the target is busy, not broken). */
@@ -452,12 +441,15 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     const kind = failureKindOf(err)
     // A reused connection the upstream closed as it was reused (the keep-alive race) is not the target failing.
     const verdict = judgeAttempt(kind, false, kind === 'reset' && servedBefore(err), this.method, this.body !== null, this.retries)
-    const next = nextAttempt(verdict, this.endpoint, this.group)
+    const failed = this.endpoint
+    const next = nextAttempt(verdict, failed, this.group)
     if (next !== undefined) {
       this.retries++
       this.endpoint = next
       this.controller = undefined
-      this.dispatch(kind === 'reset')
+      // Back on the same target after a reset: on the connection that failed, which now connects afresh
+      // (the pool's other idle connections were likely closed at the same moment), as on the fast engine.
+      this.dispatch(kind === 'reset' && next === failed && this.attempt !== undefined ? connectionOf(this.attempt) : undefined)
       return
     }
     this.answerError(verdict.code, verdict.countsForGuard)

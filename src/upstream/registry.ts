@@ -1,13 +1,34 @@
 // Runtime state that must outlive any one snapshot: targets keyed by URL
 // (connection pools, active and passive health, in-flight) and per service/color counters.
 
-import { Pool } from 'undici'
+import { Client, Pool, type Dispatcher } from 'undici'
 import { H1Pool } from './h1-pool.js'
 import type { Color, HealthConfig, PassiveConfig, LimitsConfig, Timeouts } from '../config/schema.js'
 import { ColorStats, type Observers } from './color-stats.js'
 
 export { ColorStats } from './color-stats.js'
 export type { Closable, EmptyWatcher, OutcomeWatcher } from './color-stats.js'
+
+/** The connection (undici Client) each dispatch through a target's pool went out on, by its options object. */
+const usedClient = new WeakMap<object, Dispatcher>()
+
+/** A pool connection that remembers which dispatches it took. */
+class TrackedClient extends Client {
+  override dispatch (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    usedClient.set(opts, this)
+    return super.dispatch(opts, handler)
+  }
+}
+
+/**
+ * The pool connection a dispatch (by its options object) went out on. After
+ * the keep-alive race its socket is gone: a retry sent to it connects afresh,
+ * inside the pool and its connection cap, where the pool itself might have
+ * handed the retry another idle connection the upstream closed just the same.
+ */
+export function connectionOf (opts: object): Dispatcher | undefined {
+  return usedClient.get(opts)
+}
 
 /** Longest silence within an upstream's response body, ms: none (0), as on the fast engine. */
 const UPSTREAM_BODY_TIMEOUT = 0
@@ -188,6 +209,7 @@ export class Target {
         bodyTimeout: UPSTREAM_BODY_TIMEOUT,
         connections: limits.maxConnections,
         pipelining: 1,
+        factory: (origin, opts) => new TrackedClient(origin, opts),
       })
       this.pools.set(key, pool)
     }
