@@ -2,7 +2,7 @@
 // X-Forwarded-* set. Each works on flat raw arrays [name, value, name, value, ...].
 
 import type { IncomingMessage } from 'node:http'
-import { addSent, isForwardingAlias, type ForwardedValues, type Forwarding, type SentForwarding } from './trust.js'
+import { addSent, isForwardingAlias, type Forwarding, type SentForwarding } from './trust.js'
 
 /**
  * The one hop-by-hop table, both ways and on every engine: RFC 9110 7.6.1's
@@ -92,19 +92,12 @@ export function stripRequestHeaders (raw: readonly string[], upgrade = false, se
   return out
 }
 
-/** Pass 2: the forwarding headers `Forwarding.values` decided, appended. */
-export function addForwardedHeaders (headers: string[], values: ForwardedValues): string[] {
-  headers.push('x-forwarded-for', values.xff, 'x-forwarded-proto', values.proto)
-  if (values.host !== undefined) headers.push('x-forwarded-host', values.host)
-  if (values.forwarded !== undefined) headers.push('forwarded', values.forwarded)
-  return headers
-}
-
 /** Request headers for the upstream (`upgrade`: a WebSocket handshake): both passes. */
 export function upstreamRequestHeaders (req: IncomingMessage, forwarding: Forwarding, upgrade = false): string[] {
   const sent: SentForwarding = { xff: '', xfProto: undefined, xfHost: undefined, forwarded: undefined }
   const headers = stripRequestHeaders(req.rawHeaders, upgrade, sent)
-  return addForwardedHeaders(headers, forwarding.values(req.socket.remoteAddress ?? '', req.headers.host, sent))
+  // Pass 2: the forwarding headers, decided for this peer by the listener's Forwarding.
+  return forwarding.appendHeaders(headers, req.socket.remoteAddress ?? '', req.headers.host, sent)
 }
 
 /**

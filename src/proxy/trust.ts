@@ -99,6 +99,15 @@ export class Forwarding {
     }
   }
 
+  /** `values` appended to a flat header array [name, value, ...] (the node engine, WebSocket upgrades). */
+  appendHeaders (out: string[], peer: string, host: string | undefined, sent: SentForwarding): string[] {
+    const f = this.values(peer, host, sent)
+    out.push('x-forwarded-for', f.xff, 'x-forwarded-proto', f.proto)
+    if (f.host !== undefined) out.push('x-forwarded-host', f.host)
+    if (f.forwarded !== undefined) out.push('forwarded', f.forwarded)
+    return out
+  }
+
   /**
    * `values` as raw header lines (each ending in CRLF), for the fast path.
    * From a peer that is not trusted (every peer, by default) the text is
