@@ -280,6 +280,18 @@ const cases: Case[] = [
     },
   },
   {
+    name: 'a preview header routes the same whatever its name, even one the gateway does not forward',
+    run: async (t, engine) => {
+      const b = await startBackend(t, 'blue')
+      const g = await startBackend(t, 'green')
+      const gw = await gateway(t, engine, `services:\n${serviceYaml('svc', '/', [b], [g], '    preview: { header: x-forwarded-host }\n')}`)
+      const previewed = await http1(`${gw.url}/p`, { headers: { 'x-forwarded-host': 'green' } })
+      t.equal(previewed.json.backend, 'green', 'the preview header picked green')
+      t.not(g.seen.at(-1)?.headers['x-forwarded-host'], 'green', 'and, from a peer not trusted, did not go upstream as sent')
+      t.equal((await http1(`${gw.url}/p`)).json.backend, 'blue', 'without it: live')
+    },
+  },
+  {
     name: 'status codes and HEAD pass through',
     run: async (t, engine) => {
       const b = await startBackend(t, 'b')

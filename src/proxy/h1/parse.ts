@@ -104,38 +104,50 @@ export class RequestHead implements RequestFacts {
   /** The header lines to forward, each ending in CRLF, hop-by-hop and gateway-owned ones removed. */
   lines = ''
 
-  constructor (method: string, target: string) {
+  /**
+   * The head as received, for the rare lookups below: they see every line the
+   * client sent (as node:http's headers do), not only the ones forwarded, so a
+   * preview header routes the same on every engine whatever its name.
+   */
+  private readonly received: string
+
+  constructor (method: string, target: string, received: string) {
     this.method = method
     this.target = target
+    this.received = received
   }
 
-  /** The value of header `lowerName` in the forwarded lines, when it has exactly one line. */
+  /** The value of header `lowerName` as received, when it has exactly one line. */
   header (lowerName: string): string | undefined {
     let found: string | undefined
-    for (const line of this.lines.split('\r\n')) {
-      const colon = line.indexOf(':')
-      if (colon === lowerName.length && line.slice(0, colon).toLowerCase() === lowerName) {
-        if (found !== undefined) return undefined
-        found = line.slice(colon + 1).trim()
-      }
-    }
-    return found
+    let lines = 0
+    // A second line makes it ambiguous: no need to read further.
+    this.eachLine(lowerName, (value) => { found = value; return ++lines < 2 })
+    return lines === 1 ? found : undefined
   }
 
-  /** How many lines of header `lowerName` the forwarded lines hold. */
+  /** How many lines of header `lowerName` the request carries. */
   headerLines (lowerName: string): number {
-    const lines = this.lines
     let n = 0
-    let at = 0
-    while (at < lines.length) {
-      const colon = lines.indexOf(':', at)
-      if (colon === -1) break
-      if (colon - at === lowerName.length && lines.slice(at, colon).toLowerCase() === lowerName) n++
-      const eol = lines.indexOf('\r\n', colon)
-      if (eol === -1) break
-      at = eol + 2
-    }
+    this.eachLine(lowerName, () => { n++; return true })
     return n
+  }
+
+  /** Calls `fn` with the trimmed value of each received line of header `lowerName`, while it returns true. */
+  private eachLine (lowerName: string, fn: (value: string) => boolean): void {
+    const head = this.received
+    // Header fields start after the request line.
+    let at = head.indexOf('\r\n')
+    while (at !== -1) {
+      at += 2
+      const colon = head.indexOf(':', at)
+      if (colon === -1) return
+      const eol = head.indexOf('\r\n', colon)
+      if (colon - at === lowerName.length && head.slice(at, colon).toLowerCase() === lowerName) {
+        if (!fn(head.slice(colon + 1, eol === -1 ? head.length : eol).trim())) return
+      }
+      at = eol
+    }
   }
 }
 
@@ -154,7 +166,7 @@ export function parseRequestHead (head: string): RequestHead | undefined {
   const method = head.slice(0, sp1)
   const target = head.slice(sp1 + 1, sp2)
   if (!METHODS.has(method) || !TARGET.test(target)) return undefined
-  const r = new RequestHead(method, target)
+  const r = new RequestHead(method, target, head)
   let named: string[] | undefined
   let sawLength = false
   const fields = eol + 2
