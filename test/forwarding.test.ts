@@ -458,6 +458,37 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
     },
   },
   {
+    name: "a 103's other header fields go to the client with its Link",
+    run: async (t, engine) => {
+      const up = await rawUpstream(t, (socket) => {
+        socket.write('HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\nx-hint: one\r\nconnection: keep-alive\r\n\r\n')
+        socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
+      })
+      const g = await startBackend(t, 'g')
+      const gw = await gateway(t, engine, `services:
+  svc:
+    match: { pathPrefix: / }
+    blue: { targets: [${up.url}] }
+    green: { targets: [${g.url}] }
+`)
+      const hints: Array<Record<string, unknown>> = []
+      const status = await new Promise<number>((resolve, reject) => {
+        const req = http.request(`${gw.url}/page`, (res) => {
+          res.resume()
+          res.on('end', () => resolve(res.statusCode ?? 0))
+        })
+        req.on('information', (info) => hints.push(info.headers))
+        req.on('error', reject)
+        req.end()
+      })
+      t.equal(status, 200)
+      t.equal(hints.length, 1, 'one 103')
+      t.equal(hints[0]?.link, '</a.css>; rel=preload')
+      t.equal(hints[0]?.['x-hint'], 'one', 'its other field came with it')
+      t.equal(hints[0]?.connection, undefined, 'but not a hop-by-hop one')
+    },
+  },
+  {
     name: 'a stale keep-alive connection: a GET is retried on a fresh one, and the target is not blamed',
     run: async (t, engine) => {
       const up = await racingUpstream(t)

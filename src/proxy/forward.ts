@@ -394,15 +394,25 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.answered = true
   }
 
-  /** Relays a 103's Link values. Hints are advisory: ones node:http will not write (it throws) are dropped, never the exchange. */
+  /**
+   * Relays a 103 with its header fields (less hop-by-hop ones), as the fast
+   * engine does. node:http writes a 103 only when it carries Link, and throws
+   * on Link values it will not write: hints are advisory, so such a 103 is
+   * dropped, never the exchange.
+   */
   private earlyHints (pairs: ReadonlyArray<Buffer | string>): void {
+    const fields = downstreamResponseHeaders(pairs)
+    const hints: Record<string, string | string[]> = {}
     const links: string[] = []
-    for (let i = 0; i < pairs.length; i += 2) {
-      if (pairs[i].toString('latin1').toLowerCase() === 'link') links.push(pairs[i + 1].toString('latin1'))
+    for (let i = 0; i < fields.length; i += 2) {
+      const name = fields[i].toLowerCase()
+      if (name === 'link') links.push(fields[i + 1])
+      else hints[name] = hints[name] === undefined ? fields[i + 1] : `${hints[name] as string}, ${fields[i + 1]}`
     }
     if (links.length === 0) return
+    hints.link = links
     try {
-      this.res.writeEarlyHints({ link: links })
+      this.res.writeEarlyHints(hints)
     } catch {}
   }
 
