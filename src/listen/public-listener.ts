@@ -1,7 +1,6 @@
 // The public side of the gateway as one boundary: where requests are served
 // (this process, or worker processes), so the wiring treats both the same.
 
-import { once } from 'node:events'
 import type net from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Config, HostPort } from '../config/schema.js'
@@ -52,9 +51,24 @@ export function originOf ({ address, family, port }: net.AddressInfo): string {
   return family === 'IPv6' ? `http://[${address}]:${port}` : `http://${address}:${port}`
 }
 
+/**
+ * Listens, or fails naming the address. (Not events.once: its 'listening'
+ * wait rejects on 'error' with the bare error, first, and the name was lost.)
+ */
 export async function listen (server: net.Server, at: HostPort): Promise<void> {
-  server.listen(at.port, at.host)
-  await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => { throw new Error(`cannot listen on ${at.host}:${at.port}: ${(err as Error).message}`) })])
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: Error): void => {
+      server.off('listening', onListening)
+      reject(new Error(`cannot listen on ${at.host}:${at.port}: ${err.message}`))
+    }
+    const onListening = (): void => {
+      server.off('error', onError)
+      resolve()
+    }
+    server.once('error', onError)
+    server.once('listening', onListening)
+    server.listen(at.port, at.host)
+  })
 }
 
 /**
