@@ -14,7 +14,7 @@ const read = (file: string): string => readFileSync(join(ROOT, file), 'utf8')
 
 const CONFIG_DOC = 'docs/config.md'
 const ADMIN_DOC = 'docs/admin-api.md'
-const LINKED_DOCS = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]
+const LINKED_DOCS = ['README.md', 'ARCHITECTURE.md', 'SECURITY.md', 'bench/README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]
 
 /** A markdown text without its fenced code blocks (what is left is prose, tables and headings). */
 function stripFences (md: string): string {
@@ -134,7 +134,9 @@ function anchors (md: string): Set<string> {
 
 /** URLs in code may show where things run: this machine, or a name reserved for examples. */
 function isExampleHost (host: string): boolean {
-  return ['localhost', '127.0.0.1', '[::1]', '0.0.0.0', 'host'].includes(host) || /(^|\.)example(\.(com|net|org))?$/.test(host)
+  // Also the address blocks reserved for documentation (RFC 5737).
+  return ['localhost', '127.0.0.1', '[::1]', '0.0.0.0', 'host'].includes(host) || /(^|\.)example(\.(com|net|org))?$/.test(host) ||
+    /^(192\.0\.2|198\.51\.100|203\.0\.113)\.\d+$/.test(host)
 }
 
 /** Why a doc reaches outside the repository, or names something that is not there; one line per problem. */
@@ -216,7 +218,7 @@ t.test('every route the admin server answers is in the admin API reference', asy
   t.strictSame(undocumentedRoutes(doc.replaceAll('`GET /readyz`', 'readyz'), routes), ['ANY /readyz'])
 })
 
-t.test('README.md and docs/ link only inside the repository, to files that exist', async (t) => {
+t.test('README.md, ARCHITECTURE.md, SECURITY.md, bench/README.md and docs/ link only inside the repository, to files that exist', async (t) => {
   t.ok(LINKED_DOCS.includes(CONFIG_DOC) && LINKED_DOCS.includes(ADMIN_DOC))
   for (const file of LINKED_DOCS) t.strictSame(linkProblems(file, read(file)), [], file)
   const probe = (md: string): string[] => linkProblems('docs/probe.md', md)
