@@ -1,7 +1,6 @@
 // One client connection on the fast path: gathers request heads, takes pipelined
 // requests in turn, keeps the client deadlines, routes each request and answers or refuses it.
 
-import type http from 'node:http'
 import type net from 'node:net'
 import { rawError, type ErrorCode } from '../../errors.js'
 import type { ClientTimeouts } from '../../config/schema.js'
@@ -29,7 +28,8 @@ function tooManyLines (buf: Buffer, start: number, end: number): boolean {
 
 /** What a client connection reads of the listener that accepted it (the listener owns the connection set). */
 export interface ConnOwner {
-  readonly fallback: http.Server
+  /** Gives the connection to node:http, which reads `unread` first. */
+  handOver: (socket: net.Socket, unread: Buffer | undefined) => void
   /** Where each request goes (the resolve step): the fast engine routes nothing itself. */
   readonly resolve: Resolve
   readonly forwarding: Forwarding
@@ -193,14 +193,9 @@ export class ClientConn implements Gatherer, ClientSide {
     socket.setTimeout(0)
     this.edge.conns.delete(this)
     socket.once('close', uncount)
-    socket.pause()
-    if (this.buf !== undefined) socket.unshift(this.buf)
+    const unread = this.buf
     this.buf = undefined
-    // node:http would read the handle natively and miss the bytes unshifted above.
-    const handle = (socket as unknown as { _handle?: { _consumed?: boolean } })._handle
-    if (handle != null) handle._consumed = true
-    this.edge.fallback.emit('connection', socket)
-    socket.resume()
+    this.edge.handOver(socket, unread)
   }
 
   private route (head: RequestHead, body: Buffer | undefined): void {

@@ -38,6 +38,21 @@ export class FastEdge implements ConnOwner {
     this.server.on('close', () => fallback.close(() => {}))
   }
 
+  /**
+   * The hand-over: a connection the fast path will not serve goes on under
+   * node:http from its first unanswered byte (`unread`, put back in front of
+   * what the socket has not yet read).
+   */
+  handOver (socket: net.Socket, unread: Buffer | undefined): void {
+    socket.pause()
+    if (unread !== undefined) socket.unshift(unread)
+    // node:http would read the handle natively and miss the bytes unshifted above.
+    const handle = (socket as unknown as { _handle?: { _consumed?: boolean } })._handle
+    if (handle != null) handle._consumed = true
+    this.fallback.emit('connection', socket)
+    socket.resume()
+  }
+
   /** Graceful stop: idle connections close now, busy ones after their response. */
   closeIdle (): void {
     this.closing = true
