@@ -109,14 +109,18 @@ async function racingUpstream (t: Test, resetFresh = false): Promise<RacingUpstr
 
 /** A gateway whose only blue target is `up`; three failures in a row eject a target. */
 async function racingGateway (t: Test, engine: Engine, up: RawUpstream): Promise<TestGateway> {
+  return await upstreamGateway(t, engine, up, '    passive: { consecutiveFailures: 3, baseEjectionTime: 30s }\n')
+}
+
+/** A gateway with one service whose blue target is `up` (green a plain backend); `extra`: more service lines. */
+async function upstreamGateway (t: Test, engine: Engine, up: { url: string }, extra = ''): Promise<TestGateway> {
   const g = await startBackend(t, 'g')
   return await gateway(t, engine, `services:
   svc:
     match: { pathPrefix: / }
     blue: { targets: [${up.url}] }
     green: { targets: [${g.url}] }
-    passive: { consecutiveFailures: 3, baseEjectionTime: 30s }
-`)
+${extra}`)
 }
 
 /** The requests that would eject the target if each counted as its failure (one more than the threshold). */
@@ -464,13 +468,7 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
         socket.write('HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\nx-hint: one\r\nconnection: keep-alive\r\n\r\n')
         socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
       })
-      const g = await startBackend(t, 'g')
-      const gw = await gateway(t, engine, `services:
-  svc:
-    match: { pathPrefix: / }
-    blue: { targets: [${up.url}] }
-    green: { targets: [${g.url}] }
-`)
+      const gw = await upstreamGateway(t, engine, up)
       const hints: Array<Record<string, unknown>> = []
       const status = await new Promise<number>((resolve, reject) => {
         const req = http.request(`${gw.url}/page`, (res) => {
@@ -564,13 +562,7 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
         for (const part of [body.slice(0, half), body.slice(half)]) socket.write(`${part.length.toString(16)}\r\n${part}\r\n`)
         socket.write(`0\r\nx-checksum: ${sum}\r\n\r\n`)
       })
-      const g = await startBackend(t, 'g')
-      const gw = await gateway(t, engine, `services:
-  svc:
-    match: { pathPrefix: / }
-    blue: { targets: [${up.url}] }
-    green: { targets: [${g.url}] }
-`)
+      const gw = await upstreamGateway(t, engine, up)
       const res = await new Promise<{ status: number, body: string, trailers: NodeJS.Dict<string> }>((resolve, reject) => {
         const req = http.request(`${gw.url}/file`, { agent: false, headers: { te: 'trailers' } }, (r) => {
           let text = ''
@@ -619,14 +611,7 @@ ${serviceYaml('svc', '/', [b], [g], '    timeouts: { response: 300ms }\n')}`)
 
 /** A gateway whose blue target sends one chunk of its body and then goes quiet; `extra`: more service lines. */
 async function quietGateway (t: Test, engine: Engine, extra: string): Promise<TestGateway> {
-  const up = await quietUpstream(t)
-  const g = await startBackend(t, 'g')
-  return await gateway(t, engine, `services:
-  svc:
-    match: { pathPrefix: / }
-    blue: { targets: [${up.url}] }
-    green: { targets: [${g.url}] }
-${extra}`)
+  return await upstreamGateway(t, engine, await quietUpstream(t), extra)
 }
 
 for (const engine of ENGINES) {

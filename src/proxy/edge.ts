@@ -75,9 +75,15 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
   const forwarding = new Forwarding(PROTO, opts.trustedProxies)
   const deadlines = { body: opts.client.body, stall: opts.client.idle }
 
-  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+  /** The resolve step for a node:http request; its target is forwarded (and logged) normalized. */
+  const resolveRequest = (req: IncomingMessage): ReturnType<Resolve> => {
     const to = resolve(new NodeRequestFacts(req))
     if (to.target !== undefined) req.url = to.target
+    return to
+  }
+
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    const to = resolveRequest(req)
     if (to.endpoint === undefined) {
       const started = performance.now()
       const bytes = writeError(res, to.code, to.message)
@@ -88,8 +94,7 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
   }
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
-    const to = resolve(new NodeRequestFacts(req))
-    if (to.target !== undefined) req.url = to.target
+    const to = resolveRequest(req)
     if (to.endpoint === undefined) return rejectUpgrade(socket, to.code)
     proxyUpgrade(req, socket, head, to, forwarding)
   }

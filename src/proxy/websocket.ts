@@ -7,7 +7,7 @@ import https from 'node:https'
 import type { Duplex } from 'node:stream'
 import { rawError, type ErrorCode } from '../errors.js'
 import { errorCodeOf, failureKindOf } from './attempt.js'
-import { upstreamRequestHeaders } from './headers.js'
+import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import type { Resolution } from './resolve.js'
 import type { Forwarding } from './trust.js'
 import { WsRelay } from './ws-relay.js'
@@ -65,7 +65,8 @@ function headBlock (statusLine: string, raw: readonly string[], skip?: ReadonlyS
   return out
 }
 
-const REFUSAL_SKIP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'upgrade'])
+/** A refused upgrade's answer is relayed with its own length: the upstream's framing goes, with the hop-by-hop fields. */
+const REFUSAL_SKIP: ReadonlySet<string> = new Set(['content-length'])
 
 /**
  * Proxies an upgrade request whose target the edge has checked starts with
@@ -125,7 +126,7 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
     res.once('end', () => {
       const body = Buffer.concat(chunks).subarray(0, MAX_REFUSAL_BODY)
       socket.end(Buffer.concat([
-        Buffer.from(headBlock(`HTTP/1.1 ${res.statusCode ?? 502} ${res.statusMessage ?? ''}`, res.rawHeaders, REFUSAL_SKIP) + `content-length: ${body.length}\r\nconnection: close\r\n\r\n`, 'latin1'),
+        Buffer.from(headBlock(`HTTP/1.1 ${res.statusCode ?? 502} ${res.statusMessage ?? ''}`, downstreamResponseHeaders(res.rawHeaders), REFUSAL_SKIP) + `content-length: ${body.length}\r\nconnection: close\r\n\r\n`, 'latin1'),
         body,
       ]))
     })

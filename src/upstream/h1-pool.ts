@@ -23,12 +23,13 @@
 // which leaves room for node:http's, the admin's and other descriptors.
 // Above it, those in-flight bytes go unnoticed (the residual below); what
 // node:http holds beyond that room is not counted.
-// Residual limit: bytes an upstream sends later than that
-// (say, a separate write its Nagle algorithm holds back until the gateway's
-// next packet acknowledges the answer), once the next request is on its
-// way, cannot be told from that request's
-// answer (HTTP/1.1 has no request ids); they are taken as its answer, and the
-// real answer that follows them closes the connection.
+//
+// Residual limit: bytes an upstream sends later than that (say, a separate
+// write its Nagle algorithm holds back until the gateway's next packet
+// acknowledges the answer), once the next request is on its way, cannot be
+// told from that request's answer (HTTP/1.1 has no request ids); they are
+// taken as its answer, and the real answer that follows them closes the
+// connection.
 
 import net from 'node:net'
 import tls from 'node:tls'

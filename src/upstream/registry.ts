@@ -30,8 +30,10 @@ export function connectionOf (opts: object): Dispatcher | undefined {
   return usedClient.get(opts)
 }
 
-/** Longest silence within an upstream's response body, ms: none (0), as on the fast engine. */
-const UPSTREAM_BODY_TIMEOUT = 0
+/** One pool per origin and per set of timeouts and limits (services may treat one origin differently). */
+function poolKey (timeouts: Timeouts, limits: LimitsConfig): string {
+  return `${timeouts.connect}/${timeouts.idleUpstream}/${timeouts.response}/${limits.maxConnections}`
+}
 
 /** What active probes say: `unchecked` when no probes are configured for the target. */
 export type ProbeState = 'unchecked' | 'unknown' | 'healthy' | 'unhealthy'
@@ -197,7 +199,7 @@ export class Target {
 
   /** The keep-alive pool for these timeouts and limits (services may time one origin differently). */
   dispatcher (timeouts: Timeouts, limits: LimitsConfig): Pool {
-    const key = `${timeouts.connect}/${timeouts.idleUpstream}/${timeouts.response}/${limits.maxConnections}`
+    const key = poolKey(timeouts, limits)
     let pool = this.pools.get(key)
     if (pool === undefined) {
       pool = new Pool(this.url, {
@@ -205,8 +207,8 @@ export class Target {
         keepAliveTimeout: timeouts.idleUpstream,
         keepAliveMaxTimeout: timeouts.idleUpstream,
         headersTimeout: timeouts.response,
-        // A response stream may be quiet as long as it likes (SSE, long polls): undici's default cuts it at 300 s.
-        bodyTimeout: UPSTREAM_BODY_TIMEOUT,
+        // Each dispatch sets its own (timeouts.body, which is per service); none here, not undici's 300 s.
+        bodyTimeout: 0,
         connections: limits.maxConnections,
         pipelining: 1,
         factory: (origin, opts) => new TrackedClient(origin, opts),
@@ -218,7 +220,7 @@ export class Target {
 
   /** The fast path's connections for these timeouts. */
   h1Pool (timeouts: Timeouts, limits: LimitsConfig): H1Pool {
-    const key = `${timeouts.connect}/${timeouts.idleUpstream}/${timeouts.response}/${limits.maxConnections}`
+    const key = poolKey(timeouts, limits)
     let pool = this.h1Pools.get(key)
     if (pool === undefined) {
       pool = new H1Pool(this.origin, timeouts, limits)
