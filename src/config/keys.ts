@@ -5,7 +5,7 @@
 export interface KeyTree { readonly [key: string]: KeyTree | true }
 
 /** Stands for a key the user chooses (a service name); its mapping takes any such key. */
-export const ANY_NAME = '<name>'
+const ANY_NAME = '<name>'
 /** Stands for each item of a list of mappings (smoke checks). */
 export const LIST_ITEM = '[]'
 

@@ -10,7 +10,7 @@ import type { SmokeRunner } from '../health/smoke.js'
 import { log } from '../log.js'
 import type { FileStateStore, PersistedState } from '../state/file-store.js'
 import type { HealthChange, TargetRegistry } from '../upstream/registry.js'
-import { closeWebSockets, Drains } from './drains.js'
+import { Drains } from './drains.js'
 import type { ColorChange, EventLog, NewEvent, SwitchyardEvent } from './events.js'
 import { applyColorChanges, isSamePlan, planFlip, planReload, planRollback, planTargets, type FlipPlan } from './plans.js'
 import { checkHealthGate, checkReadiness, gateFailed, runSmokeGate, type GateFailure } from './gate.js'
@@ -27,7 +27,7 @@ export interface HealthDeps {
    * With worker processes: hands every new routing state (and config) to
    * them; a change is answered only once this resolves.
    */
-  publish?: (config: Config, state: RoutingState) => Promise<void>
+  publish?: () => Promise<void>
 }
 
 export class Controller {
@@ -43,8 +43,8 @@ export class Controller {
   private readonly health: HealthDeps
   private readonly guards: Guards
   private readonly drains: Drains
-  /** Colors still serving sticky sessions, by service: routing state every process gets, kept out of the state file. */
-  private sticky: Record<string, StickyHold> = {}
+  /** A change is being applied: the sticky holds its drains move go into the one snapshot it swaps in. */
+  private applying = false
   private queue: Promise<unknown> = Promise.resolve()
   readonly flipCounts = new FlipCounts()
 
@@ -65,8 +65,7 @@ export class Controller {
     this.drains = new Drains({
       config: () => this.config,
       colorStats: (service, color) => registry.colorStats(service, color),
-      stickyHold: (service) => this.sticky[service],
-      holdSticky: (service, hold) => this.holdSticky(service, hold),
+      holdsChanged: () => this.onHoldsChanged(),
       // `generation` second, where the line of a drained event has always had it.
       record: ({ type, ...rest }) => this.events.append({ type, generation: this.state.generation, ...rest }),
     })
@@ -150,9 +149,9 @@ export class Controller {
    */
   private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, swapFirst = false, config = this.config): Promise<SwitchyardEvent> {
     let snapshot: Snapshot
-    const sticky = this.sticky
+    const holds = this.drains.holds()
     try {
-      snapshot = buildSnapshot(config, { ...next, sticky }, this.registry)
+      snapshot = buildSnapshot(config, { ...next, sticky: holds }, this.registry)
     } catch (err) {
       throw new SwitchyardError('bad_request', `${event.type} refused: ${(err as Error).message}; nothing changed`)
     }
@@ -160,20 +159,28 @@ export class Controller {
     const apply = (): SwitchyardEvent => {
       // First: the change is decided, and a prepared event left pending would hold back every later one.
       this.events.publish(prepared)
-      // Drains start and end holds on their own clock, also while the change is being written:
-      // swap in the holds in force now, not the ones seen before the write.
-      if (this.sticky !== sticky) snapshot = buildSnapshot(config, { ...next, sticky: this.sticky }, this.registry)
       this.config = config
       this.state = next
+      if (Array.isArray(event.changes)) {
+        this.applying = true
+        try {
+          // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
+          this.drains.retire(event.changes as ColorChange[], event.type === 'flip')
+        } finally {
+          this.applying = false
+        }
+      }
+      // Drains start and end holds (here, and on their own clock while the change was written):
+      // one snapshot, with the holds in force now, is swapped in.
+      const now = this.drains.holds()
+      if (!sameHolds(now, holds)) snapshot = buildSnapshot(config, { ...next, sticky: now }, this.registry)
       this.#switcher.swap(snapshot)
       this.afterSwap(snapshot)
-      // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
-      if (Array.isArray(event.changes)) this.drains.retire(event.changes as ColorChange[], event.type === 'flip')
       return prepared
     }
     if (swapFirst) {
       const applied = apply()
-      const published = this.health.publish?.(config, next)
+      const published = this.health.publish?.()
       await this.events.persist(prepared).catch((err: Error) => {
         log('error', 'events file write failed after an auto-revert; routing is reverted, the event is only in memory', { file: this.events.file, error: err.message })
       })
@@ -196,29 +203,26 @@ export class Controller {
       throw new SwitchyardError('state_write_failed', `could not write ${this.store.file}: ${(err as Error).message}; nothing changed`)
     }
     const applied = apply()
-    await this.health.publish?.(config, next)
+    await this.health.publish?.()
     return applied
   }
 
   /** The routing state and config now in force (what worker processes are given). */
   routing (): { config: Config, state: RoutingState } {
-    return { config: this.config, state: { ...this.state, sticky: this.sticky } }
+    return { config: this.config, state: { ...this.state, sticky: this.drains.holds() } }
   }
 
   /**
    * A sticky hold starts, moves or ends with its drain, often outside any
-   * commit (a hurried or cancelled drain): swap in a snapshot rebuilt with it
-   * and hand it to the workers. Workers end a hold by its time on their own;
-   * the primary still publishes every change so none lingers or comes late.
+   * commit (a hurried or cancelled drain): swap in a snapshot rebuilt with
+   * the holds and hand it to the workers. Workers end a hold by its time on
+   * their own; the primary still publishes every change so none lingers or
+   * comes late. Within a commit, the commit swaps them in itself.
    */
-  private holdSticky (service: string, hold: StickyHold | undefined): void {
-    const sticky = { ...this.sticky }
-    if (hold === undefined) delete sticky[service]
-    else sticky[service] = hold
-    this.sticky = sticky
-    const state = { ...this.state, sticky }
-    this.#switcher.swap(buildSnapshot(this.config, state, this.registry))
-    this.health.publish?.(this.config, state).catch((err: Error) => log('error', 'could not hand a sticky hold to the workers', { error: err.message }))
+  private onHoldsChanged (): void {
+    if (this.applying) return
+    this.#switcher.swap(buildSnapshot(this.config, this.routing().state, this.registry))
+    this.health.publish?.().catch((err: Error) => log('error', 'could not hand a sticky hold to the workers', { error: err.message }))
   }
 
   /** POST /v1/services/NAME/drain: start (or hurry) the drain of a color that is not live. */
@@ -245,11 +249,6 @@ export class Controller {
       this.drains.cancel(removed)
       return { generation: next.generation, changed: true, added, removed, updated }
     })
-  }
-
-  /** Shutdown: every open WebSocket gets 1001, spread over at most `spreadMs`. */
-  closeWebSockets (spreadMs: number): number {
-    return closeWebSockets(this.registry, spreadMs)
   }
 
   /** The guard tripped: every service of its flip goes back in one swap, no gate. */
@@ -309,7 +308,7 @@ export class Controller {
     for (let attempt = 1; ; attempt++) {
       const step = await this.exclusive(async (): Promise<ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }> => {
         this.checkGeneration(req.ifGeneration)
-        const plan = planFlip(req, this.resolveServices(req.services), this.state, this.config, this.#switcher.current, smoked)
+        const plan = planFlip(req, this.resolveServices(req.services), this.state, this.config, smoked)
         if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
         const { failures, smoke } = req.force === true ? { failures: [], smoke: [] } : checkHealthGate(this.config, this.#switcher.current, plan.changes)
         if (smoke.length === 0 || (smoked !== undefined && isSamePlan(smoked, plan))) {
@@ -392,4 +391,11 @@ export class Controller {
     await this.queue
     await this.events.flush()
   }
+}
+
+/** The same sticky holds (service, color and deadline), so the snapshot built with the one fits the other. */
+function sameHolds (a: Readonly<Record<string, StickyHold>>, b: Readonly<Record<string, StickyHold>>): boolean {
+  const keys = Object.keys(a)
+  if (keys.length !== Object.keys(b).length) return false
+  return keys.every((k) => b[k] !== undefined && a[k].color === b[k].color && a[k].until === b[k].until)
 }

@@ -4,6 +4,7 @@
 
 import type { Color } from '../config/schema.js'
 import type { ColorStats, EmptyWatcher } from '../upstream/registry.js'
+import { closeSpread } from '../upstream/color-stats.js'
 
 export interface DrainResult {
   service: string
@@ -99,11 +100,7 @@ export class Drain implements EmptyWatcher {
     const left = [...this.stats.openWs, ...this.stats.openHttp]
     if (left.length === 0) return this.finish('empty')
     this.closed = { websockets: this.stats.websockets, requests: this.stats.inflight }
-    for (const x of left) {
-      const t = setTimeout(() => x.close(), Math.random() * spread)
-      t.unref()
-      this.closeTimers.push(t)
-    }
+    this.closeTimers.push(...closeSpread(left, spread))
     // Should a peer ignore its close, finish anyway; the relay hangs up on its own shortly after.
     const t = setTimeout(() => this.finish('timeout'), spread + SETTLE_MS)
     t.unref()

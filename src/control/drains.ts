@@ -5,7 +5,7 @@ import { otherColor, type Color, type Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
 import { log } from '../log.js'
 import type { StickyHold } from '../routing/snapshot.js'
-import type { ColorStats, TargetRegistry } from '../upstream/registry.js'
+import type { ColorStats } from '../upstream/registry.js'
 import { Drain, type DrainResult } from './drain.js'
 import type { ColorChange, NewEvent, SwitchyardEvent } from './events.js'
 import type { DrainRequest } from './requests.js'
@@ -16,10 +16,8 @@ export interface DrainsDeps {
   /** The config in force. */
   config: () => Config
   colorStats: (service: string, color: Color) => ColorStats
-  /** The sticky hold in force for a service. */
-  stickyHold: (service: string) => StickyHold | undefined
-  /** Sticky holds are routing state: the controller swaps in a snapshot with this one set (or, undefined, ended). */
-  holdSticky: (service: string, hold: StickyHold | undefined) => void
+  /** The sticky holds (`holds()`) changed: they are routing state, so the controller swaps in a snapshot with them. */
+  holdsChanged: () => void
   /** A drain finished: the controller appends its event (at the generation in force) and returns it. */
   record: (event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>) => SwitchyardEvent
 }
@@ -30,6 +28,17 @@ export class Drains {
 
   constructor (deps: DrainsDeps) {
     this.deps = deps
+  }
+
+  /**
+   * The colors still serving sticky sessions, by service: the drains a flip
+   * started that hold sessions, until their deadlines. Derived, never stored,
+   * so it cannot drift from the drains.
+   */
+  holds (): Record<string, StickyHold> {
+    const holds: Record<string, StickyHold> = {}
+    for (const d of this.byColor.values()) if (d.holdsSessions) holds[d.service] = { color: d.color, until: d.deadline }
+    return holds
   }
 
   /** The drain of a service color in progress, if any. */
@@ -50,15 +59,16 @@ export class Drains {
     const key = `${service}/${color}`
     const existing = this.byColor.get(key)
     if (existing !== undefined) {
+      const deadline = existing.deadline
       existing.shorten(timeoutMs)
-      if (existing.holdsSessions && this.deps.stickyHold(service)?.until !== existing.deadline) this.deps.holdSticky(service, { color, until: existing.deadline })
+      if (existing.holdsSessions && existing.deadline !== deadline) this.deps.holdsChanged()
       return existing
     }
     const svc = this.deps.config().services[service]
     const drain = new Drain(service, color, this.deps.colorStats(service, color), timeoutMs, keepSessions && svc.sticky !== undefined, (d, r) => this.onDrained(d, r))
     this.byColor.set(key, drain)
     drain.start()
-    if (drain.holdsSessions) this.deps.holdSticky(service, { color, until: drain.deadline })
+    if (drain.holdsSessions) this.deps.holdsChanged()
     return drain
   }
 
@@ -84,8 +94,11 @@ export class Drains {
   /** A drain ended: record it and tell the operator's automation. */
   private onDrained (drain: Drain, result: DrainResult): void {
     const key = `${drain.service}/${drain.color}`
-    if (this.byColor.get(key) === drain) this.byColor.delete(key)
-    if (this.deps.stickyHold(drain.service)?.color === drain.color) this.deps.holdSticky(drain.service, undefined)
+    if (this.byColor.get(key) === drain) {
+      this.byColor.delete(key)
+      // Its sticky hold, if any, ends with it.
+      if (drain.holdsSessions) this.deps.holdsChanged()
+    }
     if (result.how === 'cancelled') return
     const event = this.deps.record({
       type: 'drained', reason: result.how === 'empty' ? 'no requests or WebSockets left' : 'drain timeout closed what was left', actor: 'drain', ...result,
@@ -94,16 +107,4 @@ export class Drains {
     const hook = this.deps.config().services[drain.service]?.drain.onDrained
     if (hook !== undefined) void deliver(hook, event)
   }
-}
-
-/** Shutdown: every open WebSocket gets 1001, spread over at most `spreadMs`; returns how many. */
-export function closeWebSockets (registry: TargetRegistry, spreadMs: number): number {
-  let n = 0
-  for (const stats of registry.allColorStats()) {
-    for (const ws of stats.openWs) {
-      n++
-      setTimeout(() => ws.close(), Math.random() * spreadMs).unref()
-    }
-  }
-  return n
 }

@@ -3,7 +3,7 @@
 
 import { otherColor, type Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
-import { colorTargets, type Snapshot } from '../routing/snapshot.js'
+import { colorTargets } from '../routing/snapshot.js'
 import type { PersistedState } from '../state/file-store.js'
 import type { ColorChange } from './events.js'
 import type { FlipRequest, TargetsRequest } from './requests.js'
@@ -29,17 +29,17 @@ export function isSamePlan (a: FlipPlan, b: FlipPlan): boolean {
  * toward: "the other color" has turned around if a revert or rollback landed
  * meanwhile, and would undo it.
  */
-export function planFlip (req: FlipRequest, names: readonly string[], state: PersistedState, config: Config, snapshot: Snapshot, first?: FlipPlan): FlipPlan {
+export function planFlip (req: FlipRequest, names: readonly string[], state: PersistedState, config: Config, first?: FlipPlan): FlipPlan {
   const changes: ColorChange[] = []
   const targets: string[][] = []
   for (const name of names) {
     const st = state.services[name]
     const to = req.to ?? (first === undefined ? otherColor(st.live) : first.changes.find((c) => c.service === name)?.to)
     if (to === undefined || to === st.live) continue
-    const total = snapshot.services.get(name)?.colors[to].targets.endpoints.length ?? 0
-    if (total === 0) throw new SwitchyardError('no_targets', `service ${name}: ${to} has no targets; set them first (PUT /v1/services/${name}/environments/${to}/targets)`, { service: name, color: to })
+    const urls = colorTargets(config.services[name], st, to)
+    if (urls.length === 0) throw new SwitchyardError('no_targets', `service ${name}: ${to} has no targets; set them first (PUT /v1/services/${name}/environments/${to}/targets)`, { service: name, color: to })
     changes.push({ service: name, from: st.live, to })
-    targets.push(colorTargets(config.services[name], st, to))
+    targets.push(urls)
   }
   return { generation: state.generation, config, changes, targets }
 }
@@ -55,20 +55,16 @@ export function applyColorChanges (state: PersistedState, changes: readonly Colo
 
 /** A rollback of `names`: each goes back to its previous color, which must still have targets. */
 export function planRollback (names: readonly string[], state: PersistedState, config: Config): { next: PersistedState, changes: ColorChange[] } {
-  const next = structuredClone(state)
   const changes: ColorChange[] = []
   for (const name of names) {
-    const st = next.services[name]
+    const st = state.services[name]
     if (st.previous === null) throw new SwitchyardError('nothing_to_roll_back', `service ${name} has no previous color to roll back to`, { service: name })
     if (colorTargets(config.services[name], st, st.previous).length === 0) {
       throw new SwitchyardError('no_targets', `service ${name}: previous color ${st.previous} has no targets any more`, { service: name, color: st.previous })
     }
     changes.push({ service: name, from: st.live, to: st.previous })
-    next.services[name] = { ...st, live: st.previous, previous: st.live }
   }
-  next.generation++
-  next.lastChange = [...names]
-  return { next, changes }
+  return { next: applyColorChanges(state, changes), changes }
 }
 
 /**

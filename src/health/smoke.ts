@@ -7,8 +7,6 @@ import { request } from 'undici'
 import type { Color, ServiceConfig, SmokeCheck } from '../config/schema.js'
 import { PIN_HEADER } from '../proxy/headers.js'
 
-/** The header a smoke check pins its color with: the proxy's own pin header, which it never forwards. */
-export const SMOKE_HEADER = PIN_HEADER
 
 export interface SmokeFailure {
   service: string
@@ -20,7 +18,7 @@ export interface SmokeFailure {
 }
 
 export class SmokeRunner {
-  /** `SMOKE_HEADER` values: secret + ' ' + color. Only this process (and its workers) know the secret. */
+  /** `PIN_HEADER` values (the proxy's own pin header, which it never forwards): secret + ' ' + color. Only this process (and its workers) know the secret. */
   readonly secret: string
   private readonly secretBytes: Buffer
   private readonly origin: () => string
@@ -53,7 +51,7 @@ export class SmokeRunner {
   }
 
   private async one (svc: ServiceConfig, color: Color, check: SmokeCheck): Promise<{ reason: string, status?: number } | undefined> {
-    const headers: Record<string, string> = { ...check.headers, [SMOKE_HEADER]: `${this.secret} ${color}`, 'user-agent': 'switchyard-smoke' }
+    const headers: Record<string, string> = { ...check.headers, [PIN_HEADER]: `${this.secret} ${color}`, 'user-agent': 'switchyard-smoke' }
     if (svc.match.host !== undefined) headers.host = svc.match.host
     try {
       const res = await request(this.origin() + check.path, {

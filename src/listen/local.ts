@@ -31,7 +31,7 @@ export class LocalListener implements PublicListener {
 
   async stop (graceMs: number): Promise<void> {
     // WebSockets would hold the listener open forever: tell them to go away (1001), spread out.
-    this.deps?.controller.closeWebSockets(Math.min(MAX_WS_SPREAD_MS, graceMs / 10))
+    this.deps?.registry.closeWebSockets(Math.min(MAX_WS_SPREAD_MS, graceMs / 10))
     await closeGracefully([this.edge], this.edge?.upgraded ?? new Set(), graceMs)
   }
 }

@@ -7,7 +7,6 @@ import type { Config, HostPort } from '../config/schema.js'
 import type { Controller } from '../control/controller.js'
 import type { Closer } from '../proxy/edge.js'
 import type { SmokeRunner } from '../health/smoke.js'
-import type { RoutingState } from '../routing/snapshot.js'
 import type { RemoteColors } from '../upstream/color-stats.js'
 import type { TargetRegistry } from '../upstream/registry.js'
 
@@ -31,7 +30,7 @@ export interface PublicListener {
    * answered only once it resolves. Absent when they read the controller's
    * switcher in this process, where a swap is already seen by the next request.
    */
-  readonly publish?: (config: Config, state: RoutingState) => Promise<void>
+  readonly publish?: () => Promise<void>
   /** Connections held in other processes, for the registry to end a color's (drain deadline); absent when held here. */
   readonly remote?: RemoteColors
   /** Accepts connections; resolves once requests are served with the controller's current routing. */

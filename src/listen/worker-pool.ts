@@ -13,12 +13,12 @@ import { createResolver } from '../routing/resolve.js'
 import { SmokeRunner } from '../health/smoke.js'
 import { createAccessLog, drainLogs, log } from '../log.js'
 import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState } from '../routing/snapshot.js'
-import type { RemoteColors, Totals } from '../upstream/color-stats.js'
+import { closeSpread, type RemoteColors, type Totals } from '../upstream/color-stats.js'
 import { TargetRegistry, type ProbeState } from '../upstream/registry.js'
 import { closeGracefully, listen, type ListenerDeps, type PublicListener } from './public-listener.js'
 
 /** How often a worker reports its counts: the lag of guard, drain and /v1/state in cluster mode. */
-export const REPORT_MS = 100
+const REPORT_MS = 100
 /** A worker that does not take a routing change within this long is logged and not waited for. */
 const ACK_TIMEOUT_MS = 5000
 
@@ -119,8 +119,9 @@ export class WorkerPool implements PublicListener, RemoteColors {
   private syncMessage (): ToWorker {
     const { config, state } = this.controller.routing()
     const probes: Record<string, ProbeState> = {}
-    for (const route of this.controller.snapshots.current.services.values()) {
-      for (const set of [route.colors.blue, route.colors.green]) for (const e of set.targets.endpoints) probes[e.target.url] = e.target.probe
+    for (const url of snapshotTargets(this.controller.snapshots.current)) {
+      const target = this.registry.find(url)
+      if (target !== undefined) probes[url] = target.probe
     }
     return { t: 'sync', seq: ++this.seq, config, state, probes, secret: this.secret, listen: this.at as HostPort }
   }
@@ -134,7 +135,7 @@ export class WorkerPool implements PublicListener, RemoteColors {
   }
 
   /** Hands new routing to every worker; resolves when all have swapped it in. (A property: the controller calls it unbound.) */
-  readonly publish = async (_config: Config, _state: RoutingState): Promise<void> => {
+  readonly publish = async (): Promise<void> => {
     const msg = this.syncMessage() as Extract<ToWorker, { t: 'sync' }>
     const waits = [...this.workers.values()].filter((w) => this.synced.has(w.id)).map(async (w) => await new Promise<void>((resolve) => {
       const key = `${w.id}/${msg.seq}`
@@ -298,7 +299,7 @@ export function runWorker (): void {
       registry.find(msg.url)?.setProbe(msg.probe)
     } else if (msg.t === 'close') {
       const s = registry.colorStats(msg.service, msg.color)
-      for (const x of [...s.openWs, ...s.openHttp]) setTimeout(() => x.close(), Math.random() * msg.spreadMs).unref()
+      closeSpread([...s.openWs, ...s.openHttp], msg.spreadMs)
     } else if (msg.t === 'stop') {
       void stop(msg.graceMs)
     }

@@ -107,7 +107,7 @@ export function readsHeaders (route: ServiceRoute): boolean {
  */
 export function chooseFor (route: ServiceRoute, pinned: Color | undefined, headers: ChoiceHeaders | undefined): StickyChoice {
   if (pinned !== undefined) return { color: route.colors[pinned], setCookie: undefined }
-  if (headers === undefined || !readsHeaders(route)) return { color: route.colors[route.live], setCookie: undefined }
+  if (headers === undefined) return { color: route.colors[route.live], setCookie: undefined }
   if (route.stickyCookie !== undefined) return chooseSticky(route, headers)
   return { color: chooseColor(route, headers), setCookie: undefined }
 }

@@ -19,6 +19,20 @@ export interface Closable {
   close (): void
 }
 
+/**
+ * Closes each of `open` at a random moment within `spreadMs`, so clients do
+ * not all reconnect at once; returns the (unref'd) timers, to cancel them.
+ */
+export function closeSpread (open: Iterable<Closable>, spreadMs: number): NodeJS.Timeout[] {
+  const timers: NodeJS.Timeout[] = []
+  for (const x of open) {
+    const t = setTimeout(() => x.close(), Math.random() * spreadMs)
+    t.unref()
+    timers.push(t)
+  }
+  return timers
+}
+
 /** An HTTP exchange, linked into its color's list of open ones while it runs. */
 export interface OpenExchange extends Closable {
   prevOpen: OpenExchange | undefined

@@ -4,7 +4,7 @@
 import { Client, Pool, type Dispatcher } from 'undici'
 import { H1Pool } from './h1-pool.js'
 import type { Color, HealthConfig, PassiveConfig, LimitsConfig, Timeouts } from '../config/schema.js'
-import { ColorStats, type Observers } from './color-stats.js'
+import { closeSpread, ColorStats, type Observers } from './color-stats.js'
 
 export { ColorStats } from './color-stats.js'
 export type { Closable, EmptyWatcher, OutcomeWatcher } from './color-stats.js'
@@ -281,6 +281,11 @@ export class TargetRegistry {
 
   find (url: string): Target | undefined {
     return this.targets.get(url)
+  }
+
+  /** Shutdown: every open WebSocket gets 1001, spread over at most `spreadMs`. */
+  closeWebSockets (spreadMs: number): void {
+    for (const stats of this.allColorStats()) closeSpread(stats.openWs, spreadMs)
   }
 
   allColorStats (): IterableIterator<ColorStats> {
