@@ -159,7 +159,7 @@ t.test('state.file resolves against the config file folder', async (t) => {
   t.equal(loaded.state.file, join(dir, 's', 'state.json'))
 
   onlyProblem(t, `state: { file: 7 }\n${ONE}`, 'state.file', /must be a string/)
-  onlyProblem(t, `state: { file: a, dir: b }\n${ONE}`, 'state.dir', /unknown key \(expected one of: file\)/)
+  onlyProblem(t, `state: { file: a, dir: b }\n${ONE}`, 'state.dir', /unknown key \(expected one of: file, etcd\)/)
 })
 
 t.test('listen addresses', async (t) => {

@@ -4,7 +4,7 @@
 import t from 'tap'
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { EventLog, RESTART_ID_GAP, type SwitchyardEvent } from '../src/control/events.js'
+import { EventLog, RESTART_ID_GAP, type SwitchyardEvent } from '../src/state/events.js'
 import { admin, http1, serviceYaml, startBackend, startGateway, tempDir } from './helpers/index.js'
 
 t.test('an events file that cannot be written fails the change with 500 event_write_failed; nothing changes', async (t) => {

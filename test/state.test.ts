@@ -5,7 +5,7 @@ import t, { type Test } from 'tap'
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { admin, http1, serviceYaml, startBackend, startGateway, tempDir, type Backend, type TestGateway } from './helpers/index.js'
-import { RESTART_ID_GAP } from '../src/control/events.js'
+import { RESTART_ID_GAP } from '../src/state/events.js'
 
 async function servedBy (gw: TestGateway, path: string): Promise<string> {
   const res = await http1(gw.url + path)

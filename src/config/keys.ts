@@ -43,7 +43,11 @@ export const CONFIG_KEYS = {
   trustedProxies: true,
   client: { headerTimeout: true, idleTimeout: true, bodyTimeout: true },
   admin: { listen: true, token: true, allowedHosts: true },
-  state: { file: true },
+  state: {
+    file: true,
+    etcd: { endpoints: true, prefix: true, username: true, password: true, tls: { ca: true, cert: true, key: true }, startTimeout: true },
+  },
+  fleet: { id: true, advertise: true, leaseTtl: true },
   log: { access: true },
   metrics: { enabled: true },
   defaults: SECTION_KEYS,

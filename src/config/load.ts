@@ -2,12 +2,13 @@
 // validation that reports every problem with its path, defaults filled from DEFAULTS.
 
 import { readFileSync } from 'node:fs'
+import { hostname } from 'node:os'
 import { dirname, resolve } from 'node:path'
 import { parseDocument } from 'yaml'
 import {
   COLORS, DEFAULTS, isColor, type Engine,
   type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type PassiveConfig,
-  type HostPort, type LimitsConfig, type ServiceConfig, type SmokeCheck, type Timeouts,
+  type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type SmokeCheck, type Timeouts,
 } from './schema.js'
 import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, substituteEnv } from './values.js'
 import { CONFIG_KEYS, ENVIRONMENT_KEYS, SECTION_KEYS, SERVICE_KEYS, SMOKE_KEYS, listKeys } from './keys.js'
@@ -214,6 +215,8 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
   }
   const stateRaw = top.state === undefined ? {} : c.object(top.state, 'state', listKeys(CONFIG_KEYS.state)) ?? {}
   const stateFile = stateRaw.file === undefined ? DEFAULTS.state.file : c.string(stateRaw.file, 'state.file') ?? DEFAULTS.state.file
+  const etcd = stateRaw.etcd === undefined ? undefined : etcdConfig(stateRaw.etcd, c, baseDir)
+  const fleet = fleetConfig(top.fleet, c)
 
   const logRaw = top.log === undefined ? {} : c.object(top.log, 'log', listKeys(CONFIG_KEYS.log)) ?? {}
   let access: boolean | string = DEFAULTS.log.access
@@ -246,11 +249,67 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
     trustedProxies,
     client,
     admin: { listen: adminListen, token, allowedHosts },
-    state: { file: resolve(baseDir, stateFile) },
+    state: { file: resolve(baseDir, stateFile), ...(etcd === undefined ? {} : { etcd }) },
+    fleet,
     log: { access },
     metrics: { enabled: metricsEnabled },
     services,
   }
+}
+
+/** `state.etcd`: where a fleet keeps its state. */
+function etcdConfig (value: unknown, c: Checker, baseDir: string): EtcdConfig | undefined {
+  const raw = c.object(value, 'state.etcd', listKeys(CONFIG_KEYS.state.etcd))
+  if (raw === undefined) return undefined
+  const endpoints: string[] = []
+  if (!Array.isArray(raw.endpoints) || raw.endpoints.length === 0) {
+    c.fail('state.etcd.endpoints', 'required: a list of etcd client URLs such as http://127.0.0.1:2379')
+  } else {
+    raw.endpoints.forEach((v: unknown, i: number) => {
+      const r = parseOrigin(v)
+      if ('error' in r) c.fail(`state.etcd.endpoints[${i}]`, r.error)
+      else endpoints.push(r.origin)
+    })
+  }
+  let prefix: string = DEFAULTS.etcd.prefix
+  if (raw.prefix !== undefined) {
+    const p = c.string(raw.prefix, 'state.etcd.prefix')
+    if (p !== undefined && !/^\/[\x21-\x7e]*[^/\s]$/.test(p)) c.fail('state.etcd.prefix', `must start with / and not end with one, printable ASCII without spaces: ${JSON.stringify(p)}`)
+    else if (p !== undefined) prefix = p
+  }
+  const username = raw.username === undefined ? '' : c.string(raw.username, 'state.etcd.username') ?? ''
+  const password = raw.password === undefined ? '' : c.string(raw.password, 'state.etcd.password') ?? ''
+  if (username === '' && password !== '') c.fail('state.etcd.password', 'set without state.etcd.username')
+  let tls: EtcdConfig['tls']
+  if (raw.tls !== undefined) {
+    const t = c.object(raw.tls, 'state.etcd.tls', listKeys(CONFIG_KEYS.state.etcd.tls)) ?? {}
+    tls = {}
+    for (const k of ['ca', 'cert', 'key'] as const) {
+      if (t[k] === undefined) continue
+      const f = c.string(t[k], `state.etcd.tls.${k}`)
+      if (f !== undefined) tls[k] = resolve(baseDir, f)
+    }
+    if ((tls.cert === undefined) !== (tls.key === undefined)) c.fail('state.etcd.tls', 'cert and key go together')
+  }
+  const startTimeout = c.duration(raw.startTimeout, 'state.etcd.startTimeout', DEFAULTS.etcd.startTimeout)
+  return { endpoints, prefix, username, password, ...(tls === undefined ? {} : { tls }), startTimeout }
+}
+
+/** `fleet`: who this replica is to the others. */
+function fleetConfig (value: unknown, c: Checker): FleetConfig {
+  const raw = value === undefined ? {} : c.object(value, 'fleet', listKeys(CONFIG_KEYS.fleet)) ?? {}
+  let id = raw.id === undefined ? '' : c.string(raw.id, 'fleet.id') ?? ''
+  if (id !== '' && !/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(id)) c.fail('fleet.id', `letters, digits, . _ : - (at most 128), starting with a letter or digit: ${JSON.stringify(id)}`)
+  if (id === '') id = `${hostname()}:${process.pid}`
+  let advertise: string | null = null
+  if (raw.advertise !== undefined && raw.advertise !== '') {
+    const r = parseOrigin(raw.advertise)
+    if ('error' in r) c.fail('fleet.advertise', r.error)
+    else advertise = r.origin
+  }
+  const leaseTtl = c.duration(raw.leaseTtl, 'fleet.leaseTtl', DEFAULTS.fleet.leaseTtl)
+  if (leaseTtl < 2_000 || leaseTtl % 1000 !== 0) c.fail('fleet.leaseTtl', 'must be whole seconds, at least 2s (an etcd lease counts in seconds)')
+  return { id, advertise, leaseTtl }
 }
 
 interface Sections {

@@ -181,7 +181,10 @@ export interface Config {
   state: {
     /** Live colors and generation survive restarts here. Default ./data/state.json. */
     file: string
+    /** When set, routing state and the change events live in etcd instead, shared by every replica on the same prefix. */
+    etcd?: EtcdConfig
   }
+  fleet: FleetConfig
   log: {
     /** Access log: `true` for stdout, `false` for none, or a file path. Default true. */
     access: boolean | string
@@ -191,6 +194,29 @@ export interface Config {
     enabled: boolean
   }
   services: Record<string, ServiceConfig>
+}
+
+export interface EtcdConfig {
+  /** etcd v3 client URLs (http:// or https://). */
+  endpoints: string[]
+  /** Every key of this fleet lives under it; it starts with / and does not end with one. */
+  prefix: string
+  /** Empty: no authentication. */
+  username: string
+  password: string
+  /** PEM files for an https:// etcd: the CA to trust, and a client certificate and key. */
+  tls?: { ca?: string, cert?: string, key?: string }
+  /** How long a starting replica keeps trying to reach etcd and read the state before it exits. Default 10s. */
+  startTimeout: number
+}
+
+export interface FleetConfig {
+  /** This replica's id in the fleet. Default host:pid. */
+  id: string
+  /** This replica's admin URL as other replicas and operators reach it. Default none. */
+  advertise: string | null
+  /** The registration and leader lease: a replica that dies leaves the fleet, and hands over the guard, within it. Default 5s. */
+  leaseTtl: number
 }
 
 export interface ServiceDefaults {
@@ -211,6 +237,8 @@ export const DEFAULTS = {
   client: { header: 60_000, idle: 65_000, body: 60_000 } satisfies ClientTimeouts,
   admin: { listen: '127.0.0.1:9901', token: '', allowedHosts: [] as string[] },
   state: { file: './data/state.json' },
+  etcd: { prefix: '/switchyard', startTimeout: 10_000 },
+  fleet: { leaseTtl: 5_000 },
   log: { access: true },
   metrics: { enabled: true },
   service: {

@@ -6,7 +6,7 @@ import { SwitchyardError } from '../errors.js'
 import type { Prober } from '../health/prober.js'
 import type { SmokeFailure, SmokeRunner } from '../health/smoke.js'
 import type { Snapshot } from '../routing/snapshot.js'
-import type { ColorChange } from './events.js'
+import type { ColorChange } from '../state/events.js'
 
 /** Why the gate refused one service's flip. */
 export interface GateFailure {

@@ -4,7 +4,7 @@
 import type { Color, Config } from '../config/schema.js'
 import { Guard, type GuardTrip } from '../health/guard.js'
 import type { ColorStats } from '../upstream/registry.js'
-import type { ColorChange } from './events.js'
+import type { ColorChange } from '../state/events.js'
 
 export interface GuardsDeps {
   /** Healthy targets the service's color has in the snapshot in force. */

@@ -5,7 +5,7 @@ import { otherColor, type Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
 import { colorTargets } from '../routing/snapshot.js'
 import type { PersistedState } from '../state/file-store.js'
-import type { ColorChange } from './events.js'
+import type { ColorChange } from '../state/events.js'
 import type { FlipRequest, TargetsRequest } from './requests.js'
 
 /** A flip planned on one generation, whose smoke checks run outside the queue. */

@@ -17,7 +17,7 @@ export function diffConfigs (before: Config, after: Config): ConfigDiff {
   // What the listeners and the state store were built with at start; the edge keeps its engine, deadlines and trust until a restart.
   const restart = ([
     ['listen', after.listen, before.listen], ['admin.listen', after.admin.listen, before.admin.listen],
-    ['state.file', after.state.file, before.state.file], ['log', after.log, before.log], ['metrics', after.metrics, before.metrics],
+    ['state.file', after.state.file, before.state.file], ['state.etcd', after.state.etcd, before.state.etcd], ['fleet', after.fleet, before.fleet], ['log', after.log, before.log], ['metrics', after.metrics, before.metrics],
     ['engine', after.engine, before.engine], ['client', after.client, before.client], ['trustedProxies', after.trustedProxies, before.trustedProxies],
   ] as const)
     .filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b)).map(([k]) => k)

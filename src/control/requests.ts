@@ -2,7 +2,7 @@
 // admin API fills in and sends back), and the color changes metrics count.
 
 import type { Color } from '../config/schema.js'
-import type { ColorChange, SwitchyardEvent } from './events.js'
+import type { ColorChange, SwitchyardEvent } from '../state/events.js'
 
 export interface FlipRequest {
   services?: string[]
