@@ -56,7 +56,8 @@ async function settled (replicas: Replica[], color: string, { timeout = 8000, gu
   return await eventually(async () => {
     const states = await Promise.all(replicas.map(stateOf))
     const same = states.every((s) => s.generation === states[0].generation && s.services.svc.live === color && (!guardEnded || s.services.svc.guard === null))
-    return same ? states : false
+    if (same) return states
+    throw new Error(`not settled on ${color}: ${JSON.stringify(states.map((s, i) => ({ id: replicas[i].id, generation: s.generation, live: s.services.svc.live, guard: s.services.svc.guard })))}`)
   }, { timeout })
 }
 

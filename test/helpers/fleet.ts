@@ -84,10 +84,15 @@ export async function metricOf (r: Replica, name: string): Promise<number | unde
   return m === null ? undefined : Number(m[1])
 }
 
-/** Whether every replica's /v1/state shows `n` registered replicas, one leader, and the same generation. */
-export async function fleetFormed (replicas: Replica[], n = replicas.length): Promise<boolean> {
+/**
+ * True when every replica's /v1/state shows `n` registered replicas, a
+ * leader, convergence and the same generation; else throws what they show
+ * (for `eventually`, whose last error is the failure message).
+ */
+export async function fleetFormed (replicas: Replica[], n = replicas.length): Promise<true> {
   const states = await Promise.all(replicas.map(stateOf))
-  return states.every((s) => s.fleet?.replicas?.length === n && s.fleet.leader !== null && s.fleet.converged === true && s.generation === states[0].generation)
+  if (states.every((s) => s.fleet?.replicas?.length === n && s.fleet.leader !== null && s.fleet.converged === true && s.generation === states[0].generation)) return true
+  throw new Error(`the fleet has not formed: ${JSON.stringify(states.map((s, i) => ({ id: replicas[i].id, generation: s.generation, store: s.store, fleet: s.fleet })))}`)
 }
 
 export interface TrafficResult {
