@@ -25,9 +25,9 @@ export class LocalStore implements StateStore {
   /** The state file, and the event log restored to what it committed. The revision is the generation. */
   async load (): Promise<{ state: PersistedState | undefined, revision: number }> {
     const state = await this.file.load()
-    this.loaded = true
     // No state file is generation 0: a change event without one is of a first change killed before its state write.
-    await this.events.restore(state?.generation ?? 0)
+    if (!this.loaded) await this.events.restore(state?.generation ?? 0)
+    this.loaded = true
     this.generation = state?.generation ?? 0
     return { state, revision: this.generation }
   }
