@@ -1,14 +1,19 @@
-// The CLI's commands: `serve` runs the gateway; the others are thin clients
-// of the admin API that print a table (or --json) and exit non-zero on refusal.
+// The CLI's commands: `serve` runs the gateway; `state export|import` work on
+// the configured store directly; the others are thin clients of the admin API
+// that print a table (or --json) and exit non-zero on refusal.
 
 import cluster from 'node:cluster'
+import { readFile, writeFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { ConfigError, loadConfigFile } from './config/load.js'
-import { isColor } from './config/schema.js'
+import { isColor, type Config } from './config/schema.js'
 import { startDemoBackends, stopDemoBackends, type DemoBackend } from './demo.js'
 import { Gateway } from './gateway.js'
 import { runWorker, WorkerPool } from './listen/worker-pool.js'
 import { log } from './log.js'
+import { openStore } from './state/open.js'
+import type { StateStore } from './state/store.js'
+import { exportState, importState, parseDocument } from './state/transfer.js'
 
 export interface Io {
   out: (text: string) => void
@@ -29,15 +34,21 @@ const USAGE = `usage: switchyard <command> [options]
                                       run the gateway (--demo: demo backends on loopback targets;
                                       --workers: N processes share the listener)
   validate FILE                       check a config file; prints OK or every error
-  status [--watch] [--interval MS]    services, live colors, targets, guard
+  status [--watch] [--interval MS]    services, live colors, targets, guard; the store and the fleet
   flip [SERVICE...] [--to COLOR] [--force] [--reason TEXT] [--if-generation N]
   rollback [SERVICE...] [--reason TEXT] [--if-generation N]
   targets SERVICE COLOR URL... [--force] [--reason TEXT]
   drain SERVICE [--color COLOR] [--wait] [--timeout DURATION]
   reload                              re-read the config file (as SIGHUP does)
+  state export [--config FILE] [--out FILE]
+                                      print the routing state of the store the config names
+  state import FILE --config FILE [--reason TEXT] [--force]
+                                      write an exported state into that store, one generation on
+                                      (--force: also services the config does not define)
 
 client commands read SWITCHYARD_ADMIN_URL (default http://127.0.0.1:9901) and
-SWITCHYARD_ADMIN_TOKEN, and take --json for the server's JSON answer.`
+SWITCHYARD_ADMIN_TOKEN, and take --json for the server's JSON answer.
+state export and import open the store (state file or etcd) themselves: no gateway needed.`
 
 /** Thrown for a refusal or usage error: message to stderr, exit code 1 or 2. */
 class CliError extends Error {
@@ -60,6 +71,7 @@ export async function run (argv: string[], io: Io): Promise<number> {
       case 'targets': return await targets(rest, io)
       case 'drain': return await drain(rest, io)
       case 'reload': return await reload(rest, io)
+      case 'state': return await state(rest, io)
       case undefined: case 'help': case '--help': case '-h':
         io.out(USAGE)
         return command === undefined ? 2 : 0
@@ -210,7 +222,45 @@ function statusText (state: Record<string, unknown>, paint: Paint): string {
       describeEnv(s.environments.blue, paint), describeEnv(s.environments.green, paint), describeGuard(s.guard),
     ])
   }
-  return `generation ${String(state.generation)}\n${table(rows)}`
+  const text = `generation ${String(state.generation)}\n${table(rows)}`
+  // After the services, so the lines above stay where scripts and older readers expect them.
+  const store = state.store as StoreView | undefined
+  if (store === undefined) return text
+  const fleet = state.fleet as FleetView | undefined
+  return `${text}\n\n${storeText(store, paint)}${store.kind === 'etcd' && fleet !== undefined ? `\n${fleetText(fleet, paint)}` : ''}`
+}
+
+interface StoreView { kind: string, connected: boolean, revision: number, where: string }
+interface ReplicaView { id: string, admin: string | null, generation: number, ageMs: number, leader: boolean }
+interface FleetView { id: string, leader: string | null, replicas: ReplicaView[], converged: boolean }
+
+/** One line: where the state lives and, for etcd, whether this replica reaches it. */
+function storeText (store: StoreView, paint: Paint): string {
+  if (store.kind === 'file') return `store ${store.where}`
+  if (store.connected) return `store ${store.where}  connected  revision ${store.revision}`
+  return `store ${store.where}  ${paint('UNREACHABLE', COLOR_CODE.unhealthy)} (serving on the last state, revision ${store.revision}; changes are refused)`
+}
+
+/** The replicas, this one starred; a replica behind the highest generation any has applied is lagging. */
+function fleetText (fleet: FleetView, paint: Paint): string {
+  const top = Math.max(...fleet.replicas.map((r) => r.generation))
+  const lagging = fleet.replicas.filter((r) => r.generation < top).map((r) => r.id)
+  const count = `${fleet.replicas.length} replica${fleet.replicas.length === 1 ? '' : 's'}`
+  const converged = fleet.converged ? 'converged' : paint(`not converged${lagging.length > 0 ? `: ${lagging.join(', ')} lagging` : ''}`, COLOR_CODE.draining)
+  const rows = [['  REPLICA', 'ADMIN', 'GENERATION', 'HEARTBEAT', 'LEADER']]
+  for (const r of fleet.replicas) {
+    rows.push([
+      `${r.id === fleet.id ? '*' : ' '} ${r.id}`, r.admin ?? '-',
+      lagging.includes(r.id) ? paint(`${r.generation} lagging`, COLOR_CODE.draining) : String(r.generation),
+      ago(r.ageMs), r.leader ? 'leader' : '-',
+    ])
+  }
+  return `fleet ${count}, leader ${fleet.leader ?? 'none'}, ${converged} (* this replica)\n${table(rows)}`
+}
+
+function ago (ms: number): string {
+  const s = Math.max(0, ms) / 1000
+  return s < 60 ? `${s.toFixed(1)}s ago` : `${Math.floor(s / 60)}m ago`
 }
 
 async function status (argv: string[], io: Io): Promise<number> {
@@ -356,5 +406,61 @@ async function drain (argv: string[], io: Io): Promise<number> {
     const closed = Number(r.closedWebsockets) + Number(r.closedRequests) > 0 ? ` (closed ${String(r.closedWebsockets)} WebSockets, ${String(r.closedRequests)} requests at the deadline)` : ''
     io.out(`${service} ${String(r.color)}: drained in ${(Number(r.durationMs) / 1000).toFixed(1)}s, ${String(r.how)}${closed}`)
   }
+  return 0
+}
+
+const STATE_USAGE = 'usage: switchyard state export [--config FILE] [--out FILE]\n       switchyard state import FILE --config FILE [--reason TEXT] [--force]'
+
+async function state (argv: string[], io: Io): Promise<number> {
+  const [sub, ...rest] = argv
+  if (sub === 'export') return await stateExport(rest, io)
+  if (sub === 'import') return await stateImport(rest, io)
+  throw new CliError(STATE_USAGE, 2)
+}
+
+/** Runs `fn` on the store the config names and closes it whatever happens: an open etcd client keeps the process alive. */
+async function withStore<T> (config: Config, fn: (store: StateStore) => Promise<T>): Promise<T> {
+  const store = openStore(config)
+  try {
+    return await fn(store)
+  } finally {
+    await store.close()
+  }
+}
+
+async function stateExport (argv: string[], io: Io): Promise<number> {
+  const { values, positionals } = args(argv, { config: { type: 'string', short: 'c' }, out: { type: 'string', short: 'o' } })
+  if (positionals.length > 0) throw new CliError(STATE_USAGE, 2)
+  const config = loadConfigFile((values.config as string | undefined) ?? 'config/switchyard.yaml', io.env)
+  const { document, where } = await withStore(config, async (store) => ({ document: await exportState(store), where: store.where }))
+  const text = JSON.stringify(document, null, 2)
+  const out = values.out as string | undefined
+  if (out === undefined) {
+    io.out(text)
+    return 0
+  }
+  await writeFile(out, text + '\n')
+  io.out(`exported generation ${document.generation} from ${where} to ${out}`)
+  return 0
+}
+
+async function stateImport (argv: string[], io: Io): Promise<number> {
+  const { values, positionals } = args(argv, { config: { type: 'string', short: 'c' }, reason: { type: 'string' }, force: { type: 'boolean' } })
+  if (positionals.length !== 1) throw new CliError(STATE_USAGE, 2)
+  // No default config here: the config decides which store is overwritten.
+  if (values.config === undefined) throw new CliError('state import needs --config FILE: it names the store to write', 2)
+  const [file] = positionals
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new CliError(`cannot read ${file}: ${(err as Error).message}`)
+  }
+  const config = loadConfigFile(values.config as string, io.env)
+  const imported = parseDocument(text, file)
+  const opts = { force: values.force === true, reason: (values.reason as string | undefined) ?? null, actor: `cli:${io.env.USER ?? 'unknown'}` }
+  const { where, result } = await withStore(config, async (store) => ({ where: store.where, result: await importState(store, config, imported, opts) }))
+  const was = result.before === undefined ? 'it held no state' : `it was at generation ${result.before}`
+  io.out(`imported generation ${result.generation} into ${where} (${was})`)
   return 0
 }

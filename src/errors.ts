@@ -40,6 +40,7 @@ export const ERRORS = {
   unsupported_media_type: { status: 415, message: 'send application/json' },
   state_write_failed: { status: 500, message: 'could not persist the state file' },
   event_write_failed: { status: 500, message: 'could not persist the event log' },
+  store_unavailable: { status: 503, message: 'the state store (etcd) cannot be reached; nothing changed' },
   internal: { status: 500, message: 'internal error' },
 } as const satisfies Record<string, ErrorSpec>
 

@@ -3,20 +3,19 @@
 
 import type { AddressInfo } from 'node:net'
 import type http from 'node:http'
-import { dirname, join } from 'node:path'
 import { createAdminServer } from './admin/server.js'
 import { ConfigError, loadConfigFile } from './config/load.js'
 import type { Config, HostPort } from './config/schema.js'
 import { createAccessLog, log, type AccessLog } from './log.js'
 import { createMetrics } from './metrics.js'
 import { Controller } from './control/controller.js'
-import { EventLog } from './state/events.js'
 import { httpCloser } from './proxy/edge.js'
 import { Prober } from './health/prober.js'
 import { SmokeRunner } from './health/smoke.js'
 import { LocalListener } from './listen/local.js'
 import { closeGracefully, listen, originOf, type PublicListener } from './listen/public-listener.js'
-import { FileStateStore } from './state/file-store.js'
+import { openFleet, openStore } from './state/open.js'
+import type { StateStore } from './state/store.js'
 import { TargetRegistry } from './upstream/registry.js'
 
 export interface GatewayOptions {
@@ -40,6 +39,7 @@ export class Gateway {
   readonly listener: PublicListener
   controller!: Controller
   private accessLog: AccessLog | undefined
+  private store: StateStore | undefined
   private sampler: NodeJS.Timeout | undefined
   private admin: http.Server | undefined
   private readonly opts: GatewayOptions
@@ -54,13 +54,17 @@ export class Gateway {
   }
 
   async start (): Promise<void> {
-    const store = new FileStateStore(this.config.state.file)
-    const events = new EventLog(join(dirname(this.config.state.file), 'events.jsonl'))
+    const store = openStore(this.config)
+    this.store = store
+    const fleet = openFleet(this.config, store)
     this.registry.observers.remote = this.listener.remote
-    this.controller = await Controller.create(this.config, this.registry, store, events, {
+    this.controller = await Controller.create(this.config, this.registry, store, fleet, {
       prober: this.prober,
       smoke: this.smoke,
       publish: this.listener.publish,
+    }).catch(async (err: unknown) => {
+      await store.close()
+      throw err
     })
     this.registry.observers.metrics = this.config.metrics.enabled
     if (this.config.log.access !== false) {
@@ -80,6 +84,7 @@ export class Gateway {
         listen: this.opts.listen ?? this.config.listen,
       })
       await listen(this.admin, this.opts.adminListen ?? this.config.admin.listen)
+      await fleet.join(this.config.fleet.advertise ?? advertisedAdmin(this.adminAddress))
     } catch (err) {
       await this.stop(0)
       throw err
@@ -131,7 +136,15 @@ export class Gateway {
     clearInterval(this.sampler)
     this.accessLog?.flush()
     await this.controller?.stop()
+    await this.controller?.fleet.leave()
+    await this.store?.close()
     await this.prober.stop()
     await this.registry.destroy()
   }
+}
+
+/** The admin URL a replica registers when fleet.advertise is not set: its own address, unless bound to every interface (which one would others use?). */
+function advertisedAdmin (address: AddressInfo): string | null {
+  if (address.address === '0.0.0.0' || address.address === '::') return null
+  return originOf(address)
 }

@@ -136,5 +136,29 @@ export function createMetrics (deps: Deps): Registry {
       this.set(deps.controller().generation)
     },
   })
+  new Gauge({
+    name: 'switchyard_store_up',
+    help: 'Whether the state store answers: 1, or 0 while etcd is unreachable (traffic is served on the last state; changes are refused)',
+    registers: [reg],
+    collect () {
+      this.set(deps.controller().storeStatus().connected ? 1 : 0)
+    },
+  })
+  new Gauge({
+    name: 'switchyard_store_revision',
+    help: 'The store revision of the routing state this replica has applied (the file store: its generation)',
+    registers: [reg],
+    collect () {
+      this.set(deps.controller().storeStatus().revision)
+    },
+  })
+  new Gauge({
+    name: 'switchyard_fleet_replicas',
+    help: 'Replicas registered in the fleet, this one included (1 for a lone gateway)',
+    registers: [reg],
+    collect () {
+      this.set(deps.controller().fleet.replicas().length)
+    },
+  })
   return reg
 }

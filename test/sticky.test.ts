@@ -85,7 +85,7 @@ t.test('a hold that ends while another change is being saved stays ended', async
   t.equal((await http1(`${gw.url}/a`, { headers: { cookie: 'sy=blue' } })).json.backend, 'blue', 'held')
 
   // Hold the next state write open: the change is built, not yet swapped in.
-  const store = (gw.gateway.controller as unknown as { store: { save: (s: unknown) => Promise<void> } }).store
+  const store = (gw.gateway.controller as unknown as { store: { file: { save: (s: unknown) => Promise<void> } } }).store.file
   const save = store.save.bind(store)
   let release = (): void => {}
   const gate = new Promise<void>((resolve) => { release = resolve })

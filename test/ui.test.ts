@@ -1,12 +1,13 @@
 // Tests of the dashboard at GET /ui: static HTML under a hash-based CSP served
-// without a token, then a real Chromium page that shows, flips, refuses and asks for the token.
+// without a token, then a real Chromium page that shows, flips, refuses, asks for
+// the token, and shows the store and the fleet.
 
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { chromium, type Page } from 'playwright-core'
+import { chromium, type Page, type Route } from 'playwright-core'
 import { admin, http1, serviceYaml, startBackend, startGateway, type TestGateway } from './helpers/index.js'
 
 const CHROMIUM = '/usr/bin/chromium'
@@ -33,8 +34,8 @@ async function liveColors (gw: TestGateway, token?: string): Promise<Record<stri
   return Object.fromEntries(Object.entries(res.json.services).map(([name, s]: [string, any]) => [name, s.live]))
 }
 
-/** A headless Chromium on a fresh profile; page errors and CSP violations are collected. */
-async function openPage (t: Test, url: string): Promise<{ page: Page, errors: string[] }> {
+/** A headless Chromium on a fresh profile; page errors and CSP violations are collected. `before` runs before the page loads. */
+async function openPage (t: Test, url: string, before?: (page: Page) => Promise<void>): Promise<{ page: Page, errors: string[] }> {
   const profile = mkdtempSync(join(tmpdir(), 'switchyard-chromium-'))
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
@@ -52,6 +53,7 @@ async function openPage (t: Test, url: string): Promise<{ page: Page, errors: st
   page.on('pageerror', (err) => errors.push(err.message))
   // Chromium logs every 4xx answer (401 before the token, the gate's 409); the page handles those itself.
   page.on('console', (msg) => { if (msg.type() === 'error' && !/^Failed to load resource: the server responded with a status of 4\d\d/.test(msg.text())) errors.push(msg.text()) })
+  await before?.(page)
   await page.goto(url)
   return { page, errors }
 }
@@ -195,5 +197,65 @@ t.test('with a token set, the dashboard asks for it, keeps it for the tab and ac
   t.equal(await page.textContent('#events .ev-rollback .ev-reason'), reason)
   t.equal(await page.locator('#xss').count(), 0, 'no markup from the API reaches the DOM')
   await page.waitForSelector('[data-service="users"][data-live="blue"]')
+  t.same(errors, [], 'no script errors or CSP violations')
+})
+
+t.test('the dashboard shows the store, and for an etcd fleet the leader and each replica, lagging ones marked', { skip: NO_BROWSER }, async (t) => {
+  const gw = await fleet(t)
+  // The gateway's real state, with the store and fleet an etcd replica would have (or, as an older server, neither).
+  let extra: Record<string, unknown> = {}
+  const { page, errors } = await openPage(t, `${gw.adminUrl}/ui`, async (page) => {
+    await page.route('**/v1/state', async (route: Route) => {
+      const res = await route.fetch()
+      const { store: _store, fleet: _fleet, ...rest } = await res.json() as Record<string, unknown>
+      await route.fulfill({ response: res, json: { ...rest, ...extra } })
+    })
+  })
+  const store = { kind: 'etcd', connected: true, revision: 42, where: 'etcd http://127.0.0.1:2379 prefix /switchyard/prod' }
+  const replicas = [
+    { id: 'gw-a', admin: 'http://10.0.0.5:9901', generation: 7, revision: 42, ageMs: 400, leader: true },
+    { id: '<b id="xss">gw-b</b>', admin: 'javascript:alert(1)', generation: 7, revision: 42, ageMs: 1200, leader: false },
+    { id: 'gw-c', admin: null, generation: 6, revision: 40, ageMs: 3100, leader: false },
+  ]
+  extra = { store, fleet: { id: 'gw-a', leader: 'gw-a', converged: false, replicas } }
+
+  await page.waitForSelector('#fleet:not([hidden]) [data-replica="gw-c"]')
+  t.equal(await page.textContent('#store'), 'etcd connected · revision 42')
+  t.equal(await page.getAttribute('#store', 'title'), store.where)
+  t.equal(await page.textContent('#fleet-leader'), 'leader gw-a')
+  t.equal(await page.textContent('#fleet-sync'), 'converging')
+  t.ok(await page.isHidden('#fleet-down'))
+  const rows = await page.$$eval('#replicas tr', (trs) => trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)))
+  t.strictSame(rows, [
+    ['gw-athis', 'http://10.0.0.5:9901', '7', '0.4 s ago', 'leader'],
+    ['<b id="xss">gw-b</b>', 'javascript:alert(1)', '7', '1.2 s ago', ''],
+    ['gw-c', '–', '6lagging', '3.1 s ago', ''],
+  ])
+  t.equal(await page.getAttribute('[data-replica="gw-a"] a', 'href'), 'http://10.0.0.5:9901/ui', 'an http admin URL links to that replica\'s dashboard')
+  t.equal(await page.locator('#replicas a').count(), 1, 'anything else is text, not a link')
+  t.equal(await page.locator('#xss').count(), 0, 'no markup from the API reaches the DOM')
+  t.ok(await page.isVisible('[data-replica="gw-c"].replica-lagging .tag-lagging'))
+  t.ok(await page.isVisible('[data-replica="gw-a"].replica-this'))
+  t.ok(statSync(await screenshot(page, gw, 'fleet.png')).size > 10_000, 'the screenshot was written')
+
+  extra = { store: { ...store, connected: false }, fleet: { id: 'gw-a', leader: null, converged: true, replicas: replicas.map((r) => ({ ...r, generation: 7, leader: false })) } }
+  await page.waitForSelector('#store.store-bad')
+  t.equal(await page.textContent('#store'), 'etcd unreachable · revision 42')
+  await page.waitForSelector('#fleet-down:not([hidden])')
+  t.equal(await page.textContent('#fleet-leader'), 'no leader')
+  t.equal(await page.textContent('#fleet-sync'), 'converged')
+  t.equal(await page.locator('#replicas .replica-lagging').count(), 0)
+
+  // A file store: a badge, no panel.
+  extra = { store: { kind: 'file', connected: true, revision: 3, where: 'state file /data/state.json' }, fleet: { id: 'h:1', leader: 'h:1', converged: true, replicas: [replicas[0]] } }
+  await page.waitForSelector('#store.store-file')
+  t.equal(await page.textContent('#store'), 'state file')
+  await page.waitForSelector('#fleet[hidden]', { state: 'attached' })
+
+  // An older server: neither.
+  extra = {}
+  await page.waitForSelector('#store[hidden]', { state: 'attached' })
+  t.ok(await page.isHidden('#fleet'))
+  t.ok(await page.isVisible('[data-service="users"]'), 'the services are shown throughout')
   t.same(errors, [], 'no script errors or CSP violations')
 })

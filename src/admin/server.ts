@@ -195,7 +195,12 @@ function checkHost (req: IncomingMessage, config: Config): void {
   }
 }
 
-const FLIP_FIELDS = ['to', 'services', 'force', 'reason', 'ifGeneration', 'guard'] as const
+/** A flip or rollback may wait for the fleet to apply it. */
+const WAIT_FIELDS = ['wait', 'waitTimeout'] as const
+const FLIP_FIELDS = ['to', 'services', 'force', 'reason', 'ifGeneration', 'guard', ...WAIT_FIELDS] as const
+/** How long `wait: "fleet"` waits by default. */
+const DEFAULT_WAIT_TIMEOUT = 5_000
+const MAX_WAIT_TIMEOUT = 60_000
 
 export function createAdminServer (controller: Controller, opts: AdminOptions): http.Server {
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
@@ -269,9 +274,10 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
     if (path === '/v1/rollback') {
       allow('POST')
       const body = await readJson(req)
-      field.only(body, ['services', 'reason', 'ifGeneration'])
+      field.only(body, ['services', 'reason', 'ifGeneration', ...WAIT_FIELDS])
+      const wait = fleetWait(body)
       const result = await controller.rollback({ services: field.services(body), reason: field.text(body, 'reason'), ifGeneration: field.generation(body), actor: actorOf(req) })
-      return send(res, 200, { generation: result.generation, changes: result.changes })
+      return send(res, 200, { generation: result.generation, changes: result.changes, ...await wait(result.generation) })
     }
     if (path === '/v1/reload') {
       allow('POST')
@@ -320,6 +326,7 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
   }
 
   async function flip (body: Body, req: IncomingMessage, services: string[] | undefined): Promise<unknown> {
+    const wait = fleetWait(body)
     const result = await controller.flip({
       services,
       to: field.color(body, 'to'),
@@ -329,7 +336,24 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
       guard: field.bool(body, 'guard'),
       actor: actorOf(req),
     })
-    return { generation: result.generation, changes: result.changes }
+    return { generation: result.generation, changes: result.changes, ...await wait(result.generation) }
+  }
+
+  /**
+   * `wait: "fleet"` (with `waitTimeout`, default 5s): the answer waits until
+   * every replica has applied the change, and says whether they all did.
+   * Read before the change, so a bad field refuses it.
+   */
+  function fleetWait (body: Body): (generation: number) => Promise<{ fleet?: { converged: boolean, lagging: string[] } }> {
+    const wait = body.wait
+    if (wait !== undefined && wait !== 'fleet') throw new SwitchyardError('bad_request', '"wait" must be "fleet"', { field: 'wait' })
+    const timeout = field.duration(body, 'waitTimeout') ?? DEFAULT_WAIT_TIMEOUT
+    if (timeout > MAX_WAIT_TIMEOUT) throw new SwitchyardError('bad_request', `"waitTimeout" must be at most ${MAX_WAIT_TIMEOUT / 1000}s`, { field: 'waitTimeout' })
+    if (wait === undefined) {
+      if (body.waitTimeout !== undefined) throw new SwitchyardError('bad_request', '"waitTimeout" goes with "wait": "fleet"', { field: 'waitTimeout' })
+      return async () => await Promise.resolve({})
+    }
+    return async (generation) => ({ fleet: await controller.waitForFleet(generation, timeout) })
   }
 
   return http.createServer((req, res) => {

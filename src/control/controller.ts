@@ -8,16 +8,18 @@ import type { Guard, GuardTrip } from '../health/guard.js'
 import type { Prober } from '../health/prober.js'
 import type { SmokeRunner } from '../health/smoke.js'
 import { log } from '../log.js'
-import type { FileStateStore, PersistedState } from '../state/file-store.js'
+import type { PersistedState } from '../state/file-store.js'
+import { StoreConflict, type ColorCounts, type EventSink, type Fleet, type StateStore, type StoreChange, type StoreStatus } from '../state/store.js'
 import type { HealthChange, TargetRegistry } from '../upstream/registry.js'
 import { Drains } from './drains.js'
-import type { ColorChange, EventLog, NewEvent, SwitchyardEvent } from '../state/events.js'
+import type { ColorChange, EventType, NewEvent, SwitchyardEvent } from '../state/events.js'
+import { FleetTally } from './fleet-tally.js'
 import { applyColorChanges, isSamePlan, planFlip, planReload, planRollback, planTargets, type FlipPlan } from './plans.js'
 import { checkHealthGate, checkReadiness, gateFailed, runSmokeGate, type GateFailure } from './gate.js'
 import { describeTrip, Guards } from './guards.js'
 import { diffConfigs } from './reload-diff.js'
-import { FlipCounts, type ChangeResult, type DrainRequest, type FlipRequest, type ReloadResult, type RollbackRequest, type TargetsRequest, type TargetsResult } from './requests.js'
-import { describeState, listColorsUsing } from './state-view.js'
+import { FlipCounts, type ChangeResult, type DrainRequest, type FlipRequest, type FlipTrigger, type ReloadResult, type RollbackRequest, type TargetsRequest, type TargetsResult } from './requests.js'
+import { describeState, lastGuardedFlip, listColorsUsing } from './state-view.js'
 
 /** Health machinery the controller drives; absent in unit setups that need none. */
 export interface HealthDeps {
@@ -37,29 +39,40 @@ export class Controller {
   readonly snapshots: SnapshotView
   private config: Config
   private state: PersistedState
+  /** The store revision `state` is at: what a write is conditioned on, and how changes already applied are recognized. */
+  private revision: number
   private readonly registry: TargetRegistry
-  private readonly store: FileStateStore
-  readonly events: EventLog
+  private readonly store: StateStore
+  readonly fleet: Fleet
+  readonly events: EventSink
+  /** The fleet's summed counts the guard judges; undefined for a fleet of one, whose guard reads this process's counts. */
+  private readonly tally: FleetTally | undefined
+  private readonly fleetWaiters = new Set<() => void>()
   private readonly health: HealthDeps
   private readonly guards: Guards
   private readonly drains: Drains
   /** A change is being applied: the sticky holds its drains move go into the one snapshot it swaps in. */
   private applying = false
   private queue: Promise<unknown> = Promise.resolve()
+  private stopped = false
   readonly flipCounts = new FlipCounts()
 
-  private constructor (config: Config, state: PersistedState, registry: TargetRegistry, store: FileStateStore, events: EventLog, snapshot: Snapshot, health: HealthDeps) {
+  private constructor (config: Config, state: PersistedState, revision: number, registry: TargetRegistry, store: StateStore, fleet: Fleet, snapshot: Snapshot, health: HealthDeps) {
     this.config = config
     this.state = state
+    this.revision = revision
     this.registry = registry
     this.store = store
-    this.events = events
+    this.fleet = fleet
+    this.events = store.events
     this.health = health
     this.#switcher = new Switcher(snapshot)
     this.snapshots = this.#switcher.view
+    const tally = store.kind === 'file' ? undefined : new FleetTally(fleet.id)
+    this.tally = tally
     this.guards = new Guards({
       healthyTargets: (service, color) => this.#switcher.current.services.get(service)?.colors[color].targets.healthyCount ?? 0,
-      colorStats: (service, color) => registry.colorStats(service, color),
+      colorStats: tally === undefined ? (service, color) => registry.colorStats(service, color) : (service, color) => tally.stats(service, color, registry.colorStats(service, color)),
       onTrip: (g, trip) => { void this.autoRevert(g, trip) },
     })
     this.drains = new Drains({
@@ -71,24 +84,30 @@ export class Controller {
     })
     registry.onHealthChange((change) => this.onHealthChange(change))
     this.afterSwap(snapshot)
+    this.report()
+    fleet.onReplicas(() => {
+      tally?.update(fleet.replicas())
+      for (const wake of this.fleetWaiters) wake()
+    })
+    fleet.onLeadership((leading) => { this.onLeadership(leading) })
+    store.watch(revision, (change) => { void this.exclusive(() => { this.applyChange(change) }) })
   }
 
-  /** Loads saved state (which wins over the config's `live`) and builds the first snapshot. */
-  static async create (config: Config, registry: TargetRegistry, store: FileStateStore, events: EventLog, health: HealthDeps): Promise<Controller> {
-    const saved = await store.load()
-    const state: PersistedState = saved ?? { generation: 0, services: {}, lastChange: [] }
-    for (const svc of Object.values(config.services)) {
-      state.services[svc.name] ??= { live: svc.live, previous: null, targets: {} }
-    }
-    // No state file is generation 0: a change event without one is of a first change killed before its state write.
-    await events.restore(saved?.generation ?? 0)
+  /**
+   * Loads saved state (which wins over the config's `live`), builds the first
+   * snapshot and follows the store's changes from there. The fleet is joined
+   * by the caller once the gateway serves.
+   */
+  static async create (config: Config, registry: TargetRegistry, store: StateStore, fleet: Fleet, health: HealthDeps): Promise<Controller> {
+    const { state: saved, revision } = await store.load()
+    const state = withConfigServices(saved ?? { generation: 0, services: {}, lastChange: [] }, config)
     let snapshot: Snapshot
     try {
       snapshot = buildSnapshot(config, state, registry)
     } catch (err) {
-      throw new Error(`state file ${store.file} does not fit the config: ${(err as Error).message}`)
+      throw new Error(`the state in ${store.where} does not fit the config: ${(err as Error).message}`)
     }
-    return new Controller(config, state, registry, store, events, snapshot, health)
+    return new Controller(config, state, revision, registry, store, fleet, snapshot, health)
   }
 
   /**
@@ -105,15 +124,35 @@ export class Controller {
     return this.state.generation
   }
 
+  storeStatus (): StoreStatus {
+    return this.store.status()
+  }
+
   get currentConfig (): Config {
     return this.config
   }
 
   /** Runs mutations one at a time, so ifGeneration checks and file writes never race. */
-  private async exclusive<T> (fn: () => Promise<T>): Promise<T> {
+  private async exclusive<T> (fn: () => Promise<T> | T): Promise<T> {
     const run = this.queue.then(fn, fn)
     this.queue = run.catch(() => {})
     return await run
+  }
+
+  /**
+   * `exclusive`, run again when another replica's commit got in first: the
+   * change is planned again on the state it left (a stale `ifGeneration`
+   * then gets its 412 from the plan). Losing three times in a row is a 412.
+   */
+  private async exclusiveRetried<T> (fn: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.exclusive(fn)
+      } catch (err) {
+        if (!(err instanceof StoreConflict)) throw err
+        if (attempt === CONFLICT_ATTEMPTS) throw conflictRefusal(this.state.generation)
+      }
+    }
   }
 
   private checkGeneration (ifGeneration: number | undefined): void {
@@ -131,23 +170,19 @@ export class Controller {
   }
 
   /**
-   * Build, persist, swap. If building or saving throws, neither the routing
-   * nor the in-memory state has changed.
+   * Build, persist, swap. If building or committing throws, neither the
+   * routing nor the in-memory state has changed. The store decides what
+   * committed means (the file store: event line and state file fsynced; etcd:
+   * a transaction conditioned on `revision`) and calls back to swap the new
+   * snapshot in at that moment. Another replica's commit that got there
+   * first is applied here before the StoreConflict goes up, so the caller can
+   * plan again on it.
    *
-   * Persisting is two writes, each fsynced before the change is answered:
-   * the event line first, then the state file. The state file is the commit
-   * point: a crash (or a failed state write) after the event leaves an event
-   * of a change that did not happen, which EventLog.restore recognizes by
-   * its generation and leaves out; the other order would leave a change in
-   * force whose event is missing. A failed event write fails the change
-   * (event_write_failed) before anything else is touched.
-   *
-   * `swapFirst` is for the guard's auto-revert: nobody waits for an answer,
-   * and every moment on the failing color costs requests, so it swaps at once
-   * and persists after. Should a write fail, routing stays on the
-   * known-good color and the next change writes the file.
+   * `applyFirst` is for the guard's auto-revert: nobody waits for an answer,
+   * and every moment on the failing color costs requests, so a store that can
+   * (the file store) swaps at once and persists after.
    */
-  private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, swapFirst = false, config = this.config): Promise<SwitchyardEvent> {
+  private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, applyFirst = false, config = this.config): Promise<SwitchyardEvent> {
     let snapshot: Snapshot
     const holds = this.drains.holds()
     try {
@@ -155,56 +190,128 @@ export class Controller {
     } catch (err) {
       throw new SwitchyardError('bad_request', `${event.type} refused: ${(err as Error).message}; nothing changed`)
     }
-    const prepared = this.events.prepare({ ...event, generation: next.generation })
-    const apply = (): SwitchyardEvent => {
-      // First: the change is decided, and a prepared event left pending would hold back every later one.
-      this.events.publish(prepared)
-      this.config = config
-      this.state = next
-      if (Array.isArray(event.changes)) {
-        this.applying = true
-        try {
-          // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
-          this.drains.retire(event.changes as ColorChange[], event.type === 'flip')
-        } finally {
-          this.applying = false
-        }
+    let applied: SwitchyardEvent | undefined
+    let published: Promise<void> | undefined
+    try {
+      this.revision = await this.store.commit(next, { ...event, generation: next.generation }, (stored) => {
+        applied = stored
+        const changes = event.changes as ColorChange[] | undefined
+        this.install(next, config, snapshot, holds, changes, event.type === 'flip')
+        const trigger = FLIP_TRIGGERS[event.type]
+        if (trigger !== undefined && changes !== undefined) this.flipCounts.add(changes, trigger)
+        published = this.health.publish?.()
+      }, { base: this.revision, applyFirst })
+    } catch (err) {
+      if (err instanceof StoreConflict) this.applyChange(err.current)
+      throw err
+    }
+    this.report()
+    await published
+    return applied as SwitchyardEvent
+  }
+
+  /**
+   * Swaps in a committed state: drains and sticky holds follow its color
+   * changes exactly as on the replica that made it; one snapshot, with the
+   * holds in force now, goes in.
+   */
+  private install (next: PersistedState, config: Config, snapshot: Snapshot, holds: Readonly<Record<string, StickyHold>>, changes: readonly ColorChange[] | undefined, isFlip: boolean): void {
+    this.config = config
+    this.state = next
+    if (changes !== undefined && changes.length > 0) {
+      this.applying = true
+      try {
+        // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
+        this.drains.retire(changes, isFlip)
+      } finally {
+        this.applying = false
       }
-      // Drains start and end holds (here, and on their own clock while the change was written):
-      // one snapshot, with the holds in force now, is swapped in.
-      const now = this.drains.holds()
-      if (!sameHolds(now, holds)) snapshot = buildSnapshot(config, { ...next, sticky: now }, this.registry)
-      this.#switcher.swap(snapshot)
-      this.afterSwap(snapshot)
-      return prepared
     }
-    if (swapFirst) {
-      const applied = apply()
-      const published = this.health.publish?.()
-      await this.events.persist(prepared).catch((err: Error) => {
-        log('error', 'events file write failed after an auto-revert; routing is reverted, the event is only in memory', { file: this.events.file, error: err.message })
-      })
-      await this.store.save(next).catch((err: Error) => {
-        log('error', 'state file write failed after an auto-revert; routing is reverted, the file is behind', { file: this.store.file, error: err.message })
-      })
-      await published
-      return applied
-    }
+    // Drains start and end holds (here, and on their own clock while the change was written).
+    const now = this.drains.holds()
+    if (!sameHolds(now, holds)) snapshot = buildSnapshot(config, { ...next, sticky: now }, this.registry)
+    this.#switcher.swap(snapshot)
+    this.afterSwap(snapshot)
+  }
+
+  /**
+   * A change another replica committed (from the store's watch, or the
+   * state a lost race found): swapped in as a local one would be. One this
+   * replica has already applied is recognized by its revision. A state that
+   * does not fit this replica's config is logged and not applied: the
+   * replica shows as lagging in the fleet view, and its writes are refused
+   * until its config is fixed.
+   */
+  private applyChange (change: StoreChange): void {
+    if (change.revision <= this.revision) return
+    const next = withConfigServices(change.state, this.config)
+    const changes = colorChangesBetween(this.state, next)
+    const holds = this.drains.holds()
+    let snapshot: Snapshot
     try {
-      await this.events.persist(prepared)
+      snapshot = buildSnapshot(this.config, { ...next, sticky: holds }, this.registry)
     } catch (err) {
-      this.events.discard(prepared)
-      throw new SwitchyardError('event_write_failed', `could not append to ${this.events.file ?? 'the event log'}: ${(err as Error).message}; nothing changed`)
+      log('error', 'a change from the fleet does not fit this replica\'s config; it stays on its generation', { where: this.store.where, generation: this.state.generation, offered: change.state.generation, error: (err as Error).message })
+      return
     }
-    try {
-      await this.store.save(next)
-    } catch (err) {
-      this.events.discard(prepared)
-      throw new SwitchyardError('state_write_failed', `could not write ${this.store.file}: ${(err as Error).message}; nothing changed`)
+    const event = change.event
+    this.install(next, this.config, snapshot, holds, changes, event?.type === 'flip')
+    this.revision = change.revision
+    this.guards.end(changes.map((c) => c.service))
+    if (event?.type === 'flip' && event.guard !== false && this.fleet.isLeader) this.guards.start(this.config, changes, event.id)
+    this.health.publish?.().catch((err: Error) => log('error', 'could not hand a fleet change to the workers', { error: err.message }))
+    this.report()
+  }
+
+  /** This replica's record in the fleet: the generation it serves and its counts per color. */
+  private report (): void {
+    this.fleet.report({ generation: this.state.generation, revision: this.revision }, () => this.counts())
+  }
+
+  private counts (): ColorCounts {
+    const out: ColorCounts = {}
+    for (const name of Object.keys(this.config.services)) {
+      const blue = this.registry.colorStats(name, 'blue')
+      const green = this.registry.colorStats(name, 'green')
+      out[name] = { blue: { requests: blue.requests, errors: blue.errors }, green: { requests: green.requests, errors: green.errors } }
     }
-    const applied = apply()
-    await this.health.publish?.()
-    return applied
+    return out
+  }
+
+  /**
+   * The guard runs on the fleet's leader only. A replica that takes the lead
+   * takes over the window of the last guarded flip, if it is still open and
+   * its colors still live, judging only the counts from now on.
+   */
+  private onLeadership (leading: boolean): void {
+    if (!leading) {
+      this.guards.endAll()
+      return
+    }
+    const flip = lastGuardedFlip(this.events.list(), this.state)
+    if (flip === undefined) return
+    this.guards.end(flip.changes.map((c) => c.service))
+    this.guards.start(this.config, flip.changes, flip.id, Date.parse(flip.time))
+  }
+
+  /**
+   * Resolves when every registered replica has applied `generation`, or at
+   * `timeoutMs`: whether it converged, and the replicas still behind.
+   */
+  async waitForFleet (generation: number, timeoutMs: number): Promise<{ converged: boolean, lagging: string[] }> {
+    const lagging = (): string[] => this.fleet.replicas().filter((r) => r.generation < generation).map((r) => r.id)
+    if (lagging().length === 0) return { converged: true, lagging: [] }
+    return await new Promise((resolve) => {
+      const finish = (): void => {
+        clearTimeout(timer)
+        this.fleetWaiters.delete(check)
+        const behind = lagging()
+        resolve({ converged: behind.length === 0, lagging: behind })
+      }
+      const check = (): void => { if (lagging().length === 0) finish() }
+      const timer = setTimeout(finish, timeoutMs)
+      this.fleetWaiters.add(check)
+    })
   }
 
   /** The routing state and config now in force (what worker processes are given). */
@@ -237,7 +344,7 @@ export class Controller {
    * A config that changes nothing does nothing.
    */
   async reload (config: Config, actor = 'api'): Promise<ReloadResult> {
-    return await this.exclusive(async () => {
+    return await this.exclusiveRetried(async () => {
       const { restart, added, removed, updated, tokenChanged, hostsChanged } = diffConfigs(this.config, config)
       if (restart.length > 0) throw new SwitchyardError('bad_request', `reload cannot change ${restart.join(', ')}: restart the gateway for that; nothing changed`, { fields: restart })
       if (added.length + removed.length + updated.length === 0 && !tokenChanged && !hostsChanged) {
@@ -251,29 +358,40 @@ export class Controller {
     })
   }
 
-  /** The guard tripped: every service of its flip goes back in one swap, no gate. */
+  /**
+   * The guard tripped: every service of its flip goes back in one swap, no
+   * gate. While the store cannot be reached the revert is tried again every
+   * second, as long as this replica leads and nothing else changed those services.
+   */
   private async autoRevert (guard: Guard, trip: GuardTrip): Promise<void> {
-    try {
-      await this.exclusive(async () => {
-        // A manual change since the trip wins; revert only what is still as the guarded flip left it.
-        const reverts = guard.reverts.filter((r) => this.state.services[r.service]?.live === r.from)
-        if (reverts.length === 0) return
-        const next = applyColorChanges(this.state, reverts)
-        const reason = describeTrip(trip, this.config)
-        const applied = this.commit(next, { type: 'auto_revert', reason, actor: 'guard', changes: reverts, trip, flipEvent: guard.id }, true)
-        // commit() has swapped synchronously by now; only the file write is pending.
-        this.flipCounts.add(reverts, 'auto_revert')
-        await applied
-        log('warn', 'auto-revert', { reason, changes: reverts })
-      })
-    } catch (err) {
-      log('error', 'auto-revert failed', { error: (err as Error).message, trip })
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.revert(guard, trip)
+        return
+      } catch (err) {
+        const unreachable = err instanceof SwitchyardError && err.code === 'store_unavailable'
+        log('error', 'auto-revert failed', { error: (err as Error).message, trip, ...(unreachable ? { retryInMs: REVERT_RETRY_MS } : {}) })
+        if (!unreachable || attempt === REVERT_ATTEMPTS || this.stopped || !this.fleet.isLeader) return
+        await new Promise((resolve) => setTimeout(resolve, REVERT_RETRY_MS))
+      }
     }
+  }
+
+  private async revert (guard: Guard, trip: GuardTrip): Promise<void> {
+    await this.exclusiveRetried(async () => {
+      // A manual change since the trip (here or on another replica) wins; revert only what is still as the guarded flip left it.
+      const reverts = guard.reverts.filter((r) => this.state.services[r.service]?.live === r.from)
+      if (reverts.length === 0) return
+      const next = applyColorChanges(this.state, reverts)
+      const reason = describeTrip(trip, this.config)
+      await this.commit(next, { type: 'auto_revert', reason, actor: 'guard', changes: reverts, trip, flipEvent: guard.id }, true)
+      log('warn', 'auto-revert', { reason, changes: reverts })
+    })
   }
 
   /** Health transitions are events; a guarded color may have just lost its last target. */
   private onHealthChange (change: HealthChange): void {
-    this.events.append({
+    void this.events.append({
       type: 'health', generation: this.state.generation, reason: change.cause, actor: 'health',
       target: change.target.url, from: change.from, to: change.to, healthy: change.healthy, services: listColorsUsing(this.#switcher.current, change.target),
     })
@@ -286,6 +404,7 @@ export class Controller {
   }
 
   async stop (): Promise<void> {
+    this.stopped = true
     this.guards.endAll()
     this.drains.cancelAll()
     await this.idle()
@@ -301,22 +420,33 @@ export class Controller {
    * meanwhile, it is planned again toward the same colors; the smoke verdict is kept when the plan,
    * the config and the gated colors' targets are the same, else the checks
    * run again. A flip that loses that race twice (or any flip with
-   * `ifGeneration`, whose premise is gone) is refused with 412.
+   * `ifGeneration`, whose premise is gone) is refused with 412. Losing the
+   * commit to another replica's is the same race: planned again on the state
+   * that won (a flip the other replica already made is then no change).
    */
   async flip (req: FlipRequest): Promise<ChangeResult> {
+    let first: FlipPlan | undefined
     let smoked: FlipPlan | undefined
     for (let attempt = 1; ; attempt++) {
-      const step = await this.exclusive(async (): Promise<ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }> => {
-        this.checkGeneration(req.ifGeneration)
-        const plan = planFlip(req, this.resolveServices(req.services), this.state, this.config, smoked)
-        if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
-        const { failures, smoke } = req.force === true ? { failures: [], smoke: [] } : checkHealthGate(this.config, this.#switcher.current, plan.changes)
-        if (smoke.length === 0 || (smoked !== undefined && isSamePlan(smoked, plan))) {
-          if (failures.length > 0) throw gateFailed(failures, plan.changes)
-          return await this.commitFlip(req, plan)
-        }
-        return { plan, failures, smoke }
-      })
+      let step: ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }
+      try {
+        step = await this.exclusive(async () => {
+          this.checkGeneration(req.ifGeneration)
+          const plan = planFlip(req, this.resolveServices(req.services), this.state, this.config, first)
+          first ??= plan
+          if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
+          const { failures, smoke } = req.force === true ? { failures: [], smoke: [] } : checkHealthGate(this.config, this.#switcher.current, plan.changes)
+          if (smoke.length === 0 || (smoked !== undefined && isSamePlan(smoked, plan))) {
+            if (failures.length > 0) throw gateFailed(failures, plan.changes)
+            return await this.commitFlip(req, plan)
+          }
+          return { plan, failures, smoke }
+        })
+      } catch (err) {
+        if (!(err instanceof StoreConflict)) throw err
+        if (attempt === CONFLICT_ATTEMPTS) throw conflictRefusal(this.state.generation)
+        continue
+      }
       if (!('plan' in step)) return step
       const { plan, smoke } = step
       const failures = [...step.failures, ...await runSmokeGate(this.health.smoke, () => this.config, smoke)]
@@ -325,9 +455,12 @@ export class Controller {
       const result = await this.exclusive(async () => {
         if (this.state.generation !== plan.generation) return undefined
         return await this.commitFlip(req, plan)
+      }).catch((err: unknown) => {
+        if (err instanceof StoreConflict) return undefined
+        throw err
       })
       if (result !== undefined) return result
-      if (req.ifGeneration !== undefined || attempt === 2) {
+      if (req.ifGeneration !== undefined || attempt >= 2) {
         throw new SwitchyardError('stale_generation', `flip refused: another change (generation ${this.state.generation}) landed while the smoke checks ran on generation ${plan.generation}; nothing changed, try again`, { generation: this.state.generation })
       }
     }
@@ -343,27 +476,25 @@ export class Controller {
       ...(req.force === true ? { forced: true } : {}),
       ...(guarded ? {} : { guard: false }),
     })
-    this.flipCounts.add(changes, 'manual')
     this.guards.end(changes.map((c) => c.service))
-    if (guarded) this.guards.start(this.config, changes, event.id)
+    if (guarded && this.fleet.isLeader) this.guards.start(this.config, changes, event.id)
     return { generation: next.generation, changes, event }
   }
 
   async rollback (req: RollbackRequest): Promise<ChangeResult> {
-    return await this.exclusive(async () => {
+    return await this.exclusiveRetried(async () => {
       this.checkGeneration(req.ifGeneration)
       const names = req.services === undefined ? this.state.lastChange.filter((n) => this.config.services[n] !== undefined) : this.resolveServices(req.services)
       if (names.length === 0) throw new SwitchyardError('nothing_to_roll_back', 'nothing to roll back: no color change has been made yet')
       const { next, changes } = planRollback(names, this.state, this.config)
       const event = await this.commit(next, { type: 'rollback', reason: req.reason ?? null, actor: req.actor ?? 'api', changes })
-      this.flipCounts.add(changes, 'rollback')
       this.guards.end(names)
       return { generation: next.generation, changes, event }
     })
   }
 
   async setTargets (req: TargetsRequest): Promise<TargetsResult> {
-    return await this.exclusive(async () => {
+    return await this.exclusiveRetried(async () => {
       this.checkGeneration(req.ifGeneration)
       const [name] = this.resolveServices([req.service])
       const plan = planTargets(name, req, this.state, this.config)
@@ -384,6 +515,8 @@ export class Controller {
       state: this.state,
       drainOf: (service, color) => this.drains.get(service, color),
       guardOf: (service) => this.guards.describe(service),
+      store: this.store,
+      fleet: this.fleet,
     })
   }
 
@@ -391,6 +524,37 @@ export class Controller {
     await this.queue
     await this.events.flush()
   }
+}
+
+/** What switchyard_flips_total counts a color change made here as (changes other replicas made are theirs to count). */
+const FLIP_TRIGGERS: Partial<Record<EventType, FlipTrigger>> = { flip: 'manual', rollback: 'rollback', auto_revert: 'auto_revert' }
+
+/** An auto-revert the store refused for being unreachable is tried again this often, this many times. */
+const REVERT_RETRY_MS = 1_000
+const REVERT_ATTEMPTS = 30
+
+/** Tries at a change that keeps losing to other replicas' commits before it is refused. */
+const CONFLICT_ATTEMPTS = 3
+
+function conflictRefusal (generation: number): SwitchyardError {
+  return new SwitchyardError('stale_generation', `refused: other replicas changed the state (now generation ${generation}) each time this change was about to commit; nothing changed, try again`, { generation })
+}
+
+/** Every service of the config has a state: one the state does not know yet starts on its configured live color. */
+function withConfigServices (state: PersistedState, config: Config): PersistedState {
+  const services = { ...state.services }
+  for (const svc of Object.values(config.services)) services[svc.name] ??= { live: svc.live, previous: null, targets: {} }
+  return { ...state, services }
+}
+
+/** The services whose live color differs between two states. */
+function colorChangesBetween (before: PersistedState, after: PersistedState): ColorChange[] {
+  const changes: ColorChange[] = []
+  for (const [service, st] of Object.entries(after.services)) {
+    const was = before.services[service]
+    if (was !== undefined && was.live !== st.live) changes.push({ service, from: was.live, to: st.live })
+  }
+  return changes
 }
 
 /** The same sticky holds (service, color and deadline), so the snapshot built with the one fits the other. */

@@ -19,7 +19,7 @@ export interface DrainsDeps {
   /** The sticky holds (`holds()`) changed: they are routing state, so the controller swaps in a snapshot with them. */
   holdsChanged: () => void
   /** A drain finished: the controller appends its event (at the generation in force) and returns it. */
-  record: (event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>) => SwitchyardEvent
+  record: (event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>) => SwitchyardEvent | Promise<SwitchyardEvent>
 }
 
 export class Drains {
@@ -105,6 +105,6 @@ export class Drains {
     })
     log('info', 'drained', { ...result })
     const hook = this.deps.config().services[drain.service]?.drain.onDrained
-    if (hook !== undefined) void deliver(hook, event)
+    if (hook !== undefined) void Promise.resolve(event).then(async (ev) => { await deliver(hook, ev) }, () => {})
   }
 }

@@ -2,14 +2,13 @@
 // ended by a later change; a trip is handed to the controller, which reverts.
 
 import type { Color, Config } from '../config/schema.js'
-import { Guard, type GuardTrip } from '../health/guard.js'
-import type { ColorStats } from '../upstream/registry.js'
+import { Guard, type GuardStats, type GuardTrip } from '../health/guard.js'
 import type { ColorChange } from '../state/events.js'
 
 export interface GuardsDeps {
   /** Healthy targets the service's color has in the snapshot in force. */
   healthyTargets: (service: string, color: Color) => number
-  colorStats: (service: string, color: Color) => ColorStats
+  colorStats: (service: string, color: Color) => GuardStats
   /** A guard tripped (and has ended): the controller reverts its flip. */
   onTrip: (guard: Guard, trip: GuardTrip) => void
 }
@@ -22,17 +21,21 @@ export class Guards {
     this.deps = deps
   }
 
-  /** Watches the services of a flip just committed as event `id`; those without a guard window are left alone. */
-  start (config: Config, changes: readonly ColorChange[], id: number): void {
+  /**
+   * Watches the services of a flip committed as event `id` (at `startedAt`,
+   * when taken over from another replica); those without a guard window, or
+   * whose window is over, are left alone.
+   */
+  start (config: Config, changes: readonly ColorChange[], id: number, startedAt = Date.now()): void {
     const entries = changes
-      .filter((c) => config.services[c.service].guard.window > 0)
+      .filter((c) => config.services[c.service] !== undefined && startedAt + config.services[c.service].guard.window > Date.now())
       .map((c) => ({ service: c.service, color: c.to, from: c.from, config: config.services[c.service].guard, stats: this.deps.colorStats(c.service, c.to) }))
     if (entries.length === 0) return
     const guard = new Guard(id, entries, {
       healthyTargets: this.deps.healthyTargets,
       onTrip: this.deps.onTrip,
       onEnd: (g) => { this.active.delete(g) },
-    })
+    }, startedAt)
     this.active.add(guard)
     // The new color may already be down.
     guard.checkHealth()

@@ -3,7 +3,9 @@
 
 import { COLORS, type Color } from '../config/schema.js'
 import type { Snapshot } from '../routing/snapshot.js'
+import { isChange, type ColorChange, type SwitchyardEvent } from '../state/events.js'
 import type { PersistedState } from '../state/file-store.js'
+import type { Fleet, StateStore } from '../state/store.js'
 import type { ColorStats, Target } from '../upstream/registry.js'
 import type { Drain, DrainResult } from './drain.js'
 
@@ -13,6 +15,8 @@ export interface StateViewSource {
   drainOf: (service: string, color: Color) => Drain | undefined
   /** The guard watching a service, already described; null when none is. */
   guardOf: (service: string) => Record<string, unknown> | null
+  store: StateStore
+  fleet: Fleet
 }
 
 /** The view served by GET /v1/state. */
@@ -44,7 +48,30 @@ export function describeState (src: StateViewSource): Record<string, unknown> {
       environments,
     }
   }
-  return { generation: src.state.generation, services }
+  return { generation: src.state.generation, services, store: { ...src.store.status(), where: src.store.where }, fleet: describeFleet(src.fleet, src.state.generation) }
+}
+
+/** The fleet as GET /v1/state shows it: every replica and the generation it has applied; converged when all have this one's. */
+export function describeFleet (fleet: Fleet, generation: number): Record<string, unknown> {
+  const now = Date.now()
+  const leader = fleet.leader()
+  const replicas = fleet.replicas().map((r) => ({
+    id: r.id, admin: r.admin, generation: r.generation, revision: r.revision, ageMs: Math.max(0, now - Date.parse(r.heartbeat)), leader: r.id === leader,
+  }))
+  return { id: fleet.id, leader, replicas, converged: replicas.every((r) => r.generation === generation) }
+}
+
+/**
+ * The flip whose guard window a replica taking the lead may take over: the
+ * last change event, when it is a guarded flip, with only the services it
+ * left live still so. Undefined when there is none.
+ */
+export function lastGuardedFlip (events: readonly SwitchyardEvent[], state: PersistedState): { id: number, time: string, changes: ColorChange[] } | undefined {
+  let last: SwitchyardEvent | undefined
+  for (let i = events.length - 1; i >= 0 && last === undefined; i--) if (isChange(events[i].type)) last = events[i]
+  if (last === undefined || last.type !== 'flip' || last.guard === false || last.changes === undefined) return undefined
+  const changes = last.changes.filter((c) => state.services[c.service]?.live === c.to)
+  return changes.length === 0 ? undefined : { id: last.id, time: last.time, changes }
 }
 
 /** The answer to a drain request that does not wait: where the drain stands now. */

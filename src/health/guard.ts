@@ -5,13 +5,16 @@
 import type { Color, GuardConfig } from '../config/schema.js'
 import type { ColorStats, OutcomeWatcher } from '../upstream/registry.js'
 
+/** The counts a guard judges: one process's ColorStats, or a fleet's sum of them. */
+export type GuardStats = Pick<ColorStats, 'requests' | 'errors' | 'watcher'>
+
 export interface GuardEntry {
   service: string
   /** The color the flip left live, and the one a revert returns to. */
   color: Color
   from: Color
   config: GuardConfig
-  stats: ColorStats
+  stats: GuardStats
 }
 
 export interface GuardTrip {
@@ -49,9 +52,10 @@ export class Guard implements OutcomeWatcher {
   private readonly hooks: GuardHooks
   private ended = false
 
-  constructor (id: number, entries: GuardEntry[], hooks: GuardHooks) {
+  /** `startedAt`: when the flip was made, for a guard taken over mid-window (it judges the counts from now on). */
+  constructor (id: number, entries: GuardEntry[], hooks: GuardHooks, startedAt = Date.now()) {
     this.id = id
-    this.startedAt = Date.now()
+    this.startedAt = startedAt
     this.hooks = hooks
     this.watches = entries.map((e) => {
       const w: Watch = {
@@ -59,7 +63,7 @@ export class Guard implements OutcomeWatcher {
         baseRequests: e.stats.requests,
         baseErrors: e.stats.errors,
         until: this.startedAt + e.config.window,
-        timer: setTimeout(() => this.expire(w), e.config.window),
+        timer: setTimeout(() => this.expire(w), Math.max(0, startedAt + e.config.window - Date.now())),
         active: true,
       }
       w.timer.unref()

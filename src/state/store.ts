@@ -46,8 +46,12 @@ export interface StoreChange {
 
 /** What the store's event log offers the controller and GET /v1/events. */
 export interface EventSink {
-  /** Health and drain events: visible at once, written without waiting; a failed write is only logged. */
-  append: (input: NewEvent) => void
+  /**
+   * Health and drain events, written without waiting (a failed write is only
+   * logged). The file log returns the event at once; a store that numbers
+   * events itself (etcd: by revision) resolves once it is written.
+   */
+  append: (input: NewEvent) => SwitchyardEvent | Promise<SwitchyardEvent>
   /** Events newer than `since`, oldest first. */
   list: (since?: number) => SwitchyardEvent[]
   /** Resolves once every event appended so far is written (or has failed). */
@@ -123,8 +127,12 @@ export interface StateStore {
 /** The fleet as this replica sees it. A lone gateway (the file store) is a fleet of one that always leads. */
 export interface Fleet {
   readonly id: string
-  /** Registers this replica (etcd: under a lease) and starts the election. */
-  join: () => Promise<void>
+  /**
+   * Registers this replica (etcd: under a lease) with the admin URL others
+   * reach it on (`fleet.advertise`, else the admin listener's own address),
+   * and starts the election.
+   */
+  join: (admin: string | null) => Promise<void>
   /** Every registered replica, this one included, as last heard. */
   replicas: () => ReplicaRecord[]
   /** Called whenever a replica's record appears, changes or goes. */

@@ -7,7 +7,7 @@
   var TOKEN_KEY = 'switchyard.token'
   var COLORS = ['blue', 'green']
   var STATES = ['live', 'draining', 'idle']
-  var EVENT_TYPES = ['flip', 'rollback', 'auto_revert', 'targets', 'health', 'drained', 'reload', 'start']
+  var EVENT_TYPES = ['flip', 'rollback', 'auto_revert', 'targets', 'health', 'drained', 'reload', 'start', 'import']
   var KEEP_EVENTS = 200
   var SHOW_EVENTS = 40
   var SVG = 'http://www.w3.org/2000/svg'
@@ -465,6 +465,60 @@
       }
     })
     $('empty').hidden = names.length > 0
+    renderStore(st.store, st.fleet)
+  }
+
+  // --- the store and the fleet -------------------------------------------------------
+
+  function ago (ms) {
+    var s = Math.max(0, num(ms)) / 1000
+    return s < 60 ? s.toFixed(1) + ' s ago' : Math.floor(s / 60) + ' min ago'
+  }
+
+  /** A link only for an http(s) URL: anything else a replica registered stays text. */
+  function adminLink (url) {
+    if (typeof url !== 'string' || !/^https?:\/\//i.test(url)) return text(url) || '\u2013'
+    var a = h('a', 'replica-admin', url)
+    a.href = url.replace(/\/+$/, '') + '/ui'
+    a.target = '_blank'
+    a.rel = 'noopener noreferrer'
+    return a
+  }
+
+  /** The header badge for any store; the fleet panel only for an etcd store with replicas. */
+  function renderStore (store, fleet) {
+    var badge = $('store')
+    badge.hidden = !store
+    var replicas = list(fleet && fleet.replicas)
+    $('fleet').hidden = !(store && store.kind === 'etcd' && replicas.length > 0)
+    if (!store) return
+    var etcd = store.kind === 'etcd'
+    var up = !etcd || store.connected === true
+    badge.className = 'store store-' + (etcd ? (up ? 'ok' : 'bad') : 'file')
+    badge.textContent = etcd ? 'etcd ' + (up ? 'connected' : 'unreachable') + ' \u00b7 revision ' + num(store.revision) : 'state file'
+    badge.title = text(store.where)
+    if ($('fleet').hidden) return
+    $('fleet-down').hidden = up
+    $('fleet-leader').textContent = fleet.leader ? 'leader ' + text(fleet.leader) : 'no leader'
+    $('fleet-sync').textContent = fleet.converged ? 'converged' : 'converging'
+    $('fleet-sync').className = 'fleet-sync' + (fleet.converged ? '' : ' fleet-sync-behind')
+    var top = replicas.reduce(function (m, r) { return Math.max(m, num(r && r.generation)) }, 0)
+    var body = $('replicas')
+    body.replaceChildren()
+    replicas.forEach(function (r) {
+      if (!r) return
+      var lagging = num(r.generation) < top
+      var me = r.id === fleet.id
+      var row = h('tr', 'replica' + (lagging ? ' replica-lagging' : '') + (me ? ' replica-this' : ''), [
+        h('td', 'replica-id', [text(r.id), me ? h('span', 'tag', 'this') : null]),
+        h('td', null, adminLink(r.admin)),
+        h('td', 'replica-gen', [String(num(r.generation)), lagging ? h('span', 'tag tag-lagging', 'lagging') : null]),
+        h('td', 'replica-age', ago(r.ageMs)),
+        h('td', null, r.leader ? h('span', 'tag tag-leader', 'leader') : ''),
+      ])
+      row.setAttribute('data-replica', text(r.id))
+      body.appendChild(row)
+    })
   }
 
   // --- events --------------------------------------------------------------------
@@ -492,6 +546,8 @@
       }
       case 'start':
         return 'gateway started'
+      case 'import':
+        return 'state imported at generation ' + num(ev.generation)
       default:
         return text(ev.type)
     }

@@ -1,0 +1,97 @@
+// The fleet's requests and errors per service color, as the guard on the
+// leading replica judges them: this process's own counts (live) plus what
+// every other replica last published in its record (about every second).
+
+import type { Color } from '../config/schema.js'
+import type { GuardStats } from '../health/guard.js'
+import type { ColorCounts, ReplicaRecord } from '../state/store.js'
+import type { ColorStats, OutcomeWatcher } from '../upstream/registry.js'
+
+interface Count {
+  requests: number
+  errors: number
+}
+
+/**
+ * The others' counts only ever grow here: a replica's published counts start
+ * again at zero when it restarts, and vanish when it leaves, so what is kept
+ * is the sum of each record's increases, never its current value.
+ */
+export class FleetTally {
+  private readonly selfId: string
+  private readonly others = new Map<string, Count>()
+  private last = new Map<string, ColorCounts>()
+  private readonly views = new Map<string, FleetColorStats>()
+
+  constructor (selfId: string) {
+    this.selfId = selfId
+  }
+
+  /** The replicas' records changed: add what each count grew by, then let the guards judge again. */
+  update (replicas: readonly ReplicaRecord[]): void {
+    const seen = new Map<string, ColorCounts>()
+    for (const r of replicas) {
+      if (r.id === this.selfId) continue
+      seen.set(r.id, r.counts)
+      const before = this.last.get(r.id)
+      for (const [service, colors] of Object.entries(r.counts)) {
+        for (const [color, now] of Object.entries(colors)) {
+          const was = before?.[service]?.[color as Color]
+          const sum = this.sum(`${service}/${color}`)
+          sum.requests += grownBy(was?.requests, now.requests)
+          sum.errors += grownBy(was?.errors, now.errors)
+        }
+      }
+    }
+    this.last = seen
+    for (const view of this.views.values()) view.watcher?.onOutcome()
+  }
+
+  private sum (key: string): Count {
+    let c = this.others.get(key)
+    if (c === undefined) this.others.set(key, c = { requests: 0, errors: 0 })
+    return c
+  }
+
+  /** The fleet's counts of one color, with this process's `local` stats folded in live. */
+  stats (service: string, color: Color, local: ColorStats): GuardStats {
+    const key = `${service}/${color}`
+    let view = this.views.get(key)
+    if (view === undefined || view.local !== local) this.views.set(key, view = new FleetColorStats(local, this.sum(key)))
+    return view
+  }
+}
+
+/** A count that went down belongs to a restarted replica: all of it is new. */
+function grownBy (was: number | undefined, now: number): number {
+  return was === undefined || now < was ? now : now - was
+}
+
+/** Sums one color's counts; a guard watching it hears this process's outcomes at once and the others' at each record. */
+class FleetColorStats implements GuardStats {
+  readonly local: ColorStats
+  private readonly others: Count
+  private watching: OutcomeWatcher | undefined
+
+  constructor (local: ColorStats, others: Count) {
+    this.local = local
+    this.others = others
+  }
+
+  get requests (): number {
+    return this.local.requests + this.others.requests
+  }
+
+  get errors (): number {
+    return this.local.errors + this.others.errors
+  }
+
+  get watcher (): OutcomeWatcher | undefined {
+    return this.watching
+  }
+
+  set watcher (w: OutcomeWatcher | undefined) {
+    this.watching = w
+    this.local.watcher = w
+  }
+}
