@@ -41,7 +41,7 @@ export class FileStateStore {
     } catch (err) {
       throw new StateFileError(this.file, `not valid JSON (${(err as Error).message})`)
     }
-    return parseState(raw, this.file)
+    return parseStateDocument(raw, this.file)
   }
 
   /**
@@ -104,7 +104,11 @@ function isAlive (pid: number): boolean {
   }
 }
 
-function parseState (raw: unknown, file: string): PersistedState {
+/**
+ * Validates a parsed state document (the file's JSON, or an etcd value):
+ * anything off throws a StateFileError naming `file` (a path, or where the value lives) and the field.
+ */
+export function parseStateDocument (raw: unknown, file: string): PersistedState {
   const bad = (what: string): never => { throw new StateFileError(file, what) }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) bad('not a JSON object')
   const obj = raw as Record<string, unknown>
