@@ -304,3 +304,29 @@ t.test('wrong credentials fail the load at once; right ones work', async (t) => 
   t.same(await right.load(), { state: undefined, revision: 0 })
   t.ok(await commitNext(right, 1, 0) > 0)
 })
+
+t.test('fleet: etcd down past the lease TTL drops the lead; once back, replicas re-register and one leads', async (t) => {
+  const etcd = await startEtcd(t)
+  const prefix = freshPrefix()
+  const fleets = await Promise.all(['a', 'b'].map(async (id) => {
+    const store = open(t, etcd.endpoint, prefix, id)
+    const { revision } = await store.load()
+    store.watch(revision, () => {})
+    const fleet = new EtcdFleet(store, { id, advertise: null, leaseTtl: 2000 })
+    await fleet.join()
+    return fleet
+  }))
+  await eventually(() => fleets.filter((f) => f.isLeader).length === 1 && fleets.every((f) => f.replicas().length === 2))
+  const leader = fleets.find((f) => f.isLeader) as EtcdFleet
+  const lead: boolean[] = []
+  leader.onLeadership((leading) => lead.push(leading))
+  const down = Date.now()
+  await etcd.stop()
+  await eventually(() => !leader.isLeader, { timeout: 3000 })
+  t.ok(Date.now() - down < 2000, 'the lead goes before the lease could have expired')
+  t.same(lead, [false])
+  await new Promise((resolve) => setTimeout(resolve, 2500))
+  await etcd.start()
+  await eventually(() => fleets.filter((f) => f.isLeader).length === 1 && fleets.every((f) => f.replicas().length === 2 && f.leader() !== null), { timeout: 8000 })
+  t.equal(fleets[0].leader(), fleets[1].leader())
+})
