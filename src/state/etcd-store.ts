@@ -118,6 +118,7 @@ export class EtcdStore implements StateStore {
   private noiseWrites: Promise<void> = Promise.resolve()
   private noiseSeq = 0
   private connected = false
+  private everConnected = false
   /** The revision of the last state applied: loaded, committed here, or delivered by the watch. */
   private delivered = 0
   /** The last full read of the prefix: its revision, and the state's revision in it. */
@@ -413,10 +414,15 @@ export class EtcdStore implements StateStore {
     }
   }
 
+  /** Logs each change after the first connection (which the start, or a CLI's answer, speaks for). */
   private setConnected (up: boolean): void {
     if (up === this.connected) return
     this.connected = up
-    log(up ? 'info' : 'warn', up ? 'etcd reachable' : 'etcd unreachable', { where: this.where })
+    if (up && !this.everConnected) {
+      this.everConnected = true
+      return
+    }
+    log(up ? 'info' : 'warn', up ? 'etcd reachable again' : 'etcd unreachable: serving on the last state, changes are refused', { where: this.where })
   }
 
   /** Checks connectivity about every second, so a silent etcd shows as disconnected and a returning one as connected. */
