@@ -35,8 +35,8 @@ const USAGE = `usage: switchyard <command> [options]
                                       --workers: N processes share the listener)
   validate FILE                       check a config file; prints OK or every error
   status [--watch] [--interval MS]    services, live colors, targets, guard; the store and the fleet
-  flip [SERVICE...] [--to COLOR] [--force] [--reason TEXT] [--if-generation N]
-  rollback [SERVICE...] [--reason TEXT] [--if-generation N]
+  flip [SERVICE...] [--to COLOR] [--force] [--reason TEXT] [--if-generation N] [--wait-fleet [--wait-timeout D]]
+  rollback [SERVICE...] [--reason TEXT] [--if-generation N] [--wait-fleet [--wait-timeout D]]
   targets SERVICE COLOR URL... [--force] [--reason TEXT]
   drain SERVICE [--color COLOR] [--wait] [--timeout DURATION]
   reload                              re-read the config file (as SIGHUP does)
@@ -292,13 +292,33 @@ function printChanges (io: Io, result: Record<string, unknown>, json: boolean): 
     return 0
   }
   const changes = result.changes as Array<{ service: string, from: string, to: string }>
-  if (changes.length === 0) {
-    io.out(`no change (generation ${String(result.generation)})`)
+  if (changes.length === 0) io.out(`no change (generation ${String(result.generation)})`)
+  else io.out(table([['SERVICE', 'FROM', 'TO'], ...changes.map((c) => [c.service, c.from, c.to])]) + `\ngeneration ${String(result.generation)}`)
+  return printFleetWait(io, result)
+}
+
+/** After --wait-fleet: whether every replica applied the change. Exit 3: committed, but not everywhere yet. */
+function printFleetWait (io: Io, result: Record<string, unknown>): number {
+  const fleet = result.fleet as { converged: boolean, lagging: string[] } | undefined
+  if (fleet === undefined) return 0
+  if (fleet.converged) {
+    io.out('every replica has applied it')
     return 0
   }
-  io.out(table([['SERVICE', 'FROM', 'TO'], ...changes.map((c) => [c.service, c.from, c.to])]) + `\ngeneration ${String(result.generation)}`)
-  return 0
+  io.err(`committed, but not yet applied by ${fleet.lagging.join(', ')} when the wait ended`)
+  return 3
 }
+
+/** --wait-fleet [--wait-timeout DURATION] as body fields. */
+function waitFields (values: Record<string, string | boolean | undefined>): Record<string, unknown> {
+  if (values['wait-fleet'] !== true) {
+    if (values['wait-timeout'] !== undefined) throw new CliError('--wait-timeout goes with --wait-fleet', 2)
+    return {}
+  }
+  return { wait: 'fleet', ...(values['wait-timeout'] === undefined ? {} : { waitTimeout: values['wait-timeout'] }) }
+}
+
+const WAIT_OPTIONS = { 'wait-fleet': { type: 'boolean' }, 'wait-timeout': { type: 'string' } } as const
 
 function integer (value: string | boolean | undefined, flag: string): number | undefined {
   if (value === undefined) return undefined
@@ -309,9 +329,10 @@ function integer (value: string | boolean | undefined, flag: string): number | u
 }
 
 async function flip (argv: string[], io: Io): Promise<number> {
-  const { values, positionals } = args(argv, { to: { type: 'string' }, force: { type: 'boolean' }, reason: { type: 'string' }, 'if-generation': { type: 'string' } })
+  const { values, positionals } = args(argv, { to: { type: 'string' }, force: { type: 'boolean' }, reason: { type: 'string' }, 'if-generation': { type: 'string' }, ...WAIT_OPTIONS })
   if (values.to !== undefined && !isColor(values.to)) throw new CliError('--to must be blue or green', 2)
   const body = {
+    ...waitFields(values),
     ...(positionals.length > 0 ? { services: positionals } : {}),
     ...(values.to === undefined ? {} : { to: values.to }),
     ...(values.force === true ? { force: true } : {}),
@@ -322,8 +343,9 @@ async function flip (argv: string[], io: Io): Promise<number> {
 }
 
 async function rollback (argv: string[], io: Io): Promise<number> {
-  const { values, positionals } = args(argv, { reason: { type: 'string' }, 'if-generation': { type: 'string' } })
+  const { values, positionals } = args(argv, { reason: { type: 'string' }, 'if-generation': { type: 'string' }, ...WAIT_OPTIONS })
   const body = {
+    ...waitFields(values),
     ...(positionals.length > 0 ? { services: positionals } : {}),
     ...(values.reason === undefined ? {} : { reason: values.reason }),
     ...(values['if-generation'] === undefined ? {} : { ifGeneration: integer(values['if-generation'], 'if-generation') }),

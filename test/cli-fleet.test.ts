@@ -240,7 +240,7 @@ t.test('state: usage errors exit 2', async (t) => {
   t.match((await cli(['--help'])).out, /state export \[--config FILE\] \[--out FILE\][\s\S]*state import FILE --config FILE/)
 })
 
-t.test('a file store moves into etcd and back', { todo: 'needs the etcd store behind openStore (src/state/open.ts is a stub on this branch)' }, async (t) => {
+t.test('a file store moves into etcd and back', async (t) => {
   const etcd = await startEtcd(t)
   const source = fileStoreConfig(t)
   await new FileStateStore(source.stateFile).save(SAVED)
@@ -256,4 +256,31 @@ t.test('a file store moves into etcd and back', { todo: 'needs the etcd store be
   t.equal(out.code, 0, out.err)
   t.equal((await cli(['state', 'import', join(dir, 'b.json'), '--config', back.config])).code, 0)
   t.strictSame((await new FileStateStore(back.stateFile).load())?.services, SAVED.services)
+})
+
+t.test('flip --wait-fleet asks the server to wait for the fleet: exit 0 when every replica applied it, 3 naming the laggards when not', async (t) => {
+  const bodies: unknown[] = []
+  let fleet = { converged: true, lagging: [] as string[] }
+  const server = http.createServer((req, res) => {
+    let text = ''
+    req.on('data', (c: Buffer) => { text += c.toString() })
+    req.on('end', () => {
+      bodies.push(JSON.parse(text))
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(JSON.stringify({ generation: 8, changes: [{ service: 'users', from: 'blue', to: 'green' }], fleet }))
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => await new Promise<void>((resolve) => server.close(() => resolve())))
+  const env = { SWITCHYARD_ADMIN_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}` }
+
+  const ok = await cli(['flip', '--wait-fleet'], env)
+  t.equal(ok.code, 0, ok.err)
+  t.match(ok.out, /every replica has applied it/)
+  fleet = { converged: false, lagging: ['gw-c'] }
+  const late = await cli(['rollback', 'users', '--wait-fleet', '--wait-timeout', '2s'], env)
+  t.equal(late.code, 3)
+  t.match(late.err, /committed, but not yet applied by gw-c/)
+  t.strictSame(bodies, [{ wait: 'fleet' }, { wait: 'fleet', waitTimeout: '2s', services: ['users'] }])
+  t.equal((await cli(['flip', '--wait-timeout', '2s'], env)).code, 2, '--wait-timeout alone is a usage error')
 })

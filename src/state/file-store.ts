@@ -104,7 +104,10 @@ function isAlive (pid: number): boolean {
   }
 }
 
-/** A state document (the file's JSON, an etcd value, an import) checked by the state file's rules; `file` names it in errors. */
+/**
+ * Validates a parsed state document (the file's JSON, or an etcd value):
+ * anything off throws a StateFileError naming `file` (a path, or where the value lives) and the field.
+ */
 export function parseStateDocument (raw: unknown, file: string): PersistedState {
   const bad = (what: string): never => { throw new StateFileError(file, what) }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) bad('not a JSON object')

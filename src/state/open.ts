@@ -3,18 +3,20 @@
 
 import { dirname, join } from 'node:path'
 import type { Config } from '../config/schema.js'
+import { EtcdFleet } from './etcd-fleet.js'
+import { EtcdStore } from './etcd-store.js'
 import { EventLog } from './events.js'
 import { FileStateStore } from './file-store.js'
 import { LocalFleet, LocalStore } from './local-store.js'
 import type { Fleet, StateStore } from './store.js'
 
 export function openStore (config: Config): StateStore {
-  if (config.state.etcd !== undefined) throw new Error('state.etcd: the etcd store is not built yet')
+  if (config.state.etcd !== undefined) return new EtcdStore(config.state.etcd, { replicaId: config.fleet.id })
   return new LocalStore(new FileStateStore(config.state.file), new EventLog(join(dirname(config.state.file), 'events.jsonl')))
 }
 
 /** The fleet this replica belongs to through `store`: a fleet of one for the file store. */
 export function openFleet (config: Config, store: StateStore): Fleet {
-  if (store.kind === 'etcd') throw new Error('state.etcd: the etcd fleet is not built yet')
+  if (store instanceof EtcdStore) return new EtcdFleet(store, config.fleet)
   return new LocalFleet(config.fleet.id)
 }
