@@ -183,6 +183,8 @@ t.test('a replica restarted after a flip it missed comes up on the flipped color
   const s = await stateOf(again)
   t.equal(s.generation, flip.json.generation)
   t.equal(s.services.svc.live, 'green')
+  const flipOnB = (await eventsOf(b, 'flip')).find((e) => e.generation === flip.json.generation)
+  t.same((await eventsOf(again, 'flip')).find((e) => e.generation === flip.json.generation), flipOnB, 'A lists the flip it missed, id and all')
   await eventually(async () => await fleetFormed([again, b, c]), { timeout: 8000 })
 })
 
@@ -220,6 +222,8 @@ t.test('etcd stopped under load: no request fails, writes get 503, and the fleet
   await eventually(async () => (await Promise.all(replicas.map(stateOf))).every((s) => s.store.connected === true), { timeout: 10_000 })
   t.comment(`all three connected again ${(performance.now() - back).toFixed(0)} ms after etcd listened`)
   for (const r of replicas) t.equal(await metricOf(r, 'switchyard_store_up'), 1, `${r.id}: switchyard_store_up 1`)
+  await eventually(async () => await fleetFormed(replicas), { timeout: 8000 })
+  t.pass('the three are registered again, with a leader')
   const flip = await admin(c.adminUrl, 'POST', '/v1/flip', {})
   t.equal(flip.status, 200, `the next flip works: ${flip.text}`)
   const states = await settled(replicas, 'green')
@@ -292,6 +296,33 @@ t.test('the guard leader killed mid-window: another replica takes over and rever
     t.equal(await servedBy(r), 'blue', `${r.id} serves blue again`)
   }
   await eventually(async () => (await stateOf(c)).fleet.replicas.length === 2, { timeout: 5000 })
+})
+
+t.test('wait: "fleet" names a replica that died without leaving, until its lease is gone', { timeout: SCENARIO_MS }, async (t) => {
+  const etcd = await startEtcd(t)
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  const prefix = freshPrefix()
+  const services = serviceYaml('svc', '/', [blue], [green])
+  const k = await startChildReplica(t, etcd.endpoint, prefix, 'k', services)
+  const b = await startReplica(t, etcd.endpoint, prefix, 'b', services)
+  await eventually(async () => await fleetFormed([k, b]), { timeout: 8000 })
+  k.proc.kill('SIGKILL')
+  await k.proc.exit
+  const killed = performance.now()
+
+  const sent = performance.now()
+  const lagging = await admin(b.adminUrl, 'POST', '/v1/flip', { wait: 'fleet', waitTimeout: '1s' })
+  const took = performance.now() - sent
+  t.equal(lagging.status, 200, lagging.text)
+  t.equal(lagging.json.changes.length, 1, 'the flip is made: the dead replica only cannot confirm it')
+  t.same(lagging.json.fleet, { converged: false, lagging: ['k'] }, 'the answer names the dead replica')
+  t.ok(took >= 900 && took < 3000, `answered at the waitTimeout (${took.toFixed(0)} ms)`)
+
+  await eventually(async () => (await stateOf(b)).fleet.replicas.length === 1, { timeout: 5000 })
+  t.comment(`k left the fleet ${(performance.now() - killed).toFixed(0)} ms after its SIGKILL (lease 2000 ms)`)
+  const converged = await admin(b.adminUrl, 'POST', '/v1/flip', { wait: 'fleet', waitTimeout: '1s' })
+  t.same(converged.json.fleet, { converged: true, lagging: [] }, 'with its lease gone, the fleet is b alone and converged')
 })
 
 t.test('a gateway that cannot reach etcd exits non-zero, naming the endpoint', { timeout: SCENARIO_MS }, async (t) => {
