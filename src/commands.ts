@@ -482,7 +482,7 @@ async function stateImport (argv: string[], io: Io): Promise<number> {
   const imported = parseDocument(text, file)
   const opts = { force: values.force === true, reason: (values.reason as string | undefined) ?? null, actor: `cli:${io.env.USER ?? 'unknown'}` }
   const { where, result } = await withStore(config, async (store) => ({ where: store.where, result: await importState(store, config, imported, opts) }))
-  const was = result.before === undefined ? 'it held no state' : `it was at generation ${result.before}`
+  const was = result.before === undefined ? 'it held no readable state' : `it was at generation ${result.before}`
   io.out(`imported generation ${result.generation} into ${where} (${was})`)
   return 0
 }

@@ -48,6 +48,8 @@ export class Controller {
   /** The fleet's summed counts the guard judges; undefined for a fleet of one, whose guard reads this process's counts. */
   private readonly tally: FleetTally | undefined
   private readonly fleetWaiters = new Set<() => void>()
+  /** The newest change from the fleet that did not fit this replica's config, kept for a reload that fixes it. */
+  private unfit: StoreChange | undefined
   private readonly health: HealthDeps
   private readonly guards: Guards
   private readonly drains: Drains
@@ -240,22 +242,24 @@ export class Controller {
    * replica has already applied is recognized by its revision. A state that
    * does not fit this replica's config is logged and not applied: the
    * replica shows as lagging in the fleet view, and its writes are refused
-   * until its config is fixed.
+   * until a reload brings a config it fits (`config`: the one being loaded).
    */
-  private applyChange (change: StoreChange): void {
+  private applyChange (change: StoreChange, config = this.config): void {
     if (change.revision <= this.revision) return
-    const next = withConfigServices(change.state, this.config)
+    const next = withConfigServices(change.state, config)
     const changes = colorChangesBetween(this.state, next)
     const holds = this.drains.holds()
     let snapshot: Snapshot
     try {
-      snapshot = buildSnapshot(this.config, { ...next, sticky: holds }, this.registry)
+      snapshot = buildSnapshot(config, { ...next, sticky: holds }, this.registry)
     } catch (err) {
-      log('error', 'a change from the fleet does not fit this replica\'s config; it stays on its generation', { where: this.store.where, generation: this.state.generation, offered: change.state.generation, error: (err as Error).message })
+      this.unfit = change
+      log('error', 'a change from the fleet does not fit this replica\'s config; it stays on its generation until a reload brings one it fits', { where: this.store.where, generation: this.state.generation, offered: change.state.generation, error: (err as Error).message })
       return
     }
+    this.unfit = undefined
     const event = change.event
-    this.install(next, this.config, snapshot, holds, changes, event?.type === 'flip')
+    this.install(next, config, snapshot, holds, changes, event?.type === 'flip')
     this.revision = change.revision
     this.guards.end(changes.map((c) => c.service))
     if (event?.type === 'flip' && event.guard !== false && this.fleet.isLeader) this.guards.start(this.config, changes, event.id)
@@ -350,6 +354,8 @@ export class Controller {
       if (added.length + removed.length + updated.length === 0 && !tokenChanged && !hostsChanged) {
         return { generation: this.state.generation, changed: false, added, removed, updated }
       }
+      // A fleet change the running config could not take may fit the new one: it goes in first, the reload on top.
+      if (this.unfit !== undefined) this.applyChange(this.unfit, config)
       const next = planReload(added, this.state, config)
       await this.commit(next, { type: 'reload', reason: null, actor, added, removed, updated, ...(tokenChanged ? { adminToken: 'changed' } : {}), ...(hostsChanged ? { allowedHosts: config.admin.allowedHosts } : {}) }, false, config)
       this.guards.end(removed)

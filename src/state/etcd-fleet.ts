@@ -1,7 +1,7 @@
 // A fleet on etcd: each replica registers its record under a lease it keeps alive,
 // and the replica whose lease holds P/leader leads (runs the guard) until it leaves or its lease lapses.
 
-import type { Lease } from 'etcd3'
+import { EtcdLeaseInvalidError, type Lease } from 'etcd3'
 import type { FleetConfig } from '../config/schema.js'
 import { log } from '../log.js'
 import type { EtcdStore } from './etcd-store.js'
@@ -13,6 +13,8 @@ const TICK_MS = 250
 const RECORD_MS = 1000
 /** A leader whose lease was last renewed longer than its TTL less this ago stops leading. */
 const STALE_MARGIN_MS = 500
+/** The lease is renewed this many times per TTL. */
+const KEEPALIVES_PER_TTL = 4
 
 /**
  * This replica in a fleet sharing an EtcdStore's client and watch. The
@@ -28,6 +30,7 @@ export class EtcdFleet implements Fleet {
   private leaseId: string | undefined
   private lastKeepAlive = 0
   private registering = false
+  private renewing = false
   private campaigning = false
   private leading = false
   private applied: Pick<ReplicaRecord, 'generation' | 'revision'> = { generation: 0, revision: 0 }
@@ -107,9 +110,8 @@ export class EtcdFleet implements Fleet {
     if (this.registering || this.lease !== undefined || this.timer === undefined) return
     this.registering = true
     try {
-      const lease = this.store.client.lease(this.ttlMs / 1000)
-      lease.on('keepaliveSucceeded', () => { this.lastKeepAlive = Date.now() })
-      lease.on('lost', () => { if (this.lease === lease) this.dropLease() })
+      // Kept alive from this fleet's own tick: etcd3's keepalive loop can leave a timer behind after a partition.
+      const lease = this.store.client.lease(this.ttlMs / 1000, { autoKeepAlive: false })
       const id = await lease.grant()
       if (this.timer === undefined) {
         lease.release()
@@ -127,6 +129,21 @@ export class EtcdFleet implements Fleet {
     } finally {
       this.registering = false
     }
+  }
+
+  /** Renews the lease, one renewal at a time; a lease etcd no longer has is dropped (the next tick registers anew). */
+  private keepAlive (lease: Lease): void {
+    if (this.renewing) return
+    this.renewing = true
+    lease.keepaliveOnce({ deadline: Date.now() + this.ttlMs / KEEPALIVES_PER_TTL })
+      .then((res) => {
+        if (this.lease !== lease) return
+        if (Number(res.TTL) > 0) this.lastKeepAlive = Date.now()
+        else this.dropLease()
+      }, (err: Error) => {
+        if (this.lease === lease && err instanceof EtcdLeaseInvalidError) this.dropLease()
+      })
+      .finally(() => { this.renewing = false })
   }
 
   /** The lease is gone (or cannot be trusted): no more leading; the next tick registers anew. */
@@ -166,6 +183,7 @@ export class EtcdFleet implements Fleet {
       void this.register()
       return
     }
+    if (Date.now() - this.lastKeepAlive >= this.ttlMs / KEEPALIVES_PER_TTL) this.keepAlive(this.lease)
     if (Date.now() - this.written.at >= RECORD_MS) this.writeRecord()
     if (this.store.leaderKey === null) void this.campaign()
   }

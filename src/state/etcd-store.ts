@@ -25,6 +25,8 @@ const CALL_MS = 2500
 const RETRY_MS = 500
 /** How often connectivity is checked (and how long the check may take). */
 const PROBE_MS = 1000
+/** What to do about a state in etcd that cannot be read. */
+const ETCD_REMEDY = 'Write a good one with `switchyard state import`; it is never replaced by defaults.'
 
 /** A replica record as the store last read it, with the lease it lives under. */
 export interface ReplicaEntry {
@@ -187,6 +189,8 @@ export class EtcdStore implements StateStore {
    */
   private async readAll (timeoutMs = CALL_MS): Promise<FullRead> {
     const res: IRangeResponse = await this.client.getAll().prefix(this.key('')).options({ deadline: Date.now() + timeoutMs }).exec()
+    // etcd answered, whatever the values turn out to hold.
+    this.setConnected(true)
     let state: PersistedState | undefined
     let stateRevision = 0
     this.replicaMap.clear()
@@ -214,9 +218,9 @@ export class EtcdStore implements StateStore {
     try {
       raw = JSON.parse(kv.value.toString())
     } catch (err) {
-      throw new StateFileError(where, `not valid JSON (${(err as Error).message})`)
+      throw new StateFileError(where, `not valid JSON (${(err as Error).message})`, ETCD_REMEDY)
     }
-    return parseStateDocument(raw, where)
+    return parseStateDocument(raw, where, ETCD_REMEDY)
   }
 
   /**
@@ -279,12 +283,20 @@ export class EtcdStore implements StateStore {
     }
   }
 
+  /**
+   * The transaction. When another commit got in first, the else branch
+   * reads the state that won and the newest change event (written in the
+   * same transaction as that state), so the replica applies it as it would
+   * from the watch: a flip as a flip (its guard, its sticky sessions).
+   */
   private async commitTxn (stateKey: string, stored: NewEvent & { time: string }, apply: (event: SwitchyardEvent) => void, ops: Array<PutBuilder | DeleteBuilder>, base: number): Promise<number> {
+    // A silent etcd would hold every queued change for the whole deadline in turn: while the probe says it is gone, refuse at once.
+    if (!this.connected) throw storeUnavailable(`etcd at ${this.endpoints} is unreachable; nothing changed`)
     let res
     try {
       res = await this.client.if(stateKey, 'Mod', '==', base)
         .then(...ops)
-        .else(this.client.get(stateKey))
+        .else(this.client.get(stateKey), this.client.getAll().prefix(this.key('events/')).sort('Key', 'Descend').limit(1))
         .options({ deadline: Date.now() + CALL_MS })
         .commit()
     } catch (err) {
@@ -295,7 +307,15 @@ export class EtcdStore implements StateStore {
     if (!res.succeeded) {
       const kv = res.responses[0]?.response_range?.kvs[0]
       if (kv === undefined) throw new SwitchyardError('state_write_failed', `etcd key ${stateKey} was deleted by someone else; nothing changed`, {})
-      throw new StoreConflict({ state: this.parseState(kv), revision: Number(kv.mod_revision) })
+      let state: PersistedState
+      try {
+        state = this.parseState(kv)
+      } catch (err) {
+        throw new SwitchyardError('state_write_failed', `${(err as Error).message} Nothing changed`, {})
+      }
+      const evKv = res.responses[1]?.response_range?.kvs[0]
+      const event = evKv === undefined || evKv.mod_revision !== kv.mod_revision ? undefined : this.parseEvent(evKv)
+      throw new StoreConflict({ state, revision: Number(kv.mod_revision), ...(event === undefined ? {} : { event }) })
     }
     const ev: SwitchyardEvent = { ...stored, id: revision }
     this.changes.add(ev)
@@ -403,7 +423,9 @@ export class EtcdStore implements StateStore {
         const read = await this.readAll()
         if (read.state !== undefined && read.stateRevision > this.delivered) {
           this.delivered = read.stateRevision
-          this.onChange?.({ state: read.state, revision: read.stateRevision })
+          // Its change event was written with it, and the read put it in the ring.
+          const event = this.changes.items.find((e) => e.id === read.stateRevision)
+          this.onChange?.({ state: read.state, revision: read.stateRevision, ...(event === undefined ? {} : { event }) })
         }
         this.startWatch(read.revision)
         return

@@ -12,9 +12,13 @@ export interface PersistedState extends RoutingState {
   lastChange: string[]
 }
 
+/** What to do about a state file that cannot be read. */
+const FILE_REMEDY = 'Fix or move it away; it is never replaced by defaults'
+
+/** A stored state that cannot be read: `where` names what holds it (a state file, an etcd key, an import file). */
 export class StateFileError extends Error {
-  constructor (file: string, problem: string) {
-    super(`state file ${file}: ${problem}. Fix or move it away; it is never replaced by defaults`)
+  constructor (where: string, problem: string, remedy = FILE_REMEDY) {
+    super(`${where}: ${problem}.${remedy === '' ? '' : ` ${remedy}`}`)
     this.name = 'StateFileError'
   }
 }
@@ -33,15 +37,15 @@ export class FileStateStore {
       text = await readFile(this.file, 'utf8')
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-      throw new StateFileError(this.file, `cannot read: ${(err as Error).message}`)
+      throw new StateFileError(`state file ${this.file}`, `cannot read: ${(err as Error).message}`)
     }
     let raw: unknown
     try {
       raw = JSON.parse(text)
     } catch (err) {
-      throw new StateFileError(this.file, `not valid JSON (${(err as Error).message})`)
+      throw new StateFileError(`state file ${this.file}`, `not valid JSON (${(err as Error).message})`)
     }
-    return parseStateDocument(raw, this.file)
+    return parseStateDocument(raw, `state file ${this.file}`)
   }
 
   /**
@@ -108,8 +112,8 @@ function isAlive (pid: number): boolean {
  * Validates a parsed state document (the file's JSON, or an etcd value):
  * anything off throws a StateFileError naming `file` (a path, or where the value lives) and the field.
  */
-export function parseStateDocument (raw: unknown, file: string): PersistedState {
-  const bad = (what: string): never => { throw new StateFileError(file, what) }
+export function parseStateDocument (raw: unknown, where: string, remedy = FILE_REMEDY): PersistedState {
+  const bad = (what: string): never => { throw new StateFileError(where, what, remedy) }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) bad('not a JSON object')
   const obj = raw as Record<string, unknown>
   if (obj.version !== 1) bad(`unsupported version ${JSON.stringify(obj.version)} (expected 1)`)

@@ -3,7 +3,7 @@
 // running gateway, so a file store's state can move into etcd and back.
 
 import type { Config } from '../config/schema.js'
-import { parseStateDocument, type PersistedState } from './file-store.js'
+import { parseStateDocument, StateFileError, type PersistedState } from './file-store.js'
 import type { StateStore } from './store.js'
 
 /** The document export writes and import reads: the state file's format (version 1). */
@@ -26,7 +26,7 @@ export function parseDocument (text: string, where: string): PersistedState {
   } catch (err) {
     throw new Error(`${where}: not valid JSON (${(err as Error).message})`)
   }
-  return parseStateDocument(raw, where)
+  return parseStateDocument(raw, where, '')
 }
 
 export interface ImportOptions {
@@ -49,8 +49,18 @@ export async function importState (store: StateStore, config: Config, state: Per
     throw new Error(`${named} does not define ${unknown.length === 1 ? 'service' : 'services'} ${unknown.join(', ')}; nothing imported (--force imports ${unknown.length === 1 ? 'it' : 'them'} anyway)`)
   }
   // Read first: it connects (etcd: with a bounded retry and an error naming the endpoint) before anything is written.
-  const { state: before } = await store.load()
-  await store.replace(state, { type: 'import', generation: 0, reason: opts.reason, actor: opts.actor })
-  const { state: after } = await store.load()
-  return { before: before?.generation, generation: after?.generation ?? state.generation }
+  // A stored state that cannot be read is what an import may be repairing: only reaching the store counts.
+  const before = await readable(store)
+  const generation = await store.replace(state, { type: 'import', generation: 0, reason: opts.reason, actor: opts.actor })
+  return { before: before?.generation, generation: (await readable(store))?.generation ?? generation }
+}
+
+/** The store's state; undefined when it holds none, or one that does not pass the state file's rules. */
+async function readable (store: StateStore): Promise<PersistedState | undefined> {
+  try {
+    return (await store.load()).state
+  } catch (err) {
+    if (err instanceof StateFileError) return undefined
+    throw err
+  }
 }
