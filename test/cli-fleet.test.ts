@@ -184,7 +184,7 @@ t.test('state import into an empty file store; state export of an empty one exit
   writeFileSync(file, JSON.stringify({ version: 1, ...SAVED }))
   const res = await cli(['state', 'import', file, '--config', empty.config])
   t.equal(res.code, 0, res.err)
-  t.match(res.out, /^imported generation \d+ into state file .* \(it held no state\)$/)
+  t.match(res.out, /^imported generation \d+ into state file .* \(it held no readable state\)$/)
   t.strictSame((await new FileStateStore(empty.stateFile).load())?.services, SAVED.services)
 })
 

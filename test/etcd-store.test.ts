@@ -177,7 +177,7 @@ t.test('etcd store', async (t) => {
     t.equal(seen.length, 1, 'one change: the latest state')
     t.equal(seen[0].revision, rev)
     t.equal(seen[0].state.generation, 3)
-    t.equal(seen[0].event, undefined, 'a full re-read has no event to offer')
+    t.match(seen[0].event, { id: rev, generation: 3 }, 'with the change event written with it')
     t.equal(b.events.list().length, 3, 'the events come from the re-read')
     const next = await commitNext(a, 4, rev)
     await eventually(() => seen.length === 2)
