@@ -11,7 +11,7 @@ import { startDemoBackends, stopDemoBackends, type DemoBackend } from './demo.js
 import { Gateway } from './gateway.js'
 import { runWorker, WorkerPool } from './listen/worker-pool.js'
 import { log } from './log.js'
-import { openStore } from './state/open.js'
+import { openState } from './state/open.js'
 import type { StateStore } from './state/store.js'
 import { exportState, importState, parseDocument } from './state/transfer.js'
 
@@ -442,7 +442,7 @@ async function state (argv: string[], io: Io): Promise<number> {
 
 /** Runs `fn` on the store the config names and closes it whatever happens: an open etcd client keeps the process alive. */
 async function withStore<T> (config: Config, fn: (store: StateStore) => Promise<T>): Promise<T> {
-  const store = openStore(config)
+  const { store } = await openState(config)
   try {
     return await fn(store)
   } finally {

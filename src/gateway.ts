@@ -14,7 +14,7 @@ import { Prober } from './health/prober.js'
 import { SmokeRunner } from './health/smoke.js'
 import { LocalListener } from './listen/local.js'
 import { closeGracefully, listen, originOf, type PublicListener } from './listen/public-listener.js'
-import { openFleet, openStore } from './state/open.js'
+import { openState } from './state/open.js'
 import type { StateStore } from './state/store.js'
 import { TargetRegistry } from './upstream/registry.js'
 
@@ -54,9 +54,8 @@ export class Gateway {
   }
 
   async start (): Promise<void> {
-    const store = openStore(this.config)
+    const { store, fleet } = await openState(this.config)
     this.store = store
-    const fleet = openFleet(this.config, store)
     this.registry.observers.remote = this.listener.remote
     this.controller = await Controller.create(this.config, this.registry, store, fleet, {
       prober: this.prober,

@@ -11,7 +11,7 @@ import { importState } from '../src/state/transfer.js'
 import { parseConfig } from '../src/config/load.js'
 import type { PersistedState } from '../src/state/file-store.js'
 import { admin, configFile, eventually, http1, listening, serve, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
-import { startEtcd } from './helpers/etcd.js'
+import { startEtcd, type EtcdServer } from './helpers/etcd.js'
 
 t.setTimeout(Number(process.env.FLEET_TIMEOUT ?? 240_000))
 
@@ -88,6 +88,13 @@ class Partition {
 /** Backends for one service: blue and green, each answering its name. */
 async function colors (t: Test, name = 'x'): Promise<{ b: Backend, g: Backend }> {
   return { b: await startBackend(t, `${name}-blue`), g: await startBackend(t, `${name}-green`) }
+}
+
+/** A real etcd, a fresh prefix, and the YAML of one service `api` on a blue and a green backend: where most attacks start. */
+async function apiFleet (t: Test): Promise<{ etcd: EtcdServer, prefix: string, svc: string }> {
+  const etcd = await startEtcd(t)
+  const { b, g } = await colors(t)
+  return { etcd, prefix: freshPrefix(), svc: serviceYaml('api', '/api', [b], [g]) }
 }
 
 t.test('lost updates: concurrent flips, rollbacks and targets on 3 replicas converge on etcd, one event per generation, every 200 a real commit', async (t) => {
@@ -176,10 +183,7 @@ t.test('a follower\'s flip that the leader learns from a lost race (not the watc
 })
 
 t.test('etcd stopped: traffic flows, /readyz 200, /v1/state says so, three concurrent writes each get 503 within 3 s; after restart they work and replicas catch up', async (t) => {
-  const etcd = await startEtcd(t)
-  const prefix = freshPrefix()
-  const { b, g } = await colors(t)
-  const svc = serviceYaml('api', '/api', [b], [g])
+  const { etcd, prefix, svc } = await apiFleet(t)
   const a = await startGateway(t, top(etcd.endpoint, prefix, 'a') + svc)
   const bgw = await startGateway(t, top(etcd.endpoint, prefix, 'b') + svc)
   await ready(a)
@@ -288,10 +292,7 @@ t.test('wait: "fleet" with a replica that stopped applying (record alive): times
 })
 
 t.test('a state in etcd that is not JSON, or of a bad shape: running replicas keep serving on the last state and log it; a starting replica exits naming the key', async (t) => {
-  const etcd = await startEtcd(t)
-  const prefix = freshPrefix()
-  const { b, g } = await colors(t)
-  const svc = serviceYaml('api', '/api', [b], [g])
+  const { etcd, prefix, svc } = await apiFleet(t)
   const a = await startGateway(t, top(etcd.endpoint, prefix, 'a') + svc)
   await ready(a)
   const child = serve(t, ['serve', '--config', configFile(t, top(etcd.endpoint, prefix, 'kid') + svc)])
@@ -312,10 +313,7 @@ t.test('a state in etcd that is not JSON, or of a bad shape: running replicas ke
 })
 
 t.test('state import repairs an unreadable state in etcd: every running replica applies it', async (t) => {
-  const etcd = await startEtcd(t)
-  const prefix = freshPrefix()
-  const { b, g } = await colors(t)
-  const svc = serviceYaml('api', '/api', [b], [g])
+  const { etcd, prefix, svc } = await apiFleet(t)
   const a = await startGateway(t, top(etcd.endpoint, prefix, 'a') + svc)
   await ready(a)
   t.equal((await admin(a.adminUrl, 'POST', '/v1/flip', {})).status, 200)
@@ -344,10 +342,7 @@ t.test('a write on a replica while etcd holds an unreadable state answers a code
 })
 
 t.test('state import into a running fleet: a lower generation lands one above the current, every replica applies it', async (t) => {
-  const etcd = await startEtcd(t)
-  const prefix = freshPrefix()
-  const { b, g } = await colors(t)
-  const svc = serviceYaml('api', '/api', [b], [g])
+  const { etcd, prefix, svc } = await apiFleet(t)
   const a = await startGateway(t, top(etcd.endpoint, prefix, 'a') + svc)
   const bgw = await startGateway(t, top(etcd.endpoint, prefix, 'b') + svc)
   await ready(a)
