@@ -29,8 +29,11 @@ async function state (gw: TestGateway): Promise<any> {
   return (await admin(gw.adminUrl, 'GET', '/v1/state')).json
 }
 
+/** Ready, and every color of every service has a healthy target (so a flip's gate passes: /readyz covers live colors only). */
 async function ready (gw: TestGateway): Promise<void> {
   await eventually(async () => (await admin(gw.adminUrl, 'GET', '/readyz')).status === 200, { timeout: 5000 })
+  await eventually(async () => Object.values((await state(gw)).services as Record<string, { environments: Record<string, { healthy: number }> }>)
+    .every((svc) => Object.values(svc.environments).every((env) => env.healthy > 0)), { timeout: 5000 })
 }
 
 /** An etcd3 client of the test's own, closed at teardown. */
