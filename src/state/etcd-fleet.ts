@@ -31,6 +31,7 @@ export class EtcdFleet implements Fleet {
   private lastKeepAlive = 0
   private registering = false
   private renewing = false
+  private readonly failing = new Set<string>()
   private campaigning = false
   private leading = false
   private applied: Pick<ReplicaRecord, 'generation' | 'revision'> = { generation: 0, revision: 0 }
@@ -124,8 +125,9 @@ export class EtcdFleet implements Fleet {
       this.writeRecord()
       await this.writing
       await this.campaign()
+      this.failing.delete('registration')
     } catch (err) {
-      log('warn', 'fleet registration in etcd failed; trying again', { id: this.id, error: (err as Error).message })
+      this.failed('registration', err)
     } finally {
       this.registering = false
     }
@@ -169,9 +171,10 @@ export class EtcdFleet implements Fleet {
         .commit()
       // The watch brings the same key; taking it now makes the lead known without waiting for it.
       if (res.succeeded) this.store.leaderKey = { id: this.id, lease: leaseId }
+      this.failing.delete('election')
       this.fleetKeysChanged()
     } catch (err) {
-      log('warn', 'fleet election in etcd failed; trying again', { id: this.id, error: (err as Error).message })
+      this.failed('election', err)
     } finally {
       this.campaigning = false
     }
@@ -217,10 +220,18 @@ export class EtcdFleet implements Fleet {
     try {
       await this.store.client.put(this.store.key(`replicas/${this.id}`)).value(JSON.stringify(record)).lease(leaseId).exec()
       this.store.replicaMap.set(this.id, { record, lease: leaseId })
+      this.failing.delete('record write')
       this.fleetKeysChanged()
     } catch (err) {
-      log('warn', 'fleet record write to etcd failed', { id: this.id, error: (err as Error).message })
+      this.failed('record write', err)
     }
+  }
+
+  /** Logs a kind of call failing once, until it works again: etcd being down is one line, not one per tick. */
+  private failed (what: string, err: unknown): void {
+    if (this.failing.has(what)) return
+    this.failing.add(what)
+    log('warn', `fleet ${what} in etcd failed; trying again`, { id: this.id, error: (err as Error).message })
   }
 
   private fleetKeysChanged (): void {

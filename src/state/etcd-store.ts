@@ -69,6 +69,11 @@ function isAuthError (err: unknown): boolean {
   return err instanceof EtcdAuthenticationFailedError || err instanceof EtcdPermissionDeniedError || err instanceof GRPCUnauthenticatedError
 }
 
+/** A client error's message, without the empty "Resolution note" gRPC appends. */
+function causeOf (err: unknown): string {
+  return (err as Error).message.replace(/\.? Resolution note: ?$/, '')
+}
+
 async function sleep (ms: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, ms))
 }
@@ -173,7 +178,7 @@ export class EtcdStore implements StateStore {
         return { state: read.state, revision: read.stateRevision }
       } catch (err) {
         if (err instanceof StateFileError) throw err
-        const cause = (err as Error).message
+        const cause = causeOf(err)
         if (isAuthError(err)) throw new Error(`etcd at ${this.endpoints} (prefix ${this.prefix}) refused user ${JSON.stringify(this.config.username)}: ${cause}`)
         const left = deadline - Date.now()
         if (left <= 0) throw new Error(`cannot reach etcd at ${this.endpoints} (prefix ${this.prefix}) within ${this.config.startTimeout / 1000}s: ${cause}`)
@@ -327,7 +332,7 @@ export class EtcdStore implements StateStore {
   /** A call etcd did not answer: connectivity drops, and the caller gets a store_unavailable error. */
   private unavailable (err: unknown): SwitchyardError {
     this.setConnected(false)
-    const cause = (err as Error).message
+    const cause = causeOf(err)
     // Unavailable: the request never reached etcd. A timeout may have landed; the watch brings it if so.
     const outcome = err instanceof GRPCUnavailableError ? 'nothing changed' : 'if it was applied after all, every replica picks it up from the watch'
     return storeUnavailable(`etcd at ${this.endpoints} is unreachable: ${cause}; ${outcome}`)
