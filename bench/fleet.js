@@ -40,14 +40,16 @@ const connections = Number(args.connections ?? 20)
 const flipEvery = Number(args['flip-every'] ?? 1000)
 const hasWrk = spawnSync('wrk', ['--version'], { stdio: 'ignore' }).error === undefined
 const loader = String(args.loader ?? (hasWrk ? 'wrk' : 'autocannon'))
+/** (b) with `--front nginx`: one load generator on an nginx that balances both replicas, as a fleet is deployed. */
+const front = String(args.front ?? 'none')
 const out = typeof args.out === 'string' ? args.out : join(here, 'results', 'fleet.json')
 
 /** Target of (a): every replica has applied a flip within this many ms of it being sent, at p99. */
 const CONVERGE_P99_TARGET_MS = 100
 
 if (!['converge', 'load', 'both'].includes(part) || !(flips > 0) || !(replicaCount >= 2) || !(pollMs >= 0) ||
-    !(duration > 0) || !(connections > 0) || !(flipEvery > 0) || !['wrk', 'autocannon'].includes(loader)) {
-  console.error('usage: node bench/fleet.js [--part converge|load|both] [--flips N] [--replicas N>=2] [--poll MS] [--duration SEC] [--connections N] [--flip-every MS] [--loader wrk|autocannon] [--out FILE]')
+    !(duration > 0) || !(connections > 0) || !(flipEvery > 0) || !['wrk', 'autocannon'].includes(loader) || !['none', 'nginx'].includes(front)) {
+  console.error('usage: node bench/fleet.js [--part converge|load|both] [--flips N] [--replicas N>=2] [--poll MS] [--duration SEC] [--connections N] [--flip-every MS] [--loader wrk|autocannon] [--front none|nginx] [--out FILE]')
   process.exit(2)
 }
 if (!existsSync(join(here, '..', 'dist', 'gateway.js'))) {
@@ -190,18 +192,23 @@ async function underLoad (replicas, backends) {
       }
     }
   })()
-  const runs = await Promise.all(replicas.map(async (r) => loader === 'wrk'
-    ? await loadWrk(r.url, { connections, duration, title: r.id })
-    : await load(r.url, { connections, duration, title: r.id })))
+  const lb = front === 'nginx' ? await startFront(replicas) : undefined
+  // Behind the balancer: one load generator with the connections of both.
+  const targets = lb === undefined ? replicas.map((r) => ({ id: r.id, url: r.url, connections })) : [{ id: 'nginx', url: lb.url, connections: connections * replicas.length }]
+  const runs = await Promise.all(targets.map(async (x) => loader === 'wrk'
+    ? await loadWrk(x.url, { connections: x.connections, duration, title: x.id })
+    : await load(x.url, { connections: x.connections, duration, title: x.id })))
   running = false
   await flipper
+  await lb?.stop()
   const { counts } = await backends.request({ type: 'stats' })
   const states = await Promise.all(replicas.map(async (r) => await getState(r)))
   return {
     loader,
+    front,
     connectionsPerReplica: connections,
     durationSec: duration,
-    perReplica: Object.fromEntries(replicas.map((r, i) => [r.id, {
+    perReplica: Object.fromEntries(targets.map((r, i) => [r.id, {
       requests: runs[i].requestsTotal, reqPerSec: runs[i].reqPerSec, non2xx: runs[i].non2xx, errors: runs[i].errors,
       errorKinds: runs[i].errorKinds, latencyMs: runs[i].latencyMs,
     }])),
@@ -212,6 +219,14 @@ async function underLoad (replicas, backends) {
     servedPerColor: counts,
     after: states.map((s, i) => ({ id: replicas[i].id, generation: s.generation, live: s.services.svc.live })),
   }
+}
+
+/** nginx (one worker, keep-alive upstreams) balancing the replicas round robin. */
+async function startFront (replicas) {
+  const dir = makeTempDir('switchyard-bench-front-')
+  const upstream = replicas.map((r) => new URL(r.url).host).join(',')
+  const c = await startChild(lib('nginx.js'), ['--dir', dir, '--upstream', upstream], { name: 'front nginx' })
+  return { url: c.info.url, stop: async () => await c.stop() }
 }
 
 function printConverge (c) {
@@ -225,7 +240,8 @@ function printConverge (c) {
 }
 
 function printLoad (l) {
-  console.log(`  ${l.loader}, ${l.connectionsPerReplica} connections per replica, ${l.durationSec} s, a flip every ${flipEvery} ms on alternating replicas`)
+  const how = l.front === 'nginx' ? `one ${l.loader} on nginx balancing both replicas, ${l.connectionsPerReplica * 2} connections` : `one ${l.loader} per replica, ${l.connectionsPerReplica} connections each`
+  console.log(`  ${how}, ${l.durationSec} s, a flip every ${flipEvery} ms on alternating replicas`)
   for (const [id, r] of Object.entries(l.perReplica)) {
     console.log(`    ${id}: ${r.requests} requests (${Math.round(r.reqPerSec)} req/s, p50 ${fmt(r.latencyMs.p50)} ms, p99 ${fmt(r.latencyMs.p99)} ms), non-2xx ${r.non2xx}, socket errors ${r.errors} ${r.errors > 0 ? JSON.stringify(r.errorKinds) : ''}`)
   }
@@ -239,7 +255,7 @@ async function main () {
   const etcd = await startEtcd()
   const backends = await startChild(lib('backend.js'), ['--names', 'blue,green', '--color-body'], { name: 'backends' })
   const urls = { blue: `http://127.0.0.1:${backends.info.servers.blue}`, green: `http://127.0.0.1:${backends.info.servers.green}` }
-  const doc = { script: 'bench/fleet.js', date: new Date().toISOString(), node: process.version, machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? null, kernel: os.release() }, code: provenance(), args: { part, flips, replicas: replicaCount, pollMs, duration, connections, flipEvery, loader } }
+  const doc = { script: 'bench/fleet.js', date: new Date().toISOString(), node: process.version, machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? null, kernel: os.release() }, code: provenance(), args: { part, flips, replicas: replicaCount, pollMs, duration, connections, flipEvery, loader, front } }
   const problems = []
   try {
     if (part !== 'load') {

@@ -1,6 +1,6 @@
-// Child process: nginx as a reverse proxy in front of one upstream, or as
-// the fast upstream itself.
-//   node nginx.js --dir TEMPDIR --upstream 127.0.0.1:PORT [--nginx /usr/sbin/nginx]
+// Child process: nginx as a reverse proxy in front of one upstream (or a
+// comma-separated list, balanced round robin), or as the fast upstream itself.
+//   node nginx.js --dir TEMPDIR --upstream 127.0.0.1:PORT[,127.0.0.1:PORT...] [--nginx /usr/sbin/nginx]
 //   node nginx.js --dir TEMPDIR --role upstream [--large-path /64k --large-bytes 65536]
 // The upstream role answers `return 200 "ok"` on every path (a POST's body is
 // read and discarded), and GET of --large-path with a static file of
@@ -93,7 +93,7 @@ http {
   keepalive_timeout 65s;
   keepalive_requests 1000000;
   upstream backend {
-    server ${upstream};
+${upstream.split(',').map((u) => `    server ${u};`).join('\n')}
     keepalive 128;
     keepalive_requests 1000000;
     keepalive_timeout 60s;
