@@ -235,11 +235,8 @@ t.test('etcd partitioned (silent): writes queued behind one that times out each 
 })
 
 t.test('a flip whose etcd answer was lost (it landed) is applied by its replica and the others once etcd is reachable again', async (t) => {
-  const etcd = await startEtcd(t)
-  const prefix = freshPrefix()
+  const { etcd, prefix, svc } = await apiFleet(t)
   const part = await Partition.start(t, etcd.endpoint)
-  const { b, g } = await colors(t)
-  const svc = serviceYaml('api', '/api', [b], [g])
   const a = await startGateway(t, top(part.endpoint, prefix, 'a') + svc)
   const bgw = await startGateway(t, top(etcd.endpoint, prefix, 'b') + svc)
   await ready(a)
@@ -373,11 +370,8 @@ t.test('state import into a running fleet: a lower generation lands one above th
 })
 
 t.test('split brain: while etcd restarts and while the leader is partitioned past its lease, never two leaders at once; one leads after', async (t) => {
-  const etcd = await startEtcd(t)
-  const prefix = freshPrefix()
+  const { etcd, prefix, svc } = await apiFleet(t)
   const part = await Partition.start(t, etcd.endpoint)
-  const { b, g } = await colors(t)
-  const svc = serviceYaml('api', '/api', [b], [g])
   const a = await startGateway(t, top(part.endpoint, prefix, 'a') + svc)
   await eventually(() => a.gateway.controller.fleet.isLeader)
   const bgw = await startGateway(t, top(etcd.endpoint, prefix, 'b') + svc)
