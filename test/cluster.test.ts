@@ -104,6 +104,8 @@ t.test('serve --workers 2: when the primary is SIGKILLed, workers finish in-flig
   const pids = p.lines.filter((l) => l.msg === 'worker listening').map((l) => l.pid as number)
   t.equal(pids.length, 2, 'each worker logs its pid')
   t.teardown(() => { for (const pid of pids) if (isAlive(pid)) process.kill(pid, 'SIGKILL') })
+  // A worker that crashes says why on stderr (it once did when the primary died mid-send).
+  t.teardown(() => { if (!t.passing()) t.comment(`gateway stderr:\n${p.stderr()}`) })
 
   // The upstream answers after ~1 s, so the primary dies in the middle of it.
   const inflight = fresh(`${url}/slow?ms=1000`)

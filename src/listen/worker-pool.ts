@@ -209,7 +209,10 @@ export class WorkerPool implements PublicListener, RemoteColors {
   }
 }
 
-/** Sends to the primary while there is one: a send on a closed channel would throw from an 'error' event. */
+/**
+ * Sends to the primary while there is one. (A send can still fail just after
+ * the primary died: runWorker hears that 'error' rather than crash.)
+ */
 function tell (msg: FromWorker): void {
   if (process.connected) process.send?.(msg)
 }
@@ -266,6 +269,15 @@ export function runWorker (): void {
   // expected and drain instead: the primary was killed (SIGKILL, OOM) and a
   // supervisor is starting a new one.
   if (cluster.worker !== undefined) cluster.worker.exitedAfterDisconnect = true
+  // Between the primary's death and this process reading the end of its channel,
+  // process.connected is still true and a send (a report, node:cluster's ack of
+  // a connection) fails with EPIPE. node:cluster re-emits that as an 'error' on
+  // the worker, which unheard would crash this process with every request it
+  // holds. The 'disconnect' that follows drains as below.
+  const channel: NodeJS.EventEmitter = cluster.worker ?? process
+  channel.on('error', (err: Error) => {
+    log('warn', 'worker: a message to the primary was lost', { pid: process.pid, error: err.message })
+  })
   process.once('disconnect', () => {
     if (stopping) return
     const graceMs = config === undefined ? 0 : Math.max(0, ...Object.values(config.services).map((s) => s.drain.timeout))
