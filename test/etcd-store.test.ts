@@ -330,3 +330,22 @@ t.test('fleet: etcd down past the lease TTL drops the lead; once back, replicas 
   await eventually(() => fleets.filter((f) => f.isLeader).length === 1 && fleets.every((f) => f.replicas().length === 2 && f.leader() !== null), { timeout: 8000 })
   t.equal(fleets[0].leader(), fleets[1].leader())
 })
+
+t.test('a record under replicas/ that is not one (junk, another shape) is left out of the fleet; the real replicas and their counts stay', async (t) => {
+  const etcd = await startEtcd(t)
+  const prefix = freshPrefix()
+  const store = open(t, etcd.endpoint, prefix, 'a')
+  const { revision } = await store.load()
+  store.watch(revision, () => {})
+  const fleet = new EtcdFleet(store, { id: 'a', advertise: null, leaseTtl: 2000 })
+  let notified = 0
+  fleet.onReplicas(() => { notified++ })
+  await fleet.join(null)
+  fleet.report({ generation: 0, revision }, () => ({ api: { blue: { requests: 3, errors: 0 } } }))
+  await store.client.put(`${prefix}/replicas/junk`).value('not json')
+  await store.client.put(`${prefix}/replicas/other`).value(JSON.stringify({ id: 'other', generation: 1 }))
+  await store.client.put(`${prefix}/replicas/late`).value(JSON.stringify({ id: 'late', admin: null, generation: 0, revision: 0, heartbeat: new Date().toISOString(), counts: { api: { blue: { requests: 'x' } } } }))
+  await eventually(() => notified >= 4)
+  t.same(fleet.replicas().map((r) => r.id), ['a'], 'only the replica whose record is one')
+  t.ok(fleet.isLeader || fleet.leader() === 'a')
+})

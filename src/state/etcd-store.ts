@@ -69,6 +69,25 @@ function isAuthError (err: unknown): boolean {
   return err instanceof EtcdAuthenticationFailedError || err instanceof EtcdPermissionDeniedError || err instanceof GRPCUnauthenticatedError
 }
 
+/**
+ * A replica record as read from etcd, or undefined (logged) when it is not
+ * one: every replica reads every record, and one written by something else
+ * must not take the fleet view (or the guard's sums) down with it.
+ */
+function asReplicaRecord (raw: unknown, id: string): ReplicaRecord | undefined {
+  const r = raw as Partial<ReplicaRecord> | undefined
+  const ok = r !== null && typeof r === 'object' && r.id === id && (r.admin === null || typeof r.admin === 'string') &&
+    Number.isSafeInteger(r.generation) && Number.isSafeInteger(r.revision) && typeof r.heartbeat === 'string' &&
+    r.counts !== null && typeof r.counts === 'object' &&
+    Object.values(r.counts).every((colors) => colors !== null && typeof colors === 'object' &&
+      Object.values(colors).every((c) => c !== null && typeof c === 'object' && Number.isFinite(c.requests) && Number.isFinite(c.errors)))
+  if (!ok) {
+    if (raw !== undefined) log('warn', 'an etcd replica record is not one this version reads; left out of the fleet view', { id })
+    return undefined
+  }
+  return r as ReplicaRecord
+}
+
 /** A client error's message, without the empty "Resolution note" gRPC appends. */
 function causeOf (err: unknown): string {
   return (err as Error).message.replace(/\.? Resolution note: ?$/, '')
@@ -244,7 +263,7 @@ export class EtcdStore implements StateStore {
     }
     if (dir === 'replicas') {
       const id = name.slice(slash + 1)
-      const record = put ? this.parseJson<ReplicaRecord>(kv) : undefined
+      const record = put ? asReplicaRecord(this.parseJson<unknown>(kv), id) : undefined
       if (record === undefined) this.replicaMap.delete(id)
       else this.replicaMap.set(id, { record, lease: kv.lease })
       return true
