@@ -69,7 +69,7 @@ export function describeFleet (fleet: Fleet, generation: number): Record<string,
 export function lastGuardedFlip (events: readonly SwitchyardEvent[], state: PersistedState): { id: number, time: string, changes: ColorChange[] } | undefined {
   let last: SwitchyardEvent | undefined
   for (let i = events.length - 1; i >= 0 && last === undefined; i--) if (isChange(events[i].type)) last = events[i]
-  if (last === undefined || last.type !== 'flip' || last.guard === false || last.changes === undefined) return undefined
+  if (last === undefined || last.type !== 'flip' || last.guard === false || !Array.isArray(last.changes)) return undefined
   const changes = last.changes.filter((c) => state.services[c.service]?.live === c.to)
   return changes.length === 0 ? undefined : { id: last.id, time: last.time, changes }
 }
