@@ -408,10 +408,15 @@ t.test('a replica that cannot apply a change (its config lacks the color\'s targ
   t.same(waited.json.fleet, { converged: false, lagging: ['b'] }, 'b shows lagging')
   t.equal((await http1(`${bgw.url}/api/x`)).json.backend, 'x-blue', 'b keeps serving')
   t.equal((await state(bgw)).generation, 0, 'b stays on its generation')
+  const refused = await admin(bgw.adminUrl, 'PUT', '/v1/services/api/environments/green/targets', { targets: [g.url] })
+  t.equal(refused.status, 412, 'b refuses changes at once')
+  t.match(refused.json.message, /could not apply generation 1 .* reload a config it fits/)
   writeFileSync(bgw.configFile, 'log: { access: false }\n' + top(etcd.endpoint, prefix, 'b') + serviceYaml('api', '/api', [b], [g]))
   const reload = await admin(bgw.adminUrl, 'POST', '/v1/reload', {})
   t.equal(reload.status, 200, JSON.stringify(reload.json))
   await eventually(async () => (await state(bgw)).services.api.live === 'green', { timeout: 3000 })
+  t.match(reload.json, { changed: true, generation: 2 }, 'one commit: the reload on top of the change b took in')
+  t.equal((await state(a)).generation, 2, 'and the fleet has it')
 })
 
 t.test('serve on etcd exits promptly on SIGTERM: no watcher, lease or timer keeps it alive', async (t) => {

@@ -92,7 +92,11 @@ export class Controller {
       for (const wake of this.fleetWaiters) wake()
     })
     fleet.onLeadership((leading) => { this.onLeadership(leading) })
-    store.watch(revision, (change) => { void this.exclusive(() => { this.applyChange(change) }) })
+    store.watch(revision, (change) => {
+      this.exclusive(() => { this.applyChange(change) }).catch((err: Error) => {
+        log('error', 'a change from the fleet could not be applied; this replica stays on its generation', { revision: change.revision, error: err.message })
+      })
+    })
   }
 
   /**
@@ -134,7 +138,7 @@ export class Controller {
     return this.config
   }
 
-  /** Runs mutations one at a time, so ifGeneration checks and file writes never race. */
+  /** Runs mutations one at a time, so ifGeneration checks and store commits never race. */
   private async exclusive<T> (fn: () => Promise<T> | T): Promise<T> {
     const run = this.queue.then(fn, fn)
     this.queue = run.catch(() => {})
@@ -182,9 +186,14 @@ export class Controller {
    *
    * `applyFirst` is for the guard's auto-revert: nobody waits for an answer,
    * and every moment on the failing color costs requests, so a store that can
-   * (the file store) swaps at once and persists after.
+   * (the file store) swaps at once and persists after. `base` is the store
+   * revision `next` was planned on (a reload that takes in a fleet change
+   * this replica could not apply plans on that change).
    */
-  private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, applyFirst = false, config = this.config): Promise<SwitchyardEvent> {
+  private async commit (next: PersistedState, event: Omit<NewEvent, 'generation'> & Pick<NewEvent, 'type' | 'reason' | 'actor'>, applyFirst = false, config = this.config, base = this.revision): Promise<SwitchyardEvent> {
+    if (this.unfit !== undefined && base === this.revision) {
+      throw new SwitchyardError('stale_generation', `this replica could not apply generation ${this.unfit.state.generation} from ${this.store.where} (it does not fit this replica's config, see its log) and stays on generation ${this.state.generation}: reload a config it fits; nothing changed`, { generation: this.state.generation })
+    }
     let snapshot: Snapshot
     const holds = this.drains.holds()
     try {
@@ -198,11 +207,11 @@ export class Controller {
       this.revision = await this.store.commit(next, { ...event, generation: next.generation }, (stored) => {
         applied = stored
         const changes = event.changes as ColorChange[] | undefined
-        this.install(next, config, snapshot, holds, changes, event.type === 'flip')
+        this.install(next, config, snapshot, holds, colorChangesBetween(this.state, next), event.type === 'flip')
         const trigger = FLIP_TRIGGERS[event.type]
         if (trigger !== undefined && changes !== undefined) this.flipCounts.add(changes, trigger)
         published = this.health.publish?.()
-      }, { base: this.revision, applyFirst })
+      }, { base, applyFirst })
     } catch (err) {
       if (err instanceof StoreConflict) this.applyChange(err.current)
       throw err
@@ -217,10 +226,11 @@ export class Controller {
    * changes exactly as on the replica that made it; one snapshot, with the
    * holds in force now, goes in.
    */
-  private install (next: PersistedState, config: Config, snapshot: Snapshot, holds: Readonly<Record<string, StickyHold>>, changes: readonly ColorChange[] | undefined, isFlip: boolean): void {
+  private install (next: PersistedState, config: Config, snapshot: Snapshot, holds: Readonly<Record<string, StickyHold>>, changes: readonly ColorChange[], isFlip: boolean): void {
     this.config = config
     this.state = next
-    if (changes !== undefined && changes.length > 0) {
+    this.unfit = undefined
+    if (changes.length > 0) {
       this.applying = true
       try {
         // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
@@ -257,7 +267,6 @@ export class Controller {
       log('error', 'a change from the fleet does not fit this replica\'s config; it stays on its generation until a reload brings one it fits', { where: this.store.where, generation: this.state.generation, offered: change.state.generation, error: (err as Error).message })
       return
     }
-    this.unfit = undefined
     const event = change.event
     this.install(next, config, snapshot, holds, changes, event?.type === 'flip')
     this.revision = change.revision
@@ -354,10 +363,10 @@ export class Controller {
       if (added.length + removed.length + updated.length === 0 && !tokenChanged && !hostsChanged) {
         return { generation: this.state.generation, changed: false, added, removed, updated }
       }
-      // A fleet change the running config could not take may fit the new one: it goes in first, the reload on top.
-      if (this.unfit !== undefined) this.applyChange(this.unfit, config)
-      const next = planReload(added, this.state, config)
-      await this.commit(next, { type: 'reload', reason: null, actor, added, removed, updated, ...(tokenChanged ? { adminToken: 'changed' } : {}), ...(hostsChanged ? { allowedHosts: config.admin.allowedHosts } : {}) }, false, config)
+      // A fleet change the running config could not take may fit the new one: the reload is planned on it, one commit and one swap.
+      const unfit = this.unfit
+      const next = planReload(added, unfit === undefined ? this.state : withConfigServices(unfit.state, config), config)
+      await this.commit(next, { type: 'reload', reason: null, actor, added, removed, updated, ...(tokenChanged ? { adminToken: 'changed' } : {}), ...(hostsChanged ? { allowedHosts: config.admin.allowedHosts } : {}) }, false, config, unfit?.revision)
       this.guards.end(removed)
       this.drains.cancel(removed)
       return { generation: next.generation, changed: true, added, removed, updated }
@@ -378,7 +387,7 @@ export class Controller {
         const unreachable = err instanceof SwitchyardError && err.code === 'store_unavailable'
         log('error', 'auto-revert failed', { error: (err as Error).message, trip, ...(unreachable ? { retryInMs: REVERT_RETRY_MS } : {}) })
         if (!unreachable || attempt === REVERT_ATTEMPTS || this.stopped || !this.fleet.isLeader) return
-        await new Promise((resolve) => setTimeout(resolve, REVERT_RETRY_MS))
+        await new Promise((resolve) => setTimeout(resolve, REVERT_RETRY_MS).unref())
       }
     }
   }

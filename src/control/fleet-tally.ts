@@ -20,7 +20,7 @@ interface Count {
 export class FleetTally {
   private readonly selfId: string
   private readonly others = new Map<string, Count>()
-  private last = new Map<string, ColorCounts>()
+  private readonly last = new Map<string, ColorCounts>()
   private readonly views = new Map<string, FleetColorStats>()
 
   constructor (selfId: string) {
@@ -29,10 +29,8 @@ export class FleetTally {
 
   /** The replicas' records changed: add what each count grew by, then let the guards judge again. */
   update (replicas: readonly ReplicaRecord[]): void {
-    const seen = new Map<string, ColorCounts>()
     for (const r of replicas) {
       if (r.id === this.selfId) continue
-      seen.set(r.id, r.counts)
       const before = this.last.get(r.id)
       for (const [service, colors] of Object.entries(r.counts)) {
         for (const [color, now] of Object.entries(colors)) {
@@ -42,8 +40,9 @@ export class FleetTally {
           sum.errors += grownBy(was?.errors, now.errors)
         }
       }
+      // Kept when its record goes (a lapsed lease in an etcd blip): back again, only its growth counts.
+      this.last.set(r.id, r.counts)
     }
-    this.last = seen
     for (const view of this.views.values()) view.watcher?.onOutcome()
   }
 

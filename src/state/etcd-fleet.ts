@@ -113,6 +113,8 @@ export class EtcdFleet implements Fleet {
     try {
       // Kept alive from this fleet's own tick: etcd3's keepalive loop can leave a timer behind after a partition.
       const lease = this.store.client.lease(this.ttlMs / 1000, { autoKeepAlive: false })
+      // etcd counts the TTL from when it took the request: so does this replica, never from the answer.
+      const sent = Date.now()
       const id = await lease.grant()
       if (this.timer === undefined) {
         lease.release()
@@ -120,7 +122,7 @@ export class EtcdFleet implements Fleet {
       }
       this.lease = lease
       this.leaseId = id
-      this.lastKeepAlive = Date.now()
+      this.lastKeepAlive = sent
       this.store.noiseLease = id
       this.writeRecord()
       await this.writing
@@ -137,10 +139,11 @@ export class EtcdFleet implements Fleet {
   private keepAlive (lease: Lease): void {
     if (this.renewing) return
     this.renewing = true
+    const sent = Date.now()
     lease.keepaliveOnce({ deadline: Date.now() + this.ttlMs / KEEPALIVES_PER_TTL })
       .then((res) => {
         if (this.lease !== lease) return
-        if (Number(res.TTL) > 0) this.lastKeepAlive = Date.now()
+        if (Number(res.TTL) > 0) this.lastKeepAlive = sent
         else this.dropLease()
       }, (err: Error) => {
         if (this.lease === lease && err instanceof EtcdLeaseInvalidError) this.dropLease()

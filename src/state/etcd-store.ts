@@ -494,6 +494,7 @@ export class EtcdStore implements StateStore {
     const stored = { ...input, time: new Date().toISOString() }
     const key = this.key(`noise/${this.replicaId}/${pad(this.noiseSeq++ % NOISE_SLOTS, 6)}`)
     const written = this.noiseWrites.then(async () => {
+      if (!this.connected) throw new Error('etcd is unreachable')
       const put = this.client.put(key).value(JSON.stringify(stored))
       if (this.noiseLease !== undefined) put.lease(this.noiseLease)
       const res = await put.exec()
@@ -508,9 +509,15 @@ export class EtcdStore implements StateStore {
     return await written
   }
 
-  /** Change and noise events newer than `since`, merged by id. */
+  /**
+   * Change and noise events newer than `since`, merged by id. While the
+   * store watches, only up to the revision the watch has brought: another
+   * replica's event of a lower id may still be on its way, and a poller with
+   * ?since must not skip it.
+   */
   private listEvents (since = 0): SwitchyardEvent[] {
-    return [...this.changes.items, ...this.noise.items].filter((ev) => ev.id > since).sort((a, b) => a.id - b.id)
+    const horizon = this.onChange === undefined ? Infinity : this.seen
+    return [...this.changes.items, ...this.noise.items].filter((ev) => ev.id > since && ev.id <= horizon).sort((a, b) => a.id - b.id)
   }
 
   status (): StoreStatus {
@@ -551,10 +558,7 @@ export class EtcdStore implements StateStore {
   }
 }
 
-/**
- * The coded error for an unreachable store (503). `store_unavailable` is not in
- * src/errors.ts yet: until it is, the error says so itself.
- */
+/** The coded error for an unreachable store (503). */
 function storeUnavailable (message: string): SwitchyardError {
   return new SwitchyardError('store_unavailable', message, {})
 }

@@ -98,7 +98,7 @@ export class EventLog {
   /**
    * Reloads the kept files so ids keep growing and the rings survive restarts.
    *
-   * A change event is written before the state file (see Controller.commit),
+   * A change event is written before the state file (see LocalStore.commit),
    * so the file can hold the event of a change that never happened: the
    * state write failed, or the process died between the two. Such an event
    * has a generation above the state file's, or is followed by another

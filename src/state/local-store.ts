@@ -85,7 +85,11 @@ export class LocalStore implements StateStore {
     return { kind: 'file', connected: true, revision: this.generation }
   }
 
-  /** A state import: written at a generation above the file's, with its event. Only for a stopped gateway: a running one does not re-read the file. */
+  /**
+   * A state import: written at a generation above the file's, with its
+   * event. Meant for a stopped gateway: a running one does not re-read the
+   * file, and its next change writes over the import (README says so).
+   */
   async replace (state: PersistedState, event: NewEvent): Promise<number> {
     if (!this.loaded) await this.load()
     const next = { ...state, generation: Math.max(state.generation, this.generation + 1) }

@@ -40,7 +40,7 @@ export interface StoreChange {
   state: PersistedState
   /** The etcd revision of the commit; changes arrive in revision order. */
   revision: number
-  /** The change event committed with it, when the store knows it (absent after a full re-read). */
+  /** The change event committed with it (absent only when the store no longer holds it). */
   event?: SwitchyardEvent
 }
 
