@@ -94,10 +94,10 @@ async function colors (t: Test, name = 'x'): Promise<{ b: Backend, g: Backend }>
 }
 
 /** A real etcd, a fresh prefix, and the YAML of one service `api` on a blue and a green backend: where most attacks start. */
-async function apiFleet (t: Test): Promise<{ etcd: EtcdServer, prefix: string, svc: string }> {
+async function apiFleet (t: Test): Promise<{ etcd: EtcdServer, prefix: string, svc: string, b: Backend, g: Backend }> {
   const etcd = await startEtcd(t)
   const { b, g } = await colors(t)
-  return { etcd, prefix: freshPrefix(), svc: serviceYaml('api', '/api', [b], [g]) }
+  return { etcd, prefix: freshPrefix(), svc: serviceYaml('api', '/api', [b], [g]), b, g }
 }
 
 t.test('lost updates: concurrent flips, rollbacks and targets on 3 replicas converge on etcd, one event per generation, every 200 a real commit', async (t) => {
@@ -259,10 +259,8 @@ t.test('a flip whose etcd answer was lost (it landed) is applied by its replica 
 })
 
 t.test('wait: "fleet" with a replica that stopped applying (record alive): times out naming it; bad wait fields are 400 naming the field and change nothing', async (t) => {
-  const etcd = await startEtcd(t)
-  const prefix = freshPrefix()
-  const { b, g } = await colors(t)
-  const a = await startGateway(t, top(etcd.endpoint, prefix, 'a') + serviceYaml('api', '/api', [b], [g]))
+  const { etcd, prefix, svc } = await apiFleet(t)
+  const a = await startGateway(t, top(etcd.endpoint, prefix, 'a') + svc)
   await ready(a)
   const c = client(t, etcd.endpoint)
   const lease = c.lease(5)
@@ -329,10 +327,8 @@ t.test('state import repairs an unreadable state in etcd: every running replica 
 })
 
 t.test('a write on a replica while etcd holds an unreadable state answers a coded error naming the key, not an internal one', async (t) => {
-  const etcd = await startEtcd(t)
-  const prefix = freshPrefix()
-  const { b, g } = await colors(t)
-  const a = await startGateway(t, top(etcd.endpoint, prefix, 'a') + serviceYaml('api', '/api', [b], [g]))
+  const { etcd, prefix, svc } = await apiFleet(t)
+  const a = await startGateway(t, top(etcd.endpoint, prefix, 'a') + svc)
   await ready(a)
   const c = client(t, etcd.endpoint)
   await c.put(`${prefix}/state`).value('{not json')
@@ -395,10 +391,8 @@ t.test('split brain: while etcd restarts and while the leader is partitioned pas
 })
 
 t.test('a replica that cannot apply a change (its config lacks the color\'s targets) stays on its generation, shows lagging, and a reload with the fixed config heals it', async (t) => {
-  const etcd = await startEtcd(t)
-  const prefix = freshPrefix()
-  const { b, g } = await colors(t)
-  const a = await startGateway(t, top(etcd.endpoint, prefix, 'a') + serviceYaml('api', '/api', [b], [g]))
+  const { etcd, prefix, svc, b, g } = await apiFleet(t)
+  const a = await startGateway(t, top(etcd.endpoint, prefix, 'a') + svc)
   const blueOnly = `  api:\n    match: { pathPrefix: /api }\n    blue: { targets: [${b.url}] }\n`
   const bgw = await startGateway(t, top(etcd.endpoint, prefix, 'b') + blueOnly)
   await ready(a)

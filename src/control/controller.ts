@@ -435,33 +435,27 @@ export class Controller {
    * meanwhile, it is planned again toward the same colors; the smoke verdict is kept when the plan,
    * the config and the gated colors' targets are the same, else the checks
    * run again. A flip that loses that race twice (or any flip with
-   * `ifGeneration`, whose premise is gone) is refused with 412. Losing the
-   * commit to another replica's is the same race: planned again on the state
-   * that won (a flip the other replica already made is then no change).
+   * `ifGeneration`, whose premise is gone) is refused with 412. A commit
+   * lost to another replica's is planned again on the state that won, as
+   * every change is (exclusiveRetried): a flip the other replica already made
+   * is then no change.
    */
   async flip (req: FlipRequest): Promise<ChangeResult> {
     let first: FlipPlan | undefined
     let smoked: FlipPlan | undefined
-    for (let attempt = 1; ; attempt++) {
-      let step: ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }
-      try {
-        step = await this.exclusive(async () => {
-          this.checkGeneration(req.ifGeneration)
-          const plan = planFlip(req, this.resolveServices(req.services), this.state, this.config, first)
-          first ??= plan
-          if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
-          const { failures, smoke } = req.force === true ? { failures: [], smoke: [] } : checkHealthGate(this.config, this.#switcher.current, plan.changes)
-          if (smoke.length === 0 || (smoked !== undefined && isSamePlan(smoked, plan))) {
-            if (failures.length > 0) throw gateFailed(failures, plan.changes)
-            return await this.commitFlip(req, plan)
-          }
-          return { plan, failures, smoke }
-        })
-      } catch (err) {
-        if (!(err instanceof StoreConflict)) throw err
-        if (attempt === CONFLICT_ATTEMPTS) throw conflictRefusal(this.state.generation)
-        continue
-      }
+    for (let race = 1; ; race++) {
+      const step = await this.exclusiveRetried(async (): Promise<ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }> => {
+        this.checkGeneration(req.ifGeneration)
+        const plan = planFlip(req, this.resolveServices(req.services), this.state, this.config, first)
+        first ??= plan
+        if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
+        const { failures, smoke } = req.force === true ? { failures: [], smoke: [] } : checkHealthGate(this.config, this.#switcher.current, plan.changes)
+        if (smoke.length === 0 || (smoked !== undefined && isSamePlan(smoked, plan))) {
+          if (failures.length > 0) throw gateFailed(failures, plan.changes)
+          return await this.commitFlip(req, plan)
+        }
+        return { plan, failures, smoke }
+      })
       if (!('plan' in step)) return step
       const { plan, smoke } = step
       const failures = [...step.failures, ...await runSmokeGate(this.health.smoke, () => this.config, smoke)]
@@ -475,7 +469,7 @@ export class Controller {
         throw err
       })
       if (result !== undefined) return result
-      if (req.ifGeneration !== undefined || attempt >= 2) {
+      if (req.ifGeneration !== undefined || race === 2) {
         throw new SwitchyardError('stale_generation', `flip refused: another change (generation ${this.state.generation}) landed while the smoke checks ran on generation ${plan.generation}; nothing changed, try again`, { generation: this.state.generation })
       }
     }

@@ -237,14 +237,7 @@ export class EtcdStore implements StateStore {
   }
 
   private parseState (kv: IKeyValue): PersistedState {
-    const where = `etcd key ${kv.key.toString()} at ${this.endpoints}`
-    let raw: unknown
-    try {
-      raw = JSON.parse(kv.value.toString())
-    } catch (err) {
-      throw new StateFileError(where, `not valid JSON (${(err as Error).message})`, ETCD_REMEDY)
-    }
-    return parseStateDocument(raw, where, ETCD_REMEDY)
+    return parseStateDocument(kv.value.toString(), `etcd key ${kv.key.toString()} at ${this.endpoints}`, ETCD_REMEDY)
   }
 
   /**

@@ -39,13 +39,7 @@ export class FileStateStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
       throw new StateFileError(`state file ${this.file}`, `cannot read: ${(err as Error).message}`)
     }
-    let raw: unknown
-    try {
-      raw = JSON.parse(text)
-    } catch (err) {
-      throw new StateFileError(`state file ${this.file}`, `not valid JSON (${(err as Error).message})`)
-    }
-    return parseStateDocument(raw, `state file ${this.file}`)
+    return parseStateDocument(text, `state file ${this.file}`)
   }
 
   /**
@@ -109,11 +103,17 @@ function isAlive (pid: number): boolean {
 }
 
 /**
- * Validates a parsed state document (the file's JSON, or an etcd value):
- * anything off throws a StateFileError naming `file` (a path, or where the value lives) and the field.
+ * Parses and checks the text of a state document (the file, an etcd value,
+ * an import): anything off throws a StateFileError naming `where` and the field.
  */
-export function parseStateDocument (raw: unknown, where: string, remedy = FILE_REMEDY): PersistedState {
+export function parseStateDocument (text: string, where: string, remedy = FILE_REMEDY): PersistedState {
   const bad = (what: string): never => { throw new StateFileError(where, what, remedy) }
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch (err) {
+    bad(`not valid JSON (${(err as Error).message})`)
+  }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) bad('not a JSON object')
   const obj = raw as Record<string, unknown>
   if (obj.version !== 1) bad(`unsupported version ${JSON.stringify(obj.version)} (expected 1)`)

@@ -20,13 +20,7 @@ export async function exportState (store: StateStore): Promise<StateDocument> {
 
 /** Reads a document by the state file's rules; a problem is named with `where`. */
 export function parseDocument (text: string, where: string): PersistedState {
-  let raw: unknown
-  try {
-    raw = JSON.parse(text)
-  } catch (err) {
-    throw new Error(`${where}: not valid JSON (${(err as Error).message})`)
-  }
-  return parseStateDocument(raw, where, '')
+  return parseStateDocument(text, where, '')
 }
 
 export interface ImportOptions {
