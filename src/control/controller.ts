@@ -1,7 +1,7 @@
 // The only code that changes routing state. Every change is serialized,
 // built into a whole new snapshot, persisted, then swapped in with one assignment.
 
-import type { Config } from '../config/schema.js'
+import { COLORS, type Color, type Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
 import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState, type Snapshot, type SnapshotView, type StickyHold } from '../routing/snapshot.js'
 import type { Guard, GuardTrip } from '../health/guard.js'
@@ -20,6 +20,12 @@ import { describeTrip, Guards } from './guards.js'
 import { diffConfigs } from './reload-diff.js'
 import { FlipCounts, type ChangeResult, type DrainRequest, type FlipRequest, type FlipTrigger, type ReloadResult, type RollbackRequest, type TargetsRequest, type TargetsResult } from './requests.js'
 import { describeState, lastGuardedFlip, listColorsUsing } from './state-view.js'
+import { describeRelease, isRunning, newRelease, parseReleaseRequest, releaseInProgress, runningReleaseOf, type Release, type ReleaseOutcome } from '../release/model.js'
+import { endOverridden, planCreate, planEnd, planForward, planPause, planPhase, planResume, type ReleaseMove } from '../release/transitions.js'
+import { LatencyHistogram } from '../release/stats.js'
+import type { ColorSample } from '../release/verdict.js'
+import { Releases } from './releases.js'
+import { randomInt } from 'node:crypto'
 
 /** Health machinery the controller drives; absent in unit setups that need none. */
 export interface HealthDeps {
@@ -58,6 +64,9 @@ export class Controller {
   private queue: Promise<unknown> = Promise.resolve()
   private stopped = false
   readonly flipCounts = new FlipCounts()
+  /** Releases ended here, by outcome (switchyard_releases_total). */
+  readonly releaseOutcomes: Record<ReleaseOutcome, number> = { done: 0, reverted: 0, aborted: 0, failed: 0 }
+  private readonly releases: Releases
 
   private constructor (config: Config, state: PersistedState, revision: number, registry: TargetRegistry, store: StateStore, fleet: Fleet, snapshot: Snapshot, health: HealthDeps) {
     this.config = config
@@ -83,6 +92,17 @@ export class Controller {
       holdsChanged: () => this.onHoldsChanged(),
       // `generation` second, where the line of a drained event has always had it.
       record: ({ type, ...rest }) => this.events.append({ type, generation: this.state.generation, ...rest }),
+    })
+    this.releases = new Releases({
+      state: () => this.state,
+      config: () => this.config,
+      isLeader: () => fleet.isLeader,
+      apply: async (plan, actor) => await this.applyRelease(plan, actor),
+      healthGate: (changes) => checkHealthGate(this.config, this.#switcher.current, changes).failures,
+      smoke: async (changes) => await runSmokeGate(this.health.smoke, () => this.config, changes),
+      healthyTargets: (service, color) => this.#switcher.current.services.get(service)?.colors[color].targets.healthyCount ?? 0,
+      sample: (service, color) => this.sample(service, color),
+      isDraining: (service, color) => this.drains.get(service, color) !== undefined,
     })
     registry.onHealthChange((change) => this.onHealthChange(change))
     this.afterSwap(snapshot)
@@ -124,6 +144,9 @@ export class Controller {
   private afterSwap (snapshot: Snapshot): void {
     this.health.prober.sync(configureTargets(snapshot))
     this.registry.prune(snapshotTargets(snapshot))
+    configureSampling(snapshot)
+    // The constructor swaps before the runs exist; it syncs them itself once they do.
+    this.releases.sync()
   }
 
   get generation (): number {
@@ -207,7 +230,7 @@ export class Controller {
       this.revision = await this.store.commit(next, { ...event, generation: next.generation }, (stored) => {
         applied = stored
         const changes = event.changes as ColorChange[] | undefined
-        this.install(next, config, snapshot, holds, colorChangesBetween(this.state, next), event.type === 'flip')
+        this.install(next, config, snapshot, holds, colorChangesBetween(this.state, next), event.type === 'flip' || event.forward === true)
         const trigger = FLIP_TRIGGERS[event.type]
         if (trigger !== undefined && changes !== undefined) this.flipCounts.add(changes, trigger)
         published = this.health.publish?.()
@@ -268,7 +291,7 @@ export class Controller {
       return
     }
     const event = change.event
-    this.install(next, config, snapshot, holds, changes, event?.type === 'flip')
+    this.install(next, config, snapshot, holds, changes, event?.type === 'flip' || event?.forward === true)
     this.revision = change.revision
     this.guards.end(changes.map((c) => c.service))
     if (event?.type === 'flip' && event.guard !== false && this.fleet.isLeader) this.guards.start(this.config, changes, event.id)
@@ -297,6 +320,7 @@ export class Controller {
    * its colors still live, judging only the counts from now on.
    */
   private onLeadership (leading: boolean): void {
+    this.releases.sync()
     if (!leading) {
       this.guards.endAll()
       return
@@ -329,7 +353,9 @@ export class Controller {
 
   /** The routing state and config now in force (what worker processes are given). */
   routing (): { config: Config, state: RoutingState } {
-    return { config: this.config, state: { ...this.state, sticky: this.drains.holds() } }
+    // Workers route; the releases' records (verdicts and all) are not theirs to carry.
+    const { releases: _releases, ...state } = this.state
+    return { config: this.config, state: { ...state, sticky: this.drains.holds() } }
   }
 
   /**
@@ -360,6 +386,7 @@ export class Controller {
     return await this.exclusiveRetried(async () => {
       const { restart, added, removed, updated, tokenChanged, hostsChanged } = diffConfigs(this.config, config)
       if (restart.length > 0) throw new SwitchyardError('bad_request', `reload cannot change ${restart.join(', ')}: restart the gateway for that; nothing changed`, { fields: restart })
+      this.refuseIfReleasing(removed, 'a reload that removes a service')
       if (added.length + removed.length + updated.length === 0 && !tokenChanged && !hostsChanged) {
         return { generation: this.state.generation, changed: false, added, removed, updated }
       }
@@ -420,6 +447,7 @@ export class Controller {
 
   async stop (): Promise<void> {
     this.stopped = true
+    this.releases.stop()
     this.guards.endAll()
     this.drains.cancelAll()
     await this.idle()
@@ -446,7 +474,9 @@ export class Controller {
     for (let race = 1; ; race++) {
       const step = await this.exclusiveRetried(async (): Promise<ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }> => {
         this.checkGeneration(req.ifGeneration)
-        const plan = planFlip(req, this.resolveServices(req.services), this.state, this.config, first)
+        const names = this.resolveServices(req.services)
+        if (req.force !== true) this.refuseIfReleasing(names, 'flip')
+        const plan = planFlip(req, names, this.state, this.config, first)
         first ??= plan
         if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
         const { failures, smoke } = req.force === true ? { failures: [], smoke: [] } : checkHealthGate(this.config, this.#switcher.current, plan.changes)
@@ -478,7 +508,8 @@ export class Controller {
   /** In the queue, on the generation the plan was made from. */
   private async commitFlip (req: FlipRequest, plan: FlipPlan): Promise<ChangeResult> {
     const changes = plan.changes
-    const next = applyColorChanges(this.state, changes)
+    // A forced flip over a running release ends it: its weights go, the flip decides the colors.
+    const next = endOverridden(applyColorChanges(this.state, changes), changes.map((c) => c.service), Date.now(), `overridden by a forced flip (${req.actor ?? 'api'})`)
     const guarded = req.guard !== false
     const event = await this.commit(next, {
       type: 'flip', reason: req.reason ?? null, actor: req.actor ?? 'api', changes,
@@ -495,6 +526,7 @@ export class Controller {
       this.checkGeneration(req.ifGeneration)
       const names = req.services === undefined ? this.state.lastChange.filter((n) => this.config.services[n] !== undefined) : this.resolveServices(req.services)
       if (names.length === 0) throw new SwitchyardError('nothing_to_roll_back', 'nothing to roll back: no color change has been made yet')
+      this.refuseIfReleasing(names, 'rollback')
       const { next, changes } = planRollback(names, this.state, this.config)
       const event = await this.commit(next, { type: 'rollback', reason: req.reason ?? null, actor: req.actor ?? 'api', changes })
       this.guards.end(names)
@@ -506,15 +538,117 @@ export class Controller {
     return await this.exclusiveRetried(async () => {
       this.checkGeneration(req.ifGeneration)
       const [name] = this.resolveServices([req.service])
+      if (req.force !== true) this.refuseIfReleasing([name], 'setting targets')
       const plan = planTargets(name, req, this.state, this.config)
       if (plan.next === undefined) return { generation: this.state.generation, service: name, color: req.color, targets: plan.before }
-      const { next, before, isLive } = plan
+      const { before, isLive } = plan
+      const next = endOverridden(plan.next, [name], Date.now(), `overridden by new targets set with force (${req.actor ?? 'api'})`)
       const event = await this.commit(next, {
         type: 'targets', reason: req.reason ?? null, actor: req.actor ?? 'api',
         service: name, color: req.color, from: before, to: req.targets, ...(isLive ? { forced: true } : {}),
       })
       return { generation: next.generation, service: name, color: req.color, targets: req.targets, event }
     })
+  }
+
+  /** 409 release_in_progress when a running release holds one of `names`. */
+  private refuseIfReleasing (names: readonly string[], what: string): void {
+    for (const name of names) {
+      const r = runningReleaseOf(this.state.releases, name)
+      if (r !== undefined) throw releaseInProgress(r, names.filter((n) => r.services[n] !== undefined), what)
+    }
+  }
+
+  /** A color's counters now: requests and errors as the guard sees them (the fleet's sums on etcd), latency as sampled here. */
+  private sample (service: string, color: Color): ColorSample {
+    const local = this.registry.colorStats(service, color)
+    const counted = this.tally === undefined ? local : this.tally.stats(service, color, local)
+    return { requests: counted.requests, errors: counted.errors, latency: local.latency?.copy() ?? new LatencyHistogram() }
+  }
+
+  /**
+   * POST /v1/releases: checked against the config, then in the queue
+   * against the state (a running release holding one of its services is a
+   * 409), then committed in phase `deploying`. The leader's run takes it
+   * from there, here or on another replica.
+   */
+  async startRelease (body: Record<string, unknown>, actor: string): Promise<Record<string, unknown>> {
+    const req = parseReleaseRequest(body, this.config)
+    return await this.exclusiveRetried(async () => {
+      this.checkGeneration(req.ifGeneration)
+      const names = Object.keys(req.services)
+      for (const name of names) {
+        if (this.config.services[name] === undefined) throw new SwitchyardError('bad_request', `services.${name}: unknown service`, { field: `services.${name}` })
+      }
+      this.refuseIfReleasing(names, 'a second release')
+      const id = `r${this.state.generation + 1}`
+      const now = new Date().toISOString()
+      const release = newRelease(id, req, (n) => this.state.services[n].live, this.config, actor, randomInt(0, 0x100000000), now)
+      const next = planCreate(this.state, release)
+      await this.commit(next, { type: 'release', reason: release.reason, actor, release: id, phase: 'deploying', services: Object.fromEntries(Object.entries(release.services).map(([n, s]) => [n, { targets: s.targets, version: s.version, from: s.from, to: s.to }])), steps: release.steps })
+      return describeRelease(release)
+    })
+  }
+
+  /**
+   * One move of a release, planned in the queue on the state in force and
+   * committed as a `release` event; its color changes count as flips
+   * (a release's own as `release`, a revert as `auto_revert`, an abort as `manual`).
+   */
+  private async applyRelease (plan: (state: PersistedState) => ReleaseMove | undefined, actor: string): Promise<ReleaseMove | undefined> {
+    return await this.exclusiveRetried(async () => {
+      const move = plan(this.state)
+      if (move === undefined) return undefined
+      await this.commit(move.next, { type: 'release', actor, ...move.event })
+      if (move.changes.length > 0) {
+        this.guards.end(move.changes.map((c) => c.service))
+        this.flipCounts.add(move.changes, move.event.forward === true ? 'release' : move.release.phase === 'aborted' ? 'manual' : 'auto_revert')
+      }
+      const phase = move.release.phase
+      if (!isRunning(phase)) {
+        this.releaseOutcomes[phase as ReleaseOutcome]++
+        log(phase === 'done' ? 'info' : 'warn', `release ${move.release.id} ${phase}`, { release: move.release.id, outcome: move.release.outcome })
+      } else if (move.event.from !== phase) {
+        log('info', `release ${move.release.id} ${phase}`, { release: move.release.id, step: move.release.step, weight: move.release.weight })
+      }
+      return move
+    })
+  }
+
+  /** POST /v1/releases/ID/ACTION: pause, resume, promote (to 100% now, or past the verify window), abort (back to the old colors at once). */
+  async releaseAction (id: string, action: 'pause' | 'resume' | 'promote' | 'abort', actor: string): Promise<Record<string, unknown>> {
+    const find = (state: PersistedState): Release => {
+      const r = state.releases?.find((x) => x.id === id)
+      if (r === undefined) throw new SwitchyardError('not_found', `no release ${id}`, { release: id })
+      if (!isRunning(r.phase)) throw new SwitchyardError('release_state', `release ${id} is ${r.phase}: ${action} applies only to a running release`, { release: id, phase: r.phase })
+      return r
+    }
+    const move = await this.applyRelease((state) => {
+      const r = find(state)
+      const now = Date.now()
+      switch (action) {
+        case 'pause': return r.pausedAt === null ? planPause(state, id, now) : undefined
+        case 'resume': return r.pausedAt === null ? undefined : planResume(state, id, now)
+        case 'abort': return planEnd(state, id, 'aborted', now, `aborted by ${actor}`)
+        case 'promote':
+          if (r.phase === 'shifting') return planForward(state, id, now, this.releases.baseline(id))
+          if (r.phase === 'verifying') return planPhase(state, id, 'draining', now)
+          throw new SwitchyardError('release_state', `release ${id} is ${r.phase}: promote applies while shifting (to 100% now) or verifying (skips the rest of the window)`, { release: id, phase: r.phase })
+      }
+      return undefined
+    }, actor)
+    return this.getRelease(move?.release.id ?? id)
+  }
+
+  /** GET /v1/releases: newest first. */
+  listReleases (): Array<Record<string, unknown>> {
+    return [...(this.state.releases ?? [])].reverse().map((r) => describeRelease(r, this.releases.current(r.id)))
+  }
+
+  getRelease (id: string): Record<string, unknown> {
+    const r = this.state.releases?.find((x) => x.id === id)
+    if (r === undefined) throw new SwitchyardError('not_found', `no release ${id}`, { release: id })
+    return describeRelease(r, isRunning(r.phase) ? this.releases.current(id) : undefined)
   }
 
   /** The view served by GET /v1/state. */
@@ -532,6 +666,13 @@ export class Controller {
   async idle (): Promise<void> {
     await this.queue
     await this.events.flush()
+  }
+}
+
+/** Latency sampling follows the snapshot: on for both colors of a service while a release runs, off (and free) otherwise. */
+export function configureSampling (snapshot: Snapshot): void {
+  for (const route of snapshot.services.values()) {
+    for (const color of COLORS) route.colors[color].stats.setSampling(route.sampled)
   }
 }
 

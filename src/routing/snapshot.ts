@@ -11,6 +11,10 @@ export interface ServiceState {
   previous: Color | null
   /** Targets set through the admin API; they override the config's for that color. */
   targets: Partial<Record<Color, string[]>>
+  /** A release's traffic split in force: `weight` percent of ordinary traffic goes to `color` (not live). */
+  split?: { color: Color, weight: number, seed: number }
+  /** The id of the running release this service belongs to (latency sampling is on while set). */
+  release?: string
 }
 
 /** A color that keeps serving its pinned sessions after a flip, until `until` (epoch ms). */
