@@ -104,7 +104,7 @@ export function createMetrics (deps: Deps): Registry {
   })
   new Counter({
     name: 'switchyard_flips_total',
-    help: 'Color changes, per service and trigger (manual, rollback, auto_revert)',
+    help: 'Color changes, per service and trigger (manual, rollback, auto_revert, release)',
     labelNames: ['service', 'trigger'],
     registers: [reg],
     collect () {
@@ -112,6 +112,16 @@ export function createMetrics (deps: Deps): Registry {
       for (const [service, counts] of deps.controller().flipCounts) {
         for (const [trigger, n] of Object.entries(counts)) this.inc({ service, trigger }, n)
       }
+    },
+  })
+  new Counter({
+    name: 'switchyard_releases_total',
+    help: 'Releases ended on this gateway, per outcome (done, reverted, aborted, failed)',
+    labelNames: ['outcome'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const [outcome, n] of Object.entries(deps.controller().releaseOutcomes)) this.inc({ outcome }, n)
     },
   })
   new Gauge({
