@@ -229,6 +229,7 @@ export class Controller {
     try {
       this.revision = await this.store.commit(next, { ...event, generation: next.generation }, (stored) => {
         applied = stored
+        this.countEndedReleases(this.state, next)
         const changes = event.changes as ColorChange[] | undefined
         this.install(next, config, snapshot, holds, colorChangesBetween(this.state, next), event.type === 'flip' || event.forward === true)
         const trigger = FLIP_TRIGGERS[event.type]
@@ -551,6 +552,12 @@ export class Controller {
     })
   }
 
+  /** switchyard_releases_total: releases running before a commit made here and ended by it (a forced flip ends one too). */
+  private countEndedReleases (before: PersistedState, after: PersistedState): void {
+    const running = new Set((before.releases ?? []).filter((r) => isRunning(r.phase)).map((r) => r.id))
+    for (const r of after.releases ?? []) if (running.has(r.id) && !isRunning(r.phase)) this.releaseOutcomes[r.phase as ReleaseOutcome]++
+  }
+
   /** 409 release_in_progress when a running release holds one of `names`. */
   private refuseIfReleasing (names: readonly string[], what: string): void {
     for (const name of names) {
@@ -606,7 +613,6 @@ export class Controller {
       }
       const phase = move.release.phase
       if (!isRunning(phase)) {
-        this.releaseOutcomes[phase as ReleaseOutcome]++
         log(phase === 'done' ? 'info' : 'warn', `release ${move.release.id} ${phase}`, { release: move.release.id, outcome: move.release.outcome })
       } else if (move.event.from !== phase) {
         log('info', `release ${move.release.id} ${phase}`, { release: move.release.id, step: move.release.step, weight: move.release.weight })
