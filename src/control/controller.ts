@@ -593,6 +593,9 @@ export class Controller {
       const release = newRelease(id, req, (n) => this.state.services[n].live, this.config, actor, randomInt(0, 0x100000000), now)
       const next = planCreate(this.state, release)
       await this.commit(next, { type: 'release', reason: release.reason, actor, release: id, phase: 'deploying', services: Object.fromEntries(Object.entries(release.services).map(([n, s]) => [n, { targets: s.targets, version: s.version, from: s.from, to: s.to }])), steps: release.steps })
+      // The release owns these services now: a guard still watching an earlier flip must not revert under it, and a drain of the idle color must not close what the release sends there.
+      this.guards.end(names)
+      this.drains.cancel(names)
       return describeRelease(release)
     })
   }
