@@ -8,6 +8,8 @@ import {
 } from '../src/release/stats.js'
 import { judge, sampleOf, sampleSince, Z_FINAL, Z_INTERIM, type ColorSample, type VerifySettings } from '../src/release/verdict.js'
 import { ColorStats, type OpenExchange } from '../src/upstream/color-stats.js'
+import { FleetTally } from '../src/control/fleet-tally.js'
+import type { ReplicaRecord } from '../src/state/store.js'
 
 /** mulberry32: a fixed seed gives the same simulated traffic on every run. */
 function prng (seed: number): () => number {
@@ -353,4 +355,32 @@ t.test('a worker\'s totals carry the latency counts to the primary', async (t) =
   const { latency: _dropped, ...without } = report
   primary.setTotals(without)
   t.equal(primary.latency?.total, 5, 'a report without latency (a worker not yet sampling) leaves the histogram alone')
+})
+
+t.test('fleet: other replicas\' sampled latencies are summed by their growth, with this process\'s own', async (t) => {
+  const local = new ColorStats('api', 'green', { accessLog: undefined, metrics: false })
+  const tally = new FleetTally('me')
+  const view = tally.stats('api', 'green', local)
+  t.equal(view.latency, undefined, 'nothing sampled anywhere')
+  const record = (id: string, requests: number, latency?: number[]): ReplicaRecord =>
+    ({ id, admin: null, generation: 1, revision: 1, heartbeat: new Date().toISOString(), counts: { api: { green: { requests, errors: 0, ...(latency === undefined ? {} : { latency }) } } } })
+  const [i, j] = [bucketOf(10), bucketOf(40)]
+  tally.update([record('b', 10, [i, 3])])
+  t.equal(view.latency?.total, 3, 'another replica\'s counts, while this one samples nothing')
+  local.setSampling(true)
+  serve(local, 200, 40)
+  const start = sampleOf(view)
+  tally.update([record('b', 12, [i, 4, j, 1]), record('me', 999, [j, 999])])
+  t.equal(view.latency?.counts[i], 4)
+  t.equal(view.latency?.counts[j], 2, 'its own record is not counted twice')
+  t.same(sampleSince(view, start).latency.toSparse(), [i, 1, j, 1], 'a window over the fleet')
+  tally.update([record('b', 2, [j, 2])])
+  t.equal(view.latency?.total, 8, 'restarted (requests went down): all of it is new')
+  tally.update([record('b', 3)])
+  tally.update([record('b', 4, [j, 1])])
+  t.equal(view.latency?.total, 9, 'sampling off and on again: the new histogram is all new')
+  tally.update([record('b', 5, 'junk' as unknown as number[])])
+  t.equal(view.latency?.total, 9, 'a record from something else is not read')
+  const { counts } = record('b', 5, [i, 1])
+  t.same(JSON.parse(JSON.stringify(counts)), counts, 'the sparse form is plain JSON for the record')
 })
