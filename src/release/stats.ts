@@ -139,7 +139,7 @@ export interface TestResult {
 /**
  * One-sided test of H0: pNew - pOld <= margin (Wald, unpooled):
  * z = (pNew - pOld - margin) / sqrt(pNew(1-pNew)/nNew + pOld(1-pOld)/nOld).
- * `nOld` may be Infinity (compare with a fixed pOld = errOld/nOld = 0).
+ * `nNew` must be positive; `nOld` too, or Infinity (compare with a fixed pOld = 0).
  *
  * When that standard error is 0 (every rate 0 or 1), each rate is taken as
  * (errors + 0.5) / (n + 1) for the error only (Anscombe's half-count): z stays

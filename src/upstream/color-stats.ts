@@ -246,8 +246,9 @@ export class ColorStats {
     this.durationSum = t.durationSum
     this.durationCount = t.durationCount
     Object.assign(this.upstreamErrors, t.upstreamErrors)
-    // A report without latency leaves sampling as this process set it: workers switch on at their own pace.
-    if (t.latency !== undefined) (this.latency ??= new LatencyHistogram()).set(t.latency)
+    // Mirrored like the rest: the primary serves nothing itself, so its histogram is the workers' sum, and goes when none samples.
+    if (t.latency === undefined) this.latency = undefined
+    else (this.latency ??= new LatencyHistogram()).set(t.latency)
     if (this.watcher !== undefined) this.watcher.onOutcome()
     if (this.drain !== undefined && this.isEmpty) this.drain.onEmpty()
   }
