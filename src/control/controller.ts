@@ -307,10 +307,11 @@ export class Controller {
 
   private counts (): ColorCounts {
     const out: ColorCounts = {}
+    // Latency only while a release samples the color: the record is written every second, and most colors have none.
+    const countsOf = ({ requests, errors, latency }: ReturnType<TargetRegistry['colorStats']>): ColorCounts[string]['blue'] =>
+      latency === undefined ? { requests, errors } : { requests, errors, latency: latency.toSparse() }
     for (const name of Object.keys(this.config.services)) {
-      const blue = this.registry.colorStats(name, 'blue')
-      const green = this.registry.colorStats(name, 'green')
-      out[name] = { blue: { requests: blue.requests, errors: blue.errors }, green: { requests: green.requests, errors: green.errors } }
+      out[name] = { blue: countsOf(this.registry.colorStats(name, 'blue')), green: countsOf(this.registry.colorStats(name, 'green')) }
     }
     return out
   }

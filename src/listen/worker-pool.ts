@@ -52,6 +52,10 @@ function add (a: Totals, b: Totals): void {
   a.durationSum += b.durationSum
   a.durationCount += b.durationCount
   for (const k of Object.keys(a.upstreamErrors) as Array<keyof Totals['upstreamErrors']>) a.upstreamErrors[k] += b.upstreamErrors[k]
+  if (b.latency !== undefined) {
+    const sum = a.latency ??= []
+    b.latency.forEach((n, i) => { sum[i] = (sum[i] ?? 0) + n })
+  }
 }
 
 /** The primary's side: forks, feeds and listens to the workers. */
