@@ -22,8 +22,7 @@ import { FlipCounts, type ChangeResult, type DrainRequest, type FlipRequest, typ
 import { describeState, lastGuardedFlip, listColorsUsing } from './state-view.js'
 import { describeRelease, isRunning, newRelease, parseReleaseRequest, releaseInProgress, runningReleaseOf, type Release, type ReleaseOutcome } from '../release/model.js'
 import { endOverridden, planCreate, planEnd, planForward, planPause, planPhase, planResume, type ReleaseMove } from '../release/transitions.js'
-import { LatencyHistogram } from '../release/stats.js'
-import type { ColorSample } from '../release/verdict.js'
+import type { SampleSource } from '../release/verdict.js'
 import { Releases } from './releases.js'
 import { randomInt } from 'node:crypto'
 
@@ -101,7 +100,7 @@ export class Controller {
       healthGate: (changes) => checkHealthGate(this.config, this.#switcher.current, changes).failures,
       smoke: async (changes) => await runSmokeGate(this.health.smoke, () => this.config, changes),
       healthyTargets: (service, color) => this.#switcher.current.services.get(service)?.colors[color].targets.healthyCount ?? 0,
-      sample: (service, color) => this.sample(service, color),
+      counters: (service, color) => this.counters(service, color),
       isDraining: (service, color) => this.drains.get(service, color) !== undefined,
     })
     registry.onHealthChange((change) => this.onHealthChange(change))
@@ -567,11 +566,10 @@ export class Controller {
     }
   }
 
-  /** A color's counters now: requests and errors as the guard sees them (the fleet's sums on etcd), latency as sampled here. */
-  private sample (service: string, color: Color): ColorSample {
+  /** A color's counters: requests and errors as the guard sees them, latency as sampled (the fleet's sums on etcd). */
+  private counters (service: string, color: Color): SampleSource {
     const local = this.registry.colorStats(service, color)
-    const counted = this.tally === undefined ? local : this.tally.stats(service, color, local)
-    return { requests: counted.requests, errors: counted.errors, latency: local.latency?.copy() ?? new LatencyHistogram() }
+    return this.tally === undefined ? local : this.tally.stats(service, color, local)
   }
 
   /**

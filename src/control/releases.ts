@@ -6,7 +6,7 @@ import { log } from '../log.js'
 import { isRunning, type Release, type ReleaseVerdict, type StoredSample } from '../release/model.js'
 import { LatencyHistogram } from '../release/stats.js'
 import { planDeploy, planEnd, planForward, planPhase, planStep, type ReleaseMove } from '../release/transitions.js'
-import { judge, type ColorSample, type ServiceVerdict } from '../release/verdict.js'
+import { judge, sampleOf, sampleSince, type ColorSample, type SampleSource, type ServiceVerdict } from '../release/verdict.js'
 import type { ColorChange } from '../state/events.js'
 import type { PersistedState } from '../state/file-store.js'
 import type { GateFailure } from './gate.js'
@@ -27,8 +27,8 @@ export interface ReleaseDeps {
   /** The smoke checks of the gate, run outside the queue. */
   smoke: (changes: ColorChange[]) => Promise<GateFailure[]>
   healthyTargets: (service: string, color: Color) => number
-  /** A color's counters now (they only grow): a window's data is the difference of two of these. */
-  sample: (service: string, color: Color) => ColorSample
+  /** A color's counters (they only grow): a window's data is the difference of two readings. */
+  counters: (service: string, color: Color) => SampleSource
   /** Whether the color still has a drain running. */
   isDraining: (service: string, color: Color) => boolean
 }
@@ -101,7 +101,7 @@ class ReleaseRun {
     this.id = id
     this.deps = deps
     const r = this.release()
-    if (r !== undefined) for (const [name, s] of Object.entries(r.services)) this.origin.set(name, deps.sample(name, s.from))
+    if (r !== undefined) for (const [name, s] of Object.entries(r.services)) this.origin.set(name, sampleOf(deps.counters(name, s.from)))
     this.timer = setInterval(() => { this.tick() }, TICK_MS)
     this.timer.unref()
     // The first look at once: a new release deploys without waiting for a tick.
@@ -203,7 +203,7 @@ class ReleaseRun {
   /** A new step or phase: the counts both colors have now start its window. */
   private openWindow (r: Release, key: string): void {
     const at = new Map<string, { new: ColorSample, old: ColorSample }>()
-    for (const [name, s] of Object.entries(r.services)) at.set(name, { new: this.deps.sample(name, s.to), old: this.deps.sample(name, s.from) })
+    for (const [name, s] of Object.entries(r.services)) at.set(name, { new: sampleOf(this.deps.counters(name, s.to)), old: sampleOf(this.deps.counters(name, s.from)) })
     this.window = { key, at }
     this.lastLook = Date.now()
     this.current = undefined
@@ -219,8 +219,8 @@ class ReleaseRun {
     for (const [name, s] of Object.entries(r.services)) {
       const start = this.window?.at.get(name)
       if (start === undefined) continue
-      const fresh = since(this.deps.sample(name, s.to), start.new)
-      const old = r.phase === 'shifting' ? since(this.deps.sample(name, s.from), start.old) : fromStored(r.baseline?.[name])
+      const fresh = sampleSince(this.deps.counters(name, s.to), start.new)
+      const old = r.phase === 'shifting' ? sampleSince(this.deps.counters(name, s.from), start.old) : fromStored(r.baseline?.[name])
       services[name] = judge(fresh, old, r.verify, final)
     }
     return {
@@ -242,26 +242,20 @@ class ReleaseRun {
     for (const [name, s] of Object.entries(r.services)) {
       const start = r.phase === 'shifting' ? this.window?.at.get(name)?.old : this.origin.get(name)
       if (start === undefined) continue
-      out[name] = toStored(since(this.deps.sample(name, s.from), start))
+      out[name] = toStored(sampleSince(this.deps.counters(name, s.from), start))
     }
     return out
   }
 }
 
-function since (now: ColorSample, start: ColorSample): ColorSample {
-  return { requests: now.requests - start.requests, errors: now.errors - start.errors, latency: LatencyHistogram.diff(now.latency, start.latency) }
-}
-
 function toStored (s: ColorSample): StoredSample {
-  const latency: number[] = []
-  s.latency.counts.forEach((n, i) => { if (n > 0) latency.push(i, n) })
-  return { requests: s.requests, errors: s.errors, latency }
+  return { requests: s.requests, errors: s.errors, latency: s.latency.toSparse() }
 }
 
 /** A stored baseline back as a sample; none stored (a restart lost it) is an empty one, and the latency test is then inconclusive. */
 function fromStored (s: StoredSample | undefined): ColorSample {
   const latency = new LatencyHistogram()
   if (s === undefined) return { requests: 0, errors: 0, latency }
-  for (let i = 0; i + 1 < s.latency.length; i += 2) latency.addCount(s.latency[i], s.latency[i + 1])
+  latency.addSparse(s.latency)
   return { requests: s.requests, errors: s.errors, latency }
 }
