@@ -102,6 +102,22 @@ export function createMetrics (deps: Deps): Registry {
       }
     },
   })
+  new Gauge({
+    name: 'switchyard_traffic_weight',
+    help: 'Percent of a service\'s ordinary traffic (not preview, not smoke) each color gets: a release\'s split, else 100 on live',
+    labelNames: ['service', 'color'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const route of deps.controller().snapshots.current.services.values()) {
+        const split = route.split
+        for (const color of COLORS) {
+          const weight = split === undefined ? (route.live === color ? 100 : 0) : split.to.color === color ? split.weight : 100 - split.weight
+          this.set({ service: route.name, color }, weight)
+        }
+      }
+    },
+  })
   new Counter({
     name: 'switchyard_flips_total',
     help: 'Color changes, per service and trigger (manual, rollback, auto_revert, release)',
