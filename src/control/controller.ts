@@ -1,9 +1,9 @@
 // The only code that changes routing state. Every change is serialized,
 // built into a whole new snapshot, persisted, then swapped in with one assignment.
 
-import { COLORS, type Color, type Config } from '../config/schema.js'
+import type { Color, Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
-import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState, type Snapshot, type SnapshotView, type StickyHold } from '../routing/snapshot.js'
+import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Switcher, type RoutingState, type Snapshot, type SnapshotView, type StickyHold } from '../routing/snapshot.js'
 import type { Guard, GuardTrip } from '../health/guard.js'
 import type { Prober } from '../health/prober.js'
 import type { SmokeRunner } from '../health/smoke.js'
@@ -674,13 +674,6 @@ export class Controller {
   async idle (): Promise<void> {
     await this.queue
     await this.events.flush()
-  }
-}
-
-/** Latency sampling follows the snapshot: on for both colors of a service while a release runs, off (and free) otherwise. */
-export function configureSampling (snapshot: Snapshot): void {
-  for (const route of snapshot.services.values()) {
-    for (const color of COLORS) route.colors[color].stats.setSampling(route.sampled)
   }
 }
 

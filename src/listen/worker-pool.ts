@@ -12,7 +12,7 @@ import { createEdgeServer, type EdgeServer } from '../proxy/edge.js'
 import { createResolver } from '../routing/resolve.js'
 import { SmokeRunner } from '../health/smoke.js'
 import { createAccessLog, drainLogs, log } from '../log.js'
-import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState } from '../routing/snapshot.js'
+import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Switcher, type RoutingState } from '../routing/snapshot.js'
 import { closeSpread, type RemoteColors, type Totals } from '../upstream/color-stats.js'
 import { TargetRegistry, type ProbeState } from '../upstream/registry.js'
 import { closeGracefully, listen, type ListenerDeps, type PublicListener } from './public-listener.js'
@@ -244,6 +244,7 @@ export function runWorker (): void {
       if (p !== undefined) target.setProbe(p)
     }
     registry.prune(snapshotTargets(snapshot))
+    configureSampling(snapshot)
   }
 
   const report = setInterval(() => {

@@ -228,6 +228,13 @@ export function configureTargets (snapshot: Snapshot): Set<Target> {
   return seen
 }
 
+/** Latency sampling follows the snapshot: on for both colors of a service while a release runs, off (and free) otherwise. */
+export function configureSampling (snapshot: Snapshot): void {
+  for (const route of snapshot.services.values()) {
+    for (const color of COLORS) route.colors[color].stats.setSampling(route.sampled)
+  }
+}
+
 /** Target URLs a snapshot uses; the registry keeps these and forgets the rest. */
 export function snapshotTargets (snapshot: Snapshot): Set<string> {
   const urls = new Set<string>()
