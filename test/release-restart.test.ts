@@ -8,7 +8,7 @@ import { admin, configFile, eventually, listening, serve, startBackend } from '.
 t.test('SIGKILL in shifting, then a restart: the release resumes at the same step, timers from the stored start', async (t) => {
   const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
   const file = configFile(t, `defaults:
-  health: { interval: 100ms, healthyThreshold: 1 }
+  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
   drain: { timeout: 1s }
 services:
   users:
@@ -61,7 +61,7 @@ t.test('the CLI follows a release and exits 0 when it is done, 3 when it is reve
   const [v1, idle, v2, bad] = await Promise.all(['v1', 'idle', 'v2', 'bad'].map(async (n) => await startBackend(t, n)))
   bad.handler = (req, res) => { res.writeHead(req.url === '/healthz' ? 200 : 500); res.end() }
   const file = configFile(t, `defaults:
-  health: { interval: 100ms, healthyThreshold: 1 }
+  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
   drain: { timeout: 1s }
 services:
   users:

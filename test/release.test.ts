@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { admin, eventually, http1, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
 
 const TOP = `defaults:
-  health: { interval: 100ms, healthyThreshold: 1, unhealthyThreshold: 2 }
+  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1, unhealthyThreshold: 2 }
   drain: { timeout: 1s }
 `
 
@@ -21,12 +21,12 @@ ${extra}`
 interface Fixture { gw: TestGateway, old: Record<string, Backend>, next: Record<string, Backend> }
 
 /** users and orders live on blue (v1); v2 backends ready to be released to green. */
-async function fixture (t: Tap.Test, extra = ''): Promise<Fixture> {
+async function fixture (t: Tap.Test, usersExtra = ''): Promise<Fixture> {
   const names = ['users-v1', 'users-idle', 'users-v2', 'orders-v1', 'orders-idle', 'orders-v2']
   const b = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await startBackend(t, n)] as const)))
   const gw = await startGateway(t, `${TOP}services:
-${svc('users', '/users', b['users-v1'], b['users-idle'], extra)}
-${svc('orders', '/orders', b['orders-v1'], b['orders-idle'], extra)}`)
+${svc('users', '/users', b['users-v1'], b['users-idle'], usersExtra)}
+${svc('orders', '/orders', b['orders-v1'], b['orders-idle'])}`)
   return { gw, old: { users: b['users-v1'], orders: b['orders-v1'] }, next: { users: b['users-v2'], orders: b['orders-v2'] } }
 }
 
