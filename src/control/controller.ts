@@ -99,7 +99,12 @@ export class Controller {
       apply: async (plan, actor) => await this.applyRelease(plan, actor),
       healthGate: (changes) => checkHealthGate(this.config, this.#switcher.current, changes).failures,
       smoke: async (changes) => await runSmokeGate(this.health.smoke, () => this.config, changes),
-      healthyTargets: (service, color) => this.#switcher.current.services.get(service)?.colors[color].targets.healthyCount ?? 0,
+      healthyTargets: (service, color) => {
+        const set = this.#switcher.current.services.get(service)?.colors[color].targets
+        if (set === undefined) return 0
+        // Right after a restart no probe has run yet: unknown is not unhealthy.
+        return set.endpoints.every((e) => this.health.prober.hasProbed(e.target)) ? set.healthyCount : undefined
+      },
       counters: (service, color) => this.counters(service, color),
       isDraining: (service, color) => this.drains.get(service, color) !== undefined,
     })
@@ -616,7 +621,7 @@ export class Controller {
       const phase = move.release.phase
       if (!isRunning(phase)) {
         log(phase === 'done' ? 'info' : 'warn', `release ${move.release.id} ${phase}`, { release: move.release.id, outcome: move.release.outcome })
-      } else if (move.event.from !== phase) {
+      } else if (move.event.from !== phase || move.event.step !== undefined) {
         log('info', `release ${move.release.id} ${phase}`, { release: move.release.id, step: move.release.step, weight: move.release.weight })
       }
       return move

@@ -26,7 +26,8 @@ export interface ReleaseDeps {
   healthGate: (changes: ColorChange[]) => GateFailure[]
   /** The smoke checks of the gate, run outside the queue. */
   smoke: (changes: ColorChange[]) => Promise<GateFailure[]>
-  healthyTargets: (service: string, color: Color) => number
+  /** Healthy targets of a color; undefined while its targets have not all had their first probe. */
+  healthyTargets: (service: string, color: Color) => number | undefined
   /** A color's counters (they only grow): a window's data is the difference of two readings. */
   counters: (service: string, color: Color) => SampleSource
   /** Whether the color still has a drain running. */
