@@ -577,6 +577,7 @@ function releaseBody (positionals: string[], values: Record<string, string | boo
     if (list === '') throw new CliError(`${name}= has no URLs: give its new targets as ${name}=URL[,URL]`, 2)
     const targets = list.split(',')
     for (const url of targets) {
+      if (url === '') throw new CliError(`${name}: an empty URL in "${list}" (a stray comma?)`, 2)
       const origin = parseOrigin(url)
       if ('error' in origin) throw new CliError(`${name}: target "${url}" ${origin.error}`, 2)
     }
