@@ -645,14 +645,16 @@
     var steps = list(r.steps)
     var weight = num(r.weight)
     var where = steps.length === 0 ? 'all at once' : (r.phase === 'shifting' && num(r.step) >= 0 ? 'step ' + (num(r.step) + 1) + ' of ' + steps.length : steps.length + ' steps')
-    c.progress.textContent = where + ' \u00b7 ' + weight + '% of traffic on the new color' + (r.pausedAt ? ' \u00b7 paused since ' + clock(new Date(r.pausedAt)) : '')
+    c.progress.textContent = running
+      ? where + ' \u00b7 ' + weight + '% of traffic on the new color' + (r.pausedAt ? ' \u00b7 paused since ' + clock(new Date(r.pausedAt)) : '')
+      : 'ended ' + clock(new Date(r.updatedAt)) + ' \u00b7 ' + where
     c.outcome.hidden = !r.outcome
     c.outcome.textContent = text(r.outcome)
     var verdicts = list(r.verdicts)
     var last = verdicts[verdicts.length - 1]
     c.verdictAt.textContent = last
       ? 'last verdict ' + clock(new Date(last.at)) + ' at ' + num(last.weight) + '% (' + (last.final ? 'end of a hold' : 'interim look') + ')'
-      : 'no verdict yet'
+      : running ? 'no verdict yet' : 'no verdict recorded'
     var services = r.services && typeof r.services === 'object' ? r.services : {}
     c.rows.replaceChildren()
     Object.keys(services).forEach(function (name) {
