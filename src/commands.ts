@@ -804,7 +804,9 @@ class ReleaseProgress {
       const side = (x: SideErrors | undefined): string => x === undefined ? '-' : `${x.requests} req, ${x.errors} err`
       return [`  ${name}`, `${r.weight ?? 0}% -> ${s.to}`, e === undefined ? 'no verdict yet' : `new ${side(e.new)}`, e === undefined ? '' : `old ${side(e.old)}`, v?.outcome ?? '']
     })
-    const text = table(rows)
+    // A line the terminal wraps would take two rows, and erase() would leave half of it behind.
+    const width = (process.stdout.columns ?? 0) > 1 ? process.stdout.columns - 1 : Infinity
+    const text = table(rows).split('\n').map((line) => line.slice(0, width)).join('\n')
     this.io.write?.(text + '\n')
     this.liveLines = rows.length
   }
