@@ -54,6 +54,11 @@ async function openPage (t: Test, url: string, fake: FakeReleases): Promise<{ pa
     apply(r)
     await route.fulfill({ json: r })
   })
+  // The release events the admin API would log, once (the page asks with ?since= after that).
+  await page.route(/\/v1\/events(\?|$)/, async (route: Route) => {
+    const first = !route.request().url().includes('since=')
+    await route.fulfill({ json: { events: first ? RELEASE_EVENTS : [] } })
+  })
   await page.goto(url)
   return { page, errors }
 }
@@ -93,6 +98,10 @@ function serviceVerdict (outcome: string, n: Record<string, any>, o: Record<stri
 }
 
 const XSS = '<b id="xss">p99 up</b>'
+const RELEASE_EVENTS = [
+  { id: 1, type: 'release', time: at(-40), actor: 'cli:alice', reason: 'release 2026.11', release: 'r42', phase: 'shifting', step: 0, weight: 10 },
+  { id: 2, type: 'release', time: at(-30), actor: 'switchyard', reason: null, release: 'r40', phase: 'reverted', outcome: XSS },
+]
 
 function release (id: string, phase: string, extra: Record<string, any> = {}): Record<string, any> {
   return {
@@ -187,6 +196,9 @@ t.test('the Releases panel: timeline with the current phase, step and weights, t
   t.strictSame(await visible('r41'), [], 'an ended release has no actions')
   t.equal(await page.textContent('[data-release="r41"] .tl-ok .tl-label'), 'done')
   t.match(await page.textContent('[data-release="r41"] .rel-progress'), /^ended \d\d:\d\d:\d\d · 2 steps$/)
+  await page.waitForSelector('#events .ev-release')
+  t.strictSame(await page.$$eval('#events .ev-release .ev-what', (tds) => tds.map((td) => td.textContent)), [`r40 reverted: ${XSS}`, 'r42 shifting · 10%release 2026.11'], 'release events, newest first')
+  t.equal(await page.locator('#xss').count(), 0, 'an outcome in an event stays text')
   t.ok(statSync(await screenshot(page, gw, 'releases.png')).size > 10_000, 'the screenshot was written')
 
   // Pause: a confirm, then the POST with the token, and the panel follows the answer.
