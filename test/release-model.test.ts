@@ -6,7 +6,7 @@ import { findDuplicateKey } from '../src/admin/json-keys.js'
 import { parseConfig } from '../src/config/load.js'
 import { SwitchyardError } from '../src/errors.js'
 import { newRelease, parseReleaseRequest, pruneReleases, type Release } from '../src/release/model.js'
-import { endOverridden, planCreate, planDeploy, planEnd, planForward, planPause, planResume, planStep } from '../src/release/transitions.js'
+import { endOverridden, planCreate, planDeploy, planEnd, planForward, planPause, planResume, planStep } from '../src/control/release-moves.js'
 import { parseStateDocument, type PersistedState } from '../src/state/file-store.js'
 
 const config = parseConfig(JSON.stringify({

@@ -2,10 +2,8 @@
 // histogram, the normal CDF, both tests, their false-fail rates on simulated traffic, and judge().
 
 import t from 'tap'
-import {
-  bucketMidMs, bucketOf, LATENCY_BUCKETS, LATENCY_MAX_MS, LATENCY_MIN_MS, LATENCY_RATIO, LatencyHistogram,
-  mannWhitney, normalCdf, shiftFor, twoProportion,
-} from '../src/release/stats.js'
+import { bucketMidMs, bucketOf, LATENCY_BUCKETS, LATENCY_MAX_MS, LATENCY_MIN_MS, LATENCY_RATIO, LatencyHistogram, shiftFor } from '../src/upstream/latency.js'
+import { mannWhitney, normalCdf, twoProportion } from '../src/release/stats.js'
 import { judge, sampleOf, sampleSince, Z_FINAL, Z_INTERIM, type ColorSample, type VerifySettings } from '../src/release/verdict.js'
 import { ColorStats, type OpenExchange } from '../src/upstream/color-stats.js'
 import { FleetTally } from '../src/control/fleet-tally.js'

@@ -4,7 +4,7 @@
 
 import type { Color } from '../config/schema.js'
 import type { GuardStats } from '../health/guard.js'
-import { LatencyHistogram } from '../release/stats.js'
+import { LatencyHistogram } from '../upstream/latency.js'
 import type { ColorCounts, ReplicaRecord } from '../state/store.js'
 import type { ColorStats, OutcomeWatcher } from '../upstream/registry.js'
 

@@ -249,10 +249,10 @@ export function parseStoredReleases (raw: unknown, bad: (what: string) => never)
     const at = `releases[${i}]`
     if (!isObject(r)) return bad(`${at} must be an object`)
     if (typeof r.id !== 'string' || r.id === '' || ids.has(r.id)) bad(`${at}.id must be a unique non-empty string`)
-    ids.add(r.id as string)
+    ids.add(r.id)
     if (typeof r.phase !== 'string' || !(RUNNING_PHASES.includes(r.phase as ReleasePhase) || (FINAL_PHASES as readonly string[]).includes(r.phase))) bad(`${at}.phase is not a release phase`)
     if (!isObject(r.services) || Object.keys(r.services).length === 0) bad(`${at}.services must be a non-empty object`)
-    for (const [name, s] of Object.entries(r.services as Record<string, unknown>)) {
+    for (const [name, s] of Object.entries(r.services)) {
       if (!isObject(s) || !isColor(s.from) || !isColor(s.to) || s.from === s.to || !Array.isArray(s.targets) || s.targets.some((u) => 'error' in parseOrigin(u))) bad(`${at}.services.${name} must have targets (URLs) and two different colors from, to`)
     }
     if (!Array.isArray(r.steps) || r.steps.some((s) => !isObject(s) || !isWeight(s.weight) || !isMs(s.hold))) bad(`${at}.steps must be a list of {weight 1..99, hold ms}`)

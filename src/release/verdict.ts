@@ -1,7 +1,8 @@
 // Whether a release's new color is significantly worse than its old one over a window:
 // the error-rate and latency tests with their margins, as figures and lines a person can read.
 
-import { LatencyHistogram, mannWhitney, shiftFor, twoProportion } from './stats.js'
+import { LatencyHistogram, shiftFor } from '../upstream/latency.js'
+import { mannWhitney, twoProportion } from './stats.js'
 
 /**
  * Significance for a look taken while a step or window runs: looks are taken

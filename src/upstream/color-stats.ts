@@ -4,7 +4,7 @@
 // integer arithmetic happens here on the request path, plus one log when sampling.
 
 import type { Color } from '../config/schema.js'
-import { LatencyHistogram } from '../release/stats.js'
+import { LatencyHistogram } from '../upstream/latency.js'
 
 /** Something watching a color's outcomes (the post-flip guard). */
 export interface OutcomeWatcher {

@@ -3,7 +3,7 @@
 
 import type { PersistedState } from '../state/file-store.js'
 import type { ColorChange } from '../state/events.js'
-import { isRunning, KEEP_VERDICTS, pruneReleases, type Release, type ReleasePhase, type ReleaseVerdict, type StoredSample } from './model.js'
+import { isRunning, KEEP_VERDICTS, pruneReleases, type Release, type ReleasePhase, type ReleaseVerdict, type StoredSample } from '../release/model.js'
 
 /** A planned move: the state to commit and what its `release` event says. */
 export interface ReleaseMove {
