@@ -380,6 +380,8 @@ export class Controller {
   /** POST /v1/services/NAME/drain: start (or hurry) the drain of a color that is not live. */
   async drain (req: DrainRequest): Promise<Record<string, unknown>> {
     const [name] = this.resolveServices([req.service])
+    // A release sends traffic to the idle color and drains the old one itself.
+    this.refuseIfReleasing([name], 'a drain')
     return await this.drains.request(name, this.state.services[name].live, req)
   }
 

@@ -164,7 +164,10 @@ export function parseReleaseRequest (body: Record<string, unknown>, config: Conf
     if (!isObject(body.verify)) refuse('verify', `must be an object (${VERIFY_FIELDS.join(', ')})`)
     const v = body.verify
     for (const key of Object.keys(v)) if (!VERIFY_FIELDS.includes(key)) refuse(`verify.${key}`, `unknown field (allowed: ${VERIFY_FIELDS.join(', ')})`)
-    if (v.window !== undefined) verify.window = durationOf(v.window, 'verify.window')
+    if (v.window !== undefined) {
+      verify.window = durationOf(v.window, 'verify.window')
+      if (verify.window < 1_000) refuse('verify.window', 'must be at least 1s: the new color needs time to be judged')
+    }
     if (v.maxErrorRateIncrease !== undefined) verify.maxErrorRateIncrease = fraction(v.maxErrorRateIncrease, 'verify.maxErrorRateIncrease', 1)
     if (v.maxLatencyIncrease !== undefined) verify.maxLatencyIncrease = fraction(v.maxLatencyIncrease, 'verify.maxLatencyIncrease', 10)
     if (v.minRequests !== undefined) {
