@@ -277,3 +277,31 @@ t.test('paused, a step does not end when its hold does', async (t) => {
   await admin(f.gw.adminUrl, 'POST', `/v1/releases/${id}/resume`, {})
   await phaseOf(f.gw, id, 'done', 10_000)
 })
+
+t.test('healthy releases under load pass every verdict: no false revert over repeated runs', async (t) => {
+  const f = await fixture(t)
+  const load = traffic(f.gw, 8)
+  const RUNS = 3
+  const outcomes: string[] = []
+  let looks = 0
+  for (let i = 0; i < RUNS; i++) {
+    // Back and forth between the two versions: each release deploys to the color that is idle then.
+    const to = i % 2 === 0 ? f.next : f.old
+    const id = (await admin(f.gw.adminUrl, 'POST', '/v1/releases', {
+      services: { users: { targets: [to.users.url] }, orders: { targets: [to.orders.url] } },
+      steps: [{ weight: 10, hold: '1500ms' }, { weight: 50, hold: '1500ms' }],
+      verify: { window: '1500ms', minRequests: 30 },
+    })).json.id as string
+    const r = await eventually(async () => {
+      const x = await release(f.gw, id)
+      if (!['done', 'reverted', 'aborted', 'failed'].includes(x.phase)) throw new Error(String(x.phase))
+      return x
+    }, { timeout: 20_000, interval: 50 })
+    outcomes.push(r.phase)
+    looks += r.verdicts.length
+    if (r.phase !== 'done') t.comment(`run ${i}: ${String(r.outcome)}`)
+  }
+  await load.stop()
+  t.same(outcomes, Array(RUNS).fill('done'), `${RUNS} healthy releases, ${looks} final verdicts, no revert`)
+  t.same([...load.seen.keys()].filter((k) => k === 'failed' || k.includes(' ')), [], `no request failed across the releases (${[...load.seen.values()].reduce((a, b) => a + b, 0)} sent)`)
+})
