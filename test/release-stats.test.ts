@@ -32,7 +32,7 @@ function histOf (values: number[]): LatencyHistogram {
   return h
 }
 
-const VERIFY: VerifySettings = { maxErrorRateIncrease: 0.01, maxLatencyIncrease: 0.2, minRequests: 100 }
+const VERIFY: VerifySettings = { maxErrorRateIncrease: 0.01, maxLatencyIncrease: 0.2, latencyFloor: 0, minRequests: 100 }
 
 const sample = (requests: number, errors: number, latencies: number[] = []): ColorSample => ({ requests, errors, latency: histOf(latencies) })
 
@@ -381,4 +381,22 @@ t.test('fleet: other replicas\' sampled latencies are summed by their growth, wi
   t.equal(view.latency?.total, 9, 'a record from something else is not read')
   const { counts } = record('b', 5, [i, 1])
   t.same(JSON.parse(JSON.stringify(counts)), counts, 'the sparse form is plain JSON for the record')
+})
+
+t.test('the latency floor: a sub-millisecond drift on a fast backend is not slower, 50 ms more still is', async (t) => {
+  // What bench/release.js saw as false reverts: thousands of samples at p50 0.69 ms against 0.97 ms.
+  const old = histOf(Array.from({ length: 5000 }, lognormal(prng(11), 0.69, 0.3)))
+  const drift = histOf(Array.from({ length: 5000 }, lognormal(prng(12), 0.97, 0.3)))
+  const slow = histOf(Array.from({ length: 500 }, lognormal(prng(13), 50.7, 0.3)))
+  const sample = (latency: LatencyHistogram): ColorSample => ({ requests: latency.total, errors: 0, latency })
+  const noFloor = judge(sample(drift), sample(old), { ...VERIFY, latencyFloor: 0 }, true)
+  t.equal(noFloor.latency.outcome, 'fail', `without a floor, +0.28 ms at these counts is significant (z=${String(noFloor.latency.z)})`)
+  const floored = judge(sample(drift), sample(old), { ...VERIFY, latencyFloor: 5 }, true)
+  t.equal(floored.latency.outcome, 'pass', `with a 5 ms floor it is not (z=${String(floored.latency.z)})`)
+  t.match(floored.reasons.join(' '), /old \+5\.00 ms \(the floor/, 'the reason names the floor as the margin applied')
+  const bad = judge(sample(slow), sample(old), { ...VERIFY, latencyFloor: 5 }, false)
+  t.equal(bad.latency.outcome, 'fail', `+50 ms is still caught at an early look (z=${String(bad.latency.z)})`)
+  const base20 = histOf(Array.from({ length: 1000 }, lognormal(prng(14), 20, 0.3)))
+  const plus10pct = histOf(Array.from({ length: 1000 }, lognormal(prng(15), 22, 0.3)))
+  t.equal(judge(sample(plus10pct), sample(base20), { ...VERIFY, latencyFloor: 5 }, true).latency.outcome, 'pass', 'on a 20 ms base the floor (25%) and the ratio (21.6%) are close: 10% slower passes')
 })

@@ -54,11 +54,12 @@ class Checker {
     return value
   }
 
-  duration (value: unknown, path: string, fallback: number): number {
+  /** A duration in ms; `min` 0 lets `0ms` through (a floor that can be off), else it must be greater than zero. */
+  duration (value: unknown, path: string, fallback: number, min = 1): number {
     if (value === undefined) return fallback
     const ms = typeof value === 'string' ? parseDuration(value) : undefined
     if (ms === undefined) return this.fail(path, `not a duration (use 500ms, 2s, 1m): ${JSON.stringify(value)}`) ?? fallback
-    if (ms <= 0) return this.fail(path, 'must be greater than zero') ?? fallback
+    if (ms < min) return this.fail(path, min <= 0 ? 'must not be negative' : 'must be greater than zero') ?? fallback
     return ms
   }
 
@@ -400,6 +401,7 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
     window: c.duration(ver.window, join(path, 'verify.window'), ve.window),
     maxErrorRateIncrease: c.ratio(ver.maxErrorRateIncrease, join(path, 'verify.maxErrorRateIncrease'), ve.maxErrorRateIncrease),
     maxLatencyIncrease: c.number(ver.maxLatencyIncrease, join(path, 'verify.maxLatencyIncrease'), ve.maxLatencyIncrease, 0, 10),
+    latencyFloor: c.duration(ver.latencyFloor, join(path, 'verify.latencyFloor'), ve.latencyFloor, 0),
     minRequests: c.integer(ver.minRequests, join(path, 'verify.minRequests'), ve.minRequests, 1),
   }
 

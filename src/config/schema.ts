@@ -133,6 +133,8 @@ export interface VerifyConfig {
   maxErrorRateIncrease: number
   /** Latency may grow by this fraction (0.2 is 20%) before it counts as worse. Default 0.2. */
   maxLatencyIncrease: number
+  /** ...and by at least this much, ms: below it a difference is noise on any host, whatever the fraction. Default 5ms. */
+  latencyFloor: number
   /** Answers each color needs in a window before a test is made (fewer: inconclusive). Default 100. */
   minRequests: number
 }
@@ -267,7 +269,7 @@ export const DEFAULTS = {
     passive: { consecutiveFailures: 5, baseEjectionTime: 30_000, maxEjectionTime: 300_000 },
     gate: { minHealthy: 1 },
     guard: { window: 60_000, maxErrorRate: 0.05, minRequests: 20 },
-    verify: { window: 60_000, maxErrorRateIncrease: 0.01, maxLatencyIncrease: 0.2, minRequests: 100 },
+    verify: { window: 60_000, maxErrorRateIncrease: 0.01, maxLatencyIncrease: 0.2, latencyFloor: 5, minRequests: 100 },
     drain: { timeout: 30_000 },
     limits: { maxConnections: 1024 },
   } satisfies ServiceDefaults,

@@ -37,6 +37,13 @@ export interface ReleaseDeps {
 /** How often a running release is looked at, and how often its new color is judged early. */
 const TICK_MS = 250
 const LOOK_MS = 1_000
+/**
+ * An early look judges the last this many seconds of the window, not all
+ * of it: a new color that goes bad late in a long hold would otherwise be
+ * diluted by its good minutes before (5% failing showed as 1.4% after 10 s
+ * of good answers, and took 3.7 s instead of 1.5 s to revert).
+ */
+const RECENT_LOOKS = 10
 /** A `draining` phase ends at the latest this long after the services' drain timeouts. */
 const DRAIN_SLACK_MS = 5_000
 
@@ -81,10 +88,14 @@ export class Releases {
   }
 }
 
-/** Counts of both colors of each service at the start of a window. */
+/** Counts of both colors of each service at one moment. */
+type Reading = Map<string, { new: ColorSample, old: ColorSample }>
+
+/** The current step's or phase's window: the counts at its start, and at each of the last early looks. */
 interface WindowStart {
   key: string
-  at: Map<string, { new: ColorSample, old: ColorSample }>
+  at: Reading
+  recent: Reading[]
 }
 
 class ReleaseRun {
@@ -182,6 +193,7 @@ class ReleaseRun {
         if (!ended && now - this.lastLook < LOOK_MS) return
         this.lastLook = now
         const verdict = this.look(r, ended)
+        if (!ended) this.remember(r)
         this.current = verdict.services
         if (!verdict.pass) {
           const why = Object.entries(verdict.services).filter(([, v]) => v.outcome === 'fail').map(([name, v]) => `${name}: ${v.reasons.join('; ')}`).join('; ')
@@ -203,11 +215,23 @@ class ReleaseRun {
 
   /** A new step or phase: the counts both colors have now start its window. */
   private openWindow (r: Release, key: string): void {
-    const at = new Map<string, { new: ColorSample, old: ColorSample }>()
-    for (const [name, s] of Object.entries(r.services)) at.set(name, { new: sampleOf(this.deps.counters(name, s.to)), old: sampleOf(this.deps.counters(name, s.from)) })
-    this.window = { key, at }
+    const at = this.read(r)
+    this.window = { key, at, recent: [at] }
     this.lastLook = Date.now()
     this.current = undefined
+  }
+
+  private read (r: Release): Reading {
+    const at: Reading = new Map()
+    for (const [name, s] of Object.entries(r.services)) at.set(name, { new: sampleOf(this.deps.counters(name, s.to)), old: sampleOf(this.deps.counters(name, s.from)) })
+    return at
+  }
+
+  /** Keeps this early look's counts: the next ones judge from the oldest kept. */
+  private remember (r: Release): void {
+    if (this.window === undefined) return
+    this.window.recent.push(this.read(r))
+    if (this.window.recent.length > RECENT_LOOKS) this.window.recent.shift()
   }
 
   /**
@@ -218,7 +242,8 @@ class ReleaseRun {
   private look (r: Release, final: boolean): ReleaseVerdict {
     const services: Record<string, ServiceVerdict> = {}
     for (const [name, s] of Object.entries(r.services)) {
-      const start = this.window?.at.get(name)
+      // The final look judges the whole window; an early one its last RECENT_LOOKS seconds.
+      const start = (final ? this.window?.at : this.window?.recent[0])?.get(name)
       if (start === undefined) continue
       const fresh = sampleSince(this.deps.counters(name, s.to), start.new)
       const old = r.phase === 'shifting' ? sampleSince(this.deps.counters(name, s.from), start.old) : fromStored(r.baseline?.[name])

@@ -100,7 +100,7 @@ export const MAX_STEPS = 20
 export const DEFAULT_TIMEOUT = 5 * 60_000
 
 const REQUEST_FIELDS = ['services', 'steps', 'verify', 'timeout', 'reason', 'ifGeneration']
-const VERIFY_FIELDS = ['window', 'maxErrorRateIncrease', 'maxLatencyIncrease', 'minRequests']
+const VERIFY_FIELDS = ['window', 'maxErrorRateIncrease', 'maxLatencyIncrease', 'latencyFloor', 'minRequests']
 
 function refuse (field: string, message: string): never {
   throw new SwitchyardError('bad_request', `${field}: ${message}`, { field })
@@ -170,6 +170,7 @@ export function parseReleaseRequest (body: Record<string, unknown>, config: Conf
     }
     if (v.maxErrorRateIncrease !== undefined) verify.maxErrorRateIncrease = fraction(v.maxErrorRateIncrease, 'verify.maxErrorRateIncrease', 1)
     if (v.maxLatencyIncrease !== undefined) verify.maxLatencyIncrease = fraction(v.maxLatencyIncrease, 'verify.maxLatencyIncrease', 10)
+    if (v.latencyFloor !== undefined) verify.latencyFloor = durationOf(v.latencyFloor, 'verify.latencyFloor')
     if (v.minRequests !== undefined) {
       if (typeof v.minRequests !== 'number' || !Number.isInteger(v.minRequests) || v.minRequests < 1) refuse('verify.minRequests', 'must be a whole number of at least 1')
       verify.minRequests = v.minRequests
@@ -205,6 +206,7 @@ export function newRelease (id: string, req: ReleaseRequest, live: (service: str
     window: req.verify.window ?? Math.max(...configs.map((v) => v.window)),
     maxErrorRateIncrease: req.verify.maxErrorRateIncrease ?? Math.min(...configs.map((v) => v.maxErrorRateIncrease)),
     maxLatencyIncrease: req.verify.maxLatencyIncrease ?? Math.min(...configs.map((v) => v.maxLatencyIncrease)),
+    latencyFloor: req.verify.latencyFloor ?? Math.min(...configs.map((v) => v.latencyFloor)),
     minRequests: req.verify.minRequests ?? Math.max(...configs.map((v) => v.minRequests)),
   }
   return {
@@ -260,7 +262,7 @@ export function parseStoredReleases (raw: unknown, bad: (what: string) => never)
     }
     if (!Array.isArray(r.steps) || r.steps.some((s) => !isObject(s) || !isWeight(s.weight) || !isMs(s.hold))) bad(`${at}.steps must be a list of {weight 1..99, hold ms}`)
     for (const key of ['step', 'weight', 'timeout', 'seed'] as const) if (typeof r[key] !== 'number' || !Number.isFinite(r[key])) bad(`${at}.${key} must be a number`)
-    if (!isObject(r.verify) || !isMs(r.verify.window) || !isMs(r.verify.minRequests) || typeof r.verify.maxErrorRateIncrease !== 'number' || typeof r.verify.maxLatencyIncrease !== 'number') bad(`${at}.verify must hold window, maxErrorRateIncrease, maxLatencyIncrease, minRequests`)
+    if (!isObject(r.verify) || !isMs(r.verify.window) || !isMs(r.verify.minRequests) || typeof r.verify.maxErrorRateIncrease !== 'number' || typeof r.verify.maxLatencyIncrease !== 'number' || !isMs(r.verify.latencyFloor)) bad(`${at}.verify must hold window, maxErrorRateIncrease, maxLatencyIncrease, latencyFloor, minRequests`)
     for (const key of ['startedAt', 'updatedAt', 'phaseStartedAt'] as const) if (typeof r[key] !== 'string' || Number.isNaN(Date.parse(r[key]))) bad(`${at}.${key} must be a time`)
     if (r.pausedAt !== null && (typeof r.pausedAt !== 'string' || Number.isNaN(Date.parse(r.pausedAt)))) bad(`${at}.pausedAt must be a time or null`)
     if (!Array.isArray(r.verdicts) || !Array.isArray(r.history)) bad(`${at}.verdicts and history must be lists`)

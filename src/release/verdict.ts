@@ -1,7 +1,7 @@
 // Whether a release's new color is significantly worse than its old one over a window:
 // the error-rate and latency tests with their margins, as figures and lines a person can read.
 
-import { LatencyHistogram, shiftFor } from '../upstream/latency.js'
+import { LATENCY_RATIO, LatencyHistogram, shiftFor } from '../upstream/latency.js'
 import { mannWhitney, twoProportion } from './stats.js'
 
 /**
@@ -19,6 +19,8 @@ export interface VerifySettings {
   maxErrorRateIncrease: number
   /** How much slower the new color may be, as a ratio (0.2: old latencies times 1.2). */
   maxLatencyIncrease: number
+  /** The least latency increase, ms, that may count as slower, whatever the ratio: below it a difference is noise (a busy host, a GC). */
+  latencyFloor: number
   /** Requests (or latency samples) a side needs before a test runs on it. */
   minRequests: number
 }
@@ -131,7 +133,10 @@ function judgeLatency (newH: LatencyHistogram, oldH: LatencyHistogram, verify: V
     reasons.push(`latency: too few samples to judge (new ${newH.total}, old ${oldH.total}; ${need} needed on each)`)
     return out
   }
-  const shift = shiftFor(margin)
+  // The margin in whole 5% buckets: the ratio's, or more where the old median is so small that the ratio is under the floor.
+  const oldMedian = oldH.quantile(0.5)
+  const floorShift = verify.latencyFloor > 0 && oldMedian > 0 ? Math.ceil(Math.log((oldMedian + verify.latencyFloor) / oldMedian) / Math.log(LATENCY_RATIO)) : 0
+  const shift = Math.max(shiftFor(margin), floorShift)
   const { u, z, p } = mannWhitney(newH, oldH, shift)
   out.u = finite(u)
   out.z = finite(z)
@@ -139,7 +144,7 @@ function judgeLatency (newH: LatencyHistogram, oldH: LatencyHistogram, verify: V
   out.outcome = z > zLimit ? 'fail' : 'pass'
   const figures = `latency p50 ${ms(out.new.p50Ms)} vs ${ms(out.old.p50Ms)}, p99 ${ms(out.new.p99Ms)} vs ${ms(out.old.p99Ms)} (${newH.total} vs ${oldH.total} samples)`
   // The margin as applied: a whole number of 5% buckets (20% is 4: 21.6%).
-  const allowed = `old +${Math.round(margin * 100)}%`
+  const allowed = shift === floorShift && floorShift > shiftFor(margin) ? `old +${ms(verify.latencyFloor)} (the floor; +${Math.round(margin * 100)}% is less)` : `old +${Math.round(margin * 100)}%`
   const verdict = out.outcome === 'fail'
     ? `new significantly slower than ${allowed} (Mann-Whitney z=${num(z)} > ${zLimit}, p=${pValue(p)})`
     : `new not significantly slower than ${allowed} (Mann-Whitney z=${num(z)} <= ${zLimit}, p=${pValue(p)})`
