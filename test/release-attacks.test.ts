@@ -47,6 +47,9 @@ t.test('POST /v1/releases naming __proto__ is a 400, and the gateway still resta
   t.equal(res.status, 400, JSON.stringify(res.json))
   const ctor = await admin(gw.adminUrl, 'POST', '/v1/releases', '{"services": {"constructor": {"targets": ["http://127.0.0.1:9"]}}}')
   t.equal(ctor.status, 400, JSON.stringify(ctor.json))
+  // The same check guards flips, whose refusal of a running release's service reads the release list by name.
+  const flip = await admin(gw.adminUrl, 'POST', '/v1/services/constructor/flip', { force: true })
+  t.equal(flip.status, 404, JSON.stringify(flip.json))
   await gw.stop()
   // Whatever was stored must be readable by the next start.
   const again = await startGateway(t, yaml, { dir: gw.dir })
