@@ -197,7 +197,7 @@ export class Controller {
   private resolveServices (names: string[] | undefined): string[] {
     if (names === undefined) return Object.keys(this.config.services)
     for (const name of names) {
-      if (this.config.services[name] === undefined) throw new SwitchyardError('unknown_service', `unknown service: ${name}`, { service: name })
+      if (!Object.hasOwn(this.config.services, name)) throw new SwitchyardError('unknown_service', `unknown service: ${name}`, { service: name })
     }
     return [...new Set(names)]
   }
@@ -591,7 +591,7 @@ export class Controller {
       this.checkGeneration(req.ifGeneration)
       const names = Object.keys(req.services)
       for (const name of names) {
-        if (this.config.services[name] === undefined) throw new SwitchyardError('bad_request', `services.${name}: unknown service`, { field: `services.${name}` })
+        if (!Object.hasOwn(this.config.services, name)) throw new SwitchyardError('bad_request', `services.${name}: unknown service`, { field: `services.${name}` })
       }
       this.refuseIfReleasing(names, 'a second release')
       const id = `r${this.state.generation + 1}`

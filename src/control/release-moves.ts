@@ -35,6 +35,8 @@ function move (state: PersistedState, id: string, phase: ReleasePhase, now: numb
   const extra = edit(next, r) ?? {}
   if (r.phase !== phase || extra.step !== undefined) {
     r.phaseStartedAt = at
+    // A pause goes on into the new phase (a promote while paused): only time paused in this phase may move its start on resume.
+    if (r.pausedAt !== null) r.pausedAt = at
     r.history.push({ phase, at, ...(phase === 'shifting' ? { step: r.step, weight: r.weight } : {}) })
   }
   r.phase = phase
