@@ -6,7 +6,9 @@ import { parseConfig } from '../src/config/load.js'
 import { newRelease, parseReleaseRequest } from '../src/release/model.js'
 import { endOverridden, planCreate, planDeploy, planForward, planPause, planResume, planStep } from '../src/control/release-moves.js'
 import { parseStateDocument, type PersistedState } from '../src/state/file-store.js'
-import { admin, startBackend, startGateway } from './helpers/index.js'
+import { admin, configFile, eventually, http1, listening, serve, startBackend, startGateway, type Backend } from './helpers/index.js'
+import { startEtcd } from './helpers/etcd.js'
+import { fleetFormed, freshPrefix, startReplica, stateOf, type Replica } from './helpers/fleet.js'
 
 const config = parseConfig(JSON.stringify({
   services: {
@@ -66,7 +68,7 @@ t.test('a pause before a promote does not stretch the verify window after the re
   t.equal(windowStart, 605_000, `verifying starts at ${resumed.release.phaseStartedAt}`)
 })
 
-t.test('a forced flip of one service ends the release as aborted with every service back on its old color', async (t) => {
+t.test('a forced flip of one service ends the release as aborted with every service back on its old color', { todo: 'endOverridden (release-moves.ts) only marks the release aborted: the other services keep a live new color and the release its weight; it should flip them back as planEnd does, and commitFlip put those changes in the flip event' }, async (t) => {
   // Verifying: both new colors are live.
   const verifying = planForward(shifting(), 'r8', 5_000, {}).next
   const flipped = structuredClone(verifying)
@@ -98,4 +100,130 @@ t.test('two stored running releases holding the same service are refused at load
   d.releases.push({ ...structuredClone(d.releases[0]), id: 'r9' })
   // Both would be run, each committing its own split over the same services.
   t.throws(() => parseStateDocument(JSON.stringify(d), 'test'), /releases\[1\]/)
+})
+
+/** A backend that answers 500 to every 20th request (5%), as a service with a steady error rate does. */
+async function flaky (t: Tap.Test, name: string): Promise<Backend> {
+  const b = await startBackend(t, name)
+  let n = 0
+  b.handler = (_req, res) => {
+    res.writeHead(++n % 20 === 0 ? 500 : 200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify({ backend: name }))
+  }
+  return b
+}
+
+/** Keyed requests through `r` until stopped. */
+function load (r: Replica, loops = 6): () => Promise<number> {
+  let running = true
+  let n = 0
+  const all = Array.from({ length: loops }, async () => {
+    while (running) await http1(`${r.url}/x`, { headers: { 'x-switchyard-key': `k${n++}` } }).catch(() => undefined)
+  })
+  return async () => { running = false; await Promise.all(all); return n }
+}
+
+t.test('fleet: a promote asked of a follower keeps the old color\'s window as the verify baseline', { todo: 'releaseAction promote stores this.releases.baseline(id), which is {} on a replica without the run (a follower): verifying then compares the new color with 0% errors; the leader\'s run should store the baseline of the step it was judging when it sees the release in verifying without one' }, async (t) => {
+  const etcd = await startEtcd(t)
+  const [v1, idle, v2] = await Promise.all([flaky(t, 'v1'), startBackend(t, 'idle'), flaky(t, 'v2')])
+  const services = `  users:
+    match: { pathPrefix: / }
+    blue: { targets: [${v1.url}] }
+    green: { targets: [${idle.url}] }
+`
+  const prefix = freshPrefix()
+  const a = await startReplica(t, etcd.endpoint, prefix, 'a', services)
+  const b = await startReplica(t, etcd.endpoint, prefix, 'b', services)
+  await eventually(async () => await fleetFormed([a, b]), { timeout: 10_000, interval: 100 })
+  const leaderId = (await stateOf(a)).fleet.leader as string
+  const [leader, follower] = leaderId === 'a' ? [a, b] : [b, a]
+  const created = await admin(follower.adminUrl, 'POST', '/v1/releases', {
+    services: { users: { targets: [v2.url] } },
+    steps: [{ weight: 50, hold: '60s' }],
+    verify: { window: '3s', minRequests: 100 },
+  })
+  t.equal(created.status, 201, JSON.stringify(created.json))
+  const id = created.json.id as string
+  await eventually(async () => {
+    const r = (await admin(leader.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    if (r.phase !== 'shifting') throw new Error(String(r.phase))
+  }, { timeout: 10_000, interval: 50 })
+  const stop = load(leader)
+  // Both colors fail 5% alike during the step: nothing to revert for.
+  await eventually(async () => {
+    const r = (await admin(leader.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    const u = r.current?.users?.errors
+    if (u === undefined || u.old.requests < 400 || u.new.requests < 400) throw new Error(JSON.stringify(u))
+  }, { timeout: 15_000, interval: 100 })
+  t.equal((await admin(follower.adminUrl, 'POST', `/v1/releases/${id}/promote`, {})).status, 200)
+  const end = await eventually(async () => {
+    const r = (await admin(leader.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    if (r.phase !== 'done' && r.phase !== 'reverted') throw new Error(String(r.phase))
+    return r
+  }, { timeout: 15_000, interval: 100 })
+  await stop()
+  // The new color fails 5% as the old one did: compared with an empty baseline (0% errors) it looks worse and is reverted.
+  t.equal(end.phase, 'done', String(end.outcome))
+  t.ok(end.verdicts.at(-1)?.services.users.errors.old.requests > 0, 'the verify verdict had an old side to compare with')
+})
+
+t.test('workers: the split routes in every worker and the verdict reads the workers\' counts (a failing new color is reverted)', async (t) => {
+  const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
+  const file = configFile(t, `defaults:
+  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1, path: /health }
+  drain: { timeout: 1s }
+services:
+  users:
+    match: { pathPrefix: / }
+    blue: { targets: [${v1.url}] }
+    green: { targets: [${idle.url}] }
+`)
+  // The new target answers its health probe, then fails every request.
+  v2.handler = (req, res) => { res.writeHead(req.url === '/health' ? 200 : 500, { 'content-type': 'application/json' }); res.end('{"backend":"v2"}') }
+  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
+  const ports = await listening(p)
+  const gw: Replica = { id: 'w', url: `http://127.0.0.1:${ports.port}`, adminUrl: `http://127.0.0.1:${ports.admin}` }
+  const created = await admin(gw.adminUrl, 'POST', '/v1/releases', {
+    services: { users: { targets: [v2.url] } }, steps: [{ weight: 50, hold: '20s' }], verify: { window: '1s', minRequests: 50 },
+  })
+  t.equal(created.status, 201, JSON.stringify(created.json))
+  const id = created.json.id as string
+  await eventually(async () => {
+    const r = (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    if (r.phase !== 'shifting') throw new Error(String(r.phase))
+  }, { timeout: 10_000, interval: 50 })
+  const stop = load(gw, 8)
+  const end = await eventually(async () => {
+    const r = (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    if (r.phase === 'shifting') throw new Error(`shifting: ${JSON.stringify(r.current?.users?.errors ?? null)}`)
+    return r
+  }, { timeout: 12_000, interval: 100 }).finally(stop)
+  t.equal(end.phase, 'reverted', String(end.outcome))
+  t.match(String(end.outcome), /error rate/)
+  t.ok(end.verdicts.at(-1)?.services.users.errors.new.requests >= 50, 'the verdict counted the workers\' requests to the new color')
+})
+
+t.test('a forced flip that ends a release says so in a release event', { todo: 'commitFlip/setTargets commit one flip (or targets) event; endOverridden ends the release in the same commit without a release event: append one per ended release (phase aborted, outcome) after the commit' }, async (t) => {
+  const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
+  const gw = await startGateway(t, `defaults:
+  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
+services:
+  users:
+    match: { pathPrefix: / }
+    blue: { targets: [${v1.url}] }
+    green: { targets: [${idle.url}] }
+`)
+  const created = await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] } }, steps: [{ weight: 10, hold: '60s' }] })
+  const id = created.json.id as string
+  await eventually(async () => {
+    const r = (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    if (r.phase !== 'shifting') throw new Error(String(r.phase))
+  }, { timeout: 10_000, interval: 50 })
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/services/users/flip', { force: true, to: 'green' })).status, 200)
+  const r = (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json
+  t.equal(r.phase, 'aborted')
+  t.match((await http1(`${gw.adminUrl}/metrics`)).text, /switchyard_releases_total\{outcome="aborted"\} 1/)
+  // README: "each phase change ... is a release event"; a follower of the events (or the dashboard's table) never learns the release ended.
+  const events = (await admin(gw.adminUrl, 'GET', '/v1/events?type=release')).json.events as any[]
+  t.ok(events.some((e) => e.release === id && e.phase === 'aborted'), `release events: ${events.map((e) => String(e.phase)).join(', ')}`)
 })
