@@ -227,3 +227,29 @@ services:
   const events = (await admin(gw.adminUrl, 'GET', '/v1/events?type=release')).json.events as any[]
   t.ok(events.some((e) => e.release === id && e.phase === 'aborted'), `release events: ${events.map((e) => String(e.phase)).join(', ')}`)
 })
+
+t.test('a restart with a config that lost a running release\'s service ends the release instead of retrying it forever', async (t) => {
+  const [blue, green] = await Promise.all([startBackend(t, 'blue'), startBackend(t, 'green')])
+  const svc = (name: string, prefix: string): string => `  ${name}:
+    match: { pathPrefix: ${prefix} }
+    blue: { targets: [${blue.url}] }
+    green: { targets: [${green.url}] }
+`
+  const top = 'defaults:\n  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }\nservices:\n'
+  const first = await startGateway(t, top + svc('users', '/u') + svc('legacy', '/l'))
+  // The new target never gets healthy: the release waits in warming (up to its timeout).
+  const created = await admin(first.adminUrl, 'POST', '/v1/releases', { services: { legacy: { targets: ['http://127.0.0.1:9'] } }, timeout: '10m' })
+  t.equal(created.status, 201)
+  const id = created.json.id as string
+  await eventually(async () => (await admin(first.adminUrl, 'GET', `/v1/releases/${id}`)).json.phase === 'warming', { timeout: 5_000 })
+  await first.stop()
+  // A reload removing legacy would get a 409; a restart with the edited config cannot be refused that way.
+  const second = await startGateway(t, top + svc('users', '/u'), { dir: first.dir })
+  // Before: "Cannot read properties of undefined (reading 'gate')" logged every 250 ms, the release in warming until someone aborts it.
+  const r = await eventually(async () => {
+    const r = (await admin(second.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    if (!['done', 'reverted', 'aborted', 'failed'].includes(r.phase)) throw new Error(String(r.phase))
+    return r
+  }, { timeout: 3_000, interval: 50 })
+  t.match(String(r.outcome), /legacy/, 'the outcome names the service the config lost')
+})
