@@ -146,6 +146,12 @@ class ReleaseRun {
     const paused = r.pausedAt !== null
     const key = `${r.phase}:${r.step}`
     if (this.window?.key !== key) this.openWindow(r, key)
+    // A restart with an edited config can drop a service (a reload may not): nothing could judge or gate it, so the release ends.
+    const lost = Object.keys(r.services).filter((name) => !Object.hasOwn(this.deps.config().services, name))
+    if (lost.length > 0) {
+      const why = `the config no longer has ${lost.length === 1 ? 'service' : 'services'} ${lost.join(', ')}`
+      return await this.commit(r, (st) => planEnd(st, this.id, 'aborted', Date.now(), why))
+    }
     const changes = Object.entries(r.services).map(([service, s]) => ({ service, from: s.from, to: s.to }))
     switch (r.phase) {
       case 'deploying':
