@@ -10,7 +10,7 @@ import { endOverridden, planCreate, planDeploy, planForward, planPause, planResu
 import { parseStateDocument, type PersistedState } from '../src/state/file-store.js'
 import { admin, configFile, eventually, http1, listening, serve, startBackend, startGateway, type Backend } from './helpers/index.js'
 import { startEtcd } from './helpers/etcd.js'
-import { fleetFormed, freshPrefix, startReplica, stateOf, type Replica } from './helpers/fleet.js'
+import { fleetFormed, freshPrefix, startChildReplica, startReplica, stateOf, type Replica } from './helpers/fleet.js'
 
 const config = parseConfig(JSON.stringify({
   services: {
@@ -298,4 +298,41 @@ t.test('the releases a state keeps fit in one etcd request (1.5 MiB by default) 
   const kept = pruneReleases(list)
   const bytes = Buffer.byteLength(JSON.stringify({ version: 1, generation: 1, services: {}, lastChange: [], releases: kept }))
   t.ok(bytes < 1.5 * 1024 * 1024, `the kept releases take ${(bytes / 1024 / 1024).toFixed(2)} MiB of the state`)
+})
+
+t.test('fleet: the leader SIGKILLed mid-step, the next leader goes on at the same step with the stored step start', async (t) => {
+  const etcd = await startEtcd(t)
+  const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
+  const services = `  users:
+    match: { pathPrefix: / }
+    blue: { targets: [${v1.url}] }
+    green: { targets: [${idle.url}] }
+`
+  const prefix = freshPrefix()
+  const a = await startChildReplica(t, etcd.endpoint, prefix, 'a', services)
+  await eventually(async () => (await stateOf(a)).fleet.leader === 'a', { timeout: 10_000, interval: 100 })
+  const b = await startChildReplica(t, etcd.endpoint, prefix, 'b', services)
+  await eventually(async () => await fleetFormed([a, b]), { timeout: 10_000, interval: 100 })
+  const HOLD = 6_000
+  const created = await admin(b.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] } }, steps: [{ weight: 10, hold: `${HOLD}ms` }, { weight: 30, hold: '1s' }], verify: { window: '1s' } })
+  t.equal(created.status, 201, JSON.stringify(created.json))
+  const id = created.json.id as string
+  const step0 = await eventually(async () => {
+    const r = (await admin(b.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    if (r.phase !== 'shifting') throw new Error(String(r.phase))
+    return r
+  }, { timeout: 10_000, interval: 25 })
+  a.proc.kill('SIGKILL')
+  await a.proc.exit
+  const next = await eventually(async () => {
+    const r = (await admin(b.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    if (r.step < 1 && r.phase === 'shifting') throw new Error(`step ${String(r.step)}`)
+    return r
+  }, { timeout: 15_000, interval: 50 })
+  t.equal(next.phase, 'shifting', String(next.outcome))
+  t.equal(next.step, 1)
+  const took = Date.parse(next.phaseStartedAt) - Date.parse(step0.phaseStartedAt)
+  t.ok(took >= HOLD && took < HOLD + 2_000, `step 0 ended ${took} ms after it began on the killed leader (hold ${HOLD} ms)`)
+  t.equal((await stateOf(b)).fleet.leader, 'b')
+  await eventually(async () => (await admin(b.adminUrl, 'GET', `/v1/releases/${id}`)).json.phase === 'done', { timeout: 10_000, interval: 100 })
 })
