@@ -336,3 +336,43 @@ t.test('fleet: the leader SIGKILLed mid-step, the next leader goes on at the sam
   t.equal((await stateOf(b)).fleet.leader, 'b')
   await eventually(async () => (await admin(b.adminUrl, 'GET', `/v1/releases/${id}`)).json.phase === 'done', { timeout: 10_000, interval: 100 })
 })
+
+t.test('actions racing each other and the run leave a consistent end: the live color matches the outcome, no weights, no mark', async (t) => {
+  const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
+  const gw = await startGateway(t, `defaults:
+  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
+  drain: { timeout: 200ms }
+services:
+  users:
+    match: { pathPrefix: / }
+    blue: { targets: [${v1.url}] }
+    green: { targets: [${idle.url}] }
+`)
+  const actions = ['pause', 'promote', 'resume', 'abort', 'promote', 'pause', 'resume']
+  for (let round = 0; round < 4; round++) {
+    const created = await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [round % 2 === 0 ? v2.url : v1.url] } }, steps: [{ weight: 20, hold: '1s' }], verify: { window: '1s' } })
+    t.equal(created.status, 201, JSON.stringify(created.json))
+    const id = created.json.id as string
+    const from = created.json.services.users.from as string
+    const to = created.json.services.users.to as string
+    await eventually(async () => ['shifting', 'verifying'].includes((await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json.phase), { timeout: 10_000, interval: 10 })
+    // Every action at once, each round in another order, while the run moves the release on.
+    const order = actions.map((a, i) => actions[(i + round) % actions.length])
+    const answers = await Promise.all(order.map(async (a) => (await admin(gw.adminUrl, 'POST', `/v1/releases/${id}/${a}`, {})).status))
+    t.ok(answers.every((s) => s === 200 || s === 409), `answers ${answers.join(' ')}`)
+    const end = await eventually(async () => {
+      const r = (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json
+      if (!['done', 'aborted', 'reverted', 'failed'].includes(r.phase)) {
+        // A pause may have won the last word: resume so it ends.
+        if (r.paused === true) await admin(gw.adminUrl, 'POST', `/v1/releases/${id}/resume`, {})
+        throw new Error(String(r.phase))
+      }
+      return r
+    }, { timeout: 10_000, interval: 50 })
+    const state = (await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.users
+    t.equal(state.live, end.phase === 'done' ? to : from, `round ${round}: ${String(end.phase)} leaves ${String(state.live)} live`)
+    t.equal(state.release, undefined, 'the service is free')
+    t.equal(state.weights[state.live], 100, 'no weights left')
+    t.equal(end.paused, false, 'an ended release is not paused')
+  }
+})
