@@ -376,3 +376,15 @@ services:
     t.equal(end.paused, false, 'an ended release is not paused')
   }
 })
+
+t.test('a stored split that no running release holds is refused at load (it would split traffic forever, and a flip to its color made the state unloadable)', async (t) => {
+  const d = JSON.parse(JSON.stringify({ version: 1, ...shifting() }))
+  d.releases = []
+  // Before: accepted; the weights stayed in force with no release to end them, and after a flip of users to green
+  // the file held a split toward the live color, which the next start refused.
+  t.throws(() => parseStateDocument(JSON.stringify(d), 'test'), /services\.users\.split/)
+  const done = JSON.parse(JSON.stringify({ version: 1, ...shifting() }))
+  done.releases[0].phase = 'done'
+  t.throws(() => parseStateDocument(JSON.stringify(done), 'test'), /services\.users\.split/, 'a finished release holds no split either')
+  t.doesNotThrow(() => parseStateDocument(JSON.stringify({ version: 1, ...shifting() }), 'test'), 'a running release\'s split loads')
+})
