@@ -72,7 +72,7 @@ t.test('a pause before a promote does not stretch the verify window after the re
   t.equal(windowStart, 605_000, `verifying starts at ${resumed.release.phaseStartedAt}`)
 })
 
-t.test('a forced flip of one service ends the release as aborted with every service back on its old color', { todo: 'endOverridden (release-moves.ts) only marks the release aborted: the other services keep a live new color and the release its weight; it should flip them back as planEnd does, and commitFlip put those changes in the flip event' }, async (t) => {
+t.test('a forced flip of one service ends the release as aborted with every service back on its old color', async (t) => {
   // Verifying: both new colors are live.
   const verifying = planForward(shifting(), 'r8', 5_000, {}).next
   const flipped = structuredClone(verifying)
@@ -207,27 +207,37 @@ services:
   t.ok(end.verdicts.at(-1)?.services.users.errors.new.requests >= 50, 'the verdict counted the workers\' requests to the new color')
 })
 
-t.test('a forced flip that ends a release says so in a release event', { todo: 'commitFlip/setTargets commit one flip (or targets) event; endOverridden ends the release in the same commit without a release event: append one per ended release (phase aborted, outcome) after the commit' }, async (t) => {
-  const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
+t.test('a forced flip that ends a release says so in a release event, and takes the release\'s other services back', async (t) => {
+  const [v1, idle, v2, o1, oIdle, o2] = await Promise.all(['v1', 'idle', 'v2', 'o1', 'o-idle', 'o2'].map(async (n) => await startBackend(t, n)))
   const gw = await startGateway(t, `defaults:
   health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
 services:
   users:
-    match: { pathPrefix: / }
+    match: { pathPrefix: /users }
     blue: { targets: [${v1.url}] }
     green: { targets: [${idle.url}] }
+  orders:
+    match: { pathPrefix: /orders }
+    blue: { targets: [${o1.url}] }
+    green: { targets: [${oIdle.url}] }
 `)
-  const created = await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] } }, steps: [{ weight: 10, hold: '60s' }] })
+  const created = await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] }, orders: { targets: [o2.url] } }, verify: { window: '60s' } })
   const id = created.json.id as string
   await eventually(async () => {
     const r = (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json
-    if (r.phase !== 'shifting') throw new Error(String(r.phase))
+    if (r.phase !== 'verifying') throw new Error(String(r.phase))
   }, { timeout: 10_000, interval: 50 })
-  t.equal((await admin(gw.adminUrl, 'POST', '/v1/services/users/flip', { force: true, to: 'green' })).status, 200)
+  // Both new colors (green) are live; the operator forces users back to blue.
+  const flip = await admin(gw.adminUrl, 'POST', '/v1/services/users/flip', { force: true, to: 'blue' })
+  t.equal(flip.status, 200, JSON.stringify(flip.json))
   const r = (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json
   t.equal(r.phase, 'aborted')
+  t.same(r.services.orders.weights, { blue: 100, green: 0 }, 'the aborted release shows its old colors')
+  t.equal((await http1(`${gw.url}/orders/x`)).json.backend, 'o1', 'orders is back on its old color with users, as every aborted release leaves it')
   t.match((await http1(`${gw.adminUrl}/metrics`)).text, /switchyard_releases_total\{outcome="aborted"\} 1/)
-  // README: "each phase change ... is a release event"; a follower of the events (or the dashboard's table) never learns the release ended.
+  const flips = (await admin(gw.adminUrl, 'GET', '/v1/events?type=flip')).json.events as any[]
+  t.same(flips.at(-1).changes.map((c: any) => `${String(c.service)}:${String(c.to)}`).sort(), ['orders:blue', 'users:blue'], 'the flip event lists every color it changed')
+  // README: "each phase change ... is a release event"; a follower of the events (or the dashboard's table) never learned the release ended.
   const events = (await admin(gw.adminUrl, 'GET', '/v1/events?type=release')).json.events as any[]
   t.ok(events.some((e) => e.release === id && e.phase === 'aborted'), `release events: ${events.map((e) => String(e.phase)).join(', ')}`)
 })
