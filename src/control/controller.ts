@@ -515,15 +515,18 @@ export class Controller {
 
   /** In the queue, on the generation the plan was made from. */
   private async commitFlip (req: FlipRequest, plan: FlipPlan): Promise<ChangeResult> {
-    const changes = plan.changes
-    // A forced flip over a running release ends it: its weights go, the flip decides the colors.
-    const next = endOverridden(applyColorChanges(this.state, changes), changes.map((c) => c.service), Date.now(), `overridden by a forced flip (${req.actor ?? 'api'})`)
+    // A forced flip over a running release ends it: its weights go, the flip decides the colors of its services, the release's others go back.
+    const moved: ColorChange[] = []
+    const before = this.state
+    const next = endOverridden(applyColorChanges(this.state, plan.changes), plan.changes.map((c) => c.service), Date.now(), `overridden by a forced flip (${req.actor ?? 'api'})`, moved)
+    const changes = [...plan.changes, ...moved]
     const guarded = req.guard !== false
     const event = await this.commit(next, {
       type: 'flip', reason: req.reason ?? null, actor: req.actor ?? 'api', changes,
       ...(req.force === true ? { forced: true } : {}),
       ...(guarded ? {} : { guard: false }),
     })
+    this.recordOverridden(before, next, req.actor ?? 'api')
     this.guards.end(changes.map((c) => c.service))
     if (guarded && this.fleet.isLeader) this.guards.start(this.config, changes, event.id)
     return { generation: next.generation, changes, event }
@@ -550,13 +553,31 @@ export class Controller {
       const plan = planTargets(name, req, this.state, this.config)
       if (plan.next === undefined) return { generation: this.state.generation, service: name, color: req.color, targets: plan.before }
       const { before, isLive } = plan
-      const next = endOverridden(plan.next, [name], Date.now(), `overridden by new targets set with force (${req.actor ?? 'api'})`)
+      const moved: ColorChange[] = []
+      const was = this.state
+      const next = endOverridden(plan.next, [name], Date.now(), `overridden by new targets set with force (${req.actor ?? 'api'})`, moved)
       const event = await this.commit(next, {
         type: 'targets', reason: req.reason ?? null, actor: req.actor ?? 'api',
         service: name, color: req.color, from: before, to: req.targets, ...(isLive ? { forced: true } : {}),
+        ...(moved.length > 0 ? { changes: moved } : {}),
       })
+      this.recordOverridden(was, next, req.actor ?? 'api')
       return { generation: next.generation, service: name, color: req.color, targets: req.targets, event }
     })
+  }
+
+  /**
+   * A forced flip or targets change ended these releases inside its own
+   * commit (one event, the flip's): each still gets its `release` event, as
+   * every phase change does, so the events say how it ended.
+   */
+  private recordOverridden (before: PersistedState, after: PersistedState, actor: string): void {
+    for (const was of before.releases ?? []) {
+      const now = after.releases?.find((r) => r.id === was.id)
+      if (!isRunning(was.phase) || now === undefined || isRunning(now.phase)) continue
+      void this.events.append({ type: 'release', generation: after.generation, reason: now.reason, actor, release: now.id, phase: now.phase, from: was.phase, ...(now.outcome === null ? {} : { outcome: now.outcome }) })
+      log('warn', `release ${now.id} ${now.phase}`, { release: now.id, outcome: now.outcome })
+    }
   }
 
   /** switchyard_releases_total: releases running before a commit made here and ended by it (a forced flip ends one too). */
