@@ -96,6 +96,12 @@ class ReleaseRun {
   /** Counts when this run began: an all-at-once release's baseline is the old color from here to the flip. */
   private readonly origin = new Map<string, ColorSample>()
   private lastLook = 0
+  /**
+   * The old colors' window of the step a promote made elsewhere ended (a
+   * follower has no window to store): what `verifying` compares against
+   * where the stored baseline lacks a service.
+   */
+  private carried = new Map<string, ColorSample>()
   current: Record<string, ServiceVerdict> | undefined
 
   constructor (id: string, deps: ReleaseDeps) {
@@ -145,7 +151,10 @@ class ReleaseRun {
     const since = Date.parse(r.phaseStartedAt)
     const paused = r.pausedAt !== null
     const key = `${r.phase}:${r.step}`
-    if (this.window?.key !== key) this.openWindow(r, key)
+    if (this.window?.key !== key) {
+      if (r.phase === 'verifying' && this.window?.key.startsWith('shifting:') === true) this.carry(r)
+      this.openWindow(r, key)
+    }
     // A restart with an edited config can drop a service (a reload may not): nothing could judge or gate it, so the release ends.
     const lost = Object.keys(r.services).filter((name) => !Object.hasOwn(this.deps.config().services, name))
     if (lost.length > 0) {
@@ -207,6 +216,14 @@ class ReleaseRun {
     }
   }
 
+  /** The step just ended: the old colors' counts over it, kept for verifying. */
+  private carry (r: Release): void {
+    for (const [name, s] of Object.entries(r.services)) {
+      const start = this.window?.at.get(name)?.old
+      if (start !== undefined) this.carried.set(name, sampleSince(this.deps.counters(name, s.from), start))
+    }
+  }
+
   /** A new step or phase: the counts both colors have now start its window. */
   private openWindow (r: Release, key: string): void {
     const at = new Map<string, { new: ColorSample, old: ColorSample }>()
@@ -227,7 +244,8 @@ class ReleaseRun {
       const start = this.window?.at.get(name)
       if (start === undefined) continue
       const fresh = sampleSince(this.deps.counters(name, s.to), start.new)
-      const old = r.phase === 'shifting' ? sampleSince(this.deps.counters(name, s.from), start.old) : fromStored(r.baseline?.[name])
+      const stored = r.baseline?.[name]
+      const old = r.phase === 'shifting' ? sampleSince(this.deps.counters(name, s.from), start.old) : stored === undefined ? this.carried.get(name) ?? fromStored(undefined) : fromStored(stored)
       services[name] = judge(fresh, old, r.verify, final)
     }
     return {
