@@ -10,7 +10,7 @@ import { endOverridden, planCreate, planDeploy, planForward, planPause, planResu
 import { parseStateDocument, type PersistedState } from '../src/state/file-store.js'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { admin, configFile, eventually, http1, listening, serve, startBackend, startGateway, tempDir, type Backend } from './helpers/index.js'
+import { admin, configFile, eventually, http1, listening, openWs, serve, startBackend, startGateway, tempDir, type Backend } from './helpers/index.js'
 import { startEtcd } from './helpers/etcd.js'
 import { fleetFormed, freshPrefix, startChildReplica, startReplica, stateOf, type Replica } from './helpers/fleet.js'
 
@@ -409,4 +409,30 @@ services:
   // Before: the file kept the split toward green, now live, and the start refused it ("split must be {color (not the live one)...").
   const again = await startGateway(t, yaml, { dir })
   t.equal((await admin(again.adminUrl, 'GET', '/v1/state')).json.services.users.live, 'green')
+})
+
+t.test('a release reverted or aborted while shifting drains the WebSockets its split sent to the new color', async (t) => {
+  const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
+  const gw = await startGateway(t, `defaults:
+  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
+  drain: { timeout: 500ms }
+services:
+  users:
+    match: { pathPrefix: / }
+    blue: { targets: [${v1.url}] }
+    green: { targets: [${idle.url}] }
+`)
+  const id = (await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] } }, steps: [{ weight: 50, hold: '60s' }] })).json.id as string
+  await eventually(async () => (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json.phase === 'shifting', { timeout: 10_000 })
+  // A key the split sends to the new color.
+  let key = ''
+  for (let i = 0; key === ''; i++) if ((await http1(`${gw.url}/x`, { headers: { 'x-switchyard-key': `ws-${i}` } })).json.backend === 'v2') key = `ws-${i}`
+  const { ws, next, closed } = await openWs(`${gw.url.replace('http', 'ws')}/ws`, { 'x-switchyard-key': key })
+  ws.send('hi')
+  t.equal(await next(), 'v2: hi', 'the session runs on the new color')
+  t.equal((await admin(gw.adminUrl, 'POST', `/v1/releases/${id}/abort`, {})).status, 200)
+  // A flip drains the color it leaves (drain.timeout 500ms); the abort leaves the new color, which must not keep its sessions for good.
+  const code = await Promise.race([closed, new Promise<string>((resolve) => setTimeout(() => resolve('still open'), 3_000))])
+  t.not(code, 'still open', 'the WebSocket on the abandoned new color was closed by its drain')
+  ws.terminate()
 })
