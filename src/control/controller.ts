@@ -255,14 +255,17 @@ export class Controller {
    * holds in force now, goes in.
    */
   private install (next: PersistedState, config: Config, snapshot: Snapshot, holds: Readonly<Record<string, StickyHold>>, changes: readonly ColorChange[], isFlip: boolean): void {
+    const abandoned = abandonedSplits(this.state, next, config)
     this.config = config
     this.state = next
     this.unfit = undefined
-    if (changes.length > 0) {
+    if (changes.length > 0 || abandoned.length > 0) {
       this.applying = true
       try {
         // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
         this.drains.retire(changes, isFlip)
+        // A split ended without its color going live (a revert or abort while shifting): the WebSockets it sent there drain as a left color's do.
+        for (const { service, color } of abandoned) this.drains.start(service, color, config.services[service].drain.timeout, false)
       } finally {
         this.applying = false
       }
@@ -724,6 +727,16 @@ function withConfigServices (state: PersistedState, config: Config): PersistedSt
   const services = { ...state.services }
   for (const svc of Object.values(config.services)) services[svc.name] ??= { live: svc.live, previous: null, targets: {} }
   return { ...state, services }
+}
+
+/** Colors a split sent traffic to that lose it in `after` without becoming live: nothing else would close their WebSockets. */
+function abandonedSplits (before: PersistedState, after: PersistedState, config: Config): Array<{ service: string, color: Color }> {
+  const out: Array<{ service: string, color: Color }> = []
+  for (const [service, st] of Object.entries(after.services)) {
+    const was = before.services[service]?.split
+    if (was !== undefined && st.split === undefined && st.live !== was.color && Object.hasOwn(config.services, service)) out.push({ service, color: was.color })
+  }
+  return out
 }
 
 /** The services whose live color differs between two states. */
