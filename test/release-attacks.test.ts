@@ -436,3 +436,34 @@ services:
   t.not(code, 'still open', 'the WebSocket on the abandoned new color was closed by its drain')
   ws.terminate()
 })
+
+t.test('a gateway restarted while its release is testing runs the smoke checks once it listens, not before (the release does not fail for it)', async (t) => {
+  const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
+  // The smoke check takes a while: the release is still testing when the gateway stops.
+  v2.handler = (req, res) => {
+    const answer = (): void => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"backend":"v2"}') }
+    if (req.url === '/smoke') setTimeout(answer, 1_500)
+    else answer()
+  }
+  const yaml = `defaults:
+  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
+services:
+  users:
+    match: { pathPrefix: / }
+    blue: { targets: [${v1.url}] }
+    green: { targets: [${idle.url}] }
+    smoke: [{ path: /smoke }]
+`
+  const first = await startGateway(t, yaml)
+  const id = (await admin(first.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] } }, steps: [{ weight: 10, hold: '60s' }] })).json.id as string
+  await eventually(async () => (await admin(first.adminUrl, 'GET', `/v1/releases/${id}`)).json.phase === 'testing', { timeout: 10_000 })
+  await first.stop()
+  const second = await startGateway(t, yaml, { dir: first.dir })
+  const r = await eventually(async () => {
+    const r = (await admin(second.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    if (r.phase === 'testing') throw new Error('testing')
+    return r
+  }, { timeout: 8_000, interval: 50 })
+  // Before: the run took up testing at once after the restart, before the new color's first probe (and possibly before the listener listened): the smoke check got 503 no_healthy_upstream and the release failed.
+  t.equal(r.phase, 'shifting', String(r.outcome))
+})
