@@ -105,6 +105,7 @@ export class Controller {
         // Right after a restart no probe has run yet: unknown is not unhealthy.
         return set.endpoints.every((e) => this.health.prober.hasProbed(e.target)) ? set.healthyCount : undefined
       },
+      canSmoke: () => this.health.smoke.canRun(),
       counters: (service, color) => this.counters(service, color),
       isDraining: (service, color) => this.drains.get(service, color) !== undefined,
     })

@@ -28,6 +28,8 @@ export interface ReleaseDeps {
   smoke: (changes: ColorChange[]) => Promise<GateFailure[]>
   /** Healthy targets of a color; undefined while its targets have not all had their first probe. */
   healthyTargets: (service: string, color: Color) => number | undefined
+  /** Whether smoke checks can reach the gateway's own listener yet (a restart runs releases before it listens). */
+  canSmoke: () => boolean
   /** A color's counters (they only grow): a window's data is the difference of two readings. */
   counters: (service: string, color: Color) => SampleSource
   /** Whether the color still has a drain running. */
@@ -177,6 +179,8 @@ class ReleaseRun {
       }
       case 'testing': {
         if (paused) return
+        // After a restart the health the gate saw is gone: smoke checks wait for the new colors' first probe and for the listener.
+        if (!this.deps.canSmoke() || changes.some((c) => this.deps.healthyTargets(c.service, c.to) === undefined)) return
         const failures = await this.deps.smoke(changes)
         if (failures.length > 0) {
           const why = `smoke checks failed: ${failures.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`
