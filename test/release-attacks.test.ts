@@ -77,7 +77,7 @@ t.test('a forced flip of one service ends the release as aborted with every serv
   const verifying = planForward(shifting(), 'r8', 5_000, {}).next
   const flipped = structuredClone(verifying)
   flipped.services.users = { ...flipped.services.users, live: 'blue', previous: 'green' }
-  const next = endOverridden(flipped, ['users'], 6_000, 'overridden by a forced flip')
+  const next = endOverridden(flipped, ['users'], 6_000, 'overridden by a forced flip', [])
   const r = next.releases?.find((x) => x.id === 'r8')
   t.equal(r?.phase, 'aborted')
   t.equal(next.services.orders.live, 'green', 'orders is back on its old color, as every aborted release leaves it')

@@ -557,13 +557,11 @@ export class Controller {
       const plan = planTargets(name, req, this.state, this.config)
       if (plan.next === undefined) return { generation: this.state.generation, service: name, color: req.color, targets: plan.before }
       const { before, isLive } = plan
-      const moved: ColorChange[] = []
       const was = this.state
-      const next = endOverridden(plan.next, [name], Date.now(), `overridden by new targets set with force (${req.actor ?? 'api'})`, moved)
+      const next = endOverridden(plan.next, [name], Date.now(), `overridden by new targets set with force (${req.actor ?? 'api'})`)
       const event = await this.commit(next, {
         type: 'targets', reason: req.reason ?? null, actor: req.actor ?? 'api',
         service: name, color: req.color, from: before, to: req.targets, ...(isLive ? { forced: true } : {}),
-        ...(moved.length > 0 ? { changes: moved } : {}),
       })
       this.recordOverridden(was, next, req.actor ?? 'api')
       return { generation: next.generation, service: name, color: req.color, targets: req.targets, event }

@@ -169,12 +169,14 @@ function pushVerdict (r: Release, v: ReleaseVerdict): void {
 /**
  * A forced change (a flip or targets with `force`) over services a running
  * release holds ends that release as `aborted`, in the same commit: its
- * weights and marks go, the change decides the colors of the services it
- * names, and the release's other services go back to their old colors, as
- * any aborted release leaves them (pushed onto `moved`). `next` is the
- * state the change makes; it is returned as is when no release is touched.
+ * weights and marks go. A flip (`moved` given) decides the colors of the
+ * services it names, and the release's other services go back to their old
+ * colors with them, as any aborted release leaves them (pushed onto
+ * `moved`): all services of a release move together. A targets change
+ * decides no color, and moves none. `next` is the state the change makes;
+ * it is returned as is when no release is touched.
  */
-export function endOverridden (next: PersistedState, services: readonly string[], now: number, outcome: string, moved: ColorChange[] = []): PersistedState {
+export function endOverridden (next: PersistedState, services: readonly string[], now: number, outcome: string, moved?: ColorChange[]): PersistedState {
   const hit = (next.releases ?? []).filter((r) => isRunning(r.phase) && services.some((s) => r.services[s] !== undefined))
   if (hit.length === 0) return next
   const out = structuredClone(next)
@@ -194,7 +196,7 @@ export function endOverridden (next: PersistedState, services: readonly string[]
       delete st.split
       if (st.release === r.id) delete st.release
       // All services of a release move together: those the change did not name leave the new color with it.
-      if (!services.includes(name) && st.live === s.to) {
+      if (moved !== undefined && !services.includes(name) && st.live === s.to) {
         out.services[name] = { ...st, live: s.from, previous: s.to }
         moved.push({ service: name, from: s.to, to: s.from })
       }
