@@ -467,3 +467,35 @@ services:
   // Before: the run took up testing at once after the restart, before the new color's first probe (and possibly before the listener listened): the smoke check got 503 no_healthy_upstream and the release failed.
   t.equal(r.phase, 'shifting', String(r.outcome))
 })
+
+t.test('a release right after a flip, over the color still draining: the drain and the flip\'s guard let go, and the split reaches the new targets', async (t) => {
+  const [v1, v0, v2] = await Promise.all(['v1', 'v0', 'v2'].map(async (n) => await startBackend(t, n)))
+  const gw = await startGateway(t, `defaults:
+  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
+  drain: { timeout: 30s }
+services:
+  users:
+    match: { pathPrefix: / }
+    sticky: { cookie: sy }
+    blue: { targets: [${v0.url}] }
+    green: { targets: [${v1.url}] }
+`)
+  await eventually(async () => (await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.users.environments.green.healthy === 1, { timeout: 5_000 })
+  // A session on blue, then the flip to green: blue drains for 30s and holds sessions whose cookie says blue.
+  const { ws } = await openWs(`${gw.url.replace('http', 'ws')}/ws`, { cookie: 'sy=blue' })
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/services/users/flip', { to: 'green' })).status, 200)
+  t.equal((await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.users.environments.blue.state, 'draining')
+  const created = await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] } }, steps: [{ weight: 50, hold: '60s' }] })
+  t.equal(created.status, 201, JSON.stringify(created.json))
+  t.equal(created.json.services.users.to, 'blue')
+  const id = created.json.id as string
+  await eventually(async () => (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json.phase === 'shifting', { timeout: 10_000 })
+  const state = (await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.users
+  t.equal(state.guard, null, 'the flip\'s guard no longer watches the service')
+  t.not(state.environments.blue.state, 'draining', 'the drain of the idle color was cancelled')
+  // A blue session cookie is no hold any more: the split decides, and blue now means the new targets.
+  const seen = new Set<string>()
+  for (let i = 0; i < 40; i++) seen.add(String((await http1(`${gw.url}/x`, { headers: { cookie: 'sy=blue', 'x-switchyard-key': `k${i}` } })).json.backend))
+  t.same([...seen].sort(), ['v1', 'v2'], 'keys split between the live color and the new targets, none on the old blue targets')
+  ws.terminate()
+})
