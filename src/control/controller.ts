@@ -105,6 +105,7 @@ export class Controller {
         // Right after a restart no probe has run yet: unknown is not unhealthy.
         return set.endpoints.every((e) => this.health.prober.hasProbed(e.target)) ? set.healthyCount : undefined
       },
+      canSmoke: () => this.health.smoke.canRun(),
       counters: (service, color) => this.counters(service, color),
       isDraining: (service, color) => this.drains.get(service, color) !== undefined,
     })
@@ -197,7 +198,7 @@ export class Controller {
   private resolveServices (names: string[] | undefined): string[] {
     if (names === undefined) return Object.keys(this.config.services)
     for (const name of names) {
-      if (this.config.services[name] === undefined) throw new SwitchyardError('unknown_service', `unknown service: ${name}`, { service: name })
+      if (!Object.hasOwn(this.config.services, name)) throw new SwitchyardError('unknown_service', `unknown service: ${name}`, { service: name })
     }
     return [...new Set(names)]
   }
@@ -255,14 +256,17 @@ export class Controller {
    * holds in force now, goes in.
    */
   private install (next: PersistedState, config: Config, snapshot: Snapshot, holds: Readonly<Record<string, StickyHold>>, changes: readonly ColorChange[], isFlip: boolean): void {
+    const abandoned = abandonedSplits(this.state, next, config)
     this.config = config
     this.state = next
     this.unfit = undefined
-    if (changes.length > 0) {
+    if (changes.length > 0 || abandoned.length > 0) {
       this.applying = true
       try {
         // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
         this.drains.retire(changes, isFlip)
+        // A split ended without its color going live (a revert or abort while shifting): the WebSockets it sent there drain as a left color's do.
+        for (const { service, color } of abandoned) this.drains.start(service, color, config.services[service].drain.timeout, false)
       } finally {
         this.applying = false
       }
@@ -515,15 +519,18 @@ export class Controller {
 
   /** In the queue, on the generation the plan was made from. */
   private async commitFlip (req: FlipRequest, plan: FlipPlan): Promise<ChangeResult> {
-    const changes = plan.changes
-    // A forced flip over a running release ends it: its weights go, the flip decides the colors.
-    const next = endOverridden(applyColorChanges(this.state, changes), changes.map((c) => c.service), Date.now(), `overridden by a forced flip (${req.actor ?? 'api'})`)
+    // A forced flip over a running release ends it: its weights go, the flip decides the colors of its services, the release's others go back.
+    const moved: ColorChange[] = []
+    const before = this.state
+    const next = endOverridden(applyColorChanges(this.state, plan.changes), plan.changes.map((c) => c.service), Date.now(), `overridden by a forced flip (${req.actor ?? 'api'})`, moved)
+    const changes = [...plan.changes, ...moved]
     const guarded = req.guard !== false
     const event = await this.commit(next, {
       type: 'flip', reason: req.reason ?? null, actor: req.actor ?? 'api', changes,
       ...(req.force === true ? { forced: true } : {}),
       ...(guarded ? {} : { guard: false }),
     })
+    this.recordOverridden(before, next, req.actor ?? 'api')
     this.guards.end(changes.map((c) => c.service))
     if (guarded && this.fleet.isLeader) this.guards.start(this.config, changes, event.id)
     return { generation: next.generation, changes, event }
@@ -550,13 +557,29 @@ export class Controller {
       const plan = planTargets(name, req, this.state, this.config)
       if (plan.next === undefined) return { generation: this.state.generation, service: name, color: req.color, targets: plan.before }
       const { before, isLive } = plan
+      const was = this.state
       const next = endOverridden(plan.next, [name], Date.now(), `overridden by new targets set with force (${req.actor ?? 'api'})`)
       const event = await this.commit(next, {
         type: 'targets', reason: req.reason ?? null, actor: req.actor ?? 'api',
         service: name, color: req.color, from: before, to: req.targets, ...(isLive ? { forced: true } : {}),
       })
+      this.recordOverridden(was, next, req.actor ?? 'api')
       return { generation: next.generation, service: name, color: req.color, targets: req.targets, event }
     })
+  }
+
+  /**
+   * A forced flip or targets change ended these releases inside its own
+   * commit (one event, the flip's): each still gets its `release` event, as
+   * every phase change does, so the events say how it ended.
+   */
+  private recordOverridden (before: PersistedState, after: PersistedState, actor: string): void {
+    for (const was of before.releases ?? []) {
+      const now = after.releases?.find((r) => r.id === was.id)
+      if (!isRunning(was.phase) || now === undefined || isRunning(now.phase)) continue
+      void this.events.append({ type: 'release', generation: after.generation, reason: now.reason, actor, release: now.id, phase: now.phase, from: was.phase, ...(now.outcome === null ? {} : { outcome: now.outcome }) })
+      log('warn', `release ${now.id} ${now.phase}`, { release: now.id, outcome: now.outcome })
+    }
   }
 
   /** switchyard_releases_total: releases running before a commit made here and ended by it (a forced flip ends one too). */
@@ -591,7 +614,7 @@ export class Controller {
       this.checkGeneration(req.ifGeneration)
       const names = Object.keys(req.services)
       for (const name of names) {
-        if (this.config.services[name] === undefined) throw new SwitchyardError('bad_request', `services.${name}: unknown service`, { field: `services.${name}` })
+        if (!Object.hasOwn(this.config.services, name)) throw new SwitchyardError('bad_request', `services.${name}: unknown service`, { field: `services.${name}` })
       }
       this.refuseIfReleasing(names, 'a second release')
       const id = `r${this.state.generation + 1}`
@@ -703,6 +726,16 @@ function withConfigServices (state: PersistedState, config: Config): PersistedSt
   const services = { ...state.services }
   for (const svc of Object.values(config.services)) services[svc.name] ??= { live: svc.live, previous: null, targets: {} }
   return { ...state, services }
+}
+
+/** Colors a split sent traffic to that lose it in `after` without becoming live: nothing else would close their WebSockets. */
+function abandonedSplits (before: PersistedState, after: PersistedState, config: Config): Array<{ service: string, color: Color }> {
+  const out: Array<{ service: string, color: Color }> = []
+  for (const [service, st] of Object.entries(after.services)) {
+    const was = before.services[service]?.split
+    if (was !== undefined && st.split === undefined && st.live !== was.color && Object.hasOwn(config.services, service)) out.push({ service, color: was.color })
+  }
+  return out
 }
 
 /** The services whose live color differs between two states. */

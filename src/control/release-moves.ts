@@ -35,6 +35,8 @@ function move (state: PersistedState, id: string, phase: ReleasePhase, now: numb
   const extra = edit(next, r) ?? {}
   if (r.phase !== phase || extra.step !== undefined) {
     r.phaseStartedAt = at
+    // A pause goes on into the new phase (a promote while paused): only time paused in this phase may move its start on resume.
+    if (r.pausedAt !== null) r.pausedAt = at
     r.history.push({ phase, at, ...(phase === 'shifting' ? { step: r.step, weight: r.weight } : {}) })
   }
   r.phase = phase
@@ -167,10 +169,14 @@ function pushVerdict (r: Release, v: ReleaseVerdict): void {
 /**
  * A forced change (a flip or targets with `force`) over services a running
  * release holds ends that release as `aborted`, in the same commit: its
- * weights and marks go, and the change decides the colors. `next` is the
- * state the change makes; it is returned as is when no release is touched.
+ * weights and marks go. A flip (`moved` given) decides the colors of the
+ * services it names, and the release's other services go back to their old
+ * colors with them, as any aborted release leaves them (pushed onto
+ * `moved`): all services of a release move together. A targets change
+ * decides no color, and moves none. `next` is the state the change makes;
+ * it is returned as is when no release is touched.
  */
-export function endOverridden (next: PersistedState, services: readonly string[], now: number, outcome: string): PersistedState {
+export function endOverridden (next: PersistedState, services: readonly string[], now: number, outcome: string, moved?: ColorChange[]): PersistedState {
   const hit = (next.releases ?? []).filter((r) => isRunning(r.phase) && services.some((s) => r.services[s] !== undefined))
   if (hit.length === 0) return next
   const out = structuredClone(next)
@@ -183,11 +189,17 @@ export function endOverridden (next: PersistedState, services: readonly string[]
     r.updatedAt = at
     r.phaseStartedAt = at
     r.history.push({ phase: 'aborted', at })
-    for (const name of Object.keys(r.services)) {
+    r.weight = 0
+    for (const [name, s] of Object.entries(r.services)) {
       const st = out.services[name]
       if (st === undefined) continue
       delete st.split
       if (st.release === r.id) delete st.release
+      // All services of a release move together: those the change did not name leave the new color with it.
+      if (moved !== undefined && !services.includes(name) && st.live === s.to) {
+        out.services[name] = { ...st, live: s.from, previous: s.to }
+        moved.push({ service: name, from: s.to, to: s.from })
+      }
     }
   }
   out.releases = pruneReleases(out.releases ?? [])

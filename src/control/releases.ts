@@ -28,6 +28,8 @@ export interface ReleaseDeps {
   smoke: (changes: ColorChange[]) => Promise<GateFailure[]>
   /** Healthy targets of a color; undefined while its targets have not all had their first probe. */
   healthyTargets: (service: string, color: Color) => number | undefined
+  /** Whether smoke checks can reach the gateway's own listener yet (a restart runs releases before it listens). */
+  canSmoke: () => boolean
   /** A color's counters (they only grow): a window's data is the difference of two readings. */
   counters: (service: string, color: Color) => SampleSource
   /** Whether the color still has a drain running. */
@@ -107,6 +109,12 @@ class ReleaseRun {
   /** Counts when this run began: an all-at-once release's baseline is the old color from here to the flip. */
   private readonly origin = new Map<string, ColorSample>()
   private lastLook = 0
+  /**
+   * The old colors' window of the step a promote made elsewhere ended (a
+   * follower has no window to store): what `verifying` compares against
+   * where the stored baseline lacks a service.
+   */
+  private carried = new Map<string, ColorSample>()
   current: Record<string, ServiceVerdict> | undefined
 
   constructor (id: string, deps: ReleaseDeps) {
@@ -156,7 +164,16 @@ class ReleaseRun {
     const since = Date.parse(r.phaseStartedAt)
     const paused = r.pausedAt !== null
     const key = `${r.phase}:${r.step}`
-    if (this.window?.key !== key) this.openWindow(r, key)
+    if (this.window?.key !== key) {
+      if (r.phase === 'verifying' && this.window?.key.startsWith('shifting:') === true) this.carry(r)
+      this.openWindow(r, key)
+    }
+    // A restart with an edited config can drop a service (a reload may not): nothing could judge or gate it, so the release ends.
+    const lost = Object.keys(r.services).filter((name) => !Object.hasOwn(this.deps.config().services, name))
+    if (lost.length > 0) {
+      const why = `the config no longer has ${lost.length === 1 ? 'service' : 'services'} ${lost.join(', ')}`
+      return await this.commit(r, (st) => planEnd(st, this.id, 'aborted', Date.now(), why))
+    }
     const changes = Object.entries(r.services).map(([service, s]) => ({ service, from: s.from, to: s.to }))
     switch (r.phase) {
       case 'deploying':
@@ -173,6 +190,8 @@ class ReleaseRun {
       }
       case 'testing': {
         if (paused) return
+        // After a restart the health the gate saw is gone: smoke checks wait for the new colors' first probe and for the listener.
+        if (!this.deps.canSmoke() || changes.some((c) => this.deps.healthyTargets(c.service, c.to) === undefined)) return
         const failures = await this.deps.smoke(changes)
         if (failures.length > 0) {
           const why = `smoke checks failed: ${failures.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`
@@ -213,6 +232,14 @@ class ReleaseRun {
     }
   }
 
+  /** The step just ended: the old colors' counts over it, kept for verifying. */
+  private carry (r: Release): void {
+    for (const [name, s] of Object.entries(r.services)) {
+      const start = this.window?.at.get(name)?.old
+      if (start !== undefined) this.carried.set(name, sampleSince(this.deps.counters(name, s.from), start))
+    }
+  }
+
   /** A new step or phase: the counts both colors have now start its window. */
   private openWindow (r: Release, key: string): void {
     const at = this.read(r)
@@ -246,7 +273,8 @@ class ReleaseRun {
       const start = (final ? this.window?.at : this.window?.recent[0])?.get(name)
       if (start === undefined) continue
       const fresh = sampleSince(this.deps.counters(name, s.to), start.new)
-      const old = r.phase === 'shifting' ? sampleSince(this.deps.counters(name, s.from), start.old) : fromStored(r.baseline?.[name])
+      const stored = r.baseline?.[name]
+      const old = r.phase === 'shifting' ? sampleSince(this.deps.counters(name, s.from), start.old) : stored === undefined ? this.carried.get(name) ?? fromStored(undefined) : fromStored(stored)
       services[name] = judge(fresh, old, r.verify, final)
     }
     return {

@@ -127,7 +127,8 @@ export function parseReleaseRequest (body: Record<string, unknown>, config: Conf
   const services: ReleaseRequest['services'] = {}
   for (const [name, raw] of Object.entries(body.services)) {
     const at = `services.${name}`
-    if (config.services[name] === undefined) refuse(at, `unknown service ${JSON.stringify(name)} (the config has ${Object.keys(config.services).join(', ')})`)
+    // Own names only: `constructor` or `__proto__` would otherwise find Object.prototype's members.
+    if (!Object.hasOwn(config.services, name)) refuse(at, `unknown service ${JSON.stringify(name)} (the config has ${Object.keys(config.services).join(', ')})`)
     if (!isObject(raw)) refuse(at, 'must be an object with "targets"')
     for (const key of Object.keys(raw)) if (key !== 'targets' && key !== 'version') refuse(`${at}.${key}`, 'unknown field (allowed: targets, version)')
     if (!Array.isArray(raw.targets) || raw.targets.length === 0) refuse(`${at}.targets`, 'must be a non-empty list of URLs')
@@ -250,6 +251,8 @@ export function parseStoredReleases (raw: unknown, bad: (what: string) => never)
   if (raw === undefined) return []
   if (!Array.isArray(raw)) bad('releases must be a list')
   const ids = new Set<string>()
+  /** Services of the running releases so far, and which release holds each. */
+  const held = new Map<string, string>()
   return (raw as unknown[]).map((r, i) => {
     const at = `releases[${i}]`
     if (!isObject(r)) return bad(`${at} must be an object`)
@@ -262,6 +265,14 @@ export function parseStoredReleases (raw: unknown, bad: (what: string) => never)
     }
     if (!Array.isArray(r.steps) || r.steps.some((s) => !isObject(s) || !isWeight(s.weight) || !isMs(s.hold))) bad(`${at}.steps must be a list of {weight 1..99, hold ms}`)
     for (const key of ['step', 'weight', 'timeout', 'seed'] as const) if (typeof r[key] !== 'number' || !Number.isFinite(r[key])) bad(`${at}.${key} must be a number`)
+    // A run reads steps[step] while shifting: any other index would throw on every tick and hold the services forever.
+    if (r.phase === 'shifting' && !(Number.isInteger(r.step) && (r.step as number) >= 0 && (r.step as number) < r.steps.length)) bad(`${at}.step must index one of its steps while shifting`)
+    if (isRunning(r.phase as ReleasePhase)) {
+      for (const name of Object.keys(r.services)) {
+        if (held.has(name)) bad(`${at}.services.${name} is held by another running release, ${held.get(name) as string}`)
+        held.set(name, r.id)
+      }
+    }
     if (!isObject(r.verify) || !isMs(r.verify.window) || !isMs(r.verify.minRequests) || typeof r.verify.maxErrorRateIncrease !== 'number' || typeof r.verify.maxLatencyIncrease !== 'number' || !isMs(r.verify.latencyFloor)) bad(`${at}.verify must hold window, maxErrorRateIncrease, maxLatencyIncrease, latencyFloor, minRequests`)
     for (const key of ['startedAt', 'updatedAt', 'phaseStartedAt'] as const) if (typeof r[key] !== 'string' || Number.isNaN(Date.parse(r[key]))) bad(`${at}.${key} must be a time`)
     if (r.pausedAt !== null && (typeof r.pausedAt !== 'string' || Number.isNaN(Date.parse(r.pausedAt)))) bad(`${at}.pausedAt must be a time or null`)
