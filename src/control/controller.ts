@@ -670,8 +670,8 @@ export class Controller {
         case 'abort': return planEnd(state, id, 'aborted', now, `aborted by ${actor}`)
         case 'promote':
           if (r.phase === 'shifting') return planForward(state, id, now, this.releases.baseline(id))
-          if (r.phase === 'verifying') return planPhase(state, id, 'draining', now)
-          throw new SwitchyardError('release_state', `release ${id} is ${r.phase}: promote applies while shifting (to 100% now) or verifying (skips the rest of the window)`, { release: id, phase: r.phase })
+          // Only while shifting: a second promote (a double click, a retried request) must not skip the verify window.
+          throw new SwitchyardError('release_state', `release ${id} is ${r.phase}: promote (to 100% now) applies only while shifting`, { release: id, phase: r.phase })
       }
       return undefined
     }, actor)

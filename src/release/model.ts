@@ -232,15 +232,28 @@ export function newRelease (id: string, req: ReleaseRequest, live: (service: str
   }
 }
 
-/** The releases to keep: every running one, and the newest finished ones. */
+/**
+ * The releases to keep: every running one, and the newest finished ones,
+ * each with only the verdict that ended it (the others are in its `release`
+ * events). The whole state is one etcd value, and etcd refuses a request
+ * over 1.5 MiB: twenty finished releases of ten services in ten steps with
+ * every verdict came to 1.6 MiB.
+ */
 export function pruneReleases (list: readonly Release[]): Release[] {
   let finished = 0
   const keep: Release[] = []
   for (let i = list.length - 1; i >= 0; i--) {
     const r = list[i]
-    if (isRunning(r.phase) || finished++ < KEEP_FINISHED) keep.unshift(r)
+    if (isRunning(r.phase)) keep.unshift(r)
+    else if (finished++ < KEEP_FINISHED) keep.unshift(slim(r))
   }
   return keep
+}
+
+function slim (r: Release): Release {
+  if (r.verdicts.length <= 1 && r.baseline === undefined) return r
+  const { baseline: _baseline, ...rest } = r
+  return { ...rest, verdicts: r.verdicts.slice(-1) }
 }
 
 /**

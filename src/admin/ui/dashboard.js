@@ -685,14 +685,14 @@
     updateReleaseButtons(c, r)
   }
 
-  /** Only the actions the phase allows: pause/resume/abort while running, promote while shifting or verifying. */
+  /** Only the actions the phase allows: pause/resume/abort while running, promote while shifting. */
   function updateReleaseButtons (c, r) {
     var running = isRunning(r)
     var paused = !!r.pausedAt
     c.actions.hidden = !running
     c.pauseBtn.hidden = !running || paused
     c.resumeBtn.hidden = !running || !paused
-    c.promoteBtn.hidden = !running || (r.phase !== 'shifting' && r.phase !== 'verifying')
+    c.promoteBtn.hidden = !running || r.phase !== 'shifting'
     c.abortBtn.hidden = !running
     ;[c.pauseBtn, c.resumeBtn, c.promoteBtn, c.abortBtn].forEach(function (b) { b.disabled = acting })
   }
