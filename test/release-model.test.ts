@@ -40,6 +40,8 @@ t.test('a request is refused with the field named', async (t) => {
     ['weight 12.5', { ...ok, steps: [{ weight: 12.5, hold: '1s' }] }, 'steps[0].weight'],
     ['weights not increasing', { ...ok, steps: [{ weight: 50, hold: '1s' }, { weight: 50, hold: '1s' }] }, 'steps[1].weight'],
     ['hold not a duration', { ...ok, steps: [{ weight: 10, hold: 'soon' }] }, 'steps[0].hold'],
+    ['hold of 1e300 ms', { ...ok, steps: [{ weight: 10, hold: 1e300 }] }, 'steps[0].hold'],
+    ['hold of 8 days', { ...ok, steps: [{ weight: 10, hold: '192h' }] }, 'steps[0].hold'],
     ['hold missing', { ...ok, steps: [{ weight: 10 }] }, 'steps[0].hold'],
     ['steps not a list', { ...ok, steps: { weight: 10 } }, 'steps'],
     ['verify window', { ...ok, verify: { window: 'long' } }, 'verify.window'],

@@ -98,6 +98,7 @@ export const KEEP_FINISHED = 20
 export const KEEP_VERDICTS = 50
 export const MAX_STEPS = 20
 export const DEFAULT_TIMEOUT = 5 * 60_000
+const MAX_DURATION = 7 * 24 * 3600_000
 
 const REQUEST_FIELDS = ['services', 'steps', 'verify', 'timeout', 'reason', 'ifGeneration']
 const VERIFY_FIELDS = ['window', 'maxErrorRateIncrease', 'maxLatencyIncrease', 'latencyFloor', 'minRequests']
@@ -113,6 +114,8 @@ function isObject (v: unknown): v is Record<string, unknown> {
 function durationOf (v: unknown, field: string): number {
   const ms = typeof v === 'string' ? parseDuration(v) : typeof v === 'number' && Number.isInteger(v) && v >= 0 ? v : undefined
   if (ms === undefined) refuse(field, `must be a duration such as "30s" (or a number of milliseconds), not ${JSON.stringify(v)}`)
+  // A timer cannot wait longer than about 24.8 days, and a release step held for weeks is a typo.
+  if (ms > MAX_DURATION) refuse(field, 'must be at most 7 days')
   return ms
 }
 
