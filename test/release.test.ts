@@ -133,8 +133,8 @@ t.test('a stepped release sends about 10% then 50% of keyed traffic to the new c
     t.equal(r.step, step, `still step ${step} after measuring`)
     const newKeys = new Set(keys.filter((k) => users.get(k) === 'users-v2'))
     const share = newKeys.size / keys.length
-    // The split is a hash of the key: over 2000 keys the share is within 3 points of the weight (binomial sd is 0.7 points at 10%, 1.1 at 50%).
-    t.ok(Math.abs(share - weight / 100) <= 0.03, `step ${step}: ${(share * 100).toFixed(1)}% of keys on the new color, weight ${weight}%`)
+    // The split is a hash of the key with a random seed: over 2000 keys the share is within 4 points of the weight (binomial sd is 0.7 points at 10%, 1.1 at 50%: 3.6 sd, a false failure in about 3,000 runs).
+    t.ok(Math.abs(share - weight / 100) <= 0.04, `step ${step}: ${(share * 100).toFixed(1)}% of keys on the new color, weight ${weight}%`)
     const mixed = keys.filter((k) => (users.get(k) === 'users-v2') !== (orders.get(k) === 'orders-v2'))
     t.same(mixed, [], `step ${step}: every key has the same color in users and orders`)
     t.same(keys.filter((k) => !['users-v1', 'users-v2'].includes(users.get(k) ?? '')), [], 'every request answered by v1 or v2')
@@ -265,7 +265,10 @@ t.test('abort while shifting puts every key back on the old color; promote goes 
   const again = await admin(f.gw.adminUrl, 'POST', `/v1/releases/${p}/promote`, {})
   t.equal(again.status, 409, 'a second promote does not skip the verify window')
   t.equal(again.json.error, 'release_state')
-  await phaseOf(f.gw, p, 'done')
+  t.equal((await release(f.gw, p)).phase, 'verifying', 'still verifying')
+  const back = await admin(f.gw.adminUrl, 'POST', `/v1/releases/${p}/abort`, {})
+  t.equal(back.json.phase, 'aborted')
+  t.same([...new Set((await byKey(f.gw, 'users', keys)).values())], ['users-v1'], 'an abort while verifying flips every service back')
 })
 
 t.test('paused, a step does not end when its hold does', async (t) => {
