@@ -45,7 +45,7 @@ const LOOK_MS = 1_000
  * diluted by its good minutes before (5% failing showed as 1.4% after 10 s
  * of good answers, and took 3.7 s instead of 1.5 s to revert).
  */
-const RECENT_LOOKS = 10
+const RECENT_LOOKS = 5
 /** A `draining` phase ends at the latest this long after the services' drain timeouts. */
 const DRAIN_SLACK_MS = 5_000
 
