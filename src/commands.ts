@@ -7,6 +7,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { ConfigError, loadConfigFile } from './config/load.js'
 import { isColor, type Config } from './config/schema.js'
+import { parseDuration, parseOrigin } from './config/values.js'
 import { startDemoBackends, stopDemoBackends, type DemoBackend } from './demo.js'
 import { Gateway } from './gateway.js'
 import { runWorker, WorkerPool } from './listen/worker-pool.js'
@@ -40,6 +41,12 @@ const USAGE = `usage: switchyard <command> [options]
   targets SERVICE COLOR URL... [--force] [--reason TEXT]
   drain SERVICE [--color COLOR] [--wait] [--timeout DURATION]
   reload                              re-read the config file (as SIGHUP does)
+  release NAME=URL[,URL]... [--version V|NAME=V,...] [--steps W:D,...] [--verify D] [--timeout D]
+          [--reason TEXT] [--if-generation N] [--wait]
+                                      deploy, test, shift and verify new targets as one release
+                                      (--wait: follow it; exit 0 done, 3 reverted, 4 aborted or failed)
+  release show|pause|resume|promote|abort ID [--wait]
+  releases                            the releases, newest first
   state export [--config FILE] [--out FILE]
                                       print the routing state of the store the config names
   state import FILE --config FILE [--reason TEXT] [--force]
@@ -53,9 +60,12 @@ state export and import open the store (state file or etcd) themselves: no gatew
 /** Thrown for a refusal or usage error: message to stderr, exit code 1 or 2. */
 class CliError extends Error {
   readonly exitCode: number
-  constructor (message: string, exitCode = 1) {
+  /** The API could not be reached or answered 5xx: a follower may try again, a one-shot command does not. */
+  readonly transient: boolean
+  constructor (message: string, exitCode = 1, transient = false) {
     super(message)
     this.exitCode = exitCode
+    this.transient = transient
   }
 }
 
@@ -72,6 +82,8 @@ export async function run (argv: string[], io: Io): Promise<number> {
       case 'drain': return await drain(rest, io)
       case 'reload': return await reload(rest, io)
       case 'state': return await state(rest, io)
+      case 'release': return await release(rest, io)
+      case 'releases': return await releases(rest, io)
       case undefined: case 'help': case '--help': case '-h':
         io.out(USAGE)
         return command === undefined ? 2 : 0
@@ -162,19 +174,21 @@ async function call (io: Io, method: string, path: string, body?: unknown, timeo
     res = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: timeoutMs === null ? undefined : AbortSignal.timeout(timeoutMs) })
   } catch (err) {
     const cause = (err as { cause?: Error }).cause
-    throw new CliError(`cannot reach the admin API at ${base}: ${cause?.message ?? (err as Error).message}`)
+    throw new CliError(`cannot reach the admin API at ${base}: ${cause?.message ?? (err as Error).message}`, 1, true)
   }
   const text = await res.text()
   let json: Record<string, unknown>
   try {
     json = JSON.parse(text) as Record<string, unknown>
   } catch {
-    throw new CliError(`${res.status} from ${base}${path}: ${text.slice(0, 200)}`)
+    throw new CliError(`${res.status} from ${base}${path}: ${text.slice(0, 200)}`, 1, res.status >= 500)
   }
   if (!res.ok) {
     let message = `${String(json.error)}: ${String(json.message)}`
     if (Array.isArray(json.failures)) message += '\n' + json.failures.map((f) => `  - ${JSON.stringify(f)}`).join('\n')
-    throw new CliError(message)
+    // Where to look next: the release that holds the services.
+    if (json.error === 'release_in_progress' && typeof json.release === 'string') message += `\n  see: switchyard release show ${json.release}`
+    throw new CliError(message, 1, res.status >= 500)
   }
   return json
 }
@@ -485,4 +499,350 @@ async function stateImport (argv: string[], io: Io): Promise<number> {
   const was = result.before === undefined ? 'it held no readable state' : `it was at generation ${result.before}`
   io.out(`imported generation ${result.generation} into ${where} (${was})`)
   return 0
+}
+
+// --- releases ---------------------------------------------------------------------
+
+type ReleasePhase = 'deploying' | 'warming' | 'testing' | 'shifting' | 'verifying' | 'draining' | 'done' | 'reverted' | 'aborted' | 'failed'
+
+interface SideErrors { requests: number, errors: number, rate: number | null }
+interface SideLatency { samples: number, p50Ms: number | null, p99Ms: number | null }
+interface ServiceVerdictView {
+  outcome: 'pass' | 'fail' | 'inconclusive'
+  reasons?: string[]
+  errors?: { new: SideErrors, old: SideErrors }
+  latency?: { new: SideLatency, old: SideLatency }
+}
+interface VerdictView { at: string, phase: ReleasePhase, step: number, weight: number, final?: boolean, pass: boolean, services: Record<string, ServiceVerdictView> }
+interface HistoryEntry { phase: ReleasePhase, at: string, step?: number, weight?: number }
+interface ReleaseView {
+  id: string
+  phase: ReleasePhase
+  services: Record<string, { targets: string[], version: string | null, from: string, to: string }>
+  steps?: Array<{ weight: number, hold: number }>
+  step?: number
+  weight?: number
+  verify?: { window: number }
+  timeout?: number
+  reason?: string | null
+  actor?: string
+  startedAt: string
+  updatedAt?: string
+  pausedAt?: string | null
+  outcome?: string | null
+  verdicts?: VerdictView[]
+  history?: HistoryEntry[]
+}
+
+/** What `--wait` exits with once the release has ended; a phase not listed has not ended. */
+const RELEASE_EXIT: Partial<Record<string, number>> = { done: 0, reverted: 3, aborted: 4, failed: 4 }
+const RELEASE_ACTIONS = ['pause', 'resume', 'promote', 'abort']
+const RELEASE_USAGE = `usage: switchyard release NAME=URL[,URL]... [--version V|NAME=V,...] [--steps WEIGHT:DURATION,...] [--verify DURATION]
+                         [--timeout DURATION] [--reason TEXT] [--if-generation N] [--wait]
+       switchyard release show|pause|resume|promote|abort ID [--wait]`
+/** How often `--wait` asks, and how long it keeps trying while the API cannot be reached (a gateway restarting resumes the release). */
+const FOLLOW_EVERY_MS = 500
+const FOLLOW_PATIENCE_MS = 30_000
+
+async function release (argv: string[], io: Io): Promise<number> {
+  const [sub] = argv
+  if (sub === 'show' || RELEASE_ACTIONS.includes(sub)) return await releaseAction(sub, argv.slice(1), io)
+  const { values, positionals } = args(argv, {
+    version: { type: 'string' }, steps: { type: 'string' }, verify: { type: 'string' }, timeout: { type: 'string' },
+    reason: { type: 'string' }, 'if-generation': { type: 'string' }, wait: { type: 'boolean' },
+  })
+  const body = releaseBody(positionals, values)
+  const created = await call(io, 'POST', '/v1/releases', body) as unknown as ReleaseView
+  if (values.wait === true) return await follow(io, created, values.json === true)
+  if (values.json === true) {
+    io.out(JSON.stringify(created, null, 2))
+    return 0
+  }
+  io.out(`release ${created.id}: ${created.phase}`)
+  io.out(table(Object.entries(created.services).map(([name, s]) => [`  ${name}`, `${s.from} -> ${s.to}`, s.version ?? '-', s.targets.join(', ')])))
+  io.out(`follow it: switchyard release show ${created.id} --wait`)
+  return 0
+}
+
+/** The POST /v1/releases body for a command line; every mistake is a usage error (exit 2) before anything is sent. */
+function releaseBody (positionals: string[], values: Record<string, string | boolean | undefined>): Record<string, unknown> {
+  if (positionals.length === 0) throw new CliError(`a release names at least one service as NAME=URL[,URL]\n${RELEASE_USAGE}`, 2)
+  const services = new Map<string, { targets: string[], version?: string }>()
+  for (const p of positionals) {
+    const eq = p.indexOf('=')
+    if (eq <= 0) throw new CliError(`"${p}" is not NAME=URL[,URL] (or show|pause|resume|promote|abort ID)\n${RELEASE_USAGE}`, 2)
+    const name = p.slice(0, eq)
+    const list = p.slice(eq + 1)
+    if (services.has(name)) throw new CliError(`service "${name}" is named twice: list all its targets in one NAME=URL,URL`, 2)
+    if (list === '') throw new CliError(`${name}= has no URLs: give its new targets as ${name}=URL[,URL]`, 2)
+    const targets = list.split(',')
+    for (const url of targets) {
+      if (url === '') throw new CliError(`${name}: an empty URL in "${list}" (a stray comma?)`, 2)
+      const origin = parseOrigin(url)
+      if ('error' in origin) throw new CliError(`${name}: target "${url}" ${origin.error}`, 2)
+    }
+    services.set(name, { targets })
+  }
+  applyVersions(services, values.version as string | undefined)
+  const body: Record<string, unknown> = { services: Object.fromEntries(services) }
+  if (values.steps !== undefined) body.steps = parseSteps(values.steps as string)
+  if (values.verify !== undefined) body.verify = { window: duration(values.verify as string, 'verify') }
+  if (values.timeout !== undefined) body.timeout = duration(values.timeout as string, 'timeout')
+  if (values.reason !== undefined) body.reason = values.reason
+  if (values['if-generation'] !== undefined) body.ifGeneration = integer(values['if-generation'], 'if-generation')
+  return body
+}
+
+/** `--version 1.1.0` for every service, or `--version users=1.1.0,orders=2.4.0` one by one. */
+function applyVersions (services: Map<string, { version?: string }>, text: string | undefined): void {
+  if (text === undefined) return
+  if (text === '') throw new CliError('--version must not be empty', 2)
+  if (!text.includes('=')) {
+    for (const s of services.values()) s.version = text
+    return
+  }
+  for (const part of text.split(',')) {
+    const eq = part.indexOf('=')
+    const name = part.slice(0, eq)
+    const service = services.get(name)
+    if (eq <= 0 || part.length === eq + 1) throw new CliError(`--version: "${part}" is not NAME=VERSION`, 2)
+    if (service === undefined) throw new CliError(`--version names "${name}", which is not in this release`, 2)
+    if (service.version !== undefined) throw new CliError(`--version names "${name}" twice`, 2)
+    service.version = part.slice(eq + 1)
+  }
+}
+
+/** `10:30s,50:30s` -> [{weight: 10, hold: "30s"}, ...]; the server judges the order of the weights. */
+function parseSteps (text: string): Array<{ weight: number, hold: string }> {
+  return text.split(',').map((step) => {
+    const m = /^(\d+):(.+)$/.exec(step)
+    if (m === null || parseDuration(m[2]) === undefined) throw new CliError(`--steps: "${step}" is not WEIGHT:DURATION (such as 10:30s)`, 2)
+    const weight = Number(m[1])
+    if (weight < 1 || weight > 99) throw new CliError(`--steps: the weight in "${step}" must be a percent from 1 to 99 (100 comes after the last step)`, 2)
+    return { weight, hold: m[2] }
+  })
+}
+
+function duration (text: string, flag: string): string {
+  if (parseDuration(text) === undefined) throw new CliError(`--${flag} must be a duration such as 30s, 5m or 500ms, got "${text}"`, 2)
+  return text
+}
+
+async function releaseAction (sub: string, argv: string[], io: Io): Promise<number> {
+  const { values, positionals } = args(argv, { wait: { type: 'boolean' } })
+  if (positionals.length !== 1 || positionals[0] === '') throw new CliError(`usage: switchyard release ${sub} ID [--wait]`, 2)
+  const path = `/v1/releases/${encodeURIComponent(positionals[0])}`
+  const r = (sub === 'show' ? await call(io, 'GET', path) : await call(io, 'POST', `${path}/${sub}`, {})) as unknown as ReleaseView
+  if (values.wait === true) return await follow(io, r, values.json === true)
+  io.out(values.json === true ? JSON.stringify(r, null, 2) : sub === 'show' ? releaseText(r) : `release ${r.id}: ${phaseState(r)}`)
+  return 0
+}
+
+async function releases (argv: string[], io: Io): Promise<number> {
+  const { values, positionals } = args(argv, {})
+  if (positionals.length > 0) throw new CliError('usage: switchyard releases [--json]', 2)
+  const result = await call(io, 'GET', '/v1/releases')
+  if (values.json === true) {
+    io.out(JSON.stringify(result, null, 2))
+    return 0
+  }
+  const list = (result.releases ?? []) as ReleaseView[]
+  if (list.length === 0) {
+    io.out('no releases')
+    return 0
+  }
+  // The server's order: newest first.
+  io.out(table([['ID', 'PHASE', 'SERVICES', 'WEIGHT', 'STARTED', 'OUTCOME'], ...list.map((r) => [
+    r.id, r.pausedAt == null ? r.phase : `${r.phase} (paused)`, Object.keys(r.services).join(','),
+    `${r.weight ?? 0}%`, stamp(r.startedAt), r.outcome ?? '-',
+  ])]))
+  return 0
+}
+
+/** `shifting, step 1/2 at 10%` and `(paused)`: where a release stands, in one phrase. */
+function phaseState (r: ReleaseView): string {
+  const steps = r.steps ?? []
+  const at = r.phase === 'shifting' && steps.length > 0 && (r.step ?? -1) >= 0 ? `, step ${(r.step ?? 0) + 1}/${steps.length} at ${r.weight ?? 0}%` : ''
+  const outcome = r.outcome == null || RELEASE_EXIT[r.phase] === undefined ? '' : `: ${r.outcome}`
+  return `${r.phase}${at}${r.pausedAt == null ? '' : ' (paused)'}${outcome}`
+}
+
+/** `release show`: the release, its services and the last verdict. */
+function releaseText (r: ReleaseView): string {
+  const lines = [`release ${r.id}: ${phaseState(r)}`]
+  lines.push(`started ${stamp(r.startedAt)}${r.actor === undefined ? '' : ` by ${r.actor}`}${r.reason == null ? '' : `: ${r.reason}`}`)
+  const steps = r.steps ?? []
+  lines.push(`steps ${steps.length === 0 ? 'all at once' : steps.map((s) => `${s.weight}% for ${human(s.hold)}`).join(', ')}; weight now ${r.weight ?? 0}%` +
+    `${r.verify === undefined ? '' : `; verify ${human(r.verify.window)}`}${r.timeout === undefined ? '' : `; timeout ${human(r.timeout)}`}`)
+  const last = (r.verdicts ?? []).at(-1)
+  const rows = [['  SERVICE', 'COLORS', 'VERSION', 'TARGETS', 'LAST VERDICT']]
+  for (const [name, s] of Object.entries(r.services)) {
+    const v = last?.services[name]
+    rows.push([`  ${name}`, `${s.from} -> ${s.to}`, s.version ?? '-', s.targets.join(', '), v === undefined ? '-' : verdictText(v)])
+  }
+  lines.push(table(rows))
+  lines.push('history')
+  for (const h of r.history ?? []) lines.push(`  ${clock(h.at)} ${phaseLine(r, h)}`)
+  return lines.join('\n')
+}
+
+/** What a phase change means for this release, as the line `--wait` prints. */
+function phaseLine (r: ReleaseView, h: HistoryEntry): string {
+  const services = Object.entries(r.services)
+  const colors = (pick: (s: { from: string, to: string }) => string): string => {
+    const set = new Set(services.map(([, s]) => pick(s)))
+    return set.size === 1 ? [...set][0] : 'the new colors'
+  }
+  switch (h.phase) {
+    case 'deploying': return `deploying ${services.map(([name, s]) => `${name}${s.version == null ? '' : ` ${s.version}`} -> ${s.to}`).join(', ')}`
+    case 'warming': return `warming: waiting for ${colors((s) => s.to)} to be healthy${r.timeout === undefined ? '' : ` (up to ${human(r.timeout)})`}`
+    case 'testing': return 'testing: smoke checks'
+    case 'shifting': {
+      const n = (r.steps ?? []).length
+      const weight = h.weight ?? r.weight ?? 100
+      const step = h.step !== undefined && h.step >= 0 && h.step < n ? ` step ${h.step + 1}/${n}` : ''
+      return `shifting${step}: ${weight}% -> ${colors((s) => s.to)}`
+    }
+    case 'verifying': return `verifying: 100% on ${colors((s) => s.to)}${r.verify === undefined ? '' : ` for ${human(r.verify.window)}`}`
+    case 'draining': return `draining ${colors((s) => s.from)}`
+    default: return h.phase
+  }
+}
+
+function verdictText (v: ServiceVerdictView): string {
+  const e = v.errors
+  const l = v.latency
+  const figures = [
+    e === undefined ? null : `errors ${percent(e.new.rate)} vs ${percent(e.old.rate)}`,
+    l === undefined ? null : `p50 ${millis(l.new.p50Ms)} vs ${millis(l.old.p50Ms)}, p99 ${millis(l.new.p99Ms)} vs ${millis(l.old.p99Ms)}`,
+  ].filter((x) => x !== null)
+  const why = v.outcome === 'fail' && (v.reasons ?? []).length > 0 ? `: ${(v.reasons ?? []).join('; ')}` : ''
+  return `${v.outcome}${figures.length === 0 ? '' : ` (${figures.join(', ')})`}${why}`
+}
+
+function percent (rate: number | null | undefined): string {
+  return typeof rate === 'number' && Number.isFinite(rate) ? `${(rate * 100).toFixed(1)}%` : '-'
+}
+
+function millis (ms: number | null | undefined): string {
+  if (typeof ms !== 'number' || !Number.isFinite(ms)) return '-'
+  return ms < 10 ? `${ms.toFixed(1)}ms` : `${Math.round(ms)}ms`
+}
+
+/** Milliseconds as people write durations: 500ms, 30s, 5m, 2m13s, 1h30m. */
+function human (ms: number): string {
+  if (ms < 1000) return `${ms}ms`
+  const s = Math.round(ms / 1000)
+  if (s < 60) return `${s}s`
+  if (s < 3600) return `${Math.floor(s / 60)}m${s % 60 === 0 ? '' : `${s % 60}s`}`
+  return `${Math.floor(s / 3600)}h${Math.floor(s / 60) % 60 === 0 ? '' : `${Math.floor(s / 60) % 60}m`}`
+}
+
+function two (n: number): string { return String(n).padStart(2, '0') }
+
+/** Local wall-clock time of an ISO instant (the operator's zone, as `date` prints it). */
+function clock (iso: string | undefined): string {
+  const d = new Date(iso ?? NaN)
+  return Number.isNaN(d.getTime()) ? '--:--:--' : `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`
+}
+
+function stamp (iso: string | undefined): string {
+  const d = new Date(iso ?? NaN)
+  return Number.isNaN(d.getTime()) ? '-' : `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${clock(iso)}`
+}
+
+/**
+ * Prints what is new in each view of a release: phase changes (from `history`),
+ * pauses, and verdicts, in the order they happened; on a terminal, a live line per
+ * service under them, redrawn in place.
+ */
+class ReleaseProgress {
+  private seenHistory = 0
+  private seenVerdicts = 0
+  private paused: string | null = null
+  private liveLines = 0
+
+  constructor (private readonly io: Io, private readonly live: boolean) {}
+
+  show (r: ReleaseView): void {
+    const fresh: Array<{ at: number, text: string }> = []
+    const note = (at: string | undefined, text: string): void => { fresh.push({ at: Date.parse(at ?? '') || Date.now(), text: `${clock(at)} ${text}` }) }
+    const history = r.history ?? []
+    for (const h of history.slice(this.seenHistory)) note(h.at, phaseLine(r, h))
+    this.seenHistory = Math.max(this.seenHistory, history.length)
+    const pausedAt = r.pausedAt ?? null
+    if (pausedAt !== this.paused) {
+      if (pausedAt !== null) note(pausedAt, `paused (${phaseState({ ...r, pausedAt: null })})`)
+      else if (RELEASE_EXIT[r.phase] === undefined) note(r.updatedAt, 'resumed')
+      this.paused = pausedAt
+    }
+    const verdicts = r.verdicts ?? []
+    for (const v of verdicts.slice(this.seenVerdicts)) {
+      // Interim looks that pass only feed the live line: a server that records one a second would flood a CI log.
+      if (v.final === false && v.pass) continue
+      for (const [name, sv] of Object.entries(v.services)) note(v.at, `verdict ${name}: ${verdictText(sv)}`)
+    }
+    this.seenVerdicts = Math.max(this.seenVerdicts, verdicts.length)
+    // Stable: lines of one moment keep their order (history before verdicts).
+    fresh.sort((a, b) => a.at - b.at)
+    if (this.live) this.erase()
+    for (const f of fresh) this.io.out(f.text)
+    if (this.live && RELEASE_EXIT[r.phase] === undefined) this.draw(r)
+  }
+
+  /** Takes the live lines off the screen, so the next output starts where they were. */
+  erase (): void {
+    if (this.liveLines > 0) this.io.write?.(`\u001b[${this.liveLines}F\u001b[J`)
+    this.liveLines = 0
+  }
+
+  private draw (r: ReleaseView): void {
+    const verdicts = r.verdicts ?? []
+    const rows = Object.entries(r.services).map(([name, s]) => {
+      const v = [...verdicts].reverse().find((x) => x.services[name] !== undefined)?.services[name]
+      const e = v?.errors
+      const side = (x: SideErrors | undefined): string => x === undefined ? '-' : `${x.requests} req, ${x.errors} err`
+      return [`  ${name}`, `${r.weight ?? 0}% -> ${s.to}`, e === undefined ? 'no verdict yet' : `new ${side(e.new)}`, e === undefined ? '' : `old ${side(e.old)}`, v?.outcome ?? '']
+    })
+    // A line the terminal wraps would take two rows, and erase() would leave half of it behind.
+    const width = (process.stdout.columns ?? 0) > 1 ? process.stdout.columns - 1 : Infinity
+    const text = table(rows).split('\n').map((line) => line.slice(0, width)).join('\n')
+    this.io.write?.(text + '\n')
+    this.liveLines = rows.length
+  }
+}
+
+/** `--wait`: polls the release until it ends; the exit code says how. Ctrl-C stops following, not the release. */
+async function follow (io: Io, first: ReleaseView, json: boolean): Promise<number> {
+  const progress = new ReleaseProgress(io, !json && io.tty === true && io.write !== undefined)
+  const path = `/v1/releases/${encodeURIComponent(first.id)}`
+  let stopped = false
+  const stop = (io.stopSignal ?? new Promise<string>(() => {})).then(() => { stopped = true })
+  let r = first
+  let reached = Date.now()
+  for (;;) {
+    if (!json) progress.show(r)
+    const code = RELEASE_EXIT[r.phase]
+    if (code !== undefined) {
+      if (json) io.out(JSON.stringify(r, null, 2))
+      else io.out(`release ${r.id} ${r.phase} after ${human(Math.max(0, Date.parse(r.updatedAt ?? '') - Date.parse(r.startedAt)) || 0)}${r.outcome == null ? '' : `: ${r.outcome}`}`)
+      return code
+    }
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([new Promise((resolve) => { timer = setTimeout(resolve, FOLLOW_EVERY_MS) }), stop])
+    clearTimeout(timer)
+    const next = stopped ? undefined : await Promise.race([call(io, 'GET', path, undefined, 10_000).then((x) => x as unknown as ReleaseView, (err: unknown) => err as Error), stop])
+    if (stopped) {
+      progress.erase()
+      io.err(`switchyard: stopped following ${r.id}; the release goes on (switchyard release show ${r.id}, or abort it: switchyard release abort ${r.id})`)
+      return 130
+    }
+    if (next instanceof Error) {
+      // A gateway restarting resumes the release: keep asking for a while.
+      if (!(next instanceof CliError) || !next.transient || Date.now() - reached > FOLLOW_PATIENCE_MS) throw next
+      continue
+    }
+    r = next as ReleaseView
+    reached = Date.now()
+  }
 }

@@ -35,6 +35,8 @@ export const ERRORS = {
   no_targets: { status: 409, message: 'that color has no targets' },
   nothing_to_roll_back: { status: 409, message: 'nothing to roll back' },
   gate_failed: { status: 409, message: 'the new color did not pass the gate' },
+  release_in_progress: { status: 409, message: 'a running release holds that service' },
+  release_state: { status: 409, message: 'the release is not in a phase that allows this' },
   stale_generation: { status: 412, message: 'ifGeneration does not match the current generation' },
   payload_too_large: { status: 413, message: 'request body too large' },
   unsupported_media_type: { status: 415, message: 'send application/json' },

@@ -102,9 +102,25 @@ export function createMetrics (deps: Deps): Registry {
       }
     },
   })
+  new Gauge({
+    name: 'switchyard_traffic_weight',
+    help: 'Percent of a service\'s ordinary traffic (not preview, not smoke) each color gets: a release\'s split, else 100 on live',
+    labelNames: ['service', 'color'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const route of deps.controller().snapshots.current.services.values()) {
+        const split = route.split
+        for (const color of COLORS) {
+          const weight = split === undefined ? (route.live === color ? 100 : 0) : split.to.color === color ? split.weight : 100 - split.weight
+          this.set({ service: route.name, color }, weight)
+        }
+      }
+    },
+  })
   new Counter({
     name: 'switchyard_flips_total',
-    help: 'Color changes, per service and trigger (manual, rollback, auto_revert)',
+    help: 'Color changes, per service and trigger (manual, rollback, auto_revert, release)',
     labelNames: ['service', 'trigger'],
     registers: [reg],
     collect () {
@@ -112,6 +128,16 @@ export function createMetrics (deps: Deps): Registry {
       for (const [service, counts] of deps.controller().flipCounts) {
         for (const [trigger, n] of Object.entries(counts)) this.inc({ service, trigger }, n)
       }
+    },
+  })
+  new Counter({
+    name: 'switchyard_releases_total',
+    help: 'Releases ended on this gateway, per outcome (done, reverted, aborted, failed)',
+    labelNames: ['outcome'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      for (const [outcome, n] of Object.entries(deps.controller().releaseOutcomes)) this.inc({ outcome }, n)
     },
   })
   new Gauge({

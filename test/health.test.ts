@@ -272,7 +272,7 @@ t.test('guard: the new color answering 5xx after the flip is reverted in one swa
   t.match(ev.reason, /error rate \d+\.\d% over 10 requests exceeds 20\.0%/)
   t.equal((await http1(`${gw.url}/svc`)).json.backend, 'blue')
   t.equal(traffic(b), 2, 'blue served the request after the revert and this one, nothing before')
-  t.same(gw.gateway.controller.flipCounts.get('svc'), { manual: 1, rollback: 0, auto_revert: 1 })
+  t.same(gw.gateway.controller.flipCounts.get('svc'), { manual: 1, rollback: 0, auto_revert: 1, release: 0 })
 })
 
 t.test('guard: the new color losing all its targets is reverted', async (t) => {

@@ -17,10 +17,15 @@
 //                          off by default so throughput runs pay nothing for it
 // Reports { type: 'ready', servers: { name: port } }; answers { type: 'stats' }
 // with the number of requests each server has answered, and { type: 'reset' }.
-// Fault injection (guard bench), { type: 'fault', name, mode }:
+// Fault injection (guard and release benches), { type: 'fault', name, mode, share?, extraMs? }:
 //   'ok'   everything answers 200 (the default)
-//   '5xx'  traffic answers 500, the health path still answers 200
+//   '5xx'  traffic answers 500, the health path still answers 200; with `share`
+//          (0..1, default 1) only that share of traffic fails, spread evenly
+//          (every 20th request for 0.05), so a run's failure count is exact
 //   'down' traffic answers 503 and the health path answers 503
+//   'slow' traffic answers 200 `extraMs` (default 50) later than it would; the
+//          health path is not delayed. The first and last such answer's write
+//          time are kept as firstSlowAt / lastSlowAt
 // replies { at } (the time the fault took effect). { type: 'timeline', after,
 // bucketMs, from, to } replies per server: traffic/probe counts, failures, first
 // and last failure times, traffic after `after`, and per-bucket counts; with
@@ -66,7 +71,8 @@ function makeServer (name) {
   if (colorBody) headers['x-color'] = name
   counts[name] = 0
   const b = book[name] = {
-    mode: 'ok', faultAt: null,
+    mode: 'ok', faultAt: null, share: 1, shareAcc: 0, extraMs: 0,
+    slowAnswers: 0, firstSlowAt: null, lastSlowAt: null,
     traffic: 0, trafficFailures: 0, probes: 0, probeFailures: 0,
     firstTrafficFailureAt: null, lastTrafficFailureAt: null, firstProbeFailureAt: null, firstTrafficAt: null, lastTrafficAt: null,
     trafficTimes: [], failureTimes: [], probeFailureTimes: [],
@@ -79,11 +85,29 @@ function makeServer (name) {
     res.end(body)
   }
   // The fault mode is read when the answer is written, so a change applies at once.
+  const slowOk = (res) => {
+    const t = now()
+    b.slowAnswers++
+    b.firstSlowAt ??= t
+    b.lastSlowAt = t
+    ok(res)
+  }
   const answer = (res) => {
     if (b.mode === 'ok') return ok(res)
     const isProbe = res.isProbe === true
+    if (b.mode === 'slow') {
+      if (isProbe) return ok(res)
+      setTimeout(slowOk, b.extraMs, res)
+      return
+    }
     const status = FAULT_STATUS[b.mode][isProbe ? 'health' : 'traffic']
     if (status === 200) return ok(res)
+    if (!isProbe && b.share < 1) {
+      // An accumulator, not a coin: exactly `share` of the traffic fails, evenly spread.
+      b.shareAcc += b.share
+      if (b.shareAcc + 1e-9 < 1) return ok(res)
+      b.shareAcc -= 1
+    }
     const t = now()
     if (isProbe) {
       b.probeFailures++
@@ -148,10 +172,16 @@ process.on('message', (msg) => {
     process.send({ type: 'reply', id: msg.id })
   } else if (msg?.type === 'fault') {
     const b = book[msg.name]
-    if (b === undefined || (msg.mode !== 'ok' && FAULT_STATUS[msg.mode] === undefined)) {
-      process.send({ type: 'reply', id: msg.id, error: `unknown server ${msg.name} or mode ${msg.mode}` })
+    const share = msg.share ?? 1
+    const extraMs = msg.extraMs ?? 50
+    if (b === undefined || (msg.mode !== 'ok' && msg.mode !== 'slow' && FAULT_STATUS[msg.mode] === undefined) ||
+        !(share > 0 && share <= 1) || !(extraMs >= 0)) {
+      process.send({ type: 'reply', id: msg.id, error: `unknown server ${msg.name} or mode ${msg.mode}, or share ${share} / extraMs ${extraMs} out of range` })
       return
     }
+    b.share = share
+    b.shareAcc = 0
+    b.extraMs = extraMs
     b.mode = msg.mode
     b.faultAt = now()
     process.send({ type: 'reply', id: msg.id, at: b.faultAt })
@@ -177,6 +207,7 @@ function describeTimeline ({ after, from, to, bucketMs = 10 }) {
       traffic: b.traffic, trafficFailures: b.trafficFailures, probes: b.probes, probeFailures: b.probeFailures,
       firstTrafficFailureAt: b.firstTrafficFailureAt, lastTrafficFailureAt: b.lastTrafficFailureAt,
       firstProbeFailureAt: b.firstProbeFailureAt, firstTrafficAt: b.firstTrafficAt, lastTrafficAt: b.lastTrafficAt,
+      slowAnswers: b.slowAnswers, firstSlowAt: b.firstSlowAt, lastSlowAt: b.lastSlowAt,
       probeFailureTimes: b.probeFailureTimes.slice(0, 100),
       ...(after === undefined ? {} : { trafficAfter: countAfter(b.trafficTimes, after), failuresAfter: countAfter(b.failureTimes, after) }),
       ...(from === undefined ? {} : { bucketMs, trafficBuckets: bucket(b.trafficTimes), failureBuckets: bucket(b.failureTimes) }),

@@ -10,6 +10,7 @@ import { ConfigError } from '../config/load.js'
 import type { Config } from '../config/schema.js'
 import { parseDuration } from '../config/values.js'
 import type { Controller } from '../control/controller.js'
+import { findDuplicateKey } from './json-keys.js'
 import { SwitchyardError, toSwitchyardError } from '../errors.js'
 import { UI_HEADERS, UI_HTML } from './ui.js'
 
@@ -50,12 +51,16 @@ async function readJson (req: IncomingMessage): Promise<Body> {
   }
   if (size === 0) return {}
   let value: unknown
+  const text = Buffer.concat(chunks).toString('utf8')
   try {
-    value = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    value = JSON.parse(text)
   } catch (err) {
     throw new SwitchyardError('bad_request', `body is not valid JSON: ${(err as Error).message}`)
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new SwitchyardError('bad_request', 'body must be a JSON object')
+  // JSON.parse would keep the last of two equal keys: a service named twice must not silently become one.
+  const twice = findDuplicateKey(text)
+  if (twice !== undefined) throw new SwitchyardError('bad_request', `${twice}: named twice in the body`, { field: twice })
   return value as Body
 }
 
@@ -291,6 +296,24 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
         throw new SwitchyardError('config_invalid', `config file refused, the running config stays: ${err.problems.length} problem(s)`, { problems: err.problems })
       }
       return send(res, 200, await controller.reload(config, actorOf(req)))
+    }
+    if (path === '/v1/releases') {
+      allow('GET', 'POST')
+      if (method === 'GET') return send(res, 200, { releases: controller.listReleases() })
+      const body = await readJson(req)
+      return send(res, 201, await controller.startRelease(body, actorOf(req)))
+    }
+    const relMatch = /^\/v1\/releases\/([^/]+)(?:\/(pause|resume|promote|abort))?$/.exec(path)
+    if (relMatch !== null) {
+      const id = segment(relMatch[1], 'release')
+      const action = relMatch[2] as 'pause' | 'resume' | 'promote' | 'abort' | undefined
+      if (action === undefined) {
+        allow('GET')
+        return send(res, 200, controller.getRelease(id))
+      }
+      allow('POST')
+      field.only(await readJson(req), [])
+      return send(res, 200, await controller.releaseAction(id, action, actorOf(req)))
     }
     const svcMatch = /^\/v1\/services\/([^/]+)(\/.*)?$/.exec(path)
     if (svcMatch !== null) {

@@ -16,6 +16,7 @@ export const SECTION_KEYS = {
   passive: { consecutiveFailures: true, baseEjectionTime: true, maxEjectionTime: true },
   gate: { minHealthy: true },
   guard: { window: true, maxErrorRate: true, minRequests: true },
+  verify: { window: true, maxErrorRateIncrease: true, maxLatencyIncrease: true, latencyFloor: true, minRequests: true },
   drain: { timeout: true, onDrained: true },
   limits: { maxConnections: true },
 } as const satisfies KeyTree

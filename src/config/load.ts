@@ -7,7 +7,7 @@ import { dirname, resolve } from 'node:path'
 import { parseDocument } from 'yaml'
 import {
   COLORS, DEFAULTS, isColor, type Engine,
-  type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type PassiveConfig,
+  type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type VerifyConfig, type PassiveConfig,
   type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type SmokeCheck, type Timeouts,
 } from './schema.js'
 import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, substituteEnv } from './values.js'
@@ -54,11 +54,12 @@ class Checker {
     return value
   }
 
-  duration (value: unknown, path: string, fallback: number): number {
+  /** A duration in ms; `min` 0 lets `0ms` through (a floor that can be off), else it must be greater than zero. */
+  duration (value: unknown, path: string, fallback: number, min = 1): number {
     if (value === undefined) return fallback
     const ms = typeof value === 'string' ? parseDuration(value) : undefined
     if (ms === undefined) return this.fail(path, `not a duration (use 500ms, 2s, 1m): ${JSON.stringify(value)}`) ?? fallback
-    if (ms <= 0) return this.fail(path, 'must be greater than zero') ?? fallback
+    if (ms < min) return this.fail(path, min <= 0 ? 'must not be negative' : 'must be greater than zero') ?? fallback
     return ms
   }
 
@@ -74,6 +75,13 @@ class Checker {
     if (value === undefined) return fallback
     const n = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
     if (typeof n !== 'number' || !Number.isFinite(n) || n < 0 || n > 1) return this.fail(path, 'must be a number from 0 to 1') ?? fallback
+    return n
+  }
+
+  number (value: unknown, path: string, fallback: number, min: number, max: number): number {
+    if (value === undefined) return fallback
+    const n = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
+    if (typeof n !== 'number' || !Number.isFinite(n) || n < min || n > max) return this.fail(path, `must be a number from ${min} to ${max}`) ?? fallback
     return n
   }
 
@@ -318,6 +326,7 @@ interface Sections {
   passive: PassiveConfig | undefined
   gate: GateConfig
   guard: GuardConfig
+  verify: VerifyConfig
   drain: DrainConfig
   limits: LimitsConfig
 }
@@ -386,6 +395,16 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
     minRequests: c.integer(gur.minRequests, join(path, 'guard.minRequests'), gu.minRequests, 1),
   }
 
+  const ve = inherit?.verify ?? d.verify
+  const ver = raw.verify === undefined ? {} : c.object(raw.verify, join(path, 'verify'), listKeys(SECTION_KEYS.verify)) ?? {}
+  const verify: VerifyConfig = {
+    window: c.duration(ver.window, join(path, 'verify.window'), ve.window),
+    maxErrorRateIncrease: c.ratio(ver.maxErrorRateIncrease, join(path, 'verify.maxErrorRateIncrease'), ve.maxErrorRateIncrease),
+    maxLatencyIncrease: c.number(ver.maxLatencyIncrease, join(path, 'verify.maxLatencyIncrease'), ve.maxLatencyIncrease, 0, 10),
+    latencyFloor: c.duration(ver.latencyFloor, join(path, 'verify.latencyFloor'), ve.latencyFloor, 0),
+    minRequests: c.integer(ver.minRequests, join(path, 'verify.minRequests'), ve.minRequests, 1),
+  }
+
   const dr = inherit?.drain ?? d.drain
   const drr = raw.drain === undefined ? {} : c.object(raw.drain, join(path, 'drain'), listKeys(SECTION_KEYS.drain)) ?? {}
   const drain: DrainConfig = { timeout: c.duration(drr.timeout, join(path, 'drain.timeout'), dr.timeout) }
@@ -396,7 +415,7 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
   const lr = raw.limits === undefined ? {} : c.object(raw.limits, join(path, 'limits'), listKeys(SECTION_KEYS.limits)) ?? {}
   const limits: LimitsConfig = { maxConnections: c.integer(lr.maxConnections, join(path, 'limits.maxConnections'), li.maxConnections, 1) }
 
-  return { timeouts, health, passive, gate, guard, drain, limits }
+  return { timeouts, health, passive, gate, guard, verify, drain, limits }
 }
 
 function service (name: string, value: unknown, path: string, c: Checker, base: Sections): ServiceConfig | undefined {

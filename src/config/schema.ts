@@ -125,6 +125,20 @@ export interface Environment {
   targets: string[]
 }
 
+/** How a release judges its new color against the old one (`verify` under `defaults` or a service; a release's request overrides it). */
+export interface VerifyConfig {
+  /** How long the new color serves all traffic before the release is done with it. Default 60s. */
+  window: number
+  /** The error rate may grow by this much (a fraction: 0.01 is one percentage point) before it counts as worse. Default 0.01. */
+  maxErrorRateIncrease: number
+  /** Latency may grow by this fraction (0.2 is 20%) before it counts as worse. Default 0.2. */
+  maxLatencyIncrease: number
+  /** ...and by at least this much, ms: below it a difference is noise on any host, whatever the fraction. Default 5ms. */
+  latencyFloor: number
+  /** Answers each color needs in a window before a test is made (fewer: inconclusive). Default 100. */
+  minRequests: number
+}
+
 export interface ServiceConfig {
   name: string
   /** Route: optional exact host (port ignored) and a path prefix on whole segments. Default prefix `/`. */
@@ -146,6 +160,7 @@ export interface ServiceConfig {
   passive?: PassiveConfig
   gate: GateConfig
   guard: GuardConfig
+  verify: VerifyConfig
   drain: DrainConfig
   limits: LimitsConfig
 }
@@ -225,6 +240,7 @@ export interface ServiceDefaults {
   passive: PassiveConfig
   gate: GateConfig
   guard: GuardConfig
+  verify: VerifyConfig
   drain: DrainConfig
   limits: LimitsConfig
 }
@@ -253,6 +269,7 @@ export const DEFAULTS = {
     passive: { consecutiveFailures: 5, baseEjectionTime: 30_000, maxEjectionTime: 300_000 },
     gate: { minHealthy: 1 },
     guard: { window: 60_000, maxErrorRate: 0.05, minRequests: 20 },
+    verify: { window: 60_000, maxErrorRateIncrease: 0.01, maxLatencyIncrease: 0.2, latencyFloor: 5, minRequests: 100 },
     drain: { timeout: 30_000 },
     limits: { maxConnections: 1024 },
   } satisfies ServiceDefaults,

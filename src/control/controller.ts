@@ -1,9 +1,9 @@
 // The only code that changes routing state. Every change is serialized,
 // built into a whole new snapshot, persisted, then swapped in with one assignment.
 
-import type { Config } from '../config/schema.js'
+import type { Color, Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
-import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState, type Snapshot, type SnapshotView, type StickyHold } from '../routing/snapshot.js'
+import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Switcher, type RoutingState, type Snapshot, type SnapshotView, type StickyHold } from '../routing/snapshot.js'
 import type { Guard, GuardTrip } from '../health/guard.js'
 import type { Prober } from '../health/prober.js'
 import type { SmokeRunner } from '../health/smoke.js'
@@ -20,6 +20,11 @@ import { describeTrip, Guards } from './guards.js'
 import { diffConfigs } from './reload-diff.js'
 import { FlipCounts, type ChangeResult, type DrainRequest, type FlipRequest, type FlipTrigger, type ReloadResult, type RollbackRequest, type TargetsRequest, type TargetsResult } from './requests.js'
 import { describeState, lastGuardedFlip, listColorsUsing } from './state-view.js'
+import { describeRelease, isRunning, newRelease, parseReleaseRequest, releaseInProgress, runningReleaseOf, type Release, type ReleaseOutcome } from '../release/model.js'
+import { endOverridden, planCreate, planEnd, planForward, planPause, planResume, type ReleaseMove } from './release-moves.js'
+import type { SampleSource } from '../release/verdict.js'
+import { Releases } from './releases.js'
+import { randomInt } from 'node:crypto'
 
 /** Health machinery the controller drives; absent in unit setups that need none. */
 export interface HealthDeps {
@@ -58,6 +63,9 @@ export class Controller {
   private queue: Promise<unknown> = Promise.resolve()
   private stopped = false
   readonly flipCounts = new FlipCounts()
+  /** Releases ended here, by outcome (switchyard_releases_total). */
+  readonly releaseOutcomes: Record<ReleaseOutcome, number> = { done: 0, reverted: 0, aborted: 0, failed: 0 }
+  private readonly releases: Releases
 
   private constructor (config: Config, state: PersistedState, revision: number, registry: TargetRegistry, store: StateStore, fleet: Fleet, snapshot: Snapshot, health: HealthDeps) {
     this.config = config
@@ -83,6 +91,23 @@ export class Controller {
       holdsChanged: () => this.onHoldsChanged(),
       // `generation` second, where the line of a drained event has always had it.
       record: ({ type, ...rest }) => this.events.append({ type, generation: this.state.generation, ...rest }),
+    })
+    this.releases = new Releases({
+      state: () => this.state,
+      config: () => this.config,
+      isLeader: () => fleet.isLeader,
+      apply: async (plan, actor) => await this.applyRelease(plan, actor),
+      healthGate: (changes) => checkHealthGate(this.config, this.#switcher.current, changes).failures,
+      smoke: async (changes) => await runSmokeGate(this.health.smoke, () => this.config, changes),
+      healthyTargets: (service, color) => {
+        const set = this.#switcher.current.services.get(service)?.colors[color].targets
+        if (set === undefined) return 0
+        // Right after a restart no probe has run yet: unknown is not unhealthy.
+        return set.endpoints.every((e) => this.health.prober.hasProbed(e.target)) ? set.healthyCount : undefined
+      },
+      canSmoke: () => this.health.smoke.canRun(),
+      counters: (service, color) => this.counters(service, color),
+      isDraining: (service, color) => this.drains.get(service, color) !== undefined,
     })
     registry.onHealthChange((change) => this.onHealthChange(change))
     this.afterSwap(snapshot)
@@ -124,6 +149,9 @@ export class Controller {
   private afterSwap (snapshot: Snapshot): void {
     this.health.prober.sync(configureTargets(snapshot))
     this.registry.prune(snapshotTargets(snapshot))
+    configureSampling(snapshot)
+    // The constructor swaps before the runs exist; it syncs them itself once they do.
+    this.releases.sync()
   }
 
   get generation (): number {
@@ -170,7 +198,7 @@ export class Controller {
   private resolveServices (names: string[] | undefined): string[] {
     if (names === undefined) return Object.keys(this.config.services)
     for (const name of names) {
-      if (this.config.services[name] === undefined) throw new SwitchyardError('unknown_service', `unknown service: ${name}`, { service: name })
+      if (!Object.hasOwn(this.config.services, name)) throw new SwitchyardError('unknown_service', `unknown service: ${name}`, { service: name })
     }
     return [...new Set(names)]
   }
@@ -206,8 +234,9 @@ export class Controller {
     try {
       this.revision = await this.store.commit(next, { ...event, generation: next.generation }, (stored) => {
         applied = stored
+        this.countEndedReleases(this.state, next)
         const changes = event.changes as ColorChange[] | undefined
-        this.install(next, config, snapshot, holds, colorChangesBetween(this.state, next), event.type === 'flip')
+        this.install(next, config, snapshot, holds, colorChangesBetween(this.state, next), event.type === 'flip' || event.forward === true)
         const trigger = FLIP_TRIGGERS[event.type]
         if (trigger !== undefined && changes !== undefined) this.flipCounts.add(changes, trigger)
         published = this.health.publish?.()
@@ -227,14 +256,17 @@ export class Controller {
    * holds in force now, goes in.
    */
   private install (next: PersistedState, config: Config, snapshot: Snapshot, holds: Readonly<Record<string, StickyHold>>, changes: readonly ColorChange[], isFlip: boolean): void {
+    const abandoned = abandonedSplits(this.state, next, config)
     this.config = config
     this.state = next
     this.unfit = undefined
-    if (changes.length > 0) {
+    if (changes.length > 0 || abandoned.length > 0) {
       this.applying = true
       try {
         // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
         this.drains.retire(changes, isFlip)
+        // A split ended without its color going live (a revert or abort while shifting): the WebSockets it sent there drain as a left color's do.
+        for (const { service, color } of abandoned) this.drains.start(service, color, config.services[service].drain.timeout, false)
       } finally {
         this.applying = false
       }
@@ -268,7 +300,7 @@ export class Controller {
       return
     }
     const event = change.event
-    this.install(next, config, snapshot, holds, changes, event?.type === 'flip')
+    this.install(next, config, snapshot, holds, changes, event?.type === 'flip' || event?.forward === true)
     this.revision = change.revision
     this.guards.end(changes.map((c) => c.service))
     if (event?.type === 'flip' && event.guard !== false && this.fleet.isLeader) this.guards.start(this.config, changes, event.id)
@@ -283,10 +315,11 @@ export class Controller {
 
   private counts (): ColorCounts {
     const out: ColorCounts = {}
+    // Latency only while a release samples the color: the record is written every second, and most colors have none.
+    const countsOf = ({ requests, errors, latency }: ReturnType<TargetRegistry['colorStats']>): ColorCounts[string]['blue'] =>
+      latency === undefined ? { requests, errors } : { requests, errors, latency: latency.toSparse() }
     for (const name of Object.keys(this.config.services)) {
-      const blue = this.registry.colorStats(name, 'blue')
-      const green = this.registry.colorStats(name, 'green')
-      out[name] = { blue: { requests: blue.requests, errors: blue.errors }, green: { requests: green.requests, errors: green.errors } }
+      out[name] = { blue: countsOf(this.registry.colorStats(name, 'blue')), green: countsOf(this.registry.colorStats(name, 'green')) }
     }
     return out
   }
@@ -297,6 +330,7 @@ export class Controller {
    * its colors still live, judging only the counts from now on.
    */
   private onLeadership (leading: boolean): void {
+    this.releases.sync()
     if (!leading) {
       this.guards.endAll()
       return
@@ -329,7 +363,9 @@ export class Controller {
 
   /** The routing state and config now in force (what worker processes are given). */
   routing (): { config: Config, state: RoutingState } {
-    return { config: this.config, state: { ...this.state, sticky: this.drains.holds() } }
+    // Workers route; the releases' records (verdicts and all) are not theirs to carry.
+    const { releases: _releases, ...state } = this.state
+    return { config: this.config, state: { ...state, sticky: this.drains.holds() } }
   }
 
   /**
@@ -348,6 +384,8 @@ export class Controller {
   /** POST /v1/services/NAME/drain: start (or hurry) the drain of a color that is not live. */
   async drain (req: DrainRequest): Promise<Record<string, unknown>> {
     const [name] = this.resolveServices([req.service])
+    // A release sends traffic to the idle color and drains the old one itself.
+    this.refuseIfReleasing([name], 'a drain')
     return await this.drains.request(name, this.state.services[name].live, req)
   }
 
@@ -360,6 +398,7 @@ export class Controller {
     return await this.exclusiveRetried(async () => {
       const { restart, added, removed, updated, tokenChanged, hostsChanged } = diffConfigs(this.config, config)
       if (restart.length > 0) throw new SwitchyardError('bad_request', `reload cannot change ${restart.join(', ')}: restart the gateway for that; nothing changed`, { fields: restart })
+      this.refuseIfReleasing(removed, 'a reload that removes a service')
       if (added.length + removed.length + updated.length === 0 && !tokenChanged && !hostsChanged) {
         return { generation: this.state.generation, changed: false, added, removed, updated }
       }
@@ -420,6 +459,7 @@ export class Controller {
 
   async stop (): Promise<void> {
     this.stopped = true
+    this.releases.stop()
     this.guards.endAll()
     this.drains.cancelAll()
     await this.idle()
@@ -446,7 +486,9 @@ export class Controller {
     for (let race = 1; ; race++) {
       const step = await this.exclusiveRetried(async (): Promise<ChangeResult | { plan: FlipPlan, failures: GateFailure[], smoke: ColorChange[] }> => {
         this.checkGeneration(req.ifGeneration)
-        const plan = planFlip(req, this.resolveServices(req.services), this.state, this.config, first)
+        const names = this.resolveServices(req.services)
+        if (req.force !== true) this.refuseIfReleasing(names, 'flip')
+        const plan = planFlip(req, names, this.state, this.config, first)
         first ??= plan
         if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
         const { failures, smoke } = req.force === true ? { failures: [], smoke: [] } : checkHealthGate(this.config, this.#switcher.current, plan.changes)
@@ -477,14 +519,18 @@ export class Controller {
 
   /** In the queue, on the generation the plan was made from. */
   private async commitFlip (req: FlipRequest, plan: FlipPlan): Promise<ChangeResult> {
-    const changes = plan.changes
-    const next = applyColorChanges(this.state, changes)
+    // A forced flip over a running release ends it: its weights go, the flip decides the colors of its services, the release's others go back.
+    const moved: ColorChange[] = []
+    const before = this.state
+    const next = endOverridden(applyColorChanges(this.state, plan.changes), plan.changes.map((c) => c.service), Date.now(), `overridden by a forced flip (${req.actor ?? 'api'})`, moved)
+    const changes = [...plan.changes, ...moved]
     const guarded = req.guard !== false
     const event = await this.commit(next, {
       type: 'flip', reason: req.reason ?? null, actor: req.actor ?? 'api', changes,
       ...(req.force === true ? { forced: true } : {}),
       ...(guarded ? {} : { guard: false }),
     })
+    this.recordOverridden(before, next, req.actor ?? 'api')
     this.guards.end(changes.map((c) => c.service))
     if (guarded && this.fleet.isLeader) this.guards.start(this.config, changes, event.id)
     return { generation: next.generation, changes, event }
@@ -495,6 +541,7 @@ export class Controller {
       this.checkGeneration(req.ifGeneration)
       const names = req.services === undefined ? this.state.lastChange.filter((n) => this.config.services[n] !== undefined) : this.resolveServices(req.services)
       if (names.length === 0) throw new SwitchyardError('nothing_to_roll_back', 'nothing to roll back: no color change has been made yet')
+      this.refuseIfReleasing(names, 'rollback')
       const { next, changes } = planRollback(names, this.state, this.config)
       const event = await this.commit(next, { type: 'rollback', reason: req.reason ?? null, actor: req.actor ?? 'api', changes })
       this.guards.end(names)
@@ -506,15 +553,140 @@ export class Controller {
     return await this.exclusiveRetried(async () => {
       this.checkGeneration(req.ifGeneration)
       const [name] = this.resolveServices([req.service])
+      if (req.force !== true) this.refuseIfReleasing([name], 'setting targets')
       const plan = planTargets(name, req, this.state, this.config)
       if (plan.next === undefined) return { generation: this.state.generation, service: name, color: req.color, targets: plan.before }
-      const { next, before, isLive } = plan
+      const { before, isLive } = plan
+      const was = this.state
+      const next = endOverridden(plan.next, [name], Date.now(), `overridden by new targets set with force (${req.actor ?? 'api'})`)
       const event = await this.commit(next, {
         type: 'targets', reason: req.reason ?? null, actor: req.actor ?? 'api',
         service: name, color: req.color, from: before, to: req.targets, ...(isLive ? { forced: true } : {}),
       })
+      this.recordOverridden(was, next, req.actor ?? 'api')
       return { generation: next.generation, service: name, color: req.color, targets: req.targets, event }
     })
+  }
+
+  /**
+   * A forced flip or targets change ended these releases inside its own
+   * commit (one event, the flip's): each still gets its `release` event, as
+   * every phase change does, so the events say how it ended.
+   */
+  private recordOverridden (before: PersistedState, after: PersistedState, actor: string): void {
+    for (const was of before.releases ?? []) {
+      const now = after.releases?.find((r) => r.id === was.id)
+      if (!isRunning(was.phase) || now === undefined || isRunning(now.phase)) continue
+      void this.events.append({ type: 'release', generation: after.generation, reason: now.reason, actor, release: now.id, phase: now.phase, from: was.phase, ...(now.outcome === null ? {} : { outcome: now.outcome }) })
+      log('warn', `release ${now.id} ${now.phase}`, { release: now.id, outcome: now.outcome })
+    }
+  }
+
+  /** switchyard_releases_total: releases running before a commit made here and ended by it (a forced flip ends one too). */
+  private countEndedReleases (before: PersistedState, after: PersistedState): void {
+    const running = new Set((before.releases ?? []).filter((r) => isRunning(r.phase)).map((r) => r.id))
+    for (const r of after.releases ?? []) if (running.has(r.id) && !isRunning(r.phase)) this.releaseOutcomes[r.phase as ReleaseOutcome]++
+  }
+
+  /** 409 release_in_progress when a running release holds one of `names`. */
+  private refuseIfReleasing (names: readonly string[], what: string): void {
+    for (const name of names) {
+      const r = runningReleaseOf(this.state.releases, name)
+      if (r !== undefined) throw releaseInProgress(r, names.filter((n) => r.services[n] !== undefined), what)
+    }
+  }
+
+  /** A color's counters: requests and errors as the guard sees them, latency as sampled (the fleet's sums on etcd). */
+  private counters (service: string, color: Color): SampleSource {
+    const local = this.registry.colorStats(service, color)
+    return this.tally === undefined ? local : this.tally.stats(service, color, local)
+  }
+
+  /**
+   * POST /v1/releases: checked against the config, then in the queue
+   * against the state (a running release holding one of its services is a
+   * 409), then committed in phase `deploying`. The leader's run takes it
+   * from there, here or on another replica.
+   */
+  async startRelease (body: Record<string, unknown>, actor: string): Promise<Record<string, unknown>> {
+    const req = parseReleaseRequest(body, this.config)
+    return await this.exclusiveRetried(async () => {
+      this.checkGeneration(req.ifGeneration)
+      const names = Object.keys(req.services)
+      for (const name of names) {
+        if (!Object.hasOwn(this.config.services, name)) throw new SwitchyardError('bad_request', `services.${name}: unknown service`, { field: `services.${name}` })
+      }
+      this.refuseIfReleasing(names, 'a second release')
+      const id = `r${this.state.generation + 1}`
+      const now = new Date().toISOString()
+      const release = newRelease(id, req, (n) => this.state.services[n].live, this.config, actor, randomInt(0, 0x100000000), now)
+      const next = planCreate(this.state, release)
+      await this.commit(next, { type: 'release', reason: release.reason, actor, release: id, phase: 'deploying', services: Object.fromEntries(Object.entries(release.services).map(([n, s]) => [n, { targets: s.targets, version: s.version, from: s.from, to: s.to }])), steps: release.steps })
+      // The release owns these services now: a guard still watching an earlier flip must not revert under it, and a drain of the idle color must not close what the release sends there.
+      this.guards.end(names)
+      this.drains.cancel(names)
+      return describeRelease(release)
+    })
+  }
+
+  /**
+   * One move of a release, planned in the queue on the state in force and
+   * committed as a `release` event; its color changes count as flips
+   * (a release's own as `release`, a revert as `auto_revert`, an abort as `manual`).
+   */
+  private async applyRelease (plan: (state: PersistedState) => ReleaseMove | undefined, actor: string): Promise<ReleaseMove | undefined> {
+    return await this.exclusiveRetried(async () => {
+      const move = plan(this.state)
+      if (move === undefined) return undefined
+      await this.commit(move.next, { type: 'release', actor, ...move.event })
+      if (move.changes.length > 0) {
+        this.guards.end(move.changes.map((c) => c.service))
+        this.flipCounts.add(move.changes, move.event.forward === true ? 'release' : move.release.phase === 'aborted' ? 'manual' : 'auto_revert')
+      }
+      const phase = move.release.phase
+      if (!isRunning(phase)) {
+        log(phase === 'done' ? 'info' : 'warn', `release ${move.release.id} ${phase}`, { release: move.release.id, outcome: move.release.outcome })
+      } else if (move.event.from !== phase || move.event.step !== undefined) {
+        log('info', `release ${move.release.id} ${phase}`, { release: move.release.id, step: move.release.step, weight: move.release.weight })
+      }
+      return move
+    })
+  }
+
+  /** POST /v1/releases/ID/ACTION: pause, resume, promote (to 100% now, or past the verify window), abort (back to the old colors at once). */
+  async releaseAction (id: string, action: 'pause' | 'resume' | 'promote' | 'abort', actor: string): Promise<Record<string, unknown>> {
+    const find = (state: PersistedState): Release => {
+      const r = state.releases?.find((x) => x.id === id)
+      if (r === undefined) throw new SwitchyardError('not_found', `no release ${id}`, { release: id })
+      if (!isRunning(r.phase)) throw new SwitchyardError('release_state', `release ${id} is ${r.phase}: ${action} applies only to a running release`, { release: id, phase: r.phase })
+      return r
+    }
+    const move = await this.applyRelease((state) => {
+      const r = find(state)
+      const now = Date.now()
+      switch (action) {
+        case 'pause': return r.pausedAt === null ? planPause(state, id, now) : undefined
+        case 'resume': return r.pausedAt === null ? undefined : planResume(state, id, now)
+        case 'abort': return planEnd(state, id, 'aborted', now, `aborted by ${actor}`)
+        case 'promote':
+          if (r.phase === 'shifting') return planForward(state, id, now, this.releases.baseline(id))
+          // Only while shifting: a second promote (a double click, a retried request) must not skip the verify window.
+          throw new SwitchyardError('release_state', `release ${id} is ${r.phase}: promote (to 100% now) applies only while shifting`, { release: id, phase: r.phase })
+      }
+      return undefined
+    }, actor)
+    return this.getRelease(move?.release.id ?? id)
+  }
+
+  /** GET /v1/releases: newest first. */
+  listReleases (): Array<Record<string, unknown>> {
+    return [...(this.state.releases ?? [])].reverse().map((r) => describeRelease(r, this.releases.current(r.id)))
+  }
+
+  getRelease (id: string): Record<string, unknown> {
+    const r = this.state.releases?.find((x) => x.id === id)
+    if (r === undefined) throw new SwitchyardError('not_found', `no release ${id}`, { release: id })
+    return describeRelease(r, isRunning(r.phase) ? this.releases.current(id) : undefined)
   }
 
   /** The view served by GET /v1/state. */
@@ -554,6 +726,16 @@ function withConfigServices (state: PersistedState, config: Config): PersistedSt
   const services = { ...state.services }
   for (const svc of Object.values(config.services)) services[svc.name] ??= { live: svc.live, previous: null, targets: {} }
   return { ...state, services }
+}
+
+/** Colors a split sent traffic to that lose it in `after` without becoming live: nothing else would close their WebSockets. */
+function abandonedSplits (before: PersistedState, after: PersistedState, config: Config): Array<{ service: string, color: Color }> {
+  const out: Array<{ service: string, color: Color }> = []
+  for (const [service, st] of Object.entries(after.services)) {
+    const was = before.services[service]?.split
+    if (was !== undefined && st.split === undefined && st.live !== was.color && Object.hasOwn(config.services, service)) out.push({ service, color: was.color })
+  }
+  return out
 }
 
 /** The services whose live color differs between two states. */

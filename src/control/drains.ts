@@ -50,7 +50,10 @@ export class Drains {
   retire (changes: readonly ColorChange[], keepSessions: boolean): void {
     for (const c of changes) {
       this.get(c.service, c.to)?.cancel()
-      this.start(c.service, c.from, this.deps.config().services[c.service].drain.timeout, keepSessions)
+      // A service the config no longer has (a release that outlived it, ending): nothing of it is routed, nothing to drain.
+      const svc = this.deps.config().services[c.service]
+      if (svc === undefined) continue
+      this.start(c.service, c.from, svc.drain.timeout, keepSessions)
     }
   }
 

@@ -1,16 +1,21 @@
-// The fleet's requests and errors per service color, as the guard on the
-// leading replica judges them: this process's own counts (live) plus what
-// every other replica last published in its record (about every second).
+// The fleet's requests, errors (and sampled latencies) per service color, as the guard and a
+// release's verdict on the leading replica judge them: this process's own counts (live) plus
+// what every other replica last published in its record (about every second).
 
 import type { Color } from '../config/schema.js'
 import type { GuardStats } from '../health/guard.js'
+import { LatencyHistogram } from '../upstream/latency.js'
 import type { ColorCounts, ReplicaRecord } from '../state/store.js'
 import type { ColorStats, OutcomeWatcher } from '../upstream/registry.js'
 
 interface Count {
   requests: number
   errors: number
+  latency: LatencyHistogram
 }
+
+/** One color as the fleet sees it: what the guard reads, and what a release's verdict samples. */
+export type FleetStats = GuardStats & { readonly latency: LatencyHistogram | undefined }
 
 /**
  * The others' counts only ever grow here: a replica's published counts start
@@ -38,6 +43,7 @@ export class FleetTally {
           const sum = this.sum(`${service}/${color}`)
           sum.requests += grownBy(was?.requests, now.requests)
           sum.errors += grownBy(was?.errors, now.errors)
+          if (Array.isArray(now.latency)) latencyGrowth(sum.latency, was, now)
         }
       }
       // Kept when its record goes (a lapsed lease in an etcd blip): back again, only its growth counts.
@@ -48,12 +54,12 @@ export class FleetTally {
 
   private sum (key: string): Count {
     let c = this.others.get(key)
-    if (c === undefined) this.others.set(key, c = { requests: 0, errors: 0 })
+    if (c === undefined) this.others.set(key, c = { requests: 0, errors: 0, latency: new LatencyHistogram() })
     return c
   }
 
   /** The fleet's counts of one color, with this process's `local` stats folded in live. */
-  stats (service: string, color: Color, local: ColorStats): GuardStats {
+  stats (service: string, color: Color, local: ColorStats): FleetStats {
     const key = `${service}/${color}`
     let view = this.views.get(key)
     if (view === undefined || view.local !== local) this.views.set(key, view = new FleetColorStats(local, this.sum(key)))
@@ -66,8 +72,29 @@ function grownBy (was: number | undefined, now: number): number {
   return was === undefined || now < was ? now : now - was
 }
 
+type Reported = NonNullable<ColorCounts[string]['blue']>
+
+/**
+ * Adds what a replica's latency histogram grew by. All of it is new when the
+ * replica restarted (its requests went down), when it had none (sampling just
+ * started) or when its histogram shrank (sampling was switched off and on).
+ */
+function latencyGrowth (into: LatencyHistogram, was: Reported | undefined, now: Reported): void {
+  const grown = new LatencyHistogram()
+  grown.addSparse(now.latency ?? [])
+  if (was !== undefined && Array.isArray(was.latency) && now.requests >= was.requests) {
+    const before = new LatencyHistogram()
+    before.addSparse(was.latency)
+    if (grown.total >= before.total) {
+      into.merge(LatencyHistogram.diff(grown, before))
+      return
+    }
+  }
+  into.merge(grown)
+}
+
 /** Sums one color's counts; a guard watching it hears this process's outcomes at once and the others' at each record. */
-class FleetColorStats implements GuardStats {
+class FleetColorStats implements FleetStats {
   readonly local: ColorStats
   private readonly others: Count
   private watching: OutcomeWatcher | undefined
@@ -83,6 +110,14 @@ class FleetColorStats implements GuardStats {
 
   get errors (): number {
     return this.local.errors + this.others.errors
+  }
+
+  /** A fresh sum (the verdict copies and diffs it); undefined while nothing anywhere is sampled. */
+  get latency (): LatencyHistogram | undefined {
+    const mine = this.local.latency
+    if (mine === undefined && this.others.latency.total === 0) return undefined
+    const sum = this.others.latency.copy()
+    return mine === undefined ? sum : sum.merge(mine)
   }
 
   get watcher (): OutcomeWatcher | undefined {

@@ -47,7 +47,12 @@ export function planFlip (req: FlipRequest, names: readonly string[], state: Per
 /** The next state after a flip or revert: each service's live color changed, one generation on. */
 export function applyColorChanges (state: PersistedState, changes: readonly ColorChange[]): PersistedState {
   const next = structuredClone(state)
-  for (const c of changes) next.services[c.service] = { ...next.services[c.service], live: c.to, previous: c.from }
+  for (const c of changes) {
+    const st = { ...next.services[c.service], live: c.to, previous: c.from }
+    // A split toward the color that becomes live splits nothing, and the state file refuses one.
+    if (st.split?.color === c.to) delete st.split
+    next.services[c.service] = st
+  }
   next.generation++
   next.lastChange = changes.map((c) => c.service)
   return next

@@ -48,7 +48,7 @@ export interface ChangeResult {
 }
 
 /** What made a color change, as switchyard_flips_total counts it. */
-export type FlipTrigger = 'manual' | 'rollback' | 'auto_revert'
+export type FlipTrigger = 'manual' | 'rollback' | 'auto_revert' | 'release'
 
 /** Color changes since start, per service and trigger (switchyard_flips_total). */
 export class FlipCounts extends Map<string, Record<FlipTrigger, number>> {
@@ -56,7 +56,7 @@ export class FlipCounts extends Map<string, Record<FlipTrigger, number>> {
     for (const c of changes) {
       let counts = this.get(c.service)
       if (counts === undefined) {
-        counts = { manual: 0, rollback: 0, auto_revert: 0 }
+        counts = { manual: 0, rollback: 0, auto_revert: 0, release: 0 }
         this.set(c.service, counts)
       }
       counts[trigger]++

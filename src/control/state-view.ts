@@ -1,7 +1,7 @@
 // How routing state is shown: GET /v1/state, the answer to a drain request, the
 // colors a health event names. Reads only; what it shows comes from the controller.
 
-import { COLORS, type Color } from '../config/schema.js'
+import { COLORS, otherColor, type Color } from '../config/schema.js'
 import type { Snapshot } from '../routing/snapshot.js'
 import { isChange, type ColorChange, type SwitchyardEvent } from '../state/events.js'
 import type { PersistedState } from '../state/file-store.js'
@@ -40,9 +40,13 @@ export function describeState (src: StateViewSource): Record<string, unknown> {
         ...(st.targets[color] === undefined ? {} : { targetsFrom: 'api' }),
       }
     }
+    const split = st.split
     services[route.name] = {
       live: route.live,
       previous: st.previous,
+      // Percent of ordinary traffic per color: a release's split, else all on live.
+      weights: split === undefined ? { [route.live]: 100, [otherColor(route.live)]: 0 } : { [route.live]: 100 - split.weight, [split.color]: split.weight },
+      ...(st.release === undefined ? {} : { release: st.release }),
       route: { ...(route.host === undefined ? {} : { host: route.host }), pathPrefix: route.prefix },
       guard: src.guardOf(route.name),
       environments,

@@ -30,6 +30,16 @@ export class SmokeRunner {
     this.secretBytes = Buffer.from(secret, 'latin1')
   }
 
+  /** Whether the public listener listens yet: a check run before would fail for want of an address, not for the color. */
+  canRun (): boolean {
+    try {
+      this.origin()
+      return true
+    } catch {
+      return false
+    }
+  }
+
   /** The color a smoke header pins, or undefined when the header is not ours. */
   colorOf (header: string | string[] | undefined): Color | undefined {
     if (typeof header !== 'string' || header.charCodeAt(this.secret.length) !== 32) return undefined

@@ -12,7 +12,7 @@ import { createEdgeServer, type EdgeServer } from '../proxy/edge.js'
 import { createResolver } from '../routing/resolve.js'
 import { SmokeRunner } from '../health/smoke.js'
 import { createAccessLog, drainLogs, log } from '../log.js'
-import { buildSnapshot, configureTargets, snapshotTargets, Switcher, type RoutingState } from '../routing/snapshot.js'
+import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Switcher, type RoutingState } from '../routing/snapshot.js'
 import { closeSpread, type RemoteColors, type Totals } from '../upstream/color-stats.js'
 import { TargetRegistry, type ProbeState } from '../upstream/registry.js'
 import { closeGracefully, listen, type ListenerDeps, type PublicListener } from './public-listener.js'
@@ -52,6 +52,10 @@ function add (a: Totals, b: Totals): void {
   a.durationSum += b.durationSum
   a.durationCount += b.durationCount
   for (const k of Object.keys(a.upstreamErrors) as Array<keyof Totals['upstreamErrors']>) a.upstreamErrors[k] += b.upstreamErrors[k]
+  if (b.latency !== undefined) {
+    const sum = a.latency ??= []
+    b.latency.forEach((n, i) => { sum[i] = (sum[i] ?? 0) + n })
+  }
 }
 
 /** The primary's side: forks, feeds and listens to the workers. */
@@ -240,6 +244,7 @@ export function runWorker (): void {
       if (p !== undefined) target.setProbe(p)
     }
     registry.prune(snapshotTargets(snapshot))
+    configureSampling(snapshot)
   }
 
   const report = setInterval(() => {

@@ -77,7 +77,7 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
 
   /** The resolve step for a node:http request; its target is forwarded (and logged) normalized. */
   const resolveRequest = (req: IncomingMessage): ReturnType<Resolve> => {
-    const to = resolve(new NodeRequestFacts(req))
+    const to = resolve(new NodeRequestFacts(req, forwarding))
     if (to.target !== undefined) req.url = to.target
     return to
   }

@@ -13,7 +13,7 @@ import { connectionNames, countHeader, downstreamResponseHeaders, PIN_HEADER, re
 import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
 import { recordOutcome } from './outcome.js'
 import { newRequestId } from './request-id.js'
-import type { RequestFacts, Resolution, UpstreamGroup } from './resolve.js'
+import { clientAddress, type RequestFacts, type Resolution, type UpstreamGroup } from './resolve.js'
 import type { Forwarding } from './trust.js'
 
 /** The client's X-Request-Id, or a new one (added to the upstream request). */
@@ -25,16 +25,22 @@ export function requestIdFor (req: IncomingMessage, headers: string[] | undefine
   return id
 }
 
-/** A node:http request as the resolve step reads it (the Connection names are only listed when asked for). */
+/**
+ * A node:http request as the resolve step reads it (the Connection names and
+ * the client address are only worked out when asked for).
+ */
 export class NodeRequestFacts implements RequestFacts {
   readonly target: string
   readonly host: string | undefined
   readonly smoke: string | undefined
   readonly cookie: string | undefined
   private readonly req: IncomingMessage
+  private readonly forwarding: Forwarding
 
-  constructor (req: IncomingMessage) {
+  /** `forwarding`: the listener's, for whose word a trusted proxy's X-Forwarded-For is taken. */
+  constructor (req: IncomingMessage, forwarding: Forwarding) {
     this.req = req
+    this.forwarding = forwarding
     this.target = req.url as string
     this.host = req.headers.host
     const smoke = req.headers[PIN_HEADER]
@@ -46,9 +52,20 @@ export class NodeRequestFacts implements RequestFacts {
     return connectionNames(this.req.rawHeaders)
   }
 
+  get peer (): string {
+    return this.req.socket.remoteAddress ?? ''
+  }
+
+  clientAddress (): string {
+    const peer = this.peer
+    const xff = this.req.headers['x-forwarded-for']
+    return clientAddress(peer, this.forwarding.trusts(peer), typeof xff === 'string' ? xff : undefined)
+  }
+
+  /** node:http joins a repeated header's lines into one value: the line count tells them apart from one line. */
   header (lowerName: string): string | undefined {
     const v = this.req.headers[lowerName]
-    return typeof v === 'string' ? v : undefined
+    return typeof v === 'string' && countHeader(this.req.rawHeaders, lowerName) === 1 ? v : undefined
   }
 
   headerLines (lowerName: string): number {

@@ -21,10 +21,38 @@ export interface RequestFacts {
   readonly cookie: string | undefined
   /** The header names the Connection header lists (besides close and keep-alive); undefined when none. */
   readonly connectionNames: readonly string[] | undefined
-  /** The value of header `lowerName` when it has exactly one line; asked only for a service's preview header. */
+  /** The value of header `lowerName` when it has exactly one line; asked for a service's preview header and the split key header. */
   header: (lowerName: string) => string | undefined
   /** How many lines of header `lowerName` the request carries. */
   headerLines: (lowerName: string) => number
+  /** The socket's remote address. */
+  readonly peer: string
+  /**
+   * The client's address (`clientAddress` below, with the listener's trusted
+   * proxies); asked only when a split keys a request by its address.
+   */
+  clientAddress: () => string
+}
+
+/**
+ * The client address a split keys on when nothing else names the client:
+ * the socket peer, or, when the peer is a trusted proxy, the last
+ * X-Forwarded-For element (the address that proxy saw and added).
+ * `forwardedFor`: the X-Forwarded-For lines as received, joined with ', '.
+ * Only the last element is believed: those before it came through the
+ * trusted proxy but from whoever it heard them from.
+ */
+export function clientAddress (peer: string, trusted: boolean, forwardedFor: string | undefined): string {
+  if (!trusted || forwardedFor === undefined || forwardedFor === '') return peer
+  let end = forwardedFor.length
+  // Empty trailing elements (`a, b,`) are skipped: the engines join lines differently, the list means the same.
+  while (end > 0) {
+    const comma = forwardedFor.lastIndexOf(',', end - 1)
+    const last = forwardedFor.slice(comma + 1, end).trim()
+    if (last !== '') return last
+    end = comma
+  }
+  return peer
 }
 
 /** Where the chosen color's requests go, as the proxy sees it (it never learns which color). */

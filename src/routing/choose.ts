@@ -1,14 +1,31 @@
-// Step 2 of routing: which color serves a request. A valid preview header or
-// cookie picks its color strictly; otherwise the live color.
+// Step 2 of routing: which color serves a request. A smoke pin or a valid
+// preview header or cookie picks its color strictly; then sticky holds, a release's split, live.
 
 import { isColor, type Color } from '../config/schema.js'
-import type { ColorRoute, ServiceRoute } from './snapshot.js'
+import type { ColorRoute, RouteSplit, ServiceRoute } from './snapshot.js'
+import { bucketOf, fnv1a32, parseSticky, SPLIT_HEADER, stickyValue } from './split.js'
 
-/** The request headers choosing a color reads: the Cookie header, and a service's preview header. */
+/** What choosing a color reads of a request: the Cookie header, a service's preview header, and a split's key. */
 export interface ChoiceHeaders {
   readonly cookie: string | undefined
   /** The header's value when it has exactly one line. */
   header: (lowerName: string) => string | undefined
+  /** The client's address (trusted proxies considered); asked only when a split keys a request by it. */
+  clientAddress: () => string
+}
+
+/**
+ * A request's split point when its cookie carries none: the split key
+ * header's when it has exactly one non-empty line, else the client address's.
+ */
+export function keyPoint (headers: ChoiceHeaders): number {
+  const key = headers.header(SPLIT_HEADER)
+  return fnv1a32(key === undefined || key === '' ? headers.clientAddress() : key)
+}
+
+/** The color a point falls on under `split`: the same point and seed land alike in every service of a release. */
+export function splitColor (route: ServiceRoute, split: RouteSplit, point: number): ColorRoute {
+  return bucketOf(point, split.seed) < split.threshold ? split.to : route.colors[route.live]
 }
 
 /** The value of cookie `name` in a Cookie header, without allocating a map. */
@@ -60,13 +77,14 @@ export function ambiguousRouting (route: ServiceRoute, previewLines: number, con
   return undefined
 }
 
-/** Preview (strict) first, else the live color. Services with sticky sessions use `chooseSticky`. */
+/** Preview (strict) first, then a split by the request's key, else the live color. Services with sticky sessions use `chooseSticky`. */
 export function chooseColor (route: ServiceRoute, headers: ChoiceHeaders): ColorRoute {
   if (route.previewHeader !== undefined || route.previewCookie !== undefined) {
     const preview = previewColor(route, headers)
     if (preview !== undefined) return route.colors[preview]
   }
-  return route.colors[route.live]
+  const split = route.split
+  return split === undefined ? route.colors[route.live] : splitColor(route, split, keyPoint(headers))
 }
 
 export interface StickyChoice {
@@ -78,32 +96,45 @@ export interface StickyChoice {
 /**
  * A service with sticky sessions: preview (strict) first; then a cookie
  * naming the color the snapshot holds for sticky sessions (draining, before
- * its deadline, with a healthy target); else live.
- * Each header and cookie is read once.
+ * its deadline, with a healthy target); then a split in force, keyed by the
+ * point the cookie carries (else the split key header, else the address),
+ * whose cookie `<color>.<point>` keeps a browser's key when its address
+ * changes; else live. Each header and cookie is read once.
  */
 export function chooseSticky (route: ServiceRoute, headers: ChoiceHeaders): StickyChoice {
   if (route.previewHeader !== undefined || route.previewCookie !== undefined) {
     const preview = previewColor(route, headers)
     if (preview !== undefined) return { color: route.colors[preview], setCookie: undefined }
   }
-  const pinned = cookieValue(headers.cookie, route.stickyCookie as string)
-  let color = route.colors[route.live]
+  const cookie = cookieValue(headers.cookie, route.stickyCookie as string)
+  // Holds read the color part: `green` and `green.0a1b2c3d` pin alike.
+  const dot = cookie === undefined ? -1 : cookie.indexOf('.')
+  const pinned = dot === -1 ? cookie : (cookie as string).slice(0, dot)
+  const live = route.colors[route.live]
   // The hold comes with the snapshot (every worker has it) and ends by the clock, so no process waits on a message.
   const hold = route.stickyHold
-  if (hold !== undefined && pinned === hold.color && route.colors[hold.color].targets.healthyCount > 0 && Date.now() < hold.until) color = route.colors[hold.color]
+  if (hold !== undefined && pinned === hold.color && route.colors[hold.color].targets.healthyCount > 0 && Date.now() < hold.until) {
+    return { color: route.colors[hold.color], setCookie: undefined }
+  }
+  const split = route.split
   const cookies = route.stickySetCookie as Readonly<Record<Color, string>>
-  return { color, setCookie: pinned === color.color ? undefined : cookies[color.color] }
+  if (split === undefined) return { color: live, setCookie: pinned === live.color ? undefined : cookies[live.color] }
+  const point = (dot === -1 ? undefined : parseSticky(cookie as string).point) ?? keyPoint(headers)
+  const color = splitColor(route, split, point)
+  const value = stickyValue(color.color, point)
+  return { color, setCookie: cookie === value ? undefined : `${route.stickyCookie as string}=${value}; Path=/; HttpOnly; SameSite=Lax` }
 }
 
-/** Whether choosing a color for `route` reads request headers at all (preview or sticky settings). */
+/** Whether choosing a color for `route` reads request headers at all (preview or sticky settings, a split in force). */
 export function readsHeaders (route: ServiceRoute): boolean {
-  return route.previewHeader !== undefined || route.previewCookie !== undefined || route.stickyCookie !== undefined
+  return route.split !== undefined || route.previewHeader !== undefined || route.previewCookie !== undefined || route.stickyCookie !== undefined
 }
 
 /**
  * The color for one request, for both engines and WebSocket upgrades: the
- * color a smoke check pinned first, then preview and sticky rules (from
- * `headers`, which may be left out when `readsHeaders` is false), else live.
+ * color a smoke check pinned first, then preview, sticky holds and a
+ * release's split (from `headers`, which may be left out when `readsHeaders`
+ * is false), else live. Pinned and preview requests never see weights.
  */
 export function chooseFor (route: ServiceRoute, pinned: Color | undefined, headers: ChoiceHeaders | undefined): StickyChoice {
   if (pinned !== undefined) return { color: route.colors[pinned], setCookie: undefined }

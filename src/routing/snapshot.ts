@@ -4,6 +4,7 @@
 import { COLORS, type Color, type Config, type ServiceConfig, type Timeouts } from '../config/schema.js'
 import type { ColorStats, Target, TargetRegistry } from '../upstream/registry.js'
 import { TargetSet } from '../upstream/target-set.js'
+import { thresholdOf } from './split.js'
 
 /** What changes at run time and persists: the controller owns it. */
 export interface ServiceState {
@@ -11,6 +12,10 @@ export interface ServiceState {
   previous: Color | null
   /** Targets set through the admin API; they override the config's for that color. */
   targets: Partial<Record<Color, string[]>>
+  /** A release's traffic split in force: `weight` percent (1..99) of ordinary traffic goes to `color` (not live); `seed` (u32) is the release's. */
+  split?: { color: Color, weight: number, seed: number }
+  /** The id of the running release this service belongs to (latency sampling is on while set). */
+  release?: string
 }
 
 /** A color that keeps serving its pinned sessions after a flip, until `until` (epoch ms). */
@@ -38,6 +43,17 @@ export interface ColorRoute {
   readonly timeouts: Timeouts
 }
 
+/** A split in force on a service: keys whose bucket is below `threshold` go to `to`, the rest to live. */
+export interface RouteSplit {
+  readonly to: ColorRoute
+  /** u32: `floor(weight * 2^32 / 100)`. */
+  readonly threshold: number
+  /** The release's seed (u32), shared by every service of the release, so a key lands alike in each. */
+  readonly seed: number
+  /** Percent of ordinary traffic on `to`. */
+  readonly weight: number
+}
+
 export interface ServiceRoute {
   readonly name: string
   readonly host: string | undefined
@@ -51,6 +67,10 @@ export interface ServiceRoute {
   readonly stickySetCookie: Readonly<Record<Color, string>> | undefined
   /** The draining color still serving sticky sessions, and until when; only on services with sticky sessions. */
   readonly stickyHold: StickyHold | undefined
+  /** Undefined when no split is in force: the fast path checks this one field and nothing more. */
+  readonly split: RouteSplit | undefined
+  /** Latency sampling on for this service's colors (a release runs). */
+  readonly sampled: boolean
   readonly config: ServiceConfig
 }
 
@@ -164,6 +184,8 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
         ? undefined
         : { blue: `${svc.sticky.cookie}=blue; Path=/; HttpOnly; SameSite=Lax`, green: `${svc.sticky.cookie}=green; Path=/; HttpOnly; SameSite=Lax` },
       stickyHold: svc.sticky === undefined ? undefined : stickyHold(state.sticky?.[svc.name], live),
+      split: routeSplit(st?.split, live, colors),
+      sampled: st?.release !== undefined,
       config: svc,
     })
   }
@@ -173,6 +195,18 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
 /** A hold on the live color means nothing (it serves everyone anyway). */
 function stickyHold (hold: StickyHold | undefined, live: Color): StickyHold | undefined {
   return hold === undefined || hold.color === live ? undefined : { color: hold.color, until: hold.until }
+}
+
+/**
+ * A split means something only towards a color other than live, with a
+ * weight strictly between 0 and 100 and somewhere to send it; anything else
+ * (a state written by hand, a release caught mid-finish) routes all to live.
+ */
+function routeSplit (split: ServiceState['split'], live: Color, colors: Readonly<Record<Color, ColorRoute>>): RouteSplit | undefined {
+  if (split === undefined || split.color === live || !(split.weight >= 1 && split.weight <= 99)) return undefined
+  const to = colors[split.color]
+  if (to === undefined || to.targets.endpoints.length === 0) return undefined
+  return { to, threshold: thresholdOf(split.weight), seed: split.seed >>> 0, weight: split.weight }
 }
 
 /**
@@ -192,6 +226,13 @@ export function configureTargets (snapshot: Snapshot): Set<Target> {
     }
   }
   return seen
+}
+
+/** Latency sampling follows the snapshot: on for both colors of a service while a release runs, off (and free) otherwise. */
+export function configureSampling (snapshot: Snapshot): void {
+  for (const route of snapshot.services.values()) {
+    for (const color of COLORS) route.colors[color].stats.setSampling(route.sampled)
+  }
 }
 
 /** Target URLs a snapshot uses; the registry keeps these and forgets the rest. */

@@ -7,10 +7,10 @@ import { dirname } from 'node:path'
 import type { Color } from '../config/schema.js'
 import { log } from '../log.js'
 
-export type EventType = 'flip' | 'rollback' | 'auto_revert' | 'targets' | 'drained' | 'health' | 'reload' | 'start' | 'import'
+export type EventType = 'flip' | 'rollback' | 'auto_revert' | 'targets' | 'drained' | 'health' | 'reload' | 'start' | 'import' | 'release'
 
 /** Events of changes to routing state; every other type is health noise. */
-const CHANGE_TYPES: ReadonlySet<EventType> = new Set<EventType>(['flip', 'rollback', 'auto_revert', 'targets', 'reload', 'start', 'import'])
+const CHANGE_TYPES: ReadonlySet<EventType> = new Set<EventType>(['flip', 'rollback', 'auto_revert', 'targets', 'reload', 'start', 'import', 'release'])
 
 export function isChange (type: EventType): boolean {
   return CHANGE_TYPES.has(type)

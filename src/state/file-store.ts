@@ -5,11 +5,14 @@ import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises
 import { basename, dirname, join } from 'node:path'
 import { isColor, type Color } from '../config/schema.js'
 import { parseOrigin } from '../config/values.js'
+import { parseStoredReleases, type Release } from '../release/model.js'
 import type { RoutingState, ServiceState } from '../routing/snapshot.js'
 
 export interface PersistedState extends RoutingState {
   /** Services of the last color change: what a bare rollback reverts. */
   lastChange: string[]
+  /** Releases: every running one and the last finished ones, oldest first. */
+  releases?: Release[]
 }
 
 /** What to do about a state file that cannot be read. */
@@ -135,8 +138,23 @@ export function parseStateDocument (text: string, where: string, remedy = FILE_R
         targets[color as Color] = list as string[]
       }
     }
-    services[name] = { live: st.live as Color, previous: (st.previous ?? null) as Color | null, targets }
+    const state: ServiceState = { live: st.live as Color, previous: (st.previous ?? null) as Color | null, targets }
+    if (st.split !== undefined) {
+      const sp = (st.split ?? {}) as Record<string, unknown>
+      const weight = sp.weight as number
+      const seed = sp.seed as number
+      if (typeof st.split !== 'object' || !isColor(sp.color) || sp.color === st.live || !Number.isInteger(weight) || weight < 1 || weight > 99 || !Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
+        bad(`services.${name}.split must be {color (not the live one), weight 1..99, seed (a 32-bit unsigned integer)}`)
+      }
+      state.split = { color: sp.color as Color, weight, seed }
+    }
+    if (st.release !== undefined) {
+      if (typeof st.release !== 'string' || st.release === '') bad(`services.${name}.release must be a release id`)
+      state.release = st.release as string
+    }
+    services[name] = state
   }
   const lastChange = Array.isArray(obj.lastChange) ? obj.lastChange.filter((x): x is string => typeof x === 'string') : []
-  return { generation: obj.generation as number, services, lastChange }
+  const releases = parseStoredReleases(obj.releases, bad)
+  return { generation: obj.generation as number, services, lastChange, ...(releases.length === 0 ? {} : { releases }) }
 }

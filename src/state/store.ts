@@ -19,8 +19,12 @@ export interface StoreStatus {
   revision: number
 }
 
-/** Requests and errors one replica has answered per service and color since it started. */
-export type ColorCounts = Record<string, Partial<Record<Color, { requests: number, errors: number }>>>
+/**
+ * Requests and errors one replica has answered per service and color since it
+ * started; `latency`, while a release samples the color, is its latency
+ * histogram as sparse [bucket, count, ...] (LatencyHistogram.toSparse).
+ */
+export type ColorCounts = Record<string, Partial<Record<Color, { requests: number, errors: number, latency?: number[] }>>>
 
 /** One replica as registered in the store (under its lease, for etcd). */
 export interface ReplicaRecord {

@@ -15,7 +15,7 @@ export interface StateDocument extends PersistedState {
 export async function exportState (store: StateStore): Promise<StateDocument> {
   const { state } = await store.load()
   if (state === undefined) throw new Error(`${store.where} holds no state yet: nothing to export`)
-  return { version: 1, generation: state.generation, services: state.services, lastChange: state.lastChange }
+  return { version: 1, generation: state.generation, services: state.services, lastChange: state.lastChange, ...(state.releases === undefined ? {} : { releases: state.releases }) }
 }
 
 /** Reads a document by the state file's rules; a problem is named with `where`. */

@@ -1,8 +1,10 @@
 // Per service color runtime numbers that outlive snapshots: exact in-flight
 // and WebSocket counts, request outcomes for the guard, metric counters and a
-// one-minute history. Only integer arithmetic happens here on the request path.
+// one-minute history (and, while a release runs, a latency histogram). Only
+// integer arithmetic happens here on the request path, plus one log when sampling.
 
 import type { Color } from '../config/schema.js'
+import { LatencyHistogram } from '../upstream/latency.js'
 
 /** Something watching a color's outcomes (the post-flip guard). */
 export interface OutcomeWatcher {
@@ -117,6 +119,8 @@ export interface Totals {
   durationSum: number
   durationCount: number
   upstreamErrors: Record<UpstreamErrorKind, number>
+  /** Latency histogram counts (LatencyHistogram.counts), present while the color is sampled. */
+  latency?: number[]
 }
 
 const HISTORY = 60
@@ -147,6 +151,11 @@ export class ColorStats {
   readonly upstreamErrors: Record<UpstreamErrorKind, number> = { connect_failed: 0, timeout: 0, reset: 0, no_healthy_upstream: 0 }
   /** Requests and errors per second over the last minute, oldest first. */
   readonly history = { requests: new Array<number>(HISTORY).fill(0), errors: new Array<number>(HISTORY).fill(0) }
+  /**
+   * Upstream latencies of answered requests while a release samples this
+   * color; undefined otherwise, so the request path pays one property check.
+   */
+  latency: LatencyHistogram | undefined
   private sampled = { requests: 0, errors: 0 }
   private readonly observers: Observers
 
@@ -179,7 +188,15 @@ export class ColorStats {
       this.durationSum += seconds
       this.durationCount++
     }
+    // Not behind metrics.enabled: a release's verdict needs it either way. Time to the response head is the backend's latency, not the client's reading speed.
+    if (this.latency !== undefined && done.status !== 0 && done.upstreamMs >= 0) this.latency.add(done.upstreamMs)
     if (this.observers.accessLog !== undefined) this.observers.accessLog(this, done)
+  }
+
+  /** Latency sampling on (an existing histogram keeps counting: windows are differences) or off (dropped). */
+  setSampling (on: boolean): void {
+    if (!on) this.latency = undefined
+    else if (this.latency === undefined) this.latency = new LatencyHistogram()
   }
 
   wsOpen (x: Closable): void {
@@ -229,13 +246,16 @@ export class ColorStats {
     this.durationSum = t.durationSum
     this.durationCount = t.durationCount
     Object.assign(this.upstreamErrors, t.upstreamErrors)
+    // Mirrored like the rest: the primary serves nothing itself, so its histogram is the workers' sum, and goes when none samples.
+    if (t.latency === undefined) this.latency = undefined
+    else (this.latency ??= new LatencyHistogram()).set(t.latency)
     if (this.watcher !== undefined) this.watcher.onOutcome()
     if (this.drain !== undefined && this.isEmpty) this.drain.onEmpty()
   }
 
   /** What a worker reports of this color. */
   totals (): Totals {
-    return {
+    const t: Totals = {
       inflight: this.inflight,
       websockets: this.websockets,
       requests: this.requests,
@@ -246,6 +266,8 @@ export class ColorStats {
       durationCount: this.durationCount,
       upstreamErrors: { ...this.upstreamErrors },
     }
+    if (this.latency !== undefined) t.latency = [...this.latency.counts]
+    return t
   }
 
   sample (): void {

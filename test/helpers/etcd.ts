@@ -4,7 +4,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import net, { type AddressInfo } from 'node:net'
+import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -31,15 +31,23 @@ export interface EtcdServer {
 /** Whether the etcd binary is installed (tests that need it skip with a reason when not). */
 export const ETCD_BIN = process.env.ETCD_BIN ?? 'etcd'
 
+/**
+ * A free port below Linux's ephemeral range (32768 and up). etcd keeps its
+ * ports across a stop and start; a port from the ephemeral range could be
+ * taken meanwhile by any test's outgoing connection or port-0 listener
+ * ("bind: address already in use" on the restart, seen in CI).
+ */
 async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const s = net.createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as AddressInfo).port
-      s.close(() => resolve(port))
+  for (let attempt = 0; ; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000)
+    const free = await new Promise<boolean>((resolve) => {
+      const s = net.createServer()
+      s.once('error', () => resolve(false))
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)))
     })
-  })
+    if (free) return port
+    if (attempt === 50) throw new Error('no free port in 20000-31999 after 50 tries')
+  }
 }
 
 /** Resolves once a TCP connection to the port succeeds, or rejects after `ms`. */

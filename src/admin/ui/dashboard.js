@@ -1,5 +1,5 @@
 // The dashboard's code, inlined into index.html by src/admin/ui.ts and allowed by its hash:
-// polls /v1/state and /v1/events, and flips, rolls back and drains through the admin API.
+// polls /v1/state, /v1/events and /v1/releases; flips, rolls back, drains and steers releases through the admin API.
 // It builds every node with textContent (never innerHTML with data), so nothing
 // the API returns can become markup.
 (function () {
@@ -7,7 +7,10 @@
   var TOKEN_KEY = 'switchyard.token'
   var COLORS = ['blue', 'green']
   var STATES = ['live', 'draining', 'idle']
-  var EVENT_TYPES = ['flip', 'rollback', 'auto_revert', 'targets', 'health', 'drained', 'reload', 'start', 'import']
+  var EVENT_TYPES = ['flip', 'rollback', 'auto_revert', 'targets', 'health', 'drained', 'reload', 'start', 'import', 'release']
+  var RELEASE_PHASES = ['deploying', 'warming', 'testing', 'shifting', 'verifying', 'draining', 'done', 'reverted', 'aborted', 'failed']
+  var RELEASE_ENDS = ['done', 'reverted', 'aborted', 'failed']
+  var VERDICTS = ['pass', 'fail', 'inconclusive']
   var KEEP_EVENTS = 200
   var SHOW_EVENTS = 40
   var SVG = 'http://www.w3.org/2000/svg'
@@ -17,6 +20,7 @@
   var pending = null
   var acting = false
   var cards = new Map()
+  var releaseCards = new Map()
   var events = []
   var lastEventId = null
   var noticeTimer = null
@@ -124,6 +128,16 @@
     })
   }, 1000)
 
+  var pollReleases = poller(function () {
+    return api('GET', '/v1/releases').then(function (r) {
+      renderReleases(list(r && r.releases))
+    }, function (err) {
+      // A gateway from before releases answers 404: no panel, and nothing wrong.
+      if (err && err.body && err.body.error === 'not_found') return renderReleases([])
+      throw err
+    })
+  }, 1000)
+
   var pollEvents = poller(function () {
     var q = lastEventId === null ? '' : '?since=' + lastEventId
     return api('GET', '/v1/events' + q).then(function (r) { addEvents(list(r && r.events)) })
@@ -162,6 +176,7 @@
     showForget()
     pollState()
     pollEvents()
+    pollReleases()
     var retry = pending
     pending = null
     if (retry) retry()
@@ -228,6 +243,7 @@
         notice('ok', what + ' done', done(r || {}))
         pollState()
         pollEvents()
+        pollReleases()
       }).catch(function (err) {
         if (err && err.unauthorized) {
           pending = run
@@ -243,6 +259,7 @@
   function setActing (on) {
     acting = on
     cards.forEach(function (c) { if (c.data) updateButtons(c, c.data) })
+    releaseCards.forEach(function (c) { if (c.data) updateReleaseButtons(c, c.data) })
   }
 
   function servicePath (name, action) { return '/v1/services/' + encodeURIComponent(name) + '/' + action }
@@ -521,6 +538,192 @@
     })
   }
 
+  // --- releases ------------------------------------------------------------------
+
+  function isRunning (r) { return RELEASE_ENDS.indexOf(r.phase) < 0 }
+  function knownPhase (p) { return RELEASE_PHASES.indexOf(p) >= 0 ? p : 'other' }
+  function ms (x) { return typeof x === 'number' && isFinite(x) ? (x < 10 ? x.toFixed(1) : String(Math.round(x))) + ' ms' : '\u2013' }
+  function ratePct (x) { return typeof x === 'number' && isFinite(x) ? pct(x) : '\u2013' }
+  function releasePath (id, action) { return '/v1/releases/' + encodeURIComponent(id) + '/' + action }
+
+  function releaseAction (c, action) {
+    var id = c.id
+    var questions = {
+      pause: 'Pause release ' + id + '?\nIt holds its current weight until resumed.',
+      resume: 'Resume release ' + id + '?',
+      promote: 'Promote release ' + id + '?\nEvery service of it sends all its traffic to the new color now; the verify window still runs.',
+      abort: 'Abort release ' + id + '?\nEvery service of it goes back to the old color at once.',
+    }
+    var label = action.charAt(0).toUpperCase() + action.slice(1)
+    act(questions[action], label + ' of ' + id, 'POST', releasePath(id, action), {}, function (r) {
+      return h('p', 'notice-msg', 'release ' + text(r.id) + ': ' + text(r.phase) + (r.pausedAt ? ' (paused)' : ''))
+    })
+  }
+
+  function makeRelease (id) {
+    var c = { id: id, data: null }
+    c.phase = h('span', 'rel-phase')
+    c.meta = h('div', 'rel-meta')
+    c.timeline = h('ol', 'timeline')
+    c.progress = h('div', 'rel-progress')
+    c.outcome = h('p', 'rel-outcome')
+    c.verdictAt = h('div', 'rel-verdict-at')
+    c.rows = h('tbody')
+    var heads = ['Service', 'Colors', 'Weight', 'Error rate new / old', 'p50 new / old', 'p99 new / old', 'Verdict']
+    c.pauseBtn = button('Pause', 'btn-pause', function () { releaseAction(c, 'pause') })
+    c.resumeBtn = button('Resume', 'btn-resume', function () { releaseAction(c, 'resume') })
+    c.promoteBtn = button('Promote to 100%', 'btn-promote', function () { releaseAction(c, 'promote') })
+    c.abortBtn = button('Abort', 'btn-abort', function () { releaseAction(c, 'abort') })
+    c.actions = h('footer', 'actions rel-actions', [c.pauseBtn, c.resumeBtn, c.promoteBtn, c.abortBtn])
+    c.root = h('article', 'rel', [
+      h('header', 'rel-head', [h('div', 'rel-title', [h('h3', null, id), c.phase]), c.meta]),
+      c.timeline, c.progress, c.outcome, c.verdictAt,
+      h('table', 'rel-services', [h('thead', null, h('tr', null, heads.map(function (x) { return h('th', null, x) }))), c.rows]),
+      c.actions,
+    ])
+    c.root.setAttribute('data-release', id)
+    return c
+  }
+
+  /** The phases a release goes through, each step of a shift its own stop. */
+  function plan (r) {
+    var stops = ['deploying', 'warming', 'testing'].map(function (p) { return { phase: p } })
+    var steps = list(r.steps)
+    if (steps.length === 0) stops.push({ phase: 'shifting', weight: 100 })
+    steps.forEach(function (s, i) { stops.push({ phase: 'shifting', step: i, weight: num(s && s.weight) }) })
+    return stops.concat(['verifying', 'draining', 'done'].map(function (p) { return { phase: p } }))
+  }
+
+  function stopLabel (x) {
+    return text(x.phase) + (x.phase === 'shifting' && typeof x.weight === 'number' ? ' ' + num(x.weight) + '%' : '')
+  }
+
+  function updateTimeline (c, r) {
+    var running = isRunning(r)
+    var history = list(r.history).filter(function (x) { return x && typeof x === 'object' })
+    c.timeline.replaceChildren()
+    history.forEach(function (x, i) {
+      var last = i === history.length - 1
+      var cls = 'tl tl-' + knownPhase(x.phase)
+      if (last) cls += running ? ' tl-current' : (x.phase === 'done' ? ' tl-ok' : ' tl-bad')
+      else cls += ' tl-past'
+      var li = h('li', cls, [h('span', 'tl-label', stopLabel(x)), h('span', 'tl-time', clock(new Date(x.at)))])
+      if (last && running) li.setAttribute('aria-current', 'step')
+      c.timeline.appendChild(li)
+    })
+    if (!running) return
+    // What is still to come, greyed: the stops of the plan after the current one.
+    var stops = plan(r)
+    var at = -1
+    stops.forEach(function (x, i) {
+      if (x.phase === r.phase && (x.phase !== 'shifting' || x.step === undefined || x.step === r.step)) at = i
+    })
+    if (at < 0) return
+    stops.slice(at + 1).forEach(function (x) { c.timeline.appendChild(h('li', 'tl tl-next', h('span', 'tl-label', stopLabel(x)))) })
+  }
+
+  function verdictCell (v) {
+    if (!v) return h('td', 'rel-verdict', '\u2013')
+    var outcome = VERDICTS.indexOf(v.outcome) >= 0 ? v.outcome : 'inconclusive'
+    var cell = h('td', 'rel-verdict', h('span', 'verdict verdict-' + outcome, outcome))
+    list(v.reasons).forEach(function (why) { add(cell, h('div', 'verdict-reason', text(why))) })
+    return cell
+  }
+
+  function pair (a, b) { return h('span', 'pair', [h('b', null, a), ' / ', b]) }
+
+  function updateRelease (c, r) {
+    c.data = r
+    var phase = knownPhase(r.phase)
+    var running = isRunning(r)
+    c.root.className = 'rel rel-' + phase + (running ? ' rel-running' : ' rel-ended')
+    c.root.setAttribute('data-phase', phase)
+    c.phase.className = 'rel-phase rel-phase-' + phase
+    c.phase.textContent = text(r.phase) + (r.pausedAt ? ' \u00b7 paused' : '')
+    c.meta.textContent = 'started ' + clock(new Date(r.startedAt)) + (r.actor ? ' by ' + text(r.actor) : '') + (r.reason ? ' \u00b7 ' + text(r.reason) : '')
+    updateTimeline(c, r)
+    var steps = list(r.steps)
+    var weight = num(r.weight)
+    var where = steps.length === 0 ? 'all at once' : (r.phase === 'shifting' && num(r.step) >= 0 ? 'step ' + (num(r.step) + 1) + ' of ' + steps.length : steps.length + ' steps')
+    c.progress.textContent = running
+      ? where + ' \u00b7 ' + weight + '% of traffic on the new color' + (r.pausedAt ? ' \u00b7 paused since ' + clock(new Date(r.pausedAt)) : '')
+      : 'ended ' + clock(new Date(r.updatedAt)) + ' \u00b7 ' + where
+    c.outcome.hidden = !r.outcome
+    c.outcome.textContent = text(r.outcome)
+    var verdicts = list(r.verdicts)
+    var last = verdicts[verdicts.length - 1]
+    c.verdictAt.textContent = last
+      ? 'last verdict ' + clock(new Date(last.at)) + ' at ' + num(last.weight) + '% (' + (last.final ? 'end of a hold' : 'interim look') + ')'
+      : running ? 'no verdict yet' : 'no verdict recorded'
+    var services = r.services && typeof r.services === 'object' ? r.services : {}
+    c.rows.replaceChildren()
+    Object.keys(services).forEach(function (name) {
+      var s = services[name] || {}
+      var v = last && last.services ? last.services[name] : undefined
+      var e = (v && v.errors) || {}
+      var l = (v && v.latency) || {}
+      var en = e.new || {}
+      var eo = e.old || {}
+      var ln = l.new || {}
+      var lo = l.old || {}
+      var bar = h('div', 'wbar-fill' + (color(s.to) ? ' wbar-' + color(s.to) : ''))
+      bar.style.width = Math.min(100, Math.max(0, weight)) + '%'
+      var errCell = h('td', 'rel-num', pair(ratePct(en.rate), ratePct(eo.rate)))
+      errCell.title = num(en.errors) + ' of ' + num(en.requests) + ' new, ' + num(eo.errors) + ' of ' + num(eo.requests) + ' old'
+      var row = h('tr', null, [
+        h('td', 'rel-svc', [text(name), s.version ? h('span', 'tag', text(s.version)) : null]),
+        h('td', null, [chip(s.from), ' \u2192 ', chip(s.to)]),
+        h('td', 'rel-weight', [h('span', null, weight + '%'), h('div', 'wbar', bar)]),
+        errCell,
+        h('td', 'rel-num', pair(ms(ln.p50Ms), ms(lo.p50Ms))),
+        h('td', 'rel-num', pair(ms(ln.p99Ms), ms(lo.p99Ms))),
+        verdictCell(v),
+      ])
+      row.setAttribute('data-service', text(name))
+      c.rows.appendChild(row)
+    })
+    updateReleaseButtons(c, r)
+  }
+
+  /** Only the actions the phase allows: pause/resume/abort while running, promote while shifting. */
+  function updateReleaseButtons (c, r) {
+    var running = isRunning(r)
+    var paused = !!r.pausedAt
+    c.actions.hidden = !running
+    c.pauseBtn.hidden = !running || paused
+    c.resumeBtn.hidden = !running || !paused
+    c.promoteBtn.hidden = !running || r.phase !== 'shifting'
+    c.abortBtn.hidden = !running
+    ;[c.pauseBtn, c.resumeBtn, c.promoteBtn, c.abortBtn].forEach(function (b) { b.disabled = acting })
+  }
+
+  /** Running releases, then the last one that ended (the list comes newest first). */
+  function renderReleases (all) {
+    var valid = all.filter(function (r) { return r && typeof r === 'object' && r.id !== undefined })
+    var shown = valid.filter(isRunning)
+    var ended = valid.filter(function (r) { return !isRunning(r) })[0]
+    if (ended) shown.push(ended)
+    $('releases').hidden = shown.length === 0
+    var box = $('release-list')
+    var ids = shown.map(function (r) { return text(r.id) })
+    shown.forEach(function (r, i) {
+      var id = text(r.id)
+      var c = releaseCards.get(id)
+      if (!c) {
+        c = makeRelease(id)
+        releaseCards.set(id, c)
+      }
+      if (box.children[i] !== c.root) box.insertBefore(c.root, box.children[i] || null)
+      updateRelease(c, r)
+    })
+    releaseCards.forEach(function (c, id) {
+      if (ids.indexOf(id) < 0) {
+        c.root.remove()
+        releaseCards.delete(id)
+      }
+    })
+  }
+
   // --- events --------------------------------------------------------------------
 
   function summary (ev) {
@@ -548,6 +751,8 @@
         return 'gateway started'
       case 'import':
         return 'state imported at generation ' + num(ev.generation)
+      case 'release':
+        return text(ev.release) + ' ' + text(ev.phase) + (typeof ev.weight === 'number' ? ' \u00b7 ' + num(ev.weight) + '%' : '') + (ev.outcome ? ': ' + text(ev.outcome) : '')
       default:
         return text(ev.type)
     }
@@ -583,4 +788,5 @@
   showForget()
   pollState()
   pollEvents()
+  pollReleases()
 })()

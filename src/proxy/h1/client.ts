@@ -199,6 +199,8 @@ export class ClientConn implements Gatherer, ClientSide {
   }
 
   private route (head: RequestHead, body: Buffer | undefined): void {
+    head.peer = this.remote
+    head.forwarding = this.edge.forwarding
     const to = this.edge.resolve(head)
     if (to.endpoint === undefined) {
       const started = performance.now()

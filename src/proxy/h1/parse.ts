@@ -7,9 +7,9 @@
 // llhttp (Node's strict parser) accepts and how it frames it: the differential
 // tests (test/differential-*.test.ts) check that on generated messages.
 
-import type { RequestFacts } from '../resolve.js'
+import { clientAddress, type RequestFacts } from '../resolve.js'
 import { FORBIDDEN_TRAILERS, HOP_BY_HOP, PIN_HEADER } from '../headers.js'
-import { addSent, isForwardingAlias } from '../trust.js'
+import { addSent, isForwardingAlias, type Forwarding } from '../trust.js'
 
 /**
  * The Content-Length value in `s` from `a` to `b`: optional whitespace, digits
@@ -103,6 +103,9 @@ export class RequestHead implements RequestFacts {
   smoke: string | undefined = undefined
   /** The header lines to forward, each ending in CRLF, hop-by-hop and gateway-owned ones removed. */
   lines = ''
+  /** The socket's remote address, and the listener's trust in it: set by the connection, read only when a split keys by address. */
+  peer = ''
+  forwarding: Forwarding | undefined = undefined
 
   /**
    * The head as received, for the rare lookups below: they see every line the
@@ -124,6 +127,11 @@ export class RequestHead implements RequestFacts {
     // A second line makes it ambiguous: no need to read further.
     this.eachLine(lowerName, (value) => { found = value; return ++lines < 2 })
     return lines === 1 ? found : undefined
+  }
+
+  /** The client's address: the peer, or what a trusted proxy says it saw. */
+  clientAddress (): string {
+    return clientAddress(this.peer, this.forwarding?.trusts(this.peer) === true, this.xff)
   }
 
   /** How many lines of header `lowerName` the request carries. */
