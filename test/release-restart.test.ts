@@ -16,14 +16,14 @@ services:
     blue: { targets: [${v1.url}] }
     green: { targets: [${idle.url}] }
 `)
-  const start = async (): Promise<{ url: string, kill: () => Promise<void> }> => {
+  const start = async (): Promise<{ url: string, pub: string, kill: () => Promise<void> }> => {
     const p = serve(t, ['serve', '--config', file])
-    const { admin: port } = await listening(p)
-    return { url: `http://127.0.0.1:${port}`, kill: async () => { p.kill('SIGKILL'); await p.exit } }
+    const { admin: port, port: pub } = await listening(p)
+    return { url: `http://127.0.0.1:${port}`, pub: `http://127.0.0.1:${pub}`, kill: async () => { p.kill('SIGKILL'); await p.exit } }
   }
   const HOLD = 6_000
   const first = await start()
-  const created = await admin(first.url, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] } }, steps: [{ weight: 10, hold: `${HOLD}ms` }, { weight: 30, hold: '1s' }], verify: { window: '1s' } })
+  const created = await admin(first.url, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] } }, steps: [{ weight: 10, hold: `${HOLD}ms` }, { weight: 30, hold: '1s' }], verify: { window: '1s', minRequests: 20 } })
   t.equal(created.status, 201)
   const id = created.json.id as string
   const shifting = await eventually(async () => {
@@ -36,6 +36,13 @@ services:
   // Down for a good part of the hold: a hold restarted at boot would end well after the stored one.
   await sleep(3_000)
   const second = await start()
+  // Traffic for the verdict: a step resumed with nothing to judge would wait for more rather than pass unjudged.
+  let running = true
+  const { request } = await import('undici')
+  let n = 0
+  const load = (async () => {
+    while (running) await request(`${second.pub}/x`, { headers: { 'x-switchyard-key': `k${n++}` } }).then(async (r) => await r.body.dump()).catch(() => {})
+  })()
   const resumed = (await admin(second.url, 'GET', `/v1/releases/${id}`)).json
   t.equal(resumed.phase, 'shifting', 'still shifting after the restart')
   t.equal(resumed.step, 0, 'at the same step')
@@ -48,6 +55,8 @@ services:
     if (r.step !== 1) throw new Error(`step ${String(r.step)}`)
     return r
   }, { timeout: 15_000, interval: 50 })
+  running = false
+  await load
   const took = Date.parse(next.phaseStartedAt) - stepStarted
   t.ok(took >= HOLD && took < HOLD + 1_500, `the first step ended ${took} ms after it began (hold ${HOLD} ms, 3 s of it down)`)
   await eventually(async () => {

@@ -400,3 +400,18 @@ t.test('the latency floor: a sub-millisecond drift on a fast backend is not slow
   const plus10pct = histOf(Array.from({ length: 1000 }, lognormal(prng(15), 22, 0.3)))
   t.equal(judge(sample(plus10pct), sample(base20), { ...VERIFY, latencyFloor: 5 }, true).latency.outcome, 'pass', 'on a 20 ms base the floor (25%) and the ratio (21.6%) are close: 10% slower passes')
 })
+
+t.test('with too little of the old color, the new one is held to the absolute ceiling (the guard\'s maxErrorRate), not to 0%', async (t) => {
+  const latency = new LatencyHistogram()
+  const steady2pct = { requests: 6000, errors: 120, latency }
+  const noBaseline = { requests: 10, errors: 0, latency: new LatencyHistogram() }
+  const strict = judge(steady2pct, noBaseline, { ...VERIFY }, true)
+  t.equal(strict.errors.outcome, 'fail', 'without a ceiling, 2% against "none failing" fails')
+  const ceiling = judge(steady2pct, noBaseline, { ...VERIFY, absoluteErrorRate: 0.05 }, true)
+  t.equal(ceiling.errors.outcome, 'pass', `a service with a steady 2% passes under a 5% ceiling (z=${String(ceiling.errors.z)})`)
+  t.equal(ceiling.errors.margin, 0.05)
+  const bad = judge({ requests: 6000, errors: 600, latency }, noBaseline, { ...VERIFY, absoluteErrorRate: 0.05 }, true)
+  t.equal(bad.errors.outcome, 'fail', '10% still fails under a 5% ceiling')
+  const compared = judge(steady2pct, { requests: 6000, errors: 120, latency }, { ...VERIFY, absoluteErrorRate: 0.05 }, true)
+  t.equal(compared.errors.margin, VERIFY.maxErrorRateIncrease, 'with a baseline, the ceiling plays no part')
+})

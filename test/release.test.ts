@@ -18,7 +18,7 @@ function svc (name: string, prefix: string, blue: Backend, green: Backend, extra
 ${extra}`
 }
 
-interface Fixture { gw: TestGateway, old: Record<string, Backend>, next: Record<string, Backend> }
+interface Fixture { gw: TestGateway, old: Record<string, Backend>, next: Record<string, Backend>, idle: Record<string, Backend> }
 
 /** users and orders live on blue (v1); v2 backends ready to be released to green. */
 async function fixture (t: Tap.Test, usersExtra = ''): Promise<Fixture> {
@@ -29,7 +29,7 @@ ${svc('users', '/users', b['users-v1'], b['users-idle'], usersExtra)}
 ${svc('orders', '/orders', b['orders-v1'], b['orders-idle'])}`)
   // Until the first probes, the live colors have no healthy target: traffic then would get 503s that no release made.
   await eventually(async () => (await http1(`${gw.adminUrl}/readyz`)).status === 200)
-  return { gw, old: { users: b['users-v1'], orders: b['orders-v1'] }, next: { users: b['users-v2'], orders: b['orders-v2'] } }
+  return { gw, old: { users: b['users-v1'], orders: b['orders-v1'] }, next: { users: b['users-v2'], orders: b['orders-v2'] }, idle: { users: b['users-idle'], orders: b['orders-idle'] } }
 }
 
 async function release (gw: TestGateway, id: string): Promise<any> {
@@ -102,6 +102,11 @@ t.test('an all-at-once release of two services goes through every phase to done,
   t.equal(state.services.users.live, 'green')
   t.equal(state.services.users.environments.blue.state, 'idle', 'the old color has drained')
   t.equal(state.services.users.release, undefined, 'the service is free again')
+  // The old colors stay whole while the new ones are verified: their drain (and its onDrained hook) starts with `draining`.
+  const drainingAt = Date.parse(done.history.find((h: any) => h.phase === 'draining').at)
+  const drained = (await admin(f.gw.adminUrl, 'GET', '/v1/events?type=drained')).json.events.filter((e: any) => e.service === 'users' && e.color === 'blue')
+  t.equal(drained.length, 1, 'the old color drained once')
+  t.ok(Date.parse(drained[0].startedAt) >= drainingAt, `its drain began with draining (${String(drained[0].startedAt)} vs ${String(done.history.find((h: any) => h.phase === 'draining').at)}), not at the switch`)
   const events = (await admin(f.gw.adminUrl, 'GET', '/v1/events?type=release')).json.events
   t.same(events.map((e: any) => e.phase), ['deploying', 'warming', 'testing', 'verifying', 'draining', 'done'], 'every phase change is an event')
   const metrics = (await http1(`${f.gw.adminUrl}/metrics`)).text
@@ -312,4 +317,23 @@ t.test('healthy releases under load pass every verdict: no false revert over rep
   t.same(health.map((e: any) => `${String(e.target)}: ${String(e.reason)}`), [], 'no target went unhealthy (a probe timing out under load would make its color answer 503)')
   t.same(outcomes, Array(RUNS).fill('done'), `${RUNS} healthy releases, ${looks} final verdicts, no revert`)
   t.same([...load.seen.keys()].filter((k) => k === 'failed' || k.includes(' ')), [], `no request failed across the releases (${[...load.seen.values()].reduce((a, b) => a + b, 0)} sent)`)
+})
+
+t.test('a release takes its services from a guard still watching an earlier flip: the guard does not revert under it', async (t) => {
+  const f = await fixture(t)
+  t.equal((await admin(f.gw.adminUrl, 'POST', '/v1/flip', { services: ['users'] })).status, 200)
+  t.equal((await admin(f.gw.adminUrl, 'GET', '/v1/state')).json.services.users.guard?.active, true, 'the guard watches users/green')
+  // users is live on green (users-idle) now; the release deploys v2 to blue.
+  const id = (await admin(f.gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [f.next.users.url] } }, steps: [{ weight: 10, hold: '60s' }] })).json.id as string
+  await phaseOf(f.gw, id, 'shifting')
+  t.equal((await admin(f.gw.adminUrl, 'GET', '/v1/state')).json.services.users.guard, null, 'the release ended the guard')
+  // Green fails now: the guard, had it stayed, would revert users to blue, the release's new color, before any verdict.
+  f.idle.users.handler = (req, res) => { res.writeHead(req.url === '/healthz' ? 200 : 500); res.end() }
+  const answers = await byKey(f.gw, 'users', Array.from({ length: 100 }, (_, i) => `g-${i}`))
+  t.ok([...answers.values()].filter((v) => v.startsWith('status 5')).length > 50, 'green failed most of them (500s, then 503s once passive health ejects its target)')
+  const reverts = (await admin(f.gw.adminUrl, 'GET', '/v1/events?type=auto_revert')).json.events
+  t.same(reverts, [], 'no auto-revert')
+  const r = await release(f.gw, id)
+  t.equal(r.phase, 'shifting', 'the release goes on')
+  t.equal((await admin(f.gw.adminUrl, 'GET', '/v1/state')).json.services.users.live, 'green')
 })

@@ -217,7 +217,8 @@ t.test('sticky without a split: the plain cookie, as before, and a cookie with a
   t.same(chooseFor(r, undefined, req({ key: 'visitor-1' })).setCookie, 'sy=blue; Path=/; HttpOnly; SameSite=Lax')
   t.equal(chooseFor(r, undefined, req({ cookie: 'sy=blue' })).setCookie, undefined)
   t.equal(chooseFor(r, undefined, req({ cookie: 'sy=blue.00000001' })).setCookie, undefined, 'the color part already names live')
-  t.equal(chooseFor(r, undefined, req({ cookie: 'sy=green.00000001' })).setCookie, 'sy=blue; Path=/; HttpOnly; SameSite=Lax')
+  t.equal(chooseFor(r, undefined, req({ cookie: 'sy=green.00000001' })).setCookie, 'sy=blue.00000001; Path=/; HttpOnly; SameSite=Lax', 'the key outlives the split (a revert): the browser keeps its place for the next one')
+  t.equal(chooseFor(r, undefined, req({ cookie: 'sy=green.zz' })).setCookie, 'sy=blue; Path=/; HttpOnly; SameSite=Lax', 'a part after the dot that is no key is dropped')
 })
 
 t.test('a sticky hold keeps `blue` and `blue.<point>` sessions on the draining color, split or not', async (t) => {

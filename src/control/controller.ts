@@ -236,7 +236,7 @@ export class Controller {
         applied = stored
         this.countEndedReleases(this.state, next)
         const changes = event.changes as ColorChange[] | undefined
-        this.install(next, config, snapshot, holds, colorChangesBetween(this.state, next), event.type === 'flip' || event.forward === true)
+        this.install(next, config, snapshot, holds, colorChangesBetween(this.state, next), event)
         const trigger = FLIP_TRIGGERS[event.type]
         if (trigger !== undefined && changes !== undefined) this.flipCounts.add(changes, trigger)
         published = this.health.publish?.()
@@ -255,16 +255,25 @@ export class Controller {
    * changes exactly as on the replica that made it; one snapshot, with the
    * holds in force now, goes in.
    */
-  private install (next: PersistedState, config: Config, snapshot: Snapshot, holds: Readonly<Record<string, StickyHold>>, changes: readonly ColorChange[], isFlip: boolean): void {
+  private install (next: PersistedState, config: Config, snapshot: Snapshot, holds: Readonly<Record<string, StickyHold>>, changes: readonly ColorChange[], event: Pick<NewEvent, 'type'> & Partial<NewEvent> | undefined): void {
     const abandoned = abandonedSplits(this.state, next, config)
+    const taken = takenByRelease(this.state, next)
     this.config = config
     this.state = next
     this.unfit = undefined
-    if (changes.length > 0 || abandoned.length > 0) {
+    // A release owns its services from its first commit, on every replica: a guard still watching an earlier flip must not revert under it, nor a drain of the idle color close what it sends there.
+    if (taken.length > 0) {
+      this.guards.end(taken)
+      this.drains.cancel(taken)
+    }
+    const draining = releaseDrains(next, event)
+    if (changes.length > 0 || abandoned.length > 0 || draining.length > 0) {
       this.applying = true
       try {
+        // A release's switch to its new colors drains nothing yet: the old colors stay whole (no drain, no onDrained hook to scale them down) until the verdict is in, and drain in `draining`.
         // Sessions are pinned to the old color only when it is a good one to stay on: not after a rollback or revert away from it.
-        this.drains.retire(changes, isFlip)
+        if (event?.forward !== true) this.drains.retire(changes, event?.type === 'flip')
+        for (const c of draining) this.drains.start(c.service, c.color, config.services[c.service].drain.timeout, true)
         // A split ended without its color going live (a revert or abort while shifting): the WebSockets it sent there drain as a left color's do.
         for (const { service, color } of abandoned) this.drains.start(service, color, config.services[service].drain.timeout, false)
       } finally {
@@ -300,7 +309,7 @@ export class Controller {
       return
     }
     const event = change.event
-    this.install(next, config, snapshot, holds, changes, event?.type === 'flip' || event?.forward === true)
+    this.install(next, config, snapshot, holds, changes, event)
     this.revision = change.revision
     this.guards.end(changes.map((c) => c.service))
     if (event?.type === 'flip' && event.guard !== false && this.fleet.isLeader) this.guards.start(this.config, changes, event.id)
@@ -434,7 +443,8 @@ export class Controller {
   private async revert (guard: Guard, trip: GuardTrip): Promise<void> {
     await this.exclusiveRetried(async () => {
       // A manual change since the trip (here or on another replica) wins; revert only what is still as the guarded flip left it.
-      const reverts = guard.reverts.filter((r) => this.state.services[r.service]?.live === r.from)
+      // A release that took a service over since (on another replica, or while this revert waited in the queue) owns its colors.
+      const reverts = guard.reverts.filter((r) => this.state.services[r.service]?.live === r.from && this.state.services[r.service]?.release === undefined)
       if (reverts.length === 0) return
       const next = applyColorChanges(this.state, reverts)
       const reason = describeTrip(trip, this.config)
@@ -617,14 +627,12 @@ export class Controller {
         if (!Object.hasOwn(this.config.services, name)) throw new SwitchyardError('bad_request', `services.${name}: unknown service`, { field: `services.${name}` })
       }
       this.refuseIfReleasing(names, 'a second release')
-      const id = `r${this.state.generation + 1}`
+      // Above every id the state keeps: an imported state may carry releases numbered past this store's generation.
+      const id = `r${Math.max(this.state.generation + 1, ...(this.state.releases ?? []).map((r) => Number(r.id.slice(1)) + 1).filter(Number.isSafeInteger))}`
       const now = new Date().toISOString()
       const release = newRelease(id, req, (n) => this.state.services[n].live, this.config, actor, randomInt(0, 0x100000000), now)
       const next = planCreate(this.state, release)
       await this.commit(next, { type: 'release', reason: release.reason, actor, release: id, phase: 'deploying', services: Object.fromEntries(Object.entries(release.services).map(([n, s]) => [n, { targets: s.targets, version: s.version, from: s.from, to: s.to }])), steps: release.steps })
-      // The release owns these services now: a guard still watching an earlier flip must not revert under it, and a drain of the idle color must not close what the release sends there.
-      this.guards.end(names)
-      this.drains.cancel(names)
       return describeRelease(release)
     })
   }
@@ -653,7 +661,7 @@ export class Controller {
     })
   }
 
-  /** POST /v1/releases/ID/ACTION: pause, resume, promote (to 100% now, or past the verify window), abort (back to the old colors at once). */
+  /** POST /v1/releases/ID/ACTION: pause, resume, promote (to 100% now, while shifting), abort (back to the old colors at once). */
   async releaseAction (id: string, action: 'pause' | 'resume' | 'promote' | 'abort', actor: string): Promise<Record<string, unknown>> {
     const find = (state: PersistedState): Release => {
       const r = state.releases?.find((x) => x.id === id)
@@ -736,6 +744,19 @@ function abandonedSplits (before: PersistedState, after: PersistedState, config:
     if (was !== undefined && st.split === undefined && st.live !== was.color && Object.hasOwn(config.services, service)) out.push({ service, color: was.color })
   }
   return out
+}
+
+/** Services a running release holds in `after` and did not in `before`. */
+function takenByRelease (before: PersistedState, after: PersistedState): string[] {
+  return Object.entries(after.services).filter(([name, st]) => st.release !== undefined && before.services[name]?.release !== st.release).map(([name]) => name)
+}
+
+/** The move to `draining` (after the verdict passed): each service's old color starts its drain, on every replica. */
+function releaseDrains (next: PersistedState, event: Partial<NewEvent> | undefined): Array<{ service: string, color: Color }> {
+  if (event?.type !== 'release' || event.phase !== 'draining') return []
+  const r = next.releases?.find((x) => x.id === event.release)
+  if (r === undefined) return []
+  return Object.entries(r.services).filter(([name, s]) => next.services[name]?.live === s.to).map(([name, s]) => ({ service: name, color: s.from }))
 }
 
 /** The services whose live color differs between two states. */

@@ -85,7 +85,7 @@ export class Drains {
     return describeDrainStarted(service, color, drain, this.deps.colorStats(service, color))
   }
 
-  /** Services removed by a reload: their drains stop, closing nothing. */
+  /** Services removed by a reload, or taken over by a release: their drains stop, closing nothing. */
   cancel (services: readonly string[]): void {
     for (const [key, d] of this.byColor) if (services.includes(key.split('/')[0])) d.cancel()
   }

@@ -76,7 +76,7 @@ export function planDeploy (state: PersistedState, id: string, now: number): Rel
   })
 }
 
-/** To a phase that changes no routing (warming -> testing, verifying -> draining -> done). */
+/** To a phase that changes no routing (warming -> testing, verifying -> draining). */
 export function planPhase (state: PersistedState, id: string, phase: ReleasePhase, now: number, verdict?: ReleaseVerdict): ReleaseMove {
   return move(state, id, phase, now, (_next, r) => {
     if (verdict !== undefined) pushVerdict(r, verdict)
@@ -98,7 +98,7 @@ export function planStep (state: PersistedState, id: string, i: number, now: num
 
 /** The new color takes all traffic: live flips, weights go; `baseline` is the old color's last window. */
 export function planForward (state: PersistedState, id: string, now: number, baseline: Record<string, StoredSample>, verdict?: ReleaseVerdict): ReleaseMove {
-  const m = move(state, id, 'verifying', now, (next, r) => {
+  return move(state, id, 'verifying', now, (next, r) => {
     r.weight = 100
     r.baseline = baseline
     if (verdict !== undefined) pushVerdict(r, verdict)
@@ -110,7 +110,6 @@ export function planForward (state: PersistedState, id: string, now: number, bas
     next.lastChange = Object.keys(r.services)
     return { weight: 100, forward: true, ...(verdict === undefined ? {} : { verdict }) }
   })
-  return m
 }
 
 /**

@@ -96,6 +96,8 @@ type Reading = Map<string, { new: ColorSample, old: ColorSample }>
 /** The current step's or phase's window: the counts at its start, and at each of the last early looks. */
 interface WindowStart {
   key: string
+  /** When this run opened it: after a restart, later than the phase or step began. */
+  openedAt: number
   at: Reading
   recent: Reading[]
 }
@@ -152,7 +154,8 @@ class ReleaseRun {
   private async commit (seen: Release, plan: (state: PersistedState) => ReleaseMove, actor = 'release'): Promise<void> {
     await this.deps.apply((state) => {
       const r = state.releases?.find((x) => x.id === this.id)
-      if (r === undefined || r.phase !== seen.phase || r.step !== seen.step || r.pausedAt !== seen.pausedAt) return undefined
+      // phaseStartedAt too: a pause and resume in between moves it, and a move planned before them is stale.
+      if (r === undefined || r.phase !== seen.phase || r.step !== seen.step || r.pausedAt !== seen.pausedAt || r.phaseStartedAt !== seen.phaseStartedAt) return undefined
       return plan(state)
     }, actor)
   }
@@ -173,6 +176,13 @@ class ReleaseRun {
     if (lost.length > 0) {
       const why = `the config no longer has ${lost.length === 1 ? 'service' : 'services'} ${lost.join(', ')}`
       return await this.commit(r, (st) => planEnd(st, this.id, 'aborted', Date.now(), why))
+    }
+    // Every service on the color the phase says (old before the switch, new after): anything else changed it under the release, which then cannot go on.
+    const switched = r.phase === 'verifying' || r.phase === 'draining'
+    const state = this.deps.state()
+    const moved = Object.entries(r.services).filter(([name, s]) => state.services[name] !== undefined && state.services[name].live !== (switched ? s.to : s.from)).map(([name]) => name)
+    if (moved.length > 0) {
+      return await this.commit(r, (st) => planEnd(st, this.id, 'aborted', Date.now(), `the live color of ${moved.join(', ')} changed outside the release`))
     }
     const changes = Object.entries(r.services).map(([service, s]) => ({ service, from: s.from, to: s.to }))
     switch (r.phase) {
@@ -208,10 +218,16 @@ class ReleaseRun {
           }
         }
         const hold = r.phase === 'shifting' ? r.steps[r.step].hold : r.verify.window
-        const ended = !paused && now >= since + hold
+        let ended = !paused && now >= since + hold
         if (!ended && now - this.lastLook < LOOK_MS) return
         this.lastLook = now
-        const verdict = this.look(r, ended)
+        let verdict = this.look(r, ended)
+        // Resumed late in a hold (a restart, a new leader), this run has seen only part of it: a final look with nothing to judge waits for more, up to a whole hold of its own.
+        const seenMs = now - (this.window?.openedAt ?? now)
+        if (ended && seenMs < hold - 1_000 && Object.values(verdict.services).every((v) => v.outcome === 'inconclusive')) {
+          ended = false
+          verdict = this.look(r, false)
+        }
         if (!ended) this.remember(r)
         this.current = verdict.services
         if (!verdict.pass) {
@@ -243,7 +259,7 @@ class ReleaseRun {
   /** A new step or phase: the counts both colors have now start its window. */
   private openWindow (r: Release, key: string): void {
     const at = this.read(r)
-    this.window = { key, at, recent: [at] }
+    this.window = { key, openedAt: Date.now(), at, recent: [at] }
     this.lastLook = Date.now()
     this.current = undefined
   }
@@ -275,7 +291,8 @@ class ReleaseRun {
       const fresh = sampleSince(this.deps.counters(name, s.to), start.new)
       const stored = r.baseline?.[name]
       const old = r.phase === 'shifting' ? sampleSince(this.deps.counters(name, s.from), start.old) : stored === undefined ? this.carried.get(name) ?? fromStored(undefined) : fromStored(stored)
-      services[name] = judge(fresh, old, r.verify, final)
+      // With too little of the old color to compare with, the new one is held to the guard's absolute error rate instead.
+      services[name] = judge(fresh, old, { ...r.verify, absoluteErrorRate: this.deps.config().services[name]?.guard.maxErrorRate }, final)
     }
     return {
       at: new Date().toISOString(),

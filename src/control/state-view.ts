@@ -40,12 +40,12 @@ export function describeState (src: StateViewSource): Record<string, unknown> {
         ...(st.targets[color] === undefined ? {} : { targetsFrom: 'api' }),
       }
     }
-    const split = st.split
+    const split = route.split
     services[route.name] = {
       live: route.live,
       previous: st.previous,
-      // Percent of ordinary traffic per color: a release's split, else all on live.
-      weights: split === undefined ? { [route.live]: 100, [otherColor(route.live)]: 0 } : { [route.live]: 100 - split.weight, [split.color]: split.weight },
+      // Percent of ordinary traffic per color, as routing has it (the snapshot's split, which a color without targets does not get).
+      weights: split === undefined ? { [route.live]: 100, [otherColor(route.live)]: 0 } : { [route.live]: 100 - split.weight, [split.to.color]: split.weight },
       ...(st.release === undefined ? {} : { release: st.release }),
       route: { ...(route.host === undefined ? {} : { host: route.host }), pathPrefix: route.prefix },
       guard: src.guardOf(route.name),

@@ -293,6 +293,8 @@ export function parseStoredReleases (raw: unknown, bad: (what: string) => never)
     for (const key of ['startedAt', 'updatedAt', 'phaseStartedAt'] as const) if (typeof r[key] !== 'string' || Number.isNaN(Date.parse(r[key]))) bad(`${at}.${key} must be a time`)
     if (r.pausedAt !== null && (typeof r.pausedAt !== 'string' || Number.isNaN(Date.parse(r.pausedAt)))) bad(`${at}.pausedAt must be a time or null`)
     if (!Array.isArray(r.verdicts) || !Array.isArray(r.history)) bad(`${at}.verdicts and history must be lists`)
+    // A run reads the baseline on every look in verifying: a bad one would throw there on every tick.
+    if (r.baseline !== undefined && (!isObject(r.baseline) || Object.values(r.baseline).some((b) => !isObject(b) || typeof b.requests !== 'number' || typeof b.errors !== 'number' || !Array.isArray(b.latency) || b.latency.some((x) => typeof x !== 'number')))) bad(`${at}.baseline must map services to {requests, errors, latency: [bucket, count, ...]}`)
     return r as unknown as Release
   })
 }

@@ -23,6 +23,12 @@ export interface VerifySettings {
   latencyFloor: number
   /** Requests (or latency samples) a side needs before a test runs on it. */
   minRequests: number
+  /**
+   * With an old side short of `minRequests` there is no rate to compare
+   * with: the new color may then fail up to this share (the guard's
+   * maxErrorRate) before it counts as worse. Unset: 0, any error beyond the margin.
+   */
+  absoluteErrorRate?: number
 }
 
 /** A color's counts over a window: the differences between two moments. */
@@ -95,16 +101,17 @@ export function judge (newS: ColorSample, oldS: ColorSample, verify: VerifySetti
 }
 
 function judgeErrors (newS: ColorSample, oldS: ColorSample, verify: VerifySettings, zLimit: number, reasons: string[]): ServiceVerdict['errors'] {
-  const margin = verify.maxErrorRateIncrease
+  const need = Math.max(1, verify.minRequests)
+  const oldShort = oldS.requests < need
+  // No old rate to compare with: against the absolute ceiling, when it is the larger margin.
+  const margin = oldShort ? Math.max(verify.maxErrorRateIncrease, verify.absoluteErrorRate ?? 0) : verify.maxErrorRateIncrease
   const side = (s: ColorSample): ServiceVerdict['errors']['new'] =>
     ({ requests: s.requests, errors: s.errors, rate: s.requests > 0 ? s.errors / s.requests : null })
   const out: ServiceVerdict['errors'] = { new: side(newS), old: side(oldS), margin, z: null, p: null, outcome: 'inconclusive' }
-  const need = Math.max(1, verify.minRequests)
   if (newS.requests < need) {
     reasons.push(`error rate: too few requests on the new color to judge (${newS.requests} < ${need})`)
     return out
   }
-  const oldShort = oldS.requests < need
   const { z, p } = oldShort
     ? twoProportion(newS.errors, newS.requests, 0, Infinity, margin)
     : twoProportion(newS.errors, newS.requests, oldS.errors, oldS.requests, margin)
@@ -114,7 +121,7 @@ function judgeErrors (newS: ColorSample, oldS: ColorSample, verify: VerifySettin
   const rateNew = newS.errors / newS.requests
   const rateOld = oldShort ? 0 : oldS.errors / oldS.requests
   const against = oldShort
-    ? `0% (the old color had ${oldS.requests} requests, under ${need}: compared with none failing)`
+    ? `0% (the old color had ${oldS.requests} requests, under ${need}: compared with none failing, and ${pct(margin)} allowed)`
     : `${pct(rateOld)} (${oldS.errors}/${oldS.requests})`
   const verdict = out.outcome === 'fail'
     ? `significantly more than ${pp(margin)} allowed (z=${num(z)} > ${zLimit}, p=${pValue(p)})`

@@ -3,7 +3,7 @@
 
 import { isColor, type Color } from '../config/schema.js'
 import type { ColorRoute, RouteSplit, ServiceRoute } from './snapshot.js'
-import { bucketOf, fnv1a32, parseSticky, SPLIT_HEADER, stickyValue } from './split.js'
+import { bucketOf, fnv1a32, parseSticky, SPLIT_HEADER, stickySetCookie, stickyValue } from './split.js'
 
 /** What choosing a color reads of a request: the Cookie header, a service's preview header, and a split's key. */
 export interface ChoiceHeaders {
@@ -118,11 +118,16 @@ export function chooseSticky (route: ServiceRoute, headers: ChoiceHeaders): Stic
   }
   const split = route.split
   const cookies = route.stickySetCookie as Readonly<Record<Color, string>>
-  if (split === undefined) return { color: live, setCookie: pinned === live.color ? undefined : cookies[live.color] }
-  const point = (dot === -1 ? undefined : parseSticky(cookie as string).point) ?? keyPoint(headers)
+  const kept = dot === -1 ? undefined : parseSticky(cookie as string).point
+  if (split === undefined) {
+    if (pinned === live.color) return { color: live, setCookie: undefined }
+    // A cookie's key outlives the split (a revert, the next release): the browser keeps it, and with it its place in the next split.
+    return { color: live, setCookie: kept === undefined ? cookies[live.color] : stickySetCookie(route.stickyCookie as string, stickyValue(live.color, kept)) }
+  }
+  const point = kept ?? keyPoint(headers)
   const color = splitColor(route, split, point)
   const value = stickyValue(color.color, point)
-  return { color, setCookie: cookie === value ? undefined : `${route.stickyCookie as string}=${value}; Path=/; HttpOnly; SameSite=Lax` }
+  return { color, setCookie: cookie === value ? undefined : stickySetCookie(route.stickyCookie as string, value) }
 }
 
 /** Whether choosing a color for `route` reads request headers at all (preview or sticky settings, a split in force). */

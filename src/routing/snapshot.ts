@@ -4,7 +4,7 @@
 import { COLORS, type Color, type Config, type ServiceConfig, type Timeouts } from '../config/schema.js'
 import type { ColorStats, Target, TargetRegistry } from '../upstream/registry.js'
 import { TargetSet } from '../upstream/target-set.js'
-import { thresholdOf } from './split.js'
+import { stickySetCookie, thresholdOf } from './split.js'
 
 /** What changes at run time and persists: the controller owns it. */
 export interface ServiceState {
@@ -182,7 +182,7 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
       stickyCookie: svc.sticky?.cookie,
       stickySetCookie: svc.sticky === undefined
         ? undefined
-        : { blue: `${svc.sticky.cookie}=blue; Path=/; HttpOnly; SameSite=Lax`, green: `${svc.sticky.cookie}=green; Path=/; HttpOnly; SameSite=Lax` },
+        : { blue: stickySetCookie(svc.sticky.cookie, 'blue'), green: stickySetCookie(svc.sticky.cookie, 'green') },
       stickyHold: svc.sticky === undefined ? undefined : stickyHold(state.sticky?.[svc.name], live),
       split: routeSplit(st?.split, live, colors),
       sampled: st?.release !== undefined,

@@ -73,6 +73,11 @@ export function parseSticky (value: string): StickyValue {
   return { color: value.slice(0, dot), point: HEX8.test(hex) ? parseInt(hex, 16) : undefined }
 }
 
+/** The Set-Cookie that gives a browser sticky cookie `name` with `value`: one spelling for every path that sets it. */
+export function stickySetCookie (name: string, value: string): string {
+  return `${name}=${value}; Path=/; HttpOnly; SameSite=Lax`
+}
+
 /** The sticky cookie's value naming `color` and carrying `point`. */
 export function stickyValue (color: Color, point: number): string {
   return `${color}.${pointHex(point)}`
