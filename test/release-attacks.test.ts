@@ -12,7 +12,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { admin, configFile, eventually, http1, listening, openWs, serve, startBackend, startGateway, tempDir, type Backend } from './helpers/index.js'
 import { startEtcd } from './helpers/etcd.js'
-import { fleetFormed, freshPrefix, startChildReplica, startReplica, stateOf, type Replica } from './helpers/fleet.js'
+import { eventsOf, fleetFormed, freshPrefix, runFor, startChildReplica, startReplica, stateOf, type Replica } from './helpers/fleet.js'
 
 const config = parseConfig(JSON.stringify({
   services: {
@@ -499,4 +499,36 @@ services:
   for (let i = 0; i < 40; i++) seen.add(String((await http1(`${gw.url}/x`, { headers: { cookie: 'sy=blue', 'x-switchyard-key': `k${i}` } })).json.backend))
   t.same([...seen].sort(), ['v1', 'v2'], 'keys split between the live color and the new targets, none on the old blue targets')
   ws.terminate()
+})
+
+t.test('fleet: a release created on a follower takes its services from the leader\'s guard, which does not revert under it', async (t) => {
+  const etcd = await startEtcd(t)
+  const [v1, green, v2] = await Promise.all(['v1', 'green', 'v2'].map(async (n) => await startBackend(t, n)))
+  const services = `  users:
+    match: { pathPrefix: / }
+    blue: { targets: [${v1.url}] }
+    green: { targets: [${green.url}] }
+    guard: { window: 60s, maxErrorRate: 0.05, minRequests: 10 }
+`
+  const prefix = freshPrefix()
+  const a = await startReplica(t, etcd.endpoint, prefix, 'a', services)
+  const b = await startReplica(t, etcd.endpoint, prefix, 'b', services)
+  await eventually(async () => await fleetFormed([a, b]), { timeout: 10_000, interval: 100 })
+  const leaderId = (await stateOf(a)).fleet.leader as string
+  const [leader, follower] = leaderId === 'a' ? [a, b] : [b, a]
+  t.equal((await admin(leader.adminUrl, 'POST', '/v1/flip', { wait: 'fleet' })).status, 200)
+  t.equal((await stateOf(leader)).services.users.guard?.active, true, 'the leader guards users/green')
+  const created = await admin(follower.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] } }, steps: [{ weight: 10, hold: '60s' }] })
+  t.equal(created.status, 201, JSON.stringify(created.json))
+  const id = created.json.id as string
+  await eventually(async () => (await admin(leader.adminUrl, 'GET', `/v1/releases/${id}`)).json.phase === 'shifting', { timeout: 10_000, interval: 50 })
+  // Green, still live, fails now: a guard left running on the leader would revert users to blue, the release's new color, unjudged.
+  green.handler = (req, res) => { res.writeHead(req.url === '/healthz' ? 200 : 500); res.end() }
+  let failed = 0
+  for (let i = 0; i < 60; i++) if ((await http1(`${leader.url}/x`, { headers: { 'x-switchyard-key': `k${i}` } })).status >= 500) failed++
+  t.ok(failed > 30, `green failed ${failed} of 60`)
+  await runFor(1_500)
+  t.same((await eventsOf(leader, 'auto_revert')).map((e: any) => e.reason), [], 'no auto-revert')
+  t.equal((await admin(leader.adminUrl, 'GET', `/v1/releases/${id}`)).json.phase, 'shifting', 'the release goes on')
+  t.equal((await stateOf(leader)).services.users.live, 'green')
 })
