@@ -321,6 +321,8 @@ t.test('healthy releases under load pass every verdict: no false revert over rep
 
 t.test('a release takes its services from a guard still watching an earlier flip: the guard does not revert under it', async (t) => {
   const f = await fixture(t)
+  // The flip's gate needs green probed healthy (readiness waits only for the live colors).
+  await eventually(async () => (await admin(f.gw.adminUrl, 'GET', '/v1/state')).json.services.users.environments.green.healthy === 1)
   t.equal((await admin(f.gw.adminUrl, 'POST', '/v1/flip', { services: ['users'] })).status, 200)
   t.equal((await admin(f.gw.adminUrl, 'GET', '/v1/state')).json.services.users.guard?.active, true, 'the guard watches users/green')
   // users is live on green (users-idle) now; the release deploys v2 to blue.
