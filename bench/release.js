@@ -52,7 +52,7 @@ import { fileURLToPath } from 'node:url'
 import { makeTempDir, parseArgs, removeTempDir, startChild, trackProcess } from './lib/children.js'
 import { treeCpuSeconds } from './lib/cpu.js'
 import { FineHistogram } from './lib/load.js'
-import { parseWrkOutput } from './lib/wrk.js'
+import { parseWrkOutput, script } from './lib/wrk.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const lib = (f) => join(here, 'lib', f)
@@ -110,25 +110,18 @@ const log = (line) => process.stderr.write(`[release] ${line}\n`)
 // ---------------------------------------------------------------- the load
 
 // Every request its own key ("k1", "k2", ...): the split hashes it, so about
-// `weight` percent of requests go to the new color. The done() hook prints the
-// same WRKJSON line as lib/wrk.js's, which parseWrkOutput reads.
-const WRK_LUA = `
+// `weight` percent of requests go to the new color. lib/wrk.js adds the done()
+// hook whose WRKJSON line parseWrkOutput reads.
+const WRK_LUA = script({
+  extra: `
 local n = 0
 local h = {}
 request = function()
   n = n + 1
   h["x-switchyard-key"] = "k" .. n
   return wrk.format(nil, nil, h)
-end
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  local p = function(x) return latency:percentile(x) end
-  io.write(string.format('WRKJSON {"durationUs":%.0f,"requests":%.0f,"bytes":%.0f,"errors":{"connect":%.0f,"read":%.0f,"write":%.0f,"status":%.0f,"timeout":%.0f},"latencyUs":{"min":%.0f,"max":%.0f,"mean":%.3f,"stdev":%.3f,"p50":%.0f,"p90":%.0f,"p99":%.0f,"p99_9":%.0f,"p99_99":%.0f}}\\n',
-    summary.duration, summary.requests, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
-    latency.min, latency.max, latency.mean, latency.stdev, p(50), p(90), p(99), p(99.9), p(99.99)))
-end
-`
+end`,
+})
 
 /**
  * Starts the load; returns { stop(), done } where `done` resolves with

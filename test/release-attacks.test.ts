@@ -10,7 +10,7 @@ import { endOverridden, planCreate, planDeploy, planForward, planPause, planResu
 import { parseStateDocument, type PersistedState } from '../src/state/file-store.js'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { admin, configFile, eventually, http1, listening, openWs, serve, startBackend, startGateway, tempDir, type Backend } from './helpers/index.js'
+import { admin, configFile, eventually, http1, listening, openWs, serve, startBackend, startGateway, tempDir, type Backend, usersYaml } from './helpers/index.js'
 import { startEtcd } from './helpers/etcd.js'
 import { eventsOf, fleetFormed, freshPrefix, runFor, startChildReplica, startReplica, stateOf, type Replica } from './helpers/fleet.js'
 
@@ -352,15 +352,7 @@ t.test('fleet: the leader SIGKILLed mid-step, the next leader goes on at the sam
 
 t.test('actions racing each other and the run leave a consistent end: the live color matches the outcome, no weights, no mark', async (t) => {
   const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
-  const gw = await startGateway(t, `defaults:
-  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
-  drain: { timeout: 200ms }
-services:
-  users:
-    match: { pathPrefix: / }
-    blue: { targets: [${v1.url}] }
-    green: { targets: [${idle.url}] }
-`)
+  const gw = await startGateway(t, usersYaml(v1, idle, '200ms'))
   const actions = ['pause', 'promote', 'resume', 'abort', 'promote', 'pause', 'resume']
   for (let round = 0; round < 4; round++) {
     const created = await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [round % 2 === 0 ? v2.url : v1.url] } }, steps: [{ weight: 20, hold: '1s' }], verify: { window: '1s' } })
@@ -414,15 +406,7 @@ services:
 
 t.test('a release reverted or aborted while shifting drains the WebSockets its split sent to the new color', async (t) => {
   const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
-  const gw = await startGateway(t, `defaults:
-  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
-  drain: { timeout: 500ms }
-services:
-  users:
-    match: { pathPrefix: / }
-    blue: { targets: [${v1.url}] }
-    green: { targets: [${idle.url}] }
-`)
+  const gw = await startGateway(t, usersYaml(v1, idle, '500ms'))
   const id = (await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [v2.url] } }, steps: [{ weight: 50, hold: '60s' }] })).json.id as string
   await eventually(async () => (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json.phase === 'shifting', { timeout: 10_000 })
   // A key the split sends to the new color.

@@ -3,19 +3,11 @@
 
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { admin, configFile, eventually, listening, serve, startBackend } from './helpers/index.js'
+import { admin, configFile, eventually, listening, serve, startBackend, usersYaml } from './helpers/index.js'
 
 t.test('SIGKILL in shifting, then a restart: the release resumes at the same step, timers from the stored start', async (t) => {
   const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
-  const file = configFile(t, `defaults:
-  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
-  drain: { timeout: 1s }
-services:
-  users:
-    match: { pathPrefix: / }
-    blue: { targets: [${v1.url}] }
-    green: { targets: [${idle.url}] }
-`)
+  const file = configFile(t, usersYaml(v1, idle, '1s'))
   const start = async (): Promise<{ url: string, pub: string, kill: () => Promise<void> }> => {
     const p = serve(t, ['serve', '--config', file])
     const { admin: port, port: pub } = await listening(p)
@@ -69,15 +61,7 @@ services:
 t.test('the CLI follows a release and exits 0 when it is done, 3 when it is reverted', async (t) => {
   const [v1, idle, v2, bad] = await Promise.all(['v1', 'idle', 'v2', 'bad'].map(async (n) => await startBackend(t, n)))
   bad.handler = (req, res) => { res.writeHead(req.url === '/healthz' ? 200 : 500); res.end() }
-  const file = configFile(t, `defaults:
-  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
-  drain: { timeout: 1s }
-services:
-  users:
-    match: { pathPrefix: / }
-    blue: { targets: [${v1.url}] }
-    green: { targets: [${idle.url}] }
-`)
+  const file = configFile(t, usersYaml(v1, idle, '1s'))
   const gw = serve(t, ['serve', '--config', file])
   const { admin: port, port: pub } = await listening(gw)
   const adminUrl = `http://127.0.0.1:${port}`

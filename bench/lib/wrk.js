@@ -14,10 +14,15 @@ import { makeTempDir, removeTempDir, trackProcess } from './children.js'
 
 const lua = (s) => `"${String(s).replace(/[\\"]/g, (c) => '\\' + c).replace(/\n/g, '\\n')}"`
 
-function script ({ method, body, headers }) {
+/**
+ * The Lua script: method, body and headers, then `extra` (more Lua, such as
+ * a request() hook), then the done() hook whose WRKJSON line parseWrkOutput reads.
+ */
+export function script ({ method = 'GET', body, headers, extra }) {
   const lines = [`wrk.method = ${lua(method)}`]
   if (body !== undefined) lines.push(`wrk.body = ${lua(body)}`)
   for (const [k, v] of Object.entries(headers ?? {})) lines.push(`wrk.headers[${lua(k)}] = ${lua(v)}`)
+  if (extra !== undefined) lines.push(extra)
   lines.push(`
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -134,6 +134,19 @@ export function serviceYaml (name: string, prefix: string, blue: Backend[], gree
 ${extra}`
 }
 
+/** One service, `users` on `/`, live on blue, probed every 100 ms: where the release tests start from. */
+export function usersYaml (blue: Backend, green: Backend, drainTimeout: string): string {
+  return `defaults:
+  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
+  drain: { timeout: ${drainTimeout} }
+services:
+  users:
+    match: { pathPrefix: / }
+    blue: { targets: [${blue.url}] }
+    green: { targets: [${green.url}] }
+`
+}
+
 export interface Reply {
   status: number
   headers: Record<string, string | string[] | undefined>
