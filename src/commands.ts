@@ -12,6 +12,7 @@ import { startDemoBackends, stopDemoBackends, type DemoBackend } from './demo.js
 import { Gateway } from './gateway.js'
 import { runWorker, WorkerPool } from './listen/worker-pool.js'
 import { log } from './log.js'
+import type { ReleaseOutcome, ReleasePhase } from './release/model.js'
 import { openState } from './state/open.js'
 import type { StateStore } from './state/store.js'
 import { exportState, importState, parseDocument } from './state/transfer.js'
@@ -503,7 +504,6 @@ async function stateImport (argv: string[], io: Io): Promise<number> {
 
 // --- releases ---------------------------------------------------------------------
 
-type ReleasePhase = 'deploying' | 'warming' | 'testing' | 'shifting' | 'verifying' | 'draining' | 'done' | 'reverted' | 'aborted' | 'failed'
 
 interface SideErrors { requests: number, errors: number, rate: number | null }
 interface SideLatency { samples: number, p50Ms: number | null, p99Ms: number | null }
@@ -535,7 +535,7 @@ interface ReleaseView {
 }
 
 /** What `--wait` exits with once the release has ended; a phase not listed has not ended. */
-const RELEASE_EXIT: Partial<Record<string, number>> = { done: 0, reverted: 3, aborted: 4, failed: 4 }
+const RELEASE_EXIT: Partial<Record<ReleasePhase, number>> & Record<ReleaseOutcome, number> = { done: 0, reverted: 3, aborted: 4, failed: 4 }
 const RELEASE_ACTIONS = ['pause', 'resume', 'promote', 'abort']
 const RELEASE_USAGE = `usage: switchyard release NAME=URL[,URL]... [--version V|NAME=V,...] [--steps WEIGHT:DURATION,...] [--verify DURATION]
                          [--timeout DURATION] [--reason TEXT] [--if-generation N] [--wait]

@@ -5,6 +5,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client'
 import { COLORS } from './config/schema.js'
 import type { Controller } from './control/controller.js'
+import { weightOf } from './routing/snapshot.js'
 import { DURATION_BUCKETS, type ColorStats, type UpstreamErrorKind } from './upstream/color-stats.js'
 import type { TargetRegistry } from './upstream/registry.js'
 
@@ -110,11 +111,7 @@ export function createMetrics (deps: Deps): Registry {
     collect () {
       this.reset()
       for (const route of deps.controller().snapshots.current.services.values()) {
-        const split = route.split
-        for (const color of COLORS) {
-          const weight = split === undefined ? (route.live === color ? 100 : 0) : split.to.color === color ? split.weight : 100 - split.weight
-          this.set({ service: route.name, color }, weight)
-        }
+        for (const color of COLORS) this.set({ service: route.name, color }, weightOf(route, color))
       }
     },
   })

@@ -24,6 +24,16 @@ export function planCreate (state: PersistedState, release: Release): PersistedS
   return next
 }
 
+/** An ended release lets its services go: no weights, no mark (in `next`, a copy being built). */
+function letGo (next: PersistedState, r: Release): void {
+  for (const name of Object.keys(r.services)) {
+    const st = next.services[name]
+    if (st === undefined) continue
+    delete st.split
+    if (st.release === r.id) delete st.release
+  }
+}
+
 /** Moves the release (by id, in a copy of `state`) to `phase`; `edit` changes the copy's routing and release further. */
 function move (state: PersistedState, id: string, phase: ReleasePhase, now: number, edit: (next: PersistedState, r: Release) => Partial<ReleaseMove['event']> | undefined): ReleaseMove {
   const next = structuredClone(state)
@@ -42,12 +52,7 @@ function move (state: PersistedState, id: string, phase: ReleasePhase, now: numb
   r.phase = phase
   r.updatedAt = at
   if (!isRunning(phase)) {
-    for (const name of Object.keys(r.services)) {
-      const st = next.services[name]
-      if (st === undefined) continue
-      delete st.split
-      if (st.release === r.id) delete st.release
-    }
+    letGo(next, r)
     next.releases = pruneReleases(next.releases ?? [])
   }
   next.generation++
@@ -189,11 +194,10 @@ export function endOverridden (next: PersistedState, services: readonly string[]
     r.phaseStartedAt = at
     r.history.push({ phase: 'aborted', at })
     r.weight = 0
+    letGo(out, r)
     for (const [name, s] of Object.entries(r.services)) {
       const st = out.services[name]
       if (st === undefined) continue
-      delete st.split
-      if (st.release === r.id) delete st.release
       // All services of a release move together: those the change did not name leave the new color with it.
       if (moved !== undefined && !services.includes(name) && st.live === s.to) {
         out.services[name] = { ...st, live: s.from, previous: s.to }

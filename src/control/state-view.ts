@@ -2,7 +2,7 @@
 // colors a health event names. Reads only; what it shows comes from the controller.
 
 import { COLORS, otherColor, type Color } from '../config/schema.js'
-import type { Snapshot } from '../routing/snapshot.js'
+import { weightOf, type Snapshot } from '../routing/snapshot.js'
 import { isChange, type ColorChange, type SwitchyardEvent } from '../state/events.js'
 import type { PersistedState } from '../state/file-store.js'
 import type { Fleet, StateStore } from '../state/store.js'
@@ -40,12 +40,11 @@ export function describeState (src: StateViewSource): Record<string, unknown> {
         ...(st.targets[color] === undefined ? {} : { targetsFrom: 'api' }),
       }
     }
-    const split = route.split
     services[route.name] = {
       live: route.live,
       previous: st.previous,
       // Percent of ordinary traffic per color, as routing has it (the snapshot's split, which a color without targets does not get).
-      weights: split === undefined ? { [route.live]: 100, [otherColor(route.live)]: 0 } : { [route.live]: 100 - split.weight, [split.to.color]: split.weight },
+      weights: { [route.live]: weightOf(route, route.live), [otherColor(route.live)]: weightOf(route, otherColor(route.live)) },
       ...(st.release === undefined ? {} : { release: st.release }),
       route: { ...(route.host === undefined ? {} : { host: route.host }), pathPrefix: route.prefix },
       guard: src.guardOf(route.name),

@@ -107,9 +107,9 @@ export function chooseSticky (route: ServiceRoute, headers: ChoiceHeaders): Stic
     if (preview !== undefined) return { color: route.colors[preview], setCookie: undefined }
   }
   const cookie = cookieValue(headers.cookie, route.stickyCookie as string)
-  // Holds read the color part: `green` and `green.0a1b2c3d` pin alike.
-  const dot = cookie === undefined ? -1 : cookie.indexOf('.')
-  const pinned = dot === -1 ? cookie : (cookie as string).slice(0, dot)
+  // Holds read the color part: `green` and `green.0a1b2c3d` pin alike. A plain color is read as it is, with nothing parsed or allocated.
+  const parsed = cookie === undefined || !cookie.includes('.') ? undefined : parseSticky(cookie)
+  const pinned = parsed === undefined ? cookie : parsed.color
   const live = route.colors[route.live]
   // The hold comes with the snapshot (every worker has it) and ends by the clock, so no process waits on a message.
   const hold = route.stickyHold
@@ -118,7 +118,7 @@ export function chooseSticky (route: ServiceRoute, headers: ChoiceHeaders): Stic
   }
   const split = route.split
   const cookies = route.stickySetCookie as Readonly<Record<Color, string>>
-  const kept = dot === -1 ? undefined : parseSticky(cookie as string).point
+  const kept = parsed?.point
   if (split === undefined) {
     if (pinned === live.color) return { color: live, setCookie: undefined }
     // A cookie's key outlives the split (a revert, the next release): the browser keeps it, and with it its place in the next split.
@@ -130,9 +130,14 @@ export function chooseSticky (route: ServiceRoute, headers: ChoiceHeaders): Stic
   return { color, setCookie: cookie === value ? undefined : stickySetCookie(route.stickyCookie as string, value) }
 }
 
+/** Whether a header or cookie can pick `route`'s color (preview or sticky settings): what `ambiguousRouting` checks. */
+export function routesByHeaders (route: ServiceRoute): boolean {
+  return route.previewHeader !== undefined || route.previewCookie !== undefined || route.stickyCookie !== undefined
+}
+
 /** Whether choosing a color for `route` reads request headers at all (preview or sticky settings, a split in force). */
 export function readsHeaders (route: ServiceRoute): boolean {
-  return route.split !== undefined || route.previewHeader !== undefined || route.previewCookie !== undefined || route.stickyCookie !== undefined
+  return route.split !== undefined || routesByHeaders(route)
 }
 
 /**

@@ -3,7 +3,7 @@
 
 import type { Color } from '../config/schema.js'
 import type { Refusal, RequestFacts, Resolution, Resolve } from '../proxy/resolve.js'
-import { ambiguousRouting, chooseFor, readsHeaders } from './choose.js'
+import { ambiguousRouting, chooseFor, readsHeaders, routesByHeaders } from './choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from './path.js'
 import type { SnapshotView } from './snapshot.js'
 
@@ -35,8 +35,11 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     if (route === undefined) return target === raw ? NO_ROUTE : { ...NO_ROUTE, target }
     let headers: RequestFacts | undefined
     if (readsHeaders(route)) {
-      const ambiguous = ambiguousRouting(route, route.previewHeader === undefined ? 0 : facts.headerLines(route.previewHeader), facts.connectionNames)
-      if (ambiguous !== undefined) return { code: 'bad_request', message: ambiguous, target, stats: undefined }
+      // A split alone reads only its key, which nothing can make ambiguous (two lines are no key): no Connection list to build.
+      if (routesByHeaders(route)) {
+        const ambiguous = ambiguousRouting(route, route.previewHeader === undefined ? 0 : facts.headerLines(route.previewHeader), facts.connectionNames)
+        if (ambiguous !== undefined) return { code: 'bad_request', message: ambiguous, target, stats: undefined }
+      }
       headers = facts
     }
     const { color, setCookie } = chooseFor(route, facts.smoke === undefined ? undefined : pins.colorOf(facts.smoke), headers)

@@ -235,6 +235,13 @@ export function configureSampling (snapshot: Snapshot): void {
   }
 }
 
+/** Percent of a route's ordinary traffic (not preview, not smoke) `color` gets: the split's, else all on live. */
+export function weightOf (route: ServiceRoute, color: Color): number {
+  const split = route.split
+  if (split === undefined) return route.live === color ? 100 : 0
+  return split.to.color === color ? split.weight : 100 - split.weight
+}
+
 /** Target URLs a snapshot uses; the registry keeps these and forgets the rest. */
 export function snapshotTargets (snapshot: Snapshot): Set<string> {
   const urls = new Set<string>()
