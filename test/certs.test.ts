@@ -6,7 +6,7 @@ import tls, { type ConnectionOptions, type TLSSocket } from 'node:tls'
 import type { AddressInfo } from 'node:net'
 import { execFileSync } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CertError, CertStore, type LogFn } from '../src/listen/certs.js'
 import { ConfigError, parseConfig, type ConfigProblem } from '../src/config/load.js'
@@ -113,6 +113,7 @@ async function echo (socket: TLSSocket, text: string): Promise<string> {
   })
 }
 
+/** What the files hold when called: take it before they are replaced. */
 function fingerprintOf (files: CertFiles): string {
   return new X509Certificate(readFileSync(files.cert)).fingerprint256
 }
@@ -253,6 +254,86 @@ t.test('a broken replacement is refused and logged, the old certificate still se
   const otherFp = fingerprintOf(other)
   await eventually(async () => await servedFingerprint(t, port, 'site.test') === otherFp)
   t.equal(changes, 1)
+})
+
+t.test('a Kubernetes secret update (a swapped ..data link) and a link into another folder are followed', async (t) => {
+  const dir = tempDir(t)
+  const made = [1, 2, 3].map((n) => makeCert(dir, `gen${n}`, { names: ['site.test'] }))
+  const fps = made.map(fingerprintOf)
+
+  // What the kubelet does: files in a dated folder, `..data` linking to it, each file a link through `..data`.
+  const secret = join(dir, 'secret')
+  const project = (n: number): void => {
+    const dated = join(secret, `..2026_${n}`)
+    mkdirSync(dated, { recursive: true })
+    copyFileSync(made[n - 1].cert, join(dated, 'tls.crt'))
+    copyFileSync(made[n - 1].key, join(dated, 'tls.key'))
+    symlinkSync(`..2026_${n}`, join(secret, '..data_tmp'))
+    renameSync(join(secret, '..data_tmp'), join(secret, '..data'))
+    // The kubelet removes the old folder; here the second update leaves it a while, so the `..data` swap alone must be seen.
+    if (n > 2) rmSync(join(secret, `..2026_${n - 1}`), { recursive: true })
+    if (n > 2) rmSync(join(secret, `..2026_${n - 2}`), { recursive: true })
+  }
+  project(1)
+  symlinkSync('..data/tls.crt', join(secret, 'tls.crt'))
+  symlinkSync('..data/tls.key', join(secret, 'tls.key'))
+
+  // certbot's layout: `live/` links into `archive/`, whose files may be rewritten in place.
+  mkdirSync(join(dir, 'live'))
+  mkdirSync(join(dir, 'archive'))
+  copyFileSync(made[0].cert, join(dir, 'archive', 'cert.pem'))
+  copyFileSync(made[0].key, join(dir, 'archive', 'key.pem'))
+  symlinkSync('../archive/cert.pem', join(dir, 'live', 'cert.pem'))
+  symlinkSync('../archive/key.pem', join(dir, 'live', 'key.pem'))
+
+  const { lines, log } = logCollector()
+  const store = new CertStore({ certs: [{ cert: join(secret, 'tls.crt'), key: join(secret, 'tls.key') }, { cert: join(dir, 'live', 'cert.pem'), key: join(dir, 'live', 'key.pem') }], minVersion: 'TLSv1.2' }, { log })
+  t.teardown(store.watch())
+  const served = (): string[] => store.certs().map((c) => c.fingerprint256)
+  t.strictSame(served(), [fps[0], fps[0]])
+
+  project(2)
+  await eventually(() => served()[0] === fps[1])
+  project(3)
+  await eventually(() => served()[0] === fps[2], { timeout: 3000 })
+  t.pass('a second update is seen too: the watch moved with the link')
+
+  writeFileSync(join(dir, 'archive', 'key.pem'), readFileSync(made[1].key))
+  writeFileSync(join(dir, 'archive', 'cert.pem'), readFileSync(made[1].cert))
+  await eventually(() => served()[1] === fps[1])
+  // The links move to another folder (by rename, as certbot does), whose files are then rewritten in place.
+  mkdirSync(join(dir, 'archive2'))
+  copyFileSync(made[0].cert, join(dir, 'archive2', 'cert.pem'))
+  copyFileSync(made[0].key, join(dir, 'archive2', 'key.pem'))
+  for (const f of ['cert.pem', 'key.pem']) {
+    symlinkSync(`../archive2/${f}`, join(dir, 'live', `${f}.new`))
+    renameSync(join(dir, 'live', `${f}.new`), join(dir, 'live', f))
+  }
+  await eventually(() => served()[1] === fps[0])
+  writeFileSync(join(dir, 'archive2', 'key.pem'), readFileSync(made[2].key))
+  writeFileSync(join(dir, 'archive2', 'cert.pem'), readFileSync(made[2].cert))
+  await eventually(() => served()[1] === fps[2])
+  t.strictSame(lines.filter((l) => l.level !== 'info'), [], 'nothing refused, no watch failed')
+})
+
+t.test('a stopped watch ignores the files; reload() still reaches attached servers', async (t) => {
+  const dir = tempDir(t)
+  const site = makeCert(dir, 'site', { names: ['site.test'] })
+  const next = makeCert(dir, 'next', { names: ['site.test'] })
+  const store = new CertStore({ certs: [site], minVersion: 'TLSv1.2' }, { log: logCollector().log })
+  const { server, port } = await echoServer(t, store)
+  store.attach(server)
+  const [oldFp, newFp] = [fingerprintOf(site), fingerprintOf(next)]
+  const stop = store.watch()
+  stop()
+  replaceFile(site.key, readFileSync(next.key))
+  replaceFile(site.cert, readFileSync(next.cert))
+  // Nothing to poll for when nothing should happen: wait out several settle periods.
+  await new Promise((resolve) => setTimeout(resolve, 400))
+  t.equal(await servedFingerprint(t, port, undefined), oldFp, 'not reloaded after the watch stopped')
+  t.equal(store.reload(), true)
+  t.equal(await servedFingerprint(t, port, undefined), newFp)
+  t.equal(await servedFingerprint(t, port, 'site.test'), newFp)
 })
 
 function thrown (fn: () => unknown): unknown {

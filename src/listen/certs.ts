@@ -1,7 +1,7 @@
 // The public listener's certificates: read and checked from their PEM files, picked by SNI,
 // and replaced all together when the files change or a reload asks, or not at all when one is bad.
 
-import { readFileSync, watch as watchFolder, type FSWatcher } from 'node:fs'
+import { readFileSync, realpathSync, watch as watchFolder, type FSWatcher } from 'node:fs'
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto'
 import { basename, dirname } from 'node:path'
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls'
@@ -232,6 +232,8 @@ export class CertStore {
   readonly #log: LogFn
   readonly #servers = new Map<SecureServer, SecureContextOptions>()
   #watchers: FSWatcher[] = []
+  /** The folders (and names) the watchers were set up for, to see when they must move. */
+  #watched = ''
   #watching = false
   #onChange: ((certs: CertInfo[]) => void) | undefined
   #timer: NodeJS.Timeout | undefined
@@ -293,13 +295,13 @@ export class CertStore {
    */
   reload (next: TlsConfig = this.#tls): boolean {
     const set = readSet(next)
-    const folders = this.#folders()
     this.#tls = next
+    // A new list, or a link that now points elsewhere (a Kubernetes secret update), moves what is watched.
+    if (this.#watching && JSON.stringify(this.#folders()) !== this.#watched) this.#startWatchers()
     if (sameSet(set, this.#set)) return false
     this.#set = set
     for (const [server, extra] of this.#servers) this.#applyTo(server, extra)
     this.#warnValidity()
-    if (this.#watching && JSON.stringify(this.#folders()) !== JSON.stringify(folders)) this.#startWatchers()
     return true
   }
 
@@ -309,21 +311,26 @@ export class CertStore {
    * or the refusal naming the file while the old ones go on. Folders are
    * watched, not files, so a file replaced by a rename (editors, `mv`,
    * Kubernetes secret volumes that swap a `..data` link) is still seen.
-   * `onChange` hears of each replacement. Returns the function that stops it.
+   * `onChange` hears of each replacement. Returns the function that stops
+   * watching (attached servers still follow reload()).
    */
   watch (onChange?: (certs: CertInfo[]) => void): () => void {
     this.#onChange = onChange
     this.#watching = true
     this.#startWatchers()
-    return () => this.close()
+    return () => this.#unwatch()
   }
 
   /** Stops watching and forgets attached servers. */
   close (): void {
+    this.#unwatch()
+    this.#servers.clear()
+  }
+
+  #unwatch (): void {
     this.#watching = false
     this.#stopWatchers()
     clearTimeout(this.#timer)
-    this.#servers.clear()
   }
 
   #pick (servername: string): LoadedCert {
@@ -342,14 +349,26 @@ export class CertStore {
     server.setSecureContext({ ...extra, cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion })
   }
 
-  /** Each folder holding a file, with the file names in it worth a reload. */
+  /**
+   * Each folder holding a file, with the file names in it worth a reload.
+   * A file that is a link is watched where it points too (certbot's `live/`
+   * links into `archive/`): the target may be rewritten in place.
+   */
   #folders (): Array<[string, string[]]> {
     const folders = new Map<string, Set<string>>()
+    const add = (file: string): void => {
+      const names = folders.get(dirname(file)) ?? new Set<string>()
+      names.add(basename(file))
+      folders.set(dirname(file), names)
+    }
     for (const files of this.#tls.certs) {
       for (const file of [files.cert, files.key]) {
-        const names = folders.get(dirname(file)) ?? new Set<string>()
-        names.add(basename(file))
-        folders.set(dirname(file), names)
+        add(file)
+        try {
+          add(realpathSync(file))
+        } catch {
+          // Gone for now: its own folder's watch sees it come back.
+        }
       }
     }
     return [...folders].map(([folder, names]) => [folder, [...names].sort()])
@@ -357,7 +376,9 @@ export class CertStore {
 
   #startWatchers (): void {
     this.#stopWatchers()
-    for (const [folder, names] of this.#folders()) {
+    const folders = this.#folders()
+    this.#watched = JSON.stringify(folders)
+    for (const [folder, names] of folders) {
       let watcher: FSWatcher
       try {
         // Not persistent: a forgotten watch must not keep a stopping process alive.
