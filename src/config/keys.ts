@@ -38,8 +38,13 @@ export const SERVICE_KEYS = {
   ...SECTION_KEYS,
 } as const satisfies KeyTree
 
+/** One certificate of the public listener: PEM files. */
+export const CERT_KEYS = { cert: true, key: true } as const satisfies KeyTree
+
 export const CONFIG_KEYS = {
   listen: true,
+  tls: { certs: { [LIST_ITEM]: CERT_KEYS }, minVersion: true },
+  redirect: { listen: true },
   engine: true,
   trustedProxies: true,
   client: { headerTimeout: true, idleTimeout: true, bodyTimeout: true },

@@ -6,12 +6,13 @@ import { hostname } from 'node:os'
 import { dirname, resolve } from 'node:path'
 import { parseDocument } from 'yaml'
 import {
-  COLORS, DEFAULTS, isColor, type Engine,
+  COLORS, DEFAULTS, TLS_VERSIONS, isColor, type Engine, type CertFiles, type TlsConfig, type TlsVersion,
   type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type VerifyConfig, type PassiveConfig,
   type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type SmokeCheck, type Timeouts,
 } from './schema.js'
 import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, substituteEnv } from './values.js'
-import { CONFIG_KEYS, ENVIRONMENT_KEYS, SECTION_KEYS, SERVICE_KEYS, SMOKE_KEYS, listKeys } from './keys.js'
+import { CertError, readCert } from '../listen/certs.js'
+import { CERT_KEYS, CONFIG_KEYS, ENVIRONMENT_KEYS, SECTION_KEYS, SERVICE_KEYS, SMOKE_KEYS, listKeys } from './keys.js'
 
 export interface ConfigProblem {
   path: string
@@ -204,6 +205,7 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
   const baseDir = file === undefined ? process.cwd() : dirname(file)
 
   const listen = c.hostPort(top.listen, 'listen', DEFAULTS.listen)
+  const tls = top.tls === undefined ? undefined : tlsConfig(top.tls, c, baseDir)
   let engine: Engine = DEFAULTS.engine
   if (top.engine === 'fast' || top.engine === 'node') engine = top.engine
   else if (top.engine !== undefined) c.fail('engine', `must be fast or node, got ${JSON.stringify(top.engine)}`)
@@ -217,6 +219,7 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
   const adminRaw = top.admin === undefined ? {} : c.object(top.admin, 'admin', listKeys(CONFIG_KEYS.admin)) ?? {}
   const allowedHosts = adminRaw.allowedHosts === undefined ? [...DEFAULTS.admin.allowedHosts] : c.hostList(adminRaw.allowedHosts, 'admin.allowedHosts')
   const adminListen = c.hostPort(adminRaw.listen, 'admin.listen', DEFAULTS.admin.listen)
+  const redirect = top.redirect === undefined ? undefined : redirectConfig(top.redirect, top.tls !== undefined, [['listen', listen], ['admin.listen', adminListen]], c)
   const token = adminRaw.token === undefined ? DEFAULTS.admin.token : c.string(adminRaw.token, 'admin.token') ?? ''
   if (token === '' && !isLoopback(adminListen.host)) {
     c.fail('admin.token', `required when admin.listen (${adminListen.host}) is not loopback`)
@@ -253,6 +256,8 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
   return {
     ...(file === undefined ? {} : { file }),
     listen,
+    ...(tls === undefined ? {} : { tls }),
+    ...(redirect === undefined ? {} : { redirect }),
     engine,
     trustedProxies,
     client,
@@ -263,6 +268,67 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
     metrics: { enabled: metricsEnabled },
     services,
   }
+}
+
+/**
+ * `tls`: the public listener's certificates. Each file is read and checked
+ * here, as a start or a reload would, so `switchyard validate` and a
+ * refused reload name the entry at fault.
+ */
+function tlsConfig (value: unknown, c: Checker, baseDir: string): TlsConfig | undefined {
+  const raw = c.object(value, 'tls', listKeys(CONFIG_KEYS.tls))
+  if (raw === undefined) return undefined
+  let minVersion: TlsVersion = DEFAULTS.tls.minVersion
+  if (raw.minVersion !== undefined) {
+    if (TLS_VERSIONS.includes(raw.minVersion as TlsVersion)) minVersion = raw.minVersion as TlsVersion
+    else c.fail('tls.minVersion', `must be ${TLS_VERSIONS.join(' or ')}, got ${JSON.stringify(raw.minVersion)}`)
+  }
+  const certs: CertFiles[] = []
+  if (raw.certs === undefined) {
+    c.fail('tls.certs', 'required: at least one { cert, key } of PEM files')
+  } else if (!Array.isArray(raw.certs)) {
+    c.fail('tls.certs', 'must be a list of { cert, key } of PEM files')
+  } else if (raw.certs.length === 0) {
+    c.fail('tls.certs', 'required: at least one { cert, key } of PEM files')
+  } else {
+    raw.certs.forEach((v: unknown, i: number) => {
+      const path = join('tls.certs', i)
+      const r = c.object(v, path, listKeys(CERT_KEYS))
+      if (r === undefined) return
+      const files: Partial<CertFiles> = {}
+      for (const k of ['cert', 'key'] as const) {
+        const f = r[k] === undefined ? c.fail(join(path, k), `required: a PEM ${k === 'cert' ? 'certificate' : 'private key'} file`) : c.string(r[k], join(path, k))
+        if (f !== undefined) files[k] = resolve(baseDir, f)
+      }
+      if (files.cert === undefined || files.key === undefined) return
+      const pair = { cert: files.cert, key: files.key }
+      try {
+        readCert(pair, path, minVersion)
+      } catch (err) {
+        if (!(err instanceof CertError)) throw err
+        c.fail(err.path, err.reason)
+      }
+      certs.push(pair)
+    })
+  }
+  return { certs, minVersion }
+}
+
+/** `redirect`: a plain HTTP listener that sends clients to https; it only makes sense beside `tls`. */
+function redirectConfig (value: unknown, hasTls: boolean, others: Array<[string, HostPort]>, c: Checker): { listen: HostPort } | undefined {
+  const raw = c.object(value, 'redirect', listKeys(CONFIG_KEYS.redirect))
+  if (raw === undefined) return undefined
+  if (!hasTls) c.fail('redirect', 'needs tls: it answers plain HTTP with a redirect to https on the public listener')
+  if (raw.listen === undefined) return c.fail('redirect.listen', 'required: the host:port of the plain HTTP listener, e.g. 0.0.0.0:8080')
+  const listen = c.hostPort(raw.listen, 'redirect.listen', '')
+  const anyHost = (h: string): boolean => h === '0.0.0.0' || h === '::'
+  for (const [name, other] of others) {
+    // Port 0 asks the kernel for a free port, so two of them never collide.
+    if (listen.port !== 0 && listen.port === other.port && (listen.host === other.host || anyHost(listen.host) || anyHost(other.host))) {
+      c.fail('redirect.listen', `same port as ${name} (${other.host}:${other.port})`)
+    }
+  }
+  return { listen }
 }
 
 /** `state.etcd`: where a fleet keeps its state. */

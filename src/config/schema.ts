@@ -165,11 +165,38 @@ export interface ServiceConfig {
   limits: LimitsConfig
 }
 
+/** The TLS versions a listener may be held to, oldest first. */
+export type TlsVersion = 'TLSv1.2' | 'TLSv1.3'
+export const TLS_VERSIONS: readonly TlsVersion[] = ['TLSv1.2', 'TLSv1.3']
+
+/** One certificate of the public listener, as absolute paths of PEM files. */
+export interface CertFiles {
+  /** The certificate, then any intermediates it needs (leaf first). Required. */
+  cert: string
+  /** Its private key, unencrypted. Required. */
+  key: string
+}
+
+export interface TlsConfig {
+  /**
+   * Certificates, each chosen by SNI for the names it holds (subjectAltName
+   * DNS names, exact or `*.` wildcard); the first also answers any other
+   * name and clients that send none. At least one.
+   */
+  certs: CertFiles[]
+  /** Oldest TLS version a client may use. Default TLSv1.2. */
+  minVersion: TlsVersion
+}
+
 export interface Config {
   /** Absolute path of the file this came from (relative paths resolve against its folder). */
   file?: string
   /** Public listener for HTTP and WebSocket traffic. Default 0.0.0.0:8080. */
   listen: HostPort
+  /** When set, the public listener speaks TLS with these certificates. Default unset: plain HTTP. */
+  tls?: TlsConfig
+  /** When set (with `tls`), a plain HTTP listener here answers every request with a 308 to https. Default unset. */
+  redirect?: { listen: HostPort }
   /**
    * How the public listener forwards HTTP/1.1. `fast`: raw sockets both ways,
    * handing what it does not take (HTTP/1.0, chunked uploads, Expect,
@@ -248,6 +275,7 @@ export interface ServiceDefaults {
 /** Every default, in one place. */
 export const DEFAULTS = {
   listen: '0.0.0.0:8080',
+  tls: { minVersion: 'TLSv1.2' as TlsVersion },
   engine: 'fast' as Engine,
   trustedProxies: [] as string[],
   client: { header: 60_000, idle: 65_000, body: 60_000 } satisfies ClientTimeouts,

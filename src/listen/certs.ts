@@ -1,0 +1,434 @@
+// The public listener's certificates: read and checked from their PEM files, picked by SNI,
+// and replaced all together when the files change or a reload asks, or not at all when one is bad.
+
+import { readFileSync, realpathSync, watch as watchFolder, type FSWatcher } from 'node:fs'
+import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto'
+import { basename, dirname } from 'node:path'
+import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls'
+import type { CertFiles, TlsConfig, TlsVersion } from '../config/schema.js'
+import { log as gatewayLog, type Level } from '../log.js'
+
+/** A certificate or key that cannot be served; `path` is its place in the config (`tls.certs[1].key`). */
+export class CertError extends Error {
+  readonly path: string
+  readonly file: string
+  /** The message without the path, as a config problem carries it. */
+  readonly reason: string
+  constructor (path: string, file: string, reason: string) {
+    super(`${path}: ${reason}`)
+    this.name = 'CertError'
+    this.path = path
+    this.file = file
+    this.reason = reason
+  }
+}
+
+/** What is known of one served certificate, for logs, the admin API and metrics. */
+export interface CertInfo {
+  /** Its place in the config: `tls.certs[0]`. */
+  path: string
+  cert: string
+  key: string
+  /** The DNS names it is picked for, lower case; a wildcard as `*.example.com`. */
+  names: string[]
+  subject: string
+  validFrom: Date
+  validTo: Date
+  fingerprint256: string
+}
+
+/** One certificate read from disk and checked, ready to serve. */
+export interface LoadedCert extends CertInfo {
+  context: SecureContext
+  certPem: Buffer
+  keyPem: Buffer
+}
+
+export type SNICallback = (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void
+
+/** What a TLS (or HTTP/2 secure) server needs from the store: its default certificate, the floor version, and SNI. */
+export interface ServerTlsOptions {
+  cert: Buffer
+  key: Buffer
+  minVersion: TlsVersion
+  SNICallback: SNICallback
+}
+
+/** A server whose default certificate the store keeps current (tls.Server, http2.Http2SecureServer). */
+export interface SecureServer {
+  setSecureContext: (options: SecureContextOptions) => void
+}
+
+export type LogFn = (level: Level, msg: string, fields?: Record<string, unknown>) => void
+
+/** File events closer together than this are one change: an editor or a deploy writes cert and key in quick succession. */
+const SETTLE_MS = 100
+
+/** A DNS name as a certificate may hold it: labels of letters, digits, `-` and `_`, the first one possibly `*`. */
+const DNS_NAME = /^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*$/
+
+function describeFsError (err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code
+  if (code === 'ENOENT') return 'no such file'
+  if (code === 'EACCES' || code === 'EPERM') return 'permission denied'
+  if (code === 'EISDIR') return 'is a folder, not a file'
+  return (err as Error).message
+}
+
+function readPem (file: string, path: string): Buffer {
+  try {
+    return readFileSync(file)
+  } catch (err) {
+    throw new CertError(path, file, `cannot read ${file}: ${describeFsError(err)}`)
+  }
+}
+
+/** The PEM blocks of one kind (`CERTIFICATE`), each whole with its BEGIN and END lines. */
+function pemBlocks (text: string, label: string): string[] {
+  return text.match(new RegExp(`-----BEGIN ${label}-----[\\s\\S]*?-----END ${label}-----`, 'g')) ?? []
+}
+
+/**
+ * The names a certificate answers for: its subjectAltName DNS entries, or,
+ * only when it has no subjectAltName at all, its subject CN (browsers ignore
+ * the CN once a SAN is present, so the gateway does too). IP entries are
+ * left out: a client never sends an address as SNI.
+ */
+function namesOf (x509: X509Certificate): string[] {
+  const found: string[] = []
+  if (x509.subjectAltName !== undefined) {
+    // Node writes `DNS:a.example, DNS:*.example, IP Address:127.0.0.1`, quoting (JSON) a value with odd characters.
+    for (const m of x509.subjectAltName.matchAll(/(?:^|, )DNS:("(?:[^"\\]|\\.)*"|[^,]*)/g)) {
+      found.push(m[1].startsWith('"') ? String(JSON.parse(m[1])) : m[1])
+    }
+  } else {
+    for (const line of x509.subject.split('\n')) if (line.startsWith('CN=')) found.push(line.slice(3))
+  }
+  const names: string[] = []
+  for (const raw of found) {
+    const name = normalizeName(raw)
+    // A wildcard must leave at least two labels (`*.com` is refused by browsers); other `*` forms never match.
+    if (!DNS_NAME.test(name) || (name.startsWith('*.') && !name.slice(2).includes('.'))) continue
+    if (!names.includes(name)) names.push(name)
+  }
+  return names
+}
+
+/** Lower case, without a trailing root dot: how names are compared. */
+function normalizeName (name: string): string {
+  const lower = name.toLowerCase()
+  return lower.endsWith('.') ? lower.slice(0, -1) : lower
+}
+
+/**
+ * Reads one certificate and its key and checks them the way a handshake
+ * would need them: the certificate file PEM (a chain, leaf first), the key
+ * PEM and unencrypted, the key the certificate's own, and OpenSSL willing to
+ * build a context of the two. `path` is the entry's place in the config
+ * (`tls.certs[0]`); a CertError names `path.cert` or `path.key`.
+ */
+export function readCert (files: CertFiles, path: string, minVersion: TlsVersion): LoadedCert {
+  const certPath = `${path}.cert`
+  const keyPath = `${path}.key`
+  const certPem = readPem(files.cert, certPath)
+  const blocks = pemBlocks(certPem.toString('latin1'), 'CERTIFICATE')
+  if (blocks.length === 0) throw new CertError(certPath, files.cert, `${files.cert} is not a PEM certificate (no "-----BEGIN CERTIFICATE-----" block)`)
+  const chain = blocks.map((block, i) => {
+    try {
+      return new X509Certificate(block)
+    } catch (err) {
+      throw new CertError(certPath, files.cert, `${files.cert}: certificate ${i + 1} cannot be parsed (${(err as Error).message})`)
+    }
+  })
+  const leaf = chain[0]
+
+  const keyPem = readPem(files.key, keyPath)
+  const keyText = keyPem.toString('latin1')
+  if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(keyText)) {
+    throw new CertError(keyPath, files.key, `${files.key} is encrypted; the gateway takes a key without a passphrase`)
+  }
+  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(keyText)) {
+    throw new CertError(keyPath, files.key, `${files.key} is not a PEM private key (no "-----BEGIN ... PRIVATE KEY-----" block)`)
+  }
+  let key: KeyObject
+  try {
+    key = createPrivateKey(keyPem)
+  } catch (err) {
+    throw new CertError(keyPath, files.key, `${files.key}: the private key cannot be parsed (${(err as Error).message})`)
+  }
+  if (!leaf.checkPrivateKey(key)) {
+    throw new CertError(keyPath, files.key, `${files.key} is not the key of the certificate in ${files.cert}`)
+  }
+  let context: SecureContext
+  try {
+    context = createSecureContext({ cert: certPem, key: keyPem, minVersion })
+  } catch (err) {
+    // What OpenSSL alone refuses, such as a key below its security level.
+    throw new CertError(certPath, files.cert, `${files.cert} with ${files.key}: ${(err as Error).message}`)
+  }
+  return {
+    path,
+    cert: files.cert,
+    key: files.key,
+    names: namesOf(leaf),
+    subject: leaf.subject.replace(/\n/g, ', '),
+    validFrom: new Date(leaf.validFrom),
+    validTo: new Date(leaf.validTo),
+    fingerprint256: leaf.fingerprint256,
+    context,
+    certPem,
+    keyPem,
+  }
+}
+
+/** A whole set of certificates with the indexes SNI looks names up in; replaced as one. */
+interface CertSet {
+  minVersion: TlsVersion
+  certs: LoadedCert[]
+  exact: Map<string, LoadedCert>
+  /** `*.example.com` under `example.com`: the name less its first label. */
+  wildcard: Map<string, LoadedCert>
+}
+
+/** Reads every certificate of `tls`; throws the first CertError, having changed nothing. */
+function readSet (tls: TlsConfig): CertSet {
+  if (tls.certs.length === 0) throw new CertError('tls.certs', '', 'required: at least one certificate')
+  const certs = tls.certs.map((files, i) => readCert(files, `tls.certs[${i}]`, tls.minVersion))
+  const exact = new Map<string, LoadedCert>()
+  const wildcard = new Map<string, LoadedCert>()
+  for (const cert of certs) {
+    for (const name of cert.names) {
+      // Two certificates with one name: the first listed keeps it, as the first is also the default.
+      const [index, key] = name.startsWith('*.') ? [wildcard, name.slice(2)] : [exact, name]
+      if (!index.has(key)) index.set(key, cert)
+    }
+  }
+  return { minVersion: tls.minVersion, certs, exact, wildcard }
+}
+
+function sameSet (a: CertSet, b: CertSet): boolean {
+  return a.minVersion === b.minVersion && a.certs.length === b.certs.length && a.certs.every((x, i) => {
+    const y = b.certs[i]
+    return x.cert === y.cert && x.key === y.key && x.certPem.equals(y.certPem) && x.keyPem.equals(y.keyPem)
+  })
+}
+
+function infoOf (cert: LoadedCert): CertInfo {
+  const { context: _context, certPem: _certPem, keyPem: _keyPem, ...info } = cert
+  return { ...info, names: [...info.names] }
+}
+
+/**
+ * The certificates the public listener serves. Built from the config's
+ * `tls` (throws a CertError naming the path when one cannot be served);
+ * afterwards every change is all or nothing: a new set is read and checked
+ * whole before it replaces the old one, so a half-written or broken file
+ * leaves the old certificates serving. Connections already open keep the
+ * certificate they shook hands with; the new set is for new handshakes.
+ */
+export class CertStore {
+  #tls: TlsConfig
+  #set: CertSet
+  readonly #log: LogFn
+  readonly #servers = new Map<SecureServer, SecureContextOptions>()
+  #watchers: FSWatcher[] = []
+  /** The folders (and names) the watchers were set up for, to see when they must move. */
+  #watched = ''
+  #watching = false
+  #onChange: ((certs: CertInfo[]) => void) | undefined
+  #timer: NodeJS.Timeout | undefined
+
+  constructor (tls: TlsConfig, opts: { log?: LogFn } = {}) {
+    this.#log = opts.log ?? gatewayLog
+    this.#set = readSet(tls)
+    this.#tls = tls
+    this.#warnValidity()
+  }
+
+  /** The context for a name a client sent by SNI: an exact name, else a wildcard one label deep, else the default (first) certificate. */
+  contextFor (servername: string): SecureContext {
+    return this.#pick(servername).context
+  }
+
+  /** For `tls.createServer({ SNICallback })`; never fails: an unknown name gets the default certificate. */
+  readonly SNICallback: SNICallback = (servername, cb) => {
+    cb(null, this.contextFor(servername))
+  }
+
+  /** The first certificate's context: for clients that send no SNI or an unknown name. */
+  defaultContext (): SecureContext {
+    return this.#set.certs[0].context
+  }
+
+  /**
+   * The options a TLS server is created with. The server's own certificate
+   * is what a client without SNI gets, and `minVersion` must be here: a
+   * context handed over by SNI comes after the version is settled.
+   */
+  serverOptions (): ServerTlsOptions {
+    const first = this.#set.certs[0]
+    return { cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion, SNICallback: this.SNICallback }
+  }
+
+  /**
+   * Keeps `server`'s default certificate and minVersion in step with every
+   * change (SNICallback follows by itself). `extra` is the rest of what its
+   * secure context is built with (ciphers...), as setSecureContext replaces
+   * all of it. Returns the function that stops it.
+   */
+  attach (server: SecureServer, extra: SecureContextOptions = {}): () => void {
+    this.#servers.set(server, extra)
+    this.#applyTo(server, extra)
+    return () => { this.#servers.delete(server) }
+  }
+
+  /** What is served now, in config order; the first is the default. */
+  certs (): CertInfo[] {
+    return this.#set.certs.map(infoOf)
+  }
+
+  /**
+   * Re-reads every file (of `next` when given: a reloaded config's `tls`)
+   * and, only if all can be served, replaces the whole set at once. Throws
+   * the CertError of the first one that cannot, having changed nothing.
+   * Returns false when the files hold what is already served.
+   */
+  reload (next: TlsConfig = this.#tls): boolean {
+    const set = readSet(next)
+    this.#tls = next
+    // A new list, or a link that now points elsewhere (a Kubernetes secret update), moves what is watched.
+    if (this.#watching && JSON.stringify(this.#folders()) !== this.#watched) this.#startWatchers()
+    if (sameSet(set, this.#set)) return false
+    this.#set = set
+    for (const [server, extra] of this.#servers) this.#applyTo(server, extra)
+    this.#warnValidity()
+    return true
+  }
+
+  /**
+   * Reloads when a certificate or key file changes on disk, once the
+   * changes settle (SETTLE_MS), and logs what it did: the new certificates,
+   * or the refusal naming the file while the old ones go on. Folders are
+   * watched, not files, so a file replaced by a rename (editors, `mv`,
+   * Kubernetes secret volumes that swap a `..data` link) is still seen.
+   * `onChange` hears of each replacement. Returns the function that stops
+   * watching (attached servers still follow reload()).
+   */
+  watch (onChange?: (certs: CertInfo[]) => void): () => void {
+    this.#onChange = onChange
+    this.#watching = true
+    this.#startWatchers()
+    return () => this.#unwatch()
+  }
+
+  /** Stops watching and forgets attached servers. */
+  close (): void {
+    this.#unwatch()
+    this.#servers.clear()
+  }
+
+  #unwatch (): void {
+    this.#watching = false
+    this.#stopWatchers()
+    clearTimeout(this.#timer)
+  }
+
+  #pick (servername: string): LoadedCert {
+    const set = this.#set
+    const name = normalizeName(servername)
+    const exact = set.exact.get(name)
+    if (exact !== undefined) return exact
+    const dot = name.indexOf('.')
+    // One label only: `*.example.com` covers `a.example.com`, neither `example.com` nor `a.b.example.com`.
+    const wild = dot > 0 ? set.wildcard.get(name.slice(dot + 1)) : undefined
+    return wild ?? set.certs[0]
+  }
+
+  #applyTo (server: SecureServer, extra: SecureContextOptions): void {
+    const first = this.#set.certs[0]
+    server.setSecureContext({ ...extra, cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion })
+  }
+
+  /**
+   * Each folder holding a file, with the file names in it worth a reload.
+   * A file that is a link is watched where it points too (certbot's `live/`
+   * links into `archive/`): the target may be rewritten in place.
+   */
+  #folders (): Array<[string, string[]]> {
+    const folders = new Map<string, Set<string>>()
+    const add = (file: string): void => {
+      const names = folders.get(dirname(file)) ?? new Set<string>()
+      names.add(basename(file))
+      folders.set(dirname(file), names)
+    }
+    for (const files of this.#tls.certs) {
+      for (const file of [files.cert, files.key]) {
+        add(file)
+        try {
+          add(realpathSync(file))
+        } catch {
+          // Gone for now: its own folder's watch sees it come back.
+        }
+      }
+    }
+    return [...folders].map(([folder, names]) => [folder, [...names].sort()])
+  }
+
+  #startWatchers (): void {
+    this.#stopWatchers()
+    const folders = this.#folders()
+    this.#watched = JSON.stringify(folders)
+    for (const [folder, names] of folders) {
+      let watcher: FSWatcher
+      try {
+        // Not persistent: a forgotten watch must not keep a stopping process alive.
+        watcher = watchFolder(folder, { persistent: false }, (_event, filename) => {
+          // No name: the platform did not say which file; `..x`: Kubernetes swaps its `..data` link to update a secret.
+          if (filename === null || names.includes(filename) || filename.startsWith('..')) this.#schedule()
+        })
+      } catch (err) {
+        this.#log('warn', 'cannot watch a certificate folder; changes there need a reload', { folder, error: (err as Error).message })
+        continue
+      }
+      watcher.on('error', (err) => this.#log('warn', 'watching a certificate folder failed; changes there need a reload', { folder, error: err.message }))
+      this.#watchers.push(watcher)
+    }
+  }
+
+  #stopWatchers (): void {
+    for (const w of this.#watchers) w.close()
+    this.#watchers = []
+  }
+
+  #schedule (): void {
+    clearTimeout(this.#timer)
+    this.#timer = setTimeout(() => this.#reloadFromDisk(), SETTLE_MS)
+    this.#timer.unref()
+  }
+
+  #reloadFromDisk (): void {
+    if (!this.#watching) return
+    let changed: boolean
+    try {
+      changed = this.reload()
+    } catch (err) {
+      // From a timer nothing above could catch it: whatever went wrong, the old set serves on.
+      if (err instanceof CertError) this.#log('error', 'tls certificate refused; the previous certificates are still served', { path: err.path, file: err.file, error: err.reason })
+      else this.#log('error', 'tls certificate reload failed; the previous certificates are still served', { error: (err as Error).message })
+      return
+    }
+    if (!changed) return
+    const certs = this.certs()
+    this.#log('info', 'tls certificates reloaded', { certs: certs.map((c) => ({ path: c.path, cert: c.cert, names: c.names, validTo: c.validTo.toISOString() })) })
+    this.#onChange?.(certs)
+  }
+
+  /** An expired certificate is served all the same (refusing it would turn a warning into an outage), and said so. */
+  #warnValidity (): void {
+    const now = Date.now()
+    for (const c of this.#set.certs) {
+      if (c.validTo.getTime() < now) this.#log('warn', 'tls certificate has expired', { path: c.path, cert: c.cert, validTo: c.validTo.toISOString() })
+      else if (c.validFrom.getTime() > now) this.#log('warn', 'tls certificate is not valid yet', { path: c.path, cert: c.cert, validFrom: c.validFrom.toISOString() })
+    }
+  }
+}
