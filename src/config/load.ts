@@ -573,7 +573,7 @@ function service (name: string, value: unknown, path: string, c: Checker, base: 
   }
 
   const own = sections(raw, path, c, base)
-  return { name, match: host === undefined ? { pathPrefix } : { host, pathPrefix }, live, ...envs, ...(preview && { preview }), ...(sticky && { sticky }), smoke, ...own }
+  return { name, protocol: 'http1', match: host === undefined ? { pathPrefix } : { host, pathPrefix }, live, ...envs, ...(preview && { preview }), ...(sticky && { sticky }), smoke, ...own }
 }
 
 /** One color's `{ targets: [...] }`: normalized origins, each bad or repeated one reported. */

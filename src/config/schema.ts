@@ -139,8 +139,13 @@ export interface VerifyConfig {
   minRequests: number
 }
 
+/** How a service's targets are spoken to: HTTP/1.1, HTTP/2 in clear text (prior knowledge), or HTTP/2 over TLS. */
+export type UpstreamProtocol = 'http1' | 'h2c' | 'h2'
+
 export interface ServiceConfig {
   name: string
+  /** HTTP/1.1 (default), or HTTP/2 to the targets (gRPC needs it): `h2c` for http:// targets, `h2` for https://. */
+  protocol: UpstreamProtocol
   /** Route: optional exact host (port ignored) and a path prefix on whole segments. Default prefix `/`. */
   match: { host?: string, pathPrefix: string }
   /** Initial live color; the state file wins once it exists. Default blue. */

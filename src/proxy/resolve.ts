@@ -1,7 +1,7 @@
 // The contract between the engines and routing: what the proxy tells about a
 // request, and the one answer it gets back (where to send it, or why not).
 
-import type { Timeouts } from '../config/schema.js'
+import type { Timeouts, UpstreamProtocol } from '../config/schema.js'
 import type { ErrorCode } from '../errors.js'
 import type { ColorStats } from '../upstream/color-stats.js'
 import type { Endpoint } from '../upstream/target-set.js'
@@ -61,6 +61,8 @@ export interface UpstreamGroup {
   readonly targets: { pick: (exclude?: Endpoint) => Endpoint | undefined }
   readonly stats: ColorStats
   readonly timeouts: Timeouts
+  /** How the targets are spoken to: anything but http1 goes through the HTTP/2 forwarder (proxy/h2/upstream.ts). */
+  readonly protocol: UpstreamProtocol
 }
 
 /** A request with somewhere to go. */

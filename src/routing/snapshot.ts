@@ -1,7 +1,7 @@
 // The immutable routing snapshot: every service's route, both colors' target
 // sets and the live color, plus a precompiled matcher. Built whole, then swapped in.
 
-import { COLORS, type Color, type Config, type ServiceConfig, type Timeouts } from '../config/schema.js'
+import { COLORS, type Color, type Config, type ServiceConfig, type Timeouts, type UpstreamProtocol } from '../config/schema.js'
 import type { ColorStats, Target, TargetRegistry } from '../upstream/registry.js'
 import { TargetSet } from '../upstream/target-set.js'
 import { stickySetCookie, thresholdOf } from './split.js'
@@ -41,6 +41,7 @@ export interface ColorRoute {
   readonly targets: TargetSet
   readonly stats: ColorStats
   readonly timeouts: Timeouts
+  readonly protocol: UpstreamProtocol
 }
 
 /** A split in force on a service: keys whose bucket is below `threshold` go to `to`, the rest to live. */
@@ -166,6 +167,7 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
         }), svc.health?.panicThreshold),
         stats: registry.colorStats(svc.name, color),
         timeouts: svc.timeouts,
+        protocol: svc.protocol,
       }
     }
     if (colors[live].targets.endpoints.length === 0) {
