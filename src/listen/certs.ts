@@ -52,11 +52,14 @@ export interface ServerTlsOptions {
   key: Buffer
   minVersion: TlsVersion
   SNICallback: SNICallback
+  /** Session ticket keys when the store was given some (worker processes share the primary's); else the server makes its own. */
+  ticketKeys?: Buffer
 }
 
 /** A server whose default certificate the store keeps current (tls.Server, http2.Http2SecureServer). */
 export interface SecureServer {
   setSecureContext: (options: SecureContextOptions) => void
+  getTicketKeys: () => Buffer
 }
 
 export type LogFn = (level: Level, msg: string, fields?: Record<string, unknown>) => void
@@ -237,9 +240,12 @@ export class CertStore {
   #watching = false
   #onChange: ((certs: CertInfo[]) => void) | undefined
   #timer: NodeJS.Timeout | undefined
+  readonly #ticketKeys: Buffer | undefined
 
-  constructor (tls: TlsConfig, opts: { log?: LogFn } = {}) {
+  /** `ticketKeys`: 48 bytes every server of this store encrypts session tickets with (processes sharing them resume each other's sessions). */
+  constructor (tls: TlsConfig, opts: { log?: LogFn, ticketKeys?: Buffer } = {}) {
     this.#log = opts.log ?? gatewayLog
+    this.#ticketKeys = opts.ticketKeys
     this.#set = readSet(tls)
     this.#tls = tls
     this.#warnValidity()
@@ -267,7 +273,7 @@ export class CertStore {
    */
   serverOptions (): ServerTlsOptions {
     const first = this.#set.certs[0]
-    return { cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion, SNICallback: this.SNICallback }
+    return { cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion, SNICallback: this.SNICallback, ...(this.#ticketKeys === undefined ? {} : { ticketKeys: this.#ticketKeys }) }
   }
 
   /**
@@ -346,7 +352,9 @@ export class CertStore {
 
   #applyTo (server: SecureServer, extra: SecureContextOptions): void {
     const first = this.#set.certs[0]
-    server.setSecureContext({ ...extra, cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion })
+    // Without ticketKeys, setSecureContext makes new ones and every session ticket handed out
+    // so far stops resuming: the server's own keys go on, so a reload costs no client a full handshake.
+    server.setSecureContext({ ticketKeys: server.getTicketKeys(), ...extra, cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion })
   }
 
   /**
@@ -408,19 +416,26 @@ export class CertStore {
 
   #reloadFromDisk (): void {
     if (!this.#watching) return
-    let changed: boolean
     try {
-      changed = this.reload()
+      this.reloadLogged()
     } catch (err) {
       // From a timer nothing above could catch it: whatever went wrong, the old set serves on.
       if (err instanceof CertError) this.#log('error', 'tls certificate refused; the previous certificates are still served', { path: err.path, file: err.file, error: err.reason })
       else this.#log('error', 'tls certificate reload failed; the previous certificates are still served', { error: (err as Error).message })
-      return
     }
-    if (!changed) return
+  }
+
+  /**
+   * reload(), then, when something changed, says in the log what is served
+   * now (and tells the watch's `onChange`). A refusal is thrown, for the
+   * caller to report: a reload request answers with it.
+   */
+  reloadLogged (next?: TlsConfig): boolean {
+    if (!this.reload(next)) return false
     const certs = this.certs()
     this.#log('info', 'tls certificates reloaded', { certs: certs.map((c) => ({ path: c.path, cert: c.cert, names: c.names, validTo: c.validTo.toISOString() })) })
     this.#onChange?.(certs)
+    return true
   }
 
   /** An expired certificate is served all the same (refusing it would turn a warning into an outage), and said so. */

@@ -1,11 +1,15 @@
 // The public listener, on either engine: node:http's server (the node engine,
-// and what the fast engine hands over), each request resolved once, then forwarded.
+// and what the fast engine hands over), each request resolved once, then forwarded;
+// with certificates, a TLS server in front that hands each connection to the engine.
 
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type net from 'node:net'
+import tls from 'node:tls'
 import type { Duplex } from 'node:stream'
 import type { Config } from '../config/schema.js'
 import { rawError, writeError } from '../errors.js'
+import type { CertStore } from '../listen/certs.js'
+import { log } from '../log.js'
 import { FastEdge } from './h1/listener.js'
 import { Exchange, NodeRequestFacts, requestIdFor } from './forward.js'
 import { MAX_HEAD, MAX_HEADER_LINES } from './limits.js'
@@ -13,7 +17,10 @@ import type { Resolve } from './resolve.js'
 import { Forwarding } from './trust.js'
 import { isWebSocketHandshake, proxyUpgrade, rejectUpgrade } from './websocket.js'
 
-const PROTO = 'http'
+/** What a client offers by ALPN, in the server's order of preference. */
+const ALPN = ['http/1.1']
+/** Failed handshakes are logged at most this often, as a count: scanners and clients that distrust the certificate fail many. */
+const HANDSHAKE_LOG_MS = 60_000
 
 /** A listener that can be stopped gracefully. */
 export interface Closer {
@@ -26,6 +33,8 @@ export interface Closer {
 export interface EdgeServer extends Closer {
   /** Upgraded client sockets: the HTTP server stops tracking them after the 101. */
   upgraded: Set<Duplex>
+  /** On a TLS listener: handshakes that failed since it started (bad or no certificate trust, wrong version, timeouts, scanners). */
+  readonly tls?: { failedHandshakes: number }
 }
 
 /**
@@ -68,11 +77,12 @@ export type EdgeOptions = Pick<Config, 'engine' | 'client' | 'trustedProxies'>
  * The public listener for `resolve` (the resolve step: the listener routes
  * nothing itself). The fast engine serves what it can and hands the rest
  * over to the node:http server made here, which the node engine uses alone.
+ * With `certs` the listener speaks TLS with them (see secureEdge).
  */
-export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServer {
+export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: CertStore): EdgeServer {
   const upgraded = new Set<Duplex>()
-  /** Which peers' X-Forwarded-* are believed: decided once for the listener, on every engine. */
-  const forwarding = new Forwarding(PROTO, opts.trustedProxies)
+  /** Which peers' X-Forwarded-* are believed, and the scheme told upstream: decided once for the listener, on every engine. */
+  const forwarding = new Forwarding(certs === undefined ? 'http' : 'https', opts.trustedProxies)
   const deadlines = { body: opts.client.body, stall: opts.client.idle }
 
   /** The resolve step for a node:http request; its target is forwarded (and logged) normalized. */
@@ -206,7 +216,70 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
     if (socket._httpMessage?.headersSent === true) return socket.destroy()
     socket.end(refusal)
   })
-  if (opts.engine === 'node') return { ...httpCloser(server), upgraded }
-  const fast = new FastEdge(resolve, server, forwarding, opts)
+  const fast = opts.engine === 'node' ? undefined : new FastEdge(resolve, server, forwarding, opts)
+  if (certs !== undefined) return secureEdge(certs, opts, server, fast, upgraded)
+  if (fast === undefined) return { ...httpCloser(server), upgraded }
   return { server: fast.server, closeIdle: () => fast.closeIdle(), closeAll: () => fast.closeAll(), upgraded }
+}
+
+/**
+ * The TLS listener: one tls.Server whose certificates `certs` keeps current
+ * (SNI, reloads), each connection handed once its handshake is done to the
+ * engine its ALPN protocol asks for. HTTP/1.1 goes to the fast engine
+ * (measured 1.9-2x node:http over TLS: a TLSSocket is a net.Socket to it) or,
+ * on the node engine, to node:http, exactly as a plain connection would.
+ */
+function secureEdge (certs: CertStore, opts: EdgeOptions, http1: http.Server, fast: FastEdge | undefined, upgraded: Set<Duplex>): EdgeServer {
+  // node:http never listens itself here: its connection tracking and deadline checks start as if it did (FastEdge does the same).
+  if (fast === undefined) http1.emit('listening')
+  const server = tls.createServer({
+    ...certs.serverOptions(),
+    ALPNProtocols: ALPN,
+    // A handshake is part of getting a request's head in: the same deadline.
+    handshakeTimeout: opts.client.header,
+    noDelay: true,
+  })
+  const detach = certs.attach(server)
+  /** Every open TCP connection, handshake done or not: closeAll reaches those still shaking hands too. */
+  const sockets = new Set<net.Socket>()
+  server.on('connection', (socket: net.Socket) => {
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+  })
+  server.on('secureConnection', (socket: tls.TLSSocket) => {
+    // H2 EDGE (helper B, once merged): if (socket.alpnProtocol === 'h2') return h2.server.emit('connection', socket)
+    if (fast !== undefined) fast.accept(socket)
+    else http1.emit('connection', socket)
+  })
+  const stats = { failedHandshakes: 0 }
+  let unlogged = 0
+  let loggedAt = -Infinity
+  server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+    socket.destroy()
+    stats.failedHandshakes++
+    unlogged++
+    const now = performance.now()
+    if (now - loggedAt < HANDSHAKE_LOG_MS) return
+    log('info', 'tls handshakes failed', { count: unlogged, sinceMs: loggedAt === -Infinity ? undefined : Math.round(now - loggedAt), last: { peer: socket.remoteAddress, error: err.code ?? err.message } })
+    loggedAt = now
+    unlogged = 0
+  })
+  server.on('close', () => {
+    detach()
+    http1.close(() => {})
+  })
+  return {
+    server,
+    closeIdle: () => {
+      if (fast !== undefined) fast.closeIdle()
+      else http1.closeIdleConnections()
+    },
+    closeAll: () => {
+      if (fast !== undefined) fast.closeAll()
+      else http1.closeAllConnections()
+      for (const s of sockets) s.destroy()
+    },
+    upgraded,
+    tls: stats,
+  }
 }
