@@ -208,6 +208,35 @@ t.test('a certificate replaced on disk serves new connections; an open keep-aliv
   t.equal(open.getPeerCertificate().fingerprint256, oldFp, 'with the certificate it began with')
 })
 
+for (const engine of ['fast', 'node'] as const) {
+  t.test(`a graceful stop over TLS (${engine} engine): in-flight requests finish, idle and half-open connections close`, async (t) => {
+    const dir = tempDir(t)
+    const site = makeCert(dir, 'site', { names: ['site.test'] })
+    const ca = readFileSync(site.cert)
+    const backend = await startBackend(t, 'blue')
+    const gw = await startGateway(t, `engine: ${engine}\n${tlsYaml([site])}services:\n${serviceYaml('svc', '/', [backend], [backend])}`)
+    const port = gw.gateway.address.port
+    const idle = await connectTls(t, port, 'site.test', ca)
+    t.match(await onSocket(idle, '/idle'), { status: 200 })
+    const idleClosed = new Promise<void>((resolve) => idle.once('close', () => resolve()))
+    // Connected, never a ClientHello: only the stop's deadline ends it (the handshake timeout is a minute).
+    const silent = net.connect(port, '127.0.0.1')
+    silent.on('error', () => {})
+    await new Promise((resolve) => silent.once('connect', resolve))
+    const silentClosed = new Promise<void>((resolve) => silent.once('close', () => resolve()))
+    const slow = httpsRequest(port, '/slow?ms=300', { ca })
+    await eventually(() => backend.seen.some((s) => s.url === '/slow?ms=300'))
+
+    const started = Date.now()
+    await gw.gateway.stop(1500)
+    const took = Date.now() - started
+    t.equal((await slow).status, 200, 'the request in flight finished')
+    await idleClosed
+    await silentClosed
+    t.ok(took >= 1400 && took < 5000, `the stop waited for its deadline for the silent connection, then closed it (${took} ms)`)
+  })
+}
+
 t.test('the redirect listener answers 308 to https on the TLS listener\'s port; a bad Host gets 400, never a Location', async (t) => {
   const dir = tempDir(t)
   const site = makeCert(dir, 'site', { names: ['site.test'] })
