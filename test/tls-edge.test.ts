@@ -10,6 +10,7 @@ import tls, { type TLSSocket } from 'node:tls'
 import { createHash, randomBytes } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import WebSocket from 'ws'
 import type { CertFiles } from '../src/config/schema.js'
 import type { LocalListener } from '../src/listen/local.js'
 import { redirectTarget } from '../src/listen/redirect.js'
@@ -131,6 +132,15 @@ for (const engine of ['fast', 'node'] as const) {
     const parts = [randomBytes(40_000), randomBytes(5), randomBytes(70_000)]
     const chunked = await httpsRequest(port, '/up', { ca, method: 'POST', body: parts })
     t.match(JSON.parse(chunked.body.toString()), { backend: 'blue', sha256: sha256(parts), proto: 'https' }, 'a chunked upload (node:http on the fast engine) too')
+
+    // A WebSocket over TLS (wss): node:http takes the upgrade on the TLS socket and the tunnel carries frames both ways.
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/ws`, { ca, servername: 'site.test', headers: { host: 'site.test' } })
+    t.teardown(() => ws.terminate())
+    await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
+    const echoed = new Promise<string>((resolve) => ws.once('message', (d) => resolve((d as Buffer).toString())))
+    ws.send('hi')
+    t.equal(await echoed, 'blue: hi', 'wss reaches the live color')
+    ws.close()
 
     t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
     const after = await httpsRequest(port, '/b', { ca })
