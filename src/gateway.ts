@@ -124,7 +124,9 @@ export class Gateway {
   /**
    * A reload the controller accepted: the TLS listener reads its
    * certificates again. One that cannot be served refuses the whole reload
-   * (the check at load passed, so the file changed since), naming it.
+   * (the check at load passed, so the file changed since), naming it. This
+   * comes before the routing change: should that fail to commit, the
+   * certificates stay as read, which are the files on disk a watch would take.
    */
   private async reloadCerts (config: Config): Promise<void> {
     if (config.tls === undefined || this.listener.reloadCerts === undefined) return

@@ -16,7 +16,7 @@ export class LocalListener implements PublicListener {
   private edge: EdgeServer | undefined
   private deps: ListenerDeps | undefined
   /** The TLS listener's certificates; undefined on a plain one. */
-  certs: CertStore | undefined
+  private certs: CertStore | undefined
 
   async start (deps: ListenerDeps): Promise<void> {
     this.deps = deps
