@@ -8,7 +8,6 @@ import tls from 'node:tls'
 import type { Duplex } from 'node:stream'
 import type { Config } from '../config/schema.js'
 import { rawError, writeError } from '../errors.js'
-import type { CertStore } from '../listen/certs.js'
 import { log } from '../log.js'
 import { FastEdge } from './h1/listener.js'
 import { Exchange, NodeRequestFacts, requestIdFor } from './forward.js'
@@ -70,6 +69,16 @@ export function httpCloser (server: http.Server): Closer {
   return { server, closeIdle: () => server.closeIdleConnections(), closeAll: () => server.closeAllConnections() }
 }
 
+/**
+ * What a TLS listener needs of its certificates (listen/certs.ts CertStore):
+ * the options it starts with, and to be kept current on every reload.
+ */
+export interface ServerCerts {
+  serverOptions: () => tls.TlsOptions
+  /** Keeps `server`'s certificates current; returns what stops it. */
+  attach: (server: tls.Server) => () => void
+}
+
 /** What the public listener takes from the config; fixed for the life of the listener (a change needs a restart). */
 export type EdgeOptions = Pick<Config, 'engine' | 'client' | 'trustedProxies'>
 
@@ -79,7 +88,7 @@ export type EdgeOptions = Pick<Config, 'engine' | 'client' | 'trustedProxies'>
  * over to the node:http server made here, which the node engine uses alone.
  * With `certs` the listener speaks TLS with them (see secureEdge).
  */
-export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: CertStore): EdgeServer {
+export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: ServerCerts): EdgeServer {
   const upgraded = new Set<Duplex>()
   /** Which peers' X-Forwarded-* are believed, and the scheme told upstream: decided once for the listener, on every engine. */
   const forwarding = new Forwarding(certs === undefined ? 'http' : 'https', opts.trustedProxies)
@@ -229,7 +238,7 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: C
  * (measured 1.9-2x node:http over TLS: a TLSSocket is a net.Socket to it) or,
  * on the node engine, to node:http, exactly as a plain connection would.
  */
-function secureEdge (certs: CertStore, opts: EdgeOptions, http1: http.Server, fast: FastEdge | undefined, upgraded: Set<Duplex>): EdgeServer {
+function secureEdge (certs: ServerCerts, opts: EdgeOptions, http1: http.Server, fast: FastEdge | undefined, upgraded: Set<Duplex>): EdgeServer {
   // node:http never listens itself here: its connection tracking and deadline checks start as if it did (FastEdge does the same).
   if (fast === undefined) http1.emit('listening')
   const server = tls.createServer({
