@@ -163,6 +163,21 @@ for (const engine of ['fast', 'node'] as const) {
   })
 }
 
+t.test('a handshake that does not finish within client.headerTimeout is closed, and counted', async (t) => {
+  const dir = tempDir(t)
+  const site = makeCert(dir, 'site', { names: ['site.test'] })
+  const backend = await startBackend(t, 'blue')
+  const gw = await startGateway(t, `client: { headerTimeout: 300ms }\n${tlsYaml([site])}services:\n${serviceYaml('svc', '/', [backend], [backend])}`)
+  const edge = (gw.gateway.listener as LocalListener).edgeServer
+  const started = Date.now()
+  const silent = net.connect(gw.gateway.address.port, '127.0.0.1')
+  silent.on('error', () => {})
+  await new Promise<void>((resolve) => silent.once('close', () => resolve()))
+  const took = Date.now() - started
+  t.ok(took >= 250 && took < 3000, `closed after ${took} ms`)
+  await eventually(() => edge?.tls?.failedHandshakes === 1)
+})
+
 t.test('two certificates picked by SNI; an unknown name or none gets the first', async (t) => {
   const dir = tempDir(t)
   const site = makeCert(dir, 'site', { names: ['site.test', 'www.site.test'] })
