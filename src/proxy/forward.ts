@@ -77,9 +77,9 @@ export class NodeRequestFacts implements RequestFacts {
  * undici pools whose every connection is busy (a dispatch said so; their
  * 'drain' clears it): a request dispatched to one now waits in its queue.
  */
-const saturated = new WeakSet<Dispatcher>()
+export const saturated = new WeakSet<Dispatcher>()
 
-function markSaturated (pool: Dispatcher): void {
+export function markSaturated (pool: Dispatcher): void {
   if (saturated.has(pool)) return
   saturated.add(pool)
   pool.once('drain', () => saturated.delete(pool))
@@ -95,7 +95,7 @@ function hasBody (req: IncomingMessage): boolean {
  * header lines, the final CRLF, and room for what undici adds itself
  * (connection, content-length or transfer-encoding).
  */
-function upstreamHeadSize (method: string, path: string, headers: readonly string[]): number {
+export function upstreamHeadSize (method: string, path: string, headers: readonly string[]): number {
   let n = method.length + path.length + 14 + 64
   for (let i = 0; i < headers.length; i++) n += headers[i].length + 2
   return n
@@ -105,7 +105,7 @@ function upstreamHeadSize (method: string, path: string, headers: readonly strin
  * Header lines as undici hands them: the raw array its controller carries
  * (names as sent, order and repeats kept), else the parsed object.
  */
-function headerPairs (raw: Dispatcher.DispatchController['rawHeaders'], parsed: IncomingHttpHeaders): Array<Buffer | string> {
+export function headerPairs (raw: Dispatcher.DispatchController['rawHeaders'], parsed: IncomingHttpHeaders): Array<Buffer | string> {
   if (Array.isArray(raw)) return raw
   const out: string[] = []
   for (const [name, value] of Object.entries(raw ?? parsed)) {
@@ -488,6 +488,6 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
  * to this request had begun): it served earlier exchanges. A bare ECONNRESET
  * carries no counts and is taken as a fresh connection's failure.
  */
-function servedBefore (err: Error & { socket?: { bytesRead?: number } }): boolean {
+export function servedBefore (err: Error & { socket?: { bytesRead?: number } }): boolean {
   return (err.socket?.bytesRead ?? 0) > 0
 }
