@@ -192,6 +192,75 @@ for (const engine of ['fast', 'node']) {
     t.equal((await h2(s, '/after')).json.backend, 'green', 'the session itself lives on')
   })
 
+  t.test(`${engine}: response fields filtered for HTTP/2, trailers relayed, HEAD and 204 end cleanly`, async (t) => {
+    const { b, gw } = await pair(t, engine)
+    b.handler = (req, res) => {
+      if (req.url === '/trailers') {
+        res.writeHead(200, { 'content-type': 'text/plain', connection: 'x-hop', 'x-hop': 'drop me', 'keep-alive': 'timeout=5', trailer: 'x-checksum', 'x-kept': 'yes' })
+        res.write('part one, ')
+        res.addTrailers({ 'x-checksum': 'abc123' })
+        res.end('part two')
+        return
+      }
+      if (req.url === '/empty') return void res.writeHead(204, { 'x-kept': 'yes' }).end()
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '5' })
+      res.end(req.method === 'HEAD' ? undefined : 'hello')
+    }
+    const s = connect(t, gw)
+    const r = await h2(s, '/trailers')
+    t.equal(r.status, 200)
+    t.equal(r.body.toString(), 'part one, part two')
+    t.equal(r.headers['x-kept'], 'yes')
+    for (const name of ['connection', 'x-hop', 'keep-alive', 'transfer-encoding']) t.equal(r.headers[name], undefined, `no ${name}`)
+    t.equal(r.trailers?.['x-checksum'], 'abc123', 'the trailer arrives as HTTP/2 trailers')
+    const head = await h2(s, '/h', { ':method': 'HEAD' })
+    t.equal(head.status, 200)
+    t.equal(head.headers['content-length'], '5')
+    t.equal(head.body.length, 0)
+    const empty = await h2(s, '/empty')
+    t.equal(empty.status, 204)
+    t.equal(empty.headers['x-kept'], 'yes')
+    const big = await h2(s, '/big')
+    t.equal(big.body.toString(), 'hello', 'the session still serves')
+  })
+
+  t.test(`${engine}: an upstream that breaks its answer resets the stream and counts as an error`, async (t) => {
+    const { b, gw } = await pair(t, engine)
+    b.handler = (req, res) => {
+      res.writeHead(200, { 'content-length': '1000' })
+      res.write('only part')
+      setTimeout(() => res.socket?.destroy(), 20)
+    }
+    const s = connect(t, gw)
+    const cut = await h2(s, '/x').catch((e: Error) => e)
+    t.type(cut, Error)
+    t.match((cut as Error).message, /NGHTTP2_INTERNAL_ERROR/, 'RST_STREAM INTERNAL_ERROR, not a clean end')
+    const blue = gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.stats
+    await eventually(() => blue?.inflight === 0)
+    t.equal(blue?.errors, 1, 'an error for the guard')
+    t.equal(blue?.upstreamErrors.reset, 1)
+  })
+
+  t.test(`${engine}: a request body that stops coming gets 408 after client.bodyTimeout`, async (t) => {
+    const { b, gw } = await pair(t, engine, '', 'client: { bodyTimeout: 300ms }\n')
+    const s = connect(t, gw)
+    const started = Date.now()
+    const r = await new Promise<{ status: number, json: any }>((resolve, reject) => {
+      const req = s.request({ ':path': '/upload', ':method': 'POST', 'content-type': 'text/plain' }, { endStream: false })
+      req.write('a first part')
+      let status = 0
+      let text = ''
+      req.on('response', (h) => { status = Number(h[':status']) })
+      req.on('data', (c: Buffer) => { text += c.toString() })
+      req.on('close', () => { try { resolve({ status, json: JSON.parse(text) }) } catch (err) { reject(err instanceof Error ? err : new Error(String(err))) } })
+      req.on('error', () => {})
+    })
+    t.equal(r.status, 408)
+    t.match(r.json, { error: 'request_timeout' })
+    t.ok(Date.now() - started >= 250, 'after the deadline')
+    await eventually(() => b.seen.length === 1)
+  })
+
   t.test(`${engine}: 200 concurrent streams on one session`, async (t) => {
     const { b, gw } = await pair(t, engine)
     const s = connect(t, gw)

@@ -39,6 +39,8 @@ const CONNECTION_SPECIFIC = ['connection', 'keep-alive', 'proxy-connection', 'tr
 
 function noop (): void {}
 
+const NOTHING = Buffer.alloc(0)
+
 export class StreamDownstream implements Downstream {
   readonly method: string
   readonly path: string
@@ -202,7 +204,12 @@ export class StreamDownstream implements Downstream {
 
   /** Cuts the answer: RST_STREAM INTERNAL_ERROR (the answer broke), or CANCEL when the gateway ends it (drain deadline, stalled client). */
   destroy (cancel = false): void {
-    if (!this.stream.closed) this.stream.close(cancel ? NGHTTP2_CANCEL : NGHTTP2_INTERNAL_ERROR)
+    const stream = this.stream
+    if (stream.closed) return
+    // node:http2's close() ends the writable side first: with no write in flight that END_STREAM goes out
+    // before the RST_STREAM, and a cut answer reads as complete. An (empty) write in flight holds the end back.
+    if (stream.headersSent && !stream.writableEnded) stream.write(NOTHING)
+    stream.close(cancel ? NGHTTP2_CANCEL : NGHTTP2_INTERNAL_ERROR)
   }
 
   onClose (fn: () => void): void {
