@@ -261,6 +261,34 @@ for (const engine of ['fast', 'node']) {
     await eventually(() => b.seen.length === 1)
   })
 
+  t.test(`${engine}: an idle session is closed after client.idleTimeout; a head too big for the upstream is 431; Expect gets its 100`, async (t) => {
+    const { b, gw } = await pair(t, engine, '', 'client: { idleTimeout: 400ms }\n')
+    const s = connect(t, gw)
+    const big = await h2(s, '/big', { 'x-big': 'v'.repeat(16 * 1024) })
+    t.equal(big.status, 431)
+    t.match(big.json, { error: 'header_too_large' })
+    t.equal(b.seen.length, 0, 'nothing went upstream')
+    const continued = await new Promise<{ saw100: boolean, reply: string }>((resolve, reject) => {
+      const req = s.request({ ':path': '/expect', ':method': 'POST', expect: '100-continue' }, { endStream: false })
+      let saw100 = false
+      let reply = ''
+      req.on('continue', () => {
+        saw100 = true
+        req.end('after the 100')
+      })
+      req.on('data', (c: Buffer) => { reply += c.toString() })
+      req.on('end', () => resolve({ saw100, reply }))
+      req.on('error', reject)
+    })
+    t.ok(continued.saw100, 'the gateway sent 100 Continue')
+    t.equal(JSON.parse(continued.reply).body, 'after the 100')
+    t.equal(b.seen[0].headers.expect, undefined, 'Expect is not forwarded')
+    const closed = new Promise<void>((resolve) => s.once('close', resolve))
+    const started = Date.now()
+    await closed
+    t.ok(Date.now() - started >= 300, 'closed once idle for client.idleTimeout')
+  })
+
   t.test(`${engine}: 200 concurrent streams on one session`, async (t) => {
     const { b, gw } = await pair(t, engine)
     const s = connect(t, gw)
