@@ -95,6 +95,8 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
   private answered = false
   private informational = 0
   private settled = false
+  /** Body bytes the answer's Content-Length says are still to come; -1 when it has none. */
+  private remaining = -1
 
   constructor (down: StreamDownstream, to: Resolution) {
     this.down = down
@@ -240,6 +242,8 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
       return
     }
     this.upstreamMs = performance.now() - this.startedAt
+    const length = headers['content-length']
+    if (typeof length === 'string') this.remaining = Number(length)
     try {
       const out = fieldsObject(downstreamResponseHeaders(headerPairs(controller.rawHeaders, headers)))
       if (this.setCookie !== undefined) fieldsObject(['set-cookie', this.setCookie], out)
@@ -259,6 +263,8 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
   onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (this.closed) return
     this.bytes += chunk.length
+    // The last bytes of a sized answer end the stream in the same frame (no empty DATA frame after them).
+    if (this.remaining >= 0 && (this.remaining -= chunk.length) === 0) return this.down.endWith(chunk)
     if (this.down.write(chunk)) return
     // The client (or its flow-control window) is behind: undici stops reading until it catches up.
     controller.pause()

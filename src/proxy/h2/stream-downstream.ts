@@ -81,7 +81,7 @@ export class StreamDownstream implements Downstream {
     tally.open++
     // A client's RST_STREAM with an error code is an 'error' here: the 'close' below is what counts.
     stream.on('error', noop)
-    stream.once('close', this.onStreamClose)
+    stream.on('close', this.onStreamClose)
     if (this.body !== null && bodyMs > 0) {
       stream.setTimeout(bodyMs)
       stream.on('timeout', this.onBodySilent)
@@ -152,6 +152,11 @@ export class StreamDownstream implements Downstream {
 
   write (chunk: Buffer): boolean {
     return this.stream.write(chunk)
+  }
+
+  /** The answer's last body bytes, and its end (no trailers follow). */
+  endWith (chunk: Buffer): void {
+    if (!this.stream.writableEnded) this.stream.end(chunk)
   }
 
   onDrain (fn: () => void): void {
