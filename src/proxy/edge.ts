@@ -8,7 +8,7 @@ import type { Config } from '../config/schema.js'
 import { rawError, writeError } from '../errors.js'
 import { FastEdge } from './h1/listener.js'
 import { Exchange, NodeRequestFacts, requestIdFor } from './forward.js'
-import { createH2Edge, H2_PREFACE, type H2Edge } from './h2/edge.js'
+import { createH2Edge, handOverFromNodeHttp, type H2Edge } from './h2/edge.js'
 import { MAX_HEAD, MAX_HEADER_LINES } from './limits.js'
 import type { Resolve } from './resolve.js'
 import { Forwarding } from './trust.js'
@@ -59,38 +59,6 @@ const MAX_WAITING = 32
 const kTurns = Symbol('turns')
 /** node:http's own fields on its sockets: `_paused` stops the parser after the current read, `parser` restarts it. */
 type TurnSocket = Duplex & { [kTurns]?: ClientTurns, _paused?: boolean, parser?: { resume: () => void } | null }
-
-/** node:http's parser on a socket, as far as giving the socket up needs it (its upgrade path does the same). */
-interface SocketParser { _consumed?: boolean, unconsume: () => void, remove: () => void }
-
-/**
- * node:http's parser stopped at the HTTP/2 preface (llhttp pauses there,
- * HPE_PAUSED_H2_UPGRADE, after its 24 bytes): the connection goes on as an
- * HTTP/2 session, from the whole preface. node:http lets go of the socket as
- * it does for an upgrade: its data listener off, the parser no longer reading
- * the handle nor tracked for header deadlines. Its other listeners stay and
- * find nothing to do; the parser is freed when the socket closes.
- */
-function handOverToH2 (h2: H2Edge, socket: TurnSocket, rawPacket: Buffer, parsed: number): void {
-  socket.removeAllListeners('data')
-  const parser = socket.parser as SocketParser | null | undefined
-  if (parser != null) {
-    if (parser._consumed === true) {
-      parser.unconsume()
-      parser._consumed = false
-    }
-    parser.remove()
-  }
-  socket.pause()
-  socket.unshift(Buffer.concat([H2_PREFACE, rawPacket.subarray(parsed)]))
-  h2.server.emit('connection', socket)
-  // node:http's 'pause' listener stopped the handle reading; the session reads it natively from here.
-  const handle = (socket as unknown as { _handle?: { reading?: boolean, readStart: () => number } | null })._handle
-  if (handle != null && handle.reading !== true) {
-    handle.reading = true
-    handle.readStart()
-  }
-}
 
 export function httpCloser (server: http.Server): Closer {
   return { server, closeIdle: () => server.closeIdleConnections(), closeAll: () => server.closeAllConnections() }
@@ -228,7 +196,7 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
     if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
     // h2c with prior knowledge, on a connection that sent nothing before it (the fast engine hands these over itself).
     if (err.code === 'HPE_PAUSED_H2_UPGRADE' && socket[kTurns] === undefined && err.rawPacket !== undefined && err.bytesParsed !== undefined) {
-      return handOverToH2(h2, socket, err.rawPacket, err.bytesParsed)
+      return handOverFromNodeHttp(h2, socket, err.rawPacket, err.bytesParsed)
     }
     const refusal = err.code === 'HPE_HEADER_OVERFLOW'
       ? rawError('header_too_large', true, `request head larger than ${MAX_HEAD / 1024} KiB`).text

@@ -4,6 +4,7 @@
 
 import http2, { type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2'
 import type { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import { countHeader, PIN_HEADER } from '../headers.js'
 import { MAX_HEAD, MAX_HEADER_LINES } from '../limits.js'
 import { clientAddress, type RequestFacts, type Resolve } from '../resolve.js'
@@ -32,6 +33,38 @@ export const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin
 /** `bytes`, the first a connection sent, open an HTTP/2 connection with prior knowledge (h2c). */
 export function startsWithPreface (bytes: Buffer): boolean {
   return bytes.length >= PREFACE_START.length && bytes.compare(PREFACE_START, 0, PREFACE_START.length, 0, PREFACE_START.length) === 0
+}
+
+/** node:http's parser on a socket, as far as giving the socket up needs it (its upgrade path does the same). */
+interface SocketParser { _consumed?: boolean, unconsume: () => void, remove: () => void }
+
+/**
+ * node:http's parser stopped at the HTTP/2 preface (llhttp pauses there,
+ * HPE_PAUSED_H2_UPGRADE, after its 24 bytes): the connection goes on as an
+ * HTTP/2 session, from the whole preface. node:http lets go of the socket as
+ * it does for an upgrade: its data listener off, the parser no longer reading
+ * the handle nor tracked for header deadlines. Its other listeners stay and
+ * find nothing to do; the parser is freed when the socket closes.
+ */
+export function handOverFromNodeHttp (h2: H2Edge, socket: Duplex, rawPacket: Buffer, parsed: number): void {
+  socket.removeAllListeners('data')
+  const parser = (socket as Duplex & { parser?: SocketParser | null }).parser
+  if (parser != null) {
+    if (parser._consumed === true) {
+      parser.unconsume()
+      parser._consumed = false
+    }
+    parser.remove()
+  }
+  socket.pause()
+  socket.unshift(Buffer.concat([H2_PREFACE, rawPacket.subarray(parsed)]))
+  h2.server.emit('connection', socket)
+  // node:http's 'pause' listener stopped the handle reading; the session reads it natively from here.
+  const handle = (socket as unknown as { _handle?: { reading?: boolean, readStart: () => number } | null })._handle
+  if (handle != null && handle.reading !== true) {
+    handle.reading = true
+    handle.readStart()
+  }
 }
 
 /** Streams open at once on one session (SETTINGS_MAX_CONCURRENT_STREAMS; Go's default is 250, nginx's 128). */
