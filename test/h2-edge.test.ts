@@ -289,6 +289,42 @@ for (const engine of ['fast', 'node']) {
     t.ok(Date.now() - started >= 300, 'closed once idle for client.idleTimeout')
   })
 
+  t.test(`${engine}: a GET whose target refuses the connection is retried on another target`, async (t) => {
+    const b = await startBackend(t, 'blue')
+    const gw = await startGateway(t, `engine: ${engine}\ndefaults:\n  health: { interval: 60s, assumeHealthy: true }\nservices:
+  svc:
+    match: { pathPrefix: / }
+    blue: { targets: ['http://127.0.0.1:1', ${b.url}] }
+`)
+    const s = connect(t, gw)
+    for (let i = 0; i < 4; i++) t.equal((await h2(s, `/r${i}`)).status, 200, `request ${i} answered`)
+    t.equal(b.seen.length, 4, 'every one by the live target')
+    const blue = gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.stats
+    t.ok((blue?.upstreamErrors.connect_failed ?? 0) >= 1, 'the refused connections were counted')
+  })
+
+  t.test(`${engine}: a client that takes none of its answer is reset after client.idleTimeout, not blamed on the upstream`, async (t) => {
+    const { b, gw } = await pair(t, engine, '', 'client: { idleTimeout: 300ms }\n')
+    b.handler = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' })
+      const chunk = Buffer.alloc(64 * 1024)
+      const more = (): void => { while (res.write(chunk)); }
+      res.on('drain', more)
+      more()
+    }
+    const s = connect(t, gw)
+    const closed = await new Promise<number>((resolve) => {
+      const req = s.request({ ':path': '/huge' })
+      req.on('response', () => req.pause())
+      req.on('error', () => {})
+      req.on('close', () => resolve(req.rstCode))
+    })
+    t.equal(closed, http2.constants.NGHTTP2_CANCEL, 'RST_STREAM CANCEL')
+    const blue = gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.stats
+    await eventually(() => blue?.inflight === 0)
+    t.equal(blue?.errors, 0, 'not an error for the guard')
+  })
+
   t.test(`${engine}: 200 concurrent streams on one session`, async (t) => {
     const { b, gw } = await pair(t, engine)
     const s = connect(t, gw)
