@@ -7,10 +7,9 @@ import { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import type { ErrorCode } from '../../errors.js'
 import type { ColorStats, Finished, OpenExchange } from '../../upstream/color-stats.js'
-import { connectionOf } from '../../upstream/registry.js'
 import type { Endpoint } from '../../upstream/target-set.js'
-import { failureKindOf, judgeAttempt, metricOf, nextAttempt } from '../attempt.js'
-import { headerPairs, markSaturated, saturated, servedBefore, upstreamHeadSize } from '../forward.js'
+import { failureKindOf, judgeAttempt, metricOf } from '../attempt.js'
+import { headerPairs, markSaturated, retryAfter, saturated, upstreamHeadSize } from '../forward.js'
 import { isGrpc } from '../grpc.js'
 import { downstreamResponseHeaders, responseTrailers } from '../headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
@@ -294,17 +293,14 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
       return
     }
     if (this.ended || this.down.headersSent) return
-    const kind = failureKindOf(err)
-    const verdict = judgeAttempt(kind, false, kind === 'reset' && servedBefore(err), this.down.method, this.body !== null, this.retries)
-    const failed = this.endpoint
-    const next = nextAttempt(verdict, failed, this.group)
-    if (next !== undefined) {
+    const r = retryAfter(err, this.down.method, this.body !== null, this.retries, this.endpoint, this.group, this.attempt)
+    if (r.next !== undefined) {
       this.retries++
-      this.endpoint = next
+      this.endpoint = r.next
       this.controller = undefined
-      this.dispatch(kind === 'reset' && next === failed && this.attempt !== undefined ? connectionOf(this.attempt) : undefined)
+      this.dispatch(r.via)
       return
     }
-    this.answerError(verdict.code, verdict.countsForGuard)
+    this.answerError(r.verdict.code, r.verdict.countsForGuard)
   }
 }
