@@ -5,6 +5,7 @@
 import t from 'tap'
 import https from 'node:https'
 import http from 'node:http'
+import http2 from 'node:http2'
 import net from 'node:net'
 import tls, { type TLSSocket } from 'node:tls'
 import { createHash, randomBytes } from 'node:crypto'
@@ -84,6 +85,31 @@ async function connectTls (t: Tap, port: number, servername: string, ca: Buffer)
 
 type Tap = typeof t
 
+/** An HTTP/2 session over TLS (ALPN h2), checking the certificate against `ca`. */
+async function h2Session (t: Tap, port: number, ca: Buffer, servername = 'site.test'): Promise<http2.ClientHttp2Session> {
+  const session = http2.connect(`https://127.0.0.1:${port}`, { ca, servername })
+  t.teardown(() => { session.destroy() })
+  await new Promise((resolve, reject) => {
+    session.once('connect', resolve)
+    session.once('error', reject)
+  })
+  return session
+}
+
+/** One stream: its status, headers and whole body. */
+async function h2Request (session: http2.ClientHttp2Session, path: string, opts: { method?: string, body?: Buffer, host?: string } = {}): Promise<{ status: number, headers: http2.IncomingHttpHeaders, body: Buffer }> {
+  return await new Promise((resolve, reject) => {
+    const stream = session.request({ ':method': opts.method ?? 'GET', ':path': path, ':authority': opts.host ?? 'site.test' })
+    const chunks: Buffer[] = []
+    let headers: http2.IncomingHttpHeaders = {}
+    stream.on('response', (h) => { headers = h })
+    stream.on('data', (c: Buffer) => chunks.push(c))
+    stream.on('error', reject)
+    stream.on('end', () => resolve({ status: Number(headers[':status']), headers, body: Buffer.concat(chunks) }))
+    stream.end(opts.body)
+  })
+}
+
 function tlsYaml (certs: CertFiles[], minVersion = 'TLSv1.2'): string {
   return `tls:\n  certs:\n${certs.map((c) => `    - { cert: ${c.cert}, key: ${c.key} }\n`).join('')}  minVersion: ${minVersion}\n`
 }
@@ -142,7 +168,19 @@ for (const engine of ['fast', 'node'] as const) {
     t.equal(await echoed, 'blue: hi', 'wss reaches the live color')
     ws.close()
 
+    // HTTP/2 by ALPN on the same port: the same routing, bodies and forwarding headers.
+    const session = await h2Session(t, port, ca)
+    t.equal(session.alpnProtocol, 'h2', 'a client offering h2 gets it')
+    const h2get = await h2Request(session, '/h2')
+    t.equal(h2get.status, 200)
+    t.match(JSON.parse(h2get.body.toString()), { backend: 'blue', path: '/h2', proto: 'https' })
+    const h2big = await h2Request(session, '/big')
+    t.equal(sha256(h2big.body), sha256(big), 'a 1 MiB answer arrives intact over HTTP/2')
+    const h2post = await h2Request(session, '/up', { method: 'POST', body: upload })
+    t.equal(JSON.parse(h2post.body.toString()).sha256, sha256(upload), 'a POST body arrives intact over HTTP/2')
+
     t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
+    t.match(JSON.parse((await h2Request(session, '/h2-after')).body.toString()), { backend: 'green', proto: 'https' }, 'the next stream on the same session follows the flip')
     const after = await httpsRequest(port, '/b', { ca })
     t.match(JSON.parse(after.body.toString()), { backend: 'green', proto: 'https' }, 'a flip moves new requests')
     const bigGreen = await httpsRequest(port, '/big', { ca })
@@ -176,6 +214,30 @@ t.test('a handshake that does not finish within client.headerTimeout is closed, 
   const took = Date.now() - started
   t.ok(took >= 250 && took < 3000, `closed after ${took} ms`)
   await eventually(() => edge?.tls?.failedHandshakes === 1)
+})
+
+t.test('ALPN: h2 for a client offering it, http/1.1 for one offering only that or nothing', async (t) => {
+  const dir = tempDir(t)
+  const site = makeCert(dir, 'site', { names: ['site.test'] })
+  const ca = readFileSync(site.cert)
+  const backend = await startBackend(t, 'blue')
+  const gw = await startGateway(t, `${tlsYaml([site])}services:\n${serviceYaml('svc', '/', [backend], [backend])}`)
+  const port = gw.gateway.address.port
+  const negotiated = async (offer: string[] | undefined): Promise<string | false | null> => {
+    const s = await new Promise<TLSSocket>((resolve, reject) => {
+      const c = tls.connect({ host: '127.0.0.1', port, servername: 'site.test', ca, ...(offer === undefined ? {} : { ALPNProtocols: offer }) }, () => resolve(c))
+      c.once('error', reject)
+    })
+    t.teardown(() => { s.destroy() })
+    const protocol = s.alpnProtocol
+    if (protocol !== 'h2') t.match(await onSocket(s, '/over-h1'), { status: 200, body: /"path":"\/over-h1"/ }, `HTTP/1.1 is served after ALPN ${String(protocol)}`)
+    s.destroy()
+    return protocol
+  }
+  t.equal(await negotiated(['http/1.1']), 'http/1.1')
+  t.equal(await negotiated(['http/1.1', 'h2']), 'h2', 'the server prefers h2')
+  t.equal(await negotiated(['h2']), 'h2')
+  t.equal(await negotiated(undefined), false, 'no ALPN at all: HTTP/1.1')
 })
 
 t.test('two certificates picked by SNI; an unknown name or none gets the first', async (t) => {
@@ -250,12 +312,17 @@ for (const engine of ['fast', 'node'] as const) {
     await new Promise((resolve) => silent.once('connect', resolve))
     const silentClosed = new Promise<void>((resolve) => silent.once('close', () => resolve()))
     const slow = httpsRequest(port, '/slow?ms=300', { ca })
-    await eventually(() => backend.seen.some((s) => s.url === '/slow?ms=300'))
+    const session = await h2Session(t, port, ca)
+    const goaway = new Promise<void>((resolve) => session.once('goaway', () => resolve()))
+    const slowH2 = h2Request(session, '/slow?ms=400')
+    await eventually(() => backend.seen.some((s) => s.url === '/slow?ms=300') && backend.seen.some((s) => s.url === '/slow?ms=400'))
 
     const started = Date.now()
     await gw.gateway.stop(1500)
     const took = Date.now() - started
     t.equal((await slow).status, 200, 'the request in flight finished')
+    await goaway
+    t.equal((await slowH2).status, 200, 'the HTTP/2 session got GOAWAY and its open stream finished')
     await idleClosed
     await silentClosed
     t.ok(took >= 1400 && took < 5000, `the stop waited for its deadline for the silent connection, then closed it (${took} ms)`)

@@ -11,13 +11,14 @@ import { rawError, writeError } from '../errors.js'
 import { log } from '../log.js'
 import { FastEdge } from './h1/listener.js'
 import { Exchange, NodeRequestFacts, requestIdFor } from './forward.js'
+import { createH2Edge, handOverFromNodeHttp, type H2Edge } from './h2/edge.js'
 import { MAX_HEAD, MAX_HEADER_LINES } from './limits.js'
 import type { Resolve } from './resolve.js'
 import { Forwarding } from './trust.js'
 import { isWebSocketHandshake, proxyUpgrade, rejectUpgrade } from './websocket.js'
 
 /** What a client offers by ALPN, in the server's order of preference. */
-const ALPN = ['http/1.1']
+const ALPN = ['h2', 'http/1.1']
 /** Failed handshakes are logged at most this often, as a count: scanners and clients that distrust the certificate fail many. */
 const HANDSHAKE_LOG_MS = 60_000
 
@@ -34,6 +35,8 @@ export interface EdgeServer extends Closer {
   upgraded: Set<Duplex>
   /** On a TLS listener: handshakes that failed since it started (bad or no certificate trust, wrong version, timeouts, scanners). */
   readonly tls?: { failedHandshakes: number }
+  /** The HTTP/2 side: h2c connections (prior knowledge) on this listener, and TLS ones that chose h2 by ALPN. */
+  h2: H2Edge
 }
 
 /**
@@ -93,6 +96,7 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
   /** Which peers' X-Forwarded-* are believed, and the scheme told upstream: decided once for the listener, on every engine. */
   const forwarding = new Forwarding(certs === undefined ? 'http' : 'https', opts.trustedProxies)
   const deadlines = { body: opts.client.body, stall: opts.client.idle }
+  const h2 = createH2Edge(resolve, forwarding, opts)
 
   /** The resolve step for a node:http request; its target is forwarded (and logged) normalized. */
   const resolveRequest = (req: IncomingMessage): ReturnType<Resolve> => {
@@ -207,8 +211,12 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
   // Past this many lines node:http leaves headers out of req.headers (rawHeaders keeps them): such heads are refused above.
   server.maxHeadersCount = MAX_HEADER_LINES + 1
   server.on('upgrade', onUpgradeChecked)
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean } }) => {
+  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer, bytesParsed?: number }, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean } }) => {
     if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
+    // h2c with prior knowledge, on a connection that sent nothing before it (the fast engine hands these over itself).
+    if (err.code === 'HPE_PAUSED_H2_UPGRADE' && socket[kTurns] === undefined && err.rawPacket !== undefined && err.bytesParsed !== undefined) {
+      return handOverFromNodeHttp(h2, socket, err.rawPacket, err.bytesParsed)
+    }
     const refusal = err.code === 'HPE_HEADER_OVERFLOW'
       ? rawError('header_too_large', true, `request head larger than ${MAX_HEAD / 1024} KiB`).text
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
@@ -226,19 +234,35 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
     socket.end(refusal)
   })
   const fast = opts.engine === 'node' ? undefined : new FastEdge(resolve, server, forwarding, opts)
-  if (certs !== undefined) return secureEdge(certs, opts, server, fast, upgraded)
-  if (fast === undefined) return { ...httpCloser(server), upgraded }
-  return { server: fast.server, closeIdle: () => fast.closeIdle(), closeAll: () => fast.closeAll(), upgraded }
+  if (fast !== undefined) fast.h2 = h2.server
+  if (certs !== undefined) return secureEdge(certs, opts, server, fast, h2, upgraded)
+  if (fast === undefined) {
+    return {
+      server,
+      closeIdle: () => { server.closeIdleConnections(); h2.closeIdle() },
+      closeAll: () => { server.closeAllConnections(); h2.closeAll() },
+      upgraded,
+      h2,
+    }
+  }
+  return {
+    server: fast.server,
+    closeIdle: () => { fast.closeIdle(); h2.closeIdle() },
+    closeAll: () => { fast.closeAll(); h2.closeAll() },
+    upgraded,
+    h2,
+  }
 }
 
 /**
  * The TLS listener: one tls.Server whose certificates `certs` keeps current
  * (SNI, reloads), each connection handed once its handshake is done to the
- * engine its ALPN protocol asks for. HTTP/1.1 goes to the fast engine
+ * engine its ALPN protocol asks for: h2 to the HTTP/2 edge (a plain
+ * http2 server fed the TLS socket), the rest to HTTP/1.1, the fast engine
  * (measured 1.9-2x node:http over TLS: a TLSSocket is a net.Socket to it) or,
  * on the node engine, to node:http, exactly as a plain connection would.
  */
-function secureEdge (certs: ServerCerts, opts: EdgeOptions, http1: http.Server, fast: FastEdge | undefined, upgraded: Set<Duplex>): EdgeServer {
+function secureEdge (certs: ServerCerts, opts: EdgeOptions, http1: http.Server, fast: FastEdge | undefined, h2: H2Edge, upgraded: Set<Duplex>): EdgeServer {
   // node:http never listens itself here: its connection tracking and deadline checks start as if it did (FastEdge does the same).
   if (fast === undefined) http1.emit('listening')
   const server = tls.createServer({
@@ -256,8 +280,8 @@ function secureEdge (certs: ServerCerts, opts: EdgeOptions, http1: http.Server, 
     socket.once('close', () => sockets.delete(socket))
   })
   server.on('secureConnection', (socket: tls.TLSSocket) => {
-    // H2 EDGE (helper B, once merged): if (socket.alpnProtocol === 'h2') return h2.server.emit('connection', socket)
-    if (fast !== undefined) fast.accept(socket)
+    if (socket.alpnProtocol === 'h2') h2.server.emit('connection', socket)
+    else if (fast !== undefined) fast.accept(socket)
     else http1.emit('connection', socket)
   })
   const stats = { failedHandshakes: 0 }
@@ -282,13 +306,17 @@ function secureEdge (certs: ServerCerts, opts: EdgeOptions, http1: http.Server, 
     closeIdle: () => {
       if (fast !== undefined) fast.closeIdle()
       else http1.closeIdleConnections()
+      // GOAWAY to every HTTP/2 session: their open streams go on until they finish.
+      h2.closeIdle()
     },
     closeAll: () => {
       if (fast !== undefined) fast.closeAll()
       else http1.closeAllConnections()
+      h2.closeAll()
       for (const s of sockets) s.destroy()
     },
     upgraded,
+    h2,
     tls: stats,
   }
 }
