@@ -500,6 +500,12 @@ t.test('serve --workers 2 over TLS: serves, flips, and every worker takes a relo
   t.same(new Set(first.map((a) => JSON.parse(a.body.toString()).backend)), new Set(['blue']))
   t.equal((await admin(adminUrl, 'POST', '/v1/flip', {})).status, 200)
   t.same(new Set((await many(10)).map((a) => JSON.parse(a.body.toString()).backend)), new Set(['green']), 'every worker flipped')
+  const sessions = await Promise.all([1, 2, 3, 4].map(async () => await h2Session(t, port, ca)))
+  for (const session of sessions) {
+    t.match(JSON.parse((await h2Request(session, '/h2')).body.toString()), { backend: 'green', path: '/h2' }, 'HTTP/2 over TLS on a worker')
+    t.equal(green.seen.at(-1)?.headers['x-forwarded-proto'], 'https')
+  }
+  for (const session of sessions) session.close()
 
   writeConfig(file, [second], blue, green)
   const reload = await admin(adminUrl, 'POST', '/v1/reload', {})
