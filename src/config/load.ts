@@ -11,7 +11,7 @@ import {
   type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type SmokeCheck, type Timeouts,
 } from './schema.js'
 import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, substituteEnv } from './values.js'
-import { CertError, readCert } from '../listen/certs.js'
+import { CertError, readCert } from './certs.js'
 import { CERT_KEYS, CONFIG_KEYS, ENVIRONMENT_KEYS, SECTION_KEYS, SERVICE_KEYS, SMOKE_KEYS, listKeys } from './keys.js'
 
 export interface ConfigProblem {

@@ -35,11 +35,17 @@ export class FastEdge implements ConnOwner {
     this.forwarding = forwarding
     // Sets up node:http's own connection tracking and timeout checks, as if it listened itself.
     fallback.emit('listening')
-    this.server = net.createServer({ noDelay: true }, (socket) => {
-      const conn = new ClientConn(this, socket)
-      this.conns.add(conn)
-    })
+    this.server = net.createServer({ noDelay: true }, (socket) => this.accept(socket))
     this.server.on('close', () => fallback.close(() => {}))
+  }
+
+  /**
+   * Serves a connection accepted elsewhere: its own server's, or a TLS
+   * socket once the handshake chose HTTP/1.1 (a TLSSocket is a net.Socket
+   * reading plaintext, so everything here works on it unchanged).
+   */
+  accept (socket: net.Socket): void {
+    this.conns.add(new ClientConn(this, socket))
   }
 
   /**
