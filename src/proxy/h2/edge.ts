@@ -5,12 +5,12 @@
 import http2, { type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
-import { countHeader, PIN_HEADER } from '../headers.js'
 import { MAX_HEAD, MAX_HEADER_LINES } from '../limits.js'
-import { clientAddress, type RequestFacts, type Resolve } from '../resolve.js'
+import type { Resolve } from '../resolve.js'
 import type { Forwarding } from '../trust.js'
-import type { EdgeOptions } from '../edge.js'
+import type { Config } from '../../config/schema.js'
 import { H2Exchange } from './exchange.js'
+import { H2RequestFacts } from './facts.js'
 import { StreamDownstream, type SessionTally } from './stream-downstream.js'
 import { forwardOverH2 } from './upstream.js'
 
@@ -73,54 +73,6 @@ export const MAX_CONCURRENT_STREAMS = 256
 /** Pseudo-header fields a request may carry (:method, :scheme, :authority, :path, :protocol): counted in node's pair limit. */
 const PSEUDO_FIELDS = 5
 
-/**
- * An HTTP/2 request as the resolve step reads it. HTTP/2 has no Connection
- * header (nghttp2 refuses a request carrying one), so no names are listed.
- */
-export class H2RequestFacts implements RequestFacts {
-  readonly method: string
-  readonly target: string
-  /** :authority, else Host (RFC 9113 8.3.1). */
-  readonly host: string | undefined
-  readonly smoke: string | undefined
-  /** node:http2 joins Cookie lines with '; ' (RFC 9113 8.2.3). */
-  readonly cookie: string | undefined
-  readonly connectionNames: undefined = undefined
-  readonly peer: string
-  readonly headers: IncomingHttpHeaders
-  /** The fields as received, [name, value, ...], pseudo-headers first. */
-  readonly raw: string[]
-  readonly forwarding: Forwarding
-
-  constructor (headers: IncomingHttpHeaders, raw: string[], peer: string, forwarding: Forwarding) {
-    this.headers = headers
-    this.raw = raw
-    this.peer = peer
-    this.forwarding = forwarding
-    this.method = headers[':method'] as string
-    this.target = headers[':path'] ?? ''
-    this.host = headers[':authority'] ?? headers.host
-    const smoke = headers[PIN_HEADER]
-    this.smoke = typeof smoke === 'string' ? smoke : undefined
-    this.cookie = headers.cookie
-  }
-
-  /** node:http2 joins a repeated field's lines: the line count tells them apart from one line. */
-  header (lowerName: string): string | undefined {
-    const v = this.headers[lowerName]
-    return typeof v === 'string' && countHeader(this.raw, lowerName) === 1 ? v : undefined
-  }
-
-  headerLines (lowerName: string): number {
-    return countHeader(this.raw, lowerName)
-  }
-
-  clientAddress (): string {
-    const xff = this.headers['x-forwarded-for']
-    return clientAddress(this.peer, this.forwarding.trusts(this.peer), typeof xff === 'string' ? xff : undefined)
-  }
-}
-
 const kTally = Symbol('tally')
 type TalliedSession = ServerHttp2Session & { [kTally]?: SessionTally }
 
@@ -137,7 +89,7 @@ function noop (): void {}
  * resolved once, then refused (a JSON error, or a gRPC status for a gRPC
  * request) or forwarded: HTTP/1.1 upstreams by H2Exchange, HTTP/2 ones by forwardOverH2.
  */
-export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: EdgeOptions): H2Edge {
+export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pick<Config, 'client'>): H2Edge {
   const sessions = new Set<ServerHttp2Session>()
   const bodyMs = opts.client.body
   const stallMs = opts.client.idle

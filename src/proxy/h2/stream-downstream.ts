@@ -9,7 +9,7 @@ import { encodeGrpcMessage, grpcStatusOf, isGrpc } from '../grpc.js'
 import { stripH2RequestHeaders } from '../headers.js'
 import { newRequestId } from '../request-id.js'
 import type { SentForwarding } from '../trust.js'
-import type { H2RequestFacts } from './edge.js'
+import type { H2RequestFacts } from './facts.js'
 
 const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = http2.constants
 
