@@ -7,6 +7,8 @@ import type { Duplex } from 'node:stream'
 import type { Config } from '../config/schema.js'
 import { rawError, writeError } from '../errors.js'
 import { FastEdge } from './h1/listener.js'
+import { NodeDownstream } from './h2/node-downstream.js'
+import { forwardOverH2 } from './h2/upstream.js'
 import { Exchange, NodeRequestFacts, requestIdFor } from './forward.js'
 import { MAX_HEAD, MAX_HEADER_LINES } from './limits.js'
 import type { Resolve } from './resolve.js'
@@ -90,6 +92,8 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
       to.stats?.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
       return
     }
+    // Targets that speak HTTP/2 (protocol h2c or h2): the HTTP/2 forwarder, with this client as its Downstream.
+    if (to.group.protocol !== 'http1') return forwardOverH2(new NodeDownstream(req, res, forwarding), to)
     new Exchange(req, res, to, forwarding).start(deadlines)
   }
 

@@ -37,11 +37,16 @@ function poolKey (timeouts: Timeouts, limits: LimitsConfig): string {
 }
 
 /** TLS options for h2 targets' sessions; tests set a CA of their own (production trusts the system's, as undici does for h1). */
-let h2TlsOptions: { ca?: string | Buffer } | undefined
+let h2Tls: { ca?: string | Buffer } | undefined
 
-/** For tests: the CA h2 (TLS) sessions opened from now on trust. */
+/** For tests: the CA h2 (TLS) sessions and gRPC probes opened from now on trust. */
 export function setH2TlsOptions (opts: { ca?: string | Buffer } | undefined): void {
-  h2TlsOptions = opts
+  h2Tls = opts
+}
+
+/** The TLS options h2 sessions are opened with now. */
+export function h2TlsOptions (): { ca?: string | Buffer } | undefined {
+  return h2Tls
 }
 
 /** What active probes say: `unchecked` when no probes are configured for the target. */
@@ -243,10 +248,10 @@ export class Target {
   /** The HTTP/2 sessions for these timeouts and limits (protocol h2c or h2): nothing connects until a request needs it. */
   h2Pool (timeouts: Timeouts, limits: LimitsConfig): H2Pool {
     const key = poolKey(timeouts, limits)
-    const pools = this.h2Pools ??= new Map()
+    const pools = this.h2Pools ??= new Map<string, H2Pool>()
     let pool = pools.get(key)
     if (pool === undefined) {
-      pool = new H2Pool(this.url, this.origin, timeouts, limits, h2TlsOptions)
+      pool = new H2Pool(this.url, this.origin, timeouts, limits, h2Tls)
       pools.set(key, pool)
     }
     return pool

@@ -1,0 +1,309 @@
+// The HTTP/2 forwarder (proxy/h2/upstream.ts) on its own: a small HTTP/2
+// server in the test stands in for the gateway's h2 edge, hands each stream
+// to forwardOverH2 through a Downstream adapter of its own, and real grpc-js
+// servers and clients sit on both ends.
+
+import t, { type Test } from 'tap'
+import http2, { type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2'
+import type { AddressInfo } from 'node:net'
+import type { Readable } from 'node:stream'
+import { DEFAULTS, type LimitsConfig, type Timeouts } from '../src/config/schema.js'
+import { ERRORS, errorBody, type ErrorCode } from '../src/errors.js'
+import type { Downstream } from '../src/proxy/downstream.js'
+import { encodeGrpcMessage, grpcStatusOf, isGrpc } from '../src/proxy/grpc.js'
+import { forwardOverH2 } from '../src/proxy/h2/upstream.js'
+import type { Resolution, UpstreamGroup } from '../src/proxy/resolve.js'
+import { TargetRegistry, type ColorStats } from '../src/upstream/registry.js'
+import { TargetSet } from '../src/upstream/target-set.js'
+import { echoClient, grpc, startEchoServer, unary, type EchoClient, type Msg } from './helpers/grpc.js'
+import { eventually } from './helpers/index.js'
+
+/** A Downstream over an HTTP/2 server stream, as small as the test needs (the gateway's own is helper B's). */
+class TestDownstream implements Downstream {
+  readonly method: string
+  readonly path: string
+  readonly authority: string | undefined
+  readonly requestId: string
+  readonly grpc: boolean
+  readonly body: Readable | null
+  private readonly stream: ServerHttp2Stream
+  private readonly headers: IncomingHttpHeaders
+  private trailersOnly = false
+
+  constructor (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number) {
+    this.stream = stream
+    this.headers = headers
+    this.method = headers[':method'] as string
+    this.path = headers[':path'] as string
+    this.authority = headers[':authority']
+    this.requestId = `test-${++ids}`
+    this.grpc = isGrpc(headers['content-type'])
+    this.body = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0 ? null : stream
+  }
+
+  upstreamHeaders (): OutgoingHttpHeaders {
+    const out: OutgoingHttpHeaders = {}
+    for (const [k, v] of Object.entries(this.headers)) if (!k.startsWith(':')) out[k] = v
+    out['x-request-id'] = this.requestId
+    return out
+  }
+
+  get headersSent (): boolean {
+    return this.stream.headersSent
+  }
+
+  get closed (): boolean {
+    return this.stream.closed
+  }
+
+  respond (status: number, headers: OutgoingHttpHeaders): void {
+    this.trailersOnly = headers['grpc-status'] !== undefined
+    this.stream.respond({ ':status': status, ...headers }, this.trailersOnly ? { endStream: true } : { waitForTrailers: true })
+  }
+
+  write (chunk: Buffer): boolean {
+    return this.stream.write(chunk)
+  }
+
+  onDrain (fn: () => void): void {
+    this.stream.once('drain', fn)
+  }
+
+  end (trailers: OutgoingHttpHeaders | undefined): void {
+    if (this.trailersOnly) return
+    this.stream.once('wantTrailers', () => {
+      if (trailers !== undefined) this.stream.sendTrailers(trailers)
+      else this.stream.close()
+    })
+    this.stream.end()
+  }
+
+  fail (code: ErrorCode, message?: string): number {
+    if (this.stream.headersSent) {
+      this.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR)
+      return 0
+    }
+    if (this.grpc) {
+      this.stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(grpcStatusOf(code)), 'grpc-message': encodeGrpcMessage(message ?? ERRORS[code].message) }, { endStream: true })
+      return 0
+    }
+    const body = errorBody(code, message)
+    this.stream.respond({ ':status': ERRORS[code].status, 'content-type': 'application/json' })
+    this.stream.end(body)
+    return Buffer.byteLength(body)
+  }
+
+  destroy (): void {
+    if (!this.stream.closed) this.stream.close(http2.constants.NGHTTP2_CANCEL)
+  }
+
+  onClose (fn: () => void): void {
+    if (this.stream.closed) fn()
+    else this.stream.once('close', fn)
+  }
+}
+
+let ids = 0
+
+const LIMITS: LimitsConfig = { maxConnections: 4 }
+const TIMEOUTS: Timeouts = { ...DEFAULTS.defaults.timeouts, connect: 500, response: 2000 }
+
+interface Edge {
+  /** host:port of the test's h2c edge. */
+  hostPort: string
+  stats: ColorStats
+  registry: TargetRegistry
+  group: UpstreamGroup
+}
+
+/** An h2c edge that forwards every stream to `urls` (one color) with forwardOverH2. */
+async function startEdge (tt: Test, urls: string[], timeouts: Timeouts = TIMEOUTS, name = 'svc'): Promise<Edge> {
+  const registry = new TargetRegistry()
+  const targets = new TargetSet(urls.map((u) => {
+    const target = registry.target(u)
+    target.configure(undefined, { consecutiveFailures: 100, baseEjectionTime: 1000, maxEjectionTime: 1000 })
+    return { target, dispatcher: target.dispatcher(timeouts, LIMITS), h1: target.h1Pool(timeouts, LIMITS), h2: target.h2Pool(timeouts, LIMITS) }
+  }))
+  const stats = registry.colorStats(name, 'blue')
+  const group: UpstreamGroup = { targets, stats, timeouts, protocol: 'h2c' }
+  const server = http2.createServer()
+  server.on('stream', (stream, headers, flags) => {
+    const endpoint = targets.pick()
+    const down = new TestDownstream(stream, headers, flags)
+    if (endpoint === undefined) return void down.fail('no_healthy_upstream')
+    const to: Resolution = { target: down.path, endpoint, group, setCookie: 'sticky=blue' }
+    forwardOverH2(down, to)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  tt.teardown(async () => {
+    await registry.destroy()
+    server.close()
+  })
+  return { hostPort: `127.0.0.1:${(server.address() as AddressInfo).port}`, stats, registry, group }
+}
+
+async function collect<T> (call: NodeJS.ReadableStream): Promise<T[]> {
+  const out: T[] = []
+  for await (const m of call) out.push(m as T)
+  return out
+}
+
+t.test('unary, server, client and bidirectional streaming calls go through, trailers included', async (t) => {
+  const blue = await startEchoServer(t, 'blue')
+  const edge = await startEdge(t, [blue.url])
+  const client = echoClient(t, edge.hostPort)
+
+  const u = await unary(client, { text: 'hi' })
+  t.same(u, { msg: { text: 'hi', color: 'blue' }, code: 0 }, 'unary answer and status 0 (from the trailers)')
+
+  const ss = await collect<Msg>(client.serverStream({ text: 's', count: 5 }))
+  t.same(ss.map((m) => m.n), [0, 1, 2, 3, 4], 'server streaming: every message in order')
+
+  const cs = await new Promise<Msg>((resolve, reject) => {
+    const call = client.clientStream((err: Error | null, res: Msg) => err !== null ? reject(err) : resolve(res))
+    for (const text of ['a', 'b', 'c']) call.write({ text })
+    call.end()
+  })
+  t.same(cs, { text: 'a,b,c', color: 'blue' }, 'client streaming: the server saw every message')
+
+  // Bidirectional: each answer comes before the next message is sent (flow both ways on one stream).
+  const call = client.bidi()
+  const got: Msg[] = []
+  for (const text of ['x', 'y', 'z']) {
+    const next = new Promise<Msg>((resolve) => call.once('data', resolve))
+    call.write({ text })
+    got.push(await next)
+  }
+  call.end()
+  await new Promise((resolve) => call.on('status', resolve))
+  t.same(got.map((m) => m.text), ['x', 'y', 'z'])
+  t.equal(blue.calls.unary, 1)
+  t.equal(edge.stats.requests, 4, 'four exchanges counted')
+  t.equal(edge.stats.errors, 0)
+  await eventually(() => edge.stats.inflight === 0)
+})
+
+t.test('large messages both ways keep flow control (a slow side holds the other back, nothing is lost)', async (t) => {
+  const blue = await startEchoServer(t, 'blue')
+  const edge = await startEdge(t, [blue.url])
+  const client = echoClient(t, edge.hostPort)
+  const big = 'x'.repeat(3 * 1024 * 1024)
+  const u = await unary(client, { text: big }, 20_000)
+  t.equal(u.code, 0)
+  t.equal(u.msg?.text?.length, big.length, '3 MiB each way, past every default window')
+  const ss = await collect<Msg>(client.serverStream({ text: 'y'.repeat(256 * 1024), count: 40 }))
+  t.equal(ss.length, 40, '10 MiB streamed to the client')
+})
+
+t.test('a server fault in grpc-status counts as an error, a client mistake does not', async (t) => {
+  const blue = await startEchoServer(t, 'blue')
+  const edge = await startEdge(t, [blue.url])
+  const client = echoClient(t, edge.hostPort)
+  const bad = await unary(client, { fail: grpc.status.INVALID_ARGUMENT })
+  t.equal(bad.code, grpc.status.INVALID_ARGUMENT, 'the upstream status reaches the client')
+  t.equal(edge.stats.errors, 0, 'INVALID_ARGUMENT is the client\'s mistake')
+  const internal = await unary(client, { fail: grpc.status.INTERNAL })
+  t.equal(internal.code, grpc.status.INTERNAL)
+  t.equal(edge.stats.errors, 1, 'INTERNAL counts against the color')
+  const unavailable = await unary(client, { fail: grpc.status.UNAVAILABLE })
+  t.equal(unavailable.code, grpc.status.UNAVAILABLE)
+  t.equal(edge.stats.errors, 2)
+  t.equal(edge.stats.requests, 3)
+})
+
+t.test('gateway errors are gRPC statuses: connect failure 14, upstream timeout 4', async (t) => {
+  // A port nobody listens on.
+  const dead = http2.createServer()
+  await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', resolve))
+  const deadUrl = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`
+  await new Promise((resolve) => dead.close(resolve))
+  const edge = await startEdge(t, [deadUrl])
+  const client = echoClient(t, edge.hostPort)
+  const r = await unary(client, { text: 'x' })
+  t.equal(r.code, grpc.status.UNAVAILABLE, 'connect failure → UNAVAILABLE')
+  t.equal(edge.stats.upstreamErrors.connect_failed, 1)
+  t.equal(edge.stats.errors, 1)
+
+  const blue = await startEchoServer(t, 'blue')
+  const slow = await startEdge(t, [blue.url], { ...TIMEOUTS, response: 200 }, 'slow')
+  const sc = echoClient(t, slow.hostPort)
+  const started = Date.now()
+  const late = await unary(sc, { text: 'x', delay: 1500 })
+  t.equal(late.code, grpc.status.DEADLINE_EXCEEDED, 'no head within timeouts.response → DEADLINE_EXCEEDED')
+  t.ok(Date.now() - started < 1400, 'answered at the gateway\'s deadline, not the upstream\'s answer')
+  t.equal(slow.stats.upstreamErrors.timeout, 1)
+})
+
+t.test('a stream the upstream refuses unprocessed is sent again, body and all; the session is replaced', async (t) => {
+  const blue = await startEchoServer(t, 'blue')
+  // An h2c front for the grpc server that refuses the first stream of each session with REFUSED_STREAM.
+  const refusing = http2.createServer()
+  let refused = 0
+  const upstream = http2.connect(blue.url)
+  t.teardown(() => upstream.close())
+  refusing.on('session', (session) => {
+    let first = true
+    session.on('stream', (stream, headers) => {
+      stream.on('error', () => {})
+      if (first) {
+        first = false
+        refused++
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM)
+        return
+      }
+      const out: OutgoingHttpHeaders = {}
+      for (const [k, v] of Object.entries(headers)) if (k !== ':authority' && k !== ':scheme') out[k] = v
+      const up = upstream.request(out)
+      stream.pipe(up)
+      up.on('response', (h) => stream.respond(h, { waitForTrailers: true }))
+      up.on('trailers', (tr) => stream.once('wantTrailers', () => stream.sendTrailers(tr)))
+      up.pipe(stream)
+    })
+  })
+  await new Promise<void>((resolve) => refusing.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => refusing.close())
+  const edge = await startEdge(t, [`http://127.0.0.1:${(refusing.address() as AddressInfo).port}`])
+  const client = echoClient(t, edge.hostPort)
+  const r = await unary(client, { text: 'again' })
+  t.equal(refused, 1, 'the first stream was refused')
+  t.same(r, { msg: { text: 'again', color: 'blue' }, code: 0 }, 'the POST with its body was sent again and answered')
+  t.equal(edge.stats.errors, 0, 'a refused stream is not an error')
+})
+
+t.test('GOAWAY: open streams finish on the old session, new ones open a new session', async (t) => {
+  const blue = await startEchoServer(t, 'blue')
+  const edge = await startEdge(t, [blue.url])
+  const client = echoClient(t, edge.hostPort)
+  const call = client.bidi()
+  const first = new Promise<Msg>((resolve) => call.once('data', resolve))
+  call.write({ text: 'one' })
+  t.equal((await first).text, 'one')
+  const pool = edge.group.targets.endpoints[0].h2
+  t.equal(pool?.size, 1, 'one session')
+  // The upstream says goodbye (graceful server shutdown sends GOAWAY and lets open streams finish).
+  blue.server.tryShutdown(() => {})
+  await eventually(() => pool?.size === 1 && (pool as unknown as { open: unknown[] }).open.length === 0)
+  const second = new Promise<Msg>((resolve) => call.once('data', resolve))
+  call.write({ text: 'two' })
+  t.equal((await second).text, 'two', 'the open stream goes on after GOAWAY')
+  call.end()
+  const status = await new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve))
+  t.equal(status.code, 0)
+})
+
+t.test('close() at a drain deadline resets both sides of an open stream', async (t) => {
+  const blue = await startEchoServer(t, 'blue')
+  const edge = await startEdge(t, [blue.url])
+  const client: EchoClient = echoClient(t, edge.hostPort)
+  const call = client.bidi()
+  const first = new Promise<Msg>((resolve) => call.once('data', resolve))
+  call.write({ text: 'one' })
+  await first
+  t.equal(edge.stats.openHttp.size, 1, 'the open stream is listed on its color')
+  const status = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve))
+  call.on('error', () => {})
+  for (const x of edge.stats.openHttp) x.close()
+  t.not((await status).code, 0, 'the client sees the stream cut')
+  await eventually(() => edge.stats.inflight === 0)
+  t.equal(edge.group.targets.endpoints[0].target.inflight, 0)
+})
