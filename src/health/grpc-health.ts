@@ -107,6 +107,7 @@ export interface ProbeResult {
  */
 export class GrpcProbeSessions {
   private readonly sessions = new Map<string, http2.ClientHttp2Session>()
+  private readonly failures = new WeakMap<http2.ClientHttp2Session, string>()
   private readonly tls: () => { ca?: string | Buffer } | undefined
 
   /** `tls`: extra TLS options for h2 targets (tests trust their own CA). */
@@ -120,7 +121,8 @@ export class GrpcProbeSessions {
     const u = new URL(origin)
     const host = u.hostname.replace(/^\[|\]$/g, '')
     const s = http2.connect(origin, u.protocol === 'https:' ? { servername: net.isIP(host) === 0 ? host : undefined, ALPNProtocols: ['h2'], ...this.tls() } : {})
-    s.on('error', () => {})
+    // A failed connection fails its streams first, then the session says why: the probe reports the session's reason.
+    s.on('error', (err: Error & { code?: string }) => { this.failures.set(s, err.code ?? err.message) })
     const forget = (): void => { if (this.sessions.get(origin) === s) this.sessions.delete(origin) }
     s.once('close', forget)
     s.once('goaway', forget)
@@ -175,7 +177,9 @@ export class GrpcProbeSessions {
         if (typeof t['grpc-message'] === 'string') grpcMessage = t['grpc-message']
       })
       stream.on('data', (c: Buffer) => chunks.push(c))
-      stream.on('error', (err: Error & { code?: string }) => done({ ok: false, detail: `${what}: ${err.code ?? err.message}` }))
+      stream.on('error', (err: Error & { code?: string }) => {
+        setImmediate(() => done({ ok: false, detail: `${what}: ${this.failures.get(session) ?? err.code ?? err.message}` }))
+      })
       stream.once('end', () => {
         if (httpStatus !== 200) return done({ ok: false, detail: `${what} answered HTTP ${httpStatus}` })
         if (grpcStatus !== '0') return done({ ok: false, detail: `${what} answered grpc-status ${grpcStatus ?? 'none'}${grpcMessage === undefined ? '' : ` (${readable(grpcMessage)})`}` })
@@ -187,7 +191,10 @@ export class GrpcProbeSessions {
         }
         done({ ok: status === ServingStatus.SERVING, detail: `${what} is ${servingStatusName(status)}` })
       })
-      stream.once('close', () => done({ ok: false, detail: `${what}: stream closed without an answer` }))
+      stream.once('close', () => {
+        // After 'error' (which waits a turn for the session's reason) and 'end', when neither came.
+        setImmediate(() => setImmediate(() => done({ ok: false, detail: `${what}: ${this.failures.get(session) ?? 'stream closed without an answer'}` })))
+      })
       stream.end(encodeHealthCheckRequest(service))
     })
   }

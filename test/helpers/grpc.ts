@@ -39,8 +39,9 @@ const HEALTH = {
     path: '/grpc.health.v1.Health/Check',
     requestStream: false,
     responseStream: false,
-    requestSerialize: (s: string) => Buffer.concat([Buffer.from([0x0a, Buffer.byteLength(s)]), Buffer.from(s)]),
-    requestDeserialize: (b: Buffer) => (b.length === 0 ? '' : b.subarray(2, 2 + b[1]).toString()),
+    requestSerialize: (r: { service: string }) => Buffer.concat([Buffer.from([0x0a, Buffer.byteLength(r.service)]), Buffer.from(r.service)]),
+    // An object, not a bare string: grpc-js takes a falsy message ('' for the whole server) for no message at all.
+    requestDeserialize: (b: Buffer) => ({ service: b.length === 0 ? '' : b.subarray(2, 2 + b[1]).toString() }),
     responseSerialize: (status: number) => Buffer.from([0x08, status]),
     responseDeserialize: (b: Buffer) => b[1] ?? 0,
   },
@@ -94,9 +95,9 @@ export async function startEchoServer (t: Teardown, color: string): Promise<Echo
     },
   })
   server.addService(HEALTH, {
-    check: (call: grpc.ServerUnaryCall<string, number>, cb: grpc.sendUnaryData<number>) => {
+    check: (call: grpc.ServerUnaryCall<{ service: string }, number>, cb: grpc.sendUnaryData<number>) => {
       count('health')
-      const status = health.get(call.request)
+      const status = health.get(call.request.service)
       if (status === undefined) return cb(Object.assign(new Error('unknown service'), { code: grpc.status.NOT_FOUND, details: 'unknown service', metadata: new grpc.Metadata() }))
       cb(null, status)
     },
