@@ -119,9 +119,10 @@ export type EchoClient = grpc.Client & Record<keyof typeof ECHO, (...args: any[]
 
 const EchoClientCtor = grpc.makeGenericClientConstructor(ECHO, 'Echo')
 
-/** A grpc-js client of test.Echo on `hostPort` (h2c, prior knowledge). */
-export function echoClient (t: Teardown, hostPort: string): EchoClient {
-  const client = new EchoClientCtor(hostPort, grpc.credentials.createInsecure()) as unknown as EchoClient
+/** A grpc-js client of test.Echo on `hostPort` (h2c, prior knowledge); `authority` names the host it asks for (routing by host). */
+export function echoClient (t: Teardown, hostPort: string, authority?: string): EchoClient {
+  const options = authority === undefined ? {} : { 'grpc.default_authority': authority }
+  const client = new EchoClientCtor(hostPort, grpc.credentials.createInsecure(), options) as unknown as EchoClient
   t.teardown(() => client.close())
   return client
 }

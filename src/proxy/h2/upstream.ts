@@ -24,6 +24,9 @@ const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.const
  */
 const REPLAY_MAX = 64 * 1024
 
+/** The fields of a gRPC status (grpc PROTOCOL-HTTP2 "Trailers"). */
+const GRPC_STATUS_FIELDS = ['grpc-status', 'grpc-message', 'grpc-status-details-bin']
+
 /** Sends one request to `to` over HTTP/2 and relays the answer, trailers included, to `down`. */
 export function forwardOverH2 (down: Downstream, to: Resolution): void {
   new H2Exchange(down, to).start()
@@ -222,7 +225,20 @@ export class H2Exchange implements OpenExchange, Finished {
     }
     // A trailers-only answer (gRPC's error answers) carries grpc-status in its head.
     const grpcStatus = headers['grpc-status']
-    if (typeof grpcStatus === 'string') this.grpcStatus = grpcStatus
+    if (typeof grpcStatus === 'string') {
+      this.grpcStatus = grpcStatus
+      // Relayed as a head then trailers (as valid in gRPC): every client side can carry that, where
+      // only an HTTP/2 one could end a stream on its head, and a client reads the status from either.
+      if (this.stream?.endAfterHeaders === true) {
+        const trailers: IncomingHttpHeaders = {}
+        for (const name of GRPC_STATUS_FIELDS) {
+          if (out[name] === undefined) continue
+          trailers[name] = out[name] as string
+          delete out[name]
+        }
+        this.trailers = trailers
+      }
+    }
     this.upstreamMs = performance.now() - this.startedAt
     this.answered = true
     this.replay = undefined
