@@ -4,6 +4,10 @@
 // servers and clients sit on both ends.
 
 import t, { type Test } from 'tap'
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import http2, { type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import type { Readable } from 'node:stream'
@@ -13,7 +17,7 @@ import type { Downstream } from '../src/proxy/downstream.js'
 import { encodeGrpcMessage, grpcStatusOf, isGrpc } from '../src/proxy/grpc.js'
 import { forwardOverH2 } from '../src/proxy/h2/upstream.js'
 import type { Resolution, UpstreamGroup } from '../src/proxy/resolve.js'
-import { TargetRegistry, type ColorStats } from '../src/upstream/registry.js'
+import { setH2TlsOptions, TargetRegistry, type ColorStats } from '../src/upstream/registry.js'
 import { TargetSet } from '../src/upstream/target-set.js'
 import { echoClient, grpc, startEchoServer, unary, type EchoClient, type Msg } from './helpers/grpc.js'
 import { eventually } from './helpers/index.js'
@@ -117,15 +121,15 @@ interface Edge {
 }
 
 /** An h2c edge that forwards every stream to `urls` (one color) with forwardOverH2. */
-async function startEdge (tt: Test, urls: string[], timeouts: Timeouts = TIMEOUTS, name = 'svc'): Promise<Edge> {
+async function startEdge (tt: Test, urls: string[], timeouts: Timeouts = TIMEOUTS, name = 'svc', limits: LimitsConfig = LIMITS): Promise<Edge> {
   const registry = new TargetRegistry()
   const targets = new TargetSet(urls.map((u) => {
     const target = registry.target(u)
     target.configure(undefined, { consecutiveFailures: 100, baseEjectionTime: 1000, maxEjectionTime: 1000 })
-    return { target, dispatcher: target.dispatcher(timeouts, LIMITS), h1: target.h1Pool(timeouts, LIMITS), h2: target.h2Pool(timeouts, LIMITS) }
+    return { target, dispatcher: target.dispatcher(timeouts, limits), h1: target.h1Pool(timeouts, limits), h2: target.h2Pool(timeouts, limits) }
   }))
   const stats = registry.colorStats(name, 'blue')
-  const group: UpstreamGroup = { targets, stats, timeouts, protocol: 'h2c' }
+  const group: UpstreamGroup = { targets, stats, timeouts, protocol: urls[0]?.startsWith('https:') === true ? 'h2' : 'h2c' }
   const server = http2.createServer()
   server.on('stream', (stream, headers, flags) => {
     const endpoint = targets.pick()
@@ -306,4 +310,97 @@ t.test('close() at a drain deadline resets both sides of an open stream', async 
   t.not((await status).code, 0, 'the client sees the stream cut')
   await eventually(() => edge.stats.inflight === 0)
   t.equal(edge.group.targets.endpoints[0].target.inflight, 0)
+})
+
+/** A REST request over HTTP/2 to `hostPort`: status, headers and body. */
+async function h2get (hostPort: string, path: string): Promise<{ status: number, headers: http2.IncomingHttpHeaders, body: string }> {
+  const session = http2.connect(`http://${hostPort}`)
+  try {
+    return await new Promise((resolve, reject) => {
+      const req = session.request({ ':path': path })
+      let body = ''
+      let head: http2.IncomingHttpHeaders = {}
+      req.setEncoding('utf8')
+      req.on('response', (h) => { head = h })
+      req.on('data', (c: string) => { body += c })
+      req.on('end', () => resolve({ status: Number(head[':status']), headers: head, body }))
+      req.on('error', reject)
+    })
+  } finally {
+    session.close()
+  }
+}
+
+t.test('a target\'s stream limit: another session opens, up to limits.maxConnections; past it, overloaded', async (t) => {
+  // One stream at a time per session; each answer waits until the test lets it go.
+  const server = http2.createServer({ settings: { maxConcurrentStreams: 1 } })
+  const held: ServerHttp2Stream[] = []
+  const arrived: Array<() => void> = []
+  server.on('stream', (stream) => {
+    held.push(stream)
+    arrived.shift()?.()
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => server.close())
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const edge = await startEdge(t, [url], TIMEOUTS, 'svc', { maxConnections: 2 })
+  const pool = edge.group.targets.endpoints[0].h2
+  const next = async (): Promise<void> => await new Promise((resolve) => arrived.push(resolve))
+  const first = h2get(edge.hostPort, '/1')
+  await next()
+  const second = h2get(edge.hostPort, '/2')
+  await next()
+  t.equal(pool?.size, 2, 'the first session was full (its peer allows one stream): a second one opened')
+  const third = await h2get(edge.hostPort, '/3')
+  t.equal(third.status, 503, 'both sessions full at maxConnections: upstream_overloaded')
+  t.match(JSON.parse(third.body), { error: 'upstream_overloaded' })
+  for (const s of held) s.respond({ ':status': 200 }, { endStream: true })
+  t.same([(await first).status, (await second).status], [200, 200])
+  t.equal(edge.stats.errors, 1, 'the overloaded answer counts for the guard')
+})
+
+t.test('an idle session closes after timeouts.idleUpstream; the next request opens a new one', async (t) => {
+  const blue = await startEchoServer(t, 'blue')
+  const edge = await startEdge(t, [blue.url], { ...TIMEOUTS, idleUpstream: 100 })
+  const client = echoClient(t, edge.hostPort)
+  t.equal((await unary(client, { text: 'a' })).code, 0)
+  const pool = edge.group.targets.endpoints[0].h2
+  t.equal(pool?.size, 1)
+  await eventually(() => pool?.size === 0)
+  t.pass('closed when idle')
+  t.equal((await unary(client, { text: 'b' })).msg?.text, 'b', 'a new session serves the next call')
+})
+
+t.test('protocol h2: TLS with ALPN h2 and SNI from the target\'s host name', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sy-h2tls-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost'], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const cert = readFileSync(join(dir, 'cert.pem'))
+  const server = http2.createSecureServer({ cert, key: readFileSync(join(dir, 'key.pem')) })
+  let servername: string | undefined
+  let alpn: string | false | undefined
+  server.on('stream', (stream, headers) => {
+    const socket = stream.session?.socket as unknown as { servername?: string, alpnProtocol?: string | false }
+    servername = socket.servername
+    alpn = socket.alpnProtocol
+    stream.respond({ ':status': 200 })
+    stream.end(`tls ${headers[':scheme']}`)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => server.close())
+  setH2TlsOptions({ ca: cert })
+  t.teardown(() => setH2TlsOptions(undefined))
+  const edge = await startEdge(t, [`https://localhost:${(server.address() as AddressInfo).port}`])
+  const r = await h2get(edge.hostPort, '/secure')
+  t.equal(r.status, 200)
+  t.equal(r.body, 'tls https', ':scheme https upstream')
+  t.equal(servername, 'localhost', 'SNI is the target\'s host name')
+  t.equal(alpn, 'h2')
+
+  // A certificate the gateway does not trust: a connect failure, not an answer.
+  setH2TlsOptions(undefined)
+  const untrusting = await startEdge(t, [`https://localhost:${(server.address() as AddressInfo).port}`], TIMEOUTS, 'other')
+  const bad = await h2get(untrusting.hostPort, '/secure')
+  t.equal(bad.status, 502)
+  t.match(JSON.parse(bad.body), { error: 'upstream_connect_failed' })
 })
