@@ -60,8 +60,9 @@ class TestDownstream implements Downstream {
     return this.stream.closed
   }
 
+  /** As the gateway's h2 edge does: a gRPC answer always waits for its trailers (a status in the head alone would be lost). */
   respond (status: number, headers: OutgoingHttpHeaders): void {
-    this.trailersOnly = headers['grpc-status'] !== undefined
+    this.trailersOnly = !this.grpc && headers['grpc-status'] !== undefined
     this.stream.respond({ ':status': status, ...headers }, this.trailersOnly ? { endStream: true } : { waitForTrailers: true })
   }
 
@@ -75,10 +76,7 @@ class TestDownstream implements Downstream {
 
   end (trailers: OutgoingHttpHeaders | undefined): void {
     if (this.trailersOnly) return
-    this.stream.once('wantTrailers', () => {
-      if (trailers !== undefined) this.stream.sendTrailers(trailers)
-      else this.stream.close()
-    })
+    this.stream.once('wantTrailers', () => this.stream.sendTrailers(trailers ?? {}))
     this.stream.end()
   }
 

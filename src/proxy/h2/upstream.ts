@@ -15,7 +15,7 @@ import { FORBIDDEN_TRAILERS, HOP_BY_HOP } from '../headers.js'
 import { recordOutcome } from '../outcome.js'
 import type { Resolution, UpstreamGroup } from '../resolve.js'
 
-const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants
+const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants
 
 /**
  * Request body bytes kept until the answer's head comes, so that a stream the
@@ -138,7 +138,7 @@ export class H2Exchange implements OpenExchange, Finished {
     session.take()
     this.session = session
     this.stream = stream
-    stream.on('response', (headers) => { if (this.stream === stream) this.onResponse(headers) })
+    stream.on('response', (headers, flags: number) => { if (this.stream === stream) this.onResponse(headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0) })
     stream.on('data', (chunk: Buffer) => { if (this.stream === stream) this.onData(chunk) })
     stream.on('trailers', (trailers: IncomingHttpHeaders) => { if (this.stream === stream) this.trailers = trailers })
     stream.once('end', () => {
@@ -209,7 +209,8 @@ export class H2Exchange implements OpenExchange, Finished {
     this.cancelUpstream()
   }
 
-  private onResponse (headers: IncomingHttpHeaders & IncomingHttpStatusHeader): void {
+  /** `ended`: the head carried END_STREAM (no body, no trailers follow). */
+  private onResponse (headers: IncomingHttpHeaders & IncomingHttpStatusHeader, ended: boolean): void {
     clearTimeout(this.responseTimer)
     this.responseTimer = undefined
     if (this.over) return this.cancelUpstream()
@@ -229,7 +230,7 @@ export class H2Exchange implements OpenExchange, Finished {
       this.grpcStatus = grpcStatus
       // Relayed as a head then trailers (as valid in gRPC): every client side can carry that, where
       // only an HTTP/2 one could end a stream on its head, and a client reads the status from either.
-      if (this.stream?.endAfterHeaders === true) {
+      if (ended) {
         const trailers: IncomingHttpHeaders = {}
         for (const name of GRPC_STATUS_FIELDS) {
           if (out[name] === undefined) continue
