@@ -6,7 +6,7 @@ import t from 'tap'
 import type { AddressInfo } from 'node:net'
 import http2 from 'node:http2'
 import { echoClient, grpc, startEchoServer, unary, type EchoServer, type Msg } from './helpers/grpc.js'
-import { admin, startGateway, type TestGateway } from './helpers/index.js'
+import { admin, eventually, startGateway, type TestGateway } from './helpers/index.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -104,4 +104,31 @@ t.test('INTERNAL from an upstream counts as an error for its color, INVALID_ARGU
   t.equal((await unary(client, { fail: grpc.status.INTERNAL })).code, grpc.status.INTERNAL)
   t.equal(stats.errors, 1)
   t.equal(stats.requests, 2)
+})
+
+t.test('a drain deadline cuts a stream still open on the old color (RST both ways)', async (t) => {
+  const blue = await startEchoServer(t, 'blue')
+  const green = await startEchoServer(t, 'green')
+  const gw = await startGateway(t, `services:
+  echo:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [${blue.url}] }
+    green: { targets: [${green.url}] }
+    drain: { timeout: 300ms }
+`)
+  const client = echoClient(t, new URL(gw.url).host)
+  const call = client.bidi()
+  call.on('error', () => {})
+  const first = new Promise<Msg>((resolve) => call.once('data', resolve))
+  call.write({ text: 'open' })
+  t.equal((await first).color, 'blue')
+  const status = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve))
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', { services: ['echo'], guard: false })).status, 200)
+  const ended = await status
+  t.not(ended.code, grpc.status.OK, `the stream was cut at the deadline (${ended.code} ${ended.details})`)
+  const stats = gw.gateway.registry.colorStats('echo', 'blue')
+  t.equal(stats.inflight, 0, 'nothing left open on blue')
+  await eventually(() => blue.calls.bidiCancelled === 1)
+  t.pass('the upstream\'s stream was reset too')
 })

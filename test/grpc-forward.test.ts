@@ -308,6 +308,8 @@ t.test('close() at a drain deadline resets both sides of an open stream', async 
   t.not((await status).code, 0, 'the client sees the stream cut')
   await eventually(() => edge.stats.inflight === 0)
   t.equal(edge.group.targets.endpoints[0].target.inflight, 0)
+  await eventually(() => blue.calls.bidiCancelled === 1)
+  t.pass('the upstream stream was reset too')
 })
 
 /** A REST request over HTTP/2 to `hostPort`: status, headers and body. */

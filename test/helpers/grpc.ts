@@ -90,6 +90,7 @@ export async function startEchoServer (t: Teardown, color: string): Promise<Echo
     },
     bidi: (call: grpc.ServerDuplexStream<Msg, Msg>) => {
       count('bidi')
+      call.on('cancelled', () => count('bidiCancelled'))
       call.on('data', (m: Msg) => call.write({ text: m.text, color }))
       call.on('end', () => call.end())
     },
