@@ -57,9 +57,8 @@ export class H2Exchange implements OpenExchange, Finished {
   private readonly stats: ColorStats
   private readonly setCookie: string | undefined
   private endpoint: Endpoint
-  /** The current attempt's stream and session. */
+  /** The current attempt's stream. */
   private stream: ClientHttp2Stream | undefined
-  private session: H2Session | undefined
   private retries = 0
   /** The status the client was answered with (0: none yet). */
   private sent = 0
@@ -131,12 +130,15 @@ export class H2Exchange implements OpenExchange, Finished {
     try {
       stream = session.session.request(this.requestHeaders(session), { endStream: this.bodyEnded && this.replayBytes === 0 })
     } catch {
-      // The session began closing (GOAWAY) in this very turn: nothing was sent.
-      session.retire()
-      return this.failed('unprocessed', false)
+      // The session began closing (GOAWAY) in this very turn: nothing was sent, a fresh one will take it.
+      if (session.session.closed || session.session.destroyed) {
+        session.retire()
+        return this.failed('unprocessed', false)
+      }
+      // Node refuses the request itself (a header HTTP/2 cannot carry): a request the gateway cannot send.
+      return this.failed('refused', false)
     }
     session.take()
-    this.session = session
     this.stream = stream
     stream.on('response', (headers, flags: number) => { if (this.stream === stream) this.onResponse(headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0) })
     stream.on('data', (chunk: Buffer) => { if (this.stream === stream) this.onData(chunk) })
@@ -168,8 +170,8 @@ export class H2Exchange implements OpenExchange, Finished {
       ':path': this.path,
     }
     for (const name in given) {
-      // Host travels as :authority; connection-specific fields are forbidden on HTTP/2 (te only as `trailers`).
-      if (name === 'host' || (HOP_BY_HOP.has(name) && name !== 'te')) continue
+      // Host travels as :authority; connection-specific fields (and h2c's upgrade settings) are forbidden on HTTP/2 (te only as `trailers`).
+      if (name === 'host' || name === 'http2-settings' || (HOP_BY_HOP.has(name) && name !== 'te')) continue
       out[name] = given[name]
     }
     if (out.te !== undefined && out.te !== 'trailers') delete out.te
