@@ -5,7 +5,7 @@
 import t from 'tap'
 import http from 'node:http'
 import http2 from 'node:http2'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import { writeFileSync } from 'node:fs'
 import { parseConfig } from '../src/config/load.js'
 import { diffConfigs } from '../src/control/reload-diff.js'
@@ -16,14 +16,20 @@ import { admin, eventually, http1, startGateway } from './helpers/index.js'
 interface Teardown { teardown: (fn: () => unknown) => void }
 
 /** A plain REST server over h2c (prior knowledge): echoes what it got, with a trailer. */
-async function startH2Rest (t: Teardown, name: string): Promise<{ url: string, seen: http2.IncomingHttpHeaders[] }> {
+async function startH2Rest (t: Teardown, name: string): Promise<{ url: string, seen: http2.IncomingHttpHeaders[], resets: string[], readonly ended: number }> {
   const seen: http2.IncomingHttpHeaders[] = []
+  /** Streams that ended in an error on the server's side. */
+  const resets: string[] = []
+  /** Request bodies that ended (END_STREAM). */
+  const ended = { count: 0 }
   const server = http2.createServer()
   server.on('stream', (stream, headers) => {
     seen.push(headers)
+    stream.on('error', (err: Error & { code?: string }) => { resets.push(err.message) })
     const chunks: Buffer[] = []
     stream.on('data', (c: Buffer) => chunks.push(c))
     stream.on('end', () => {
+      ended.count++
       stream.respond({ ':status': 200, 'content-type': 'application/json', 'x-backend': name }, { waitForTrailers: true })
       stream.once('wantTrailers', () => stream.sendTrailers({ 'x-checksum': String(Buffer.concat(chunks).length) }))
       stream.end(JSON.stringify({ backend: name, method: headers[':method'], path: headers[':path'], body: Buffer.concat(chunks).toString() }))
@@ -31,7 +37,7 @@ async function startH2Rest (t: Teardown, name: string): Promise<{ url: string, s
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => server.close())
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen }
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen, resets, get ended () { return ended.count } }
 }
 
 function h2Yaml (engine: string, blue: string, green: string, extra = '', prefix = '/api'): string {
@@ -249,4 +255,22 @@ t.test('a reload may change protocol: requests after it speak the new one', asyn
   const after = await h1(`${gw.url}/api/x`)
   t.equal(after.status, 200, 'after the reload the same target is spoken to over h2c')
   t.equal(JSON.parse(after.body.toString()).backend, 'blue')
+})
+
+t.test('client deadlines hold for h2c services: a request body gone quiet gets 408, the upstream stream is reset', async (t) => {
+  const rest = await startH2Rest(t, 'blue')
+  const gw = await startGateway(t, `client: { bodyTimeout: 200ms }\n${h2Yaml('fast', rest.url, rest.url)}`)
+  const socket = net.connect(Number(new URL(gw.url).port), '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  let answer = ''
+  socket.setEncoding('latin1')
+  socket.on('data', (c: string) => { answer += c })
+  socket.write('POST /api/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab')
+  await new Promise((resolve) => socket.once('close', resolve))
+  t.match(answer, /^HTTP\/1\.1 408 /, '408 once the body stops coming')
+  t.match(answer, /request_timeout/)
+  t.equal(rest.seen.length, 1, 'the request had gone upstream (its body streaming)')
+  await eventually(() => rest.resets.length === 1)
+  t.match(rest.resets[0], /NGHTTP2_INTERNAL_ERROR/, 'and its stream was reset, not ended as if the body were whole')
+  t.equal(rest.ended, 0, 'the upstream never saw the body end')
 })

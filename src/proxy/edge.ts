@@ -93,7 +93,7 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
       return
     }
     // Targets that speak HTTP/2 (protocol h2c or h2): the HTTP/2 forwarder, with this client as its Downstream.
-    if (to.group.protocol !== 'http1') return forwardOverH2(new NodeDownstream(req, res, forwarding), to)
+    if (to.group.protocol !== 'http1') return forwardOverH2(new NodeDownstream(req, res, forwarding, deadlines), to)
     new Exchange(req, res, to, forwarding).start(deadlines)
   }
 

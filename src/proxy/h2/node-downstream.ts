@@ -8,7 +8,7 @@ import type { OutgoingHttpHeaders } from 'node:http2'
 import type { Readable } from 'node:stream'
 import { ERRORS, writeError, type ErrorCode } from '../../errors.js'
 import type { Downstream } from '../downstream.js'
-import { requestIdFor } from '../forward.js'
+import { requestIdFor, type ClientDeadlines } from '../forward.js'
 import { encodeGrpcMessage, grpcStatusOf, isGrpc } from '../grpc.js'
 import { FORBIDDEN_TRAILERS, stripRequestHeaders } from '../headers.js'
 import type { Forwarding, SentForwarding } from '../trust.js'
@@ -28,11 +28,17 @@ export class NodeDownstream implements Downstream {
   private headers: OutgoingHttpHeaders | undefined
   private over = false
 
+  /** Client deadlines (client.bodyTimeout, client.idleTimeout), ms; 0: none. */
+  private readonly deadlines: ClientDeadlines
+  private bodyTimer: NodeJS.Timeout | undefined
+  private stallTimer: NodeJS.Timeout | undefined
+
   /** `req.url` is the resolve step's normalized target already (edge.ts). */
-  constructor (req: IncomingMessage, res: ServerResponse, forwarding: Forwarding) {
+  constructor (req: IncomingMessage, res: ServerResponse, forwarding: Forwarding, deadlines: ClientDeadlines = { body: 0, stall: 0 }) {
     this.req = req
     this.res = res
     this.forwarding = forwarding
+    this.deadlines = deadlines
     this.method = req.method as string
     this.path = req.url as string
     this.authority = req.headers.host
@@ -42,7 +48,28 @@ export class NodeDownstream implements Downstream {
     this.grpc = isGrpc(req.headers['content-type'])
     const len = req.headers['content-length']
     this.body = (len !== undefined && len !== '0') || req.headers['transfer-encoding'] !== undefined ? req : null
-    res.once('close', () => { this.over = true })
+    res.once('close', () => {
+      this.over = true
+      clearTimeout(this.bodyTimer)
+      clearTimeout(this.stallTimer)
+    })
+    // client.bodyTimeout: a body that goes quiet while the gateway reads it (not while the upstream holds it back).
+    if (this.body !== null && deadlines.body > 0 && !req.complete) {
+      this.bodyTimer = setTimeout(this.onBodySilent, deadlines.body)
+      req.on('data', () => this.bodyTimer?.refresh())
+      req.on('resume', () => this.bodyTimer?.refresh())
+      req.once('end', () => clearTimeout(this.bodyTimer))
+    }
+  }
+
+  private readonly onBodySilent = (): void => {
+    if (this.over || this.req.complete) return
+    if (this.req.isPaused()) {
+      this.bodyTimer?.refresh()
+      return
+    }
+    if (this.res.headersSent) this.destroy()
+    else this.fail('request_timeout', `no request body bytes for ${this.deadlines.body}ms`)
   }
 
   upstreamHeaders (): OutgoingHttpHeaders {
@@ -75,19 +102,29 @@ export class NodeDownstream implements Downstream {
     return this.over || this.res.writableEnded
   }
 
+  // The gateway may have answered already (client.bodyTimeout, above): what the upstream sends after that goes nowhere.
   respond (status: number, headers: OutgoingHttpHeaders): void {
-    this.res.writeHead(status, headers)
+    if (!this.res.writableEnded) this.res.writeHead(status, headers)
   }
 
   write (chunk: Buffer): boolean {
-    return this.res.write(chunk)
+    return this.res.writableEnded || this.res.write(chunk)
   }
 
   onDrain (fn: () => void): void {
-    this.res.once('drain', fn)
+    // client.idleTimeout: a client that takes none of its answer for that long would hold the upstream stream forever.
+    if (this.deadlines.stall > 0 && this.stallTimer === undefined) {
+      this.stallTimer = setTimeout(() => { if (!this.over) this.destroy() }, this.deadlines.stall)
+    }
+    this.res.once('drain', () => {
+      clearTimeout(this.stallTimer)
+      this.stallTimer = undefined
+      fn()
+    })
   }
 
   end (trailers: OutgoingHttpHeaders | undefined): void {
+    if (this.res.writableEnded) return
     if (trailers !== undefined && this.res.chunkedEncoding) {
       const relayed: Array<[string, string]> = []
       for (const name in trailers) {

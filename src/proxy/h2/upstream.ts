@@ -10,6 +10,7 @@ import type { ColorStats, Finished, OpenExchange } from '../../upstream/color-st
 import type { H2Session } from '../../upstream/h2-pool.js'
 import type { Endpoint } from '../../upstream/target-set.js'
 import { judgeAttempt, nextAttempt, type AttemptVerdict, type FailureKind } from '../attempt.js'
+import type { Readable } from 'node:stream'
 import type { Downstream } from '../downstream.js'
 import { FORBIDDEN_TRAILERS, HOP_BY_HOP } from '../headers.js'
 import { recordOutcome } from '../outcome.js'
@@ -199,6 +200,8 @@ export class H2Exchange implements OpenExchange, Finished {
   }
 
   private readonly onBodyEnd = (): void => {
+    // node:http ends an aborted request's body too: that is no whole body, and must not reach the upstream as one.
+    if ((this.down.body as Readable & { complete?: boolean }).complete === false) return
     this.bodyEnded = true
     const stream = this.stream
     if (stream !== undefined && !stream.destroyed) stream.end()
@@ -362,9 +365,17 @@ export class H2Exchange implements OpenExchange, Finished {
     recordOutcome(this.stats, this.endpoint.target, this.sent, failure, this.grpcStatus)
   }
 
+  /**
+   * Resets the upstream stream. While the request body is still open, node's
+   * close(CANCEL) would first end it (an empty DATA frame with END_STREAM),
+   * and the upstream would take a cut-off body for a whole one: destroying the
+   * stream sends RST_STREAM alone (INTERNAL_ERROR, the one code node allows there).
+   */
   private cancelUpstream (): void {
     const stream = this.stream
-    if (stream !== undefined && !stream.closed && !stream.destroyed) stream.close(NGHTTP2_CANCEL)
+    if (stream === undefined || stream.closed || stream.destroyed) return
+    if (stream.writableEnded) stream.close(NGHTTP2_CANCEL)
+    else stream.destroy(new Error('the exchange ended before its request body did'))
   }
 
   /** The client side is over: settle counters once; an upstream stream still open is reset. */
