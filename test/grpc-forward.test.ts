@@ -351,12 +351,24 @@ t.test('a target\'s stream limit: another session opens, up to limits.maxConnect
   const second = h2get(edge.hostPort, '/2')
   await next()
   t.equal(pool?.size, 2, 'the first session was full (its peer allows one stream): a second one opened')
-  const third = await h2get(edge.hostPort, '/3')
-  t.equal(third.status, 503, 'both sessions full at maxConnections: upstream_overloaded')
-  t.match(JSON.parse(third.body), { error: 'upstream_overloaded' })
+  // Both sessions full at maxConnections: the third waits for a slot (up to timeouts.connect)...
+  const third = h2get(edge.hostPort, '/3')
+  await eventually(() => pool?.waiting === 1)
+  const thirdArrived = next()
+  ;(held.shift() as ServerHttp2Stream).respond({ ':status': 200 }, { endStream: true })
+  t.equal((await first).status, 200)
+  await thirdArrived
+  t.pass('...and goes out on the slot the first answer freed')
+  // ...and one that waits longer than timeouts.connect (500ms) is answered overloaded.
+  const started = Date.now()
+  const fourth = await h2get(edge.hostPort, '/4')
+  t.equal(fourth.status, 503, 'no slot within timeouts.connect: upstream_overloaded')
+  t.match(JSON.parse(fourth.body), { error: 'upstream_overloaded' })
+  t.ok(Date.now() - started >= 450, 'after waiting timeouts.connect')
   for (const s of held) s.respond({ ':status': 200 }, { endStream: true })
-  t.same([(await first).status, (await second).status], [200, 200])
+  t.same([(await second).status, (await third).status], [200, 200])
   t.equal(edge.stats.errors, 1, 'the overloaded answer counts for the guard')
+  t.equal(pool?.waiting, 0)
 })
 
 t.test('an idle session closes after timeouts.idleUpstream; the next request opens a new one', async (t) => {

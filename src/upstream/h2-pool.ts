@@ -106,6 +106,7 @@ export class H2Session {
   release (): void {
     this.active--
     this.used = true
+    if (this.pool.waiting > 0) this.pool.serveWaiters()
     if (this.active > 0) return
     if (this.done) {
       if (!this.session.closed) this.session.close()
@@ -126,6 +127,11 @@ export class H2Session {
   }
 }
 
+interface Waiter {
+  fn: (s: H2Session | undefined) => void
+  timer: NodeJS.Timeout
+}
+
 export class H2Pool {
   readonly origin: Origin
   readonly url: string
@@ -137,6 +143,8 @@ export class H2Pool {
   private readonly open: H2Session[] = []
   /** Every session not yet closed, retired ones included (close/destroy reach them). */
   private readonly all = new Set<H2Session>()
+  /** Requests waiting for a stream slot, in order (every session full at limits.maxConnections). */
+  private readonly waiters: Waiter[] = []
   private closed = false
 
   constructor (url: string, origin: Origin, timeouts: Timeouts, limits: LimitsConfig, tlsOptions?: { ca?: string | Buffer }) {
@@ -150,7 +158,7 @@ export class H2Pool {
   /**
    * A session with room for one more stream (the caller `take`s it), opening
    * one when every session is full; undefined when `limits.maxConnections`
-   * sessions are all full (the target is overloaded) or the pool is closed.
+   * sessions are all full (then `wait`) or the pool is closed.
    */
   acquire (): H2Session | undefined {
     if (this.closed) return undefined
@@ -159,8 +167,52 @@ export class H2Pool {
     const s = new H2Session(this)
     this.open.push(s)
     this.all.add(s)
-    s.session.once('close', () => this.all.delete(s))
+    s.session.once('close', () => {
+      this.all.delete(s)
+      // Room for a new session now.
+      if (this.waiters.length > 0) this.serveWaiters()
+    })
     return s
+  }
+
+  /**
+   * Waits, in order, for a session with room, up to `timeouts.connect` (as the
+   * HTTP/1.1 pool waits for a connection); `fn` gets it (and must `take` it at
+   * once) or undefined when the wait ran out. Returns the cancel.
+   */
+  wait (fn: (s: H2Session | undefined) => void): () => void {
+    const waiter: Waiter = {
+      fn,
+      timer: setTimeout(() => {
+        this.dropWaiter(waiter)
+        fn(undefined)
+      }, this.timeouts.connect),
+    }
+    this.waiters.push(waiter)
+    return () => {
+      clearTimeout(waiter.timer)
+      this.dropWaiter(waiter)
+    }
+  }
+
+  get waiting (): number {
+    return this.waiters.length
+  }
+
+  private dropWaiter (w: Waiter): void {
+    const i = this.waiters.indexOf(w)
+    if (i !== -1) this.waiters.splice(i, 1)
+  }
+
+  /** A stream slot or a session's place came free: the first waiters get sessions while there is room. */
+  serveWaiters (): void {
+    while (this.waiters.length > 0) {
+      const s = this.acquire()
+      if (s === undefined) return
+      const w = this.waiters.shift() as Waiter
+      clearTimeout(w.timer)
+      w.fn(s)
+    }
   }
 
   /** Sessions that take no more streams leave the open list. */
@@ -175,9 +227,18 @@ export class H2Pool {
     return this.all.size
   }
 
+  /** Waiting requests get no session (the pool is closing). */
+  private failWaiters (): void {
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer)
+      w.fn(undefined)
+    }
+  }
+
   /** GOAWAY to every session: each closes once its open streams finish. */
   close (): void {
     this.closed = true
+    this.failWaiters()
     for (const s of [...this.all]) {
       s.retire()
       if (!s.session.closed) s.session.close()
@@ -187,6 +248,7 @@ export class H2Pool {
   /** Every session now, failing whatever is still open on it. */
   destroy (): void {
     this.closed = true
+    this.failWaiters()
     for (const s of [...this.all]) {
       s.retire()
       s.session.destroy()

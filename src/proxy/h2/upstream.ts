@@ -81,6 +81,8 @@ export class H2Exchange implements OpenExchange, Finished {
   private bodyTimer: NodeJS.Timeout | undefined
   /** Which deadline cut the current attempt, if one did. */
   private timedOut = false
+  /** Cancels the wait for a stream slot, while there is one. */
+  private stopWaiting: (() => void) | undefined
 
   constructor (down: Downstream, to: Resolution) {
     this.down = down
@@ -126,7 +128,18 @@ export class H2Exchange implements OpenExchange, Finished {
     this.timedOut = false
     const pool = this.endpoint.h2
     const session = pool?.acquire()
-    if (session === undefined) return this.failed('overloaded', false)
+    if (session !== undefined) return this.openStream(session)
+    if (pool === undefined) return this.failed('overloaded', false)
+    // Every session full at limits.maxConnections: wait for a stream slot up to timeouts.connect, as on HTTP/1.1.
+    this.stopWaiting = pool.wait((s) => {
+      this.stopWaiting = undefined
+      if (this.over) return
+      if (s === undefined) this.failed('overloaded', false)
+      else this.openStream(s)
+    })
+  }
+
+  private openStream (session: H2Session): void {
     let stream: ClientHttp2Stream
     try {
       stream = session.session.request(this.requestHeaders(session), { endStream: this.bodyEnded && this.replayBytes === 0 })
@@ -382,6 +395,7 @@ export class H2Exchange implements OpenExchange, Finished {
   private readonly onClientClose = (): void => {
     if (this.over) return
     this.over = true
+    this.stopWaiting?.()
     clearTimeout(this.responseTimer)
     clearTimeout(this.bodyTimer)
     // A client that went away mid-answer: the status (and grpc-status, if it came) decides.
