@@ -119,9 +119,20 @@ t.test('gRPC over HTTP/1.1 to a grpc-js server: the status comes in the chunked 
   t.same(JSON.parse(r.body.subarray(5).toString()), { text: 'over h1', color: 'blue' })
   t.equal(r.body.readUInt32BE(1), r.body.length - 5, 'one whole gRPC message')
 
-  // No route: the gateway's JSON for a REST client...
-  const none = await http1(`${gw.url}/nowhere`)
-  t.equal(none.status, 404)
+  // The gateway's own errors for a gRPC request are gRPC statuses in a trailers-only head.
+  const dead = http2.createServer()
+  await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', resolve))
+  const deadUrl = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`
+  await new Promise((resolve) => dead.close(resolve))
+  const gw2 = await startGateway(t, h2Yaml('node', deadUrl, deadUrl, '', '/test.Echo'))
+  const failed = await h1(`${gw2.url}/test.Echo/Unary`, { method: 'POST', headers: { 'content-type': 'application/grpc', te: 'trailers' }, body: frame })
+  t.equal(failed.status, 200)
+  t.equal(failed.headers['grpc-status'], '14', 'connect failure: UNAVAILABLE')
+  t.equal(failed.headers['grpc-message'], 'could not connect to the upstream')
+  // ...and a REST request to the same service gets the JSON error.
+  const rest = await http1(`${gw2.url}/test.Echo/x`)
+  t.equal(rest.status, 502)
+  t.equal(rest.json.error, 'upstream_connect_failed')
 })
 
 t.test('a gRPC answer whose grpc-status is a server fault counts as an error for the color; a client mistake does not', async (t) => {
