@@ -199,6 +199,14 @@ export class GrpcProbeSessions {
     })
   }
 
+  /** A target no longer probed: its session goes. */
+  forget (origin: string): void {
+    const s = this.sessions.get(origin)
+    if (s === undefined) return
+    this.sessions.delete(origin)
+    s.close()
+  }
+
   close (): void {
     for (const s of [...this.sessions.values()]) s.destroy()
     this.sessions.clear()

@@ -61,7 +61,10 @@ export class Prober {
   private stopLoop (loop: Loop): void {
     clearTimeout(loop.timer)
     loop.timer = undefined
-    if (this.loops.get(loop.target.url) === loop) this.loops.delete(loop.target.url)
+    if (this.loops.get(loop.target.url) === loop) {
+      this.loops.delete(loop.target.url)
+      this.grpc?.forget(loop.target.url)
+    }
   }
 
   private schedule (loop: Loop, delay: number): void {
