@@ -262,7 +262,16 @@ export class H2Exchange implements OpenExchange, Finished {
     this.answered = true
     this.replay = undefined
     this.sent = status
-    this.down.respond(status, out)
+    try {
+      this.down.respond(status, out)
+    } catch {
+      // The client's protocol refuses what HTTP/2 carried (say, a header value node:http will not write).
+      this.sent = this.down.grpc ? 200 : ERRORS.upstream_error.status
+      this.bytes += this.down.fail('upstream_error', 'the upstream sent response headers that cannot be relayed')
+      this.settle(undefined)
+      this.cancelUpstream()
+      return
+    }
     this.armBodyTimer()
   }
 
@@ -409,6 +418,8 @@ export class H2Exchange implements OpenExchange, Finished {
       body.off('end', this.onBodyEnd)
     }
     if (!this.upstreamDone) this.cancelUpstream()
+    // Answered whole while the request body was still open (an upstream may answer early): that side is not wanted now.
+    else if (this.stream !== undefined && !this.stream.closed) this.stream.close(NGHTTP2_CANCEL)
   }
 }
 
