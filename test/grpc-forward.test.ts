@@ -406,6 +406,7 @@ t.test('protocol h2: TLS with ALPN h2 and SNI from the target\'s host name', asy
   const r = await h2get(edge.hostPort, '/secure')
   t.equal(r.status, 200)
   t.equal(r.body, 'tls https', ':scheme https upstream')
+  t.same(r.headers['set-cookie'], ['sticky=blue'], 'the resolution\'s Set-Cookie goes on the answer\'s head')
   t.equal(servername, 'localhost', 'SNI is the target\'s host name')
   t.equal(alpn, 'h2')
 
