@@ -10,6 +10,7 @@ import { FastEdge } from './h1/listener.js'
 import { NodeDownstream } from './h2/node-downstream.js'
 import { forwardOverH2 } from './h2/upstream.js'
 import { Exchange, NodeRequestFacts, requestIdFor } from './forward.js'
+import { createH2Edge, handOverFromNodeHttp, type H2Edge } from './h2/edge.js'
 import { MAX_HEAD, MAX_HEADER_LINES } from './limits.js'
 import type { Resolve } from './resolve.js'
 import { Forwarding } from './trust.js'
@@ -28,6 +29,8 @@ export interface Closer {
 export interface EdgeServer extends Closer {
   /** Upgraded client sockets: the HTTP server stops tracking them after the 101. */
   upgraded: Set<Duplex>
+  /** The HTTP/2 side: h2c connections (prior knowledge) on this listener, and TLS ones that chose h2 by ALPN. */
+  h2: H2Edge
 }
 
 /**
@@ -76,6 +79,7 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
   /** Which peers' X-Forwarded-* are believed: decided once for the listener, on every engine. */
   const forwarding = new Forwarding(PROTO, opts.trustedProxies)
   const deadlines = { body: opts.client.body, stall: opts.client.idle }
+  const h2 = createH2Edge(resolve, forwarding, opts)
 
   /** The resolve step for a node:http request; its target is forwarded (and logged) normalized. */
   const resolveRequest = (req: IncomingMessage): ReturnType<Resolve> => {
@@ -192,8 +196,12 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
   // Past this many lines node:http leaves headers out of req.headers (rawHeaders keeps them): such heads are refused above.
   server.maxHeadersCount = MAX_HEADER_LINES + 1
   server.on('upgrade', onUpgradeChecked)
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean } }) => {
+  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer, bytesParsed?: number }, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean } }) => {
     if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
+    // h2c with prior knowledge, on a connection that sent nothing before it (the fast engine hands these over itself).
+    if (err.code === 'HPE_PAUSED_H2_UPGRADE' && socket[kTurns] === undefined && err.rawPacket !== undefined && err.bytesParsed !== undefined) {
+      return handOverFromNodeHttp(h2, socket, err.rawPacket, err.bytesParsed)
+    }
     const refusal = err.code === 'HPE_HEADER_OVERFLOW'
       ? rawError('header_too_large', true, `request head larger than ${MAX_HEAD / 1024} KiB`).text
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
@@ -210,7 +218,22 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
     if (socket._httpMessage?.headersSent === true) return socket.destroy()
     socket.end(refusal)
   })
-  if (opts.engine === 'node') return { ...httpCloser(server), upgraded }
+  if (opts.engine === 'node') {
+    return {
+      server,
+      closeIdle: () => { server.closeIdleConnections(); h2.closeIdle() },
+      closeAll: () => { server.closeAllConnections(); h2.closeAll() },
+      upgraded,
+      h2,
+    }
+  }
   const fast = new FastEdge(resolve, server, forwarding, opts)
-  return { server: fast.server, closeIdle: () => fast.closeIdle(), closeAll: () => fast.closeAll(), upgraded }
+  fast.h2 = h2.server
+  return {
+    server: fast.server,
+    closeIdle: () => { fast.closeIdle(); h2.closeIdle() },
+    closeAll: () => { fast.closeAll(); h2.closeAll() },
+    upgraded,
+    h2,
+  }
 }
