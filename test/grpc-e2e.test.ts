@@ -132,3 +132,39 @@ t.test('a drain deadline cuts a stream still open on the old color (RST both way
   await eventually(() => blue.calls.bidiCancelled === 1)
   t.pass('the upstream\'s stream was reset too')
 })
+
+t.test('an upstream that resets mid-answer: the client sees the reset, not a clean end, and the color counts it', async (t) => {
+  const up = http2.createServer()
+  up.on('stream', (stream) => {
+    stream.on('error', () => {})
+    stream.respond({ ':status': 200 })
+    stream.write('partial')
+    // An empty write in flight keeps node from ending the stream before its RST_STREAM goes out.
+    setTimeout(() => { stream.write(Buffer.alloc(0)); stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR) }, 30)
+  })
+  await new Promise<void>((resolve) => up.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => up.close())
+  const gw = await startGateway(t, `services:
+  rest:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [http://127.0.0.1:${(up.address() as AddressInfo).port}] }
+`)
+  const session = http2.connect(gw.url)
+  t.teardown(() => session.close())
+  const req = session.request({ ':path': '/cut' })
+  let body = ''
+  let ended = false
+  req.setEncoding('utf8')
+  req.on('data', (c: string) => { body += c })
+  req.on('end', () => { ended = true })
+  req.on('error', () => {})
+  await new Promise((resolve) => req.on('close', resolve))
+  t.equal(body, 'partial')
+  t.equal(ended, false, 'no clean end')
+  t.not(req.rstCode, http2.constants.NGHTTP2_NO_ERROR, 'the stream was reset')
+  const stats = gw.gateway.registry.colorStats('rest', 'blue')
+  await eventually(() => stats.requests === 1)
+  t.equal(stats.errors, 1)
+  t.equal(stats.upstreamErrors.reset, 1)
+})
