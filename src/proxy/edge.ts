@@ -10,6 +10,8 @@ import type { Config } from '../config/schema.js'
 import { rawError, writeError } from '../errors.js'
 import { log } from '../log.js'
 import { FastEdge } from './h1/listener.js'
+import { NodeDownstream } from './h2/node-downstream.js'
+import { forwardOverH2 } from './h2/upstream.js'
 import { Exchange, NodeRequestFacts, requestIdFor } from './forward.js'
 import { createH2Edge, handOverFromNodeHttp, type H2Edge } from './h2/edge.js'
 import { MAX_HEAD, MAX_HEADER_LINES } from './limits.js'
@@ -113,6 +115,8 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
       to.stats?.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
       return
     }
+    // Targets that speak HTTP/2 (protocol h2c or h2): the HTTP/2 forwarder, with this client as its Downstream.
+    if (to.group.protocol !== 'http1') return forwardOverH2(new NodeDownstream(req, res, forwarding, deadlines), to)
     new Exchange(req, res, to, forwarding).start(deadlines)
   }
 
