@@ -144,6 +144,32 @@ export class StreamDownstream implements Downstream {
     }
   }
 
+  /**
+   * The whole answer at once: the head, and the body (if any) ending the
+   * stream in its last DATA frame; with no body, one HEADERS frame ends it.
+   * For an answer that is complete when its head is sent (no trailers).
+   */
+  respondEnd (status: number, headers: OutgoingHttpHeaders, body: Buffer | undefined): void {
+    for (const name of CONNECTION_SPECIFIC) if (headers[name] !== undefined) delete headers[name]
+    headers[':status'] = status
+    this.status = status
+    if (body === undefined || body.length === 0) {
+      this.stream.respond(headers, { endStream: true })
+    } else {
+      this.stream.respond(headers)
+      this.stream.end(body)
+    }
+  }
+
+  /**
+   * The answer is complete (or going out) while the request body still comes:
+   * RST_STREAM NO_ERROR once the answer is out tells the client to stop sending (RFC 9113 8.1).
+   */
+  refuseBody (): void {
+    const stream = this.stream
+    if (!stream.readableEnded && !this.closed) stream.close(NGHTTP2_NO_ERROR)
+  }
+
   /** An informational answer (103 Early Hints) ahead of the final one. */
   inform (status: number, headers: OutgoingHttpHeaders): void {
     headers[':status'] = status
