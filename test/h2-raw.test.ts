@@ -363,3 +363,51 @@ t.test('invalid chunked framing mid-body resets the stream; before the head it i
   t.equal(early.status, 502)
   t.match(JSON.parse(early.body.toString()), { error: 'upstream_error' })
 })
+
+t.test('timeouts.response: no answer in time is a 504; timeouts.body: a body gone quiet resets the stream', async (t) => {
+  const b = await rawBackend(t, (socket, head) => {
+    if (head.startsWith('GET /quiet ')) socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst part')
+    // /silent: nothing at all.
+  })
+  const gw = await gatewayFor(t, b.url, '  timeouts: { response: 300ms, body: 300ms }\n')
+  const s = connect(t, gw)
+  const started = performance.now()
+  const silent = await h2(s, '/silent')
+  t.equal(silent.status, 504)
+  t.match(JSON.parse(silent.body.toString()), { error: 'upstream_timeout' })
+  t.ok(performance.now() - started >= 250, 'after timeouts.response')
+  const quiet = await h2(s, '/quiet').catch((e: Error) => e)
+  t.match((quiet as Error).message, `code ${http2.constants.NGHTTP2_INTERNAL_ERROR}`, 'the cut answer is reset')
+  await eventually(() => statsOf(gw).inflight === 0)
+  t.equal(statsOf(gw).upstreamErrors.timeout, 2, 'both counted as upstream timeouts')
+  t.equal(statsOf(gw).errors, 2)
+})
+
+t.test('a stream open at the drain deadline is reset (CANCEL) and its upstream connection closed', async (t) => {
+  const closed: string[] = []
+  const b = await rawBackend(t, (socket, head) => {
+    socket.on('close', () => closed.push(head.split(' ')[1]))
+    // Answer begun, never finished.
+    if (head.startsWith('GET /begun ')) socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst part')
+  })
+  const g = await startBackend(t, 'green')
+  const gw = await startGateway(t, `engine: fast\ndefaults:\n  health: { interval: 60s, assumeHealthy: true }\nservices:
+  svc:
+    match: { pathPrefix: / }
+    blue: { targets: [${b.url}] }
+    green: { targets: [${g.url}] }
+    drain: { timeout: 1m }
+`)
+  const s = connect(t, gw)
+  const waiting = h2(s, '/waiting').catch((e: Error) => e)
+  const begun = h2(s, '/begun').catch((e: Error) => e)
+  await eventually(() => b.heads.length === 2)
+  const flip = await fetch(`${gw.adminUrl}/v1/flip`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+  t.equal(flip.status, 200)
+  const drain = await fetch(`${gw.adminUrl}/v1/services/svc/drain`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ color: 'blue', wait: true, timeout: '200ms' }) })
+  t.match(await drain.json(), { how: 'timeout', closedRequests: 2 })
+  for (const r of [await waiting, await begun]) t.match((r as Error).message, `code ${http2.constants.NGHTTP2_CANCEL}`, 'RST_STREAM CANCEL')
+  await eventually(() => closed.length === 2)
+  t.same(closed.sort(), ['/begun', '/waiting'], 'both upstream connections closed')
+  t.equal(statsOf(gw).errors, 0, 'a drain cut is not the upstream\'s error')
+})
