@@ -20,7 +20,7 @@ import { recordOutcome } from '../outcome.js'
 import type { Resolution, UpstreamGroup } from '../resolve.js'
 import { CRLF2, gather, headWork, type Gatherer } from '../h1/io.js'
 import { ChunkedScanner, Framing, parseResponseHead, type ResponseHead } from '../h1/parse.js'
-import type { StreamDownstream } from './stream-downstream.js'
+import type { StreamCloser, StreamDownstream } from './stream-downstream.js'
 
 const enum Phase { Waiting, Body, Done }
 
@@ -92,7 +92,7 @@ function trailerObject (flat: string[] | undefined): OutgoingHttpHeaders | undef
  * one the upstream broke after its head as an upstream error, one the client
  * or the gateway cut by its status).
  */
-export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gatherer {
+export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gatherer, StreamCloser {
   readonly requestId: string
   prevOpen: OpenExchange | undefined = undefined
   nextOpen: OpenExchange | undefined = undefined
@@ -212,7 +212,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     this.head = head
     this.stats.begin(this)
     this.endpoint.target.inflight++
-    down.onClose(this.onClientClose)
+    down.notifyClose(this)
     this.dispatch(false)
   }
 
@@ -583,7 +583,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
   }
 
   /** The stream closed: answered, reset by the client, or cut. Counters settle once; an unfinished upstream request stops. */
-  private readonly onClientClose = (): void => {
+  clientClosed (): void {
     this.closed = true
     clearTimeout(this.stallTimer)
     if (this.phase !== Phase.Done) {

@@ -37,6 +37,11 @@ export function fieldsObject (flat: readonly string[], into: OutgoingHttpHeaders
  */
 const CONNECTION_SPECIFIC = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']
 
+/** Told once when the client side is over (see `notifyClose`). */
+export interface StreamCloser {
+  clientClosed: () => void
+}
+
 function noop (): void {}
 
 const NOTHING = Buffer.alloc(0)
@@ -63,6 +68,7 @@ export class StreamDownstream implements Downstream {
   private trailers: OutgoingHttpHeaders | undefined
   private waitsForTrailers = false
   private closeFn: (() => void) | undefined
+  private closer: StreamCloser | undefined = undefined
 
   /** `path`: the normalized target (the resolve step's), else the one received. */
   constructor (stream: ServerHttp2Stream, facts: H2RequestFacts, path: string, tally: SessionTally, bodyMs: number) {
@@ -247,6 +253,11 @@ export class StreamDownstream implements Downstream {
     this.closeFn = fn
   }
 
+  /** As `onClose`, for a forwarder that is its own listener (no closure per stream): `x.clientClosed()` runs once. */
+  notifyClose (x: StreamCloser): void {
+    this.closer = x
+  }
+
   /** A 100 Continue for a client waiting on one before it sends its body (node:http sends its own; node:http2's stream API does not). */
   continueBody (): void {
     if (this.body !== null && !this.stream.headersSent) this.stream.additionalHeaders({ ':status': 100 })
@@ -256,6 +267,9 @@ export class StreamDownstream implements Downstream {
     this.tally.open--
     const fn = this.closeFn
     this.closeFn = undefined
+    const x = this.closer
+    this.closer = undefined
+    if (x !== undefined) x.clientClosed()
     if (fn !== undefined) fn()
   }
 
