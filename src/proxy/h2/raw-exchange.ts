@@ -360,8 +360,8 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     const headers: OutgoingHttpHeaders = {}
     const announced = responseFields(r.lines, headers)
     if (this.setCookie !== undefined) addField(headers, 'set-cookie', this.setCookie)
-    // Trailers come only on a chunked body, and are waited for only when announced or on gRPC (as H2Exchange does).
-    this.withTrailers = r.framing === Framing.Chunked && (announced || isGrpc(headers['content-type'] as string | undefined))
+    // Trailers are waited for only when announced or on gRPC (as H2Exchange does); only a chunked body can carry them.
+    this.withTrailers = announced || isGrpc(headers['content-type'] as string | undefined)
     if (part !== undefined) this.bytes += part.length
     let ok = true
     try {
