@@ -412,3 +412,27 @@ t.test('a stream open at the drain deadline is reset (CANCEL) and its upstream c
   t.same(closed.sort(), ['/begun', '/waiting'], 'both upstream connections closed')
   t.equal(statsOf(gw).errors, 0, 'a drain cut is not the upstream\'s error')
 })
+
+t.test('limits.maxConnections: streams wait for a busy connection (bodies too), then 503 once timeouts.connect passes', async (t) => {
+  const b = await startBackend(t, 'blue')
+  const conns = new Set<unknown>()
+  b.handler = (req, res) => {
+    if (req.url !== '/healthz') conns.add(req.socket)
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const ms = req.url === '/stuck' ? 1000 : 30
+      setTimeout(() => res.writeHead(200, { 'content-type': 'text/plain' }).end(`${req.url ?? ''} ${Buffer.concat(chunks).length}`), ms)
+    })
+  }
+  const gw = await gatewayFor(t, b.url, '  limits: { maxConnections: 2 }\n  timeouts: { connect: 300ms }\n')
+  const s = connect(t, gw)
+  const replies = await Promise.all(Array.from({ length: 8 }, async (_, i) => await h2(s, `/w${i}`, i % 2 === 0 ? {} : { 'content-length': '1000' }, i % 2 === 0 ? undefined : Buffer.alloc(1000))))
+  t.same(replies.map((r) => r.body.toString()), Array.from({ length: 8 }, (_, i) => `/w${i} ${i % 2 === 0 ? 0 : 1000}`), 'every stream answered in turn, bodies whole')
+  t.ok(conns.size <= 2, `at most two upstream connections (${conns.size})`)
+  const stuck = [h2(s, '/stuck'), h2(s, '/stuck')]
+  const late = await h2(s, '/late')
+  t.equal(late.status, 503, 'no connection within timeouts.connect')
+  t.match(JSON.parse(late.body.toString()), { error: 'upstream_overloaded' })
+  t.same((await Promise.all(stuck)).map((r) => r.status), [200, 200])
+})
