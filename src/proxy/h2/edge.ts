@@ -96,6 +96,9 @@ export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pi
   let closing = false
 
   const onStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, _flags: number, raw: string[]): void => {
+    // node:http2 emits 'stream' on the next tick: a RST_STREAM read with the HEADERS (rapid reset) has destroyed it
+    // by now (and taken its session away). Nothing of it goes upstream.
+    if (stream.destroyed) return
     const tally = (stream.session as TalliedSession)[kTally] as SessionTally
     const facts = new H2RequestFacts(headers, raw, tally.peer, forwarding)
     if (facts.method === 'CONNECT') {
