@@ -100,3 +100,169 @@ for (const engine of ['fast', 'node']) {
     t.equal(reached, 0, `upstream requests for ${n} streams reset at once: ${reached}`)
   })
 }
+
+/** What came back for stream 1 of a raw session: its response head (status when HPACK indexed it), a reset, or the session's end. */
+interface RawOutcome { kind: 'headers' | 'rst' | 'goaway' | 'closed', status?: number, code?: number }
+
+/** :status values from HPACK's static table (RFC 7541 Appendix A). */
+const STATIC_STATUS: Record<number, number> = { 0x88: 200, 0x89: 204, 0x8a: 206, 0x8b: 304, 0x8c: 400, 0x8d: 404, 0x8e: 500 }
+
+/** HPACK Huffman codes of the digits (RFC 7541 Appendix B), enough to read a :status. */
+const HUFF_DIGITS: Array<[string, number, number]> = [['0', 0x0, 5], ['1', 0x1, 5], ['2', 0x2, 5], ['3', 0x19, 6], ['4', 0x1a, 6], ['5', 0x1b, 6], ['6', 0x1c, 6], ['7', 0x1d, 6], ['8', 0x1e, 6], ['9', 0x1f, 6]]
+
+function statusOf (block: Buffer): number | undefined {
+  const first = block[0]
+  if (STATIC_STATUS[first] !== undefined) return STATIC_STATUS[first]
+  // A literal with the name :status (static index 8), indexed or not.
+  if (first !== 0x48 && first !== 0x08 && first !== 0x18) return undefined
+  const len = block[1] & 0x7f
+  const value = block.subarray(2, 2 + len)
+  if ((block[1] & 0x80) === 0) return Number(value.toString('latin1'))
+  let bits = ''
+  for (const byte of value) bits += byte.toString(2).padStart(8, '0')
+  let out = ''
+  while (out.length < 3) {
+    const hit = HUFF_DIGITS.find(([, code, n]) => bits.length >= n && parseInt(bits.slice(0, n), 2) === code)
+    if (hit === undefined) return undefined
+    out += hit[0]
+    bits = bits.slice(hit[2])
+  }
+  return Number(out)
+}
+
+/** Sends the preface, an empty SETTINGS and `frames` on a fresh connection; resolves with what stream 1 got. */
+async function rawH2 (t: Tap.Test, port: number, frames: Buffer[]): Promise<RawOutcome> {
+  return await new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1')
+    t.teardown(() => { socket.destroy() })
+    let buf = Buffer.alloc(0)
+    const done = (o: RawOutcome): void => {
+      socket.destroy()
+      resolve(o)
+    }
+    socket.on('error', () => {})
+    socket.on('close', () => resolve({ kind: 'closed' }))
+    socket.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d])
+      while (buf.length >= 9) {
+        const len = buf.readUIntBE(0, 3)
+        if (buf.length < 9 + len) break
+        const type = buf[3]
+        const id = buf.readUInt32BE(5) & 0x7fffffff
+        const payload = buf.subarray(9, 9 + len)
+        buf = buf.subarray(9 + len)
+        // SETTINGS (not an ACK) are acknowledged, as a client must.
+        if (type === SETTINGS && (d[4] & 1) === 0) socket.write(frame(SETTINGS, 1, 0))
+        if (type === 0x7) return done({ kind: 'goaway', code: payload.readUInt32BE(4) })
+        if (id !== 1) continue
+        if (type === RST_STREAM) return done({ kind: 'rst', code: payload.readUInt32BE(0) })
+        if (type === HEADERS) return done({ kind: 'headers', status: statusOf(payload) })
+      }
+    })
+    socket.write(Buffer.concat([PREFACE, frame(SETTINGS, 0, 0), ...frames]))
+  })
+}
+
+/** An HPACK literal without indexing with a new name: anything at all, as a hostile encoder may send it. */
+function field (name: string, value: string): Buffer {
+  const n = Buffer.from(name, 'latin1')
+  const v = Buffer.from(value, 'latin1')
+  if (n.length > 126 || v.length > 126) throw new Error('short fields only')
+  return Buffer.concat([Buffer.from([0x00, n.length]), n, Buffer.from([v.length]), v])
+}
+
+/** A request head on stream 1: the pseudo-headers given (absent when undefined) and extra fields. */
+function requestBlock (pseudo: { method?: string, path?: string, authority?: string, scheme?: string }, extra: Array<[string, string]> = []): Buffer {
+  const parts: Buffer[] = []
+  if (pseudo.method !== undefined) parts.push(literal(2, pseudo.method))
+  if (pseudo.scheme !== undefined) parts.push(literal(6, pseudo.scheme))
+  if (pseudo.path !== undefined) parts.push(literal(4, pseudo.path))
+  if (pseudo.authority !== undefined) parts.push(literal(1, pseudo.authority))
+  for (const [n, v] of extra) parts.push(field(n, v))
+  return Buffer.concat(parts)
+}
+
+t.test('malformed or smuggling request heads: refused, or the bad field dropped; nothing injected reaches the upstream', async (t) => {
+  const { b, gw } = await pair(t, 'fast')
+  const port = Number(new URL(gw.url).port)
+  const authority = new URL(gw.url).host
+  const base = { method: 'GET', scheme: 'http', authority }
+  // nghttp2 (as node sets it up) drops a field whose name or value HTTP/2 does not allow and goes on with the rest.
+  const dropped: Array<[string, Buffer]> = [
+    ['CR LF in a value', requestBlock({ ...base, path: '/drop/crlf' }, [['x-a', 'a\r\nx-injected: 1']])],
+    ['LF in a value', requestBlock({ ...base, path: '/drop/lf' }, [['x-a', 'a\nGET /evil HTTP/1.1']])],
+    ['NUL in a value', requestBlock({ ...base, path: '/drop/nul' }, [['x-a', 'a\0b']])],
+    ['a colon inside a name', requestBlock({ ...base, path: '/drop/colon' }, [['x:a', 'b']])],
+    ['a space in a name', requestBlock({ ...base, path: '/drop/space' }, [['x a', 'b']])],
+  ]
+  const refused: Array<[string, Buffer]> = [
+    ['an upper-case name', requestBlock({ ...base, path: '/smuggle/upper' }, [['X-Upper', 'b']])],
+    ['transfer-encoding', requestBlock({ ...base, path: '/smuggle/te' }, [['transfer-encoding', 'chunked']])],
+    ['connection', requestBlock({ ...base, path: '/smuggle/conn' }, [['connection', 'keep-alive']])],
+    ['te other than trailers', requestBlock({ ...base, path: '/smuggle/tegzip' }, [['te', 'gzip']])],
+    ['two content-length fields', requestBlock({ ...base, path: '/smuggle/cl2' }, [['content-length', '0'], ['content-length', '5']])],
+    ['a pseudo-header after a field', Buffer.concat([requestBlock(base, [['x-a', 'b']]), literal(4, '/smuggle/late')])],
+    ['an unknown pseudo-header', requestBlock({ ...base, path: '/smuggle/unknown' }, [[':evil', 'b']])],
+    ['no :path', requestBlock(base)],
+    ['an empty :path', requestBlock({ ...base, path: '' })],
+    ['* with GET', requestBlock({ ...base, path: '*' })],
+  ]
+  for (const [name, block] of refused) {
+    const got = await rawH2(t, port, [frame(HEADERS, END_STREAM | END_HEADERS, 1, block)])
+    t.match(got, { kind: 'rst', code: http2.constants.NGHTTP2_PROTOCOL_ERROR }, `${name}: the stream is reset`)
+  }
+  t.equal(forwarded(b, '/smuggle'), 0, 'none of those reached the upstream')
+  for (const [name, block] of dropped) {
+    const got = await rawH2(t, port, [frame(HEADERS, END_STREAM | END_HEADERS, 1, block)])
+    t.ok(got.kind === 'rst' || (got.kind === 'headers' && got.status === 200), `${name}: refused or forwarded without it (${JSON.stringify(got)})`)
+  }
+  for (const r of b.seen.filter((r) => r.url.startsWith('/drop'))) {
+    const names = Object.keys(r.headers)
+    t.notOk(names.some((n) => n === 'x-a' || n === 'x-injected' || n.includes(':') || n.includes(' ')), `${r.url}: no bad or injected field upstream (${names.join(' ')})`)
+    t.notOk(Object.values(r.headers).some((v) => /[\r\n\0]/.test(String(v))), `${r.url}: no CR, LF or NUL in a value upstream`)
+  }
+  const s = connect(t, gw.url)
+  t.equal((await h2(s, '/after')).status, 200, 'still serving')
+})
+
+t.test(':path forms HTTP/1.1 would not take reach an HTTP/1.1 upstream only as an origin-form target', async (t) => {
+  const { b, gw } = await pair(t, 'fast')
+  const port = Number(new URL(gw.url).port)
+  const authority = new URL(gw.url).host
+  const base = { method: 'GET', scheme: 'http', authority }
+  for (const path of ['evil.example/x', 'http://evil.example/x', '//evil.example/x', '/a/../../etc', '/a b', '/a\tb']) {
+    const got = await rawH2(t, port, [frame(HEADERS, END_STREAM | END_HEADERS, 1, requestBlock({ ...base, path }))])
+    t.not(got.kind, 'closed', `${JSON.stringify(path)}: an answer (${JSON.stringify(got)})`)
+  }
+  const seen = b.seen.filter((r) => r.url !== '/healthz').map((r) => r.url)
+  for (const url of seen) t.ok(url.startsWith('/') && !url.startsWith('//') && !/[\s]/.test(url), `origin-form upstream target: ${JSON.stringify(url)}`)
+  const s = connect(t, gw.url)
+  t.equal((await h2(s, '/after')).status, 200, 'still serving')
+  await eventually(() => blueStats(gw).inflight === 0)
+})
+
+t.test('Host and :authority disagree: the one that routes is the one the upstream gets', async (t) => {
+  const a = await startBackend(t, 'a')
+  const b = await startBackend(t, 'b')
+  const gw = await startGateway(t, `services:
+  a:
+    match: { host: a.test }
+    blue: { targets: [${a.url}] }
+  b:
+    match: { host: b.test }
+    blue: { targets: [${b.url}] }
+`)
+  const port = Number(new URL(gw.url).port)
+  const both = await rawH2(t, port, [frame(HEADERS, END_STREAM | END_HEADERS, 1, requestBlock({ method: 'GET', scheme: 'http', authority: 'a.test', path: '/both' }, [['host', 'b.test']]))])
+  t.match(both, { kind: 'headers', status: 200 })
+  const onlyHost = await rawH2(t, port, [frame(HEADERS, END_STREAM | END_HEADERS, 1, requestBlock({ method: 'GET', scheme: 'http', path: '/host-only' }, [['host', 'b.test']]))])
+  t.match(onlyHost, { kind: 'headers', status: 200 })
+  const atA = a.seen.filter((r) => r.url === '/both')
+  const atB = b.seen.filter((r) => r.url === '/both')
+  t.equal(atA.length + atB.length, 1, 'routed once')
+  for (const r of [...atA, ...atB]) {
+    t.equal(r.headers.host, atA.length === 1 ? 'a.test' : 'b.test', 'the Host the upstream gets names the service that took it')
+    t.equal(r.headers.host, 'a.test', ':authority wins (RFC 9113 8.3.1)')
+  }
+  t.same(b.seen.filter((r) => r.url === '/host-only').map((r) => r.headers.host), ['b.test'], 'without :authority, Host routes and is sent')
+})
