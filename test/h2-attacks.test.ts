@@ -266,3 +266,53 @@ t.test('Host and :authority disagree: the one that routes is the one the upstrea
   }
   t.same(b.seen.filter((r) => r.url === '/host-only').map((r) => r.headers.host), ['b.test'], 'without :authority, Host routes and is sent')
 })
+
+/** An h2c upstream whose every stream `answer` handles; closed at teardown. */
+async function h2Upstream (t: Tap.Test, answer: (stream: http2.ServerHttp2Stream, headers: IncomingHttpHeaders) => void): Promise<{ url: string, server: http2.Http2Server, streams: () => number }> {
+  const server = http2.createServer()
+  let streams = 0
+  server.on('stream', (stream, headers) => {
+    streams++
+    stream.on('error', () => {})
+    answer(stream, headers)
+  })
+  server.on('session', (s) => { s.on('error', () => {}) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const sessions = new Set<http2.ServerHttp2Session>()
+  server.on('session', (s) => { sessions.add(s) })
+  t.teardown(() => {
+    for (const s of sessions) s.destroy()
+    server.close()
+  })
+  return { url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, server, streams: () => streams }
+}
+
+const GRPC_REQ = { ':method': 'POST', 'content-type': 'application/grpc', te: 'trailers' }
+/** One empty gRPC message (flag 0, length 0). */
+const EMPTY_MSG = Buffer.alloc(5)
+
+t.test('gRPC: an upstream answer that ends without a grpc-status is an error for the client and for the guard', async (t) => {
+  const up = await h2Upstream(t, (stream, headers) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc', ...(headers[':path'] === '/pkg.S/HeadOnly' ? { 'grpc-status': '0' } : {}) })
+    stream.end(EMPTY_MSG)
+  })
+  const gw = await startGateway(t, `services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: /pkg.S }
+    blue: { targets: [${up.url}] }
+`)
+  const s = connect(t, gw.url)
+  for (const path of ['/pkg.S/NoTrailers', '/pkg.S/HeadOnly']) {
+    const r = await h2(s, path, GRPC_REQ, EMPTY_MSG).catch((e: Error) => e)
+    if (r instanceof Error) {
+      t.pass(`${path}: the stream was reset (${r.message})`)
+      continue
+    }
+    const status = r.trailers?.['grpc-status']
+    t.ok(status !== undefined && status !== '0', `${path}: the client gets a failing grpc-status in the trailers, not OK (${String(status)} ${String(r.trailers?.['grpc-message'])})`)
+  }
+  const stats = gw.gateway.registry.colorStats('svc', 'blue')
+  await eventually(() => stats.inflight === 0)
+  t.equal(stats.errors, 2, 'both count as errors for the guard (a release whose server drops its status is broken)')
+})

@@ -12,6 +12,7 @@ import type { Endpoint } from '../../upstream/target-set.js'
 import { judgeAttempt, nextAttempt, type AttemptVerdict, type FailureKind } from '../attempt.js'
 import type { Readable } from 'node:stream'
 import type { Downstream } from '../downstream.js'
+import { encodeGrpcMessage, GrpcStatus, isGrpc } from '../grpc.js'
 import { FORBIDDEN_TRAILERS, HOP_BY_HOP } from '../headers.js'
 import { recordOutcome } from '../outcome.js'
 import type { Resolution, UpstreamGroup } from '../resolve.js'
@@ -72,6 +73,8 @@ export class H2Exchange implements OpenExchange, Finished {
   private settled = false
   /** A gRPC answer's grpc-status (trailers, or a trailers-only head). */
   private grpcStatus: string | undefined
+  /** The answer is gRPC (its content-type): it must end with a grpc-status. */
+  private grpcAnswer = false
   private trailers: IncomingHttpHeaders | undefined
   /** Request body chunks kept for a resend, or undefined once too many (or the answer began). */
   private replay: Buffer[] | undefined = []
@@ -242,6 +245,7 @@ export class H2Exchange implements OpenExchange, Finished {
       const cookies = out['set-cookie']
       out['set-cookie'] = cookies === undefined ? [this.setCookie] : [...(Array.isArray(cookies) ? cookies : [String(cookies)]), this.setCookie]
     }
+    this.grpcAnswer = isGrpc(headers['content-type'])
     // A trailers-only answer (gRPC's error answers) carries grpc-status in its head.
     const grpcStatus = headers['grpc-status']
     if (typeof grpcStatus === 'string') {
@@ -309,10 +313,14 @@ export class H2Exchange implements OpenExchange, Finished {
     this.upstreamDone = true
     clearTimeout(this.bodyTimer)
     if (this.over || !this.answered) return
-    const trailers = this.trailers
-    if (trailers !== undefined) {
-      const grpcStatus = trailers['grpc-status']
-      if (typeof grpcStatus === 'string') this.grpcStatus = grpcStatus
+    let trailers = this.trailers
+    const grpcStatus = trailers?.['grpc-status']
+    if (typeof grpcStatus === 'string') this.grpcStatus = grpcStatus
+    else if (this.grpcAnswer) {
+      // A gRPC answer that ended with no status (none in trailers, nor a trailers-only head): the client would read a
+      // bare end as a failure with no reason, and the guard must count it; a status in a head that did not end is no status.
+      this.grpcStatus = String(GrpcStatus.INTERNAL)
+      trailers = { ...trailers, 'grpc-status': this.grpcStatus, 'grpc-message': encodeGrpcMessage('the upstream ended the call without a grpc-status') }
     }
     this.settle(undefined)
     this.down.end(trailers === undefined ? undefined : outgoingTrailers(trailers))
