@@ -316,3 +316,69 @@ t.test('gRPC: an upstream answer that ends without a grpc-status is an error for
   await eventually(() => stats.inflight === 0)
   t.equal(stats.errors, 2, 'both count as errors for the guard (a release whose server drops its status is broken)')
 })
+
+/** Writes `chunk` to `w` until `limit` bytes, waiting for 'drain' when told to; `progress` hears each write. */
+function pump (w: NodeJS.WritableStream & { destroyed?: boolean }, limit: number, progress: (total: number) => void): void {
+  const chunk = Buffer.alloc(64 * 1024, 120)
+  let total = 0
+  const more = (): void => {
+    while (total < limit && w.destroyed !== true) {
+      total += chunk.length
+      progress(total)
+      if (!w.write(chunk)) {
+        w.once('drain', more)
+        return
+      }
+    }
+    if (total >= limit) w.end()
+  }
+  more()
+}
+
+/** A client that opens one GET and never grants the gateway flow-control window past the initial 64 KiB. */
+function nonReadingClient (t: Tap.Test, port: number, authority: string, path: string): { received: () => number } {
+  const socket = net.connect(port, '127.0.0.1')
+  t.teardown(() => { socket.destroy() })
+  socket.on('error', () => {})
+  let received = 0
+  socket.on('data', (d: Buffer) => { received += d.length })
+  socket.write(Buffer.concat([PREFACE, frame(SETTINGS, 0, 0), frame(SETTINGS, 1, 0), frame(HEADERS, END_STREAM | END_HEADERS, 1, getBlock(path, authority))]))
+  return { received: () => received }
+}
+
+const BIG = 64 * 1024 * 1024
+
+for (const protocol of ['http1', 'h2c']) {
+  t.test(`${protocol} upstream: a client that takes nothing holds the upstream back (memory stays bounded)`, async (t) => {
+    let written = 0
+    let lastWrite = performance.now()
+    const progress = (n: number): void => { written = n; lastWrite = performance.now() }
+    let url: string
+    if (protocol === 'http1') {
+      const b = await startBackend(t, 'blue')
+      b.handler = (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/octet-stream' })
+        pump(res, BIG, progress)
+      }
+      url = b.url
+    } else {
+      url = (await h2Upstream(t, (stream) => {
+        stream.respond({ ':status': 200, 'content-type': 'application/octet-stream' })
+        pump(stream, BIG, progress)
+      })).url
+    }
+    const gw = await startGateway(t, `services:
+  svc:
+    protocol: ${protocol}
+    match: { pathPrefix: / }
+    blue: { targets: [${url}] }
+`)
+    const client = nonReadingClient(t, Number(new URL(gw.url).port), new URL(gw.url).host, '/big')
+    // The upstream writes until the gateway stops taking its bytes; then nothing moves for a while.
+    await eventually(() => written > 0 && performance.now() - lastWrite > 500, { timeout: 20000 })
+    t.ok(written < 16 * 1024 * 1024, `the upstream got to write ${(written / 1048576).toFixed(1)} MiB of ${BIG / 1048576} MiB while the client took ${client.received()} bytes`)
+    t.ok(client.received() < 256 * 1024, 'the client got no more than its window')
+    const s = connect(t, gw.url)
+    t.equal((await h2(s, '/small', {}).catch((e: Error) => e) as H2Reply).status, 200, 'another client is served meanwhile')
+  })
+}
