@@ -382,3 +382,38 @@ for (const protocol of ['http1', 'h2c']) {
     t.equal((await h2(s, '/small', {}).catch((e: Error) => e) as H2Reply).status, 200, 'another client is served meanwhile')
   })
 }
+
+t.test('h2c configured for an upstream that speaks HTTP/1.1: a prompt 502/503, not a hang, and nothing left open', async (t) => {
+  const b = await startBackend(t, 'blue')
+  // A plain TCP server that reads and never answers: only the response deadline ends that.
+  const silent = net.createServer((s) => { s.on('error', () => {}); s.resume() })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  const silentConns = new Set<net.Socket>()
+  silent.on('connection', (s) => silentConns.add(s))
+  t.teardown(() => { for (const s of silentConns) s.destroy(); silent.close() })
+  const gw = await startGateway(t, `services:
+  h1:
+    protocol: h2c
+    match: { pathPrefix: /h1 }
+    blue: { targets: [${b.url}] }
+    timeouts: { response: 5s }
+  silent:
+    protocol: h2c
+    match: { pathPrefix: /silent }
+    blue: { targets: [http://127.0.0.1:${(silent.address() as net.AddressInfo).port}] }
+    timeouts: { connect: 300ms, response: 600ms }
+`)
+  const s = connect(t, gw.url)
+  for (const [path, service] of [['/h1/x', 'h1'], ['/silent/x', 'silent']]) {
+    const started = performance.now()
+    const r = await h2(s, path)
+    const ms = performance.now() - started
+    t.ok(r.status === 502 || r.status === 503 || r.status === 504, `${path}: a gateway error (${r.status} ${r.body.toString()}) in ${ms.toFixed(0)} ms`)
+    t.ok(ms < 3000, `${path}: not waiting out anything but its own deadlines`)
+    const grpc = await h2(s, path, GRPC_REQ, EMPTY_MSG)
+    t.ok(grpc.headers['grpc-status'] !== undefined && grpc.headers['grpc-status'] !== '0', `${path}: a gRPC call gets a failing status (${String(grpc.headers['grpc-status'])})`)
+    const stats = gw.gateway.registry.colorStats(service, 'blue')
+    await eventually(() => stats.inflight === 0)
+    t.ok(stats.errors >= 2, `${path}: counted as errors (${stats.errors})`)
+  }
+})
