@@ -5,6 +5,7 @@
 import t from 'tap'
 import net from 'node:net'
 import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
+import { echoClient, grpc, startEchoServer, unary, type Msg } from './helpers/grpc.js'
 import { eventually, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
 
 interface H2Reply { status: number, headers: IncomingHttpHeaders, body: Buffer, trailers: IncomingHttpHeaders | undefined }
@@ -416,4 +417,50 @@ t.test('h2c configured for an upstream that speaks HTTP/1.1: a prompt 502/503, n
     await eventually(() => stats.inflight === 0)
     t.ok(stats.errors >= 2, `${path}: counted as errors (${stats.errors})`)
   }
+})
+
+t.test('gRPC: a client that cancels mid-stream or at its deadline resets the upstream stream, leaves nothing open, and is not the upstream\'s fault', async (t) => {
+  const blue = await startEchoServer(t, 'blue')
+  const gw = await startGateway(t, `services:
+  echo:
+    protocol: h2c
+    match: { pathPrefix: /test.Echo }
+    blue: { targets: [${blue.url}] }
+`)
+  const client = echoClient(t, new URL(gw.url).host)
+  const call = client.bidi()
+  call.on('error', () => {})
+  const first = new Promise<Msg>((resolve) => call.once('data', resolve))
+  call.write({ text: 'open' })
+  t.equal((await first).color, 'blue')
+  call.cancel()
+  await eventually(() => blue.calls.bidiCancelled === 1)
+  t.pass('the upstream saw its stream cancelled')
+  const late = await unary(client, { text: 'slow', delay: 3000 }, 300)
+  t.equal(late.code, grpc.status.DEADLINE_EXCEEDED, 'the client\'s own deadline')
+  const stats = gw.gateway.registry.colorStats('echo', 'blue')
+  await eventually(() => stats.inflight === 0)
+  t.equal(stats.errors, 0, 'a client that gave up is no error of the upstream')
+  t.same(await unary(client, { text: 'after' }), { msg: { text: 'after', color: 'blue' }, code: 0 }, 'still serving')
+})
+
+t.test('gRPC: grpc-timeout and te: trailers reach an h2c upstream as sent', async (t) => {
+  let seen: IncomingHttpHeaders | undefined
+  const up = await h2Upstream(t, (stream, headers) => {
+    seen = headers
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true })
+    stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }))
+    stream.end(EMPTY_MSG)
+  })
+  const gw = await startGateway(t, `services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: /pkg.S }
+    blue: { targets: [${up.url}] }
+`)
+  const s = connect(t, gw.url)
+  const r = await h2(s, '/pkg.S/M', { ...GRPC_REQ, 'grpc-timeout': '250m' }, EMPTY_MSG)
+  t.equal(r.trailers?.['grpc-status'], '0')
+  t.equal(seen?.['grpc-timeout'], '250m')
+  t.equal(seen?.te, 'trailers')
 })
