@@ -4,6 +4,7 @@
 
 import t from 'tap'
 import net from 'node:net'
+import { exchange } from './helpers/raw.js'
 import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
 import { echoClient, grpc, startEchoServer, unary, type Msg } from './helpers/grpc.js'
 import { eventually, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
@@ -464,3 +465,54 @@ t.test('gRPC: grpc-timeout and te: trailers reach an h2c upstream as sent', asyn
   t.equal(seen?.['grpc-timeout'], '250m')
   t.equal(seen?.te, 'trailers')
 })
+
+/** Writes `bytes` one at a time, each after the previous left (a preface split across packets). */
+async function dribble (socket: net.Socket, bytes: Buffer): Promise<void> {
+  for (const byte of bytes) {
+    await new Promise<void>((resolve) => socket.write(Buffer.from([byte]), () => resolve()))
+    await new Promise<void>((resolve) => setTimeout(resolve, 2))
+  }
+}
+
+for (const engine of ['fast', 'node']) {
+  t.test(`${engine}: h2c preface detection: one byte per packet still starts a session; after an HTTP/1.1 request it is refused`, async (t) => {
+    const { b, gw } = await pair(t, engine)
+    const port = Number(new URL(gw.url).port)
+    const authority = new URL(gw.url).host
+    // One byte at a time, the whole preface and the SETTINGS after it.
+    const got = await new Promise<RawOutcome>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1')
+      t.teardown(() => { socket.destroy() })
+      socket.on('error', () => {})
+      let buf = Buffer.alloc(0)
+      socket.on('close', () => resolve({ kind: 'closed' }))
+      socket.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d])
+        while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+          const len = buf.readUIntBE(0, 3)
+          const [type, id] = [buf[3], buf.readUInt32BE(5)]
+          const payload = buf.subarray(9, 9 + len)
+          buf = buf.subarray(9 + len)
+          if (type === HEADERS && id === 1) return resolve({ kind: 'headers', status: statusOf(payload) })
+          if (type === RST_STREAM && id === 1) return resolve({ kind: 'rst', code: payload.readUInt32BE(0) })
+        }
+      })
+      void dribble(socket, Buffer.concat([PREFACE, frame(SETTINGS, 0, 0)])).then(() => socket.write(frame(HEADERS, END_STREAM | END_HEADERS, 1, getBlock('/dribbled', authority))))
+    })
+    t.match(got, { kind: 'headers', status: 200 }, 'answered over HTTP/2')
+    t.equal(forwarded(b, '/dribbled'), 1)
+
+    // HTTP/1.1 first, then the preface on the same connection: not a way into HTTP/2 (RFC 9113 3.4: the preface comes first).
+    const text = await exchange(port, `GET /first HTTP/1.1\r\nHost: ${authority}\r\n\r\n${PREFACE.toString('latin1')}${frame(SETTINGS, 0, 0).toString('latin1')}${frame(HEADERS, END_STREAM | END_HEADERS, 1, getBlock('/smuggled', authority)).toString('latin1')}`, undefined, 1500)
+    t.match(text, /^HTTP\/1\.1 200 /, 'the HTTP/1.1 request is answered')
+    t.match(text, /HTTP\/1\.1 400 /, 'the preface after it is a bad request')
+    t.equal(forwarded(b, '/smuggled'), 0, 'no HTTP/2 request was served on it')
+    // A partial preface, then garbage: an HTTP/1.1 bad request (node:http reads all 24 bytes) or a GOAWAY with an error
+    // (the fast engine hands over at the first blank line), and the connection closes.
+    const partial = Buffer.from(await exchange(port, 'PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n', undefined, 3000), 'latin1')
+    const goaway = partial.indexOf(Buffer.from([0, 0, 8, 7, 0, 0, 0, 0, 0]))
+    t.ok(partial.toString('latin1').startsWith('HTTP/1.1 400 ') || (goaway >= 0 && partial.readUInt32BE(goaway + 13) !== http2.constants.NGHTTP2_NO_ERROR), `a broken preface is refused (${JSON.stringify(partial.toString('latin1').slice(0, 20))})`)
+    const s = connect(t, gw.url)
+    t.equal((await h2(s, '/after')).status, 200, 'still serving')
+  })
+}
