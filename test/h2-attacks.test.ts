@@ -4,10 +4,17 @@
 
 import t from 'tap'
 import net from 'node:net'
+import tls from 'node:tls'
+import { execFileSync } from 'node:child_process'
+import { appendFileSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import type { CertFiles } from '../src/config/schema.js'
+import { CertStore, readCert } from '../src/listen/certs.js'
+import { fingerprintOf, logCollector, makeCert, servedFingerprint } from './helpers/certs.js'
 import { exchange } from './helpers/raw.js'
 import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
 import { echoClient, grpc, startEchoServer, unary, type Msg } from './helpers/grpc.js'
-import { eventually, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
+import { eventually, serviceYaml, startBackend, startGateway, tempDir, type Backend, type TestGateway } from './helpers/index.js'
 
 interface H2Reply { status: number, headers: IncomingHttpHeaders, body: Buffer, trailers: IncomingHttpHeaders | undefined }
 
@@ -516,3 +523,66 @@ for (const engine of ['fast', 'node']) {
     t.equal((await h2(s, '/after')).status, 200, 'still serving')
   })
 }
+
+t.test('certificate files an unlucky operator writes: each refused with a message naming what is wrong, the old set serving on', async (t) => {
+  const dir = tempDir(t)
+  const site = makeCert(dir, 'site', { names: ['site.test'] })
+  const other = makeCert(dir, 'other', { names: ['other.test'] })
+  const siteCert = readFileSync(site.cert, 'latin1')
+  const otherCert = readFileSync(other.cert, 'latin1')
+  const refused = (files: CertFiles): string => {
+    try {
+      readCert(files, 'tls.certs[0]', 'TLSv1.2')
+    } catch (err) {
+      return (err as Error).message
+    }
+    return 'accepted'
+  }
+  // The chain in the wrong order: the key's certificate last.
+  const leafLast = join(dir, 'leaf-last.pem')
+  writeFileSync(leafLast, otherCert + siteCert)
+  t.match(refused({ cert: leafLast, key: site.key }), /certificate 2 .* is the key's: it must come first/, 'leaf last: says the order is wrong, not that the key is someone else\'s')
+  // Half of a chain written: the leaf whole, its issuer cut off.
+  const half = join(dir, 'half.pem')
+  writeFileSync(half, siteCert + otherCert.slice(0, otherCert.length >> 1))
+  t.match(refused({ cert: half, key: site.key }), /certificate 2 is cut off/, 'a chain cut off mid-block is refused, not served without its issuer')
+  // Cert and key swapped.
+  t.match(refused({ cert: site.key, key: site.cert }), /is not a PEM certificate/, 'cert and key swapped')
+  // A key with a passphrase.
+  const encrypted = join(dir, 'enc-key.pem')
+  execFileSync('openssl', ['pkey', '-in', site.key, '-out', encrypted, '-aes256', '-passout', 'pass:secret'])
+  t.match(refused({ cert: site.cert, key: encrypted }), /is encrypted; the gateway takes a key without a passphrase/)
+  t.equal(refused(site), 'accepted')
+})
+
+t.test('a watched certificate deleted, then written in two steps: the old one serves throughout, the whole new one is taken', async (t) => {
+  const dir = tempDir(t)
+  const site = makeCert(dir, 'site', { names: ['site.test'] })
+  const next = makeCert(dir, 'next', { names: ['site.test'] })
+  const { lines, log } = logCollector()
+  const store = new CertStore({ certs: [site], minVersion: 'TLSv1.2' }, { log })
+  const server = tls.createServer(store.serverOptions(), (s) => s.end())
+  store.attach(server)
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => server.close())
+  const port = (server.address() as net.AddressInfo).port
+  t.teardown(store.watch())
+  const oldFp = fingerprintOf(site)
+  const refusals = (): number => lines.filter((l) => l.level === 'error').length
+
+  unlinkSync(site.cert)
+  await eventually(() => lines.some((l) => l.level === 'error' && String(l.fields.error).includes('no such file')))
+  t.equal(await servedFingerprint(t, port, 'site.test'), oldFp, 'deleted: the old certificate serves on')
+
+  // In place, in two writes with the watcher's settle time between: the first half is refused, never served.
+  const pem = readFileSync(next.cert, 'latin1')
+  const before = refusals()
+  writeFileSync(site.cert, pem.slice(0, pem.length >> 1))
+  await eventually(() => refusals() > before)
+  t.equal(await servedFingerprint(t, port, 'site.test'), oldFp, 'half written: the old certificate serves on')
+  appendFileSync(site.cert, pem.slice(pem.length >> 1))
+  writeFileSync(site.key, readFileSync(next.key))
+  const nextFp = fingerprintOf(next)
+  await eventually(async () => await servedFingerprint(t, port, 'site.test') === nextFp)
+  t.pass('the whole new pair is served once both files are written')
+})
