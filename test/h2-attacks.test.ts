@@ -586,3 +586,40 @@ t.test('a watched certificate deleted, then written in two steps: the old one se
   await eventually(async () => await servedFingerprint(t, port, 'site.test') === nextFp)
   t.pass('the whole new pair is served once both files are written')
 })
+
+t.test('an h2c upstream that refuses every stream (GOAWAY at once, or REFUSED_STREAM): a bounded number of tries, then an error, nothing left open', async (t) => {
+  let sessions = 0
+  const goaway = http2.createServer()
+  goaway.on('session', (s) => {
+    sessions++
+    s.on('error', () => {})
+    // Nothing will be processed: last stream id 0, before any stream arrives.
+    s.goaway(http2.constants.NGHTTP2_NO_ERROR, 0)
+  })
+  await new Promise<void>((resolve) => goaway.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => goaway.close())
+  const refusing = await h2Upstream(t, (stream) => { stream.close(http2.constants.NGHTTP2_REFUSED_STREAM) })
+  const gw = await startGateway(t, `services:
+  goaway:
+    protocol: h2c
+    match: { pathPrefix: /goaway }
+    blue: { targets: [http://127.0.0.1:${(goaway.address() as net.AddressInfo).port}] }
+  refusing:
+    protocol: h2c
+    match: { pathPrefix: /refusing }
+    blue: { targets: [${refusing.url}] }
+`)
+  const s = connect(t, gw.url)
+  for (const service of ['goaway', 'refusing']) {
+    const started = performance.now()
+    const r = await h2(s, `/${service}/x`, GRPC_REQ, EMPTY_MSG)
+    const ms = performance.now() - started
+    t.ok(r.headers['grpc-status'] !== undefined && r.headers['grpc-status'] !== '0', `${service}: a failing gRPC status (${String(r.headers['grpc-status'])} ${String(r.headers['grpc-message'])}) in ${ms.toFixed(0)} ms`)
+    const get = await h2(s, `/${service}/y`)
+    t.ok(get.status >= 500, `${service}: a GET gets ${get.status}`)
+    const stats = gw.gateway.registry.colorStats(service, 'blue')
+    await eventually(() => stats.inflight === 0)
+  }
+  t.ok(sessions <= 10, `upstream sessions opened for two requests to the GOAWAY one: ${sessions}`)
+  t.ok(refusing.streams() <= 10, `streams tried on the refusing one: ${refusing.streams()}`)
+})
