@@ -623,3 +623,37 @@ t.test('an h2c upstream that refuses every stream (GOAWAY at once, or REFUSED_ST
   t.ok(sessions <= 10, `upstream sessions opened for two requests to the GOAWAY one: ${sessions}`)
   t.ok(refusing.streams() <= 10, `streams tried on the refusing one: ${refusing.streams()}`)
 })
+
+t.test('floods: CONTINUATION without end, PINGs never read, SETTINGS: the session is cut, the gateway serves on', async (t) => {
+  const { b, gw } = await pair(t, 'fast')
+  const port = Number(new URL(gw.url).port)
+  const authority = new URL(gw.url).host
+  const CONTINUATION = 0x9
+  const PING = 0x6
+  // CVE-2024-27983/27316: a header block that never ends, in many CONTINUATION frames.
+  const filler = Buffer.concat(Array.from({ length: 100 }, (_, i) => field(`x-f${i}`, 'v'.repeat(100))))
+  const cont: Buffer[] = [frame(HEADERS, 0, 1, getBlock('/flood', authority))]
+  for (let i = 0; i < 400; i++) cont.push(frame(CONTINUATION, 0, 1, filler))
+  const c = await rawH2(t, port, cont)
+  t.ok(c.kind === 'goaway' || c.kind === 'closed' || c.kind === 'rst', `CONTINUATION flood: ${JSON.stringify(c)}`)
+  // 20000 PINGs whose ACKs the client never reads.
+  const pings = Buffer.concat(Array.from({ length: 20000 }, () => frame(PING, 0, 0, Buffer.alloc(8))))
+  const p = await new Promise<string>((resolve) => {
+    const socket = net.connect(port, '127.0.0.1')
+    t.teardown(() => { socket.destroy() })
+    socket.on('error', () => {})
+    socket.pause()
+    socket.on('close', () => resolve('closed'))
+    socket.write(Buffer.concat([PREFACE, frame(SETTINGS, 0, 0), pings]))
+    // Read nothing until the gateway has had its say: it must end the session rather than queue ACKs forever.
+    setTimeout(() => { socket.resume() }, 1000).unref()
+  })
+  t.equal(p, 'closed', 'PING flood: the session is closed')
+  const settings = Buffer.concat(Array.from({ length: 20000 }, () => frame(SETTINGS, 0, 0, Buffer.from([0, 4, 0, 0, 0xff, 0xff]))))
+  const st = await rawH2(t, port, [settings, frame(HEADERS, END_STREAM | END_HEADERS, 1, getBlock('/after-settings', authority))])
+  t.ok(st.kind !== 'headers' || st.status === 200, `SETTINGS flood: ${JSON.stringify(st)}`)
+  t.equal(forwarded(b, '/flood'), 0)
+  const s = connect(t, gw.url)
+  t.equal((await h2(s, '/after')).status, 200, 'still serving')
+  await eventually(() => gw.gateway.listener !== undefined && blueStats(gw).inflight === 0)
+})
