@@ -657,3 +657,33 @@ t.test('floods: CONTINUATION without end, PINGs never read, SETTINGS: the sessio
   t.equal((await h2(s, '/after')).status, 200, 'still serving')
   await eventually(() => gw.gateway.listener !== undefined && blueStats(gw).inflight === 0)
 })
+
+t.test('request trailers from an HTTP/2 client never become header fields of an HTTP/1.1 upstream request', async (t) => {
+  const { b, gw } = await pair(t, 'fast')
+  let body = ''
+  b.handler = (req, res) => {
+    req.on('data', (c: Buffer) => { body += c.toString() })
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'text/plain' })
+      res.end(JSON.stringify({ trailers: req.trailers }))
+    })
+  }
+  const s = connect(t, gw.url)
+  const reply = await new Promise<H2Reply>((resolve, reject) => {
+    const req = s.request({ ':path': '/upload', ':method': 'POST' }, { waitForTrailers: true })
+    req.on('wantTrailers', () => req.sendTrailers({ 'x-trailer': 'late', authorization: 'Bearer smuggled' }))
+    let head: IncomingHttpHeaders | undefined
+    const chunks: Buffer[] = []
+    req.on('response', (h) => { head = h })
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('error', reject)
+    req.on('close', () => head === undefined ? reject(new Error(`reset ${req.rstCode}`)) : resolve({ status: Number(head[':status']), headers: head, body: Buffer.concat(chunks), trailers: undefined }))
+    req.end('payload')
+  })
+  t.equal(reply.status, 200)
+  t.equal(body, 'payload', 'the body arrived')
+  const seen = b.seen.find((r) => r.url === '/upload')
+  t.equal(seen?.headers['x-trailer'], undefined, 'no trailer became a header')
+  t.equal(seen?.headers.authorization, undefined, 'no trailer became a header')
+  await eventually(() => blueStats(gw).inflight === 0)
+})
