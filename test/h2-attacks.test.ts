@@ -687,3 +687,27 @@ t.test('request trailers from an HTTP/2 client never become header fields of an 
   t.equal(seen?.headers.authorization, undefined, 'no trailer became a header')
   await eventually(() => blueStats(gw).inflight === 0)
 })
+
+t.test('an h2c upstream answer head too large to relay to an HTTP/2 client is an upstream error, not a success the client never saw', async (t) => {
+  const up = await h2Upstream(t, (stream) => {
+    const big: OutgoingHttpHeaders = { ':status': 200, 'content-type': 'text/plain' }
+    for (let i = 0; i < 12; i++) big[`x-big-${i}`] = 'v'.repeat(4000)
+    stream.respond(big)
+    stream.end('body')
+  })
+  const gw = await startGateway(t, `services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [${up.url}] }
+`)
+  const s = connect(t, gw.url)
+  const r = await h2(s, '/big-head')
+  t.equal(r.status, 502, `a 502 with the reason (${r.body.toString()})`)
+  t.match(r.body.toString(), 'upstream_error')
+  const grpcAnswer = await h2(s, '/pkg.S/M', GRPC_REQ, EMPTY_MSG)
+  t.equal(grpcAnswer.headers['grpc-status'], '14', 'a gRPC call gets UNAVAILABLE')
+  const stats = gw.gateway.registry.colorStats('svc', 'blue')
+  await eventually(() => stats.inflight === 0)
+  t.equal(stats.errors, 2, 'errors for the guard')
+})

@@ -11,7 +11,7 @@ import type { Forwarding } from '../trust.js'
 import type { Config } from '../../config/schema.js'
 import { H2Exchange } from './exchange.js'
 import { H2RequestFacts } from './facts.js'
-import { StreamDownstream, type SessionTally } from './stream-downstream.js'
+import { MAX_SEND_HEAD, StreamDownstream, type SessionTally } from './stream-downstream.js'
 import { forwardOverH2 } from './upstream.js'
 
 export interface H2Edge {
@@ -128,8 +128,8 @@ export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pi
     },
     // Over these, node:http2 resets the stream (ENHANCE_YOUR_CALM), as the HTTP/1.1 side answers 431.
     maxHeaderListPairs: MAX_HEADER_LINES + PSEUDO_FIELDS,
-    // An upstream's answer head is at most MAX_HEAD (undici's and the fast engine's limit) plus the sticky cookie.
-    maxSendHeaderBlockLength: 2 * MAX_HEAD,
+    // A larger answer head is refused before it is sent (StreamDownstream.respondWith).
+    maxSendHeaderBlockLength: MAX_SEND_HEAD,
     // A peer sending malformed frames is cut off sooner than node's default 1000.
     maxSessionInvalidFrames: 100,
   })

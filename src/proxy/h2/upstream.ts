@@ -12,7 +12,7 @@ import type { Endpoint } from '../../upstream/target-set.js'
 import { judgeAttempt, nextAttempt, type AttemptVerdict, type FailureKind } from '../attempt.js'
 import type { Readable } from 'node:stream'
 import type { Downstream } from '../downstream.js'
-import { encodeGrpcMessage, GrpcStatus, isGrpc } from '../grpc.js'
+import { encodeGrpcMessage, grpcStatusOf, GrpcStatus, isGrpc } from '../grpc.js'
 import { FORBIDDEN_TRAILERS, HOP_BY_HOP } from '../headers.js'
 import { recordOutcome } from '../outcome.js'
 import type { Resolution, UpstreamGroup } from '../resolve.js'
@@ -271,6 +271,8 @@ export class H2Exchange implements OpenExchange, Finished {
     } catch {
       // The client's protocol refuses what HTTP/2 carried (say, a header value node:http will not write).
       this.sent = this.down.grpc ? 200 : ERRORS.upstream_error.status
+      // A gRPC client gets UNAVAILABLE under an HTTP 200: the status it was given is what counts (an error for the guard).
+      this.grpcStatus = this.down.grpc ? String(grpcStatusOf('upstream_error')) : undefined
       this.bytes += this.down.fail('upstream_error', 'the upstream sent response headers that cannot be relayed')
       this.settle(undefined)
       this.cancelUpstream()
