@@ -711,3 +711,56 @@ t.test('an h2c upstream answer head too large to relay to an HTTP/2 client is an
   await eventually(() => stats.inflight === 0)
   t.equal(stats.errors, 2, 'errors for the guard')
 })
+
+for (const protocol of ['http1', 'h2c']) {
+  t.test(`${protocol} upstream: an upload the HTTP/2 client resets midway never reaches the upstream as a whole body`, async (t) => {
+    const DATA = 0x0
+    let started = 0
+    const results: string[] = []
+    let url: string
+    if (protocol === 'http1') {
+      const b = await startBackend(t, 'blue')
+      b.handler = (req, res) => {
+        started++
+        let got = ''
+        req.on('data', (c: Buffer) => { got += c.toString() })
+        req.on('end', () => { results.push(`whole:${got}`); res.end('ok') })
+        req.on('aborted', () => results.push(`aborted:${got}`))
+        req.on('error', () => {})
+      }
+      url = b.url
+    } else {
+      url = (await h2Upstream(t, (stream) => {
+        started++
+        let got = ''
+        let ended = false
+        stream.on('data', (c: Buffer) => { got += c.toString() })
+        stream.on('end', () => { ended = true })
+        // END_STREAM is the whole body for the upstream, whatever comes after it: a server may act on it at once.
+        stream.on('close', () => results.push(`${ended ? 'whole' : 'aborted'}:${got}`))
+      })).url
+    }
+    const gw = await startGateway(t, `services:
+  svc:
+    protocol: ${protocol}
+    match: { pathPrefix: / }
+    blue: { targets: [${url}] }
+`)
+    const port = Number(new URL(gw.url).port)
+    const authority = new URL(gw.url).host
+    const socket = net.connect(port, '127.0.0.1')
+    t.teardown(() => { socket.destroy() })
+    socket.on('error', () => {})
+    socket.on('data', () => {})
+    // A PUT with no content-length (an upload of unknown size), its first part, then nothing.
+    const head = Buffer.concat([literal(2, 'PUT'), Buffer.from([0x86]), literal(4, '/upload'), literal(1, authority)])
+    socket.write(Buffer.concat([PREFACE, frame(SETTINGS, 0, 0), frame(SETTINGS, 1, 0), frame(HEADERS, END_HEADERS, 1, head), frame(DATA, 0, 1, Buffer.from('first part|'))]))
+    await eventually(() => started === 1)
+    // The client gives up: RST_STREAM CANCEL.
+    socket.write(frame(RST_STREAM, 0, 1, Buffer.from([0, 0, 0, 8])))
+    await eventually(() => results.length === 1)
+    t.notMatch(results[0], /^whole:/, `the upstream saw: ${results[0]}`)
+    await eventually(() => blueStats(gw).inflight === 0)
+    t.equal(blueStats(gw).errors, 0, 'a client that gave up is no error of the upstream')
+  })
+}

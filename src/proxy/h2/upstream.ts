@@ -216,8 +216,10 @@ export class H2Exchange implements OpenExchange, Finished {
   }
 
   private readonly onBodyEnd = (): void => {
-    // node:http ends an aborted request's body too: that is no whole body, and must not reach the upstream as one.
-    if ((this.down.body as Readable & { complete?: boolean }).complete === false) return
+    // node:http ends an aborted request's body too, and node:http2 a stream the client reset (RST_STREAM CANCEL):
+    // that is no whole body, and must not reach the upstream as one (END_STREAM), the reset following too late.
+    const body = this.down.body as Readable & { complete?: boolean, rstCode?: number }
+    if (body.complete === false || (body.rstCode !== undefined && body.rstCode !== NGHTTP2_NO_ERROR)) return
     this.bodyEnded = true
     const stream = this.stream
     if (stream !== undefined && !stream.destroyed) stream.end()
