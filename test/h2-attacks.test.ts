@@ -764,3 +764,51 @@ for (const protocol of ['http1', 'h2c']) {
     t.equal(blueStats(gw).errors, 0, 'a client that gave up is no error of the upstream')
   })
 }
+
+for (const [engine, protocol] of [['fast', 'h2c'], ['node', 'h2c'], ['fast', 'http1'], ['node', 'http1']]) {
+  t.test(`${engine}, ${protocol} upstream: an HTTP/1.1 client's chunked upload cut off midway never reaches the upstream whole, nor holds it open`, async (t) => {
+    let started = 0
+    const results: string[] = []
+    let url: string
+    if (protocol === 'h2c') {
+      url = (await h2Upstream(t, (stream) => {
+        started++
+        let got = ''
+        let ended = false
+        stream.on('data', (c: Buffer) => { got += c.toString() })
+        stream.on('end', () => { ended = true })
+        stream.on('close', () => results.push(`${ended ? 'whole' : 'aborted'}:${got}`))
+      })).url
+    } else {
+      const b = await startBackend(t, 'blue')
+      b.handler = (req, res) => {
+        started++
+        let got = ''
+        req.on('data', (c: Buffer) => { got += c.toString() })
+        req.on('error', () => {})
+        req.on('close', () => results.push(`${req.complete ? 'whole' : 'aborted'}:${got}`))
+        req.on('end', () => res.end())
+      }
+      url = b.url
+    }
+    const gw = await startGateway(t, `engine: ${engine}
+services:
+  svc:
+    protocol: ${protocol}
+    match: { pathPrefix: / }
+    blue: { targets: [${url}] }
+`)
+    const socket = net.connect(Number(new URL(gw.url).port), '127.0.0.1')
+    t.teardown(() => { socket.destroy() })
+    socket.on('error', () => {})
+    socket.on('data', () => {})
+    socket.write(`PUT /upload HTTP/1.1\r\nHost: ${new URL(gw.url).host}\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nfirst part|\r\n`)
+    await eventually(() => started === 1)
+    // The client goes (FIN): well within client.bodyTimeout (60 s), which would end it otherwise.
+    socket.destroy()
+    await eventually(() => results.length === 1)
+    t.notMatch(results[0], /^whole:/, `the upstream saw: ${results[0]}`)
+    await eventually(() => blueStats(gw).inflight === 0)
+    t.equal(blueStats(gw).errors, 0, 'not the upstream\'s fault')
+  })
+}
