@@ -812,3 +812,26 @@ services:
     t.equal(blueStats(gw).errors, 0, 'not the upstream\'s fault')
   })
 }
+
+for (const engine of ['fast', 'node']) {
+  t.test(`${engine}: over TLS, HTTP/2 only through ALPN h2; the preface on an http/1.1 connection is a bad request`, async (t) => {
+    const dir = tempDir(t)
+    const site = makeCert(dir, 'site', { names: ['site.test'] })
+    const b = await startBackend(t, 'blue')
+    const gw = await startGateway(t, `engine: ${engine}\ntls:\n  certs:\n    - { cert: ${site.cert}, key: ${site.key} }\nservices:\n${serviceYaml('svc', '/', [b], [b])}`)
+    const port = gw.gateway.address.port
+    const got = await new Promise<string>((resolve, reject) => {
+      const s = tls.connect({ host: '127.0.0.1', port, servername: 'site.test', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] }, () => {
+        t.equal(s.alpnProtocol, 'http/1.1')
+        s.write(Buffer.concat([PREFACE, frame(SETTINGS, 0, 0), frame(HEADERS, END_STREAM | END_HEADERS, 1, getBlock('/tls-prior', 'site.test'))]))
+      })
+      let text = ''
+      s.on('data', (d: Buffer) => { text += d.toString('latin1') })
+      s.on('error', reject)
+      s.on('close', () => resolve(text))
+      setTimeout(() => s.destroy(), 2000).unref()
+    })
+    t.match(got, /^HTTP\/1\.1 400 /, `refused as HTTP/1.1 (${JSON.stringify(got.slice(0, 16))})`)
+    t.equal(forwarded(b, '/tls-prior'), 0)
+  })
+}

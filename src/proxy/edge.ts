@@ -215,11 +215,12 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
   // Past this many lines node:http leaves headers out of req.headers (rawHeaders keeps them): such heads are refused above.
   server.maxHeadersCount = MAX_HEADER_LINES + 1
   server.on('upgrade', onUpgradeChecked)
-  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer, bytesParsed?: number }, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean, req?: IncomingMessage }, bytesWritten: number }) => {
+  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer, bytesParsed?: number }, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean, req?: IncomingMessage }, bytesWritten: number, encrypted?: boolean }) => {
     if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
     // h2c with prior knowledge, on a connection that sent nothing before it (the fast engine hands these over itself):
-    // no request of node:http's (kTurns), and none the fast engine answered before handing the connection over.
-    if (err.code === 'HPE_PAUSED_H2_UPGRADE' && socket[kTurns] === undefined && socket.bytesWritten === 0 && err.rawPacket !== undefined && err.bytesParsed !== undefined) {
+    // no request of node:http's (kTurns), and none the fast engine answered before handing the connection over; not over
+    // TLS, where ALPN chose http/1.1 (HTTP/2 there is ALPN's alone, and node:http2 would answer 403).
+    if (err.code === 'HPE_PAUSED_H2_UPGRADE' && socket[kTurns] === undefined && socket.bytesWritten === 0 && socket.encrypted !== true && err.rawPacket !== undefined && err.bytesParsed !== undefined) {
       return handOverFromNodeHttp(h2, socket, err.rawPacket, err.bytesParsed)
     }
     const refusal = err.code === 'HPE_HEADER_OVERFLOW'
