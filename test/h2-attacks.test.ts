@@ -10,6 +10,7 @@ import { appendFileSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs
 import { join } from 'node:path'
 import type { CertFiles } from '../src/config/schema.js'
 import { CertStore, readCert } from '../src/listen/certs.js'
+import { GrpcProbeSessions } from '../src/health/grpc-health.js'
 import { fingerprintOf, logCollector, makeCert, servedFingerprint } from './helpers/certs.js'
 import { exchange } from './helpers/raw.js'
 import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
@@ -835,3 +836,19 @@ for (const engine of ['fast', 'node']) {
     t.equal(forwarded(b, '/tls-prior'), 0)
   })
 }
+
+t.test('a gRPC health probe against a target that streams a huge answer gives up early instead of holding it all', async (t) => {
+  let written = 0
+  let lastWrite = performance.now()
+  const up = await h2Upstream(t, (stream) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' })
+    pump(stream, BIG, (n) => { written = n; lastWrite = performance.now() })
+  })
+  const probes = new GrpcProbeSessions()
+  t.teardown(() => probes.close())
+  const r = await probes.check(up.url, '', 10000)
+  t.equal(r.ok, false)
+  t.match(r.detail, /larger than/, `a clear reason (${r.detail})`)
+  await eventually(() => performance.now() - lastWrite > 200)
+  t.ok(written < 8 * 1024 * 1024, `the target got to send ${(written / 1048576).toFixed(1)} MiB of ${BIG / 1048576} MiB`)
+})

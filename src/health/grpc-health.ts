@@ -12,6 +12,9 @@ import net from 'node:net'
 
 export const HEALTH_CHECK_PATH = '/grpc.health.v1.Health/Check'
 
+/** The most of a health answer a probe reads (a HealthCheckResponse is about 7 bytes). */
+const MAX_HEALTH_ANSWER = 64 * 1024
+
 export const ServingStatus = { UNKNOWN: 0, SERVING: 1, NOT_SERVING: 2, SERVICE_UNKNOWN: 3 } as const
 
 const STATUS_NAMES = ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN']
@@ -176,7 +179,12 @@ export class GrpcProbeSessions {
         if (typeof t['grpc-status'] === 'string') grpcStatus = t['grpc-status']
         if (typeof t['grpc-message'] === 'string') grpcMessage = t['grpc-message']
       })
-      stream.on('data', (c: Buffer) => chunks.push(c))
+      let received = 0
+      stream.on('data', (c: Buffer) => {
+        // A HealthCheckResponse is a few bytes: a target streaming more is broken, and is not held in memory.
+        if ((received += c.length) > MAX_HEALTH_ANSWER) return done({ ok: false, detail: `${what}: answer larger than ${MAX_HEALTH_ANSWER} bytes` })
+        chunks.push(c)
+      })
       stream.on('error', (err: Error & { code?: string }) => {
         setImmediate(() => done({ ok: false, detail: `${what}: ${this.failures.get(session) ?? err.code ?? err.message}` }))
       })
