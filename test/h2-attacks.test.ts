@@ -852,3 +852,11 @@ t.test('a gRPC health probe against a target that streams a huge answer gives up
   await eventually(() => performance.now() - lastWrite > 200)
   t.ok(written < 8 * 1024 * 1024, `the target got to send ${(written / 1048576).toFixed(1)} MiB of ${BIG / 1048576} MiB`)
 })
+
+t.test(':scheme https on a plain h2c connection does not make X-Forwarded-Proto https', async (t) => {
+  const { b, gw } = await pair(t, 'fast')
+  const port = Number(new URL(gw.url).port)
+  const got = await rawH2(t, port, [frame(HEADERS, END_STREAM | END_HEADERS, 1, requestBlock({ method: 'GET', scheme: 'https', authority: new URL(gw.url).host, path: '/scheme' }, [['x-forwarded-proto', 'https']]))])
+  t.match(got, { kind: 'headers', status: 200 })
+  t.equal(b.seen.find((r) => r.url === '/scheme')?.headers['x-forwarded-proto'], 'http', 'the listener says the scheme, not the client')
+})
