@@ -860,3 +860,49 @@ t.test(':scheme https on a plain h2c connection does not make X-Forwarded-Proto 
   t.match(got, { kind: 'headers', status: 200 })
   t.equal(b.seen.find((r) => r.url === '/scheme')?.headers['x-forwarded-proto'], 'http', 'the listener says the scheme, not the client')
 })
+
+t.test('a request body that arrives while its request waits for a free HTTP/2 stream reaches the upstream whole', async (t) => {
+  const bodies: Record<string, number> = {}
+  let releaseFirst: (() => void) | undefined
+  const server = http2.createServer({ settings: { maxConcurrentStreams: 1 } })
+  server.on('session', (s) => { s.on('error', () => {}) })
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => {})
+    const path = headers[':path'] as string
+    let n = 0
+    stream.on('data', (c: Buffer) => { n += c.length })
+    stream.on('end', () => {
+      bodies[path] = n
+      const answer = (): void => { stream.respond({ ':status': 200 }); stream.end(String(n)) }
+      if (path === '/hold') releaseFirst = answer
+      else answer()
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => server.close())
+  const gw = await startGateway(t, `services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [http://127.0.0.1:${(server.address() as net.AddressInfo).port}] }
+    limits: { maxConnections: 1 }
+    timeouts: { connect: 5s, response: 3s }
+`)
+  const s = connect(t, gw.url)
+  // The one stream the target allows is taken until released.
+  const first = h2(s, '/hold', {}, 'x')
+  await eventually(() => releaseFirst !== undefined)
+  const size = 300 * 1024
+  const second = h2(s, '/upload', { 'content-type': 'application/octet-stream' }, Buffer.alloc(size, 97))
+  // The second request waits for the stream while its body comes in (flow control lets 64 KiB and more through).
+  await eventually(() => blueStats(gw).inflight === 2)
+  // Part of the attack, not a wait for something: time for the body to come in while no stream can take it.
+  await new Promise<void>((resolve) => setTimeout(resolve, 300))
+  releaseFirst?.()
+  t.equal((await first).status, 200)
+  const r = await second
+  t.equal(r.status, 200, 'answered once the stream is free')
+  t.equal(bodies['/upload'], size, `the upstream got the whole body (${String(bodies['/upload'])} of ${size} bytes)`)
+  await eventually(() => blueStats(gw).inflight === 0)
+  t.equal(blueStats(gw).errors, 0)
+})

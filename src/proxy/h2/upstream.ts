@@ -134,11 +134,16 @@ export class H2Exchange implements OpenExchange, Finished {
     if (session !== undefined) return this.openStream(session)
     if (pool === undefined) return this.failed('overloaded', false)
     // Every session full at limits.maxConnections: wait for a stream slot up to timeouts.connect, as on HTTP/1.1.
+    // The client's body waits too: with no stream to write to, what came past REPLAY_MAX would be dropped, and
+    // the stream, once open, would get neither those bytes nor its end (the upstream waiting out its deadline).
+    const body = this.down.body
+    body?.pause()
     this.stopWaiting = pool.wait((s) => {
       this.stopWaiting = undefined
       if (this.over) return
-      if (s === undefined) this.failed('overloaded', false)
-      else this.openStream(s)
+      if (s === undefined) return this.failed('overloaded', false)
+      this.openStream(s)
+      body?.resume()
     })
   }
 
