@@ -906,3 +906,23 @@ t.test('a request body that arrives while its request waits for a free HTTP/2 st
   await eventually(() => blueStats(gw).inflight === 0)
   t.equal(blueStats(gw).errors, 0)
 })
+
+t.test('a gRPC health probe does not take a target for healthy on a status in a head that did not end the call', async (t) => {
+  const SERVING = Buffer.from([0, 0, 0, 0, 2, 0x08, 0x01])
+  const up = await h2Upstream(t, (stream) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '0' })
+    stream.write(SERVING)
+    // No trailers: the stream just ends (the answer is only as good as a status that never came).
+    stream.end()
+  })
+  const reset = await h2Upstream(t, (stream) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '0' })
+    stream.write(SERVING, () => stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR))
+  })
+  const probes = new GrpcProbeSessions()
+  t.teardown(() => probes.close())
+  const ended = await probes.check(up.url, '', 2000)
+  t.equal(ended.ok, false, `no trailers: not healthy (${ended.detail})`)
+  const cut = await probes.check(reset.url, '', 2000)
+  t.equal(cut.ok, false, `reset after the message: not healthy (${cut.detail})`)
+})

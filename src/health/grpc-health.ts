@@ -170,8 +170,11 @@ export class GrpcProbeSessions {
       let grpcStatus: string | undefined
       let grpcMessage: string | undefined
       let httpStatus = 0
-      stream.on('response', (h) => {
+      stream.on('response', (h, flags: number) => {
         httpStatus = h[':status'] ?? 0
+        // A status in the head counts only in a trailers-only answer (the head ends the stream), as gRPC clients read it:
+        // a head saying 0, a message, then no trailers (or a reset) is no answer.
+        if ((flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0) return
         if (typeof h['grpc-status'] === 'string') grpcStatus = h['grpc-status']
         if (typeof h['grpc-message'] === 'string') grpcMessage = h['grpc-message']
       })
