@@ -926,3 +926,21 @@ t.test('a gRPC health probe does not take a target for healthy on a status in a 
   const cut = await probes.check(reset.url, '', 2000)
   t.equal(cut.ok, false, `reset after the message: not healthy (${cut.detail})`)
 })
+
+t.test('an HTTP/1.1 client\'s Host that HTTP/2 cannot carry as :authority is not counted against an h2c upstream', async (t) => {
+  const up = await h2Upstream(t, (stream) => { stream.respond({ ':status': 200 }); stream.end('ok') })
+  const gw = await startGateway(t, `services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [${up.url}] }
+`)
+  const port = Number(new URL(gw.url).port)
+  for (const host of ['a b.test', 'a.test\\x', 'a"b', 'a{b}', '']) {
+    const text = await exchange(port, `GET /h HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`, undefined, 3000)
+    t.match(text, /^HTTP\/1\.1 [2-4]\d\d /, `Host ${JSON.stringify(host)}: ${text.split('\r\n')[0]}`)
+  }
+  const stats = gw.gateway.registry.colorStats('svc', 'blue')
+  await eventually(() => stats.inflight === 0)
+  t.equal(stats.errors, 0, 'no error counted for the upstream')
+})

@@ -26,6 +26,12 @@ const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR, NGHTTP2_REFUS
  */
 const REPLAY_MAX = 64 * 1024
 
+/**
+ * What nghttp2 takes in :authority (its check_authority): a Host outside it would be reset by the target's own
+ * HTTP/2 stack, and a client's bad Host counted as the target's error.
+ */
+const AUTHORITY = /^[A-Za-z0-9\-._~!$&'()*+,;=:%@[\]]+$/
+
 /** The fields of a gRPC status (grpc PROTOCOL-HTTP2 "Trailers"). */
 const GRPC_STATUS_FIELDS = ['grpc-status', 'grpc-message', 'grpc-status-details-bin']
 
@@ -107,6 +113,13 @@ export class H2Exchange implements OpenExchange, Finished {
   }
 
   start (): void {
+    const authority = this.down.authority
+    if (authority !== undefined && authority !== '' && !AUTHORITY.test(authority)) {
+      // The client's mistake (an HTTP/1.1 Host the upstream's protocol cannot carry): refused here, as the resolve
+      // step refuses a request it cannot route, counted for no color.
+      this.down.fail('bad_request', 'the Host header is not a valid authority for this HTTP/2 service')
+      return
+    }
     this.stats.begin(this)
     this.endpoint.target.inflight++
     this.down.onClose(this.onClientClose)
@@ -188,7 +201,8 @@ export class H2Exchange implements OpenExchange, Finished {
     const out: OutgoingHttpHeaders = {
       ':method': this.method,
       ':scheme': session.pool.origin.tls ? 'https' : 'http',
-      ':authority': this.down.authority ?? given.host ?? hostOf(session),
+      // An empty Host (HTTP/1.1 allows one) names nothing: the target's own.
+      ':authority': this.down.authority === '' || this.down.authority === undefined ? hostOf(session) : this.down.authority,
       ':path': this.path,
     }
     for (const name in given) {
