@@ -944,3 +944,25 @@ t.test('an HTTP/1.1 client\'s Host that HTTP/2 cannot carry as :authority is not
   await eventually(() => stats.inflight === 0)
   t.equal(stats.errors, 0, 'no error counted for the upstream')
 })
+
+t.test('request targets and header values an HTTP/1.1 client may send are not counted against an h2c upstream', async (t) => {
+  const seen: string[] = []
+  const up = await h2Upstream(t, (stream, headers) => { seen.push(headers[':path'] as string); stream.respond({ ':status': 200 }); stream.end('ok') })
+  const gw = await startGateway(t, `services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [${up.url}] }
+`)
+  const port = Number(new URL(gw.url).port)
+  const heads = [
+    'GET /a"b HTTP/1.1', 'GET /a{b}|c^d HTTP/1.1', 'GET /caf\xe9 HTTP/1.1', 'GET /a\\b HTTP/1.1', 'GET /x?q=`a` HTTP/1.1', 'OPTIONS * HTTP/1.1',
+  ]
+  for (const line of heads) {
+    const text = await exchange(port, `${line}\r\nHost: a.test\r\nX-Odd: caf\xe9 "q"\r\nConnection: close\r\n\r\n`, undefined, 3000)
+    t.match(text, /^HTTP\/1\.1 [2-4]\d\d /, `${JSON.stringify(line)}: ${text.split('\r\n')[0]}`)
+  }
+  const stats = gw.gateway.registry.colorStats('svc', 'blue')
+  await eventually(() => stats.inflight === 0)
+  t.equal(stats.errors, 0, `no error counted for the upstream (it saw ${JSON.stringify(seen)})`)
+})
