@@ -966,3 +966,39 @@ t.test('request targets and header values an HTTP/1.1 client may send are not co
   await eventually(() => stats.inflight === 0)
   t.equal(stats.errors, 0, `no error counted for the upstream (it saw ${JSON.stringify(seen)})`)
 })
+
+t.test('rapid reset spread over packets: the session is cut off (GOAWAY) after a bounded number of resets', async (t) => {
+  const { b, gw } = await pair(t, 'fast')
+  const port = Number(new URL(gw.url).port)
+  const authority = new URL(gw.url).host
+  const socket = net.connect(port, '127.0.0.1')
+  t.teardown(() => { socket.destroy() })
+  socket.on('error', () => {})
+  let goaway: number | undefined
+  let buf = Buffer.alloc(0)
+  socket.on('data', (d: Buffer) => {
+    buf = Buffer.concat([buf, d])
+    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+      const len = buf.readUIntBE(0, 3)
+      if (buf[3] === 0x7) goaway = buf.readUInt32BE(9 + 4)
+      buf = buf.subarray(9 + len)
+    }
+  })
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
+  const write = async (b: Buffer): Promise<void> => await new Promise<void>((resolve) => socket.write(b, () => resolve()))
+  await write(Buffer.concat([PREFACE, frame(SETTINGS, 0, 0), frame(SETTINGS, 1, 0)]))
+  let sent = 0
+  for (let id = 1; sent < 3000 && goaway === undefined && !socket.destroyed; id += 2, sent++) {
+    await write(frame(HEADERS, END_STREAM | END_HEADERS, id, getBlock('/spread/slow?ms=5000', authority)))
+    // Let the gateway take the stream before the reset comes: the attack's costly form.
+    await new Promise<void>((resolve) => setImmediate(resolve))
+    await write(frame(RST_STREAM, 0, id, Buffer.from([0, 0, 0, 8])))
+  }
+  await Promise.race([closed, eventually(() => goaway !== undefined)])
+  t.ok(goaway !== undefined || socket.destroyed, `the session was ended after ${sent} resets (GOAWAY ${String(goaway)})`)
+  t.ok(sent < 3000, 'before the client ran out of patience')
+  await eventually(() => blueStats(gw).inflight === 0, { timeout: 15000 })
+  t.comment(`upstream requests started for reset streams: ${forwarded(b, '/spread')}`)
+  const s = connect(t, gw.url)
+  t.equal((await h2(s, '/after')).status, 200, 'still serving')
+})
