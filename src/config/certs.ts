@@ -111,6 +111,9 @@ export function readCert (files: CertFiles, path: string, minVersion: TlsVersion
   const certPem = readPem(files.cert, certPath)
   const blocks = pemBlocks(certPem.toString('latin1'), 'CERTIFICATE')
   if (blocks.length === 0) throw new CertError(certPath, files.cert, `${files.cert} is not a PEM certificate (no "-----BEGIN CERTIFICATE-----" block)`)
+  // A file caught mid-write (or cut short) ends inside a block: OpenSSL's "bad end line" would not say which.
+  const begun = certPem.toString('latin1').split('-----BEGIN CERTIFICATE-----').length - 1
+  if (begun > blocks.length) throw new CertError(certPath, files.cert, `${files.cert}: certificate ${blocks.length + 1} is cut off (no "-----END CERTIFICATE-----" line); is the file still being written?`)
   const chain = blocks.map((block, i) => {
     try {
       return new X509Certificate(block)
@@ -135,6 +138,9 @@ export function readCert (files: CertFiles, path: string, minVersion: TlsVersion
     throw new CertError(keyPath, files.key, `${files.key}: the private key cannot be parsed (${(err as Error).message})`)
   }
   if (!leaf.checkPrivateKey(key)) {
+    // The chain in the wrong order (the issuer first): the handshake would offer the issuer's certificate.
+    const at = chain.findIndex((c) => c.checkPrivateKey(key))
+    if (at > 0) throw new CertError(certPath, files.cert, `${files.cert}: certificate ${at + 1} of ${chain.length} is the key's: it must come first (the leaf, then its chain)`)
     throw new CertError(keyPath, files.key, `${files.key} is not the key of the certificate in ${files.cert}`)
   }
   let context: SecureContext

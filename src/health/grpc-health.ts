@@ -12,6 +12,9 @@ import net from 'node:net'
 
 export const HEALTH_CHECK_PATH = '/grpc.health.v1.Health/Check'
 
+/** The most of a health answer a probe reads (a HealthCheckResponse is about 7 bytes). */
+const MAX_HEALTH_ANSWER = 64 * 1024
+
 export const ServingStatus = { UNKNOWN: 0, SERVING: 1, NOT_SERVING: 2, SERVICE_UNKNOWN: 3 } as const
 
 const STATUS_NAMES = ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN']
@@ -167,8 +170,11 @@ export class GrpcProbeSessions {
       let grpcStatus: string | undefined
       let grpcMessage: string | undefined
       let httpStatus = 0
-      stream.on('response', (h) => {
+      stream.on('response', (h, flags: number) => {
         httpStatus = h[':status'] ?? 0
+        // A status in the head counts only in a trailers-only answer (the head ends the stream), as gRPC clients read it:
+        // a head saying 0, a message, then no trailers (or a reset) is no answer.
+        if ((flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0) return
         if (typeof h['grpc-status'] === 'string') grpcStatus = h['grpc-status']
         if (typeof h['grpc-message'] === 'string') grpcMessage = h['grpc-message']
       })
@@ -176,7 +182,12 @@ export class GrpcProbeSessions {
         if (typeof t['grpc-status'] === 'string') grpcStatus = t['grpc-status']
         if (typeof t['grpc-message'] === 'string') grpcMessage = t['grpc-message']
       })
-      stream.on('data', (c: Buffer) => chunks.push(c))
+      let received = 0
+      stream.on('data', (c: Buffer) => {
+        // A HealthCheckResponse is a few bytes: a target streaming more is broken, and is not held in memory.
+        if ((received += c.length) > MAX_HEALTH_ANSWER) return done({ ok: false, detail: `${what}: answer larger than ${MAX_HEALTH_ANSWER} bytes` })
+        chunks.push(c)
+      })
       stream.on('error', (err: Error & { code?: string }) => {
         setImmediate(() => done({ ok: false, detail: `${what}: ${this.failures.get(session) ?? err.code ?? err.message}` }))
       })

@@ -215,10 +215,12 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
   // Past this many lines node:http leaves headers out of req.headers (rawHeaders keeps them): such heads are refused above.
   server.maxHeadersCount = MAX_HEADER_LINES + 1
   server.on('upgrade', onUpgradeChecked)
-  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer, bytesParsed?: number }, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean } }) => {
+  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer, bytesParsed?: number }, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean, req?: IncomingMessage }, bytesWritten: number, encrypted?: boolean }) => {
     if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
-    // h2c with prior knowledge, on a connection that sent nothing before it (the fast engine hands these over itself).
-    if (err.code === 'HPE_PAUSED_H2_UPGRADE' && socket[kTurns] === undefined && err.rawPacket !== undefined && err.bytesParsed !== undefined) {
+    // h2c with prior knowledge, on a connection that sent nothing before it (the fast engine hands these over itself):
+    // no request of node:http's (kTurns), and none the fast engine answered before handing the connection over; not over
+    // TLS, where ALPN chose http/1.1 (HTTP/2 there is ALPN's alone, and node:http2 would answer 403).
+    if (err.code === 'HPE_PAUSED_H2_UPGRADE' && socket[kTurns] === undefined && socket.bytesWritten === 0 && socket.encrypted !== true && err.rawPacket !== undefined && err.bytesParsed !== undefined) {
       return handOverFromNodeHttp(h2, socket, err.rawPacket, err.bytesParsed)
     }
     const refusal = err.code === 'HPE_HEADER_OVERFLOW'
@@ -226,6 +228,9 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? rawError('request_timeout', true, 'the request head was not received in time').text
         : rawError('bad_request', true, 'malformed HTTP request').text
+    // The error is inside the body of the request being answered (the client ended its side midway, a bad chunk):
+    // that body never comes whole, and its answer, waiting for it, would hold the upstream until client.bodyTimeout.
+    if (socket._httpMessage?.req?.complete === false) return socket.destroy()
     // Requests parsed before the bad one ran (or wait their turn): their answers go first, in order.
     const turns = socket[kTurns]
     if (turns?.busy === true) {

@@ -57,7 +57,10 @@ export class FastEdge implements ConnOwner {
     socket.pause()
     if (unread !== undefined) socket.unshift(unread)
     // The head parser stopped at `PRI * HTTP/2.0`: an HTTP/2 session, which reads what was unshifted itself (and must not be resumed here).
-    if (this.h2 !== undefined && unread !== undefined && startsWithPreface(unread)) return void this.h2.emit('connection', socket)
+    // Only as a plain connection's first bytes (RFC 9113 3.4), as node:http's hand-over has it: after an answer went out, the
+    // preface is a bad request, or one HTTP/1.1 connection (a front proxy's, shared by its clients) would turn into HTTP/2
+    // midway. Over TLS, HTTP/2 is chosen by ALPN alone (3.3): node:http2 would answer this one 403.
+    if (this.h2 !== undefined && unread !== undefined && socket.bytesWritten === 0 && !(socket as { encrypted?: boolean }).encrypted && startsWithPreface(unread)) return void this.h2.emit('connection', socket)
     // node:http would read the handle natively and miss the bytes unshifted above.
     const handle = (socket as unknown as { _handle?: { _consumed?: boolean } })._handle
     if (handle != null) handle._consumed = true

@@ -12,7 +12,7 @@ import type { Config } from '../../config/schema.js'
 import { H2Exchange } from './exchange.js'
 import { H2RequestFacts } from './facts.js'
 import { H2RawExchange } from './raw-exchange.js'
-import { StreamDownstream, type SessionTally } from './stream-downstream.js'
+import { MAX_SEND_HEAD, StreamDownstream, type SessionTally } from './stream-downstream.js'
 import { forwardOverH2 } from './upstream.js'
 
 export interface H2Edge {
@@ -99,6 +99,9 @@ export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pi
   let closing = false
 
   const onStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, _flags: number, raw: string[]): void => {
+    // node:http2 emits 'stream' on the next tick: a RST_STREAM read with the HEADERS (rapid reset) has destroyed it
+    // by now (and taken its session away). Nothing of it goes upstream.
+    if (stream.destroyed) return
     const tally = (stream.session as TalliedSession)[kTally] as SessionTally
     const facts = new H2RequestFacts(headers, raw, tally.peer, forwarding)
     if (facts.method === 'CONNECT') {
@@ -130,8 +133,8 @@ export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pi
     },
     // Over these, node:http2 resets the stream (ENHANCE_YOUR_CALM), as the HTTP/1.1 side answers 431.
     maxHeaderListPairs: MAX_HEADER_LINES + PSEUDO_FIELDS,
-    // An upstream's answer head is at most MAX_HEAD (undici's and the fast engine's limit) plus the sticky cookie.
-    maxSendHeaderBlockLength: 2 * MAX_HEAD,
+    // A larger answer head is refused before it is sent (StreamDownstream.respondWith).
+    maxSendHeaderBlockLength: MAX_SEND_HEAD,
     // A peer sending malformed frames is cut off sooner than node's default 1000.
     maxSessionInvalidFrames: 100,
   })

@@ -38,7 +38,10 @@ class BodyReader extends Readable {
   }
 
   private readonly onEnd = (): void => {
-    this.push(null)
+    // node:http2 ends the readable side of a stream the client reset, too: that body is cut, not whole (no last chunk).
+    const code = (this.src as Readable & { rstCode?: number }).rstCode
+    if (code !== undefined && code !== 0) this.destroy(new Error('the client reset its request body'))
+    else this.push(null)
   }
 
   override _read (): void {

@@ -7,6 +7,7 @@ import { ERRORS, errorBody, type ErrorCode } from '../../errors.js'
 import type { Downstream } from '../downstream.js'
 import { encodeGrpcMessage, grpcStatusOf, isGrpc } from '../grpc.js'
 import { stripH2RequestHeaders } from '../headers.js'
+import { MAX_HEAD } from '../limits.js'
 import { newRequestId } from '../request-id.js'
 import type { SentForwarding } from '../trust.js'
 import type { H2RequestFacts } from './facts.js'
@@ -43,6 +44,26 @@ export interface StreamCloser {
 }
 
 function noop (): void {}
+
+/**
+ * The largest answer head the h2 edge sends (its maxSendHeaderBlockLength): an upstream's head is at most MAX_HEAD
+ * (undici's and the fast engine's limit) plus the sticky cookie. An HTTP/2 upstream may send more.
+ */
+export const MAX_SEND_HEAD = 2 * MAX_HEAD
+
+/**
+ * nghttp2's bound on a head's encoded size (nghttp2_hd_deflate_bound), which it holds against
+ * maxSendHeaderBlockLength: over it, the head is never sent and the stream is reset (FRAME_SIZE_ERROR).
+ */
+function headBound (headers: OutgoingHttpHeaders): number {
+  let n = 12
+  for (const name in headers) {
+    const v = headers[name]
+    if (v === undefined) continue
+    for (const line of Array.isArray(v) ? v : [v]) n += 6 + name.length + Buffer.byteLength(String(line))
+  }
+  return n
+}
 
 const NOTHING = Buffer.alloc(0)
 
@@ -140,6 +161,9 @@ export class StreamDownstream implements Downstream {
   respondWith (status: number, headers: OutgoingHttpHeaders, trailers: boolean): void {
     for (const name of CONNECTION_SPECIFIC) if (headers[name] !== undefined) delete headers[name]
     headers[':status'] = status
+    // Thrown, as node:http2 throws on a field it cannot send, so the forwarder answers upstream_error instead
+    // (the stream would be reset with nothing to say why, and the exchange counted a success).
+    if (headBound(headers) > MAX_SEND_HEAD) throw new Error(`answer head larger than ${MAX_SEND_HEAD} bytes`)
     this.status = status
     if (trailers) {
       this.waitsForTrailers = true

@@ -12,6 +12,7 @@ import type { Endpoint } from '../../upstream/target-set.js'
 import { judgeAttempt, nextAttempt, type AttemptVerdict, type FailureKind } from '../attempt.js'
 import type { Readable } from 'node:stream'
 import type { Downstream } from '../downstream.js'
+import { encodeGrpcMessage, grpcStatusOf, GrpcStatus, isGrpc } from '../grpc.js'
 import { FORBIDDEN_TRAILERS, HOP_BY_HOP } from '../headers.js'
 import { recordOutcome } from '../outcome.js'
 import type { Resolution, UpstreamGroup } from '../resolve.js'
@@ -24,6 +25,12 @@ const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR, NGHTTP2_REFUS
  * a body: without them it could never be retried). Past this, no retry.
  */
 const REPLAY_MAX = 64 * 1024
+
+/**
+ * What nghttp2 takes in :authority (its check_authority): a Host outside it would be reset by the target's own
+ * HTTP/2 stack, and a client's bad Host counted as the target's error.
+ */
+const AUTHORITY = /^[A-Za-z0-9\-._~!$&'()*+,;=:%@[\]]+$/
 
 /** The fields of a gRPC status (grpc PROTOCOL-HTTP2 "Trailers"). */
 const GRPC_STATUS_FIELDS = ['grpc-status', 'grpc-message', 'grpc-status-details-bin']
@@ -72,6 +79,8 @@ export class H2Exchange implements OpenExchange, Finished {
   private settled = false
   /** A gRPC answer's grpc-status (trailers, or a trailers-only head). */
   private grpcStatus: string | undefined
+  /** The answer is gRPC (its content-type): it must end with a grpc-status. */
+  private grpcAnswer = false
   private trailers: IncomingHttpHeaders | undefined
   /** Request body chunks kept for a resend, or undefined once too many (or the answer began). */
   private replay: Buffer[] | undefined = []
@@ -104,6 +113,13 @@ export class H2Exchange implements OpenExchange, Finished {
   }
 
   start (): void {
+    const authority = this.down.authority
+    if (authority !== undefined && authority !== '' && !AUTHORITY.test(authority)) {
+      // The client's mistake (an HTTP/1.1 Host the upstream's protocol cannot carry): refused here, as the resolve
+      // step refuses a request it cannot route, counted for no color.
+      this.down.fail('bad_request', 'the Host header is not a valid authority for this HTTP/2 service')
+      return
+    }
     this.stats.begin(this)
     this.endpoint.target.inflight++
     this.down.onClose(this.onClientClose)
@@ -131,11 +147,16 @@ export class H2Exchange implements OpenExchange, Finished {
     if (session !== undefined) return this.openStream(session)
     if (pool === undefined) return this.failed('overloaded', false)
     // Every session full at limits.maxConnections: wait for a stream slot up to timeouts.connect, as on HTTP/1.1.
+    // The client's body waits too: with no stream to write to, what came past REPLAY_MAX would be dropped, and
+    // the stream, once open, would get neither those bytes nor its end (the upstream waiting out its deadline).
+    const body = this.down.body
+    body?.pause()
     this.stopWaiting = pool.wait((s) => {
       this.stopWaiting = undefined
       if (this.over) return
-      if (s === undefined) this.failed('overloaded', false)
-      else this.openStream(s)
+      if (s === undefined) return this.failed('overloaded', false)
+      this.openStream(s)
+      body?.resume()
     })
   }
 
@@ -180,7 +201,8 @@ export class H2Exchange implements OpenExchange, Finished {
     const out: OutgoingHttpHeaders = {
       ':method': this.method,
       ':scheme': session.pool.origin.tls ? 'https' : 'http',
-      ':authority': this.down.authority ?? given.host ?? hostOf(session),
+      // An empty Host (HTTP/1.1 allows one) names nothing: the target's own.
+      ':authority': this.down.authority === '' || this.down.authority === undefined ? hostOf(session) : this.down.authority,
       ':path': this.path,
     }
     for (const name in given) {
@@ -213,8 +235,10 @@ export class H2Exchange implements OpenExchange, Finished {
   }
 
   private readonly onBodyEnd = (): void => {
-    // node:http ends an aborted request's body too: that is no whole body, and must not reach the upstream as one.
-    if ((this.down.body as Readable & { complete?: boolean }).complete === false) return
+    // node:http ends an aborted request's body too, and node:http2 a stream the client reset (RST_STREAM CANCEL):
+    // that is no whole body, and must not reach the upstream as one (END_STREAM), the reset following too late.
+    const body = this.down.body as Readable & { complete?: boolean, rstCode?: number }
+    if (body.complete === false || (body.rstCode !== undefined && body.rstCode !== NGHTTP2_NO_ERROR)) return
     this.bodyEnded = true
     const stream = this.stream
     if (stream !== undefined && !stream.destroyed) stream.end()
@@ -242,6 +266,7 @@ export class H2Exchange implements OpenExchange, Finished {
       const cookies = out['set-cookie']
       out['set-cookie'] = cookies === undefined ? [this.setCookie] : [...(Array.isArray(cookies) ? cookies : [String(cookies)]), this.setCookie]
     }
+    this.grpcAnswer = isGrpc(headers['content-type'])
     // A trailers-only answer (gRPC's error answers) carries grpc-status in its head.
     const grpcStatus = headers['grpc-status']
     if (typeof grpcStatus === 'string') {
@@ -267,6 +292,8 @@ export class H2Exchange implements OpenExchange, Finished {
     } catch {
       // The client's protocol refuses what HTTP/2 carried (say, a header value node:http will not write).
       this.sent = this.down.grpc ? 200 : ERRORS.upstream_error.status
+      // A gRPC client gets UNAVAILABLE under an HTTP 200: the status it was given is what counts (an error for the guard).
+      this.grpcStatus = this.down.grpc ? String(grpcStatusOf('upstream_error')) : undefined
       this.bytes += this.down.fail('upstream_error', 'the upstream sent response headers that cannot be relayed')
       this.settle(undefined)
       this.cancelUpstream()
@@ -309,10 +336,14 @@ export class H2Exchange implements OpenExchange, Finished {
     this.upstreamDone = true
     clearTimeout(this.bodyTimer)
     if (this.over || !this.answered) return
-    const trailers = this.trailers
-    if (trailers !== undefined) {
-      const grpcStatus = trailers['grpc-status']
-      if (typeof grpcStatus === 'string') this.grpcStatus = grpcStatus
+    let trailers = this.trailers
+    const grpcStatus = trailers?.['grpc-status']
+    if (typeof grpcStatus === 'string') this.grpcStatus = grpcStatus
+    else if (this.grpcAnswer) {
+      // A gRPC answer that ended with no status (none in trailers, nor a trailers-only head): the client would read a
+      // bare end as a failure with no reason, and the guard must count it; a status in a head that did not end is no status.
+      this.grpcStatus = String(GrpcStatus.INTERNAL)
+      trailers = { ...trailers, 'grpc-status': this.grpcStatus, 'grpc-message': encodeGrpcMessage('the upstream ended the call without a grpc-status') }
     }
     this.settle(undefined)
     this.down.end(trailers === undefined ? undefined : outgoingTrailers(trailers))
