@@ -276,6 +276,10 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     this.detachBody()
     const up = this.up
     if (up === undefined) return
+    // node:http2 ends the readable side of a stream the client reset, too: that body is cut, not whole.
+    // No last chunk: the upstream connection goes (the stream's close settles the exchange).
+    const code = (this.down.body as Readable & { rstCode?: number }).rstCode
+    if (code !== undefined && code !== 0) return this.dropUpstream()
     if (this.sending === Send.Chunked) up.socket.write('0\r\n\r\n', 'latin1')
     this.requestSent = true
   }
