@@ -131,11 +131,15 @@ export class H2Exchange implements OpenExchange, Finished {
     if (session !== undefined) return this.openStream(session)
     if (pool === undefined) return this.failed('overloaded', false)
     // Every session full at limits.maxConnections: wait for a stream slot up to timeouts.connect, as on HTTP/1.1.
+    // The client's body waits too: with no stream to write to, what passed REPLAY_MAX would be lost.
+    const body = this.down.body
+    body?.pause()
     this.stopWaiting = pool.wait((s) => {
       this.stopWaiting = undefined
       if (this.over) return
-      if (s === undefined) this.failed('overloaded', false)
-      else this.openStream(s)
+      if (s === undefined) return this.failed('overloaded', false)
+      this.openStream(s)
+      if (this.stream !== undefined) body?.resume()
     })
   }
 
