@@ -5,7 +5,7 @@ import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2'
 import type { AddressInfo } from 'node:net'
-import { eventually, startGateway, type TestGateway } from './helpers/index.js'
+import { admin, eventually, startGateway, type TestGateway } from './helpers/index.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -102,4 +102,28 @@ t.test('a request body that arrives while the request waits for a stream slot re
   const r = await second
   t.equal(r.status, 200)
   t.same(JSON.parse(r.body.toString()), { length: payload.length, sha: createHash('sha256').update(payload).digest('hex') }, 'the upstream got the body whole')
+})
+
+t.test('an HTTP/2 stream to an h2c service still open at the drain deadline is reset with CANCEL, counted once', async (t) => {
+  const blue = await startH2Upstream(t)
+  const green = await startH2Upstream(t)
+  const gw = await startGateway(t, `services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [${blue.url}] }
+    green: { targets: [${green.url}] }
+    drain: { timeout: 1m }
+`)
+  const s = connect(t, gw)
+  const arrived = blue.arrived()
+  const held = h2(s, '/hold')
+  await arrived
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
+  const r = await admin(gw.adminUrl, 'POST', '/v1/services/svc/drain', { color: 'blue', wait: true, timeout: '200ms' })
+  t.match(r.json, { state: 'idle', how: 'timeout', closedRequests: 1 })
+  const cut = await held
+  t.equal(cut.rstCode, http2.constants.NGHTTP2_CANCEL, 'RST_STREAM CANCEL, as on HTTP/1.1 upstreams (README: a drain deadline resets it with CANCEL)')
+  t.equal(gw.gateway.registry.target(blue.url).inflight, 0)
+  t.equal(gw.gateway.registry.colorStats('svc', 'blue').inflight, 0)
 })

@@ -45,8 +45,11 @@ export interface Downstream {
    * the body bytes written.
    */
   fail: (code: ErrorCode, message?: string) => number
-  /** Cuts the answer: RST_STREAM on HTTP/2, the connection on HTTP/1.1. */
-  destroy: () => void
+  /**
+   * Cuts the answer: RST_STREAM on HTTP/2 (INTERNAL_ERROR: the answer broke;
+   * `cancel`: CANCEL, the gateway ends it, as at a drain deadline), the connection on HTTP/1.1.
+   */
+  destroy: (cancel?: boolean) => void
   /** Called once when the client side is over: answered completely, reset, or gone. */
   onClose: (fn: () => void) => void
 }

@@ -118,10 +118,10 @@ export class H2Exchange implements OpenExchange, Finished {
     this.attempt()
   }
 
-  /** Ends the exchange now (drain deadline, shutdown): RST_STREAM both ways. */
+  /** Ends the exchange now (drain deadline, shutdown): RST_STREAM both ways, CANCEL to the client. */
   close (): void {
     this.cancelUpstream()
-    this.down.destroy()
+    this.down.destroy(true)
   }
 
   private attempt (): void {
