@@ -4,8 +4,11 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2'
+import https from 'node:https'
 import type { AddressInfo } from 'node:net'
-import { admin, eventually, startGateway, type TestGateway } from './helpers/index.js'
+import { readFileSync } from 'node:fs'
+import { makeCert } from './helpers/certs.js'
+import { admin, eventually, serviceYaml, startBackend, startGateway, tempDir, type TestGateway } from './helpers/index.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -126,4 +129,85 @@ t.test('an HTTP/2 stream to an h2c service still open at the drain deadline is r
   t.equal(cut.rstCode, http2.constants.NGHTTP2_CANCEL, 'RST_STREAM CANCEL, as on HTTP/1.1 upstreams (README: a drain deadline resets it with CANCEL)')
   t.equal(gw.gateway.registry.target(blue.url).inflight, 0)
   t.equal(gw.gateway.registry.colorStats('svc', 'blue').inflight, 0)
+})
+
+t.test('HTTPS HTTP/1.1 clients of an h2c service, on both engines: handed to the HTTP/2 forwarder with X-Forwarded-Proto https, keep-alive kept', async (t) => {
+  const dir = tempDir(t)
+  const cert = makeCert(dir, 'site', { names: ['site.test'] })
+  const ca = readFileSync(cert.cert)
+  const server = http2.createServer()
+  server.on('stream', (stream, headers) => {
+    const chunks: Buffer[] = []
+    stream.on('data', (c: Buffer) => chunks.push(c))
+    stream.on('end', () => {
+      stream.respond({ ':status': 200, 'content-type': 'application/json' })
+      stream.end(JSON.stringify({ path: headers[':path'], proto: headers['x-forwarded-proto'], length: Buffer.concat(chunks).length }))
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  for (const engine of ['fast', 'node']) {
+    const gw = await startGateway(t, `engine: ${engine}
+tls:
+  certs:
+    - { cert: ${cert.cert}, key: ${cert.key} }
+services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [${url}] }
+`)
+    const agent = new https.Agent({ keepAlive: true, ca, servername: 'site.test' })
+    t.teardown(() => agent.destroy())
+    const port = new URL(gw.url).port
+    const ask = async (path: string, body?: Buffer): Promise<{ status: number, json: any, socket: unknown }> => await new Promise((resolve, reject) => {
+      const req = https.request({ host: '127.0.0.1', port, path, method: body === undefined ? 'GET' : 'POST', headers: { host: 'site.test' }, agent }, (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString()), socket: res.socket }))
+      })
+      req.on('error', reject)
+      req.end(body)
+    })
+    const one = await ask('/one')
+    t.same([one.status, one.json], [200, { path: '/one', proto: 'https', length: 0 }], `${engine}: a GET`)
+    const two = await ask('/two', randomBytes(100_000))
+    t.same([two.status, two.json], [200, { path: '/two', proto: 'https', length: 100_000 }], `${engine}: a POST with its body, on the same connection`)
+    t.equal(two.socket, one.socket, `${engine}: keep-alive`)
+  }
+})
+
+t.test('an HTTP/1.1 upstream answer carrying Host or HTTP2-Settings reaches an HTTP/2 client without them, not as a 502', async (t) => {
+  const b = await startBackend(t, 'blue')
+  b.handler = (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', host: 'upstream.internal', 'http2-settings': 'AAMAAABkAAQAAP__', 'x-kept': 'yes' })
+    res.end('hello')
+  }
+  const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [b])}`)
+  const r = await h2(connect(t, gw), '/x')
+  t.equal(r.status, 200)
+  t.equal(r.body.toString(), 'hello')
+  t.equal(r.headers['x-kept'], 'yes')
+  t.equal(r.headers.host, undefined, 'Host is no response field on HTTP/2 (node:http2 refuses to send it)')
+  t.equal(r.headers['http2-settings'], undefined)
+  t.equal(gw.gateway.registry.colorStats('svc', 'blue').errors, 0)
+})
+
+t.test('an HTTP/1.1 upstream trailer node:http2 refuses to send (HTTP2-Settings) is dropped; the answer ends cleanly and the gateway lives on', async (t) => {
+  const b = await startBackend(t, 'blue')
+  b.handler = (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-sum, http2-settings' })
+    res.write('hello')
+    res.addTrailers({ 'x-sum': '42', 'http2-settings': 'AAMAAABkAAQAAP__' })
+    res.end()
+  }
+  const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [b])}`)
+  const s = connect(t, gw)
+  const r = await h2(s, '/x')
+  t.equal(r.rstCode, http2.constants.NGHTTP2_NO_ERROR)
+  t.equal(r.body.toString(), 'hello')
+  t.equal(r.trailers?.['x-sum'], '42', 'the other trailer goes on')
+  t.equal(r.trailers?.['http2-settings'], undefined)
+  t.equal((await h2(s, '/y')).status, 200, 'the gateway still serves')
 })

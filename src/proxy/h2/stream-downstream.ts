@@ -32,10 +32,12 @@ export function fieldsObject (flat: readonly string[], into: OutgoingHttpHeaders
 }
 
 /**
- * Fields HTTP/2 forbids in a message (RFC 9113 8.2.2): node:http2 throws on
- * them, so an answer handed over with one left loses it here instead.
+ * Fields HTTP/2 forbids in a message (RFC 9113 8.2.2), and the ones node:http2
+ * also refuses in a response (Host: :authority says it; HTTP2-Settings: h2c's
+ * upgrade): node:http2 throws on them, so an answer handed over with one left
+ * loses it here instead of failing whole.
  */
-const CONNECTION_SPECIFIC = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']
+const CONNECTION_SPECIFIC = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings']
 
 function noop (): void {}
 
@@ -170,7 +172,14 @@ export class StreamDownstream implements Downstream {
 
   private readonly onWantTrailers = (): void => {
     // An answer that announced trailers and sent none still ends with an (empty) HEADERS frame: a reset would read as a failure.
-    this.stream.sendTrailers(this.trailers ?? {})
+    const trailers = this.trailers ?? {}
+    for (const name of CONNECTION_SPECIFIC) if (trailers[name] !== undefined) delete trailers[name]
+    try {
+      this.stream.sendTrailers(trailers)
+    } catch {
+      // A field node:http2 still refuses: thrown in an event handler it would take the process down; the answer is cut instead.
+      this.destroy()
+    }
   }
 
   fail (code: ErrorCode, message?: string): number {
