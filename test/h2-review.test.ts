@@ -211,3 +211,29 @@ t.test('an HTTP/1.1 upstream trailer node:http2 refuses to send (HTTP2-Settings)
   t.equal(r.trailers?.['http2-settings'], undefined)
   t.equal((await h2(s, '/y')).status, 200, 'the gateway still serves')
 })
+
+t.test('a request body that goes quiet on an h2c service: the 408 the client got is what the access log and metrics count', async (t) => {
+  const up = await startH2Upstream(t)
+  const gw = await startGateway(t, `client: { bodyTimeout: 200ms }
+services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [${up.url}] }
+`)
+  const logged: Array<{ status: number }> = []
+  gw.gateway.registry.observers.accessLog = (_stats, done) => { logged.push({ status: done.status }) }
+  const s = connect(t, gw)
+  const r = await new Promise<{ status: number }>((resolve) => {
+    const req = s.request({ ':path': '/echo', ':method': 'POST' })
+    let status = 0
+    req.on('response', (h) => { status = Number(h[':status']) })
+    req.on('error', () => {})
+    req.on('close', () => resolve({ status }))
+    req.write('part of a body that never ends')
+    req.resume()
+  })
+  t.equal(r.status, 408)
+  await eventually(() => logged.length === 1)
+  t.same(logged, [{ status: 408 }], 'the access log has the status the client got')
+})

@@ -26,6 +26,12 @@ export interface Downstream {
   readonly body: Readable | null
   /** The response head went out. */
   readonly headersSent: boolean
+  /**
+   * The status the client was answered with, 0 before any: the forwarder's
+   * own when it answered, or the client side's (client.bodyTimeout's 408)
+   * when that answered first. Absent: the forwarder counts only its own.
+   */
+  readonly status?: number
   /** The client is gone, or the answer is complete. */
   readonly closed: boolean
   /**

@@ -95,8 +95,9 @@ export class H2Exchange implements OpenExchange, Finished {
     this.path = down.path
   }
 
+  /** What the client got: the client side may have answered itself (a request body gone quiet: 408). */
   get status (): number {
-    return this.sent
+    return this.sent !== 0 ? this.sent : this.down.status ?? 0
   }
 
   get target (): string {
