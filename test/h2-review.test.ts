@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2'
 import https from 'node:https'
 import type { AddressInfo } from 'node:net'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { makeCert } from './helpers/certs.js'
 import { admin, eventually, serviceYaml, startBackend, startGateway, tempDir, type TestGateway } from './helpers/index.js'
 
@@ -236,4 +236,42 @@ services:
   t.equal(r.status, 408)
   await eventually(() => logged.length === 1)
   t.same(logged, [{ status: 408 }], 'the access log has the status the client got')
+})
+
+t.test('a reload that turns health.grpc off closes the target\'s probe session (HTTP probes take over)', async (t) => {
+  // An h2c target answering grpc.health.v1 SERVING (and anything else 200), counting its open sessions.
+  const server = http2.createServer()
+  let open = 0
+  let checks = 0
+  server.on('session', (session) => {
+    open++
+    session.once('close', () => { open-- })
+  })
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => {})
+    if (headers[':path'] !== '/grpc.health.v1.Health/Check') return void stream.respond({ ':status': 200 }, { endStream: true })
+    checks++
+    stream.resume()
+    stream.on('end', () => {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true })
+      stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }))
+      stream.end(Buffer.from([0, 0, 0, 0, 2, 0x08, 0x01]))
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const yaml = (grpc: boolean): string => `services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [${url}] }
+    health: { grpc: ${grpc}, interval: 100ms, timeout: 80ms }
+`
+  const gw = await startGateway(t, yaml(true))
+  await eventually(() => checks > 0 && open === 1)
+  writeFileSync(gw.configFile, `log: { access: false }\n${yaml(false)}`)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/reload', {})).status, 200)
+  await eventually(() => open === 0)
+  t.pass('the probe session closed')
 })
