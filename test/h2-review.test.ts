@@ -7,6 +7,7 @@ import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type Outgoing
 import https from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { readFileSync, writeFileSync } from 'node:fs'
+import WebSocket from 'ws'
 import { makeCert } from './helpers/certs.js'
 import { admin, eventually, serviceYaml, startBackend, startGateway, tempDir, type TestGateway } from './helpers/index.js'
 
@@ -274,4 +275,28 @@ t.test('a reload that turns health.grpc off closes the target\'s probe session (
   t.equal((await admin(gw.adminUrl, 'POST', '/v1/reload', {})).status, 200)
   await eventually(() => open === 0)
   t.pass('the probe session closed')
+})
+
+t.test('a WebSocket handshake for an h2c service is refused, saying why, and never reaches the target', async (t) => {
+  const server = http2.createServer()
+  let reached = 0
+  server.on('connection', () => { reached++ })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const gw = await startGateway(t, `services:\n  svc:\n    protocol: h2c\n    match: { pathPrefix: / }\n    blue: { targets: [${url}] }\n`)
+  const r = await new Promise<{ status: number, json: any }>((resolve, reject) => {
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/socket`)
+    ws.on('unexpected-response', (_req, res) => {
+      let body = ''
+      res.on('data', (c: Buffer) => { body += c.toString() })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(body) }))
+    })
+    ws.on('error', reject)
+    ws.on('open', () => reject(new Error('opened')))
+  })
+  t.equal(r.status, 400)
+  t.equal(r.json.error, 'upgrade_refused')
+  t.match(r.json.message, /HTTP\/2/, 'the message says the service speaks HTTP/2 to its targets')
+  t.equal(reached, 0, 'no connection to the target')
 })
