@@ -300,3 +300,39 @@ t.test('a WebSocket handshake for an h2c service is refused, saying why, and nev
   t.match(r.json.message, /HTTP\/2/, 'the message says the service speaks HTTP/2 to its targets')
   t.equal(reached, 0, 'no connection to the target')
 })
+
+t.test('an HTTP/2 client that takes none of an h2c service\'s answer is reset after client.idleTimeout, as with HTTP/1.1 services', async (t) => {
+  const server = http2.createServer()
+  let upstreamClosed: number | undefined
+  server.on('stream', (stream) => {
+    stream.on('error', () => {})
+    stream.on('close', () => { upstreamClosed = stream.rstCode })
+    stream.respond({ ':status': 200, 'content-type': 'application/octet-stream' })
+    const chunk = Buffer.alloc(64 * 1024)
+    const more = (): void => { while (!stream.destroyed && stream.write(chunk)); }
+    stream.on('drain', more)
+    more()
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const gw = await startGateway(t, `client: { idleTimeout: 300ms }
+services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [${url}] }
+`)
+  const s = connect(t, gw)
+  const closed = await new Promise<number>((resolve) => {
+    const req = s.request({ ':path': '/huge' })
+    req.on('response', () => req.pause())
+    req.on('error', () => {})
+    req.on('close', () => resolve(req.rstCode ?? -1))
+  })
+  t.equal(closed, http2.constants.NGHTTP2_CANCEL, 'RST_STREAM CANCEL')
+  const blue = gw.gateway.registry.colorStats('svc', 'blue')
+  await eventually(() => blue.inflight === 0 && upstreamClosed !== undefined)
+  t.equal(blue.errors, 0, 'not an error for the guard')
+  t.not(upstreamClosed, http2.constants.NGHTTP2_NO_ERROR, 'the upstream stream is reset too')
+})

@@ -17,6 +17,8 @@ const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = http2.const
 export interface SessionTally {
   open: number
   readonly peer: string
+  /** client.idle, ms (0 or absent: none): the longest a stream's client may take none of its answer. */
+  readonly stallMs?: number
 }
 
 /** Flat [name, value, ...] fields (lower-case names) as an HTTP/2 header object; repeated names become arrays. */
@@ -65,6 +67,7 @@ export class StreamDownstream implements Downstream {
   private trailers: OutgoingHttpHeaders | undefined
   private waitsForTrailers = false
   private closeFn: (() => void) | undefined
+  private stallTimer: NodeJS.Timeout | undefined
 
   /** `path`: the normalized target (the resolve step's), else the one received. */
   constructor (stream: ServerHttp2Stream, facts: H2RequestFacts, path: string, tally: SessionTally, bodyMs: number) {
@@ -162,7 +165,19 @@ export class StreamDownstream implements Downstream {
   }
 
   onDrain (fn: () => void): void {
-    this.stream.once('drain', fn)
+    // client.idle: a client that takes none of its answer for that long would hold the upstream stream forever.
+    const ms = this.tally.stallMs ?? 0
+    if (ms > 0 && this.stallTimer === undefined) this.stallTimer = setTimeout(this.onStalled, ms)
+    this.stream.once('drain', () => {
+      clearTimeout(this.stallTimer)
+      this.stallTimer = undefined
+      fn()
+    })
+  }
+
+  private readonly onStalled = (): void => {
+    this.stallTimer = undefined
+    this.destroy(true)
   }
 
   end (trailers: OutgoingHttpHeaders | undefined): void {
@@ -237,6 +252,7 @@ export class StreamDownstream implements Downstream {
 
   private readonly onStreamClose = (): void => {
     this.tally.open--
+    clearTimeout(this.stallTimer)
     const fn = this.closeFn
     this.closeFn = undefined
     if (fn !== undefined) fn()
