@@ -336,3 +336,42 @@ services:
   t.equal(blue.errors, 0, 'not an error for the guard')
   t.not(upstreamClosed, http2.constants.NGHTTP2_NO_ERROR, 'the upstream stream is reset too')
 })
+
+t.test('an answer that ends before the client\'s request body does: the exchange ends with the answer (inflight back to 0), the client told to stop sending', async (t) => {
+  const up = await startH2Upstream(t)
+  const b = await startBackend(t, 'blue')
+  b.handler = (_req, res) => { res.writeHead(413, { 'content-type': 'text/plain' }).end('too big') }
+  const gw = await startGateway(t, `services:
+  h2svc:
+    protocol: h2c
+    match: { pathPrefix: /hold }
+    blue: { targets: [${up.url}] }
+  h1svc:
+    match: { pathPrefix: / }
+    blue: { targets: [${b.url}] }
+`)
+  const s = connect(t, gw)
+  for (const [svc, path] of [['h1svc', '/early'], ['h2svc', '/hold']]) {
+    const answered = new Promise<{ status: number, rstCode: number }>((resolve) => {
+      const req = s.request({ ':path': path, ':method': 'POST' })
+      let status = 0
+      req.on('response', (h) => { status = Number(h[':status']) })
+      req.on('error', () => {})
+      req.resume()
+      req.on('close', () => resolve({ status, rstCode: req.rstCode ?? -1 }))
+      // The body starts and never ends (a client still streaming when the answer comes).
+      req.write('a first part')
+    })
+    if (svc === 'h2svc') {
+      await eventually(() => up.held.length === 1)
+      const held = up.held.shift() as ServerHttp2Stream
+      held.respond({ ':status': 413 })
+      held.end('too big')
+    }
+    const r = await answered
+    t.equal(r.status, 413, `${svc}: answered`)
+    t.equal(r.rstCode, http2.constants.NGHTTP2_NO_ERROR, `${svc}: RST_STREAM NO_ERROR once the answer is out (RFC 9113 8.1)`)
+    await eventually(() => gw.gateway.registry.colorStats(svc, 'blue').inflight === 0)
+    t.pass(`${svc}: the exchange is over`)
+  }
+})

@@ -161,7 +161,9 @@ export class StreamDownstream implements Downstream {
 
   /** The answer's last body bytes, and its end (no trailers follow). */
   endWith (chunk: Buffer): void {
-    if (!this.stream.writableEnded) this.stream.end(chunk)
+    if (this.stream.writableEnded) return
+    this.stream.end(chunk)
+    if (!this.waitsForTrailers) this.stopBody()
   }
 
   onDrain (fn: () => void): void {
@@ -182,7 +184,21 @@ export class StreamDownstream implements Downstream {
 
   end (trailers: OutgoingHttpHeaders | undefined): void {
     if (this.waitsForTrailers) this.trailers = trailers
-    if (!this.stream.writableEnded) this.stream.end()
+    if (this.stream.writableEnded) return
+    this.stream.end()
+    if (!this.waitsForTrailers) this.stopBody()
+  }
+
+  /**
+   * The answer is complete while the client still sends its body: RST_STREAM
+   * NO_ERROR once the answer is out asks it to stop (RFC 9113 8.1), and the
+   * stream (with the exchange's counts) ends with the answer, as on HTTP/1.1.
+   * Not after trailers: a reset could overtake them, and a gRPC client ends
+   * its side itself once it has the status.
+   */
+  private stopBody (): void {
+    const stream = this.stream
+    if (!stream.endAfterHeaders && !stream.readableEnded && !stream.closed) stream.close(NGHTTP2_NO_ERROR)
   }
 
   private readonly onWantTrailers = (): void => {
