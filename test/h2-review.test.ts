@@ -375,3 +375,23 @@ t.test('an answer that ends before the client\'s request body does: the exchange
     t.pass(`${svc}: the exchange is over`)
   }
 })
+
+t.test('a gRPC call whose upstream answer cannot be relayed is an error for the guard, as the same REST request is', async (t) => {
+  const b = await startBackend(t, 'blue')
+  // Two Content-Type lines: undici takes them, node:http2 refuses to send them (a single-value field).
+  b.handler = (_req, res) => {
+    res.writeHead(200, [['content-type', 'application/grpc'], ['content-type', 'application/grpc+proto']])
+    res.end()
+  }
+  const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [b])}`)
+  const s = connect(t, gw)
+  const stats = gw.gateway.registry.colorStats('svc', 'blue')
+  const rest = await h2(s, '/rest', { 'content-type': 'application/json' }, Buffer.from('{}'))
+  t.equal(rest.status, 502)
+  await eventually(() => stats.requests === 1)
+  t.equal(stats.errors, 1, 'REST: an error')
+  const call = await h2(s, '/pkg.Svc/Call', { 'content-type': 'application/grpc', te: 'trailers' }, Buffer.from([0, 0, 0, 0, 0]))
+  t.equal(call.headers['grpc-status'], '14', 'gRPC: UNAVAILABLE')
+  await eventually(() => stats.requests === 2)
+  t.equal(stats.errors, 2, 'gRPC: an error too')
+})

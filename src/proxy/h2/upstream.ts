@@ -13,6 +13,7 @@ import { judgeAttempt, nextAttempt, type AttemptVerdict, type FailureKind } from
 import type { Readable } from 'node:stream'
 import type { Downstream } from '../downstream.js'
 import { FORBIDDEN_TRAILERS, HOP_BY_HOP } from '../headers.js'
+import { grpcStatusOf } from '../grpc.js'
 import { recordOutcome } from '../outcome.js'
 import type { Resolution, UpstreamGroup } from '../resolve.js'
 
@@ -273,6 +274,8 @@ export class H2Exchange implements OpenExchange, Finished {
       // The client's protocol refuses what HTTP/2 carried (say, a header value node:http will not write).
       this.sent = this.down.grpc ? 200 : ERRORS.upstream_error.status
       this.bytes += this.down.fail('upstream_error', 'the upstream sent response headers that cannot be relayed')
+      // A gRPC client got HTTP 200 with UNAVAILABLE: that status decides the outcome, an error like the REST 502.
+      if (this.down.grpc) this.grpcStatus = String(grpcStatusOf('upstream_error'))
       this.settle(undefined)
       this.cancelUpstream()
       return
