@@ -395,3 +395,19 @@ t.test('a gRPC call whose upstream answer cannot be relayed is an error for the 
   await eventually(() => stats.requests === 2)
   t.equal(stats.errors, 2, 'gRPC: an error too')
 })
+
+t.test('trailers of an h2c service\'s REST answer (announced by Trailer) reach an HTTP/2 client', async (t) => {
+  const server = http2.createServer()
+  server.on('stream', (stream) => {
+    stream.respond({ ':status': 200, 'content-type': 'text/plain', trailer: 'x-sum' }, { waitForTrailers: true })
+    stream.once('wantTrailers', () => stream.sendTrailers({ 'x-sum': '42' }))
+    stream.end('hello')
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const gw = await startGateway(t, `services:\n  svc:\n    protocol: h2c\n    match: { pathPrefix: / }\n    blue: { targets: [${url}] }\n`)
+  const r = await h2(connect(t, gw), '/x')
+  t.equal(r.body.toString(), 'hello')
+  t.equal(r.trailers?.['x-sum'], '42')
+})

@@ -36,9 +36,11 @@ export interface Downstream {
   readonly closed: boolean
   /**
    * The response head: `headers` without pseudo-headers or hop-by-hop fields
-   * (the downstream drops any left). The answer's body and trailers follow.
+   * (the downstream drops any left). The answer's body and trailers follow;
+   * `trailers`: the upstream announced some (its Trailer field, dropped as
+   * hop-by-hop), so an HTTP/2 client's stream waits for them (a gRPC one always does).
    */
-  respond: (status: number, headers: OutgoingHttpHeaders) => void
+  respond: (status: number, headers: OutgoingHttpHeaders, trailers?: boolean) => void
   /** A body chunk; false when the client is behind (wait for `onDrain`). */
   write: (chunk: Buffer) => boolean
   onDrain: (fn: () => void) => void

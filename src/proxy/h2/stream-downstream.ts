@@ -131,8 +131,8 @@ export class StreamDownstream implements Downstream {
   }
 
   /** A gRPC answer (or one announcing trailers) waits for its trailers before it ends. */
-  respond (status: number, headers: OutgoingHttpHeaders): void {
-    this.respondWith(status, headers, this.grpc || headers.trailer !== undefined || isGrpc(headers['content-type'] as string | undefined))
+  respond (status: number, headers: OutgoingHttpHeaders, trailers = false): void {
+    this.respondWith(status, headers, trailers || this.grpc || headers.trailer !== undefined || isGrpc(headers['content-type'] as string | undefined))
   }
 
   /** `respond`, saying whether trailers may follow the body (then the stream ends with a HEADERS frame, not on the last DATA). */

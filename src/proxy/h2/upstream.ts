@@ -269,7 +269,8 @@ export class H2Exchange implements OpenExchange, Finished {
     this.replay = undefined
     this.sent = status
     try {
-      this.down.respond(status, out)
+      // Trailer is hop-by-hop (left out above), but says trailers follow: an HTTP/2 client's stream must wait for them.
+      this.down.respond(status, out, !ended && headers.trailer !== undefined)
     } catch {
       // The client's protocol refuses what HTTP/2 carried (say, a header value node:http will not write).
       this.sent = this.down.grpc ? 200 : ERRORS.upstream_error.status
