@@ -376,14 +376,17 @@ t.test('an answer that ends before the client\'s request body does: the exchange
   }
 })
 
-t.test('a gRPC call whose upstream answer cannot be relayed is an error for the guard, as the same REST request is', async (t) => {
+for (const engine of ['node', 'fast']) {
+  // The fast engine forwards HTTP/2 clients to HTTP/1.1 upstreams with helper E's raw exchange, which settles as the undici one did.
+  const todo = engine === 'fast' ? 'src/proxy/h2/raw-exchange.ts settles the outcome on HTTP 200 alone (left to its owner)' : false
+  t.test(`${engine}: a gRPC call whose upstream answer cannot be relayed is an error for the guard, as the same REST request is`, { todo }, async (t) => {
   const b = await startBackend(t, 'blue')
   // Two Content-Type lines: undici takes them, node:http2 refuses to send them (a single-value field).
   b.handler = (_req, res) => {
     res.writeHead(200, [['content-type', 'application/grpc'], ['content-type', 'application/grpc+proto']])
     res.end()
   }
-  const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [b])}`)
+  const gw = await startGateway(t, `engine: ${engine}\nservices:\n${serviceYaml('svc', '/', [b], [b])}`)
   const s = connect(t, gw)
   const stats = gw.gateway.registry.colorStats('svc', 'blue')
   const rest = await h2(s, '/rest', { 'content-type': 'application/json' }, Buffer.from('{}'))
@@ -394,7 +397,8 @@ t.test('a gRPC call whose upstream answer cannot be relayed is an error for the 
   t.equal(call.headers['grpc-status'], '14', 'gRPC: UNAVAILABLE')
   await eventually(() => stats.requests === 2)
   t.equal(stats.errors, 2, 'gRPC: an error too')
-})
+  })
+}
 
 t.test('trailers of an h2c service\'s REST answer (announced by Trailer) reach an HTTP/2 client', async (t) => {
   const server = http2.createServer()

@@ -11,6 +11,7 @@ import type { Forwarding } from '../trust.js'
 import type { Config } from '../../config/schema.js'
 import { H2Exchange } from './exchange.js'
 import { H2RequestFacts } from './facts.js'
+import { H2RawExchange } from './raw-exchange.js'
 import { StreamDownstream, type SessionTally } from './stream-downstream.js'
 import { forwardOverH2 } from './upstream.js'
 
@@ -87,12 +88,14 @@ function noop (): void {}
  * The HTTP/2 side of the public listener for `resolve`, with the same
  * forwarding trust and client deadlines as the HTTP/1.1 side. Each stream is
  * resolved once, then refused (a JSON error, or a gRPC status for a gRPC
- * request) or forwarded: HTTP/1.1 upstreams by H2Exchange, HTTP/2 ones by forwardOverH2.
+ * request) or forwarded: HTTP/1.1 upstreams by H2RawExchange on the fast engine
+ * (H2Exchange, on undici, on the node engine), HTTP/2 ones by forwardOverH2.
  */
-export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pick<Config, 'client'>): H2Edge {
+export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pick<Config, 'client' | 'engine'>): H2Edge {
   const sessions = new Set<ServerHttp2Session>()
   const bodyMs = opts.client.body
   const stallMs = opts.client.idle
+  const rawPool = opts.engine === 'fast'
   let closing = false
 
   const onStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, _flags: number, raw: string[]): void => {
@@ -112,8 +115,10 @@ export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pi
       return
     }
     if (headers.expect !== undefined) down.continueBody()
-    if (to.group.protocol === 'http1') new H2Exchange(down, to).start(stallMs)
-    else forwardOverH2(down, to)
+    if (to.group.protocol !== 'http1') forwardOverH2(down, to)
+    // The fast engine's raw connections take every http:// and https:// target; the node engine keeps undici for all.
+    else if (rawPool) new H2RawExchange(down, to).start(stallMs)
+    else new H2Exchange(down, to).start(stallMs)
   }
 
   const server = http2.createServer({

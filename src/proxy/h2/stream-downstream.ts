@@ -41,6 +41,11 @@ export function fieldsObject (flat: readonly string[], into: OutgoingHttpHeaders
  */
 const CONNECTION_SPECIFIC = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings']
 
+/** Told once when the client side is over (see `notifyClose`). */
+export interface StreamCloser {
+  clientClosed: () => void
+}
+
 function noop (): void {}
 
 const NOTHING = Buffer.alloc(0)
@@ -67,6 +72,7 @@ export class StreamDownstream implements Downstream {
   private trailers: OutgoingHttpHeaders | undefined
   private waitsForTrailers = false
   private closeFn: (() => void) | undefined
+  private closer: StreamCloser | undefined = undefined
   private stallTimer: NodeJS.Timeout | undefined
 
   /** `path`: the normalized target (the resolve step's), else the one received. */
@@ -147,6 +153,32 @@ export class StreamDownstream implements Downstream {
     } else {
       this.stream.respond(headers)
     }
+  }
+
+  /**
+   * The whole answer at once: the head, and the body (if any) ending the
+   * stream in its last DATA frame; with no body, one HEADERS frame ends it.
+   * For an answer that is complete when its head is sent (no trailers).
+   */
+  respondEnd (status: number, headers: OutgoingHttpHeaders, body: Buffer | undefined): void {
+    for (const name of CONNECTION_SPECIFIC) if (headers[name] !== undefined) delete headers[name]
+    headers[':status'] = status
+    this.status = status
+    if (body === undefined || body.length === 0) {
+      this.stream.respond(headers, { endStream: true })
+    } else {
+      this.stream.respond(headers)
+      this.stream.end(body)
+    }
+  }
+
+  /**
+   * The answer is complete (or going out) while the request body still comes:
+   * RST_STREAM NO_ERROR once the answer is out tells the client to stop sending (RFC 9113 8.1).
+   */
+  refuseBody (): void {
+    const stream = this.stream
+    if (!stream.readableEnded && !this.closed) stream.close(NGHTTP2_NO_ERROR)
   }
 
   /** An informational answer (103 Early Hints) ahead of the final one. */
@@ -261,6 +293,11 @@ export class StreamDownstream implements Downstream {
     this.closeFn = fn
   }
 
+  /** As `onClose`, for a forwarder that is its own listener (no closure per stream): `x.clientClosed()` runs once. */
+  notifyClose (x: StreamCloser): void {
+    this.closer = x
+  }
+
   /** A 100 Continue for a client waiting on one before it sends its body (node:http sends its own; node:http2's stream API does not). */
   continueBody (): void {
     if (this.body !== null && !this.stream.headersSent) this.stream.additionalHeaders({ ':status': 100 })
@@ -271,6 +308,9 @@ export class StreamDownstream implements Downstream {
     clearTimeout(this.stallTimer)
     const fn = this.closeFn
     this.closeFn = undefined
+    const x = this.closer
+    this.closer = undefined
+    if (x !== undefined) x.clientClosed()
     if (fn !== undefined) fn()
   }
 
