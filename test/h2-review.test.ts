@@ -415,3 +415,34 @@ t.test('trailers of an h2c service\'s REST answer (announced by Trailer) reach a
   t.equal(r.body.toString(), 'hello')
   t.equal(r.trailers?.['x-sum'], '42')
 })
+
+t.test('timeouts.response on an h2c service counts from the end of the request, as on HTTP/1.1: a client-streaming upload longer than it is answered', async (t) => {
+  const up = await startH2Upstream(t)
+  const gw = await startGateway(t, `services:
+  svc:
+    protocol: h2c
+    match: { pathPrefix: / }
+    blue: { targets: [${up.url}] }
+    timeouts: { response: 300ms }
+`)
+  const s = connect(t, gw)
+  const r = await new Promise<{ status: number, body: string }>((resolve) => {
+    const req = s.request({ ':path': '/echo', ':method': 'POST' })
+    let status = 0
+    let body = ''
+    req.on('response', (h) => { status = Number(h[':status']) })
+    req.on('data', (c: Buffer) => { body += c.toString() })
+    req.on('error', () => {})
+    req.on('close', () => resolve({ status, body }))
+    // Six parts 100ms apart: the upload takes twice timeouts.response; the answer comes at once after it.
+    let sent = 0
+    const next = (): void => {
+      if (++sent === 6) return void req.end('x')
+      req.write('x')
+      setTimeout(next, 100)
+    }
+    next()
+  })
+  t.equal(r.status, 200)
+  t.same(JSON.parse(r.body), { length: 6, sha: createHash('sha256').update('xxxxxx').digest('hex') })
+})

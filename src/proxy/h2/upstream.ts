@@ -172,8 +172,7 @@ export class H2Exchange implements OpenExchange, Finished {
       session.release()
       if (this.stream === stream) this.onStreamClose(stream, session)
     })
-    const wait = this.group.timeouts.response
-    if (wait > 0) this.responseTimer = setTimeout(this.onResponseTimeout, wait)
+    this.armResponseTimer()
     // A resend: what the client already sent goes first.
     if (this.replay !== undefined && this.replayBytes > 0) {
       for (const chunk of this.replay) stream.write(chunk)
@@ -223,7 +222,20 @@ export class H2Exchange implements OpenExchange, Finished {
     if ((this.down.body as Readable & { complete?: boolean }).complete === false) return
     this.bodyEnded = true
     const stream = this.stream
-    if (stream !== undefined && !stream.destroyed) stream.end()
+    if (stream !== undefined && !stream.destroyed) {
+      stream.end()
+      this.armResponseTimer()
+    }
+  }
+
+  /**
+   * timeouts.response: from the whole request sent to the answer's head, as
+   * on HTTP/1.1 (a client-streaming call may upload for longer than that).
+   */
+  private armResponseTimer (): void {
+    const wait = this.group.timeouts.response
+    if (wait <= 0 || !this.bodyEnded || this.answered || this.responseTimer !== undefined) return
+    this.responseTimer = setTimeout(this.onResponseTimeout, wait)
   }
 
   private readonly onResponseTimeout = (): void => {
