@@ -39,6 +39,8 @@ export class Prober {
       keep.add(target.url)
       const loop = this.loops.get(target.url)
       if (loop !== undefined && loop.target === target) {
+        // gRPC probes turned off: their session to the target is not needed any more.
+        if (loop.config.grpc !== undefined && target.health.grpc === undefined) this.grpc?.forget(target.url)
         loop.config = target.health
         continue
       }

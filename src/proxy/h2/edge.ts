@@ -141,7 +141,7 @@ export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pi
   server.on('stream', onStream)
   server.on('session', (session: TalliedSession) => {
     const socket = session.socket as Socket | undefined
-    session[kTally] = { open: 0, peer: socket?.remoteAddress ?? '' }
+    session[kTally] = { open: 0, peer: socket?.remoteAddress ?? '', stallMs }
     sessions.add(session)
     session.once('close', () => sessions.delete(session))
     session.on('error', noop)

@@ -10,7 +10,7 @@ import type { ColorStats, Finished, OpenExchange } from '../../upstream/color-st
 import type { Endpoint } from '../../upstream/target-set.js'
 import { failureKindOf, judgeAttempt, metricOf } from '../attempt.js'
 import { headerPairs, markSaturated, retryAfter, saturated, upstreamHeadSize } from '../forward.js'
-import { isGrpc } from '../grpc.js'
+import { grpcStatusOf, isGrpc } from '../grpc.js'
 import { downstreamResponseHeaders, responseTrailers } from '../headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
@@ -166,10 +166,11 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
     this.answerError(judgeAttempt('overloaded', false, false, this.down.method, this.body !== null, this.retries).code, true)
   }
 
-  private settle (failure: Parameters<typeof recordOutcome>[3]): void {
+  /** `grpcStatus`: the one a gRPC client was answered with, when the gateway answered it. */
+  private settle (failure: Parameters<typeof recordOutcome>[3], grpcStatus?: string): void {
     if (this.settled) return
     this.settled = true
-    recordOutcome(this.stats, this.endpoint.target, this.down.status, failure)
+    recordOutcome(this.stats, this.endpoint.target, this.down.status, failure, grpcStatus)
   }
 
   private abortUpstream (): void {
@@ -255,7 +256,8 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
       // node:http2 refuses what undici's parser accepted (say, two Content-Type lines).
       this.bytes += this.down.fail('upstream_error', 'the upstream sent response headers that cannot be relayed')
       this.ended = true
-      this.settle(undefined)
+      // A gRPC client got HTTP 200 with UNAVAILABLE: the status says what it was, an error like the REST 502.
+      this.settle(undefined, this.down.grpc ? String(grpcStatusOf('upstream_error')) : undefined)
       this.abortUpstream()
       return
     }

@@ -98,6 +98,10 @@ export class NodeDownstream implements Downstream {
     return this.res.headersSent
   }
 
+  get status (): number {
+    return this.res.headersSent ? this.res.statusCode : 0
+  }
+
   get closed (): boolean {
     return this.over || this.res.writableEnded
   }

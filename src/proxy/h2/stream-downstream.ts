@@ -18,6 +18,8 @@ const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = http2.const
 export interface SessionTally {
   open: number
   readonly peer: string
+  /** client.idle, ms (0 or absent: none): the longest a stream's client may take none of its answer. */
+  readonly stallMs?: number
 }
 
 /** Flat [name, value, ...] fields (lower-case names) as an HTTP/2 header object; repeated names become arrays. */
@@ -33,10 +35,12 @@ export function fieldsObject (flat: readonly string[], into: OutgoingHttpHeaders
 }
 
 /**
- * Fields HTTP/2 forbids in a message (RFC 9113 8.2.2): node:http2 throws on
- * them, so an answer handed over with one left loses it here instead.
+ * Fields HTTP/2 forbids in a message (RFC 9113 8.2.2), and the ones node:http2
+ * also refuses in a response (Host: :authority says it; HTTP2-Settings: h2c's
+ * upgrade): node:http2 throws on them, so an answer handed over with one left
+ * loses it here instead of failing whole.
  */
-const CONNECTION_SPECIFIC = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']
+const CONNECTION_SPECIFIC = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings']
 
 /** Told once when the client side is over (see `notifyClose`). */
 export interface StreamCloser {
@@ -90,6 +94,7 @@ export class StreamDownstream implements Downstream {
   private waitsForTrailers = false
   private closeFn: (() => void) | undefined
   private closer: StreamCloser | undefined = undefined
+  private stallTimer: NodeJS.Timeout | undefined
 
   /** `path`: the normalized target (the resolve step's), else the one received. */
   constructor (stream: ServerHttp2Stream, facts: H2RequestFacts, path: string, tally: SessionTally, bodyMs: number) {
@@ -153,8 +158,8 @@ export class StreamDownstream implements Downstream {
   }
 
   /** A gRPC answer (or one announcing trailers) waits for its trailers before it ends. */
-  respond (status: number, headers: OutgoingHttpHeaders): void {
-    this.respondWith(status, headers, this.grpc || headers.trailer !== undefined || isGrpc(headers['content-type'] as string | undefined))
+  respond (status: number, headers: OutgoingHttpHeaders, trailers = false): void {
+    this.respondWith(status, headers, trailers || this.grpc || headers.trailer !== undefined || isGrpc(headers['content-type'] as string | undefined))
   }
 
   /** `respond`, saying whether trailers may follow the body (then the stream ends with a HEADERS frame, not on the last DATA). */
@@ -212,21 +217,56 @@ export class StreamDownstream implements Downstream {
 
   /** The answer's last body bytes, and its end (no trailers follow). */
   endWith (chunk: Buffer): void {
-    if (!this.stream.writableEnded) this.stream.end(chunk)
+    if (this.stream.writableEnded) return
+    this.stream.end(chunk)
+    if (!this.waitsForTrailers) this.stopBody()
   }
 
   onDrain (fn: () => void): void {
-    this.stream.once('drain', fn)
+    // client.idle: a client that takes none of its answer for that long would hold the upstream stream forever.
+    const ms = this.tally.stallMs ?? 0
+    if (ms > 0 && this.stallTimer === undefined) this.stallTimer = setTimeout(this.onStalled, ms)
+    this.stream.once('drain', () => {
+      clearTimeout(this.stallTimer)
+      this.stallTimer = undefined
+      fn()
+    })
+  }
+
+  private readonly onStalled = (): void => {
+    this.stallTimer = undefined
+    this.destroy(true)
   }
 
   end (trailers: OutgoingHttpHeaders | undefined): void {
     if (this.waitsForTrailers) this.trailers = trailers
-    if (!this.stream.writableEnded) this.stream.end()
+    if (this.stream.writableEnded) return
+    this.stream.end()
+    if (!this.waitsForTrailers) this.stopBody()
+  }
+
+  /**
+   * The answer is complete while the client still sends its body: RST_STREAM
+   * NO_ERROR once the answer is out asks it to stop (RFC 9113 8.1), and the
+   * stream (with the exchange's counts) ends with the answer, as on HTTP/1.1.
+   * Not after trailers: a reset could overtake them, and a gRPC client ends
+   * its side itself once it has the status.
+   */
+  private stopBody (): void {
+    const stream = this.stream
+    if (!stream.endAfterHeaders && !stream.readableEnded && !stream.closed) stream.close(NGHTTP2_NO_ERROR)
   }
 
   private readonly onWantTrailers = (): void => {
     // An answer that announced trailers and sent none still ends with an (empty) HEADERS frame: a reset would read as a failure.
-    this.stream.sendTrailers(this.trailers ?? {})
+    const trailers = this.trailers ?? {}
+    for (const name of CONNECTION_SPECIFIC) if (trailers[name] !== undefined) delete trailers[name]
+    try {
+      this.stream.sendTrailers(trailers)
+    } catch {
+      // A field node:http2 still refuses: thrown in an event handler it would take the process down; the answer is cut instead.
+      this.destroy()
+    }
   }
 
   fail (code: ErrorCode, message?: string): number {
@@ -289,6 +329,7 @@ export class StreamDownstream implements Downstream {
 
   private readonly onStreamClose = (): void => {
     this.tally.open--
+    clearTimeout(this.stallTimer)
     const fn = this.closeFn
     this.closeFn = undefined
     const x = this.closer

@@ -14,6 +14,7 @@ import type { Readable } from 'node:stream'
 import type { Downstream } from '../downstream.js'
 import { encodeGrpcMessage, grpcStatusOf, GrpcStatus, isGrpc } from '../grpc.js'
 import { FORBIDDEN_TRAILERS, HOP_BY_HOP } from '../headers.js'
+import { grpcStatusOf } from '../grpc.js'
 import { recordOutcome } from '../outcome.js'
 import type { Resolution, UpstreamGroup } from '../resolve.js'
 
@@ -104,8 +105,9 @@ export class H2Exchange implements OpenExchange, Finished {
     this.path = down.path
   }
 
+  /** What the client got: the client side may have answered itself (a request body gone quiet: 408). */
   get status (): number {
-    return this.sent
+    return this.sent !== 0 ? this.sent : this.down.status ?? 0
   }
 
   get target (): string {
@@ -134,10 +136,10 @@ export class H2Exchange implements OpenExchange, Finished {
     this.attempt()
   }
 
-  /** Ends the exchange now (drain deadline, shutdown): RST_STREAM both ways. */
+  /** Ends the exchange now (drain deadline, shutdown): RST_STREAM both ways, CANCEL to the client. */
   close (): void {
     this.cancelUpstream()
-    this.down.destroy()
+    this.down.destroy(true)
   }
 
   private attempt (): void {
@@ -156,7 +158,7 @@ export class H2Exchange implements OpenExchange, Finished {
       if (this.over) return
       if (s === undefined) return this.failed('overloaded', false)
       this.openStream(s)
-      body?.resume()
+      if (this.stream !== undefined) body?.resume()
     })
   }
 
@@ -187,8 +189,7 @@ export class H2Exchange implements OpenExchange, Finished {
       session.release()
       if (this.stream === stream) this.onStreamClose(stream, session)
     })
-    const wait = this.group.timeouts.response
-    if (wait > 0) this.responseTimer = setTimeout(this.onResponseTimeout, wait)
+    this.armResponseTimer()
     // A resend: what the client already sent goes first.
     if (this.replay !== undefined && this.replayBytes > 0) {
       for (const chunk of this.replay) stream.write(chunk)
@@ -241,7 +242,20 @@ export class H2Exchange implements OpenExchange, Finished {
     if (body.complete === false || (body.rstCode !== undefined && body.rstCode !== NGHTTP2_NO_ERROR)) return
     this.bodyEnded = true
     const stream = this.stream
-    if (stream !== undefined && !stream.destroyed) stream.end()
+    if (stream !== undefined && !stream.destroyed) {
+      stream.end()
+      this.armResponseTimer()
+    }
+  }
+
+  /**
+   * timeouts.response: from the whole request sent to the answer's head, as
+   * on HTTP/1.1 (a client-streaming call may upload for longer than that).
+   */
+  private armResponseTimer (): void {
+    const wait = this.group.timeouts.response
+    if (wait <= 0 || !this.bodyEnded || this.answered || this.responseTimer !== undefined) return
+    this.responseTimer = setTimeout(this.onResponseTimeout, wait)
   }
 
   private readonly onResponseTimeout = (): void => {
@@ -288,13 +302,16 @@ export class H2Exchange implements OpenExchange, Finished {
     this.replay = undefined
     this.sent = status
     try {
-      this.down.respond(status, out)
+      // Trailer is hop-by-hop (left out above), but says trailers follow: an HTTP/2 client's stream must wait for them.
+      this.down.respond(status, out, !ended && headers.trailer !== undefined)
     } catch {
       // The client's protocol refuses what HTTP/2 carried (say, a header value node:http will not write).
       this.sent = this.down.grpc ? 200 : ERRORS.upstream_error.status
       // A gRPC client gets UNAVAILABLE under an HTTP 200: the status it was given is what counts (an error for the guard).
       this.grpcStatus = this.down.grpc ? String(grpcStatusOf('upstream_error')) : undefined
       this.bytes += this.down.fail('upstream_error', 'the upstream sent response headers that cannot be relayed')
+      // A gRPC client got HTTP 200 with UNAVAILABLE: that status decides the outcome, an error like the REST 502.
+      if (this.down.grpc) this.grpcStatus = String(grpcStatusOf('upstream_error'))
       this.settle(undefined)
       this.cancelUpstream()
       return
