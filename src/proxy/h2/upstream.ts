@@ -14,7 +14,6 @@ import type { Readable } from 'node:stream'
 import type { Downstream } from '../downstream.js'
 import { encodeGrpcMessage, grpcStatusOf, GrpcStatus, isGrpc } from '../grpc.js'
 import { FORBIDDEN_TRAILERS, HOP_BY_HOP } from '../headers.js'
-import { grpcStatusOf } from '../grpc.js'
 import { recordOutcome } from '../outcome.js'
 import type { Resolution, UpstreamGroup } from '../resolve.js'
 
