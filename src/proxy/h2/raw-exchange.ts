@@ -14,7 +14,7 @@ import type { ColorStats, Finished, OpenExchange, UpstreamErrorKind } from '../.
 import type { H1Pool, UpstreamConn, UpstreamUser } from '../../upstream/h1-pool.js'
 import type { Endpoint } from '../../upstream/target-set.js'
 import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type FailureKind } from '../attempt.js'
-import { isGrpc } from '../grpc.js'
+import { grpcStatusOf, isGrpc } from '../grpc.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
 import type { Resolution, UpstreamGroup } from '../resolve.js'
@@ -381,7 +381,8 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
       // node:http2 refuses what the HTTP/1.1 parser accepted (say, two Content-Type lines).
       this.dropUpstream()
       this.bytes = this.down.fail('upstream_error', 'the upstream sent response headers that cannot be relayed')
-      this.endBody(undefined)
+      // A gRPC client got HTTP 200 with UNAVAILABLE: the status says what it was, an error like the REST 502.
+      this.endBody(undefined, this.down.grpc ? String(grpcStatusOf('upstream_error')) : undefined)
       return
     }
     if (end !== -1) return this.complete(end < rest.length)
@@ -506,11 +507,11 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
    * broken by the upstream, or cut by the client or the gateway. The one
    * place an answered exchange is counted.
    */
-  private endBody (failure: UpstreamErrorKind | undefined): void {
+  private endBody (failure: UpstreamErrorKind | undefined, grpcStatus?: string): void {
     this.phase = Phase.Done
     if (this.settled) return
     this.settled = true
-    recordOutcome(this.stats, this.endpoint.target, this.down.status, failure)
+    recordOutcome(this.stats, this.endpoint.target, this.down.status, failure, grpcStatus)
   }
 
   onUpstreamEnd (): void {
