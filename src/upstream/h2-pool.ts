@@ -38,7 +38,7 @@ export class H2Session {
     this.session = http2.connect(authority, {
       // h2: TLS with ALPN h2 and SNI from the host name, as the HTTP/1.1 pool sends it; h2c: prior knowledge (no upgrade).
       ...(tls ? { servername: net.isIP(host) === 0 ? host : undefined, ALPNProtocols: ['h2'], ...pool.tlsOptions } : {}),
-      // node's default session memory (10 MB of outstanding frames) stays: 32 here meant 32 MB, not the 1 MiB its comment said.
+      // node's default session memory (maxSessionMemory, 10 MB of outstanding frames): set lower, a busy session would be cut with ENHANCE_YOUR_CALM.
     })
     const s = this.session
     this.connectTimer = setTimeout(this.onConnectTimeout, pool.timeouts.connect)
