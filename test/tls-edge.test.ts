@@ -376,6 +376,9 @@ t.test('the redirect listener answers 308 to https on the TLS listener\'s port; 
   t.equal(redirectTarget({ url: '/\u00e9\u0001', headers: { host: 'site.test' } }, 443), 'https://site.test/%E9%01')
   t.equal(redirectTarget({ url: 'http://other.test:81/p?q', headers: { host: 'site.test' } }, 8443), 'https://other.test:8443/p?q')
   t.equal(redirectTarget({ url: '*', headers: { host: 'site.test' } }, 443), 'https://site.test/')
+  // A path that looks scheme-relative stays a path on the request's own host: never a redirect to another site.
+  t.equal(new URL(redirectTarget({ url: '//evil.example/x', headers: { host: 'site.test' } }, 443) as string).host, 'site.test')
+  t.equal(new URL(redirectTarget({ url: '/\\evil.example', headers: { host: 'site.test' } }, 443) as string).host, 'site.test')
   t.equal(redirectTarget({ url: '/x', headers: { host: 'site.test\r\nSet-Cookie: a=b' } }, 443), undefined, 'no header injection')
 })
 
