@@ -13,36 +13,10 @@ import { CertStore, readCert } from '../src/listen/certs.js'
 import { GrpcProbeSessions } from '../src/health/grpc-health.js'
 import { fingerprintOf, logCollector, makeCert, servedFingerprint } from './helpers/certs.js'
 import { exchange } from './helpers/raw.js'
-import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
+import http2, { type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
 import { echoClient, grpc, startEchoServer, unary, type Msg } from './helpers/grpc.js'
+import { h2Request, h2Session, type H2Reply } from './helpers/h2.js'
 import { eventually, serviceYaml, startBackend, startGateway, tempDir, type Backend, type TestGateway } from './helpers/index.js'
-
-interface H2Reply { status: number, headers: IncomingHttpHeaders, body: Buffer, trailers: IncomingHttpHeaders | undefined }
-
-function connect (t: Tap.Test, url: string): ClientHttp2Session {
-  const session = http2.connect(url)
-  session.on('error', () => {})
-  t.teardown(() => { session.destroy() })
-  return session
-}
-
-async function h2 (session: ClientHttp2Session, path: string, headers: OutgoingHttpHeaders = {}, body?: Buffer | string): Promise<H2Reply> {
-  return await new Promise((resolve, reject) => {
-    const req = session.request({ ':path': path, ':method': body === undefined ? 'GET' : 'POST', ...headers }, { endStream: body === undefined })
-    let head: IncomingHttpHeaders | undefined
-    let trailers: IncomingHttpHeaders | undefined
-    const chunks: Buffer[] = []
-    req.on('response', (h) => { head = h })
-    req.on('trailers', (h) => { trailers = h })
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('error', reject)
-    req.on('close', () => {
-      if (head === undefined || req.rstCode !== http2.constants.NGHTTP2_NO_ERROR) return reject(new Error(`stream closed with code ${req.rstCode}`))
-      resolve({ status: Number(head[':status']), headers: head, body: Buffer.concat(chunks), trailers })
-    })
-    if (body !== undefined) req.end(body)
-  })
-}
 
 /** One HTTP/2 frame, bytes as on the wire (RFC 9113 4.1). */
 function frame (type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
@@ -103,8 +77,8 @@ for (const engine of ['fast', 'node']) {
     t.teardown(() => { socket.destroy() })
     socket.write(Buffer.concat(parts))
     // The same gateway serves a normal request afterwards; by then every reset stream is settled.
-    const s = connect(t, gw.url)
-    t.equal((await h2(s, '/after')).status, 200, 'still serving')
+    const s = h2Session(t, gw.url)
+    t.equal((await h2Request(s, '/after')).status, 200, 'still serving')
     await eventually(() => blueStats(gw).inflight === 0)
     const reached = forwarded(b, '/rapid')
     t.equal(reached, 0, `upstream requests for ${n} streams reset at once: ${reached}`)
@@ -231,8 +205,8 @@ t.test('malformed or smuggling request heads: refused, or the bad field dropped;
     t.notOk(names.some((n) => n === 'x-a' || n === 'x-injected' || n.includes(':') || n.includes(' ')), `${r.url}: no bad or injected field upstream (${names.join(' ')})`)
     t.notOk(Object.values(r.headers).some((v) => /[\r\n\0]/.test(String(v))), `${r.url}: no CR, LF or NUL in a value upstream`)
   }
-  const s = connect(t, gw.url)
-  t.equal((await h2(s, '/after')).status, 200, 'still serving')
+  const s = h2Session(t, gw.url)
+  t.equal((await h2Request(s, '/after')).status, 200, 'still serving')
 })
 
 t.test(':path forms HTTP/1.1 would not take reach an HTTP/1.1 upstream only as an origin-form target', async (t) => {
@@ -246,8 +220,8 @@ t.test(':path forms HTTP/1.1 would not take reach an HTTP/1.1 upstream only as a
   }
   const seen = b.seen.filter((r) => r.url !== '/healthz').map((r) => r.url)
   for (const url of seen) t.ok(url.startsWith('/') && !url.startsWith('//') && !/[\s]/.test(url), `origin-form upstream target: ${JSON.stringify(url)}`)
-  const s = connect(t, gw.url)
-  t.equal((await h2(s, '/after')).status, 200, 'still serving')
+  const s = h2Session(t, gw.url)
+  t.equal((await h2Request(s, '/after')).status, 200, 'still serving')
   await eventually(() => blueStats(gw).inflight === 0)
 })
 
@@ -312,9 +286,9 @@ t.test('gRPC: an upstream answer that ends without a grpc-status is an error for
     match: { pathPrefix: /pkg.S }
     blue: { targets: [${up.url}] }
 `)
-  const s = connect(t, gw.url)
+  const s = h2Session(t, gw.url)
   for (const path of ['/pkg.S/NoTrailers', '/pkg.S/HeadOnly']) {
-    const r = await h2(s, path, GRPC_REQ, EMPTY_MSG).catch((e: Error) => e)
+    const r = await h2Request(s, path, GRPC_REQ, EMPTY_MSG).catch((e: Error) => e)
     if (r instanceof Error) {
       t.pass(`${path}: the stream was reset (${r.message})`)
       continue
@@ -388,8 +362,8 @@ for (const protocol of ['http1', 'h2c']) {
     await eventually(() => written > 0 && performance.now() - lastWrite > 500, { timeout: 20000 })
     t.ok(written < 16 * 1024 * 1024, `the upstream got to write ${(written / 1048576).toFixed(1)} MiB of ${BIG / 1048576} MiB while the client took ${client.received()} bytes`)
     t.ok(client.received() < 256 * 1024, 'the client got no more than its window')
-    const s = connect(t, gw.url)
-    t.equal((await h2(s, '/small', {}).catch((e: Error) => e) as H2Reply).status, 200, 'another client is served meanwhile')
+    const s = h2Session(t, gw.url)
+    t.equal((await h2Request(s, '/small', {}).catch((e: Error) => e) as H2Reply).status, 200, 'another client is served meanwhile')
   })
 }
 
@@ -413,14 +387,14 @@ t.test('h2c configured for an upstream that speaks HTTP/1.1: a prompt 502/503, n
     blue: { targets: [http://127.0.0.1:${(silent.address() as net.AddressInfo).port}] }
     timeouts: { connect: 300ms, response: 600ms }
 `)
-  const s = connect(t, gw.url)
+  const s = h2Session(t, gw.url)
   for (const [path, service] of [['/h1/x', 'h1'], ['/silent/x', 'silent']]) {
     const started = performance.now()
-    const r = await h2(s, path)
+    const r = await h2Request(s, path)
     const ms = performance.now() - started
     t.ok(r.status === 502 || r.status === 503 || r.status === 504, `${path}: a gateway error (${r.status} ${r.body.toString()}) in ${ms.toFixed(0)} ms`)
     t.ok(ms < 3000, `${path}: not waiting out anything but its own deadlines`)
-    const grpc = await h2(s, path, GRPC_REQ, EMPTY_MSG)
+    const grpc = await h2Request(s, path, GRPC_REQ, EMPTY_MSG)
     t.ok(grpc.headers['grpc-status'] !== undefined && grpc.headers['grpc-status'] !== '0', `${path}: a gRPC call gets a failing status (${String(grpc.headers['grpc-status'])})`)
     const stats = gw.gateway.registry.colorStats(service, 'blue')
     await eventually(() => stats.inflight === 0)
@@ -467,8 +441,8 @@ t.test('gRPC: grpc-timeout and te: trailers reach an h2c upstream as sent', asyn
     match: { pathPrefix: /pkg.S }
     blue: { targets: [${up.url}] }
 `)
-  const s = connect(t, gw.url)
-  const r = await h2(s, '/pkg.S/M', { ...GRPC_REQ, 'grpc-timeout': '250m' }, EMPTY_MSG)
+  const s = h2Session(t, gw.url)
+  const r = await h2Request(s, '/pkg.S/M', { ...GRPC_REQ, 'grpc-timeout': '250m' }, EMPTY_MSG)
   t.equal(r.trailers?.['grpc-status'], '0')
   t.equal(seen?.['grpc-timeout'], '250m')
   t.equal(seen?.te, 'trailers')
@@ -520,8 +494,8 @@ for (const engine of ['fast', 'node']) {
     const partial = Buffer.from(await exchange(port, 'PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n', undefined, 3000), 'latin1')
     const goaway = partial.indexOf(Buffer.from([0, 0, 8, 7, 0, 0, 0, 0, 0]))
     t.ok(partial.toString('latin1').startsWith('HTTP/1.1 400 ') || (goaway >= 0 && partial.readUInt32BE(goaway + 13) !== http2.constants.NGHTTP2_NO_ERROR), `a broken preface is refused (${JSON.stringify(partial.toString('latin1').slice(0, 20))})`)
-    const s = connect(t, gw.url)
-    t.equal((await h2(s, '/after')).status, 200, 'still serving')
+    const s = h2Session(t, gw.url)
+    t.equal((await h2Request(s, '/after')).status, 200, 'still serving')
   })
 }
 
@@ -610,13 +584,13 @@ t.test('an h2c upstream that refuses every stream (GOAWAY at once, or REFUSED_ST
     match: { pathPrefix: /refusing }
     blue: { targets: [${refusing.url}] }
 `)
-  const s = connect(t, gw.url)
+  const s = h2Session(t, gw.url)
   for (const service of ['goaway', 'refusing']) {
     const started = performance.now()
-    const r = await h2(s, `/${service}/x`, GRPC_REQ, EMPTY_MSG)
+    const r = await h2Request(s, `/${service}/x`, GRPC_REQ, EMPTY_MSG)
     const ms = performance.now() - started
     t.ok(r.headers['grpc-status'] !== undefined && r.headers['grpc-status'] !== '0', `${service}: a failing gRPC status (${String(r.headers['grpc-status'])} ${String(r.headers['grpc-message'])}) in ${ms.toFixed(0)} ms`)
-    const get = await h2(s, `/${service}/y`)
+    const get = await h2Request(s, `/${service}/y`)
     t.ok(get.status >= 500, `${service}: a GET gets ${get.status}`)
     const stats = gw.gateway.registry.colorStats(service, 'blue')
     await eventually(() => stats.inflight === 0)
@@ -654,8 +628,8 @@ t.test('floods: CONTINUATION without end, PINGs never read, SETTINGS: the sessio
   const st = await rawH2(t, port, [settings, frame(HEADERS, END_STREAM | END_HEADERS, 1, getBlock('/after-settings', authority))])
   t.ok(st.kind !== 'headers' || st.status === 200, `SETTINGS flood: ${JSON.stringify(st)}`)
   t.equal(forwarded(b, '/flood'), 0)
-  const s = connect(t, gw.url)
-  t.equal((await h2(s, '/after')).status, 200, 'still serving')
+  const s = h2Session(t, gw.url)
+  t.equal((await h2Request(s, '/after')).status, 200, 'still serving')
   await eventually(() => gw.gateway.listener !== undefined && blueStats(gw).inflight === 0)
 })
 
@@ -669,8 +643,8 @@ t.test('request trailers from an HTTP/2 client never become header fields of an 
       res.end(JSON.stringify({ trailers: req.trailers }))
     })
   }
-  const s = connect(t, gw.url)
-  const reply = await new Promise<H2Reply>((resolve, reject) => {
+  const s = h2Session(t, gw.url)
+  const reply = await new Promise<{ status: number, headers: IncomingHttpHeaders, body: Buffer }>((resolve, reject) => {
     const req = s.request({ ':path': '/upload', ':method': 'POST' }, { waitForTrailers: true })
     req.on('wantTrailers', () => req.sendTrailers({ 'x-trailer': 'late', authorization: 'Bearer smuggled' }))
     let head: IncomingHttpHeaders | undefined
@@ -678,7 +652,7 @@ t.test('request trailers from an HTTP/2 client never become header fields of an 
     req.on('response', (h) => { head = h })
     req.on('data', (c: Buffer) => chunks.push(c))
     req.on('error', reject)
-    req.on('close', () => head === undefined ? reject(new Error(`reset ${req.rstCode}`)) : resolve({ status: Number(head[':status']), headers: head, body: Buffer.concat(chunks), trailers: undefined }))
+    req.on('close', () => head === undefined ? reject(new Error(`reset ${req.rstCode}`)) : resolve({ status: Number(head[':status']), headers: head, body: Buffer.concat(chunks) }))
     req.end('payload')
   })
   t.equal(reply.status, 200)
@@ -702,11 +676,11 @@ t.test('an h2c upstream answer head too large to relay to an HTTP/2 client is an
     match: { pathPrefix: / }
     blue: { targets: [${up.url}] }
 `)
-  const s = connect(t, gw.url)
-  const r = await h2(s, '/big-head')
+  const s = h2Session(t, gw.url)
+  const r = await h2Request(s, '/big-head')
   t.equal(r.status, 502, `a 502 with the reason (${r.body.toString()})`)
   t.match(r.body.toString(), 'upstream_error')
-  const grpcAnswer = await h2(s, '/pkg.S/M', GRPC_REQ, EMPTY_MSG)
+  const grpcAnswer = await h2Request(s, '/pkg.S/M', GRPC_REQ, EMPTY_MSG)
   t.equal(grpcAnswer.headers['grpc-status'], '14', 'a gRPC call gets UNAVAILABLE')
   const stats = gw.gateway.registry.colorStats('svc', 'blue')
   await eventually(() => stats.inflight === 0)
@@ -888,12 +862,12 @@ t.test('a request body that arrives while its request waits for a free HTTP/2 st
     limits: { maxConnections: 1 }
     timeouts: { connect: 5s, response: 3s }
 `)
-  const s = connect(t, gw.url)
+  const s = h2Session(t, gw.url)
   // The one stream the target allows is taken until released.
-  const first = h2(s, '/hold', {}, 'x')
+  const first = h2Request(s, '/hold', {}, 'x')
   await eventually(() => releaseFirst !== undefined)
   const size = 300 * 1024
-  const second = h2(s, '/upload', { 'content-type': 'application/octet-stream' }, Buffer.alloc(size, 97))
+  const second = h2Request(s, '/upload', { 'content-type': 'application/octet-stream' }, Buffer.alloc(size, 97))
   // The second request waits for the stream while its body comes in (flow control lets 64 KiB and more through).
   await eventually(() => blueStats(gw).inflight === 2)
   // Part of the attack, not a wait for something: time for the body to come in while no stream can take it.
@@ -999,6 +973,6 @@ t.test('rapid reset spread over packets: the session is cut off (GOAWAY) after a
   t.ok(sent < 3000, 'before the client ran out of patience')
   await eventually(() => blueStats(gw).inflight === 0, { timeout: 15000 })
   t.comment(`upstream requests started for reset streams: ${forwarded(b, '/spread')}`)
-  const s = connect(t, gw.url)
-  t.equal((await h2(s, '/after')).status, 200, 'still serving')
+  const s = h2Session(t, gw.url)
+  t.equal((await h2Request(s, '/after')).status, 200, 'still serving')
 })

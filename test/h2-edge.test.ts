@@ -3,49 +3,20 @@
 
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
-import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
+import http2, { type ClientHttp2Session, type OutgoingHttpHeaders } from 'node:http2'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { h2Request, h2Session, type H2Reply } from './helpers/h2.js'
 import { admin, eventually, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
 
-interface H2Reply {
-  status: number
-  headers: IncomingHttpHeaders
-  body: Buffer
-  json: any
-  trailers: IncomingHttpHeaders | undefined
-}
-
-/** One h2c session to the gateway, closed at teardown. */
-function connect (t: Tap.Test, gw: TestGateway): ClientHttp2Session {
-  const session = http2.connect(gw.url)
-  session.on('error', () => {})
-  t.teardown(() => { session.destroy() })
-  return session
-}
-
-/** One request on `session`; rejects when the stream is reset or the session goes. */
-async function h2 (session: ClientHttp2Session, path: string, headers: OutgoingHttpHeaders = {}, body?: Buffer | string): Promise<H2Reply> {
-  return await new Promise((resolve, reject) => {
-    const req = session.request({ ':path': path, ':method': body === undefined ? 'GET' : 'POST', ...headers }, { endStream: body === undefined })
-    let head: IncomingHttpHeaders | undefined
-    let trailers: IncomingHttpHeaders | undefined
-    const chunks: Buffer[] = []
-    req.on('response', (h) => { head = h })
-    req.on('trailers', (h) => { trailers = h })
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('error', reject)
-    req.on('close', () => {
-      if (head === undefined || req.rstCode !== http2.constants.NGHTTP2_NO_ERROR) return reject(new Error(`stream closed with code ${req.rstCode}`))
-      const buf = Buffer.concat(chunks)
-      let json: unknown
-      try {
-        json = JSON.parse(buf.toString())
-      } catch {}
-      resolve({ status: Number(head[':status']), headers: head, body: buf, json, trailers })
-    })
-    if (body !== undefined) req.end(body)
-  })
+/** One request that must end cleanly (see h2Request), its body also parsed when it is JSON. */
+async function h2Json (session: ClientHttp2Session, path: string, headers: OutgoingHttpHeaders = {}, body?: Buffer | string): Promise<H2Reply & { json: any }> {
+  const r = await h2Request(session, path, headers, body)
+  let json: unknown
+  try {
+    json = JSON.parse(r.body.toString())
+  } catch {}
+  return { ...r, json }
 }
 
 /** What a backend got from clients through the gateway (its health probes left out). */
@@ -63,8 +34,8 @@ async function pair (t: Tap.Test, engine: string, extra = '', head = ''): Promis
 for (const engine of ['fast', 'node']) {
   t.test(`${engine}: GET and POST over h2c go to the live color with the forwarding headers`, async (t) => {
     const { b, gw } = await pair(t, engine)
-    const s = connect(t, gw)
-    const get = await h2(s, '/hello?x=1', { 'x-request-id': 'req-h2', 'x-forwarded-for': '6.6.6.6' })
+    const s = h2Session(t, gw.url)
+    const get = await h2Json(s, '/hello?x=1', { 'x-request-id': 'req-h2', 'x-forwarded-for': '6.6.6.6' })
     t.equal(get.status, 200)
     t.match(get.json, { backend: 'blue', method: 'GET', path: '/hello?x=1' })
     t.equal(get.headers['x-backend'], 'blue')
@@ -74,7 +45,7 @@ for (const engine of ['fast', 'node']) {
     t.equal(seen['x-forwarded-proto'], 'http')
     t.equal(seen.host, new URL(gw.url).host, 'Host from :authority')
     const payload = randomBytes(150 * 1024).toString('base64')
-    const post = await h2(s, '/echo', { 'content-type': 'text/plain', cookie: 'a=1', 'Cookie': 'b=2' }, payload)
+    const post = await h2Json(s, '/echo', { 'content-type': 'text/plain', cookie: 'a=1', 'Cookie': 'b=2' }, payload)
     t.equal(post.status, 200)
     t.equal(createHash('sha256').update(post.json.body as string).digest('hex'), createHash('sha256').update(payload).digest('hex'), 'the body arrived whole')
     const posted = forwarded(b)[1].headers
@@ -85,19 +56,19 @@ for (const engine of ['fast', 'node']) {
 
   t.test(`${engine}: X-Forwarded-* from a trusted peer are extended`, async (t) => {
     const { b, gw } = await pair(t, engine, '', 'trustedProxies: [127.0.0.1/32]\n')
-    const s = connect(t, gw)
-    t.equal((await h2(s, '/', { 'x-forwarded-for': '10.0.0.1', 'x-forwarded-proto': 'https' })).status, 200)
+    const s = h2Session(t, gw.url)
+    t.equal((await h2Json(s, '/', { 'x-forwarded-for': '10.0.0.1', 'x-forwarded-proto': 'https' })).status, 200)
     t.equal(forwarded(b)[0].headers['x-forwarded-for'], '10.0.0.1, 127.0.0.1')
     t.equal(forwarded(b)[0].headers['x-forwarded-proto'], 'https')
   })
 
   t.test(`${engine}: a flip moves new streams; one opened before it finishes on the old color`, async (t) => {
     const { b, gw } = await pair(t, engine)
-    const s = connect(t, gw)
-    const slow = h2(s, '/slow?ms=800')
+    const s = h2Session(t, gw.url)
+    const slow = h2Json(s, '/slow?ms=800')
     await eventually(() => forwarded(b).length === 1)
     t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
-    t.equal((await h2(s, '/fresh')).json.backend, 'green', 'same session, new stream: the new color')
+    t.equal((await h2Json(s, '/fresh')).json.backend, 'green', 'same session, new stream: the new color')
     const r = await slow
     t.equal(r.status, 200)
     t.equal(r.json.backend, 'blue')
@@ -105,16 +76,16 @@ for (const engine of ['fast', 'node']) {
 
   t.test(`${engine}: preview header and cookie, sticky Set-Cookie, the smoke pin`, async (t) => {
     const { gw } = await pair(t, engine, '    sticky: { cookie: sy }\n    preview: { header: x-color, cookie: preview }\n')
-    const s = connect(t, gw)
-    t.equal((await h2(s, '/p', { 'x-color': 'green' })).json.backend, 'green', 'preview header')
-    t.equal((await h2(s, '/p', { cookie: 'preview=green' })).json.backend, 'green', 'preview cookie')
-    t.equal((await h2(s, '/p', { cookie: ['a=1', 'preview=green'] })).json.backend, 'green', 'preview cookie on a second cookie line')
-    const first = await h2(s, '/p')
+    const s = h2Session(t, gw.url)
+    t.equal((await h2Json(s, '/p', { 'x-color': 'green' })).json.backend, 'green', 'preview header')
+    t.equal((await h2Json(s, '/p', { cookie: 'preview=green' })).json.backend, 'green', 'preview cookie')
+    t.equal((await h2Json(s, '/p', { cookie: ['a=1', 'preview=green'] })).json.backend, 'green', 'preview cookie on a second cookie line')
+    const first = await h2Json(s, '/p')
     t.equal(first.json.backend, 'blue')
     t.same(first.headers['set-cookie'], ['sy=blue; Path=/; HttpOnly; SameSite=Lax'], 'the sticky cookie is set')
-    t.equal((await h2(s, '/p', { cookie: 'sy=blue' })).headers['set-cookie'], undefined, 'not set again')
+    t.equal((await h2Json(s, '/p', { cookie: 'sy=blue' })).headers['set-cookie'], undefined, 'not set again')
     const pin = `${gw.gateway.smoke.secret} green`
-    t.equal((await h2(s, '/p', { 'x-switchyard-smoke': pin })).json.backend, 'green', 'the smoke pin picks its color')
+    t.equal((await h2Json(s, '/p', { 'x-switchyard-smoke': pin })).json.backend, 'green', 'the smoke pin picks its color')
   })
 
   t.test(`${engine}: refusals are JSON errors; a gRPC one is a trailers-only gRPC status`, async (t) => {
@@ -127,15 +98,15 @@ for (const engine of ['fast', 'node']) {
     match: { pathPrefix: /dead }
     blue: { targets: ['http://127.0.0.1:1'] }
 `)
-    const s = connect(t, gw)
-    const none = await h2(s, '/nowhere')
+    const s = h2Session(t, gw.url)
+    const none = await h2Json(s, '/nowhere')
     t.equal(none.status, 404)
     t.equal(none.headers['content-type'], 'application/json')
     t.match(none.json, { error: 'no_route' })
-    await eventually(async () => (await h2(s, '/dead')).status === 503)
-    const dead = await h2(s, '/dead')
+    await eventually(async () => (await h2Json(s, '/dead')).status === 503)
+    const dead = await h2Json(s, '/dead')
     t.match(dead.json, { error: 'no_healthy_upstream' })
-    const grpc = await h2(s, '/pkg.Service/Method', { 'content-type': 'application/grpc', te: 'trailers' }, Buffer.alloc(5))
+    const grpc = await h2Json(s, '/pkg.Service/Method', { 'content-type': 'application/grpc', te: 'trailers' }, Buffer.alloc(5))
     t.equal(grpc.status, 200)
     t.equal(grpc.headers['content-type'], 'application/grpc')
     t.equal(grpc.headers['grpc-status'], '12', 'no_route is UNIMPLEMENTED')
@@ -154,9 +125,9 @@ for (const engine of ['fast', 'node']) {
     const b = await startBackend(t, 'blue')
     const g = await startBackend(t, 'green')
     const gw = await startGateway(t, `engine: ${engine}\nlog: { access: logs/access.log }\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
-    const s = connect(t, gw)
-    for (let i = 0; i < 3; i++) t.equal((await h2(s, `/m${i}`, { 'x-request-id': `id-${i}` })).status, 200)
-    t.equal((await h2(s, '/status/503')).status, 503)
+    const s = h2Session(t, gw.url)
+    for (let i = 0; i < 3; i++) t.equal((await h2Json(s, `/m${i}`, { 'x-request-id': `id-${i}` })).status, 200)
+    t.equal((await h2Json(s, '/status/503')).status, 503)
     const metrics = (await admin(gw.adminUrl, 'GET', '/metrics')).text
     t.match(metrics, /switchyard_requests_total\{service="svc",color="blue",code="2xx"\} 3/)
     t.match(metrics, /switchyard_requests_total\{service="svc",color="blue",code="5xx"\} 1/)
@@ -171,9 +142,9 @@ for (const engine of ['fast', 'node']) {
 
   t.test(`${engine}: graceful stop sends GOAWAY and lets an open stream finish`, async (t) => {
     const { b, gw } = await pair(t, engine)
-    const s = connect(t, gw)
+    const s = h2Session(t, gw.url)
     const goaway = new Promise<number>((resolve) => s.once('goaway', (code: number) => resolve(code)))
-    const slow = h2(s, '/slow?ms=600')
+    const slow = h2Json(s, '/slow?ms=600')
     await eventually(() => forwarded(b).length === 1)
     const stopped = gw.stop()
     t.equal(await goaway, http2.constants.NGHTTP2_NO_ERROR, 'GOAWAY, no error')
@@ -185,8 +156,8 @@ for (const engine of ['fast', 'node']) {
 
   t.test(`${engine}: a stream still open at the drain deadline is reset`, async (t) => {
     const { b, gw } = await pair(t, engine, '    drain: { timeout: 1m }\n')
-    const s = connect(t, gw)
-    const slow = h2(s, '/slow?ms=10000').catch((e: Error) => e)
+    const s = h2Session(t, gw.url)
+    const slow = h2Json(s, '/slow?ms=10000').catch((e: Error) => e)
     await eventually(() => forwarded(b).length === 1)
     t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
     const r = await admin(gw.adminUrl, 'POST', '/v1/services/svc/drain', { color: 'blue', wait: true, timeout: '200ms' })
@@ -194,7 +165,7 @@ for (const engine of ['fast', 'node']) {
     const cut = await slow
     t.type(cut, Error)
     t.match((cut as Error).message, `code ${http2.constants.NGHTTP2_CANCEL}`, 'RST_STREAM CANCEL')
-    t.equal((await h2(s, '/after')).json.backend, 'green', 'the session itself lives on')
+    t.equal((await h2Json(s, '/after')).json.backend, 'green', 'the session itself lives on')
   })
 
   t.test(`${engine}: response fields filtered for HTTP/2, trailers relayed, HEAD and 204 end cleanly`, async (t) => {
@@ -211,21 +182,21 @@ for (const engine of ['fast', 'node']) {
       res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '5' })
       res.end(req.method === 'HEAD' ? undefined : 'hello')
     }
-    const s = connect(t, gw)
-    const r = await h2(s, '/trailers')
+    const s = h2Session(t, gw.url)
+    const r = await h2Json(s, '/trailers')
     t.equal(r.status, 200)
     t.equal(r.body.toString(), 'part one, part two')
     t.equal(r.headers['x-kept'], 'yes')
     for (const name of ['connection', 'x-hop', 'keep-alive', 'transfer-encoding']) t.equal(r.headers[name], undefined, `no ${name}`)
     t.equal(r.trailers?.['x-checksum'], 'abc123', 'the trailer arrives as HTTP/2 trailers')
-    const head = await h2(s, '/h', { ':method': 'HEAD' })
+    const head = await h2Json(s, '/h', { ':method': 'HEAD' })
     t.equal(head.status, 200)
     t.equal(head.headers['content-length'], '5')
     t.equal(head.body.length, 0)
-    const empty = await h2(s, '/empty')
+    const empty = await h2Json(s, '/empty')
     t.equal(empty.status, 204)
     t.equal(empty.headers['x-kept'], 'yes')
-    const big = await h2(s, '/big')
+    const big = await h2Json(s, '/big')
     t.equal(big.body.toString(), 'hello', 'the session still serves')
   })
 
@@ -236,8 +207,8 @@ for (const engine of ['fast', 'node']) {
       res.write('only part')
       setTimeout(() => res.socket?.destroy(), 20)
     }
-    const s = connect(t, gw)
-    const cut = await h2(s, '/x').catch((e: Error) => e)
+    const s = h2Session(t, gw.url)
+    const cut = await h2Json(s, '/x').catch((e: Error) => e)
     t.type(cut, Error)
     t.match((cut as Error).message, /NGHTTP2_INTERNAL_ERROR/, 'RST_STREAM INTERNAL_ERROR, not a clean end')
     const blue = gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.stats
@@ -248,7 +219,7 @@ for (const engine of ['fast', 'node']) {
 
   t.test(`${engine}: a request body that stops coming gets 408 after client.bodyTimeout`, async (t) => {
     const { b, gw } = await pair(t, engine, '', 'client: { bodyTimeout: 300ms }\n')
-    const s = connect(t, gw)
+    const s = h2Session(t, gw.url)
     const started = Date.now()
     const r = await new Promise<{ status: number, json: any }>((resolve, reject) => {
       const req = s.request({ ':path': '/upload', ':method': 'POST', 'content-type': 'text/plain' }, { endStream: false })
@@ -268,8 +239,8 @@ for (const engine of ['fast', 'node']) {
 
   t.test(`${engine}: an idle session is closed after client.idleTimeout; a head too big for the upstream is 431; Expect gets its 100`, async (t) => {
     const { b, gw } = await pair(t, engine, '', 'client: { idleTimeout: 400ms }\n')
-    const s = connect(t, gw)
-    const big = await h2(s, '/big', { 'x-big': 'v'.repeat(16 * 1024) })
+    const s = h2Session(t, gw.url)
+    const big = await h2Json(s, '/big', { 'x-big': 'v'.repeat(16 * 1024) })
     t.equal(big.status, 431)
     t.match(big.json, { error: 'header_too_large' })
     t.equal(forwarded(b).length, 0, 'nothing went upstream')
@@ -302,8 +273,8 @@ for (const engine of ['fast', 'node']) {
     match: { pathPrefix: / }
     blue: { targets: ['http://127.0.0.1:1', ${b.url}] }
 `)
-    const s = connect(t, gw)
-    for (let i = 0; i < 4; i++) t.equal((await h2(s, `/r${i}`)).status, 200, `request ${i} answered`)
+    const s = h2Session(t, gw.url)
+    for (let i = 0; i < 4; i++) t.equal((await h2Json(s, `/r${i}`)).status, 200, `request ${i} answered`)
     t.equal(forwarded(b).length, 4, 'every one by the live target')
     const blue = gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.stats
     const targets = (await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.svc.environments.blue.targets
@@ -319,7 +290,7 @@ for (const engine of ['fast', 'node']) {
       res.on('drain', more)
       more()
     }
-    const s = connect(t, gw)
+    const s = h2Session(t, gw.url)
     const closed = await new Promise<number>((resolve) => {
       const req = s.request({ ':path': '/huge' })
       req.on('response', () => req.pause())
@@ -334,8 +305,8 @@ for (const engine of ['fast', 'node']) {
 
   t.test(`${engine}: 200 concurrent streams on one session`, async (t) => {
     const { b, gw } = await pair(t, engine)
-    const s = connect(t, gw)
-    const replies = await Promise.all(Array.from({ length: 200 }, async (_, i) => await h2(s, `/c/${i}`, {}, i % 2 === 0 ? undefined : `body-${i}`)))
+    const s = h2Session(t, gw.url)
+    const replies = await Promise.all(Array.from({ length: 200 }, async (_, i) => await h2Json(s, `/c/${i}`, {}, i % 2 === 0 ? undefined : `body-${i}`)))
     replies.forEach((r, i) => {
       if (r.status !== 200 || r.json.path !== `/c/${i}` || r.json.body !== (i % 2 === 0 ? '' : `body-${i}`)) t.fail(`stream ${i}: ${r.status} ${r.body.toString()}`)
     })

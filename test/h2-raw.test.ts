@@ -5,10 +5,11 @@
 
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
-import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
+import http2 from 'node:http2'
 import net from 'node:net'
 import { ChunkedScanner } from '../src/proxy/h1/parse.js'
 import { MAX_HEAD } from '../src/proxy/limits.js'
+import { h2Request, h2Session } from './helpers/h2.js'
 import { eventually, startBackend, startGateway, type TestGateway } from './helpers/index.js'
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex')
@@ -112,47 +113,6 @@ async function gatewayFor (t: Tap.Test, url: string, extra = ''): Promise<TestGa
 `)
 }
 
-function connect (t: Tap.Test, gw: TestGateway): ClientHttp2Session {
-  const session = http2.connect(gw.url)
-  session.on('error', () => {})
-  t.teardown(() => { session.destroy() })
-  return session
-}
-
-interface H2Reply {
-  status: number
-  headers: IncomingHttpHeaders
-  /** Informational heads (103), in order. */
-  informational: IncomingHttpHeaders[]
-  body: Buffer
-  trailers: IncomingHttpHeaders | undefined
-  /** The client's request body went out completely at this time (performance.now()); 0 without one. */
-  sentAt: number
-}
-
-/** One request; rejects with the RST_STREAM code when the stream is reset. */
-async function h2 (session: ClientHttp2Session, path: string, headers: OutgoingHttpHeaders = {}, body?: Buffer): Promise<H2Reply> {
-  return await new Promise((resolve, reject) => {
-    const req = session.request({ ':path': path, ':method': body === undefined ? 'GET' : 'POST', ...headers }, { endStream: body === undefined })
-    let head: IncomingHttpHeaders | undefined
-    let trailers: IncomingHttpHeaders | undefined
-    let sentAt = 0
-    const informational: IncomingHttpHeaders[] = []
-    const chunks: Buffer[] = []
-    req.on('headers', (h) => informational.push(h))
-    req.on('continue', () => informational.push({ ':status': 100 }))
-    req.on('response', (h) => { head = h })
-    req.on('trailers', (h) => { trailers = h })
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('error', () => {})
-    req.on('close', () => {
-      if (head === undefined || req.rstCode !== http2.constants.NGHTTP2_NO_ERROR) return reject(new Error(`stream closed with code ${req.rstCode}`))
-      resolve({ status: Number(head[':status']), headers: head, informational, body: Buffer.concat(chunks), trailers, sentAt })
-    })
-    if (body !== undefined) req.end(body, () => { sentAt = performance.now() })
-  })
-}
-
 function statsOf (gw: TestGateway): { errors: number, inflight: number, upstreamErrors: Record<string, number> } {
   return gw.gateway.controller.snapshots.current.services.get('svc')?.colors.blue.stats as unknown as { errors: number, inflight: number, upstreamErrors: Record<string, number> }
 }
@@ -177,9 +137,9 @@ t.test('a chunked answer is decoded into DATA frames: split chunk lines, extensi
     void writeApart(socket, pieces)
   })
   const gw = await gatewayFor(t, b.url)
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   for (let i = 0; i < 2; i++) {
-    const r = await h2(s, `/chunked/${i}`)
+    const r = await h2Request(s, `/chunked/${i}`)
     t.equal(r.status, 200)
     t.equal(r.body.length, payload.length, 'the payload length, without the chunk framing')
     t.equal(sha(r.body), sha(payload), 'the payload bytes')
@@ -198,11 +158,11 @@ t.test('a chunked answer whole in one read, unannounced trailers, and a body of 
     else socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n')
   })
   const gw = await gatewayFor(t, b.url)
-  const s = connect(t, gw)
-  const one = await h2(s, '/one')
+  const s = h2Session(t, gw.url)
+  const one = await h2Request(s, '/one')
   t.equal(one.body.toString(), 'hello, world')
   t.equal(one.trailers, undefined, 'trailers nobody announced are not waited for (as on the node engine)')
-  const empty = await h2(s, '/empty')
+  const empty = await h2Request(s, '/empty')
   t.equal(empty.status, 200)
   t.equal(empty.body.length, 0)
   t.equal(b.conns.size, 1)
@@ -214,9 +174,9 @@ t.test('a close-delimited answer runs until the upstream closes, and ends the st
     void writeApart(socket, ['HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\r\n', payload.subarray(0, 1000), payload.subarray(1000)]).then(() => socket.end())
   })
   const gw = await gatewayFor(t, b.url)
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   for (let i = 0; i < 2; i++) {
-    const r = await h2(s, `/close/${i}`)
+    const r = await h2Request(s, `/close/${i}`)
     t.equal(r.status, 200)
     t.equal(sha(r.body), sha(payload), 'the whole body')
   }
@@ -233,8 +193,8 @@ t.test('1xx: a 100 from the upstream is swallowed, a 103 is relayed, then the 20
     ])
   })
   const gw = await gatewayFor(t, b.url)
-  const s = connect(t, gw)
-  const r = await h2(s, '/hints')
+  const s = h2Session(t, gw.url)
+  const r = await h2Request(s, '/hints')
   t.equal(r.status, 200)
   t.equal(r.body.toString(), 'ok')
   t.equal(r.informational.length, 1, 'one informational head reaches the client')
@@ -254,12 +214,12 @@ t.test('sequential streams reuse one upstream connection; HEAD, 204 and 304 end 
     res.end(req.method === 'HEAD' ? undefined : 'hello')
   }
   const gw = await gatewayFor(t, b.url)
-  const s = connect(t, gw)
-  for (let i = 0; i < 5; i++) t.equal((await h2(s, `/seq/${i}`)).body.toString(), 'hello')
-  const head = await h2(s, '/h', { ':method': 'HEAD' })
+  const s = h2Session(t, gw.url)
+  for (let i = 0; i < 5; i++) t.equal((await h2Request(s, `/seq/${i}`)).body.toString(), 'hello')
+  const head = await h2Request(s, '/h', { ':method': 'HEAD' })
   t.same([head.status, head.headers['content-length'], head.body.length], [200, '5', 0])
-  t.equal((await h2(s, '/204')).status, 204)
-  const notModified = await h2(s, '/304')
+  t.equal((await h2Request(s, '/204')).status, 204)
+  const notModified = await h2Request(s, '/304')
   t.same([notModified.status, notModified.headers.etag, notModified.body.length], [304, '"x"', 0])
   t.equal(conns.size, 1, 'one upstream connection for every stream')
 })
@@ -271,8 +231,8 @@ t.test('the keep-alive race: a kept connection the upstream closes as it is reus
     else socket.destroy()
   })
   const gw = await gatewayFor(t, b.url)
-  const s = connect(t, gw)
-  for (let i = 0; i < 3; i++) t.equal((await h2(s, `/race/${i}`)).body.toString(), 'ok', `request ${i} answered`)
+  const s = h2Session(t, gw.url)
+  for (let i = 0; i < 3; i++) t.equal((await h2Request(s, `/race/${i}`)).body.toString(), 'ok', `request ${i} answered`)
   t.equal(b.heads.length, 5, 'two requests were sent twice')
   t.equal(b.conns.size, 3, 'each retry on a new connection')
   await eventually(() => statsOf(gw).inflight === 0)
@@ -297,14 +257,14 @@ t.test('POST bodies with content-length are streamed upstream whole, no faster t
     }, 600)
   }
   const gw = await gatewayFor(t, b.url)
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   const body = randomBytes(1024 * 1024)
-  const r = await h2(s, '/upload', { 'content-length': String(body.length) }, body)
+  const r = await h2Request(s, '/upload', { 'content-length': String(body.length) }, body)
   t.same(JSON.parse(r.body.toString()), { n: body.length, sha: sha(body), length: String(body.length), te: null }, '1 MiB: every byte, with the length as sent')
   // Loopback sockets buffer a few MiB in the kernel (a 64 KiB MSS grows the send buffer up to tcp_wmem's 4 MiB):
   // only a body well past that shows whether the gateway holds the client back or reads it all into memory.
   const big = randomBytes(24 * 1024 * 1024)
-  const r2 = await h2(s, '/upload-big', { 'content-length': String(big.length) }, big)
+  const r2 = await h2Request(s, '/upload-big', { 'content-length': String(big.length) }, big)
   t.same(JSON.parse(r2.body.toString()), { n: big.length, sha: sha(big), length: String(big.length), te: null }, '24 MiB: every byte')
   t.ok(r2.sentAt > readFrom, `the client finished sending only after the upstream began reading (${(r2.sentAt - readFrom).toFixed(0)} ms after)`)
 })
@@ -312,7 +272,7 @@ t.test('POST bodies with content-length are streamed upstream whole, no faster t
 t.test('a POST without content-length goes upstream chunked; a bodiless POST gets content-length 0', async (t) => {
   const b = await startBackend(t, 'blue')
   const gw = await gatewayFor(t, b.url)
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   const body = Buffer.from(randomBytes(100 * 1024).toString('hex'))
   const r = await new Promise<string>((resolve, reject) => {
     const req = s.request({ ':path': '/echo', ':method': 'POST' }, { endStream: false })
@@ -333,7 +293,7 @@ t.test('a POST without content-length goes upstream chunked; a bodiless POST get
   const seen = (): typeof b.seen => b.seen.filter((r) => r.url !== '/healthz')
   t.equal(seen()[0].headers['transfer-encoding'], 'chunked')
   t.equal(seen()[0].headers['content-length'], undefined)
-  t.equal((await h2(s, '/empty', { ':method': 'POST' })).status, 200)
+  t.equal((await h2Request(s, '/empty', { ':method': 'POST' })).status, 200)
   t.equal(seen()[1].headers['content-length'], '0')
 })
 
@@ -342,8 +302,8 @@ t.test('an upstream that dies mid-body (chunked) resets the stream and counts as
     void writeApart(socket, ['HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n', '5\r\nhello\r\n']).then(() => socket.destroy())
   })
   const gw = await gatewayFor(t, b.url)
-  const s = connect(t, gw)
-  const cut = await h2(s, '/dies').catch((e: Error) => e)
+  const s = h2Session(t, gw.url)
+  const cut = await h2Request(s, '/dies').catch((e: Error) => e)
   t.type(cut, Error)
   t.match((cut as Error).message, `code ${http2.constants.NGHTTP2_INTERNAL_ERROR}`, 'RST_STREAM INTERNAL_ERROR, not a clean end')
   await eventually(() => statsOf(gw).inflight === 0)
@@ -357,10 +317,10 @@ t.test('invalid chunked framing mid-body resets the stream; before the head it i
     else socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX')
   })
   const gw = await gatewayFor(t, b.url)
-  const s = connect(t, gw)
-  const cut = await h2(s, '/mid').catch((e: Error) => e)
+  const s = h2Session(t, gw.url)
+  const cut = await h2Request(s, '/mid').catch((e: Error) => e)
   t.match((cut as Error).message, `code ${http2.constants.NGHTTP2_INTERNAL_ERROR}`)
-  const early = await h2(s, '/early')
+  const early = await h2Request(s, '/early')
   t.equal(early.status, 502)
   t.match(JSON.parse(early.body.toString()), { error: 'upstream_error' })
 })
@@ -371,13 +331,13 @@ t.test('timeouts.response: no answer in time is a 504; timeouts.body: a body gon
     // /silent: nothing at all.
   })
   const gw = await gatewayFor(t, b.url, '  timeouts: { response: 300ms, body: 300ms }\n')
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   const started = performance.now()
-  const silent = await h2(s, '/silent')
+  const silent = await h2Request(s, '/silent')
   t.equal(silent.status, 504)
   t.match(JSON.parse(silent.body.toString()), { error: 'upstream_timeout' })
   t.ok(performance.now() - started >= 250, 'after timeouts.response')
-  const quiet = await h2(s, '/quiet').catch((e: Error) => e)
+  const quiet = await h2Request(s, '/quiet').catch((e: Error) => e)
   t.match((quiet as Error).message, `code ${http2.constants.NGHTTP2_INTERNAL_ERROR}`, 'the cut answer is reset')
   await eventually(() => statsOf(gw).inflight === 0)
   t.equal(statsOf(gw).upstreamErrors.timeout, 2, 'both counted as upstream timeouts')
@@ -399,9 +359,9 @@ t.test('a stream open at the drain deadline is reset (CANCEL) and its upstream c
     green: { targets: [${g.url}] }
     drain: { timeout: 1m }
 `)
-  const s = connect(t, gw)
-  const waiting = h2(s, '/waiting').catch((e: Error) => e)
-  const begun = h2(s, '/begun').catch((e: Error) => e)
+  const s = h2Session(t, gw.url)
+  const waiting = h2Request(s, '/waiting').catch((e: Error) => e)
+  const begun = h2Request(s, '/begun').catch((e: Error) => e)
   await eventually(() => b.heads.length === 2)
   const flip = await fetch(`${gw.adminUrl}/v1/flip`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
   t.equal(flip.status, 200)
@@ -426,12 +386,12 @@ t.test('limits.maxConnections: streams wait for a busy connection (bodies too), 
     })
   }
   const gw = await gatewayFor(t, b.url, '  limits: { maxConnections: 2 }\n  timeouts: { connect: 300ms }\n')
-  const s = connect(t, gw)
-  const replies = await Promise.all(Array.from({ length: 8 }, async (_, i) => await h2(s, `/w${i}`, i % 2 === 0 ? {} : { 'content-length': '1000' }, i % 2 === 0 ? undefined : Buffer.alloc(1000))))
+  const s = h2Session(t, gw.url)
+  const replies = await Promise.all(Array.from({ length: 8 }, async (_, i) => await h2Request(s, `/w${i}`, i % 2 === 0 ? {} : { 'content-length': '1000' }, i % 2 === 0 ? undefined : Buffer.alloc(1000))))
   t.same(replies.map((r) => r.body.toString()), Array.from({ length: 8 }, (_, i) => `/w${i} ${i % 2 === 0 ? 0 : 1000}`), 'every stream answered in turn, bodies whole')
   t.ok(conns.size <= 2, `at most two upstream connections (${conns.size})`)
-  const stuck = [h2(s, '/stuck'), h2(s, '/stuck')]
-  const late = await h2(s, '/late')
+  const stuck = [h2Request(s, '/stuck'), h2Request(s, '/stuck')]
+  const late = await h2Request(s, '/late')
   t.equal(late.status, 503, 'no connection within timeouts.connect')
   t.match(JSON.parse(late.body.toString()), { error: 'upstream_overloaded' })
   t.same((await Promise.all(stuck)).map((r) => r.status), [200, 200])

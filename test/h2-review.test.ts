@@ -3,47 +3,16 @@
 
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
-import http2, { type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2'
+import http2, { type ServerHttp2Stream } from 'node:http2'
 import https from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { readFileSync, writeFileSync } from 'node:fs'
 import WebSocket from 'ws'
 import { makeCert } from './helpers/certs.js'
-import { admin, eventually, serviceYaml, startBackend, startGateway, tempDir, type TestGateway } from './helpers/index.js'
+import { h2Call, h2Session } from './helpers/h2.js'
+import { admin, eventually, serviceYaml, startBackend, startGateway, tempDir } from './helpers/index.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
-
-interface H2Reply {
-  status: number
-  headers: IncomingHttpHeaders
-  body: Buffer
-  trailers: IncomingHttpHeaders | undefined
-  rstCode: number
-}
-
-/** One h2c session to the gateway, closed at teardown. */
-function connect (t: Teardown, gw: TestGateway): ClientHttp2Session {
-  const session = http2.connect(gw.url)
-  session.on('error', () => {})
-  t.teardown(() => { session.destroy() })
-  return session
-}
-
-/** One request on `session`: what came back when the stream closed, reset or not. */
-async function h2 (session: ClientHttp2Session, path: string, headers: OutgoingHttpHeaders = {}, body?: Buffer, onSent?: () => void): Promise<H2Reply> {
-  return await new Promise((resolve) => {
-    const req = session.request({ ':path': path, ':method': body === undefined ? 'GET' : 'POST', ...headers }, { endStream: body === undefined })
-    let head: IncomingHttpHeaders = {}
-    let trailers: IncomingHttpHeaders | undefined
-    const chunks: Buffer[] = []
-    req.on('response', (h) => { head = h })
-    req.on('trailers', (h) => { trailers = h })
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('error', () => {})
-    req.on('close', () => resolve({ status: Number(head[':status'] ?? 0), headers: head, body: Buffer.concat(chunks), trailers, rstCode: req.rstCode ?? 0 }))
-    if (body !== undefined) req.end(body, onSent)
-  })
-}
 
 /** An h2c upstream: /hold answers when `release` is called; /echo answers with the body's length and hash. */
 async function startH2Upstream (t: Teardown, settings: http2.Settings = {}): Promise<{ url: string, held: ServerHttp2Stream[], arrived: () => Promise<void> }> {
@@ -89,14 +58,14 @@ t.test('a request body that arrives while the request waits for a stream slot re
 `)
   const svc = gw.gateway.config.services.svc
   const pool = gw.gateway.registry.target(up.url).h2Pool(svc.timeouts, svc.limits)
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   const arrived = up.arrived()
-  const first = h2(s, '/hold')
+  const first = h2Call(s, '/hold')
   await arrived
   const payload = randomBytes(300 * 1024)
   let sent: () => void = () => {}
   const allSent = new Promise<void>((resolve) => { sent = resolve })
-  const second = h2(s, '/echo', { 'content-type': 'application/octet-stream' }, payload, () => sent())
+  const second = h2Call(s, '/echo', { 'content-type': 'application/octet-stream' }, payload, () => sent())
   await eventually(() => pool.waiting === 1)
   // The client sends all it can while the request waits: the whole body when the gateway reads it meanwhile,
   // else as much as the stream's window lets it (then nothing says so but time: bounded at 1s).
@@ -119,9 +88,9 @@ t.test('an HTTP/2 stream to an h2c service still open at the drain deadline is r
     green: { targets: [${green.url}] }
     drain: { timeout: 1m }
 `)
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   const arrived = blue.arrived()
-  const held = h2(s, '/hold')
+  const held = h2Call(s, '/hold')
   await arrived
   t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
   const r = await admin(gw.adminUrl, 'POST', '/v1/services/svc/drain', { color: 'blue', wait: true, timeout: '200ms' })
@@ -186,7 +155,7 @@ t.test('an HTTP/1.1 upstream answer carrying Host or HTTP2-Settings reaches an H
     res.end('hello')
   }
   const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [b])}`)
-  const r = await h2(connect(t, gw), '/x')
+  const r = await h2Call(h2Session(t, gw.url), '/x')
   t.equal(r.status, 200)
   t.equal(r.body.toString(), 'hello')
   t.equal(r.headers['x-kept'], 'yes')
@@ -204,13 +173,13 @@ t.test('an HTTP/1.1 upstream trailer node:http2 refuses to send (HTTP2-Settings)
     res.end()
   }
   const gw = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [b])}`)
-  const s = connect(t, gw)
-  const r = await h2(s, '/x')
+  const s = h2Session(t, gw.url)
+  const r = await h2Call(s, '/x')
   t.equal(r.rstCode, http2.constants.NGHTTP2_NO_ERROR)
   t.equal(r.body.toString(), 'hello')
   t.equal(r.trailers?.['x-sum'], '42', 'the other trailer goes on')
   t.equal(r.trailers?.['http2-settings'], undefined)
-  t.equal((await h2(s, '/y')).status, 200, 'the gateway still serves')
+  t.equal((await h2Call(s, '/y')).status, 200, 'the gateway still serves')
 })
 
 t.test('a request body that goes quiet on an h2c service: the 408 the client got is what the access log and metrics count', async (t) => {
@@ -224,7 +193,7 @@ services:
 `)
   const logged: Array<{ status: number }> = []
   gw.gateway.registry.observers.accessLog = (_stats, done) => { logged.push({ status: done.status }) }
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   const r = await new Promise<{ status: number }>((resolve) => {
     const req = s.request({ ':path': '/echo', ':method': 'POST' })
     let status = 0
@@ -323,7 +292,7 @@ services:
     match: { pathPrefix: / }
     blue: { targets: [${url}] }
 `)
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   const closed = await new Promise<number>((resolve) => {
     const req = s.request({ ':path': '/huge' })
     req.on('response', () => req.pause())
@@ -350,7 +319,7 @@ t.test('an answer that ends before the client\'s request body does: the exchange
     match: { pathPrefix: / }
     blue: { targets: [${b.url}] }
 `)
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   for (const [svc, path] of [['h1svc', '/early'], ['h2svc', '/hold']]) {
     const answered = new Promise<{ status: number, rstCode: number }>((resolve) => {
       const req = s.request({ ':path': path, ':method': 'POST' })
@@ -386,13 +355,13 @@ for (const engine of ['node', 'fast']) {
     res.end()
   }
   const gw = await startGateway(t, `engine: ${engine}\nservices:\n${serviceYaml('svc', '/', [b], [b])}`)
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   const stats = gw.gateway.registry.colorStats('svc', 'blue')
-  const rest = await h2(s, '/rest', { 'content-type': 'application/json' }, Buffer.from('{}'))
+  const rest = await h2Call(s, '/rest', { 'content-type': 'application/json' }, Buffer.from('{}'))
   t.equal(rest.status, 502)
   await eventually(() => stats.requests === 1)
   t.equal(stats.errors, 1, 'REST: an error')
-  const call = await h2(s, '/pkg.Svc/Call', { 'content-type': 'application/grpc', te: 'trailers' }, Buffer.from([0, 0, 0, 0, 0]))
+  const call = await h2Call(s, '/pkg.Svc/Call', { 'content-type': 'application/grpc', te: 'trailers' }, Buffer.from([0, 0, 0, 0, 0]))
   t.equal(call.headers['grpc-status'], '14', 'gRPC: UNAVAILABLE')
   await eventually(() => stats.requests === 2)
   t.equal(stats.errors, 2, 'gRPC: an error too')
@@ -410,7 +379,7 @@ t.test('trailers of an h2c service\'s REST answer (announced by Trailer) reach a
   t.teardown(() => { server.close() })
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   const gw = await startGateway(t, `services:\n  svc:\n    protocol: h2c\n    match: { pathPrefix: / }\n    blue: { targets: [${url}] }\n`)
-  const r = await h2(connect(t, gw), '/x')
+  const r = await h2Call(h2Session(t, gw.url), '/x')
   t.equal(r.body.toString(), 'hello')
   t.equal(r.trailers?.['x-sum'], '42')
 })
@@ -424,7 +393,7 @@ t.test('timeouts.response on an h2c service counts from the end of the request, 
     blue: { targets: [${up.url}] }
     timeouts: { response: 300ms }
 `)
-  const s = connect(t, gw)
+  const s = h2Session(t, gw.url)
   const r = await new Promise<{ status: number, body: string }>((resolve) => {
     const req = s.request({ ':path': '/echo', ':method': 'POST' })
     let status = 0
