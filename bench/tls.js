@@ -152,31 +152,32 @@ function probeOpenssl (url) {
   return { protocol: get(/Protocol version: (.*)/), cipher: get(/Ciphersuite: (.*)/), group: get(/(?:Peer|Server) Temp Key: ([^,\n]*)/) }
 }
 
-/** One GET / over HTTP/1.1 (http or https): { status, bytes }. */
+/** One GET / over HTTP/1.1 (http or https): { status, bytes, upstream (its x-bench-upstream header) }. */
 function getH1 (url, ca) {
   return new Promise((resolve, reject) => {
     const mod = url.startsWith('https:') ? https : http
     const req = mod.get(url, { ca, agent: false, servername: 'localhost', timeout: 5000 }, (res) => {
       let bytes = 0
       res.on('data', (d) => { bytes += d.length })
-      res.on('end', () => resolve({ status: res.statusCode, bytes }))
+      res.on('end', () => resolve({ status: res.statusCode, bytes, upstream: res.headers['x-bench-upstream'] ?? null }))
     })
     req.on('timeout', () => req.destroy(new Error('no answer within 5 s')))
     req.on('error', reject)
   })
 }
 
-/** One GET / over HTTP/2 with TLS: { status, bytes }. */
+/** One GET / over HTTP/2 with TLS: { status, bytes, upstream }. */
 function getH2 (url, ca) {
   return new Promise((resolve, reject) => {
     const session = http2.connect(url, { ca, servername: 'localhost' })
     session.on('error', reject)
     const req = session.request({ ':path': '/' })
     let status = null
+    let upstream = null
     let bytes = 0
-    req.on('response', (h) => { status = h[':status'] })
+    req.on('response', (h) => { status = h[':status']; upstream = h['x-bench-upstream'] ?? null })
     req.on('data', (d) => { bytes += d.length })
-    req.on('end', () => { session.close(); resolve({ status, bytes }) })
+    req.on('end', () => { session.close(); resolve({ status, bytes, upstream }) })
     req.on('error', (err) => { session.destroy(); reject(err) })
     req.end()
   })
@@ -266,6 +267,8 @@ async function checkCases (cases, ca) {
       try {
         const r = load === 'h1' ? await getH1(url, ca) : await getH2(url, ca)
         if (r.status !== 200 || r.bytes !== BODY_BYTES) problems.push(`${name} ${load}: GET / answered ${r.status} with ${r.bytes} bytes, expected 200 with ${BODY_BYTES}`)
+        // A proxy's answer must come from the upstream (its header), not from something answering by itself.
+        if (c.proxy && r.upstream !== 'nginx') problems.push(`${name} ${load}: the answer did not come through the upstream (no x-bench-upstream header)`)
       } catch (err) {
         problems.push(`${name} ${load}: GET / failed: ${err.message}`)
       }
@@ -356,7 +359,7 @@ async function profileGateway (upstreamUrl, certs) {
   mkdirSync(dirname(keep), { recursive: true })
   copyFileSync(join(profDir, file), keep)
   removeTempDir(profDir)
-  const s = summarize(profile, { ...window, top: 15 })
+  const s = summarize(profile, { ...window, top: 10 })
   return {
     load: profileLoad,
     durationSec: profileDuration,
@@ -470,6 +473,9 @@ function report (doc) {
     console.log('')
     console.log(`Profile: switchyard-tls under --cpu-prof, ${p.load}, ${p.durationSec}s: ${fmt(p.reqPerSec, 0)} req/s with the profiler on, ${fmt(p.mainThreadUsPerReq)} µs of main-thread time per request`)
     printSummary(p.summary, { top: 10 })
+    const fn = (f) => `${f.function} (${f.file}:${f.line}, ${fmt(f.share * 100)}%)`
+    const js = p.summary.functions.filter((f) => !f.function.startsWith('('))
+    console.log(`\nTop 3 self-time functions: ${p.summary.functions.slice(0, 3).map(fn).join(', ')}; without (program) and GC: ${js.slice(0, 3).map(fn).join(', ')}`)
   }
 }
 

@@ -1,6 +1,7 @@
 // Child process: nginx for the TLS bench (tls.js), one worker, in one of three roles:
 //   node nginx-tls.js --dir TEMPDIR --role upstream [--body-bytes 100]
-//       plain HTTP/1.1, `return 200` with a body of --body-bytes bytes ("x"), text/plain
+//       plain HTTP/1.1, `return 200` with a body of --body-bytes bytes ("x"), text/plain,
+//       and `x-bench-upstream: nginx` (tls.js checks each proxy passes it on)
 //   node nginx-tls.js --dir TEMPDIR --role proxy --upstream 127.0.0.1:PORT
 //       plain HTTP/1.1 reverse proxy (the same proxy block as nginx.js)
 //   node nginx-tls.js --dir TEMPDIR --role proxy --upstream 127.0.0.1:PORT --cert FILE --key FILE
@@ -72,6 +73,7 @@ function upstreamConfig (port) {
   server {
     listen 127.0.0.1:${port};
     location / {
+      add_header x-bench-upstream nginx;
       return 200 "${'x'.repeat(bodyBytes)}";
     }
   }
