@@ -186,6 +186,7 @@ function getH2 (url, ca) {
   return new Promise((resolve, reject) => {
     const session = http2.connect(url, { ca, servername: 'localhost' })
     session.on('error', reject)
+    session.setTimeout(5000, () => session.destroy(new Error('no answer within 5 s')))
     const req = session.request({ ':path': '/' })
     let status = null
     let upstream = null
@@ -211,7 +212,7 @@ async function startSwitchyard (upstreamUrl, tlsConfig, { name, execArgv } = {})
   const svc = { svc: { pathPrefix: '/', blue: [upstreamUrl], green: [upstreamUrl] } }
   const top = { log: { access: false }, ...(tlsConfig === undefined ? {} : { tls: tlsConfig }) }
   const c = await startChild(lib('switchyard.js'), ['--dir', dir, '--config-json', JSON.stringify(svc), '--top-json', JSON.stringify(top)], { name, execArgv })
-  return { port: portOf(c.info.url), pid: c.child.pid, stop: async () => { await c.stop(); removeTempDir(dir) } }
+  return { port: portOf(c.info.url), adminUrl: c.info.adminUrl, pid: c.child.pid, stop: async () => { await c.stop(); removeTempDir(dir) } }
 }
 
 /**
@@ -226,23 +227,44 @@ async function startCases (upstreamUrl, certs) {
   const want = (n) => only.includes(n)
   const tlsArgs = ['--cert', certs.cert, '--key', certs.key, '--cipher', cipher, '--curve', CURVE]
   try {
-    if (want('switchyard-tls')) {
-      const sy = await startSwitchyard(upstreamUrl, { certs: [{ cert: certs.cert, key: certs.key }], minVersion: 'TLSv1.3' }, { name: 'switchyard-tls' })
-      stops.push(sy.stop)
-      const url = `https://127.0.0.1:${sy.port}`
-      const probe = await probeTls(url, ca)
-      const unavailable = {}
-      if (!probe.ok) {
-        unavailable.h1 = unavailable.h2 = `no TLS on Switchyard's listener with a tls: config (${probe.error}): this build has no TLS listener`
-      } else if (probe.alpn !== 'h2') {
-        unavailable.h2 = `Switchyard's TLS listener does not offer h2 by ALPN (got ${probe.alpn ?? 'none'}): this build has no HTTP/2 front end`
+    // A Switchyard case can be started afresh (restart()) after a run that
+    // failed, so a gateway left busy by it does not disturb the runs after.
+    const switchyardCase = async (name, tlsConfig, extra) => {
+      let sy = await startSwitchyard(upstreamUrl, tlsConfig, { name })
+      stops.push(async () => await sy.stop())
+      const scheme = tlsConfig === undefined ? 'http' : 'https'
+      const c = {
+        ...extra(`${scheme}://127.0.0.1:${sy.port}`),
+        pid: sy.pid,
+        /** What the gateway has in flight now, per color (after a failed run: what it was left holding). */
+        state: async () => {
+          const st = await (await fetch(`${sy.adminUrl}/v1/state`, { signal: AbortSignal.timeout(3000) })).json()
+          return Object.fromEntries(Object.entries(st.services.svc.environments).map(([color, e]) => [color, { inflight: e.inflight, lastSecondsRequests: e.recent?.requests?.slice(-5) }]))
+        },
+        restart: async () => {
+          await sy.stop()
+          sy = await startSwitchyard(upstreamUrl, tlsConfig, { name })
+          const url = `${scheme}://127.0.0.1:${sy.port}`
+          for (const load of Object.keys(c.urls)) c.urls[load] = url
+          c.pid = sy.pid
+        },
       }
-      cases['switchyard-tls'] = { urls: { h1: url, h2: url }, pid: sy.pid, tls: true, proxy: true, unavailable }
+      cases[name] = c
+      return c
+    }
+    if (want('switchyard-tls')) {
+      const tlsConfig = { certs: [{ cert: certs.cert, key: certs.key }], minVersion: 'TLSv1.3' }
+      const c = await switchyardCase('switchyard-tls', tlsConfig, (url) => ({ urls: { h1: url, h2: url }, tls: true, proxy: true, unavailable: {} }))
+      const url = c.urls.h1
+      const probe = await probeTls(url, ca)
+      if (!probe.ok) {
+        c.unavailable.h1 = c.unavailable.h2 = `no TLS on Switchyard's listener with a tls: config (${probe.error}): this build has no TLS listener`
+      } else if (probe.alpn !== 'h2') {
+        c.unavailable.h2 = `Switchyard's TLS listener does not offer h2 by ALPN (got ${probe.alpn ?? 'none'}): this build has no HTTP/2 front end`
+      }
     }
     if (want('switchyard-plain')) {
-      const sy = await startSwitchyard(upstreamUrl, undefined, { name: 'switchyard-plain' })
-      stops.push(sy.stop)
-      cases['switchyard-plain'] = { urls: { h1: `http://127.0.0.1:${sy.port}` }, pid: sy.pid, tls: false, proxy: true, unavailable: {} }
+      await switchyardCase('switchyard-plain', undefined, (url) => ({ urls: { h1: url }, tls: false, proxy: true, unavailable: {} }))
     }
     const up = upstreamUrl.slice('http://'.length)
     if (want('nginx-tls')) {
@@ -470,6 +492,7 @@ function report (doc) {
   for (const c of Object.values(s.cells)) {
     console.log(line([c.case, c.load, fmt(c.reqPerSec, 0), fmt(c.p50Ms, 2), fmt(c.p99Ms, 2), fmt(c.serverCpuUsPerReq), fmt(c.serverCores, 2), fmt(c.upstreamCores, 2), fmt(c.loaderCores, 2), fmt(c.otherCores, 2), `${fmt(c.reqPerSecRange[0], 0)}–${fmt(c.reqPerSecRange[1], 0)}`]))
   }
+  for (const f of doc.failedRuns ?? []) console.log(`| ${f.case} | ${f.load} | FAILED in round ${f.round}: ${f.error.split('\n')[0]}${f.gatewayState === null ? '' : `; the gateway then: ${JSON.stringify(f.gatewayState)}`} | | | | | | | | |`)
   for (const [name, c] of Object.entries(doc.cases)) for (const load of loads) if (c.unavailable[load] !== undefined) console.log(`| ${name} | ${load} | not measured: ${c.unavailable[load]} | | | | | | | | |`)
   console.log('')
   for (const load of loads) {
@@ -531,18 +554,35 @@ async function main () {
     const pairs = RUN_ORDER.filter(([name, load]) => loads.includes(load) && cases[name]?.urls[load] !== undefined && cases[name].unavailable[load] === undefined)
     log(`${pairs.length} runs per round (${pairs.map((p) => p.join(' ')).join(', ')}), ${repeat} rounds, ${duration}s each after ${warmup}s warmup`)
     doc.runs = []
+    doc.failedRuns = []
+    const broken = new Set()
     for (let i = 0; i < repeat; i++) {
       const order = i % 2 === 0 ? pairs : [...pairs].reverse()
       for (const [name, load] of order) {
         // A run during which other processes took more than --max-other cores
         // is measured again (at most --retries times); the least disturbed
         // attempt counts, every attempt is kept in the JSON.
+        if (broken.has(`${name} ${load}`)) continue
         const attempts = []
-        for (let a = 0; a <= retries; a++) {
-          const row = await measure(name, cases[name], load, upstream.pid, i)
-          attempts.push(row)
-          if (row.otherCores === null || row.otherCores <= maxOther) break
-          if (a < retries) log(`    other processes took ${fmt(row.otherCores, 2)} cores (> ${maxOther}): measuring again`)
+        try {
+          for (let a = 0; a <= retries; a++) {
+            const row = await measure(name, cases[name], load, upstream.pid, i)
+            attempts.push(row)
+            if (row.otherCores === null || row.otherCores <= maxOther) break
+            if (a < retries) log(`    other processes took ${fmt(row.otherCores, 2)} cores (> ${maxOther}): measuring again`)
+          }
+        } catch (err) {
+          // A run that cannot finish (h2load stopped by its watchdog, a loader
+          // error) is a finding, not the end of the bench: it is reported, that
+          // case and load are not measured again, and a Switchyard case is
+          // started afresh so whatever state it was left in costs the other runs nothing.
+          const message = String(err?.message ?? err).split('\n')[0]
+          log(`  round ${i} ${name} ${load}: FAILED: ${message}`)
+          problems.push(`round ${i} ${name} ${load} failed: ${message}`)
+          doc.failedRuns.push({ round: i, case: name, load, error: String(err?.message ?? err), gatewayState: await cases[name].state?.().catch(() => null) ?? null })
+          broken.add(`${name} ${load}`)
+          if (cases[name].restart !== undefined) await cases[name].restart()
+          continue
         }
         const best = attempts.reduce((a, b) => ((b.otherCores ?? 0) < (a.otherCores ?? 0) ? b : a))
         doc.runs.push({ ...best, attempts: attempts.length, disturbedAttempts: attempts.filter((x) => x !== best) })
@@ -561,7 +601,14 @@ async function main () {
   }
   try {
     const sy = doc.cases['switchyard-tls']
-    if (profileDuration > 0 && sy !== undefined && sy.unavailable[profileLoad] === undefined) doc.profile = await profileGateway(upstream.url, certs)
+    if (profileDuration > 0 && sy !== undefined && sy.unavailable[profileLoad] === undefined) {
+      try {
+        doc.profile = await profileGateway(upstream.url, certs)
+      } catch (err) {
+        problems.push(`profile: ${String(err?.message ?? err).split('\n')[0]}`)
+        doc.profileError = String(err?.message ?? err)
+      }
+    }
   } finally {
     await upstream.stop()
     removeTempDir(certDir)

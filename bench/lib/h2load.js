@@ -55,8 +55,9 @@ export function logPercentiles (file) {
  * with TLS_AES_128_GCM_SHA256, wrk's (OpenSSL's) with TLS_AES_256_GCM_SHA384:
  * without it a server that follows the client's order would negotiate a
  * different suite for each loader). `onStart(pid)` is called once it runs.
+ * h2load is stopped, and this throws, when it runs `stuckAfterSec` past its duration.
  */
-export async function loadH2load (url, { connections = 50, streams = 10, duration = 10, title = url, tls13Ciphers, bin = 'h2load', onStart } = {}) {
+export async function loadH2load (url, { connections = 50, streams = 10, duration = 10, title = url, tls13Ciphers, bin = 'h2load', onStart, stuckAfterSec = 30 } = {}) {
   const dir = makeTempDir('switchyard-bench-h2load-')
   try {
     const log = join(dir, 'h2load.log')
@@ -72,7 +73,16 @@ export async function loadH2load (url, { connections = 50, streams = 10, duratio
       child.once('exit', (code, signal) => resolve({ code, signal }))
     })
     onStart?.(child.pid)
-    const { code, signal } = await exited
+    // After -D, h2load still waits for every stream it started: a server that
+    // never finishes one would hold it (and the bench) forever.
+    let stuck = false
+    const watchdog = setTimeout(() => {
+      stuck = true
+      try { child.kill('SIGINT') } catch {}
+      setTimeout(() => { try { child.kill('SIGKILL') } catch {} }, 2000).unref()
+    }, (seconds + stuckAfterSec) * 1000)
+    const { code, signal } = await exited.finally(() => clearTimeout(watchdog))
+    if (stuck) throw new Error(`h2load was still running ${stuckAfterSec} s after its ${seconds} s (streams the server never finished?); stopped it. Its output: ${stderr}${stdout}`)
     const p = parseH2loadOutput(stdout)
     if (code !== 0 || p.requests === null || p.reqPerSec === null) throw new Error(`h2load exited with ${code ?? signal}: ${stderr}${stdout}`)
     if (p.alpn !== 'h2') throw new Error(`h2load: the server did not negotiate h2 (application protocol ${p.alpn ?? 'none'}): ${stdout}`)
