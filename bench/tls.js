@@ -37,13 +37,14 @@
 // tree), cores used by the server, the upstream and the loader. Medians per
 // (case, load); ratios switchyard-tls / nginx-tls for h1 and h2 (medians, and
 // the median of each round's own ratio); the TLS share of the gateway's cost.
-// Then (--profile-duration, default 10 s; 0 = off) one more switchyard-tls
-// child under `node --cpu-prof` and h2load: top self-time functions.
+// Then, for each --profile-load (h2,h1), one more switchyard-tls child under
+// `node --cpu-prof` and that load for --profile-duration s (10; 0 = off):
+// top self-time functions, the raw profile in bench/results/tls-LOAD.cpuprofile.
 //
 //   node bench/tls.js [--duration 10] [--warmup 2] [--repeat 3] [--connections 50]
 //       [--streams 10] [--only switchyard-tls,nginx-tls,...] [--loads h1,h2]
 //       [--cipher TLS_AES_256_GCM_SHA384] [--max-other 0.3] [--retries 1]
-//       [--profile-duration 10] [--profile-load h2|h1]
+//       [--profile-duration 10] [--profile-load h2,h1]
 //       [--out bench/results/tls.json]
 //   bench/run tls [flags]
 // Exit 1 when a run saw errors or non-2xx answers, a TLS parameter differed
@@ -90,16 +91,16 @@ const BODY_BYTES = 100
 const maxOther = Number(args['max-other'] ?? 0.3)
 const retries = Number(args.retries ?? 1)
 const profileDuration = Number(args['profile-duration'] ?? 10)
-const profileLoad = String(args['profile-load'] ?? 'h2')
+const profileLoads = String(args['profile-load'] ?? 'h2,h1').split(',').filter(Boolean)
 const out = typeof args.out === 'string' ? args.out : join(here, 'results', 'tls.json')
 const h2loadBin = which('h2load')
 /** The issue's target: Switchyard at least half of nginx's req/s, on h1 and on h2. */
 const TARGET = 0.5
 
-const usage = 'usage: node bench/tls.js [--duration SEC] [--warmup SEC] [--repeat N] [--connections N] [--streams N] [--only ' + ALL_CASES.join(',') + '] [--loads h1,h2] [--cipher TLS13_SUITE] [--max-other CORES] [--retries N] [--profile-duration SEC (0: off)] [--profile-load h2|h1] [--out FILE]'
+const usage = 'usage: node bench/tls.js [--duration SEC] [--warmup SEC] [--repeat N] [--connections N] [--streams N] [--only ' + ALL_CASES.join(',') + '] [--loads h1,h2] [--cipher TLS13_SUITE] [--max-other CORES] [--retries N] [--profile-duration SEC (0: off)] [--profile-load h2,h1] [--out FILE]'
 if (!(duration >= 1) || !(warmup >= 0) || !(repeat >= 1) || !(connections > 0) || !(streams >= 1) ||
     !only.every((c) => ALL_CASES.includes(c)) || only.length === 0 || !loads.every((l) => l === 'h1' || l === 'h2') || loads.length === 0 ||
-    !/^TLS_[A-Z0-9_]+$/.test(cipher) || !(maxOther >= 0) || !(Number.isInteger(retries) && retries >= 0) || !(profileDuration >= 0) || !['h1', 'h2'].includes(profileLoad)) {
+    !/^TLS_[A-Z0-9_]+$/.test(cipher) || !(maxOther >= 0) || !(Number.isInteger(retries) && retries >= 0) || !(profileDuration >= 0) || !profileLoads.every((l) => l === 'h1' || l === 'h2')) {
   console.error(usage)
   process.exit(2)
 }
@@ -369,8 +370,8 @@ async function measure (name, c, load, upstreamPid, roundIndex) {
 
 // ---------------------------------------------------------------- profile
 
-/** One switchyard-tls child under --cpu-prof, loaded by --profile-load for --profile-duration s: the top self time. */
-async function profileGateway (upstreamUrl, certs) {
+/** One switchyard-tls child under --cpu-prof, loaded by `profileLoad` for --profile-duration s: the top self time. */
+async function profileGateway (upstreamUrl, certs, profileLoad) {
   const profDir = makeTempDir('switchyard-bench-prof-')
   const execArgv = [...process.execArgv, '--cpu-prof', '--cpu-prof-dir', profDir, '--cpu-prof-name', 'switchyard.cpuprofile']
   const sy = await startSwitchyard(upstreamUrl, { certs: [{ cert: certs.cert, key: certs.key }], minVersion: 'TLSv1.3' }, { name: 'switchyard-tls (profiled)', execArgv })
@@ -506,9 +507,9 @@ function report (doc) {
   const neg = Object.entries(doc.cases).filter(([, c]) => c.negotiated !== undefined).map(([n, c]) => `${n} ${c.negotiated.protocol}/${c.negotiated.cipher}/${c.negotiated.group}`)
   const h2neg = [...new Set(doc.runs.filter((r) => r.load === 'h2').map((r) => `${r.negotiated.protocol}/${r.negotiated.cipher}/${r.negotiated.tempKey}`))]
   console.log(`Negotiated (openssl s_client, as wrk): ${neg.join('; ') || '-'}; h2load: ${h2neg.join('; ') || '-'}`)
-  if (doc.profile !== undefined) {
-    const p = doc.profile
+  for (const p of doc.profiles ?? []) {
     console.log('')
+    if (p.error !== undefined) { console.log(`Profile ${p.load}: FAILED: ${p.error.split('\n')[0]}`); continue }
     console.log(`Profile: switchyard-tls under --cpu-prof, ${p.load}, ${p.durationSec}s: ${fmt(p.reqPerSec, 0)} req/s with the profiler on, ${fmt(p.mainThreadUsPerReq)} µs of main-thread time per request`)
     printSummary(p.summary, { top: 10 })
     const fn = (f) => `${f.function} (${f.file}:${f.line}, ${fmt(f.share * 100)}%)`
@@ -528,7 +529,7 @@ async function main () {
     machine: { cpus: cpus.length, model: cpus[0]?.model ?? null, memGB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), platform: process.platform },
     code: codeInfo(),
     versions: { ...versions(), h2load: spawnSync(h2loadBin ?? 'h2load', ['--version'], { encoding: 'utf8' }).stdout?.trim() ?? null, openssl: spawnSync('openssl', ['version'], { encoding: 'utf8' }).stdout?.trim() ?? null },
-    args: { duration, warmup, repeat, connections, streams, only, loads, cipher, curve: CURVE, bodyBytes: BODY_BYTES, maxOther, retries, profileDuration, profileLoad },
+    args: { duration, warmup, repeat, connections, streams, only, loads, cipher, curve: CURVE, bodyBytes: BODY_BYTES, maxOther, retries, profileDuration, profileLoads },
     loadavgStart: loadavg(),
   }
   const certDir = makeTempDir('switchyard-bench-tls-certs-')
@@ -601,12 +602,14 @@ async function main () {
   }
   try {
     const sy = doc.cases['switchyard-tls']
-    if (profileDuration > 0 && sy !== undefined && sy.unavailable[profileLoad] === undefined) {
+    doc.profiles = []
+    for (const load of profileLoads.filter((l) => loads.includes(l))) {
+      if (!(profileDuration > 0) || sy === undefined || sy.unavailable[load] !== undefined) continue
       try {
-        doc.profile = await profileGateway(upstream.url, certs)
+        doc.profiles.push(await profileGateway(upstream.url, certs, load))
       } catch (err) {
-        problems.push(`profile: ${String(err?.message ?? err).split('\n')[0]}`)
-        doc.profileError = String(err?.message ?? err)
+        problems.push(`profile ${load}: ${String(err?.message ?? err).split('\n')[0]}`)
+        doc.profiles.push({ load, error: String(err?.message ?? err) })
       }
     }
   } finally {
