@@ -98,10 +98,23 @@ const h2loadBin = which('h2load')
 const TARGET = 0.5
 
 const usage = 'usage: node bench/tls.js [--duration SEC] [--warmup SEC] [--repeat N] [--connections N] [--streams N] [--only ' + ALL_CASES.join(',') + '] [--loads h1,h2] [--cipher TLS13_SUITE] [--max-other CORES] [--retries N] [--profile-duration SEC (0: off)] [--profile-load h2,h1] [--out FILE]'
-if (!(duration >= 1) || !(warmup >= 0) || !(repeat >= 1) || !(connections > 0) || !(streams >= 1) ||
-    !only.every((c) => ALL_CASES.includes(c)) || only.length === 0 || !loads.every((l) => l === 'h1' || l === 'h2') || loads.length === 0 ||
-    !/^TLS_[A-Z0-9_]+$/.test(cipher) || !(maxOther >= 0) || !(Number.isInteger(retries) && retries >= 0) || !(profileDuration >= 0) || !profileLoads.every((l) => l === 'h1' || l === 'h2')) {
-  console.error(usage)
+const isLoad = (l) => l === 'h1' || l === 'h2'
+const bad = [
+  [!(duration >= 1), `--duration ${args.duration}: seconds, at least 1`],
+  [!(warmup >= 0), `--warmup ${args.warmup}: seconds, 0 or more`],
+  [!(Number.isInteger(repeat) && repeat >= 1), `--repeat ${args.repeat}: a whole number, at least 1`],
+  [!(Number.isInteger(connections) && connections > 0), `--connections ${args.connections}: a whole number, at least 1`],
+  [!(Number.isInteger(streams) && streams >= 1), `--streams ${args.streams}: a whole number, at least 1`],
+  [only.length === 0 || !only.every((c) => ALL_CASES.includes(c)), `--only ${args.only}: a comma list of ${ALL_CASES.join(', ')}`],
+  [loads.length === 0 || !loads.every(isLoad), `--loads ${args.loads}: h1, h2 or h1,h2`],
+  [!/^TLS_[A-Z0-9_]+$/.test(cipher), `--cipher ${args.cipher}: a TLS 1.3 suite name such as TLS_AES_256_GCM_SHA384`],
+  [!(maxOther >= 0), `--max-other ${args['max-other']}: cores, 0 or more`],
+  [!(Number.isInteger(retries) && retries >= 0), `--retries ${args.retries}: a whole number, 0 or more`],
+  [!(profileDuration >= 0), `--profile-duration ${args['profile-duration']}: seconds, 0 (off) or more`],
+  [!profileLoads.every(isLoad), `--profile-load ${args['profile-load']}: h2, h1 or h2,h1`],
+].filter(([wrong]) => wrong).map(([, message]) => message)
+if (bad.length > 0) {
+  console.error(`${bad.join('\n')}\n${usage}`)
   process.exit(2)
 }
 const missing = []
@@ -383,9 +396,7 @@ async function profileGateway (upstreamUrl, certs, profileLoad) {
     log(`profile: switchyard-tls under --cpu-prof, ${profileLoad}, warmup ${warmup}s, then ${profileDuration}s`)
     if (warmup > 0) await runLoad(profileLoad, url, warmup)
     let fromUs
-    r = await (profileLoad === 'h1'
-      ? loadWrk(url, { connections, duration: profileDuration, bin: bins.wrk, onStart: () => { fromUs = nowUs() } })
-      : loadH2load(url, { connections, streams, duration: profileDuration, tls13Ciphers: cipher, bin: h2loadBin, onStart: () => { fromUs = nowUs() } }))
+    r = await runLoad(profileLoad, url, profileDuration, () => { fromUs = nowUs() })
     window = { fromUs, toUs: nowUs() }
   } finally {
     await sy.stop() // the child writes the profile as it exits
