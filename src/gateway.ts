@@ -3,16 +3,20 @@
 
 import type { AddressInfo } from 'node:net'
 import type http from 'node:http'
+import { Agent } from 'undici'
 import { createAdminServer } from './admin/server.js'
 import { ConfigError, loadConfigFile } from './config/load.js'
 import type { Config, HostPort } from './config/schema.js'
+import { SwitchyardError } from './errors.js'
 import { createAccessLog, log, type AccessLog } from './log.js'
 import { createMetrics } from './metrics.js'
 import { Controller } from './control/controller.js'
 import { httpCloser } from './proxy/edge.js'
 import { Prober } from './health/prober.js'
 import { SmokeRunner } from './health/smoke.js'
+import { CertError } from './listen/certs.js'
 import { LocalListener } from './listen/local.js'
+import { createRedirectServer } from './listen/redirect.js'
 import { closeGracefully, listen, originOf, type PublicListener } from './listen/public-listener.js'
 import { openState } from './state/open.js'
 import type { StateStore } from './state/store.js'
@@ -35,13 +39,16 @@ export class Gateway {
   readonly config: Config
   readonly registry = new TargetRegistry()
   readonly prober = new Prober()
-  readonly smoke = new SmokeRunner(() => this.url)
+  readonly smoke: SmokeRunner
   readonly listener: PublicListener
   controller!: Controller
   private accessLog: AccessLog | undefined
   private store: StateStore | undefined
   private sampler: NodeJS.Timeout | undefined
   private admin: http.Server | undefined
+  private readonly smokeAgent: Agent | undefined
+  /** The plain-HTTP listener that sends clients to https (`redirect`). */
+  private redirect: http.Server | undefined
   private readonly opts: GatewayOptions
   private get env (): NodeJS.ProcessEnv {
     return this.opts.env ?? process.env
@@ -51,6 +58,9 @@ export class Gateway {
     this.config = config
     this.opts = opts
     this.listener = opts.listener ?? new LocalListener()
+    // Smoke checks go to the listener's loopback address, which its certificates do not name: they verify no certificate.
+    this.smokeAgent = config.tls === undefined ? undefined : new Agent({ connect: { rejectUnauthorized: false } })
+    this.smoke = new SmokeRunner(() => this.url, undefined, this.smokeAgent)
   }
 
   async start (): Promise<void> {
@@ -61,6 +71,7 @@ export class Gateway {
       prober: this.prober,
       smoke: this.smoke,
       publish: this.listener.publish,
+      reloading: async (config) => { await this.reloadCerts(config) },
     }).catch(async (err: unknown) => {
       await store.close()
       throw err
@@ -83,6 +94,11 @@ export class Gateway {
         listen: this.opts.listen ?? this.config.listen,
       })
       await listen(this.admin, this.opts.adminListen ?? this.config.admin.listen)
+      if (this.config.redirect !== undefined) {
+        // After the TLS listener: the Location names its port, the bound one when the config said 0.
+        this.redirect = createRedirectServer(this.address.port, this.config.client)
+        await listen(this.redirect, this.config.redirect.listen)
+      }
       await fleet.join(this.config.fleet.advertise ?? advertisedAdmin(this.adminAddress))
     } catch (err) {
       await this.stop(0)
@@ -105,6 +121,23 @@ export class Gateway {
     }
   }
 
+  /**
+   * A reload the controller accepted: the TLS listener reads its
+   * certificates again. One that cannot be served refuses the whole reload
+   * (the check at load passed, so the file changed since), naming it. This
+   * comes before the routing change: should that fail to commit, the
+   * certificates stay as read, which are the files on disk a watch would take.
+   */
+  private async reloadCerts (config: Config): Promise<void> {
+    if (config.tls === undefined || this.listener.reloadCerts === undefined) return
+    try {
+      await this.listener.reloadCerts(config.tls)
+    } catch (err) {
+      if (!(err instanceof CertError)) throw err
+      throw new SwitchyardError('config_invalid', `tls certificate refused, the running config and certificates stay: ${err.message}`, { problems: [{ path: err.path, message: err.reason }] })
+    }
+  }
+
   get address (): AddressInfo {
     return this.listener.address as AddressInfo
   }
@@ -113,9 +146,14 @@ export class Gateway {
     return this.admin?.address() as AddressInfo
   }
 
-  /** The public listener's origin, reachable from this host (a wildcard bind becomes loopback). */
+  /** The public listener's origin, reachable from this host (a wildcard bind becomes loopback); https with `tls`. */
   get url (): string {
-    return originOf(this.address)
+    return originOf(this.address, this.config.tls === undefined ? 'http' : 'https')
+  }
+
+  /** Where the redirect listener accepts; undefined without `redirect`. */
+  get redirectAddress (): AddressInfo | undefined {
+    return (this.redirect?.address() ?? undefined) as AddressInfo | undefined
   }
 
   get adminUrl (): string {
@@ -130,7 +168,7 @@ export class Gateway {
     // The admin API stops accepting with the public side; each lets its in-flight requests finish.
     await Promise.all([
       this.listener.stop(graceMs),
-      closeGracefully([this.admin === undefined ? undefined : httpCloser(this.admin)], new Set(), graceMs),
+      closeGracefully([this.admin, this.redirect].map((s) => s === undefined ? undefined : httpCloser(s)), new Set(), graceMs),
     ])
     clearInterval(this.sampler)
     this.accessLog?.flush()
@@ -138,6 +176,7 @@ export class Gateway {
     await this.controller?.fleet.leave()
     await this.store?.close()
     await this.prober.stop()
+    await this.smokeAgent?.destroy()
     await this.registry.destroy()
   }
 }

@@ -2,63 +2,18 @@
 // handshakes, files replaced on disk (taken, or refused when broken), every error naming its path.
 
 import t from 'tap'
-import tls, { type ConnectionOptions, type TLSSocket } from 'node:tls'
+import tls, { type TLSSocket } from 'node:tls'
 import type { AddressInfo } from 'node:net'
-import { execFileSync } from 'node:child_process'
-import { X509Certificate } from 'node:crypto'
 import { copyFileSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { CertError, CertStore, type LogFn } from '../src/listen/certs.js'
+import { CertError, CertStore } from '../src/listen/certs.js'
 import { ConfigError, parseConfig, type ConfigProblem } from '../src/config/load.js'
-import type { CertFiles, TlsConfig } from '../src/config/schema.js'
+import type { TlsConfig } from '../src/config/schema.js'
 import { run } from '../src/commands.js'
 import { eventually, tempDir } from './helpers/index.js'
+import { fingerprintOf, handshake, logCollector, makeCert, replaceFile, servedFingerprint, type Logged } from './helpers/certs.js'
 
 type Tap = typeof t
-
-function openssl (args: string[], cwd: string): void {
-  execFileSync('openssl', args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] })
-}
-
-let serial = 0
-
-/**
- * A self-signed P-256 certificate and key made now by openssl. `names` go in
- * the subjectAltName (DNS unless written `IP:...`); without them the
- * certificate has none and only its CN. `expired`: valid for one day in 2020.
- */
-function makeCert (dir: string, name: string, opts: { names?: string[], cn?: string, expired?: boolean } = {}): CertFiles {
-  const files = { cert: join(dir, `${name}.pem`), key: join(dir, `${name}-key.pem`) }
-  const subj = `/CN=${opts.cn ?? opts.names?.[0] ?? name}`
-  const san = opts.names === undefined ? [] : ['-addext', `subjectAltName=${opts.names.map((n) => n.startsWith('IP:') ? n : `DNS:${n}`).join(',')}`]
-  const newKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', files.key]
-  if (opts.expired !== true) {
-    openssl(['req', '-x509', ...newKey, '-out', files.cert, '-days', '1', '-subj', subj, ...san], dir)
-    return files
-  }
-  // `req -x509` cannot date a certificate in the past; `ca -selfsign` can.
-  const ca = join(dir, `ca-${++serial}`)
-  mkdirSync(join(ca, 'new'), { recursive: true })
-  writeFileSync(join(ca, 'index.txt'), '')
-  writeFileSync(join(ca, 'serial'), '01\n')
-  writeFileSync(join(ca, 'ca.cnf'), `[ca]\ndefault_ca = d\n[d]\ndir = ${ca}\ndatabase = $dir/index.txt\nnew_certs_dir = $dir/new\nserial = $dir/serial\ndefault_md = sha256\npolicy = p\ncopy_extensions = copy\n[p]\ncommonName = supplied\n`)
-  openssl(['req', '-new', ...newKey, '-out', join(ca, 'req.csr'), '-subj', subj, ...san], dir)
-  openssl(['ca', '-batch', '-config', join(ca, 'ca.cnf'), '-selfsign', '-keyfile', files.key, '-in', join(ca, 'req.csr'), '-out', files.cert, '-startdate', '20200101000000Z', '-enddate', '20200102000000Z', '-notext'], dir)
-  return files
-}
-
-/** Replaces `file` the way deploy tools and editors do: the new bytes under a temp name, then a rename over it. */
-function replaceFile (file: string, content: string | Buffer): void {
-  writeFileSync(`${file}.tmp`, content)
-  renameSync(`${file}.tmp`, file)
-}
-
-interface Logged { level: string, msg: string, fields: Record<string, unknown> }
-
-function logCollector (): { lines: Logged[], log: LogFn } {
-  const lines: Logged[] = []
-  return { lines, log: (level, msg, fields = {}) => { lines.push({ level, msg, fields }) } }
-}
 
 /** A TLS echo server on 127.0.0.1:0 built from the store's options, with ALPN as the listener will offer it. */
 async function echoServer (t: Tap, store: CertStore): Promise<{ server: tls.Server, port: number }> {
@@ -79,23 +34,6 @@ async function echoServer (t: Tap, store: CertStore): Promise<{ server: tls.Serv
   return { server, port: (server.address() as AddressInfo).port }
 }
 
-/** A finished handshake; `servername` undefined sends no SNI (an IP host never does). */
-async function handshake (t: Tap, port: number, servername: string | undefined, opts: ConnectionOptions = {}): Promise<TLSSocket> {
-  const socket = await new Promise<TLSSocket>((resolve, reject) => {
-    const s = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ...(servername === undefined ? {} : { servername }), ...opts }, () => resolve(s))
-    s.once('error', reject)
-  })
-  t.teardown(() => { socket.destroy() })
-  return socket
-}
-
-async function servedFingerprint (t: Tap, port: number, servername: string | undefined): Promise<string> {
-  const socket = await handshake(t, port, servername)
-  const fp = socket.getPeerCertificate().fingerprint256
-  socket.destroy()
-  return fp
-}
-
 /** Sends `text` and reads it back: bytes both ways on an open connection. */
 async function echo (socket: TLSSocket, text: string): Promise<string> {
   return await new Promise((resolve, reject) => {
@@ -113,10 +51,6 @@ async function echo (socket: TLSSocket, text: string): Promise<string> {
   })
 }
 
-/** What the files hold when called: take it before they are replaced. */
-function fingerprintOf (files: CertFiles): string {
-  return new X509Certificate(readFileSync(files.cert)).fingerprint256
-}
 
 t.test('SNI picks a certificate by its subjectAltName, a wildcard one label deep, else the first', async (t) => {
   const dir = tempDir(t)
@@ -344,6 +278,37 @@ function thrown (fn: () => unknown): unknown {
   }
   return undefined
 }
+
+t.test('session tickets handed out before a reload still resume after it, on TLS 1.3 and 1.2', async (t) => {
+  const dir = tempDir(t)
+  const site = makeCert(dir, 'site', { names: ['site.test'] })
+  const api = makeCert(dir, 'api', { names: ['api.test'] })
+  const store = new CertStore({ certs: [site, api], minVersion: 'TLSv1.2' }, { log: logCollector().log })
+  const { server, port } = await echoServer(t, store)
+  store.attach(server)
+  /** A connection that resumes `session` when given one; the session it was given back. */
+  const connect = async (name: string, maxVersion: 'TLSv1.2' | 'TLSv1.3', session?: Buffer): Promise<{ reused: boolean, session: Buffer }> => {
+    const socket = await handshake(t, port, name, { maxVersion, ...(session === undefined ? {} : { session }) })
+    // TLS 1.3 sends its ticket after the handshake: one echo round trip has brought it.
+    t.equal(await echo(socket, 'x'), 'x')
+    const got = socket.getSession() as Buffer
+    const reused = socket.isSessionReused()
+    socket.destroy()
+    return { reused, session: got }
+  }
+  for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
+    for (const name of ['site.test', 'api.test']) {
+      const first = await connect(name, version)
+      t.notOk(first.reused)
+      t.ok((await connect(name, version, first.session)).reused, `${version} ${name}: resumed before the reload`)
+      // A whole new set: the server's context is rebuilt (setSecureContext), which alone would make new ticket keys.
+      const next = { site: makeCert(dir, `site-${version}-${name}`, { names: ['site.test'] }), api: makeCert(dir, `api-${version}-${name}`, { names: ['api.test'] }) }
+      t.equal(store.reload({ certs: [next.site, next.api], minVersion: 'TLSv1.2' }), true)
+      t.ok((await connect(name, version, first.session)).reused, `${version} ${name}: a ticket from before the reload still resumes`)
+      t.equal(await servedFingerprint(t, port, name), fingerprintOf(name === 'site.test' ? next.site : next.api), 'a full handshake gets the new certificate')
+    }
+  }
+})
 
 t.test('reload() replaces every certificate at once or none', async (t) => {
   const dir = tempDir(t)

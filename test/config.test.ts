@@ -271,7 +271,7 @@ t.test('unknown keys name their path', async (t) => {
   onlyProblem(t, `defaults:\n  gate: { min: 1 }\n${ONE}`, 'defaults.gate.min', /unknown key \(expected one of: minHealthy\)/)
   onlyProblem(t, `defaults:\n  guard: { windw: 1s }\n${ONE}`, 'defaults.guard.windw', /unknown key/)
   onlyProblem(t, `defaults:\n  drain: { wait: 1s }\n${ONE}`, 'defaults.drain.wait', /unknown key/)
-  onlyProblem(t, `services:\n${svc('users', '/api/users', '    bogus: true\n')}`, 'services.users.bogus', /^unknown key \(expected one of: match, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, verify, drain, limits\)$/)
+  onlyProblem(t, `services:\n${svc('users', '/api/users', '    bogus: true\n')}`, 'services.users.bogus', /^unknown key \(expected one of: match, protocol, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, verify, drain, limits\)$/)
   onlyProblem(t, `services:\n${svc('users', '/api/users', '    timeouts: { connect: 1s, idle: 2s }\n')}`, 'services.users.timeouts.idle', /unknown key/)
   onlyProblem(t, `services:\n  users:\n    match: { pathPrefix: /u, method: GET }\n    blue: { targets: [http://h:1] }\n`, 'services.users.match.method', /unknown key \(expected one of: host, pathPrefix\)/)
   onlyProblem(t, `services:\n  users:\n    match: { pathPrefix: /u }\n    blue: { targets: [http://h:1], weight: 2 }\n`, 'services.users.blue.weight', /unknown key \(expected one of: targets\)/)
@@ -513,7 +513,7 @@ services:
     'invalid config /etc/switchyard.yaml:',
     '  admin.token: required when admin.listen (0.0.0.0) is not loopback',
     '  defaults.timeouts.connect: not a duration (use 500ms, 2s, 1m): "2 seconds"',
-    '  services.users.bogus: unknown key (expected one of: match, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, verify, drain, limits)',
+    '  services.users.bogus: unknown key (expected one of: match, protocol, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, verify, drain, limits)',
     '  services.users.green.targets[1]: not a URL: "nope"',
   ].join('\n'))
 

@@ -12,7 +12,7 @@ export const LIST_ITEM = '[]'
 /** The per-service sections: accepted under `defaults` and under each service, which overrides them. */
 export const SECTION_KEYS = {
   timeouts: { connect: true, response: true, idleUpstream: true, body: true },
-  health: { path: true, interval: true, timeout: true, healthyThreshold: true, unhealthyThreshold: true, expectStatus: true, assumeHealthy: true, panicThreshold: true },
+  health: { path: true, grpc: true, interval: true, timeout: true, healthyThreshold: true, unhealthyThreshold: true, expectStatus: true, assumeHealthy: true, panicThreshold: true },
   passive: { consecutiveFailures: true, baseEjectionTime: true, maxEjectionTime: true },
   gate: { minHealthy: true },
   guard: { window: true, maxErrorRate: true, minRequests: true },
@@ -29,6 +29,7 @@ export const ENVIRONMENT_KEYS = { targets: true } as const satisfies KeyTree
 
 export const SERVICE_KEYS = {
   match: { host: true, pathPrefix: true },
+  protocol: true,
   live: true,
   blue: ENVIRONMENT_KEYS,
   green: ENVIRONMENT_KEYS,

@@ -8,10 +8,10 @@ import { parseDocument } from 'yaml'
 import {
   COLORS, DEFAULTS, TLS_VERSIONS, isColor, type Engine, type CertFiles, type TlsConfig, type TlsVersion,
   type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type VerifyConfig, type PassiveConfig,
-  type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type SmokeCheck, type Timeouts,
+  type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type SmokeCheck, type Timeouts, type UpstreamProtocol,
 } from './schema.js'
-import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, substituteEnv } from './values.js'
-import { CertError, readCert } from '../listen/certs.js'
+import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, protocolMismatch, substituteEnv } from './values.js'
+import { CertError, readCert } from './certs.js'
 import { CERT_KEYS, CONFIG_KEYS, ENVIRONMENT_KEYS, SECTION_KEYS, SERVICE_KEYS, SMOKE_KEYS, listKeys } from './keys.js'
 
 export interface ConfigProblem {
@@ -422,6 +422,7 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
     if (!probePath.startsWith('/')) c.fail(join(hp, 'path'), 'must start with /')
     health = {
       path: probePath,
+      ...grpcProbe(hr.grpc, join(hp, 'grpc'), c, health?.grpc),
       interval: c.duration(hr.interval, join(hp, 'interval'), h.interval),
       timeout: c.duration(hr.timeout, join(hp, 'timeout'), h.timeout),
       healthyThreshold: c.integer(hr.healthyThreshold, join(hp, 'healthyThreshold'), h.healthyThreshold, 1),
@@ -573,7 +574,38 @@ function service (name: string, value: unknown, path: string, c: Checker, base: 
   }
 
   const own = sections(raw, path, c, base)
-  return { name, protocol: 'http1', match: host === undefined ? { pathPrefix } : { host, pathPrefix }, live, ...envs, ...(preview && { preview }), ...(sticky && { sticky }), smoke, ...own }
+  const protocol = upstreamProtocol(raw.protocol, join(path, 'protocol'), c)
+  if (protocol !== undefined) {
+    for (const color of COLORS) {
+      envs[color].targets.forEach((t, i) => {
+        const wrong = protocolMismatch(protocol, t)
+        if (wrong !== undefined) c.fail(join(path, 'protocol'), `${wrong} in ${color}.targets[${i}]`)
+      })
+    }
+    if (own.health?.grpc !== undefined && protocol === 'http1') {
+      c.fail(join(path, 'health.grpc'), 'gRPC health probes need HTTP/2 to the targets: set protocol to h2c (http:// targets) or h2 (https://)')
+    }
+  }
+  return { name, protocol: protocol ?? 'http1', match: host === undefined ? { pathPrefix } : { host, pathPrefix }, live, ...envs, ...(preview && { preview }), ...(sticky && { sticky }), smoke, ...own }
+}
+
+const PROTOCOLS: readonly UpstreamProtocol[] = ['http1', 'h2c', 'h2']
+
+/** `protocol`: http1 (default), h2c or h2; undefined when it is wrong (reported). */
+function upstreamProtocol (value: unknown, path: string, c: Checker): UpstreamProtocol | undefined {
+  if (value === undefined) return 'http1'
+  if (typeof value === 'string' && (PROTOCOLS as readonly string[]).includes(value)) return value as UpstreamProtocol
+  return c.fail(path, `must be http1, h2c or h2, got ${JSON.stringify(value)}`)
+}
+
+/** `health.grpc`: true (the server as a whole), a gRPC service name, or false (HTTP probes); `inherited` from defaults when unset. */
+function grpcProbe (value: unknown, path: string, c: Checker, inherited: HealthConfig['grpc']): Pick<HealthConfig, 'grpc'> {
+  if (value === undefined) return inherited === undefined ? {} : { grpc: inherited }
+  if (value === false) return {}
+  if (value === true) return { grpc: { service: '' } }
+  if (typeof value === 'string' && /^[A-Za-z0-9_.-]+$/.test(value)) return { grpc: { service: value } }
+  c.fail(path, `must be true, false or a gRPC service name (package.Service), got ${JSON.stringify(value)}`)
+  return {}
 }
 
 /** One color's `{ targets: [...] }`: normalized origins, each bad or repeated one reported. */

@@ -58,6 +58,12 @@ export interface ClientTimeouts {
 export interface HealthConfig {
   /** Path probed with GET. Default /healthz. */
   path: string
+  /**
+   * Probe with grpc.health.v1.Health/Check over HTTP/2 instead of GET `path`,
+   * asking about this service name ('' : the server as a whole). Needs the
+   * service's protocol to be h2c or h2. Default unset: HTTP probes.
+   */
+  grpc?: { service: string }
   /** Time between probes of one target, ms. Default 2s. */
   interval: number
   /** Hard deadline of one probe, ms. Default 1s. */

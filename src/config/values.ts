@@ -2,7 +2,7 @@
 // host:port listen addresses, upstream origins, ${VAR} substitution.
 
 import { isIP } from 'node:net'
-import type { HostPort } from './schema.js'
+import type { HostPort, UpstreamProtocol } from './schema.js'
 
 const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }
@@ -41,6 +41,17 @@ export function parseOrigin (text: unknown): { origin: string } | { error: strin
   if (url.pathname !== '/' || url.search !== '' || url.hash !== '') return { error: 'must be an origin without a path, query or fragment' }
   if (url.username !== '' || url.password !== '') return { error: 'must not contain credentials' }
   return { origin: url.origin }
+}
+
+/**
+ * Why `origin` (normalized) cannot be a target of a service speaking
+ * `protocol`, or undefined when it can: h2c is HTTP/2 in clear text (http://
+ * targets), h2 is HTTP/2 over TLS (https://).
+ */
+export function protocolMismatch (protocol: UpstreamProtocol, origin: string): string | undefined {
+  if (protocol === 'h2c' && !origin.startsWith('http://')) return `protocol h2c (HTTP/2 in clear text) needs http:// targets, got ${origin} (use protocol h2 for TLS)`
+  if (protocol === 'h2' && !origin.startsWith('https://')) return `protocol h2 (HTTP/2 over TLS) needs https:// targets, got ${origin} (use protocol h2c for clear text)`
+  return undefined
 }
 
 /**

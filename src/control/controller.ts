@@ -35,6 +35,12 @@ export interface HealthDeps {
    * them; a change is answered only once this resolves.
    */
   publish?: () => Promise<void>
+  /**
+   * Hears of every reload this controller accepts, services changed or not,
+   * before its routing changes: the public listener reads its certificates
+   * again here. Throwing refuses the reload, nothing changed.
+   */
+  reloading?: (config: Config) => Promise<void>
 }
 
 export class Controller {
@@ -408,6 +414,7 @@ export class Controller {
       const { restart, added, removed, updated, tokenChanged, hostsChanged } = diffConfigs(this.config, config)
       if (restart.length > 0) throw new SwitchyardError('bad_request', `reload cannot change ${restart.join(', ')}: restart the gateway for that; nothing changed`, { fields: restart })
       this.refuseIfReleasing(removed, 'a reload that removes a service')
+      await this.health.reloading?.(config)
       if (added.length + removed.length + updated.length === 0 && !tokenChanged && !hostsChanged) {
         return { generation: this.state.generation, changed: false, added, removed, updated }
       }

@@ -2,6 +2,7 @@
 // refused with a coded error before anything is touched; the controller commits it.
 
 import { otherColor, type Config } from '../config/schema.js'
+import { protocolMismatch } from '../config/values.js'
 import { SwitchyardError } from '../errors.js'
 import { colorTargets } from '../routing/snapshot.js'
 import type { PersistedState } from '../state/file-store.js'
@@ -84,6 +85,11 @@ export function planTargets (service: string, req: TargetsRequest, state: Persis
   }
   if (isLive && req.targets.length === 0) {
     throw new SwitchyardError('no_targets', `the live color ${req.color} of ${service} cannot be left without targets`, { service, color: req.color })
+  }
+  const protocol = config.services[service].protocol
+  for (const t of req.targets) {
+    const wrong = protocolMismatch(protocol, t)
+    if (wrong !== undefined) throw new SwitchyardError('bad_request', `targets: ${wrong} (services.${service}.protocol is ${protocol})`, { field: 'targets', service })
   }
   const before = colorTargets(config.services[service], st, req.color)
   if (before.length === req.targets.length && before.every((u, i) => u === req.targets[i])) return { before, isLive }

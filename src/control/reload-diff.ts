@@ -15,12 +15,16 @@ export interface ConfigDiff {
 
 export function diffConfigs (before: Config, after: Config): ConfigDiff {
   // What the listeners and the state store were built with at start; the edge keeps its engine, deadlines and trust until a restart.
-  const restart = ([
+  const restart: string[] = ([
     ['listen', after.listen, before.listen], ['admin.listen', after.admin.listen, before.admin.listen],
     ['state.file', after.state.file, before.state.file], ['state.etcd', after.state.etcd, before.state.etcd], ['fleet', after.fleet, before.fleet], ['log', after.log, before.log], ['metrics', after.metrics, before.metrics],
     ['engine', after.engine, before.engine], ['client', after.client, before.client], ['trustedProxies', after.trustedProxies, before.trustedProxies],
   ] as const)
     .filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b)).map(([k]) => k)
+  // The listener is TLS or plain from its start; its certificate files and minVersion a reload does apply.
+  if ((after.tls === undefined) !== (before.tls === undefined)) restart.push(after.tls === undefined ? 'tls (turning TLS off)' : 'tls (turning TLS on)')
+  // The redirect listener is bound at start, like the others.
+  if (JSON.stringify(after.redirect) !== JSON.stringify(before.redirect)) restart.push('redirect')
   const was = before.services
   const is = after.services
   return {

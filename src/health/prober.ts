@@ -1,9 +1,11 @@
 // Active health probes: per target, GET health.path every interval (with a
-// little jitter) under a hard deadline, on one keep-alive dispatcher for all probes.
+// little jitter) under a hard deadline, on one keep-alive dispatcher for all
+// probes; or, with health.grpc, grpc.health.v1.Health/Check over HTTP/2.
 
 import { Agent, type Dispatcher } from 'undici'
 import type { HealthConfig } from '../config/schema.js'
-import type { Target } from '../upstream/registry.js'
+import { h2TlsOptions, type Target } from '../upstream/registry.js'
+import { GrpcProbeSessions } from './grpc-health.js'
 
 const JITTER = 0.1
 
@@ -17,6 +19,8 @@ interface Loop {
 
 export class Prober {
   private readonly agent: Dispatcher
+  /** HTTP/2 sessions for gRPC probes, made on the first one. */
+  private grpc: GrpcProbeSessions | undefined
   private readonly loops = new Map<string, Loop>()
   private stopped = false
 
@@ -35,6 +39,8 @@ export class Prober {
       keep.add(target.url)
       const loop = this.loops.get(target.url)
       if (loop !== undefined && loop.target === target) {
+        // gRPC probes turned off: their session to the target is not needed any more.
+        if (loop.config.grpc !== undefined && target.health.grpc === undefined) this.grpc?.forget(target.url)
         loop.config = target.health
         continue
       }
@@ -57,7 +63,10 @@ export class Prober {
   private stopLoop (loop: Loop): void {
     clearTimeout(loop.timer)
     loop.timer = undefined
-    if (this.loops.get(loop.target.url) === loop) this.loops.delete(loop.target.url)
+    if (this.loops.get(loop.target.url) === loop) {
+      this.loops.delete(loop.target.url)
+      this.grpc?.forget(loop.target.url)
+    }
   }
 
   private schedule (loop: Loop, delay: number): void {
@@ -79,6 +88,10 @@ export class Prober {
 
   /** One probe: pass on an expected status within the deadline. */
   async probe (origin: string, config: HealthConfig): Promise<{ ok: boolean, detail: string }> {
+    if (config.grpc !== undefined) {
+      this.grpc ??= new GrpcProbeSessions(h2TlsOptions)
+      return await this.grpc.check(origin, config.grpc.service, config.timeout)
+    }
     try {
       const res = await this.agent.request({
         origin,
@@ -101,6 +114,7 @@ export class Prober {
     this.stopped = true
     for (const loop of this.loops.values()) clearTimeout(loop.timer)
     this.loops.clear()
+    this.grpc?.close()
     await this.agent.destroy()
   }
 }

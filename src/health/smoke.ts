@@ -3,7 +3,7 @@
 // crosses the same routing and forwarding code as real traffic.
 
 import { randomBytes, timingSafeEqual } from 'node:crypto'
-import { request } from 'undici'
+import { request, type Dispatcher } from 'undici'
 import type { Color, ServiceConfig, SmokeCheck } from '../config/schema.js'
 import { PIN_HEADER } from '../proxy/headers.js'
 
@@ -22,10 +22,16 @@ export class SmokeRunner {
   readonly secret: string
   private readonly secretBytes: Buffer
   private readonly origin: () => string
+  private readonly dispatcher: Dispatcher | undefined
 
-  /** `origin` gives the public listener's loopback-reachable origin (known once it listens). */
-  constructor (origin: () => string, secret = randomBytes(16).toString('hex')) {
+  /**
+   * `origin` gives the public listener's loopback-reachable origin (known
+   * once it listens); `dispatcher` what reaches it (a TLS listener's
+   * certificate does not name the loopback address the checks go to).
+   */
+  constructor (origin: () => string, secret = randomBytes(16).toString('hex'), dispatcher?: Dispatcher) {
     this.origin = origin
+    this.dispatcher = dispatcher
     this.secret = secret
     this.secretBytes = Buffer.from(secret, 'latin1')
   }
@@ -68,6 +74,7 @@ export class SmokeRunner {
         method: check.method as 'GET',
         headers,
         signal: AbortSignal.timeout(svc.timeouts.connect + svc.timeouts.response),
+        ...(this.dispatcher === undefined ? {} : { dispatcher: this.dispatcher }),
       })
       const body = await res.body.text()
       if (res.statusCode !== check.expectStatus) {

@@ -1,48 +1,14 @@
-// The public listener's certificates: read and checked from their PEM files, picked by SNI,
-// and replaced all together when the files change or a reload asks, or not at all when one is bad.
+// The public listener's certificates: picked by SNI, and replaced all together
+// when the files change or a reload asks, or not at all when one is bad.
 
-import { readFileSync, realpathSync, watch as watchFolder, type FSWatcher } from 'node:fs'
-import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto'
+import { realpathSync, watch as watchFolder, type FSWatcher } from 'node:fs'
 import { basename, dirname } from 'node:path'
-import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls'
-import type { CertFiles, TlsConfig, TlsVersion } from '../config/schema.js'
+import type { SecureContext, SecureContextOptions } from 'node:tls'
+import { CertError, normalizeName, readCert, type CertInfo, type LoadedCert } from '../config/certs.js'
+import type { TlsConfig, TlsVersion } from '../config/schema.js'
 import { log as gatewayLog, type Level } from '../log.js'
 
-/** A certificate or key that cannot be served; `path` is its place in the config (`tls.certs[1].key`). */
-export class CertError extends Error {
-  readonly path: string
-  readonly file: string
-  /** The message without the path, as a config problem carries it. */
-  readonly reason: string
-  constructor (path: string, file: string, reason: string) {
-    super(`${path}: ${reason}`)
-    this.name = 'CertError'
-    this.path = path
-    this.file = file
-    this.reason = reason
-  }
-}
-
-/** What is known of one served certificate, for logs, the admin API and metrics. */
-export interface CertInfo {
-  /** Its place in the config: `tls.certs[0]`. */
-  path: string
-  cert: string
-  key: string
-  /** The DNS names it is picked for, lower case; a wildcard as `*.example.com`. */
-  names: string[]
-  subject: string
-  validFrom: Date
-  validTo: Date
-  fingerprint256: string
-}
-
-/** One certificate read from disk and checked, ready to serve. */
-export interface LoadedCert extends CertInfo {
-  context: SecureContext
-  certPem: Buffer
-  keyPem: Buffer
-}
+export { CertError, readCert, type CertInfo, type LoadedCert }
 
 export type SNICallback = (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void
 
@@ -52,134 +18,20 @@ export interface ServerTlsOptions {
   key: Buffer
   minVersion: TlsVersion
   SNICallback: SNICallback
+  /** Session ticket keys when the store was given some (worker processes share the primary's); else the server makes its own. */
+  ticketKeys?: Buffer
 }
 
 /** A server whose default certificate the store keeps current (tls.Server, http2.Http2SecureServer). */
 export interface SecureServer {
   setSecureContext: (options: SecureContextOptions) => void
+  getTicketKeys: () => Buffer
 }
 
 export type LogFn = (level: Level, msg: string, fields?: Record<string, unknown>) => void
 
 /** File events closer together than this are one change: an editor or a deploy writes cert and key in quick succession. */
 const SETTLE_MS = 100
-
-/** A DNS name as a certificate may hold it: labels of letters, digits, `-` and `_`, the first one possibly `*`. */
-const DNS_NAME = /^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*$/
-
-function describeFsError (err: unknown): string {
-  const code = (err as NodeJS.ErrnoException).code
-  if (code === 'ENOENT') return 'no such file'
-  if (code === 'EACCES' || code === 'EPERM') return 'permission denied'
-  if (code === 'EISDIR') return 'is a folder, not a file'
-  return (err as Error).message
-}
-
-function readPem (file: string, path: string): Buffer {
-  try {
-    return readFileSync(file)
-  } catch (err) {
-    throw new CertError(path, file, `cannot read ${file}: ${describeFsError(err)}`)
-  }
-}
-
-/** The PEM blocks of one kind (`CERTIFICATE`), each whole with its BEGIN and END lines. */
-function pemBlocks (text: string, label: string): string[] {
-  return text.match(new RegExp(`-----BEGIN ${label}-----[\\s\\S]*?-----END ${label}-----`, 'g')) ?? []
-}
-
-/**
- * The names a certificate answers for: its subjectAltName DNS entries, or,
- * only when it has no subjectAltName at all, its subject CN (browsers ignore
- * the CN once a SAN is present, so the gateway does too). IP entries are
- * left out: a client never sends an address as SNI.
- */
-function namesOf (x509: X509Certificate): string[] {
-  const found: string[] = []
-  if (x509.subjectAltName !== undefined) {
-    // Node writes `DNS:a.example, DNS:*.example, IP Address:127.0.0.1`, quoting (JSON) a value with odd characters.
-    for (const m of x509.subjectAltName.matchAll(/(?:^|, )DNS:("(?:[^"\\]|\\.)*"|[^,]*)/g)) {
-      found.push(m[1].startsWith('"') ? String(JSON.parse(m[1])) : m[1])
-    }
-  } else {
-    for (const line of x509.subject.split('\n')) if (line.startsWith('CN=')) found.push(line.slice(3))
-  }
-  const names: string[] = []
-  for (const raw of found) {
-    const name = normalizeName(raw)
-    // A wildcard must leave at least two labels (`*.com` is refused by browsers); other `*` forms never match.
-    if (!DNS_NAME.test(name) || (name.startsWith('*.') && !name.slice(2).includes('.'))) continue
-    if (!names.includes(name)) names.push(name)
-  }
-  return names
-}
-
-/** Lower case, without a trailing root dot: how names are compared. */
-function normalizeName (name: string): string {
-  const lower = name.toLowerCase()
-  return lower.endsWith('.') ? lower.slice(0, -1) : lower
-}
-
-/**
- * Reads one certificate and its key and checks them the way a handshake
- * would need them: the certificate file PEM (a chain, leaf first), the key
- * PEM and unencrypted, the key the certificate's own, and OpenSSL willing to
- * build a context of the two. `path` is the entry's place in the config
- * (`tls.certs[0]`); a CertError names `path.cert` or `path.key`.
- */
-export function readCert (files: CertFiles, path: string, minVersion: TlsVersion): LoadedCert {
-  const certPath = `${path}.cert`
-  const keyPath = `${path}.key`
-  const certPem = readPem(files.cert, certPath)
-  const blocks = pemBlocks(certPem.toString('latin1'), 'CERTIFICATE')
-  if (blocks.length === 0) throw new CertError(certPath, files.cert, `${files.cert} is not a PEM certificate (no "-----BEGIN CERTIFICATE-----" block)`)
-  const chain = blocks.map((block, i) => {
-    try {
-      return new X509Certificate(block)
-    } catch (err) {
-      throw new CertError(certPath, files.cert, `${files.cert}: certificate ${i + 1} cannot be parsed (${(err as Error).message})`)
-    }
-  })
-  const leaf = chain[0]
-
-  const keyPem = readPem(files.key, keyPath)
-  const keyText = keyPem.toString('latin1')
-  if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(keyText)) {
-    throw new CertError(keyPath, files.key, `${files.key} is encrypted; the gateway takes a key without a passphrase`)
-  }
-  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(keyText)) {
-    throw new CertError(keyPath, files.key, `${files.key} is not a PEM private key (no "-----BEGIN ... PRIVATE KEY-----" block)`)
-  }
-  let key: KeyObject
-  try {
-    key = createPrivateKey(keyPem)
-  } catch (err) {
-    throw new CertError(keyPath, files.key, `${files.key}: the private key cannot be parsed (${(err as Error).message})`)
-  }
-  if (!leaf.checkPrivateKey(key)) {
-    throw new CertError(keyPath, files.key, `${files.key} is not the key of the certificate in ${files.cert}`)
-  }
-  let context: SecureContext
-  try {
-    context = createSecureContext({ cert: certPem, key: keyPem, minVersion })
-  } catch (err) {
-    // What OpenSSL alone refuses, such as a key below its security level.
-    throw new CertError(certPath, files.cert, `${files.cert} with ${files.key}: ${(err as Error).message}`)
-  }
-  return {
-    path,
-    cert: files.cert,
-    key: files.key,
-    names: namesOf(leaf),
-    subject: leaf.subject.replace(/\n/g, ', '),
-    validFrom: new Date(leaf.validFrom),
-    validTo: new Date(leaf.validTo),
-    fingerprint256: leaf.fingerprint256,
-    context,
-    certPem,
-    keyPem,
-  }
-}
 
 /** A whole set of certificates with the indexes SNI looks names up in; replaced as one. */
 interface CertSet {
@@ -237,9 +89,12 @@ export class CertStore {
   #watching = false
   #onChange: ((certs: CertInfo[]) => void) | undefined
   #timer: NodeJS.Timeout | undefined
+  readonly #ticketKeys: Buffer | undefined
 
-  constructor (tls: TlsConfig, opts: { log?: LogFn } = {}) {
+  /** `ticketKeys`: 48 bytes every server of this store encrypts session tickets with (processes sharing them resume each other's sessions). */
+  constructor (tls: TlsConfig, opts: { log?: LogFn, ticketKeys?: Buffer } = {}) {
     this.#log = opts.log ?? gatewayLog
+    this.#ticketKeys = opts.ticketKeys
     this.#set = readSet(tls)
     this.#tls = tls
     this.#warnValidity()
@@ -267,7 +122,7 @@ export class CertStore {
    */
   serverOptions (): ServerTlsOptions {
     const first = this.#set.certs[0]
-    return { cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion, SNICallback: this.SNICallback }
+    return { cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion, SNICallback: this.SNICallback, ...(this.#ticketKeys === undefined ? {} : { ticketKeys: this.#ticketKeys }) }
   }
 
   /**
@@ -346,7 +201,9 @@ export class CertStore {
 
   #applyTo (server: SecureServer, extra: SecureContextOptions): void {
     const first = this.#set.certs[0]
-    server.setSecureContext({ ...extra, cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion })
+    // Without ticketKeys, setSecureContext makes new ones and every session ticket handed out
+    // so far stops resuming: the server's own keys go on, so a reload costs no client a full handshake.
+    server.setSecureContext({ ticketKeys: server.getTicketKeys(), ...extra, cert: first.certPem, key: first.keyPem, minVersion: this.#set.minVersion })
   }
 
   /**
@@ -408,19 +265,26 @@ export class CertStore {
 
   #reloadFromDisk (): void {
     if (!this.#watching) return
-    let changed: boolean
     try {
-      changed = this.reload()
+      this.reloadLogged()
     } catch (err) {
       // From a timer nothing above could catch it: whatever went wrong, the old set serves on.
       if (err instanceof CertError) this.#log('error', 'tls certificate refused; the previous certificates are still served', { path: err.path, file: err.file, error: err.reason })
       else this.#log('error', 'tls certificate reload failed; the previous certificates are still served', { error: (err as Error).message })
-      return
     }
-    if (!changed) return
+  }
+
+  /**
+   * reload(), then, when something changed, says in the log what is served
+   * now (and tells the watch's `onChange`). A refusal is thrown, for the
+   * caller to report: a reload request answers with it.
+   */
+  reloadLogged (next?: TlsConfig): boolean {
+    if (!this.reload(next)) return false
     const certs = this.certs()
     this.#log('info', 'tls certificates reloaded', { certs: certs.map((c) => ({ path: c.path, cert: c.cert, names: c.names, validTo: c.validTo.toISOString() })) })
     this.#onChange?.(certs)
+    return true
   }
 
   /** An expired certificate is served all the same (refusing it would turn a warning into an outage), and said so. */

@@ -3,7 +3,7 @@
 
 import type net from 'node:net'
 import type { Duplex } from 'node:stream'
-import type { Config, HostPort } from '../config/schema.js'
+import type { Config, HostPort, TlsConfig } from '../config/schema.js'
 import type { Controller } from '../control/controller.js'
 import type { Closer } from '../proxy/edge.js'
 import type { SmokeRunner } from '../health/smoke.js'
@@ -33,6 +33,14 @@ export interface PublicListener {
   readonly publish?: () => Promise<void>
   /** Connections held in other processes, for the registry to end a color's (drain deadline); absent when held here. */
   readonly remote?: RemoteColors
+  /**
+   * A reload was accepted: the TLS listener reads its certificates again
+   * (`tls`'s files: new paths, or new contents at the old ones), all or
+   * nothing: it throws the CertError naming the file that cannot be served,
+   * the old certificates still served. Whether anything changed. Absent or
+   * false on a plain listener.
+   */
+  readonly reloadCerts?: (tls: TlsConfig) => Promise<boolean>
   /** Accepts connections; resolves once requests are served with the controller's current routing. */
   start: (deps: ListenerDeps) => Promise<void>
   /** Where it accepts; undefined before start. */
@@ -45,9 +53,9 @@ export interface PublicListener {
 }
 
 /** A listener's origin, reachable from this host (a wildcard bind becomes loopback). */
-export function originOf ({ address, family, port }: net.AddressInfo): string {
-  if (address === '0.0.0.0' || address === '::') return `http://${family === 'IPv6' ? '[::1]' : '127.0.0.1'}:${port}`
-  return family === 'IPv6' ? `http://[${address}]:${port}` : `http://${address}:${port}`
+export function originOf ({ address, family, port }: net.AddressInfo, scheme: 'http' | 'https' = 'http'): string {
+  if (address === '0.0.0.0' || address === '::') return `${scheme}://${family === 'IPv6' ? '[::1]' : '127.0.0.1'}:${port}`
+  return family === 'IPv6' ? `${scheme}://[${address}]:${port}` : `${scheme}://${address}:${port}`
 }
 
 /**

@@ -5,8 +5,9 @@
 // finish what they hold before exiting when the primary goes away.
 
 import cluster, { type Worker } from 'node:cluster'
+import { randomBytes } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
-import type { Color, Config, HostPort } from '../config/schema.js'
+import type { Color, Config, HostPort, TlsConfig } from '../config/schema.js'
 import type { Controller } from '../control/controller.js'
 import { createEdgeServer, type EdgeServer } from '../proxy/edge.js'
 import { createResolver } from '../routing/resolve.js'
@@ -15,6 +16,7 @@ import { createAccessLog, drainLogs, log } from '../log.js'
 import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Switcher, type RoutingState } from '../routing/snapshot.js'
 import { closeSpread, type RemoteColors, type Totals } from '../upstream/color-stats.js'
 import { TargetRegistry, type ProbeState } from '../upstream/registry.js'
+import { CertError, CertStore } from './certs.js'
 import { closeGracefully, listen, type ListenerDeps, type PublicListener } from './public-listener.js'
 
 /** How often a worker reports its counts: the lag of guard, drain and /v1/state in cluster mode. */
@@ -23,14 +25,15 @@ const REPORT_MS = 100
 const ACK_TIMEOUT_MS = 5000
 
 type ToWorker =
-  | { t: 'sync', seq: number, config: Config, state: RoutingState, probes: Record<string, ProbeState>, secret: string, listen: HostPort }
+  | { t: 'sync', seq: number, config: Config, state: RoutingState, probes: Record<string, ProbeState>, secret: string, listen: HostPort, ticketKeys: string }
+  | { t: 'certs', seq: number, tls: TlsConfig }
   | { t: 'probe', url: string, probe: ProbeState }
   | { t: 'close', service: string, color: Color, spreadMs: number }
   | { t: 'stop', graceMs: number }
 
 type FromWorker =
   | { t: 'hello' }
-  | { t: 'ack', seq: number }
+  | { t: 'ack', seq: number, refused?: { path: string, file: string, reason: string } }
   | { t: 'ready', address: AddressInfo }
   | { t: 'stats', colors: Array<{ service: string, color: Color, totals: Totals }> }
 
@@ -72,8 +75,16 @@ export class WorkerPool implements PublicListener, RemoteColors {
   private readonly reports = new Map<number, Map<string, Totals>>()
   /** Counts of workers that exited: their requests happened, so totals keep them. */
   private readonly retired = new Map<string, Totals>()
-  private readonly acks = new Map<string, () => void>()
+  private readonly acks = new Map<string, (refused?: CertError) => void>()
   private seq = 0
+  /** Session ticket keys every worker's TLS listener shares, so a client resumes its session on whichever worker it lands. */
+  private readonly ticketKeys = randomBytes(48).toString('base64')
+  /**
+   * The certificates of the last reload, for workers started after it: a
+   * reload that changes only `tls` leaves the controller's config as it
+   * was (it holds routing), and a new worker would read the old files.
+   */
+  private tls: TlsConfig | undefined
   private stopping = false
   private controller!: Controller
   private registry!: TargetRegistry
@@ -114,7 +125,7 @@ export class WorkerPool implements PublicListener, RemoteColors {
         } else if (msg.t === 'ready') {
           this.address = msg.address
           resolve()
-        } else if (msg.t === 'ack') this.acks.get(`${worker.id}/${msg.seq}`)?.()
+        } else if (msg.t === 'ack') this.acks.get(`${worker.id}/${msg.seq}`)?.(msg.refused === undefined ? undefined : new CertError(msg.refused.path, msg.refused.file, msg.refused.reason))
         else if (msg.t === 'stats') this.onStats(worker.id, msg.colors)
       })
     })
@@ -127,7 +138,7 @@ export class WorkerPool implements PublicListener, RemoteColors {
       const target = this.registry.find(url)
       if (target !== undefined) probes[url] = target.probe
     }
-    return { t: 'sync', seq: ++this.seq, config, state, probes, secret: this.secret, listen: this.at as HostPort }
+    return { t: 'sync', seq: ++this.seq, config: this.tls === undefined ? config : { ...config, tls: this.tls }, state, probes, secret: this.secret, listen: this.at as HostPort, ticketKeys: this.ticketKeys }
   }
 
   private send (worker: Worker, msg: ToWorker): void {
@@ -140,22 +151,41 @@ export class WorkerPool implements PublicListener, RemoteColors {
 
   /** Hands new routing to every worker; resolves when all have swapped it in. (A property: the controller calls it unbound.) */
   readonly publish = async (): Promise<void> => {
-    const msg = this.syncMessage() as Extract<ToWorker, { t: 'sync' }>
+    await this.toEvery(this.syncMessage() as Extract<ToWorker, { t: 'sync' }>, 'a routing change')
+  }
+
+  /**
+   * Every worker reads its certificates again; resolves once all have, or
+   * throws the refusal of the first that could not (the files changed
+   * under the reload): the refusing workers serve their old ones.
+   */
+  readonly reloadCerts = async (tls: TlsConfig): Promise<boolean> => {
+    const refusals = await this.toEvery({ t: 'certs', seq: ++this.seq, tls }, 'a certificate reload')
+    if (refusals.length > 0) throw refusals[0]
+    this.tls = tls
+    return true
+  }
+
+  /** Sends `msg` to every worker that has its routing and waits for each one's ack (or ACK_TIMEOUT_MS); the refusals acked. */
+  private async toEvery (msg: Extract<ToWorker, { seq: number }>, what: string): Promise<CertError[]> {
+    const refusals: CertError[] = []
     const waits = [...this.workers.values()].filter((w) => this.synced.has(w.id)).map(async (w) => await new Promise<void>((resolve) => {
       const key = `${w.id}/${msg.seq}`
       const timer = setTimeout(() => {
         this.acks.delete(key)
-        log('error', 'worker did not take a routing change in time', { worker: w.id, seq: msg.seq })
+        log('error', `worker did not take ${what} in time`, { worker: w.id, seq: msg.seq })
         resolve()
       }, ACK_TIMEOUT_MS)
-      this.acks.set(key, () => {
+      this.acks.set(key, (refused) => {
         clearTimeout(timer)
         this.acks.delete(key)
+        if (refused !== undefined) refusals.push(refused)
         resolve()
       })
       this.send(w, msg)
     }))
     await Promise.all(waits)
+    return refusals
   }
 
   closeAll (service: string, color: Color, spreadMs: number): void {
@@ -234,6 +264,7 @@ export function runWorker (): void {
   let smoke: SmokeRunner | undefined
   let flush: (() => void) | undefined
   let config: Config | undefined
+  let certs: CertStore | undefined
 
   const apply = (config: Config, state: RoutingState, probes: Record<string, ProbeState>): void => {
     const snapshot = buildSnapshot(config, state, registry)
@@ -259,6 +290,7 @@ export function runWorker (): void {
     stopping = true
     clearInterval(report)
     for (const s of registry.allColorStats()) for (const ws of s.openWs) ws.close()
+    certs?.close()
     await closeGracefully([edge], edge?.upgraded ?? new Set(), graceMs)
     flush?.()
     await registry.destroy()
@@ -302,8 +334,23 @@ export function runWorker (): void {
           flush = al.flush
         }
         smoke = new SmokeRunner(() => '', msg.secret)
-        edge = createEdgeServer(createResolver((switcher as Switcher).view, smoke), msg.config)
+        if (msg.config.tls !== undefined) {
+          try {
+            // Each worker its own store and watch: a file change reaches every worker without the primary.
+            certs = new CertStore(msg.config.tls, {
+              ticketKeys: Buffer.from(msg.ticketKeys, 'base64'),
+              // Every worker logs its own reloads and refusals: which one is which.
+              log: (level, text, fields) => { log(level, text, { ...fields, pid: process.pid }) },
+            })
+          } catch (err) {
+            log('error', 'worker cannot serve its certificates', { pid: process.pid, error: (err as Error).message })
+            void drainLogs().then(() => process.exit(1))
+            return
+          }
+        }
+        edge = createEdgeServer(createResolver((switcher as Switcher).view, smoke), msg.config, certs)
         listen(edge.server, msg.listen).then(() => {
+          certs?.watch()
           log('info', 'worker listening', { pid: process.pid })
           tell({ t: 'ready', address: edge?.server.address() as AddressInfo })
         }, (err: Error) => {
@@ -312,6 +359,14 @@ export function runWorker (): void {
         })
       }
       tell({ t: 'ack', seq: msg.seq })
+    } else if (msg.t === 'certs') {
+      try {
+        certs?.reloadLogged(msg.tls)
+        tell({ t: 'ack', seq: msg.seq })
+      } catch (err) {
+        if (!(err instanceof CertError)) throw err
+        tell({ t: 'ack', seq: msg.seq, refused: { path: err.path, file: err.file, reason: err.reason } })
+      }
     } else if (msg.t === 'probe') {
       registry.find(msg.url)?.setProbe(msg.probe)
     } else if (msg.t === 'close') {

@@ -26,13 +26,21 @@ export interface Downstream {
   readonly body: Readable | null
   /** The response head went out. */
   readonly headersSent: boolean
+  /**
+   * The status the client was answered with, 0 before any: the forwarder's
+   * own when it answered, or the client side's (client.bodyTimeout's 408)
+   * when that answered first. Absent: the forwarder counts only its own.
+   */
+  readonly status?: number
   /** The client is gone, or the answer is complete. */
   readonly closed: boolean
   /**
    * The response head: `headers` without pseudo-headers or hop-by-hop fields
-   * (the downstream drops any left). The answer's body and trailers follow.
+   * (the downstream drops any left). The answer's body and trailers follow;
+   * `trailers`: the upstream announced some (its Trailer field, dropped as
+   * hop-by-hop), so an HTTP/2 client's stream waits for them (a gRPC one always does).
    */
-  respond: (status: number, headers: OutgoingHttpHeaders) => void
+  respond: (status: number, headers: OutgoingHttpHeaders, trailers?: boolean) => void
   /** A body chunk; false when the client is behind (wait for `onDrain`). */
   write: (chunk: Buffer) => boolean
   onDrain: (fn: () => void) => void
@@ -45,8 +53,11 @@ export interface Downstream {
    * the body bytes written.
    */
   fail: (code: ErrorCode, message?: string) => number
-  /** Cuts the answer: RST_STREAM on HTTP/2, the connection on HTTP/1.1. */
-  destroy: () => void
+  /**
+   * Cuts the answer: RST_STREAM on HTTP/2 (INTERNAL_ERROR: the answer broke;
+   * `cancel`: CANCEL, the gateway ends it, as at a drain deadline), the connection on HTTP/1.1.
+   */
+  destroy: (cancel?: boolean) => void
   /** Called once when the client side is over: answered completely, reset, or gone. */
   onClose: (fn: () => void) => void
 }

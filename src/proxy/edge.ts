@@ -1,19 +1,28 @@
 // The public listener, on either engine: node:http's server (the node engine,
-// and what the fast engine hands over), each request resolved once, then forwarded.
+// and what the fast engine hands over), each request resolved once, then forwarded;
+// with certificates, a TLS server in front that hands each connection to the engine.
 
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type net from 'node:net'
+import tls from 'node:tls'
 import type { Duplex } from 'node:stream'
 import type { Config } from '../config/schema.js'
 import { rawError, writeError } from '../errors.js'
+import { log } from '../log.js'
 import { FastEdge } from './h1/listener.js'
+import { NodeDownstream } from './h2/node-downstream.js'
+import { forwardOverH2 } from './h2/upstream.js'
 import { Exchange, NodeRequestFacts, requestIdFor } from './forward.js'
+import { createH2Edge, handOverFromNodeHttp, type H2Edge } from './h2/edge.js'
 import { MAX_HEAD, MAX_HEADER_LINES } from './limits.js'
 import type { Resolve } from './resolve.js'
 import { Forwarding } from './trust.js'
 import { isWebSocketHandshake, proxyUpgrade, rejectUpgrade } from './websocket.js'
 
-const PROTO = 'http'
+/** What a client offers by ALPN, in the server's order of preference. */
+const ALPN = ['h2', 'http/1.1']
+/** Failed handshakes are logged at most this often, as a count: scanners and clients that distrust the certificate fail many. */
+const HANDSHAKE_LOG_MS = 60_000
 
 /** A listener that can be stopped gracefully. */
 export interface Closer {
@@ -26,6 +35,10 @@ export interface Closer {
 export interface EdgeServer extends Closer {
   /** Upgraded client sockets: the HTTP server stops tracking them after the 101. */
   upgraded: Set<Duplex>
+  /** On a TLS listener: handshakes that failed since it started (bad or no certificate trust, wrong version, timeouts, scanners). */
+  readonly tls?: { failedHandshakes: number }
+  /** The HTTP/2 side: h2c connections (prior knowledge) on this listener, and TLS ones that chose h2 by ALPN. */
+  h2: H2Edge
 }
 
 /**
@@ -61,6 +74,16 @@ export function httpCloser (server: http.Server): Closer {
   return { server, closeIdle: () => server.closeIdleConnections(), closeAll: () => server.closeAllConnections() }
 }
 
+/**
+ * What a TLS listener needs of its certificates (listen/certs.ts CertStore):
+ * the options it starts with, and to be kept current on every reload.
+ */
+export interface ServerCerts {
+  serverOptions: () => tls.TlsOptions
+  /** Keeps `server`'s certificates current; returns what stops it. */
+  attach: (server: tls.Server) => () => void
+}
+
 /** What the public listener takes from the config; fixed for the life of the listener (a change needs a restart). */
 export type EdgeOptions = Pick<Config, 'engine' | 'client' | 'trustedProxies'>
 
@@ -68,12 +91,14 @@ export type EdgeOptions = Pick<Config, 'engine' | 'client' | 'trustedProxies'>
  * The public listener for `resolve` (the resolve step: the listener routes
  * nothing itself). The fast engine serves what it can and hands the rest
  * over to the node:http server made here, which the node engine uses alone.
+ * With `certs` the listener speaks TLS with them (see secureEdge).
  */
-export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServer {
+export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: ServerCerts): EdgeServer {
   const upgraded = new Set<Duplex>()
-  /** Which peers' X-Forwarded-* are believed: decided once for the listener, on every engine. */
-  const forwarding = new Forwarding(PROTO, opts.trustedProxies)
+  /** Which peers' X-Forwarded-* are believed, and the scheme told upstream: decided once for the listener, on every engine. */
+  const forwarding = new Forwarding(certs === undefined ? 'http' : 'https', opts.trustedProxies)
   const deadlines = { body: opts.client.body, stall: opts.client.idle }
+  const h2 = createH2Edge(resolve, forwarding, opts)
 
   /** The resolve step for a node:http request; its target is forwarded (and logged) normalized. */
   const resolveRequest = (req: IncomingMessage): ReturnType<Resolve> => {
@@ -90,12 +115,19 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
       to.stats?.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
       return
     }
+    // Targets that speak HTTP/2 (protocol h2c or h2): the HTTP/2 forwarder, with this client as its Downstream.
+    if (to.group.protocol !== 'http1') return forwardOverH2(new NodeDownstream(req, res, forwarding, deadlines), to)
     new Exchange(req, res, to, forwarding).start(deadlines)
   }
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const to = resolveRequest(req)
     if (to.endpoint === undefined) return rejectUpgrade(socket, to.code)
+    // The tunnel is an HTTP/1.1 connection to the target, which a target speaking only HTTP/2 cannot take.
+    if (to.group.protocol !== 'http1') {
+      socket.end(rawError('upgrade_refused', true, `WebSockets are not forwarded to this service: its targets speak HTTP/2 (protocol ${to.group.protocol})`).text)
+      return
+    }
     proxyUpgrade(req, socket, head, to, forwarding)
   }
 
@@ -188,13 +220,22 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
   // Past this many lines node:http leaves headers out of req.headers (rawHeaders keeps them): such heads are refused above.
   server.maxHeadersCount = MAX_HEADER_LINES + 1
   server.on('upgrade', onUpgradeChecked)
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean } }) => {
+  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer, bytesParsed?: number }, socket: TurnSocket & { _httpMessage?: { headersSent?: boolean, req?: IncomingMessage }, bytesWritten: number, encrypted?: boolean }) => {
     if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy()
+    // h2c with prior knowledge, on a connection that sent nothing before it (the fast engine hands these over itself):
+    // no request of node:http's (kTurns), and none the fast engine answered before handing the connection over; not over
+    // TLS, where ALPN chose http/1.1 (HTTP/2 there is ALPN's alone, and node:http2 would answer 403).
+    if (err.code === 'HPE_PAUSED_H2_UPGRADE' && socket[kTurns] === undefined && socket.bytesWritten === 0 && socket.encrypted !== true && err.rawPacket !== undefined && err.bytesParsed !== undefined) {
+      return handOverFromNodeHttp(h2, socket, err.rawPacket, err.bytesParsed)
+    }
     const refusal = err.code === 'HPE_HEADER_OVERFLOW'
       ? rawError('header_too_large', true, `request head larger than ${MAX_HEAD / 1024} KiB`).text
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? rawError('request_timeout', true, 'the request head was not received in time').text
         : rawError('bad_request', true, 'malformed HTTP request').text
+    // The error is inside the body of the request being answered (the client ended its side midway, a bad chunk):
+    // that body never comes whole, and its answer, waiting for it, would hold the upstream until client.bodyTimeout.
+    if (socket._httpMessage?.req?.complete === false) return socket.destroy()
     // Requests parsed before the bad one ran (or wait their turn): their answers go first, in order.
     const turns = socket[kTurns]
     if (turns?.busy === true) {
@@ -206,7 +247,90 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions): EdgeServ
     if (socket._httpMessage?.headersSent === true) return socket.destroy()
     socket.end(refusal)
   })
-  if (opts.engine === 'node') return { ...httpCloser(server), upgraded }
-  const fast = new FastEdge(resolve, server, forwarding, opts)
-  return { server: fast.server, closeIdle: () => fast.closeIdle(), closeAll: () => fast.closeAll(), upgraded }
+  const fast = opts.engine === 'node' ? undefined : new FastEdge(resolve, server, forwarding, opts)
+  if (fast !== undefined) fast.h2 = h2.server
+  if (certs !== undefined) return secureEdge(certs, opts, server, fast, h2, upgraded)
+  if (fast === undefined) {
+    return {
+      server,
+      closeIdle: () => { server.closeIdleConnections(); h2.closeIdle() },
+      closeAll: () => { server.closeAllConnections(); h2.closeAll() },
+      upgraded,
+      h2,
+    }
+  }
+  return {
+    server: fast.server,
+    closeIdle: () => { fast.closeIdle(); h2.closeIdle() },
+    closeAll: () => { fast.closeAll(); h2.closeAll() },
+    upgraded,
+    h2,
+  }
+}
+
+/**
+ * The TLS listener: one tls.Server whose certificates `certs` keeps current
+ * (SNI, reloads), each connection handed once its handshake is done to the
+ * engine its ALPN protocol asks for: h2 to the HTTP/2 edge (a plain
+ * http2 server fed the TLS socket), the rest to HTTP/1.1, the fast engine
+ * (measured 1.9-2x node:http over TLS: a TLSSocket is a net.Socket to it) or,
+ * on the node engine, to node:http, exactly as a plain connection would.
+ */
+function secureEdge (certs: ServerCerts, opts: EdgeOptions, http1: http.Server, fast: FastEdge | undefined, h2: H2Edge, upgraded: Set<Duplex>): EdgeServer {
+  // node:http never listens itself here: its connection tracking and deadline checks start as if it did (FastEdge does the same).
+  if (fast === undefined) http1.emit('listening')
+  const server = tls.createServer({
+    ...certs.serverOptions(),
+    ALPNProtocols: ALPN,
+    // A handshake is part of getting a request's head in: the same deadline.
+    handshakeTimeout: opts.client.header,
+    noDelay: true,
+  })
+  const detach = certs.attach(server)
+  /** Every open TCP connection, handshake done or not: closeAll reaches those still shaking hands too. */
+  const sockets = new Set<net.Socket>()
+  server.on('connection', (socket: net.Socket) => {
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+  })
+  server.on('secureConnection', (socket: tls.TLSSocket) => {
+    if (socket.alpnProtocol === 'h2') h2.server.emit('connection', socket)
+    else if (fast !== undefined) fast.accept(socket)
+    else http1.emit('connection', socket)
+  })
+  const stats = { failedHandshakes: 0 }
+  let unlogged = 0
+  let loggedAt = -Infinity
+  server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+    socket.destroy()
+    stats.failedHandshakes++
+    unlogged++
+    const now = performance.now()
+    if (now - loggedAt < HANDSHAKE_LOG_MS) return
+    log('info', 'tls handshakes failed', { count: unlogged, sinceMs: loggedAt === -Infinity ? undefined : Math.round(now - loggedAt), last: { peer: socket.remoteAddress, error: err.code ?? err.message } })
+    loggedAt = now
+    unlogged = 0
+  })
+  server.on('close', () => {
+    detach()
+    http1.close(() => {})
+  })
+  return {
+    server,
+    closeIdle: () => {
+      if (fast !== undefined) fast.closeIdle()
+      else http1.closeIdleConnections()
+      // GOAWAY to every HTTP/2 session: their open streams go on until they finish.
+      h2.closeIdle()
+    },
+    closeAll: () => {
+      if (fast !== undefined) fast.closeAll()
+      else http1.closeAllConnections()
+      h2.closeAll()
+      for (const s of sockets) s.destroy()
+    },
+    upgraded,
+    h2,
+    tls: stats,
+  }
 }

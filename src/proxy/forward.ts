@@ -8,7 +8,7 @@ import { writeError, type ErrorCode } from '../errors.js'
 import type { ColorStats, Finished, OpenExchange } from '../upstream/color-stats.js'
 import { connectionOf } from '../upstream/registry.js'
 import type { Endpoint } from '../upstream/target-set.js'
-import { failureKindOf, judgeAttempt, metricOf, nextAttempt } from './attempt.js'
+import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type AttemptVerdict } from './attempt.js'
 import { connectionNames, countHeader, downstreamResponseHeaders, PIN_HEADER, responseTrailers, upstreamRequestHeaders } from './headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
 import { recordOutcome } from './outcome.js'
@@ -77,9 +77,9 @@ export class NodeRequestFacts implements RequestFacts {
  * undici pools whose every connection is busy (a dispatch said so; their
  * 'drain' clears it): a request dispatched to one now waits in its queue.
  */
-const saturated = new WeakSet<Dispatcher>()
+export const saturated = new WeakSet<Dispatcher>()
 
-function markSaturated (pool: Dispatcher): void {
+export function markSaturated (pool: Dispatcher): void {
   if (saturated.has(pool)) return
   saturated.add(pool)
   pool.once('drain', () => saturated.delete(pool))
@@ -95,7 +95,7 @@ function hasBody (req: IncomingMessage): boolean {
  * header lines, the final CRLF, and room for what undici adds itself
  * (connection, content-length or transfer-encoding).
  */
-function upstreamHeadSize (method: string, path: string, headers: readonly string[]): number {
+export function upstreamHeadSize (method: string, path: string, headers: readonly string[]): number {
   let n = method.length + path.length + 14 + 64
   for (let i = 0; i < headers.length; i++) n += headers[i].length + 2
   return n
@@ -105,7 +105,7 @@ function upstreamHeadSize (method: string, path: string, headers: readonly strin
  * Header lines as undici hands them: the raw array its controller carries
  * (names as sent, order and repeats kept), else the parsed object.
  */
-function headerPairs (raw: Dispatcher.DispatchController['rawHeaders'], parsed: IncomingHttpHeaders): Array<Buffer | string> {
+export function headerPairs (raw: Dispatcher.DispatchController['rawHeaders'], parsed: IncomingHttpHeaders): Array<Buffer | string> {
   if (Array.isArray(raw)) return raw
   const out: string[] = []
   for (const [name, value] of Object.entries(raw ?? parsed)) {
@@ -465,22 +465,41 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
       return
     }
     if (this.res.writableEnded || this.res.destroyed) return
-    const kind = failureKindOf(err)
-    // A reused connection the upstream closed as it was reused (the keep-alive race) is not the target failing.
-    const verdict = judgeAttempt(kind, false, kind === 'reset' && servedBefore(err), this.method, this.body !== null, this.retries)
-    const failed = this.endpoint
-    const next = nextAttempt(verdict, failed, this.group)
-    if (next !== undefined) {
+    const r = retryAfter(err, this.method, this.body !== null, this.retries, this.endpoint, this.group, this.attempt)
+    if (r.next !== undefined) {
       this.retries++
-      this.endpoint = next
+      this.endpoint = r.next
       this.controller = undefined
-      // Back on the same target after a reset: on the connection that failed, which now connects afresh
-      // (the pool's other idle connections were likely closed at the same moment), as on the fast engine.
-      this.dispatch(kind === 'reset' && next === failed && this.attempt !== undefined ? connectionOf(this.attempt) : undefined)
+      this.dispatch(r.via)
       return
     }
-    this.answerError(verdict.code, verdict.countsForGuard)
+    this.answerError(r.verdict.code, r.verdict.countsForGuard)
   }
+}
+
+/** What the attempt policy makes of an undici attempt that failed before any answer. */
+export interface AfterFailure {
+  readonly verdict: AttemptVerdict
+  /** Where the retry goes (its in-flight count already moved there); undefined: answer `verdict.code`. */
+  readonly next: Endpoint | undefined
+  /** The connection to retry on, when the retry goes back to the same target after a reset. */
+  readonly via: Dispatcher | undefined
+}
+
+/**
+ * An undici attempt failed before any answer (every client protocol's
+ * undici handler asks here): the attempt policy's verdict, acted on. `attempt`:
+ * the failed attempt's dispatch options (they name its connection).
+ */
+export function retryAfter (err: Error & { code?: string }, method: string, hasBody: boolean, retries: number, failed: Endpoint, group: UpstreamGroup, attempt: Dispatcher.DispatchOptions | undefined): AfterFailure {
+  const kind = failureKindOf(err)
+  // A reused connection the upstream closed as it was reused (the keep-alive race) is not the target failing.
+  const verdict = judgeAttempt(kind, false, kind === 'reset' && servedBefore(err), method, hasBody, retries)
+  const next = nextAttempt(verdict, failed, group)
+  // Back on the same target after a reset: on the connection that failed, which now connects afresh
+  // (the pool's other idle connections were likely closed at the same moment), as on the fast engine.
+  const via = next !== undefined && kind === 'reset' && next === failed && attempt !== undefined ? connectionOf(attempt) : undefined
+  return { verdict, next, via }
 }
 
 /**

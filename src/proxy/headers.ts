@@ -100,6 +100,51 @@ export function upstreamRequestHeaders (req: IncomingMessage, forwarding: Forwar
   return forwarding.appendHeaders(headers, req.socket.remoteAddress ?? '', req.headers.host, sent)
 }
 
+/** An HTTP/2 request's fields after pass 1 (`stripH2RequestHeaders`). */
+export interface H2RequestFields {
+  /** Fields to forward, flat [name, value, ...], names lower-case. */
+  readonly fields: string[]
+  /** The Cookie lines joined with '; ' (RFC 9113 8.2.3: one line again for HTTP/1.1); undefined when none. */
+  readonly cookie: string | undefined
+  /** The client sent `te: trailers`, the one TE value HTTP/2 allows (gRPC needs it end to end). */
+  readonly teTrailers: boolean
+}
+
+/**
+ * Pass 1 for an HTTP/2 request: its raw pairs (names lower-case, as HTTP/2
+ * requires) without pseudo-headers, Host (`:authority` says it), hop-by-hop
+ * and gateway-internal fields and underscore aliases; the forwarding set goes
+ * to `sent` for pass 2. nghttp2 has already refused requests carrying
+ * Connection, Keep-Alive, Transfer-Encoding, Upgrade or a TE other than
+ * trailers, so no Connection list is read here.
+ */
+export function stripH2RequestHeaders (raw: readonly string[], sent: SentForwarding): H2RequestFields {
+  const fields: string[] = []
+  let cookie: string | undefined
+  let teTrailers = false
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]
+    if (name.charCodeAt(0) === 58 /* : */) continue
+    if (HOP_BY_HOP.has(name) || GATEWAY_HEADERS.has(name)) {
+      if (name === 'te') teTrailers = true
+      continue
+    }
+    switch (name) {
+      case 'host':
+        continue
+      case 'cookie':
+        cookie = cookie === undefined ? raw[i + 1] : `${cookie}; ${raw[i + 1]}`
+        continue
+      case 'x-forwarded-for': case 'x-forwarded-proto': case 'x-forwarded-host': case 'forwarded':
+        addSent(sent, name, raw[i + 1].trim())
+        continue
+    }
+    if (isForwardingAlias(name)) continue
+    fields.push(name, raw[i + 1])
+  }
+  return { fields, cookie, teTrailers }
+}
+
 /**
  * Response headers (undici's raw pairs) to a flat string array for
  * `res.writeHead`, without hop-by-hop ones. Repeated headers (Set-Cookie) stay repeated.

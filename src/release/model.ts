@@ -2,7 +2,7 @@
 // it stands (kept with the routing state), and the strict checks on both.
 
 import { isColor, otherColor, type Color, type Config, type VerifyConfig } from '../config/schema.js'
-import { parseDuration, parseOrigin } from '../config/values.js'
+import { parseDuration, parseOrigin, protocolMismatch } from '../config/values.js'
 import { SwitchyardError } from '../errors.js'
 import type { ServiceVerdict } from './verdict.js'
 
@@ -140,6 +140,8 @@ export function parseReleaseRequest (body: Record<string, unknown>, config: Conf
       const r = parseOrigin(t)
       if ('error' in r) refuse(`${at}.targets[${i}]`, r.error)
       if (targets.includes(r.origin)) refuse(`${at}.targets[${i}]`, `duplicate target ${r.origin}`)
+      const wrong = protocolMismatch(config.services[name].protocol, r.origin)
+      if (wrong !== undefined) refuse(`${at}.targets[${i}]`, wrong)
       targets.push(r.origin)
     })
     const version = raw.version

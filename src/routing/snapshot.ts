@@ -4,6 +4,7 @@
 import { COLORS, type Color, type Config, type ServiceConfig, type Timeouts, type UpstreamProtocol } from '../config/schema.js'
 import type { ColorStats, Target, TargetRegistry } from '../upstream/registry.js'
 import { TargetSet } from '../upstream/target-set.js'
+import { protocolMismatch } from '../config/values.js'
 import { stickySetCookie, thresholdOf } from './split.js'
 
 /** What changes at run time and persists: the controller owns it. */
@@ -162,8 +163,17 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
         service: svc.name,
         color,
         targets: new TargetSet(urls.map((u) => {
+          // Targets set through the admin API before a reload changed the protocol: refused here, nothing swapped.
+          const wrong = protocolMismatch(svc.protocol, u)
+          if (wrong !== undefined) throw new Error(`service ${svc.name}: ${color} target ${u}: ${wrong}`)
           const target = registry.target(u)
-          return { target, dispatcher: target.dispatcher(svc.timeouts, svc.limits), h1: target.h1Pool(svc.timeouts, svc.limits) }
+          // One object shape for every service (h2 undefined for http1): the pick loop stays monomorphic.
+          return {
+            target,
+            dispatcher: target.dispatcher(svc.timeouts, svc.limits),
+            h1: target.h1Pool(svc.timeouts, svc.limits),
+            h2: svc.protocol === 'http1' ? undefined : target.h2Pool(svc.timeouts, svc.limits),
+          }
         }), svc.health?.panicThreshold),
         stats: registry.colorStats(svc.name, color),
         timeouts: svc.timeouts,

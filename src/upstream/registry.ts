@@ -3,6 +3,7 @@
 
 import { Client, Pool, type Dispatcher } from 'undici'
 import { H1Pool } from './h1-pool.js'
+import { H2Pool } from './h2-pool.js'
 import type { Color, HealthConfig, PassiveConfig, LimitsConfig, Timeouts } from '../config/schema.js'
 import { closeSpread, ColorStats, type Observers } from './color-stats.js'
 
@@ -33,6 +34,19 @@ export function connectionOf (opts: object): Dispatcher | undefined {
 /** One pool per origin and per set of timeouts and limits (services may treat one origin differently). */
 function poolKey (timeouts: Timeouts, limits: LimitsConfig): string {
   return `${timeouts.connect}/${timeouts.idleUpstream}/${timeouts.response}/${limits.maxConnections}`
+}
+
+/** TLS options for h2 targets' sessions; tests set a CA of their own (production trusts the system's, as undici does for h1). */
+let h2Tls: { ca?: string | Buffer } | undefined
+
+/** For tests: the CA h2 (TLS) sessions and gRPC probes opened from now on trust. */
+export function setH2TlsOptions (opts: { ca?: string | Buffer } | undefined): void {
+  h2Tls = opts
+}
+
+/** The TLS options h2 sessions are opened with now. */
+export function h2TlsOptions (): { ca?: string | Buffer } | undefined {
+  return h2Tls
 }
 
 /** What active probes say: `unchecked` when no probes are configured for the target. */
@@ -72,6 +86,8 @@ export class Target {
   private ejectTimer: NodeJS.Timeout | undefined
   private readonly pools = new Map<string, Pool>()
   private readonly h1Pools = new Map<string, H1Pool>()
+  /** HTTP/2 sessions (services with protocol h2c or h2); none for HTTP/1.1-only targets. */
+  private h2Pools: Map<string, H2Pool> | undefined
   private readonly onChange: (change: HealthChange) => void
 
   /** The URL taken apart once, for connections made by hand (WebSocket handshakes). */
@@ -229,6 +245,18 @@ export class Target {
     return pool
   }
 
+  /** The HTTP/2 sessions for these timeouts and limits (protocol h2c or h2): nothing connects until a request needs it. */
+  h2Pool (timeouts: Timeouts, limits: LimitsConfig): H2Pool {
+    const key = poolKey(timeouts, limits)
+    const pools = this.h2Pools ??= new Map<string, H2Pool>()
+    let pool = pools.get(key)
+    if (pool === undefined) {
+      pool = new H2Pool(this.url, this.origin, timeouts, limits, h2Tls)
+      pools.set(key, pool)
+    }
+    return pool
+  }
+
   private stopTimers (): void {
     clearTimeout(this.ejectTimer)
   }
@@ -238,6 +266,8 @@ export class Target {
     this.stopTimers()
     for (const p of this.h1Pools.values()) p.close()
     this.h1Pools.clear()
+    for (const p of this.h2Pools?.values() ?? []) p.close()
+    this.h2Pools?.clear()
     const pools = [...this.pools.values()]
     this.pools.clear()
     await Promise.all(pools.map(async (p) => await p.close()))
@@ -248,6 +278,8 @@ export class Target {
     this.stopTimers()
     for (const p of this.h1Pools.values()) p.destroy()
     this.h1Pools.clear()
+    for (const p of this.h2Pools?.values() ?? []) p.destroy()
+    this.h2Pools?.clear()
     const pools = [...this.pools.values()]
     this.pools.clear()
     await Promise.all(pools.map(async (p) => await p.destroy()))

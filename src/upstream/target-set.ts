@@ -3,6 +3,7 @@
 
 import type { Dispatcher } from 'undici'
 import type { H1Pool } from './h1-pool.js'
+import type { H2Pool } from './h2-pool.js'
 import type { Target } from './registry.js'
 
 export interface Endpoint {
@@ -11,6 +12,8 @@ export interface Endpoint {
   readonly dispatcher: Dispatcher
   /** Raw keep-alive connections, for the fast path. */
   readonly h1: H1Pool
+  /** HTTP/2 sessions, for services with protocol h2c or h2 (undefined for http1 ones: they pay nothing for it). */
+  readonly h2?: H2Pool | undefined
 }
 
 export class TargetSet {

@@ -164,6 +164,7 @@ export class ClientConn implements Gatherer, ClientSide {
       if (tooManyLines(buf, start, end)) return this.refuse('header_too_large')
       const head = parseRequestHead(buf.toString('latin1', start, end))
       if (head === undefined) return this.handOff()
+      const whole = buf
       buf = buf.subarray(end + 4)
       let body: Buffer | undefined
       if (head.contentLength > 0 && buf.length > 0) {
@@ -173,7 +174,12 @@ export class ClientConn implements Gatherer, ClientSide {
       this.buf = buf.length === 0 ? undefined : buf
       this.bodyLeft = head.contentLength - (body?.length ?? 0)
       if (this.bodyLeft > 0) this.socket.setTimeout(this.edge.client.body)
-      this.route(head, body)
+      if (!this.route(head, body)) {
+        // Not for this engine (an HTTP/2 service): node:http takes the connection from this request's first byte.
+        this.bodyLeft = 0
+        this.buf = whole.subarray(start)
+        return this.handOff()
+      }
     }
   }
 
@@ -198,7 +204,8 @@ export class ClientConn implements Gatherer, ClientSide {
     this.edge.handOver(socket, unread)
   }
 
-  private route (head: RequestHead, body: Buffer | undefined): void {
+  /** Answers or forwards the request; false when it is not this engine's to serve (nothing was done with it). */
+  private route (head: RequestHead, body: Buffer | undefined): boolean {
     head.peer = this.remote
     head.forwarding = this.edge.forwarding
     const to = this.edge.resolve(head)
@@ -206,15 +213,21 @@ export class ClientConn implements Gatherer, ClientSide {
       const started = performance.now()
       const bytes = this.answer(head, to.code, to.message)
       if (to.stats !== undefined) to.stats.rejected(head.method, to.target ?? head.target, head.requestId ?? newRequestId(), bytes, performance.now() - started)
-      return
+      return true
     }
+    // The fast engine speaks HTTP/1.1 upstream only: node:http's edge forwards over HTTP/2 (proxy/h2/upstream.ts).
+    if (to.group.protocol !== 'http1') return false
     // The target is forwarded normalized.
     head.target = to.target
     const x = new FastExchange(this, head, to, this.edge.forwarding)
     // The added X-Forwarded-* and request id must not push the head past what an upstream takes.
-    if (!x.fitsUpstream) return void this.answer(head, 'header_too_large')
+    if (!x.fitsUpstream) {
+      this.answer(head, 'header_too_large')
+      return true
+    }
     this.x = x
     x.start(body, this.bodyLeft === 0)
+    return true
   }
 
   /** The gateway's own answer to a request it does not forward; returns the body size. */

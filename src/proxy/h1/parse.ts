@@ -9,6 +9,7 @@
 
 import { clientAddress, type RequestFacts } from '../resolve.js'
 import { FORBIDDEN_TRAILERS, HOP_BY_HOP, PIN_HEADER } from '../headers.js'
+import { MAX_HEAD } from '../limits.js'
 import { addSent, isForwardingAlias, type Forwarding } from '../trust.js'
 
 /**
@@ -447,7 +448,6 @@ const FIELD_CHAR = new Uint8Array(256)
 FIELD_CHAR[9] = 1
 for (let c = 0x20; c <= 0xff; c++) if (c !== 0x7f) FIELD_CHAR[c] = 1
 
-
 /**
  * Finds where a chunked body ends, without decoding it (the bytes are passed
  * on as they are, so whatever is relayed must be plainly valid). Chunk
@@ -455,6 +455,14 @@ for (let c = 0x20; c <= 0xff; c++) if (c !== 0x7f) FIELD_CHAR[c] = 1
  * `;name=token`, `;name="quoted"`), as Node's own strict parser wants; trailer
  * lines must be header fields and none of FORBIDDEN_TRAILERS. Anything else is
  * invalid framing. Feed it every body byte in order.
+ *
+ * Made with `decode`, it also takes the body apart for a client that is not
+ * sent the chunk framing (HTTP/2: DATA frames carry the payload): each scan
+ * leaves views of the data bytes it crossed in `parts` (the caller empties
+ * it), and the trailer fields in `trailers`. The framing is judged the same,
+ * except that a trailer field a client must not be handed (FORBIDDEN_TRAILERS)
+ * is left out rather than failing the body, as the node engine does, and the
+ * trailer section is held to MAX_HEAD bytes (it is kept, not passed on).
  */
 export class ChunkedScanner {
   private state = Chunk.Size
@@ -462,6 +470,18 @@ export class ChunkedScanner {
   private digits = 0
   /** The trailer field name read so far, lowercased (trailers are rare: built byte by byte). */
   private name = ''
+  /** Decoding: the data bytes of the last scans, as views of the buffers scanned; undefined when only scanning. */
+  readonly parts: Buffer[] | undefined
+  /** Decoding: the trailer fields, flat [name, value, ...] with lower-case names; undefined when none came. */
+  trailers: string[] | undefined = undefined
+  /** Decoding: the value of the trailer field being read, and whether that field is left out. */
+  private value = ''
+  private skipField = false
+  private trailerBytes = 0
+
+  constructor (decode = false) {
+    this.parts = decode ? [] : undefined
+  }
 
   /**
    * Scans `buf` from `from`: the index just past the body's last byte, -1 when
@@ -532,6 +552,7 @@ export class ChunkedScanner {
         case Chunk.Data: {
           // c was the first byte of the run: skip the rest of it at once.
           const take = Math.min(this.size - 1, n - i)
+          if (this.parts !== undefined) this.parts.push(buf.subarray(i - 1, i + take))
           this.size -= take + 1
           i += take
           if (this.size === 0) this.state = Chunk.DataCr
@@ -558,11 +579,16 @@ export class ChunkedScanner {
           }
           break
         case Chunk.TrailerName:
+          if (this.parts !== undefined && ++this.trailerBytes > MAX_HEAD) return -2
           if (c === 58) {
-            if (FORBIDDEN_TRAILERS.has(this.name)) return -2
+            if (FORBIDDEN_TRAILERS.has(this.name)) {
+              if (this.parts === undefined) return -2
+              this.skipField = true
+            }
             this.state = Chunk.TrailerValue
           } else if (TCHAR[c] === 1) {
-            if (this.name.length < 32) this.name += String.fromCharCode(c >= 65 && c <= 90 ? c | 32 : c)
+            // Scanning needs only enough of the name to tell a forbidden one; decoding keeps all of it.
+            if (this.name.length < 32 || this.parts !== undefined) this.name += String.fromCharCode(c >= 65 && c <= 90 ? c | 32 : c)
           } else {
             return -2
           }
@@ -570,10 +596,15 @@ export class ChunkedScanner {
         case Chunk.TrailerValue:
           if (c === 13) this.state = Chunk.TrailerLf
           else if (FIELD_CHAR[c] === 0) return -2
+          else if (this.parts !== undefined) {
+            if (++this.trailerBytes > MAX_HEAD) return -2
+            this.value += String.fromCharCode(c)
+          }
           break
         case Chunk.TrailerLf:
           if (c !== 10) return -2
           this.state = Chunk.LineStart
+          if (this.parts !== undefined) this.endField()
           break
         case Chunk.EndLf:
           if (c !== 10) return -2
@@ -581,5 +612,12 @@ export class ChunkedScanner {
       }
     }
     return -1
+  }
+
+  /** Decoding: the trailer field just read is kept (without its optional whitespace), unless it is left out. */
+  private endField (): void {
+    if (!this.skipField) (this.trailers ??= []).push(this.name, trimmed(this.value, 0, this.value.length))
+    this.value = ''
+    this.skipField = false
   }
 }
