@@ -14,6 +14,11 @@ import type { H2RequestFacts } from './facts.js'
 
 const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = http2.constants
 
+/** Asks a client that is still sending to stop, once its answer has gone out (resetAfterAnswer). */
+function resetStream (stream: ServerHttp2Stream): void {
+  if (!stream.readableEnded && !stream.closed && !stream.destroyed) stream.close(NGHTTP2_NO_ERROR)
+}
+
 /** What the edge keeps per session: its open streams (an idle session has none) and its peer, read once. */
 export interface SessionTally {
   open: number
@@ -201,8 +206,17 @@ export class StreamDownstream implements Downstream {
    * RST_STREAM NO_ERROR once the answer is out tells the client to stop sending (RFC 9113 8.1).
    */
   refuseBody (): void {
-    const stream = this.stream
-    if (!stream.readableEnded && !this.closed) stream.close(NGHTTP2_NO_ERROR)
+    if (!this.closed) this.resetAfterAnswer()
+  }
+
+  /**
+   * RST_STREAM NO_ERROR to a client still sending, on the next turn: sent in
+   * the same turn as the answer, Node 22's http2 drops the answer's HEADERS
+   * (the client sees only the reset; Node 20 and 24 send both).
+   */
+  private resetAfterAnswer (): void {
+    if (this.stream.readableEnded) return
+    setImmediate(resetStream, this.stream)
   }
 
   /** An informational answer (103 Early Hints) ahead of the final one. */
@@ -254,7 +268,7 @@ export class StreamDownstream implements Downstream {
    */
   private stopBody (): void {
     const stream = this.stream
-    if (!stream.endAfterHeaders && !stream.readableEnded && !stream.closed) stream.close(NGHTTP2_NO_ERROR)
+    if (!stream.endAfterHeaders && !stream.closed) this.resetAfterAnswer()
   }
 
   private readonly onWantTrailers = (): void => {
@@ -299,7 +313,7 @@ export class StreamDownstream implements Downstream {
       }
     }
     // A request body still coming is not wanted: RST_STREAM NO_ERROR once the answer is out (RFC 9113 8.1).
-    if (!stream.readableEnded) stream.close(NGHTTP2_NO_ERROR)
+    this.resetAfterAnswer()
     return bytes
   }
 
