@@ -120,8 +120,8 @@ export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pi
     if (headers.expect !== undefined) down.continueBody()
     if (to.group.protocol !== 'http1') forwardOverH2(down, to)
     // The fast engine's raw connections take every http:// and https:// target; the node engine keeps undici for all.
-    else if (rawPool) new H2RawExchange(down, to).start(stallMs)
-    else new H2Exchange(down, to).start(stallMs)
+    else if (rawPool) new H2RawExchange(down, to).start()
+    else new H2Exchange(down, to).start()
   }
 
   const server = http2.createServer({

@@ -85,9 +85,6 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
   private endpoint: Endpoint
   private controller: Dispatcher.DispatchController | undefined
   private waitTimer: NodeJS.Timeout | undefined
-  /** Longest wait for the client to take some of the answer, ms (client.idle; 0: none). */
-  private stallMs = 0
-  private stallTimer: NodeJS.Timeout | undefined
   private retries = 0
   /** The client side is over (the stream closed). */
   private closed = false
@@ -128,9 +125,8 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
     return this.endpoint.target.url
   }
 
-  /** Sends the request on its way; `stallMs`: client.idle, the longest the client may take none of its answer. */
-  start (stallMs: number): void {
-    this.stallMs = stallMs
+  /** Sends the request on its way (a client that takes none of its answer for client.idle is cut by the downstream's onDrain). */
+  start (): void {
     if (upstreamHeadSize(this.down.method, this.down.path, this.headers) > MAX_HEAD) {
       this.down.fail('header_too_large', `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`)
       return
@@ -189,7 +185,6 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
   private readonly onClientClose = (): void => {
     this.closed = true
     clearTimeout(this.waitTimer)
-    clearTimeout(this.stallTimer)
     if (this.answered) this.settle(undefined)
     this.durationMs = performance.now() - this.startedAt
     this.stats.end(this, this)
@@ -204,15 +199,7 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
   }
 
   private readonly onDrain = (): void => {
-    clearTimeout(this.stallTimer)
-    this.stallTimer = undefined
     this.controller?.resume()
-  }
-
-  /** The client took none of its answer for client.idle: cut, or it holds the upstream connection forever. */
-  private readonly onStalled = (): void => {
-    this.stallTimer = undefined
-    if (!this.closed) this.down.destroy(true)
   }
 
   onRequestStart (controller: Dispatcher.DispatchController): void {
@@ -273,7 +260,6 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
     // The client (or its flow-control window) is behind: undici stops reading until it catches up.
     controller.pause()
     this.down.onDrain(this.onDrain)
-    if (this.stallMs > 0 && this.stallTimer === undefined) this.stallTimer = setTimeout(this.onStalled, this.stallMs)
   }
 
   onResponseEnd (controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {

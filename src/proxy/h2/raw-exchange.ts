@@ -33,11 +33,6 @@ const SENDABLE_TARGET = /^[\x21-\xff]+$/
 /** Methods whose request means something with a body: sent with `content-length: 0` when they come without one (as undici does). */
 const BODY_METHODS: ReadonlySet<string> = new Set(['POST', 'PUT', 'PATCH'])
 
-/** A timer's callback (no closure per exchange). */
-function stalled (x: H2RawExchange): void {
-  x.stalled()
-}
-
 /** `s` from `a` to `b` without optional whitespace (SP, HTAB) at either end. */
 function trimmed (s: string, a: number, b: number): string {
   while (a < b && (s.charCodeAt(a) === 32 || s.charCodeAt(a) === 9)) a++
@@ -140,9 +135,6 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
   private informational = 0
   /** Reading from the upstream is paused until the stream drains. */
   private upstreamPaused = false
-  /** Longest wait for the client to take some of the answer, ms (client.idle; 0: none). */
-  private stallMs = 0
-  private stallTimer: NodeJS.Timeout | undefined = undefined
   /** Listeners made only when needed (a body, backpressure): most exchanges need none. */
   private onBodyData: ((chunk: Buffer) => void) | undefined = undefined
   private onBodyEnd: (() => void) | undefined = undefined
@@ -175,9 +167,8 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     return this.endpoint.target.url
   }
 
-  /** Sends the request on its way; `stallMs`: client.idle, the longest the client may take none of its answer. */
-  start (stallMs: number): void {
-    this.stallMs = stallMs
+  /** Sends the request on its way (a client that takes none of its answer for client.idle is cut by the downstream's onDrain). */
+  start (): void {
     const down = this.down
     if (!SENDABLE_TARGET.test(down.path)) {
       down.fail('request_refused', 'the request target has characters an HTTP/1.1 request line cannot carry')
@@ -459,12 +450,9 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     this.upstreamPaused = true
     this.up?.socket.pause()
     this.down.onDrain(this.resumeUpstreamFn ??= (): void => this.resumeUpstream())
-    if (this.stallMs > 0 && this.stallTimer === undefined) this.stallTimer = setTimeout(stalled, this.stallMs, this)
   }
 
   private resumeUpstream (): void {
-    clearTimeout(this.stallTimer)
-    this.stallTimer = undefined
     if (!this.upstreamPaused) return
     this.upstreamPaused = false
     const up = this.up
@@ -472,12 +460,6 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     up.socket.resume()
     // Silence while the gateway held the upstream back was not the upstream's: timeouts.body starts afresh.
     if (this.bodyMs > 0 && this.phase === Phase.Body) up.socket.setTimeout(this.bodyMs)
-  }
-
-  /** The client took none of its answer for client.idle: cut (CANCEL), or it holds the upstream connection forever. */
-  stalled (): void {
-    this.stallTimer = undefined
-    if (!this.closed) this.down.destroy(true)
   }
 
   /** The whole answer went to the client. `extra`: the upstream sent bytes past its end. */
@@ -590,7 +572,6 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
   /** The stream closed: answered, reset by the client, or cut. Counters settle once; an unfinished upstream request stops. */
   clientClosed (): void {
     this.closed = true
-    clearTimeout(this.stallTimer)
     if (this.phase !== Phase.Done) {
       this.dropUpstream()
       // Not the upstream's fault: an answer under way counts by its status alone.
