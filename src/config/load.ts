@@ -452,7 +452,7 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
 
   const g = inherit?.gate ?? d.gate
   const gr = raw.gate === undefined ? {} : c.object(raw.gate, join(path, 'gate'), listKeys(SECTION_KEYS.gate)) ?? {}
-  const gate: GateConfig = { minHealthy: c.integer(gr.minHealthy, join(path, 'gate.minHealthy'), g.minHealthy, 0) }
+  const gate: GateConfig = { minHealthy: c.integer(gr.minHealthy, join(path, 'gate.minHealthy'), g.minHealthy, 0), minShadowCompared: g.minShadowCompared }
 
   const gu = inherit?.guard ?? d.guard
   const gur = raw.guard === undefined ? {} : c.object(raw.guard, join(path, 'guard'), listKeys(SECTION_KEYS.guard)) ?? {}

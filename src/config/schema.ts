@@ -95,6 +95,41 @@ export interface PassiveConfig {
 export interface GateConfig {
   /** A flip needs at least this many healthy targets in the new color. Default 1. */
   minHealthy: number
+  /** Share (0..1) of shadow pairs that differ (noise excluded) above which a flip into the idle color is refused. Default off (undefined). */
+  maxShadowDiff?: number
+  /** The shadow share is judged only over at least this many compared pairs. Default 200. */
+  minShadowCompared: number
+}
+
+/**
+ * Shadow traffic (shadow/): a sample of the live color's requests is copied
+ * to the idle color after the live answer went out, and the two answers
+ * compared. Off unless a service has a `shadow` section (or the admin API
+ * starts it).
+ */
+export interface ShadowConfig {
+  /** Share (0 < sample <= 1) of the live color's requests whose method is listed that are copied. */
+  sample: number
+  /** Methods copied, upper case. Default GET, HEAD. Anything but GET, HEAD and OPTIONS needs `unsafe`. */
+  methods: string[]
+  /** Allows methods that change state (POST, PUT, DELETE, PATCH...): the copy repeats the side effect on the idle color, and on any store both colors share. Default false. */
+  unsafe: boolean
+  ignore: {
+    /** Response header names (lower case) never compared, besides the ones always left out (date, connection, keep-alive, content-length, transfer-encoding). Default none. */
+    headers: string[]
+    /** JSON paths (the subset in shadow/jsonpath.ts) never compared in JSON bodies. Default none. */
+    json: string[]
+  }
+  /** Answers larger than this (bytes) are compared by status and headers only, and counted so. Default 64 KiB. */
+  maxBody: number
+  /** Copies in flight at once per service (gateway process); above it a copy is dropped and counted. Default 32. */
+  maxConcurrent: number
+  /** A copy not answered whole within this is dropped and counted, ms. Default 5s. */
+  timeout: number
+  /** Share of copied requests also sent a second time to the live color, to learn which differences are noise. Default 0.1. */
+  noise: number
+  /** The first this-many copies of a comparison (after a start, a flip or new idle targets) are all sent twice, so noise is learnt early. Default 20. */
+  learn: number
 }
 
 export interface GuardConfig {
@@ -164,6 +199,8 @@ export interface ServiceConfig {
   sticky?: { cookie: string }
   /** Checks a flip runs against the new color first. Default none. */
   smoke: SmokeCheck[]
+  /** Shadow traffic to the idle color, compared with the live answers. Default off. */
+  shadow?: ShadowConfig
   timeouts: Timeouts
   /** Active health probes: on when `defaults.health` or the service's `health` is set (missing fields from DEFAULTS); `health: false` turns them off. Off: targets count as healthy. */
   health?: HealthConfig
@@ -296,6 +333,15 @@ export const DEFAULTS = {
   fleet: { leaseTtl: 5_000 },
   log: { access: true },
   metrics: { enabled: true },
+  shadow: {
+    methods: ['GET', 'HEAD'],
+    unsafe: false,
+    maxBody: 64 * 1024,
+    maxConcurrent: 32,
+    timeout: 5_000,
+    noise: 0.1,
+    learn: 20,
+  },
   service: {
     live: 'blue' as Color,
     pathPrefix: '/',
@@ -306,7 +352,7 @@ export const DEFAULTS = {
     timeouts: { connect: 2_000, response: 30_000, idleUpstream: 60_000 },
     health: { path: '/healthz', interval: 2_000, timeout: 1_000, healthyThreshold: 2, unhealthyThreshold: 3, expectStatus: [] as number[], assumeHealthy: false, panicThreshold: 0 },
     passive: { consecutiveFailures: 5, baseEjectionTime: 30_000, maxEjectionTime: 300_000 },
-    gate: { minHealthy: 1 },
+    gate: { minHealthy: 1, minShadowCompared: 200 },
     guard: { window: 60_000, maxErrorRate: 0.05, minRequests: 20 },
     verify: { window: 60_000, maxErrorRateIncrease: 0.01, maxLatencyIncrease: 0.2, latencyFloor: 5, minRequests: 100 },
     drain: { timeout: 30_000 },

@@ -48,6 +48,10 @@ export class NodeRequestFacts implements RequestFacts {
     this.cookie = req.headers.cookie
   }
 
+  get method (): string {
+    return this.req.method as string
+  }
+
   get connectionNames (): readonly string[] | undefined {
     return connectionNames(this.req.rawHeaders)
   }

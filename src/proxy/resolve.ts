@@ -12,6 +12,8 @@ import type { Endpoint } from '../upstream/target-set.js'
  * headers) and copies nothing the routing does not ask for.
  */
 export interface RequestFacts {
+  /** The request method, as sent (upper case for the standard ones). */
+  readonly method: string
   /** The request target as received. */
   readonly target: string
   readonly host: string | undefined
@@ -65,6 +67,36 @@ export interface UpstreamGroup {
   readonly protocol: UpstreamProtocol
 }
 
+/**
+ * Sees the live answer of a request picked for shadow traffic (shadow/), as
+ * the client gets it, so the copy sent to the idle color can be compared with
+ * it. The exchange calls `request` once before it forwards, `requestBody` for
+ * each request body chunk as it goes upstream, then `head`, `body` for each
+ * answer chunk and `end` once the whole answer went to the client; `abort`
+ * instead of `end` when the exchange ends any other way (an error, a cut, a
+ * retry's failure, a WebSocket). A tap never throws and never delays: it only
+ * copies what it is shown, up to its own size cap.
+ */
+export interface AnswerTap {
+  /**
+   * The request as it goes upstream: `fields` is either the fast engine's
+   * forwarded header lines (`name: value\r\n` each, forwarding headers and
+   * the request id included) or a flat [name, value, ...] list.
+   */
+  request: (method: string, target: string, fields: string | readonly string[]) => void
+  /** Request body bytes as sent upstream (decoded: never chunk framing); `last`: the body ends with this chunk. */
+  requestBody: (chunk: Buffer, last: boolean) => void
+  /**
+   * The final answer's head as relayed (hop-by-hop fields removed): `fields`
+   * as in `request`; `chunked`: the body chunks that follow carry HTTP/1.1
+   * chunk framing (the fast engine relays it as received) and must be decoded.
+   */
+  head: (status: number, fields: string | ReadonlyArray<string | Buffer>, chunked: boolean) => void
+  body: (chunk: Buffer) => void
+  end: () => void
+  abort: () => void
+}
+
 /** A request with somewhere to go. */
 export interface Resolution {
   /** The target to forward: normalized (dot segments and doubled slashes resolved). */
@@ -73,6 +105,8 @@ export interface Resolution {
   readonly group: UpstreamGroup
   /** A Set-Cookie to answer with (sticky sessions), or undefined. */
   readonly setCookie: string | undefined
+  /** Set when this request was picked for shadow traffic: the exchange shows it the answer. Undefined on every other request. */
+  readonly shadow: AnswerTap | undefined
 }
 
 /** A request the gateway answers itself, with the coded reason. */

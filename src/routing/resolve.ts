@@ -47,6 +47,6 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     if (endpoint === undefined) {
       return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats }
     }
-    return { target, endpoint, group: color, setCookie }
+    return { target, endpoint, group: color, setCookie, shadow: undefined }
   }
 }
