@@ -172,6 +172,8 @@ function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchSta
     if (x.length !== y.length) out.add(formatPath(path), `length ${x.length}: ${render(x)}`, `length ${y.length}: ${render(y)}`)
     const n = Math.min(x.length, y.length)
     for (let i = 0; i < n && !out.full; i++) {
+      // Equal scalars (most nodes) cost one comparison: no matcher step, no path work.
+      if (x[i] === y[i]) continue
       const s = matcher.step(state, i)
       if (s === undefined) continue
       path.push(i)
@@ -184,6 +186,8 @@ function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchSta
   const y = b as Record<string, unknown>
   for (const key of Object.keys(x)) {
     if (out.full) return
+    // JSON values are never functions, so equal values here are both own members (never Object.prototype's).
+    if (x[key] === y[key]) continue
     const s = matcher.step(state, key)
     if (s === undefined) continue
     path.push(key)
