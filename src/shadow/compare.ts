@@ -1,0 +1,284 @@
+// Compares a live answer with the idle color's answer to the same request:
+// status, headers (less the ones that always differ), body (JSON structurally,
+// anything else by bytes), as a short list of places with redacted examples.
+
+import { HOP_BY_HOP } from '../proxy/headers.js'
+import { compileJsonPaths, formatPath, type MatchState, type PathKey, type PathMatcher } from './jsonpath.js'
+import type { Answer, Comparer, Difference } from './types.js'
+
+/** Fields that differ between any two answers (or describe framing, compared through the body): never compared. */
+export const ALWAYS_LEFT_OUT: ReadonlySet<string> = new Set([
+  'date', 'connection', 'keep-alive', 'content-length', 'transfer-encoding', ...HOP_BY_HOP,
+])
+
+/** Fields whose values are credentials or session state: an example shows `[redacted]`, never the value. */
+export const REDACTED_HEADERS: ReadonlySet<string> = new Set([
+  'set-cookie', 'authorization', 'cookie', 'proxy-authorization', 'www-authenticate', 'proxy-authenticate',
+])
+
+/** At most this many differences per pair; past it the list ends with a `...` entry. */
+export const MAX_DIFFERENCES = 50
+/** A JSON example is cut here. */
+const MAX_EXAMPLE = 120
+/** A `where` is cut here (a long member name could make one huge). */
+const MAX_WHERE = 200
+/** Bytes shown around a byte body's first difference. */
+const BYTE_WINDOW = 60
+
+const ABSENT = '(absent)'
+const REDACTED = '[redacted]'
+
+/** Builds comparers per service `ignore` settings; throws (parseJsonPath's message) on a bad JSON path. */
+export function createComparer (ignore: { headers: readonly string[], json: readonly string[] }): Comparer {
+  const leftOut = new Set(ALWAYS_LEFT_OUT)
+  for (const h of ignore.headers) leftOut.add(h.toLowerCase())
+  const matcher = compileJsonPaths(ignore.json)
+  return { compare: (live, other) => compareAnswers(live, other, leftOut, matcher) }
+}
+
+/** Gathers differences: one per place (the first seen), stopping once more than MAX_DIFFERENCES are known. */
+class Collector {
+  readonly list: Difference[] = []
+  private readonly seen = new Set<string>()
+  full = false
+
+  add (where: string, live: string, other: string): void {
+    if (this.full) return
+    if (where.length > MAX_WHERE) where = where.slice(0, MAX_WHERE - 3) + '...'
+    if (this.seen.has(where)) return
+    this.seen.add(where)
+    this.list.push({ where, live, other })
+    // One past the cap is how we know the list was cut (exactly 50 stay whole).
+    if (this.list.length > MAX_DIFFERENCES) this.full = true
+  }
+
+  result (): Difference[] {
+    if (!this.full) return this.list
+    const kept = this.list.slice(0, MAX_DIFFERENCES - 1)
+    kept.push({ where: '...', live: `more than ${MAX_DIFFERENCES - 1} differences; the rest are not listed`, other: '' })
+    return kept
+  }
+}
+
+function compareAnswers (live: Answer, other: Answer, leftOut: ReadonlySet<string>, matcher: PathMatcher): Difference[] {
+  const out = new Collector()
+  if (live.status !== other.status) out.add('status', String(live.status), String(other.status))
+  compareHeaders(live.headers, other.headers, leftOut, out)
+  if (live.body !== undefined && other.body !== undefined) compareBodies(live, other, live.body, other.body, matcher, out)
+  return out.result()
+}
+
+function compareHeaders (live: ReadonlyMap<string, string>, other: ReadonlyMap<string, string>, leftOut: ReadonlySet<string>, out: Collector): void {
+  let differ: string[] | undefined
+  for (const [name, value] of live) {
+    if (!leftOut.has(name) && other.get(name) !== value) (differ ??= []).push(name)
+  }
+  for (const name of other.keys()) {
+    if (!leftOut.has(name) && !live.has(name)) (differ ??= []).push(name)
+  }
+  if (differ === undefined) return
+  // Field order differs between servers; a sorted list reads the same for the same answers.
+  differ.sort()
+  for (const name of differ) out.add(`header:${name}`, headerExample(name, live.get(name)), headerExample(name, other.get(name)))
+}
+
+function headerExample (name: string, value: string | undefined): string {
+  if (value === undefined) return ABSENT
+  if (REDACTED_HEADERS.has(name)) return REDACTED
+  return cut(value, MAX_EXAMPLE)
+}
+
+/** `application/json` or any `type/subtype+json`, parameters aside. */
+export function isJsonType (contentType: string | undefined): boolean {
+  if (contentType === undefined) return false
+  const semi = contentType.indexOf(';')
+  const media = (semi === -1 ? contentType : contentType.slice(0, semi)).trim().toLowerCase()
+  if (media === 'application/json') return true
+  const slash = media.indexOf('/')
+  return slash > 0 && media.endsWith('+json') && media.length > slash + 6
+}
+
+function compareBodies (live: Answer, other: Answer, a: Buffer, b: Buffer, matcher: PathMatcher, out: Collector): void {
+  // The common case (the same bytes) costs one memcmp, whatever the type.
+  if (a.equals(b)) return
+  const liveJson = isJsonType(live.headers.get('content-type'))
+  const otherJson = isJsonType(other.headers.get('content-type'))
+  if (liveJson !== otherJson) {
+    out.add('body:type', typeExample(live), typeExample(other))
+    return
+  }
+  if (liveJson) {
+    const x = parseJson(a)
+    const y = parseJson(b)
+    if (x !== NOT_JSON && y !== NOT_JSON) {
+      const state = matcher.start()
+      if (state === undefined) return
+      try {
+        compareValues(x, y, [], state, matcher, out, 0)
+        return
+      } catch (err) {
+        // Nesting deeper than a walk (or JSON.stringify) takes: compared as bytes instead, never thrown at the mirror.
+        if (err !== TOO_DEEP && !(err instanceof RangeError)) throw err
+      }
+    }
+  }
+  compareBytes(a, b, out)
+}
+
+function typeExample (answer: Answer): string {
+  return cut(answer.headers.get('content-type') ?? '(no content-type)', MAX_EXAMPLE)
+}
+
+const NOT_JSON = Symbol('not json')
+/** JSON nested deeper than this is compared as bytes: the walk recurses, and a 64 KiB body can nest 30 000 deep. */
+const MAX_DEPTH = 256
+const TOO_DEEP = new Error('JSON nested too deep to compare structurally')
+
+function parseJson (body: Buffer): unknown {
+  try {
+    return JSON.parse(body.toString('utf8'))
+  } catch {
+    return NOT_JSON
+  }
+}
+
+type Kind = 'null' | 'array' | 'object' | 'string' | 'number' | 'boolean'
+
+function kindOf (v: unknown): Kind {
+  if (v === null) return 'null'
+  if (Array.isArray(v)) return 'array'
+  return typeof v as Kind
+}
+
+/**
+ * Walks both values together. `path` is the concrete path (indices as they
+ * are, so `[0]` ignores match); the place is written with `[*]` only when a
+ * difference is found, so an equal node costs no string work.
+ */
+function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchState, matcher: PathMatcher, out: Collector, depth: number): void {
+  if (a === b) return
+  if (depth > MAX_DEPTH) throw TOO_DEEP
+  const ka = kindOf(a)
+  const kb = kindOf(b)
+  if (ka !== kb || (ka !== 'array' && ka !== 'object')) {
+    // Different kinds, or two scalars that differ (numbers compare by value: 1 and 1.0 parse alike).
+    out.add(formatPath(path), render(a), render(b))
+    return
+  }
+  if (ka === 'array') {
+    const x = a as unknown[]
+    const y = b as unknown[]
+    // A length difference is one place (the array's), then the common prefix compared index by index.
+    if (x.length !== y.length) out.add(formatPath(path), `length ${x.length}: ${render(x)}`, `length ${y.length}: ${render(y)}`)
+    const n = Math.min(x.length, y.length)
+    for (let i = 0; i < n && !out.full; i++) {
+      // Equal scalars (most nodes) cost one comparison: no matcher step, no path work.
+      if (x[i] === y[i]) continue
+      const s = matcher.step(state, i)
+      if (s === undefined) continue
+      path.push(i)
+      compareValues(x[i], y[i], path, s, matcher, out, depth + 1)
+      path.pop()
+    }
+    return
+  }
+  const x = a as Record<string, unknown>
+  const y = b as Record<string, unknown>
+  for (const key of Object.keys(x)) {
+    if (out.full) return
+    // JSON values are never functions, so equal values here are both own members (never Object.prototype's).
+    if (x[key] === y[key]) continue
+    const s = matcher.step(state, key)
+    if (s === undefined) continue
+    path.push(key)
+    if (Object.hasOwn(y, key)) compareValues(x[key], y[key], path, s, matcher, out, depth + 1)
+    else out.add(formatPath(path), render(x[key]), ABSENT)
+    path.pop()
+  }
+  for (const key of Object.keys(y)) {
+    if (out.full) return
+    if (Object.hasOwn(x, key)) continue
+    if (matcher.step(state, key) === undefined) continue
+    path.push(key)
+    out.add(formatPath(path), ABSENT, render(y[key]))
+    path.pop()
+  }
+}
+
+/** A JSON value written compactly, cut at MAX_EXAMPLE characters. */
+function render (v: unknown): string {
+  return cut(JSON.stringify(v), MAX_EXAMPLE)
+}
+
+function cut (s: string, max: number): string {
+  return s.length <= max ? s : s.slice(0, max - 3) + '...'
+}
+
+/** Bodies that are not JSON on both sides: the first differing byte, with up to 60 bytes around it from each side. */
+function compareBytes (a: Buffer, b: Buffer, out: Collector): void {
+  const n = Math.min(a.length, b.length)
+  let at = 0
+  while (at < n && a[at] === b[at]) at++
+  out.add('body', byteExample(a, at), byteExample(b, at))
+}
+
+function byteExample (body: Buffer, at: number): string {
+  // A third of the window before the difference (what led to it), the rest after.
+  const start = Math.max(0, Math.min(at - BYTE_WINDOW / 3, body.length - BYTE_WINDOW))
+  const end = Math.min(body.length, start + BYTE_WINDOW)
+  const text = (start > 0 ? '...' : '') + escapeBytes(body, start, end) + (end < body.length ? '...' : '')
+  return `at byte ${at} of ${body.length}: ${text}`
+}
+
+/** Printable ASCII as it is, everything else escaped (`\n`, `\xNN`), so an example is one safe line. */
+export function escapeBytes (body: Buffer, start: number, end: number): string {
+  let out = ''
+  for (let i = start; i < end; i++) {
+    const c = body[i]
+    if (c === 0x5c) out += '\\\\'
+    else if (c >= 0x20 && c < 0x7f) out += String.fromCharCode(c)
+    else if (c === 0x0a) out += '\\n'
+    else if (c === 0x0d) out += '\\r'
+    else if (c === 0x09) out += '\\t'
+    else out += '\\x' + c.toString(16).padStart(2, '0')
+  }
+  return out
+}
+
+/**
+ * An Answer's header map from a head as a tap is shown it: the fast engine's
+ * `name: value\r\n` lines, or a flat [name, value, ...] list (strings or
+ * Buffers). Names lower case, repeated fields joined with ', ' in order,
+ * hop-by-hop fields left out.
+ */
+export function answerHeaders (fields: string | ReadonlyArray<string | Buffer>): Map<string, string> {
+  const map = new Map<string, string>()
+  if (typeof fields === 'string') {
+    let i = 0
+    while (i < fields.length) {
+      let eol = fields.indexOf('\n', i)
+      if (eol === -1) eol = fields.length
+      const lineEnd = eol > i && fields.charCodeAt(eol - 1) === 0x0d ? eol - 1 : eol
+      const colon = fields.indexOf(':', i)
+      if (colon !== -1 && colon < lineEnd) {
+        put(map, fields.slice(i, colon), fields.slice(colon + 1, lineEnd))
+      }
+      i = eol + 1
+    }
+  } else {
+    for (let i = 0; i + 1 < fields.length; i += 2) {
+      const name = fields[i]
+      const value = fields[i + 1]
+      put(map, typeof name === 'string' ? name : name.toString('latin1'), typeof value === 'string' ? value : value.toString('latin1'))
+    }
+  }
+  return map
+}
+
+function put (map: Map<string, string>, rawName: string, rawValue: string): void {
+  const name = rawName.trim().toLowerCase()
+  if (name === '' || HOP_BY_HOP.has(name)) return
+  const value = rawValue.trim()
+  const prior = map.get(name)
+  map.set(name, prior === undefined ? value : `${prior}, ${value}`)
+}

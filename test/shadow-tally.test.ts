@@ -1,0 +1,214 @@
+// Shadow tallies: counts per comparison, noise learnt late re-judging pairs
+// already counted, workers' data merged as if one process had seen it all,
+// bounds under many distinct places, and the per-result callback the metric uses.
+
+import t from 'tap'
+import { createShadowBook, MAX_EXAMPLES, MAX_NOISE, MAX_PAIR_SETS, mergeTallyData, viewOf } from '../src/shadow/tally.js'
+import type { Difference, DropReason, ShadowResult, ShadowTally, TallyData } from '../src/shadow/types.js'
+
+function diff (where: string, live = `live ${where}`, other = `idle ${where}`): Difference {
+  return { where, live, other }
+}
+
+function newTally (key = 'blue>green|http://g'): { tally: ShadowTally, results: Array<[string, ShadowResult]> } {
+  const results: Array<[string, ShadowResult]> = []
+  const book = createShadowBook((service, result) => results.push([service, result]))
+  return { tally: book.tallyFor('users', key), results }
+}
+
+t.test('noise learnt after a pair was counted re-judges it in the view', async (t) => {
+  const { tally, results } = newTally()
+  tally.pair([diff('header:x-request-id')], true)
+  tally.pair([diff('header:x-request-id'), diff('$.price', '1', '2')], true)
+  tally.pair([], true)
+  let v = tally.view()
+  t.match(v, { compared: 3, matched: 1, differed: 2, noise: 0 })
+  t.same(v.top.map((x) => [x.where, x.count]), [['header:x-request-id', 2], ['$.price', 1]])
+
+  tally.noise([diff('header:x-request-id'), diff('header:x-request-id')])
+  v = tally.view()
+  t.match(v, { compared: 3, matched: 1, differed: 1, noise: 1, probes: 1 }, 'the pair whose only place is noise now counts as noise')
+  t.same(v.top, [{ where: '$.price', count: 1, example: { live: '1', idle: '2' } }], 'a noise place leaves top; the pair with another place stays differed')
+  t.same(v.noiseWhere, [{ where: 'header:x-request-id', count: 1 }], 'a place counts once per probe')
+  t.same(results.map((r) => r[1]), ['differed', 'differed', 'matched'], 'the metric keeps the judgement made when each pair completed')
+
+  tally.pair([diff('header:x-request-id')], true)
+  t.same(results.at(-1), ['users', 'noise'], 'a pair completed after the noise is learnt is counted as noise at once')
+  t.match(tally.view(), { compared: 4, noise: 2, differed: 1 })
+})
+
+t.test('view: counts, drops, top ranking and examples', async (t) => {
+  const { tally } = newTally()
+  tally.sent()
+  tally.sent()
+  tally.sent()
+  t.equal(tally.copies, 3, 'copies counts what was sent')
+  tally.dropped('busy')
+  tally.dropped('busy')
+  tally.dropped('failed')
+  tally.dropped('body_too_large')
+  tally.pair([], false)
+  for (let i = 0; i < 12; i++) {
+    for (let n = 0; n <= i; n++) tally.pair([diff(`$.f${String(i).padStart(2, '0')}`, `first ${i}`, `idle ${i}`)], true)
+  }
+  tally.pair([diff('$.f11', 'later', 'later')], false)
+  const v = tally.view()
+  t.match(v, { sent: 3, dropped: 4, drops: { busy: 2, no_target: 0, failed: 1, body_too_large: 1 }, bodyNotCompared: 2, matched: 1, differed: 79, compared: 80 })
+  t.equal(v.top.length, 10, 'top holds at most 10 places')
+  t.same(v.top.map((x) => x.count), [13, 11, 10, 9, 8, 7, 6, 5, 4, 3], 'most frequent first')
+  t.same(v.top[0], { where: '$.f11', count: 13, example: { live: 'first 11', idle: 'idle 11' } }, 'the first example seen is kept')
+  t.equal(v.compared, v.matched + v.differed + v.noise)
+
+  const tie = newTally().tally
+  tie.pair([diff('$.b')], true)
+  tie.pair([diff('$.a')], true)
+  t.same(tie.view().top.map((x) => x.where), ['$.a', '$.b'], 'ties by place, so the order is stable')
+})
+
+t.test('a pair with a place seen twice is one set', async (t) => {
+  const { tally } = newTally()
+  tally.pair([diff('$.b'), diff('$.a'), diff('$.b')], true)
+  tally.pair([diff('$.a'), diff('$.b')], true)
+  t.same(tally.data().pairs, [{ wheres: ['$.a', '$.b'], count: 2 }])
+})
+
+/** A deterministic stream of tally events over a small set of places, so it stays inside every bound. */
+type Event = { kind: 'sent' } | { kind: 'dropped', reason: DropReason } | { kind: 'pair', diffs: Difference[], body: boolean } | { kind: 'noise', diffs: Difference[] }
+
+function stream (seed: number, n: number, tag: string): Event[] {
+  let s = seed
+  const rnd = (m: number): number => {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0
+    return (s >>> 8) % m
+  }
+  const places = ['status', 'header:etag', '$.a', '$.items[*].price', '$.ts', 'body']
+  const reasons: DropReason[] = ['busy', 'no_target', 'failed', 'body_too_large']
+  const pick = (): Difference[] => {
+    const out: Difference[] = []
+    for (const p of places) if (rnd(4) === 0) out.push(diff(p, `${tag} live ${p}`, `${tag} idle ${p}`))
+    return out
+  }
+  const events: Event[] = []
+  for (let i = 0; i < n; i++) {
+    const r = rnd(10)
+    if (r < 3) events.push({ kind: 'sent' })
+    else if (r < 4) events.push({ kind: 'dropped', reason: reasons[rnd(4)] })
+    else if (r < 9) events.push({ kind: 'pair', diffs: pick(), body: rnd(5) !== 0 })
+    else events.push({ kind: 'noise', diffs: rnd(3) === 0 ? [diff('$.ts'), diff('header:etag')] : rnd(2) === 0 ? [diff('$.ts')] : [] })
+  }
+  return events
+}
+
+function feed (tally: ShadowTally, events: Event[]): void {
+  for (const e of events) {
+    if (e.kind === 'sent') tally.sent()
+    else if (e.kind === 'dropped') tally.dropped(e.reason)
+    else if (e.kind === 'pair') tally.pair(e.diffs, e.body)
+    else tally.noise(e.diffs)
+  }
+}
+
+/** Data compared as sets: the pair and noise lists' order is each process's own. */
+function normalised (d: TallyData): unknown {
+  return {
+    ...d,
+    pairs: [...d.pairs].map((p) => `${p.wheres.join(',')}=${p.count}`).sort(),
+    noise: [...d.noise].map((n) => `${n.where}=${n.count}`).sort(),
+    examples: [...d.examples].sort((x, y) => x.where < y.where ? -1 : 1),
+  }
+}
+
+t.test('merging two processes\' data equals one tally fed both streams', async (t) => {
+  const a = stream(1, 3000, 'A')
+  const b = stream(2, 2000, 'B')
+  const one = newTally().tally
+  const two = newTally().tally
+  const both = newTally().tally
+  feed(one, a)
+  feed(two, b)
+  feed(both, a)
+  feed(both, b)
+  const merged = mergeTallyData([one.data(), two.data()])
+  t.same(normalised(merged), normalised(both.data()), 'the same data')
+  t.same(viewOf(merged), both.view(), 'the same view')
+  const v = both.view()
+  t.ok(v.noise > 0 && v.differed > 0 && v.matched > 0, `the streams exercise every judgement (${v.matched}/${v.differed}/${v.noise})`)
+  t.not(viewOf(one.data()).compared, v.compared, 'one process alone sees less')
+  t.same(mergeTallyData([]), newTally().tally.data(), 'nothing merged is an empty tally')
+  t.same(viewOf(mergeTallyData([both.data()])), v, 'a single process merges to itself')
+})
+
+t.test('bounds hold under 10k distinct places', async (t) => {
+  const { tally } = newTally()
+  for (let i = 0; i < 10_000; i++) tally.noise([diff(`$.noise${i}`)])
+  for (let i = 0; i < 10_000; i++) tally.pair([diff(`$.k${i}`, 'x'.repeat(100), 'y'), diff(`$.j${i % 300}`)], true)
+  tally.pair([], true)
+  tally.pair([diff('$.k0'), diff('$.j0')], true)
+  const d = tally.data()
+  t.equal(d.pairs.length, MAX_PAIR_SETS + 1, `${MAX_PAIR_SETS} difference sets and the match`)
+  t.ok(d.examples.length <= MAX_EXAMPLES, `examples: ${d.examples.length}`)
+  t.equal(d.noise.length, MAX_NOISE)
+  t.equal(d.overflow, 10_000 - MAX_PAIR_SETS)
+  t.equal(d.probes, 10_000)
+  const v = tally.view()
+  t.match(v, { compared: 10_002, matched: 1, differed: 10_001, noise: 0 }, 'overflow counts as differed; a match after it is still a match')
+  t.equal(v.top.length, 10)
+  t.equal(v.top[0].where, '$.j0', 'the kept set repeated ranks first')
+  t.equal(v.top[0].count, 2)
+  t.ok(JSON.stringify(d).length < 100_000, `the data stays small (${JSON.stringify(d).length} bytes)`)
+
+  const merged = mergeTallyData([d, d, d])
+  t.equal(merged.pairs.length, MAX_PAIR_SETS + 1, 'a merge is bounded too')
+  t.equal(merged.noise.length, MAX_NOISE)
+  t.ok(merged.examples.length <= MAX_EXAMPLES)
+  t.equal(viewOf(merged).compared, 3 * 10_002, 'and loses no count')
+  t.equal(viewOf(merged).differed, 3 * 10_001)
+
+  // Two workers each at the bound with different sets: the merge keeps 256 and counts the rest as overflow.
+  const x = newTally().tally
+  const y = newTally().tally
+  for (let i = 0; i < MAX_PAIR_SETS; i++) {
+    x.pair([diff(`$.x${i}`)], true)
+    y.pair([diff(`$.y${i}`)], true)
+  }
+  const xy = mergeTallyData([x.data(), y.data()])
+  t.equal(xy.pairs.length, MAX_PAIR_SETS)
+  t.equal(xy.overflow, MAX_PAIR_SETS)
+  t.equal(viewOf(xy).differed, 2 * MAX_PAIR_SETS)
+})
+
+t.test('onResult counts each copy and pair once, per service', async (t) => {
+  const results: Array<[string, ShadowResult]> = []
+  const book = createShadowBook((service, result) => results.push([service, result]))
+  t.same(book.services(), [])
+  t.equal(book.data('users'), undefined, 'no comparison yet')
+  const users = book.tallyFor('users', 'blue>green|http://g1')
+  const orders = book.tallyFor('orders', 'green>blue|http://b1')
+  t.equal(book.tallyFor('users', 'blue>green|http://g1'), users, 'the same key keeps the tally')
+  users.sent()
+  users.sent()
+  users.dropped('no_target')
+  users.pair([], true)
+  users.pair([diff('$.a')], true)
+  users.noise([diff('$.a')])
+  users.pair([diff('$.a')], true)
+  orders.sent()
+  orders.pair([], false)
+  const count = (service: string, result: ShadowResult): number => results.filter((r) => r[0] === service && r[1] === result).length
+  t.same([count('users', 'sent'), count('users', 'dropped'), count('users', 'matched'), count('users', 'differed'), count('users', 'noise')], [2, 1, 1, 1, 1])
+  t.same([count('orders', 'sent'), count('orders', 'matched'), results.length], [1, 1, 8], 'a noise probe is not a result')
+  t.same(book.services().sort(), ['orders', 'users'])
+  t.equal(book.data('users')?.sent, 2)
+
+  users.inflight = 3
+  const fresh = book.tallyFor('users', 'blue>green|http://g1,http://g2')
+  t.not(fresh, users, 'new idle targets start a fresh tally')
+  t.match(fresh.view(), { sent: 0, compared: 0 })
+  t.equal(fresh.inflight, 0)
+  t.equal(fresh.copies, 0, 'learn starts over')
+  t.equal(book.data('users')?.sent, 0, 'the book reports the current comparison')
+  users.pair([diff('$.late')], true)
+  t.same(results.at(-1), ['users', 'differed'], 'a copy finishing against the old tally still counts in the metric')
+  t.equal(fresh.view().compared, 0, 'but not in the new comparison')
+  t.not(book.tallyFor('users', 'green>blue|http://g1,http://g2'), fresh, 'a flip starts a fresh tally')
+})
