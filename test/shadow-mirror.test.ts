@@ -144,9 +144,10 @@ t.test('a close-delimited answer ends at EOF and its connection is not kept', as
     req.socket.write('HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\r\n')
     dribble(req.socket, body.subarray(0, 20), () => req.socket.end(body.subarray(20)))
   }
-  drive(tapOf(s.route), { answerFields: ['content-type', 'application/octet-stream'], body: [body] })
+  drive(tapOf(s.route), { answerFields: ['content-type', 'application/octet-stream', 'Set-Cookie', 'a=1', 'set-cookie', Buffer.from('b=2')], body: [body] })
   await s.tally.settled(1)
   const { live, other } = s.comparer.calls[0]
+  t.same([...live.headers], [['content-type', 'application/octet-stream'], ['set-cookie', 'a=1, b=2']], 'repeated fields joined, names lower case')
   t.equal(sha256(other.body), sha256(body))
   t.equal(sha256(live.body), sha256(body))
   t.same(s.tally.pairs[0], { diffs: [], bodyCompared: true })
@@ -297,6 +298,9 @@ t.test('an unsafe method\'s body is copied (framing rewritten to its length); ab
   await s.tally.settled(4)
   t.same(s.idle.seen.map((r) => r.target), ['/', '/', '/after'], 'the body too large was never sent')
   t.equal(s.idle.seen[2].headers.get('host'), 'x')
+  drive(tapOf(s.route, 'POST'), { method: 'POST', target: '/hostless', fields: ['accept', '*/*'] })
+  await s.tally.settled(5)
+  t.same(s.idle.seen[3].lines, [`host: 127.0.0.1:${s.idle.port}`, 'accept: */*', 'x-switchyard-shadow: 1'], 'fields without a host: the target\'s, as undici sends')
   t.equal(s.idle.seen[2].headers.has('content-length'), false, 'no body, no framing: none added')
 })
 
@@ -452,4 +456,36 @@ t.test('a fast answer on a kept connection is not taken for stale bytes (upstrea
   }
   t.same(tally.events, Array(5).fill(['sent', 'pair']).flat())
   t.same(comparer.calls.map((c) => c.other.body?.toString()), ['0', '0', '0', '0', '0'], 'every answer came on the first connection')
+})
+
+t.test('1xx answers are skipped; an answer too long to drain is taken by its head and its connection closed', async (t) => {
+  const s = await setup(t, { maxBody: 100 })
+  s.idle.handler = (req) => {
+    if (req.target === '/early-hints') {
+      req.socket.write('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n')
+      setImmediate(() => req.socket.write(answer(200, ['x-final', '1'], Buffer.from('done'))))
+    } else if (req.target === '/declared-huge') {
+      // Says 100 MB and sends a little: never read to the end.
+      req.socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100000000\r\nx-big: 1\r\n\r\nabc')
+    } else {
+      const piece = Buffer.concat([Buffer.from('10000\r\n'), Buffer.alloc(0x10000, 97), Buffer.from('\r\n')])
+      req.socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n')
+      // 2 MiB of chunks and no end: read past the cap until too much, then closed.
+      for (let i = 0; i < 32; i++) req.socket.write(piece)
+    }
+  }
+  drive(tapOf(s.route), { target: '/early-hints', body: [Buffer.from('done')] })
+  await s.tally.settled(1)
+  t.equal(s.comparer.calls[0].other.status, 200)
+  t.equal(s.comparer.calls[0].other.headers.get('x-final'), '1')
+  t.equal(s.comparer.calls[0].other.body?.toString(), 'done')
+  drive(tapOf(s.route), { target: '/declared-huge' })
+  await s.tally.settled(2)
+  drive(tapOf(s.route), { target: '/endless-chunks' })
+  await s.tally.settled(3)
+  t.same(s.tally.events, ['sent', 'pair', 'sent', 'pair', 'sent', 'pair'])
+  t.same(s.comparer.calls.slice(1).map((c) => [c.other.status, c.other.body]), [[200, undefined], [200, undefined]])
+  t.equal(s.comparer.calls[1].other.headers.get('x-big'), '1')
+  await s.idle.closes(2)
+  t.same(s.tally.pairs.map((p) => p.bodyCompared), [true, false, false])
 })
