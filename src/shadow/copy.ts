@@ -236,7 +236,8 @@ export class ShadowCopy implements UpstreamUser {
       this.written = true
       writeHeadAndBody(conn.socket, this.head, this.body)
     } catch {
-      this.fail()
+      // Not in this call: `send` promises its caller `done` comes later.
+      setImmediate(() => this.fail())
     }
   }
 

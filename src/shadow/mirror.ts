@@ -157,17 +157,17 @@ class ShadowTap implements AnswerTap {
     const fields = this.fields as string | readonly string[]
     const length = requestBody?.length ?? 0
     const body = length > 0 ? requestBody : undefined
+    this.live = {
+      status: this.status,
+      headers: fieldMap(this.answerFields as string | ReadonlyArray<string | Buffer>),
+      body: (this.answerBytes as Capped).bytes(),
+    }
     if (!ShadowCopy.send(idle, this.method, copyHead(this.method, this.target, fields, length, hostOf(idle)), body, opts, this.onIdle)) {
       return this.drop('no_target')
     }
     this.out++
     tally.inflight++
     tally.sent()
-    this.live = {
-      status: this.status,
-      headers: fieldMap(this.answerFields as string | ReadonlyArray<string | Buffer>),
-      body: (this.answerBytes as Capped).bytes(),
-    }
     // What the copies need is in `live` and their heads now.
     this.fields = undefined
     this.requestBytes = undefined
