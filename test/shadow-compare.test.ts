@@ -3,6 +3,7 @@
 // redacted and cut examples, the per-pair cap, and the header map the taps build.
 
 import t from 'tap'
+import { brotliCompressSync, gzipSync } from 'node:zlib'
 import { answerHeaders, createComparer, isJsonType, MAX_DIFFERENCES } from '../src/shadow/compare.js'
 import { compileJsonPaths, formatPath, isIgnored, parseJsonPath } from '../src/shadow/jsonpath.js'
 import type { Answer, Difference } from '../src/shadow/types.js'
@@ -314,4 +315,19 @@ t.test('answerHeaders from either head form', async (t) => {
   const a: Answer = { status: 200, headers: answerHeaders('X-A: 1\r\nX-A: 2\r\n'), body: undefined }
   const b: Answer = { status: 200, headers: answerHeaders(['x-a', '1', 'X-A', '2']), body: undefined }
   t.same(plain.compare(a, b), [], 'both forms give the same map')
+})
+
+t.test('compressed bodies are compared decoded', async (t) => {
+  const gz = (v: unknown): Buffer => gzipSync(JSON.stringify(v), { level: 1 })
+  const headers = { 'content-type': JSON_TYPE, 'content-encoding': 'gzip' }
+  // Two compressions of bodies that differ in one field differ in many bytes: the place is still the field.
+  const diffs = plain.compare(answer(200, headers, gz({ plan: 'a', id: 7 })), answer(200, headers, gz({ plan: 'b', id: 7 })))
+  t.same(wheres(diffs), ['$.plan'])
+  t.same(plain.compare(answer(200, headers, gz({ id: 7, plan: 'a' })), answer(200, headers, gz({ plan: 'a', id: 7 }))), [], 'equal once decoded')
+  // One side br, the other plain: the bodies are equal; only the coding header differs.
+  const br = answer(200, { 'content-type': JSON_TYPE, 'content-encoding': 'br' }, brotliCompressSync(JSON.stringify({ id: 7 })))
+  t.same(wheres(plain.compare(json({ id: 7 }), br)), ['header:content-encoding'])
+  // A body that does not decode is compared as sent.
+  const broken = plain.compare(answer(200, headers, Buffer.from('not gzip')), answer(200, headers, Buffer.from('not gzip!')))
+  t.same(wheres(broken), ['body'])
 })

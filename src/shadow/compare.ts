@@ -2,6 +2,7 @@
 // status, headers (less the ones that always differ), body (JSON structurally,
 // anything else by bytes), as a short list of places with redacted examples.
 
+import zlib from 'node:zlib'
 import { HOP_BY_HOP } from '../proxy/headers.js'
 import { compileJsonPaths, formatPath, type MatchState, type PathKey, type PathMatcher } from './jsonpath.js'
 import type { Answer, Comparer, Difference } from './types.js'
@@ -98,8 +99,40 @@ export function isJsonType (contentType: string | undefined): boolean {
   return slash > 0 && media.endsWith('+json') && media.length > slash + 6
 }
 
+/** A compressed body is compared decoded, up to this size (beyond it, as the bytes sent). */
+const MAX_DECODED = 1024 * 1024
+
+const DECODERS: Record<string, (b: Buffer, o: zlib.ZlibOptions) => Buffer> = {
+  gzip: zlib.gunzipSync,
+  'x-gzip': zlib.gunzipSync,
+  deflate: zlib.inflateSync,
+  br: zlib.brotliDecompressSync,
+}
+
+/**
+ * The body as the service meant it: a gzip, deflate or br body decoded (one
+ * coding; anything else, or a body that does not decode within
+ * MAX_DECODED, stays as sent). Without this, two compressions of answers
+ * that differ only in a timestamp differ everywhere, and `body` is learnt as
+ * noise: every later difference would hide behind it.
+ */
+function decoded (answer: Answer, body: Buffer): Buffer {
+  const coding = answer.headers.get('content-encoding')
+  if (coding === undefined) return body
+  const decode = DECODERS[coding.trim().toLowerCase()]
+  if (decode === undefined) return body
+  try {
+    return decode(body, { maxOutputLength: MAX_DECODED })
+  } catch {
+    return body
+  }
+}
+
 function compareBodies (live: Answer, other: Answer, a: Buffer, b: Buffer, matcher: PathMatcher, out: Collector): void {
   // The common case (the same bytes) costs one memcmp, whatever the type.
+  if (a.equals(b)) return
+  a = decoded(live, a)
+  b = decoded(other, b)
   if (a.equals(b)) return
   const liveJson = isJsonType(live.headers.get('content-type'))
   const otherJson = isJsonType(other.headers.get('content-type'))
