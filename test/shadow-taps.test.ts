@@ -374,12 +374,12 @@ async function h1 (u: Under, path: string, method = 'GET', body?: Buffer): Promi
   return { status: res.statusCode, headers: res.headers, body: got }
 }
 
-/** Sends a raw HTTP/1.1 GET; `cut` destroys the socket at the first answer bytes. Resolves when the socket closes. */
-async function rawGet (u: Under, path: string, cut: boolean): Promise<Buffer> {
+/** Sends a raw HTTP/1.1 GET (or `head`); `cut` destroys the socket at the first answer bytes. Resolves when the socket closes. */
+async function rawGet (u: Under, path: string, cut: boolean, head = `GET ${path} HTTP/1.1\r\nhost: x\r\n\r\n`): Promise<Buffer> {
   const { port } = new URL(u.gw.url)
   return await new Promise((resolve) => {
     const chunks: Buffer[] = []
-    const s = net.connect(Number(port), '127.0.0.1', () => s.write(`GET ${path} HTTP/1.1\r\nhost: x\r\n\r\n`))
+    const s = net.connect(Number(port), '127.0.0.1', () => s.write(head))
     s.on('data', (c: Buffer) => {
       chunks.push(c)
       if (cut) s.destroy()
@@ -456,6 +456,13 @@ for (const engine of ['fast', 'node']) {
     u.up.release()
     t.equal((await first).status, 200)
     t.equal(await u.taps.tapOf('/busy/1/busy').done, 'end', 'the held request ends')
+
+    // 16,300 bytes: within 16 KiB at the edge, over it once X-Forwarded-* and the request id are added.
+    const line = 'GET /a/x/big HTTP/1.1\r\n'
+    const big = await rawGet(u, '/a/x/big', false, `${line}host: x\r\nconnection: close\r\nx-pad: ${'a'.repeat(16_300 - line.length - 9 - 19 - 9 - 2)}\r\n\r\n`)
+    t.match(big.toString('latin1'), /^HTTP\/1\.1 431 /, 'refused before it goes upstream')
+    t.equal(await u.taps.tapOf('/a/x/big').done, 'abort', 'a head too large once forwarded: abort')
+    t.same(u.taps.tapOf('/a/x/big').events, ['abort'], 'shown nothing')
 
     const ws = await openWs(u.gw.url.replace('http', 'ws') + '/a/x/ws')
     ws.ws.send('hi')
