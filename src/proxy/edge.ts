@@ -123,6 +123,8 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const to = resolveRequest(req)
     if (to.endpoint === undefined) return rejectUpgrade(socket, to.code)
+    // A tunnel has no answer to compare: shadow traffic is for requests (the tap is let go at once).
+    if (to.shadow !== undefined) to.shadow.abort()
     // The tunnel is an HTTP/1.1 connection to the target, which a target speaking only HTTP/2 cannot take.
     if (to.group.protocol !== 'http1') {
       socket.end(rawError('upgrade_refused', true, `WebSockets are not forwarded to this service: its targets speak HTTP/2 (protocol ${to.group.protocol})`).text)

@@ -13,7 +13,7 @@ import { connectionNames, countHeader, downstreamResponseHeaders, PIN_HEADER, re
 import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
 import { recordOutcome } from './outcome.js'
 import { newRequestId } from './request-id.js'
-import { clientAddress, type RequestFacts, type Resolution, type UpstreamGroup } from './resolve.js'
+import { clientAddress, type AnswerTap, type RequestFacts, type Resolution, type UpstreamGroup } from './resolve.js'
 import type { Forwarding } from './trust.js'
 
 /** The client's X-Request-Id, or a new one (added to the upstream request). */
@@ -181,6 +181,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private informational = 0
   /** The outcome was recorded (exactly once per answered exchange). */
   private settled = false
+  /** Shown the request and the answer as relayed (shadow traffic); undefined on every other request: one check per event. */
+  private shadow: AnswerTap | undefined
+  /** The tap's listeners on the request body, made only for a tapped request with a body. */
+  private tapData: ((chunk: Buffer) => void) | undefined = undefined
 
   constructor (req: IncomingMessage, res: ServerResponse, to: Resolution, forwarding: Forwarding) {
     this.req = req
@@ -191,6 +195,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.waitMs = to.group.timeouts.connect
     this.upstreamBodyMs = to.group.timeouts.body ?? 0
     this.setCookie = to.setCookie
+    this.shadow = to.shadow
     this.headers = upstreamRequestHeaders(req, forwarding)
     this.requestId = requestIdFor(req, this.headers)
     this.body = hasBody(req) ? req : null
@@ -203,8 +208,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     // What the upstream would refuse for its size (X-Forwarded-* and the request id added) is refused here.
     if (upstreamHeadSize(this.req.method as string, this.req.url as string, this.headers) > MAX_HEAD) {
       writeError(this.res, 'header_too_large', `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`, true)
+      this.endTap(false)
       return
     }
+    if (this.shadow !== undefined) this.shadow.request(this.req.method as string, this.req.url as string, this.headers)
     this.stats.begin(this)
     this.endpoint.target.inflight++
     this.res.once('close', this.onClientClose)
@@ -256,6 +263,27 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     return this.endpoint.target.url
   }
 
+  /** The tap hears how the exchange ended, once: `whole`, the answer went to the client complete. */
+  private endTap (whole: boolean): void {
+    const tap = this.shadow
+    if (tap === undefined) return
+    this.shadow = undefined
+    if (whole) tap.end()
+    else tap.abort()
+  }
+
+  /**
+   * The tap sees the request body as undici reads it: listening to 'data'
+   * alongside undici's own listener, added in the same tick, neither starts
+   * nor holds the flow (undici's pause and resume still decide it).
+   */
+  private tapBody (body: IncomingMessage): void {
+    this.tapData = (chunk: Buffer): void => this.shadow?.requestBody(chunk, false)
+    body.on('data', this.tapData)
+    // node:http tells the end apart from the last chunk: an empty last chunk marks it.
+    body.once('end', () => this.shadow?.requestBody(Buffer.alloc(0), true))
+  }
+
   /** Records the outcome of an exchange that got the upstream's head, once. */
   private settle (failure: Parameters<typeof recordOutcome>[3]): void {
     if (this.settled) return
@@ -286,6 +314,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.durationMs = performance.now() - this.startedAt
     this.stats.end(this, this)
     this.endpoint.target.inflight--
+    // Any ending but onResponseEnd's (which ended the tap already).
+    if (this.shadow !== undefined) this.endTap(false)
     if (!this.res.writableFinished) this.abortUpstream()
   }
 
@@ -321,6 +351,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     // undici starts reading the body right after this, in the same tick: the listeners see every chunk.
     // A body the client has sent whole cannot go quiet on its side.
     if (this.body !== null && this.bodyTimeout > 0 && this.bodyTimer === undefined && !this.body.complete) this.watchBody(this.body)
+    if (this.shadow !== undefined && this.body !== null && this.tapData === undefined) this.tapBody(this.body)
   }
 
   /**
@@ -402,6 +433,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.upstreamMs = performance.now() - this.startedAt
     try {
       const out = downstreamResponseHeaders(headerPairs(controller.rawHeaders, headers))
+      // The upstream's fields as relayed, without the gateway's sticky cookie (a copy: the list grows below).
+      if (this.shadow !== undefined) this.shadow.head(statusCode, this.setCookie === undefined ? out : out.slice(), false)
       if (this.setCookie !== undefined) out.push('set-cookie', this.setCookie)
       this.res.writeHead(statusCode, statusMessage ?? '', out)
     } catch {
@@ -440,6 +473,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (this.closed) return
     this.bytes += chunk.length
+    if (this.shadow !== undefined) this.shadow.body(chunk)
     if (this.res.write(chunk)) return
     // The client reads more slowly than the upstream sends: undici stops reading until it catches up.
     controller.pause()
@@ -457,6 +491,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
       } catch {}
     }
     this.res.end()
+    if (this.shadow !== undefined) this.endTap(true)
     this.settle(undefined)
   }
 

@@ -216,12 +216,17 @@ export class ClientConn implements Gatherer, ClientSide {
       return true
     }
     // The fast engine speaks HTTP/1.1 upstream only: node:http's edge forwards over HTTP/2 (proxy/h2/upstream.ts).
-    if (to.group.protocol !== 'http1') return false
+    // It resolves the request again: this Resolution's tap (never set for such services) sees nothing.
+    if (to.group.protocol !== 'http1') {
+      if (to.shadow !== undefined) to.shadow.abort()
+      return false
+    }
     // The target is forwarded normalized.
     head.target = to.target
     const x = new FastExchange(this, head, to, this.edge.forwarding)
     // The added X-Forwarded-* and request id must not push the head past what an upstream takes.
     if (!x.fitsUpstream) {
+      if (to.shadow !== undefined) to.shadow.abort()
       this.answer(head, 'header_too_large')
       return true
     }

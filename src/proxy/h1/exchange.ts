@@ -10,7 +10,7 @@ import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type FailureKind } 
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
 import { newRequestId } from '../request-id.js'
-import type { Resolution, UpstreamGroup } from '../resolve.js'
+import type { AnswerTap, Resolution, UpstreamGroup } from '../resolve.js'
 import type { Forwarding } from '../trust.js'
 import { CRLF2, gather, headWork, writeHeadAndBody, type Gatherer } from './io.js'
 import { ChunkedScanner, Framing, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
@@ -74,6 +74,8 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
   /** Waiting for a connection from this pool (all busy); the body to send once one comes. */
   private waitingOn: UpstreamPool | undefined
   private held: Buffer | undefined
+  /** Shown the request and the answer as relayed (shadow traffic); undefined on every other request: one check per event. */
+  private shadow: AnswerTap | undefined
 
   constructor (conn: ClientSide, head: RequestHead, to: Resolution, forwarding: Forwarding) {
     this.conn = conn
@@ -85,6 +87,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     this.stats = to.group.stats
     this.bodyMs = to.group.timeouts.body ?? 0
     this.setCookie = to.setCookie
+    this.shadow = to.shadow
     let extra = forwarding.headerLines(conn.remote, head.host, head)
     if (head.requestId === undefined) {
       this.requestId = newRequestId()
@@ -107,7 +110,17 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
   start (body: Buffer | undefined, complete: boolean): void {
     this.stats.begin(this)
     this.endpoint.target.inflight++
+    if (this.shadow !== undefined) this.showRequest(body, complete)
     this.dispatch(body, complete)
+  }
+
+  /** The tap sees the head as it goes upstream (forwarding lines and request id included) and the body read with it. */
+  private showRequest (body: Buffer | undefined, complete: boolean): void {
+    const tap = this.shadow as AnswerTap
+    const head = this.upstreamHead
+    // Between the request line and the final CRLF: the header lines exactly as sent.
+    tap.request(this.method, this.head.target, head.slice(head.indexOf('\r\n') + 2, head.length - 2))
+    if (body !== undefined) tap.requestBody(body, complete)
   }
 
   private dispatch (body: Buffer | undefined, complete: boolean, fresh = false): void {
@@ -168,6 +181,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
   /** More of the request body from the client. */
   sendBody (chunk: Buffer, last: boolean): void {
     if (last) this.requestSent = true
+    if (this.shadow !== undefined) this.shadow.requestBody(chunk, last)
     const up = this.up
     if (up === undefined) {
       // Read before the pause took effect, while waiting for a connection.
@@ -245,9 +259,17 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     if (this.closeClient) head += 'connection: close\r\n'
     head += '\r\n'
     if (part !== undefined) this.bytes += part.length
+    // The tap sees the upstream's fields as relayed, not the gateway's own (sticky cookie, connection: close); a chunked body with its framing.
+    if (this.shadow !== undefined) this.showHead(r, part)
     const ok = this.conn.write(head, part)
     if (end !== -1) return this.complete(end < rest.length)
     if (!ok) this.pauseUpstream()
+  }
+
+  private showHead (r: ResponseHead, part: Buffer | undefined): void {
+    const tap = this.shadow as AnswerTap
+    tap.head(r.status, r.lines, r.framing === Framing.Chunked)
+    if (part !== undefined && part.length > 0) tap.body(part)
   }
 
   /**
@@ -284,6 +306,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     let ok = true
     if (part !== undefined && part.length > 0) {
       this.bytes += part.length
+      if (this.shadow !== undefined) this.shadow.body(part)
       ok = this.conn.writeBody(part)
     }
     if (end !== -1) return this.complete(end < chunk.length)
@@ -307,6 +330,10 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
       up.socket.destroy()
     } else {
       up.release(r.keepAliveSeconds)
+    }
+    if (this.shadow !== undefined) {
+      this.shadow.end()
+      this.shadow = undefined
     }
     this.endBody(undefined)
     this.conn.done(this.closeClient)
@@ -426,6 +453,11 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
   private settle (): void {
     if (this.settled) return
     this.settled = true
+    // Every ending but a whole answer (complete() ended the tap): a failure, a cut, the gateway's own answer.
+    if (this.shadow !== undefined) {
+      this.shadow.abort()
+      this.shadow = undefined
+    }
     this.durationMs = performance.now() - this.startedAt
     this.endpoint.target.inflight--
     this.stats.end(this, this)

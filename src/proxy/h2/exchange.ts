@@ -14,7 +14,7 @@ import { grpcStatusOf, isGrpc } from '../grpc.js'
 import { downstreamResponseHeaders, responseTrailers } from '../headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
-import type { Resolution, UpstreamGroup } from '../resolve.js'
+import type { AnswerTap, Resolution, UpstreamGroup } from '../resolve.js'
 import { fieldsObject, type StreamDownstream } from './stream-downstream.js'
 
 /**
@@ -24,15 +24,19 @@ import { fieldsObject, type StreamDownstream } from './stream-downstream.js'
  */
 class BodyReader extends Readable {
   private readonly src: Readable
+  /** Shown each chunk as it is handed to undici (shadow traffic); undefined on every other request. */
+  tap: AnswerTap | undefined
 
-  constructor (src: Readable) {
+  constructor (src: Readable, tap: AnswerTap | undefined) {
     super()
     this.src = src
+    this.tap = tap
     src.on('data', this.onData)
     src.once('end', this.onEnd)
   }
 
   private readonly onData = (chunk: Buffer): void => {
+    if (this.tap !== undefined) this.tap.requestBody(chunk, false)
     // undici reads more slowly than the client sends: the stream stops reading, and HTTP/2 flow control holds the client.
     if (!this.push(chunk)) this.src.pause()
   }
@@ -41,7 +45,11 @@ class BodyReader extends Readable {
     // node:http2 ends the readable side of a stream the client reset, too: that body is cut, not whole (no last chunk).
     const code = (this.src as Readable & { rstCode?: number }).rstCode
     if (code !== undefined && code !== 0) this.destroy(new Error('the client reset its request body'))
-    else this.push(null)
+    else {
+      // The stream tells the end apart from the last chunk: an empty last chunk marks it.
+      if (this.tap !== undefined) this.tap.requestBody(Buffer.alloc(0), true)
+      this.push(null)
+    }
   }
 
   override _read (): void {
@@ -96,6 +104,8 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
   private settled = false
   /** Body bytes the answer's Content-Length says are still to come; -1 when it has none. */
   private remaining = -1
+  /** Shown the request and the answer as relayed (shadow traffic); undefined on every other request: one check per event. */
+  private shadow: AnswerTap | undefined
 
   constructor (down: StreamDownstream, to: Resolution) {
     this.down = down
@@ -105,6 +115,7 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
     this.waitMs = to.group.timeouts.connect
     this.upstreamBodyMs = to.group.timeouts.body ?? 0
     this.setCookie = to.setCookie
+    this.shadow = to.shadow
     this.requestId = down.requestId
     this.headers = down.upstreamLines()
   }
@@ -129,9 +140,11 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
   start (): void {
     if (upstreamHeadSize(this.down.method, this.down.path, this.headers) > MAX_HEAD) {
       this.down.fail('header_too_large', `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`)
+      this.endTap(false)
       return
     }
-    if (this.down.body !== null) this.body = new BodyReader(this.down.body)
+    if (this.shadow !== undefined) this.shadow.request(this.down.method, this.down.path, this.headers)
+    if (this.down.body !== null) this.body = new BodyReader(this.down.body, this.shadow)
     this.stats.begin(this)
     this.endpoint.target.inflight++
     this.down.onClose(this.onClientClose)
@@ -169,6 +182,16 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
     recordOutcome(this.stats, this.endpoint.target, this.down.status, failure, grpcStatus)
   }
 
+  /** The tap hears how the exchange ended, once: `whole`, the answer went to the client complete. */
+  private endTap (whole: boolean): void {
+    const tap = this.shadow
+    if (tap === undefined) return
+    this.shadow = undefined
+    if (this.body !== null) (this.body as BodyReader).tap = undefined
+    if (whole) tap.end()
+    else tap.abort()
+  }
+
   private abortUpstream (): void {
     const c = this.controller
     if (c !== undefined && !c.aborted) c.abort(new Error('the gateway ended this exchange'))
@@ -189,6 +212,8 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
     this.durationMs = performance.now() - this.startedAt
     this.stats.end(this, this)
     this.endpoint.target.inflight--
+    // Any ending but onResponseEnd's (which ended the tap already).
+    if (this.shadow !== undefined) this.endTap(false)
     if (!this.ended) this.abortUpstream()
   }
 
@@ -235,7 +260,10 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
     const length = headers['content-length']
     if (typeof length === 'string') this.remaining = Number(length)
     try {
-      const out = fieldsObject(downstreamResponseHeaders(headerPairs(controller.rawHeaders, headers)))
+      const fields = downstreamResponseHeaders(headerPairs(controller.rawHeaders, headers))
+      // The upstream's fields as relayed, without the gateway's sticky cookie; DATA carries the body decoded.
+      if (this.shadow !== undefined) this.shadow.head(statusCode, fields, false)
+      const out = fieldsObject(fields)
       if (this.setCookie !== undefined) fieldsObject(['set-cookie', this.setCookie], out)
       // Trailers come only after an announcement (Trailer) or on gRPC: only then does the stream wait for them.
       this.down.respondWith(statusCode, out, headers.trailer !== undefined || isGrpc(headers['content-type']))
@@ -254,6 +282,7 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
   onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (this.closed) return
     this.bytes += chunk.length
+    if (this.shadow !== undefined) this.shadow.body(chunk)
     // The last bytes of a sized answer end the stream in the same frame (no empty DATA frame after them).
     if (this.remaining >= 0 && (this.remaining -= chunk.length) === 0) return this.down.endWith(chunk)
     if (this.down.write(chunk)) return
@@ -272,6 +301,7 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
     }
     this.ended = true
     this.down.end(out)
+    if (this.shadow !== undefined) this.endTap(true)
     this.settle(undefined)
   }
 

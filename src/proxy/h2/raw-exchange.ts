@@ -17,7 +17,7 @@ import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type FailureKind } 
 import { grpcStatusOf, isGrpc } from '../grpc.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
-import type { Resolution, UpstreamGroup } from '../resolve.js'
+import type { AnswerTap, Resolution, UpstreamGroup } from '../resolve.js'
 import { CRLF2, gather, headWork, type Gatherer } from '../h1/io.js'
 import { ChunkedScanner, Framing, parseResponseHead, type ResponseHead } from '../h1/parse.js'
 import type { StreamCloser, StreamDownstream } from './stream-downstream.js'
@@ -140,6 +140,8 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
   private onBodyEnd: (() => void) | undefined = undefined
   private resumeBodyFn: (() => void) | undefined = undefined
   private resumeUpstreamFn: (() => void) | undefined = undefined
+  /** Shown the request and the answer as relayed (shadow traffic); undefined on every other request: one check per event. */
+  private shadow: AnswerTap | undefined
 
   constructor (down: StreamDownstream, to: Resolution) {
     this.down = down
@@ -148,6 +150,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     this.stats = to.group.stats
     this.bodyMs = to.group.timeouts.body ?? 0
     this.setCookie = to.setCookie
+    this.shadow = to.shadow
     this.requestId = down.requestId
   }
 
@@ -172,6 +175,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     const down = this.down
     if (!SENDABLE_TARGET.test(down.path)) {
       down.fail('request_refused', 'the request target has characters an HTTP/1.1 request line cannot carry')
+      this.endTap(false)
       return
     }
     const lines = down.upstreamLines()
@@ -198,8 +202,11 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     head += 'connection: keep-alive\r\n\r\n'
     if (head.length > MAX_HEAD) {
       down.fail('header_too_large', `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`)
+      this.endTap(false)
       return
     }
+    // The fields as forwarded (the framing and connection lines the head adds for HTTP/1.1 aside).
+    if (this.shadow !== undefined) this.shadow.request(down.method, down.path, lines)
     this.head = head
     this.stats.begin(this)
     this.endpoint.target.inflight++
@@ -248,6 +255,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
   private bodyData (chunk: Buffer): void {
     const up = this.up
     if (up === undefined || chunk.length === 0) return
+    if (this.shadow !== undefined) this.shadow.requestBody(chunk, false)
     const socket = up.socket
     let ok: boolean
     if (this.sending === Send.Chunked) {
@@ -273,6 +281,8 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     if (code !== undefined && code !== 0) return this.dropUpstream()
     if (this.sending === Send.Chunked) up.socket.write('0\r\n\r\n', 'latin1')
     this.requestSent = true
+    // The stream tells the end apart from the last chunk: an empty last chunk marks it.
+    if (this.shadow !== undefined) this.shadow.requestBody(Buffer.alloc(0), true)
   }
 
   /** The upstream takes the body more slowly than the client sends it: the stream stops reading (flow control holds the client). */
@@ -358,6 +368,8 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     // Trailers are waited for only when announced or on gRPC (as H2Exchange does); only a chunked body can carry them.
     this.withTrailers = announced || isGrpc(headers['content-type'] as string | undefined)
     if (part !== undefined) this.bytes += part.length
+    // The upstream's fields as relayed (HTTP/2 drops their framing lines), its body decoded: no chunk framing.
+    if (this.shadow !== undefined) this.showHead(r, part)
     let ok = true
     try {
       if (end !== -1 && !this.withTrailers) {
@@ -381,6 +393,21 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     // From here the upstream's silence is timed by timeouts.body (if set), not timeouts.response.
     if (this.bodyMs > 0) this.up?.socket.setTimeout(this.bodyMs)
     if (!ok) this.pauseUpstream()
+  }
+
+  private showHead (r: ResponseHead, part: Buffer | undefined): void {
+    const tap = this.shadow as AnswerTap
+    tap.head(r.status, r.lines, false)
+    if (part !== undefined) tap.body(part)
+  }
+
+  /** The tap hears how the exchange ended, once: `whole`, the answer went to the client complete. */
+  private endTap (whole: boolean): void {
+    const tap = this.shadow
+    if (tap === undefined) return
+    this.shadow = undefined
+    if (whole) tap.end()
+    else tap.abort()
   }
 
   /**
@@ -424,7 +451,10 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     if (end === -2) return this.fail('protocol')
     const part = this.part
     this.part = undefined
-    if (part !== undefined) this.bytes += part.length
+    if (part !== undefined) {
+      this.bytes += part.length
+      if (this.shadow !== undefined) this.shadow.body(part)
+    }
     if (end !== -1) {
       this.finish(part)
       return this.complete(end < chunk.length)
@@ -476,6 +506,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     } else {
       up.release(r.keepAliveSeconds)
     }
+    if (this.shadow !== undefined) this.endTap(true)
     this.endBody(undefined)
     if (!sent) {
       // Answered before the client finished its body: the rest is not wanted.
@@ -579,6 +610,8 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
       this.phase = Phase.Done
     }
     this.detachBody()
+    // Any ending but complete()'s (which ended the tap already).
+    if (this.shadow !== undefined) this.endTap(false)
     this.durationMs = performance.now() - this.startedAt
     this.stats.end(this, this)
     this.endpoint.target.inflight--

@@ -37,6 +37,8 @@ const GRPC_STATUS_FIELDS = ['grpc-status', 'grpc-message', 'grpc-status-details-
 
 /** Sends one request to `to` over HTTP/2 and relays the answer, trailers included, to `down`. */
 export function forwardOverH2 (down: Downstream, to: Resolution): void {
+  // The config refuses shadow traffic for HTTP/2 services (a gRPC stream is no request to replay): a tap here sees nothing.
+  if (to.shadow !== undefined) to.shadow.abort()
   new H2Exchange(down, to).start()
 }
 
