@@ -172,7 +172,7 @@ function refuseShadow (svc: ServiceConfig, state: PersistedState): void {
 export function planShadowStart (req: ShadowStartRequest, state: PersistedState, svc: ServiceConfig, now: number): { next: PersistedState, sample: number, until: number | undefined } {
   refuseShadow(svc, state)
   const sample = req.sample ?? svc.shadow?.sample ?? API_SAMPLE
-  const until = req.duration === undefined ? undefined : now + req.duration
+  const until = req.duration === undefined ? undefined : now + Math.ceil(req.duration)
   const next = structuredClone(state)
   next.services[svc.name] = { ...next.services[svc.name], shadow: until === undefined ? { sample } : { sample, until } }
   next.generation++
