@@ -19,6 +19,7 @@ import type { AnswerTap, RequestFacts, Resolution } from '../src/proxy/resolve.j
 import type { Difference, DropReason, ShadowPlan, ShadowResult, ShadowTally, ShadowView, TallyData } from '../src/shadow/types.js'
 import { parseStateDocument, StateFileError } from '../src/state/file-store.js'
 import { TargetRegistry } from '../src/upstream/registry.js'
+import { WorkerPool } from '../src/listen/worker-pool.js'
 import { admin, eventually, http1, startBackend, tempDir, type Backend } from './helpers/index.js'
 
 // ---- a fake of the shadow parts: plain counts, fed by the tests ----
@@ -482,4 +483,55 @@ t.test('checkShadowGate reads the comparison of the flip\'s target only, and onl
   t.same(checkShadowGate(config, snapshot, [{ service: 'orders', from: 'blue', to: 'green' }], read), [], 'no maxShadowDiff: not judged')
   t.same(checkShadowGate(config, snapshot, [{ service: 'users', from: 'green', to: 'blue' }], read), [], 'a change to the live color is no flip into the idle one')
   t.same(checkShadowGate(config, snapshot, [{ service: 'users', from: 'blue', to: 'green' }], () => undefined), [], 'nothing counted: not judged')
+})
+
+t.test('reload: a shadow section added or changed applies at once, counts kept for the same comparison', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  const gw = await startGw(t, `services:\n${svcYaml(blue, green)}`)
+  t.equal(gw.fake.plans.length, 0)
+  const file = gw.gateway.config.file as string
+  writeFileSync(file, `log: { access: false }\nservices:\n${svcYaml(blue, green, '    shadow: { sample: 0.4, methods: [GET] }\n')}`)
+  const reloaded = await admin(gw.adminUrl, 'POST', '/v1/reload', {})
+  t.equal(reloaded.status, 200, reloaded.text)
+  t.same(reloaded.json.updated, ['users'])
+  t.match((await admin(gw.adminUrl, 'GET', '/v1/services/users/shadow')).json, { active: true, sample: 0.4, source: 'config', methods: ['GET'] })
+  const tally = gw.fake.plans.at(-1)?.tally as ShadowTally
+  feed(tally, 5, 1)
+  writeFileSync(file, `log: { access: false }\nservices:\n${svcYaml(blue, green, '    shadow: { sample: 0.9 }\n')}`)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/reload', {})).status, 200)
+  t.equal(gw.fake.plans.at(-1)?.settings.sample, 0.9)
+  t.equal(gw.fake.plans.at(-1)?.tally, tally, 'same colors and idle targets: the same comparison goes on')
+  t.match((await admin(gw.adminUrl, 'GET', '/v1/services/users/shadow')).json, { compared: 5, differed: 1 })
+})
+
+t.test('workers: the primary sums every worker\'s comparison of the key in force, and keeps an exited worker\'s', async (t) => {
+  const fake = fakeParts()
+  const pool = new WorkerPool(2, fake.parts)
+  const reader = pool.shadow as WorkerPool
+  t.ok(reader !== undefined)
+  t.equal(new WorkerPool(2, undefined).shadow, undefined, 'no parts: nothing to read')
+  const data = (pairs: number, differing: number): TallyData => {
+    const tally = new FakeTally('users', () => {})
+    feed(tally, pairs, differing)
+    return tally.data()
+  }
+  const results = (n: number): Array<[string, Record<ShadowResult, number>]> => [['users', { sent: n, dropped: 0, matched: n, differed: 0, noise: 0 }]]
+  const onShadow = (id: number, reports: unknown[], n: number): void => { (pool as unknown as { onShadow: (id: number, s: unknown) => void }).onShadow(id, { reports, results: results(n) }) }
+  onShadow(1, [{ service: 'users', key: 'blue>green|a', data: data(10, 2), inflight: 3 }], 10)
+  onShadow(2, [{ service: 'users', key: 'blue>green|a', data: data(5, 1), inflight: 1 }], 5)
+  t.match(reader.viewOf(reader.comparison('users', 'blue>green|a') as TallyData), { sent: 15, compared: 15, differed: 3 })
+  t.equal(reader.comparison('users', 'green>blue|b'), undefined, 'another key: nothing counted')
+  t.same([...reader.inflight()], [['users', 4]])
+  t.same(reader.results().get('users'), { sent: 15, dropped: 0, matched: 15, differed: 0, noise: 0 })
+  // A worker exits: its counts stay until a worker reports another comparison.
+  const p = pool as unknown as { workers: Map<number, unknown>, onExit: (w: { id: number }, code: number, signal: null) => void, stopping: boolean }
+  p.workers.set(2, {})
+  p.stopping = true
+  p.onExit({ id: 2 }, 0, null)
+  t.match(reader.viewOf(reader.comparison('users', 'blue>green|a') as TallyData), { sent: 15, differed: 3 }, 'the exited worker\'s copies still count')
+  t.same(reader.results().get('users')?.sent, 15)
+  onShadow(1, [{ service: 'users', key: 'green>blue|b', data: data(1, 0), inflight: 0 }], 11)
+  t.equal(reader.comparison('users', 'blue>green|a'), undefined, 'a flip elsewhere ends the old comparison, the exited worker\'s part too')
+  t.same(reader.results().get('users')?.sent, 16, 'the metric counts keep growing')
 })
