@@ -16,6 +16,8 @@ import { Prober } from './health/prober.js'
 import { SmokeRunner } from './health/smoke.js'
 import { CertError } from './listen/certs.js'
 import { LocalListener } from './listen/local.js'
+import { WorkerPool } from './listen/worker-pool.js'
+import { LocalShadow, SHADOW_PARTS, type ShadowParts, type ShadowReader } from './control/shadow.js'
 import { createRedirectServer } from './listen/redirect.js'
 import { closeGracefully, listen, originOf, type PublicListener } from './listen/public-listener.js'
 import { openState } from './state/open.js'
@@ -33,6 +35,8 @@ export interface GatewayOptions {
    * pool serves them in worker processes; this one keeps the admin API and the state.
    */
   listener?: PublicListener
+  /** The shadow parts requests are copied and compared with. Default SHADOW_PARTS (control/shadow.ts); tests pass their own. */
+  shadow?: ShadowParts
 }
 
 export class Gateway {
@@ -42,6 +46,10 @@ export class Gateway {
   readonly smoke: SmokeRunner
   readonly listener: PublicListener
   controller!: Controller
+  /** This process's shadow comparisons, when it serves the requests itself and the build has the shadow parts. */
+  readonly shadow: LocalShadow | undefined
+  /** What the admin API, the gate and the metrics read of shadow traffic: this process's comparisons, or the workers' summed. */
+  readonly shadowReader: ShadowReader | undefined
   private accessLog: AccessLog | undefined
   private store: StateStore | undefined
   private sampler: NodeJS.Timeout | undefined
@@ -61,6 +69,11 @@ export class Gateway {
     // Smoke checks go to the listener's loopback address, which its certificates do not name: they verify no certificate.
     this.smokeAgent = config.tls === undefined ? undefined : new Agent({ connect: { rejectUnauthorized: false } })
     this.smoke = new SmokeRunner(() => this.url, undefined, this.smokeAgent)
+    // With workers, each of them copies what it serves; this process only reads their sums.
+    const parts = opts.shadow ?? SHADOW_PARTS
+    const pool = this.listener instanceof WorkerPool ? this.listener : undefined
+    this.shadow = pool === undefined && parts !== undefined ? new LocalShadow(parts) : undefined
+    this.shadowReader = pool === undefined ? this.shadow : pool.shadow
   }
 
   async start (): Promise<void> {
@@ -72,6 +85,7 @@ export class Gateway {
       smoke: this.smoke,
       publish: this.listener.publish,
       reloading: async (config) => { await this.reloadCerts(config) },
+      shadow: { wiring: this.shadow, reader: this.shadowReader },
     }).catch(async (err: unknown) => {
       await store.close()
       throw err
@@ -83,7 +97,7 @@ export class Gateway {
     }
     this.sampler = setInterval(() => this.registry.sample(), 1000)
     this.sampler.unref()
-    const metrics = this.config.metrics.enabled ? createMetrics({ registry: this.registry, controller: () => this.controller }) : undefined
+    const metrics = this.config.metrics.enabled ? createMetrics({ registry: this.registry, controller: () => this.controller, shadow: this.shadowReader }) : undefined
     this.admin = createAdminServer(this.controller, { loadConfig: () => this.loadConfig(), metrics })
     try {
       await this.listener.start({

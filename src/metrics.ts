@@ -5,6 +5,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client'
 import { COLORS } from './config/schema.js'
 import type { Controller } from './control/controller.js'
+import type { ShadowReader } from './control/shadow.js'
 import { weightOf } from './routing/snapshot.js'
 import { DURATION_BUCKETS, type ColorStats, type UpstreamErrorKind } from './upstream/color-stats.js'
 import type { TargetRegistry } from './upstream/registry.js'
@@ -15,6 +16,8 @@ const ERROR_KINDS: readonly UpstreamErrorKind[] = ['connect_failed', 'timeout', 
 interface Deps {
   registry: TargetRegistry
   controller: () => Controller
+  /** Shadow traffic's counts (this process's, or its workers' summed); absent when this build copies nothing. */
+  shadow?: ShadowReader
 }
 
 /** A histogram whose buckets live in ColorStats; prom-client only formats them. */
@@ -151,6 +154,31 @@ export function createMetrics (deps: Deps): Registry {
       }
     },
   })
+  const shadow = deps.shadow
+  if (shadow !== undefined) {
+    new Counter({
+      name: 'switchyard_shadow_total',
+      help: 'Shadow copies and pairs, per service and result: sent (to the idle color), dropped, and each compared pair as judged when it completed (matched, differed, noise); GET /v1/services/NAME/shadow re-judges them against the noise learnt since',
+      labelNames: ['service', 'result'],
+      registers: [reg],
+      collect () {
+        this.reset()
+        for (const [service, counts] of shadow.results()) {
+          for (const [result, n] of Object.entries(counts)) if (n > 0) this.inc({ service, result }, n)
+        }
+      },
+    })
+    new Gauge({
+      name: 'switchyard_shadow_inflight',
+      help: 'Shadow copies in flight, per service (each process holds at most shadow.maxConcurrent)',
+      labelNames: ['service'],
+      registers: [reg],
+      collect () {
+        this.reset()
+        for (const [service, n] of shadow.inflight()) this.set({ service }, n)
+      },
+    })
+  }
   new Gauge({
     name: 'switchyard_generation',
     help: 'Routing state generation: grows with every flip, rollback, auto-revert, target change and reload',

@@ -131,7 +131,7 @@ t.test('defaults are filled from DEFAULTS', async (t) => {
   t.same(u.green.targets, ['http://127.0.0.1:3002'])
   t.same(u.timeouts, { connect: 2000, response: 30_000, idleUpstream: 60_000 })
   t.same(u.timeouts, DEFAULTS.defaults.timeouts)
-  t.same(u.gate, { minHealthy: 1 })
+  t.same(u.gate, { minHealthy: 1, minShadowCompared: 200 })
   t.same(u.guard, { window: 60_000, maxErrorRate: 0.05, minRequests: 20 })
   t.same(u.drain, { timeout: 30_000 })
   t.equal(u.health, undefined, 'no health section: probes off')
@@ -186,11 +186,11 @@ ${svc('users', '/api/users', `    timeouts: { response: 1.5s }
   const u = c.services.users
   const o = c.services.orders
   t.same(o.timeouts, { connect: 500, response: 10_000, idleUpstream: 60_000 }, 'defaults over DEFAULTS')
-  t.same(o.gate, { minHealthy: 2 })
+  t.same(o.gate, { minHealthy: 2, minShadowCompared: 200 })
   t.same(o.guard, { window: 120_000, maxErrorRate: 0.1, minRequests: 20 })
   t.same(o.drain, { timeout: 5000 })
   t.same(u.timeouts, { connect: 500, response: 1500, idleUpstream: 60_000 }, 'service overrides one field, inherits the rest')
-  t.same(u.gate, { minHealthy: 2 })
+  t.same(u.gate, { minHealthy: 2, minShadowCompared: 200 })
   t.same(u.guard, { window: 120_000, maxErrorRate: 0.1, minRequests: 50 })
   t.same(u.drain, { timeout: 60_000 })
   t.same(DEFAULTS.defaults.timeouts, { connect: 2000, response: 30_000, idleUpstream: 60_000 }, 'DEFAULTS untouched')
@@ -198,7 +198,7 @@ ${svc('users', '/api/users', `    timeouts: { response: 1.5s }
 
 t.test('numbers: gate, guard, thresholds', async (t) => {
   const c = parse(`defaults:\n  gate: { minHealthy: 0 }\n  guard: { maxErrorRate: 0, minRequests: '5' }\n${ONE}`)
-  t.same(c.services.users.gate, { minHealthy: 0 }, 'minHealthy 0 allowed')
+  t.same(c.services.users.gate, { minHealthy: 0, minShadowCompared: 200 }, 'minHealthy 0 allowed')
   t.same(c.services.users.guard, { window: 60_000, maxErrorRate: 0, minRequests: 5 }, 'numeric strings accepted (for ${VAR})')
   t.equal(parse(`defaults:\n  guard: { maxErrorRate: 1 }\n${ONE}`).services.users.guard.maxErrorRate, 1)
   onlyProblem(t, `defaults:\n  gate: { minHealthy: -1 }\n${ONE}`, 'defaults.gate.minHealthy', /must be at least 0/)
@@ -268,10 +268,10 @@ t.test('unknown keys name their path', async (t) => {
   onlyProblem(t, `defaults:\n  timeouts: { connect: 1s, read: 2s }\n${ONE}`, 'defaults.timeouts.read', /unknown key \(expected one of: connect, response, idleUpstream, body\)/)
   onlyProblem(t, `defaults:\n  retries: 3\n${ONE}`, 'defaults.retries', /unknown key \(expected one of: timeouts, health, passive, gate, guard, verify, drain, limits\)/)
   onlyProblem(t, `defaults:\n  health: { path: /h, every: 2s }\n${ONE}`, 'defaults.health.every', /unknown key/)
-  onlyProblem(t, `defaults:\n  gate: { min: 1 }\n${ONE}`, 'defaults.gate.min', /unknown key \(expected one of: minHealthy\)/)
+  onlyProblem(t, `defaults:\n  gate: { min: 1 }\n${ONE}`, 'defaults.gate.min', /unknown key \(expected one of: minHealthy, maxShadowDiff, minShadowCompared\)/)
   onlyProblem(t, `defaults:\n  guard: { windw: 1s }\n${ONE}`, 'defaults.guard.windw', /unknown key/)
   onlyProblem(t, `defaults:\n  drain: { wait: 1s }\n${ONE}`, 'defaults.drain.wait', /unknown key/)
-  onlyProblem(t, `services:\n${svc('users', '/api/users', '    bogus: true\n')}`, 'services.users.bogus', /^unknown key \(expected one of: match, protocol, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, verify, drain, limits\)$/)
+  onlyProblem(t, `services:\n${svc('users', '/api/users', '    bogus: true\n')}`, 'services.users.bogus', /^unknown key \(expected one of: match, protocol, live, blue, green, preview, sticky, smoke, shadow, timeouts, health, passive, gate, guard, verify, drain, limits\)$/)
   onlyProblem(t, `services:\n${svc('users', '/api/users', '    timeouts: { connect: 1s, idle: 2s }\n')}`, 'services.users.timeouts.idle', /unknown key/)
   onlyProblem(t, `services:\n  users:\n    match: { pathPrefix: /u, method: GET }\n    blue: { targets: [http://h:1] }\n`, 'services.users.match.method', /unknown key \(expected one of: host, pathPrefix\)/)
   onlyProblem(t, `services:\n  users:\n    match: { pathPrefix: /u }\n    blue: { targets: [http://h:1], weight: 2 }\n`, 'services.users.blue.weight', /unknown key \(expected one of: targets\)/)
@@ -513,7 +513,7 @@ services:
     'invalid config /etc/switchyard.yaml:',
     '  admin.token: required when admin.listen (0.0.0.0) is not loopback',
     '  defaults.timeouts.connect: not a duration (use 500ms, 2s, 1m): "2 seconds"',
-    '  services.users.bogus: unknown key (expected one of: match, protocol, live, blue, green, preview, sticky, smoke, timeouts, health, passive, gate, guard, verify, drain, limits)',
+    '  services.users.bogus: unknown key (expected one of: match, protocol, live, blue, green, preview, sticky, smoke, shadow, timeouts, health, passive, gate, guard, verify, drain, limits)',
     '  services.users.green.targets[1]: not a URL: "nope"',
   ].join('\n'))
 

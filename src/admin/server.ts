@@ -64,6 +64,12 @@ async function readJson (req: IncomingMessage): Promise<Body> {
   return value as Body
 }
 
+/** Whether a request carries a body at all (a length above zero, or chunks). */
+function hasBody (req: IncomingMessage): boolean {
+  const length = req.headers['content-length']
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
+}
+
 /** Field checks: each names the field and what it should be. */
 const field = {
   only (body: Body, allowed: readonly string[]): void {
@@ -203,6 +209,8 @@ function checkHost (req: IncomingMessage, config: Config): void {
 /** A flip or rollback may wait for the fleet to apply it. */
 const WAIT_FIELDS = ['wait', 'waitTimeout'] as const
 const FLIP_FIELDS = ['to', 'services', 'force', 'reason', 'ifGeneration', 'guard', ...WAIT_FIELDS] as const
+/** The longest shadow session the admin API starts with an end. */
+const MAX_SHADOW_DURATION = 365 * 86_400_000
 /** How long `wait: "fleet"` waits by default. */
 const DEFAULT_WAIT_TIMEOUT = 5_000
 const MAX_WAIT_TIMEOUT = 60_000
@@ -330,6 +338,26 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
         const body = await readJson(req)
         field.only(body, ['color', 'wait', 'timeout'])
         return send(res, 200, await controller.drain({ service: name, color: field.color(body, 'color'), wait: field.bool(body, 'wait'), timeout: field.duration(body, 'timeout') }))
+      }
+      if (rest === '/shadow') {
+        allow('GET', 'POST', 'DELETE')
+        if (method === 'GET') return send(res, 200, controller.shadowView(name))
+        if (method === 'DELETE') {
+          // DELETE cannot be sent cross-site without a preflight (never granted): a bodiless one needs no content-type.
+          const body = hasBody(req) ? await readJson(req) : {}
+          field.only(body, ['reason'])
+          return send(res, 200, await controller.stopShadow({ service: name, reason: field.text(body, 'reason'), actor: actorOf(req) }))
+        }
+        const body = await readJson(req)
+        field.only(body, ['sample', 'duration', 'reason'])
+        const sample = body.sample
+        if (sample !== undefined && (typeof sample !== 'number' || !(sample > 0 && sample <= 1))) {
+          throw new SwitchyardError('bad_request', '"sample" must be a number above 0 and at most 1 (the share of live requests copied)', { field: 'sample' })
+        }
+        const duration = field.duration(body, 'duration')
+        if (duration === 0) throw new SwitchyardError('bad_request', '"duration" must be longer than zero (leave it out to run until stopped)', { field: 'duration' })
+        if (duration !== undefined && duration > MAX_SHADOW_DURATION) throw new SwitchyardError('bad_request', `"duration" must be at most ${MAX_SHADOW_DURATION / 86_400_000} days (leave it out to run until stopped)`, { field: 'duration' })
+        return send(res, 200, await controller.startShadow({ service: name, sample, duration, reason: field.text(body, 'reason'), actor: actorOf(req) }))
       }
       const tm = /^\/environments\/([^/]+)\/targets$/.exec(rest)
       if (tm !== null) {

@@ -14,7 +14,7 @@ export const SECTION_KEYS = {
   timeouts: { connect: true, response: true, idleUpstream: true, body: true },
   health: { path: true, grpc: true, interval: true, timeout: true, healthyThreshold: true, unhealthyThreshold: true, expectStatus: true, assumeHealthy: true, panicThreshold: true },
   passive: { consecutiveFailures: true, baseEjectionTime: true, maxEjectionTime: true },
-  gate: { minHealthy: true },
+  gate: { minHealthy: true, maxShadowDiff: true, minShadowCompared: true },
   guard: { window: true, maxErrorRate: true, minRequests: true },
   verify: { window: true, maxErrorRateIncrease: true, maxLatencyIncrease: true, latencyFloor: true, minRequests: true },
   drain: { timeout: true, onDrained: true },
@@ -36,6 +36,7 @@ export const SERVICE_KEYS = {
   preview: { header: true, cookie: true },
   sticky: { cookie: true },
   smoke: { [LIST_ITEM]: SMOKE_KEYS },
+  shadow: { sample: true, methods: true, unsafe: true, ignore: { headers: true, json: true }, maxBody: true, maxConcurrent: true, timeout: true, noise: true, learn: true },
   ...SECTION_KEYS,
 } as const satisfies KeyTree
 

@@ -8,7 +8,7 @@ import { parseDocument } from 'yaml'
 import {
   COLORS, DEFAULTS, TLS_VERSIONS, isColor, type Engine, type CertFiles, type TlsConfig, type TlsVersion,
   type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type VerifyConfig, type PassiveConfig,
-  type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type SmokeCheck, type Timeouts, type UpstreamProtocol,
+  type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type ShadowConfig, type SmokeCheck, type Timeouts, type UpstreamProtocol,
 } from './schema.js'
 import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, protocolMismatch, substituteEnv } from './values.js'
 import { CertError, readCert } from './certs.js'
@@ -31,9 +31,31 @@ export class ConfigError extends Error {
 
 type Obj = Record<string, unknown>
 
+/**
+ * Checks one JSON path of `shadow.ignore.json`; throws an Error whose message
+ * says what is wrong. The comparison's own parser (shadow/jsonpath.ts
+ * `parseJsonPath`) is the one to pass, so the config accepts exactly the
+ * paths the comparison can follow.
+ */
+export type JsonPathCheck = (text: string) => unknown
+
+/**
+ * Until the comparison's parser is wired in (gateway and CLI pass it), the
+ * loader holds a path to what every accepted path has in common: it starts at the root.
+ */
+const rootOnly: JsonPathCheck = (text) => {
+  if (!text.startsWith('$')) throw new Error('a JSON path starts with $ (the root), as in $.timestamp')
+  return text
+}
+
 /** Collects problems while walking the document; every check names its path. */
 class Checker {
   readonly problems: ConfigProblem[] = []
+  readonly jsonPath: JsonPathCheck
+
+  constructor (jsonPath: JsonPathCheck = rootOnly) {
+    this.jsonPath = jsonPath
+  }
 
   fail (path: string, message: string): undefined {
     this.problems.push({ path, message })
@@ -156,7 +178,7 @@ const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const COOKIE_NAME = HEADER_NAME
 
 /** Reads, substitutes, validates. Throws ConfigError listing every problem. */
-export function loadConfigFile (file: string, env: NodeJS.ProcessEnv = process.env): Config {
+export function loadConfigFile (file: string, env: NodeJS.ProcessEnv = process.env, jsonPath?: JsonPathCheck): Config {
   const abs = resolve(file)
   let text: string
   try {
@@ -164,17 +186,17 @@ export function loadConfigFile (file: string, env: NodeJS.ProcessEnv = process.e
   } catch (err) {
     throw new ConfigError([{ path: '', message: `cannot read ${abs}: ${(err as Error).message}` }])
   }
-  return parseConfig(text, { file: abs, env })
+  return parseConfig(text, { file: abs, env, jsonPath })
 }
 
 /** Parses YAML text into a Config; `file` anchors relative paths. */
-export function parseConfig (text: string, opts: { file?: string, env?: NodeJS.ProcessEnv } = {}): Config {
+export function parseConfig (text: string, opts: { file?: string, env?: NodeJS.ProcessEnv, jsonPath?: JsonPathCheck } = {}): Config {
   const doc = parseDocument(text, { uniqueKeys: true })
   if (doc.errors.length > 0) {
     throw new ConfigError(doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })), opts.file)
   }
   const raw: unknown = doc.toJS() ?? {}
-  const c = new Checker()
+  const c = new Checker(opts.jsonPath)
   const substituted = substituteTree(raw, '', opts.env ?? process.env, c)
   const config = validate(substituted, c, opts.file)
   if (c.problems.length > 0) throw new ConfigError(c.problems, opts.file)
@@ -452,7 +474,13 @@ function sections (raw: Obj, path: string, c: Checker, inherit: Sections | undef
 
   const g = inherit?.gate ?? d.gate
   const gr = raw.gate === undefined ? {} : c.object(raw.gate, join(path, 'gate'), listKeys(SECTION_KEYS.gate)) ?? {}
-  const gate: GateConfig = { minHealthy: c.integer(gr.minHealthy, join(path, 'gate.minHealthy'), g.minHealthy, 0), minShadowCompared: g.minShadowCompared }
+  const gate: GateConfig = {
+    minHealthy: c.integer(gr.minHealthy, join(path, 'gate.minHealthy'), g.minHealthy, 0),
+    minShadowCompared: c.integer(gr.minShadowCompared, join(path, 'gate.minShadowCompared'), g.minShadowCompared, 1),
+  }
+  // Unset means the shadow comparison never refuses a flip, and stays absent (inherited when `defaults` set it).
+  const maxShadowDiff = gr.maxShadowDiff === undefined ? (g as GateConfig).maxShadowDiff : c.ratio(gr.maxShadowDiff, join(path, 'gate.maxShadowDiff'), 0)
+  if (maxShadowDiff !== undefined) gate.maxShadowDiff = maxShadowDiff
 
   const gu = inherit?.guard ?? d.guard
   const gur = raw.guard === undefined ? {} : c.object(raw.guard, join(path, 'guard'), listKeys(SECTION_KEYS.guard)) ?? {}
@@ -586,7 +614,92 @@ function service (name: string, value: unknown, path: string, c: Checker, base: 
       c.fail(join(path, 'health.grpc'), 'gRPC health probes need HTTP/2 to the targets: set protocol to h2c (http:// targets) or h2 (https://)')
     }
   }
-  return { name, protocol: protocol ?? 'http1', match: host === undefined ? { pathPrefix } : { host, pathPrefix }, live, ...envs, ...(preview && { preview }), ...(sticky && { sticky }), smoke, ...own }
+  const shadow = raw.shadow === undefined ? undefined : shadowConfig(raw.shadow, join(path, 'shadow'), c, protocol)
+  return { name, protocol: protocol ?? 'http1', match: host === undefined ? { pathPrefix } : { host, pathPrefix }, live, ...envs, ...(preview && { preview }), ...(sticky && { sticky }), smoke, ...(shadow && { shadow }), ...own }
+}
+
+/** Methods whose copy changes nothing (RFC 9110 safe methods, less TRACE): copied without `unsafe`. */
+const SAFE_METHODS: readonly string[] = ['GET', 'HEAD', 'OPTIONS']
+
+/**
+ * `shadow`: copies of a sample of the live color's requests go to the idle
+ * color and the answers are compared. Only for HTTP/1.1 services (the copies
+ * go over the targets' HTTP/1.1 pools), and a method that changes state only
+ * with `unsafe: true`: its copy would do it a second time.
+ */
+function shadowConfig (value: unknown, path: string, c: Checker, protocol: UpstreamProtocol | undefined): ShadowConfig | undefined {
+  const raw = c.object(value, path, listKeys(SERVICE_KEYS.shadow))
+  if (raw === undefined) return undefined
+  if (protocol !== undefined && protocol !== 'http1') c.fail(path, `shadow traffic is for HTTP/1.1 services; this one's protocol is ${protocol}`)
+  const d = DEFAULTS.shadow
+  let sample = 0
+  if (raw.sample === undefined) {
+    c.fail(join(path, 'sample'), 'required: the share of the live color\'s requests copied, above 0 and at most 1 (0.1 copies one in ten)')
+  } else {
+    const n = typeof raw.sample === 'string' && raw.sample.trim() !== '' ? Number(raw.sample) : raw.sample
+    if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0 || n > 1) c.fail(join(path, 'sample'), `must be a number above 0 and at most 1 (0.1 copies one in ten), got ${JSON.stringify(raw.sample)}`)
+    else sample = n
+  }
+  const unsafe = raw.unsafe === undefined ? d.unsafe : c.bool(raw.unsafe, join(path, 'unsafe')) ?? false
+  let methods: string[] = [...d.methods]
+  if (raw.methods !== undefined) {
+    const mp = join(path, 'methods')
+    if (!Array.isArray(raw.methods) || raw.methods.length === 0) {
+      c.fail(mp, 'must be a non-empty list of HTTP methods, such as [GET, HEAD]')
+    } else {
+      methods = []
+      raw.methods.forEach((v: unknown, i: number) => {
+        const m = typeof v === 'string' ? v.toUpperCase() : undefined
+        if (m === undefined || !/^[!#$%&'*+.^_`|~0-9A-Z-]+$/.test(m)) return c.fail(join(mp, i), `not an HTTP method: ${JSON.stringify(v)}`)
+        if (methods.includes(m)) return c.fail(join(mp, i), `${m} is listed twice`)
+        if (!unsafe && !SAFE_METHODS.includes(m)) {
+          return c.fail(join(mp, i), `${m} may change state: its copy would repeat the side effect on the idle color, and on any store both colors share (a database, a queue, a payment provider); set ${join(path, 'unsafe')}: true to copy it anyway`)
+        }
+        methods.push(m)
+      })
+    }
+  }
+  const ignore = { headers: [] as string[], json: [] as string[] }
+  if (raw.ignore !== undefined) {
+    const ip = join(path, 'ignore')
+    const ir = c.object(raw.ignore, ip, listKeys(SERVICE_KEYS.shadow.ignore)) ?? {}
+    if (ir.headers !== undefined) {
+      const hp = join(ip, 'headers')
+      if (!Array.isArray(ir.headers)) c.fail(hp, 'must be a list of header names')
+      else {
+        ir.headers.forEach((v: unknown, i: number) => {
+          if (typeof v !== 'string' || !HEADER_NAME.test(v)) return c.fail(join(hp, i), `not a header name: ${JSON.stringify(v)}`)
+          if (!ignore.headers.includes(v.toLowerCase())) ignore.headers.push(v.toLowerCase())
+        })
+      }
+    }
+    if (ir.json !== undefined) {
+      const jp = join(ip, 'json')
+      if (!Array.isArray(ir.json)) c.fail(jp, 'must be a list of JSON paths, such as ["$.timestamp", "$..requestId"]')
+      else {
+        ir.json.forEach((v: unknown, i: number) => {
+          if (typeof v !== 'string') return c.fail(join(jp, i), `must be a JSON path string, got ${JSON.stringify(v)}`)
+          try {
+            c.jsonPath(v)
+          } catch (err) {
+            return c.fail(join(jp, i), `not a JSON path the comparison reads (${JSON.stringify(v)}): ${(err as Error).message}`)
+          }
+          ignore.json.push(v)
+        })
+      }
+    }
+  }
+  return {
+    sample,
+    methods,
+    unsafe,
+    ignore,
+    maxBody: c.integer(raw.maxBody, join(path, 'maxBody'), d.maxBody, 0),
+    maxConcurrent: c.integer(raw.maxConcurrent, join(path, 'maxConcurrent'), d.maxConcurrent, 1),
+    timeout: c.duration(raw.timeout, join(path, 'timeout'), d.timeout),
+    noise: c.ratio(raw.noise, join(path, 'noise'), d.noise),
+    learn: c.integer(raw.learn, join(path, 'learn'), d.learn, 0),
+  }
 }
 
 const PROTOCOLS: readonly UpstreamProtocol[] = ['http1', 'h2c', 'h2']

@@ -3,7 +3,7 @@
 
 import type { Color, Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
-import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Switcher, type RoutingState, type Snapshot, type SnapshotView, type StickyHold } from '../routing/snapshot.js'
+import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Switcher, type RoutingState, type ShadowWiring, type Snapshot, type SnapshotView, type StickyHold } from '../routing/snapshot.js'
 import type { Guard, GuardTrip } from '../health/guard.js'
 import type { Prober } from '../health/prober.js'
 import type { SmokeRunner } from '../health/smoke.js'
@@ -15,7 +15,9 @@ import { Drains } from './drains.js'
 import type { ColorChange, EventType, NewEvent, SwitchyardEvent } from '../state/events.js'
 import { FleetTally } from './fleet-tally.js'
 import { applyColorChanges, isSamePlan, planFlip, planReload, planRollback, planTargets, type FlipPlan } from './plans.js'
-import { checkHealthGate, checkReadiness, gateFailed, runSmokeGate, type GateFailure } from './gate.js'
+import { checkHealthGate, checkReadiness, checkShadowGate, gateFailed, runSmokeGate, type GateFailure } from './gate.js'
+import { describeShadow, emptyView, nextShadowExpiry, planShadowExpiry, planShadowStart, planShadowStop, type ShadowReader, type ShadowStartRequest, type ShadowStopRequest } from './shadow.js'
+import type { ShadowView } from '../shadow/types.js'
 import { describeTrip, Guards } from './guards.js'
 import { diffConfigs } from './reload-diff.js'
 import { FlipCounts, type ChangeResult, type DrainRequest, type FlipRequest, type FlipTrigger, type ReloadResult, type RollbackRequest, type TargetsRequest, type TargetsResult } from './requests.js'
@@ -41,6 +43,13 @@ export interface HealthDeps {
    * again here. Throwing refuses the reload, nothing changed.
    */
   reloading?: (config: Config) => Promise<void>
+  /**
+   * Shadow traffic: `wiring` builds shadow routes into this process's
+   * snapshots (absent where workers serve the requests, or when the shadow
+   * parts are not in this build); `reader` gives the comparisons GET
+   * .../shadow and the gate read (this process's, or its workers' summed).
+   */
+  shadow?: { wiring?: ShadowWiring, reader?: ShadowReader }
 }
 
 export class Controller {
@@ -72,6 +81,8 @@ export class Controller {
   /** Releases ended here, by outcome (switchyard_releases_total). */
   readonly releaseOutcomes: Record<ReleaseOutcome, number> = { done: 0, reverted: 0, aborted: 0, failed: 0 }
   private readonly releases: Releases
+  /** Ends the admin API's shadow sessions when their duration runs out (on the leader). */
+  private shadowTimer: NodeJS.Timeout | undefined
 
   private constructor (config: Config, state: PersistedState, revision: number, registry: TargetRegistry, store: StateStore, fleet: Fleet, snapshot: Snapshot, health: HealthDeps) {
     this.config = config
@@ -105,6 +116,7 @@ export class Controller {
       apply: async (plan, actor) => await this.applyRelease(plan, actor),
       healthGate: (changes) => checkHealthGate(this.config, this.#switcher.current, changes).failures,
       smoke: async (changes) => await runSmokeGate(this.health.smoke, () => this.config, changes),
+      shadowGate: (changes) => this.shadowGate(changes),
       healthyTargets: (service, color) => {
         const set = this.#switcher.current.services.get(service)?.colors[color].targets
         if (set === undefined) return 0
@@ -118,6 +130,7 @@ export class Controller {
     registry.onHealthChange((change) => this.onHealthChange(change))
     this.afterSwap(snapshot)
     this.report()
+    this.scheduleShadowExpiry()
     fleet.onReplicas(() => {
       tally?.update(fleet.replicas())
       for (const wake of this.fleetWaiters) wake()
@@ -140,7 +153,7 @@ export class Controller {
     const state = withConfigServices(saved ?? { generation: 0, services: {}, lastChange: [] }, config)
     let snapshot: Snapshot
     try {
-      snapshot = buildSnapshot(config, state, registry)
+      snapshot = buildSnapshot(config, state, registry, health.shadow?.wiring)
     } catch (err) {
       throw new Error(`the state in ${store.where} does not fit the config: ${(err as Error).message}`)
     }
@@ -231,7 +244,7 @@ export class Controller {
     let snapshot: Snapshot
     const holds = this.drains.holds()
     try {
-      snapshot = buildSnapshot(config, { ...next, sticky: holds }, this.registry)
+      snapshot = this.build(config, { ...next, sticky: holds })
     } catch (err) {
       throw new SwitchyardError('bad_request', `${event.type} refused: ${(err as Error).message}; nothing changed`)
     }
@@ -288,9 +301,15 @@ export class Controller {
     }
     // Drains start and end holds (here, and on their own clock while the change was written).
     const now = this.drains.holds()
-    if (!sameHolds(now, holds)) snapshot = buildSnapshot(config, { ...next, sticky: now }, this.registry)
+    if (!sameHolds(now, holds)) snapshot = this.build(config, { ...next, sticky: now })
     this.#switcher.swap(snapshot)
     this.afterSwap(snapshot)
+    this.scheduleShadowExpiry()
+  }
+
+  /** A snapshot of `state` under `config`, with this process's shadow routes. */
+  private build (config: Config, state: RoutingState): Snapshot {
+    return buildSnapshot(config, state, this.registry, this.health.shadow?.wiring)
   }
 
   /**
@@ -308,7 +327,7 @@ export class Controller {
     const holds = this.drains.holds()
     let snapshot: Snapshot
     try {
-      snapshot = buildSnapshot(config, { ...next, sticky: holds }, this.registry)
+      snapshot = this.build(config, { ...next, sticky: holds })
     } catch (err) {
       this.unfit = change
       log('error', 'a change from the fleet does not fit this replica\'s config; it stays on its generation until a reload brings one it fits', { where: this.store.where, generation: this.state.generation, offered: change.state.generation, error: (err as Error).message })
@@ -346,6 +365,7 @@ export class Controller {
    */
   private onLeadership (leading: boolean): void {
     this.releases.sync()
+    this.scheduleShadowExpiry()
     if (!leading) {
       this.guards.endAll()
       return
@@ -392,7 +412,7 @@ export class Controller {
    */
   private onHoldsChanged (): void {
     if (this.applying) return
-    this.#switcher.swap(buildSnapshot(this.config, this.routing().state, this.registry))
+    this.#switcher.swap(this.build(this.config, this.routing().state))
     this.health.publish?.().catch((err: Error) => log('error', 'could not hand a sticky hold to the workers', { error: err.message }))
   }
 
@@ -476,6 +496,7 @@ export class Controller {
 
   async stop (): Promise<void> {
     this.stopped = true
+    clearTimeout(this.shadowTimer)
     this.releases.stop()
     this.guards.endAll()
     this.drains.cancelAll()
@@ -508,7 +529,9 @@ export class Controller {
         const plan = planFlip(req, names, this.state, this.config, first)
         first ??= plan
         if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
-        const { failures, smoke } = req.force === true ? { failures: [], smoke: [] } : checkHealthGate(this.config, this.#switcher.current, plan.changes)
+        const gate = req.force === true ? { failures: [], smoke: [] } : checkHealthGate(this.config, this.#switcher.current, plan.changes)
+        const failures = req.force === true ? gate.failures : [...gate.failures, ...this.shadowGate(plan.changes)]
+        const smoke = gate.smoke
         if (smoke.length === 0 || (smoked !== undefined && isSamePlan(smoked, plan))) {
           if (failures.length > 0) throw gateFailed(failures, plan.changes)
           return await this.commitFlip(req, plan)
@@ -704,6 +727,83 @@ export class Controller {
     return describeRelease(r, isRunning(r.phase) ? this.releases.current(id) : undefined)
   }
 
+  /** The shadow half of the gate for `changes`, on the comparisons in force: its failures (none: passed). */
+  private shadowGate (changes: readonly ColorChange[]): GateFailure[] {
+    return checkShadowGate(this.config, this.#switcher.current, changes, (service, key) => this.shadowComparison(service, key))
+  }
+
+  /** The view of a service's comparison `key`; undefined when nothing was counted under it. */
+  private shadowComparison (service: string, key: string): ShadowView | undefined {
+    const reader = this.health.shadow?.reader
+    const data = reader?.comparison(service, key)
+    return reader === undefined || data === undefined ? undefined : reader.viewOf(data)
+  }
+
+  /**
+   * POST /v1/services/NAME/shadow: the admin API's session over the
+   * config's word (sample, and an end when `duration` is given), committed
+   * as a `shadow` event. Refused for an h2c/h2 service and for one whose
+   * idle color has no targets (nothing to copy to).
+   */
+  async startShadow (req: ShadowStartRequest): Promise<Record<string, unknown>> {
+    return await this.exclusiveRetried(async () => {
+      const [name] = this.resolveServices([req.service])
+      const { next, sample, until } = planShadowStart(req, this.state, this.config.services[name], Date.now())
+      const event = await this.commit(next, {
+        type: 'shadow', reason: req.reason ?? null, actor: req.actor ?? 'api', service: name, action: 'start', sample,
+        ...(until === undefined ? {} : { until: new Date(until).toISOString() }),
+      })
+      return { generation: next.generation, event: event.id, ...this.shadowView(name) }
+    })
+  }
+
+  /** DELETE /v1/services/NAME/shadow: off, over the config's word too; already off changes nothing. */
+  async stopShadow (req: ShadowStopRequest): Promise<Record<string, unknown>> {
+    return await this.exclusiveRetried(async () => {
+      const [name] = this.resolveServices([req.service])
+      const next = planShadowStop(this.state, this.config.services[name])
+      if (next === undefined) return { generation: this.state.generation, ...this.shadowView(name) }
+      const event = await this.commit(next, { type: 'shadow', reason: req.reason ?? null, actor: req.actor ?? 'api', service: name, action: 'stop' })
+      return { generation: next.generation, event: event.id, ...this.shadowView(name) }
+    })
+  }
+
+  /** GET /v1/services/NAME/shadow: what is in force, and the comparison of the idle targets in force (empty before any). */
+  shadowView (name: string): Record<string, unknown> {
+    const [service] = this.resolveServices([name])
+    const key = this.#switcher.current.services.get(service)?.shadowKey
+    const view = key === undefined ? undefined : this.shadowComparison(service, key)
+    return describeShadow(this.config.services[service], this.state, view ?? emptyView())
+  }
+
+  /**
+   * The admin API's sessions end by the clock: the resolve step stops
+   * sampling at `until` on its own; the leader then drops the override (a
+   * `shadow` event, one generation on) so the state says so too.
+   */
+  private scheduleShadowExpiry (retryMs?: number): void {
+    clearTimeout(this.shadowTimer)
+    this.shadowTimer = undefined
+    const first = nextShadowExpiry(this.state)
+    if (this.stopped || first === undefined || !this.fleet.isLeader) return
+    const delay = retryMs ?? Math.min(Math.max(0, first - Date.now()) + SHADOW_EXPIRY_SLACK_MS, 2 ** 31 - 1)
+    this.shadowTimer = setTimeout(() => { void this.expireShadow() }, delay)
+    this.shadowTimer.unref()
+  }
+
+  private async expireShadow (): Promise<void> {
+    try {
+      await this.exclusiveRetried(async () => {
+        const plan = this.fleet.isLeader && !this.stopped ? planShadowExpiry(this.state, Date.now()) : undefined
+        if (plan === undefined) return
+        await this.commit(plan.next, { type: 'shadow', reason: 'the shadow session\'s duration ran out', actor: 'shadow', action: 'expired', services: plan.services })
+      })
+    } catch (err) {
+      log('error', 'an ended shadow session could not be cleared; tried again', { error: (err as Error).message, retryInMs: REVERT_RETRY_MS })
+      this.scheduleShadowExpiry(REVERT_RETRY_MS)
+    }
+  }
+
   /** The view served by GET /v1/state. */
   describe (): Record<string, unknown> {
     return describeState({
@@ -728,6 +828,9 @@ const FLIP_TRIGGERS: Partial<Record<EventType, FlipTrigger>> = { flip: 'manual',
 /** An auto-revert the store refused for being unreachable is tried again this often, this many times. */
 const REVERT_RETRY_MS = 1_000
 const REVERT_ATTEMPTS = 30
+
+/** An ended shadow session is cleared this long after its end (the resolve step already stopped at the end itself). */
+const SHADOW_EXPIRY_SLACK_MS = 50
 
 /** Tries at a change that keeps losing to other replicas' commits before it is refused. */
 const CONFLICT_ATTEMPTS = 3

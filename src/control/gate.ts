@@ -1,11 +1,13 @@
-// The gate a flip passes before its colors go live: enough healthy targets (taken
-// in the controller's queue) and every smoke check passing (run outside it); and readiness.
+// The gate a flip passes before its colors go live: enough healthy targets and a
+// shadow comparison that does not differ too much (taken in the controller's
+// queue) and every smoke check passing (run outside it); and readiness.
 
 import type { Color, Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
 import type { Prober } from '../health/prober.js'
 import type { SmokeFailure, SmokeRunner } from '../health/smoke.js'
 import type { Snapshot } from '../routing/snapshot.js'
+import type { ShadowView } from '../shadow/types.js'
 import type { ColorChange } from '../state/events.js'
 
 /** Why the gate refused one service's flip. */
@@ -17,6 +19,8 @@ export interface GateFailure {
   minHealthy?: number
   targets?: Array<Record<string, unknown>>
   smoke?: SmokeFailure[]
+  /** The shadow comparison that refused it. */
+  shadow?: ShadowView
 }
 
 /** The refusal of a flip, its failures in the order of the flip's changes. */
@@ -49,6 +53,38 @@ export function checkHealthGate (config: Config, snapshot: Snapshot, changes: re
     }
   }
   return { failures, smoke }
+}
+
+/**
+ * The shadow half, taken in the queue with the health half: a service with
+ * `gate.maxShadowDiff` is refused when its comparison of the color it would
+ * flip into (the idle targets in force: the snapshot's `shadowKey`) counts
+ * at least `minShadowCompared` pairs, and more than that share of them differ
+ * (noise left out). Fewer pairs: the comparison does not judge. `read`
+ * gives the view of a service's comparison under a key, or undefined when
+ * nothing was counted there.
+ */
+export function checkShadowGate (config: Config, snapshot: Snapshot, changes: readonly ColorChange[], read: (service: string, key: string) => ShadowView | undefined): GateFailure[] {
+  const failures: GateFailure[] = []
+  for (const c of changes) {
+    const gate = config.services[c.service]?.gate
+    const route = snapshot.services.get(c.service)
+    if (gate?.maxShadowDiff === undefined || route?.shadowKey === undefined || route.live === c.to) continue
+    const view = read(c.service, route.shadowKey)
+    if (view === undefined || view.compared < gate.minShadowCompared || view.differed / view.compared <= gate.maxShadowDiff) continue
+    failures.push({
+      service: c.service,
+      color: c.to,
+      reason: `shadow: ${view.differed} of ${view.compared} pairs differ (${percent(view.differed / view.compared, 1)}), gate.maxShadowDiff is ${percent(gate.maxShadowDiff, 2)}`,
+      shadow: view,
+    })
+  }
+  return failures
+}
+
+/** A share as a percentage with at most `digits` decimals: 0.047 -> `4.7%`, 0.01 -> `1%`. */
+function percent (share: number, digits: number): string {
+  return `${Number((share * 100).toFixed(digits))}%`
 }
 
 /**

@@ -26,6 +26,8 @@ export interface ReleaseDeps {
   healthGate: (changes: ColorChange[]) => GateFailure[]
   /** The smoke checks of the gate, run outside the queue. */
   smoke: (changes: ColorChange[]) => Promise<GateFailure[]>
+  /** The shadow half of the gate (gate.maxShadowDiff) on the comparisons in force: its failures (none: passed). */
+  shadowGate: (changes: ColorChange[]) => GateFailure[]
   /** Healthy targets of a color; undefined while its targets have not all had their first probe. */
   healthyTargets: (service: string, color: Color) => number | undefined
   /** Whether smoke checks can reach the gateway's own listener yet (a restart runs releases before it listens). */
@@ -202,6 +204,12 @@ class ReleaseRun {
         if (paused) return
         // After a restart the health the gate saw is gone: smoke checks wait for the new colors' first probe and for the listener.
         if (!this.deps.canSmoke() || changes.some((c) => this.deps.healthyTargets(c.service, c.to) === undefined)) return
+        // The new colors' answers differ from the live ones beyond gate.maxShadowDiff: the release fails as a flip would be refused.
+        const differ = this.deps.shadowGate(changes)
+        if (differ.length > 0) {
+          const why = `the shadow comparison refused it: ${differ.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`
+          return await this.commit(r, (st) => planEnd(st, this.id, 'failed', Date.now(), why))
+        }
         const failures = await this.deps.smoke(changes)
         if (failures.length > 0) {
           const why = `smoke checks failed: ${failures.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`

@@ -71,7 +71,8 @@ export function describeFleet (fleet: Fleet, generation: number): Record<string,
  */
 export function lastGuardedFlip (events: readonly SwitchyardEvent[], state: PersistedState): { id: number, time: string, changes: ColorChange[] } | undefined {
   let last: SwitchyardEvent | undefined
-  for (let i = events.length - 1; i >= 0 && last === undefined; i--) if (isChange(events[i].type)) last = events[i]
+  // A shadow start or stop changes no color: the flip before it still has its window.
+  for (let i = events.length - 1; i >= 0 && last === undefined; i--) if (isChange(events[i].type) && events[i].type !== 'shadow') last = events[i]
   if (last === undefined || last.type !== 'flip' || last.guard === false || !Array.isArray(last.changes)) return undefined
   const changes = last.changes.filter((c) => state.services[c.service]?.live === c.to)
   return changes.length === 0 ? undefined : { id: last.id, time: last.time, changes }

@@ -17,10 +17,14 @@ import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Sw
 import { closeSpread, type RemoteColors, type Totals } from '../upstream/color-stats.js'
 import { TargetRegistry, type ProbeState } from '../upstream/registry.js'
 import { CertError, CertStore } from './certs.js'
+import { LocalShadow, SHADOW_PARTS, ShadowResults, type ShadowParts, type ShadowReader, type ShadowReport } from '../control/shadow.js'
+import type { ShadowResult, ShadowView, TallyData } from '../shadow/types.js'
 import { closeGracefully, listen, type ListenerDeps, type PublicListener } from './public-listener.js'
 
 /** How often a worker reports its counts: the lag of guard, drain and /v1/state in cluster mode. */
 const REPORT_MS = 100
+/** Every this-many reports, a worker's carries its shadow comparisons too (they change slower and weigh more). */
+const SHADOW_EVERY = 5
 /** A worker that does not take a routing change within this long is logged and not waited for. */
 const ACK_TIMEOUT_MS = 5000
 
@@ -35,7 +39,13 @@ type FromWorker =
   | { t: 'hello' }
   | { t: 'ack', seq: number, refused?: { path: string, file: string, reason: string } }
   | { t: 'ready', address: AddressInfo }
-  | { t: 'stats', colors: Array<{ service: string, color: Color, totals: Totals }> }
+  | { t: 'stats', colors: Array<{ service: string, color: Color, totals: Totals }>, shadow?: WorkerShadow }
+
+/** A worker's shadow comparisons and its switchyard_shadow_total counts since it started. */
+interface WorkerShadow {
+  reports: ShadowReport[]
+  results: Array<[string, Record<ShadowResult, number>]>
+}
 
 function zero (): Totals {
   return {
@@ -62,7 +72,7 @@ function add (a: Totals, b: Totals): void {
 }
 
 /** The primary's side: forks, feeds and listens to the workers. */
-export class WorkerPool implements PublicListener, RemoteColors {
+export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
   private readonly count: number
   private readonly workers = new Map<number, Worker>()
   /**
@@ -93,9 +103,50 @@ export class WorkerPool implements PublicListener, RemoteColors {
   address: AddressInfo | undefined
   /** The workers hold every connection: a drain deadline closes a color's in each of them. */
   readonly remote: RemoteColors = this
+  /** How the workers' comparisons are summed and read; undefined when this build copies nothing. */
+  private readonly shadowParts: ShadowParts | undefined
+  /** Every worker's latest shadow report, by worker id. */
+  private readonly shadowReports = new Map<number, WorkerShadow>()
+  /** The comparisons and counts of workers that exited: their copies happened too. */
+  private retiredShadow: ShadowReport[] = []
+  private readonly retiredResults = new ShadowResults()
 
-  constructor (count: number) {
+  constructor (count: number, shadowParts: ShadowParts | undefined = SHADOW_PARTS) {
     this.count = count
+    this.shadowParts = shadowParts
+  }
+
+  /** What the controller and metrics read of shadow traffic: the workers' comparisons summed; undefined when this build copies nothing. */
+  get shadow (): ShadowReader | undefined {
+    return this.shadowParts === undefined ? undefined : this
+  }
+
+  comparison (service: string, key: string): TallyData | undefined {
+    const list: TallyData[] = []
+    for (const r of [...this.retiredShadow, ...[...this.shadowReports.values()].flatMap((w) => w.reports)]) {
+      if (r.service === service && r.key === key) list.push(r.data)
+    }
+    if (list.length === 0 || this.shadowParts === undefined) return undefined
+    return list.length === 1 ? list[0] : this.shadowParts.mergeTallyData(list)
+  }
+
+  * inflight (): Iterable<[string, number]> {
+    const sum = new Map<string, number>()
+    for (const w of this.shadowReports.values()) for (const r of w.reports) sum.set(r.service, (sum.get(r.service) ?? 0) + r.inflight)
+    yield * sum
+  }
+
+  results (): ReadonlyMap<string, Record<ShadowResult, number>> {
+    const sum = new ShadowResults()
+    for (const [service, counts] of this.retiredResults) for (const [result, n] of Object.entries(counts)) sum.add(service, result as ShadowResult, n)
+    for (const w of this.shadowReports.values()) {
+      for (const [service, counts] of w.results) for (const [result, n] of Object.entries(counts)) sum.add(service, result as ShadowResult, n)
+    }
+    return sum
+  }
+
+  viewOf (data: TallyData): ShadowView {
+    return (this.shadowParts as ShadowParts).viewOf(data)
   }
 
   /** Forks the workers and resolves once every one listens with the current routing. */
@@ -126,7 +177,10 @@ export class WorkerPool implements PublicListener, RemoteColors {
           this.address = msg.address
           resolve()
         } else if (msg.t === 'ack') this.acks.get(`${worker.id}/${msg.seq}`)?.(msg.refused === undefined ? undefined : new CertError(msg.refused.path, msg.refused.file, msg.refused.reason))
-        else if (msg.t === 'stats') this.onStats(worker.id, msg.colors)
+        else if (msg.t === 'stats') {
+          this.onStats(worker.id, msg.colors)
+          if (msg.shadow !== undefined) this.onShadow(worker.id, msg.shadow)
+        }
       })
     })
   }
@@ -198,6 +252,15 @@ export class WorkerPool implements PublicListener, RemoteColors {
     for (const key of mine.keys()) this.total(key)
   }
 
+  private onShadow (id: number, shadow: WorkerShadow): void {
+    this.shadowReports.set(id, shadow)
+    // An exited worker's comparison counts while it is the one in force: a live worker on another key (a flip, new idle targets) ends it.
+    if (this.retiredShadow.length > 0) {
+      const keys = new Map(shadow.reports.map((r) => [r.service, r.key]))
+      this.retiredShadow = this.retiredShadow.filter((r) => (keys.get(r.service) ?? r.key) === r.key)
+    }
+  }
+
   /** Sums one color over the workers (and the ones that exited) into the primary's ColorStats. */
   private total (key: string): void {
     const sum = zero()
@@ -217,6 +280,12 @@ export class WorkerPool implements PublicListener, RemoteColors {
     this.synced.delete(worker.id)
     // A dead worker acks nothing: waiting out ACK_TIMEOUT_MS would hold the change's answer and the controller's queue (an auto-revert too).
     for (const [key, done] of this.acks) if (key.startsWith(`${worker.id}/`)) done()
+    const shadow = this.shadowReports.get(worker.id)
+    this.shadowReports.delete(worker.id)
+    if (shadow !== undefined) {
+      this.retiredShadow.push(...shadow.reports)
+      for (const [service, counts] of shadow.results) for (const [result, n] of Object.entries(counts)) this.retiredResults.add(service, result as ShadowResult, n)
+    }
     const last = this.reports.get(worker.id)
     this.reports.delete(worker.id)
     for (const [key, t] of last ?? []) {
@@ -257,8 +326,10 @@ function tell (msg: FromWorker): void {
  * Should the primary die, it stops accepting, finishes what it holds (up to
  * the longest drain.timeout, as a SIGTERM would) and exits 0.
  */
-export function runWorker (): void {
+export function runWorker (shadowParts: ShadowParts | undefined = SHADOW_PARTS): void {
   const registry = new TargetRegistry()
+  // Each worker copies the requests it serves (maxConcurrent per process) and counts its own comparisons; the primary sums them.
+  const shadow = shadowParts === undefined ? undefined : new LocalShadow(shadowParts)
   let switcher: Switcher | undefined
   let edge: EdgeServer | undefined
   let smoke: SmokeRunner | undefined
@@ -267,7 +338,7 @@ export function runWorker (): void {
   let certs: CertStore | undefined
 
   const apply = (config: Config, state: RoutingState, probes: Record<string, ProbeState>): void => {
-    const snapshot = buildSnapshot(config, state, registry)
+    const snapshot = buildSnapshot(config, state, registry, shadow)
     if (switcher === undefined) switcher = new Switcher(snapshot)
     else switcher.swap(snapshot)
     for (const target of configureTargets(snapshot)) {
@@ -278,9 +349,11 @@ export function runWorker (): void {
     configureSampling(snapshot)
   }
 
+  let reports = 0
   const report = setInterval(() => {
     const colors = [...registry.allColorStats()].map((s) => ({ service: s.service, color: s.color, totals: s.totals() }))
-    tell({ t: 'stats', colors })
+    const withShadow = shadow !== undefined && ++reports % SHADOW_EVERY === 0
+    tell(withShadow ? { t: 'stats', colors, shadow: { reports: shadow.reports(), results: [...shadow.results()] } } : { t: 'stats', colors })
   }, REPORT_MS)
   report.unref()
 

@@ -3,9 +3,9 @@
 
 import type { Color } from '../config/schema.js'
 import type { Refusal, RequestFacts, Resolution, Resolve } from '../proxy/resolve.js'
-import { ambiguousRouting, chooseFor, readsHeaders, routesByHeaders } from './choose.js'
+import { ambiguousRouting, chooseFor, previewColor, readsHeaders, routesByHeaders } from './choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from './path.js'
-import type { SnapshotView } from './snapshot.js'
+import type { ColorRoute, ServiceRoute, SnapshotView } from './snapshot.js'
 
 /** Who may pin a color on a request (the smoke checks of a flip's gate). */
 export interface ColorPins {
@@ -22,7 +22,8 @@ const ABOVE_ROOT: Refusal = { code: 'bad_request', message: TARGET_ABOVE_ROOT, t
  * call (read once per request, so a flip never splits one): the target is
  * normalized, the service matched, a request whose routing headers could be
  * read two ways refused, the color chosen (pin, preview, sticky, live) and a
- * target picked.
+ * target picked. A request the live color serves by the ordinary route may
+ * be picked for shadow traffic (its route's `shadow`, when on).
  */
 export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resolve {
   return (facts: RequestFacts): Resolution | Refusal => {
@@ -42,11 +43,28 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
       }
       headers = facts
     }
-    const { color, setCookie } = chooseFor(route, facts.smoke === undefined ? undefined : pins.colorOf(facts.smoke), headers)
+    const pinned = facts.smoke === undefined ? undefined : pins.colorOf(facts.smoke)
+    const { color, setCookie } = chooseFor(route, pinned, headers)
     const endpoint = color.targets.pick()
     if (endpoint === undefined) {
       return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats }
     }
-    return { target, endpoint, group: color, setCookie, shadow: undefined }
+    const shadow = route.shadow
+    if (shadow === undefined || pinned !== undefined || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined }
+    return { target, endpoint, group: color, setCookie, shadow: shadow.sample(facts.method) }
   }
+}
+
+/**
+ * Whether the live color serves a request that no pin chose by the
+ * ordinary route: chooseFor picks live without reading a header (no
+ * preview, sticky or split on the service), or by a split or sticky
+ * cookie that lands on live. A sticky hold is never on the live color and a
+ * split's other color is not live, so only a preview naming the live color
+ * itself is left to tell apart: read again, only on a service with shadow on.
+ */
+function isOrdinaryLive (route: ServiceRoute, color: ColorRoute, headers: RequestFacts | undefined): boolean {
+  if (color !== route.colors[route.live]) return false
+  if (headers === undefined || (route.previewHeader === undefined && route.previewCookie === undefined)) return true
+  return previewColor(route, headers) === undefined
 }

@@ -1,7 +1,9 @@
 // The immutable routing snapshot: every service's route, both colors' target
 // sets and the live color, plus a precompiled matcher. Built whole, then swapped in.
 
-import { COLORS, type Color, type Config, type ServiceConfig, type Timeouts, type UpstreamProtocol } from '../config/schema.js'
+import { COLORS, DEFAULTS, otherColor, type Color, type Config, type ServiceConfig, type ShadowConfig, type Timeouts, type UpstreamProtocol } from '../config/schema.js'
+import type { AnswerTap } from '../proxy/resolve.js'
+import type { Comparer, ShadowPlan, ShadowTally } from '../shadow/types.js'
 import type { ColorStats, Target, TargetRegistry } from '../upstream/registry.js'
 import { TargetSet } from '../upstream/target-set.js'
 import { protocolMismatch } from '../config/values.js'
@@ -17,7 +19,15 @@ export interface ServiceState {
   split?: { color: Color, weight: number, seed: number }
   /** The id of the running release this service belongs to (latency sampling is on while set). */
   release?: string
+  /**
+   * The admin API's word on shadow traffic, over the config's: on at
+   * `sample` (0 < sample <= 1) until `until` (epoch ms; unset: until
+   * stopped), or off even where the config turns it on. Unset: as configured.
+   */
+  shadow?: ShadowOverride
 }
+
+export type ShadowOverride = { sample: number, until?: number } | { off: true }
 
 /** A color that keeps serving its pinned sessions after a flip, until `until` (epoch ms). */
 export interface StickyHold {
@@ -73,7 +83,63 @@ export interface ServiceRoute {
   readonly split: RouteSplit | undefined
   /** Latency sampling on for this service's colors (a release runs). */
   readonly sampled: boolean
+  /** Shadow traffic to the idle color; undefined when off (the fast path checks this one field and nothing more). */
+  readonly shadow: ShadowSampler | undefined
+  /**
+   * The comparison a shadow copy of this snapshot counts in: the live and
+   * idle colors and the idle targets (`blue>green|http://a,http://b`), set
+   * whether shadow traffic is on or not (the gate reads the comparison of
+   * the idle targets in force); undefined for h2c/h2 services, which have none.
+   */
+  readonly shadowKey: string | undefined
   readonly config: ServiceConfig
+}
+
+/** A route's shadow traffic as the resolve step sees it (shadow/mirror.ts ShadowRoute): a tap for a request picked, else undefined. */
+export interface ShadowSampler {
+  sample: (method: string) => AnswerTap | undefined
+}
+
+/**
+ * How a process with a request path builds shadow routes into its
+ * snapshots: the tally of a comparison comes from its ShadowBook (outside
+ * every snapshot, so a rebuild keeps the counts), the comparer and the route
+ * from the shadow parts. Absent: no snapshot of that process copies anything.
+ */
+export interface ShadowWiring {
+  tallyFor: (service: string, key: string) => ShadowTally
+  comparer: (settings: ShadowConfig) => Comparer
+  route: (plan: ShadowPlan) => ShadowSampler
+}
+
+/** The shadow traffic in force on a service, and whose word it is; undefined when off. */
+export interface ShadowSession {
+  settings: ShadowConfig
+  /** Epoch ms when the admin API's session ends; undefined: until stopped. */
+  until: number | undefined
+  source: 'config' | 'api'
+}
+
+/** The settings of a session the admin API starts on a service with no `shadow` section: DEFAULTS, nothing ignored. */
+const API_SHADOW: ShadowConfig = { ...DEFAULTS.shadow, methods: [...DEFAULTS.shadow.methods], sample: 0.1, ignore: { headers: [], json: [] } }
+
+/**
+ * The admin API's override wins over the config: `off` stops a configured
+ * shadow, a session replaces its sample until it ends (then the config's
+ * word is back). h2c/h2 services never have one (the config refuses it; an
+ * override carried over a reload that changed the protocol is ignored).
+ */
+export function shadowSession (svc: ServiceConfig, st: ServiceState | undefined, now = Date.now()): ShadowSession | undefined {
+  if (svc.protocol !== 'http1') return undefined
+  const o = st?.shadow
+  if (o !== undefined && 'off' in o) return undefined
+  if (o !== undefined && (o.until === undefined || o.until > now)) return { settings: { ...(svc.shadow ?? API_SHADOW), sample: o.sample }, until: o.until, source: 'api' }
+  return svc.shadow === undefined ? undefined : { settings: svc.shadow, until: undefined, source: 'config' }
+}
+
+/** The comparison key: a flip or new idle targets start a fresh tally (the old counts are of another version). */
+export function comparisonKey (live: Color, idle: Color, idleTargets: readonly string[]): string {
+  return `${live}>${idle}|${[...idleTargets].sort().join(',')}`
 }
 
 /** Routes of one host (or of any host), longest prefix first. */
@@ -151,7 +217,7 @@ export function colorTargets (svc: ServiceConfig, state: ServiceState | undefine
 }
 
 /** Builds a whole snapshot; throws before anything is swapped if the inputs are inconsistent. */
-export function buildSnapshot (config: Config, state: RoutingState, registry: TargetRegistry): Snapshot {
+export function buildSnapshot (config: Config, state: RoutingState, registry: TargetRegistry, shadow?: ShadowWiring): Snapshot {
   const routes: ServiceRoute[] = []
   for (const svc of Object.values(config.services)) {
     const st = state.services[svc.name]
@@ -183,6 +249,8 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
     if (colors[live].targets.endpoints.length === 0) {
       throw new Error(`service ${svc.name}: live color ${live} has no targets`)
     }
+    const idle = colors[otherColor(live)]
+    const shadowKey = svc.protocol === 'http1' ? comparisonKey(live, idle.color, idle.targets.endpoints.map((e) => e.target.url)) : undefined
     routes.push({
       name: svc.name,
       host: svc.match.host,
@@ -198,10 +266,27 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
       stickyHold: svc.sticky === undefined ? undefined : stickyHold(state.sticky?.[svc.name], live),
       split: routeSplit(st?.split, live, colors),
       sampled: st?.release !== undefined,
+      shadow: shadow === undefined || shadowKey === undefined ? undefined : shadowRoute(shadow, svc, st, colors[live], idle, shadowKey),
+      shadowKey,
       config: svc,
     })
   }
   return new Snapshot(state.generation, routes)
+}
+
+/** The service's shadow route when its traffic is on and the idle color has targets to copy to. */
+function shadowRoute (wiring: ShadowWiring, svc: ServiceConfig, st: ServiceState | undefined, live: ColorRoute, idle: ColorRoute, key: string): ShadowSampler | undefined {
+  const session = shadowSession(svc, st)
+  if (session === undefined || idle.targets.endpoints.length === 0) return undefined
+  return wiring.route({
+    service: svc.name,
+    settings: session.settings,
+    live: live.targets,
+    idle: idle.targets,
+    tally: wiring.tallyFor(svc.name, key),
+    comparer: wiring.comparer(session.settings),
+    until: session.until,
+  })
 }
 
 /** A hold on the live color means nothing (it serves everyone anyway). */

@@ -7,10 +7,10 @@ import { dirname } from 'node:path'
 import type { Color } from '../config/schema.js'
 import { log } from '../log.js'
 
-export type EventType = 'flip' | 'rollback' | 'auto_revert' | 'targets' | 'drained' | 'health' | 'reload' | 'start' | 'import' | 'release'
+export type EventType = 'flip' | 'rollback' | 'auto_revert' | 'targets' | 'drained' | 'health' | 'reload' | 'start' | 'import' | 'release' | 'shadow'
 
 /** Events of changes to routing state; every other type is health noise. */
-const CHANGE_TYPES: ReadonlySet<EventType> = new Set<EventType>(['flip', 'rollback', 'auto_revert', 'targets', 'reload', 'start', 'import', 'release'])
+const CHANGE_TYPES: ReadonlySet<EventType> = new Set<EventType>(['flip', 'rollback', 'auto_revert', 'targets', 'reload', 'start', 'import', 'release', 'shadow'])
 
 export function isChange (type: EventType): boolean {
   return CHANGE_TYPES.has(type)

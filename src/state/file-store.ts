@@ -6,7 +6,7 @@ import { basename, dirname, join } from 'node:path'
 import { isColor, type Color } from '../config/schema.js'
 import { parseOrigin } from '../config/values.js'
 import { parseStoredReleases, type Release } from '../release/model.js'
-import type { RoutingState, ServiceState } from '../routing/snapshot.js'
+import type { RoutingState, ServiceState, ShadowOverride } from '../routing/snapshot.js'
 
 export interface PersistedState extends RoutingState {
   /** Services of the last color change: what a bare rollback reverts. */
@@ -95,6 +95,20 @@ export class FileStateStore {
   }
 }
 
+/** A stored shadow override, or `wrong()` (which throws) for anything else. */
+function parseShadowOverride (value: unknown, wrong: () => never): ShadowOverride {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return wrong()
+  const v = value as Record<string, unknown>
+  const keys = Object.keys(v)
+  if (v.off === true && keys.length === 1) return { off: true }
+  const { sample, until } = v
+  if (keys.some((k) => k !== 'sample' && k !== 'until')) return wrong()
+  if (typeof sample !== 'number' || !(sample > 0 && sample <= 1)) return wrong()
+  if (until === undefined) return { sample }
+  if (typeof until !== 'number' || !Number.isSafeInteger(until) || until < 0) return wrong()
+  return { sample, until }
+}
+
 function isAlive (pid: number): boolean {
   try {
     process.kill(pid, 0)
@@ -152,6 +166,7 @@ export function parseStateDocument (text: string, where: string, remedy = FILE_R
       if (typeof st.release !== 'string' || st.release === '') bad(`services.${name}.release must be a release id`)
       state.release = st.release as string
     }
+    if (st.shadow !== undefined) state.shadow = parseShadowOverride(st.shadow, () => bad(`services.${name}.shadow must be {off: true} or {sample (above 0, at most 1), until? (epoch ms)}`))
     services[name] = state
   }
   const lastChange = Array.isArray(obj.lastChange) ? obj.lastChange.filter((x): x is string => typeof x === 'string') : []
