@@ -5,7 +5,7 @@
 import t from 'tap'
 import { brotliCompressSync, gzipSync } from 'node:zlib'
 import { answerHeaders, createComparer, isJsonType, MAX_DIFFERENCES } from '../src/shadow/compare.js'
-import { compileJsonPaths, formatPath, isIgnored, parseJsonPath } from '../src/shadow/jsonpath.js'
+import { compileJsonPaths, formatPath, isIgnored, parseJsonPath } from '../src/config/json-path.js'
 import type { Answer, Difference } from '../src/shadow/types.js'
 
 const JSON_TYPE = 'application/json'

@@ -13,6 +13,7 @@ import {
 import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, protocolMismatch, substituteEnv } from './values.js'
 import { CertError, readCert } from './certs.js'
 import { CERT_KEYS, CONFIG_KEYS, ENVIRONMENT_KEYS, SECTION_KEYS, SERVICE_KEYS, SMOKE_KEYS, listKeys } from './keys.js'
+import { parseJsonPath } from './json-path.js'
 
 export interface ConfigProblem {
   path: string
@@ -37,25 +38,9 @@ type Obj = Record<string, unknown>
  * `parseJsonPath`) is the one to pass, so the config accepts exactly the
  * paths the comparison can follow.
  */
-export type JsonPathCheck = (text: string) => unknown
-
-/**
- * Until the comparison's parser is wired in (gateway and CLI pass it), the
- * loader holds a path to what every accepted path has in common: it starts at the root.
- */
-const rootOnly: JsonPathCheck = (text) => {
-  if (!text.startsWith('$')) throw new Error('a JSON path starts with $ (the root), as in $.timestamp')
-  return text
-}
-
 /** Collects problems while walking the document; every check names its path. */
 class Checker {
   readonly problems: ConfigProblem[] = []
-  readonly jsonPath: JsonPathCheck
-
-  constructor (jsonPath: JsonPathCheck = rootOnly) {
-    this.jsonPath = jsonPath
-  }
 
   fail (path: string, message: string): undefined {
     this.problems.push({ path, message })
@@ -178,7 +163,7 @@ const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const COOKIE_NAME = HEADER_NAME
 
 /** Reads, substitutes, validates. Throws ConfigError listing every problem. */
-export function loadConfigFile (file: string, env: NodeJS.ProcessEnv = process.env, jsonPath?: JsonPathCheck): Config {
+export function loadConfigFile (file: string, env: NodeJS.ProcessEnv = process.env): Config {
   const abs = resolve(file)
   let text: string
   try {
@@ -186,17 +171,17 @@ export function loadConfigFile (file: string, env: NodeJS.ProcessEnv = process.e
   } catch (err) {
     throw new ConfigError([{ path: '', message: `cannot read ${abs}: ${(err as Error).message}` }])
   }
-  return parseConfig(text, { file: abs, env, jsonPath })
+  return parseConfig(text, { file: abs, env })
 }
 
 /** Parses YAML text into a Config; `file` anchors relative paths. */
-export function parseConfig (text: string, opts: { file?: string, env?: NodeJS.ProcessEnv, jsonPath?: JsonPathCheck } = {}): Config {
+export function parseConfig (text: string, opts: { file?: string, env?: NodeJS.ProcessEnv } = {}): Config {
   const doc = parseDocument(text, { uniqueKeys: true })
   if (doc.errors.length > 0) {
     throw new ConfigError(doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })), opts.file)
   }
   const raw: unknown = doc.toJS() ?? {}
-  const c = new Checker(opts.jsonPath)
+  const c = new Checker()
   const substituted = substituteTree(raw, '', opts.env ?? process.env, c)
   const config = validate(substituted, c, opts.file)
   if (c.problems.length > 0) throw new ConfigError(c.problems, opts.file)
@@ -680,7 +665,7 @@ function shadowConfig (value: unknown, path: string, c: Checker, protocol: Upstr
         ir.json.forEach((v: unknown, i: number) => {
           if (typeof v !== 'string') return c.fail(join(jp, i), `must be a JSON path string, got ${JSON.stringify(v)}`)
           try {
-            c.jsonPath(v)
+            parseJsonPath(v)
           } catch (err) {
             return c.fail(join(jp, i), `not a JSON path the comparison reads (${JSON.stringify(v)}): ${(err as Error).message}`)
           }

@@ -7,6 +7,9 @@ import { SwitchyardError } from '../errors.js'
 import { colorTargets, shadowSession, type ShadowSampler, type ShadowWiring } from '../routing/snapshot.js'
 import type { Comparer, DropReason, ShadowBook, ShadowPlan, ShadowResult, ShadowTally, ShadowView, TallyData } from '../shadow/types.js'
 import type { PersistedState } from '../state/file-store.js'
+import { createComparer } from '../shadow/compare.js'
+import { ShadowRoute } from '../shadow/mirror.js'
+import { createShadowBook, mergeTallyData, viewOf } from '../shadow/tally.js'
 import { otherColor } from '../config/schema.js'
 
 /**
@@ -28,13 +31,14 @@ export interface ShadowParts {
   createRoute: (plan: ShadowPlan) => ShadowSampler
 }
 
-/**
- * MERGE POINT: the shadow parts this build copies with. Undefined until
- * shadow/tally.ts, compare.ts and mirror.ts are in: then no route is built
- * (nothing is copied) and every comparison reads empty. Fill in as
- * `{ createBook: createShadowBook, mergeTallyData, viewOf, createComparer: (s) => ..., createRoute: (plan) => new ShadowRoute(plan) }`.
- */
-export const SHADOW_PARTS: ShadowParts | undefined = undefined
+/** The shadow parts this build copies and compares with (tests may hand the gateway their own). */
+export const SHADOW_PARTS: ShadowParts = {
+  createBook: createShadowBook,
+  mergeTallyData,
+  viewOf,
+  createComparer: (settings) => createComparer(settings.ignore),
+  createRoute: (plan) => new ShadowRoute(plan),
+}
 
 export const SHADOW_RESULTS: readonly ShadowResult[] = ['sent', 'dropped', 'matched', 'differed', 'noise']
 

@@ -4,7 +4,7 @@
 
 import zlib from 'node:zlib'
 import { HOP_BY_HOP } from '../proxy/headers.js'
-import { compileJsonPaths, formatPath, type MatchState, type PathKey, type PathMatcher } from './jsonpath.js'
+import { compileJsonPaths, formatPath, type MatchState, type PathKey, type PathMatcher } from '../config/json-path.js'
 import type { Answer, Comparer, Difference } from './types.js'
 
 /** Fields that differ between any two answers (or describe framing, compared through the body): never compared. */
