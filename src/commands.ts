@@ -475,6 +475,8 @@ interface ShadowAnswer {
   bodyNotCompared?: number
   noiseWhere?: Array<{ where: string, count: number }>
   probes?: number
+  /** The service's gate settings, when the API includes them. */
+  gate?: { maxShadowDiff?: number | null, minShadowCompared?: number }
 }
 
 async function shadow (argv: string[], io: Io): Promise<number> {
@@ -538,7 +540,7 @@ function shadowState (r: ShadowAnswer): string {
 function shadowText (service: string, r: ShadowAnswer): string {
   const n = (x: number | undefined): number => typeof x === 'number' && Number.isFinite(x) ? x : 0
   const compared = n(r.compared)
-  const lines = [`${service}: shadow ${shadowState(r)}`]
+  const lines = [`${service}: shadow ${r.active === true ? `on, ${shadowState(r)}` : 'off'}`]
   const drops = Object.entries(r.drops ?? {}).filter(([, count]) => n(count) > 0).map(([why, count]) => `${n(count)} ${why}`)
   lines.push(table([
     ['SENT', 'COMPARED', 'MATCHED', 'DIFFERED', 'NOISE', 'DROPPED'],
@@ -549,6 +551,12 @@ function shadowText (service: string, r: ShadowAnswer): string {
   if (n(r.bodyNotCompared) > 0) notes.push(`${n(r.bodyNotCompared)} pairs compared by status and headers only (body above maxBody)`)
   if (r.probes !== undefined) notes.push(`${n(r.probes)} noise probes`)
   if (notes.length > 0) lines.push(notes.join('; '))
+  const max = r.gate?.maxShadowDiff
+  if (typeof max === 'number') {
+    const min = r.gate?.minShadowCompared ?? 200
+    const verdict = compared < min ? `not judged before ${min} pairs` : n(r.differed) / compared > max ? 'a flip into the idle color is refused' : 'within it'
+    lines.push(`gate: at most ${percent(max)} differing (gate.maxShadowDiff): ${verdict}`)
+  }
   const top = r.top ?? []
   if (compared === 0 && n(r.sent) === 0) {
     lines.push('', 'nothing compared yet')

@@ -58,6 +58,7 @@ const VIEW = {
   sample: 0.2,
   until: Date.parse('2026-11-29T12:30:00Z'),
   source: 'api',
+  gate: { maxShadowDiff: 0.01, minShadowCompared: 200 },
   sent: 1200,
   compared: 1150,
   matched: 1100,
@@ -82,22 +83,23 @@ t.test('shadow SERVICE prints the control, the counts with the differing share, 
   t.same(fake.seen.map((s) => `${s.method} ${s.path}`), [`GET ${PATH}`])
   t.equal(fake.seen[0].headers.authorization, 'Bearer s3cret', 'the token from SWITCHYARD_ADMIN_TOKEN')
   const lines = res.out.trimEnd().split('\n')
-  t.equal(lines[0], 'users: shadow sample 20% until 12:30:00 (started by the admin API)')
+  t.equal(lines[0], 'users: shadow on, sample 20% until 12:30:00 (started by the admin API)')
   t.match(lines[1], /^SENT\s+COMPARED\s+MATCHED\s+DIFFERED\s+NOISE\s+DROPPED$/)
   t.match(lines[2], /^1200\s+1150\s+1100\s+14 \(1\.2%\)\s+36\s+50 \(40 busy, 10 no_target\)$/)
   t.equal(lines[3], '2 pairs compared by status and headers only (body above maxBody); 120 noise probes')
-  t.match(lines[5], /^WHERE\s+PAIRS\s+LIVE\s+IDLE$/)
-  t.match(lines[6], /^\$\.plan\s+14\s+"pro"\s+"team"$/)
-  t.match(lines[7], /^header:x-version\s+3\s+1\.0\.0\s+1\.1\.0\\x1b\[31m$/, 'a control character in an example is shown escaped')
+  t.equal(lines[4], 'gate: at most 1.0% differing (gate.maxShadowDiff): a flip into the idle color is refused')
+  t.match(lines[6], /^WHERE\s+PAIRS\s+LIVE\s+IDLE$/)
+  t.match(lines[7], /^\$\.plan\s+14\s+"pro"\s+"team"$/)
+  t.match(lines[8], /^header:x-version\s+3\s+1\.0\.0\s+1\.1\.0\\x1b\[31m$/, 'a control character in an example is shown escaped')
   t.notOk(res.out.includes('\u001b'), 'no raw escape reaches the terminal')
-  t.match(lines[9], /^NOISE \(NOT COUNTED\)\s+PROBES$/)
-  t.match(lines[10], /^\$\.requestId\s+120$/)
-  t.match(lines[11], /^\$\.timestamp\s+118$/)
+  t.match(lines[10], /^NOISE \(NOT COUNTED\)\s+PROBES$/)
+  t.match(lines[11], /^\$\.requestId\s+120$/)
+  t.match(lines[12], /^\$\.timestamp\s+118$/)
 })
 
 t.test('shadow SERVICE: off, nothing compared; config-on without differences; --json is the server answer', async (t) => {
   const off = { active: false, sample: null, until: null, source: null, sent: 0, compared: 0, matched: 0, differed: 0, dropped: 0, noise: 0, top: [], drops: { busy: 0, no_target: 0, failed: 0, body_too_large: 0 }, bodyNotCompared: 0, noiseWhere: [], probes: 0 }
-  const clean = { ...off, active: true, sample: 0.1, source: 'config', sent: 300, compared: 300, matched: 290, noise: 10, probes: 40, noiseWhere: [{ where: '$.timestamp', count: 40 }] }
+  const clean = { ...off, active: true, sample: 0.1, source: 'config', gate: { maxShadowDiff: 0.05 }, sent: 300, compared: 300, matched: 290, noise: 10, probes: 40, noiseWhere: [{ where: '$.timestamp', count: 40 }] }
   const fake = await fakeAdmin(t, {
     'GET /v1/services/orders/shadow': { status: 200, body: off },
     [`GET ${PATH}`]: { status: 200, body: clean },
@@ -110,8 +112,9 @@ t.test('shadow SERVICE: off, nothing compared; config-on without differences; --
   t.equal(ol.at(-1), 'nothing compared yet')
   const c = await cli(fake.url, ['shadow', 'users'])
   const cl = c.out.trimEnd().split('\n')
-  t.equal(cl[0], 'users: shadow sample 10% (from the config)')
+  t.equal(cl[0], 'users: shadow on, sample 10% (from the config)')
   t.match(cl[2], /^300\s+300\s+290\s+0 \(0\.0%\)\s+10\s+0$/)
+  t.ok(cl.includes('gate: at most 5.0% differing (gate.maxShadowDiff): within it'))
   t.ok(cl.includes('no differences counted'))
   t.match(cl.at(-1), /^\$\.timestamp\s+40$/)
   const j = await cli(fake.url, ['shadow', 'users', '--json'])
