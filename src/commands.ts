@@ -463,6 +463,9 @@ interface ShadowAnswer {
   sample?: number | null
   until?: number | string | null
   source?: 'config' | 'api' | null
+  /** The colors compared: the live one answers clients, the idle one gets the copies. */
+  live?: string
+  idle?: string
   generation?: number
   sent?: number
   compared?: number
@@ -529,6 +532,7 @@ function generationText (r: ShadowAnswer): string {
 function shadowState (r: ShadowAnswer): string {
   if (r.active !== true) return 'off'
   const parts = [`sample ${typeof r.sample === 'number' ? `${+(r.sample * 100).toFixed(2)}%` : '-'}`]
+  if (typeof r.live === 'string' && typeof r.idle === 'string') parts.push(`of ${r.live} copied to ${r.idle}`)
   const until = typeof r.until === 'number' ? new Date(r.until).toISOString() : r.until
   if (until != null) parts.push(`until ${clock(until)}`)
   if (r.source === 'api') parts.push('(started by the admin API)')
@@ -549,7 +553,7 @@ function shadowText (service: string, r: ShadowAnswer): string {
   ]))
   const notes: string[] = []
   if (n(r.bodyNotCompared) > 0) notes.push(`${n(r.bodyNotCompared)} pairs compared by status and headers only (body above maxBody)`)
-  if (r.probes !== undefined) notes.push(`${n(r.probes)} noise probes`)
+  if (n(r.probes) > 0) notes.push(`${n(r.probes)} noise probes`)
   if (notes.length > 0) lines.push(notes.join('; '))
   const max = r.gate?.maxShadowDiff
   if (typeof max === 'number') {

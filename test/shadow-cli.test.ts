@@ -99,7 +99,7 @@ t.test('shadow SERVICE prints the control, the counts with the differing share, 
 
 t.test('shadow SERVICE: off, nothing compared; config-on without differences; --json is the server answer', async (t) => {
   const off = { active: false, sample: null, until: null, source: null, sent: 0, compared: 0, matched: 0, differed: 0, dropped: 0, noise: 0, top: [], drops: { busy: 0, no_target: 0, failed: 0, body_too_large: 0 }, bodyNotCompared: 0, noiseWhere: [], probes: 0 }
-  const clean = { ...off, active: true, sample: 0.1, source: 'config', gate: { maxShadowDiff: 0.05 }, sent: 300, compared: 300, matched: 290, noise: 10, probes: 40, noiseWhere: [{ where: '$.timestamp', count: 40 }] }
+  const clean = { ...off, active: true, sample: 0.1, source: 'config', live: 'green', idle: 'blue', gate: { maxShadowDiff: 0.05 }, sent: 300, compared: 300, matched: 290, noise: 10, probes: 40, noiseWhere: [{ where: '$.timestamp', count: 40 }] }
   const fake = await fakeAdmin(t, {
     'GET /v1/services/orders/shadow': { status: 200, body: off },
     [`GET ${PATH}`]: { status: 200, body: clean },
@@ -110,9 +110,10 @@ t.test('shadow SERVICE: off, nothing compared; config-on without differences; --
   t.equal(ol[0], 'orders: shadow off')
   t.match(ol[2], /^0\s+0\s+0\s+0 \(-\)\s+0\s+0$/, 'no share of zero pairs')
   t.equal(ol.at(-1), 'nothing compared yet')
+  t.notOk(o.out.includes('noise probes'), 'no probes: no line')
   const c = await cli(fake.url, ['shadow', 'users'])
   const cl = c.out.trimEnd().split('\n')
-  t.equal(cl[0], 'users: shadow on, sample 10% (from the config)')
+  t.equal(cl[0], 'users: shadow on, sample 10% of green copied to blue (from the config)')
   t.match(cl[2], /^300\s+300\s+290\s+0 \(0\.0%\)\s+10\s+0$/)
   t.ok(cl.includes('gate: at most 5.0% differing (gate.maxShadowDiff): within it'))
   t.ok(cl.includes('no differences counted'))

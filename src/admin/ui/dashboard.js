@@ -478,7 +478,8 @@
     var compared = num(sh.compared)
     s.root.hidden = !(sh.active === true || compared > 0 || num(sh.sent) > 0)
     if (s.root.hidden) return
-    var live = color(c.data && c.data.live)
+    // The answer names its colors; the state's live color stands in for an answer that does not.
+    var live = color(sh.live) || color(c.data && c.data.live)
     var idle = live ? other(live) : null
     s.state.replaceChildren()
     add(s.state, sh.active === true
@@ -517,7 +518,7 @@
     var parts = []
     if (notes.length > 0) parts.push('dropped: ' + notes.join(', '))
     if (num(sh.bodyNotCompared) > 0) parts.push(num(sh.bodyNotCompared) + ' compared by status and headers only (body above maxBody)')
-    if (sh.probes !== undefined) parts.push(num(sh.probes) + ' noise probes')
+    if (num(sh.probes) > 0) parts.push(num(sh.probes) + ' noise probes')
     s.notes.textContent = parts.join(' \u00b7 ')
     s.notes.hidden = parts.length === 0
     var top = list(sh.top).filter(function (p) { return p && typeof p === 'object' }).slice(0, SHADOW_TOP)
