@@ -56,6 +56,11 @@ async function openPage (t: Test, url: string, fake: FakeShadow): Promise<{ page
     }
     await route.fulfill({ json: view })
   })
+  // The shadow events the admin API would log, once (the page asks with ?since= after that).
+  await page.route(/\/v1\/events(\?|$)/, async (route: Route) => {
+    const first = !route.request().url().includes('since=')
+    await route.fulfill({ json: { events: first ? SHADOW_EVENTS : [] } })
+  })
   await page.goto(url)
   return { page, errors }
 }
@@ -67,6 +72,12 @@ async function screenshot (page: Page, gw: TestGateway, name: string): Promise<s
   if (keep !== undefined && keep !== '') copyFileSync(file, join(keep, name))
   return file
 }
+
+const SHADOW_EVENTS = [
+  { id: 1, type: 'shadow', time: new Date().toISOString(), actor: 'cli:alice', reason: 'check 1.1.0', service: 'users', action: 'start', sample: 0.2, until: new Date(Date.now() + 600_000).toISOString(), generation: 1 },
+  { id: 2, type: 'shadow', time: new Date().toISOString(), actor: 'shadow', reason: 'the shadow session\'s duration ran out', action: 'expired', services: ['orders', 'users'], generation: 2 },
+  { id: 3, type: 'shadow', time: new Date().toISOString(), actor: 'cli:alice', reason: null, service: 'orders', action: 'stop', generation: 3 },
+]
 
 const XSS = '"<img src=x onerror=xssRan()><b id=xss>bold</b>"'
 const DROPS = { busy: 4, no_target: 0, failed: 1, body_too_large: 0 }
@@ -119,6 +130,12 @@ t.test('the shadow panel: counts, the differing share against the gate, top plac
   t.equal(await page.locator('#xss').count(), 0, 'no markup from an example reaches the DOM')
   t.equal(await page.locator('.shadow img').count(), 0)
   t.strictSame(await page.$$eval(`${panel} .shadow-noise-list li`, (lis) => lis.map((li) => li.textContent)), ['$.requestId ×120', '$.timestamp ×118'])
+  await page.waitForSelector('#events .ev-shadow')
+  const evs = await page.$$eval('#events .ev-shadow .ev-what', (tds) => tds.map((td) => td.textContent))
+  t.equal(evs.length, 3)
+  t.equal(evs[0], 'orders: shadow traffic stopped')
+  t.equal(evs[1], 'orders, users: shadow traffic ended (its duration ran out)the shadow session\'s duration ran out')
+  t.match(evs[2], /^users: shadow traffic on, 20% of requests copied · until \d\d:\d\d:\d\dcheck 1\.1\.0$/)
   t.ok(statSync(await screenshot(page, gw, 'shadow.png')).size > 10_000, 'the screenshot was written')
 
   // Stop: a confirm, the DELETE with the token; the panel stays with the last counts, marked off.

@@ -8,7 +8,7 @@
   var TOKEN_KEY = 'switchyard.token'
   var COLORS = ['blue', 'green']
   var STATES = ['live', 'draining', 'idle']
-  var EVENT_TYPES = ['flip', 'rollback', 'auto_revert', 'targets', 'health', 'drained', 'reload', 'start', 'import', 'release']
+  var EVENT_TYPES = ['flip', 'rollback', 'auto_revert', 'targets', 'health', 'drained', 'reload', 'start', 'import', 'release', 'shadow']
   var RELEASE_PHASES = ['deploying', 'warming', 'testing', 'shifting', 'verifying', 'draining', 'done', 'reverted', 'aborted', 'failed']
   var RELEASE_ENDS = ['done', 'reverted', 'aborted', 'failed']
   var VERDICTS = ['pass', 'fail', 'inconclusive']
@@ -892,6 +892,13 @@
         return 'gateway started'
       case 'import':
         return 'state imported at generation ' + num(ev.generation)
+      case 'shadow': {
+        // start (with its sample and end), stop, or expired (the sessions that ran out, several services at once).
+        var who = ev.service !== undefined ? text(ev.service) : list(ev.services).map(text).join(', ')
+        if (ev.action === 'start') return who + ': shadow traffic on, ' + pct(ev.sample).replace('.0%', '%') + ' of requests copied' + untilText(ev.until)
+        if (ev.action === 'expired') return who + ': shadow traffic ended (its duration ran out)'
+        return who + ': shadow traffic stopped'
+      }
       case 'release':
         return text(ev.release) + ' ' + text(ev.phase) + (typeof ev.weight === 'number' ? ' \u00b7 ' + num(ev.weight) + '%' : '') + (ev.outcome ? ': ' + text(ev.outcome) : '')
       default:
