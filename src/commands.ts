@@ -41,6 +41,10 @@ const USAGE = `usage: switchyard <command> [options]
   rollback [SERVICE...] [--reason TEXT] [--if-generation N] [--wait-fleet [--wait-timeout D]]
   targets SERVICE COLOR URL... [--force] [--reason TEXT]
   drain SERVICE [--color COLOR] [--wait] [--timeout DURATION]
+  shadow SERVICE                      the shadow comparison: copies sent to the idle color, pairs that differ, where
+  shadow SERVICE --sample X [--duration D] [--reason TEXT]
+                                      start shadow traffic (X a share such as 0.1; --start: the config's or 0.1)
+  shadow SERVICE --stop [--reason TEXT]
   reload                              re-read the config file (as SIGHUP does)
   release NAME=URL[,URL]... [--version V|NAME=V,...] [--steps W:D,...] [--verify D] [--timeout D]
           [--reason TEXT] [--if-generation N] [--wait]
@@ -81,6 +85,7 @@ export async function run (argv: string[], io: Io): Promise<number> {
       case 'rollback': return await rollback(rest, io)
       case 'targets': return await targets(rest, io)
       case 'drain': return await drain(rest, io)
+      case 'shadow': return await shadow(rest, io)
       case 'reload': return await reload(rest, io)
       case 'state': return await state(rest, io)
       case 'release': return await release(rest, io)
@@ -444,6 +449,129 @@ async function drain (argv: string[], io: Io): Promise<number> {
     io.out(`${service} ${String(r.color)}: drained in ${(Number(r.durationMs) / 1000).toFixed(1)}s, ${String(r.how)}${closed}`)
   }
   return 0
+}
+
+// --- shadow traffic ---------------------------------------------------------------
+
+const SHADOW_USAGE = `usage: switchyard shadow SERVICE                                       show the comparison
+       switchyard shadow SERVICE --sample X [--duration D] [--reason TEXT]   start (or --start: the config's sample, else 0.1)
+       switchyard shadow SERVICE --stop [--reason TEXT]                       stop`
+
+/** GET /v1/services/NAME/shadow (DESIGN-15 step 5): the control fields, then the ShadowView. */
+interface ShadowAnswer {
+  active?: boolean
+  sample?: number | null
+  until?: number | string | null
+  source?: 'config' | 'api' | null
+  /** The colors compared: the live one answers clients, the idle one gets the copies. */
+  live?: string
+  idle?: string
+  generation?: number
+  sent?: number
+  compared?: number
+  matched?: number
+  differed?: number
+  dropped?: number
+  noise?: number
+  top?: Array<{ where: string, count: number, example?: { live: string, idle: string } }>
+  drops?: Record<string, number>
+  bodyNotCompared?: number
+  noiseWhere?: Array<{ where: string, count: number }>
+  probes?: number
+  /** The service's gate settings, when the API includes them. */
+  gate?: { maxShadowDiff?: number | null, minShadowCompared?: number }
+}
+
+async function shadow (argv: string[], io: Io): Promise<number> {
+  const { values, positionals } = args(argv, { sample: { type: 'string' }, duration: { type: 'string' }, reason: { type: 'string' }, start: { type: 'boolean' }, stop: { type: 'boolean' } })
+  if (positionals.length !== 1 || positionals[0] === '') throw new CliError(SHADOW_USAGE, 2)
+  const [service] = positionals
+  const path = `/v1/services/${encodeURIComponent(service)}/shadow`
+  const starting = values.start === true || values.sample !== undefined || values.duration !== undefined
+  const json = values.json === true
+  if (values.stop === true) {
+    if (starting) throw new CliError('--stop cannot go with --start, --sample or --duration', 2)
+    // A JSON body either way: the admin API reads request bodies only as application/json.
+    const r = await call(io, 'DELETE', path, values.reason === undefined ? {} : { reason: values.reason }) as ShadowAnswer
+    io.out(json ? JSON.stringify(r, null, 2) : `${service}: shadow traffic stopped${generationText(r)}`)
+    return 0
+  }
+  if (!starting) {
+    if (values.reason !== undefined) throw new CliError('--reason goes with --sample, --start or --stop', 2)
+    const r = await call(io, 'GET', path) as ShadowAnswer
+    io.out(json ? JSON.stringify(r, null, 2) : shadowText(service, r))
+    return 0
+  }
+  const body: Record<string, unknown> = {}
+  if (values.sample !== undefined) body.sample = share(values.sample as string)
+  if (values.duration !== undefined) body.duration = duration(values.duration as string, 'duration')
+  if (values.reason !== undefined) body.reason = values.reason
+  const r = await call(io, 'POST', path, body) as ShadowAnswer
+  io.out(json ? JSON.stringify(r, null, 2) : `${service}: shadow traffic on, ${shadowState(r)}${generationText(r)}`)
+  return 0
+}
+
+/** `--sample 0.2`: a share of requests, above 0 and at most 1 (a percent sign would be a different number: refused). */
+function share (text: string): number {
+  const n = /^(0|1)?(\.\d+)?$/.test(text) && text !== '' && text !== '.' ? Number(text) : NaN
+  if (!(n > 0 && n <= 1)) throw new CliError(`--sample must be a share above 0 and at most 1, such as 0.1 for 10% of requests, got "${text}"`, 2)
+  return n
+}
+
+/** Examples come from upstream answers: a control character must not reach the terminal as one. */
+function visible (text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return String(text).replace(/[\u0000-\u001f\u007f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
+}
+
+function generationText (r: ShadowAnswer): string {
+  return typeof r.generation === 'number' ? ` (generation ${r.generation})` : ''
+}
+
+/** `sample 20% until 12:30:00 (started by the admin API)`: where the control stands, in one phrase. */
+function shadowState (r: ShadowAnswer): string {
+  if (r.active !== true) return 'off'
+  const parts = [`sample ${typeof r.sample === 'number' ? `${+(r.sample * 100).toFixed(2)}%` : '-'}`]
+  if (typeof r.live === 'string' && typeof r.idle === 'string') parts.push(`of ${r.live} copied to ${r.idle}`)
+  const until = typeof r.until === 'number' ? new Date(r.until).toISOString() : r.until
+  if (until != null) parts.push(`until ${clock(until)}`)
+  if (r.source === 'api') parts.push('(started by the admin API)')
+  else if (r.source === 'config') parts.push('(from the config)')
+  return parts.join(' ')
+}
+
+/** `switchyard shadow SERVICE`: the control, the counts, where answers differ (with an example) and what is noise. */
+function shadowText (service: string, r: ShadowAnswer): string {
+  const n = (x: number | undefined): number => typeof x === 'number' && Number.isFinite(x) ? x : 0
+  const compared = n(r.compared)
+  const lines = [`${service}: shadow ${r.active === true ? `on, ${shadowState(r)}` : 'off'}`]
+  const drops = Object.entries(r.drops ?? {}).filter(([, count]) => n(count) > 0).map(([why, count]) => `${n(count)} ${why}`)
+  lines.push(table([
+    ['SENT', 'COMPARED', 'MATCHED', 'DIFFERED', 'NOISE', 'DROPPED'],
+    [String(n(r.sent)), String(compared), String(n(r.matched)), `${n(r.differed)} (${compared === 0 ? '-' : percent(n(r.differed) / compared)})`,
+      String(n(r.noise)), `${n(r.dropped)}${drops.length === 0 ? '' : ` (${drops.join(', ')})`}`],
+  ]))
+  const notes: string[] = []
+  if (n(r.bodyNotCompared) > 0) notes.push(`${n(r.bodyNotCompared)} pairs compared by status and headers only (body above maxBody)`)
+  if (n(r.probes) > 0) notes.push(`${n(r.probes)} noise probes`)
+  if (notes.length > 0) lines.push(notes.join('; '))
+  const max = r.gate?.maxShadowDiff
+  if (typeof max === 'number') {
+    const min = r.gate?.minShadowCompared ?? 200
+    const verdict = compared < min ? `not judged before ${min} pairs` : n(r.differed) / compared > max ? 'a flip into the idle color is refused' : 'within it'
+    lines.push(`gate: at most ${percent(max)} differing (gate.maxShadowDiff): ${verdict}`)
+  }
+  const top = r.top ?? []
+  if (compared === 0 && n(r.sent) === 0) {
+    lines.push('', 'nothing compared yet')
+  } else if (top.length === 0) {
+    lines.push('', 'no differences counted')
+  } else {
+    lines.push('', table([['WHERE', 'PAIRS', 'LIVE', 'IDLE'], ...top.map((p) => [visible(p.where), String(n(p.count)), visible(p.example?.live ?? '-'), visible(p.example?.idle ?? '-')])]))
+  }
+  const noise = r.noiseWhere ?? []
+  if (noise.length > 0) lines.push('', table([['NOISE (NOT COUNTED)', 'PROBES'], ...noise.map((p) => [visible(p.where), String(n(p.count))])]))
+  return lines.join('\n')
 }
 
 const STATE_USAGE = 'usage: switchyard state export [--config FILE] [--out FILE]\n       switchyard state import FILE --config FILE [--reason TEXT] [--force]'

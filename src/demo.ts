@@ -1,6 +1,8 @@
 // Built-in demo backends for `npm start`: one tiny server per loopback target
-// in the config, answering with its service, color and version, so a flip shows at once.
+// in the config, answering with its service, color and version, so a flip shows at once;
+// and .../profile, the same on both colors, for shadow traffic to compare.
 
+import { randomUUID } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { WebSocketServer } from 'ws'
@@ -8,6 +10,33 @@ import { COLORS, type Config } from './config/schema.js'
 import { isLoopback } from './config/values.js'
 
 const VERSION = { blue: '1.0.0', green: '1.1.0' } as const
+
+/**
+ * GET .../profile: a JSON record both colors answer alike, but for what two
+ * answers of any one version never share: the moment (`timestamp`, to the
+ * microsecond) and an id of the answer (`requestId`, and the `x-request-id`
+ * header). Shadow traffic learns those as noise and counts 0 differences.
+ * With `?green-differs=1` green answers another `plan`, as a new version that
+ * changed one field would: the comparison names `$.plan`.
+ */
+function profile (service: string, color: 'blue' | 'green', url: URL): { body: string, headers: Record<string, string> } {
+  const plan = color === 'green' && url.searchParams.get('green-differs') === '1' ? 'team' : 'pro'
+  const now = performance.timeOrigin + performance.now()
+  const micros = String(Math.floor((now % 1) * 1000)).padStart(3, '0')
+  const requestId = randomUUID()
+  const record = {
+    service,
+    id: 42,
+    name: 'Ada Lovelace',
+    email: 'ada@example.com',
+    plan,
+    roles: ['admin', 'billing'],
+    limits: { projects: 10, seats: 5 },
+    timestamp: new Date(now).toISOString().replace('Z', `${micros}Z`),
+    requestId,
+  }
+  return { body: JSON.stringify(record) + '\n', headers: { 'content-type': 'application/json', 'cache-control': 'no-store', 'x-request-id': requestId } }
+}
 
 export interface DemoBackend {
   service: string
@@ -41,6 +70,13 @@ export async function startDemoBackends (config: Config): Promise<DemoBackend[]>
 async function startOne (service: string, color: 'blue' | 'green', u: URL): Promise<DemoBackend> {
   const version = VERSION[color]
   const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://demo')
+    if (url.pathname.endsWith('/profile')) {
+      const p = profile(service, color, url)
+      res.writeHead(200, { ...p.headers, 'content-length': Buffer.byteLength(p.body) })
+      res.end(req.method === 'HEAD' ? undefined : p.body)
+      return
+    }
     const body = JSON.stringify({ service, color, version, method: req.method, path: req.url, host: req.headers.host }) + '\n'
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-demo-color': color })
     res.end(body)

@@ -3,7 +3,7 @@
 //   node nginx.js --dir TEMPDIR --upstream 127.0.0.1:PORT[,127.0.0.1:PORT...] [--nginx /usr/sbin/nginx]
 //   node nginx.js --dir TEMPDIR --role upstream [--large-path /64k --large-bytes 65536]
 // The upstream role answers `return 200 "ok"` on every path (a POST's body is
-// read and discarded), and GET of --large-path with a static file of
+// read and discarded), a small JSON object on /json (shadow.js compares it), and GET of --large-path with a static file of
 // --large-bytes bytes (sendfile; a 64 KiB string is too long for `return`).
 // Writes a config into TEMPDIR (prefix, pid, error log and temp paths all
 // there; access_log off), runs nginx in the foreground (`daemon off`) with
@@ -23,6 +23,8 @@ const role = args.role === 'upstream' ? 'upstream' : 'proxy'
 const largePath = typeof args['large-path'] === 'string' ? args['large-path'] : '/64k'
 const largeBytes = Number(args['large-bytes'] ?? 65536)
 let proc
+/** What /json answers: a record of the size an API answers often (about 100 bytes). */
+const JSON_BODY = '{"id":42,"name":"Ada Lovelace","plan":"pro","roles":["admin","billing"],"limits":{"projects":10,"seats":5}}'
 
 // nginx: SIGTERM = fast shutdown. TEMPDIR is removed once nginx is gone.
 // The 'log' reply is the error log's tail (warn and up): e.g. "an upstream
@@ -77,6 +79,10 @@ http {
     location = ${largePath} {
       default_type application/octet-stream;
       alias ${file};
+    }
+    location = /json {
+      default_type application/json;
+      return 200 '${JSON_BODY}';
     }
     location / {
       return 200 "ok";

@@ -1,7 +1,7 @@
 // Child process: a Switchyard gateway from dist/ (run `npm run build` first).
 //   node switchyard.js --dir TEMPDIR --config-json '{"svc": {"blue": [...], "green": [...]}}'
-// A service may also carry `health`, `passive`, `guard`, `gate`, `timeouts` or
-// `drain`: an object (durations as strings, e.g. "500ms") or false, written into
+// A service may also carry `health`, `passive`, `guard`, `gate`, `timeouts`,
+// `drain` or `shadow`: an object (durations as strings, e.g. "500ms") or false, written into
 // the YAML as they are (JSON is YAML flow syntax).
 // The YAML config and the state file live in TEMPDIR (removed on exit, by this
 // process and by the parent).
@@ -70,7 +70,7 @@ try {
     if (svc.live !== undefined) lines.push(`    live: ${svc.live}`)
     lines.push(`    blue: { targets: [${svc.blue.join(', ')}] }`)
     lines.push(`    green: { targets: [${svc.green.join(', ')}] }`)
-    for (const key of ['timeouts', 'health', 'passive', 'gate', 'guard', 'drain']) {
+    for (const key of ['timeouts', 'health', 'passive', 'gate', 'guard', 'drain', 'shadow']) {
       if (svc[key] !== undefined) lines.push(`    ${key}: ${JSON.stringify(svc[key])}`)
     }
   }

@@ -1,5 +1,6 @@
 // The dashboard's code, inlined into index.html by src/admin/ui.ts and allowed by its hash:
-// polls /v1/state, /v1/events and /v1/releases; flips, rolls back, drains and steers releases through the admin API.
+// polls /v1/state, /v1/events, /v1/releases and each service's shadow comparison; flips, rolls back, drains,
+// stops shadow traffic and steers releases through the admin API.
 // It builds every node with textContent (never innerHTML with data), so nothing
 // the API returns can become markup.
 (function () {
@@ -7,12 +8,13 @@
   var TOKEN_KEY = 'switchyard.token'
   var COLORS = ['blue', 'green']
   var STATES = ['live', 'draining', 'idle']
-  var EVENT_TYPES = ['flip', 'rollback', 'auto_revert', 'targets', 'health', 'drained', 'reload', 'start', 'import', 'release']
+  var EVENT_TYPES = ['flip', 'rollback', 'auto_revert', 'targets', 'health', 'drained', 'reload', 'start', 'import', 'release', 'shadow']
   var RELEASE_PHASES = ['deploying', 'warming', 'testing', 'shifting', 'verifying', 'draining', 'done', 'reverted', 'aborted', 'failed']
   var RELEASE_ENDS = ['done', 'reverted', 'aborted', 'failed']
   var VERDICTS = ['pass', 'fail', 'inconclusive']
   var KEEP_EVENTS = 200
   var SHOW_EVENTS = 40
+  var SHADOW_TOP = 10
   var SVG = 'http://www.w3.org/2000/svg'
 
   var token = sessionStorage.getItem(TOKEN_KEY) || ''
@@ -138,6 +140,26 @@
     })
   }, 1000)
 
+  // One GET per service (the shadow view is per service); a gateway from before
+  // shadow traffic answers 404 not_found: no panel, and nothing wrong.
+  var pollShadow = poller(function () {
+    var names = []
+    cards.forEach(function (c, name) { names.push(name) })
+    return Promise.all(names.map(function (name) {
+      return api('GET', servicePath(name, 'shadow')).then(function (sh) {
+        var c = cards.get(name)
+        if (c) updateShadow(c, sh || {})
+      }, function (err) {
+        if (err && err.body && err.body.error === 'not_found') {
+          var c = cards.get(name)
+          if (c) updateShadow(c, {})
+          return
+        }
+        throw err
+      })
+    }))
+  }, 2000)
+
   var pollEvents = poller(function () {
     var q = lastEventId === null ? '' : '?since=' + lastEventId
     return api('GET', '/v1/events' + q).then(function (r) { addEvents(list(r && r.events)) })
@@ -177,6 +199,7 @@
     pollState()
     pollEvents()
     pollReleases()
+    pollShadow()
     var retry = pending
     pending = null
     if (retry) retry()
@@ -244,6 +267,7 @@
         pollState()
         pollEvents()
         pollReleases()
+        pollShadow()
       }).catch(function (err) {
         if (err && err.unauthorized) {
           pending = run
@@ -350,9 +374,10 @@
     c.flipBtn = button('Flip', 'btn-flip', function () { flip(c) })
     c.rollbackBtn = button('Roll back', 'btn-rollback', function () { rollback(c) })
     c.drainBtn = button('Drain', 'btn-drain', function () { drain(c) })
+    c.shadow = makeShadow(c)
     c.root = h('article', 'svc', [
       h('header', 'svc-head', [h('div', 'svc-title', [h('h2', null, name), c.route, c.prev]), c.live]),
-      c.guard, envs,
+      c.guard, c.shadow.root, envs,
       h('footer', 'actions', [c.flipBtn, c.rollbackBtn, c.drainBtn]),
     ])
     c.root.setAttribute('data-service', name)
@@ -371,6 +396,7 @@
     c.rollbackBtn.title = c.rollbackBtn.disabled && !acting ? 'nothing to roll back' : ''
     c.drainBtn.textContent = 'Drain ' + to
     c.drainBtn.disabled = acting || !live
+    c.shadow.stopBtn.disabled = acting
   }
 
   function updateCard (c, d) {
@@ -400,6 +426,121 @@
       ' \u00b7 reverts to ', chip(g.revertsTo), ' above ' + pct(g.maxErrorRate) + ' after ' + num(g.minRequests) + ' requests',
     ])
     c.guardBar.style.width = Math.min(100, Math.max(0, 100 * left / total)) + '%'
+  }
+
+  // --- shadow traffic ----------------------------------------------------------------
+
+  function stopShadow (c) {
+    act('Stop shadow traffic to the idle color of ' + c.name + '?\nThe counts so far stay until the next comparison starts.',
+      'Stopping shadow traffic of ' + c.name, 'DELETE', servicePath(c.name, 'shadow'), {}, function () {
+        return h('p', 'notice-msg', 'shadow traffic of ' + c.name + ' stopped')
+      })
+  }
+
+  function makeShadow (c) {
+    var s = {}
+    s.state = h('span', 'shadow-state')
+    s.sent = stat('sent')
+    s.compared = stat('compared')
+    s.matched = stat('matched')
+    s.differed = stat('differed')
+    s.noise = stat('noise')
+    s.dropped = stat('dropped')
+    s.gateText = h('div', 'shadow-gate-text')
+    s.gateFill = h('div', 'shadow-gate-fill')
+    s.gateMark = h('div', 'shadow-gate-mark')
+    s.gate = h('div', 'shadow-gate', [s.gateText, h('div', 'shadow-gate-bar', [s.gateFill, s.gateMark])])
+    s.notes = h('div', 'shadow-notes')
+    s.rows = h('tbody')
+    s.top = h('table', 'shadow-top', [h('thead', null, h('tr', null, ['Where', 'Pairs', 'Live', 'Idle'].map(function (x) { return h('th', null, x) }))), s.rows])
+    s.none = h('p', 'shadow-none')
+    s.noiseList = h('ul', 'shadow-noise-list')
+    s.noiseBox = h('div', 'shadow-noise', [h('span', 'shadow-noise-label', 'Noise, not counted: '), s.noiseList])
+    s.stopBtn = button('Stop shadow', 'btn-shadow-stop', function () { stopShadow(c) })
+    s.root = h('section', 'shadow', [
+      h('div', 'shadow-head', [h('b', null, 'Shadow traffic'), s.state, s.stopBtn]),
+      h('div', 'stats shadow-stats', [s.sent.root, s.compared.root, s.matched.root, s.differed.root, s.noise.root, s.dropped.root]),
+      s.gate, s.notes, s.top, s.none, s.noiseBox,
+    ])
+    s.root.hidden = true
+    return s
+  }
+
+  function untilText (x) {
+    if (x === null || x === undefined) return ''
+    var d = new Date(typeof x === 'number' ? x : String(x))
+    return isNaN(d.getTime()) ? '' : ' \u00b7 until ' + clock(d)
+  }
+
+  /** Shown while shadow traffic is on, or while a comparison has counts to read. */
+  function updateShadow (c, sh) {
+    var s = c.shadow
+    var compared = num(sh.compared)
+    s.root.hidden = !(sh.active === true || compared > 0 || num(sh.sent) > 0)
+    if (s.root.hidden) return
+    // The answer names its colors; the state's live color stands in for an answer that does not.
+    var live = color(sh.live) || color(c.data && c.data.live)
+    var idle = live ? other(live) : null
+    s.state.replaceChildren()
+    add(s.state, sh.active === true
+      ? ['on \u00b7 ', typeof sh.sample === 'number' ? pct(sh.sample).replace('.0%', '%') + ' of ' : '', live ? chip(live) : 'live', ' copied to ', idle ? chip(idle) : 'idle',
+          untilText(sh.until), sh.source === 'api' ? ' \u00b7 started by the admin API' : sh.source === 'config' ? ' \u00b7 from the config' : '']
+      : 'off \u00b7 the last comparison')
+    s.stopBtn.hidden = sh.active !== true
+    s.stopBtn.disabled = acting
+    var differed = num(sh.differed)
+    var share = compared > 0 ? differed / compared : 0
+    s.sent.value.textContent = String(num(sh.sent))
+    s.compared.value.textContent = String(compared)
+    s.matched.value.textContent = String(num(sh.matched))
+    s.differed.value.textContent = String(differed) + (compared > 0 ? ' (' + pct(share) + ')' : '')
+    s.noise.value.textContent = String(num(sh.noise))
+    s.dropped.value.textContent = String(num(sh.dropped))
+    s.differed.root.classList.toggle('stat-bad', differed > 0)
+    // The gate's limit, when the API tells it (the shadow answer's or the state's `gate`).
+    var gate = (sh.gate && typeof sh.gate === 'object') ? sh.gate : (c.data && c.data.gate && typeof c.data.gate === 'object' ? c.data.gate : {})
+    var max = typeof gate.maxShadowDiff === 'number' && isFinite(gate.maxShadowDiff) ? gate.maxShadowDiff : null
+    var min = typeof gate.minShadowCompared === 'number' ? gate.minShadowCompared : 200
+    s.gate.hidden = max === null
+    if (max !== null) {
+      var over = compared >= min && share > max
+      var judged = compared >= min
+      s.gate.className = 'shadow-gate' + (over ? ' shadow-gate-over' : '')
+      s.gateText.textContent = 'differing ' + (compared > 0 ? pct(share) : '\u2013') + ' of ' + compared + ' pairs \u00b7 gate ' + pct(max) +
+        (judged ? (over ? ' \u00b7 a flip to ' + (idle || 'the idle color') + ' is refused' : ' \u00b7 within the gate') : ' \u00b7 judged from ' + min + ' pairs')
+      // The bar spans twice the limit, so the limit sits in the middle.
+      var span = Math.max(max * 2, 0.0001)
+      s.gateFill.style.width = Math.min(100, 100 * share / span) + '%'
+      s.gateMark.style.left = '50%'
+    }
+    var drops = sh.drops && typeof sh.drops === 'object' ? sh.drops : {}
+    var notes = Object.keys(drops).filter(function (k) { return num(drops[k]) > 0 }).map(function (k) { return num(drops[k]) + ' ' + text(k).replace('_', ' ') })
+    var parts = []
+    if (notes.length > 0) parts.push('dropped: ' + notes.join(', '))
+    if (num(sh.bodyNotCompared) > 0) parts.push(num(sh.bodyNotCompared) + ' compared by status and headers only (body above maxBody)')
+    if (num(sh.probes) > 0) parts.push(num(sh.probes) + ' noise probes')
+    s.notes.textContent = parts.join(' \u00b7 ')
+    s.notes.hidden = parts.length === 0
+    var top = list(sh.top).filter(function (p) { return p && typeof p === 'object' }).slice(0, SHADOW_TOP)
+    s.rows.replaceChildren()
+    top.forEach(function (p) {
+      var ex = p.example && typeof p.example === 'object' ? p.example : {}
+      var row = h('tr', null, [
+        h('td', 'shadow-where', h('code', null, text(p.where))),
+        h('td', 'shadow-count', String(num(p.count))),
+        h('td', 'shadow-ex', h('code', null, text(ex.live))),
+        h('td', 'shadow-ex', h('code', null, text(ex.idle))),
+      ])
+      row.setAttribute('data-where', text(p.where))
+      s.rows.appendChild(row)
+    })
+    s.top.hidden = top.length === 0
+    s.none.hidden = top.length > 0
+    s.none.textContent = compared === 0 ? 'nothing compared yet' : 'no differences counted'
+    var noise = list(sh.noiseWhere).filter(function (p) { return p && typeof p === 'object' })
+    s.noiseBox.hidden = noise.length === 0
+    s.noiseList.replaceChildren()
+    noise.forEach(function (p) { add(s.noiseList, h('li', null, [h('code', null, text(p.where)), ' \u00d7' + num(p.count)])) })
   }
 
   function updateEnv (e, env) {
@@ -751,6 +892,13 @@
         return 'gateway started'
       case 'import':
         return 'state imported at generation ' + num(ev.generation)
+      case 'shadow': {
+        // start (with its sample and end), stop, or expired (the sessions that ran out, several services at once).
+        var who = ev.service !== undefined ? text(ev.service) : list(ev.services).map(text).join(', ')
+        if (ev.action === 'start') return who + ': shadow traffic on, ' + pct(ev.sample).replace('.0%', '%') + ' of requests copied' + untilText(ev.until)
+        if (ev.action === 'expired') return who + ': shadow traffic ended (its duration ran out)'
+        return who + ': shadow traffic stopped'
+      }
       case 'release':
         return text(ev.release) + ' ' + text(ev.phase) + (typeof ev.weight === 'number' ? ' \u00b7 ' + num(ev.weight) + '%' : '') + (ev.outcome ? ': ' + text(ev.outcome) : '')
       default:
@@ -789,4 +937,5 @@
   pollState()
   pollEvents()
   pollReleases()
+  pollShadow()
 })()
