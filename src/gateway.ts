@@ -72,7 +72,7 @@ export class Gateway {
     // With workers, each of them copies what it serves; this process only reads their sums.
     const parts = opts.shadow ?? SHADOW_PARTS
     const pool = this.listener instanceof WorkerPool ? this.listener : undefined
-    this.shadow = pool === undefined && parts !== undefined ? new LocalShadow(parts) : undefined
+    this.shadow = pool === undefined ? new LocalShadow(parts) : undefined
     this.shadowReader = pool === undefined ? this.shadow : pool.shadow
   }
 

@@ -667,7 +667,7 @@ function shadowConfig (value: unknown, path: string, c: Checker, protocol: Upstr
           try {
             parseJsonPath(v)
           } catch (err) {
-            return c.fail(join(jp, i), `not a JSON path the comparison reads (${JSON.stringify(v)}): ${(err as Error).message}`)
+            return c.fail(join(jp, i), (err as Error).message)
           }
           ignore.json.push(v)
         })

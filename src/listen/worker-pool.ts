@@ -104,21 +104,21 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
   /** The workers hold every connection: a drain deadline closes a color's in each of them. */
   readonly remote: RemoteColors = this
   /** How the workers' comparisons are summed and read; undefined when this build copies nothing. */
-  private readonly shadowParts: ShadowParts | undefined
+  private readonly shadowParts: ShadowParts
   /** Every worker's latest shadow report, by worker id. */
   private readonly shadowReports = new Map<number, WorkerShadow>()
   /** The comparisons and counts of workers that exited: their copies happened too. */
   private retiredShadow: ShadowReport[] = []
   private readonly retiredResults = new ShadowResults()
 
-  constructor (count: number, shadowParts: ShadowParts | undefined = SHADOW_PARTS) {
+  constructor (count: number, shadowParts: ShadowParts = SHADOW_PARTS) {
     this.count = count
     this.shadowParts = shadowParts
   }
 
-  /** What the controller and metrics read of shadow traffic: the workers' comparisons summed; undefined when this build copies nothing. */
-  get shadow (): ShadowReader | undefined {
-    return this.shadowParts === undefined ? undefined : this
+  /** What the controller and metrics read of shadow traffic: the workers' comparisons summed. */
+  get shadow (): ShadowReader {
+    return this
   }
 
   comparison (service: string, key: string): TallyData | undefined {
@@ -126,7 +126,7 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
     for (const r of [...this.retiredShadow, ...[...this.shadowReports.values()].flatMap((w) => w.reports)]) {
       if (r.service === service && r.key === key) list.push(r.data)
     }
-    if (list.length === 0 || this.shadowParts === undefined) return undefined
+    if (list.length === 0) return undefined
     return list.length === 1 ? list[0] : this.shadowParts.mergeTallyData(list)
   }
 
@@ -146,7 +146,7 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
   }
 
   viewOf (data: TallyData): ShadowView {
-    return (this.shadowParts as ShadowParts).viewOf(data)
+    return this.shadowParts.viewOf(data)
   }
 
   /** Forks the workers and resolves once every one listens with the current routing. */
@@ -326,10 +326,10 @@ function tell (msg: FromWorker): void {
  * Should the primary die, it stops accepting, finishes what it holds (up to
  * the longest drain.timeout, as a SIGTERM would) and exits 0.
  */
-export function runWorker (shadowParts: ShadowParts | undefined = SHADOW_PARTS): void {
+export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
   const registry = new TargetRegistry()
   // Each worker copies the requests it serves (maxConcurrent per process) and counts its own comparisons; the primary sums them.
-  const shadow = shadowParts === undefined ? undefined : new LocalShadow(shadowParts)
+  const shadow = new LocalShadow(shadowParts)
   let switcher: Switcher | undefined
   let edge: EdgeServer | undefined
   let smoke: SmokeRunner | undefined
