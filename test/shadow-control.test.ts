@@ -308,7 +308,7 @@ t.test('admin API: start, stop, GET, refusals, events and generations', async (t
 
   const off = await admin(gw.adminUrl, 'GET', '/v1/services/users/shadow')
   t.equal(off.status, 200)
-  t.match(off.json, { active: false, sample: null, until: null, source: null, sent: 0, compared: 0, differed: 0, top: [] })
+  t.match(off.json, { active: false, sample: null, until: null, source: null, sent: 0, compared: 0, differed: 0, top: [], gate: { maxShadowDiff: null, minShadowCompared: 200 } })
   t.equal(gw.fake.plans.length, 0, 'no route while off')
 
   const started = await admin(gw.adminUrl, 'POST', '/v1/services/users/shadow', { sample: 0.5, reason: 'try v2' })
@@ -378,6 +378,7 @@ t.test('admin API: a session with a duration ends by itself, with an event; the 
   })
   t.match(ended, { type: 'shadow', action: 'expired', services: ['users'], actor: 'shadow', generation: started.json.generation + 1 })
   t.match((await admin(gw.adminUrl, 'GET', '/v1/services/users/shadow')).json, { active: true, sample: 0.2, source: 'config', until: null })
+  t.same((await admin(gw.adminUrl, 'GET', '/v1/services/users/shadow')).json.gate, { maxShadowDiff: null, minShadowCompared: 200 }, 'the gate a flip would meet')
   t.equal(gw.fake.plans.at(-1)?.settings.sample, 0.2, 'the rebuilt route samples at the config\'s rate again')
 
   // A stop over a configured shadow is an override of its own.

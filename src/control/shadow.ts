@@ -241,6 +241,8 @@ export function describeShadow (svc: ServiceConfig, state: PersistedState, view:
     methods: session?.settings.methods ?? null,
     live: state.services[svc.name].live,
     idle,
+    // What a flip into `idle` would be judged against (null: no shadow gate).
+    gate: { maxShadowDiff: svc.gate.maxShadowDiff ?? null, minShadowCompared: svc.gate.minShadowCompared },
     ...view,
   }
 }
