@@ -795,7 +795,8 @@ export class Controller {
     try {
       await this.exclusiveRetried(async () => {
         const plan = this.fleet.isLeader && !this.stopped ? planShadowExpiry(this.state, Date.now()) : undefined
-        if (plan === undefined) return
+        // Woken before any end (a delay past setTimeout's 24.8-day limit is cut to it): wait again.
+        if (plan === undefined) return this.scheduleShadowExpiry()
         await this.commit(plan.next, { type: 'shadow', reason: 'the shadow session\'s duration ran out', actor: 'shadow', action: 'expired', services: plan.services })
       })
     } catch (err) {
