@@ -6,7 +6,7 @@ import t from 'tap'
 import { parseConfig } from '../src/config/load.js'
 import type { ShadowConfig } from '../src/config/schema.js'
 import { LocalShadow, SHADOW_PARTS } from '../src/control/shadow.js'
-import { buildSnapshot, type RoutingState, type Snapshot } from '../src/routing/snapshot.js'
+import { buildSnapshot, type RoutingState } from '../src/routing/snapshot.js'
 import { ShadowRoute } from '../src/shadow/mirror.js'
 import { TargetRegistry } from '../src/upstream/registry.js'
 import type { UpstreamUser } from '../src/upstream/h1-pool.js'
@@ -15,11 +15,6 @@ import { answer, drive, endpointFor, rawUpstream, RecordingComparer, RecordingTa
 import { Gateway } from '../src/gateway.js'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-
-/** Until LocalShadow learns which snapshot is in force (the fix), this is a no-op: the test then shows the defect. */
-function install (local: LocalShadow, snapshot: Snapshot): void {
-  (local as unknown as { installed?: (s: Snapshot) => void }).installed?.(snapshot)
-}
 
 const TWO = `services:
   users:
@@ -40,7 +35,7 @@ t.test('a snapshot built for a change that is then refused leaves the comparison
   const local = new LocalShadow(SHADOW_PARTS)
   const state: RoutingState = { generation: 1, services: { users: { live: 'blue', previous: null, targets: {} }, orders: { live: 'blue', previous: null, targets: {} } } }
   const inForce = buildSnapshot(config, state, registry, local)
-  install(local, inForce)
+  local.installed(inForce)
   const key = inForce.services.get('users')?.shadowKey as string
   const tally = (inForce.services.get('users')?.shadow as ShadowRoute).plan.tally
   for (let i = 0; i < 5; i++) {
@@ -56,17 +51,17 @@ t.test('a snapshot built for a change that is then refused leaves the comparison
 
   // The next change that does go in (say, a sticky hold) keeps the same comparison and its counts.
   const next = buildSnapshot(config, { ...state, generation: 3 }, registry, local)
-  install(local, next)
+  local.installed(next)
   t.equal((next.services.get('users')?.shadow as ShadowRoute).plan.tally, tally, 'the same comparison goes on')
   t.match(local.comparison('users', key), { sent: 5 })
 
   // A flip that goes in starts a fresh one, and a flip back another.
   const flipped = buildSnapshot(config, { generation: 4, services: { users: { live: 'green', previous: 'blue', targets: {} }, orders: state.services.orders } }, registry, local)
-  install(local, flipped)
+  local.installed(flipped)
   const flippedTally = (flipped.services.get('users')?.shadow as ShadowRoute).plan.tally
   t.not(flippedTally, tally)
   const back = buildSnapshot(config, { ...state, generation: 5 }, registry, local)
-  install(local, back)
+  local.installed(back)
   const backTally = (back.services.get('users')?.shadow as ShadowRoute).plan.tally
   t.not(backTally, tally, 'a flip back is another comparison: fresh')
   t.equal(local.comparison('users', key)?.sent, 0)

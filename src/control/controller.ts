@@ -166,6 +166,7 @@ export class Controller {
    * uses it, probes run for exactly the targets in use, unused ones go.
    */
   private afterSwap (snapshot: Snapshot): void {
+    this.health.shadow?.wiring?.installed(snapshot)
     this.health.prober.sync(configureTargets(snapshot))
     this.registry.prune(snapshotTargets(snapshot))
     configureSampling(snapshot)
@@ -412,7 +413,9 @@ export class Controller {
    */
   private onHoldsChanged (): void {
     if (this.applying) return
-    this.#switcher.swap(this.build(this.config, this.routing().state))
+    const snapshot = this.build(this.config, this.routing().state)
+    this.#switcher.swap(snapshot)
+    this.health.shadow?.wiring?.installed(snapshot)
     this.health.publish?.().catch((err: Error) => log('error', 'could not hand a sticky hold to the workers', { error: err.message }))
   }
 

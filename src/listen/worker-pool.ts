@@ -341,6 +341,7 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
     const snapshot = buildSnapshot(config, state, registry, shadow)
     if (switcher === undefined) switcher = new Switcher(snapshot)
     else switcher.swap(snapshot)
+    shadow.installed(snapshot)
     for (const target of configureTargets(snapshot)) {
       const p = probes[target.url]
       if (p !== undefined) target.setProbe(p)
