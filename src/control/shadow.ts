@@ -40,8 +40,6 @@ export const SHADOW_PARTS: ShadowParts = {
   createRoute: (plan) => new ShadowRoute(plan),
 }
 
-export const SHADOW_RESULTS: readonly ShadowResult[] = ['sent', 'dropped', 'matched', 'differed', 'noise']
-
 /** switchyard_shadow_total's counts: per service, each result as judged when it completed. */
 export class ShadowResults extends Map<string, Record<ShadowResult, number>> {
   add (service: string, result: ShadowResult, n = 1): void {
