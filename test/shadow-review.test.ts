@@ -5,7 +5,8 @@
 import t from 'tap'
 import { parseConfig } from '../src/config/load.js'
 import type { ShadowConfig } from '../src/config/schema.js'
-import { LocalShadow, SHADOW_PARTS } from '../src/control/shadow.js'
+import { describeShadow, emptyView, LocalShadow, SHADOW_PARTS } from '../src/control/shadow.js'
+import { parseStateDocument, StateFileError } from '../src/state/file-store.js'
 import { buildSnapshot, type RoutingState } from '../src/routing/snapshot.js'
 import { ShadowRoute } from '../src/shadow/mirror.js'
 import { TargetRegistry } from '../src/upstream/registry.js'
@@ -134,4 +135,18 @@ t.test('DEFECT: shadow/copy.ts takes bytes that came before its request was writ
   await tally.settled(2)
   for (let i = 0; i < 4; i++) await new Promise((resolve) => setImmediate(resolve))
   t.same(comparer.calls.map((c) => c.other.status), [200, 200], 'every answer compared is one to a copy the idle color was sent, never bytes that came before it')
+})
+
+t.test('DEFECT: state/file-store.ts takes a shadow `until` no Date can hold, and GET .../shadow then throws (500) for that service', async (t) => {
+  const config = parseConfig(TWO, { env: {} })
+  // A safe integer, but past the last instant a Date holds (8.64e15 ms): an import or a hand-edited file.
+  const doc = JSON.stringify({ version: 1, generation: 3, services: { users: { live: 'blue', previous: null, targets: {}, shadow: { sample: 0.5, until: 9e15 } } } })
+  let state: ReturnType<typeof parseStateDocument> | undefined
+  try {
+    state = parseStateDocument(doc, 'state file s.json')
+  } catch (err) {
+    t.ok(err instanceof StateFileError, 'refused naming the field')
+    return
+  }
+  t.doesNotThrow(() => describeShadow(config.services.users, state, emptyView()), 'GET .../shadow answers for a state the store accepted')
 })
