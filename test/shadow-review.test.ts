@@ -66,6 +66,14 @@ t.test('a snapshot built for a change that is then refused leaves the comparison
   const backTally = (back.services.get('users')?.shadow as ShadowRoute).plan.tally
   t.not(backTally, tally, 'a flip back is another comparison: fresh')
   t.equal(local.comparison('users', key)?.sent, 0)
+
+  // A snapshot swapped in while a change is being written (a sticky hold) does not lose that change's comparison.
+  const flip = buildSnapshot(config, { generation: 6, services: { users: { live: 'green', previous: 'blue', targets: {} }, orders: state.services.orders } }, registry, local)
+  local.installed(buildSnapshot(config, { ...state, generation: 5 }, registry, local))
+  local.installed(flip)
+  const flipKey = flip.services.get('users')?.shadowKey as string
+  ;(flip.services.get('users')?.shadow as ShadowRoute).plan.tally.sent()
+  t.match(local.comparison('users', flipKey), { sent: 1 }, 'the flip\'s comparison is the one read once it is in')
 })
 
 t.test('a shadow session\'s expiry timer that fires before any session ended is set again (a timer cannot wait past 24.8 days)', async (t) => {

@@ -114,9 +114,10 @@ export class LocalShadow implements ShadowWiring, ShadowReader {
 
   readonly installed = (snapshot: Snapshot): void => {
     for (const [service, next] of this.pending) {
-      if (snapshot.services.get(service)?.shadowKey === next.key) this.current.set(service, next)
+      if (snapshot.services.get(service)?.shadowKey !== next.key) continue
+      this.current.set(service, next)
+      this.pending.delete(service)
     }
-    this.pending.clear()
   }
 
   readonly comparer = (settings: ShadowConfig): Comparer => {
