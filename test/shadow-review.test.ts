@@ -11,7 +11,7 @@ import { buildSnapshot, type RoutingState } from '../src/routing/snapshot.js'
 import { ShadowRoute } from '../src/shadow/mirror.js'
 import { TargetRegistry } from '../src/upstream/registry.js'
 import type { UpstreamUser } from '../src/upstream/h1-pool.js'
-import { admin, startBackend, tempDir } from './helpers/index.js'
+import { admin, http1, startBackend, tempDir } from './helpers/index.js'
 import { answer, drive, endpointFor, rawUpstream, RecordingComparer, RecordingTally, targets } from './helpers/shadow-upstream.js'
 import { Gateway } from '../src/gateway.js'
 import { writeFileSync } from 'node:fs'
@@ -158,3 +158,22 @@ t.test('DEFECT: state/file-store.ts takes a shadow `until` no Date can hold, and
   }
   t.doesNotThrow(() => describeShadow(config.services.users, state, emptyView()), 'GET .../shadow answers for a state the store accepted')
 })
+
+for (const engine of ['fast', 'node']) {
+  t.test(`DEFECT: proxy (${engine} engine) forwards a client's own x-switchyard-shadow: a live request then reads as a copy upstream`, async (t) => {
+    const dir = tempDir(t)
+    const blue = await startBackend(t, 'blue')
+    const green = await startBackend(t, 'green')
+    const file = join(dir, 'switchyard.yaml')
+    const text = `log: { access: false }\nengine: ${engine}\nservices:\n  users:\n    match: { pathPrefix: /users }\n    blue: { targets: [${blue.url}] }\n    green: { targets: [${green.url}] }\n`
+    writeFileSync(file, text)
+    const gateway = new Gateway(parseConfig(text, { file, env: {} }), { env: {}, listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } })
+    await gateway.start()
+    t.teardown(async () => { await gateway.stop(500) })
+    // The mark tells an upstream "this is a repeat, its answer goes nowhere" (one that skips its side effects for it is
+    // what unsafe: true invites): only the gateway may set it, as with its smoke pin header (habit 13).
+    const res = await http1(`${gateway.url}/users/1`, { headers: { 'x-switchyard-shadow': '1' } })
+    t.equal(res.status, 200)
+    t.equal(blue.seen.at(-1)?.headers['x-switchyard-shadow'], undefined, 'the live upstream never sees the mark on a live request')
+  })
+}
