@@ -5,6 +5,9 @@
 import t from 'tap'
 import { parseConfig } from '../src/config/load.js'
 import type { ShadowConfig } from '../src/config/schema.js'
+import { createComparer } from '../src/shadow/compare.js'
+import { createShadowBook } from '../src/shadow/tally.js'
+import type { Answer } from '../src/shadow/types.js'
 import { describeShadow, emptyView, LocalShadow, SHADOW_PARTS } from '../src/control/shadow.js'
 import { parseStateDocument, StateFileError } from '../src/state/file-store.js'
 import { buildSnapshot, type RoutingState } from '../src/routing/snapshot.js'
@@ -177,3 +180,18 @@ for (const engine of ['fast', 'node']) {
     t.equal(blue.seen.at(-1)?.headers['x-switchyard-shadow'], undefined, 'the live upstream never sees the mark on a live request')
   })
 }
+
+t.test('DEFECT: shadow/tally.ts learns a place as noise from one live probe: one transient 503 on live hides a new version that fails every request', async (t) => {
+  const comparer = createComparer({ headers: [], json: [] })
+  const tally = createShadowBook(() => {}).tallyFor('users', 'blue>green|x')
+  const ok: Answer = { status: 200, headers: new Map([['content-type', 'application/json']]), body: Buffer.from('{"id":1,"name":"a"}') }
+  const failing: Answer = { status: 503, headers: new Map([['content-type', 'text/html']]), body: Buffer.from('<h1>Service Unavailable</h1>') }
+  // Learning: 20 probes; one live answer was a blip.
+  for (let i = 0; i < 19; i++) tally.noise(comparer.compare(ok, ok))
+  tally.noise(comparer.compare(ok, failing))
+  // The new version answers 503 to everything.
+  for (let i = 0; i < 300; i++) tally.pair(comparer.compare(ok, failing), true)
+  const view = tally.view()
+  t.equal(view.compared, 300)
+  t.equal(view.differed, 300, `every pair differs in status (got differed ${view.differed}, noise ${view.noise}: ${view.noiseWhere.map((n) => `${n.where} seen in ${n.count} of ${view.probes} probes`).join(', ')})`)
+})
