@@ -110,6 +110,8 @@ export interface ShadowWiring {
   tallyFor: (service: string, key: string) => ShadowTally
   comparer: (settings: ShadowConfig) => Comparer
   route: (plan: ShadowPlan) => ShadowSampler
+  /** `snapshot` (built with this wiring) is in force now; a build that never is (a refused change) changes no comparison. */
+  installed: (snapshot: Snapshot) => void
 }
 
 /** The shadow traffic in force on a service, and whose word it is; undefined when off. */
