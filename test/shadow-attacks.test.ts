@@ -1,0 +1,149 @@
+// Attacks on shadow traffic: a hostile client, a broken or hostile idle
+// color, an unlucky operator, and a gate asked to pass a bad version. Each
+// test asserts the promise under attack (the copy never changes the client's
+// answer, counts stay honest, the gate cannot be fooled); a test whose name
+// starts with "DEFECT:" fails on a defect outside shadow/ (see its comment).
+
+import t from 'tap'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { request } from 'undici'
+import { createShadowBook } from '../src/shadow/tally.js'
+import type { Difference } from '../src/shadow/types.js'
+import { admin, eventually, serviceYaml, startBackend, startGateway, type Backend } from './helpers/index.js'
+
+interface View {
+  active: boolean
+  sent: number
+  compared: number
+  matched: number
+  differed: number
+  dropped: number
+  noise: number
+  top: Array<{ where: string, count: number, example: { live: string, idle: string } }>
+  drops: Record<string, number>
+  noiseWhere: Array<{ where: string, count: number }>
+  probes: number
+  bodyNotCompared: number
+}
+
+async function view (adminUrl: string, service = 'users'): Promise<View> {
+  const r = await admin(adminUrl, 'GET', `/v1/services/${service}/shadow`)
+  if (r.status !== 200) throw new Error(`GET shadow: ${r.status} ${r.text}`)
+  return r.json as View
+}
+
+/** Every copy sent has been compared or dropped, and at least `atLeast` went out. */
+async function settled (adminUrl: string, atLeast: number, timeout = 10_000): Promise<View> {
+  return await eventually(async () => {
+    const v = await view(adminUrl)
+    if (v.sent < atLeast || v.compared + v.drops.failed < v.sent) throw new Error(`not settled: ${JSON.stringify(v)}`)
+    return v
+  }, { timeout })
+}
+
+/** `n` GETs, `concurrency` at a time; the bodies the client got, with status. */
+async function load (url: string, n: number, concurrency: number, headers: Record<string, string> = {}): Promise<Array<{ status: number, body: string }>> {
+  const out: Array<{ status: number, body: string }> = []
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < n) {
+      next++
+      const res = await request(url, { headers })
+      out.push({ status: res.statusCode, body: await res.body.text() })
+    }
+  }
+  await Promise.all(Array.from({ length: concurrency }, worker))
+  return out
+}
+
+const OK_BODY = JSON.stringify({ id: 7, name: 'Ada' })
+const ERROR_BODY = JSON.stringify({ error: 'internal' })
+
+/** A seeded random in [0, 1) (mulberry32): the same flakes on every run. */
+function seeded (seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0
+    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+/** A backend answering OK_BODY, or (when `fails(n)` for its n-th request, from 0) a 500 with ERROR_BODY. */
+function answers (b: Backend, fails: (n: number) => boolean): void {
+  let n = 0
+  b.handler = (_req: IncomingMessage, res: ServerResponse): void => {
+    const bad = fails(n++)
+    res.writeHead(bad ? 500 : 200, { 'content-type': 'application/json' })
+    res.end(bad ? ERROR_BODY : OK_BODY)
+  }
+}
+
+// ---------------------------------------------------------------- the gate
+
+t.test('gate: one flaky live answer seen by a noise probe does not make every status difference noise (tally)', async (t) => {
+  const book = createShadowBook(() => {})
+  const tally = book.tallyFor('users', 'k')
+  const status: Difference = { where: 'status', live: '200', other: '500' }
+  const body: Difference = { where: '$.error', live: '(absent)', other: '"internal"' }
+  // 20 probes while learning: the live color flaked once (a 500 between two 200s).
+  tally.noise([status, body])
+  for (let i = 0; i < 19; i++) tally.noise([])
+  // The idle color answers 500 to every request.
+  for (let i = 0; i < 200; i++) tally.pair([status, body], true)
+  const v = tally.view()
+  t.equal(v.compared, 200)
+  t.equal(v.differed, 200, `every pair differs: the idle color always fails where the live one flaked 1 probe in 20 (${JSON.stringify({ differed: v.differed, noise: v.noise })})`)
+  t.ok(v.top.some((x) => x.where === 'status' && x.count === 200), 'and the status is named, with its count')
+})
+
+t.test('gate: a place that differs as often between two live answers as in the pairs stays noise (tally)', async (t) => {
+  const book = createShadowBook(() => {})
+  const tally = book.tallyFor('users', 'k')
+  const ts: Difference = { where: '$.servedAt', live: '1', other: '2' }
+  for (let i = 0; i < 20; i++) tally.noise([ts])
+  for (let i = 0; i < 200; i++) tally.pair([ts], true)
+  const v = tally.view()
+  t.equal(v.differed, 0, 'a timestamp is noise')
+  t.equal(v.noise, 200)
+  // A field that differs now and then on both colors alike (a flaky dependency): noise, not a difference.
+  const tally2 = book.tallyFor('users', 'k2')
+  const flaky: Difference = { where: 'status', live: '200', other: '503' }
+  for (let i = 0; i < 40; i++) tally2.noise(i % 5 === 0 ? [flaky] : [])
+  for (let i = 0; i < 200; i++) tally2.pair(i % 5 === 0 ? [flaky] : [], true)
+  const v2 = tally2.view()
+  t.equal(v2.differed, 0, `a share that two live answers show as well is noise (${JSON.stringify({ differed: v2.differed, noise: v2.noise })})`)
+  t.equal(v2.noise, 40)
+})
+
+t.test('gate: an idle color that always answers 500 is refused though the live color flakes the same 500 now and then', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  // One answer in ten of the live color is the very 500 the idle color gives every time.
+  const flake = seeded(1)
+  answers(blue, () => flake() < 0.1)
+  answers(green, () => true)
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1 }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 50 }\n')}`)
+  const got = await load(`${gw.url}/api/users/7`, 100, 1)
+  t.ok(got.every((r) => r.body === (r.status === 200 ? OK_BODY : ERROR_BODY)), 'clients got the live color\'s answers')
+  const v = await settled(gw.adminUrl, 90)
+  t.comment(`compared ${v.compared}, differed ${v.differed}, noise ${v.noise}, probes ${v.probes}, noise places ${JSON.stringify(v.noiseWhere)}`)
+  t.ok(v.differed / v.compared > 0.5, `most pairs count as differing (${v.differed} of ${v.compared})`)
+  const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })
+  t.equal(flip.status, 409, `the flip into a color that fails every request is refused: ${flip.text}`)
+})
+
+t.test('gate: the same version on both colors, both flaking alike, is not blocked by that noise', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  const flakeBlue = seeded(2)
+  const flakeGreen = seeded(3)
+  answers(blue, () => flakeBlue() < 0.1)
+  answers(green, () => flakeGreen() < 0.1)
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, noise: 0.5 }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 50 }\n')}`)
+  await load(`${gw.url}/api/users/7`, 100, 1)
+  const v = await settled(gw.adminUrl, 90)
+  t.comment(`compared ${v.compared}, differed ${v.differed}, noise ${v.noise}, probes ${v.probes}`)
+  const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })
+  t.equal(flip.status, 200, `the flip passes: ${flip.text}`)
+})
