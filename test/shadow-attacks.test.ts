@@ -10,6 +10,7 @@ import { request } from 'undici'
 import { createShadowBook } from '../src/shadow/tally.js'
 import type { Difference } from '../src/shadow/types.js'
 import { admin, eventually, serviceYaml, startBackend, startGateway, type Backend } from './helpers/index.js'
+import { answer, rawUpstream, type SeenRequest } from './helpers/shadow-upstream.js'
 
 interface View {
   active: boolean
@@ -146,4 +147,85 @@ t.test('gate: the same version on both colors, both flaking alike, is not blocke
   t.comment(`compared ${v.compared}, differed ${v.differed}, noise ${v.noise}, probes ${v.probes}`)
   const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })
   t.equal(flip.status, 200, `the flip passes: ${flip.text}`)
+})
+
+// ------------------------------------------------- a hostile idle color
+
+/** What a broken or hostile idle color does to a copy, one behaviour per request in turn. */
+const HOSTILE: Array<[string, (req: SeenRequest) => void]> = [
+  ['answers garbage', (req) => { req.socket.write('HELLO THERE\r\n\r\n') }],
+  ['declares 100 MB and stalls', (req) => { req.socket.write('HTTP/1.1 200 OK\r\ncontent-length: 104857600\r\n\r\n' + 'x'.repeat(70_000)) }],
+  ['never ends its chunked body', (req) => {
+    req.socket.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n')
+    const timer = setInterval(() => { if (req.socket.destroyed) clearInterval(timer); else req.socket.write('400\r\n' + 'y'.repeat(0x400) + '\r\n') }, 2)
+    req.socket.on('close', () => clearInterval(timer))
+  }],
+  ['floods 1xx', (req) => { req.socket.write('HTTP/1.1 100 Continue\r\n\r\n'.repeat(500)) }],
+  ['resets mid-body', (req) => {
+    req.socket.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"id":', () => req.socket.resetAndDestroy())
+  }],
+  ['closes before answering', (req) => { req.socket.destroy() }],
+  ['answers twice', (req) => {
+    const a = answer(200, ['content-type', 'application/json'], Buffer.from(OK_BODY))
+    req.socket.write(Buffer.concat([a, a]))
+  }],
+  ['sends bytes after its answer', (req) => {
+    req.socket.write(answer(200, ['content-type', 'application/json'], Buffer.from(OK_BODY)))
+    setTimeout(() => { if (!req.socket.destroyed) req.socket.write('HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\npoisoned!') }, 5)
+  }],
+  ['answers a 101 to a GET', (req) => { req.socket.write('HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n') }],
+  ['answers whole and well', (req) => { req.socket.write(answer(200, ['content-type', 'application/json'], Buffer.from(OK_BODY))) }],
+]
+
+for (const engine of ['fast', 'node'] as const) {
+  t.test(`${engine}: an idle color that misbehaves every way never touches the client's answers, the counts stay honest, the pool is not poisoned`, async (t) => {
+    const blue = await startBackend(t, 'blue')
+    answers(blue, () => false)
+    let turn = 0
+    const green = await rawUpstream(t, (req) => {
+      if (req.headers.get('x-switchyard-shadow') === undefined) {
+        // A preview request (a tester's, not a copy): a clean answer, so a poisoned pool would show.
+        req.socket.write(answer(200, ['content-type', 'application/json'], Buffer.from(JSON.stringify({ preview: req.target }))))
+        return
+      }
+      HOSTILE[turn++ % HOSTILE.length][1](req)
+    })
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n${serviceYaml('users', '/api/users', [blue], [], '    preview: { header: x-color }\n    shadow: { sample: 1, timeout: 400ms, maxConcurrent: 4, learn: 0, noise: 0, maxBody: 65536 }\n').replace('green: { targets: [] }', `green: { targets: [${green.url}] }`)}`)
+    const got = await load(`${gw.url}/api/users/7`, HOSTILE.length * 4, 2)
+    t.ok(got.every((r) => r.status === 200 && r.body === OK_BODY), 'every client got the live answer, whole')
+    // Preview traffic shares the idle target's pool with the copies: it gets its own answers, never a copy's leftovers.
+    for (let i = 0; i < 20; i++) {
+      const r = await request(`${gw.url}/api/users/p${i}`, { headers: { 'x-color': 'green' } })
+      const body = await r.body.text()
+      t.equal(body, JSON.stringify({ preview: `/api/users/p${i}` }), `preview request ${i} gets its own answer`)
+      if (body !== JSON.stringify({ preview: `/api/users/p${i}` })) break
+    }
+    const v = await settled(gw.adminUrl, HOSTILE.length * 2)
+    t.comment(JSON.stringify({ sent: v.sent, compared: v.compared, drops: v.drops, bodyNotCompared: v.bodyNotCompared, differed: v.differed, top: v.top.map((x) => x.where) }))
+    t.equal(v.sent, v.compared + v.drops.failed, 'every copy sent was compared or failed: none lost, none counted twice')
+    t.ok(v.drops.failed >= 3, 'the broken answers count as failed copies')
+    const metrics = (await admin(gw.adminUrl, 'GET', '/metrics')).text
+    t.match(metrics, /switchyard_shadow_inflight\{service="users"\} 0\b/, 'no copy is left in flight')
+    const health = await request(`${gw.url}/api/users/7`)
+    t.equal(await health.body.text(), OK_BODY, 'the gateway still serves')
+  })
+}
+
+t.test('gate: an idle color whose answers outgrow maxBody (a small live answer, a huge idle one) is not counted as matching', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  answers(blue, () => false)
+  const green = await startBackend(t, 'green')
+  // The regression: pagination lost, the whole table in every answer; the same status and headers.
+  green.handler = (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify({ id: 7, name: 'Ada', rows: 'r'.repeat(100_000) }))
+  }
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1 }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 20 }\n')}`)
+  await load(`${gw.url}/api/users/7`, 30, 1)
+  const v = await settled(gw.adminUrl, 30)
+  t.comment(JSON.stringify({ compared: v.compared, matched: v.matched, differed: v.differed, bodyNotCompared: v.bodyNotCompared, top: v.top }))
+  t.equal(v.differed, v.compared, 'a body that fits maxBody and one that does not cannot be the same body: every pair differs')
+  t.ok(v.top.some((x) => x.where === 'body'), 'at the body')
+  const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })
+  t.equal(flip.status, 409, `the flip is refused: ${flip.text.slice(0, 300)}`)
 })
