@@ -229,3 +229,110 @@ t.test('gate: an idle color whose answers outgrow maxBody (a small live answer, 
   const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })
   t.equal(flip.status, 409, `the flip is refused: ${flip.text.slice(0, 300)}`)
 })
+
+// ------------------------------------------------- the live color's connections
+
+for (const engine of ['fast', 'node'] as const) {
+  t.test(`${engine}: a noise probe never makes a live request wait for one of the live target's few connections`, async (t) => {
+    const blue = await startBackend(t, 'blue')
+    // A fragile live service the operator allows only 2 connections: 60 ms an answer, and a probe held 1 s.
+    blue.handler = (req, res) => {
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.end(OK_BODY)
+      }, req.headers['x-switchyard-shadow'] === undefined ? 60 : 1000)
+    }
+    const green = await startBackend(t, 'green')
+    answers(green, () => false)
+    // Every copy learns: each live answer is followed by a probe to the live target.
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n${serviceYaml('users', '/api/users', [blue], [green], '    limits: { maxConnections: 2 }\n    shadow: { sample: 1, learn: 100000 }\n')}`)
+    const timed = async (): Promise<number> => {
+      const start = performance.now()
+      const r = await request(`${gw.url}/api/users/7`)
+      await r.body.text()
+      return performance.now() - start
+    }
+    await timed()
+    // The first answer's probe is out now (or was dropped); then two clients at once: the 2 connections they are allowed.
+    await eventually(() => blue.seen.length >= 2 || green.seen.length >= 1)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    const both = await Promise.all([timed(), timed()])
+    const v = await view(gw.adminUrl)
+    t.comment(`two concurrent clients: ${both.map((x) => x.toFixed(0)).join(' and ')} ms; probes so far ${blue.seen.filter((s) => s.headers['x-switchyard-shadow'] !== undefined).length}, drops ${JSON.stringify(v.drops)}`)
+    t.ok(Math.max(...both) < 110, `neither waited behind a probe holding a live connection (${Math.max(...both).toFixed(0)} ms; the live color takes 60)`)
+  })
+}
+
+// ------------------------------------------------- a hostile client
+
+for (const engine of ['fast', 'node'] as const) {
+  // The mark tells an upstream "this is a copy, its answer goes nowhere": a service may skip side effects
+  // for it (the README's unsafe methods). Only the gateway may set it; a client's must not reach the live color.
+  t.test(`DEFECT: ${engine}: a client cannot pass its own x-switchyard-shadow to the live color`, async (t) => {
+    const blue = await startBackend(t, 'blue')
+    const green = await startBackend(t, 'green')
+    answers(blue, () => false)
+    answers(green, () => false)
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, learn: 0, noise: 0 }\n')}`)
+    const r = await request(`${gw.url}/api/users/7`, { headers: { 'x-switchyard-shadow': '0' } })
+    t.equal(await r.body.text(), OK_BODY)
+    await settled(gw.adminUrl, 1)
+    const copy = green.seen.find((s) => s.url === '/api/users/7')
+    t.equal(copy?.headers['x-switchyard-shadow'], '1', 'the copy carries the gateway\'s mark once, not the client\'s')
+    t.equal(blue.seen[0].headers['x-switchyard-shadow'], undefined, `the live request does not carry the client's mark (got ${String(blue.seen[0].headers['x-switchyard-shadow'])})`)
+  })
+}
+
+t.test('credentials in requests and answers never show in the comparison, the gate refusal or the events', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  const secretAnswer = (who: string) => (req: IncomingMessage, res: ServerResponse): void => {
+    res.writeHead(200, {
+      'content-type': 'application/json',
+      'set-cookie': `session=SECRET-${who}-${Math.random()}`,
+      'www-authenticate': `Bearer realm="SECRET-${who}"`,
+      authorization: `Bearer SECRET-${who}`,
+    })
+    res.end(JSON.stringify({ id: 7, plan: who }))
+  }
+  blue.handler = secretAnswer('blue')
+  green.handler = secretAnswer('green')
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, learn: 0, noise: 0 }\n    gate: { maxShadowDiff: 0, minShadowCompared: 5 }\n')}`)
+  await load(`${gw.url}/api/users/7`, 10, 1, { authorization: 'Bearer SECRET-client', cookie: 'sid=SECRET-client' })
+  const v = await settled(gw.adminUrl, 10)
+  t.ok(v.top.some((x) => x.where === 'header:set-cookie'), 'the differing cookie is named')
+  const refused = await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })
+  t.equal(refused.status, 409)
+  const shown = [
+    (await admin(gw.adminUrl, 'GET', '/v1/services/users/shadow')).text,
+    refused.text,
+    (await admin(gw.adminUrl, 'GET', '/v1/events')).text,
+    (await admin(gw.adminUrl, 'GET', '/metrics')).text,
+  ].join('\n')
+  t.notMatch(shown, /SECRET/, 'no cookie, credential or challenge value anywhere')
+  t.match(shown, /\[redacted\]/, 'examples say they were redacted')
+})
+
+t.test('maxConcurrent 1 at 200 concurrent clients: never more than one copy at the idle color at once, every client answered', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  answers(blue, () => false)
+  const green = await startBackend(t, 'green')
+  let now = 0
+  let most = 0
+  green.handler = (_req, res) => {
+    now++
+    most = Math.max(most, now)
+    setTimeout(() => {
+      now--
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(OK_BODY)
+    }, 20)
+  }
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, maxConcurrent: 1, learn: 0, noise: 0 }\n')}`)
+  const got = await load(`${gw.url}/api/users/7`, 400, 200)
+  t.ok(got.every((r) => r.status === 200 && r.body === OK_BODY), 'every client answered by the live color')
+  const v = await settled(gw.adminUrl, 1)
+  t.equal(most, 1, 'one copy at a time reached the idle color')
+  t.ok(v.drops.busy > 0, `the rest were dropped as busy (${v.drops.busy})`)
+  t.equal(v.sent + v.drops.busy + v.drops.no_target, 400, 'each sampled request is either sent or counted as dropped')
+})
