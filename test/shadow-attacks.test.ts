@@ -336,3 +336,75 @@ t.test('maxConcurrent 1 at 200 concurrent clients: never more than one copy at t
   t.ok(v.drops.busy > 0, `the rest were dropped as busy (${v.drops.busy})`)
   t.equal(v.sent + v.drops.busy + v.drops.no_target, 400, 'each sampled request is either sent or counted as dropped')
 })
+
+// ------------------------------------------------- an unlucky operator
+
+t.test('flips while copies are out: copies in flight stay within maxConcurrent, and late answers never land in the new comparison', async (t) => {
+  let out = 0
+  let most = 0
+  const slowCopies = (b: Backend): void => {
+    b.handler = (req, res) => {
+      const copy = req.headers['x-switchyard-shadow'] !== undefined
+      if (copy) most = Math.max(most, ++out)
+      setTimeout(() => {
+        if (copy) out--
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.end(OK_BODY)
+      }, copy ? 600 : 0)
+    }
+  }
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  slowCopies(blue)
+  slowCopies(green)
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, maxConcurrent: 1, learn: 0, noise: 0, timeout: 2s }\n')}`)
+  const copies = (): number => blue.seen.concat(green.seen).filter((s) => s.headers['x-switchyard-shadow'] !== undefined).length
+  const send = async (): Promise<void> => {
+    await (await request(`${gw.url}/api/users/7`)).body.text()
+    // The copy leaves on the next turn; wait until it was sent or dropped.
+    await eventually(async () => { const v = await view(gw.adminUrl); return v.sent + v.dropped > 0 })
+  }
+  await send()
+  t.equal(copies(), 1, 'one copy out, to green')
+  for (const to of ['green', 'blue']) {
+    const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { to, force: true })
+    t.equal(flip.status, 200, flip.text)
+    await send()
+  }
+  t.equal(most, 1, `at most maxConcurrent (1) copies were out at once, flips or not (${most})`)
+  // Every copy answered; the comparison now (blue>green again, a fresh one) holds none of the older ones' answers.
+  await eventually(() => out === 0, { timeout: 3000 })
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  const v = await view(gw.adminUrl)
+  t.ok(v.compared + v.drops.failed <= v.sent, `the comparison started by the last flip holds no answer to a copy sent before it (${JSON.stringify({ sent: v.sent, compared: v.compared, drops: v.drops })})`)
+  const metrics = (await admin(gw.adminUrl, 'GET', '/metrics')).text
+  t.match(metrics, /switchyard_shadow_inflight\{service="users"\} 0\b/, 'nothing left in flight')
+})
+
+t.test('DELETE twice, a 1 ms session, and bad starts: each answered plainly, nothing left running', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  answers(blue, () => false)
+  answers(green, () => false)
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green])}`)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/services/users/shadow', { sample: 1 })).status, 200)
+  const first = await admin(gw.adminUrl, 'DELETE', '/v1/services/users/shadow')
+  t.equal(first.status, 200, first.text)
+  const second = await admin(gw.adminUrl, 'DELETE', '/v1/services/users/shadow')
+  t.ok(second.status === 200 || second.status === 409, `a second stop is answered plainly (${second.status} ${second.text.slice(0, 200)})`)
+  t.equal((await view(gw.adminUrl)).active, false)
+  const gen = (await admin(gw.adminUrl, 'GET', '/v1/state')).json.generation as number
+  const short = await admin(gw.adminUrl, 'POST', '/v1/services/users/shadow', { sample: 1, duration: '1ms' })
+  t.equal(short.status, 200, short.text)
+  await eventually(async () => { if ((await view(gw.adminUrl)).active) throw new Error('still active') }, { timeout: 3000 })
+  const n = green.seen.length
+  await load(`${gw.url}/api/users/7`, 5, 1)
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.equal(green.seen.length, n, 'an ended session copies nothing')
+  const after = (await admin(gw.adminUrl, 'GET', '/v1/state')).json.generation as number
+  t.ok(after - gen <= 3, `the ended session cost a bounded number of generations (${after - gen})`)
+  for (const bad of [{ sample: 0 }, { sample: -1 }, { sample: 'all' }, { duration: 'soon' }, { duration: '-1s' }, { duration: 0 }, { duration: '1000d' }]) {
+    const r = await admin(gw.adminUrl, 'POST', '/v1/services/users/shadow', bad)
+    t.equal(r.status, 400, `${JSON.stringify(bad)} refused: ${r.text.slice(0, 160)}`)
+  }
+})

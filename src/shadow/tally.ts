@@ -131,10 +131,18 @@ function judge (wheres: readonly string[], noise: Noise): 'matched' | 'noise' | 
 }
 
 class Tally implements ShadowTally {
-  inflight = 0
   private readonly counts = new Counts()
 
-  constructor (private readonly onResult: (result: ShadowResult) => void) {}
+  /** `out`: the service's copies in flight, shared by its comparisons (see createShadowBook). */
+  constructor (private readonly onResult: (result: ShadowResult) => void, private readonly out: { n: number }) {}
+
+  get inflight (): number {
+    return this.out.n
+  }
+
+  set inflight (n: number) {
+    this.out.n = n
+  }
 
   get copies (): number {
     return this.counts.sent
@@ -181,12 +189,17 @@ class Tally implements ShadowTally {
  */
 export function createShadowBook (onResult: (service: string, result: ShadowResult) => void): ShadowBook {
   const current = new Map<string, { key: string, tally: Tally }>()
+  // Copies in flight per service, whichever comparison sent them: maxConcurrent bounds them all.
+  // (Per comparison, each flip let another maxConcurrent go out while the last ones were still out.)
+  const inflight = new Map<string, { n: number }>()
   return {
     tallyFor (service, key) {
       const kept = current.get(service)
       if (kept !== undefined && kept.key === key) return kept.tally
       // Another comparison (a flip, new idle targets): the old counts were about another version.
-      const tally = new Tally((result) => onResult(service, result))
+      let out = inflight.get(service)
+      if (out === undefined) inflight.set(service, out = { n: 0 })
+      const tally = new Tally((result) => onResult(service, result), out)
       current.set(service, { key, tally })
       return tally
     },
