@@ -5,6 +5,7 @@
 // starts with "DEFECT:" fails on a defect outside shadow/ (see its comment).
 
 import t from 'tap'
+import net from 'node:net'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { createShadowBook } from '../src/shadow/tally.js'
@@ -408,3 +409,80 @@ t.test('DELETE twice, a 1 ms session, and bad starts: each answered plainly, not
     t.equal(r.status, 400, `${JSON.stringify(bad)} refused: ${r.text.slice(0, 160)}`)
   }
 })
+
+// ------------------------------------------------- clients that stop, pipeline, or ask for less
+
+for (const engine of ['fast', 'node'] as const) {
+  t.test(`${engine}: a client that leaves mid-answer leaves no half answer to compare`, async (t) => {
+    const big = JSON.stringify({ rows: 'z'.repeat(3 * 1024 * 1024) })
+    const blue = await startBackend(t, 'blue')
+    const green = await startBackend(t, 'green')
+    for (const b of [blue, green]) {
+      b.handler = (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.end(big)
+      }
+    }
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, learn: 0, noise: 0, maxBody: 8388608 }\n')}`)
+    const port = Number(new URL(gw.url).port)
+    for (let i = 0; i < 5; i++) {
+      await new Promise<void>((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => s.write('GET /api/users/7 HTTP/1.1\r\nhost: x\r\n\r\n'))
+        let got = 0
+        s.on('data', (c: Buffer) => {
+          got += c.length
+          if (got > 100_000) s.destroy()
+        })
+        s.on('close', () => resolve())
+        s.on('error', () => {})
+      })
+    }
+    // A whole exchange afterwards: its copy settles, and any copy of a cut one would have settled before it.
+    const whole = await request(`${gw.url}/api/users/7`)
+    t.equal((await whole.body.text()).length, big.length)
+    const v = await settled(gw.adminUrl, 1)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    const after = await view(gw.adminUrl)
+    t.equal(after.differed, 0, `no pair compares a cut answer with a whole one (${JSON.stringify({ sent: after.sent, compared: after.compared, top: after.top.map((x) => x.where) })})`)
+    t.ok(v.compared >= 1, 'the whole exchange was compared')
+  })
+
+  t.test(`${engine}: pipelined requests, HEAD and Range: each client answer is its own, each copy matches`, async (t) => {
+    const blue = await startBackend(t, 'blue')
+    const green = await startBackend(t, 'green')
+    const text = 'abcdefghijklmnopqrstuvwxyz'.repeat(40)
+    for (const b of [blue, green]) {
+      b.handler = (req, res) => {
+        const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '')
+        if (range !== null) {
+          const [from, to] = [Number(range[1]), Number(range[2])]
+          res.writeHead(206, { 'content-type': 'text/plain', 'content-range': `bytes ${from}-${to}/${text.length}` })
+          res.end(text.slice(from, to + 1))
+          return
+        }
+        res.writeHead(200, { 'content-type': 'text/plain', 'x-path': req.url ?? '' })
+        res.end(req.method === 'HEAD' ? undefined : `${req.url ?? ''}:${text}`)
+      }
+    }
+    const gw = await startGateway(t, `engine: ${engine}\nservices:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, learn: 0, noise: 0 }\n')}`)
+    const port = Number(new URL(gw.url).port)
+    const raw = await new Promise<string>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.write('GET /api/users/1 HTTP/1.1\r\nhost: x\r\n\r\nHEAD /api/users/2 HTTP/1.1\r\nhost: x\r\n\r\nGET /api/users/3 HTTP/1.1\r\nhost: x\r\nrange: bytes=5-9\r\n\r\nGET /api/users/4 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n')
+      })
+      let buf = ''
+      s.on('data', (c: Buffer) => { buf += c.toString('latin1') })
+      s.on('close', () => resolve(buf))
+      s.on('error', () => {})
+    })
+    const heads = raw.split('HTTP/1.1 ').slice(1).map((x) => x.slice(0, 3))
+    t.same(heads, ['200', '200', '206', '200'], 'four answers, in order')
+    t.ok(raw.includes(`/api/users/1:${text}`) && raw.includes(`/api/users/4:${text}`), 'each GET got its own body')
+    t.ok(raw.includes('fghij'), 'the range got its bytes')
+    t.notOk(raw.includes('/api/users/2:'), 'the HEAD answer has no body')
+    const v = await settled(gw.adminUrl, 4)
+    t.same({ sent: v.sent, compared: v.compared, matched: v.matched }, { sent: 4, compared: 4, matched: 4 }, `every copy matched (${JSON.stringify(v.top)})`)
+    const copies = green.seen.map((s) => `${s.method} ${s.url} ${s.headers.range ?? ''}`).sort()
+    t.same(copies, ['GET /api/users/1 ', 'GET /api/users/3 bytes=5-9', 'GET /api/users/4 ', 'HEAD /api/users/2 '], 'each copy is its request')
+  })
+}
