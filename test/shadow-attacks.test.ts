@@ -486,3 +486,43 @@ for (const engine of ['fast', 'node'] as const) {
     t.same(copies, ['GET /api/users/1 ', 'GET /api/users/3 bytes=5-9', 'GET /api/users/4 ', 'HEAD /api/users/2 '], 'each copy is its request')
   })
 }
+
+t.test('a client whose head only just fits cannot make the copy\'s mark count as a difference', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  answers(blue, () => false)
+  answers(green, () => false)
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, learn: 0, noise: 0 }\n')}`)
+  // Heads from just under the upstream's 16 KiB limit upward: the live request fits, its copy (24 bytes more) may not.
+  let ok = 0
+  for (let pad = 16_150; pad < 16_400; pad += 6) {
+    const r = await request(`${gw.url}/api/users/7`, { headers: { 'x-pad': 'p'.repeat(pad) } })
+    await r.body.text()
+    if (r.statusCode === 200) ok++
+  }
+  t.ok(ok > 0, `some heads reached the live color whole (${ok})`)
+  const v = await settled(gw.adminUrl, 1)
+  t.comment(JSON.stringify({ sent: v.sent, compared: v.compared, differed: v.differed, drops: v.drops, top: v.top.map((x) => `${x.where} ${x.example.live}/${x.example.idle}`) }))
+  t.equal(v.differed, 0, 'no pair differs: the same version answered; a 431 to the longer copy says nothing about it')
+})
+
+t.test('gate: a regression behind more than 50 noisy places (a stats answer full of live counters) is not hidden in the cut-off list', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  const stats = (plan: string) => (_req: IncomingMessage, res: ServerResponse): void => {
+    const body: Record<string, unknown> = {}
+    for (let i = 0; i < 60; i++) body[`counter${i}`] = Math.floor(Math.random() * 1e9)
+    body.plan = plan
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify(body))
+  }
+  blue.handler = stats('basic')
+  green.handler = stats('premium')
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1 }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 30 }\n')}`)
+  await load(`${gw.url}/api/users/stats`, 40, 1)
+  const v = await settled(gw.adminUrl, 40)
+  t.comment(JSON.stringify({ compared: v.compared, differed: v.differed, noise: v.noise, top: v.top.slice(0, 3).map((x) => x.where) }))
+  t.ok(v.differed / v.compared > 0.5, `the changed plan is not taken for noise (${v.differed} of ${v.compared} differ)`)
+  const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })
+  t.equal(flip.status, 409, `the flip is refused: ${flip.text.slice(0, 200)}`)
+})
