@@ -526,3 +526,22 @@ t.test('gate: a regression behind more than 50 noisy places (a stats answer full
   const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })
   t.equal(flip.status, 409, `the flip is refused: ${flip.text.slice(0, 200)}`)
 })
+
+t.test('gate: a field that is noise on one endpoint does not hide a change of that field on another', { todo: 'noise is learnt per place for the whole service, not per endpoint: needs endpoint-keyed noise (a design change, see the report)' }, async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  const version = (plan: string) => (req: IncomingMessage, res: ServerResponse): void => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    // /api/users/random: `value` differs on every answer (noise); /api/users/7: `value` is the plan, stable on one version.
+    res.end(JSON.stringify({ value: req.url === '/api/users/random' ? Math.random() : plan }))
+  }
+  blue.handler = version('basic')
+  green.handler = version('premium')
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, noise: 0.5 }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 30 }\n')}`)
+  for (let i = 0; i < 40; i++) {
+    await (await request(`${gw.url}/api/users/${i % 2 === 0 ? 'random' : '7'}`)).body.text()
+  }
+  const v = await settled(gw.adminUrl, 40)
+  t.comment(JSON.stringify({ compared: v.compared, differed: v.differed, noise: v.noise }))
+  t.ok(v.differed >= v.compared / 2 - 2, `the half of the pairs where the plan changed count as differing (${v.differed} of ${v.compared})`)
+})
