@@ -6,6 +6,7 @@
 
 import t from 'tap'
 import net from 'node:net'
+import { writeFileSync } from 'node:fs'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { createShadowBook } from '../src/shadow/tally.js'
@@ -544,4 +545,37 @@ t.test('gate: a field that is noise on one endpoint does not hide a change of th
   const v = await settled(gw.adminUrl, 40)
   t.comment(JSON.stringify({ compared: v.compared, differed: v.differed, noise: v.noise }))
   t.ok(v.differed >= v.compared / 2 - 2, `the half of the pairs where the plan changed count as differing (${v.differed} of ${v.compared})`)
+})
+
+// An operator whose gate is blocked by a field that differs by design (a build id) adds it to
+// `ignore` and reloads: the pairs counted under the old rules still count, so the gate stays
+// shut until thousands of new pairs dilute them, and nothing (stop, start) resets the comparison.
+// The comparison key (routing/snapshot.ts comparisonKey) should name what is compared (`ignore`, maxBody) too.
+t.test('DEFECT: a reload that adds an ignore rule starts a comparison judged by the new rules', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  const version = (build: string) => (_req: IncomingMessage, res: ServerResponse): void => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify({ id: 7, build }))
+  }
+  blue.handler = version('b-100')
+  green.handler = version('b-101')
+  const yaml = (extra: string): string => `services:\n${serviceYaml('users', '/api/users', [blue], [green], `    shadow: { sample: 1, learn: 0, noise: 0${extra} }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 20 }\n`)}`
+  const gw = await startGateway(t, yaml(''))
+  await load(`${gw.url}/api/users/7`, 30, 1)
+  await settled(gw.adminUrl, 30)
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })).status, 409, 'the build id blocks the flip')
+  writeFileSync(gw.configFile, `log: { access: false }\n${yaml(', ignore: { json: [$.build] }')}`)
+  const reloaded = await admin(gw.adminUrl, 'POST', '/v1/reload', {})
+  t.equal(reloaded.status, 200, reloaded.text)
+  await load(`${gw.url}/api/users/7`, 30, 1)
+  const v = await eventually(async () => {
+    const x = await view(gw.adminUrl)
+    if (x.compared < 30) throw new Error(JSON.stringify(x))
+    return x
+  })
+  t.comment(JSON.stringify({ compared: v.compared, differed: v.differed, top: v.top.map((x) => x.where) }))
+  t.equal(v.differed, 0, 'no pair differs at a place the rules in force ignore')
+  const flip = await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })
+  t.equal(flip.status, 200, `the flip passes once the build id is ignored: ${flip.text.slice(0, 160)}`)
 })
