@@ -178,7 +178,8 @@ class ShadowTap implements AnswerTap {
     if (tally.inflight >= settings.maxConcurrent) return tally.dropped('busy')
     const live = plan.live.pick()
     if (live === undefined) return tally.dropped('no_target')
-    if (!ShadowCopy.send(live, this.method, copyHead(this.method, this.target, fields, length, hostOf(live)), body, opts, this.onProbe)) {
+    // The live target's connections are the clients': a probe leaves room for one more.
+    if (!ShadowCopy.send(live, this.method, copyHead(this.method, this.target, fields, length, hostOf(live)), body, { ...opts, leaveRoom: true }, this.onProbe)) {
       return tally.dropped('no_target')
     }
     this.out++
