@@ -1,6 +1,5 @@
 // Shadow traffic under review: each test here is a defect a reviewer found in
-// the merged code (the fixed ones pass; "DEFECT:" ones name a defect in
-// shadow/*.ts left to its owner and fail until it is fixed there).
+// the merged code, kept as a test that failed before its fix.
 
 import t from 'tap'
 import { parseConfig } from '../src/config/load.js'
@@ -105,7 +104,7 @@ function settings (over: Partial<ShadowConfig> = {}): ShadowConfig {
   return { sample: 1, methods: ['GET', 'HEAD', 'POST'], unsafe: true, ignore: { headers: [], json: [] }, maxBody: 65536, maxConcurrent: 32, timeout: 5000, noise: 0, learn: 0, ...over }
 }
 
-t.test('DEFECT: shadow/mirror.ts copies a request whose body the exchange never read whole (the upstream answered early)', async (t) => {
+t.test('a request whose body the exchange never read whole (the upstream answered early) is not copied', async (t) => {
   const idle = await rawUpstream(t)
   const tally = new RecordingTally()
   const route = new ShadowRoute({ service: 'users', settings: settings(), live: targets(), idle: targets(endpointFor(t, idle.url)), tally, comparer: new RecordingComparer(), until: undefined })
@@ -122,7 +121,7 @@ t.test('DEFECT: shadow/mirror.ts copies a request whose body the exchange never 
   t.same(idle.seen.map((r) => `${r.method} ${r.body.toString()}`), [], 'a cut request is not sent again (its copy would be another request: 5 of 10 bytes, content-length 5)')
 })
 
-t.test('DEFECT: shadow/copy.ts takes bytes that came before its request was written as the answer', async (t) => {
+t.test('bytes that came before a copy\'s request was written are never taken as its answer', async (t) => {
   const idle = await rawUpstream(t, (req) => req.socket.write(answer(200, ['x-v', 'real'], Buffer.from('real'))))
   const endpoint = endpointFor(t, idle.url)
   const tally = new RecordingTally()
@@ -181,7 +180,7 @@ for (const engine of ['fast', 'node']) {
   })
 }
 
-t.test('DEFECT: shadow/tally.ts learns a place as noise from one live probe: one transient 503 on live hides a new version that fails every request', async (t) => {
+t.test('one live probe that saw a transient 503 does not hide a new version that fails every request', async (t) => {
   const comparer = createComparer({ headers: [], json: [] })
   const tally = createShadowBook(() => {}).tallyFor('users', 'blue>green|x')
   const ok: Answer = { status: 200, headers: new Map([['content-type', 'application/json']]), body: Buffer.from('{"id":1,"name":"a"}') }

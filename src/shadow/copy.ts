@@ -261,6 +261,16 @@ export class ShadowCopy implements UpstreamUser {
   }
 
   onUpstreamData (chunk: Buffer): void {
+    // Bytes before the request was written (while the write waited for the pool's tick) answer nothing of ours:
+    // stale, so the connection goes, and the copy tries once on a new one (nothing was sent: any method may).
+    if (!this.written) {
+      const conn = this.conn
+      if (conn !== undefined) {
+        conn.user = undefined
+        conn.socket.destroy()
+      }
+      return this.onUpstreamClose(undefined, true)
+    }
     this.answered = true
     try {
       if (this.phase === Phase.Body) this.onBody(chunk)
