@@ -261,7 +261,8 @@ for (const engine of ['fast', 'node'] as const) {
     const both = await Promise.all([timed(), timed()])
     const v = await view(gw.adminUrl)
     t.comment(`two concurrent clients: ${both.map((x) => x.toFixed(0)).join(' and ')} ms; probes so far ${blue.seen.filter((s) => s.headers['x-switchyard-shadow'] !== undefined).length}, drops ${JSON.stringify(v.drops)}`)
-    t.ok(Math.max(...both) < 110, `neither waited behind a probe holding a live connection (${Math.max(...both).toFixed(0)} ms; the live color takes 60)`)
+    // One queued behind the probe would wait for its 1 s answer: the bound sits far from both that and the 60 ms answer (a loaded machine adds tens of ms).
+    t.ok(Math.max(...both) < 700, `neither waited behind a probe holding a live connection (${Math.max(...both).toFixed(0)} ms; the live color takes 60, a probe 1000)`)
   })
 }
 
@@ -550,8 +551,8 @@ t.test('gate: a field that is noise on one endpoint does not hide a change of th
 // An operator whose gate is blocked by a field that differs by design (a build id) adds it to
 // `ignore` and reloads: the pairs counted under the old rules still count, so the gate stays
 // shut until thousands of new pairs dilute them, and nothing (stop, start) resets the comparison.
-// The comparison key (routing/snapshot.ts comparisonKey) should name what is compared (`ignore`, maxBody) too.
-t.test('DEFECT: a reload that adds an ignore rule starts a comparison judged by the new rules', async (t) => {
+// The comparison key (routing/snapshot.ts comparisonKey) names the rules (`ignore`, maxBody) too.
+t.test('a reload that adds an ignore rule starts a comparison judged by the new rules', async (t) => {
   const blue = await startBackend(t, 'blue')
   const green = await startBackend(t, 'green')
   const version = (build: string) => (_req: IncomingMessage, res: ServerResponse): void => {

@@ -410,7 +410,7 @@ t.test('gate: refused above maxShadowDiff, passed at it and below minShadowCompa
   const blue = await startBackend(t, 'blue')
   const green = await startBackend(t, 'green')
   const yaml = `services:\n${svcYaml(blue, green, '    shadow: { sample: 1 }\n    gate: { maxShadowDiff: 0.01, minShadowCompared: 200 }\n')}`
-  const key = comparisonKey('blue', 'green', [green.url])
+  const key = comparisonKey('blue', 'green', [green.url], parseConfig(yaml, { env: {} }).services.users.shadow)
 
   const gw = await startGw(t, yaml)
   const tally = gw.gateway.shadow?.book.tallyFor('users', key) as ShadowTally
@@ -455,9 +455,10 @@ t.test('gate: refused above maxShadowDiff, passed at it and below minShadowCompa
 t.test('gate: a release\'s testing phase fails on the shadow comparison', async (t) => {
   const blue = await startBackend(t, 'blue')
   const green = await startBackend(t, 'green')
-  const gw = await startGw(t, `services:\n${svcYaml(blue, green, '    shadow: { sample: 1 }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 100 }\n')}`)
+  const yaml = `services:\n${svcYaml(blue, green, '    shadow: { sample: 1 }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 100 }\n')}`
+  const gw = await startGw(t, yaml)
   // The release deploys the same targets: the comparison (its key names them) stays, with its counts.
-  feed(gw.gateway.shadow?.book.tallyFor('users', comparisonKey('blue', 'green', [green.url])) as ShadowTally, 100, 10)
+  feed(gw.gateway.shadow?.book.tallyFor('users', comparisonKey('blue', 'green', [green.url], parseConfig(yaml, { env: {} }).services.users.shadow)) as ShadowTally, 100, 10)
   const created = await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [green.url] } } })
   t.equal(created.status, 201, created.text)
   const r = await eventually(async () => {
@@ -484,7 +485,7 @@ t.test('gate: a release to new targets waits in testing for minShadowCompared pa
     const x = (await admin(gw.adminUrl, 'GET', release)).json
     if (x.phase !== 'testing') throw new Error(`phase ${String(x.phase)}`)
   }, { timeout: 8000 })
-  const key = comparisonKey('blue', 'green', [next.url])
+  const key = comparisonKey('blue', 'green', [next.url], parseConfig(yaml, { env: {} }).services.users.shadow)
   const tally = gw.gateway.shadow?.book.tallyFor('users', key) as ShadowTally
   feed(tally, 60, 6)
   // Checked once a second: two looks later it still waits.
