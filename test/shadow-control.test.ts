@@ -410,7 +410,7 @@ t.test('gate: refused above maxShadowDiff, passed at it and below minShadowCompa
   const blue = await startBackend(t, 'blue')
   const green = await startBackend(t, 'green')
   const yaml = `services:\n${svcYaml(blue, green, '    shadow: { sample: 1 }\n    gate: { maxShadowDiff: 0.01, minShadowCompared: 200 }\n')}`
-  const key = comparisonKey('blue', 'green', [green.url])
+  const key = comparisonKey('blue', 'green', [green.url], parseConfig(yaml, { env: {} }).services.users.shadow)
 
   const gw = await startGw(t, yaml)
   const tally = gw.gateway.shadow?.book.tallyFor('users', key) as ShadowTally
@@ -455,9 +455,10 @@ t.test('gate: refused above maxShadowDiff, passed at it and below minShadowCompa
 t.test('gate: a release\'s testing phase fails on the shadow comparison', async (t) => {
   const blue = await startBackend(t, 'blue')
   const green = await startBackend(t, 'green')
-  const gw = await startGw(t, `services:\n${svcYaml(blue, green, '    shadow: { sample: 1 }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 100 }\n')}`)
+  const yaml = `services:\n${svcYaml(blue, green, '    shadow: { sample: 1 }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 100 }\n')}`
+  const gw = await startGw(t, yaml)
   // The release deploys the same targets: the comparison (its key names them) stays, with its counts.
-  feed(gw.gateway.shadow?.book.tallyFor('users', comparisonKey('blue', 'green', [green.url])) as ShadowTally, 100, 10)
+  feed(gw.gateway.shadow?.book.tallyFor('users', comparisonKey('blue', 'green', [green.url], parseConfig(yaml, { env: {} }).services.users.shadow)) as ShadowTally, 100, 10)
   const created = await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [green.url] } } })
   t.equal(created.status, 201, created.text)
   const r = await eventually(async () => {
@@ -468,6 +469,47 @@ t.test('gate: a release\'s testing phase fails on the shadow comparison', async 
   t.same(r.history.map((h: any) => h.phase), ['deploying', 'warming', 'testing', 'failed'])
   t.equal(r.outcome, 'the shadow comparison refused it: users/green: shadow: 10 of 100 pairs differ (10%), gate.maxShadowDiff is 5%')
   t.equal((await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.users.live, 'blue')
+})
+
+t.test('gate: a release to new targets waits in testing for minShadowCompared pairs, then judges; too few by its timeout fails it', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  const next = await startBackend(t, 'green-next')
+  const yaml = `services:\n${svcYaml(blue, green, '    shadow: { sample: 1 }\n    gate: { maxShadowDiff: 0.05, minShadowCompared: 100 }\n')}`
+  const gw = await startGw(t, yaml)
+  // New targets are a new comparison: it starts at zero, so testing must wait for pairs, not pass for lack of them.
+  const created = await admin(gw.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [next.url] } } })
+  t.equal(created.status, 201, created.text)
+  const release = `/v1/releases/${created.json.id as string}`
+  await eventually(async () => {
+    const x = (await admin(gw.adminUrl, 'GET', release)).json
+    if (x.phase !== 'testing') throw new Error(`phase ${String(x.phase)}`)
+  }, { timeout: 8000 })
+  const key = comparisonKey('blue', 'green', [next.url], parseConfig(yaml, { env: {} }).services.users.shadow)
+  const tally = gw.gateway.shadow?.book.tallyFor('users', key) as ShadowTally
+  feed(tally, 60, 6)
+  // Checked once a second: two looks later it still waits.
+  await new Promise((resolve) => setTimeout(resolve, 2200))
+  t.equal((await admin(gw.adminUrl, 'GET', release)).json.phase, 'testing', 'fewer than minShadowCompared pairs: testing waits')
+  feed(tally, 40, 4)
+  const r = await eventually(async () => {
+    const x = (await admin(gw.adminUrl, 'GET', release)).json
+    if (x.phase !== 'failed') throw new Error(`phase ${String(x.phase)}`)
+    return x
+  }, { timeout: 8000 })
+  t.equal(r.outcome, 'the shadow comparison refused it: users/green: shadow: 10 of 100 pairs differ (10%), gate.maxShadowDiff is 5%')
+
+  const quiet = await startGw(t, yaml)
+  const other = await startBackend(t, 'green-other')
+  const slow = await admin(quiet.adminUrl, 'POST', '/v1/releases', { services: { users: { targets: [other.url] } }, timeout: '2s' })
+  t.equal(slow.status, 201, slow.text)
+  const failed = await eventually(async () => {
+    const x = (await admin(quiet.adminUrl, 'GET', `/v1/releases/${slow.json.id as string}`)).json
+    if (x.phase !== 'failed') throw new Error(`phase ${String(x.phase)}`)
+    return x
+  }, { timeout: 10_000 })
+  t.equal(failed.outcome, 'the shadow comparison did not reach gate.minShadowCompared within 2s: users/green: shadow: 0 of gate.minShadowCompared 100 pairs compared')
+  t.equal((await admin(quiet.adminUrl, 'GET', '/v1/state')).json.services.users.live, 'blue', 'nothing went live')
 })
 
 t.test('checkShadowGate reads the comparison of the flip\'s target only, and only with maxShadowDiff', async (t) => {

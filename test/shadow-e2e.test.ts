@@ -144,6 +144,7 @@ t.test('the gate refuses a flip above maxShadowDiff, and passes it at or below',
   await load(`${gw.url}/api/users/7`, 80, 4)
   const v = await settled(gw.adminUrl, 60)
   t.ok(v.compared >= 50 && v.differed / v.compared > 0.01, `differ share ${v.differed}/${v.compared}`)
+  t.same((await admin(gw.adminUrl, 'GET', '/v1/services/users/shadow')).json.gate, { maxShadowDiff: 0.01, minShadowCompared: 50 }, 'the view names the gate it is judged by')
   const refused = await admin(gw.adminUrl, 'POST', '/v1/flip', { to: 'green' })
   t.equal(refused.status, 409)
   t.equal(refused.json.error, 'gate_failed')

@@ -166,6 +166,7 @@ export class Controller {
    * uses it, probes run for exactly the targets in use, unused ones go.
    */
   private afterSwap (snapshot: Snapshot): void {
+    this.health.shadow?.wiring?.installed(snapshot)
     this.health.prober.sync(configureTargets(snapshot))
     this.registry.prune(snapshotTargets(snapshot))
     configureSampling(snapshot)
@@ -412,7 +413,9 @@ export class Controller {
    */
   private onHoldsChanged (): void {
     if (this.applying) return
-    this.#switcher.swap(this.build(this.config, this.routing().state))
+    const snapshot = this.build(this.config, this.routing().state)
+    this.#switcher.swap(snapshot)
+    this.health.shadow?.wiring?.installed(snapshot)
     this.health.publish?.().catch((err: Error) => log('error', 'could not hand a sticky hold to the workers', { error: err.message }))
   }
 
@@ -530,7 +533,8 @@ export class Controller {
         first ??= plan
         if (plan.changes.length === 0) return { generation: plan.generation, changes: [] }
         const gate = req.force === true ? { failures: [], smoke: [] } : checkHealthGate(this.config, this.#switcher.current, plan.changes)
-        const failures = req.force === true ? gate.failures : [...gate.failures, ...this.shadowGate(plan.changes)]
+        // Too few pairs yet: a flip is not held for them (the shadow gate does not judge).
+        const failures = req.force === true ? gate.failures : [...gate.failures, ...this.shadowGate(plan.changes).filter((f) => f.pending !== true)]
         const smoke = gate.smoke
         if (smoke.length === 0 || (smoked !== undefined && isSamePlan(smoked, plan))) {
           if (failures.length > 0) throw gateFailed(failures, plan.changes)
@@ -795,7 +799,8 @@ export class Controller {
     try {
       await this.exclusiveRetried(async () => {
         const plan = this.fleet.isLeader && !this.stopped ? planShadowExpiry(this.state, Date.now()) : undefined
-        if (plan === undefined) return
+        // Woken before any end (a delay past setTimeout's 24.8-day limit is cut to it): wait again.
+        if (plan === undefined) return this.scheduleShadowExpiry()
         await this.commit(plan.next, { type: 'shadow', reason: 'the shadow session\'s duration ran out', actor: 'shadow', action: 'expired', services: plan.services })
       })
     } catch (err) {

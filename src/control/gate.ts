@@ -21,6 +21,8 @@ export interface GateFailure {
   smoke?: SmokeFailure[]
   /** The shadow comparison that refused it. */
   shadow?: ShadowView
+  /** Not a refusal yet: shadow traffic is on but fewer than gate.minShadowCompared pairs were compared (a release's testing phase waits for them). */
+  pending?: true
 }
 
 /** The refusal of a flip, its failures in the order of the flip's changes. */
@@ -60,7 +62,9 @@ export function checkHealthGate (config: Config, snapshot: Snapshot, changes: re
  * `gate.maxShadowDiff` is refused when its comparison of the color it would
  * flip into (the idle targets in force: the snapshot's `shadowKey`) counts
  * at least `minShadowCompared` pairs, and more than that share of them differ
- * (noise left out). Fewer pairs: the comparison does not judge. `read`
+ * (noise left out). Fewer pairs: the comparison does not judge, and the
+ * service is listed as `pending` when shadow traffic is on (more pairs are
+ * coming: a release's testing phase waits for them; a flip goes on). `read`
  * gives the view of a service's comparison under a key, or undefined when
  * nothing was counted there.
  */
@@ -71,7 +75,12 @@ export function checkShadowGate (config: Config, snapshot: Snapshot, changes: re
     const route = snapshot.services.get(c.service)
     if (gate?.maxShadowDiff === undefined || route?.shadowKey === undefined || route.live === c.to) continue
     const view = read(c.service, route.shadowKey)
-    if (view === undefined || view.compared < gate.minShadowCompared || view.differed / view.compared <= gate.maxShadowDiff) continue
+    const compared = view?.compared ?? 0
+    if (compared < gate.minShadowCompared) {
+      if (route.shadow !== undefined) failures.push({ service: c.service, color: c.to, reason: `shadow: ${compared} of gate.minShadowCompared ${gate.minShadowCompared} pairs compared`, pending: true })
+      continue
+    }
+    if (view === undefined || view.differed / view.compared <= gate.maxShadowDiff) continue
     failures.push({
       service: c.service,
       color: c.to,

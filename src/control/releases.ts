@@ -26,7 +26,7 @@ export interface ReleaseDeps {
   healthGate: (changes: ColorChange[]) => GateFailure[]
   /** The smoke checks of the gate, run outside the queue. */
   smoke: (changes: ColorChange[]) => Promise<GateFailure[]>
-  /** The shadow half of the gate (gate.maxShadowDiff) on the comparisons in force: its failures (none: passed). */
+  /** The shadow half of the gate (gate.maxShadowDiff) on the comparisons in force: its failures (none: passed), `pending` ones still short of pairs. */
   shadowGate: (changes: ColorChange[]) => GateFailure[]
   /** Healthy targets of a color; undefined while its targets have not all had their first probe. */
   healthyTargets: (service: string, color: Color) => number | undefined
@@ -205,9 +205,16 @@ class ReleaseRun {
         // After a restart the health the gate saw is gone: smoke checks wait for the new colors' first probe and for the listener.
         if (!this.deps.canSmoke() || changes.some((c) => this.deps.healthyTargets(c.service, c.to) === undefined)) return
         // The new colors' answers differ from the live ones beyond gate.maxShadowDiff: the release fails as a flip would be refused.
-        const differ = this.deps.shadowGate(changes)
+        const shadow = this.deps.shadowGate(changes)
+        const differ = shadow.filter((f) => f.pending !== true)
         if (differ.length > 0) {
           const why = `the shadow comparison refused it: ${differ.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`
+          return await this.commit(r, (st) => planEnd(st, this.id, 'failed', Date.now(), why))
+        }
+        // New targets start a new comparison at zero: testing waits for gate.minShadowCompared pairs (up to the release's timeout), or it would never judge.
+        if (shadow.length > 0) {
+          if (now < since + r.timeout) return
+          const why = `the shadow comparison did not reach gate.minShadowCompared within ${r.timeout / 1000}s: ${shadow.map((f) => `${f.service}/${f.color}: ${f.reason}`).join('; ')}`
           return await this.commit(r, (st) => planEnd(st, this.id, 'failed', Date.now(), why))
         }
         const failures = await this.deps.smoke(changes)

@@ -4,7 +4,7 @@
 
 import type { ServiceConfig, ShadowConfig } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
-import { colorTargets, shadowSession, type ShadowSampler, type ShadowWiring } from '../routing/snapshot.js'
+import { colorTargets, shadowSession, type ShadowSampler, type ShadowWiring, type Snapshot } from '../routing/snapshot.js'
 import type { Comparer, DropReason, ShadowBook, ShadowPlan, ShadowResult, ShadowTally, ShadowView, TallyData } from '../shadow/types.js'
 import type { PersistedState } from '../state/file-store.js'
 import { createComparer } from '../shadow/compare.js'
@@ -39,8 +39,6 @@ export const SHADOW_PARTS: ShadowParts = {
   createComparer: (settings) => createComparer(settings.ignore),
   createRoute: (plan) => new ShadowRoute(plan),
 }
-
-export const SHADOW_RESULTS: readonly ShadowResult[] = ['sent', 'dropped', 'matched', 'differed', 'noise']
 
 /** switchyard_shadow_total's counts: per service, each result as judged when it completed. */
 export class ShadowResults extends Map<string, Record<ShadowResult, number>> {
@@ -87,6 +85,12 @@ export class LocalShadow implements ShadowWiring, ShadowReader {
   private readonly parts: ShadowParts
   private readonly counts = new ShadowResults()
   private readonly current = new Map<string, { key: string, tally: ShadowTally }>()
+  /**
+   * The comparison of a snapshot built but not in force yet, per service. A
+   * snapshot is built before its change commits, which may then be refused:
+   * until it goes in, the one in force is what is read and kept.
+   */
+  private readonly pending = new Map<string, { key: string, tally: ShadowTally }>()
   /** One comparer per `ignore` lists (a settings object is rebuilt with each snapshot, its lists are the config's). */
   private readonly comparers = new WeakMap<ShadowConfig['ignore'], Comparer>()
 
@@ -96,9 +100,24 @@ export class LocalShadow implements ShadowWiring, ShadowReader {
   }
 
   readonly tallyFor = (service: string, key: string): ShadowTally => {
-    const tally = this.book.tallyFor(service, key)
-    this.current.set(service, { key, tally })
-    return tally
+    const cur = this.current.get(service)
+    if (cur?.key === key) return cur.tally
+    let next = this.pending.get(service)
+    if (next?.key !== key) {
+      next = { key, tally: this.book.tallyFor(service, key) }
+      // The first comparison of a service replaces none.
+      if (cur === undefined) this.current.set(service, next)
+      else this.pending.set(service, next)
+    }
+    return next.tally
+  }
+
+  readonly installed = (snapshot: Snapshot): void => {
+    for (const [service, next] of this.pending) {
+      if (snapshot.services.get(service)?.shadowKey !== next.key) continue
+      this.current.set(service, next)
+      this.pending.delete(service)
+    }
   }
 
   readonly comparer = (settings: ShadowConfig): Comparer => {

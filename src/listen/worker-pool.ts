@@ -103,7 +103,7 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
   address: AddressInfo | undefined
   /** The workers hold every connection: a drain deadline closes a color's in each of them. */
   readonly remote: RemoteColors = this
-  /** How the workers' comparisons are summed and read; undefined when this build copies nothing. */
+  /** How the workers' comparisons are summed and read. */
   private readonly shadowParts: ShadowParts
   /** Every worker's latest shadow report, by worker id. */
   private readonly shadowReports = new Map<number, WorkerShadow>()
@@ -341,6 +341,7 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
     const snapshot = buildSnapshot(config, state, registry, shadow)
     if (switcher === undefined) switcher = new Switcher(snapshot)
     else switcher.swap(snapshot)
+    shadow.installed(snapshot)
     for (const target of configureTargets(snapshot)) {
       const p = probes[target.url]
       if (p !== undefined) target.setProbe(p)
@@ -352,7 +353,7 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
   let reports = 0
   const report = setInterval(() => {
     const colors = [...registry.allColorStats()].map((s) => ({ service: s.service, color: s.color, totals: s.totals() }))
-    const withShadow = shadow !== undefined && ++reports % SHADOW_EVERY === 0
+    const withShadow = ++reports % SHADOW_EVERY === 0
     tell(withShadow ? { t: 'stats', colors, shadow: { reports: shadow.reports(), results: [...shadow.results()] } } : { t: 'stats', colors })
   }, REPORT_MS)
   report.unref()

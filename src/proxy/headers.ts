@@ -18,8 +18,14 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
 /** The gateway's own pin header (smoke checks carry its per-process secret): acted on here, never forwarded. */
 export const PIN_HEADER = 'x-switchyard-smoke'
 
-/** Headers only the gateway itself may act on; never forwarded. */
-const GATEWAY_HEADERS: ReadonlySet<string> = new Set([PIN_HEADER])
+/**
+ * Marks a shadow copy (shadow/copy.ts adds it): an upstream may skip side
+ * effects for copies, so a client must never send it through.
+ */
+export const SHADOW_HEADER = 'x-switchyard-shadow'
+
+/** Headers only the gateway itself may act on or set; never forwarded from a client. */
+const GATEWAY_HEADERS: ReadonlySet<string> = new Set([PIN_HEADER, SHADOW_HEADER])
 
 /**
  * Trailer fields a client must never be handed after the body: framing, routing and

@@ -110,6 +110,8 @@ export interface ShadowWiring {
   tallyFor: (service: string, key: string) => ShadowTally
   comparer: (settings: ShadowConfig) => Comparer
   route: (plan: ShadowPlan) => ShadowSampler
+  /** `snapshot` (built with this wiring) is in force now; a build that never is (a refused change) changes no comparison. */
+  installed: (snapshot: Snapshot) => void
 }
 
 /** The shadow traffic in force on a service, and whose word it is; undefined when off. */
@@ -137,9 +139,16 @@ export function shadowSession (svc: ServiceConfig, st: ServiceState | undefined,
   return svc.shadow === undefined ? undefined : { settings: svc.shadow, until: undefined, source: 'config' }
 }
 
-/** The comparison key: a flip or new idle targets start a fresh tally (the old counts are of another version). */
-export function comparisonKey (live: Color, idle: Color, idleTargets: readonly string[]): string {
-  return `${live}>${idle}|${[...idleTargets].sort().join(',')}`
+/**
+ * The comparison key: a flip or new idle targets start a fresh tally (the old
+ * counts are of another version), and so do new comparison rules (`ignore`,
+ * `maxBody` from the config's shadow section): pairs judged by the old rules
+ * would keep a gate shut over a place the operator now ignores.
+ */
+export function comparisonKey (live: Color, idle: Color, idleTargets: readonly string[], rules?: ShadowConfig): string {
+  const key = `${live}>${idle}|${[...idleTargets].sort().join(',')}`
+  if (rules === undefined) return key
+  return `${key}|${JSON.stringify([[...rules.ignore.headers].sort(), [...rules.ignore.json].sort(), rules.maxBody])}`
 }
 
 /** Routes of one host (or of any host), longest prefix first. */
@@ -250,7 +259,7 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
       throw new Error(`service ${svc.name}: live color ${live} has no targets`)
     }
     const idle = colors[otherColor(live)]
-    const shadowKey = svc.protocol === 'http1' ? comparisonKey(live, idle.color, idle.targets.endpoints.map((e) => e.target.url)) : undefined
+    const shadowKey = svc.protocol === 'http1' ? comparisonKey(live, idle.color, idle.targets.endpoints.map((e) => e.target.url), svc.shadow) : undefined
     routes.push({
       name: svc.name,
       host: svc.match.host,

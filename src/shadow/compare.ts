@@ -66,7 +66,16 @@ function compareAnswers (live: Answer, other: Answer, leftOut: ReadonlySet<strin
   if (live.status !== other.status) out.add('status', String(live.status), String(other.status))
   compareHeaders(live.headers, other.headers, leftOut, out)
   if (live.body !== undefined && other.body !== undefined) compareBodies(live, other, live.body, other.body, matcher, out)
+  else if (live.body !== other.body && live.headers.get('content-encoding') === other.headers.get('content-encoding')) {
+    // One body was kept and the other outgrew maxBody: the same coding, different lengths, never the same body.
+    // (Uncounted, an idle color whose answers grew past the cap, a lost page size say, matched every pair.)
+    out.add('body', sizeExample(live.body), sizeExample(other.body))
+  }
   return out.result()
+}
+
+function sizeExample (body: Buffer | undefined): string {
+  return body === undefined ? 'larger than maxBody (not kept)' : `${body.length} bytes`
 }
 
 function compareHeaders (live: ReadonlyMap<string, string>, other: ReadonlyMap<string, string>, leftOut: ReadonlySet<string>, out: Collector): void {

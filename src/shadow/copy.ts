@@ -12,7 +12,7 @@ import { HOP_BY_HOP } from '../proxy/headers.js'
 import { writeHeadAndBody } from '../proxy/h1/io.js'
 import { ChunkedScanner, Framing, parseResponseHead, type ResponseHead } from '../proxy/h1/parse.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../proxy/limits.js'
-import type { UpstreamConn, UpstreamUser } from '../upstream/h1-pool.js'
+import type { H1Pool, UpstreamConn, UpstreamUser } from '../upstream/h1-pool.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import type { Answer, DropReason } from './types.js'
 
@@ -144,6 +144,11 @@ export function copyHead (method: string, target: string, fields: string | reado
   return `${head}${SHADOW_HEADER}: 1\r\n\r\n`
 }
 
+/** Whether `pool` could still open a connection for someone else once a copy took one (new or idle). */
+function roomLeft (pool: H1Pool): boolean {
+  return pool.size + 1 < pool.limits.maxConnections
+}
+
 /** How a copy ended: the answer, or why there is none to compare. */
 export type CopyDone = (result: Answer | DropReason) => void
 
@@ -152,6 +157,12 @@ export interface CopyOptions {
   maxBody: number
   /** The whole copy, connection to last byte, ms. */
   timeout: number
+  /**
+   * Sent only while the pool keeps room for one more connection after it (a
+   * noise probe to the live color): a probe holding one of a live target's
+   * last connections made the next live request wait for it.
+   */
+  leaveRoom?: boolean
 }
 
 const enum Phase { Head, Body, Done }
@@ -163,6 +174,7 @@ export class ShadowCopy implements UpstreamUser {
   private readonly head: string
   private readonly body: Buffer | undefined
   private readonly maxBody: number
+  private readonly leaveRoom: boolean
   private done: CopyDone | undefined
   private conn: UpstreamConn | undefined = undefined
   private phase = Phase.Head
@@ -188,6 +200,7 @@ export class ShadowCopy implements UpstreamUser {
     this.head = head
     this.body = body
     this.maxBody = opts.maxBody
+    this.leaveRoom = opts.leaveRoom === true
     this.done = done
     this.timer = setTimeout(this.expire, opts.timeout)
     this.timer.unref()
@@ -199,8 +212,9 @@ export class ShadowCopy implements UpstreamUser {
    * is never called. Else `done` is called once, later, never in this call.
    */
   static send (endpoint: Endpoint, method: string, head: string, body: Buffer | undefined, opts: CopyOptions, done: CopyDone): boolean {
-    const copy = new ShadowCopy(endpoint, method, head, body, opts, done)
     const pool = endpoint.h1
+    if (opts.leaveRoom === true && !roomLeft(pool)) return false
+    const copy = new ShadowCopy(endpoint, method, head, body, opts, done)
     const conn = pool.acquire(copy)
     if (conn === undefined) {
       // The pool queued a wait: a copy never waits (it would take a connection a live request is about to want).
@@ -247,6 +261,16 @@ export class ShadowCopy implements UpstreamUser {
   }
 
   onUpstreamData (chunk: Buffer): void {
+    // Bytes before the request was written (while the write waited for the pool's tick) answer nothing of ours:
+    // stale, so the connection goes, and the copy tries once on a new one (nothing was sent: any method may).
+    if (!this.written) {
+      const conn = this.conn
+      if (conn !== undefined) {
+        conn.user = undefined
+        conn.socket.destroy()
+      }
+      return this.onUpstreamClose(undefined, true)
+    }
     this.answered = true
     try {
       if (this.phase === Phase.Body) this.onBody(chunk)
@@ -365,6 +389,7 @@ export class ShadowCopy implements UpstreamUser {
         this.retried = true
         this.written = false
         const pool = this.endpoint.h1
+        if (this.leaveRoom && !roomLeft(pool)) return this.fail()
         const conn = pool.acquire(this, true)
         if (conn === undefined) {
           pool.cancel(this)

@@ -59,6 +59,8 @@ class ShadowTap implements AnswerTap {
   private live: Answer | undefined = undefined
   /** Copies still out (the idle one, and a noise probe). */
   private out = 0
+  /** The request body's last chunk was seen (a body the exchange never read whole is not copied). */
+  private requestWhole = false
 
   constructor (plan: ShadowPlan) {
     this.plan = plan
@@ -71,10 +73,11 @@ class ShadowTap implements AnswerTap {
     this.fields = fields
   }
 
-  requestBody (chunk: Buffer, _last: boolean): void {
+  requestBody (chunk: Buffer, last: boolean): void {
     if (this.state !== State.Open) return
     try {
       (this.requestBytes ??= new Capped((this.plan as ShadowPlan).settings.maxBody)).add(chunk)
+      if (last) this.requestWhole = true
     } catch {
       this.forget()
     }
@@ -112,6 +115,8 @@ class ShadowTap implements AnswerTap {
   end (): void {
     if (this.state !== State.Open) return
     if (this.fields === undefined || this.answerFields === undefined) return this.forget()
+    // The upstream answered before the client sent its whole body: a copy of part of it would be another request.
+    if (this.requestBytes !== undefined && !this.requestWhole) return this.forget()
     this.state = State.Ended
     // The client's bytes go first: the copies leave on the next turn of the event loop.
     setImmediate(this.launch)
@@ -178,7 +183,8 @@ class ShadowTap implements AnswerTap {
     if (tally.inflight >= settings.maxConcurrent) return tally.dropped('busy')
     const live = plan.live.pick()
     if (live === undefined) return tally.dropped('no_target')
-    if (!ShadowCopy.send(live, this.method, copyHead(this.method, this.target, fields, length, hostOf(live)), body, opts, this.onProbe)) {
+    // The live target's connections are the clients': a probe leaves room for one more.
+    if (!ShadowCopy.send(live, this.method, copyHead(this.method, this.target, fields, length, hostOf(live)), body, { ...opts, leaveRoom: true }, this.onProbe)) {
       return tally.dropped('no_target')
     }
     this.out++

@@ -79,18 +79,76 @@ class Counts {
   }
 }
 
+/**
+ * A place is noise only while the idle color differs there little more often
+ * than two answers of the live color do: at most NOISE_RATIO times the share
+ * of probes that saw it differ, or NOISE_SLACK above it. Without the share, one
+ * probe that caught the live color's rare flake (a 500 between two 200s) made
+ * `status` noise for good, and an idle color that failed every request passed
+ * the gate; so did any place a client can make two live answers differ in.
+ */
+const NOISE_RATIO = 2
+/** The place compare.ts ends a cut list of differences with. */
+const CUT = '...'
+
+const NOISE_SLACK = 0.02
+
+/** The noise known now, with the shares it is judged by. */
+class Noise {
+  private readonly learnt: ReadonlyMap<string, number>
+  private readonly probes: number
+  private readonly pairs: Iterable<{ wheres: readonly string[], count: number }>
+  /** Pairs compared: the kept sets' and the overflow. */
+  private total: number
+  /** Pairs per noise place, counted on first use (a match or an unknown place never needs them). */
+  private perPlace: Map<string, number> | undefined = undefined
+
+  constructor (learnt: ReadonlyMap<string, number>, probes: number, pairs: Iterable<{ wheres: readonly string[], count: number }>, overflow: number) {
+    this.learnt = learnt
+    this.probes = probes
+    this.pairs = pairs
+    this.total = overflow
+  }
+
+  has (where: string): boolean {
+    // `...` stands for places past a pair's 50 that nobody saw: never noise, or a change
+    // behind 50 noisy places (an answer full of live counters) hid behind the probes' own cut.
+    if (where === CUT) return false
+    const seen = this.learnt.get(where)
+    if (seen === undefined) return false
+    if (this.perPlace === undefined) {
+      this.perPlace = new Map()
+      for (const p of this.pairs) {
+        this.total += p.count
+        for (const w of p.wheres) if (this.learnt.has(w)) this.perPlace.set(w, (this.perPlace.get(w) ?? 0) + p.count)
+      }
+    }
+    const inPairs = (this.perPlace.get(where) ?? 0) / Math.max(this.total, 1)
+    const inProbes = seen / Math.max(this.probes, seen)
+    return inPairs <= inProbes * NOISE_RATIO || inPairs <= inProbes + NOISE_SLACK
+  }
+}
+
 /** How a set of places is judged against the noise known now. */
-function judge (wheres: readonly string[], noise: ReadonlyMap<string, number> | ReadonlySet<string>): 'matched' | 'noise' | 'differed' {
+function judge (wheres: readonly string[], noise: Noise): 'matched' | 'noise' | 'differed' {
   if (wheres.length === 0) return 'matched'
   for (const w of wheres) if (!noise.has(w)) return 'differed'
   return 'noise'
 }
 
 class Tally implements ShadowTally {
-  inflight = 0
   private readonly counts = new Counts()
 
-  constructor (private readonly onResult: (result: ShadowResult) => void) {}
+  /** `out`: the service's copies in flight, shared by its comparisons (see createShadowBook). */
+  constructor (private readonly onResult: (result: ShadowResult) => void, private readonly out: { n: number }) {}
+
+  get inflight (): number {
+    return this.out.n
+  }
+
+  set inflight (n: number) {
+    this.out.n = n
+  }
 
   get copies (): number {
     return this.counts.sent
@@ -112,7 +170,7 @@ class Tally implements ShadowTally {
     c.addPairs(wheres, 1)
     for (const d of diffs) c.addExample(d.where, d.live, d.other)
     if (!bodyCompared) c.bodyNotCompared++
-    this.onResult(judge(wheres, c.noise))
+    this.onResult(judge(wheres, new Noise(c.noise, c.probes, c.pairs.values(), c.overflow)))
   }
 
   noise (diffs: readonly Difference[]): void {
@@ -137,12 +195,17 @@ class Tally implements ShadowTally {
  */
 export function createShadowBook (onResult: (service: string, result: ShadowResult) => void): ShadowBook {
   const current = new Map<string, { key: string, tally: Tally }>()
+  // Copies in flight per service, whichever comparison sent them: maxConcurrent bounds them all.
+  // (Per comparison, each flip let another maxConcurrent go out while the last ones were still out.)
+  const inflight = new Map<string, { n: number }>()
   return {
     tallyFor (service, key) {
       const kept = current.get(service)
       if (kept !== undefined && kept.key === key) return kept.tally
       // Another comparison (a flip, new idle targets): the old counts were about another version.
-      const tally = new Tally((result) => onResult(service, result))
+      let out = inflight.get(service)
+      if (out === undefined) inflight.set(service, out = { n: 0 })
+      const tally = new Tally((result) => onResult(service, result), out)
       current.set(service, { key, tally })
       return tally
     },
@@ -174,13 +237,14 @@ export function mergeTallyData (list: readonly TallyData[]): TallyData {
 
 /**
  * The view of a tally's data: every kept set re-judged against the noise
- * learnt so far (all places noise: `noise`; any other place: `differed`;
+ * learnt so far (all places noise, each differing in the pairs not much more
+ * often than between two live answers: `noise`; any other place: `differed`;
  * none: `matched`), sets past the bound counted as differed, and `top`
  * ranking the places that are not noise by the pairs counted as differing
  * that contain them.
  */
 export function viewOf (data: TallyData): ShadowView {
-  const noise = new Set(data.noise.map((n) => n.where))
+  const noise = new Noise(new Map(data.noise.map((n) => [n.where, n.count])), data.probes, data.pairs, data.overflow)
   let matched = 0
   let differed = data.overflow
   let noisy = 0

@@ -96,6 +96,9 @@ export class FileStateStore {
 }
 
 /** A stored shadow override, or `wrong()` (which throws) for anything else. */
+/** The last instant a Date can hold (ECMAScript's time range). */
+const MAX_DATE_MS = 8.64e15
+
 function parseShadowOverride (value: unknown, wrong: () => never): ShadowOverride {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return wrong()
   const v = value as Record<string, unknown>
@@ -105,7 +108,8 @@ function parseShadowOverride (value: unknown, wrong: () => never): ShadowOverrid
   if (keys.some((k) => k !== 'sample' && k !== 'until')) return wrong()
   if (typeof sample !== 'number' || !(sample > 0 && sample <= 1)) return wrong()
   if (until === undefined) return { sample }
-  if (typeof until !== 'number' || !Number.isSafeInteger(until) || until < 0) return wrong()
+  // A Date holds at most 8.64e15 ms: beyond it the session's end cannot be written (GET .../shadow would throw).
+  if (typeof until !== 'number' || !Number.isSafeInteger(until) || until < 0 || until > MAX_DATE_MS) return wrong()
   return { sample, until }
 }
 

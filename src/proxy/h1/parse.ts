@@ -8,7 +8,7 @@
 // tests (test/differential-*.test.ts) check that on generated messages.
 
 import { clientAddress, type RequestFacts } from '../resolve.js'
-import { FORBIDDEN_TRAILERS, HOP_BY_HOP, PIN_HEADER } from '../headers.js'
+import { FORBIDDEN_TRAILERS, HOP_BY_HOP, PIN_HEADER, SHADOW_HEADER } from '../headers.js'
 import { MAX_HEAD } from '../limits.js'
 import { addSent, isForwardingAlias, type Forwarding } from '../trust.js'
 
@@ -224,6 +224,9 @@ export function parseRequestHead (head: string): RequestHead | undefined {
         keep = false
         r.smoke = trimmed(head, colon + 1, end)
         break
+      case SHADOW_HEADER:
+        keep = false
+        break
       default:
         // The rest of the hop-by-hop table; only names of the forwarding headers' lengths get here with an underscore (rare).
         if (HOP_BY_HOP.has(name) || isForwardingAlias(name)) keep = false
@@ -285,7 +288,7 @@ const TARGET = /^\/[\x21-\x7e]*$/
 /** Lengths of the request header names parseRequestHead acts on. */
 const REQUEST_NAME_LENGTHS = new Uint8Array(32)
 for (const name of [...HOP_BY_HOP, 'host', 'content-length', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-for',
-  'forwarded', PIN_HEADER, 'x-request-id', 'cookie']) REQUEST_NAME_LENGTHS[name.length] = 1
+  'forwarded', PIN_HEADER, SHADOW_HEADER, 'x-request-id', 'cookie']) REQUEST_NAME_LENGTHS[name.length] = 1
 
 /** Lengths of the response header names parseResponseHead acts on. */
 const RESPONSE_NAME_LENGTHS = new Uint8Array(32)
