@@ -473,10 +473,12 @@ interface ShadowAnswer {
   differed?: number
   dropped?: number
   noise?: number
-  top?: Array<{ where: string, count: number, example?: { live: string, idle: string } }>
+  /** `endpoints`: where each place counted (method and path shape, ids as {id}), most pairs first. */
+  top?: Array<{ where: string, count: number, example?: { live: string, idle: string }, endpoints?: Array<{ endpoint: string, count: number }> }>
   drops?: Record<string, number>
   bodyNotCompared?: number
-  noiseWhere?: Array<{ where: string, count: number }>
+  /** Noise is learnt per endpoint: the same place may be listed for several. */
+  noiseWhere?: Array<{ where: string, endpoint?: string, count: number }>
   probes?: number
   /** The service's gate settings, when the API includes them. */
   gate?: { maxShadowDiff?: number | null, minShadowCompared?: number }
@@ -567,10 +569,18 @@ function shadowText (service: string, r: ShadowAnswer): string {
   } else if (top.length === 0) {
     lines.push('', 'no differences counted')
   } else {
-    lines.push('', table([['WHERE', 'PAIRS', 'LIVE', 'IDLE'], ...top.map((p) => [visible(p.where), String(n(p.count)), visible(p.example?.live ?? '-'), visible(p.example?.idle ?? '-')])]))
+    // Endpoints only from a server that names them (one place may differ on several: `GET /a 10, GET /b 4`).
+    const named = top.some((p) => Array.isArray(p.endpoints) && p.endpoints.length > 0)
+    const where = (p: typeof top[number]): string => (p.endpoints ?? []).map((e) => p.endpoints?.length === 1 ? visible(e.endpoint) : `${visible(e.endpoint)} ${n(e.count)}`).join(', ')
+    lines.push('', table([['WHERE', 'PAIRS', ...named ? ['ENDPOINTS'] : [], 'LIVE', 'IDLE'],
+      ...top.map((p) => [visible(p.where), String(n(p.count)), ...named ? [where(p)] : [], visible(p.example?.live ?? '-'), visible(p.example?.idle ?? '-')])]))
   }
   const noise = r.noiseWhere ?? []
-  if (noise.length > 0) lines.push('', table([['NOISE (NOT COUNTED)', 'PROBES'], ...noise.map((p) => [visible(p.where), String(n(p.count))])]))
+  const noiseEndpoints = noise.some((p) => typeof p.endpoint === 'string' && p.endpoint !== '')
+  if (noise.length > 0) {
+    lines.push('', table([['NOISE (NOT COUNTED)', ...noiseEndpoints ? ['ENDPOINT'] : [], 'PROBES'],
+      ...noise.map((p) => [visible(p.where), ...noiseEndpoints ? [visible(p.endpoint ?? '-')] : [], String(n(p.count))])]))
+  }
   return lines.join('\n')
 }
 

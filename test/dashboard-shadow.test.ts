@@ -96,12 +96,12 @@ function usersView (): Record<string, any> {
     dropped: 5,
     noise: 36,
     top: [
-      { where: '$.plan', count: 14, example: { live: '"pro"', idle: XSS } },
+      { where: '$.plan', count: 14, example: { live: '"pro"', idle: XSS }, endpoints: [{ endpoint: 'GET /api/users/{id}', count: 10 }, { endpoint: 'GET /api/teams/{id}', count: 4 }] },
       { where: 'header:x-version', count: 3, example: { live: '1.0.0', idle: '1.1.0' } },
     ],
     drops: DROPS,
     bodyNotCompared: 2,
-    noiseWhere: [{ where: '$.requestId', count: 120 }, { where: '$.timestamp', count: 118 }],
+    noiseWhere: [{ where: '$.requestId', count: 120 }, { where: '$.timestamp', endpoint: 'GET /api/users/{id}', count: 118 }],
     probes: 120,
   }
 }
@@ -129,7 +129,8 @@ t.test('the shadow panel: counts, the differing share against the gate, top plac
   t.strictSame(rows, [['$.plan', '14', '"pro"', XSS], ['header:x-version', '3', '1.0.0', '1.1.0']], 'the example shows as text')
   t.equal(await page.locator('#xss').count(), 0, 'no markup from an example reaches the DOM')
   t.equal(await page.locator('.shadow img').count(), 0)
-  t.strictSame(await page.$$eval(`${panel} .shadow-noise-list li`, (lis) => lis.map((li) => li.textContent)), ['$.requestId ×120', '$.timestamp ×118'])
+  t.equal(await page.getAttribute(`${panel} .shadow-top tbody tr:first-child`, 'title'), 'on GET /api/users/{id} (10), GET /api/teams/{id} (4)', 'the endpoints where a place differed, on hover')
+  t.strictSame(await page.$$eval(`${panel} .shadow-noise-list li`, (lis) => lis.map((li) => li.textContent)), ['$.requestId ×120', '$.timestamp on GET /api/users/{id} ×118'], 'a noise place names its endpoint when the server does')
   await page.waitForSelector('#events .ev-shadow')
   const evs = await page.$$eval('#events .ev-shadow .ev-what', (tds) => tds.map((td) => td.textContent))
   t.equal(evs.length, 3)

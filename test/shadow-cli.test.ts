@@ -97,6 +97,25 @@ t.test('shadow SERVICE prints the control, the counts with the differing share, 
   t.match(lines[12], /^\$\.timestamp\s+118$/)
 })
 
+t.test('shadow SERVICE names the endpoints where each place differed, and the endpoint each noise place was learnt on', async (t) => {
+  const view = {
+    ...VIEW,
+    top: [
+      { where: '$.plan', count: 14, example: { live: '"pro"', idle: '"team"' }, endpoints: [{ endpoint: 'GET /api/users/{id}', count: 10 }, { endpoint: 'GET /api/teams/{id}', count: 4 }] },
+      { where: 'status', count: 3, example: { live: '200', idle: '500' }, endpoints: [{ endpoint: 'POST /api/users', count: 3 }] },
+    ],
+    noiseWhere: [{ where: '$.value', endpoint: 'GET /api/random', count: 40 }, { where: '$.ts', endpoint: 'GET /api/users/{id}', count: 12 }],
+  }
+  const fake = await fakeAdmin(t, { [`GET ${PATH}`]: { status: 200, body: view } })
+  const lines = (await cli(fake.url, ['shadow', 'users'])).out.trimEnd().split('\n')
+  t.match(lines[6], /^WHERE\s+PAIRS\s+ENDPOINTS\s+LIVE\s+IDLE$/)
+  t.match(lines[7], /^\$\.plan\s+14\s+GET \/api\/users\/\{id\} 10, GET \/api\/teams\/\{id\} 4\s+"pro"\s+"team"$/)
+  t.match(lines[8], /^status\s+3\s+POST \/api\/users\s+200\s+500$/, 'one endpoint: no count repeated')
+  t.match(lines[10], /^NOISE \(NOT COUNTED\)\s+ENDPOINT\s+PROBES$/)
+  t.match(lines[11], /^\$\.value\s+GET \/api\/random\s+40$/)
+  t.match(lines[12], /^\$\.ts\s+GET \/api\/users\/\{id\}\s+12$/)
+})
+
 t.test('shadow SERVICE: off, nothing compared; config-on without differences; --json is the server answer', async (t) => {
   const off = { active: false, sample: null, until: null, source: null, sent: 0, compared: 0, matched: 0, differed: 0, dropped: 0, noise: 0, top: [], drops: { busy: 0, no_target: 0, failed: 0, body_too_large: 0 }, bodyNotCompared: 0, noiseWhere: [], probes: 0 }
   const clean = { ...off, active: true, sample: 0.1, source: 'config', live: 'green', idle: 'blue', gate: { maxShadowDiff: 0.05 }, sent: 300, compared: 300, matched: 290, noise: 10, probes: 40, noiseWhere: [{ where: '$.timestamp', count: 40 }] }

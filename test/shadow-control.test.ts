@@ -25,7 +25,7 @@ import { admin, eventually, http1, startBackend, tempDir, type Backend } from '.
 // ---- a fake of the shadow parts: plain counts, fed by the tests ----
 
 function emptyData (): TallyData {
-  return { sent: 0, drops: { busy: 0, no_target: 0, failed: 0, body_too_large: 0 }, bodyNotCompared: 0, probes: 0, pairs: [], overflow: 0, examples: [], noise: [] }
+  return { sent: 0, drops: { busy: 0, no_target: 0, failed: 0, body_too_large: 0 }, bodyNotCompared: 0, probes: 0, endpoints: [], pairs: [], overflow: 0, examples: [], noise: [] }
 }
 
 function viewOf (d: TallyData): ShadowView {
@@ -40,7 +40,7 @@ function viewOf (d: TallyData): ShadowView {
   const dropped = Object.values(d.drops).reduce((a, b) => a + b, 0)
   const top = [...where].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([w, count]) => {
     const ex = d.examples.find((e) => e.where === w)
-    return { where: w, count, example: { live: ex?.live ?? '', idle: ex?.idle ?? '' } }
+    return { where: w, count, example: { live: ex?.live ?? '', idle: ex?.idle ?? '' }, endpoints: [] }
   })
   return { sent: d.sent, compared: matched + differed, matched, differed, dropped, noise: 0, top, drops: d.drops, bodyNotCompared: d.bodyNotCompared, noiseWhere: [], probes: d.probes }
 }
@@ -52,7 +52,7 @@ function mergeTallyData (list: readonly TallyData[]): TallyData {
     for (const k of Object.keys(out.drops) as DropReason[]) out.drops[k] += d.drops[k]
     for (const p of d.pairs) {
       const same = out.pairs.find((x) => x.wheres.join() === p.wheres.join())
-      if (same === undefined) out.pairs.push({ wheres: [...p.wheres], count: p.count })
+      if (same === undefined) out.pairs.push({ endpoint: '', wheres: [...p.wheres], count: p.count })
       else same.count += p.count
     }
   }
@@ -69,7 +69,7 @@ class FakeTally implements ShadowTally {
   pair (diffs: readonly Difference[], bodyCompared: boolean): void {
     const wheres = [...new Set(diffs.map((x) => x.where))].sort()
     const same = this.d.pairs.find((p) => p.wheres.join() === wheres.join())
-    if (same === undefined) this.d.pairs.push({ wheres, count: 1 })
+    if (same === undefined) this.d.pairs.push({ endpoint: '', wheres, count: 1 })
     else same.count++
     for (const x of diffs) if (!this.d.examples.some((e) => e.where === x.where)) this.d.examples.push({ where: x.where, live: x.live, idle: x.other })
     if (!bodyCompared) this.d.bodyNotCompared++

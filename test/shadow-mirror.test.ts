@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import type { ShadowConfig } from '../src/config/schema.js'
 import type { AnswerTap } from '../src/proxy/resolve.js'
-import { ShadowRoute } from '../src/shadow/mirror.js'
+import { endpointOf, ShadowRoute } from '../src/shadow/mirror.js'
 import type { Comparer, ShadowPlan } from '../src/shadow/types.js'
 import type { Endpoint } from '../src/upstream/target-set.js'
 import {
@@ -99,7 +99,7 @@ t.test('a content-length answer: the copy is the live head plus x-switchyard-sha
   t.equal(other.headers.get('content-length'), '3000')
   t.equal(sha256(other.body), sha256(idleBody))
   t.same(s.tally.events, ['sent', 'pair'])
-  t.same(s.tally.pairs[0], { diffs: [], bodyCompared: true })
+  t.same(s.tally.pairs[0], { diffs: [], bodyCompared: true, endpoint: 'GET /items' }, 'counted under its endpoint: the path without the query')
   t.equal(s.tally.inflight, 0)
   t.equal(s.live.seen.length, 0, 'no noise probe with learn 0 and noise 0')
 })
@@ -150,7 +150,7 @@ t.test('a close-delimited answer ends at EOF and its connection is not kept', as
   t.same([...live.headers], [['content-type', 'application/octet-stream'], ['set-cookie', 'a=1, b=2']], 'repeated fields joined, names lower case')
   t.equal(sha256(other.body), sha256(body))
   t.equal(sha256(live.body), sha256(body))
-  t.same(s.tally.pairs[0], { diffs: [], bodyCompared: true })
+  t.same(s.tally.pairs[0], { diffs: [], bodyCompared: true, endpoint: 'GET /' })
   await s.idle.closes(1)
   s.idle.handler = (req) => req.socket.write(answer(200, [], Buffer.from('ok')))
   drive(tapOf(s.route))
@@ -315,6 +315,7 @@ t.test('noise probes: the first `learn` copies, then the `noise` share, also go 
   t.ok(s.live.seen.every((r) => r.headers.get('x-switchyard-shadow') === '1'))
   t.equal(s.tally.noises.length, 3)
   t.equal(s.tally.pairs.length, 5)
+  t.same([...new Set([...s.tally.pairs.map((p) => p.endpoint), ...s.tally.noiseEndpoints])], ['GET /{id}'], 'pairs and probes are counted under their request\'s endpoint, ids folded')
   const probed = s.comparer.calls.filter((c) => c.other.headers.get('x-backend') === 'live')
   t.equal(probed.length, 3)
   t.ok(probed.every((c) => c.other.body?.toString() === 'live' && c.live.status === 200))
@@ -488,4 +489,33 @@ t.test('1xx answers are skipped; an answer too long to drain is taken by its hea
   t.equal(s.comparer.calls[1].other.headers.get('x-big'), '1')
   await s.idle.closes(2)
   t.same(s.tally.pairs.map((p) => p.bodyCompared), [true, false, false])
+})
+
+t.test('endpointOf: the method and the path without its query, id-like segments folded to {id}, at most 100 characters', async (t) => {
+  const cases: Array<[string, string, string]> = [
+    ['GET', '/api/users/7', 'GET /api/users/{id}'],
+    ['GET', '/api/users/7?fields=name&id=8', 'GET /api/users/{id}'],
+    ['HEAD', '/api/users/7/orders/12345', 'HEAD /api/users/{id}/orders/{id}'],
+    ['GET', '/api/users/random', 'GET /api/users/random'],
+    ['GET', '/api/users/me', 'GET /api/users/me'],
+    ['GET', '/v2/items', 'GET /v2/items'],
+    ['GET', '/files/550e8400-e29b-41d4-a716-446655440000', 'GET /files/{id}'],
+    ['GET', '/files/ABCDEFAB-CDEF-ABCD-EFAB-CDEFABCDEFAB', 'GET /files/{id}'],
+    ['GET', '/blobs/9f86d081884c7d659a2feaa0c55ad015', 'GET /blobs/{id}'],
+    ['GET', '/s/dGhpcyBpcyBhIHRva2VuMQ==', 'GET /s/{id}'],
+    ['GET', '/s/aB3_x-9QzLmNpRtUv', 'GET /s/{id}'],
+    ['GET', '/docs/getting-started-guide', 'GET /docs/getting-started-guide'],
+    ['GET', '/s/abc123', 'GET /s/abc123'],
+    ['GET', '/', 'GET /'],
+    ['GET', '/?q=1', 'GET /'],
+    ['GET', '/a//b/', 'GET /a//b/'],
+    ['GET', 'http://users.test:8080/api/users/7?x', 'GET /api/users/{id}'],
+    ['GET', 'http://users.test', 'GET /'],
+    ['OPTIONS', '*', 'OPTIONS *'],
+  ]
+  for (const [method, target, endpoint] of cases) t.equal(endpointOf(method, target), endpoint, `${method} ${target}`)
+  const long = endpointOf('GET', `/${'segment/'.repeat(30)}`)
+  t.equal(long.length, 100, 'a long path is cut')
+  t.ok(long.startsWith('GET /segment/segment/'))
+  t.equal(endpointOf('GET', `/a/${'x'.repeat(5000)}?q`).length, 100)
 })

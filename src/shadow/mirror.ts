@@ -36,6 +36,42 @@ export class ShadowRoute {
 
 const enum State { Open, Ended, Gone }
 
+/** An endpoint's length at most: a long path is still one endpoint, never a long key. */
+const ENDPOINT_MAX = 100
+/**
+ * A path segment that names one thing rather than a kind of thing: all digits,
+ * a UUID, or a token of 16 or more letters, digits, `_`, `-`, `+`, `=` (hex,
+ * base64, base64url ids) with a digit in it. Words (`random`, `me`, `search`)
+ * and short codes stay themselves.
+ */
+const ID_SEGMENT = /^(?:\d+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|(?=[\w+=-]*\d)[\w+=-]{16,})$/i
+
+/**
+ * The endpoint a copy's pair and probe are counted under (noise is learnt per
+ * endpoint, see tally.ts): the method and the path without its query, each
+ * id-like segment (ID_SEGMENT) written `{id}`, so `/users/7` and `/users/8`
+ * are one endpoint, `GET /users/{id}`; cut at ENDPOINT_MAX characters.
+ * Computed once per copy sent, never for a request not copied.
+ */
+export function endpointOf (method: string, target: string): string {
+  let start = 0
+  // An absolute-form target (`http://host/path`) names its path after the authority.
+  if (target.charCodeAt(0) !== 0x2f) {
+    const scheme = target.indexOf('://')
+    if (scheme !== -1) {
+      const slash = target.indexOf('/', scheme + 3)
+      start = slash === -1 ? target.length : slash
+    }
+  }
+  let end = target.indexOf('?', start)
+  if (end === -1) end = target.length
+  const segments = target.slice(start, end).split('/')
+  for (let i = 0; i < segments.length; i++) if (ID_SEGMENT.test(segments[i])) segments[i] = '{id}'
+  const path = segments.join('/')
+  const endpoint = `${method} ${path === '' ? '/' : path}`
+  return endpoint.length > ENDPOINT_MAX ? endpoint.slice(0, ENDPOINT_MAX) : endpoint
+}
+
 /** The host a copy names when the live request's fields carry none (as undici does): the target's own. */
 function hostOf (endpoint: Endpoint): string {
   const { host, port, tls } = endpoint.target.origin
@@ -61,6 +97,8 @@ class ShadowTap implements AnswerTap {
   private out = 0
   /** The request body's last chunk was seen (a body the exchange never read whole is not copied). */
   private requestWhole = false
+  /** The request's endpoint (endpointOf), set as its copy leaves. */
+  private endpoint = ''
 
   constructor (plan: ShadowPlan) {
     this.plan = plan
@@ -167,6 +205,8 @@ class ShadowTap implements AnswerTap {
       headers: fieldMap(this.answerFields as string | ReadonlyArray<string | Buffer>),
       body: (this.answerBytes as Capped).bytes(),
     }
+    // Before the copy leaves, so its answer, however soon, is counted under it.
+    this.endpoint = endpointOf(this.method, this.target)
     if (!ShadowCopy.send(idle, this.method, copyHead(this.method, this.target, fields, length, hostOf(idle)), body, opts, this.onIdle)) {
       return this.drop('no_target')
     }
@@ -215,9 +255,9 @@ class ShadowTap implements AnswerTap {
       if (typeof result === 'string') {
         tally.dropped(result)
       } else if (probe) {
-        tally.noise(comparer.compare(live, result))
+        tally.noise(comparer.compare(live, result), this.endpoint)
       } else {
-        tally.pair(comparer.compare(live, result), live.body !== undefined && result.body !== undefined)
+        tally.pair(comparer.compare(live, result), live.body !== undefined && result.body !== undefined, this.endpoint)
       }
     } catch {
       // A comparer that throws cannot judge this pair: counted as failed rather than lost.

@@ -1,21 +1,38 @@
 // Shadow comparison counts: per service, one bounded tally per comparison
 // (live color, idle color, idle targets), judged against learnt noise on read.
 //
-// Pairs are kept grouped by their set of places, not judged once and for all:
-// a place learnt as noise after a pair was counted stops counting in the view
-// (and the gate) retroactively. Only the metric, a counter, keeps the
-// judgement made when the pair completed.
+// Pairs are kept grouped by their endpoint and set of places, not judged once
+// and for all: a place learnt as noise after a pair was counted stops counting
+// in the view (and the gate) retroactively. Only the metric, a counter, keeps
+// the judgement made when the pair completed.
+//
+// Noise is learnt per endpoint (the request's method and path shape, see
+// endpointOf in mirror.ts), as Diffy does: `$.value` random on GET /random says
+// nothing about `$.value` on GET /users/{id}, where a change is a regression.
 
 import type { DropReason, Difference, ShadowBook, ShadowResult, ShadowTally, ShadowView, TallyData } from './types.js'
 
-/** Distinct difference sets kept (the matched set `[]` always has room besides); more are counted as `overflow`. */
+/** Distinct difference sets kept over all endpoints (each endpoint's matched set `[]` always has room besides); more are counted as `overflow`. */
 export const MAX_PAIR_SETS = 256
-/** Places with a kept example. */
+/** Places with a kept example, over all endpoints (an endpoint and a place: one). */
 export const MAX_EXAMPLES = 256
-/** Places learnt as noise. */
+/** Places learnt as noise, over all endpoints (an endpoint and a place: one). */
 export const MAX_NOISE = 256
+/**
+ * Endpoints told apart in one comparison. Past them, new endpoints share one
+ * bucket, OTHER_ENDPOINT, whose noise is learnt and judged as one endpoint's:
+ * a service with endless path shapes stays bounded, and its rare endpoints
+ * are still compared.
+ */
+export const MAX_ENDPOINTS = 64
+/** The bucket of the endpoints past MAX_ENDPOINTS (never a real endpoint: a method cannot hold `(`). */
+export const OTHER_ENDPOINT = '(other endpoints)'
+/** The endpoint of pairs and probes fed without one (a tally fed by hand): all of them are one endpoint. */
+const NO_ENDPOINT = ''
 /** Places listed in a view's `top`. */
 const TOP = 10
+/** Endpoints listed with each place of `top`. */
+const TOP_ENDPOINTS = 3
 
 const DROP_REASONS: readonly DropReason[] = ['busy', 'no_target', 'failed', 'body_too_large']
 
@@ -36,47 +53,8 @@ function placesOf (diffs: readonly Difference[]): string[] {
   return [...set].sort()
 }
 
-/** The bounded maps a tally and a merge both fill. */
-class Counts {
-  sent = 0
-  readonly drops = noDrops()
-  bodyNotCompared = 0
-  probes = 0
-  overflow = 0
-  readonly pairs = new Map<string, { wheres: string[], count: number }>()
-  readonly examples = new Map<string, { live: string, idle: string }>()
-  readonly noise = new Map<string, number>()
-
-  addPairs (wheres: string[], count: number): void {
-    const key = keyOf(wheres)
-    const kept = this.pairs.get(key)
-    if (kept !== undefined) kept.count += count
-    else if (wheres.length === 0 || this.pairs.size - (this.pairs.has('') ? 1 : 0) < MAX_PAIR_SETS) this.pairs.set(key, { wheres, count })
-    else this.overflow += count
-  }
-
-  addExample (where: string, live: string, idle: string): void {
-    if (!this.examples.has(where) && this.examples.size < MAX_EXAMPLES) this.examples.set(where, { live, idle })
-  }
-
-  addNoise (where: string, count: number): void {
-    const prior = this.noise.get(where)
-    if (prior !== undefined) this.noise.set(where, prior + count)
-    else if (this.noise.size < MAX_NOISE) this.noise.set(where, count)
-  }
-
-  data (): TallyData {
-    return {
-      sent: this.sent,
-      drops: { ...this.drops },
-      bodyNotCompared: this.bodyNotCompared,
-      probes: this.probes,
-      pairs: [...this.pairs.values()].map((p) => ({ wheres: [...p.wheres], count: p.count })),
-      overflow: this.overflow,
-      examples: [...this.examples].map(([where, e]) => ({ where, live: e.live, idle: e.idle })),
-      noise: [...this.noise].map(([where, count]) => ({ where, count })),
-    }
-  }
+function byName (x: string, y: string): number {
+  return x < y ? -1 : x > y ? 1 : 0
 }
 
 /**
@@ -86,6 +64,7 @@ class Counts {
  * probe that caught the live color's rare flake (a 500 between two 200s) made
  * `status` noise for good, and an idle color that failed every request passed
  * the gate; so did any place a client can make two live answers differ in.
+ * Both shares are the endpoint's own: its pairs, its probes.
  */
 const NOISE_RATIO = 2
 /** The place compare.ts ends a cut list of differences with. */
@@ -93,47 +72,216 @@ const CUT = '...'
 
 const NOISE_SLACK = 0.02
 
-/** The noise known now, with the shares it is judged by. */
-class Noise {
-  private readonly learnt: ReadonlyMap<string, number>
-  private readonly probes: number
-  private readonly pairs: Iterable<{ wheres: readonly string[], count: number }>
-  /** Pairs compared: the kept sets' and the overflow. */
-  private total: number
-  /** Pairs per noise place, counted on first use (a match or an unknown place never needs them). */
+/** One endpoint's counts: the shares its noise is judged by, its kept sets and its noise places. */
+class EndpointCounts {
+  /** Pairs compared here: the kept sets' and the overflowed ones. */
+  pairs = 0
+  /** Noise probes made here, whatever they saw. */
+  probes = 0
+  readonly sets = new Map<string, { wheres: string[], count: number }>()
+  readonly noise = new Map<string, number>()
+  /** One example per place, the first seen here (a place's example on another endpoint may be noise). */
+  readonly examples = new Map<string, { live: string, idle: string }>()
+  /** Pairs per noise place, counted on first use since the last change (a match or an unknown place never needs them). */
   private perPlace: Map<string, number> | undefined = undefined
 
-  constructor (learnt: ReadonlyMap<string, number>, probes: number, pairs: Iterable<{ wheres: readonly string[], count: number }>, overflow: number) {
-    this.learnt = learnt
-    this.probes = probes
-    this.pairs = pairs
-    this.total = overflow
+  /** Counts changed: the shares are counted again when next needed. */
+  changed (): void {
+    this.perPlace = undefined
   }
 
-  has (where: string): boolean {
+  /** Whether `where` is noise here now. */
+  isNoise (where: string): boolean {
     // `...` stands for places past a pair's 50 that nobody saw: never noise, or a change
     // behind 50 noisy places (an answer full of live counters) hid behind the probes' own cut.
     if (where === CUT) return false
-    const seen = this.learnt.get(where)
+    const seen = this.noise.get(where)
     if (seen === undefined) return false
     if (this.perPlace === undefined) {
       this.perPlace = new Map()
-      for (const p of this.pairs) {
-        this.total += p.count
-        for (const w of p.wheres) if (this.learnt.has(w)) this.perPlace.set(w, (this.perPlace.get(w) ?? 0) + p.count)
+      for (const p of this.sets.values()) {
+        for (const w of p.wheres) if (this.noise.has(w)) this.perPlace.set(w, (this.perPlace.get(w) ?? 0) + p.count)
       }
     }
-    const inPairs = (this.perPlace.get(where) ?? 0) / Math.max(this.total, 1)
+    const inPairs = (this.perPlace.get(where) ?? 0) / Math.max(this.pairs, 1)
     const inProbes = seen / Math.max(this.probes, seen)
     return inPairs <= inProbes * NOISE_RATIO || inPairs <= inProbes + NOISE_SLACK
   }
+
+  /** How a set of places is judged against the noise known here now. */
+  judge (wheres: readonly string[]): 'matched' | 'noise' | 'differed' {
+    if (wheres.length === 0) return 'matched'
+    for (const w of wheres) if (!this.isNoise(w)) return 'differed'
+    return 'noise'
+  }
 }
 
-/** How a set of places is judged against the noise known now. */
-function judge (wheres: readonly string[], noise: Noise): 'matched' | 'noise' | 'differed' {
-  if (wheres.length === 0) return 'matched'
-  for (const w of wheres) if (!noise.has(w)) return 'differed'
-  return 'noise'
+/** The bounded maps a tally and a merge both fill. */
+class Counts {
+  sent = 0
+  readonly drops = noDrops()
+  bodyNotCompared = 0
+  probes = 0
+  overflow = 0
+  /** At most MAX_ENDPOINTS named, plus OTHER_ENDPOINT. */
+  readonly endpoints = new Map<string, EndpointCounts>()
+  /** Kept sets that are not a match, over all endpoints. */
+  private sets = 0
+  /** Kept examples, over all endpoints. */
+  private exampleCount = 0
+  /** Noise places, over all endpoints. */
+  private noisePlaces = 0
+
+  /** The counts of `name`, or of OTHER_ENDPOINT when MAX_ENDPOINTS others came first. */
+  endpoint (name: string): EndpointCounts {
+    let e = this.endpoints.get(name)
+    if (e !== undefined) return e
+    if (name !== OTHER_ENDPOINT && this.endpoints.size - (this.endpoints.has(OTHER_ENDPOINT) ? 1 : 0) >= MAX_ENDPOINTS) return this.endpoint(OTHER_ENDPOINT)
+    this.endpoints.set(name, e = new EndpointCounts())
+    return e
+  }
+
+  /** `count` pairs of one set, already counted in `e.pairs`: kept, or overflow when the sets are at their bound. */
+  addSet (e: EndpointCounts, wheres: string[], count: number): void {
+    const key = keyOf(wheres)
+    const kept = e.sets.get(key)
+    if (kept !== undefined) kept.count += count
+    else if (wheres.length === 0) e.sets.set(key, { wheres, count })
+    else if (this.sets < MAX_PAIR_SETS) {
+      e.sets.set(key, { wheres, count })
+      this.sets++
+    } else this.overflow += count
+    e.changed()
+  }
+
+  addExample (e: EndpointCounts, where: string, live: string, idle: string): void {
+    if (!e.examples.has(where) && this.exampleCount < MAX_EXAMPLES) {
+      e.examples.set(where, { live, idle })
+      this.exampleCount++
+    }
+  }
+
+  addNoise (e: EndpointCounts, where: string, count: number): void {
+    const prior = e.noise.get(where)
+    if (prior !== undefined) e.noise.set(where, prior + count)
+    else if (this.noisePlaces < MAX_NOISE) {
+      e.noise.set(where, count)
+      this.noisePlaces++
+    }
+    e.changed()
+  }
+
+  data (): TallyData {
+    const endpoints: TallyData['endpoints'] = []
+    const pairs: TallyData['pairs'] = []
+    const noise: TallyData['noise'] = []
+    const examples: TallyData['examples'] = []
+    for (const [endpoint, e] of this.endpoints) {
+      endpoints.push({ endpoint, pairs: e.pairs, probes: e.probes })
+      for (const p of e.sets.values()) pairs.push({ endpoint, wheres: [...p.wheres], count: p.count })
+      for (const [where, count] of e.noise) noise.push({ endpoint, where, count })
+      for (const [where, x] of e.examples) examples.push({ endpoint, where, live: x.live, idle: x.idle })
+    }
+    return {
+      sent: this.sent,
+      drops: { ...this.drops },
+      bodyNotCompared: this.bodyNotCompared,
+      probes: this.probes,
+      endpoints,
+      pairs,
+      overflow: this.overflow,
+      examples,
+      noise,
+    }
+  }
+
+  /** Adds a tally's data (a worker's): the sum is the data of one tally fed what each was fed, within the bounds. */
+  add (d: TallyData): void {
+    this.sent += d.sent
+    for (const r of DROP_REASONS) this.drops[r] += d.drops[r] ?? 0
+    this.bodyNotCompared += d.bodyNotCompared
+    this.probes += d.probes
+    this.overflow += d.overflow
+    for (const x of d.endpoints) {
+      const e = this.endpoint(x.endpoint)
+      e.pairs += x.pairs
+      e.probes += x.probes
+    }
+    // Keys are rebuilt from sorted places, so two processes' sets meet whatever order each sent them in.
+    for (const p of d.pairs) this.addSet(this.endpoint(p.endpoint), [...p.wheres].sort(), p.count)
+    for (const x of d.examples) this.addExample(this.endpoint(x.endpoint), x.where, x.live, x.idle)
+    for (const n of d.noise) this.addNoise(this.endpoint(n.endpoint), n.where, n.count)
+  }
+
+  /**
+   * Every kept set re-judged against the noise learnt so far on its own
+   * endpoint (all places noise there, each differing in its pairs not much
+   * more often than between two live answers of it: `noise`; any other place:
+   * `differed`; none: `matched`), sets past the bound counted as differed, and
+   * `top` ranking the places that are not noise by the pairs counted as
+   * differing that contain them, over all endpoints.
+   */
+  view (): ShadowView {
+    let matched = 0
+    let differed = this.overflow
+    let noisy = 0
+    const counts = new Map<string, { count: number, by: Map<string, number> }>()
+    for (const [endpoint, e] of this.endpoints) {
+      for (const p of e.sets.values()) {
+        const j = e.judge(p.wheres)
+        if (j === 'matched') matched += p.count
+        else if (j === 'noise') noisy += p.count
+        else {
+          differed += p.count
+          for (const w of p.wheres) {
+            if (e.isNoise(w)) continue
+            let c = counts.get(w)
+            if (c === undefined) counts.set(w, c = { count: 0, by: new Map() })
+            c.count += p.count
+            c.by.set(endpoint, (c.by.get(endpoint) ?? 0) + p.count)
+          }
+        }
+      }
+    }
+    const top = [...counts]
+      .sort((x, y) => y[1].count - x[1].count || byName(x[0], y[0]))
+      .slice(0, TOP)
+      .map(([where, { count, by }]) => {
+        const ranked = [...by].sort((x, y) => y[1] - x[1] || byName(x[0], y[0]))
+        // The example of the endpoint where the place counts most that kept one (never one where it is noise).
+        let e: { live: string, idle: string } | undefined
+        for (const [endpoint] of ranked) if ((e = this.endpoints.get(endpoint)?.examples.get(where)) !== undefined) break
+        return {
+          where,
+          count,
+          // An example is missing only when more than MAX_EXAMPLES places were seen before this one.
+          example: e === undefined ? { live: '(not kept)', idle: '(not kept)' } : { live: e.live, idle: e.idle },
+          endpoints: ranked.slice(0, TOP_ENDPOINTS).map(([endpoint, n]) => ({ endpoint, count: n })),
+        }
+      })
+    const drops = noDrops()
+    let dropped = 0
+    for (const r of DROP_REASONS) {
+      drops[r] = this.drops[r]
+      dropped += drops[r]
+    }
+    const noiseWhere: ShadowView['noiseWhere'] = []
+    for (const [endpoint, e] of this.endpoints) for (const [where, count] of e.noise) noiseWhere.push({ where, endpoint, count })
+    noiseWhere.sort((x, y) => y.count - x.count || byName(x.where, y.where) || byName(x.endpoint, y.endpoint))
+    return {
+      sent: this.sent,
+      compared: matched + differed + noisy,
+      matched,
+      differed,
+      dropped,
+      noise: noisy,
+      top,
+      drops,
+      bodyNotCompared: this.bodyNotCompared,
+      noiseWhere,
+      probes: this.probes,
+    }
+  }
 }
 
 class Tally implements ShadowTally {
@@ -164,23 +312,27 @@ class Tally implements ShadowTally {
     this.onResult('dropped')
   }
 
-  pair (diffs: readonly Difference[], bodyCompared: boolean): void {
+  pair (diffs: readonly Difference[], bodyCompared: boolean, endpoint = NO_ENDPOINT): void {
     const c = this.counts
     const wheres = placesOf(diffs)
-    c.addPairs(wheres, 1)
-    for (const d of diffs) c.addExample(d.where, d.live, d.other)
+    const e = c.endpoint(endpoint)
+    e.pairs++
+    c.addSet(e, wheres, 1)
+    for (const d of diffs) c.addExample(e, d.where, d.live, d.other)
     if (!bodyCompared) c.bodyNotCompared++
-    this.onResult(judge(wheres, new Noise(c.noise, c.probes, c.pairs.values(), c.overflow)))
+    this.onResult(e.judge(wheres))
   }
 
-  noise (diffs: readonly Difference[]): void {
+  noise (diffs: readonly Difference[], endpoint = NO_ENDPOINT): void {
     const c = this.counts
+    const e = c.endpoint(endpoint)
     c.probes++
-    for (const where of placesOf(diffs)) c.addNoise(where, 1)
+    e.probes++
+    for (const where of placesOf(diffs)) c.addNoise(e, where, 1)
   }
 
   view (): ShadowView {
-    return viewOf(this.counts.data())
+    return this.counts.view()
   }
 
   data (): TallyData {
@@ -221,69 +373,13 @@ export function createShadowBook (onResult: (service: string, result: ShadowResu
 /** Sums several processes' tallies (workers of one gateway), bounded like one tally. */
 export function mergeTallyData (list: readonly TallyData[]): TallyData {
   const c = new Counts()
-  for (const d of list) {
-    c.sent += d.sent
-    for (const r of DROP_REASONS) c.drops[r] += d.drops[r] ?? 0
-    c.bodyNotCompared += d.bodyNotCompared
-    c.probes += d.probes
-    c.overflow += d.overflow
-    // Keys are rebuilt from sorted places, so two processes' sets meet whatever order each sent them in.
-    for (const p of d.pairs) c.addPairs([...p.wheres].sort(), p.count)
-    for (const e of d.examples) c.addExample(e.where, e.live, e.idle)
-    for (const n of d.noise) c.addNoise(n.where, n.count)
-  }
+  for (const d of list) c.add(d)
   return c.data()
 }
 
-/**
- * The view of a tally's data: every kept set re-judged against the noise
- * learnt so far (all places noise, each differing in the pairs not much more
- * often than between two live answers: `noise`; any other place: `differed`;
- * none: `matched`), sets past the bound counted as differed, and `top`
- * ranking the places that are not noise by the pairs counted as differing
- * that contain them.
- */
+/** The view of a tally's data (see Counts.view): what the primary reads of its workers' merged data. */
 export function viewOf (data: TallyData): ShadowView {
-  const noise = new Noise(new Map(data.noise.map((n) => [n.where, n.count])), data.probes, data.pairs, data.overflow)
-  let matched = 0
-  let differed = data.overflow
-  let noisy = 0
-  const counts = new Map<string, number>()
-  for (const p of data.pairs) {
-    const j = judge(p.wheres, noise)
-    if (j === 'matched') matched += p.count
-    else if (j === 'noise') noisy += p.count
-    else {
-      differed += p.count
-      for (const w of p.wheres) if (!noise.has(w)) counts.set(w, (counts.get(w) ?? 0) + p.count)
-    }
-  }
-  const examples = new Map(data.examples.map((e) => [e.where, e]))
-  const top = [...counts]
-    .sort((x, y) => y[1] - x[1] || (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0))
-    .slice(0, TOP)
-    .map(([where, count]) => {
-      const e = examples.get(where)
-      // An example is missing only when more than MAX_EXAMPLES places were seen before this one.
-      return { where, count, example: e === undefined ? { live: '(not kept)', idle: '(not kept)' } : { live: e.live, idle: e.idle } }
-    })
-  const drops = noDrops()
-  let dropped = 0
-  for (const r of DROP_REASONS) {
-    drops[r] = data.drops[r] ?? 0
-    dropped += drops[r]
-  }
-  return {
-    sent: data.sent,
-    compared: matched + differed + noisy,
-    matched,
-    differed,
-    dropped,
-    noise: noisy,
-    top,
-    drops,
-    bodyNotCompared: data.bodyNotCompared,
-    noiseWhere: [...data.noise].sort((x, y) => y.count - x.count || (x.where < y.where ? -1 : x.where > y.where ? 1 : 0)).map((n) => ({ where: n.where, count: n.count })),
-    probes: data.probes,
-  }
+  const c = new Counts()
+  c.add(data)
+  return c.view()
 }

@@ -53,16 +53,25 @@ export interface ShadowView {
   /** Pairs with at least one difference that is not noise. */
   differed: number
   dropped: number
-  /** Pairs whose every difference is noise (also seen between two answers of the live color). */
+  /** Pairs whose every difference is noise (also seen between two answers of the live color, on the pair's endpoint). */
   noise: number
-  /** Where the counted differences are, most frequent first (at most 10), with one example each. */
-  top: Array<{ where: string, count: number, example: { live: string, idle: string } }>
+  /**
+   * Where the counted differences are, over all endpoints, most frequent
+   * first (at most 10), with one example each (from the first endpoint
+   * listed that kept one), and the endpoints where the place counted (at
+   * most 3, most pairs first).
+   */
+  top: Array<{ where: string, count: number, example: { live: string, idle: string }, endpoints: Array<{ endpoint: string, count: number }> }>
   /** Dropped copies by reason. */
   drops: Record<DropReason, number>
   /** Pairs compared by status and headers only (a body above maxBody). */
   bodyNotCompared: number
-  /** Places learnt as noise, with how many noise probes saw each differ. */
-  noiseWhere: Array<{ where: string, count: number }>
+  /**
+   * Places learnt as noise, each on its endpoint (a place noise on one
+   * endpoint is not on another), with how many of the endpoint's noise probes
+   * saw it differ. Whether it is noise now is judged by share (tally.ts).
+   */
+  noiseWhere: Array<{ where: string, endpoint: string, count: number }>
   /** Noise probes made (a request sent twice to the live color). */
   probes: number
 }
@@ -72,7 +81,7 @@ export interface ShadowView {
  * targets): a flip or new idle targets start another. Lives outside the
  * routing snapshot (ShadowBook), so a reload or an unrelated change keeps it.
  * Bounded: at most a few hundred distinct places and difference sets are
- * kept, whatever the traffic.
+ * kept, and 64 endpoints told apart, whatever the traffic.
  */
 export interface ShadowTally {
   /** Copies in flight now (the mirror keeps it; maxConcurrent is checked against it). */
@@ -81,10 +90,15 @@ export interface ShadowTally {
   readonly copies: number
   sent: () => void
   dropped: (reason: DropReason) => void
-  /** A compared pair: its differences (empty: matched); `bodyCompared` false when a body was above maxBody. */
-  pair: (diffs: readonly Difference[], bodyCompared: boolean) => void
-  /** A noise probe: the differences between two answers of the live color. */
-  noise: (diffs: readonly Difference[]) => void
+  /**
+   * A compared pair: its differences (empty: matched); `bodyCompared` false
+   * when a body was above maxBody; `endpoint` the request's (endpointOf in
+   * mirror.ts), whose noise alone it is judged by. Without one, every pair and
+   * probe so fed counts as one endpoint's.
+   */
+  pair: (diffs: readonly Difference[], bodyCompared: boolean, endpoint?: string) => void
+  /** A noise probe: the differences between two answers of the live color to a request of `endpoint`. */
+  noise: (diffs: readonly Difference[], endpoint?: string) => void
   view: () => ShadowView
   data: () => TallyData
 }
@@ -117,14 +131,20 @@ export interface TallyData {
   drops: Record<DropReason, number>
   bodyNotCompared: number
   probes: number
-  /** Compared pairs grouped by their set of places (sorted; [] for a match), with a count each. */
-  pairs: Array<{ wheres: string[], count: number }>
+  /**
+   * Per endpoint (at most 64, then `(other endpoints)`): pairs compared there
+   * (kept sets and overflow) and noise probes made there, the shares its
+   * noise is judged by.
+   */
+  endpoints: Array<{ endpoint: string, pairs: number, probes: number }>
+  /** Compared pairs grouped by their endpoint and set of places (sorted; [] for a match), with a count each. */
+  pairs: Array<{ endpoint: string, wheres: string[], count: number }>
   /** Pairs whose places could not be kept (too many distinct sets): counted as differed. */
   overflow: number
-  /** One example per place, the first seen. */
-  examples: Array<{ where: string, live: string, idle: string }>
-  /** Places seen differing between two live answers, with how many probes saw each. */
-  noise: Array<{ where: string, count: number }>
+  /** One example per endpoint and place, the first seen. */
+  examples: Array<{ endpoint: string, where: string, live: string, idle: string }>
+  /** Places seen differing between two live answers, per endpoint, with how many of its probes saw each. */
+  noise: Array<{ endpoint: string, where: string, count: number }>
 }
 
 /**

@@ -186,8 +186,10 @@ export class RecordingTally implements ShadowTally {
   copies = 0
   /** 'sent', 'pair', 'noise', 'dropped:REASON' in the order they came. */
   events: string[] = []
-  pairs: Array<{ diffs: readonly Difference[], bodyCompared: boolean }> = []
+  pairs: Array<{ diffs: readonly Difference[], bodyCompared: boolean, endpoint: string | undefined }> = []
   noises: Array<readonly Difference[]> = []
+  /** The endpoint each noise probe was counted under, in order. */
+  noiseEndpoints: Array<string | undefined> = []
   drops: DropReason[] = []
   private waits: Array<() => void> = []
 
@@ -216,14 +218,15 @@ export class RecordingTally implements ShadowTally {
     this.poke()
   }
 
-  pair (diffs: readonly Difference[], bodyCompared: boolean): void {
-    this.pairs.push({ diffs, bodyCompared })
+  pair (diffs: readonly Difference[], bodyCompared: boolean, endpoint?: string): void {
+    this.pairs.push({ diffs, bodyCompared, endpoint })
     this.events.push('pair')
     this.poke()
   }
 
-  noise (diffs: readonly Difference[]): void {
+  noise (diffs: readonly Difference[], endpoint?: string): void {
     this.noises.push(diffs)
+    this.noiseEndpoints.push(endpoint)
     this.events.push('noise')
     this.poke()
   }
@@ -249,7 +252,7 @@ export class RecordingTally implements ShadowTally {
 
   data (): TallyData {
     const v = this.view()
-    return { sent: v.sent, drops: v.drops, bodyNotCompared: v.bodyNotCompared, probes: v.probes, pairs: [], overflow: 0, examples: [], noise: [] }
+    return { sent: v.sent, drops: v.drops, bodyNotCompared: v.bodyNotCompared, probes: v.probes, endpoints: [], pairs: [], overflow: 0, examples: [], noise: [] }
   }
 }
 

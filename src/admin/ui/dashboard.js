@@ -532,6 +532,9 @@
         h('td', 'shadow-ex', h('code', null, text(ex.idle))),
       ])
       row.setAttribute('data-where', text(p.where))
+      // Where the place differed (method and path shape), most pairs first: a hover away.
+      var eps = list(p.endpoints).filter(function (e) { return e && typeof e === 'object' })
+      if (eps.length > 0) row.title = 'on ' + eps.map(function (e) { return text(e.endpoint) + ' (' + num(e.count) + ')' }).join(', ')
       s.rows.appendChild(row)
     })
     s.top.hidden = top.length === 0
@@ -540,7 +543,8 @@
     var noise = list(sh.noiseWhere).filter(function (p) { return p && typeof p === 'object' })
     s.noiseBox.hidden = noise.length === 0
     s.noiseList.replaceChildren()
-    noise.forEach(function (p) { add(s.noiseList, h('li', null, [h('code', null, text(p.where)), ' \u00d7' + num(p.count)])) })
+    // Noise is learnt per endpoint: the same place may be listed once for each.
+    noise.forEach(function (p) { add(s.noiseList, h('li', null, [h('code', null, text(p.where)), (typeof p.endpoint === 'string' && p.endpoint !== '' ? ' on ' + p.endpoint : '') + ' \u00d7' + num(p.count)])) })
   }
 
   function updateEnv (e, env) {
