@@ -6,7 +6,7 @@ import { hostname } from 'node:os'
 import { dirname, resolve } from 'node:path'
 import { parseDocument } from 'yaml'
 import {
-  COLORS, DEFAULTS, TLS_VERSIONS, isColor, type Engine, type CertFiles, type TlsConfig, type TlsVersion,
+  COLORS, DEFAULTS, SAFE_METHODS, TLS_VERSIONS, isColor, type Engine, type CertFiles, type TlsConfig, type TlsVersion,
   type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type VerifyConfig, type PassiveConfig,
   type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type ShadowConfig, type SmokeCheck, type Timeouts, type UpstreamProtocol,
 } from './schema.js'
@@ -602,9 +602,6 @@ function service (name: string, value: unknown, path: string, c: Checker, base: 
   const shadow = raw.shadow === undefined ? undefined : shadowConfig(raw.shadow, join(path, 'shadow'), c, protocol)
   return { name, protocol: protocol ?? 'http1', match: host === undefined ? { pathPrefix } : { host, pathPrefix }, live, ...envs, ...(preview && { preview }), ...(sticky && { sticky }), smoke, ...(shadow && { shadow }), ...own }
 }
-
-/** Methods whose copy changes nothing (RFC 9110 safe methods, less TRACE): copied without `unsafe`. */
-const SAFE_METHODS: readonly string[] = ['GET', 'HEAD', 'OPTIONS']
 
 /**
  * `shadow`: copies of a sample of the live color's requests go to the idle

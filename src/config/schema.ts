@@ -101,6 +101,9 @@ export interface GateConfig {
   minShadowCompared: number
 }
 
+/** Methods that change nothing on the server (RFC 9110 9.2.1): the only ones shadow traffic copies without `unsafe`. */
+export const SAFE_METHODS: readonly string[] = ['GET', 'HEAD', 'OPTIONS']
+
 /**
  * Shadow traffic (shadow/): a sample of the live color's requests is copied
  * to the idle color after the live answer went out, and the two answers

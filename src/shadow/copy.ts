@@ -14,6 +14,8 @@ import { ChunkedScanner, Framing, parseResponseHead, type ResponseHead } from '.
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../proxy/limits.js'
 import type { H1Pool, UpstreamConn, UpstreamUser } from '../upstream/h1-pool.js'
 import type { Endpoint } from '../upstream/target-set.js'
+import { SAFE_METHODS } from '../config/schema.js'
+import { answerHeaders } from './compare.js'
 import type { Answer, DropReason } from './types.js'
 
 /** Marks a copy for the upstream (and for anyone reading its logs): this request is a repeat, its answer goes nowhere. */
@@ -30,7 +32,7 @@ const CRLF2 = Buffer.from('\r\n\r\n')
 const DRAIN_LIMIT = 1024 * 1024
 
 /** Methods a copy may be sent again for on a new connection when a kept one turned out closed. */
-const SAFE = new Set(['GET', 'HEAD', 'OPTIONS'])
+const SAFE: ReadonlySet<string> = new Set(SAFE_METHODS)
 
 /** Bytes kept up to a cap, in one buffer grown by doubling; past the cap nothing is kept (and `over` says so). */
 export class Capped {
@@ -66,37 +68,6 @@ export class Capped {
     if (this.over) return undefined
     return this.buf === undefined ? EMPTY : this.buf.subarray(0, this.length)
   }
-}
-
-/**
- * Header fields as an Answer holds them: names lower case, repeated ones
- * joined with ', ', hop-by-hop ones left out. `fields` is header lines
- * (`name: value\r\n` each) or a flat [name, value, ...] list.
- */
-export function fieldMap (fields: string | ReadonlyArray<string | Buffer>): Map<string, string> {
-  const map = new Map<string, string>()
-  const add = (name: string, value: string): void => {
-    if (HOP_BY_HOP.has(name)) return
-    const had = map.get(name)
-    map.set(name, had === undefined ? value : `${had}, ${value}`)
-  }
-  if (typeof fields === 'string') {
-    let at = 0
-    while (at < fields.length) {
-      let eol = fields.indexOf('\r\n', at)
-      if (eol === -1) eol = fields.length
-      const colon = fields.indexOf(':', at)
-      if (colon !== -1 && colon < eol) add(fields.slice(at, colon).trim().toLowerCase(), fields.slice(colon + 1, eol).trim())
-      at = eol + 2
-    }
-  } else {
-    for (let i = 0; i + 1 < fields.length; i += 2) {
-      const name = fields[i]
-      const value = fields[i + 1]
-      add((typeof name === 'string' ? name : name.toString('latin1')).toLowerCase(), (typeof value === 'string' ? value : value.toString('latin1')).trim())
-    }
-  }
-  return map
 }
 
 /** Lines the copy's head sets itself: the body's framing (the body is sent decoded, with its length), hop-by-hop ones, and the shadow mark. */
@@ -369,7 +340,7 @@ export class ShadowCopy implements UpstreamUser {
         conn.release(r.keepAliveSeconds)
       }
     }
-    this.finish({ status: r.status, headers: fieldMap(r.lines), body: (this.kept as Capped).bytes() })
+    this.finish({ status: r.status, headers: answerHeaders(r.lines), body: (this.kept as Capped).bytes() })
   }
 
   onUpstreamEnd (): void {

@@ -9,7 +9,8 @@
 import type { AnswerTap } from '../proxy/resolve.js'
 import { ChunkedScanner } from '../proxy/h1/parse.js'
 import type { Endpoint } from '../upstream/target-set.js'
-import { Capped, copyHead, fieldMap, ShadowCopy } from './copy.js'
+import { answerHeaders } from './compare.js'
+import { Capped, copyHead, ShadowCopy } from './copy.js'
 import type { Answer, DropReason, ShadowPlan } from './types.js'
 
 /** One service's shadow traffic, as the routing snapshot holds it (undefined when off). */
@@ -202,7 +203,7 @@ class ShadowTap implements AnswerTap {
     const body = length > 0 ? requestBody : undefined
     this.live = {
       status: this.status,
-      headers: fieldMap(this.answerFields as string | ReadonlyArray<string | Buffer>),
+      headers: answerHeaders(this.answerFields as string | ReadonlyArray<string | Buffer>),
       body: (this.answerBytes as Capped).bytes(),
     }
     // Before the copy leaves, so its answer, however soon, is counted under it.
