@@ -104,8 +104,6 @@ function fakeParts (): Fake {
           tallies.set(service, { key, tally })
           return tally
         },
-        data: (service) => tallies.get(service)?.tally.data(),
-        services: () => [...tallies.keys()],
       }
     },
     mergeTallyData,

@@ -5,10 +5,9 @@ import { timingSafeEqual, createHash } from 'node:crypto'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Registry } from 'prom-client'
 import { isColor, type Color } from '../config/schema.js'
-import { parseOrigin } from '../config/values.js'
+import { isSample, parseDuration, parseOrigin } from '../config/values.js'
 import { ConfigError } from '../config/load.js'
 import type { Config } from '../config/schema.js'
-import { parseDuration } from '../config/values.js'
 import type { Controller } from '../control/controller.js'
 import { findDuplicateKey } from './json-keys.js'
 import { SwitchyardError, toSwitchyardError } from '../errors.js'
@@ -351,7 +350,7 @@ export function createAdminServer (controller: Controller, opts: AdminOptions): 
         const body = await readJson(req)
         field.only(body, ['sample', 'duration', 'reason'])
         const sample = body.sample
-        if (sample !== undefined && (typeof sample !== 'number' || !(sample > 0 && sample <= 1))) {
+        if (sample !== undefined && !isSample(sample)) {
           throw new SwitchyardError('bad_request', '"sample" must be a number above 0 and at most 1 (the share of live requests copied)', { field: 'sample' })
         }
         const duration = field.duration(body, 'duration')

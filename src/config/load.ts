@@ -10,7 +10,7 @@ import {
   type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type VerifyConfig, type PassiveConfig,
   type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type ShadowConfig, type SmokeCheck, type Timeouts, type UpstreamProtocol,
 } from './schema.js'
-import { isLoopback, parseCidr, parseDuration, parseHostPort, parseOrigin, protocolMismatch, substituteEnv } from './values.js'
+import { isLoopback, isSample, parseCidr, parseDuration, parseHostPort, parseOrigin, protocolMismatch, substituteEnv } from './values.js'
 import { CertError, readCert } from './certs.js'
 import { CERT_KEYS, CONFIG_KEYS, ENVIRONMENT_KEYS, SECTION_KEYS, SERVICE_KEYS, SMOKE_KEYS, listKeys } from './keys.js'
 import { parseJsonPath } from './json-path.js'
@@ -619,7 +619,7 @@ function shadowConfig (value: unknown, path: string, c: Checker, protocol: Upstr
     c.fail(join(path, 'sample'), 'required: the share of the live color\'s requests copied, above 0 and at most 1 (0.1 copies one in ten)')
   } else {
     const n = typeof raw.sample === 'string' && raw.sample.trim() !== '' ? Number(raw.sample) : raw.sample
-    if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0 || n > 1) c.fail(join(path, 'sample'), `must be a number above 0 and at most 1 (0.1 copies one in ten), got ${JSON.stringify(raw.sample)}`)
+    if (!isSample(n)) c.fail(join(path, 'sample'), `must be a number above 0 and at most 1 (0.1 copies one in ten), got ${JSON.stringify(raw.sample)}`)
     else sample = n
   }
   const unsafe = raw.unsafe === undefined ? d.unsafe : c.bool(raw.unsafe, join(path, 'unsafe')) ?? false

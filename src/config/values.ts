@@ -8,6 +8,11 @@ const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }
 
 /** `500ms`, `2s`, `1.5m`, `1h` to milliseconds; undefined when malformed. */
+/** A shadow sample: the share of requests copied, above 0 and at most 1 (config, admin API and the state file all hold it to this). */
+export function isSample (x: unknown): x is number {
+  return typeof x === 'number' && x > 0 && x <= 1
+}
+
 export function parseDuration (text: string): number | undefined {
   const m = DURATION.exec(text.trim())
   if (m === null) return undefined

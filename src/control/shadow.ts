@@ -5,7 +5,7 @@
 import type { ServiceConfig, ShadowConfig } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
 import { colorTargets, shadowSession, type ShadowSampler, type ShadowWiring, type Snapshot } from '../routing/snapshot.js'
-import type { Comparer, DropReason, ShadowBook, ShadowPlan, ShadowResult, ShadowTally, ShadowView, TallyData } from '../shadow/types.js'
+import type { Comparer, ShadowBook, ShadowPlan, ShadowResult, ShadowTally, ShadowView, TallyData } from '../shadow/types.js'
 import type { PersistedState } from '../state/file-store.js'
 import { createComparer } from '../shadow/compare.js'
 import { ShadowRoute } from '../shadow/mirror.js'
@@ -154,11 +154,9 @@ export class LocalShadow implements ShadowWiring, ShadowReader {
   }
 }
 
-const NO_DROPS: Readonly<Record<DropReason, number>> = { busy: 0, no_target: 0, failed: 0, body_too_large: 0 }
-
-/** The view of a comparison nothing has counted in yet. */
+/** The view of a comparison nothing has counted in yet (the tally's own view of no data). */
 export function emptyView (): ShadowView {
-  return { sent: 0, compared: 0, matched: 0, differed: 0, dropped: 0, noise: 0, top: [], drops: { ...NO_DROPS }, bodyNotCompared: 0, noiseWhere: [], probes: 0 }
+  return viewOf(mergeTallyData([]))
 }
 
 export interface ShadowStartRequest {

@@ -13,7 +13,7 @@ import { connectionNames, countHeader, downstreamResponseHeaders, PIN_HEADER, re
 import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
 import { recordOutcome } from './outcome.js'
 import { newRequestId } from './request-id.js'
-import { clientAddress, type AnswerTap, type RequestFacts, type Resolution, type UpstreamGroup } from './resolve.js'
+import { clientAddress, finishTap, type AnswerTap, type RequestFacts, type Resolution, type UpstreamGroup } from './resolve.js'
 import type { Forwarding } from './trust.js'
 
 /** The client's X-Request-Id, or a new one (added to the upstream request). */
@@ -208,7 +208,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     // What the upstream would refuse for its size (X-Forwarded-* and the request id added) is refused here.
     if (upstreamHeadSize(this.req.method as string, this.req.url as string, this.headers) > MAX_HEAD) {
       writeError(this.res, 'header_too_large', `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`, true)
-      this.endTap(false)
+      this.shadow = finishTap(this.shadow, false)
       return
     }
     if (this.shadow !== undefined) this.shadow.request(this.req.method as string, this.req.url as string, this.headers)
@@ -263,15 +263,6 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     return this.endpoint.target.url
   }
 
-  /** The tap hears how the exchange ended, once: `whole`, the answer went to the client complete. */
-  private endTap (whole: boolean): void {
-    const tap = this.shadow
-    if (tap === undefined) return
-    this.shadow = undefined
-    if (whole) tap.end()
-    else tap.abort()
-  }
-
   /**
    * The tap sees the request body as undici reads it: listening to 'data'
    * alongside undici's own listener, added in the same tick, neither starts
@@ -315,7 +306,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.stats.end(this, this)
     this.endpoint.target.inflight--
     // Any ending but onResponseEnd's (which ended the tap already).
-    if (this.shadow !== undefined) this.endTap(false)
+    if (this.shadow !== undefined) this.shadow = finishTap(this.shadow, false)
     if (!this.res.writableFinished) this.abortUpstream()
   }
 
@@ -491,7 +482,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
       } catch {}
     }
     this.res.end()
-    if (this.shadow !== undefined) this.endTap(true)
+    if (this.shadow !== undefined) this.shadow = finishTap(this.shadow, true)
     this.settle(undefined)
   }
 

@@ -97,6 +97,18 @@ export interface AnswerTap {
   abort: () => void
 }
 
+/**
+ * Tells `tap` how its exchange ended (`whole`: the answer went to the client
+ * complete) and returns undefined, for the exchange to clear its field with:
+ * `this.shadow = finishTap(this.shadow, whole)`. Every engine ends its tap here.
+ */
+export function finishTap (tap: AnswerTap | undefined, whole: boolean): undefined {
+  if (tap === undefined) return undefined
+  if (whole) tap.end()
+  else tap.abort()
+  return undefined
+}
+
 /** A request with somewhere to go. */
 export interface Resolution {
   /** The target to forward: normalized (dot segments and doubled slashes resolved). */

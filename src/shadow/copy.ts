@@ -8,7 +8,7 @@
 // as 'failed' with its connection closed; a bug in here fails the copy, never
 // the process (the pool calls in from socket events, where a throw would be uncaught).
 
-import { HOP_BY_HOP } from '../proxy/headers.js'
+import { HOP_BY_HOP, SHADOW_HEADER } from '../proxy/headers.js'
 import { writeHeadAndBody } from '../proxy/h1/io.js'
 import { ChunkedScanner, Framing, parseResponseHead, type ResponseHead } from '../proxy/h1/parse.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../proxy/limits.js'
@@ -18,8 +18,6 @@ import { SAFE_METHODS } from '../config/schema.js'
 import { answerHeaders } from './compare.js'
 import type { Answer, DropReason } from './types.js'
 
-/** Marks a copy for the upstream (and for anyone reading its logs): this request is a repeat, its answer goes nowhere. */
-export const SHADOW_HEADER = 'x-switchyard-shadow'
 
 const EMPTY = Buffer.alloc(0)
 const CRLF2 = Buffer.from('\r\n\r\n')

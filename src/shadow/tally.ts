@@ -361,12 +361,6 @@ export function createShadowBook (onResult: (service: string, result: ShadowResu
       current.set(service, { key, tally })
       return tally
     },
-    data (service) {
-      return current.get(service)?.tally.data()
-    },
-    services () {
-      return [...current.keys()]
-    },
   }
 }
 

@@ -160,10 +160,6 @@ export interface ShadowBook {
    * the key stays, a fresh one when it changes (the old counts are dropped).
    */
   tallyFor: (service: string, key: string) => ShadowTally
-  /** The service's current comparison as data (for a worker's report), or undefined when it never had one. */
-  data: (service: string) => TallyData | undefined
-  /** Services with a comparison. */
-  services: () => string[]
 }
 
 /** The `result` label of switchyard_shadow_total. */

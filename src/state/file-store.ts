@@ -4,7 +4,7 @@
 import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { isColor, type Color } from '../config/schema.js'
-import { parseOrigin } from '../config/values.js'
+import { isSample, parseOrigin } from '../config/values.js'
 import { parseStoredReleases, type Release } from '../release/model.js'
 import type { RoutingState, ServiceState, ShadowOverride } from '../routing/snapshot.js'
 
@@ -106,7 +106,7 @@ function parseShadowOverride (value: unknown, wrong: () => never): ShadowOverrid
   if (v.off === true && keys.length === 1) return { off: true }
   const { sample, until } = v
   if (keys.some((k) => k !== 'sample' && k !== 'until')) return wrong()
-  if (typeof sample !== 'number' || !(sample > 0 && sample <= 1)) return wrong()
+  if (!isSample(sample)) return wrong()
   if (until === undefined) return { sample }
   // A Date holds at most 8.64e15 ms: beyond it the session's end cannot be written (GET .../shadow would throw).
   if (typeof until !== 'number' || !Number.isSafeInteger(until) || until < 0 || until > MAX_DATE_MS) return wrong()

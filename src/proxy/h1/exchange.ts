@@ -10,7 +10,7 @@ import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type FailureKind } 
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
 import { newRequestId } from '../request-id.js'
-import type { AnswerTap, Resolution, UpstreamGroup } from '../resolve.js'
+import { finishTap, type AnswerTap, type Resolution, type UpstreamGroup } from '../resolve.js'
 import type { Forwarding } from '../trust.js'
 import { CRLF2, gather, headWork, writeHeadAndBody, type Gatherer } from './io.js'
 import { ChunkedScanner, Framing, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
@@ -331,10 +331,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     } else {
       up.release(r.keepAliveSeconds)
     }
-    if (this.shadow !== undefined) {
-      this.shadow.end()
-      this.shadow = undefined
-    }
+    if (this.shadow !== undefined) this.shadow = finishTap(this.shadow, true)
     this.endBody(undefined)
     this.conn.done(this.closeClient)
   }
@@ -454,10 +451,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     if (this.settled) return
     this.settled = true
     // Every ending but a whole answer (complete() ended the tap): a failure, a cut, the gateway's own answer.
-    if (this.shadow !== undefined) {
-      this.shadow.abort()
-      this.shadow = undefined
-    }
+    if (this.shadow !== undefined) this.shadow = finishTap(this.shadow, false)
     this.durationMs = performance.now() - this.startedAt
     this.endpoint.target.inflight--
     this.stats.end(this, this)

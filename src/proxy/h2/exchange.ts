@@ -14,7 +14,7 @@ import { grpcStatusOf, isGrpc } from '../grpc.js'
 import { downstreamResponseHeaders, responseTrailers } from '../headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
-import type { AnswerTap, Resolution, UpstreamGroup } from '../resolve.js'
+import { finishTap, type AnswerTap, type Resolution, type UpstreamGroup } from '../resolve.js'
 import { fieldsObject, type StreamDownstream } from './stream-downstream.js'
 
 /**
@@ -184,12 +184,8 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
 
   /** The tap hears how the exchange ended, once: `whole`, the answer went to the client complete. */
   private endTap (whole: boolean): void {
-    const tap = this.shadow
-    if (tap === undefined) return
-    this.shadow = undefined
     if (this.body !== null) (this.body as BodyReader).tap = undefined
-    if (whole) tap.end()
-    else tap.abort()
+    this.shadow = finishTap(this.shadow, whole)
   }
 
   private abortUpstream (): void {

@@ -17,7 +17,7 @@ import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type FailureKind } 
 import { grpcStatusOf, isGrpc } from '../grpc.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
-import type { AnswerTap, Resolution, UpstreamGroup } from '../resolve.js'
+import { finishTap, type AnswerTap, type Resolution, type UpstreamGroup } from '../resolve.js'
 import { CRLF2, gather, headWork, type Gatherer } from '../h1/io.js'
 import { ChunkedScanner, Framing, parseResponseHead, type ResponseHead } from '../h1/parse.js'
 import type { StreamCloser, StreamDownstream } from './stream-downstream.js'
@@ -175,7 +175,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     const down = this.down
     if (!SENDABLE_TARGET.test(down.path)) {
       down.fail('request_refused', 'the request target has characters an HTTP/1.1 request line cannot carry')
-      this.endTap(false)
+      this.shadow = finishTap(this.shadow, false)
       return
     }
     const lines = down.upstreamLines()
@@ -202,7 +202,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     head += 'connection: keep-alive\r\n\r\n'
     if (head.length > MAX_HEAD) {
       down.fail('header_too_large', `request head larger than ${MAX_HEAD} bytes once forwarding headers are added`)
-      this.endTap(false)
+      this.shadow = finishTap(this.shadow, false)
       return
     }
     // The fields as forwarded (the framing and connection lines the head adds for HTTP/1.1 aside).
@@ -401,15 +401,6 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     if (part !== undefined) tap.body(part)
   }
 
-  /** The tap hears how the exchange ended, once: `whole`, the answer went to the client complete. */
-  private endTap (whole: boolean): void {
-    const tap = this.shadow
-    if (tap === undefined) return
-    this.shadow = undefined
-    if (whole) tap.end()
-    else tap.abort()
-  }
-
   /**
    * Finds the body in `chunk` (decoded into `part`) and where the body ended
    * in it: -1 not yet, -2 invalid framing, else the index past its end.
@@ -506,7 +497,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     } else {
       up.release(r.keepAliveSeconds)
     }
-    if (this.shadow !== undefined) this.endTap(true)
+    if (this.shadow !== undefined) this.shadow = finishTap(this.shadow, true)
     this.endBody(undefined)
     if (!sent) {
       // Answered before the client finished its body: the rest is not wanted.
@@ -611,7 +602,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     }
     this.detachBody()
     // Any ending but complete()'s (which ended the tap already).
-    if (this.shadow !== undefined) this.endTap(false)
+    if (this.shadow !== undefined) this.shadow = finishTap(this.shadow, false)
     this.durationMs = performance.now() - this.startedAt
     this.stats.end(this, this)
     this.endpoint.target.inflight--
