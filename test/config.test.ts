@@ -263,7 +263,7 @@ t.test('engine: fast by default, node on request, nothing else', async (t) => {
 })
 
 t.test('unknown keys name their path', async (t) => {
-  onlyProblem(t, `bogus: 1\n${ONE}`, 'bogus', /^unknown key \(expected one of: listen, tls, redirect, engine, trustedProxies, client, admin, state, fleet, log, metrics, defaults, services\)$/)
+  onlyProblem(t, `bogus: 1\n${ONE}`, 'bogus', /^unknown key \(expected one of: listen, tls, redirect, engine, trustedProxies, client, admin, state, fleet, log, metrics, pinning, tracing, defaults, services\)$/)
   onlyProblem(t, `admin: { listen: 127.0.0.1:9901, tokn: x }\n${ONE}`, 'admin.tokn', /unknown key \(expected one of: listen, token, allowedHosts\)/)
   onlyProblem(t, `defaults:\n  timeouts: { connect: 1s, read: 2s }\n${ONE}`, 'defaults.timeouts.read', /unknown key \(expected one of: connect, response, idleUpstream, body\)/)
   onlyProblem(t, `defaults:\n  retries: 3\n${ONE}`, 'defaults.retries', /unknown key \(expected one of: timeouts, health, passive, gate, guard, verify, drain, limits\)/)

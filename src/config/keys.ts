@@ -58,6 +58,8 @@ export const CONFIG_KEYS = {
   fleet: { id: true, advertise: true, leaseTtl: true },
   log: { access: true },
   metrics: { enabled: true },
+  pinning: { keep: true, trust: true },
+  tracing: { otlp: true, serviceName: true, sample: true },
   defaults: SECTION_KEYS,
   services: { [ANY_NAME]: SERVICE_KEYS },
 } as const satisfies KeyTree

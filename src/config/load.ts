@@ -6,7 +6,7 @@ import { hostname } from 'node:os'
 import { dirname, resolve } from 'node:path'
 import { parseDocument } from 'yaml'
 import {
-  COLORS, DEFAULTS, SAFE_METHODS, TLS_VERSIONS, isColor, type Engine, type CertFiles, type TlsConfig, type TlsVersion,
+  type PinningConfig, type TracingConfig, COLORS, DEFAULTS, SAFE_METHODS, TLS_VERSIONS, isColor, type Engine, type CertFiles, type TlsConfig, type TlsVersion,
   type Config, type DrainConfig, type GateConfig, type GuardConfig, type HealthConfig, type VerifyConfig, type PassiveConfig,
   type EtcdConfig, type FleetConfig, type HostPort, type LimitsConfig, type ServiceConfig, type ShadowConfig, type SmokeCheck, type Timeouts, type UpstreamProtocol,
 } from './schema.js'
@@ -243,6 +243,8 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
   else if (logRaw.access !== undefined) c.fail('log.access', 'must be true (stdout), false (off) or a file path')
   const metricsRaw = top.metrics === undefined ? {} : c.object(top.metrics, 'metrics', listKeys(CONFIG_KEYS.metrics)) ?? {}
   const metricsEnabled = metricsRaw.enabled === undefined ? DEFAULTS.metrics.enabled : c.bool(metricsRaw.enabled, 'metrics.enabled') ?? true
+  const pinning = top.pinning === undefined ? undefined : pinningConfig(top.pinning, c)
+  const tracing = top.tracing === undefined ? undefined : tracingConfig(top.tracing, c)
 
   const defaultsRaw = top.defaults === undefined ? {} : c.object(top.defaults, 'defaults', listKeys(CONFIG_KEYS.defaults)) ?? {}
   const base = sections(defaultsRaw, 'defaults', c, undefined)
@@ -273,8 +275,36 @@ function validate (raw: unknown, c: Checker, file: string | undefined): Config {
     fleet,
     log: { access },
     metrics: { enabled: metricsEnabled },
+    ...(pinning === undefined ? {} : { pinning }),
+    ...(tracing === undefined ? {} : { tracing }),
     services,
   }
+}
+
+/** `pinning`: `trust` is required, since nothing else tells the services' calls from a client's. */
+function pinningConfig (value: unknown, c: Checker): PinningConfig | undefined {
+  const raw = c.object(value, 'pinning', listKeys(CONFIG_KEYS.pinning))
+  if (raw === undefined) return undefined
+  const keep = c.duration(raw.keep, 'pinning.keep', DEFAULTS.pinning.keep)
+  if (raw.trust === undefined) {
+    c.fail('pinning.trust', 'required: the addresses your services call the gateway from (127.0.0.0/8, 10.0.0.0/8); a switchyard-gen entry from anyone else pins nothing')
+    return undefined
+  }
+  return { keep, trust: c.cidrList(raw.trust, 'pinning.trust') }
+}
+
+/** `tracing`: the OTLP/HTTP URL, with `/v1/traces` added to one that names no path. */
+function tracingConfig (value: unknown, c: Checker): TracingConfig | undefined {
+  const raw = c.object(value, 'tracing', listKeys(CONFIG_KEYS.tracing))
+  if (raw === undefined) return undefined
+  const url = raw.otlp === undefined ? c.fail('tracing.otlp', 'required: the OTLP/HTTP collector URL (http://collector.example:4318)') : c.url(raw.otlp, 'tracing.otlp')
+  const serviceName = raw.serviceName === undefined ? DEFAULTS.tracing.serviceName : c.string(raw.serviceName, 'tracing.serviceName') ?? DEFAULTS.tracing.serviceName
+  if (serviceName === '') c.fail('tracing.serviceName', 'must not be empty')
+  const sample = c.ratio(raw.sample, 'tracing.sample', DEFAULTS.tracing.sample)
+  if (url === undefined) return undefined
+  const u = new URL(url)
+  if (u.pathname === '/' && u.search === '') u.pathname = '/v1/traces'
+  return { otlp: u.href, serviceName, sample }
 }
 
 /**

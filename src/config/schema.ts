@@ -286,7 +286,33 @@ export interface Config {
     /** Per-request metric bookkeeping and GET /metrics. Default true. */
     enabled: boolean
   }
+  /** Generation-pinned call chains (README, "Call chains that never mix colors"); off when absent. */
+  pinning?: PinningConfig
+  /** OpenTelemetry span export; off when absent. */
+  tracing?: TracingConfig
   services: Record<string, ServiceConfig>
+}
+
+/**
+ * `pinning`: every forwarded request carries the W3C baggage entry
+ * `switchyard-gen=N` (the generation that routed it), and a request that
+ * carries one from a `trust` address is routed by snapshot N while it is kept.
+ */
+export interface PinningConfig {
+  /** How long a snapshot stays kept after it stopped being current. Default 5m. */
+  keep: number
+  /** Peers (IP addresses or CIDR blocks) whose `switchyard-gen` entry is believed: the services' own addresses. Required. */
+  trust: string[]
+}
+
+/** `tracing`: a span per forwarded request, exported over OTLP/HTTP (JSON). */
+export interface TracingConfig {
+  /** Where spans are POSTed: an http(s) URL; a URL with no path gets `/v1/traces` (the OTLP/HTTP default). */
+  otlp: string
+  /** The `service.name` resource attribute of the spans. Default switchyard. */
+  serviceName: string
+  /** Share of traces the gateway starts (no sampled `traceparent` came in) that are exported, 0..1. Default 1. */
+  sample: number
 }
 
 export interface EtcdConfig {
@@ -336,6 +362,8 @@ export const DEFAULTS = {
   fleet: { leaseTtl: 5_000 },
   log: { access: true },
   metrics: { enabled: true },
+  pinning: { keep: 300_000 },
+  tracing: { serviceName: 'switchyard', sample: 1 },
   shadow: {
     methods: ['GET', 'HEAD'],
     unsafe: false,

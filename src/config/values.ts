@@ -1,7 +1,7 @@
 // Parsers for the scalar value types of the config file: durations,
 // host:port listen addresses, upstream origins, ${VAR} substitution.
 
-import { isIP } from 'node:net'
+import { BlockList, isIP } from 'node:net'
 import type { HostPort, UpstreamProtocol } from './schema.js'
 
 const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/
@@ -90,4 +90,42 @@ export function parseCidr (text: string): { address: string, prefix: number, fam
     prefix = Number(p)
   }
   return { address: address.toLowerCase(), prefix, family: version === 4 ? 'ipv4' : 'ipv6' }
+}
+
+/**
+ * A list of addresses and CIDR blocks, asked whether a socket's remote
+ * address is on it. A dual-stack listener reports IPv4 peers as
+ * `::ffff:a.b.c.d`: an IPv4 block still matches them. Connections send many
+ * requests, so the last answer is kept.
+ */
+export class PeerList {
+  /** Nothing on the list: every answer is no, without a lookup. */
+  readonly empty: boolean
+  private readonly list = new BlockList()
+  private lastPeer = ''
+  private lastAnswer = false
+
+  /** `cidrs`: normalized `address/prefix` strings (the config's cidrList). */
+  constructor (cidrs: readonly string[]) {
+    this.empty = cidrs.length === 0
+    for (const text of cidrs) {
+      const cidr = parseCidr(text)
+      if (cidr !== undefined) this.list.addSubnet(cidr.address, cidr.prefix, cidr.family)
+    }
+  }
+
+  has (peer: string): boolean {
+    if (this.empty || peer === '') return false
+    if (peer === this.lastPeer) return this.lastAnswer
+    let found: boolean
+    if (peer.includes(':')) {
+      const mapped = peer.length > 7 && peer.slice(0, 7).toLowerCase() === '::ffff:' && peer.includes('.')
+      found = (mapped && this.list.check(peer.slice(7), 'ipv4')) || this.list.check(peer, 'ipv6')
+    } else {
+      found = this.list.check(peer, 'ipv4')
+    }
+    this.lastPeer = peer
+    this.lastAnswer = found
+    return found
+  }
 }

@@ -3,7 +3,7 @@
 
 import type { Color, Config } from '../config/schema.js'
 import { SwitchyardError } from '../errors.js'
-import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Switcher, type RoutingState, type ShadowWiring, type Snapshot, type SnapshotView, type StickyHold } from '../routing/snapshot.js'
+import { buildSnapshot, configureSampling, configureTargets, Switcher, type RoutingState, type ShadowWiring, type Snapshot, type SnapshotView, type StickyHold } from '../routing/snapshot.js'
 import type { Guard, GuardTrip } from '../health/guard.js'
 import type { Prober } from '../health/prober.js'
 import type { SmokeRunner } from '../health/smoke.js'
@@ -93,7 +93,8 @@ export class Controller {
     this.fleet = fleet
     this.events = store.events
     this.health = health
-    this.#switcher = new Switcher(snapshot)
+    // Kept snapshots that go (pinning's `keep` ran out) may free targets only they used.
+    this.#switcher = new Switcher(snapshot, () => { this.registry.prune(this.#switcher.targets()) })
     this.snapshots = this.#switcher.view
     const tally = store.kind === 'file' ? undefined : new FleetTally(fleet.id)
     this.tally = tally
@@ -168,7 +169,8 @@ export class Controller {
   private afterSwap (snapshot: Snapshot): void {
     this.health.shadow?.wiring?.installed(snapshot)
     this.health.prober.sync(configureTargets(snapshot))
-    this.registry.prune(snapshotTargets(snapshot))
+    // The kept snapshots' targets stay open for the chains pinned to them.
+    this.registry.prune(this.#switcher.targets())
     configureSampling(snapshot)
     // The constructor swaps before the runs exist; it syncs them itself once they do.
     this.releases.sync()
@@ -242,6 +244,8 @@ export class Controller {
     if (this.unfit !== undefined && base === this.revision) {
       throw new SwitchyardError('stale_generation', `this replica could not apply generation ${this.unfit.state.generation} from ${this.store.where} (it does not fit this replica's config, see its log) and stays on generation ${this.state.generation}: reload a config it fits; nothing changed`, { generation: this.state.generation })
     }
+    // A rollback or revert leaves the colors earlier generations routed to: chains pinned to them pin no more.
+    if (endsPins(event)) next = { ...next, pinFloor: next.generation }
     let snapshot: Snapshot
     const holds = this.drains.holds()
     try {
@@ -500,6 +504,7 @@ export class Controller {
   async stop (): Promise<void> {
     this.stopped = true
     clearTimeout(this.shadowTimer)
+    this.#switcher.stop()
     this.releases.stop()
     this.guards.endAll()
     this.drains.cancelAll()
@@ -829,6 +834,12 @@ export class Controller {
 
 /** What switchyard_flips_total counts a color change made here as (changes other replicas made are theirs to count). */
 const FLIP_TRIGGERS: Partial<Record<EventType, FlipTrigger>> = { flip: 'manual', rollback: 'rollback', auto_revert: 'auto_revert' }
+
+/** A change that goes back from the colors the generations before it routed to: a rollback, the guard's revert, a release ending on its old colors. */
+function endsPins (event: Pick<NewEvent, 'type'> & Partial<NewEvent>): boolean {
+  if (event.type === 'rollback' || event.type === 'auto_revert') return true
+  return event.type === 'release' && (event.phase === 'reverted' || event.phase === 'aborted' || event.phase === 'failed')
+}
 
 /** An auto-revert the store refused for being unreachable is tried again this often, this many times. */
 const REVERT_RETRY_MS = 1_000

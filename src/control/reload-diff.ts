@@ -19,6 +19,8 @@ export function diffConfigs (before: Config, after: Config): ConfigDiff {
     ['listen', after.listen, before.listen], ['admin.listen', after.admin.listen, before.admin.listen],
     ['state.file', after.state.file, before.state.file], ['state.etcd', after.state.etcd, before.state.etcd], ['fleet', after.fleet, before.fleet], ['log', after.log, before.log], ['metrics', after.metrics, before.metrics],
     ['engine', after.engine, before.engine], ['client', after.client, before.client], ['trustedProxies', after.trustedProxies, before.trustedProxies],
+    // Every snapshot and the span exporter are built with them; turning either on or off mid-run would leave chains half pinned.
+    ['pinning', after.pinning, before.pinning], ['tracing', after.tracing, before.tracing],
   ] as const)
     .filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b)).map(([k]) => k)
   // The listener is TLS or plain from its start; its certificate files and minVersion a reload does apply.

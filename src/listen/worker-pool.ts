@@ -339,14 +339,19 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
 
   const apply = (config: Config, state: RoutingState, probes: Record<string, ProbeState>): void => {
     const snapshot = buildSnapshot(config, state, registry, shadow)
-    if (switcher === undefined) switcher = new Switcher(snapshot)
-    else switcher.swap(snapshot)
+    if (switcher === undefined) {
+      const s = new Switcher(snapshot, () => registry.prune(s.targets()))
+      switcher = s
+    } else {
+      switcher.swap(snapshot)
+    }
     shadow.installed(snapshot)
     for (const target of configureTargets(snapshot)) {
       const p = probes[target.url]
       if (p !== undefined) target.setProbe(p)
     }
-    registry.prune(snapshotTargets(snapshot))
+    // The kept snapshots' targets stay open for the chains pinned to them.
+    registry.prune(switcher.targets())
     configureSampling(snapshot)
   }
 

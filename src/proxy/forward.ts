@@ -9,7 +9,7 @@ import type { ColorStats, Finished, OpenExchange } from '../upstream/color-stats
 import { connectionOf } from '../upstream/registry.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type AttemptVerdict } from './attempt.js'
-import { connectionNames, countHeader, downstreamResponseHeaders, PIN_HEADER, responseTrailers, upstreamRequestHeaders } from './headers.js'
+import { connectionNames, countHeader, downstreamResponseHeaders, listValue, PIN_HEADER, responseTrailers, upstreamRequestHeaders, withBaggage } from './headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
 import { recordOutcome } from './outcome.js'
 import { newRequestId } from './request-id.js'
@@ -54,6 +54,10 @@ export class NodeRequestFacts implements RequestFacts {
 
   get connectionNames (): readonly string[] | undefined {
     return connectionNames(this.req.rawHeaders)
+  }
+
+  get baggage (): string | undefined {
+    return listValue(this.req.headers.baggage)
   }
 
   get peer (): string {
@@ -196,7 +200,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.upstreamBodyMs = to.group.timeouts.body ?? 0
     this.setCookie = to.setCookie
     this.shadow = to.shadow
-    this.headers = upstreamRequestHeaders(req, forwarding)
+    this.headers = withBaggage(upstreamRequestHeaders(req, forwarding), to.baggage)
     this.requestId = requestIdFor(req, this.headers)
     this.body = hasBody(req) ? req : null
   }

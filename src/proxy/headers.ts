@@ -56,6 +56,26 @@ export function connectionNames (raw: readonly string[]): string[] | undefined {
   return tokens === undefined ? undefined : [...tokens]
 }
 
+/** A list-valued header as node:http and node:http2 give it (lines joined, or an array), as one list; undefined when absent. */
+export function listValue (v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(',') : v
+}
+
+/**
+ * Flat header pairs [name, value, ...] with every `baggage` line replaced
+ * by one carrying `value` (the resolve step's, with pinning on; undefined:
+ * `fields` as they are).
+ */
+export function withBaggage (fields: string[], value: string | undefined): string[] {
+  if (value === undefined) return fields
+  const out: string[] = []
+  for (let i = 0; i < fields.length; i += 2) {
+    if (fields[i].length !== 7 || fields[i].toLowerCase() !== 'baggage') out.push(fields[i], fields[i + 1])
+  }
+  out.push('baggage', value)
+  return out
+}
+
 /** How many lines of header `lowerName` a request carries. */
 export function countHeader (raw: readonly string[], lowerName: string): number {
   let n = 0

@@ -21,6 +21,8 @@ export interface RequestFacts {
   readonly smoke: string | undefined
   /** The Cookie header, its lines joined. */
   readonly cookie: string | undefined
+  /** The W3C Baggage header, its lines joined with `,`; undefined when absent. Read only with pinning on. */
+  readonly baggage: string | undefined
   /** The header names the Connection header lists (besides close and keep-alive); undefined when none. */
   readonly connectionNames: readonly string[] | undefined
   /** The value of header `lowerName` when it has exactly one line; asked for a service's preview header and the split key header. */
@@ -119,6 +121,13 @@ export interface Resolution {
   readonly setCookie: string | undefined
   /** Set when this request was picked for shadow traffic: the exchange shows it the answer. Undefined on every other request. */
   readonly shadow: AnswerTap | undefined
+  /**
+   * With pinning on, the Baggage the request goes upstream with, in place
+   * of every baggage line the client sent (routing/pinning.ts
+   * outgoingBaggage: the client's members, then `switchyard-gen=N`).
+   * Undefined with pinning off: the client's lines go as sent.
+   */
+  readonly baggage: string | undefined
 }
 
 /** A request the gateway answers itself, with the coded reason. */

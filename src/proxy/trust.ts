@@ -1,8 +1,7 @@
 // Edge trust for forwarding headers (SECURITY.md; README, "Forwarding"): which peers may
 // speak for the client, and the one rule every engine uses to build X-Forwarded-*.
 
-import net from 'node:net'
-import { parseCidr } from '../config/values.js'
+import { PeerList } from '../config/values.js'
 
 /** The forwarding headers a client sent, each joined over its lines (', '); '' or undefined when absent. */
 export interface SentForwarding {
@@ -47,37 +46,18 @@ export class Forwarding {
   readonly proto: string
   /** No trusted proxies (the default): every peer is a client, decided without a lookup. */
   readonly trustsNone: boolean
-  private readonly list = new net.BlockList()
-  /** Connections send many requests: the last answer is kept. */
-  private lastPeer = ''
-  private lastTrusted = false
+  private readonly proxies: PeerList
 
   /** `trustedProxies`: normalized `address/prefix` strings (config). */
   constructor (proto: string, trustedProxies: readonly string[]) {
     this.proto = proto
-    this.trustsNone = trustedProxies.length === 0
-    for (const text of trustedProxies) {
-      // The config's own parser: it validated these strings, so none is undefined here.
-      const cidr = parseCidr(text)
-      if (cidr !== undefined) this.list.addSubnet(cidr.address, cidr.prefix, cidr.family)
-    }
+    this.proxies = new PeerList(trustedProxies)
+    this.trustsNone = this.proxies.empty
   }
 
   /** Whether `peer` (a socket's remote address) is a trusted proxy. */
   trusts (peer: string): boolean {
-    if (this.trustsNone || peer === '') return false
-    if (peer === this.lastPeer) return this.lastTrusted
-    let trusted: boolean
-    if (peer.includes(':')) {
-      // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: an IPv4 block must still match them.
-      const mapped = peer.length > 7 && peer.slice(0, 7).toLowerCase() === '::ffff:' && peer.includes('.')
-      trusted = (mapped && this.list.check(peer.slice(7), 'ipv4')) || this.list.check(peer, 'ipv6')
-    } else {
-      trusted = this.list.check(peer, 'ipv4')
-    }
-    this.lastPeer = peer
-    this.lastTrusted = trusted
-    return trusted
+    return this.proxies.has(peer)
   }
 
   /**

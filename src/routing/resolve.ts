@@ -5,7 +5,8 @@ import type { Color } from '../config/schema.js'
 import type { Refusal, RequestFacts, Resolution, Resolve } from '../proxy/resolve.js'
 import { ambiguousRouting, chooseFor, previewColor, readsHeaders, routesByHeaders } from './choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from './path.js'
-import type { ColorRoute, ServiceRoute, SnapshotView } from './snapshot.js'
+import { baggageGeneration, INVALID, outgoingBaggage, type PinLookup } from './pinning.js'
+import type { ColorRoute, PinningSettings, ServiceRoute, Snapshot, SnapshotView } from './snapshot.js'
 
 /** Who may pin a color on a request (the smoke checks of a flip's gate). */
 export interface ColorPins {
@@ -23,7 +24,10 @@ const ABOVE_ROOT: Refusal = { code: 'bad_request', message: TARGET_ABOVE_ROOT, t
  * normalized, the service matched, a request whose routing headers could be
  * read two ways refused, the color chosen (pin, preview, sticky, live) and a
  * target picked. A request the live color serves by the ordinary route may
- * be picked for shadow traffic (its route's `shadow`, when on).
+ * be picked for shadow traffic (its route's `shadow`, when on). With
+ * pinning on, a request whose baggage names a kept generation, from a
+ * trusted peer, is routed by that generation's snapshot instead, and every
+ * request is told the baggage to forward.
  */
 export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resolve {
   return (facts: RequestFacts): Resolution | Refusal => {
@@ -32,7 +36,11 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     if (raw.charCodeAt(0) !== 47) return NOT_A_PATH
     const target = normalizeTarget(raw)
     if (target === undefined) return ABOVE_ROOT
-    const route = snapshots.current.match(facts.host, target)
+    const current = snapshots.current
+    const pinning = current.pinning
+    let snapshot = current
+    if (pinning !== undefined && facts.baggage !== undefined) snapshot = pinnedSnapshot(snapshots.kept, current, pinning, facts)
+    const route = snapshot.match(facts.host, target)
     if (route === undefined) return target === raw ? NO_ROUTE : { ...NO_ROUTE, target }
     let headers: RequestFacts | undefined
     if (readsHeaders(route)) {
@@ -49,10 +57,39 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     if (endpoint === undefined) {
       return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats }
     }
+    const baggage = pinning === undefined ? undefined : facts.baggage === undefined ? snapshot.baggageMember : outgoingBaggage(facts.baggage, snapshot.baggageMember)
     const shadow = route.shadow
-    if (shadow === undefined || pinned !== undefined || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined }
-    return { target, endpoint, group: color, setCookie, shadow: shadow.sample(facts.method) }
+    // A kept snapshot's comparison is over: only the current one's routes copy.
+    if (shadow === undefined || pinned !== undefined || snapshot !== current || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage }
+    return { target, endpoint, group: color, setCookie, shadow: shadow.sample(facts.method), baggage }
   }
+}
+
+/**
+ * The snapshot a request with baggage routes by: the kept one its
+ * `switchyard-gen` names, when the peer is trusted and the generation kept;
+ * else the current one. Each request carrying the entry is counted by what
+ * became of it; one without it is not.
+ */
+function pinnedSnapshot (kept: PinLookup<Snapshot>, current: Snapshot, pinning: PinningSettings, facts: RequestFacts): Snapshot {
+  const generation = baggageGeneration(facts.baggage as string)
+  if (generation === undefined) return current
+  // The socket's peer, never X-Forwarded-For: a client cannot speak for a service.
+  if (!pinning.trust.has(facts.peer)) {
+    kept.count('untrusted')
+    return current
+  }
+  if (generation === INVALID) {
+    kept.count('invalid')
+    return current
+  }
+  if (generation === current.generation) {
+    kept.count('pinned')
+    return current
+  }
+  const pinned = kept.pinned(generation, pinning.keepMs, Date.now())
+  kept.count(pinned === undefined ? 'expired' : 'pinned')
+  return pinned ?? current
 }
 
 /**

@@ -6,7 +6,8 @@ import type { AnswerTap } from '../proxy/resolve.js'
 import type { Comparer, ShadowPlan, ShadowTally } from '../shadow/types.js'
 import type { ColorStats, Target, TargetRegistry } from '../upstream/registry.js'
 import { TargetSet } from '../upstream/target-set.js'
-import { protocolMismatch } from '../config/values.js'
+import { PeerList, protocolMismatch } from '../config/values.js'
+import { BAGGAGE_KEY, KeptSnapshots, type PinLookup, type PinResult } from './pinning.js'
 import { stickySetCookie, thresholdOf } from './split.js'
 
 /** What changes at run time and persists: the controller owns it. */
@@ -44,6 +45,19 @@ export interface RoutingState {
    * no message when it does. Not persisted: a drain does not outlive its process.
    */
   sticky?: Record<string, StickyHold>
+  /**
+   * Call chains pinned to a generation below this one route by the current
+   * snapshot: a rollback or revert set it to its own generation, since the
+   * colors the earlier generations routed to are the ones it left. Unset: 0.
+   */
+  pinFloor?: number
+}
+
+/** `pinning` as the resolve step reads it, built once per snapshot. */
+export interface PinningSettings {
+  readonly keepMs: number
+  /** The peers whose `switchyard-gen` entry is believed. */
+  readonly trust: PeerList
 }
 
 export interface ColorRoute {
@@ -157,11 +171,20 @@ type RouteList = readonly ServiceRoute[]
 export class Snapshot {
   readonly generation: number
   readonly services: ReadonlyMap<string, ServiceRoute>
+  /** Generation-pinned call chains; undefined when off (the fast path checks this one field and nothing more). */
+  readonly pinning: PinningSettings | undefined
+  /** RoutingState.pinFloor: generations below it pin nothing. */
+  readonly pinFloor: number
+  /** The baggage list-member naming this generation (`switchyard-gen=N`), made once. */
+  readonly baggageMember: string
   private readonly byHost: ReadonlyMap<string, RouteList>
   private readonly anyHost: RouteList
 
-  constructor (generation: number, services: ServiceRoute[]) {
+  constructor (generation: number, services: ServiceRoute[], pinning?: PinningSettings, pinFloor = 0) {
     this.generation = generation
+    this.pinning = pinning
+    this.pinFloor = pinFloor
+    this.baggageMember = `${BAGGAGE_KEY}=${generation}`
     this.services = new Map(services.map((s) => [s.name, s]))
     const sorted = [...services].sort((a, b) => b.prefix.length - a.prefix.length)
     const byHost = new Map<string, ServiceRoute[]>()
@@ -280,7 +303,8 @@ export function buildSnapshot (config: Config, state: RoutingState, registry: Ta
       config: svc,
     })
   }
-  return new Snapshot(state.generation, routes)
+  const pinning = config.pinning === undefined ? undefined : { keepMs: config.pinning.keep, trust: new PeerList(config.pinning.trust) }
+  return new Snapshot(state.generation, routes, pinning, state.pinFloor ?? 0)
 }
 
 /** The service's shadow route when its traffic is on and the idle color has targets to copy to. */
@@ -348,42 +372,65 @@ export function weightOf (route: ServiceRoute, color: Color): number {
   return split.to.color === color ? split.weight : 100 - split.weight
 }
 
-/** Target URLs a snapshot uses; the registry keeps these and forgets the rest. */
-export function snapshotTargets (snapshot: Snapshot): Set<string> {
+/** Target URLs the snapshots use; the registry keeps these and forgets the rest. */
+export function snapshotTargets (...snapshots: Snapshot[]): Set<string> {
   const urls = new Set<string>()
-  for (const s of snapshot.services.values()) {
-    for (const color of COLORS) for (const e of s.colors[color].targets.endpoints) urls.add(e.target.url)
+  for (const snapshot of snapshots) {
+    for (const s of snapshot.services.values()) {
+      for (const color of COLORS) for (const e of s.colors[color].targets.endpoints) urls.add(e.target.url)
+    }
   }
   return urls
 }
 
-/** What readers of routing are handed: the snapshot in force, and no way to replace it. */
+/** What readers of routing are handed: the snapshot in force, the kept ones to look up, and no way to replace either. */
 export interface SnapshotView {
   readonly current: Snapshot
+  readonly kept: PinLookup<Snapshot>
 }
 
 /**
  * Holds the one current snapshot. A request reads it once, when its headers
  * arrive. Only the holder's owner swaps: everyone else is given `view`.
  */
-export class Switcher implements SnapshotView {
+export class Switcher {
   private snapshot: Snapshot
+  /** The snapshots that stopped being current, while pinning keeps them. */
+  readonly kept: KeptSnapshots<Snapshot>
   /** A separate object, so a reader handed it cannot reach swap() even by a cast. */
   readonly view: SnapshotView
 
-  constructor (initial: Snapshot) {
+  /** `dropped`: kept snapshots went (expired, or pinning turned off): the targets only they used may go too. */
+  constructor (initial: Snapshot, dropped?: () => void) {
     this.snapshot = initial
+    const kept = new KeptSnapshots<Snapshot>(dropped)
+    this.kept = kept
     const read = (): Snapshot => this.snapshot
-    this.view = Object.freeze({ get current () { return read() } })
+    const lookup: PinLookup<Snapshot> = Object.freeze({
+      pinned: (generation: number, keepMs: number, now: number) => kept.pinned(generation, keepMs, now),
+      count: (result: PinResult) => kept.count(result),
+    })
+    this.view = Object.freeze({ get current () { return read() }, kept: lookup })
   }
 
   get current (): Snapshot {
     return this.snapshot
   }
 
-  swap (next: Snapshot): Snapshot {
+  swap (next: Snapshot, now = Date.now()): Snapshot {
     const prev = this.snapshot
     this.snapshot = next
+    this.kept.retire(prev, next, now)
     return prev
+  }
+
+  /** Target URLs the current and kept snapshots use. */
+  targets (): Set<string> {
+    return snapshotTargets(this.snapshot, ...this.kept.snapshots())
+  }
+
+  /** Shutdown: the kept snapshots' expiry timer stops. */
+  stop (): void {
+    this.kept.stop()
   }
 }

@@ -175,5 +175,7 @@ export function parseStateDocument (text: string, where: string, remedy = FILE_R
   }
   const lastChange = Array.isArray(obj.lastChange) ? obj.lastChange.filter((x): x is string => typeof x === 'string') : []
   const releases = parseStoredReleases(obj.releases, bad)
-  return { generation: obj.generation as number, services, lastChange, ...(releases.length === 0 ? {} : { releases }) }
+  const floor = obj.pinFloor
+  if (floor !== undefined && (typeof floor !== 'number' || !Number.isInteger(floor) || floor < 0 || floor > (obj.generation as number))) bad('pinFloor must be an integer from 0 to the generation')
+  return { generation: obj.generation as number, services, lastChange, ...(releases.length === 0 ? {} : { releases }), ...(floor === undefined || floor === 0 ? {} : { pinFloor: floor as number }) }
 }

@@ -13,7 +13,7 @@ import { newRequestId } from '../request-id.js'
 import { finishTap, type AnswerTap, type Resolution, type UpstreamGroup } from '../resolve.js'
 import type { Forwarding } from '../trust.js'
 import { CRLF2, gather, headWork, writeHeadAndBody, type Gatherer } from './io.js'
-import { ChunkedScanner, Framing, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
+import { ChunkedScanner, dropNamed, Framing, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
 
 /** What an exchange needs of the client connection it answers (so it never depends on how that connection reads). */
 export interface ClientSide {
@@ -31,6 +31,9 @@ export interface ClientSide {
 const enum Phase { Waiting, Body, Done }
 
 /** One request's trip upstream on the fast path. */
+/** The header the resolve step's baggage replaces. */
+const BAGGAGE = ['baggage']
+
 export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gatherer {
   readonly requestId: string
   prevOpen: OpenExchange | undefined = undefined
@@ -95,7 +98,13 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     } else {
       this.requestId = head.requestId
     }
-    this.upstreamHead = `${head.method} ${head.target} HTTP/1.1\r\n${head.lines}${extra}\r\n`
+    let lines = head.lines
+    if (to.baggage !== undefined) {
+      // Pinning on: one baggage line in place of the client's (which it carries the members of).
+      if (head.baggage !== undefined) lines = dropNamed(lines, BAGGAGE)
+      extra += `baggage: ${to.baggage}\r\n`
+    }
+    this.upstreamHead = `${head.method} ${head.target} HTTP/1.1\r\n${lines}${extra}\r\n`
   }
 
   get target (): string {

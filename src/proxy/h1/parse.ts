@@ -63,8 +63,8 @@ function endsInChunked (v: string): boolean | undefined {
   return last.trim().toLowerCase() === 'chunked'
 }
 
-/** Drops header lines whose name a Connection header listed (rare; a second pass). */
-function dropNamed (lines: string, named: string[]): string {
+/** Drops header lines with these (lower-case) names: ones a Connection header listed, or the baggage pinning replaces (rare; a second pass). */
+export function dropNamed (lines: string, named: string[]): string {
   let out = ''
   for (const line of lines.split('\r\n')) {
     if (line === '') continue
@@ -101,6 +101,8 @@ export class RequestHead implements RequestFacts {
   /** Header names the Connection header lists (besides close and keep-alive); undefined when none. */
   connectionNames: string[] | undefined = undefined
   cookie: string | undefined = undefined
+  /** Baggage lines joined with `,`; they stay in `lines` (the exchange replaces them only with pinning on). */
+  baggage: string | undefined = undefined
   smoke: string | undefined = undefined
   /** The header lines to forward, each ending in CRLF, hop-by-hop and gateway-owned ones removed. */
   lines = ''
@@ -241,6 +243,11 @@ export function parseRequestHead (head: string): RequestHead | undefined {
         r.cookie = r.cookie === undefined ? value : `${r.cookie}; ${value}`
         break
       }
+      case 'baggage': {
+        const value = trimmed(head, colon + 1, end)
+        r.baggage = r.baggage === undefined ? value : `${r.baggage},${value}`
+        break
+      }
     }
     if (!keep) {
       r.lines += head.slice(runStart, lineStart)
@@ -288,7 +295,7 @@ const TARGET = /^\/[\x21-\x7e]*$/
 /** Lengths of the request header names parseRequestHead acts on. */
 const REQUEST_NAME_LENGTHS = new Uint8Array(32)
 for (const name of [...HOP_BY_HOP, 'host', 'content-length', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-for',
-  'forwarded', PIN_HEADER, SHADOW_HEADER, 'x-request-id', 'cookie']) REQUEST_NAME_LENGTHS[name.length] = 1
+  'forwarded', PIN_HEADER, SHADOW_HEADER, 'x-request-id', 'cookie', 'baggage']) REQUEST_NAME_LENGTHS[name.length] = 1
 
 /** Lengths of the response header names parseResponseHead acts on. */
 const RESPONSE_NAME_LENGTHS = new Uint8Array(32)

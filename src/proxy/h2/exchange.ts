@@ -11,7 +11,7 @@ import type { Endpoint } from '../../upstream/target-set.js'
 import { failureKindOf, judgeAttempt, metricOf } from '../attempt.js'
 import { headerPairs, markSaturated, retryAfter, saturated, upstreamHeadSize } from '../forward.js'
 import { grpcStatusOf, isGrpc } from '../grpc.js'
-import { downstreamResponseHeaders, responseTrailers } from '../headers.js'
+import { downstreamResponseHeaders, responseTrailers, withBaggage } from '../headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
 import { finishTap, type AnswerTap, type Resolution, type UpstreamGroup } from '../resolve.js'
@@ -117,7 +117,7 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
     this.setCookie = to.setCookie
     this.shadow = to.shadow
     this.requestId = down.requestId
-    this.headers = down.upstreamLines()
+    this.headers = withBaggage(down.upstreamLines(), to.baggage)
   }
 
   get method (): string {

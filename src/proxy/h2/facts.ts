@@ -2,7 +2,7 @@
 // as node:http2 hands them, nothing copied that routing does not ask for.
 
 import type { IncomingHttpHeaders } from 'node:http2'
-import { countHeader, PIN_HEADER } from '../headers.js'
+import { countHeader, listValue, PIN_HEADER } from '../headers.js'
 import { clientAddress, type RequestFacts } from '../resolve.js'
 import type { Forwarding } from '../trust.js'
 
@@ -42,6 +42,10 @@ export class H2RequestFacts implements RequestFacts {
   header (lowerName: string): string | undefined {
     const v = this.headers[lowerName]
     return typeof v === 'string' && countHeader(this.raw, lowerName) === 1 ? v : undefined
+  }
+
+  get baggage (): string | undefined {
+    return listValue(this.headers.baggage)
   }
 
   headerLines (lowerName: string): number {

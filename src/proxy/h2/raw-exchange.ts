@@ -16,6 +16,7 @@ import type { Endpoint } from '../../upstream/target-set.js'
 import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type FailureKind } from '../attempt.js'
 import { grpcStatusOf, isGrpc } from '../grpc.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
+import { withBaggage } from '../headers.js'
 import { recordOutcome } from '../outcome.js'
 import { finishTap, type AnswerTap, type Resolution, type UpstreamGroup } from '../resolve.js'
 import { CRLF2, gather, headWork, type Gatherer } from '../h1/io.js'
@@ -142,6 +143,8 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
   private resumeUpstreamFn: (() => void) | undefined = undefined
   /** Shown the request and the answer as relayed (shadow traffic); undefined on every other request: one check per event. */
   private shadow: AnswerTap | undefined
+  /** The baggage to forward in place of the client's (pinning on); undefined: the client's as sent. */
+  private readonly baggage: string | undefined
 
   constructor (down: StreamDownstream, to: Resolution) {
     this.down = down
@@ -151,6 +154,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     this.bodyMs = to.group.timeouts.body ?? 0
     this.setCookie = to.setCookie
     this.shadow = to.shadow
+    this.baggage = to.baggage
     this.requestId = down.requestId
   }
 
@@ -178,7 +182,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
       this.shadow = finishTap(this.shadow, false)
       return
     }
-    const lines = down.upstreamLines()
+    const lines = withBaggage(down.upstreamLines(), this.baggage)
     let head = `${down.method} ${down.path} HTTP/1.1\r\n`
     // Host comes first, from :authority; without one, the target's own (as undici sends).
     if (down.authority === undefined) head += `host: ${new URL(this.endpoint.target.url).host}\r\n`

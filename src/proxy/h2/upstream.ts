@@ -66,6 +66,8 @@ export class H2Exchange implements OpenExchange, Finished {
   private readonly group: UpstreamGroup
   private readonly stats: ColorStats
   private readonly setCookie: string | undefined
+  /** The baggage to forward in place of the client's (pinning on); undefined: the client's as sent. */
+  private readonly baggage: string | undefined
   private endpoint: Endpoint
   /** The current attempt's stream. */
   private stream: ClientHttp2Stream | undefined
@@ -101,6 +103,7 @@ export class H2Exchange implements OpenExchange, Finished {
     this.group = to.group
     this.stats = to.group.stats
     this.setCookie = to.setCookie
+    this.baggage = to.baggage
     this.requestId = down.requestId
     this.method = down.method
     this.path = down.path
@@ -213,6 +216,7 @@ export class H2Exchange implements OpenExchange, Finished {
       out[name] = given[name]
     }
     if (out.te !== undefined && out.te !== 'trailers') delete out.te
+    if (this.baggage !== undefined) out.baggage = this.baggage
     return out
   }
 
