@@ -38,6 +38,7 @@ import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { makeTempDir, parseArgs, removeTempDir, startChild } from './lib/children.js'
 import { treeCpuSeconds } from './lib/cpu.js'
+import { fmt, median, ratio, round } from './lib/rounds.js'
 import { loadWrk } from './lib/wrk.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -68,14 +69,6 @@ if (missing.length > 0) {
   process.exit(2)
 }
 
-const round = (x, d = 1) => x === null || x === undefined || !Number.isFinite(x) ? null : Math.round(x * 10 ** d) / 10 ** d
-const fmt = (x, d = 1) => x === null || x === undefined ? '-' : x.toFixed(d)
-const ratio = (a, b) => a === null || b === null || b === 0 ? null : a / b
-const median = (xs) => {
-  const s = xs.filter((x) => x !== null && x !== undefined && Number.isFinite(x)).sort((a, b) => a - b)
-  if (s.length === 0) return null
-  return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
-}
 const log = (line) => process.stderr.write(`[shadow] ${line}\n`)
 const caseName = (sample) => sample === null ? 'off' : `s${sample}`
 

@@ -28,12 +28,14 @@ export const MAX_KEPT = 64
  * What became of a request carrying `switchyard-gen` (the counter's
  * `result`): routed by the generation it named (`pinned`); that generation
  * unknown here or no longer kept (`expired`); the entry from a peer outside
- * `trust` (`untrusted`); or an entry from a trusted peer that is not exactly
- * one `switchyard-gen=DIGITS` in a baggage within the limits (`invalid`).
- * Every one but `pinned` is routed by the current snapshot.
+ * `trust` (`untrusted`); an entry from a trusted peer that is not exactly
+ * one `switchyard-gen=DIGITS` in a baggage within the limits (`invalid`); or
+ * a kept generation that could not serve it (`unavailable`: no healthy target
+ * on the color it chose, or no such service then). Every one but `pinned` is
+ * routed by the current snapshot.
  */
-export type PinResult = 'pinned' | 'expired' | 'untrusted' | 'invalid'
-export const PIN_RESULTS: readonly PinResult[] = ['pinned', 'expired', 'untrusted', 'invalid']
+export type PinResult = 'pinned' | 'expired' | 'untrusted' | 'invalid' | 'unavailable'
+export const PIN_RESULTS: readonly PinResult[] = ['pinned', 'expired', 'untrusted', 'invalid', 'unavailable']
 
 /** The generation a baggage value names: a safe integer, INVALID, or undefined when it has no `switchyard-gen` entry. */
 export const INVALID = -1
@@ -102,10 +104,10 @@ export interface KeptGeneration {
 
 /** What the resolve step asks of the kept snapshots (the routing view hands it this, never the ways to change them). */
 export interface PinLookup<S> {
-  /** The snapshot of `generation` if it is kept (retired less than `keepMs` ago) and at or above the floor; counts the request on it. */
-  pinned: (generation: number, keepMs: number, now: number) => S | undefined
-  /** Counts one request carrying our entry by what became of it. */
-  count: (result: PinResult) => void
+  /** The snapshot of `generation` if it is kept (retired less than `keepMs` ago) and at or above the floor. */
+  find: (generation: number, keepMs: number, now: number) => S | undefined
+  /** Counts one request carrying our entry by what became of it; `generation`: the kept one that routed it (`pinned`). */
+  count: (result: PinResult, generation?: number) => void
 }
 
 /**
@@ -114,7 +116,7 @@ export interface PinLookup<S> {
  * Switcher, which retires each snapshot it replaces.
  */
 export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
-  readonly counts: Record<PinResult, number> = { pinned: 0, expired: 0, untrusted: 0, invalid: 0 }
+  readonly counts: Record<PinResult, number> = { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }
   private readonly byGeneration = new Map<number, Kept<S>>()
   /** Generations below it pin nothing: a rollback or revert went back from the colors they routed to. */
   private floor = 0
@@ -153,15 +155,18 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
     if (this.byGeneration.size < before) this.dropped()
   }
 
-  pinned (generation: number, keepMs: number, now: number): S | undefined {
+  find (generation: number, keepMs: number, now: number): S | undefined {
     const kept = this.byGeneration.get(generation)
     if (kept === undefined || now - kept.retiredAt >= keepMs || generation < this.floor) return undefined
-    kept.pinned++
     return kept.snapshot
   }
 
-  count (result: PinResult): void {
+  count (result: PinResult, generation?: number): void {
     this.counts[result]++
+    if (generation !== undefined) {
+      const kept = this.byGeneration.get(generation)
+      if (kept !== undefined) kept.pinned++
+    }
   }
 
   /** The kept snapshots (the registry keeps their targets open while they are). */

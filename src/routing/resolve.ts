@@ -30,16 +30,8 @@ const ABOVE_ROOT: Refusal = { code: 'bad_request', message: TARGET_ABOVE_ROOT, t
  * request is told the baggage to forward.
  */
 export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resolve {
-  return (facts: RequestFacts): Resolution | Refusal => {
-    const raw = facts.target
-    // Origin-form only (`/path?query`): absolute-form, `*` and friends are not for a reverse proxy.
-    if (raw.charCodeAt(0) !== 47) return NOT_A_PATH
-    const target = normalizeTarget(raw)
-    if (target === undefined) return ABOVE_ROOT
-    const current = snapshots.current
-    const pinning = current.pinning
-    let snapshot = current
-    if (pinning !== undefined && facts.baggage !== undefined) snapshot = pinnedSnapshot(snapshots.kept, current, pinning, facts)
+  /** The request routed by `snapshot` (`current`, or a kept one); `pinning`: on, so the baggage to forward is set. */
+  const routeOn = (snapshot: Snapshot, isCurrent: boolean, pinning: boolean, facts: RequestFacts, raw: string, target: string): Resolution | Refusal => {
     const route = snapshot.match(facts.host, target)
     if (route === undefined) return target === raw ? NO_ROUTE : { ...NO_ROUTE, target }
     let headers: RequestFacts | undefined
@@ -57,39 +49,62 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     if (endpoint === undefined) {
       return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats }
     }
-    const baggage = pinning === undefined ? undefined : facts.baggage === undefined ? snapshot.baggageMember : outgoingBaggage(facts.baggage, snapshot.baggageMember)
+    const baggage = !pinning ? undefined : facts.baggage === undefined ? snapshot.baggageMember : outgoingBaggage(facts.baggage, snapshot.baggageMember)
     const shadow = route.shadow
     // A kept snapshot's comparison is over: only the current one's routes copy.
-    if (shadow === undefined || pinned !== undefined || snapshot !== current || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage }
+    if (shadow === undefined || pinned !== undefined || !isCurrent || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage }
     return { target, endpoint, group: color, setCookie, shadow: shadow.sample(facts.method), baggage }
+  }
+
+  return (facts: RequestFacts): Resolution | Refusal => {
+    const raw = facts.target
+    // Origin-form only (`/path?query`): absolute-form, `*` and friends are not for a reverse proxy.
+    if (raw.charCodeAt(0) !== 47) return NOT_A_PATH
+    const target = normalizeTarget(raw)
+    if (target === undefined) return ABOVE_ROOT
+    const current = snapshots.current
+    const pinning = current.pinning
+    if (pinning === undefined) return routeOn(current, true, false, facts, raw, target)
+    const kept = facts.baggage === undefined ? undefined : keptSnapshot(snapshots.kept, current, pinning, facts)
+    if (kept !== undefined) {
+      const to = routeOn(kept, false, true, facts, raw, target)
+      if (to.endpoint !== undefined || (to.code !== 'no_route' && to.code !== 'no_healthy_upstream')) {
+        snapshots.kept.count('pinned', kept.generation)
+        return to
+      }
+      // The kept generation cannot serve it (its color's targets are down or gone, or it had no such service): the current one does, rather than fail a chain it can serve.
+      snapshots.kept.count('unavailable')
+    }
+    return routeOn(current, true, true, facts, raw, target)
   }
 }
 
 /**
- * The snapshot a request with baggage routes by: the kept one its
+ * The kept snapshot a request with baggage routes by: the one its
  * `switchyard-gen` names, when the peer is trusted and the generation kept;
- * else the current one. Each request carrying the entry is counted by what
- * became of it; one without it is not.
+ * undefined for the current one. Each request carrying the entry is counted
+ * by what became of it (a kept snapshot's `pinned` by the caller, once it
+ * routed); one without it is not.
  */
-function pinnedSnapshot (kept: PinLookup<Snapshot>, current: Snapshot, pinning: PinningSettings, facts: RequestFacts): Snapshot {
+function keptSnapshot (kept: PinLookup<Snapshot>, current: Snapshot, pinning: PinningSettings, facts: RequestFacts): Snapshot | undefined {
   const generation = baggageGeneration(facts.baggage as string)
-  if (generation === undefined) return current
+  if (generation === undefined) return undefined
   // The socket's peer, never X-Forwarded-For: a client cannot speak for a service.
   if (!pinning.trust.has(facts.peer)) {
     kept.count('untrusted')
-    return current
+    return undefined
   }
   if (generation === INVALID) {
     kept.count('invalid')
-    return current
+    return undefined
   }
   if (generation === current.generation) {
     kept.count('pinned')
-    return current
+    return undefined
   }
-  const pinned = kept.pinned(generation, pinning.keepMs, Date.now())
-  kept.count(pinned === undefined ? 'expired' : 'pinned')
-  return pinned ?? current
+  const found = kept.find(generation, pinning.keepMs, Date.now())
+  if (found === undefined) kept.count('expired')
+  return found
 }
 
 /**

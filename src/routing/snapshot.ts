@@ -407,8 +407,8 @@ export class Switcher {
     this.kept = kept
     const read = (): Snapshot => this.snapshot
     const lookup: PinLookup<Snapshot> = Object.freeze({
-      pinned: (generation: number, keepMs: number, now: number) => kept.pinned(generation, keepMs, now),
-      count: (result: PinResult) => kept.count(result),
+      find: (generation: number, keepMs: number, now: number) => kept.find(generation, keepMs, now),
+      count: (result: PinResult, generation?: number) => kept.count(result, generation),
     })
     this.view = Object.freeze({ get current () { return read() }, kept: lookup })
   }
