@@ -195,7 +195,7 @@ t.test('a slow idle color (5 s per answer) never slows the client', async (t) =>
     const timer = setTimeout(() => res.end('{}'), 5000)
     res.on('close', () => clearTimeout(timer))
   }
-  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, timeout: 1s, maxConcurrent: 8 }\n')}`)
+  const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green], '    shadow: { sample: 1, timeout: 3s, maxConcurrent: 8 }\n')}`)
   const url = `${gw.url}/api/users/7`
   await load(url, 50, 4) // warm both paths
   const off = await admin(gw.adminUrl, 'DELETE', '/v1/services/users/shadow')
@@ -206,9 +206,9 @@ t.test('a slow idle color (5 s per answer) never slows the client', async (t) =>
   const a = p99(without.ms)
   const b = p99(withShadow.ms)
   t.comment(`client p99 without shadow ${a.toFixed(2)} ms, with shadow to a 5 s idle color ${b.toFixed(2)} ms`)
-  // A copy that held the client even once would put a 1 s (timeout) or 5 s answer at the p99 of 400.
-  t.ok(b < 500, `p99 with shadow (${b.toFixed(1)} ms) is nowhere near the idle color's 5 s`)
-  t.ok(Math.max(...withShadow.ms) < 1000, 'not one answer waited for a copy')
+  // A copy that held the client even once would put a 3 s (timeout) or 5 s answer in it; the bounds leave a loaded CI machine under coverage its hundreds of ms.
+  t.ok(b < 1000, `p99 with shadow (${b.toFixed(1)} ms) is nowhere near the idle color's 5 s`)
+  t.ok(Math.max(...withShadow.ms) < 2500, 'not one answer waited for a copy')
   t.ok(withShadow.bodies.every((x) => JSON.parse(x).name === 'Ada'), 'every answer came from the live color')
   t.ok(held > 0, 'copies reached the slow color')
   const v = await eventually(async () => {
