@@ -7,7 +7,7 @@ import t, { type Test } from 'tap'
 import http from 'node:http'
 import { PooledPinning } from '../src/control/pinning.js'
 import { MAX_KEPT } from '../src/routing/pinning.js'
-import { admin, configFile, eventually, http1, listening, serve, serviceYaml, startBackend, startGateway, type Backend } from './helpers/index.js'
+import { admin, configFile, eventually, http1, isAlive, listening, serve, serviceYaml, startBackend, startGateway, type Backend } from './helpers/index.js'
 
 const RESULTS = ['pinned', 'expired', 'untrusted', 'invalid'] as const
 type Counts = Record<typeof RESULTS[number], number>
@@ -59,7 +59,7 @@ async function flipTwice (t: Test, adminUrl: string): Promise<[number, number, n
  * every other result counted (one per `each`), then the list emptying when
  * `keep` runs out.
  */
-async function story (t: Test, url: string, adminUrl: string, blue: Backend, green: Backend, each: number): Promise<void> {
+async function story (t: Test, url: string, adminUrl: string, blue: Backend, green: Backend, each: number): Promise<Counts> {
   const before = await state(adminUrl)
   t.strictSame(before.pinning, { keep: 2000, trust: ['127.0.0.0/8'], floor: 0, requests: { pinned: 0, expired: 0, untrusted: 0, invalid: 0 }, kept: [] }, 'pinning on, nothing kept before a flip')
   t.strictSame(await pinMetric(adminUrl), { pinned: 0, expired: 0, untrusted: 0, invalid: 0 }, 'every result is there from 0')
@@ -114,6 +114,7 @@ async function story (t: Test, url: string, adminUrl: string, blue: Backend, gre
   const late = await fresh(`${url}/late`, `switchyard-gen=${g1}`)
   t.equal(late.backend, 'blue', 'a generation past keep routes by the current one')
   t.ok(await eventually(async () => (await state(adminUrl)).pinning.requests.expired === each + 1), 'and is counted expired')
+  return { ...expected, expired: each + 1 }
 }
 
 t.test('/v1/state and the metric show the kept generations and the pinned counts; keep empties the list', async (t) => {
@@ -155,8 +156,21 @@ t.test('serve --workers 2: the primary sums every worker\'s counts, per result a
   await listening(p)
   const up = p.lines.find((l) => l.msg === 'switchyard listening')
   t.equal(up.workers, 2, 'two workers serve')
-  // Ten of each on fresh connections: the kernel deals them over both workers.
-  await story(t, `http://${up.listen as string}`, `http://${up.admin as string}`, blue, green, 10)
+  // Ten of each on fresh connections: the primary deals them out over both workers in turn.
+  const url = `http://${up.listen as string}`
+  const adminUrl = `http://${up.admin as string}`
+  const counts = await story(t, url, adminUrl, blue, green, 10)
+
+  // A worker dies: its part stays in the sums, and its replacement adds to them from 0.
+  const started = (): any[] => p.lines.filter((l) => l.msg === 'worker started; routing sent')
+  t.teardown(() => { for (const l of started()) if (isAlive(l.pid)) process.kill(l.pid, 'SIGKILL') })
+  process.kill(started()[0].pid as number, 'SIGKILL')
+  await eventually(() => started().length === 3 && p.lines.some((l) => l.msg === 'worker listening' && l.pid === started()[2].pid), { timeout: 10_000 })
+  t.strictSame((await state(adminUrl)).pinning.requests, counts, 'the dead worker\'s counts stay in the sums')
+  for (let i = 0; i < 6; i++) t.equal((await fresh(`${url}/z`, 'switchyard-gen=1,switchyard-gen=2')).status, 200)
+  const after = { ...counts, invalid: counts.invalid + 6 }
+  t.ok(await eventually(async () => JSON.stringify((await state(adminUrl)).pinning.requests) === JSON.stringify(after)), 'new requests add to them, over the old worker and the new')
+  t.strictSame(await pinMetric(adminUrl), after, 'and the metric')
   p.kill('SIGTERM')
   t.equal(await p.exit, 0, 'stops cleanly')
 })
