@@ -86,6 +86,7 @@ export class Gateway {
       publish: this.listener.publish,
       reloading: async (config) => { await this.reloadCerts(config) },
       shadow: { wiring: this.shadow, reader: this.shadowReader },
+      pinning: this.listener instanceof WorkerPool ? this.listener.pinning : undefined,
     }).catch(async (err: unknown) => {
       await store.close()
       throw err
@@ -97,7 +98,7 @@ export class Gateway {
     }
     this.sampler = setInterval(() => this.registry.sample(), 1000)
     this.sampler.unref()
-    const metrics = this.config.metrics.enabled ? createMetrics({ registry: this.registry, controller: () => this.controller, shadow: this.shadowReader }) : undefined
+    const metrics = this.config.metrics.enabled ? createMetrics({ registry: this.registry, controller: () => this.controller, shadow: this.shadowReader, pinning: this.config.pinning === undefined ? undefined : this.controller.pinning }) : undefined
     this.admin = createAdminServer(this.controller, { loadConfig: () => this.loadConfig(), metrics })
     try {
       await this.listener.start({

@@ -5,7 +5,9 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client'
 import { COLORS } from './config/schema.js'
 import type { Controller } from './control/controller.js'
+import type { PinningReader } from './control/pinning.js'
 import type { ShadowReader } from './control/shadow.js'
+import { PIN_RESULTS } from './routing/pinning.js'
 import { weightOf } from './routing/snapshot.js'
 import { DURATION_BUCKETS, type ColorStats, type UpstreamErrorKind } from './upstream/color-stats.js'
 import type { TargetRegistry } from './upstream/registry.js'
@@ -18,6 +20,8 @@ interface Deps {
   controller: () => Controller
   /** Shadow traffic's counts (this process's, or its workers' summed); absent when this build copies nothing. */
   shadow?: ShadowReader
+  /** Generation pinning's counts (this process's, or its workers' summed); absent when `pinning` is off. */
+  pinning?: PinningReader
 }
 
 /** A histogram whose buckets live in ColorStats; prom-client only formats them. */
@@ -176,6 +180,22 @@ export function createMetrics (deps: Deps): Registry {
       collect () {
         this.reset()
         for (const [service, n] of shadow.inflight()) this.set({ service }, n)
+      },
+    })
+  }
+  const pinning = deps.pinning
+  // Only a restart turns pinning on or off, so the metric is there exactly when it can count; then every
+  // result from 0 (four fixed labels): a rate of `expired` or `untrusted` reads from the first scrape.
+  if (pinning !== undefined) {
+    new Counter({
+      name: 'switchyard_pinned_requests_total',
+      help: 'Requests carrying baggage switchyard-gen, by result: pinned (routed by the generation it named), expired (not kept, or unknown here), untrusted (from a peer outside pinning.trust), invalid (a malformed entry); all but pinned go by the current routing',
+      labelNames: ['result'],
+      registers: [reg],
+      collect () {
+        this.reset()
+        const counts = pinning.counts
+        for (const result of PIN_RESULTS) this.inc({ result }, counts[result])
       },
     })
   }

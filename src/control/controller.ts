@@ -22,6 +22,7 @@ import { describeTrip, Guards } from './guards.js'
 import { diffConfigs } from './reload-diff.js'
 import { FlipCounts, type ChangeResult, type DrainRequest, type FlipRequest, type FlipTrigger, type ReloadResult, type RollbackRequest, type TargetsRequest, type TargetsResult } from './requests.js'
 import { describeState, lastGuardedFlip, listColorsUsing } from './state-view.js'
+import { describePinning, type PinningReader } from './pinning.js'
 import { describeRelease, isRunning, newRelease, parseReleaseRequest, releaseInProgress, runningReleaseOf, type Release, type ReleaseOutcome } from '../release/model.js'
 import { endOverridden, planCreate, planEnd, planForward, planPause, planResume, type ReleaseMove } from './release-moves.js'
 import type { SampleSource } from '../release/verdict.js'
@@ -50,6 +51,8 @@ export interface HealthDeps {
    * .../shadow and the gate read (this process's, or its workers' summed).
    */
   shadow?: { wiring?: ShadowWiring, reader?: ShadowReader }
+  /** The pinning counts where workers serve the requests (their sums); absent: this process's own. */
+  pinning?: PinningReader
 }
 
 export class Controller {
@@ -57,6 +60,8 @@ export class Controller {
   readonly #switcher: Switcher
   /** What the request path, metrics and workers read routing from. */
   readonly snapshots: SnapshotView
+  /** What the metrics and /v1/state read of pinning: the workers' sums, or this process's kept snapshots' counts. */
+  readonly pinning: PinningReader
   private config: Config
   private state: PersistedState
   /** The store revision `state` is at: what a write is conditioned on, and how changes already applied are recognized. */
@@ -96,6 +101,7 @@ export class Controller {
     // Kept snapshots that go (pinning's `keep` ran out) may free targets only they used.
     this.#switcher = new Switcher(snapshot, () => { this.registry.prune(this.#switcher.targets()) })
     this.snapshots = this.#switcher.view
+    this.pinning = health.pinning ?? this.#switcher.kept
     const tally = store.kind === 'file' ? undefined : new FleetTally(fleet.id)
     this.tally = tally
     this.guards = new Guards({
@@ -823,6 +829,7 @@ export class Controller {
       guardOf: (service) => this.guards.describe(service),
       store: this.store,
       fleet: this.fleet,
+      pinning: this.config.pinning === undefined ? null : describePinning(this.config.pinning, this.state.pinFloor ?? 0, this.#switcher.kept.list(this.config.pinning.keep), this.pinning),
     })
   }
 

@@ -17,6 +17,8 @@ export interface StateViewSource {
   guardOf: (service: string) => Record<string, unknown> | null
   store: StateStore
   fleet: Fleet
+  /** Generation pinning, already described (control/pinning.ts describePinning); null when `pinning` is off. */
+  pinning: Record<string, unknown> | null
 }
 
 /** The view served by GET /v1/state. */
@@ -51,7 +53,7 @@ export function describeState (src: StateViewSource): Record<string, unknown> {
       environments,
     }
   }
-  return { generation: src.state.generation, services, store: { ...src.store.status(), where: src.store.where }, fleet: describeFleet(src.fleet, src.state.generation) }
+  return { generation: src.state.generation, services, store: { ...src.store.status(), where: src.store.where }, fleet: describeFleet(src.fleet, src.state.generation), pinning: src.pinning }
 }
 
 /** The fleet as GET /v1/state shows it: every replica and the generation it has applied; converged when all have this one's. */

@@ -19,6 +19,7 @@ import { TargetRegistry, type ProbeState } from '../upstream/registry.js'
 import { CertError, CertStore } from './certs.js'
 import { LocalShadow, SHADOW_PARTS, ShadowResults, type ShadowParts, type ShadowReader, type ShadowReport } from '../control/shadow.js'
 import type { ShadowResult, ShadowView, TallyData } from '../shadow/types.js'
+import { PooledPinning, type PinReport } from '../control/pinning.js'
 import { closeGracefully, listen, type ListenerDeps, type PublicListener } from './public-listener.js'
 
 /** How often a worker reports its counts: the lag of guard, drain and /v1/state in cluster mode. */
@@ -39,7 +40,7 @@ type FromWorker =
   | { t: 'hello' }
   | { t: 'ack', seq: number, refused?: { path: string, file: string, reason: string } }
   | { t: 'ready', address: AddressInfo }
-  | { t: 'stats', colors: Array<{ service: string, color: Color, totals: Totals }>, shadow?: WorkerShadow }
+  | { t: 'stats', colors: Array<{ service: string, color: Color, totals: Totals }>, shadow?: WorkerShadow, pinning?: PinReport }
 
 /** A worker's shadow comparisons and its switchyard_shadow_total counts since it started. */
 interface WorkerShadow {
@@ -110,6 +111,8 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
   /** The comparisons and counts of workers that exited: their copies happened too. */
   private retiredShadow: ShadowReport[] = []
   private readonly retiredResults = new ShadowResults()
+  /** The workers' pinning counts summed (what the metrics and /v1/state read when workers serve). */
+  readonly pinning = new PooledPinning()
 
   constructor (count: number, shadowParts: ShadowParts = SHADOW_PARTS) {
     this.count = count
@@ -180,6 +183,7 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
         else if (msg.t === 'stats') {
           this.onStats(worker.id, msg.colors)
           if (msg.shadow !== undefined) this.onShadow(worker.id, msg.shadow)
+          if (msg.pinning !== undefined) this.pinning.report(worker.id, msg.pinning)
         }
       })
     })
@@ -286,6 +290,7 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
       this.retiredShadow.push(...shadow.reports)
       for (const [service, counts] of shadow.results) for (const [result, n] of Object.entries(counts)) this.retiredResults.add(service, result as ShadowResult, n)
     }
+    this.pinning.retire(worker.id)
     const last = this.reports.get(worker.id)
     this.reports.delete(worker.id)
     for (const [key, t] of last ?? []) {
@@ -359,7 +364,10 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
   const report = setInterval(() => {
     const colors = [...registry.allColorStats()].map((s) => ({ service: s.service, color: s.color, totals: s.totals() }))
     const withShadow = ++reports % SHADOW_EVERY === 0
-    tell(withShadow ? { t: 'stats', colors, shadow: { reports: shadow.reports(), results: [...shadow.results()] } } : { t: 'stats', colors })
+    const msg: FromWorker = withShadow ? { t: 'stats', colors, shadow: { reports: shadow.reports(), results: [...shadow.results()] } } : { t: 'stats', colors }
+    // With pinning on, every report carries its counts (at most MAX_KEPT generations); off, nothing.
+    if (config?.pinning !== undefined && switcher !== undefined) msg.pinning = { counts: switcher.kept.counts, byGeneration: switcher.kept.pinnedByGeneration() }
+    tell(msg)
   }, REPORT_MS)
   report.unref()
 

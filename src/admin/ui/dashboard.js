@@ -1,5 +1,6 @@
 // The dashboard's code, inlined into index.html by src/admin/ui.ts and allowed by its hash:
-// polls /v1/state, /v1/events, /v1/releases and each service's shadow comparison; flips, rolls back, drains,
+// polls /v1/state (services, the store and fleet, pinning's kept generations), /v1/events, /v1/releases and
+// each service's shadow comparison; flips, rolls back, drains,
 // stops shadow traffic and steers releases through the admin API.
 // It builds every node with textContent (never innerHTML with data), so nothing
 // the API returns can become markup.
@@ -15,6 +16,7 @@
   var KEEP_EVENTS = 200
   var SHOW_EVENTS = 40
   var SHADOW_TOP = 10
+  var PIN_RESULTS = ['pinned', 'expired', 'untrusted', 'invalid']
   var SVG = 'http://www.w3.org/2000/svg'
 
   var token = sessionStorage.getItem(TOKEN_KEY) || ''
@@ -628,6 +630,50 @@
     })
     $('empty').hidden = names.length > 0
     renderStore(st.store, st.fleet)
+    renderPinning(st.pinning)
+  }
+
+  // --- call chains (generation pinning) ------------------------------------------------
+
+  function duration (ms) {
+    var s = num(ms) / 1000
+    // 2 s, 2.5 s, 5 min: no trailing .0
+    function n (x) { return String(Number(rate(x))) }
+    return s < 60 ? n(s) + ' s' : s < 3600 ? n(s / 60) + ' min' : n(s / 3600) + ' h'
+  }
+
+  /** The panel only with `pinning` on: its counts and the generations still kept (newest first), or nothing kept. */
+  function renderPinning (p) {
+    var on = !!p && typeof p === 'object'
+    $('pinning').hidden = !on
+    if (!on) return
+    var trust = list(p.trust).map(text).join(', ')
+    $('pinning-note').textContent = 'generations kept ' + duration(p.keep) + ' after a flip' + (trust ? ' \u00b7 baggage believed from ' + trust : '') +
+      (num(p.floor) > 0 ? ' \u00b7 none below ' + num(p.floor) + ' (rolled back)' : '')
+    var requests = p.requests && typeof p.requests === 'object' ? p.requests : {}
+    var stats = $('pinning-stats')
+    stats.replaceChildren()
+    PIN_RESULTS.forEach(function (r) {
+      var s = stat(r)
+      s.value.textContent = String(num(requests[r]))
+      s.root.setAttribute('data-result', r)
+      if (r !== 'pinned' && num(requests[r]) > 0) s.root.classList.add('stat-bad')
+      stats.appendChild(s.root)
+    })
+    var kept = list(p.kept).filter(function (k) { return k && typeof k === 'object' })
+    var body = $('pinning-kept')
+    body.replaceChildren()
+    kept.forEach(function (k) {
+      var row = h('tr', 'kept', [
+        h('td', 'kept-gen', String(num(k.generation))),
+        h('td', 'kept-retired', clock(new Date(k.retiredAt))),
+        h('td', 'kept-expires', clock(new Date(k.expiresAt)) + ' (in ' + secondsUntil(k.expiresAt) + ' s)'),
+        h('td', 'kept-pinned', String(num(k.pinned))),
+      ])
+      row.setAttribute('data-generation', String(num(k.generation)))
+      body.appendChild(row)
+    })
+    $('pinning-none').hidden = kept.length > 0
   }
 
   // --- the store and the fleet -------------------------------------------------------
