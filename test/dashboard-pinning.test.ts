@@ -88,7 +88,7 @@ t.test('the call chains panel shows the kept generations after real flips, their
   }
   await page.waitForFunction(() => document.querySelector('#pinning-stats [data-result="pinned"] b')?.textContent === '5')
   const stats = await page.$$eval('#pinning-stats .stat', (els) => els.map((e) => [e.querySelector('span')?.textContent, e.querySelector('b')?.textContent]))
-  t.strictSame(stats, [['pinned', '5'], ['expired', '1'], ['untrusted', '0'], ['invalid', '1']], 'the four counts')
+  t.strictSame(stats, [['pinned', '5'], ['expired', '1'], ['untrusted', '0'], ['invalid', '1'], ['unavailable', '0']], 'the five counts')
   t.ok(await page.$eval('#pinning-stats [data-result="expired"]', (e) => e.classList.contains('stat-bad')), 'a fallback is marked')
   t.notOk(await page.$eval('#pinning-stats [data-result="untrusted"]', (e) => e.classList.contains('stat-bad')), 'a zero is not')
   t.ok(await page.isHidden('#pinning-none'))

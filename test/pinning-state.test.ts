@@ -9,7 +9,7 @@ import { PooledPinning } from '../src/control/pinning.js'
 import { MAX_KEPT } from '../src/routing/pinning.js'
 import { admin, configFile, eventually, http1, isAlive, listening, serve, serviceYaml, startBackend, startGateway, type Backend } from './helpers/index.js'
 
-const RESULTS = ['pinned', 'expired', 'untrusted', 'invalid'] as const
+const RESULTS = ['pinned', 'expired', 'untrusted', 'invalid', 'unavailable'] as const
 type Counts = Record<typeof RESULTS[number], number>
 
 /** A request on a fresh connection (in a worker pool, any worker may take it), with `baggage`. */
@@ -61,8 +61,8 @@ async function flipTwice (t: Test, adminUrl: string): Promise<[number, number, n
  */
 async function story (t: Test, url: string, adminUrl: string, blue: Backend, green: Backend, each: number): Promise<Counts> {
   const before = await state(adminUrl)
-  t.strictSame(before.pinning, { keep: 2000, trust: ['127.0.0.0/8'], floor: 0, requests: { pinned: 0, expired: 0, untrusted: 0, invalid: 0 }, kept: [] }, 'pinning on, nothing kept before a flip')
-  t.strictSame(await pinMetric(adminUrl), { pinned: 0, expired: 0, untrusted: 0, invalid: 0 }, 'every result is there from 0')
+  t.strictSame(before.pinning, { keep: 2000, trust: ['127.0.0.0/8'], floor: 0, requests: { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }, kept: [] }, 'pinning on, nothing kept before a flip')
+  t.strictSame(await pinMetric(adminUrl), { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }, 'every result is there from 0')
 
   const [g0, g1, g2] = await flipTwice(t, adminUrl)
   const flipped = await state(adminUrl)
@@ -95,7 +95,7 @@ async function story (t: Test, url: string, adminUrl: string, blue: Backend, gre
   t.equal(green.seen.length, 2 * each, 'green saw only the requests pinned to it')
   t.equal(blue.seen.length, 6 * each, 'blue saw every other request')
 
-  const expected = { pinned: 4 * each, expired: each, untrusted: 0, invalid: each }
+  const expected = { pinned: 4 * each, expired: each, untrusted: 0, invalid: each, unavailable: 0 }
   const shown = await eventually(async () => {
     const s = await state(adminUrl)
     return JSON.stringify(s.pinning.requests) === JSON.stringify(expected) ? s : false
@@ -132,10 +132,10 @@ t.test('a peer outside trust is counted untrusted and pinned by nothing', async 
   const res = await http1(`${gw.url}/x`, { headers: { baggage: `switchyard-gen=${g1}` } })
   t.equal(res.json.backend, 'blue', 'the forged entry routes nothing: the current color')
   const s = await state(gw.adminUrl)
-  t.strictSame(s.pinning.requests, { pinned: 0, expired: 0, untrusted: 1, invalid: 0 }, 'counted untrusted')
+  t.strictSame(s.pinning.requests, { pinned: 0, expired: 0, untrusted: 1, invalid: 0, unavailable: 0 }, 'counted untrusted')
   t.strictSame(s.pinning.kept.map((k: any) => k.pinned), [0, 0], 'no kept generation served it')
   t.strictSame(s.pinning.trust, ['10.0.0.0/8'], 'trust as configured')
-  t.strictSame(await pinMetric(gw.adminUrl), { pinned: 0, expired: 0, untrusted: 1, invalid: 0 }, 'the metric says untrusted')
+  t.strictSame(await pinMetric(gw.adminUrl), { pinned: 0, expired: 0, untrusted: 1, invalid: 0, unavailable: 0 }, 'the metric says untrusted')
 })
 
 t.test('pinning off: /v1/state says null and the metric is not there', async (t) => {
@@ -177,17 +177,17 @@ t.test('serve --workers 2: the primary sums every worker\'s counts, per result a
 
 t.test('a worker that exits keeps its part: counts and the kept generations\' pinned requests', (t) => {
   const pool = new PooledPinning()
-  pool.report(1, { counts: { pinned: 3, expired: 1, untrusted: 0, invalid: 2 }, byGeneration: { 4: 2, 5: 1 } })
-  pool.report(2, { counts: { pinned: 1, expired: 0, untrusted: 5, invalid: 0 }, byGeneration: { 5: 1 } })
-  t.strictSame(pool.counts, { pinned: 4, expired: 1, untrusted: 5, invalid: 2 }, 'summed over the workers')
+  pool.report(1, { counts: { pinned: 3, expired: 1, untrusted: 0, invalid: 2, unavailable: 0 }, byGeneration: { 4: 2, 5: 1 } })
+  pool.report(2, { counts: { pinned: 1, expired: 0, untrusted: 5, invalid: 0, unavailable: 0 }, byGeneration: { 5: 1 } })
+  t.strictSame(pool.counts, { pinned: 4, expired: 1, untrusted: 5, invalid: 2, unavailable: 0 }, 'summed over the workers')
   t.strictSame(pool.pinnedByGeneration(), { 4: 2, 5: 2 })
   pool.retire(1)
-  pool.report(3, { counts: { pinned: 1, expired: 0, untrusted: 0, invalid: 0 }, byGeneration: { 5: 1 } })
-  t.strictSame(pool.counts, { pinned: 5, expired: 1, untrusted: 5, invalid: 2 }, 'the exited worker\'s counts stay, its replacement adds to them')
+  pool.report(3, { counts: { pinned: 1, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }, byGeneration: { 5: 1 } })
+  t.strictSame(pool.counts, { pinned: 5, expired: 1, untrusted: 5, invalid: 2, unavailable: 0 }, 'the exited worker\'s counts stay, its replacement adds to them')
   t.strictSame(pool.pinnedByGeneration(), { 4: 2, 5: 3 })
   // Many exits: only the newest MAX_KEPT generations' parts are kept (every generation still kept is among them).
   for (let w = 10; w < 10 + MAX_KEPT + 5; w++) {
-    pool.report(w, { counts: { pinned: 1, expired: 0, untrusted: 0, invalid: 0 }, byGeneration: { [w]: 1 } })
+    pool.report(w, { counts: { pinned: 1, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }, byGeneration: { [w]: 1 } })
     pool.retire(w)
   }
   const gens = Object.keys(pool.pinnedByGeneration()).map(Number)

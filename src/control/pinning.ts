@@ -21,7 +21,7 @@ export interface PinReport {
 }
 
 function zero (): Record<PinResult, number> {
-  return { pinned: 0, expired: 0, untrusted: 0, invalid: 0 }
+  return { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }
 }
 
 /**

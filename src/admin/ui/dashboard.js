@@ -16,7 +16,7 @@
   var KEEP_EVENTS = 200
   var SHOW_EVENTS = 40
   var SHADOW_TOP = 10
-  var PIN_RESULTS = ['pinned', 'expired', 'untrusted', 'invalid']
+  var PIN_RESULTS = ['pinned', 'expired', 'untrusted', 'invalid', 'unavailable']
   var SVG = 'http://www.w3.org/2000/svg'
 
   var token = sessionStorage.getItem(TOKEN_KEY) || ''
