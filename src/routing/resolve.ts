@@ -39,7 +39,7 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     const current = snapshots.current
     const pinning = current.pinning
     let snapshot = current
-    if (pinning !== undefined && facts.baggage !== undefined) snapshot = pinnedSnapshot(snapshots.kept, current, pinning, facts)
+    if (pinning !== undefined && facts.baggage !== undefined) snapshot = pinnedSnapshot(snapshots.kept, current, pinning, facts, target)
     const route = snapshot.match(facts.host, target)
     if (route === undefined) return target === raw ? NO_ROUTE : { ...NO_ROUTE, target }
     let headers: RequestFacts | undefined
@@ -71,9 +71,14 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
  * else the current one. Each request carrying the entry is counted by what
  * became of it; one without it is not.
  */
-function pinnedSnapshot (kept: PinLookup<Snapshot>, current: Snapshot, pinning: PinningSettings, facts: RequestFacts): Snapshot {
+function pinnedSnapshot (kept: PinLookup<Snapshot>, current: Snapshot, pinning: PinningSettings, facts: RequestFacts, target: string): Snapshot {
   const generation = baggageGeneration(facts.baggage as string)
   if (generation === undefined) return current
+  if (facts.http1Only === true) {
+    // The fast engine hands a request for an HTTP/2 service to node:http, which resolves it again: counted there, once.
+    const route = current.match(facts.host, target)
+    if (route !== undefined && route.colors[route.live].protocol !== 'http1') return current
+  }
   // The socket's peer, never X-Forwarded-For: a client cannot speak for a service.
   if (!pinning.trust.has(facts.peer)) {
     kept.count('untrusted')

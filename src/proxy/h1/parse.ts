@@ -109,6 +109,8 @@ export class RequestHead implements RequestFacts {
   /** The socket's remote address, and the listener's trust in it: set by the connection, read only when a split keys by address. */
   peer = ''
   forwarding: Forwarding | undefined = undefined
+  /** This engine forwards over HTTP/1.1 only (see RequestFacts). */
+  readonly http1Only = true
 
   /**
    * The head as received, for the rare lookups below: they see every line the
