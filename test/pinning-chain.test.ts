@@ -191,6 +191,25 @@ for (const engine of ENGINES) {
     t.match(await counter.counts(c.gw.adminUrl), { pinned: 2, expired: 0, untrusted: 0, invalid: invalid.length })
   })
 
+  for (const users of ['http1', 'h2c'] as const) {
+    t.test(`${engine}: an h2c client's baggage fields (users over ${users}) pin and go on combined, once counted`, async (t) => {
+      const counter = pinCounter(t)
+      const c = await chain(t, engine, TRUSTED, users)
+      const before = await generation(c.gw)
+      const after = await flipToGreen(c.gw, ['users'])
+      const session = h2Session(t, c.gw.url)
+      const pinned = JSON.parse((await h2Request(session, '/users/me', { baggage: ['a=1', `switchyard-gen=${before}`, 'b=2'] })).body.toString())
+      t.equal(pinned.backend, 'blue', 'pinned to the generation before the flip')
+      t.same(members(pinned.baggage), ['a=1', 'b=2', `switchyard-gen=${before}`])
+      const fresh = JSON.parse((await h2Request(session, '/users/me', { baggage: 'a=1' })).body.toString())
+      t.equal(fresh.backend, 'green')
+      t.equal(fresh.baggage, `a=1,switchyard-gen=${after}`)
+      const none = JSON.parse((await h2Request(session, '/users/me')).body.toString())
+      t.equal(none.baggage, `switchyard-gen=${after}`)
+      t.match(await counter.counts(c.gw.adminUrl), { pinned: 1, expired: 0, untrusted: 0, invalid: 0 })
+    })
+  }
+
   t.test(`${engine}: a pinned request on the old color keeps its drain open until it ends`, async (t) => {
     const c = await chain(t, engine, TRUSTED)
     const before = await generation(c.gw)
@@ -239,6 +258,7 @@ for (const engine of ENGINES) {
   })
 
   t.test(`${engine}: a WebSocket upgrade carries the baggage and is pinned like any request`, async (t) => {
+    const counter = pinCounter(t)
     const c = await chain(t, engine, TRUSTED)
     const before = await generation(c.gw)
     const ws = await openWs(`${c.gw.url.replace('http', 'ws')}/users/ws`, { baggage: 'session=7' })
@@ -250,6 +270,7 @@ for (const engine of ENGINES) {
     const pinned = await openWs(`${c.gw.url.replace('http', 'ws')}/users/ws2`, { baggage: `switchyard-gen=${before}` })
     pinned.ws.send('hi')
     t.equal(await pinned.next(), 'blue: hi', 'a WebSocket pinned to the old generation opens on blue')
+    t.match(await counter.counts(c.gw.adminUrl), { pinned: 1, expired: 0, untrusted: 0, invalid: 0 }, 'counted once')
     pinned.ws.close()
     const fresh = await openWs(`${c.gw.url.replace('http', 'ws')}/users/ws3`)
     fresh.ws.send('hi')
@@ -300,3 +321,21 @@ t.test('fast: with pinning on and no baggage sent, the upstream gets one baggage
   t.notOk(off.some((l) => /^baggage:/i.test(l)), 'none with pinning off')
   t.same(on.filter((l) => !/^baggage:/i.test(l)), off, 'every other line as before, in the same order')
 })
+
+for (const engine of ENGINES) {
+  t.test(`${engine}: the client's baggage lines, in any letter case, reach the upstream as one line ending in the gateway's entry`, async (t) => {
+    const heads: string[] = []
+    const up = await rawUpstream(t, (socket, data) => {
+      heads.push(data.slice(0, data.indexOf('\r\n\r\n')))
+      socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
+    })
+    const gw = await startGateway(t, `engine: ${engine}\npinning: { trust: [10.0.0.0/8] }\nservices:\n  s:\n    match: { pathPrefix: / }\n    blue: { targets: [${up.url}] }\n    green: { targets: [${up.url}] }\n`)
+    const g = await generation(gw)
+    const r = await rawRequest(Number(new URL(gw.url).port), 'GET /api/y HTTP/1.1\r\nhost: gw.test\r\nBaGGage: a=1\r\nBAGGAGE: switchyard-gen=99\r\nbaggage: b=2\r\n\r\n')
+    t.equal(r.status, 200)
+    const head = heads.find((h) => h.startsWith('GET /api/y'))?.split('\r\n') ?? []
+    const lines = head.filter((l) => /^baggage:/i.test(l))
+    t.equal(lines.length, 1, `one baggage line: ${JSON.stringify(lines)}`)
+    t.same(members(lines[0]?.slice(lines[0].indexOf(':') + 1) ?? ''), ['a=1', 'b=2', `switchyard-gen=${g}`])
+  })
+}
