@@ -151,11 +151,13 @@ export type PinCounts = Record<PinResult, number>
  */
 export async function metricCounts (adminUrl: string): Promise<PinCounts | undefined> {
   const text = (await http1(`${adminUrl}/metrics`)).text
-  if (!text.includes('switchyard_pinned_requests_total{')) return undefined
+  const lines = text.split('\n').filter((l) => l.startsWith('switchyard_pinned_requests_total{'))
+  if (lines.length === 0) return undefined
   const counts: PinCounts = { pinned: 0, expired: 0, untrusted: 0, invalid: 0 }
-  for (const result of PIN_RESULTS) {
-    const m = new RegExp(`^switchyard_pinned_requests_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(text)
-    counts[result] = m === null ? 0 : Number(m[1])
+  // Summed over any other labels the metric may carry.
+  for (const line of lines) {
+    const m = /[{,]result="([a-z]+)"[^}]*\} (\d+)$/.exec(line)
+    if (m !== null && (PIN_RESULTS as string[]).includes(m[1])) counts[m[1] as PinResult] += Number(m[2])
   }
   return counts
 }
