@@ -109,8 +109,6 @@ export class RequestHead implements RequestFacts {
   /** The socket's remote address, and the listener's trust in it: set by the connection, read only when a split keys by address. */
   peer = ''
   forwarding: Forwarding | undefined = undefined
-  /** This engine forwards over HTTP/1.1 only (see RequestFacts). */
-  readonly http1Only = true
 
   /**
    * The head as received, for the rare lookups below: they see every line the
@@ -123,6 +121,11 @@ export class RequestHead implements RequestFacts {
     this.method = method
     this.target = target
     this.received = received
+  }
+
+  /** This engine forwards over HTTP/1.1 only (see RequestFacts); on the prototype, so no request pays a field for it. */
+  get http1Only (): true {
+    return true
   }
 
   /** The value of header `lowerName` as received, when it has exactly one line. */
