@@ -32,6 +32,12 @@ export interface RequestFacts {
   /** The socket's remote address. */
   readonly peer: string
   /**
+   * Set by an engine that forwards over HTTP/1.1 only (the fast one): it
+   * hands a request for an HTTP/2 service to node:http, which resolves it
+   * again, so its own resolve step must not count it.
+   */
+  readonly http1Only?: true
+  /**
    * The client's address (`clientAddress` below, with the listener's trusted
    * proxies); asked only when a split keys a request by its address.
    */

@@ -65,7 +65,7 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     const current = snapshots.current
     const pinning = current.pinning
     if (pinning === undefined) return routeOn(current, true, false, facts, raw, target)
-    const kept = facts.baggage === undefined ? undefined : keptSnapshot(snapshots.kept, current, pinning, facts)
+    const kept = facts.baggage === undefined ? undefined : keptSnapshot(snapshots.kept, current, pinning, facts, target)
     if (kept !== undefined) {
       const to = routeOn(kept, false, true, facts, raw, target)
       if (to.endpoint !== undefined || (to.code !== 'no_route' && to.code !== 'no_healthy_upstream')) {
@@ -86,9 +86,14 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
  * by what became of it (a kept snapshot's `pinned` by the caller, once it
  * routed); one without it is not.
  */
-function keptSnapshot (kept: PinLookup<Snapshot>, current: Snapshot, pinning: PinningSettings, facts: RequestFacts): Snapshot | undefined {
+function keptSnapshot (kept: PinLookup<Snapshot>, current: Snapshot, pinning: PinningSettings, facts: RequestFacts, target: string): Snapshot | undefined {
   const generation = baggageGeneration(facts.baggage as string)
   if (generation === undefined) return undefined
+  if (facts.http1Only === true) {
+    // The fast engine hands a request for an HTTP/2 service to node:http, which resolves it again: counted there, once.
+    const route = current.match(facts.host, target)
+    if (route !== undefined && route.colors[route.live].protocol !== 'http1') return undefined
+  }
   // The socket's peer, never X-Forwarded-For: a client cannot speak for a service.
   if (!pinning.trust.has(facts.peer)) {
     kept.count('untrusted')

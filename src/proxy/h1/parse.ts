@@ -123,6 +123,11 @@ export class RequestHead implements RequestFacts {
     this.received = received
   }
 
+  /** This engine forwards over HTTP/1.1 only (see RequestFacts); on the prototype, so no request pays a field for it. */
+  get http1Only (): true {
+    return true
+  }
+
   /** The value of header `lowerName` as received, when it has exactly one line. */
   header (lowerName: string): string | undefined {
     let found: string | undefined
