@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { h2Request, h2Session } from './helpers/h2.js'
 import { admin, eventually, http1, openWs, startGateway, type TestGateway } from './helpers/index.js'
 import { rawRequest, rawUpstream, wsHandshake } from './helpers/raw.js'
-import { gate, pinCounter, seenAt, startColor, startWeb, type ColorService, type WebService } from './helpers/chain.js'
+import { gate, pinCounts, seenAt, startColor, startWeb, type ColorService, type WebService } from './helpers/chain.js'
 
 const ENGINES = ['fast', 'node'] as const
 
@@ -88,7 +88,6 @@ const VARIANTS: Array<{ client: Client, users: 'http1' | 'h2c' }> = [
 for (const engine of ENGINES) {
   for (const v of VARIANTS) {
     t.test(`${engine}, ${v.client} client, users over ${v.users}: a flip of both services between the hops leaves hop 2 on the color of hop 1's generation`, async (t) => {
-      const counter = pinCounter(t)
       const c = await chain(t, engine, TRUSTED, v.users)
       const { before, after, answer } = await flipMidChain(t, c, v.client)
       t.equal(after, before + 1, 'one flip, one generation')
@@ -97,7 +96,7 @@ for (const engine of ENGINES) {
       t.equal(c.web.blue.baggage[0], `switchyard-gen=${before}`, 'web-blue received the generation before the flip as its only baggage')
       t.equal(answer.usersBaggage, `switchyard-gen=${before}`, 'users-blue received the generation that routed it (the kept one)')
       t.equal(seenAt(c.users.green, '/users/me').length, 0, 'green users saw nothing of the chain')
-      t.match(await counter.counts(c.gw.adminUrl), { pinned: 1, expired: 0, untrusted: 0, invalid: 0 })
+      t.match(await pinCounts(c.gw.adminUrl), { pinned: 1, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 })
 
       // A chain that begins after the flip stays on green at every hop.
       const fresh = startChain(t, c.gw, v.client)
@@ -117,7 +116,6 @@ for (const engine of ENGINES) {
   })
 
   t.test(`${engine}: an expired generation falls back to the current color and is counted expired`, async (t) => {
-    const counter = pinCounter(t)
     const c = await chain(t, engine, 'pinning: { keep: 300ms, trust: [127.0.0.0/8] }')
     const before = await generation(c.gw)
     const answer = startChain(t, c.gw, 'h1')
@@ -131,27 +129,25 @@ for (const engine of ENGINES) {
     t.equal(a.web, 'blue')
     t.equal(c.web.blue.baggage[0], `switchyard-gen=${before}`)
     t.equal(a.users, 'green', 'hop 2 after keep ran out goes to the current color')
-    t.match(await counter.counts(c.gw.adminUrl), { pinned: 0, expired: 1, untrusted: 0, invalid: 0 })
+    t.match(await pinCounts(c.gw.adminUrl), { pinned: 0, expired: 1, untrusted: 0, invalid: 0, unavailable: 0 })
   })
 
   t.test(`${engine}: from a source outside trust, hop 2 goes to the current color (untrusted); a forged entry pins nothing and is replaced`, async (t) => {
-    const counter = pinCounter(t)
     const c = await chain(t, engine, 'pinning: { keep: 5m, trust: [10.0.0.0/8] }')
     const { before, after, answer } = await flipMidChain(t, c, 'h1')
     t.equal(c.web.blue.baggage[0], `switchyard-gen=${before}`)
     t.equal(answer.users, 'green', 'hop 2 from 127.0.0.1 (not in trust) is routed by the current snapshot')
     t.equal(answer.usersBaggage, `switchyard-gen=${after}`, 'and carries the current generation')
-    t.match(await counter.counts(c.gw.adminUrl), { pinned: 0, expired: 0, untrusted: 1, invalid: 0 })
+    t.match(await pinCounts(c.gw.adminUrl), { pinned: 0, expired: 0, untrusted: 1, invalid: 0, unavailable: 0 })
 
     // A client forging the kept generation, with baggage of its own around it.
     const forged = await http1(`${c.gw.url}/users/me`, { headers: { baggage: `userId=alice, switchyard-gen=${before};p=1,k2=v2;prop=x , tail=%20z` } })
     t.equal(forged.json.backend, 'green', 'the forged entry pinned nothing')
     t.equal(forged.json.baggage, `userId=alice,k2=v2;prop=x , tail=%20z,switchyard-gen=${after}`, 'the client\'s members arrive in order, the forged entry replaced by the gateway\'s own')
-    t.match(await counter.counts(c.gw.adminUrl), { pinned: 0, untrusted: 2 })
+    t.match(await pinCounts(c.gw.adminUrl), { pinned: 0, untrusted: 2 })
   })
 
   t.test(`${engine}: strict about switchyard-gen, tolerant of other members; baggage lines are combined`, async (t) => {
-    const counter = pinCounter(t)
     const c = await chain(t, engine, TRUSTED)
     const before = await generation(c.gw)
     const after = await flipToGreen(c.gw, ['users'])
@@ -170,7 +166,7 @@ for (const engine of ENGINES) {
     const lines = await get(['baggage: a=1', `baggage: switchyard-gen=${before}`, 'baggage: b=2'])
     t.equal(lines.backend, 'blue', 'an entry on the second of several baggage lines pins')
     t.same(members(lines.baggage), ['a=1', 'b=2', `switchyard-gen=${before}`], 'the lines arrive combined into one, in order')
-    t.match(await counter.counts(c.gw.adminUrl), { pinned: 2, invalid: 0 })
+    t.match(await pinCounts(c.gw.adminUrl), { pinned: 2, invalid: 0, unavailable: 0 })
 
     const invalid: Array<[string, string[]]> = [
       ['with a property', [`baggage: switchyard-gen=${before};prop=1`]],
@@ -186,14 +182,13 @@ for (const engine of ENGINES) {
       n++
       t.equal(r.backend, 'green', `${what}: routed by the current snapshot`)
       t.ok(r.baggage.endsWith(`switchyard-gen=${after}`) && r.baggage.split('switchyard-gen').length === 2, `${what}: the upstream gets the gateway's entry alone`)
-      t.match(await counter.counts(c.gw.adminUrl), { invalid: n }, `${what}: counted invalid`)
+      t.match(await pinCounts(c.gw.adminUrl), { invalid: n }, `${what}: counted invalid`)
     }
-    t.match(await counter.counts(c.gw.adminUrl), { pinned: 2, expired: 0, untrusted: 0, invalid: invalid.length })
+    t.match(await pinCounts(c.gw.adminUrl), { pinned: 2, expired: 0, untrusted: 0, invalid: invalid.length })
   })
 
   for (const users of ['http1', 'h2c'] as const) {
     t.test(`${engine}: an h2c client's baggage fields (users over ${users}) pin and go on combined, once counted`, async (t) => {
-      const counter = pinCounter(t)
       const c = await chain(t, engine, TRUSTED, users)
       const before = await generation(c.gw)
       const after = await flipToGreen(c.gw, ['users'])
@@ -206,7 +201,7 @@ for (const engine of ENGINES) {
       t.equal(fresh.baggage, `a=1,switchyard-gen=${after}`)
       const none = JSON.parse((await h2Request(session, '/users/me')).body.toString())
       t.equal(none.baggage, `switchyard-gen=${after}`)
-      t.match(await counter.counts(c.gw.adminUrl), { pinned: 1, expired: 0, untrusted: 0, invalid: 0 })
+      t.match(await pinCounts(c.gw.adminUrl), { pinned: 1, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 })
     })
   }
 
@@ -248,7 +243,6 @@ for (const engine of ENGINES) {
   })
 
   t.test(`${engine}: a rollback ends the pins of the generations before it (counted expired)`, async (t) => {
-    const counter = pinCounter(t)
     const c = await chain(t, engine, TRUSTED)
     const flipped = await flipToGreen(c.gw, ['users'])
     t.equal((await http1(`${c.gw.url}/users/me`, { headers: { baggage: `switchyard-gen=${flipped - 1}` } })).json.backend, 'blue', 'before the rollback, the old generation pins blue')
@@ -258,11 +252,10 @@ for (const engine of ENGINES) {
     const r = await http1(`${c.gw.url}/users/me`, { headers: { baggage: `switchyard-gen=${flipped}` } })
     t.equal(r.json.backend, 'blue', 'a chain pinned to the generation before the rollback (green) goes by the current snapshot')
     t.equal(r.json.baggage, `switchyard-gen=${rolled}`, 'and carries the current generation on')
-    t.match(await counter.counts(c.gw.adminUrl), { pinned: 1, expired: 1, untrusted: 0, invalid: 0 })
+    t.match(await pinCounts(c.gw.adminUrl), { pinned: 1, expired: 1, untrusted: 0, invalid: 0, unavailable: 0 })
   })
 
   t.test(`${engine}: a WebSocket upgrade carries the baggage and is pinned like any request`, async (t) => {
-    const counter = pinCounter(t)
     const c = await chain(t, engine, TRUSTED)
     const before = await generation(c.gw)
     const ws = await openWs(`${c.gw.url.replace('http', 'ws')}/users/ws`, { baggage: 'session=7' })
@@ -274,7 +267,7 @@ for (const engine of ENGINES) {
     const pinned = await openWs(`${c.gw.url.replace('http', 'ws')}/users/ws2`, { baggage: `switchyard-gen=${before}` })
     pinned.ws.send('hi')
     t.equal(await pinned.next(), 'blue: hi', 'a WebSocket pinned to the old generation opens on blue')
-    t.match(await counter.counts(c.gw.adminUrl), { pinned: 1, expired: 0, untrusted: 0, invalid: 0 }, 'counted once')
+    t.match(await pinCounts(c.gw.adminUrl), { pinned: 1, expired: 0, untrusted: 0, invalid: 0 }, 'counted once')
     pinned.ws.close()
     const fresh = await openWs(`${c.gw.url.replace('http', 'ws')}/users/ws3`)
     fresh.ws.send('hi')
@@ -289,16 +282,15 @@ for (const engine of ENGINES) {
 }
 
 t.test('DEFECT: fast engine, h2c service: a request carrying switchyard-gen is counted once, not once by the fast engine and again by node:http after the hand-off', async (t) => {
-  const counter = pinCounter(t)
   const c = await chain(t, 'fast', TRUSTED, 'h2c')
   const before = await generation(c.gw)
   await flipToGreen(c.gw, ['users'])
   const pinned = await http1(`${c.gw.url}/users/me`, { headers: { baggage: `switchyard-gen=${before}` } })
   t.equal(pinned.json.backend, 'blue', 'pinned to the old generation')
-  t.match(await counter.counts(c.gw.adminUrl), { pinned: 1 }, 'counted pinned once')
+  t.match(await pinCounts(c.gw.adminUrl), { pinned: 1 }, 'counted pinned once')
   const invalid = await http1(`${c.gw.url}/users/me`, { headers: { baggage: 'switchyard-gen=abc' } })
   t.equal(invalid.json.backend, 'green')
-  t.match(await counter.counts(c.gw.adminUrl), { pinned: 1, invalid: 1 }, 'counted invalid once')
+  t.match(await pinCounts(c.gw.adminUrl), { pinned: 1, invalid: 1 }, 'counted invalid once')
 })
 
 t.test('fast: with pinning on and no baggage sent, the upstream gets one baggage line more and nothing else changes', async (t) => {

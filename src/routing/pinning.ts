@@ -135,24 +135,26 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
    */
   retire (prev: S, next: S, now: number): void {
     const settings = next.pinning
-    const before = this.byGeneration.size
     this.floor = next.pinFloor
+    // Counted, not compared by size: one kept snapshot can go as another comes.
+    let gone = 0
     if (settings === undefined) {
+      gone = this.byGeneration.size
       this.byGeneration.clear()
     } else {
-      if (prev.generation !== next.generation && prev.generation >= this.floor) this.byGeneration.set(prev.generation, { snapshot: prev, retiredAt: now, pinned: 0 })
       // The current generation is never looked up here (the current snapshot answers it), nor one below the floor.
-      this.byGeneration.delete(next.generation)
-      for (const g of this.byGeneration.keys()) if (g < this.floor) this.byGeneration.delete(g)
-      this.expire(settings.keepMs, now)
+      for (const g of this.byGeneration.keys()) if ((g === next.generation || g < this.floor) && this.byGeneration.delete(g)) gone++
+      if (prev.generation !== next.generation && prev.generation >= this.floor) this.byGeneration.set(prev.generation, { snapshot: prev, retiredAt: now, pinned: 0 })
+      gone += this.expire(settings.keepMs, now)
       // Map order is insertion order: the first are the oldest retired.
       for (const g of this.byGeneration.keys()) {
         if (this.byGeneration.size <= MAX_KEPT) break
         this.byGeneration.delete(g)
+        gone++
       }
       this.schedule(settings.keepMs)
     }
-    if (this.byGeneration.size < before) this.dropped()
+    if (gone > 0) this.dropped()
   }
 
   find (generation: number, keepMs: number, now: number): S | undefined {
@@ -197,9 +199,16 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
     this.timer = undefined
   }
 
-  /** Drops what `keepMs` no longer covers at `now`. */
-  private expire (keepMs: number, now: number): void {
-    for (const [g, k] of this.byGeneration) if (now - k.retiredAt >= keepMs) this.byGeneration.delete(g)
+  /** Drops what `keepMs` no longer covers at `now`; returns how many went. */
+  private expire (keepMs: number, now: number): number {
+    let gone = 0
+    for (const [g, k] of this.byGeneration) {
+      if (now - k.retiredAt >= keepMs) {
+        this.byGeneration.delete(g)
+        gone++
+      }
+    }
+    return gone
   }
 
   /** One timer, for the oldest kept snapshot's end: expired ones free their targets without waiting for the next change. */
@@ -210,10 +219,9 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
     if (oldest.done === true) return
     const wait = Math.max(0, oldest.value.retiredAt + keepMs - Date.now())
     this.timer = setTimeout(() => {
-      const before = this.byGeneration.size
-      this.expire(keepMs, Date.now())
+      const gone = this.expire(keepMs, Date.now())
       this.schedule(keepMs)
-      if (this.byGeneration.size < before) this.dropped()
+      if (gone > 0) this.dropped()
     }, Math.min(wait + 1, 2 ** 31 - 1))
     this.timer.unref()
   }

@@ -7,7 +7,7 @@ import http, { type IncomingHttpHeaders } from 'node:http'
 import http2 from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import { WebSocketServer } from 'ws'
-import { KeptSnapshots, PIN_RESULTS, type PinResult } from '../../src/routing/pinning.js'
+import { PIN_RESULTS, type PinResult } from '../../src/routing/pinning.js'
 import { http1 } from './index.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
@@ -145,39 +145,18 @@ export function seenAt (svc: ColorService, path: string): ColorService['seen'] {
 
 export type PinCounts = Record<PinResult, number>
 
-/**
- * Counts of switchyard_pinned_requests_total by result, read off GET
- * /metrics; undefined when the gateway has no such metric.
- */
-export async function metricCounts (adminUrl: string): Promise<PinCounts | undefined> {
+/** Counts of switchyard_pinned_requests_total by result, read off GET /metrics (every result is there from 0 with pinning on). */
+export async function pinCounts (adminUrl: string): Promise<PinCounts> {
   const text = (await http1(`${adminUrl}/metrics`)).text
-  const lines = text.split('\n').filter((l) => l.startsWith('switchyard_pinned_requests_total{'))
-  if (lines.length === 0) return undefined
-  const counts: PinCounts = { pinned: 0, expired: 0, untrusted: 0, invalid: 0 }
-  // Summed over any other labels the metric may carry.
-  for (const line of lines) {
-    const m = /[{,]result="([a-z]+)"[^}]*\} (\d+)$/.exec(line)
-    if (m !== null && (PIN_RESULTS as string[]).includes(m[1])) counts[m[1] as PinResult] += Number(m[2])
+  const counts: PinCounts = { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }
+  let seen = 0
+  for (const line of text.split('\n')) {
+    const m = /^switchyard_pinned_requests_total\{result="([a-z]+)"\} (\d+)$/.exec(line)
+    if (m !== null && (PIN_RESULTS as string[]).includes(m[1])) {
+      counts[m[1] as PinResult] = Number(m[2])
+      seen++
+    }
   }
+  if (seen !== PIN_RESULTS.length) throw new Error(`GET /metrics has ${seen} of the ${PIN_RESULTS.length} switchyard_pinned_requests_total results`)
   return counts
-}
-
-/**
- * Counts of what became of requests carrying switchyard-gen: the metric
- * when the gateway has it; else every KeptSnapshots.count call made while
- * the subtest runs (the controller holds its Switcher in a private field, so
- * the counts are taken where the resolve step reports them).
- */
-export function pinCounter (t: Teardown): { counts: (adminUrl: string) => Promise<PinCounts> } {
-  const seen: PinCounts = { pinned: 0, expired: 0, untrusted: 0, invalid: 0 }
-  // eslint-disable-next-line @typescript-eslint/unbound-method
-  const original = KeptSnapshots.prototype.count
-  KeptSnapshots.prototype.count = function (this: KeptSnapshots<never>, result: PinResult): void {
-    seen[result]++
-    original.call(this, result)
-  }
-  t.teardown(() => { KeptSnapshots.prototype.count = original })
-  return {
-    counts: async (adminUrl) => (await metricCounts(adminUrl)) ?? { ...seen },
-  }
 }
