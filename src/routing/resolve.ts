@@ -69,7 +69,9 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     if (kept !== undefined) {
       const to = routeOn(kept, false, true, facts, raw, target)
       if (to.endpoint !== undefined || (to.code !== 'no_route' && to.code !== 'no_healthy_upstream')) {
-        snapshots.kept.count('pinned', kept.generation)
+        // An HTTP/2 color the fast engine hands to node:http, which resolves it again: counted there, once
+        // (the kept generation's service can speak HTTP/2 where the current one's does not, after a reload).
+        if (to.endpoint === undefined || to.group.protocol === 'http1' || facts.http1Only !== true) snapshots.kept.count('pinned', kept.generation)
         return to
       }
       // The kept generation cannot serve it (its color's targets are down or gone, or it had no such service): the current one does, rather than fail a chain it can serve.
