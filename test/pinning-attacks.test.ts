@@ -192,3 +192,122 @@ for (const engine of ENGINES) for (const { trusted, name } of FORMS) {
     if (trusted) t.strictSame(await kept(gw), [[before, n]], 'each pinned request counted on the kept generation')
   })
 }
+
+for (const engine of ENGINES) {
+  t.test(`${engine}: a reload that replaces a color's target keeps the old one open while a generation routing to it is kept, and closes it after`, async (t) => {
+    const a = await recorder(t, 'A')
+    const b = await recorder(t, 'B')
+    const c = await recorder(t, 'C')
+    const pinning = 'pinning: { keep: 1500ms, trust: [127.0.0.0/8] }'
+    const gw = await startGateway(t, usersYaml(engine, pinning, a, b))
+    const g0 = await generation(gw)
+    await flip(gw, ['users'], 'green')
+    t.equal((await http1(`${gw.url}/users/one`, { headers: { baggage: `switchyard-gen=${g0}` } })).json.backend, 'A', 'pinned to the generation before the flip: blue, target A')
+    t.equal(a.open(), 1, 'the gateway holds a connection to A')
+    // Blue's target A is replaced by C: no current snapshot routes to A any more.
+    const g2 = await reload(gw, usersYaml(engine, pinning, c, b))
+    t.equal(a.open(), 1, 'A\'s connection stays open: kept generations route to it')
+    const two = await http1(`${gw.url}/users/two`, { headers: { baggage: `switchyard-gen=${g0}` } })
+    t.equal(two.json.backend, 'A', 'a chain pinned to the first generation still reaches A after the reload')
+    t.strictSame(two.json.baggage, [`switchyard-gen=${g0}`])
+    t.equal(c.at('/users/two').length, 0)
+    // Once keep has passed for every generation that routed to A, its connection goes, with no request to make it.
+    await eventually(() => a.open() === 0, { timeout: 5000, interval: 25 })
+    t.equal(a.open(), 0, 'closed after keep')
+    const late = await http1(`${gw.url}/users/three`, { headers: { baggage: `switchyard-gen=${g0}` } })
+    t.equal(late.json.backend, 'B', 'past keep the current snapshot routes it (green)')
+    t.strictSame(late.json.baggage, [`switchyard-gen=${g2}`])
+    t.strictSame(await pinCounts(gw.adminUrl), { pinned: 2, expired: 1, untrusted: 0, invalid: 0, unavailable: 0 })
+    t.strictSame(await kept(gw), [], 'nothing kept')
+  })
+}
+
+t.test(`a flip storm keeps the newest ${MAX_KEPT} generations, each routing by its own colors; older ones fall back and are counted expired`, async (t) => {
+  const blue = await recorder(t, 'blue')
+  const green = await recorder(t, 'green')
+  const gw = await startGateway(t, usersYaml('fast', 'pinning: { keep: 5m, trust: [127.0.0.0/8] }', blue, green))
+  const g0 = await generation(gw)
+  const flips = MAX_KEPT + 6
+  let last = g0
+  for (let i = 1; i <= flips; i++) last = await flip(gw, ['users'], i % 2 === 1 ? 'green' : 'blue')
+  t.equal(last, g0 + flips, 'one generation per flip')
+  const colorAt = (g: number): string => (g - g0) % 2 === 1 ? 'green' : 'blue'
+  const list = await kept(gw)
+  t.equal(list.length, MAX_KEPT, `${MAX_KEPT} kept`)
+  t.strictSame(list.map(([g]) => g), Array.from({ length: MAX_KEPT }, (_, i) => last - 1 - i), 'the newest, newest first')
+  const current = colorAt(last)
+  let pinned = 0
+  let expired = 0
+  for (let g = g0; g <= last; g++) {
+    const r = await http1(`${gw.url}/users/g${g}`, { headers: { baggage: `switchyard-gen=${g}` } })
+    const isKept = g === last || g >= last - MAX_KEPT
+    if (isKept) pinned++
+    else expired++
+    t.equal(r.json.backend, isKept ? colorAt(g) : current, `generation ${g}: ${isKept ? 'its own color' : 'not kept: the current color'}`)
+    t.strictSame(r.json.baggage, [`switchyard-gen=${isKept ? g : last}`])
+  }
+  t.strictSame(await pinCounts(gw.adminUrl), { pinned, expired, untrusted: 0, invalid: 0, unavailable: 0 })
+  t.ok((await kept(gw)).every(([, n]) => n === 1), 'each kept generation served its one request')
+})
+
+for (const engine of ENGINES) {
+  t.test(`${engine}: counts are exact under concurrency (HTTP/1.1 and HTTP/2 at once)`, async (t) => {
+    const blue = await recorder(t, 'blue')
+    const green = await recorder(t, 'green')
+    const gw = await startGateway(t, usersYaml(engine, 'pinning: { keep: 5m, trust: [127.0.0.0/8] }', blue, green))
+    const g0 = await generation(gw)
+    const g1 = await flip(gw, ['users'], 'green')
+    const kinds = [
+      { baggage: `a=1,switchyard-gen=${g0}`, backend: 'blue' },
+      { baggage: `switchyard-gen=${g1}`, backend: 'green' },
+      { baggage: 'switchyard-gen=424242', backend: 'green' },
+      { baggage: 'switchyard-gen=-1', backend: 'green' },
+      { baggage: 'x=1', backend: 'green' },
+    ]
+    const session = h2Session(t, gw.url)
+    const each = 40
+    const all: Array<Promise<void>> = []
+    for (let i = 0; i < each; i++) {
+      kinds.forEach((k, j) => {
+        const path = `/users/c${i}-${j}`
+        all.push((async () => {
+          const backend = i % 2 === 0
+            ? (await http1(`${gw.url}${path}`, { headers: { baggage: k.baggage } })).json.backend
+            : JSON.parse((await h2Request(session, path, { baggage: k.baggage })).body.toString()).backend
+          if (backend !== k.backend) throw new Error(`${path}: ${String(backend)}, not ${k.backend}`)
+        })())
+      })
+    }
+    await Promise.all(all)
+    t.pass(`${all.length} requests, each on its color`)
+    t.strictSame(await pinCounts(gw.adminUrl), { pinned: 2 * each, expired: each, untrusted: 0, invalid: each, unavailable: 0 })
+    t.strictSame(await kept(gw), [[g0, each]], 'the kept generation counts its own')
+  })
+}
+
+for (const engine of ENGINES) {
+  t.test(`${engine}: with shadow traffic on, a copy carries the gateway's entry alone, and a request pinned to a kept generation is not copied`, async (t) => {
+    const blue = await recorder(t, 'blue')
+    const green = await recorder(t, 'green')
+    const gw = await startGateway(t, usersYaml(engine, 'pinning: { keep: 5m, trust: [127.0.0.0/8] }', blue, green).replace('    protocol: http1\n', '    protocol: http1\n    shadow: { sample: 1 }\n'))
+    const g0 = await generation(gw)
+    const g1 = await flip(gw, ['users'], 'green')
+    // Live green, idle blue: a copy of what green serves goes to blue.
+    const unknown = await http1(`${gw.url}/users/copied`, { headers: { baggage: 'a=1, switchyard-gen=777' } })
+    t.equal(unknown.json.backend, 'green')
+    await eventually(() => blue.at('/users/copied').length === 1)
+    const copy = blue.at('/users/copied')[0]
+    t.equal(copy.baggage.length, 1, `the copy has one baggage line: ${JSON.stringify(copy.baggage)}`)
+    t.strictSame(ours(copy.baggage[0][1]), [`switchyard-gen=${g1}`], 'the copy carries the gateway\'s entry, never the client\'s')
+    t.strictSame(green.at('/users/copied')[0].baggage, copy.baggage, 'the same baggage as the live request')
+
+    const pinned = await http1(`${gw.url}/users/pinned`, { headers: { baggage: `switchyard-gen=${g0}` } })
+    t.equal(pinned.json.backend, 'blue', 'pinned to blue by the kept generation')
+    // A copy made by the current snapshot's route would also reach blue: a marker request after it shows the copies are through.
+    await http1(`${gw.url}/users/marker`)
+    await eventually(() => blue.at('/users/marker').length === 1)
+    t.equal(blue.at('/users/pinned').length, 1, 'blue got the pinned request once: no copy')
+    t.equal(green.at('/users/pinned').length, 0, 'and green nothing')
+    t.strictSame(await pinCounts(gw.adminUrl), { pinned: 1, expired: 1, untrusted: 0, invalid: 0, unavailable: 0 })
+  })
+}
