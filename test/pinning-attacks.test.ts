@@ -6,13 +6,14 @@
 import t from 'tap'
 import http, { type IncomingMessage } from 'node:http'
 import http2 from 'node:http2'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import { writeFileSync } from 'node:fs'
 import { h2Request, h2Session } from './helpers/h2.js'
 import { admin, eventually, http1, startGateway, type TestGateway } from './helpers/index.js'
-import { exchange, rawRequest } from './helpers/raw.js'
+import { exchange, rawRequest, wsHandshake } from './helpers/raw.js'
 import { pinCounts } from './helpers/chain.js'
 import { MAX_KEPT } from '../src/routing/pinning.js'
+import { MAX_HEAD } from '../src/proxy/limits.js'
 
 const ENGINES = ['fast', 'node'] as const
 
@@ -309,5 +310,55 @@ for (const engine of ENGINES) {
     t.equal(blue.at('/users/pinned').length, 1, 'blue got the pinned request once: no copy')
     t.equal(green.at('/users/pinned').length, 0, 'and green nothing')
     t.strictSame(await pinCounts(gw.adminUrl), { pinned: 1, expired: 1, untrusted: 0, invalid: 0, unavailable: 0 })
+  })
+}
+
+/** An HTTP/1.1 upstream on raw sockets that records the size of each request head it gets (whatever its size) and answers 200, or 400 to an upgrade. */
+async function headSizes (t: Teardown): Promise<{ url: string, heads: Array<{ path: string, bytes: number }> }> {
+  const heads: Array<{ path: string, bytes: number }> = []
+  const server = net.createServer((socket) => {
+    let buf = ''
+    socket.on('error', () => {})
+    socket.on('data', (d: Buffer) => {
+      buf += d.toString('latin1')
+      const end = buf.indexOf('\r\n\r\n')
+      if (end === -1) return
+      const head = buf.slice(0, end + 4)
+      buf = buf.slice(end + 4)
+      heads.push({ path: head.split(' ')[1], bytes: head.length })
+      socket.write(/\r\nupgrade:/i.test(head) ? 'HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n' : 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, heads }
+}
+
+for (const engine of ENGINES) {
+  t.test(`DEFECT: ${engine}: a baggage near the head limit never makes the gateway send an upstream a head over ${MAX_HEAD} bytes (ordinary, WebSocket, h2c client): it answers 431 itself`, async (t) => {
+    const up = await headSizes(t)
+    const gw = await startGateway(t, `engine: ${engine}\npinning: { keep: 5m, trust: [127.0.0.0/8] }\nservices:\n  s:\n    match: { pathPrefix: / }\n    blue: { targets: [${up.url}] }\n    green: { targets: [${up.url}] }\n`)
+    const port = Number(new URL(gw.url).port)
+    const session = h2Session(t, gw.url)
+    let refused = 0
+    for (let room = 40; room <= 400; room += 40) {
+      // A head of MAX_HEAD - room bytes as the client sends it, most of it baggage.
+      const forms: Array<[string, (path: string, baggage: string) => Promise<number>]> = [
+        ['ordinary', async (path, baggage) => (await rawRequest(port, `GET ${path} HTTP/1.1\r\nhost: gw\r\nbaggage: ${baggage}\r\nconnection: close\r\n\r\n`)).status],
+        ['WebSocket', async (path, baggage) => (await rawRequest(port, wsHandshake(path, [`baggage: ${baggage}`]))).status],
+        ['h2c client', async (path, baggage) => (await h2Request(session, path, { baggage })).status],
+      ]
+      for (const [what, send] of forms) {
+        const path = `/${what.replace(/\W/g, '')}/${room}`
+        const base = what === 'WebSocket' ? wsHandshake(path, ['baggage: ']).length : `GET ${path} HTTP/1.1\r\nhost: gw\r\nbaggage: \r\nconnection: close\r\n\r\n`.length
+        const status = await send(path, `big=${'x'.repeat(MAX_HEAD - room - base - 4)}`)
+        const sent = up.heads.filter((h) => h.path === path)
+        if (status === 431) refused++
+        else t.ok(sent.length === 1, `${what}, ${room} bytes short: forwarded (${status})`)
+        for (const h of sent) t.ok(h.bytes <= MAX_HEAD, `${what}, ${room} bytes short of the limit: the upstream got ${h.bytes} bytes, within ${MAX_HEAD}`)
+        if (status === 431) t.equal(sent.length, 0, `${what}, ${room} bytes short: refused with 431, nothing sent upstream`)
+      }
+    }
+    t.ok(refused > 0, 'some were refused (the sweep reaches the limit)')
   })
 }
