@@ -9,9 +9,9 @@ import http2 from 'node:http2'
 import net, { type AddressInfo } from 'node:net'
 import { writeFileSync } from 'node:fs'
 import { h2Request, h2Session } from './helpers/h2.js'
-import { admin, eventually, http1, startGateway, type TestGateway } from './helpers/index.js'
+import { admin, configFile, eventually, http1, listening, serve, startGateway, type TestGateway } from './helpers/index.js'
 import { exchange, rawRequest, wsHandshake } from './helpers/raw.js'
-import { pinCounts } from './helpers/chain.js'
+import { gate, pinCounts, seenAt, startColor } from './helpers/chain.js'
 import { MAX_KEPT } from '../src/routing/pinning.js'
 import { MAX_HEAD } from '../src/proxy/limits.js'
 
@@ -362,3 +362,61 @@ for (const engine of ENGINES) {
     t.ok(refused > 0, 'some were refused (the sweep reaches the limit)')
   })
 }
+
+for (const engine of ENGINES) {
+  t.test(`${engine}: a pinned request on the old color is closed by its drain's deadline, and the drain ends; later pinned requests still reach it until keep`, async (t) => {
+    const blue = await startColor(t, 'blue')
+    const green = await startColor(t, 'green')
+    const gw = await startGateway(t, `engine: ${engine}
+pinning: { keep: 5m, trust: [127.0.0.0/8] }
+services:
+  users:
+    match: { pathPrefix: /users }
+    drain: { timeout: 400ms }
+    blue: { targets: [${blue.url}] }
+    green: { targets: [${green.url}] }
+`)
+    const g0 = await generation(gw)
+    const arrived = gate()
+    const never = gate()
+    blue.hold = { path: '/users/held', until: never.wait, arrived }
+    // An ordinary request in flight on blue, so the flip's drain of blue does not end at once.
+    const first = http1(`${gw.url}/users/held`).then((r) => r.status, (err: Error) => err.message)
+    await arrived.wait
+    await flip(gw, ['users'], 'green')
+    const held = http1(`${gw.url}/users/held`, { headers: { baggage: `switchyard-gen=${g0}` } }).then((r) => r.status, (err: Error) => err.message)
+    await eventually(() => seenAt(blue, '/users/held').length === 2)
+    const env = async (): Promise<any> => (await admin(gw.adminUrl, 'GET', '/v1/state')).json.services.users.environments.blue
+    t.match(await env(), { state: 'draining', inflight: 2 }, 'the pinned request counts in blue\'s drain')
+    t.not(await first, 200, 'the deadline closed the ordinary request')
+    const ended = await held
+    t.not(ended, 200, `the drain deadline closed the pinned request (${String(ended)})`)
+    const done = await eventually(async () => {
+      const b = await env()
+      if (b.state === 'draining') throw new Error('still draining')
+      return b
+    })
+    t.match(done, { inflight: 0 }, 'the drain ended, nothing in flight')
+    blue.hold = undefined
+    const late = await http1(`${gw.url}/users/late`, { headers: { baggage: `switchyard-gen=${g0}` } })
+    t.equal(late.json.backend, 'blue', 'a chain pinned before the flip still reaches the drained color until keep (as the README says)')
+    t.strictSame(await pinCounts(gw.adminUrl), { pinned: 2, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 })
+  })
+}
+
+t.test('serve: a kept generation\'s expiry timer (keep 1h) does not hold the process up at SIGTERM', async (t) => {
+  const blue = await recorder(t, 'blue')
+  const green = await recorder(t, 'green')
+  const file = configFile(t, `pinning: { keep: 1h, trust: [127.0.0.0/8] }\nservices:\n  users:\n    match: { pathPrefix: /users }\n    blue: { targets: [${blue.url}] }\n    green: { targets: [${green.url}] }\n`)
+  const p = serve(t, ['serve', '--config', file])
+  const { port, admin: adminPort } = await listening(p)
+  const adminUrl = `http://127.0.0.1:${adminPort}`
+  const r = await admin(adminUrl, 'POST', '/v1/flip', { services: ['users'], to: 'green', guard: false })
+  t.equal(r.status, 200, r.text)
+  const pinned = await http1(`http://127.0.0.1:${port}/users/x`, { headers: { baggage: `switchyard-gen=${(r.json.generation as number) - 1}` } })
+  t.equal(pinned.json.backend, 'blue', 'a generation is kept (its timer set for an hour)')
+  const started = Date.now()
+  p.kill('SIGTERM')
+  t.equal(await p.exit, 0, 'exits 0')
+  t.ok(Date.now() - started < 10_000, `and promptly (${Date.now() - started} ms)`)
+})
