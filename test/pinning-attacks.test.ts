@@ -30,6 +30,8 @@ interface Recorder {
   at: (path: string) => Got[]
   /** Connections open on it now. */
   open: () => number
+  /** Set: GET /healthz answers 503 (the target goes bad for the probes, and serves the rest). */
+  failHealth: boolean
 }
 
 function baggageLines (raw: readonly string[]): Array<[string, string]> {
@@ -52,6 +54,7 @@ async function recorder (t: Teardown, name: string, protocol: 'http1' | 'h2c' = 
     return JSON.stringify({ backend: name, baggage: lines.map(([, v]) => v) })
   }
   let server: http.Server | http2.Http2Server
+  const rec: Recorder = { url: '', name, got, at: (path) => got.filter((g) => g.path === path), open: () => open, failHealth: false }
   if (protocol === 'h2c') {
     const h2 = http2.createServer()
     h2.on('stream', (stream, headers, _flags, rawHeaders) => {
@@ -65,19 +68,19 @@ async function recorder (t: Teardown, name: string, protocol: 'http1' | 'h2c' = 
     server = http.createServer((req: IncomingMessage, res) => {
       req.resume()
       req.on('end', () => {
-        res.writeHead(200, { 'content-type': 'application/json' })
+        res.writeHead(req.url === '/healthz' && rec.failHealth ? 503 : 200, { 'content-type': 'application/json' })
         res.end(record(req.url ?? '', req.rawHeaders))
       })
     })
   }
   server.on('connection', (s) => { open++; s.on('close', () => { open-- }) })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  rec.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   t.teardown(async () => {
     if (server instanceof http.Server) server.closeAllConnections()
     await new Promise<void>((resolve) => server.close(() => resolve()))
   })
-  return { url, name, got, at: (path) => got.filter((g) => g.path === path), open: () => open }
+  return rec
 }
 
 async function generation (gw: TestGateway): Promise<number> {
@@ -419,4 +422,30 @@ t.test('serve: a kept generation\'s expiry timer (keep 1h) does not hold the pro
   p.kill('SIGTERM')
   t.equal(await p.exit, 0, 'exits 0')
   t.ok(Date.now() - started < 10_000, `and promptly (${Date.now() - started} ms)`)
+})
+
+t.test('DEFECT: a target only a kept generation routes to (a reload replaced it) is still probed: gone bad, a chain pinned to it falls back (unavailable) instead of reaching it', async (t) => {
+  const a = await recorder(t, 'A')
+  const b = await recorder(t, 'B')
+  const c = await recorder(t, 'C')
+  const pinning = 'pinning: { keep: 1500ms, trust: [127.0.0.0/8] }\ndefaults:\n  health: { interval: 100ms, timeout: 50ms, unhealthyThreshold: 1, healthyThreshold: 1 }'
+  const gw = await startGateway(t, usersYaml('fast', pinning, a, b))
+  const g0 = await generation(gw)
+  await flip(gw, ['users'], 'green')
+  const g2 = await reload(gw, usersYaml('fast', pinning, c, b))
+  t.equal((await http1(`${gw.url}/users/one`, { headers: { baggage: `switchyard-gen=${g0}` } })).json.backend, 'A', 'pinned to A while it is healthy')
+  // A goes bad (its environment scaled down, say): the probes must still see it while a kept generation routes to it.
+  a.failHealth = true
+  const probes = a.at('/healthz').length
+  const seen = await eventually(() => a.at('/healthz').length >= probes + 2, { timeout: 1000, interval: 20 }).then(() => true, () => false)
+  t.ok(seen, 'A is still probed after the reload')
+  const r = await http1(`${gw.url}/users/two`, { headers: { baggage: `switchyard-gen=${g0}` } })
+  t.equal(r.json.backend, 'B', 'the pinned request falls back to the current color')
+  t.strictSame(r.json.baggage, [`switchyard-gen=${g2}`])
+  t.strictSame(await pinCounts(gw.adminUrl), { pinned: 1, expired: 0, untrusted: 0, invalid: 0, unavailable: 1 })
+  // Once no kept generation routes to A, its probes stop with its connections.
+  await eventually(() => a.open() === 0, { timeout: 5000, interval: 25 })
+  const stopped = a.at('/healthz').length
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  t.ok(a.at('/healthz').length <= stopped + 1, `no probes of A after keep (${a.at('/healthz').length - stopped} in 500 ms)`)
 })
