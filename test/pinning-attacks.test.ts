@@ -431,7 +431,8 @@ t.test('DEFECT: a target only a kept generation routes to (a reload replaced it)
   const pinning = 'pinning: { keep: 1500ms, trust: [127.0.0.0/8] }\ndefaults:\n  health: { interval: 100ms, timeout: 50ms, unhealthyThreshold: 1, healthyThreshold: 1 }'
   const gw = await startGateway(t, usersYaml('fast', pinning, a, b))
   const g0 = await generation(gw)
-  await flip(gw, ['users'], 'green')
+  // The flip's gate waits for green's first probes.
+  await eventually(async () => await flip(gw, ['users'], 'green'))
   const g2 = await reload(gw, usersYaml('fast', pinning, c, b))
   t.equal((await http1(`${gw.url}/users/one`, { headers: { baggage: `switchyard-gen=${g0}` } })).json.backend, 'A', 'pinned to A while it is healthy')
   // A goes bad (its environment scaled down, say): the probes must still see it while a kept generation routes to it.
