@@ -98,8 +98,11 @@ export class Controller {
     this.fleet = fleet
     this.events = store.events
     this.health = health
-    // Kept snapshots that go (pinning's `keep` ran out) may free targets only they used.
-    this.#switcher = new Switcher(snapshot, () => { this.registry.prune(this.#switcher.targets()) })
+    // Kept snapshots that go (pinning's `keep` ran out) may free targets only they used: no more probes, pools closed.
+    this.#switcher = new Switcher(snapshot, () => {
+      this.health.prober.sync(configureTargets(this.#switcher.current, ...this.#switcher.kept.snapshots()))
+      this.registry.prune(this.#switcher.targets())
+    })
     this.snapshots = this.#switcher.view
     this.pinning = health.pinning ?? this.#switcher.kept
     const tally = store.kind === 'file' ? undefined : new FleetTally(fleet.id)
@@ -174,8 +177,8 @@ export class Controller {
    */
   private afterSwap (snapshot: Snapshot): void {
     this.health.shadow?.wiring?.installed(snapshot)
-    this.health.prober.sync(configureTargets(snapshot))
-    // The kept snapshots' targets stay open for the chains pinned to them.
+    // The kept snapshots' targets stay open and probed for the chains pinned to them (a bad one makes them fall back: `unavailable`).
+    this.health.prober.sync(configureTargets(snapshot, ...this.#switcher.kept.snapshots()))
     this.registry.prune(this.#switcher.targets())
     configureSampling(snapshot)
     // The constructor swaps before the runs exist; it syncs them itself once they do.

@@ -342,11 +342,13 @@ function routeSplit (split: ServiceState['split'], live: Color, colors: Readonly
 /**
  * Runtime state follows the snapshot now in force: each target takes the
  * probe and passive settings of the first service (in config order) that
- * uses it. Returns the targets in use.
+ * uses it. `kept`: the snapshots pinning keeps, whose chains still reach
+ * targets the current one may have left (their settings come after the
+ * current one's). Returns the targets in use.
  */
-export function configureTargets (snapshot: Snapshot): Set<Target> {
+export function configureTargets (snapshot: Snapshot, ...kept: readonly Snapshot[]): Set<Target> {
   const seen = new Set<Target>()
-  for (const route of snapshot.services.values()) {
+  for (const route of [snapshot, ...kept].flatMap((s) => [...s.services.values()])) {
     for (const color of COLORS) {
       for (const e of route.colors[color].targets.endpoints) {
         if (seen.has(e.target)) continue
