@@ -450,3 +450,23 @@ t.test('DEFECT: a target only a kept generation routes to (a reload replaced it)
   await new Promise((resolve) => setTimeout(resolve, 500))
   t.ok(a.at('/healthz').length <= stopped + 1, `no probes of A after keep (${a.at('/healthz').length - stopped} in 500 ms)`)
 })
+
+for (const engine of ENGINES) {
+  t.test(`${engine}: an h2c upstream gets a baggage near the head limit with the gateway's entry, or the client gets 431: never an upstream error`, async (t) => {
+    const up = await recorder(t, 'h2', 'h2c')
+    const gw = await startGateway(t, `engine: ${engine}\npinning: { keep: 5m, trust: [127.0.0.0/8] }\nservices:\n  s:\n    match: { pathPrefix: / }\n    protocol: h2c\n    blue: { targets: [${up.url}] }\n    green: { targets: [${up.url}] }\n`)
+    const g = await generation(gw)
+    const port = Number(new URL(gw.url).port)
+    const session = h2Session(t, gw.url)
+    for (let room = 40; room <= 400; room += 40) {
+      const path = `/h1/${room}`
+      const base = `GET ${path} HTTP/1.1\r\nhost: gw\r\nbaggage: \r\nconnection: close\r\n\r\n`.length
+      const baggage = `big=${'x'.repeat(MAX_HEAD - room - base - 4)}`
+      const h1 = await rawRequest(port, `GET ${path} HTTP/1.1\r\nhost: gw\r\nbaggage: ${baggage}\r\nconnection: close\r\n\r\n`)
+      t.ok(h1.status === 200 || h1.status === 431, `HTTP/1.1 client, ${room} bytes short: ${h1.status}`)
+      if (h1.status === 200) t.strictSame(h1.json.baggage, [`${baggage},switchyard-gen=${g}`])
+      const h2 = await h2Request(session, `/h2/${room}`, { baggage })
+      t.ok(h2.status === 200 || h2.status === 431, `h2c client, ${room} bytes short: ${h2.status}`)
+    }
+  })
+}
