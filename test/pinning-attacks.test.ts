@@ -470,3 +470,28 @@ for (const engine of ENGINES) {
     }
   })
 }
+
+for (const engine of ENGINES) {
+  t.test(`DEFECT: ${engine}: baggage the client names in Connection (hop-by-hop) is the gateway's to read, never forwarded: the upstream gets the gateway's entry alone, as it gets nothing of it with pinning off`, async (t) => {
+    const blue = await recorder(t, 'blue')
+    const green = await recorder(t, 'green')
+    const off = await startGateway(t, usersYaml(engine, '', blue, green))
+    const port = (gw: TestGateway): number => Number(new URL(gw.url).port)
+    const send = async (gw: TestGateway, path: string, baggage: string): Promise<void> => {
+      const r = await rawRequest(port(gw), `GET ${path} HTTP/1.1\r\nhost: gw\r\nconnection: close, baggage\r\nbaggage: ${baggage}\r\n\r\n`)
+      t.equal(r.status, 200, `${path}: answered`)
+    }
+    await send(off, '/users/off', 'secret=1')
+    t.strictSame(blue.at('/users/off')[0]?.baggage, [], 'pinning off: the hop-by-hop baggage is not forwarded')
+
+    const on = await startGateway(t, usersYaml(engine, 'pinning: { keep: 5m, trust: [127.0.0.0/8] }', blue, green))
+    const g0 = await generation(on)
+    await send(on, '/users/on', 'secret=1')
+    t.strictSame(blue.at('/users/on')[0]?.baggage, [['baggage', `switchyard-gen=${g0}`]], 'pinning on: the gateway\'s entry alone, none of the client\'s hop-by-hop members')
+    const g1 = await flip(on, ['users'], 'green')
+    await send(on, '/users/pinned', `secret=1, switchyard-gen=${g0}`)
+    t.equal(blue.at('/users/pinned').length, 1, 'the entry is the gateway\'s to act on (it is this hop\'s recipient): pinned to blue')
+    t.strictSame(blue.at('/users/pinned')[0]?.baggage, [['baggage', `switchyard-gen=${g0}`]], 'and goes on as the gateway\'s entry alone')
+    t.ok(g1 > g0)
+  })
+}
