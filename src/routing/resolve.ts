@@ -2,7 +2,7 @@
 // what a request says to where it goes, or the coded reason it goes nowhere.
 
 import type { Color } from '../config/schema.js'
-import type { Refusal, RequestFacts, Resolution, Resolve } from '../proxy/resolve.js'
+import type { Refusal, RequestFacts, RequestTracer, Resolution, Resolve } from '../proxy/resolve.js'
 import { ambiguousRouting, chooseFor, previewColor, readsHeaders, routesByHeaders } from './choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from './path.js'
 import { baggageGeneration, INVALID, outgoingBaggage, type PinLookup } from './pinning.js'
@@ -27,9 +27,10 @@ const ABOVE_ROOT: Refusal = { code: 'bad_request', message: TARGET_ABOVE_ROOT, t
  * be picked for shadow traffic (its route's `shadow`, when on). With
  * pinning on, a request whose baggage names a kept generation, from a
  * trusted peer, is routed by that generation's snapshot instead, and every
- * request is told the baggage to forward.
+ * request is told the baggage to forward. With `tracer` (tracing on),
+ * each request routed gets its span; without, the one check is of a constant.
  */
-export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resolve {
+export function createResolver (snapshots: SnapshotView, pins: ColorPins, tracer?: RequestTracer): Resolve {
   return (facts: RequestFacts): Resolution | Refusal => {
     const raw = facts.target
     // Origin-form only (`/path?query`): absolute-form, `*` and friends are not for a reverse proxy.
@@ -58,10 +59,11 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
       return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats }
     }
     const baggage = pinning === undefined ? undefined : facts.baggage === undefined ? snapshot.baggageMember : outgoingBaggage(facts.baggage, snapshot.baggageMember)
+    const trace = tracer === undefined ? undefined : tracer.start(facts, target, snapshot.generation, snapshot !== current)
     const shadow = route.shadow
     // A kept snapshot's comparison is over: only the current one's routes copy.
-    if (shadow === undefined || pinned !== undefined || snapshot !== current || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage }
-    return { target, endpoint, group: color, setCookie, shadow: shadow.sample(facts.method), baggage }
+    if (shadow === undefined || pinned !== undefined || snapshot !== current || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage, trace }
+    return { target, endpoint, group: color, setCookie, shadow: shadow.sample(facts.method), baggage, trace }
   }
 }
 
