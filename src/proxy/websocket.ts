@@ -83,7 +83,8 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
     port: origin.port,
     path: req.url,
     method: req.method,
-    headers: withPropagation(upstreamRequestHeaders(req, forwarding, true), to.baggage, to.trace?.traceparent),
+    // No span for a WebSocket (it is no request that ends with a status): the client's traceparent goes as sent, none is added.
+    headers: withPropagation(upstreamRequestHeaders(req, forwarding, true), to.baggage, undefined),
     agent: false,
   })
   const fail = (err: Error & { code?: string }): void => {
