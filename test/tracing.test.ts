@@ -4,6 +4,7 @@
 // the client's trace or to one the gateway starts and names upstream.
 
 import t, { type Test } from 'tap'
+import http from 'node:http'
 import http2, { type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import { LocalListener } from '../src/listen/local.js'
@@ -12,7 +13,7 @@ import { parseTraceparent } from '../src/tracing/context.js'
 import { Span } from '../src/tracing/tracer.js'
 import type { ExportCounts } from '../src/tracing/exporter.js'
 import { h2Request, h2Session } from './helpers/h2.js'
-import { eventually, http1, openWs, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
+import { configFile, eventually, http1, listening, openWs, serve, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
 import { startCollector, type Collector, type SeenSpan } from './helpers/otlp-collector.js'
 
 const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736'
@@ -296,4 +297,40 @@ t.test('traceparent parsing follows W3C Trace Context, version 00', async (t) =>
   ]) t.equal(parseTraceparent(bad), undefined, `refused: ${JSON.stringify(bad)}`)
   t.equal(unixNano(1700000000123 + 0.457), '1700000000123457000', 'microseconds: what a double holds of a time this large')
   t.equal(unixNano(1700000000123 + 0.9999), '1700000000124000000', 'rounding carries into the millisecond')
+})
+
+/** A request on a fresh connection, so the cluster may hand it to any worker; the traceparent its upstream got. */
+async function fresh (url: string, headers: http.OutgoingHttpHeaders = {}): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    http.get(url, { agent: false, headers }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode ?? 0))
+    }).on('error', reject)
+  })
+}
+
+t.test('serve --workers 2: each worker exports the spans of what it serves, and sends them when it stops', async (t) => {
+  const collector = await startCollector(t)
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const file = configFile(t, `tracing: { otlp: ${collector.url} }\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
+  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
+  const { port } = await listening(p)
+  const sent: string[] = []
+  for (let i = 0; i < 20; i++) {
+    const m = marker(100 + i)
+    sent.push(m.traceId)
+    t.equal(await fresh(`http://127.0.0.1:${port}/w${i}`, { traceparent: m.traceparent }), 200)
+  }
+  const generated = await fresh(`http://127.0.0.1:${port}/bare`)
+  t.equal(generated, 200)
+  const bare = GENERATED.exec(b.seen.filter((s) => s.url === '/bare')[0].headers.traceparent as string)
+  t.ok(bare, 'a worker names the trace it started upstream')
+  // SIGTERM at once: the spans are still queued (the interval is a second); the workers' stop sends them.
+  p.kill('SIGTERM')
+  t.equal(await p.exit, 0)
+  const spans = collector.spans()
+  t.same(spans.filter((s) => s.parentSpanId === PARENT).map((s) => s.traceId).sort(), sent.sort(), 'every request\'s span, once')
+  t.ok(spans.some((s) => s.spanId === bare?.[2] && s.traceId === bare?.[1]), 'the started trace\'s span')
+  t.ok(new Set(collector.posts.map((x) => x.remotePort)).size >= 2, 'from more than one exporter (each worker its own)')
 })

@@ -24,8 +24,8 @@ export interface SeenSpan {
 export interface Collector {
   /** Where to point `tracing.otlp` (`/v1/traces` included). */
   url: string
-  /** Every POST as received: path, content type, parsed body. */
-  posts: Array<{ path: string, contentType: string | undefined, body: any }>
+  /** Every POST as received: path, content type, parsed body, and the sender's port (one per exporter connection). */
+  posts: Array<{ path: string, contentType: string | undefined, body: any, remotePort: number }>
   /** The spans of every POST, in order. */
   spans: () => SeenSpan[]
   /** How the next POSTs are answered: a status, or 'hang' (never answered). Default 200. */
@@ -46,7 +46,7 @@ export async function startCollector (t: Teardown): Promise<Collector> {
     const chunks: Buffer[] = []
     req.on('data', (c: Buffer) => chunks.push(c))
     req.on('end', () => {
-      collector.posts.push({ path: req.url ?? '', contentType: req.headers['content-type'], body: JSON.parse(Buffer.concat(chunks).toString()) })
+      collector.posts.push({ path: req.url ?? '', contentType: req.headers['content-type'], body: JSON.parse(Buffer.concat(chunks).toString()), remotePort: req.socket.remotePort ?? 0 })
       if (collector.answer === 'hang') return
       res.writeHead(collector.answer, { 'content-type': 'application/json' })
       res.end('{}')
