@@ -287,6 +287,19 @@ t.test('the exporter: a bounded queue drops and counts; a hung collector loses i
   t.equal(exporter.counts.dropped, 7, 'after the stop, a span is dropped, counted')
 })
 
+t.test('the exporter: a stop waits for a hung collector no longer than one timeout, whatever is queued', async (t) => {
+  const collector = await startCollector(t)
+  collector.answer = 'hang'
+  const exporter = new OtlpExporter(collector.url, 'switchyard', { queue: 100, batch: 10, intervalMs: 60_000, timeoutMs: 300 })
+  for (let i = 0; i < 50; i++) exporter.add(finished(exporter, i))
+  const started = performance.now()
+  await exporter.stop()
+  const took = performance.now() - started
+  t.ok(took < 1000, `stopped in ${Math.round(took)} ms (five batches of 300 ms each would be 1500)`)
+  t.equal(exporter.counts.failed, 50, 'every span not sent is counted lost')
+  t.equal(exporter.queued, 0)
+})
+
 t.test('traceparent parsing follows W3C Trace Context, version 00', async (t) => {
   t.same(parseTraceparent(SAMPLED), { traceId: TRACE, parentId: PARENT, sampled: true })
   t.same(parseTraceparent(` 00-${TRACE}-${PARENT}-00 `), { traceId: TRACE, parentId: PARENT, sampled: false })

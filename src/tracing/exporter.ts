@@ -179,13 +179,28 @@ export class OtlpExporter implements SpanSink {
     log('warn', 'tracing: spans lost', { collector: this.url.href, reason, ...this.counts })
   }
 
-  /** Sends what is queued (the POSTs bounded by the timeout each), then lets go of the connection. Spans that end later are dropped. */
+  /**
+   * Sends what is queued, then lets go of the connection. The whole of it
+   * is bounded by one timeout (a stop must not wait on a collector batch
+   * after batch): what is not sent by then is lost, counted. Spans that end
+   * later are dropped.
+   */
   async stop (): Promise<void> {
     if (this.stopped) return
     this.stopped = true
     clearInterval(this.timer)
     this.send()
-    while (this.sending !== undefined) await this.sending
+    let timer: NodeJS.Timeout | undefined
+    const deadline = new Promise<'late'>((resolve) => { timer = setTimeout(() => resolve('late'), this.opts.timeoutMs) })
+    while (this.sending !== undefined) {
+      if (await Promise.race([this.sending, deadline]) !== 'late') continue
+      this.counts.failed += this.queue.length
+      this.queue = []
+      // Cuts the POST under way: it fails, counted, and sends nothing after it.
+      this.agent.destroy()
+      await this.sending
+    }
+    clearTimeout(timer)
     this.agent.destroy()
   }
 }
