@@ -87,6 +87,9 @@ ${tracing}services:
     protocol: h2c
     blue: { targets: [${h2.url}] }
     green: { targets: [${h2.url}] }
+  dead:
+    match: { pathPrefix: /dead }
+    blue: { targets: ['http://127.0.0.1:1'] }
 `)
   return { gw, b, h2 }
 }
@@ -210,6 +213,15 @@ for (const engine of ['fast', 'node']) {
     const end = BigInt(ok.endTimeUnixNano)
     t.ok(start >= BigInt(before) * 1_000_000n && end >= start && end < BigInt(Date.now() + 1) * 1_000_000n, 'times in nanoseconds, in order, now')
     t.match(failed, { parentSpanId: '1'.repeat(16), attributes: { 'http.response.status_code': 503 }, status: { code: 2 } }, 'a 5xx is an error span (and flags 03 still means sampled)')
+    // Refused for its color (no healthy target, once the probes said so): a span of that color all the same.
+    const dead = `00-${'d'.repeat(32)}-${PARENT}-01`
+    await eventually(async () => (await http1(`${gw.url}/dead/x`, { headers: { traceparent: dead } })).status === 503)
+    const refused = await eventually(() => {
+      const s = collector.spans().find((x) => x.traceId === 'd'.repeat(32) && x.attributes['http.response.status_code'] === 503)
+      if (s === undefined) throw new Error('no span of the refusal yet')
+      return s
+    })
+    t.match(refused, { parentSpanId: PARENT, attributes: { 'switchyard.service': 'dead', 'switchyard.color': 'blue', 'url.path': '/dead/x' }, status: { code: 2 } })
   })
 
   t.test(`${engine}: an unsampled traceparent exports nothing; sample 0 exports none of the traces the gateway starts`, async (t) => {

@@ -155,6 +155,8 @@ export interface Refusal {
   readonly target: string | undefined
   /** The color that could not serve it (no healthy upstream): the refusal is counted there. */
   readonly stats: ColorStats | undefined
+  /** With tracing on, the span of a request refused for its color (no healthy upstream), ended with the refusal. */
+  readonly trace?: RequestTrace | undefined
 }
 
 /** The one resolve step every engine calls: route, color, target, or the error to answer. */

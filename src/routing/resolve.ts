@@ -55,11 +55,11 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins, tracer
     const pinned = facts.smoke === undefined ? undefined : pins.colorOf(facts.smoke)
     const { color, setCookie } = chooseFor(route, pinned, headers)
     const endpoint = color.targets.pick()
+    const trace = tracer === undefined ? undefined : tracer.start(facts, target, snapshot.generation, snapshot !== current)
     if (endpoint === undefined) {
-      return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats }
+      return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats, trace }
     }
     const baggage = pinning === undefined ? undefined : facts.baggage === undefined ? snapshot.baggageMember : outgoingBaggage(facts.baggage, snapshot.baggageMember)
-    const trace = tracer === undefined ? undefined : tracer.start(facts, target, snapshot.generation, snapshot !== current)
     const shadow = route.shadow
     // A kept snapshot's comparison is over: only the current one's routes copy.
     if (shadow === undefined || pinned !== undefined || snapshot !== current || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage, trace }

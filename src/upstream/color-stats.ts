@@ -239,11 +239,11 @@ export class ColorStats {
     if (this.watcher !== undefined) this.watcher.onOutcome()
   }
 
-  /** The gateway answered 503 itself: no healthy target in this color. */
-  rejected (method: string, path: string, requestId: string, bytes: number, durationMs: number): void {
+  /** The gateway answered 503 itself: no healthy target in this color (`trace`: the request's span, tracing on). */
+  rejected (method: string, path: string, requestId: string, bytes: number, durationMs: number, trace?: RequestTrace): void {
     this.record(true)
     this.upstreamError('no_healthy_upstream')
-    this.finish({ method, path, status: 503, bytes, durationMs, upstreamMs: -1, requestId, target: '', trace: undefined })
+    this.finish({ method, path, status: 503, bytes, durationMs, upstreamMs: -1, requestId, target: '', trace })
   }
 
   upstreamError (kind: UpstreamErrorKind): void {
