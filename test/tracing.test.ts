@@ -13,7 +13,7 @@ import { parseTraceparent } from '../src/tracing/context.js'
 import { Span } from '../src/tracing/tracer.js'
 import type { ExportCounts } from '../src/tracing/exporter.js'
 import { h2Request, h2Session } from './helpers/h2.js'
-import { configFile, eventually, http1, listening, openWs, serve, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
+import { admin, configFile, eventually, http1, listening, openWs, serve, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
 import { startCollector, type Collector, type SeenSpan } from './helpers/otlp-collector.js'
 
 const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736'
@@ -268,6 +268,32 @@ for (const engine of ['fast', 'node']) {
     t.equal(collector.spans()[0].traceId, TRACE)
   })
 }
+
+t.test('a span names the generation that routed it, and whether a kept one did (pinning)', async (t) => {
+  const collector = await startCollector(t)
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const gw = await startGateway(t, `pinning: { trust: [127.0.0.0/8] }
+tracing: { otlp: ${collector.url} }
+services:
+${serviceYaml('web', '/', [b], [g])}`)
+  const spanOf = async (path: string, headers: Record<string, string> = {}): Promise<SeenSpan> => {
+    t.equal((await http1(`${gw.url}${path}`, { headers })).status, 200)
+    const sent = GENERATED.exec((b.seen.concat(g.seen).find((r) => r.url === path)?.headers.traceparent ?? '') as string)
+    if (sent === null) throw new Error(`no traceparent reached ${path}`)
+    return await spanWithId(collector, sent[2])
+  }
+  const first = await spanOf('/one')
+  const generation = first.attributes['switchyard.generation'] as number
+  t.match(first.attributes, { 'switchyard.color': 'blue', 'switchyard.pinned': false })
+  t.equal(b.seen.find((r) => r.url === '/one')?.headers.baggage, `switchyard-gen=${generation}`, 'the span\'s generation is the one the baggage names')
+  t.equal((await admin(gw.adminUrl, 'POST', '/v1/flip', {})).status, 200)
+  const pinned = await spanOf('/two', { baggage: `switchyard-gen=${generation}` })
+  t.match(pinned.attributes, { 'switchyard.color': 'blue', 'switchyard.generation': generation, 'switchyard.pinned': true }, 'routed by the kept generation')
+  const fresh = await spanOf('/three')
+  t.match(fresh.attributes, { 'switchyard.color': 'green', 'switchyard.pinned': false })
+  t.ok((fresh.attributes['switchyard.generation'] as number) > generation, 'the flip\'s generation')
+})
 
 /** A finished span as the tracer would queue it. */
 function finished (exporter: OtlpExporter, n: number): Span {
