@@ -115,7 +115,7 @@ export class OtlpExporter implements SpanSink {
   add (span: Span): void {
     if (this.queue.length >= this.opts.queue || this.stopped) {
       this.counts.dropped++
-      this.lost('the span queue is full (the collector is slower than the traffic)')
+      this.lost(this.stopped ? 'a span ended after the exporter stopped' : 'the span queue is full (the collector is slower than the traffic)')
       return
     }
     this.queue.push(span)
