@@ -10,7 +10,8 @@ import type { AddressInfo } from 'node:net'
 import { LocalListener } from '../src/listen/local.js'
 import { OtlpExporter, unixNano } from '../src/tracing/exporter.js'
 import { parseTraceparent } from '../src/tracing/context.js'
-import { Span } from '../src/tracing/tracer.js'
+import { Span, Tracer } from '../src/tracing/tracer.js'
+import type { RequestFacts } from '../src/proxy/resolve.js'
 import type { ExportCounts } from '../src/tracing/exporter.js'
 import { h2Request, h2Session } from './helpers/h2.js'
 import { admin, configFile, eventually, http1, listening, openWs, serve, serviceYaml, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
@@ -336,6 +337,34 @@ t.test('the exporter: a stop waits for a hung collector no longer than one timeo
   t.ok(took < 1000, `stopped in ${Math.round(took)} ms (five batches of 300 ms each would be 1500)`)
   t.equal(exporter.counts.failed, 50, 'every span not sent is counted lost')
   t.equal(exporter.queued, 0)
+})
+
+t.test('the tracer: whose trace, and when the gateway names its own upstream', async (t) => {
+  const queued: Span[] = []
+  const facts = (lines: string[]): RequestFacts => ({
+    method: 'GET',
+    header: (name: string) => name === 'traceparent' && lines.length === 1 ? lines[0] : undefined,
+    headerLines: (name: string) => name === 'traceparent' ? lines.length : 0,
+  }) as unknown as RequestFacts
+  const tracer = new Tracer({ sample: 1 }, { add: (s) => queued.push(s) })
+  const joined = tracer.start(facts([SAMPLED]), '/a', 4, false) as Span
+  t.match(joined, { traceId: TRACE, parentSpanId: PARENT, traceparent: undefined, generation: 4, pinned: false })
+  const started = tracer.start(facts([]), '/b', 4, true) as Span
+  t.equal(started.parentSpanId, undefined)
+  t.equal(started.traceparent, `00-${started.traceId}-${started.spanId}-01`, 'named upstream under its own span')
+  const twoLines = tracer.start(facts([SAMPLED, SAMPLED]), '/c', 4, false) as Span
+  t.equal(twoLines.traceparent, undefined, 'two traceparent lines: a trace of its own, nothing added (the client\'s lines go as sent)')
+  t.not(twoLines.traceId, TRACE)
+  t.equal(tracer.start(facts([`00-${TRACE}-${PARENT}-00`]), '/d', 4, false), undefined, 'unsampled: no span at all')
+  const never = new Tracer({ sample: 0 }, { add: (s) => queued.push(s) })
+  t.equal(never.start(facts(['garbage']), '/e', 4, false), undefined, 'sample 0 and a client value to keep: nothing to do')
+  const unsampled = never.start(facts([]), '/f', 4, false)
+  t.match(unsampled?.traceparent, /^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/)
+  unsampled?.end({ service: 'web', color: 'blue' } as never, { status: 200 } as never)
+  started.end({ service: 'web', color: 'green' } as never, { status: 204 } as never)
+  t.equal(queued.length, 1, 'only the sampled span was queued')
+  t.match(queued[0], { service: 'web', color: 'green', status: 204, target: '/b', pinned: true })
+  t.ok(queued[0].endMs >= queued[0].startMs)
 })
 
 t.test('traceparent parsing follows W3C Trace Context, version 00', async (t) => {
