@@ -259,13 +259,13 @@ for (const engine of ['fast', 'node']) {
     t.equal(exporter.counts.dropped, 0)
   })
 
-  t.test(`${engine}: the gateway's stop sends what is queued`, async (t) => {
+  t.test(`${engine}: the gateway's stop sends what is queued before it returns`, async (t) => {
     const collector = await startCollector(t)
     const { gw } = await twoServices(t, engine, `tracing: { otlp: ${collector.url} }\n`)
     await http1(`${gw.url}/h1/last`, { headers: { traceparent: SAMPLED } })
-    t.equal(collector.posts.length, 0, 'not sent yet (the interval is a second)')
+    // Most likely still queued (the interval is a second); either way, it is out once the stop is over.
     await gw.stop()
-    t.equal(collector.spans().length, 1, 'sent by the stop')
+    t.equal(collector.spans().length, 1, 'sent by the time the stop is over')
     t.equal(collector.spans()[0].traceId, TRACE)
   })
 }
