@@ -70,6 +70,7 @@ class UnsampledTrace implements RequestTrace {
   end (): void {}
 }
 
+/** The resolve step's tracer (`tracing` on): decides each request's trace context and makes its span. */
 export class Tracer implements RequestTracer {
   private readonly sample: number
   private readonly sink: SpanSink
@@ -95,9 +96,8 @@ export class Tracer implements RequestTracer {
     if (parent !== undefined) {
       return parent.sampled ? new Span(this.sink, parent.traceId, parent.parentId, false, facts.method, target, generation, pinned) : undefined
     }
-    const traceId = newTraceId()
     const sampled = this.sample >= 1 || Math.random() < this.sample
-    if (!sampled) return carried ? undefined : new UnsampledTrace(formatTraceparent(traceId, newSpanId(), false))
-    return new Span(this.sink, traceId, undefined, !carried, facts.method, target, generation, pinned)
+    if (!sampled) return carried ? undefined : new UnsampledTrace(formatTraceparent(newTraceId(), newSpanId(), false))
+    return new Span(this.sink, newTraceId(), undefined, !carried, facts.method, target, generation, pinned)
   }
 }
