@@ -7,7 +7,7 @@ import https from 'node:https'
 import type { Duplex } from 'node:stream'
 import { rawError, type ErrorCode } from '../errors.js'
 import { errorCodeOf, failureKindOf } from './attempt.js'
-import { downstreamResponseHeaders, upstreamRequestHeaders, withBaggage } from './headers.js'
+import { downstreamResponseHeaders, upstreamRequestHeaders, withPropagation } from './headers.js'
 import type { Resolution } from './resolve.js'
 import type { Forwarding } from './trust.js'
 import { WsRelay } from './ws-relay.js'
@@ -83,7 +83,8 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
     port: origin.port,
     path: req.url,
     method: req.method,
-    headers: withBaggage(upstreamRequestHeaders(req, forwarding, true), to.baggage),
+    // No span for a WebSocket (it is no request that ends with a status): the client's traceparent goes as sent, none is added.
+    headers: withPropagation(upstreamRequestHeaders(req, forwarding, true), to.baggage, undefined),
     agent: false,
   })
   const fail = (err: Error & { code?: string }): void => {

@@ -2,7 +2,7 @@
 // what a request says to where it goes, or the coded reason it goes nowhere.
 
 import type { Color } from '../config/schema.js'
-import type { Refusal, RequestFacts, Resolution, Resolve } from '../proxy/resolve.js'
+import type { Refusal, RequestFacts, RequestTracer, Resolution, Resolve } from '../proxy/resolve.js'
 import { ambiguousRouting, chooseFor, previewColor, readsHeaders, routesByHeaders } from './choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from './path.js'
 import { baggageGeneration, INVALID, outgoingBaggage, type PinLookup } from './pinning.js'
@@ -27,9 +27,10 @@ const ABOVE_ROOT: Refusal = { code: 'bad_request', message: TARGET_ABOVE_ROOT, t
  * be picked for shadow traffic (its route's `shadow`, when on). With
  * pinning on, a request whose baggage names a kept generation, from a
  * trusted peer, is routed by that generation's snapshot instead, and every
- * request is told the baggage to forward.
+ * request is told the baggage to forward. With `tracer` (tracing on),
+ * each request routed gets its span; without, the one check is of a constant.
  */
-export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resolve {
+export function createResolver (snapshots: SnapshotView, pins: ColorPins, tracer?: RequestTracer): Resolve {
   /** The request routed by `snapshot` (`current`, or a kept one); `pinning`: on, so the baggage to forward is set. */
   const routeOn = (snapshot: Snapshot, isCurrent: boolean, pinning: boolean, facts: RequestFacts, raw: string, target: string): Resolution | Refusal => {
     const route = snapshot.match(facts.host, target)
@@ -46,14 +47,15 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     const pinned = facts.smoke === undefined ? undefined : pins.colorOf(facts.smoke)
     const { color, setCookie } = chooseFor(route, pinned, headers)
     const endpoint = color.targets.pick()
+    const trace = tracer === undefined ? undefined : tracer.start(facts, target, snapshot.generation, !isCurrent)
     if (endpoint === undefined) {
-      return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats }
+      return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats, trace }
     }
     const baggage = !pinning ? undefined : facts.baggage === undefined ? snapshot.baggageMember : outgoingBaggage(facts.baggage, snapshot.baggageMember)
     const shadow = route.shadow
     // A kept snapshot's comparison is over: only the current one's routes copy.
-    if (shadow === undefined || pinned !== undefined || !isCurrent || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage }
-    return { target, endpoint, group: color, setCookie, shadow: shadow.sample(facts.method), baggage }
+    if (shadow === undefined || pinned !== undefined || !isCurrent || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage, trace }
+    return { target, endpoint, group: color, setCookie, shadow: shadow.sample(facts.method), baggage, trace }
   }
 
   return (facts: RequestFacts): Resolution | Refusal => {
