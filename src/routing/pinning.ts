@@ -37,6 +37,11 @@ export const MAX_KEPT = 64
 export type PinResult = 'pinned' | 'expired' | 'untrusted' | 'invalid' | 'unavailable'
 export const PIN_RESULTS: readonly PinResult[] = ['pinned', 'expired', 'untrusted', 'invalid', 'unavailable']
 
+/** Every result at 0 (a process's counts, and the workers' sums, start here). */
+export function noPinCounts (): Record<PinResult, number> {
+  return { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }
+}
+
 /** The generation a baggage value names: a safe integer, INVALID, or undefined when it has no `switchyard-gen` entry. */
 export const INVALID = -1
 
@@ -116,7 +121,7 @@ export interface PinLookup<S> {
  * Switcher, which retires each snapshot it replaces.
  */
 export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
-  readonly counts: Record<PinResult, number> = { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }
+  readonly counts: Record<PinResult, number> = noPinCounts()
   private readonly byGeneration = new Map<number, Kept<S>>()
   /** Generations below it pin nothing: a rollback or revert went back from the colors they routed to. */
   private floor = 0
