@@ -83,3 +83,8 @@ t.test('a pinned request the fast engine can serve itself is counted once, whate
   serveOnEdge(resolve, 'switchyard-gen=9')
   t.same(switcher.kept.counts, { pinned: 1, expired: 1, untrusted: 0, invalid: 0, unavailable: 0 })
 })
+
+t.test('DEFECT: pinning.trust: [] is accepted, and turns pinning on with nobody believed (every entry untrusted)', async (t) => {
+  t.throws(() => parseConfig('pinning: { trust: [] }\n' + service('http1'), { env: {} }), /pinning\.trust: must list at least one address/, 'refused, naming the key and what it needs')
+  t.equal(parseConfig('pinning: { trust: [10.0.0.0/8] }\n' + service('http1'), { env: {} }).pinning?.trust.length, 1, 'one address is enough')
+})
