@@ -37,11 +37,17 @@ export const MAX_KEPT = 64
 export type PinResult = 'pinned' | 'expired' | 'untrusted' | 'invalid' | 'unavailable'
 export const PIN_RESULTS: readonly PinResult[] = ['pinned', 'expired', 'untrusted', 'invalid', 'unavailable']
 
-/** The generation a baggage value names: a safe integer, INVALID, or undefined when it has no `switchyard-gen` entry. */
+/** Every result at 0 (a process's counts, and the workers' sums, start here). */
+export function noPinCounts (): Record<PinResult, number> {
+  return { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }
+}
+
+/** What baggageGeneration returns for an entry of ours that is not valid (a generation is never negative). */
 export const INVALID = -1
 
 /**
- * Reads our entry from a request's baggage (its lines joined with `,`).
+ * The generation a request's baggage (its lines joined with `,`) names: a
+ * safe integer, INVALID, or undefined when it has no `switchyard-gen` entry.
  * Tolerant of every other member, well-formed or not; strict about ours:
  * exactly one, the value all digits (at most 15), no properties.
  */
@@ -116,10 +122,8 @@ export interface PinLookup<S> {
  * Switcher, which retires each snapshot it replaces.
  */
 export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
-  readonly counts: Record<PinResult, number> = { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }
+  readonly counts: Record<PinResult, number> = noPinCounts()
   private readonly byGeneration = new Map<number, Kept<S>>()
-  /** Generations below it pin nothing: a rollback or revert went back from the colors they routed to. */
-  private floor = 0
   private timer: NodeJS.Timeout | undefined
   /** Told when kept snapshots were dropped, so the targets only they used can go. */
   private readonly dropped: () => void
@@ -135,7 +139,8 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
    */
   retire (prev: S, next: S, now: number): void {
     const settings = next.pinning
-    this.floor = next.pinFloor
+    // Generations below it pin nothing (a rollback or revert went back from the colors they routed to): they go here, so find() need not ask.
+    const floor = next.pinFloor
     // Counted, not compared by size: one kept snapshot can go as another comes.
     let gone = 0
     if (settings === undefined) {
@@ -143,8 +148,8 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
       this.byGeneration.clear()
     } else {
       // The current generation is never looked up here (the current snapshot answers it), nor one below the floor.
-      for (const g of this.byGeneration.keys()) if ((g === next.generation || g < this.floor) && this.byGeneration.delete(g)) gone++
-      if (prev.generation !== next.generation && prev.generation >= this.floor) this.byGeneration.set(prev.generation, { snapshot: prev, retiredAt: now, pinned: 0 })
+      for (const g of this.byGeneration.keys()) if ((g === next.generation || g < floor) && this.byGeneration.delete(g)) gone++
+      if (prev.generation !== next.generation && prev.generation >= floor) this.byGeneration.set(prev.generation, { snapshot: prev, retiredAt: now, pinned: 0 })
       gone += this.expire(settings.keepMs, now)
       // Map order is insertion order: the first are the oldest retired.
       for (const g of this.byGeneration.keys()) {
@@ -159,7 +164,7 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
 
   find (generation: number, keepMs: number, now: number): S | undefined {
     const kept = this.byGeneration.get(generation)
-    if (kept === undefined || now - kept.retiredAt >= keepMs || generation < this.floor) return undefined
+    if (kept === undefined || now - kept.retiredAt >= keepMs) return undefined
     return kept.snapshot
   }
 

@@ -30,10 +30,10 @@ export interface ClientSide {
 
 const enum Phase { Waiting, Body, Done }
 
-/** One request's trip upstream on the fast path. */
 /** The header the resolve step's baggage replaces. */
 const BAGGAGE = ['baggage']
 
+/** One request's trip upstream on the fast path. */
 export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gatherer {
   readonly requestId: string
   prevOpen: OpenExchange | undefined = undefined
