@@ -99,7 +99,7 @@ export class Controller {
     this.events = store.events
     this.health = health
     // Kept snapshots that go (pinning's `keep` ran out) may free targets only they used.
-    this.#switcher = new Switcher(snapshot, () => { this.registry.prune(this.#switcher.targets()) })
+    this.#switcher = new Switcher(snapshot, () => { this.syncTargets() })
     this.snapshots = this.#switcher.view
     this.pinning = health.pinning ?? this.#switcher.kept
     const tally = store.kind === 'file' ? undefined : new FleetTally(fleet.id)
@@ -174,12 +174,21 @@ export class Controller {
    */
   private afterSwap (snapshot: Snapshot): void {
     this.health.shadow?.wiring?.installed(snapshot)
-    this.health.prober.sync(configureTargets(snapshot))
-    // The kept snapshots' targets stay open for the chains pinned to them.
-    this.registry.prune(this.#switcher.targets())
+    this.syncTargets()
     configureSampling(snapshot)
     // The constructor swaps before the runs exist; it syncs them itself once they do.
     this.releases.sync()
+  }
+
+  /**
+   * Probes run for exactly the targets the current and kept snapshots use
+   * (a chain pinned to a kept one is sent only to its healthy targets), and
+   * the registry keeps those open and forgets the rest.
+   */
+  private syncTargets (): void {
+    const switcher = this.#switcher
+    this.health.prober.sync(configureTargets(switcher.current, ...switcher.kept.snapshots()))
+    this.registry.prune(switcher.targets())
   }
 
   get generation (): number {

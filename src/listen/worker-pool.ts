@@ -354,7 +354,7 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
       switcher.swap(snapshot)
     }
     shadow.installed(snapshot)
-    for (const target of configureTargets(snapshot)) {
+    for (const target of configureTargets(snapshot, ...switcher.kept.snapshots())) {
       const p = probes[target.url]
       if (p !== undefined) target.setProbe(p)
     }

@@ -59,9 +59,10 @@ export function baggageGeneration (baggage: string): number | undefined {
   if (members.length > MAX_BAGGAGE_MEMBERS) return INVALID
   let found: number | undefined
   for (const m of members) {
+    if (memberKey(m) !== BAGGAGE_KEY) continue
     const eq = m.indexOf('=')
-    if (eq === -1 || m.slice(0, eq).trim() !== BAGGAGE_KEY) continue
-    if (found !== undefined) return INVALID
+    // Ours with no value (`switchyard-gen`, `switchyard-gen;p=1`) is ours, and not valid.
+    if (found !== undefined || eq === -1 || m.lastIndexOf(';', eq) !== -1) return INVALID
     const value = m.slice(eq + 1).trim()
     if (!/^[0-9]{1,15}$/.test(value)) return INVALID
     found = Number(value)
@@ -78,15 +79,22 @@ export function outgoingBaggage (incoming: string | undefined, member: string): 
   if (incoming === undefined) return member
   let kept = incoming
   if (incoming.includes(BAGGAGE_KEY)) {
-    kept = incoming.split(',').filter((m) => {
-      const eq = m.indexOf('=')
-      return (eq === -1 ? m : m.slice(0, eq)).trim() !== BAGGAGE_KEY
-    }).join(',')
+    kept = incoming.split(',').filter((m) => memberKey(m) !== BAGGAGE_KEY).join(',')
   }
   // Empty members (a trailing comma, an empty line) carry nothing.
   kept = kept.trim()
   while (kept.endsWith(',')) kept = kept.slice(0, -1).trimEnd()
   return kept === '' ? member : `${kept},${member}`
+}
+
+/** A list-member's key: what comes before its first `=` or `;` (a member with no value has properties only), without OWS. */
+function memberKey (member: string): string {
+  let end = member.length
+  for (let i = 0; i < end; i++) {
+    const c = member.charCodeAt(i)
+    if (c === 61 /* = */ || c === 59 /* ; */) end = i
+  }
+  return member.slice(0, end).trim()
 }
 
 /** A retired snapshot, kept for the chains pinned to its generation. */
@@ -176,9 +184,9 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
     }
   }
 
-  /** The kept snapshots (the registry keeps their targets open while they are). */
+  /** The kept snapshots, newest first (the registry keeps their targets open, and probes them, while they are). */
   snapshots (): S[] {
-    return [...this.byGeneration.values()].map((k) => k.snapshot)
+    return [...this.byGeneration.values()].reverse().map((k) => k.snapshot)
   }
 
   /** Kept generations, newest first, with this process's pinned counts; `keepMs`: the `keep` in force. */
