@@ -185,11 +185,11 @@ export function createMetrics (deps: Deps): Registry {
   }
   const pinning = deps.pinning
   // Only a restart turns pinning on or off, so the metric is there exactly when it can count; then every
-  // result from 0 (four fixed labels): a rate of `expired` or `untrusted` reads from the first scrape.
+  // result from 0 (PIN_RESULTS' fixed labels): a rate of `expired` or `untrusted` reads from the first scrape.
   if (pinning !== undefined) {
     new Counter({
       name: 'switchyard_pinned_requests_total',
-      help: 'Requests carrying baggage switchyard-gen, by result: pinned (routed by the generation it named), expired (not kept, or unknown here), untrusted (from a peer outside pinning.trust), invalid (a malformed entry); all but pinned go by the current routing',
+      help: 'Requests carrying baggage switchyard-gen, by result: pinned (routed by the generation it named), expired (not kept, or unknown here), untrusted (from a peer outside pinning.trust), invalid (a malformed entry), unavailable (the kept generation could not serve it); all but pinned go by the current routing',
       labelNames: ['result'],
       registers: [reg],
       collect () {

@@ -1,6 +1,6 @@
 // The dashboard's call chains panel in a real Chromium: a real gateway with
 // pinning on, real flips and real pinned requests; the panel shows the kept
-// generations with their pinned counts and the four result counts, and empties
+// generations with their pinned counts and the five result counts, and empties
 // when keep runs out. Without pinning the panel is not there.
 
 import t, { type Test } from 'tap'

@@ -1,5 +1,5 @@
 // Generation pinning made observable: GET /v1/state's `pinning` (the kept
-// generations with their pinned counts, the four result counts) and
+// generations with their pinned counts, the five result counts) and
 // switchyard_pinned_requests_total, on a real gateway after real flips, in one
 // process and summed over `serve --workers 2`.
 

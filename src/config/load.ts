@@ -290,7 +290,10 @@ function pinningConfig (value: unknown, c: Checker): PinningConfig | undefined {
     c.fail('pinning.trust', 'required: the addresses your services call the gateway from (127.0.0.0/8, 10.0.0.0/8); a switchyard-gen entry from anyone else pins nothing')
     return undefined
   }
-  return { keep, trust: c.cidrList(raw.trust, 'pinning.trust') }
+  const trust = c.cidrList(raw.trust, 'pinning.trust')
+  // An empty list would stamp every request and pin none: a mistake, not a setting.
+  if (Array.isArray(raw.trust) && raw.trust.length === 0) c.fail('pinning.trust', 'must list at least one address: the ones your services call the gateway from (127.0.0.0/8, 10.0.0.0/8)')
+  return { keep, trust }
 }
 
 /** `tracing`: the OTLP/HTTP URL, with `/v1/traces` added to one that names no path. */

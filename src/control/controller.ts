@@ -98,11 +98,8 @@ export class Controller {
     this.fleet = fleet
     this.events = store.events
     this.health = health
-    // Kept snapshots that go (pinning's `keep` ran out) may free targets only they used: no more probes, pools closed.
-    this.#switcher = new Switcher(snapshot, () => {
-      this.health.prober.sync(configureTargets(this.#switcher.current, ...this.#switcher.kept.snapshots()))
-      this.registry.prune(this.#switcher.targets())
-    })
+    // Kept snapshots that go (pinning's `keep` ran out) may free targets only they used.
+    this.#switcher = new Switcher(snapshot, () => { this.syncTargets() })
     this.snapshots = this.#switcher.view
     this.pinning = health.pinning ?? this.#switcher.kept
     const tally = store.kind === 'file' ? undefined : new FleetTally(fleet.id)
@@ -177,12 +174,21 @@ export class Controller {
    */
   private afterSwap (snapshot: Snapshot): void {
     this.health.shadow?.wiring?.installed(snapshot)
-    // The kept snapshots' targets stay open and probed for the chains pinned to them (a bad one makes them fall back: `unavailable`).
-    this.health.prober.sync(configureTargets(snapshot, ...this.#switcher.kept.snapshots()))
-    this.registry.prune(this.#switcher.targets())
+    this.syncTargets()
     configureSampling(snapshot)
     // The constructor swaps before the runs exist; it syncs them itself once they do.
     this.releases.sync()
+  }
+
+  /**
+   * Probes run for exactly the targets the current and kept snapshots use
+   * (a chain pinned to a kept one is sent only to its healthy targets), and
+   * the registry keeps those open and forgets the rest.
+   */
+  private syncTargets (): void {
+    const switcher = this.#switcher
+    this.health.prober.sync(configureTargets(switcher.current, ...switcher.kept.snapshots()))
+    this.registry.prune(switcher.targets())
   }
 
   get generation (): number {

@@ -4,7 +4,7 @@
 // the `pinning` of GET /v1/state.
 
 import type { PinningConfig } from '../config/schema.js'
-import { MAX_KEPT, PIN_RESULTS, type KeptGeneration, type PinResult } from '../routing/pinning.js'
+import { MAX_KEPT, noPinCounts, PIN_RESULTS, type KeptGeneration, type PinResult } from '../routing/pinning.js'
 
 /** What the metrics, /v1/state and the dashboard read of pinning: this process's counts, or its workers' summed. */
 export interface PinningReader {
@@ -20,10 +20,6 @@ export interface PinReport {
   byGeneration: Record<number, number>
 }
 
-function zero (): Record<PinResult, number> {
-  return { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }
-}
-
 /**
  * The workers' pinning summed. A worker that exited keeps its part: its
  * requests happened. Its per-generation counts are kept for the MAX_KEPT
@@ -32,7 +28,7 @@ function zero (): Record<PinResult, number> {
  */
 export class PooledPinning implements PinningReader {
   private readonly reports = new Map<number, PinReport>()
-  private readonly retiredCounts = zero()
+  private readonly retiredCounts = noPinCounts()
   private readonly retiredByGeneration = new Map<number, number>()
 
   get counts (): Readonly<Record<PinResult, number>> {

@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net'
 import type { TlsConfig } from '../config/schema.js'
 import { createEdgeServer, type EdgeServer } from '../proxy/edge.js'
 import { createResolver } from '../routing/resolve.js'
+import { startTracing, type Tracing } from '../tracing/tracing.js'
 import { CertStore } from './certs.js'
 import { closeGracefully, listen, type ListenerDeps, type PublicListener } from './public-listener.js'
 
@@ -17,12 +18,15 @@ export class LocalListener implements PublicListener {
   private deps: ListenerDeps | undefined
   /** The TLS listener's certificates; undefined on a plain one. */
   private certs: CertStore | undefined
+  /** Span export (`tracing`); undefined when off. */
+  private tracingParts: Tracing | undefined
 
   async start (deps: ListenerDeps): Promise<void> {
     this.deps = deps
     // Read again (the config's load checked them): a file that changed since is refused here, by name.
     if (deps.config.tls !== undefined) this.certs = new CertStore(deps.config.tls)
-    this.edge = createEdgeServer(createResolver(deps.controller.snapshots, deps.smoke), deps.config, this.certs)
+    this.tracingParts = startTracing(deps.config.tracing)
+    this.edge = createEdgeServer(createResolver(deps.controller.snapshots, deps.smoke, this.tracingParts?.tracer), deps.config, this.certs)
     await listen(this.edge.server, deps.listen)
     this.certs?.watch()
   }
@@ -39,6 +43,11 @@ export class LocalListener implements PublicListener {
     return this.edge?.server
   }
 
+  /** Span export, when `tracing` is on (tests read its counts). */
+  get tracing (): Tracing | undefined {
+    return this.tracingParts
+  }
+
   get address (): AddressInfo | undefined {
     return (this.edge?.server.address() ?? undefined) as AddressInfo | undefined
   }
@@ -48,5 +57,7 @@ export class LocalListener implements PublicListener {
     this.deps?.registry.closeWebSockets(Math.min(MAX_WS_SPREAD_MS, graceMs / 10))
     this.certs?.close()
     await closeGracefully([this.edge], this.edge?.upgraded ?? new Set(), graceMs)
+    // Every request has ended: its span is queued; send them.
+    await this.tracingParts?.stop()
   }
 }

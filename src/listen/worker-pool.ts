@@ -11,6 +11,7 @@ import type { Color, Config, HostPort, TlsConfig } from '../config/schema.js'
 import type { Controller } from '../control/controller.js'
 import { createEdgeServer, type EdgeServer } from '../proxy/edge.js'
 import { createResolver } from '../routing/resolve.js'
+import { startTracing, type Tracing } from '../tracing/tracing.js'
 import { SmokeRunner } from '../health/smoke.js'
 import { createAccessLog, drainLogs, log } from '../log.js'
 import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Switcher, type RoutingState } from '../routing/snapshot.js'
@@ -341,6 +342,8 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
   let flush: (() => void) | undefined
   let config: Config | undefined
   let certs: CertStore | undefined
+  /** This worker's span export (`tracing`): each worker sends the spans of the requests it serves. */
+  let tracing: Tracing | undefined
 
   const apply = (config: Config, state: RoutingState, probes: Record<string, ProbeState>): void => {
     const snapshot = buildSnapshot(config, state, registry, shadow)
@@ -351,7 +354,7 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
       switcher.swap(snapshot)
     }
     shadow.installed(snapshot)
-    for (const target of configureTargets(snapshot)) {
+    for (const target of configureTargets(snapshot, ...switcher.kept.snapshots())) {
       const p = probes[target.url]
       if (p !== undefined) target.setProbe(p)
     }
@@ -380,6 +383,7 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
     certs?.close()
     await closeGracefully([edge], edge?.upgraded ?? new Set(), graceMs)
     flush?.()
+    await tracing?.stop()
     await registry.destroy()
     if (!process.connected) log('info', 'worker stopped', { pid: process.pid, code: 0 })
     // The line above is being written asynchronously: exit only once it is out.
@@ -435,7 +439,8 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
             return
           }
         }
-        edge = createEdgeServer(createResolver((switcher as Switcher).view, smoke), msg.config, certs)
+        tracing = startTracing(msg.config.tracing)
+        edge = createEdgeServer(createResolver((switcher as Switcher).view, smoke, tracing?.tracer), msg.config, certs)
         listen(edge.server, msg.listen).then(() => {
           certs?.watch()
           log('info', 'worker listening', { pid: process.pid })

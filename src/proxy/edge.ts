@@ -112,7 +112,7 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
     if (to.endpoint === undefined) {
       const started = performance.now()
       const bytes = writeError(res, to.code, to.message)
-      to.stats?.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started)
+      to.stats?.rejected(req.method as string, req.url as string, requestIdFor(req, undefined), bytes, performance.now() - started, to.trace)
       return
     }
     // Targets that speak HTTP/2 (protocol h2c or h2): the HTTP/2 forwarder, with this client as its Downstream.

@@ -5,11 +5,11 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
 import { writeError, type ErrorCode } from '../errors.js'
-import type { ColorStats, Finished, OpenExchange } from '../upstream/color-stats.js'
+import type { ColorStats, Finished, OpenExchange, RequestTrace } from '../upstream/color-stats.js'
 import { connectionOf } from '../upstream/registry.js'
 import type { Endpoint } from '../upstream/target-set.js'
 import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type AttemptVerdict } from './attempt.js'
-import { connectionNames, countHeader, downstreamResponseHeaders, listValue, PIN_HEADER, responseTrailers, upstreamRequestHeaders, withBaggage } from './headers.js'
+import { connectionNames, countHeader, downstreamResponseHeaders, listValue, PIN_HEADER, responseTrailers, upstreamRequestHeaders, withPropagation } from './headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from './limits.js'
 import { recordOutcome } from './outcome.js'
 import { newRequestId } from './request-id.js'
@@ -187,6 +187,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
   private settled = false
   /** Shown the request and the answer as relayed (shadow traffic); undefined on every other request: one check per event. */
   private shadow: AnswerTap | undefined
+  /** The request's span (tracing on), recorded when it ends (ColorStats.end); undefined with tracing off. */
+  readonly trace: RequestTrace | undefined
   /** The tap's listeners on the request body, made only for a tapped request with a body. */
   private tapData: ((chunk: Buffer) => void) | undefined = undefined
 
@@ -200,7 +202,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Finished, OpenExcha
     this.upstreamBodyMs = to.group.timeouts.body ?? 0
     this.setCookie = to.setCookie
     this.shadow = to.shadow
-    this.headers = withBaggage(upstreamRequestHeaders(req, forwarding), to.baggage)
+    this.trace = to.trace
+    this.headers = withPropagation(upstreamRequestHeaders(req, forwarding), to.baggage, to.trace?.traceparent)
     this.requestId = requestIdFor(req, this.headers)
     this.body = hasBody(req) ? req : null
   }

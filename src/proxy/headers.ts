@@ -62,17 +62,23 @@ export function listValue (v: string | string[] | undefined): string | undefined
 }
 
 /**
- * Flat header pairs [name, value, ...] with every `baggage` line replaced
- * by one carrying `value` (the resolve step's, with pinning on; undefined:
- * `fields` as they are).
+ * Flat header pairs [name, value, ...] as they go upstream with what the
+ * resolve step adds: every `baggage` line replaced by one carrying
+ * `baggage` (pinning on), and a `traceparent` when the gateway started the
+ * request's trace (tracing on, the client sent none). Undefined: nothing of
+ * that kind, `fields` as they are.
  */
-export function withBaggage (fields: string[], value: string | undefined): string[] {
-  if (value === undefined) return fields
+export function withPropagation (fields: string[], baggage: string | undefined, traceparent: string | undefined): string[] {
+  if (baggage === undefined) {
+    // A copy: an engine may keep `fields` (the HTTP/2 downstream caches its lines).
+    return traceparent === undefined ? fields : [...fields, 'traceparent', traceparent]
+  }
   const out: string[] = []
   for (let i = 0; i < fields.length; i += 2) {
     if (fields[i].length !== 7 || fields[i].toLowerCase() !== 'baggage') out.push(fields[i], fields[i + 1])
   }
-  out.push('baggage', value)
+  out.push('baggage', baggage)
+  if (traceparent !== undefined) out.push('traceparent', traceparent)
   return out
 }
 

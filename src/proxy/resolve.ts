@@ -3,7 +3,7 @@
 
 import type { Timeouts, UpstreamProtocol } from '../config/schema.js'
 import type { ErrorCode } from '../errors.js'
-import type { ColorStats } from '../upstream/color-stats.js'
+import type { ColorStats, RequestTrace } from '../upstream/color-stats.js'
 import type { Endpoint } from '../upstream/target-set.js'
 
 /**
@@ -134,6 +134,22 @@ export interface Resolution {
    * Undefined with pinning off: the client's lines go as sent.
    */
   readonly baggage: string | undefined
+  /**
+   * With tracing on, the request's span (its `traceparent` goes upstream
+   * beside the baggage, and it is recorded when the request ends).
+   * Undefined with tracing off: the engines pay one check for it.
+   */
+  readonly trace: RequestTrace | undefined
+}
+
+/**
+ * Starts a request's span (tracing/tracer.ts), when tracing is on: the
+ * resolve step calls it for each request it routes. `target`: the
+ * normalized target; `generation`: the snapshot that routed it, `pinned`
+ * when that is a kept one (baggage). Undefined: nothing to record or add.
+ */
+export interface RequestTracer {
+  start: (facts: RequestFacts, target: string, generation: number, pinned: boolean) => RequestTrace | undefined
 }
 
 /** A request the gateway answers itself, with the coded reason. */
@@ -145,6 +161,8 @@ export interface Refusal {
   readonly target: string | undefined
   /** The color that could not serve it (no healthy upstream): the refusal is counted there. */
   readonly stats: ColorStats | undefined
+  /** With tracing on, the span of a request refused for its color (no healthy upstream), ended with the refusal. */
+  readonly trace?: RequestTrace | undefined
 }
 
 /** The one resolve step every engine calls: route, color, target, or the error to answer. */

@@ -37,11 +37,17 @@ export const MAX_KEPT = 64
 export type PinResult = 'pinned' | 'expired' | 'untrusted' | 'invalid' | 'unavailable'
 export const PIN_RESULTS: readonly PinResult[] = ['pinned', 'expired', 'untrusted', 'invalid', 'unavailable']
 
-/** The generation a baggage value names: a safe integer, INVALID, or undefined when it has no `switchyard-gen` entry. */
+/** Every result at 0 (a process's counts, and the workers' sums, start here). */
+export function noPinCounts (): Record<PinResult, number> {
+  return { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }
+}
+
+/** What baggageGeneration returns for an entry of ours that is not valid (a generation is never negative). */
 export const INVALID = -1
 
 /**
- * Reads our entry from a request's baggage (its lines joined with `,`).
+ * The generation a request's baggage (its lines joined with `,`) names: a
+ * safe integer, INVALID, or undefined when it has no `switchyard-gen` entry.
  * Tolerant of every other member, well-formed or not; strict about ours:
  * exactly one, the value all digits (at most 15), no properties.
  */
@@ -53,9 +59,10 @@ export function baggageGeneration (baggage: string): number | undefined {
   if (members.length > MAX_BAGGAGE_MEMBERS) return INVALID
   let found: number | undefined
   for (const m of members) {
+    if (memberKey(m) !== BAGGAGE_KEY) continue
     const eq = m.indexOf('=')
-    if (eq === -1 || m.slice(0, eq).trim() !== BAGGAGE_KEY) continue
-    if (found !== undefined) return INVALID
+    // Ours with no value (`switchyard-gen`, `switchyard-gen;p=1`) is ours, and not valid.
+    if (found !== undefined || eq === -1 || m.lastIndexOf(';', eq) !== -1) return INVALID
     const value = m.slice(eq + 1).trim()
     if (!/^[0-9]{1,15}$/.test(value)) return INVALID
     found = Number(value)
@@ -72,15 +79,22 @@ export function outgoingBaggage (incoming: string | undefined, member: string): 
   if (incoming === undefined) return member
   let kept = incoming
   if (incoming.includes(BAGGAGE_KEY)) {
-    kept = incoming.split(',').filter((m) => {
-      const eq = m.indexOf('=')
-      return (eq === -1 ? m : m.slice(0, eq)).trim() !== BAGGAGE_KEY
-    }).join(',')
+    kept = incoming.split(',').filter((m) => memberKey(m) !== BAGGAGE_KEY).join(',')
   }
   // Empty members (a trailing comma, an empty line) carry nothing.
   kept = kept.trim()
   while (kept.endsWith(',')) kept = kept.slice(0, -1).trimEnd()
   return kept === '' ? member : `${kept},${member}`
+}
+
+/** A list-member's key: what comes before its first `=` or `;` (a member with no value has properties only), without OWS. */
+function memberKey (member: string): string {
+  let end = member.length
+  for (let i = 0; i < end; i++) {
+    const c = member.charCodeAt(i)
+    if (c === 61 /* = */ || c === 59 /* ; */) end = i
+  }
+  return member.slice(0, end).trim()
 }
 
 /** A retired snapshot, kept for the chains pinned to its generation. */
@@ -116,10 +130,8 @@ export interface PinLookup<S> {
  * Switcher, which retires each snapshot it replaces.
  */
 export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
-  readonly counts: Record<PinResult, number> = { pinned: 0, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }
+  readonly counts: Record<PinResult, number> = noPinCounts()
   private readonly byGeneration = new Map<number, Kept<S>>()
-  /** Generations below it pin nothing: a rollback or revert went back from the colors they routed to. */
-  private floor = 0
   private timer: NodeJS.Timeout | undefined
   /** Told when kept snapshots were dropped, so the targets only they used can go. */
   private readonly dropped: () => void
@@ -135,7 +147,8 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
    */
   retire (prev: S, next: S, now: number): void {
     const settings = next.pinning
-    this.floor = next.pinFloor
+    // Generations below it pin nothing (a rollback or revert went back from the colors they routed to): they go here, so find() need not ask.
+    const floor = next.pinFloor
     // Counted, not compared by size: one kept snapshot can go as another comes.
     let gone = 0
     if (settings === undefined) {
@@ -143,8 +156,8 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
       this.byGeneration.clear()
     } else {
       // The current generation is never looked up here (the current snapshot answers it), nor one below the floor.
-      for (const g of this.byGeneration.keys()) if ((g === next.generation || g < this.floor) && this.byGeneration.delete(g)) gone++
-      if (prev.generation !== next.generation && prev.generation >= this.floor) this.byGeneration.set(prev.generation, { snapshot: prev, retiredAt: now, pinned: 0 })
+      for (const g of this.byGeneration.keys()) if ((g === next.generation || g < floor) && this.byGeneration.delete(g)) gone++
+      if (prev.generation !== next.generation && prev.generation >= floor) this.byGeneration.set(prev.generation, { snapshot: prev, retiredAt: now, pinned: 0 })
       gone += this.expire(settings.keepMs, now)
       // Map order is insertion order: the first are the oldest retired.
       for (const g of this.byGeneration.keys()) {
@@ -159,7 +172,7 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
 
   find (generation: number, keepMs: number, now: number): S | undefined {
     const kept = this.byGeneration.get(generation)
-    if (kept === undefined || now - kept.retiredAt >= keepMs || generation < this.floor) return undefined
+    if (kept === undefined || now - kept.retiredAt >= keepMs) return undefined
     return kept.snapshot
   }
 
@@ -171,9 +184,9 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
     }
   }
 
-  /** The kept snapshots (the registry keeps their targets open while they are). */
+  /** The kept snapshots, newest first (the registry keeps their targets open, and probes them, while they are). */
   snapshots (): S[] {
-    return [...this.byGeneration.values()].map((k) => k.snapshot)
+    return [...this.byGeneration.values()].reverse().map((k) => k.snapshot)
   }
 
   /** Kept generations, newest first, with this process's pinned counts; `keepMs`: the `keep` in force. */

@@ -2,10 +2,10 @@
 // what a request says to where it goes, or the coded reason it goes nowhere.
 
 import type { Color } from '../config/schema.js'
-import type { Refusal, RequestFacts, Resolution, Resolve } from '../proxy/resolve.js'
+import type { Refusal, RequestFacts, RequestTracer, Resolution, Resolve } from '../proxy/resolve.js'
 import { ambiguousRouting, chooseFor, previewColor, readsHeaders, routesByHeaders } from './choose.js'
 import { normalizeTarget, TARGET_ABOVE_ROOT } from './path.js'
-import { baggageGeneration, INVALID, outgoingBaggage, type PinLookup } from './pinning.js'
+import { baggageGeneration, INVALID, outgoingBaggage, type PinLookup, type PinResult } from './pinning.js'
 import type { ColorRoute, PinningSettings, ServiceRoute, Snapshot, SnapshotView } from './snapshot.js'
 
 /** Who may pin a color on a request (the smoke checks of a flip's gate). */
@@ -27,9 +27,10 @@ const ABOVE_ROOT: Refusal = { code: 'bad_request', message: TARGET_ABOVE_ROOT, t
  * be picked for shadow traffic (its route's `shadow`, when on). With
  * pinning on, a request whose baggage names a kept generation, from a
  * trusted peer, is routed by that generation's snapshot instead, and every
- * request is told the baggage to forward.
+ * request is told the baggage to forward. With `tracer` (tracing on),
+ * each request routed gets its span; without, the one check is of a constant.
  */
-export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resolve {
+export function createResolver (snapshots: SnapshotView, pins: ColorPins, tracer?: RequestTracer): Resolve {
   /** The request routed by `snapshot` (`current`, or a kept one); `pinning`: on, so the baggage to forward is set. */
   const routeOn = (snapshot: Snapshot, isCurrent: boolean, pinning: boolean, facts: RequestFacts, raw: string, target: string): Resolution | Refusal => {
     const route = snapshot.match(facts.host, target)
@@ -46,15 +47,16 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     const pinned = facts.smoke === undefined ? undefined : pins.colorOf(facts.smoke)
     const { color, setCookie } = chooseFor(route, pinned, headers)
     const endpoint = color.targets.pick()
+    const trace = tracer === undefined ? undefined : tracer.start(facts, target, snapshot.generation, !isCurrent)
     if (endpoint === undefined) {
-      return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats }
+      return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats, trace }
     }
     const sent = pinning ? clientBaggage(facts) : undefined
     const baggage = !pinning ? undefined : sent === undefined ? snapshot.baggageMember : outgoingBaggage(sent, snapshot.baggageMember)
     const shadow = route.shadow
     // A kept snapshot's comparison is over: only the current one's routes copy.
-    if (shadow === undefined || pinned !== undefined || !isCurrent || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage }
-    return { target, endpoint, group: color, setCookie, shadow: shadow.sample(facts.method), baggage }
+    if (shadow === undefined || pinned !== undefined || !isCurrent || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage, trace }
+    return { target, endpoint, group: color, setCookie, shadow: shadow.sample(facts.method), baggage, trace }
   }
 
   return (facts: RequestFacts): Resolution | Refusal => {
@@ -66,19 +68,26 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins): Resol
     const current = snapshots.current
     const pinning = current.pinning
     if (pinning === undefined) return routeOn(current, true, false, facts, raw, target)
-    const kept = facts.baggage === undefined ? undefined : keptSnapshot(snapshots.kept, current, pinning, facts, target)
-    if (kept !== undefined) {
-      const to = routeOn(kept, false, true, facts, raw, target)
-      if (to.endpoint !== undefined || (to.code !== 'no_route' && to.code !== 'no_healthy_upstream')) {
-        // An HTTP/2 color the fast engine hands to node:http, which resolves it again: counted there, once
-        // (the kept generation's service can speak HTTP/2 where the current one's does not, after a reload).
-        if (to.endpoint === undefined || to.group.protocol === 'http1' || facts.http1Only !== true) snapshots.kept.count('pinned', kept.generation)
-        return to
-      }
+    if (facts.baggage === undefined) return routeOn(current, true, true, facts, raw, target)
+    const generation = baggageGeneration(facts.baggage)
+    if (generation === undefined) return routeOn(current, true, true, facts, raw, target)
+    let result = pinResult(snapshots.kept, current, pinning, facts.peer, generation)
+    let to: Resolution | Refusal | undefined
+    if (typeof result !== 'string') {
+      to = routeOn(result, false, true, facts, raw, target)
       // The kept generation cannot serve it (its color's targets are down or gone, or it had no such service): the current one does, rather than fail a chain it can serve.
-      snapshots.kept.count('unavailable')
+      if (to.endpoint === undefined && (to.code === 'no_route' || to.code === 'no_healthy_upstream')) {
+        result = 'unavailable'
+        to = undefined
+      }
     }
-    return routeOn(current, true, true, facts, raw, target)
+    to ??= routeOn(current, true, true, facts, raw, target)
+    // The fast engine hands a request for an HTTP/2 service to node:http, which resolves it again: counted there, once.
+    if (facts.http1Only !== true || to.endpoint === undefined || to.group.protocol === 'http1') {
+      if (typeof result === 'string') snapshots.kept.count(result)
+      else snapshots.kept.count('pinned', result.generation)
+    }
+    return to
   }
 }
 
@@ -93,36 +102,18 @@ function clientBaggage (facts: RequestFacts): string | undefined {
 }
 
 /**
- * The kept snapshot a request with baggage routes by: the one its
- * `switchyard-gen` names, when the peer is trusted and the generation kept;
- * undefined for the current one. Each request carrying the entry is counted
- * by what became of it (a kept snapshot's `pinned` by the caller, once it
- * routed); one without it is not.
+ * What a request whose baggage names `generation` (or INVALID) routes by:
+ * the kept snapshot of that generation, when the peer is trusted and it is
+ * kept; else the current snapshot, and the result to count (`pinned` when
+ * the generation named is the current one). Nothing is counted here: the
+ * caller counts once it knows which engine forwards the request.
  */
-function keptSnapshot (kept: PinLookup<Snapshot>, current: Snapshot, pinning: PinningSettings, facts: RequestFacts, target: string): Snapshot | undefined {
-  const generation = baggageGeneration(facts.baggage as string)
-  if (generation === undefined) return undefined
-  if (facts.http1Only === true) {
-    // The fast engine hands a request for an HTTP/2 service to node:http, which resolves it again: counted there, once.
-    const route = current.match(facts.host, target)
-    if (route !== undefined && route.colors[route.live].protocol !== 'http1') return undefined
-  }
+function pinResult (kept: PinLookup<Snapshot>, current: Snapshot, pinning: PinningSettings, peer: string, generation: number): Snapshot | PinResult {
   // The socket's peer, never X-Forwarded-For: a client cannot speak for a service.
-  if (!pinning.trust.has(facts.peer)) {
-    kept.count('untrusted')
-    return undefined
-  }
-  if (generation === INVALID) {
-    kept.count('invalid')
-    return undefined
-  }
-  if (generation === current.generation) {
-    kept.count('pinned')
-    return undefined
-  }
-  const found = kept.find(generation, pinning.keepMs, Date.now())
-  if (found === undefined) kept.count('expired')
-  return found
+  if (!pinning.trust.has(peer)) return 'untrusted'
+  if (generation === INVALID) return 'invalid'
+  if (generation === current.generation) return 'pinned'
+  return kept.find(generation, pinning.keepMs, Date.now()) ?? 'expired'
 }
 
 /**

@@ -342,18 +342,20 @@ function routeSplit (split: ServiceState['split'], live: Color, colors: Readonly
 /**
  * Runtime state follows the snapshot now in force: each target takes the
  * probe and passive settings of the first service (in config order) that
- * uses it. `kept`: the snapshots pinning keeps, whose chains still reach
- * targets the current one may have left (their settings come after the
- * current one's). Returns the targets in use.
+ * uses it, in the current snapshot, else in the kept ones (`kept`, newest
+ * first: a target only a pinned chain still reaches is probed as that
+ * chain's generation had it). Returns the targets in use.
  */
-export function configureTargets (snapshot: Snapshot, ...kept: readonly Snapshot[]): Set<Target> {
+export function configureTargets (snapshot: Snapshot, ...kept: Snapshot[]): Set<Target> {
   const seen = new Set<Target>()
-  for (const route of [snapshot, ...kept].flatMap((s) => [...s.services.values()])) {
-    for (const color of COLORS) {
-      for (const e of route.colors[color].targets.endpoints) {
-        if (seen.has(e.target)) continue
-        seen.add(e.target)
-        e.target.configure(route.config.health, route.config.passive)
+  for (const s of [snapshot, ...kept]) {
+    for (const route of s.services.values()) {
+      for (const color of COLORS) {
+        for (const e of route.colors[color].targets.endpoints) {
+          if (seen.has(e.target)) continue
+          seen.add(e.target)
+          e.target.configure(route.config.health, route.config.passive)
+        }
       }
     }
   }

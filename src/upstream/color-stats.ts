@@ -76,6 +76,21 @@ export class OpenList implements Iterable<OpenExchange> {
   }
 }
 
+/**
+ * A request's span while tracing is on (tracing/tracer.ts); the resolve
+ * step makes one per request it routes, and none at all with tracing off.
+ */
+export interface RequestTrace {
+  /**
+   * The `traceparent` the forwarded request gets, naming this span: set only
+   * when the gateway started the trace (the client sent none); else
+   * undefined, and the client's goes upstream as sent.
+   */
+  readonly traceparent: string | undefined
+  /** The request ended (`stats`: the color that served it): the span is recorded, when sampled. */
+  end: (stats: ColorStats, done: Finished) => void
+}
+
 /** What the access log and metrics read off a finished request. */
 export interface Finished {
   readonly method: string
@@ -88,6 +103,8 @@ export interface Finished {
   readonly upstreamMs: number
   readonly requestId: string
   readonly target: string
+  /** The request's span (tracing on); undefined with tracing off, or when its trace is not recorded. */
+  readonly trace: RequestTrace | undefined
 }
 
 /** Worker processes, seen from the primary. */
@@ -191,6 +208,7 @@ export class ColorStats {
     // Not behind metrics.enabled: a release's verdict needs it either way. Time to the response head is the backend's latency, not the client's reading speed.
     if (this.latency !== undefined && done.status !== 0 && done.upstreamMs >= 0) this.latency.add(done.upstreamMs)
     if (this.observers.accessLog !== undefined) this.observers.accessLog(this, done)
+    if (done.trace !== undefined) done.trace.end(this, done)
   }
 
   /** Latency sampling on (an existing histogram keeps counting: windows are differences) or off (dropped). */
@@ -221,11 +239,11 @@ export class ColorStats {
     if (this.watcher !== undefined) this.watcher.onOutcome()
   }
 
-  /** The gateway answered 503 itself: no healthy target in this color. */
-  rejected (method: string, path: string, requestId: string, bytes: number, durationMs: number): void {
+  /** The gateway answered 503 itself: no healthy target in this color (`trace`: the request's span, tracing on). */
+  rejected (method: string, path: string, requestId: string, bytes: number, durationMs: number, trace?: RequestTrace): void {
     this.record(true)
     this.upstreamError('no_healthy_upstream')
-    this.finish({ method, path, status: 503, bytes, durationMs, upstreamMs: -1, requestId, target: '' })
+    this.finish({ method, path, status: 503, bytes, durationMs, upstreamMs: -1, requestId, target: '', trace })
   }
 
   upstreamError (kind: UpstreamErrorKind): void {

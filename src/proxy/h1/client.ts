@@ -212,7 +212,7 @@ export class ClientConn implements Gatherer, ClientSide {
     if (to.endpoint === undefined) {
       const started = performance.now()
       const bytes = this.answer(head, to.code, to.message)
-      if (to.stats !== undefined) to.stats.rejected(head.method, to.target ?? head.target, head.requestId ?? newRequestId(), bytes, performance.now() - started)
+      if (to.stats !== undefined) to.stats.rejected(head.method, to.target ?? head.target, head.requestId ?? newRequestId(), bytes, performance.now() - started, to.trace)
       return true
     }
     // The fast engine speaks HTTP/1.1 upstream only: node:http's edge forwards over HTTP/2 (proxy/h2/upstream.ts).

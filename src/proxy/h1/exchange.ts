@@ -3,7 +3,7 @@
 
 import type net from 'node:net'
 import { ERRORS, rawError, type ErrorCode } from '../../errors.js'
-import type { ColorStats, Finished, OpenExchange, UpstreamErrorKind } from '../../upstream/color-stats.js'
+import type { ColorStats, Finished, OpenExchange, RequestTrace, UpstreamErrorKind } from '../../upstream/color-stats.js'
 import type { H1Pool as UpstreamPool, UpstreamConn, UpstreamUser } from '../../upstream/h1-pool.js'
 import type { Endpoint } from '../../upstream/target-set.js'
 import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type FailureKind } from '../attempt.js'
@@ -30,10 +30,10 @@ export interface ClientSide {
 
 const enum Phase { Waiting, Body, Done }
 
-/** One request's trip upstream on the fast path. */
 /** The header the resolve step's baggage replaces. */
 const BAGGAGE = ['baggage']
 
+/** One request's trip upstream on the fast path. */
 export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gatherer {
   readonly requestId: string
   prevOpen: OpenExchange | undefined = undefined
@@ -79,6 +79,8 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
   private held: Buffer | undefined
   /** Shown the request and the answer as relayed (shadow traffic); undefined on every other request: one check per event. */
   private shadow: AnswerTap | undefined
+  /** The request's span (tracing on), recorded when it ends (ColorStats.end); undefined with tracing off. */
+  readonly trace: RequestTrace | undefined
 
   constructor (conn: ClientSide, head: RequestHead, to: Resolution, forwarding: Forwarding) {
     this.conn = conn
@@ -104,6 +106,9 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
       if (head.baggage !== undefined) lines = dropNamed(lines, BAGGAGE)
       extra += `baggage: ${to.baggage}\r\n`
     }
+    this.trace = to.trace
+    // Tracing on, and the gateway started the trace: the services below join it under this request's span.
+    if (to.trace?.traceparent !== undefined) extra += `traceparent: ${to.trace.traceparent}\r\n`
     this.upstreamHead = `${head.method} ${head.target} HTTP/1.1\r\n${lines}${extra}\r\n`
   }
 

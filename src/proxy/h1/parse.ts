@@ -63,7 +63,7 @@ function endsInChunked (v: string): boolean | undefined {
   return last.trim().toLowerCase() === 'chunked'
 }
 
-/** Drops header lines with these (lower-case) names: ones a Connection header listed, or the baggage pinning replaces (rare; a second pass). */
+/** Drops header lines with these (lower-case) names, in a second pass: ones a Connection header listed (rare), or the baggage pinning replaces (every request that carries baggage, with pinning on). */
 export function dropNamed (lines: string, named: string[]): string {
   let out = ''
   for (const line of lines.split('\r\n')) {

@@ -114,7 +114,7 @@ export function createH2Edge (resolve: Resolve, forwarding: Forwarding, opts: Pi
     if (to.endpoint === undefined) {
       const started = performance.now()
       const bytes = down.fail(to.code, to.message)
-      to.stats?.rejected(facts.method, down.path, down.requestId, bytes, performance.now() - started)
+      to.stats?.rejected(facts.method, down.path, down.requestId, bytes, performance.now() - started, to.trace)
       return
     }
     if (headers.expect !== undefined) down.continueBody()

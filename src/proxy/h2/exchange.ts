@@ -6,12 +6,12 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http2'
 import { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import type { ErrorCode } from '../../errors.js'
-import type { ColorStats, Finished, OpenExchange } from '../../upstream/color-stats.js'
+import type { ColorStats, Finished, OpenExchange, RequestTrace } from '../../upstream/color-stats.js'
 import type { Endpoint } from '../../upstream/target-set.js'
 import { failureKindOf, judgeAttempt, metricOf } from '../attempt.js'
 import { headerPairs, markSaturated, retryAfter, saturated, upstreamHeadSize } from '../forward.js'
 import { grpcStatusOf, isGrpc } from '../grpc.js'
-import { downstreamResponseHeaders, responseTrailers, withBaggage } from '../headers.js'
+import { downstreamResponseHeaders, responseTrailers, withPropagation } from '../headers.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
 import { recordOutcome } from '../outcome.js'
 import { finishTap, type AnswerTap, type Resolution, type UpstreamGroup } from '../resolve.js'
@@ -106,6 +106,8 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
   private remaining = -1
   /** Shown the request and the answer as relayed (shadow traffic); undefined on every other request: one check per event. */
   private shadow: AnswerTap | undefined
+  /** The request's span (tracing on), recorded when it ends (ColorStats.end); undefined with tracing off. */
+  readonly trace: RequestTrace | undefined
 
   constructor (down: StreamDownstream, to: Resolution) {
     this.down = down
@@ -117,7 +119,8 @@ export class H2Exchange implements Dispatcher.DispatchHandler, Finished, OpenExc
     this.setCookie = to.setCookie
     this.shadow = to.shadow
     this.requestId = down.requestId
-    this.headers = withBaggage(down.upstreamLines(), to.baggage)
+    this.trace = to.trace
+    this.headers = withPropagation(down.upstreamLines(), to.baggage, to.trace?.traceparent)
   }
 
   get method (): string {

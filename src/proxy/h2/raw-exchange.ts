@@ -10,13 +10,13 @@
 import type { OutgoingHttpHeaders } from 'node:http2'
 import type { Readable } from 'node:stream'
 import type { ErrorCode } from '../../errors.js'
-import type { ColorStats, Finished, OpenExchange, UpstreamErrorKind } from '../../upstream/color-stats.js'
+import type { ColorStats, Finished, OpenExchange, RequestTrace, UpstreamErrorKind } from '../../upstream/color-stats.js'
 import type { H1Pool, UpstreamConn, UpstreamUser } from '../../upstream/h1-pool.js'
 import type { Endpoint } from '../../upstream/target-set.js'
 import { failureKindOf, judgeAttempt, metricOf, nextAttempt, type FailureKind } from '../attempt.js'
 import { grpcStatusOf, isGrpc } from '../grpc.js'
 import { MAX_HEAD, MAX_INFORMATIONAL } from '../limits.js'
-import { withBaggage } from '../headers.js'
+import { withPropagation } from '../headers.js'
 import { recordOutcome } from '../outcome.js'
 import { finishTap, type AnswerTap, type Resolution, type UpstreamGroup } from '../resolve.js'
 import { CRLF2, gather, headWork, type Gatherer } from '../h1/io.js'
@@ -145,6 +145,8 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
   private shadow: AnswerTap | undefined
   /** The baggage to forward in place of the client's (pinning on); undefined: the client's as sent. */
   private readonly baggage: string | undefined
+  /** The request's span (tracing on), recorded when it ends (ColorStats.end); undefined with tracing off. */
+  readonly trace: RequestTrace | undefined
 
   constructor (down: StreamDownstream, to: Resolution) {
     this.down = down
@@ -155,6 +157,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
     this.setCookie = to.setCookie
     this.shadow = to.shadow
     this.baggage = to.baggage
+    this.trace = to.trace
     this.requestId = down.requestId
   }
 
@@ -182,7 +185,7 @@ export class H2RawExchange implements UpstreamUser, Finished, OpenExchange, Gath
       this.shadow = finishTap(this.shadow, false)
       return
     }
-    const lines = withBaggage(down.upstreamLines(), this.baggage)
+    const lines = withPropagation(down.upstreamLines(), this.baggage, this.trace?.traceparent)
     let head = `${down.method} ${down.path} HTTP/1.1\r\n`
     // Host comes first, from :authority; without one, the target's own (as undici sends).
     if (down.authority === undefined) head += `host: ${new URL(this.endpoint.target.url).host}\r\n`

@@ -6,7 +6,7 @@
 
 import http2, { type ClientHttp2Stream, type IncomingHttpHeaders, type IncomingHttpStatusHeader, type OutgoingHttpHeaders } from 'node:http2'
 import { ERRORS, type ErrorCode } from '../../errors.js'
-import type { ColorStats, Finished, OpenExchange } from '../../upstream/color-stats.js'
+import type { ColorStats, Finished, OpenExchange, RequestTrace } from '../../upstream/color-stats.js'
 import type { H2Session } from '../../upstream/h2-pool.js'
 import type { Endpoint } from '../../upstream/target-set.js'
 import { judgeAttempt, nextAttempt, type AttemptVerdict, type FailureKind } from '../attempt.js'
@@ -68,6 +68,8 @@ export class H2Exchange implements OpenExchange, Finished {
   private readonly setCookie: string | undefined
   /** The baggage to forward in place of the client's (pinning on); undefined: the client's as sent. */
   private readonly baggage: string | undefined
+  /** The request's span (tracing on), recorded when it ends (ColorStats.end); undefined with tracing off. */
+  readonly trace: RequestTrace | undefined
   private endpoint: Endpoint
   /** The current attempt's stream. */
   private stream: ClientHttp2Stream | undefined
@@ -104,6 +106,7 @@ export class H2Exchange implements OpenExchange, Finished {
     this.stats = to.group.stats
     this.setCookie = to.setCookie
     this.baggage = to.baggage
+    this.trace = to.trace
     this.requestId = down.requestId
     this.method = down.method
     this.path = down.path
@@ -217,6 +220,7 @@ export class H2Exchange implements OpenExchange, Finished {
     }
     if (out.te !== undefined && out.te !== 'trailers') delete out.te
     if (this.baggage !== undefined) out.baggage = this.baggage
+    if (this.trace?.traceparent !== undefined) out.traceparent = this.trace.traceparent
     return out
   }
 
