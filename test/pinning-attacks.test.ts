@@ -495,3 +495,33 @@ for (const engine of ENGINES) {
     t.ok(g1 > g0)
   })
 }
+
+for (const engine of ENGINES) {
+  t.test(`${engine}: a pinned request retried after a refused connection stays on the kept generation's color, with one baggage line, counted once`, async (t) => {
+    const a = await recorder(t, 'A')
+    const green = await recorder(t, 'green')
+    // A port nothing listens on: connections to it are refused.
+    const closed = net.createServer()
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
+    const dead = `http://127.0.0.1:${(closed.address() as AddressInfo).port}`
+    await new Promise<void>((resolve) => closed.close(() => resolve()))
+    const gw = await startGateway(t, `engine: ${engine}
+pinning: { keep: 5m, trust: [127.0.0.0/8] }
+services:
+  users:
+    match: { pathPrefix: /users }
+    blue: { targets: [${dead}, ${a.url}] }
+    green: { targets: [${green.url}] }
+`)
+    const g0 = await generation(gw)
+    await flip(gw, ['users'], 'green')
+    const n = 6
+    for (let i = 0; i < n; i++) {
+      const r = await http1(`${gw.url}/users/r${i}`, { headers: { baggage: `k=${i},switchyard-gen=${g0}` } })
+      t.equal(r.json?.backend, 'A', `request ${i}: served by blue's live target (a retry when the dead one was picked)`)
+      t.strictSame(r.json?.baggage, [`k=${i},switchyard-gen=${g0}`], `request ${i}: one baggage line`)
+    }
+    t.equal(green.got.filter((g) => g.path.startsWith('/users/r')).length, 0, 'green got none')
+    t.strictSame(await pinCounts(gw.adminUrl), { pinned: n, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }, 'each counted once, retries or not')
+  })
+}
