@@ -525,3 +525,38 @@ services:
     t.strictSame(await pinCounts(gw.adminUrl), { pinned: n, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 }, 'each counted once, retries or not')
   })
 }
+
+for (const engine of ENGINES) {
+  t.test(`${engine}: a pinned request in flight on a target a flip storm stops keeping finishes there: its target closes after it, not under it`, async (t) => {
+    const a = await startColor(t, 'A')
+    const b = await recorder(t, 'B')
+    const c = await recorder(t, 'C')
+    const yaml = (blue: string): string => `engine: ${engine}
+pinning: { keep: 5m, trust: [127.0.0.0/8] }
+services:
+  users:
+    match: { pathPrefix: /users }
+    blue: { targets: [${blue}] }
+    green: { targets: [${b.url}] }
+`
+    const gw = await startGateway(t, yaml(a.url))
+    const g0 = await generation(gw)
+    await flip(gw, ['users'], 'green')
+    await reload(gw, yaml(c.url))
+    const arrived = gate()
+    const release = gate()
+    a.hold = { path: '/users/held', until: release.wait, arrived }
+    const held = http1(`${gw.url}/users/held`, { headers: { baggage: `switchyard-gen=${g0}` } })
+    await arrived.wait
+    // Enough flips that no kept generation routes to A any more: the registry lets A go while the request is on it.
+    for (let i = 0; i <= MAX_KEPT; i++) await flip(gw, ['users'], i % 2 === 0 ? 'blue' : 'green')
+    t.notOk((await kept(gw)).some(([g]) => g <= g0 + 2), 'the generations that routed to A are no longer kept')
+    release.open()
+    const r = await held
+    t.equal(r.status, 200, 'the request in flight was answered')
+    t.equal(r.json?.backend, 'A', 'by A, where it was pinned')
+    t.strictSame(await pinCounts(gw.adminUrl), { pinned: 1, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 })
+    const late = await http1(`${gw.url}/users/late`, { headers: { baggage: `switchyard-gen=${g0}` } })
+    t.not(late.json?.backend, 'A', 'a later request for that generation goes by the current snapshot')
+  })
+}
