@@ -560,3 +560,53 @@ services:
     t.not(late.json?.backend, 'A', 'a later request for that generation goes by the current snapshot')
   })
 }
+
+t.test('a release in progress: a chain pinned before it stays on the old color whatever its split key; an abort ends the pins of the release\'s generations (counted expired)', async (t) => {
+  const v1 = await recorder(t, 'v1')
+  const idle = await recorder(t, 'idle')
+  const v2 = await recorder(t, 'v2')
+  const gw = await startGateway(t, `defaults:
+  health: { interval: 200ms, timeout: 200ms, healthyThreshold: 1, unhealthyThreshold: 3 }
+  drain: { timeout: 1s }
+pinning: { keep: 5m, trust: [127.0.0.0/8] }
+services:
+  users:
+    match: { pathPrefix: /users }
+    blue: { targets: [${v1.url}] }
+    green: { targets: [${idle.url}] }
+`)
+  await eventually(async () => (await http1(`${gw.adminUrl}/readyz`)).status === 200)
+  const before = await generation(gw)
+  const created = await admin(gw.adminUrl, 'POST', '/v1/releases', {
+    services: { users: { targets: [v2.url] } },
+    steps: [{ weight: 50, hold: '1m' }],
+    verify: { window: '1s', minRequests: 50 },
+  })
+  t.equal(created.status, 201, 'the release starts')
+  const id = created.json.id as string
+  await eventually(async () => {
+    const r = (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json
+    if (r.phase !== 'shifting') throw new Error(String(r.phase))
+  }, { timeout: 15_000, interval: 50 })
+  const during = await generation(gw)
+  t.ok(during > before, 'the release made generations of its own')
+  const keys = Array.from({ length: 40 }, (_, i) => `user-${i}`)
+  const get = async (key: string, baggage?: string): Promise<string> => (await http1(`${gw.url}/users/x`, { headers: { 'x-switchyard-key': key, ...(baggage === undefined ? {} : { baggage }) } })).json.backend
+  const unpinned = new Set(await Promise.all(keys.map(async (k) => await get(k))))
+  t.strictSame([...unpinned].sort(), ['v1', 'v2'], 'unpinned keyed traffic is split between the colors')
+  const old = new Set(await Promise.all(keys.map(async (k) => await get(k, `switchyard-gen=${before}`))))
+  t.strictSame([...old], ['v1'], 'a chain pinned before the release stays on v1 whatever its key')
+  const mid = new Map(await Promise.all(keys.map(async (k) => [k, await get(k, `switchyard-gen=${during}`)] as const)))
+  t.ok([...mid.values()].includes('v2'), 'a chain pinned during the step is split like it')
+  const counts = await pinCounts(gw.adminUrl)
+  t.strictSame(counts, { pinned: 2 * keys.length, expired: 0, untrusted: 0, invalid: 0, unavailable: 0 })
+
+  const aborted = await admin(gw.adminUrl, 'POST', `/v1/releases/${id}/abort`, {})
+  t.equal(aborted.status, 200, 'aborted')
+  const after = await generation(gw)
+  const back = new Set(await Promise.all(keys.map(async (k) => await get(k, `switchyard-gen=${during}`))))
+  t.strictSame([...back], ['v1'], 'after the abort, chains pinned to the release\'s step go by the current snapshot: v1')
+  t.strictSame(await pinCounts(gw.adminUrl), { ...counts, expired: keys.length }, 'counted expired')
+  const state = (await admin(gw.adminUrl, 'GET', '/v1/state')).json
+  t.equal(state.pinning.floor, after, 'the floor is the abort\'s generation')
+})
