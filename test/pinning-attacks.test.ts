@@ -610,3 +610,28 @@ services:
   const state = (await admin(gw.adminUrl, 'GET', '/v1/state')).json
   t.equal(state.pinning.floor, after, 'the floor is the abort\'s generation')
 })
+
+for (const engine of ENGINES) {
+  t.test(`${engine}: a WebSocket upgrade forging the entry from outside trust opens on the current color and carries the gateway's entry alone`, async (t) => {
+    const blue = await startColor(t, 'blue')
+    const green = await startColor(t, 'green')
+    const gw = await startGateway(t, `engine: ${engine}
+pinning: { keep: 5m, trust: [10.0.0.0/8] }
+trustedProxies: [127.0.0.0/8]
+services:
+  users:
+    match: { pathPrefix: /users }
+    blue: { targets: [${blue.url}] }
+    green: { targets: [${green.url}] }
+`)
+    const g0 = await generation(gw)
+    const g1 = await flip(gw, ['users'], 'green')
+    const r = await rawRequest(Number(new URL(gw.url).port), wsHandshake('/users/ws', ['x-forwarded-for: 10.9.9.9', 'baggage: a=1', `BAGGAGE: switchyard-gen=${g0}`]))
+    t.equal(r.status, 101, 'the tunnel opens')
+    const seen = seenAt(green, '/users/ws')
+    t.equal(seen.length, 1, 'on green, the current color')
+    t.equal(seenAt(blue, '/users/ws').length, 0, 'not on blue, the forged generation\'s')
+    t.strictSame(ours(String(seen[0]?.headers.baggage)), [`switchyard-gen=${g1}`], 'the upgrade request carried the gateway\'s entry alone')
+    t.strictSame(await pinCounts(gw.adminUrl), { pinned: 0, expired: 0, untrusted: 1, invalid: 0, unavailable: 0 })
+  })
+}
