@@ -635,3 +635,49 @@ services:
     t.strictSame(await pinCounts(gw.adminUrl), { pinned: 0, expired: 0, untrusted: 1, invalid: 0, unavailable: 0 })
   })
 }
+
+t.test('serve --workers 2: a target only a kept generation routes to goes bad; pinned requests on every worker fall back (unavailable)', async (t) => {
+  const a = await recorder(t, 'A')
+  const b = await recorder(t, 'B')
+  const c = await recorder(t, 'C')
+  const yaml = (blue: Recorder): string => `pinning: { keep: 5m, trust: [127.0.0.0/8] }
+defaults:
+  health: { interval: 100ms, timeout: 50ms, unhealthyThreshold: 1, healthyThreshold: 1 }
+services:
+  users:
+    match: { pathPrefix: /users }
+    blue: { targets: [${blue.url}] }
+    green: { targets: [${b.url}] }
+`
+  const file = configFile(t, yaml(a))
+  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
+  const { port, admin: adminPort } = await listening(p)
+  const url = `http://127.0.0.1:${port}`
+  const adminUrl = `http://127.0.0.1:${adminPort}`
+  const g0 = (await admin(adminUrl, 'GET', '/v1/state')).json.generation as number
+  await eventually(async () => {
+    const r = await admin(adminUrl, 'POST', '/v1/flip', { services: ['users'], to: 'green', guard: false })
+    if (r.status !== 200) throw new Error(r.text)
+  })
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\n${yaml(c)}`)
+  t.equal((await admin(adminUrl, 'POST', '/v1/reload', {})).status, 200, 'reloaded: blue is C now')
+  // Fresh connections: the primary deals them out over both workers.
+  const fresh = async (path: string): Promise<string> => (await http1(`${url}${path}`, { headers: { baggage: `switchyard-gen=${g0}`, connection: 'close' } })).json.backend
+  for (let i = 0; i < 6; i++) t.equal(await fresh(`/users/ok${i}`), 'A', `pinned request ${i} reaches A`)
+  a.failHealth = true
+  const probes = a.at('/healthz').length
+  await eventually(() => a.at('/healthz').length >= probes + 2, { timeout: 3000 })
+  // The probe's verdict reaches every worker: each pinned request now falls back to green.
+  await eventually(async () => {
+    for (let i = 0; i < 4; i++) if (await fresh('/users/probe') !== 'B') throw new Error('a worker still sends it to A')
+  }, { timeout: 3000 })
+  for (let i = 0; i < 6; i++) t.equal(await fresh(`/users/bad${i}`), 'B', `pinned request ${i}: A is bad, the current color serves it`)
+  const counts = await eventually(async () => {
+    const n = await pinCounts(adminUrl)
+    if (n.pinned + n.unavailable < 16) throw new Error(JSON.stringify(n))
+    return n
+  }, { timeout: 5000, interval: 100 })
+  t.ok(counts.unavailable >= 6, `counted unavailable (${JSON.stringify(counts)})`)
+  p.kill('SIGTERM')
+  t.equal(await p.exit, 0)
+})
