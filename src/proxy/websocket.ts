@@ -7,7 +7,9 @@ import https from 'node:https'
 import type { Duplex } from 'node:stream'
 import { rawError, type ErrorCode } from '../errors.js'
 import { errorCodeOf, failureKindOf } from './attempt.js'
+import { upstreamHeadSize } from './forward.js'
 import { downstreamResponseHeaders, upstreamRequestHeaders, withPropagation } from './headers.js'
+import { MAX_HEAD } from './limits.js'
 import type { Resolution } from './resolve.js'
 import type { Forwarding } from './trust.js'
 import { WsRelay } from './ws-relay.js'
@@ -78,13 +80,16 @@ export function proxyUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer
   const stats: WebSocketStats = to.group.stats
   const timeouts = to.group.timeouts
   const origin = to.endpoint.target.origin
+  // No span for a WebSocket (it is no request that ends with a status): the client's traceparent goes as sent, none is added.
+  const headers = withPropagation(upstreamRequestHeaders(req, forwarding, true), to.baggage, undefined)
+  // What the upstream would refuse for its size (X-Forwarded-* and the baggage added) is refused here, as for any request.
+  if (upstreamHeadSize(req.method as string, req.url as string, headers) > MAX_HEAD) return rejectUpgrade(socket, 'header_too_large')
   const request = (origin.tls ? https : http).request({
     host: origin.host,
     port: origin.port,
     path: req.url,
     method: req.method,
-    // No span for a WebSocket (it is no request that ends with a status): the client's traceparent goes as sent, none is added.
-    headers: withPropagation(upstreamRequestHeaders(req, forwarding, true), to.baggage, undefined),
+    headers,
     agent: false,
   })
   const fail = (err: Error & { code?: string }): void => {

@@ -51,7 +51,8 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins, tracer
     if (endpoint === undefined) {
       return { code: 'no_healthy_upstream', message: `no healthy upstream for ${route.name} (${color.color})`, target, stats: color.stats, trace }
     }
-    const baggage = !pinning ? undefined : facts.baggage === undefined ? snapshot.baggageMember : outgoingBaggage(facts.baggage, snapshot.baggageMember)
+    const sent = pinning ? clientBaggage(facts) : undefined
+    const baggage = !pinning ? undefined : sent === undefined ? snapshot.baggageMember : outgoingBaggage(sent, snapshot.baggageMember)
     const shadow = route.shadow
     // A kept snapshot's comparison is over: only the current one's routes copy.
     if (shadow === undefined || pinned !== undefined || !isCurrent || !isOrdinaryLive(route, color, headers)) return { target, endpoint, group: color, setCookie, shadow: undefined, baggage, trace }
@@ -88,6 +89,16 @@ export function createResolver (snapshots: SnapshotView, pins: ColorPins, tracer
     }
     return to
   }
+}
+
+/**
+ * The client's baggage members to forward: none when its Connection header
+ * names `baggage` (hop-by-hop: the gateway, this hop's recipient, reads its
+ * entry, and forwards the gateway's own alone, as with pinning off it forwards nothing).
+ */
+function clientBaggage (facts: RequestFacts): string | undefined {
+  if (facts.baggage === undefined || facts.connectionNames?.includes('baggage') === true) return undefined
+  return facts.baggage
 }
 
 /**
