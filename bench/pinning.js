@@ -9,13 +9,18 @@
 // Upstream: one nginx child (one worker, plain HTTP/1.1); fast engine, metrics
 // on, access log off. Load: wrk -t1 -c --connections GET --path.
 //
-// Rounds: --repeat rounds, each measures every case once, in reverse order on
-// odd rounds, each run after --warmup s of the same load; medians per case,
-// and the median of each round's own ratio to `off` (the runs compared stand
-// next to each other). Per run: req/s, p50/p99 and the gateway's CPU µs per
-// request (lib/cpu.js, its process tree).
+// Processes: two gateway processes with the same config differ by up to 6%
+// in req/s and CPU per request (measured here: `off` against a second `off`),
+// as much as the effect measured. So each case runs in --processes (3)
+// gateways of its own, and the ratios are taken pairwise: `on` of process
+// pair k against `off` of pair k in the same round.
+// Rounds: --repeat rounds, each measures every case of every pair once, in
+// reverse order on odd rounds, each run after --warmup s of the same load;
+// medians per case, and the median of the pairwise ratios to `off`. Per run:
+// req/s, p50/p99 and the gateway's CPU µs per request (lib/cpu.js, its
+// process tree).
 //
-//   node bench/pinning.js [--duration 10] [--warmup 2] [--repeat 5] [--connections 50] [--path /] [--out bench/results/pinning.json]
+//   node bench/pinning.js [--duration 10] [--warmup 2] [--repeat 3] [--processes 3] [--connections 50] [--path /] [--out bench/results/pinning.json]
 //   bench/run pinning [flags]
 // Exit 1 when a run saw errors or non-2xx answers, when `on+baggage` counted
 // no pinned request, or when the issue's target (pinning on, no baggage:
@@ -37,7 +42,8 @@ const lib = (f) => join(here, 'lib', f)
 const args = parseArgs()
 const duration = Number(args.duration ?? 10)
 const warmup = Number(args.warmup ?? 2)
-const repeat = Number(args.repeat ?? 5)
+const repeat = Number(args.repeat ?? 3)
+const processes = Number(args.processes ?? 3)
 const connections = Number(args.connections ?? 50)
 const path = String(args.path ?? '/')
 const out = typeof args.out === 'string' ? args.out : join(here, 'results', 'pinning.json')
@@ -45,8 +51,8 @@ const out = typeof args.out === 'string' ? args.out : join(here, 'results', 'pin
 /** The issue's target: with pinning on and no baggage sent, at least 97% of the req/s with it off. */
 const TARGET_RATIO = 0.97
 
-if (!(duration >= 1) || !(warmup >= 0) || !(repeat >= 1) || !(connections > 0) || !path.startsWith('/')) {
-  console.error('usage: node bench/pinning.js [--duration SEC>=1] [--warmup SEC] [--repeat N] [--connections N] [--path /] [--out FILE]')
+if (!(duration >= 1) || !(warmup >= 0) || !(repeat >= 1) || !(Number.isInteger(processes) && processes >= 1) || !(connections > 0) || !path.startsWith('/')) {
+  console.error('usage: node bench/pinning.js [--duration SEC>=1] [--warmup SEC] [--repeat N] [--processes N] [--connections N] [--path /] [--out FILE]')
   process.exit(2)
 }
 const missing = ['nginx', 'wrk'].filter((bin) => spawnSync(bin, bin === 'nginx' ? ['-v'] : ['--version'], { stdio: 'ignore' }).error !== undefined)
@@ -93,6 +99,7 @@ async function measure (c) {
   const pinned1 = c.headers === undefined ? null : await pinnedCount(c.gw)
   return {
     case: c.name,
+    pair: c.pair,
     requests: r.requestsTotal,
     reqPerSec: round(r.reqPerSec, 0),
     p50Ms: round(r.latencyMs.p50, 3),
@@ -104,21 +111,26 @@ async function measure (c) {
   }
 }
 
-const off = await startGateway(false)
-const on = await startGateway(true)
-const generation = (await (await fetch(`${on.adminUrl}/v1/state`)).json()).generation
-const cases = [
-  { name: 'off', gw: off, headers: undefined },
-  { name: 'on', gw: on, headers: undefined },
-  { name: 'on+baggage', gw: on, headers: { baggage: `userid=42,switchyard-gen=${generation}` } },
-]
+const gateways = []
+const cases = []
+for (let pair = 0; pair < processes; pair++) {
+  const off = await startGateway(false)
+  const on = await startGateway(true)
+  gateways.push(off, on)
+  const generation = (await (await fetch(`${on.adminUrl}/v1/state`)).json()).generation
+  cases.push(
+    { name: 'off', pair, gw: off, headers: undefined },
+    { name: 'on', pair, gw: on, headers: undefined },
+    { name: 'on+baggage', pair, gw: on, headers: { baggage: `userid=42,switchyard-gen=${generation}` } })
+}
+const KINDS = ['off', 'on', 'on+baggage']
 const doc = {
   bench: 'pinning',
   commit: process.env.SWITCHYARD_BENCH_COMMIT ?? null,
   node: process.version,
   cpus: os.cpus().length,
   loadavgStart: os.loadavg().map((x) => round(x, 2)),
-  settings: { duration, warmup, repeat, connections, path, nginx: nginx.info.version },
+  settings: { duration, warmup, repeat, processes, connections, path, nginx: nginx.info.version },
   runs: [],
 }
 const problems = []
@@ -130,27 +142,26 @@ try {
   }
   for (let i = 0; i < repeat; i++) {
     for (const c of i % 2 === 0 ? cases : [...cases].reverse()) {
-      log(`round ${i + 1}/${repeat}: ${c.name}`)
+      log(`round ${i + 1}/${repeat}: ${c.name} (pair ${c.pair + 1})`)
       const run = await measure(c)
       run.round = i
       doc.runs.push(run)
-      if (run.errors > 0 || run.non2xx > 0) problems.push(`${run.case} round ${i + 1}: ${run.errors} errors, ${run.non2xx} non-2xx`)
-      if (c.headers !== undefined && !(run.pinned > 0)) problems.push(`${run.case} round ${i + 1}: no request counted pinned (${run.pinned})`)
+      if (run.errors > 0 || run.non2xx > 0) problems.push(`${run.case} (pair ${c.pair + 1}) round ${i + 1}: ${run.errors} errors, ${run.non2xx} non-2xx`)
+      if (c.headers !== undefined && !(run.pinned > 0)) problems.push(`${run.case} (pair ${c.pair + 1}) round ${i + 1}: no request counted pinned (${run.pinned})`)
     }
   }
 } finally {
-  await off.stop()
-  await on.stop()
+  for (const gw of gateways) await gw.stop()
   await nginx.stop()
   removeTempDir(dir)
 }
 
 const runsOf = (name) => doc.runs.filter((r) => r.case === name)
 const med = (name, key) => median(runsOf(name).map((r) => r[key]))
-const paired = (name, key) => median([...Array(repeat).keys()].map((i) => ratio(
-  doc.runs.find((r) => r.case === name && r.round === i)?.[key] ?? null,
-  doc.runs.find((r) => r.case === 'off' && r.round === i)?.[key] ?? null)))
-doc.summary = Object.fromEntries(cases.map(({ name }) => [name, {
+/** The median of the ratios of each run of `name` to the `off` run of the same pair and round. */
+const paired = (name, key) => median(runsOf(name).map((a) => ratio(a[key] ?? null,
+  doc.runs.find((b) => b.case === 'off' && b.pair === a.pair && b.round === a.round)?.[key] ?? null)))
+doc.summary = Object.fromEntries(KINDS.map((name) => [name, {
   reqPerSec: med(name, 'reqPerSec'),
   p99Ms: med(name, 'p99Ms'),
   gatewayCpuUsPerReq: med(name, 'gatewayCpuUsPerReq'),
@@ -161,6 +172,7 @@ doc.summary = Object.fromEntries(cases.map(({ name }) => [name, {
         pairedReqPerSec: round(paired(name, 'reqPerSec'), 3),
         p99: round(ratio(med(name, 'p99Ms'), med('off', 'p99Ms')), 2),
         gatewayCpuUsPerReq: round(ratio(med(name, 'gatewayCpuUsPerReq'), med('off', 'gatewayCpuUsPerReq')), 3),
+        pairedGatewayCpuUsPerReq: round(paired(name, 'gatewayCpuUsPerReq'), 3),
       },
 }]))
 const onRatio = doc.summary.on.vsOff.pairedReqPerSec
@@ -171,13 +183,13 @@ doc.problems = problems
 mkdirSync(dirname(out), { recursive: true })
 writeFileSync(out, JSON.stringify(doc, null, 2) + '\n')
 
-console.log(`${duration}s per run after ${warmup}s warmup, median of ${repeat} alternating rounds; wrk -t1 -c${connections} GET ${path}; upstream nginx (1 worker); Node ${process.version}; ${os.cpus().length} CPUs; load avg at start ${doc.loadavgStart.join(' ')}`)
-const rows = [['case', 'req/s', 'p99 ms', 'CPU µs/req', 'req/s vs off', 'paired', 'p99 vs off', 'CPU vs off']]
-for (const { name } of cases) {
+console.log(`${duration}s per run after ${warmup}s warmup, ${processes} gateway pairs x ${repeat} alternating rounds, medians; wrk -t1 -c${connections} GET ${path}; upstream nginx (1 worker); Node ${process.version}; ${os.cpus().length} CPUs; load avg at start ${doc.loadavgStart.join(' ')}`)
+const rows = [['case', 'req/s', 'p99 ms', 'CPU µs/req', 'req/s vs off', 'paired', 'p99 vs off', 'CPU vs off', 'paired CPU']]
+for (const name of KINDS) {
   const s = doc.summary[name]
   const v = s.vsOff
   rows.push([name, fmt(s.reqPerSec, 0), fmt(s.p99Ms, 2), fmt(s.gatewayCpuUsPerReq),
-    v === null ? '-' : fmt(v.reqPerSec, 3), v === null ? '-' : fmt(v.pairedReqPerSec, 3), v === null ? '-' : fmt(v.p99, 2), v === null ? '-' : fmt(v.gatewayCpuUsPerReq, 3)])
+    v === null ? '-' : fmt(v.reqPerSec, 3), v === null ? '-' : fmt(v.pairedReqPerSec, 3), v === null ? '-' : fmt(v.p99, 2), v === null ? '-' : fmt(v.gatewayCpuUsPerReq, 3), v === null ? '-' : fmt(v.pairedGatewayCpuUsPerReq, 3)])
 }
 const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)))
 for (const r of rows) console.log(r.map((c, i) => i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join('  '))
