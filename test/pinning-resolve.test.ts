@@ -8,6 +8,7 @@ import type { RequestFacts, Resolution, Refusal } from '../src/proxy/resolve.js'
 import { createResolver } from '../src/routing/resolve.js'
 import { buildSnapshot, Switcher, type RoutingState } from '../src/routing/snapshot.js'
 import { TargetRegistry } from '../src/upstream/registry.js'
+import { pinFacts } from './helpers/chain.js'
 
 const SERVICES = `services:
   users:
@@ -18,21 +19,8 @@ const SERVICES = `services:
 `
 const PINNING = 'pinning: { keep: 1m, trust: [127.0.0.0/8, "::1"] }\n'
 
-function facts (baggage: string | undefined, peer = '127.0.0.1', target = '/users/1'): RequestFacts {
-  return {
-    method: 'GET',
-    target,
-    host: 'gw',
-    smoke: undefined,
-    cookie: undefined,
-    baggage,
-    connectionNames: undefined,
-    header: () => undefined,
-    headerLines: () => 0,
-    peer,
-    clientAddress: () => peer,
-  }
-}
+/** A GET with `baggage` from `peer` (127.0.0.1 unless given), to `target` (/users/1 unless given). */
+const facts = (baggage: string | undefined, peer?: string, target?: string): RequestFacts => pinFacts(baggage, { peer, target })
 
 const state = (generation: number, live: 'blue' | 'green', pinFloor?: number): RoutingState =>
   ({ generation, services: { users: { live, previous: null, targets: {} } }, ...(pinFloor === undefined ? {} : { pinFloor }) })

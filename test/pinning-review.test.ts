@@ -8,6 +8,7 @@ import type { Refusal, RequestFacts, Resolution } from '../src/proxy/resolve.js'
 import { createResolver } from '../src/routing/resolve.js'
 import { buildSnapshot, Switcher, type RoutingState } from '../src/routing/snapshot.js'
 import { TargetRegistry } from '../src/upstream/registry.js'
+import { pinFacts } from './helpers/chain.js'
 
 const PINNING = 'pinning: { keep: 1m, trust: [127.0.0.0/8] }\n'
 const service = (protocol: string): string => `services:
@@ -20,22 +21,7 @@ const service = (protocol: string): string => `services:
 `
 
 /** A request's facts as the fast engine (`http1Only`) or node:http gives them. */
-function facts (baggage: string, http1Only: boolean): RequestFacts {
-  return {
-    method: 'GET',
-    target: '/users/1',
-    host: 'gw',
-    smoke: undefined,
-    cookie: undefined,
-    baggage,
-    connectionNames: undefined,
-    header: () => undefined,
-    headerLines: () => 0,
-    peer: '127.0.0.1',
-    clientAddress: () => '127.0.0.1',
-    ...(http1Only ? { http1Only: true as const } : {}),
-  }
-}
+const facts = (baggage: string, http1Only: boolean): RequestFacts => pinFacts(baggage, { http1Only })
 
 const state = (generation: number): RoutingState => ({ generation, services: { users: { live: 'blue', previous: null, targets: {} } } })
 

@@ -8,6 +8,7 @@ import http2 from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import { WebSocketServer } from 'ws'
 import { PIN_RESULTS, type PinResult } from '../../src/routing/pinning.js'
+import type { RequestFacts } from '../../src/proxy/resolve.js'
 import { http1 } from './index.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
@@ -159,4 +160,26 @@ export async function pinCounts (adminUrl: string): Promise<PinCounts> {
   }
   if (seen !== PIN_RESULTS.length) throw new Error(`GET /metrics has ${seen} of the ${PIN_RESULTS.length} switchyard_pinned_requests_total results`)
   return counts
+}
+
+/**
+ * A request's facts as an engine hands them to the resolve step, for unit
+ * tests of pinning: a GET from `peer` with `baggage`; `http1Only` as the
+ * fast engine sets it (it hands requests for HTTP/2 services to node:http).
+ */
+export function pinFacts (baggage: string | undefined, { peer = '127.0.0.1', target = '/users/1', http1Only = false } = {}): RequestFacts {
+  return {
+    method: 'GET',
+    target,
+    host: 'gw',
+    smoke: undefined,
+    cookie: undefined,
+    baggage,
+    connectionNames: undefined,
+    header: () => undefined,
+    headerLines: () => 0,
+    peer,
+    clientAddress: () => peer,
+    ...(http1Only ? { http1Only: true as const } : {}),
+  }
 }
