@@ -211,3 +211,25 @@ t.test('upstream junk: framing a strict client would refuse is not relayed', asy
   }
   for (const [what, head] of Object.entries(bad)) t.type(parseResponseHead(head, false), 'string', what)
 })
+
+t.test('linesWithoutBaggage: the forwarded lines less every baggage line, wherever they sit and whatever was dropped around them', async (t) => {
+  const reference = (lines: string): string => lines.split('\r\n').filter((l) => l !== '' && !/^baggage:/i.test(l)).map((l) => `${l}\r\n`).join('')
+  const heads = [
+    'GET / HTTP/1.1\r\nHost: a\r\nbaggage: k=1',
+    'GET / HTTP/1.1\r\nbaggage: k=1\r\nHost: a\r\nAccept: */*',
+    'GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\nBaggage: k=1\r\nConnection: keep-alive\r\nHost: a',
+    'GET / HTTP/1.1\r\nHost: a\r\nx-switchyard-smoke: s\r\nA: 1\r\nBAGGAGE:   k=1 , switchyard-gen=4  \r\nB: 2\r\nTE: trailers',
+    'GET / HTTP/1.1\r\nHost: a\r\nbaggage: k=1\r\nA: 1\r\nbaggage: switchyard-gen=4',
+    'GET / HTTP/1.1\r\nHost: a\r\nConnection: x-drop\r\nX-Drop: 1\r\nbaggage: k=1\r\nx-baggage: 2',
+    'GET / HTTP/1.1\r\nHost: a\r\nx-baggage: baggage: k=1\r\nbaggage: k=2',
+  ]
+  for (const head of heads) {
+    const r = parseRequestHead(head)
+    if (r === undefined) {
+      t.fail(`parsed: ${JSON.stringify(head)}`)
+      continue
+    }
+    t.equal(r.linesWithoutBaggage(), reference(r.lines), JSON.stringify(head))
+    t.notMatch(r.linesWithoutBaggage(), /^baggage:/im, 'no baggage line is left')
+  }
+})

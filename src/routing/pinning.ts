@@ -49,23 +49,33 @@ export const INVALID = -1
  * The generation a request's baggage (its lines joined with `,`) names: a
  * safe integer, INVALID, or undefined when it has no `switchyard-gen` entry.
  * Tolerant of every other member, well-formed or not; strict about ours:
- * exactly one, the value all digits (at most 15), no properties.
+ * exactly one, the value all digits (at most 15), no properties. One scan
+ * by index, nothing split: hops inside a chain all carry it.
  */
 export function baggageGeneration (baggage: string): number | undefined {
-  // Most baggage carries no entry of ours: one search, nothing split.
-  if (!baggage.includes(BAGGAGE_KEY)) return undefined
-  if (baggage.length > MAX_BAGGAGE_BYTES) return INVALID
-  const members = baggage.split(',')
-  if (members.length > MAX_BAGGAGE_MEMBERS) return INVALID
+  let at = nextOurs(baggage, 0)
+  if (at === -1) return undefined
+  if (baggage.length > MAX_BAGGAGE_BYTES || countMembers(baggage) > MAX_BAGGAGE_MEMBERS) return INVALID
   let found: number | undefined
-  for (const m of members) {
-    if (memberKey(m) !== BAGGAGE_KEY) continue
-    const eq = m.indexOf('=')
-    // Ours with no value (`switchyard-gen`, `switchyard-gen;p=1`) is ours, and not valid.
-    if (found !== undefined || eq === -1 || m.lastIndexOf(';', eq) !== -1) return INVALID
-    const value = m.slice(eq + 1).trim()
-    if (!/^[0-9]{1,15}$/.test(value)) return INVALID
-    found = Number(value)
+  while (at !== -1) {
+    const comma = baggage.indexOf(',', at)
+    const end = comma === -1 ? baggage.length : comma
+    let v = skipOws(baggage, at + BAGGAGE_KEY.length, end)
+    // Ours with no value (`switchyard-gen`, `switchyard-gen;p=1`) is ours, and not valid; so is a second one.
+    if (found !== undefined || baggage.charCodeAt(v) !== 61 /* = */) return INVALID
+    v = skipOws(baggage, v + 1, end)
+    let last = end
+    while (last > v && isOws(baggage.charCodeAt(last - 1))) last--
+    if (last === v || last - v > 15) return INVALID
+    let n = 0
+    for (let i = v; i < last; i++) {
+      const c = baggage.charCodeAt(i) - 48
+      // Digits only: a property (`;`), a sign, a point or anything else makes it invalid.
+      if (c < 0 || c > 9) return INVALID
+      n = n * 10 + c
+    }
+    found = n
+    at = comma === -1 ? -1 : nextOurs(baggage, comma + 1)
   }
   return found
 }
@@ -77,24 +87,68 @@ export function baggageGeneration (baggage: string): number | undefined {
  */
 export function outgoingBaggage (incoming: string | undefined, member: string): string {
   if (incoming === undefined) return member
+  let at = nextOurs(incoming, 0)
   let kept = incoming
-  if (incoming.includes(BAGGAGE_KEY)) {
-    kept = incoming.split(',').filter((m) => memberKey(m) !== BAGGAGE_KEY).join(',')
+  if (at !== -1) {
+    kept = ''
+    let from = 0
+    while (at !== -1) {
+      // Ours runs from just after the comma before it to the comma after it, which goes too.
+      kept += incoming.slice(from, memberStart(incoming, at))
+      const comma = incoming.indexOf(',', at)
+      from = comma === -1 ? incoming.length : comma + 1
+      at = comma === -1 ? -1 : nextOurs(incoming, from)
+    }
+    kept += incoming.slice(from)
   }
   // Empty members (a trailing comma, an empty line) carry nothing.
-  kept = kept.trim()
-  while (kept.endsWith(',')) kept = kept.slice(0, -1).trimEnd()
-  return kept === '' ? member : `${kept},${member}`
+  let end = kept.length
+  while (end > 0 && (kept.charCodeAt(end - 1) === 44 /* , */ || isOws(kept.charCodeAt(end - 1)))) end--
+  let begin = 0
+  while (begin < end && isOws(kept.charCodeAt(begin))) begin++
+  return begin === end ? member : `${kept.slice(begin, end)},${member}`
 }
 
-/** A list-member's key: what comes before its first `=` or `;` (a member with no value has properties only), without OWS. */
-function memberKey (member: string): string {
-  let end = member.length
-  for (let i = 0; i < end; i++) {
-    const c = member.charCodeAt(i)
-    if (c === 61 /* = */ || c === 59 /* ; */) end = i
+function isOws (c: number): boolean {
+  return c === 32 || c === 9
+}
+
+function skipOws (s: string, i: number, end: number): number {
+  while (i < end && isOws(s.charCodeAt(i))) i++
+  return i
+}
+
+/**
+ * Where the next list-member keyed `switchyard-gen` at or after `from`
+ * starts (its key's first character), or -1. A key is one when only OWS
+ * stands between it and the start or a comma before, and between it and
+ * `=`, `;`, a comma or the end after: inside another member's value or
+ * properties, or as part of a longer key, it is not ours.
+ */
+function nextOurs (s: string, from: number): number {
+  let at = s.indexOf(BAGGAGE_KEY, from)
+  while (at !== -1) {
+    let before = at - 1
+    while (before >= 0 && isOws(s.charCodeAt(before))) before--
+    const after = skipOws(s, at + BAGGAGE_KEY.length, s.length)
+    const next = after === s.length ? 44 : s.charCodeAt(after)
+    if ((before < 0 || s.charCodeAt(before) === 44) && (next === 61 || next === 59 || next === 44)) return at
+    at = s.indexOf(BAGGAGE_KEY, at + 1)
   }
-  return member.slice(0, end).trim()
+  return -1
+}
+
+/** The start of the member whose key starts at `at`: just after the comma before it, or 0. */
+function memberStart (s: string, at: number): number {
+  let i = at - 1
+  while (i >= 0 && isOws(s.charCodeAt(i))) i--
+  return i + 1
+}
+
+function countMembers (s: string): number {
+  let n = 1
+  for (let i = s.indexOf(','); i !== -1; i = s.indexOf(',', i + 1)) n++
+  return n
 }
 
 /** A retired snapshot, kept for the chains pinned to its generation. */

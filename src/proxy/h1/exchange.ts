@@ -13,7 +13,7 @@ import { newRequestId } from '../request-id.js'
 import { finishTap, type AnswerTap, type Resolution, type UpstreamGroup } from '../resolve.js'
 import type { Forwarding } from '../trust.js'
 import { CRLF2, gather, headWork, writeHeadAndBody, type Gatherer } from './io.js'
-import { ChunkedScanner, dropNamed, Framing, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
+import { ChunkedScanner, Framing, parseResponseHead, type RequestHead, type ResponseHead } from './parse.js'
 
 /** What an exchange needs of the client connection it answers (so it never depends on how that connection reads). */
 export interface ClientSide {
@@ -29,9 +29,6 @@ export interface ClientSide {
 }
 
 const enum Phase { Waiting, Body, Done }
-
-/** The header the resolve step's baggage replaces. */
-const BAGGAGE = ['baggage']
 
 /** One request's trip upstream on the fast path. */
 export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gatherer {
@@ -103,7 +100,7 @@ export class FastExchange implements UpstreamUser, Finished, OpenExchange, Gathe
     let lines = head.lines
     if (to.baggage !== undefined) {
       // Pinning on: one baggage line in place of the client's (which it carries the members of).
-      if (head.baggage !== undefined) lines = dropNamed(lines, BAGGAGE)
+      if (head.baggage !== undefined) lines = head.linesWithoutBaggage()
       extra += `baggage: ${to.baggage}\r\n`
     }
     this.trace = to.trace

@@ -63,8 +63,10 @@ function endsInChunked (v: string): boolean | undefined {
   return last.trim().toLowerCase() === 'chunked'
 }
 
+const BAGGAGE = ['baggage']
+
 /** Drops header lines with these (lower-case) names, in a second pass: ones a Connection header listed (rare), or the baggage pinning replaces (every request that carries baggage, with pinning on). */
-export function dropNamed (lines: string, named: string[]): string {
+function dropNamed (lines: string, named: string[]): string {
   let out = ''
   for (const line of lines.split('\r\n')) {
     if (line === '') continue
@@ -103,6 +105,9 @@ export class RequestHead implements RequestFacts {
   cookie: string | undefined = undefined
   /** Baggage lines joined with `,`; they stay in `lines` (the exchange replaces them only with pinning on). */
   baggage: string | undefined = undefined
+  /** Where the one baggage line sits in `lines` ([from, to), CRLF included); -1: none, or not one line at a known place. */
+  baggageFrom = -1
+  baggageTo = -1
   smoke: string | undefined = undefined
   /** The header lines to forward, each ending in CRLF, hop-by-hop and gateway-owned ones removed. */
   lines = ''
@@ -126,6 +131,12 @@ export class RequestHead implements RequestFacts {
   /** This engine forwards over HTTP/1.1 only (see RequestFacts); on the prototype, so no request pays a field for it. */
   get http1Only (): true {
     return true
+  }
+
+  /** `lines` without the baggage lines (pinning on: the resolve step's baggage replaces them). */
+  linesWithoutBaggage (): string {
+    if (this.baggageFrom < 0) return dropNamed(this.lines, BAGGAGE)
+    return this.lines.slice(0, this.baggageFrom) + this.lines.slice(this.baggageTo)
   }
 
   /** The value of header `lowerName` as received, when it has exactly one line. */
@@ -250,7 +261,15 @@ export function parseRequestHead (head: string): RequestHead | undefined {
       }
       case 'baggage': {
         const value = trimmed(head, colon + 1, end)
-        r.baggage = r.baggage === undefined ? value : `${r.baggage},${value}`
+        if (r.baggage === undefined) {
+          // Its place in `lines` once its run is flushed: after what is flushed now and the run before it.
+          r.baggageFrom = r.lines.length + lineStart - runStart
+          r.baggageTo = r.baggageFrom + pos - lineStart
+          r.baggage = value
+        } else {
+          r.baggageFrom = r.baggageTo = -1
+          r.baggage = `${r.baggage},${value}`
+        }
         break
       }
     }
@@ -264,6 +283,7 @@ export function parseRequestHead (head: string): RequestHead | undefined {
   if (named !== undefined) {
     if (named.includes('host') || named.includes('content-length')) return undefined
     r.lines = dropNamed(r.lines, named)
+    r.baggageFrom = r.baggageTo = -1
   }
   return r
 }
