@@ -98,7 +98,7 @@ export class Gateway {
     }
     this.sampler = setInterval(() => this.registry.sample(), 1000)
     this.sampler.unref()
-    const metrics = this.config.metrics.enabled ? createMetrics({ registry: this.registry, controller: () => this.controller, shadow: this.shadowReader, pinning: this.config.pinning === undefined ? undefined : this.controller.pinning }) : undefined
+    const metrics = this.config.metrics.enabled ? createMetrics({ registry: this.registry, controller: () => this.controller, shadow: this.shadowReader, pinning: this.config.pinning === undefined ? undefined : this.controller.pinning, spans: this.config.tracing === undefined ? undefined : () => this.listener.spans?.() }) : undefined
     this.admin = createAdminServer(this.controller, { loadConfig: () => this.loadConfig(), metrics })
     try {
       await this.listener.start({

@@ -8,6 +8,7 @@ import type { Controller } from './control/controller.js'
 import type { PinningReader } from './control/pinning.js'
 import type { ShadowReader } from './control/shadow.js'
 import { PIN_RESULTS } from './routing/pinning.js'
+import { SPAN_RESULTS, type ExportCounts } from './tracing/exporter.js'
 import { weightOf } from './routing/snapshot.js'
 import { DURATION_BUCKETS, type ColorStats, type UpstreamErrorKind } from './upstream/color-stats.js'
 import type { TargetRegistry } from './upstream/registry.js'
@@ -22,6 +23,8 @@ interface Deps {
   shadow?: ShadowReader
   /** Generation pinning's counts (this process's, or its workers' summed); absent when `pinning` is off. */
   pinning?: PinningReader
+  /** Span export's counts (this process's exporter, or its workers' summed); absent when `tracing` is off. */
+  spans?: () => ExportCounts | undefined
 }
 
 /** A histogram whose buckets live in ColorStats; prom-client only formats them. */
@@ -196,6 +199,21 @@ export function createMetrics (deps: Deps): Registry {
         this.reset()
         const counts = pinning.counts
         for (const result of PIN_RESULTS) this.inc({ result }, counts[result])
+      },
+    })
+  }
+  const spans = deps.spans
+  // Like pinning: only a restart turns tracing on or off.
+  if (spans !== undefined) {
+    new Counter({
+      name: 'switchyard_spans_total',
+      help: 'OpenTelemetry spans (tracing), by result: exported (the collector accepted them), dropped (not queued: the queue was full, the collector slower than the traffic), failed (sent and lost: an error, a non-2xx answer or the timeout)',
+      labelNames: ['result'],
+      registers: [reg],
+      collect () {
+        this.reset()
+        const counts = spans()
+        for (const result of SPAN_RESULTS) this.inc({ result }, counts?.[result] ?? 0)
       },
     })
   }

@@ -257,6 +257,7 @@ for (const engine of ['fast', 'node']) {
     for (let i = 0; i < 3; i++) t.equal((await http1(`${gw.url}/h1/y${i}`)).status, 200, 'answered with the collector down')
     await eventually(() => exporter.counts.failed === 8, { timeout: 4000 })
     t.equal(exporter.counts.dropped, 0)
+    t.same(await spanMetric(gw.adminUrl), { exported: 0, dropped: 0, failed: 8 }, 'switchyard_spans_total says so')
   })
 
   t.test(`${engine}: the gateway's stop sends what is queued before it returns`, async (t) => {
@@ -380,6 +381,40 @@ t.test('traceparent parsing follows W3C Trace Context, version 00', async (t) =>
 })
 
 /** A request on a fresh connection, so the cluster may hand it to any worker; the traceparent its upstream got. */
+/** switchyard_spans_total by result, off GET /metrics; undefined when the metric is not there. */
+async function spanMetric (adminUrl: string): Promise<ExportCounts | undefined> {
+  const text = (await http1(`${adminUrl}/metrics`)).text
+  const counts: ExportCounts = { exported: 0, dropped: 0, failed: 0 }
+  let seen = 0
+  for (const m of text.matchAll(/^switchyard_spans_total\{result="(exported|dropped|failed)"\} (\d+)$/gm)) {
+    counts[m[1] as keyof ExportCounts] = Number(m[2])
+    seen++
+  }
+  return seen === 0 ? undefined : counts
+}
+
+t.test('switchyard_spans_total: the workers\' exports summed; absent with tracing off', async (t) => {
+  const collector = await startCollector(t)
+  const b = await startBackend(t, 'blue')
+  const g = await startBackend(t, 'green')
+  const file = configFile(t, `tracing: { otlp: ${collector.url} }\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
+  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
+  const { port, admin: adminPort } = await listening(p)
+  for (let i = 0; i < 12; i++) t.equal(await fresh(`http://127.0.0.1:${port}/m${i}`, { traceparent: marker(200 + i).traceparent }), 200)
+  await eventually(() => collector.spans().length === 12, { timeout: 5000 })
+  const counts = await eventually(async () => {
+    const c = await spanMetric(`http://127.0.0.1:${adminPort}`)
+    return c?.exported === 12 ? c : false
+  }, { timeout: 3000 })
+  t.same(counts, { exported: 12, dropped: 0, failed: 0 }, 'every span the collector took, counted once across the workers')
+  t.ok(new Set(collector.posts.map((x) => x.remotePort)).size >= 2, 'from both workers')
+  p.kill('SIGTERM')
+  t.equal(await p.exit, 0)
+
+  const off = await startGateway(t, `services:\n${serviceYaml('svc', '/', [b], [g])}`)
+  t.equal(await spanMetric(off.adminUrl), undefined, 'no tracing, no metric')
+})
+
 async function fresh (url: string, headers: http.OutgoingHttpHeaders = {}): Promise<number> {
   return await new Promise((resolve, reject) => {
     http.get(url, { agent: false, headers }, (res) => {

@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net'
 import type { TlsConfig } from '../config/schema.js'
 import { createEdgeServer, type EdgeServer } from '../proxy/edge.js'
 import { createResolver } from '../routing/resolve.js'
+import type { ExportCounts } from '../tracing/exporter.js'
 import { startTracing, type Tracing } from '../tracing/tracing.js'
 import { CertStore } from './certs.js'
 import { closeGracefully, listen, type ListenerDeps, type PublicListener } from './public-listener.js'
@@ -47,6 +48,8 @@ export class LocalListener implements PublicListener {
   get tracing (): Tracing | undefined {
     return this.tracingParts
   }
+
+  readonly spans = (): ExportCounts | undefined => this.tracingParts?.exporter.counts
 
   get address (): AddressInfo | undefined {
     return (this.edge?.server.address() ?? undefined) as AddressInfo | undefined

@@ -7,6 +7,7 @@ import type { Config, HostPort, TlsConfig } from '../config/schema.js'
 import type { Controller } from '../control/controller.js'
 import type { Closer } from '../proxy/edge.js'
 import type { SmokeRunner } from '../health/smoke.js'
+import type { ExportCounts } from '../tracing/exporter.js'
 import type { RemoteColors } from '../upstream/color-stats.js'
 import type { TargetRegistry } from '../upstream/registry.js'
 
@@ -41,6 +42,8 @@ export interface PublicListener {
    * false on a plain listener.
    */
   readonly reloadCerts?: (tls: TlsConfig) => Promise<boolean>
+  /** What span export counted (`tracing` on): this process's exporter, or the workers' summed; undefined when off. */
+  readonly spans?: () => ExportCounts | undefined
   /** Accepts connections; resolves once requests are served with the controller's current routing. */
   start: (deps: ListenerDeps) => Promise<void>
   /** Where it accepts; undefined before start. */

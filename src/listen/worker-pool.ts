@@ -11,6 +11,7 @@ import type { Color, Config, HostPort, TlsConfig } from '../config/schema.js'
 import type { Controller } from '../control/controller.js'
 import { createEdgeServer, type EdgeServer } from '../proxy/edge.js'
 import { createResolver } from '../routing/resolve.js'
+import { addExportCounts, type ExportCounts } from '../tracing/exporter.js'
 import { startTracing, type Tracing } from '../tracing/tracing.js'
 import { SmokeRunner } from '../health/smoke.js'
 import { createAccessLog, drainLogs, log } from '../log.js'
@@ -41,7 +42,7 @@ type FromWorker =
   | { t: 'hello' }
   | { t: 'ack', seq: number, refused?: { path: string, file: string, reason: string } }
   | { t: 'ready', address: AddressInfo }
-  | { t: 'stats', colors: Array<{ service: string, color: Color, totals: Totals }>, shadow?: WorkerShadow, pinning?: PinReport }
+  | { t: 'stats', colors: Array<{ service: string, color: Color, totals: Totals }>, shadow?: WorkerShadow, pinning?: PinReport, spans?: ExportCounts }
 
 /** A worker's shadow comparisons and its switchyard_shadow_total counts since it started. */
 interface WorkerShadow {
@@ -114,6 +115,10 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
   private readonly retiredResults = new ShadowResults()
   /** The workers' pinning counts summed (what the metrics and /v1/state read when workers serve). */
   readonly pinning = new PooledPinning()
+  /** Each worker's latest span export counts (`tracing` on), and those of workers that exited. */
+  private readonly spanReports = new Map<number, ExportCounts>()
+  private retiredSpans: ExportCounts = { exported: 0, dropped: 0, failed: 0 }
+  private tracingOn = false
 
   constructor (count: number, shadowParts: ShadowParts = SHADOW_PARTS) {
     this.count = count
@@ -153,8 +158,17 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
     return this.shadowParts.viewOf(data)
   }
 
+  /** The workers' span export counts summed, exited workers' included; undefined with tracing off. */
+  readonly spans = (): ExportCounts | undefined => {
+    if (!this.tracingOn) return undefined
+    let sum = this.retiredSpans
+    for (const r of this.spanReports.values()) sum = addExportCounts(sum, r)
+    return sum
+  }
+
   /** Forks the workers and resolves once every one listens with the current routing. */
-  async start ({ controller, registry, smoke, listen: at }: ListenerDeps): Promise<void> {
+  async start ({ controller, registry, smoke, listen: at, config }: ListenerDeps): Promise<void> {
+    this.tracingOn = config.tracing !== undefined
     this.controller = controller
     this.registry = registry
     // Workers recognize the primary's smoke checks by its secret.
@@ -185,6 +199,7 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
           this.onStats(worker.id, msg.colors)
           if (msg.shadow !== undefined) this.onShadow(worker.id, msg.shadow)
           if (msg.pinning !== undefined) this.pinning.report(worker.id, msg.pinning)
+          if (msg.spans !== undefined) this.spanReports.set(worker.id, msg.spans)
         }
       })
     })
@@ -292,6 +307,9 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
       for (const [service, counts] of shadow.results) for (const [result, n] of Object.entries(counts)) this.retiredResults.add(service, result as ShadowResult, n)
     }
     this.pinning.retire(worker.id)
+    const spans = this.spanReports.get(worker.id)
+    this.spanReports.delete(worker.id)
+    if (spans !== undefined) this.retiredSpans = addExportCounts(this.retiredSpans, spans)
     const last = this.reports.get(worker.id)
     this.reports.delete(worker.id)
     for (const [key, t] of last ?? []) {
@@ -370,6 +388,7 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
     const msg: FromWorker = withShadow ? { t: 'stats', colors, shadow: { reports: shadow.reports(), results: [...shadow.results()] } } : { t: 'stats', colors }
     // With pinning on, every report carries its counts (at most MAX_KEPT generations); off, nothing.
     if (config?.pinning !== undefined && switcher !== undefined) msg.pinning = { counts: switcher.kept.counts, byGeneration: switcher.kept.pinnedByGeneration() }
+    if (tracing !== undefined) msg.spans = tracing.exporter.counts
     tell(msg)
   }, REPORT_MS)
   report.unref()

@@ -21,7 +21,7 @@ export interface ExporterOptions {
 
 export const EXPORTER_DEFAULTS: ExporterOptions = { batch: 512, queue: 2048, intervalMs: 1000, timeoutMs: 5000 }
 
-/** Spans as counted since start. */
+/** Spans as counted since start (switchyard_spans_total). */
 export interface ExportCounts {
   /** Accepted by the collector (a 2xx answer). */
   exported: number
@@ -33,6 +33,14 @@ export interface ExportCounts {
 
 /** How often at most a loss is logged: a collector that is down is one line a minute, not one a batch. */
 const LOSS_LOG_MS = 60_000
+
+/** The results of switchyard_spans_total, as ExportCounts names them. */
+export const SPAN_RESULTS = ['exported', 'dropped', 'failed'] as const
+
+/** `a` plus `b`, result by result (a worker pool's sums). */
+export function addExportCounts (a: ExportCounts, b: ExportCounts): ExportCounts {
+  return { exported: a.exported + b.exported, dropped: a.dropped + b.dropped, failed: a.failed + b.failed }
+}
 
 /** OTLP's SPAN_KIND_SERVER and STATUS_CODE_ERROR (opentelemetry-proto trace.proto). */
 const SPAN_KIND_SERVER = 2
