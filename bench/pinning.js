@@ -27,12 +27,11 @@
 // within 3% of off's req/s) is missed; exit 2 when nginx or wrk is missing or
 // the build has no pinning.
 
-import { spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { makeTempDir, parseArgs, removeTempDir, startChild } from './lib/children.js'
+import { makeTempDir, parseArgs, removeTempDir, requireTools, startChild } from './lib/children.js'
 import { treeCpuSeconds } from './lib/cpu.js'
 import { fmt, median, ratio, round } from './lib/rounds.js'
 import { loadWrk } from './lib/wrk.js'
@@ -55,11 +54,7 @@ if (!(duration >= 1) || !(warmup >= 0) || !(repeat >= 1) || !(Number.isInteger(p
   console.error('usage: node bench/pinning.js [--duration SEC>=1] [--warmup SEC] [--repeat N] [--processes N] [--connections N] [--path /] [--out FILE]')
   process.exit(2)
 }
-const missing = ['nginx', 'wrk'].filter((bin) => spawnSync(bin, bin === 'nginx' ? ['-v'] : ['--version'], { stdio: 'ignore' }).error !== undefined)
-if (missing.length > 0) {
-  console.error(`missing: ${missing.join(', ')} (Debian: apt-get install -y nginx wrk)`)
-  process.exit(2)
-}
+requireTools(['nginx', 'wrk'])
 const log = (line) => process.stderr.write(`[pinning] ${line}\n`)
 
 const dir = makeTempDir('switchyard-bench-nginx-')

@@ -31,12 +31,11 @@
 // issue's target (at sample 0.1, under 10% throughput cost) is missed; exit 2
 // when nginx or wrk is missing or the build has no shadow traffic.
 
-import { spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { makeTempDir, parseArgs, removeTempDir, startChild } from './lib/children.js'
+import { makeTempDir, parseArgs, removeTempDir, requireTools, startChild } from './lib/children.js'
 import { treeCpuSeconds } from './lib/cpu.js'
 import { fmt, median, ratio, round } from './lib/rounds.js'
 import { loadWrk } from './lib/wrk.js'
@@ -63,11 +62,7 @@ if (!(duration >= 1) || !(warmup >= 0) || !(repeat >= 1) || !(connections > 0) |
   console.error('usage: node bench/shadow.js [--duration SEC>=1] [--warmup SEC] [--repeat N] [--connections N] [--samples 0.1,1 (each above 0, at most 1)] [--path /json] [--max-concurrent N] [--out FILE]')
   process.exit(2)
 }
-const missing = ['nginx', 'wrk'].filter((bin) => spawnSync(bin, bin === 'nginx' ? ['-v'] : ['--version'], { stdio: 'ignore' }).error !== undefined)
-if (missing.length > 0) {
-  console.error(`missing: ${missing.join(', ')} (Debian: apt-get install -y nginx wrk)`)
-  process.exit(2)
-}
+requireTools(['nginx', 'wrk'])
 
 const log = (line) => process.stderr.write(`[shadow] ${line}\n`)
 const caseName = (sample) => sample === null ? 'off' : `s${sample}`

@@ -27,6 +27,22 @@ interface Deps {
   spans?: () => ExportCounts | undefined
 }
 
+/** A counter with one `result` label per name in `results`, read off `counts` at each scrape (absent counts read 0). */
+function resultCounter<R extends string> (reg: Registry, name: string, help: string, results: readonly R[], counts: () => Readonly<Record<R, number>> | undefined): void {
+  // eslint-disable-next-line no-new -- registered in `reg`, which is what is read
+  new Counter({
+    name,
+    help,
+    labelNames: ['result'],
+    registers: [reg],
+    collect () {
+      this.reset()
+      const now = counts()
+      for (const result of results) this.inc({ result }, now?.[result] ?? 0)
+    },
+  })
+}
+
 /** A histogram whose buckets live in ColorStats; prom-client only formats them. */
 function durationHistogram (deps: Deps): { name: string, help: string, type: string, aggregator: string, get: () => Promise<unknown> } {
   const name = 'switchyard_request_duration_seconds'
@@ -186,36 +202,19 @@ export function createMetrics (deps: Deps): Registry {
       },
     })
   }
+  // Only a restart turns pinning or tracing on or off, so each of these is there exactly when it can count;
+  // then every result from 0 (fixed labels): a rate of `expired` or `dropped` reads from the first scrape.
   const pinning = deps.pinning
-  // Only a restart turns pinning on or off, so the metric is there exactly when it can count; then every
-  // result from 0 (PIN_RESULTS' fixed labels): a rate of `expired` or `untrusted` reads from the first scrape.
   if (pinning !== undefined) {
-    new Counter({
-      name: 'switchyard_pinned_requests_total',
-      help: 'Requests carrying baggage switchyard-gen, by result: pinned (routed by the generation it named), expired (not kept, or unknown here), untrusted (from a peer outside pinning.trust), invalid (a malformed entry), unavailable (the kept generation could not serve it); all but pinned go by the current routing',
-      labelNames: ['result'],
-      registers: [reg],
-      collect () {
-        this.reset()
-        const counts = pinning.counts
-        for (const result of PIN_RESULTS) this.inc({ result }, counts[result])
-      },
-    })
+    resultCounter(reg, 'switchyard_pinned_requests_total',
+      'Requests carrying baggage switchyard-gen, by result: pinned (routed by the generation it named), expired (not kept, or unknown here), untrusted (from a peer outside pinning.trust), invalid (a malformed entry), unavailable (the kept generation could not serve it); all but pinned go by the current routing',
+      PIN_RESULTS, () => pinning.counts)
   }
   const spans = deps.spans
-  // Like pinning: only a restart turns tracing on or off.
   if (spans !== undefined) {
-    new Counter({
-      name: 'switchyard_spans_total',
-      help: 'OpenTelemetry spans (tracing), by result: exported (the collector accepted them), dropped (not queued: the queue was full, the collector slower than the traffic), failed (sent and lost: an error, a non-2xx answer or the timeout)',
-      labelNames: ['result'],
-      registers: [reg],
-      collect () {
-        this.reset()
-        const counts = spans()
-        for (const result of SPAN_RESULTS) this.inc({ result }, counts?.[result] ?? 0)
-      },
-    })
+    resultCounter(reg, 'switchyard_spans_total',
+      'OpenTelemetry spans (tracing), by result: exported (the collector accepted them), dropped (not queued: the queue was full, the collector slower than the traffic), failed (sent and lost: an error, a non-2xx answer or the timeout)',
+      SPAN_RESULTS, spans)
   }
   new Gauge({
     name: 'switchyard_generation',

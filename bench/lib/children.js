@@ -6,7 +6,7 @@
 // when the parent dies for any reason, even SIGKILL. The parent also kills
 // them and removes its temp dirs on normal exit, on error and on signals.
 
-import { fork } from 'node:child_process'
+import { fork, spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -205,4 +205,17 @@ export function parseArgs (argv = process.argv.slice(2)) {
     else { out[a.slice(2)] = next; i++ }
   }
   return out
+}
+
+/**
+ * Exits 2, naming what to install, unless every one of `bins` (nginx, wrk,
+ * h2load, ...) runs here. Each is asked for its version the way it answers.
+ */
+export function requireTools (bins) {
+  const versionArgs = { nginx: ['-v'], h2load: ['--version'], haproxy: ['-v'], caddy: ['version'] }
+  const missing = bins.filter((bin) => spawnSync(bin, versionArgs[bin] ?? ['--version'], { stdio: 'ignore' }).error !== undefined)
+  if (missing.length === 0) return
+  const packages = missing.map((bin) => bin === 'h2load' ? 'nghttp2-client' : bin)
+  console.error(`missing: ${missing.join(', ')} (Debian: apt-get install -y ${packages.join(' ')})`)
+  process.exit(2)
 }
