@@ -33,7 +33,7 @@ import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { makeTempDir, parseArgs, removeTempDir, requireTools, startChild } from './lib/children.js'
 import { treeCpuSeconds } from './lib/cpu.js'
-import { fmt, median, ratio, round } from './lib/rounds.js'
+import { fmt, median, ratio, ratiosToOff, round } from './lib/rounds.js'
 import { loadWrk } from './lib/wrk.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -162,13 +162,7 @@ doc.summary = Object.fromEntries(KINDS.map((name) => [name, {
   gatewayCpuUsPerReq: med(name, 'gatewayCpuUsPerReq'),
   vsOff: name === 'off'
     ? null
-    : {
-        reqPerSec: round(ratio(med(name, 'reqPerSec'), med('off', 'reqPerSec')), 3),
-        pairedReqPerSec: round(paired(name, 'reqPerSec'), 3),
-        p99: round(ratio(med(name, 'p99Ms'), med('off', 'p99Ms')), 2),
-        gatewayCpuUsPerReq: round(ratio(med(name, 'gatewayCpuUsPerReq'), med('off', 'gatewayCpuUsPerReq')), 3),
-        pairedGatewayCpuUsPerReq: round(paired(name, 'gatewayCpuUsPerReq'), 3),
-      },
+    : { ...ratiosToOff(med, paired, name), pairedGatewayCpuUsPerReq: round(paired(name, 'gatewayCpuUsPerReq'), 3) },
 }]))
 const onRatio = doc.summary.on.vsOff.pairedReqPerSec
 doc.target = { minReqPerSecRatio: TARGET_RATIO, reqPerSecRatio: onRatio, met: (onRatio ?? 0) >= TARGET_RATIO }

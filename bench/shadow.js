@@ -37,7 +37,7 @@ import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { makeTempDir, parseArgs, removeTempDir, requireTools, startChild } from './lib/children.js'
 import { treeCpuSeconds } from './lib/cpu.js'
-import { fmt, median, ratio, round } from './lib/rounds.js'
+import { fmt, median, ratio, ratiosToOff, round } from './lib/rounds.js'
 import { loadWrk } from './lib/wrk.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -222,12 +222,7 @@ doc.summary = Object.fromEntries(cases.map((name) => {
     greenCores: med(name, 'greenCores'),
     vsOff: name === 'off'
       ? null
-      : {
-          reqPerSec: round(ratio(med(name, 'reqPerSec'), med('off', 'reqPerSec')), 3),
-          pairedReqPerSec: round(paired(name, 'reqPerSec'), 3),
-          p99: round(ratio(med(name, 'p99Ms'), med('off', 'p99Ms')), 2),
-          gatewayCpuUsPerReq: round(ratio(med(name, 'gatewayCpuUsPerReq'), med('off', 'gatewayCpuUsPerReq')), 2),
-        },
+      : ratiosToOff(med, paired, name),
     shadow: name === 'off' ? null : { sent: sum('sent'), compared: sum('compared'), matched: sum('matched'), differed: sum('differed'), noise: sum('noise'), dropped: sum('dropped'), probes: sum('probes') },
   }]
 }))

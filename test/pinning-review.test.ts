@@ -36,15 +36,19 @@ function serveOnEdge (resolve: (f: RequestFacts) => Resolution | Refusal, baggag
   return resolve(facts(baggage, false))
 }
 
-t.test('DEFECT: a pinned request the fast engine hands to node:http is counted twice when the kept generation\'s service spoke HTTP/2 and the current one speaks HTTP/1.1', async (t) => {
-  const before = parseConfig(PINNING + service('h2c'), { env: {} })
-  const after = parseConfig(PINNING + service('http1'), { env: {} })
+/** Generation 4 had the service speak `from`, and is kept; a reload made generation 5, where it speaks `to`. */
+function protocolChanged (t: Tap.Test, from: string, to: string): { switcher: Switcher, resolve: (f: RequestFacts) => Resolution | Refusal } {
   const registry = new TargetRegistry()
-  const switcher = new Switcher(buildSnapshot(before, state(4), registry))
+  const switcher = new Switcher(buildSnapshot(parseConfig(PINNING + service(from), { env: {} }), state(4), registry))
   t.teardown(async () => { switcher.stop(); await registry.destroy() })
   const resolve = createResolver(switcher.view, { colorOf: () => undefined })
+  switcher.swap(buildSnapshot(parseConfig(PINNING + service(to), { env: {} }), state(5), registry))
+  return { switcher, resolve }
+}
+
+t.test('DEFECT: a pinned request the fast engine hands to node:http is counted twice when the kept generation\'s service spoke HTTP/2 and the current one speaks HTTP/1.1', async (t) => {
   // A reload changed the service's protocol: generation 4 (h2c) is kept for the chains that began on it.
-  switcher.swap(buildSnapshot(after, state(5), registry))
+  const { switcher, resolve } = protocolChanged(t, 'h2c', 'http1')
 
   const to = serveOnEdge(resolve, 'switchyard-gen=4') as Resolution
   t.equal(to.group.protocol, 'h2c', 'routed by generation 4, over HTTP/2')
@@ -53,13 +57,7 @@ t.test('DEFECT: a pinned request the fast engine hands to node:http is counted t
 })
 
 t.test('a pinned request the fast engine can serve itself is counted once, whatever the current generation speaks', async (t) => {
-  const before = parseConfig(PINNING + service('http1'), { env: {} })
-  const after = parseConfig(PINNING + service('h2c'), { env: {} })
-  const registry = new TargetRegistry()
-  const switcher = new Switcher(buildSnapshot(before, state(4), registry))
-  t.teardown(async () => { switcher.stop(); await registry.destroy() })
-  const resolve = createResolver(switcher.view, { colorOf: () => undefined })
-  switcher.swap(buildSnapshot(after, state(5), registry))
+  const { switcher, resolve } = protocolChanged(t, 'http1', 'h2c')
 
   const to = serveOnEdge(resolve, 'switchyard-gen=4') as Resolution
   t.equal(to.group.protocol, 'http1', 'routed by generation 4, over HTTP/1.1')

@@ -11,34 +11,16 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { createShadowBook } from '../src/shadow/tally.js'
 import type { Difference } from '../src/shadow/types.js'
+import { shadowView, type ShadowApiView } from './helpers/shadow-view.js'
 import { admin, eventually, serviceYaml, startBackend, startGateway, type Backend } from './helpers/index.js'
 import { answer, rawUpstream, type SeenRequest } from './helpers/shadow-upstream.js'
 
-interface View {
-  active: boolean
-  sent: number
-  compared: number
-  matched: number
-  differed: number
-  dropped: number
-  noise: number
-  top: Array<{ where: string, count: number, example: { live: string, idle: string }, endpoints: Array<{ endpoint: string, count: number }> }>
-  drops: Record<string, number>
-  noiseWhere: Array<{ where: string, endpoint: string, count: number }>
-  probes: number
-  bodyNotCompared: number
-}
 
-async function view (adminUrl: string, service = 'users'): Promise<View> {
-  const r = await admin(adminUrl, 'GET', `/v1/services/${service}/shadow`)
-  if (r.status !== 200) throw new Error(`GET shadow: ${r.status} ${r.text}`)
-  return r.json as View
-}
 
 /** Every copy sent has been compared or dropped, and at least `atLeast` went out. */
-async function settled (adminUrl: string, atLeast: number, timeout = 10_000): Promise<View> {
+async function settled (adminUrl: string, atLeast: number, timeout = 10_000): Promise<ShadowApiView> {
   return await eventually(async () => {
-    const v = await view(adminUrl)
+    const v = await shadowView(adminUrl)
     if (v.sent < atLeast || v.compared + v.drops.failed < v.sent) throw new Error(`not settled: ${JSON.stringify(v)}`)
     return v
   }, { timeout })
@@ -259,7 +241,7 @@ for (const engine of ['fast', 'node'] as const) {
     await eventually(() => blue.seen.length >= 2 || green.seen.length >= 1)
     await new Promise((resolve) => setTimeout(resolve, 20))
     const both = await Promise.all([timed(), timed()])
-    const v = await view(gw.adminUrl)
+    const v = await shadowView(gw.adminUrl)
     t.comment(`two concurrent clients: ${both.map((x) => x.toFixed(0)).join(' and ')} ms; probes so far ${blue.seen.filter((s) => s.headers['x-switchyard-shadow'] !== undefined).length}, drops ${JSON.stringify(v.drops)}`)
     // One queued behind the probe would wait for its 3 s answer: the bound sits far from both that and the 60 ms answer (a loaded CI machine under coverage adds hundreds of ms).
     t.ok(Math.max(...both) < 2000, `neither waited behind a probe holding a live connection (${Math.max(...both).toFixed(0)} ms; the live color takes 60, a probe 3000)`)
@@ -365,7 +347,7 @@ t.test('flips while copies are out: copies in flight stay within maxConcurrent, 
   const send = async (): Promise<void> => {
     await (await request(`${gw.url}/api/users/7`)).body.text()
     // The copy leaves on the next turn; wait until it was sent or dropped.
-    await eventually(async () => { const v = await view(gw.adminUrl); return v.sent + v.dropped > 0 })
+    await eventually(async () => { const v = await shadowView(gw.adminUrl); return v.sent + v.dropped > 0 })
   }
   await send()
   t.equal(copies(), 1, 'one copy out, to green')
@@ -378,7 +360,7 @@ t.test('flips while copies are out: copies in flight stay within maxConcurrent, 
   // Every copy answered; the comparison now (blue>green again, a fresh one) holds none of the older ones' answers.
   await eventually(() => out === 0, { timeout: 3000 })
   await new Promise((resolve) => setTimeout(resolve, 50))
-  const v = await view(gw.adminUrl)
+  const v = await shadowView(gw.adminUrl)
   t.ok(v.compared + v.drops.failed <= v.sent, `the comparison started by the last flip holds no answer to a copy sent before it (${JSON.stringify({ sent: v.sent, compared: v.compared, drops: v.drops })})`)
   const metrics = (await admin(gw.adminUrl, 'GET', '/metrics')).text
   t.match(metrics, /switchyard_shadow_inflight\{service="users"\} 0\b/, 'nothing left in flight')
@@ -395,11 +377,11 @@ t.test('DELETE twice, a 1 ms session, and bad starts: each answered plainly, not
   t.equal(first.status, 200, first.text)
   const second = await admin(gw.adminUrl, 'DELETE', '/v1/services/users/shadow')
   t.ok(second.status === 200 || second.status === 409, `a second stop is answered plainly (${second.status} ${second.text.slice(0, 200)})`)
-  t.equal((await view(gw.adminUrl)).active, false)
+  t.equal((await shadowView(gw.adminUrl)).active, false)
   const gen = (await admin(gw.adminUrl, 'GET', '/v1/state')).json.generation as number
   const short = await admin(gw.adminUrl, 'POST', '/v1/services/users/shadow', { sample: 1, duration: '1ms' })
   t.equal(short.status, 200, short.text)
-  await eventually(async () => { if ((await view(gw.adminUrl)).active) throw new Error('still active') }, { timeout: 3000 })
+  await eventually(async () => { if ((await shadowView(gw.adminUrl)).active) throw new Error('still active') }, { timeout: 3000 })
   const n = green.seen.length
   await load(`${gw.url}/api/users/7`, 5, 1)
   await new Promise((resolve) => setTimeout(resolve, 50))
@@ -444,7 +426,7 @@ for (const engine of ['fast', 'node'] as const) {
     t.equal((await whole.body.text()).length, big.length)
     const v = await settled(gw.adminUrl, 1)
     await new Promise((resolve) => setTimeout(resolve, 100))
-    const after = await view(gw.adminUrl)
+    const after = await shadowView(gw.adminUrl)
     t.equal(after.differed, 0, `no pair compares a cut answer with a whole one (${JSON.stringify({ sent: after.sent, compared: after.compared, top: after.top.map((x) => x.where) })})`)
     t.ok(v.compared >= 1, 'the whole exchange was compared')
   })
@@ -578,7 +560,7 @@ t.test('a reload that adds an ignore rule starts a comparison judged by the new 
   t.equal(reloaded.status, 200, reloaded.text)
   await load(`${gw.url}/api/users/7`, 30, 1)
   const v = await eventually(async () => {
-    const x = await view(gw.adminUrl)
+    const x = await shadowView(gw.adminUrl)
     if (x.compared < 30) throw new Error(JSON.stringify(x))
     return x
   })

@@ -8,6 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { randomUUID } from 'node:crypto'
 import { request } from 'undici'
 import { parseConfig } from '../src/config/load.js'
+import { shadowView, type ShadowApiView } from './helpers/shadow-view.js'
 import { admin, eventually, serviceYaml, startBackend, startGateway, type Backend } from './helpers/index.js'
 
 const ENGINES = ['fast', 'node'] as const
@@ -37,24 +38,7 @@ function usersVersion (b: Backend, plan = 'basic'): void {
   }
 }
 
-interface View {
-  active: boolean
-  sent: number
-  compared: number
-  matched: number
-  differed: number
-  dropped: number
-  noise: number
-  top: Array<{ where: string, count: number, example: { live: string, idle: string } }>
-  drops: Record<string, number>
-  noiseWhere: Array<{ where: string, count: number }>
-}
 
-async function view (adminUrl: string, service = 'users'): Promise<View> {
-  const r = await admin(adminUrl, 'GET', `/v1/services/${service}/shadow`)
-  if (r.status !== 200) throw new Error(`GET shadow: ${r.status} ${r.text}`)
-  return r.json as View
-}
 
 /** Sends `n` requests, `concurrency` at a time; returns each one's latency (ms) and checks every answer came from `from`. */
 async function load (url: string, n: number, concurrency: number, opts: { method?: string, body?: string } = {}): Promise<{ ms: number[], bodies: string[] }> {
@@ -80,9 +64,9 @@ function p99 (ms: number[]): number {
 }
 
 /** Every copy sent has been compared or dropped. */
-async function settled (adminUrl: string, atLeast: number): Promise<View> {
+async function settled (adminUrl: string, atLeast: number): Promise<ShadowApiView> {
   return await eventually(async () => {
-    const v = await view(adminUrl)
+    const v = await shadowView(adminUrl)
     if (v.sent < atLeast || v.compared + v.dropped < v.sent) throw new Error(`not settled: ${JSON.stringify(v)}`)
     return v
   }, { timeout: 10_000 })
@@ -164,7 +148,7 @@ t.test('the gate refuses a flip above maxShadowDiff, and passes it at or below',
     const r = await admin(gw.adminUrl, 'GET', '/v1/state')
     if (r.json.services.users.environments.green.targets[0].healthy !== true) throw new Error('not healthy yet')
   })
-  const fresh = await view(gw.adminUrl)
+  const fresh = await shadowView(gw.adminUrl)
   t.ok(fresh.compared < 50, `new idle targets start a new comparison (${fresh.compared})`)
   await load(`${gw.url}/api/users/7`, 80, 4)
   const ok = await settled(gw.adminUrl, 60)
@@ -212,7 +196,7 @@ t.test('a slow idle color (5 s per answer) never slows the client', async (t) =>
   t.ok(withShadow.bodies.every((x) => JSON.parse(x).name === 'Ada'), 'every answer came from the live color')
   t.ok(held > 0, 'copies reached the slow color')
   const v = await eventually(async () => {
-    const x = await view(gw.adminUrl)
+    const x = await shadowView(gw.adminUrl)
     if (x.drops.busy === 0 || x.drops.failed === 0) throw new Error(JSON.stringify(x.drops))
     return x
   }, { timeout: 8000 })
@@ -257,14 +241,14 @@ t.test('the admin API starts shadow for a duration, and stops it', async (t) => 
   usersVersion(blue)
   usersVersion(green)
   const gw = await startGateway(t, `services:\n${serviceYaml('users', '/api/users', [blue], [green])}`)
-  t.equal((await view(gw.adminUrl)).active, false, 'off without config')
+  t.equal((await shadowView(gw.adminUrl)).active, false, 'off without config')
   await load(`${gw.url}/api/users/7`, 10, 1)
   t.equal(green.seen.length, 0, 'nothing copied while off')
   t.equal((await admin(gw.adminUrl, 'POST', '/v1/services/users/shadow', { sample: 1, duration: '1500ms' })).status, 200)
-  t.equal((await view(gw.adminUrl)).active, true)
+  t.equal((await shadowView(gw.adminUrl)).active, true)
   await load(`${gw.url}/api/users/7`, 10, 1)
   await settled(gw.adminUrl, 10)
-  await eventually(async () => { if ((await view(gw.adminUrl)).active) throw new Error('still active') }, { timeout: 5000 })
+  await eventually(async () => { if ((await shadowView(gw.adminUrl)).active) throw new Error('still active') }, { timeout: 5000 })
   const n = green.seen.length
   await load(`${gw.url}/api/users/7`, 10, 1)
   t.equal(green.seen.length, n, 'nothing copied once the duration ran out')

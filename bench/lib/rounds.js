@@ -15,3 +15,17 @@ export const median = (xs) => {
   if (s.length === 0) return null
   return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
 }
+
+/**
+ * A case against `off`: the ratios of its medians (req/s, p99, gateway CPU
+ * per request) and the paired req/s ratio. `med(name, key)` and
+ * `paired(name, key)` are the bench's own (how it pairs runs is its own).
+ */
+export function ratiosToOff (med, paired, name) {
+  return {
+    reqPerSec: round(ratio(med(name, 'reqPerSec'), med('off', 'reqPerSec')), 3),
+    pairedReqPerSec: round(paired(name, 'reqPerSec'), 3),
+    p99: round(ratio(med(name, 'p99Ms'), med('off', 'p99Ms')), 2),
+    gatewayCpuUsPerReq: round(ratio(med(name, 'gatewayCpuUsPerReq'), med('off', 'gatewayCpuUsPerReq')), 3),
+  }
+}
