@@ -2,8 +2,7 @@
 // replica, writes race safely, the guard reverts once per fleet, and etcd going away costs no request.
 
 import t from 'tap'
-import net, { type AddressInfo } from 'node:net'
-import { admin, configFile, eventually, http1, serve, serviceYaml, startBackend, type Backend } from './helpers/index.js'
+import { admin, type Backend, closedPort, configFile, eventually, http1, serve, serviceYaml, startBackend } from './helpers/index.js'
 import { startEtcd, type EtcdServer } from './helpers/etcd.js'
 import {
   eventsOf, fleetFormed, freshPrefix, metricOf, runFor, servedBy, startChildReplica, startReplica, startTraffic, stateOf,
@@ -63,15 +62,6 @@ async function lastFlipId (r: Replica): Promise<number> {
   const flips = await eventsOf(r, 'flip')
   if (flips.length === 0) throw new Error(`${r.id} has no flip event`)
   return flips.at(-1).id
-}
-
-/** A free loopback port with nothing listening on it. */
-async function closedPort (): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as AddressInfo).port
-  await new Promise((resolve) => s.close(resolve))
-  return port
 }
 
 /** The new color fails every request; its health checks still pass, so only the guard's error rate can see it. */

@@ -6,18 +6,9 @@ import t from 'tap'
 import type { AddressInfo } from 'node:net'
 import http2 from 'node:http2'
 import { echoClient, grpc, startEchoServer, unary, type EchoServer, type Msg } from './helpers/grpc.js'
-import { admin, eventually, startGateway, type TestGateway } from './helpers/index.js'
+import { admin, eventually, refusedUrl, startGateway, type TestGateway } from './helpers/index.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
-
-/** A port nobody listens on. */
-async function deadUrl (): Promise<string> {
-  const s = http2.createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const url = `http://127.0.0.1:${(s.address() as AddressInfo).port}`
-  await new Promise((resolve) => s.close(resolve))
-  return url
-}
 
 /**
  * Services by host (grpc-js sends it as :authority): echo.test (blue and
@@ -41,7 +32,7 @@ async function setup (t: Teardown): Promise<{ gw: TestGateway, blue: EchoServer,
   down:
     protocol: h2c
     match: { host: down.test }
-    blue: { targets: [${await deadUrl()}] }
+    blue: { targets: [${await refusedUrl()}] }
     health: { grpc: true, interval: 100ms, timeout: 80ms }
 `)
   return { gw, blue, green, hostPort: new URL(gw.url).host }

@@ -20,7 +20,7 @@ import type { Resolution, UpstreamGroup } from '../src/proxy/resolve.js'
 import { setH2TlsOptions, TargetRegistry, type ColorStats } from '../src/upstream/registry.js'
 import { TargetSet } from '../src/upstream/target-set.js'
 import { echoClient, grpc, startEchoServer, unary, type EchoClient, type Msg } from './helpers/grpc.js'
-import { eventually } from './helpers/index.js'
+import { eventually, refusedUrl } from './helpers/index.js'
 
 /** A Downstream over an HTTP/2 server stream, as small as the test needs (the gateway's own is helper B's). */
 class TestDownstream implements Downstream {
@@ -214,11 +214,7 @@ t.test('a server fault in grpc-status counts as an error, a client mistake does 
 })
 
 t.test('gateway errors are gRPC statuses: connect failure 14, upstream timeout 4', async (t) => {
-  // A port nobody listens on.
-  const dead = http2.createServer()
-  await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', resolve))
-  const deadUrl = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`
-  await new Promise((resolve) => dead.close(resolve))
+  const deadUrl = await refusedUrl()
   const edge = await startEdge(t, [deadUrl])
   const client = echoClient(t, edge.hostPort)
   const r = await unary(client, { text: 'x' })

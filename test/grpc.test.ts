@@ -11,7 +11,7 @@ import { parseConfig } from '../src/config/load.js'
 import { diffConfigs } from '../src/control/reload-diff.js'
 import { decodeHealthCheckResponse, encodeHealthCheckRequest, GrpcProbeSessions, ServingStatus } from '../src/health/grpc-health.js'
 import { startEchoServer } from './helpers/grpc.js'
-import { admin, eventually, http1, startGateway } from './helpers/index.js'
+import { admin, eventually, http1, refusedUrl, startGateway } from './helpers/index.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -120,10 +120,7 @@ t.test('gRPC over HTTP/1.1 to a grpc-js server: the status comes in the chunked 
   t.equal(r.body.readUInt32BE(1), r.body.length - 5, 'one whole gRPC message')
 
   // The gateway's own errors for a gRPC request are gRPC statuses in a trailers-only head.
-  const dead = http2.createServer()
-  await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', resolve))
-  const deadUrl = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`
-  await new Promise((resolve) => dead.close(resolve))
+  const deadUrl = await refusedUrl()
   const gw2 = await startGateway(t, h2Yaml('node', deadUrl, deadUrl, '', '/test.Echo'))
   const failed = await h1(`${gw2.url}/test.Echo/Unary`, { method: 'POST', headers: { 'content-type': 'application/grpc', te: 'trailers' }, body: frame })
   t.equal(failed.status, 200)

@@ -4,7 +4,7 @@
 
 import t from 'tap'
 import net from 'node:net'
-import { eventually, startBackend, startGateway, type TestGateway } from './helpers/index.js'
+import { eventually, refusedUrl, startBackend, startGateway, type TestGateway } from './helpers/index.js'
 import type { LocalListener } from '../src/listen/local.js'
 
 const ENGINES = ['fast', 'node'] as const
@@ -304,10 +304,7 @@ for (const [engine, version] of [['fast', '1.1'], ['node', '1.1'], ['fast', '1.0
 // their JSON body, which a client reads as the start of the next answer: a response desync.
 for (const engine of ENGINES) {
   t.test(`${engine}: the gateway's own answers to HEAD carry no body`, async (t) => {
-    const dead = net.createServer()
-    await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', resolve))
-    const deadUrl = `http://127.0.0.1:${(dead.address() as net.AddressInfo).port}`
-    await new Promise((resolve) => dead.close(resolve))
+    const deadUrl = await refusedUrl()
     const gw = await startGateway(t, `engine: ${engine}\nservices:\n  svc:\n    match: { pathPrefix: /api }\n    blue: { targets: [${deadUrl}] }\n    green: { targets: [${deadUrl}] }\n    passive: false\n`)
     for (const path of ['/nope', '/api/x']) {
       const got = await new Promise<string>((resolve) => {

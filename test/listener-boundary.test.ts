@@ -7,16 +7,7 @@ import { join } from 'node:path'
 import { writeFileSync } from 'node:fs'
 import { parseConfig } from '../src/config/load.js'
 import { Gateway } from '../src/gateway.js'
-import { admin, configFile, listening, openWs, serve, serviceYaml, startBackend, tempDir } from './helpers/index.js'
-
-/** A port nobody listens on now (taken and given back). */
-async function freePort (): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const { port } = s.address() as AddressInfo
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return port
-}
+import { admin, closedPort, configFile, listening, openWs, refuses, serve, serviceYaml, startBackend, tempDir } from './helpers/index.js'
 
 /** A server holding a port, closed at teardown. */
 async function holdPort (t: Test): Promise<number> {
@@ -24,14 +15,6 @@ async function holdPort (t: Test): Promise<number> {
   await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
   t.teardown(async () => await new Promise<void>((resolve) => s.close(() => resolve())))
   return (s.address() as AddressInfo).port
-}
-
-async function isRefused (port: number): Promise<boolean> {
-  return await new Promise<boolean>((resolve) => {
-    const s = net.connect(port, '127.0.0.1')
-    s.once('connect', () => { s.destroy(); resolve(false) })
-    s.once('error', () => resolve(true))
-  })
 }
 
 for (const taken of ['public', 'admin'] as const) {
@@ -43,17 +26,17 @@ for (const taken of ['public', 'admin'] as const) {
     const yaml = `log: { access: false }\nservices:\n${serviceYaml('svc', '/', [b], [g], '    health: { interval: 50ms, timeout: 40ms }\n')}`
     writeFileSync(file, yaml)
     const busy = await holdPort(t)
-    const other = await freePort()
+    const other = await closedPort()
     const [pub, adm] = taken === 'public' ? [busy, other] : [other, busy]
     const gateway = new Gateway(parseConfig(yaml, { file, env: {} }), { env: {}, listen: { host: '127.0.0.1', port: pub }, adminListen: { host: '127.0.0.1', port: adm } })
     t.teardown(async () => await gateway.stop(0))
     await t.rejects(gateway.start(), new RegExp(`cannot listen on 127\\.0\\.0\\.1:${busy}`), 'the start fails naming the taken port')
-    t.ok(await isRefused(other), `the ${taken === 'public' ? 'admin' : 'public'} port is not left listening`)
+    t.ok(await refuses(other), `the ${taken === 'public' ? 'admin' : 'public'} port is not left listening`)
     // Probes stop with the failed start: no /healthz after a few intervals.
     await new Promise((resolve) => setTimeout(resolve, 150))
-    const probes = b.seen.length + g.seen.length
+    const probes = b.probes.length + g.probes.length
     await new Promise((resolve) => setTimeout(resolve, 300))
-    t.equal(b.seen.length + g.seen.length, probes, 'no probe runs after the failed start')
+    t.equal(b.probes.length + g.probes.length, probes, 'no probe runs after the failed start')
   })
 }
 

@@ -8,15 +8,15 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync }
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { chromium, type Page, type Route } from 'playwright-core'
-import { admin, http1, serviceYaml, startBackend, startGateway, type TestGateway } from './helpers/index.js'
+import { admin, type Backend, http1, refusedUrl, serviceYaml, startBackend, startGateway, type TestGateway } from './helpers/index.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const NO_BROWSER = existsSync(CHROMIUM) ? false : `${CHROMIUM} is not installed (.ci/run installs it with apt-get)`
 
 /** users and orders, blue live; orders' green target is a closed port, so its probe fails and the gate refuses it. */
 async function fleet (t: Test, head = ''): Promise<TestGateway> {
-  const [ub, ug, ob, dead] = await Promise.all(['users-blue', 'users-green', 'orders-blue', 'dead'].map(async (n) => await startBackend(t, n)))
-  await dead.close()
+  const [ub, ug, ob] = await Promise.all(['users-blue', 'users-green', 'orders-blue'].map(async (n) => await startBackend(t, n)))
+  const dead = { url: await refusedUrl() } as Backend
   // orders blue fails the paths that ask for it, so its error rate shows.
   ob.handler = (req, res) => {
     res.writeHead(req.url?.endsWith('/fail') === true ? 500 : 200, { 'content-type': 'application/json' })

@@ -10,6 +10,9 @@
 import http2 from 'node:http2'
 import net from 'node:net'
 
+/** The user-agent every health probe sends, HTTP and gRPC alike, so an upstream's logs can tell probes from traffic. */
+export const PROBE_USER_AGENT = 'switchyard-health'
+
 export const HEALTH_CHECK_PATH = '/grpc.health.v1.Health/Check'
 
 /** The most of a health answer a probe reads (a HealthCheckResponse is about 7 bytes). */
@@ -159,7 +162,7 @@ export class GrpcProbeSessions {
           ':path': HEALTH_CHECK_PATH,
           'content-type': 'application/grpc',
           te: 'trailers',
-          'user-agent': 'switchyard-health',
+          'user-agent': PROBE_USER_AGENT,
           'grpc-timeout': `${timeout}m`,
         })
       } catch (err) {

@@ -5,7 +5,7 @@
 import { Agent, type Dispatcher } from 'undici'
 import type { HealthConfig } from '../config/schema.js'
 import { h2TlsOptions, type Target } from '../upstream/registry.js'
-import { GrpcProbeSessions } from './grpc-health.js'
+import { GrpcProbeSessions, PROBE_USER_AGENT } from './grpc-health.js'
 
 const JITTER = 0.1
 
@@ -97,7 +97,7 @@ export class Prober {
         origin,
         path: config.path,
         method: 'GET',
-        headers: { 'user-agent': 'switchyard-health' },
+        headers: { 'user-agent': PROBE_USER_AGENT },
         signal: AbortSignal.timeout(config.timeout),
       })
       await res.body.dump()

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { closedPort } from './index.js'
 
 interface Teardown {
   teardown: (fn: () => unknown) => void
@@ -31,25 +32,6 @@ export interface EtcdServer {
 /** Whether the etcd binary is installed (tests that need it skip with a reason when not). */
 export const ETCD_BIN = process.env.ETCD_BIN ?? 'etcd'
 
-/**
- * A free port below Linux's ephemeral range (32768 and up). etcd keeps its
- * ports across a stop and start; a port from the ephemeral range could be
- * taken meanwhile by any test's outgoing connection or port-0 listener
- * ("bind: address already in use" on the restart, seen in CI).
- */
-async function freePort (): Promise<number> {
-  for (let attempt = 0; ; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000)
-    const free = await new Promise<boolean>((resolve) => {
-      const s = net.createServer()
-      s.once('error', () => resolve(false))
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)))
-    })
-    if (free) return port
-    if (attempt === 50) throw new Error('no free port in 20000-31999 after 50 tries')
-  }
-}
-
 /** Resolves once a TCP connection to the port succeeds, or rejects after `ms`. */
 async function waitListening (port: number, ms: number, child: () => ChildProcess | undefined, log: () => string): Promise<void> {
   const deadline = Date.now() + ms
@@ -68,8 +50,8 @@ async function waitListening (port: number, ms: number, child: () => ChildProces
 
 export async function startEtcd (t: Teardown, opts: { args?: string[] } = {}): Promise<EtcdServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'sy-etcd-'))
-  const clientPort = await freePort()
-  const peerPort = await freePort()
+  const clientPort = await closedPort()
+  const peerPort = await closedPort()
   const endpoint = `http://127.0.0.1:${clientPort}`
   const peer = `http://127.0.0.1:${peerPort}`
   let child: ChildProcess | undefined

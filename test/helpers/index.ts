@@ -2,7 +2,7 @@
 // an admin client, and eventually() for polling instead of sleeping.
 
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { spawn } from 'node:child_process'
@@ -12,6 +12,7 @@ import WebSocket, { WebSocketServer } from 'ws'
 import { request } from 'undici'
 import { parseConfig } from '../../src/config/load.js'
 import { Gateway } from '../../src/gateway.js'
+import { PROBE_USER_AGENT } from '../../src/health/grpc-health.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -20,8 +21,14 @@ export interface Backend {
   url: string
   port: number
   server: http.Server
-  /** Requests seen, in order. */
+  /** Requests seen, in order: everything but the gateway's health probes. */
   seen: Array<{ method: string, url: string, headers: http.IncomingHttpHeaders }>
+  /**
+   * The gateway's health probes (user-agent `switchyard-health`), kept apart: they arrive every
+   * `health.interval` whatever a test does, so counting them with `seen` makes a test depend on
+   * how long the machine took.
+   */
+  probes: Array<{ method: string, url: string }>
   /** Replace the request handler at run time. */
   handler: ((req: IncomingMessage, res: ServerResponse) => void) | undefined
   close: () => Promise<void>
@@ -34,9 +41,11 @@ export interface Backend {
  */
 export async function startBackend (t: Teardown, name: string): Promise<Backend> {
   const seen: Backend['seen'] = []
-  const backend = { name, seen, handler: undefined } as unknown as Backend
+  const probes: Backend['probes'] = []
+  const backend = { name, seen, probes, handler: undefined } as unknown as Backend
   const server = http.createServer((req, res) => {
-    seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers })
+    if (req.headers['user-agent'] === PROBE_USER_AGENT) probes.push({ method: req.method ?? '', url: req.url ?? '' })
+    else seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers })
     if (backend.handler !== undefined) return backend.handler(req, res)
     const url = new URL(req.url ?? '/', 'http://x')
     const reply = (status: number): void => {
@@ -172,6 +181,38 @@ export async function admin (base: string, method: string, path: string, body?: 
   if (body !== undefined) headers['content-type'] = 'application/json'
   if (token !== undefined) headers.authorization = `Bearer ${token}`
   return await http1(base + path, { method, headers, body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body) })
+}
+
+/**
+ * A loopback port nothing listens on, and nothing will unless the caller does: it is taken below
+ * the kernel's ephemeral range, where no `listen(0)` and no outgoing connection ever lands. A
+ * port taken on 0 and given back is free only for a moment: under a parallel test run another
+ * file's server or connection can be given it. A "dead" target then answers (seen in CI: a dead
+ * target's answer was not the 502 due), and an etcd restarting on its ports cannot bind them.
+ */
+export async function closedPort (): Promise<number> {
+  const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'latin1').trim().split(/\s+/).map(Number)
+  const floor = Math.max(1025, low - 16_000)
+  if (!(low - floor >= 1000)) throw new Error(`closedPort: the ephemeral range starts at ${low}: no room below it`)
+  for (let i = 0; i < 50; i++) {
+    const port = floor + Math.floor(Math.random() * (low - floor))
+    if (await refuses(port)) return port
+  }
+  throw new Error(`closedPort: 50 ports in ${floor}-${low - 1} all accepted a connection`)
+}
+
+/** `http://127.0.0.1:<closedPort>`: a target whose every connection is refused. */
+export async function refusedUrl (): Promise<string> {
+  return `http://127.0.0.1:${await closedPort()}`
+}
+
+/** Whether a connection to 127.0.0.1:port is refused. */
+export async function refuses (port: number): Promise<boolean> {
+  return await new Promise<boolean>((resolve) => {
+    const s = net.connect(port, '127.0.0.1')
+    s.once('connect', () => { s.destroy(); resolve(false) })
+    s.once('error', () => resolve(true))
+  })
 }
 
 /** Polls until `fn` stops throwing (or returns truthy), or fails after `timeout` ms. */
