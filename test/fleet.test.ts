@@ -330,7 +330,8 @@ ${serviceYaml('svc', '/', [b], [b])}`)
   t.comment(`exited with ${String(code)} after ${took.toFixed(0)} ms; stderr: ${p.stderr().trim()}`)
   t.not(code, 0, 'exit code is not 0')
   t.not(code, null, 'it exited on its own (not by a signal)')
-  t.ok(took < 5000, 'within a few seconds')
+  // startTimeout is 1 s; the rest is the process starting, which a loaded machine stretches (5.2 s seen at 6 jobs on 2 cores).
+  t.ok(took < 15_000, `within seconds of its 1 s startTimeout, not hanging (${took.toFixed(0)} ms)`)
   t.match(p.stderr(), `127.0.0.1:${port}`, 'stderr names the endpoint')
 })
 

@@ -1,7 +1,7 @@
 // Attacks on releases: inputs and races that the release code must survive,
 // each a test that failed on the code it was written against.
 
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { parseConfig } from '../src/config/load.js'
 import { KEEP_FINISHED, newRelease, parseReleaseRequest, pruneReleases, type Release } from '../src/release/model.js'
 import { judge } from '../src/release/verdict.js'
@@ -10,7 +10,7 @@ import { endOverridden, planCreate, planDeploy, planForward, planPause, planResu
 import { parseStateDocument, type PersistedState } from '../src/state/file-store.js'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { admin, configFile, eventually, http1, listening, openWs, serve, startBackend, startGateway, tempDir, type Backend, usersYaml } from './helpers/index.js'
+import { admin, configFile, eventually, http1, keyedLoad, listening, openWs, serve, startBackend, startGateway, tempDir, type Backend, usersYaml } from './helpers/index.js'
 import { startEtcd } from './helpers/etcd.js'
 import { eventsOf, fleetFormed, freshPrefix, runFor, startChildReplica, startReplica, stateOf, type Replica } from './helpers/fleet.js'
 
@@ -118,13 +118,8 @@ async function flaky (t: Tap.Test, name: string): Promise<Backend> {
 }
 
 /** Keyed requests through `r` until stopped. */
-function load (r: Replica, loops = 6): () => Promise<number> {
-  let running = true
-  let n = 0
-  const all = Array.from({ length: loops }, async () => {
-    while (running) await http1(`${r.url}/x`, { headers: { 'x-switchyard-key': `k${n++}` } }).catch(() => undefined)
-  })
-  return async () => { running = false; await Promise.all(all); return n }
+function load (t: Test, r: Replica, loops = 6): () => Promise<number> {
+  return keyedLoad(t, () => `${r.url}/x`, loops).stop
 }
 
 t.test('fleet: a promote asked of a follower keeps the old color\'s window as the verify baseline', async (t) => {
@@ -152,7 +147,7 @@ t.test('fleet: a promote asked of a follower keeps the old color\'s window as th
     const r = (await admin(leader.adminUrl, 'GET', `/v1/releases/${id}`)).json
     if (r.phase !== 'shifting') throw new Error(String(r.phase))
   }, { timeout: 10_000, interval: 50 })
-  const stop = load(leader)
+  const stop = load(t, leader)
   // Both colors fail 5% alike during the step: nothing to revert for.
   await eventually(async () => {
     const r = (await admin(leader.adminUrl, 'GET', `/v1/releases/${id}`)).json
@@ -196,7 +191,7 @@ services:
     const r = (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json
     if (r.phase !== 'shifting') throw new Error(String(r.phase))
   }, { timeout: 10_000, interval: 50 })
-  const stop = load(gw, 8)
+  const stop = load(t, gw, 8)
   const end = await eventually(async () => {
     const r = (await admin(gw.adminUrl, 'GET', `/v1/releases/${id}`)).json
     if (r.phase === 'shifting') throw new Error(`shifting: ${JSON.stringify(r.current?.users?.errors ?? null)}`)

@@ -1,9 +1,9 @@
 // Releases end to end on a real gateway: every phase, stepped weights measured on
 // keyed traffic, a worse new color reverted with the verdict's figures, operator actions and refusals.
 
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { admin, eventually, http1, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
+import { admin, eventually, http1, keyedLoad, startBackend, startGateway, type Backend, type TestGateway } from './helpers/index.js'
 
 const TOP = `defaults:
   health: { interval: 500ms, timeout: 500ms, healthyThreshold: 1, unhealthyThreshold: 3 }
@@ -59,19 +59,13 @@ async function byKey (gw: TestGateway, service: string, keys: string[], concurre
 }
 
 /** Keyed traffic to both services until `stop()`; counts answers per backend. */
-function traffic (gw: TestGateway, concurrency = 8): { stop: () => Promise<void>, seen: Map<string, number> } {
+function traffic (t: Test, gw: TestGateway, concurrency = 8): { stop: () => Promise<number>, seen: Map<string, number> } {
   const seen = new Map<string, number>()
-  let running = true
-  let n = 0
-  const loops = Array.from({ length: concurrency }, async (_, i) => {
-    while (running) {
-      const service = i % 2 === 0 ? 'users' : 'orders'
-      const r = await http1(`${gw.url}/${service}/x`, { headers: { 'x-switchyard-key': `k${n++}` } }).catch(() => undefined)
-      const who = r === undefined ? 'failed' : r.status === 200 ? String(r.json.backend) : `${String(r.json?.backend ?? 'gateway')} ${r.status} ${String(r.json?.error ?? '')} ${String(r.json?.message ?? '')}`
-      seen.set(who, (seen.get(who) ?? 0) + 1)
-    }
+  const { stop } = keyedLoad(t, (loop) => `${gw.url}/${loop % 2 === 0 ? 'users' : 'orders'}/x`, concurrency, (r) => {
+    const who = r === undefined ? 'failed' : r.status === 200 ? String(r.json.backend) : `${String(r.json?.backend ?? 'gateway')} ${r.status} ${String(r.json?.error ?? '')} ${String(r.json?.message ?? '')}`
+    seen.set(who, (seen.get(who) ?? 0) + 1)
   })
-  return { seen, stop: async () => { running = false; await Promise.all(loops) } }
+  return { seen, stop }
 }
 
 t.test('an all-at-once release of two services goes through every phase to done, and the old color drains', async (t) => {
@@ -84,7 +78,7 @@ t.test('an all-at-once release of two services goes through every phase to done,
   t.equal(created.status, 201, JSON.stringify(created.json))
   const id = created.json.id as string
   t.match(id, /^r\d+$/)
-  const load = traffic(f.gw)
+  const load = traffic(t, f.gw)
   const done = await phaseOf(f.gw, id, 'done', 15_000)
   await load.stop()
   t.same(done.history.map((h: any) => h.phase), ['deploying', 'warming', 'testing', 'verifying', 'draining', 'done'])
@@ -149,7 +143,7 @@ t.test('a stepped release sends about 10% then 50% of keyed traffic to the new c
   }
   const moved = [...(onNew.get(0) ?? [])].filter((k) => !(onNew.get(1)?.has(k) ?? false))
   t.same(moved, [], 'a key on the new color at 10% is still there at 50%')
-  const load = traffic(f.gw)
+  const load = traffic(t, f.gw)
   const done = await phaseOf(f.gw, id, 'done', 20_000)
   await load.stop()
   t.same(done.history.map((h: any) => `${String(h.phase)}${h.weight === undefined ? '' : `:${String(h.weight)}`}`), ['deploying', 'warming', 'testing', 'shifting:10', 'shifting:50', 'verifying', 'draining', 'done'])
@@ -166,7 +160,7 @@ t.test('a new color 50 ms slower is reverted at the first step, with the verdict
     verify: { minRequests: 30 },
   })
   const id = created.json.id as string
-  const load = traffic(f.gw, 16)
+  const load = traffic(t, f.gw, 16)
   const reverted = await phaseOf(f.gw, id, 'reverted', 30_000)
   await load.stop()
   t.equal(reverted.step, 0, 'reverted at the first step')
@@ -197,7 +191,7 @@ t.test('a new color failing 5% of requests is reverted with the error figures', 
     verify: { minRequests: 100 },
   })
   const id = created.json.id as string
-  const load = traffic(f.gw, 16)
+  const load = traffic(t, f.gw, 16)
   const reverted = await phaseOf(f.gw, id, 'reverted', 40_000)
   await load.stop()
   t.equal(reverted.step, 0)
@@ -291,7 +285,7 @@ t.test('paused, a step does not end when its hold does', async (t) => {
 
 t.test('healthy releases under load pass every verdict: no false revert over repeated runs', async (t) => {
   const f = await fixture(t)
-  const load = traffic(f.gw, 8)
+  const load = traffic(t, f.gw, 8)
   const RUNS = 3
   const outcomes: string[] = []
   let looks = 0

@@ -215,6 +215,30 @@ export async function refuses (port: number): Promise<boolean> {
   })
 }
 
+/**
+ * `loops` sequential GET loops, each request with its own `x-switchyard-key` (so a weighted split
+ * spreads them), until `stop()`; `url(loop)` picks where each loop sends. `answer` sees each reply
+ * (undefined: the request failed). A teardown stops them too: a test that fails while they run
+ * must not leave them spinning against a stopped gateway until tap's file timeout.
+ */
+export function keyedLoad (t: Teardown, url: (loop: number) => string, loops: number, answer?: (r: Reply | undefined) => void): { stop: () => Promise<number> } {
+  let running = true
+  let n = 0
+  const all = Array.from({ length: loops }, async (_, loop) => {
+    while (running) {
+      const r = await http1(url(loop), { headers: { 'x-switchyard-key': `k${n++}` } }).catch(() => undefined)
+      answer?.(r)
+    }
+  })
+  const stop = async (): Promise<number> => {
+    running = false
+    await Promise.all(all)
+    return n
+  }
+  t.teardown(stop)
+  return { stop }
+}
+
 /** Polls until `fn` stops throwing (or returns truthy), or fails after `timeout` ms. */
 export async function eventually<T> (fn: () => T | Promise<T>, { timeout = 5000, interval = 20 } = {}): Promise<T> {
   const end = Date.now() + timeout
