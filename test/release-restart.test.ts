@@ -42,7 +42,8 @@ t.test('SIGKILL in shifting, then a restart: the release resumes at the same ste
   t.same(state.services.users.weights, { blue: 90, green: 10 }, 'the weights are back in force')
   const next = await eventually(async () => {
     const r = (await admin(second.url, 'GET', `/v1/releases/${id}`)).json
-    if (r.step !== 1) throw new Error(`step ${String(r.step)}`)
+    // On a timeout the message says why the step is still on: the verdict's outcome and reasons now.
+    if (r.step !== 1) throw new Error(`step ${String(r.step)}, ${String(r.phase)}, now ${JSON.stringify(r.current ?? null)}`)
     return r
   }, { timeout: 30_000, interval: 50 })
   await load.stop()

@@ -6,6 +6,7 @@ import { H1Pool } from './h1-pool.js'
 import { H2Pool } from './h2-pool.js'
 import type { Color, HealthConfig, PassiveConfig, LimitsConfig, Timeouts } from '../config/schema.js'
 import { closeSpread, ColorStats, type Observers } from './color-stats.js'
+import { guardedConnector } from './end-guard.js'
 
 export { ColorStats } from './color-stats.js'
 export type { Closable, EmptyWatcher, OutcomeWatcher } from './color-stats.js'
@@ -219,7 +220,8 @@ export class Target {
     let pool = this.pools.get(key)
     if (pool === undefined) {
       pool = new Pool(this.url, {
-        connect: { timeout: timeouts.connect },
+        // Built as undici would from { timeout }, with undici#5360's guard on every socket (end-guard.ts).
+        connect: guardedConnector({ timeout: timeouts.connect }),
         keepAliveTimeout: timeouts.idleUpstream,
         keepAliveMaxTimeout: timeouts.idleUpstream,
         headersTimeout: timeouts.response,
