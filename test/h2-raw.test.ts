@@ -297,13 +297,22 @@ t.test('a POST without content-length goes upstream chunked; a bodiless POST get
   t.equal(seen()[1].headers['content-length'], '0')
 })
 
+/** Resolves once `seen()` is called: the upstream's rest waits for the client to hold the head (5 ms apart is one read on a loaded machine). */
+function headGate (): { seen: () => void, passed: Promise<void> } {
+  let seen!: () => void
+  const passed = new Promise<void>((resolve) => { seen = resolve })
+  return { seen, passed }
+}
+
 t.test('an upstream that dies mid-body (chunked) resets the stream and counts as an upstream error', async (t) => {
+  const head = headGate()
   const b = await rawBackend(t, (socket) => {
-    void writeApart(socket, ['HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n', '5\r\nhello\r\n']).then(() => socket.destroy())
+    socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n')
+    void head.passed.then(() => socket.destroy())
   })
   const gw = await gatewayFor(t, b.url)
   const s = h2Session(t, gw.url)
-  const cut = await h2Request(s, '/dies').catch((e: Error) => e)
+  const cut = await h2Request(s, '/dies', {}, undefined, undefined, head.seen).catch((e: Error) => e)
   t.type(cut, Error)
   t.match((cut as Error).message, `code ${http2.constants.NGHTTP2_INTERNAL_ERROR}`, 'RST_STREAM INTERNAL_ERROR, not a clean end')
   await eventually(() => statsOf(gw).inflight === 0)
@@ -312,13 +321,16 @@ t.test('an upstream that dies mid-body (chunked) resets the stream and counts as
 })
 
 t.test('invalid chunked framing mid-body resets the stream; before the head it is a 502', async (t) => {
+  const gate = headGate()
   const b = await rawBackend(t, (socket, head) => {
-    if (head.startsWith('GET /mid ')) void writeApart(socket, ['HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n', 'zz\r\n'])
-    else socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX')
+    if (head.startsWith('GET /mid ')) {
+      socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n')
+      void gate.passed.then(() => socket.write('zz\r\n'))
+    } else socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX')
   })
   const gw = await gatewayFor(t, b.url)
   const s = h2Session(t, gw.url)
-  const cut = await h2Request(s, '/mid').catch((e: Error) => e)
+  const cut = await h2Request(s, '/mid', {}, undefined, undefined, gate.seen).catch((e: Error) => e)
   t.match((cut as Error).message, `code ${http2.constants.NGHTTP2_INTERNAL_ERROR}`)
   const early = await h2Request(s, '/early')
   t.equal(early.status, 502)

@@ -32,9 +32,10 @@ export function h2Session (t: Teardown, url: string): ClientHttp2Session {
 
 /**
  * One request on `session` (POST when there is a body): what came back when the stream
- * closed, reset or not. `onSent` runs when the body has gone out completely.
+ * closed, reset or not. `onSent` runs when the body has gone out completely, `onHead` when the
+ * answer's head arrives.
  */
-export async function h2Call (session: ClientHttp2Session, path: string, headers: OutgoingHttpHeaders = {}, body?: Buffer | string, onSent?: () => void): Promise<H2Reply> {
+export async function h2Call (session: ClientHttp2Session, path: string, headers: OutgoingHttpHeaders = {}, body?: Buffer | string, onSent?: () => void, onHead?: () => void): Promise<H2Reply> {
   return await new Promise((resolve) => {
     const req = session.request({ ':path': path, ':method': body === undefined ? 'GET' : 'POST', ...headers }, { endStream: body === undefined })
     let head: IncomingHttpHeaders | undefined
@@ -44,7 +45,7 @@ export async function h2Call (session: ClientHttp2Session, path: string, headers
     const informational: IncomingHttpHeaders[] = []
     const chunks: Buffer[] = []
     req.on('headers', (h) => informational.push(h))
-    req.on('response', (h) => { head = h })
+    req.on('response', (h) => { head = h; onHead?.() })
     req.on('trailers', (h) => { trailers = h })
     req.on('data', (c: Buffer) => chunks.push(c))
     req.on('error', (err) => { error = err })
@@ -66,8 +67,8 @@ export async function h2Call (session: ClientHttp2Session, path: string, headers
  * As h2Call, for a request expected to end cleanly: rejects when the stream closed without
  * a head, was reset, or failed. The message names the RST_STREAM code (`code 8`) and node's error.
  */
-export async function h2Request (session: ClientHttp2Session, path: string, headers: OutgoingHttpHeaders = {}, body?: Buffer | string, onSent?: () => void): Promise<H2Reply> {
-  const r = await h2Call(session, path, headers, body, onSent)
+export async function h2Request (session: ClientHttp2Session, path: string, headers: OutgoingHttpHeaders = {}, body?: Buffer | string, onSent?: () => void, onHead?: () => void): Promise<H2Reply> {
+  const r = await h2Call(session, path, headers, body, onSent, onHead)
   if (r.status === 0 || r.rstCode !== http2.constants.NGHTTP2_NO_ERROR || r.error !== undefined) {
     throw new Error(`stream closed with code ${r.rstCode}${r.error === undefined ? '' : ` (${r.error.message})`}`)
   }
