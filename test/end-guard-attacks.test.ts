@@ -1,11 +1,11 @@
 // Attacks on src/upstream/end-guard.ts (undici#5360): the guard holds an
 // upstream socket's 'end' while undici's parser is paused. undici 7 makes the
-// same `assert(!this.paused)` (Parser.finish) from a third socket handler the
-// guard does not cover: onHttpSocketError, on ECONNRESET, when the answer ends
-// its connection (no length, `connection: close`, HTTP/1.0). An upstream that
-// resets its connection (crash, SO_LINGER 0, a close with unread bytes) while
-// a slow client has the parser paused throws outside any callback: the
-// gateway process dies.
+// same `assert(!this.paused)` (Parser.finish) from its 'error' handler too, on
+// ECONNRESET, when the answer ends its connection (no length, `connection:
+// close`, HTTP/1.0). An upstream that resets its connection (crash, SO_LINGER
+// 0, a close with unread bytes) while a slow client has the parser paused
+// threw outside any callback, and the gateway process died: the guard now
+// hands undici such a reset as its own socket error.
 
 import t from 'tap'
 import http2 from 'node:http2'
@@ -81,7 +81,7 @@ services:
     passive: false
 `
 
-t.test('DEFECT: node engine: an upstream RST while undici\'s parser is paused for an h2c client that does not read kills the gateway (close-delimited, connection: close, HTTP/1.0)', async (t) => {
+t.test('node engine: an upstream RST while undici\'s parser is paused for an h2c client that does not read resets the stream; the gateway lives on (close-delimited, connection: close, HTTP/1.0)', async (t) => {
   // The first of these takes the process down (tap reports the AssertionError); each fails alone as well.
   for (const path of Object.keys(HEADS)) {
     const up = await tricklingUpstream(t)

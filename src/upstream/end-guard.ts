@@ -7,13 +7,17 @@
 // as the last bytes arrive makes it happen. undici 8 fixes it (#5389) but does
 // not run on Node 20, and no 7.x has the fix.
 //
+// The same assertion waits in its 'error' handler, which takes an ECONNRESET
+// on such an answer for its end: a reset while paused goes to undici as its
+// own socket error instead (the answer was cut, and is failed as such).
+//
 // The guard holds the socket's 'end' (and the end of our side that follows
 // it) until the parser is resumed (our handler resumes it when the client
 // drains), and delivers it then, when undici can finish the message. A
 // socket whose parser is not paused at its end sees no difference.
 
 import type { Socket } from 'node:net'
-import { buildConnector } from 'undici'
+import { buildConnector, errors } from 'undici'
 
 /** The part of undici's parser the guard reads. */
 interface Parser {
@@ -64,8 +68,21 @@ export function holdEndWhilePaused (socket: Socket): void {
         return this.listenerCount('end') > 0
       }
     }
+    if (event === 'error' && (args[0] as { code?: unknown } | undefined)?.code === 'ECONNRESET' && parserOf(this)?.paused === true) {
+      // undici's 'error' handler takes ECONNRESET on an answer that ends its connection for the
+      // end of the body and finishes the parser: the same assertion. Paused, part of the answer
+      // is still unread: the answer was cut, an error like any other reset.
+      return emit.call(this, 'error', resetWhilePaused(args[0] as Error))
+    }
     return emit.call(this, event, ...args)
   } as Socket['emit']
+}
+
+/** The reset as undici's own socket error (a reset to the attempt policy, as ECONNRESET is), the reset its cause. */
+function resetWhilePaused (reset: Error): Error {
+  const err = new errors.SocketError('the upstream reset the connection while its answer waited for the client')
+  err.cause = reset
+  return err
 }
 
 /**
