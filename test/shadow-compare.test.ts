@@ -332,3 +332,47 @@ t.test('compressed bodies are compared decoded', async (t) => {
   const broken = plain.compare(answer(200, headers, Buffer.from('not gzip')), answer(200, headers, Buffer.from('not gzip!')))
   t.same(wheres(broken), ['body'])
 })
+
+t.test('JSON secrets: counted where they differ, never shown, at any depth and under a secret member', async (t) => {
+  const json = { 'content-type': 'application/json' }
+  const live = answer(200, json, JSON.stringify({
+    user: { name: 'ann', password: 'hunter2', apiKey: 'k-live' },
+    session: { id: 's1', user: 'ann' },
+    items: [{ csrf_token: 'a1', n: 1 }],
+    email: 'ann@example.com',
+    tokens: 3,
+    gone: { secret: 'x', keep: 1 },
+  }))
+  const idle = answer(200, json, JSON.stringify({
+    user: { name: 'ann', password: 'hunter3', apiKey: 'k-idle' },
+    session: { id: 's2', user: 'bob' },
+    items: [{ csrf_token: 'b2', n: 2 }],
+    email: 'ann@example.org',
+    tokens: 4,
+    added: { Client_Secret: 'y', keep: 2 },
+  }))
+  const plain = createComparer({ headers: [], json: [] }).compare(live, idle)
+  t.same(plain, [
+    { where: '$.user.password', live: '[redacted]', other: '[redacted]' },
+    { where: '$.user.apiKey', live: '[redacted]', other: '[redacted]' },
+    { where: '$.session.id', live: '[redacted]', other: '[redacted]' },
+    { where: '$.session.user', live: '[redacted]', other: '[redacted]' },
+    { where: '$.items[*].csrf_token', live: '[redacted]', other: '[redacted]' },
+    { where: '$.items[*].n', live: '1', other: '2' },
+    { where: '$.email', live: '"ann@example.com"', other: '"ann@example.org"' },
+    { where: '$.tokens', live: '[redacted]', other: '[redacted]' },
+    { where: '$.gone', live: '{"secret":"[redacted]","keep":1}', other: '(absent)' },
+    { where: '$.added', live: '(absent)', other: '{"Client_Secret":"[redacted]","keep":2}' },
+  ], 'every place named and counted; no secret value in any example')
+  const text = JSON.stringify(plain)
+  for (const v of ['hunter', 'k-live', 'k-idle', 's1', 's2', 'bob', 'a1', 'b2', '"x"', '"y"']) t.notOk(text.includes(v), `${v} is not shown`)
+  const mine = createComparer({ headers: [], json: [] }, ['E-Mail']).compare(live, idle)
+  t.same(mine.find((d) => d.where === '$.email'), { where: '$.email', live: '[redacted]', other: '[redacted]' }, 'redact adds names of the service\'s own (case, - and _ aside)')
+  const arrays = createComparer({ headers: [], json: [] }).compare(
+    answer(200, json, JSON.stringify({ token: [1, 2], list: [{ secret: 1 }] })),
+    answer(200, json, JSON.stringify({ token: [1], list: [] })))
+  t.same(arrays, [
+    { where: '$.token', live: 'length 2: [redacted]', other: 'length 1: [redacted]' },
+    { where: '$.list', live: 'length 1: [{"secret":"[redacted]"}]', other: 'length 0: []' },
+  ], 'an array under a secret name shows its length only; secrets inside an array element are redacted')
+})

@@ -145,10 +145,10 @@ function problems (extra: string, top = ''): string[] {
 }
 
 t.test('config: shadow settings, defaults and every error named by its path', async (t) => {
-  const c = parseConfig(`${BASE}    shadow: { sample: 0.25, methods: [get, Options], ignore: { headers: [Date, X-Request-Id], json: [$.timestamp] }, maxBody: 1024, maxConcurrent: 4, timeout: 2s, noise: 0.5, learn: 3 }\n`, { env: {} })
-  t.same(c.services.users.shadow, { sample: 0.25, methods: ['GET', 'OPTIONS'], unsafe: false, ignore: { headers: ['date', 'x-request-id'], json: ['$.timestamp'] }, maxBody: 1024, maxConcurrent: 4, timeout: 2000, noise: 0.5, learn: 3 })
+  const c = parseConfig(`${BASE}    shadow: { sample: 0.25, methods: [get, Options], ignore: { headers: [Date, X-Request-Id], json: [$.timestamp] }, redact: [email, Phone_Number], maxBody: 1024, maxConcurrent: 4, timeout: 2s, noise: 0.5, learn: 3 }\n`, { env: {} })
+  t.same(c.services.users.shadow, { sample: 0.25, methods: ['GET', 'OPTIONS'], unsafe: false, ignore: { headers: ['date', 'x-request-id'], json: ['$.timestamp'] }, redact: ['email', 'Phone_Number'], maxBody: 1024, maxConcurrent: 4, timeout: 2000, noise: 0.5, learn: 3 })
   const d = parseConfig(`${BASE}    shadow: { sample: 1 }\n`, { env: {} }).services.users.shadow
-  t.same(d, { sample: 1, methods: ['GET', 'HEAD'], unsafe: false, ignore: { headers: [], json: [] }, maxBody: 65536, maxConcurrent: 32, timeout: 5000, noise: 0.1, learn: 20 }, 'DEFAULTS.shadow fill the rest')
+  t.same(d, { sample: 1, methods: ['GET', 'HEAD'], unsafe: false, ignore: { headers: [], json: [] }, redact: [], maxBody: 65536, maxConcurrent: 32, timeout: 5000, noise: 0.1, learn: 20 }, 'DEFAULTS.shadow fill the rest')
   t.equal(parseConfig(BASE, { env: {} }).services.users.shadow, undefined, 'off without a section')
   t.same(parseConfig(`${BASE}    shadow: { sample: 0.1, methods: [POST, GET], unsafe: true }\n`, { env: {} }).services.users.shadow?.methods, ['POST', 'GET'], 'unsafe: true lets POST through')
 
@@ -161,9 +161,11 @@ t.test('config: shadow settings, defaults and every error named by its path', as
   t.match(problems('    shadow: { sample: 1, methods: [GET, GET] }\n'), ['services.users.shadow.methods[1]: GET is listed twice'])
   t.match(problems('    shadow: { sample: 1, methods: ["GE T"] }\n'), [/^services\.users\.shadow\.methods\[0\]: not an HTTP method/])
   t.match(problems('    shadow: { sample: 1, methods: [] }\n'), [/^services\.users\.shadow\.methods: must be a non-empty list/])
-  t.match(problems('    shadow: { sample: 1, copies: 2 }\n'), [/^services\.users\.shadow\.copies: unknown key \(expected one of: sample, methods, unsafe, ignore, maxBody/])
+  t.match(problems('    shadow: { sample: 1, copies: 2 }\n'), [/^services\.users\.shadow\.copies: unknown key \(expected one of: sample, methods, unsafe, ignore, redact, maxBody/])
   t.match(problems('    shadow: { sample: 1, ignore: { cookies: [a] } }\n'), [/^services\.users\.shadow\.ignore\.cookies: unknown key \(expected one of: headers, json\)/])
   t.match(problems('    shadow: { sample: 1, ignore: { headers: ["bad header"] } }\n'), [/^services\.users\.shadow\.ignore\.headers\[0\]: not a header name/])
+  t.same(problems('    shadow: { sample: 1, redact: email }\n'), ['services.users.shadow.redact: must be a list of JSON member names, such as [email, phone]'])
+  t.same(problems('    shadow: { sample: 1, redact: [email, "", 3] }\n'), ['services.users.shadow.redact[1]: must be a member name, got ""', 'services.users.shadow.redact[2]: must be a member name, got 3'])
   t.match(problems('    shadow: { sample: 1, ignore: { json: [timestamp] } }\n'), [/^services\.users\.shadow\.ignore\.json\[0\]: bad JSON path "timestamp": a path must start with '\$' at character 1 \(supported: /])
   t.match(problems('    shadow: { sample: 1, maxBody: -1, maxConcurrent: 0, timeout: soon, noise: 2, learn: 1.5 }\n'), [
     'services.users.shadow.maxBody: must be at least 0',

@@ -21,6 +21,7 @@ function settings (over: Partial<ShadowConfig> = {}): ShadowConfig {
     methods: ['GET', 'HEAD'],
     unsafe: false,
     ignore: { headers: [], json: [] },
+    redact: [],
     maxBody: 64 * 1024,
     maxConcurrent: 32,
     timeout: 5000,

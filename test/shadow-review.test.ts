@@ -101,7 +101,7 @@ t.test('a shadow session\'s expiry timer that fires before any session ended is 
 })
 
 function settings (over: Partial<ShadowConfig> = {}): ShadowConfig {
-  return { sample: 1, methods: ['GET', 'HEAD', 'POST'], unsafe: true, ignore: { headers: [], json: [] }, maxBody: 65536, maxConcurrent: 32, timeout: 5000, noise: 0, learn: 0, ...over }
+  return { sample: 1, methods: ['GET', 'HEAD', 'POST'], unsafe: true, ignore: { headers: [], json: [] }, redact: [], maxBody: 65536, maxConcurrent: 32, timeout: 5000, noise: 0, learn: 0, ...over }
 }
 
 t.test('a request whose body the exchange never read whole (the upstream answered early) is not copied', async (t) => {

@@ -36,7 +36,7 @@ export const SERVICE_KEYS = {
   preview: { header: true, cookie: true },
   sticky: { cookie: true },
   smoke: { [LIST_ITEM]: SMOKE_KEYS },
-  shadow: { sample: true, methods: true, unsafe: true, ignore: { headers: true, json: true }, maxBody: true, maxConcurrent: true, timeout: true, noise: true, learn: true },
+  shadow: { sample: true, methods: true, unsafe: true, ignore: { headers: true, json: true }, redact: true, maxBody: true, maxConcurrent: true, timeout: true, noise: true, learn: true },
   ...SECTION_KEYS,
 } as const satisfies KeyTree
 

@@ -704,11 +704,23 @@ function shadowConfig (value: unknown, path: string, c: Checker, protocol: Upstr
       }
     }
   }
+  const redact: string[] = []
+  if (raw.redact !== undefined) {
+    const rp = join(path, 'redact')
+    if (!Array.isArray(raw.redact)) c.fail(rp, 'must be a list of JSON member names, such as [email, phone]')
+    else {
+      raw.redact.forEach((v: unknown, i: number) => {
+        if (typeof v !== 'string' || v.length === 0) return c.fail(join(rp, i), `must be a member name, got ${JSON.stringify(v)}`)
+        redact.push(v)
+      })
+    }
+  }
   return {
     sample,
     methods,
     unsafe,
     ignore,
+    redact,
     maxBody: c.integer(raw.maxBody, join(path, 'maxBody'), d.maxBody, 0),
     maxConcurrent: c.integer(raw.maxConcurrent, join(path, 'maxConcurrent'), d.maxConcurrent, 1),
     timeout: c.duration(raw.timeout, join(path, 'timeout'), d.timeout),

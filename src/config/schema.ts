@@ -123,6 +123,8 @@ export interface ShadowConfig {
     /** JSON paths (the subset in shadow/jsonpath.ts) never compared in JSON bodies. Default none. */
     json: string[]
   }
+  /** JSON member names (any depth, case, `-` and `_` aside) whose values no example shows, besides the built-in secret names (shadow/compare.ts SECRET_MEMBERS). Default none. */
+  redact: string[]
   /** Answers larger than this (bytes) are compared by status and headers only, and counted so. Default 64 KiB. */
   maxBody: number
   /** Copies in flight at once per service (gateway process); above it a copy is dropped and counted. Default 32. */

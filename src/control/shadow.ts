@@ -25,7 +25,7 @@ export interface ShadowParts {
   mergeTallyData: (list: readonly TallyData[]) => TallyData
   /** The view of a comparison's data, judged against the noise it learnt. */
   viewOf: (data: TallyData) => ShadowView
-  /** A comparer for a service's settings (its `ignore` lists). */
+  /** A comparer for a service's settings (its `ignore` lists and `redact` names). */
   createComparer: (settings: ShadowConfig) => Comparer
   /** The route the resolve step samples requests with (shadow/mirror.ts `new ShadowRoute(plan)`). */
   createRoute: (plan: ShadowPlan) => ShadowSampler
@@ -36,7 +36,7 @@ export const SHADOW_PARTS: ShadowParts = {
   createBook: createShadowBook,
   mergeTallyData,
   viewOf,
-  createComparer: (settings) => createComparer(settings.ignore),
+  createComparer: (settings) => createComparer(settings.ignore, settings.redact),
   createRoute: (plan) => new ShadowRoute(plan),
 }
 

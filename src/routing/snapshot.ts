@@ -137,7 +137,7 @@ export interface ShadowSession {
 }
 
 /** The settings of a session the admin API starts on a service with no `shadow` section: DEFAULTS, nothing ignored. */
-const API_SHADOW: ShadowConfig = { ...DEFAULTS.shadow, methods: [...DEFAULTS.shadow.methods], sample: 0.1, ignore: { headers: [], json: [] } }
+const API_SHADOW: ShadowConfig = { ...DEFAULTS.shadow, methods: [...DEFAULTS.shadow.methods], sample: 0.1, ignore: { headers: [], json: [] }, redact: [] }
 
 /**
  * The admin API's override wins over the config: `off` stops a configured

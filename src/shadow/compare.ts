@@ -1,6 +1,7 @@
 // Compares a live answer with the idle color's answer to the same request:
 // status, headers (less the ones that always differ), body (JSON structurally,
-// anything else by bytes), as a short list of places with redacted examples.
+// anything else by bytes), as a short list of places with redacted examples
+// (credential headers, and JSON members named like secrets).
 
 import zlib from 'node:zlib'
 import { HOP_BY_HOP } from '../proxy/headers.js'
@@ -29,12 +30,52 @@ const BYTE_WINDOW = 60
 const ABSENT = '(absent)'
 const REDACTED = '[redacted]'
 
-/** Builds comparers per service `ignore` settings; throws (parseJsonPath's message) on a bad JSON path. */
-export function createComparer (ignore: { headers: readonly string[], json: readonly string[] }): Comparer {
+/**
+ * JSON member names whose values an example never shows, compared lower case
+ * with `-` and `_` left out: credentials, session state, card data. A name
+ * containing password, secret or token is one too (`db_password`, `csrfToken`).
+ * The place and the count still say that the value differed.
+ */
+export const SECRET_MEMBERS: ReadonlySet<string> = new Set([
+  'pwd', 'passwd', 'auth', 'authorization', 'cookie', 'setcookie', 'session', 'sessionid', 'apikey', 'credential',
+  'credentials', 'privatekey', 'ssn', 'cardnumber', 'creditcard', 'cvv', 'cvc', 'otp',
+])
+const SECRET_PARTS = ['password', 'secret', 'token']
+
+/** Which member names are secret: SECRET_MEMBERS and SECRET_PARTS, plus a service's `redact` names. */
+class SecretNames {
+  private readonly extra: ReadonlySet<string>
+  /** Names already judged (a body's names repeat from answer to answer); bounded. */
+  private readonly seen = new Map<string, boolean>()
+
+  constructor (redact: readonly string[]) {
+    this.extra = new Set(redact.map(normalName))
+  }
+
+  has (name: string): boolean {
+    let secret = this.seen.get(name)
+    if (secret !== undefined) return secret
+    const n = normalName(name)
+    secret = SECRET_MEMBERS.has(n) || this.extra.has(n) || SECRET_PARTS.some((part) => n.includes(part))
+    if (this.seen.size < 1024) this.seen.set(name, secret)
+    return secret
+  }
+}
+
+function normalName (name: string): string {
+  return name.toLowerCase().replace(/[-_]/g, '')
+}
+
+/**
+ * Builds comparers per service `ignore` settings and `redact` names; throws
+ * (parseJsonPath's message) on a bad JSON path.
+ */
+export function createComparer (ignore: { headers: readonly string[], json: readonly string[] }, redact: readonly string[] = []): Comparer {
   const leftOut = new Set(ALWAYS_LEFT_OUT)
   for (const h of ignore.headers) leftOut.add(h.toLowerCase())
   const matcher = compileJsonPaths(ignore.json)
-  return { compare: (live, other) => compareAnswers(live, other, leftOut, matcher) }
+  const secret = new SecretNames(redact)
+  return { compare: (live, other) => compareAnswers(live, other, leftOut, matcher, secret) }
 }
 
 /** Gathers differences: one per place (the first seen), stopping once more than MAX_DIFFERENCES are known. */
@@ -61,11 +102,11 @@ class Collector {
   }
 }
 
-function compareAnswers (live: Answer, other: Answer, leftOut: ReadonlySet<string>, matcher: PathMatcher): Difference[] {
+function compareAnswers (live: Answer, other: Answer, leftOut: ReadonlySet<string>, matcher: PathMatcher, secret: SecretNames): Difference[] {
   const out = new Collector()
   if (live.status !== other.status) out.add('status', String(live.status), String(other.status))
   compareHeaders(live.headers, other.headers, leftOut, out)
-  if (live.body !== undefined && other.body !== undefined) compareBodies(live, other, live.body, other.body, matcher, out)
+  if (live.body !== undefined && other.body !== undefined) compareBodies(live, other, live.body, other.body, matcher, secret, out)
   else if (live.body !== other.body && live.headers.get('content-encoding') === other.headers.get('content-encoding')) {
     // One body was kept and the other outgrew maxBody: the same coding, different lengths, never the same body.
     // (Uncounted, an idle color whose answers grew past the cap, a lost page size say, matched every pair.)
@@ -137,7 +178,7 @@ function decoded (answer: Answer, body: Buffer): Buffer {
   }
 }
 
-function compareBodies (live: Answer, other: Answer, a: Buffer, b: Buffer, matcher: PathMatcher, out: Collector): void {
+function compareBodies (live: Answer, other: Answer, a: Buffer, b: Buffer, matcher: PathMatcher, secret: SecretNames, out: Collector): void {
   // The common case (the same bytes) costs one memcmp, whatever the type.
   if (a.equals(b)) return
   a = decoded(live, a)
@@ -156,7 +197,7 @@ function compareBodies (live: Answer, other: Answer, a: Buffer, b: Buffer, match
       const state = matcher.start()
       if (state === undefined) return
       try {
-        compareValues(x, y, [], state, matcher, out, 0)
+        compareValues(x, y, [], state, matcher, new Examples(secret), false, out, 0)
         return
       } catch (err) {
         // Nesting deeper than a walk (or JSON.stringify) takes: compared as bytes instead, never thrown at the mirror.
@@ -192,26 +233,43 @@ function kindOf (v: unknown): Kind {
   return typeof v as Kind
 }
 
+/** Writes examples of JSON values, secret members' values shown as `[redacted]` (a secret member's whole value when `hidden`). */
+class Examples {
+  private readonly replacer: (key: string, value: unknown) => unknown
+
+  constructor (readonly secret: SecretNames) {
+    // The root's key is '', an array element's its index: neither is ever secret.
+    this.replacer = (key, value) => key !== '' && secret.has(key) ? REDACTED : value
+  }
+
+  /** A JSON value written compactly, cut at MAX_EXAMPLE characters. */
+  of (v: unknown, hidden: boolean): string {
+    if (hidden) return REDACTED
+    return cut(JSON.stringify(v, this.replacer), MAX_EXAMPLE)
+  }
+}
+
 /**
  * Walks both values together. `path` is the concrete path (indices as they
  * are, so `[0]` ignores match); the place is written with `[*]` only when a
- * difference is found, so an equal node costs no string work.
+ * difference is found, so an equal node costs no string work. `hidden`: the
+ * values sit under a secret member, and no example shows them.
  */
-function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchState, matcher: PathMatcher, out: Collector, depth: number): void {
+function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchState, matcher: PathMatcher, ex: Examples, hidden: boolean, out: Collector, depth: number): void {
   if (a === b) return
   if (depth > MAX_DEPTH) throw TOO_DEEP
   const ka = kindOf(a)
   const kb = kindOf(b)
   if (ka !== kb || (ka !== 'array' && ka !== 'object')) {
     // Different kinds, or two scalars that differ (numbers compare by value: 1 and 1.0 parse alike).
-    out.add(formatPath(path), render(a), render(b))
+    out.add(formatPath(path), ex.of(a, hidden), ex.of(b, hidden))
     return
   }
   if (ka === 'array') {
     const x = a as unknown[]
     const y = b as unknown[]
     // A length difference is one place (the array's), then the common prefix compared index by index.
-    if (x.length !== y.length) out.add(formatPath(path), `length ${x.length}: ${render(x)}`, `length ${y.length}: ${render(y)}`)
+    if (x.length !== y.length) out.add(formatPath(path), `length ${x.length}: ${ex.of(x, hidden)}`, `length ${y.length}: ${ex.of(y, hidden)}`)
     const n = Math.min(x.length, y.length)
     for (let i = 0; i < n && !out.full; i++) {
       // Equal scalars (most nodes) cost one comparison: no matcher step, no path work.
@@ -219,7 +277,7 @@ function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchSta
       const s = matcher.step(state, i)
       if (s === undefined) continue
       path.push(i)
-      compareValues(x[i], y[i], path, s, matcher, out, depth + 1)
+      compareValues(x[i], y[i], path, s, matcher, ex, hidden, out, depth + 1)
       path.pop()
     }
     return
@@ -233,8 +291,9 @@ function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchSta
     const s = matcher.step(state, key)
     if (s === undefined) continue
     path.push(key)
-    if (Object.hasOwn(y, key)) compareValues(x[key], y[key], path, s, matcher, out, depth + 1)
-    else out.add(formatPath(path), render(x[key]), ABSENT)
+    const under = hidden || ex.secret.has(key)
+    if (Object.hasOwn(y, key)) compareValues(x[key], y[key], path, s, matcher, ex, under, out, depth + 1)
+    else out.add(formatPath(path), ex.of(x[key], under), ABSENT)
     path.pop()
   }
   for (const key of Object.keys(y)) {
@@ -242,14 +301,9 @@ function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchSta
     if (Object.hasOwn(x, key)) continue
     if (matcher.step(state, key) === undefined) continue
     path.push(key)
-    out.add(formatPath(path), ABSENT, render(y[key]))
+    out.add(formatPath(path), ABSENT, ex.of(y[key], hidden || ex.secret.has(key)))
     path.pop()
   }
-}
-
-/** A JSON value written compactly, cut at MAX_EXAMPLE characters. */
-function render (v: unknown): string {
-  return cut(JSON.stringify(v), MAX_EXAMPLE)
 }
 
 function cut (s: string, max: number): string {
