@@ -157,12 +157,13 @@ export function shadowSession (svc: ServiceConfig, st: ServiceState | undefined,
  * The comparison key: a flip or new idle targets start a fresh tally (the old
  * counts are of another version), and so do new comparison rules (`ignore`,
  * `maxBody` from the config's shadow section): pairs judged by the old rules
- * would keep a gate shut over a place the operator now ignores.
+ * would keep a gate shut over a place the operator now ignores. So does a new
+ * `redact` list: the examples kept so far would go on showing what it hides.
  */
 export function comparisonKey (live: Color, idle: Color, idleTargets: readonly string[], rules?: ShadowConfig): string {
   const key = `${live}>${idle}|${[...idleTargets].sort().join(',')}`
   if (rules === undefined) return key
-  return `${key}|${JSON.stringify([[...rules.ignore.headers].sort(), [...rules.ignore.json].sort(), rules.maxBody])}`
+  return `${key}|${JSON.stringify([[...rules.ignore.headers].sort(), [...rules.ignore.json].sort(), rules.maxBody, [...rules.redact].sort()])}`
 }
 
 /** Routes of one host (or of any host), longest prefix first. */

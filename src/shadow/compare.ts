@@ -40,7 +40,9 @@ export const SECRET_MEMBERS: ReadonlySet<string> = new Set([
   'pwd', 'passwd', 'auth', 'authorization', 'cookie', 'setcookie', 'session', 'sessionid', 'apikey', 'credential',
   'credentials', 'privatekey', 'ssn', 'cardnumber', 'creditcard', 'cvv', 'cvc', 'otp',
 ])
-const SECRET_PARTS = ['password', 'secret', 'token']
+const SECRET_PARTS = ['password', 'secret', 'token', 'apikey']
+/** Longer names are judged each time, never kept: the cache is bounded in bytes, not only in names. */
+const MAX_CACHED_NAME = 64
 
 /** Which member names are secret: SECRET_MEMBERS and SECRET_PARTS, plus a service's `redact` names. */
 class SecretNames {
@@ -57,7 +59,7 @@ class SecretNames {
     if (secret !== undefined) return secret
     const n = normalName(name)
     secret = SECRET_MEMBERS.has(n) || this.extra.has(n) || SECRET_PARTS.some((part) => n.includes(part))
-    if (this.seen.size < 1024) this.seen.set(name, secret)
+    if (this.seen.size < 1024 && name.length <= MAX_CACHED_NAME) this.seen.set(name, secret)
     return secret
   }
 }
@@ -75,7 +77,8 @@ export function createComparer (ignore: { headers: readonly string[], json: read
   for (const h of ignore.headers) leftOut.add(h.toLowerCase())
   const matcher = compileJsonPaths(ignore.json)
   const secret = new SecretNames(redact)
-  return { compare: (live, other) => compareAnswers(live, other, leftOut, matcher, secret) }
+  const examples = new Examples(secret)
+  return { compare: (live, other) => compareAnswers(live, other, leftOut, matcher, examples) }
 }
 
 /** Gathers differences: one per place (the first seen), stopping once more than MAX_DIFFERENCES are known. */
@@ -102,11 +105,11 @@ class Collector {
   }
 }
 
-function compareAnswers (live: Answer, other: Answer, leftOut: ReadonlySet<string>, matcher: PathMatcher, secret: SecretNames): Difference[] {
+function compareAnswers (live: Answer, other: Answer, leftOut: ReadonlySet<string>, matcher: PathMatcher, ex: Examples): Difference[] {
   const out = new Collector()
   if (live.status !== other.status) out.add('status', String(live.status), String(other.status))
-  compareHeaders(live.headers, other.headers, leftOut, out)
-  if (live.body !== undefined && other.body !== undefined) compareBodies(live, other, live.body, other.body, matcher, secret, out)
+  compareHeaders(live.headers, other.headers, leftOut, ex.secret, out)
+  if (live.body !== undefined && other.body !== undefined) compareBodies(live, other, live.body, other.body, matcher, ex, out)
   else if (live.body !== other.body && live.headers.get('content-encoding') === other.headers.get('content-encoding')) {
     // One body was kept and the other outgrew maxBody: the same coding, different lengths, never the same body.
     // (Uncounted, an idle color whose answers grew past the cap, a lost page size say, matched every pair.)
@@ -119,7 +122,7 @@ function sizeExample (body: Buffer | undefined): string {
   return body === undefined ? 'larger than maxBody (not kept)' : `${body.length} bytes`
 }
 
-function compareHeaders (live: ReadonlyMap<string, string>, other: ReadonlyMap<string, string>, leftOut: ReadonlySet<string>, out: Collector): void {
+function compareHeaders (live: ReadonlyMap<string, string>, other: ReadonlyMap<string, string>, leftOut: ReadonlySet<string>, secret: SecretNames, out: Collector): void {
   let differ: string[] | undefined
   for (const [name, value] of live) {
     if (!leftOut.has(name) && other.get(name) !== value) (differ ??= []).push(name)
@@ -130,13 +133,15 @@ function compareHeaders (live: ReadonlyMap<string, string>, other: ReadonlyMap<s
   if (differ === undefined) return
   // Field order differs between servers; a sorted list reads the same for the same answers.
   differ.sort()
-  for (const name of differ) out.add(`header:${name}`, headerExample(name, live.get(name)), headerExample(name, other.get(name)))
+  for (const name of differ) {
+    const hidden = REDACTED_HEADERS.has(name) || secret.has(name)
+    out.add(`header:${name}`, headerExample(live.get(name), hidden), headerExample(other.get(name), hidden))
+  }
 }
 
-function headerExample (name: string, value: string | undefined): string {
+function headerExample (value: string | undefined, hidden: boolean): string {
   if (value === undefined) return ABSENT
-  if (REDACTED_HEADERS.has(name)) return REDACTED
-  return cut(value, MAX_EXAMPLE)
+  return hidden ? REDACTED : cut(value, MAX_EXAMPLE)
 }
 
 /** `application/json` or any `type/subtype+json`, parameters aside. */
@@ -178,7 +183,7 @@ function decoded (answer: Answer, body: Buffer): Buffer {
   }
 }
 
-function compareBodies (live: Answer, other: Answer, a: Buffer, b: Buffer, matcher: PathMatcher, secret: SecretNames, out: Collector): void {
+function compareBodies (live: Answer, other: Answer, a: Buffer, b: Buffer, matcher: PathMatcher, ex: Examples, out: Collector): void {
   // The common case (the same bytes) costs one memcmp, whatever the type.
   if (a.equals(b)) return
   a = decoded(live, a)
@@ -197,7 +202,7 @@ function compareBodies (live: Answer, other: Answer, a: Buffer, b: Buffer, match
       const state = matcher.start()
       if (state === undefined) return
       try {
-        compareValues(x, y, [], state, matcher, new Examples(secret), false, out, 0)
+        compareValues(x, y, [], state, matcher, ex, out, 0)
         return
       } catch (err) {
         // Nesting deeper than a walk (or JSON.stringify) takes: compared as bytes instead, never thrown at the mirror.
@@ -205,7 +210,9 @@ function compareBodies (live: Answer, other: Answer, a: Buffer, b: Buffer, match
       }
     }
   }
-  compareBytes(a, b, out)
+  // A body that says it is JSON may hold secrets anywhere: its bytes are never shown (one that did
+  // not parse, or nests too deep to walk), only where the first difference is.
+  compareBytes(a, b, liveJson || otherJson, out)
 }
 
 function typeExample (answer: Answer): string {
@@ -233,7 +240,12 @@ function kindOf (v: unknown): Kind {
   return typeof v as Kind
 }
 
-/** Writes examples of JSON values, secret members' values shown as `[redacted]` (a secret member's whole value when `hidden`). */
+/**
+ * Places and examples of JSON differences. A difference at or under a secret
+ * member is one place, the member's, with `[redacted]` examples: its value
+ * never shows, nor the names inside it (a map keyed by session ids is part of
+ * the secret). A value shown whole shows its secret members as `[redacted]`.
+ */
 class Examples {
   private readonly replacer: (key: string, value: unknown) => unknown
 
@@ -242,9 +254,26 @@ class Examples {
     this.replacer = (key, value) => key !== '' && secret.has(key) ? REDACTED : value
   }
 
-  /** A JSON value written compactly, cut at MAX_EXAMPLE characters. */
-  of (v: unknown, hidden: boolean): string {
-    if (hidden) return REDACTED
+  /** Adds the difference at `path` (values `a`, `b`; `length` for an array's length difference). */
+  add (out: Collector, path: PathKey[], a: unknown, b: unknown, length = false): void {
+    // Judged here, only for a difference: an equal member costs no name check.
+    for (let i = 0; i < path.length; i++) {
+      const key = path[i]
+      if (typeof key !== 'string' || !this.secret.has(key)) continue
+      // At the secret member itself a side may lack it; under it, both sides have it.
+      const atMember = i === path.length - 1 && !length
+      out.add(formatPath(path.slice(0, i + 1)), atMember && a === undefined ? ABSENT : REDACTED, atMember && b === undefined ? ABSENT : REDACTED)
+      return
+    }
+    if (length) {
+      const x = a as unknown[]
+      const y = b as unknown[]
+      out.add(formatPath(path), `length ${x.length}: ${this.of(x)}`, `length ${y.length}: ${this.of(y)}`)
+    } else out.add(formatPath(path), a === undefined ? ABSENT : this.of(a), b === undefined ? ABSENT : this.of(b))
+  }
+
+  /** A JSON value written compactly, secret members redacted, cut at MAX_EXAMPLE characters (JSON.stringify's RangeError, past its depth, is the caller's). */
+  private of (v: unknown): string {
     return cut(JSON.stringify(v, this.replacer), MAX_EXAMPLE)
   }
 }
@@ -255,21 +284,21 @@ class Examples {
  * difference is found, so an equal node costs no string work. `hidden`: the
  * values sit under a secret member, and no example shows them.
  */
-function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchState, matcher: PathMatcher, ex: Examples, hidden: boolean, out: Collector, depth: number): void {
+function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchState, matcher: PathMatcher, ex: Examples, out: Collector, depth: number): void {
   if (a === b) return
   if (depth > MAX_DEPTH) throw TOO_DEEP
   const ka = kindOf(a)
   const kb = kindOf(b)
   if (ka !== kb || (ka !== 'array' && ka !== 'object')) {
     // Different kinds, or two scalars that differ (numbers compare by value: 1 and 1.0 parse alike).
-    out.add(formatPath(path), ex.of(a, hidden), ex.of(b, hidden))
+    ex.add(out, path, a, b)
     return
   }
   if (ka === 'array') {
     const x = a as unknown[]
     const y = b as unknown[]
     // A length difference is one place (the array's), then the common prefix compared index by index.
-    if (x.length !== y.length) out.add(formatPath(path), `length ${x.length}: ${ex.of(x, hidden)}`, `length ${y.length}: ${ex.of(y, hidden)}`)
+    if (x.length !== y.length) ex.add(out, path, x, y, true)
     const n = Math.min(x.length, y.length)
     for (let i = 0; i < n && !out.full; i++) {
       // Equal scalars (most nodes) cost one comparison: no matcher step, no path work.
@@ -277,7 +306,7 @@ function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchSta
       const s = matcher.step(state, i)
       if (s === undefined) continue
       path.push(i)
-      compareValues(x[i], y[i], path, s, matcher, ex, hidden, out, depth + 1)
+      compareValues(x[i], y[i], path, s, matcher, ex, out, depth + 1)
       path.pop()
     }
     return
@@ -291,9 +320,8 @@ function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchSta
     const s = matcher.step(state, key)
     if (s === undefined) continue
     path.push(key)
-    const under = hidden || ex.secret.has(key)
-    if (Object.hasOwn(y, key)) compareValues(x[key], y[key], path, s, matcher, ex, under, out, depth + 1)
-    else out.add(formatPath(path), ex.of(x[key], under), ABSENT)
+    if (Object.hasOwn(y, key)) compareValues(x[key], y[key], path, s, matcher, ex, out, depth + 1)
+    else ex.add(out, path, x[key], undefined)
     path.pop()
   }
   for (const key of Object.keys(y)) {
@@ -301,7 +329,7 @@ function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchSta
     if (Object.hasOwn(x, key)) continue
     if (matcher.step(state, key) === undefined) continue
     path.push(key)
-    out.add(formatPath(path), ABSENT, ex.of(y[key], hidden || ex.secret.has(key)))
+    ex.add(out, path, undefined, y[key])
     path.pop()
   }
 }
@@ -310,12 +338,16 @@ function cut (s: string, max: number): string {
   return s.length <= max ? s : s.slice(0, max - 3) + '...'
 }
 
-/** Bodies that are not JSON on both sides: the first differing byte, with up to 60 bytes around it from each side. */
-function compareBytes (a: Buffer, b: Buffer, out: Collector): void {
+/**
+ * Bodies not compared as JSON: the first differing byte, with up to 60 bytes
+ * around it from each side, or (`blind`: a side says it is JSON) only where.
+ */
+function compareBytes (a: Buffer, b: Buffer, blind: boolean, out: Collector): void {
   const n = Math.min(a.length, b.length)
   let at = 0
   while (at < n && a[at] === b[at]) at++
-  out.add('body', byteExample(a, at), byteExample(b, at))
+  if (blind) out.add('body', `at byte ${at} of ${a.length} (a JSON body: not shown)`, `at byte ${at} of ${b.length} (a JSON body: not shown)`)
+  else out.add('body', byteExample(a, at), byteExample(b, at))
 }
 
 function byteExample (body: Buffer, at: number): string {
