@@ -33,7 +33,8 @@ const REDACTED = '[redacted]'
 /**
  * JSON member names whose values an example never shows, compared lower case
  * with `-` and `_` left out: credentials, session state, card data. A name
- * containing password, secret or token is one too (`db_password`, `csrfToken`).
+ * containing password, secret, token or apikey is one too (`db_password`,
+ * `csrfToken`, `x-api-key`). Header field names are judged the same way.
  * The place and the count still say that the value differed.
  */
 export const SECRET_MEMBERS: ReadonlySet<string> = new Set([
