@@ -96,6 +96,8 @@ export function allCases () {
     { name: 'switchyard', start: async (up) => await startSwitchyard(up, { name: 'switchyard', top: { log: { access: false } } }) },
     { name: 'switchyard-bare', start: async (up) => await startSwitchyard(up, { name: 'switchyard-bare', top: { log: { access: false }, metrics: { enabled: false } } }) },
     { name: 'switchyard+accesslog', start: async (up) => await startSwitchyard(up, { name: 'switchyard+accesslog', top: (dir) => ({ log: { access: join(dir, 'access.log') } }) }) },
+    // The reference engine (node:http and undici), slower by design: what a change to its path costs.
+    { name: 'switchyard-node', start: async (up) => await startSwitchyard(up, { name: 'switchyard-node', top: { log: { access: false }, engine: 'node' } }) },
     {
       name: 'http-proxy-3',
       start: async (up) => {
