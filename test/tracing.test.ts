@@ -393,13 +393,19 @@ async function spanMetric (adminUrl: string): Promise<ExportCounts | undefined> 
   return seen === 0 ? undefined : counts
 }
 
-t.test('switchyard_spans_total: the workers\' exports summed; absent with tracing off', async (t) => {
+/** A collector, blue and green backends, and `serve --workers 2` sending its spans to the collector. */
+async function tracedWorkers (t: Test): Promise<{ collector: Collector, b: Backend, g: Backend, p: ReturnType<typeof serve>, port: number, adminPort: number }> {
   const collector = await startCollector(t)
   const b = await startBackend(t, 'blue')
   const g = await startBackend(t, 'green')
   const file = configFile(t, `tracing: { otlp: ${collector.url} }\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
   const p = serve(t, ['serve', '--config', file, '--workers', '2'])
   const { port, admin: adminPort } = await listening(p)
+  return { collector, b, g, p, port, adminPort }
+}
+
+t.test('switchyard_spans_total: the workers\' exports summed; absent with tracing off', async (t) => {
+  const { collector, b, g, p, port, adminPort } = await tracedWorkers(t)
   for (let i = 0; i < 12; i++) t.equal(await fresh(`http://127.0.0.1:${port}/m${i}`, { traceparent: marker(200 + i).traceparent }), 200)
   await eventually(() => collector.spans().length === 12, { timeout: 5000 })
   const counts = await eventually(async () => {
@@ -425,12 +431,7 @@ async function fresh (url: string, headers: http.OutgoingHttpHeaders = {}): Prom
 }
 
 t.test('serve --workers 2: each worker exports the spans of what it serves, and sends them when it stops', async (t) => {
-  const collector = await startCollector(t)
-  const b = await startBackend(t, 'blue')
-  const g = await startBackend(t, 'green')
-  const file = configFile(t, `tracing: { otlp: ${collector.url} }\nservices:\n${serviceYaml('svc', '/', [b], [g])}`)
-  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
-  const { port } = await listening(p)
+  const { collector, b, p, port } = await tracedWorkers(t)
   const sent: string[] = []
   for (let i = 0; i < 20; i++) {
     const m = marker(100 + i)

@@ -211,9 +211,9 @@ function compareBodies (live: Answer, other: Answer, a: Buffer, b: Buffer, match
       }
     }
   }
-  // A body that says it is JSON may hold secrets anywhere: its bytes are never shown (one that did
-  // not parse, or nests too deep to walk), only where the first difference is.
-  compareBytes(a, b, liveJson || otherJson, out)
+  // A body that says it is JSON (both do, here) may hold secrets anywhere: its bytes are never
+  // shown (one that did not parse, or nests too deep to walk), only where the first difference is.
+  compareBytes(a, b, liveJson, out)
 }
 
 function typeExample (answer: Answer): string {
