@@ -113,6 +113,31 @@ t.test('etcd store', async (t) => {
     t.equal(b.status().revision, own)
   })
 
+  t.test('read your writes: a watching store lists its own change event as soon as the commit answers', async (t) => {
+    const prefix = freshPrefix()
+    const a = open(t, etcd.endpoint, prefix, 'a')
+    const b = open(t, etcd.endpoint, prefix, 'b')
+    await b.load()
+    const { revision } = await a.load()
+    a.watch(revision, () => {})
+    b.watch(revision, () => {})
+    let base = revision
+    const unlisted: number[] = []
+    for (let generation = 1; generation <= 40; generation++) {
+      // Every other change is b's: a's own event list must hold each of them once a's commit answers.
+      if (generation % 2 === 0) {
+        base = await commitNext(b, generation, base)
+        continue
+      }
+      base = await commitNext(a, generation, base)
+      if (!a.events.list(base - 1).some((e) => e.id === base)) unlisted.push(generation)
+    }
+    t.same(unlisted, [], 'every commit of a is in its event list when it answers')
+    // The last change is b's: a lists it once its watch brings it.
+    const ids = await eventually(() => { const l = a.events.list(revision); return l.length >= 40 && l.map((e) => e.generation) })
+    t.same(ids, Array.from({ length: 40 }, (_, i) => i + 1), 'and every change of the two, in order, none skipped')
+  })
+
   t.test('noise events appear on another store with growing ids; the rings are bounded', async (t) => {
     const prefix = freshPrefix()
     const a = open(t, etcd.endpoint, prefix, 'a')

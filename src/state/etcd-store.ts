@@ -25,6 +25,8 @@ const CALL_MS = 2500
 const RETRY_MS = 500
 /** How often connectivity is checked (and how long the check may take). */
 const PROBE_MS = 1000
+/** The longest a commit's answer waits for the watch to bring the commit (so the event log lists it). */
+const SEEN_WAIT_MS = 1000
 /** What to do about a state in etcd that cannot be read. */
 const ETCD_REMEDY = 'Write a good one with `switchyard state import`; it is never replaced by defaults.'
 
@@ -159,6 +161,8 @@ export class EtcdStore implements StateStore {
   private held: IWatchResponse[] = []
   /** The watch has brought every change of the prefix up to this revision. */
   private seen = 0
+  /** Commits waiting for the watch to bring their revision (see seenUpTo). */
+  private seenWaiters: Array<{ revision: number, wake: () => void }> = []
   private onChange: ((change: StoreChange) => void) | undefined
   private probe: NodeJS.Timeout | undefined
   private closed = false
@@ -231,7 +235,7 @@ export class EtcdStore implements StateStore {
     const revision = Number(res.header.revision)
     this.readAt = revision
     this.stateAtRead = stateRevision
-    this.seen = Math.max(this.seen, revision)
+    this.markSeen(revision)
     this.onFleetKeys()
     return { state, stateRevision, revision }
   }
@@ -292,12 +296,44 @@ export class EtcdStore implements StateStore {
     ]
     const old = next.generation - EVENTS_KEPT
     const trim = old >= 0 ? [this.client.delete().key(this.eventKey(old))] : []
+    let revision: number
     this.committing++
     try {
-      return await this.commitTxn(stateKey, stored, apply, [...writes, ...trim], opts.base)
+      revision = await this.commitTxn(stateKey, stored, apply, [...writes, ...trim], opts.base)
     } finally {
       if (--this.committing === 0) this.releaseWatch()
     }
+    // Read your writes: GET /v1/events lists only what the watch has brought,
+    // so the change is answered once its event is listed here too.
+    await this.seenUpTo(revision)
+    return revision
+  }
+
+  /**
+   * Resolves once the watch has brought everything up to `revision`, or
+   * after SEEN_WAIT_MS (a watch that is down or slow: the event is listed
+   * when it catches up). At once when nothing watches.
+   */
+  private async seenUpTo (revision: number): Promise<void> {
+    if (this.onChange === undefined || this.closed || this.seen >= revision) return
+    await new Promise<void>((resolve) => {
+      const waiter = { revision, wake: () => { clearTimeout(timer); resolve() } }
+      const timer = setTimeout(() => {
+        this.seenWaiters = this.seenWaiters.filter((w) => w !== waiter)
+        resolve()
+      }, SEEN_WAIT_MS)
+      this.seenWaiters.push(waiter)
+    })
+  }
+
+  /** The watch has brought everything up to `revision`: wakes the commits waiting for it. */
+  private markSeen (revision: number): void {
+    if (revision <= this.seen) return
+    this.seen = revision
+    if (this.seenWaiters.length === 0) return
+    const waiting = this.seenWaiters
+    this.seenWaiters = waiting.filter((w) => w.revision > revision)
+    for (const w of waiting) if (w.revision <= revision) w.wake()
   }
 
   /**
@@ -387,7 +423,7 @@ export class EtcdStore implements StateStore {
   private takeWatch (res: IWatchResponse): void {
     if (res.events.length === 0) {
       // A progress notification: nothing under the prefix up to its revision remains unseen.
-      this.seen = Math.max(this.seen, Number(res.header.revision))
+      this.markSeen(Number(res.header.revision))
       return
     }
     let fleet = false
@@ -409,7 +445,7 @@ export class EtcdStore implements StateStore {
         }
       }
       if (state !== undefined && revision > this.delivered) this.deliver(state, revision, event)
-      this.seen = Math.max(this.seen, revision)
+      this.markSeen(revision)
     }
     if (fleet) this.onFleetKeys()
   }
@@ -542,6 +578,8 @@ export class EtcdStore implements StateStore {
     if (this.closed) return
     this.closed = true
     clearInterval(this.probe)
+    for (const w of this.seenWaiters) w.wake()
+    this.seenWaiters = []
     this.onClose()
     const w = this.watcher
     this.watcher = undefined
