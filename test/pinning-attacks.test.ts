@@ -9,7 +9,7 @@ import http2 from 'node:http2'
 import net, { type AddressInfo } from 'node:net'
 import { writeFileSync } from 'node:fs'
 import { h2Request, h2Session } from './helpers/h2.js'
-import { admin, configFile, eventually, http1, listening, serve, startGateway, type TestGateway } from './helpers/index.js'
+import { admin, configFile, eventually, http1, isAlive, listening, serve, startGateway, type TestGateway } from './helpers/index.js'
 import { exchange, rawRequest, wsHandshake } from './helpers/raw.js'
 import { gate, pinCounts, seenAt, startColor } from './helpers/chain.js'
 import { MAX_KEPT } from '../src/routing/pinning.js'
@@ -683,6 +683,64 @@ services:
     return n
   }, { timeout: 5000, interval: 100 })
   t.ok(counts.unavailable >= 6, `counted unavailable (${JSON.stringify(counts)})`)
+  p.kill('SIGTERM')
+  t.equal(await p.exit, 0)
+})
+
+t.test('serve --workers 2: a worker started in place of a dead one keeps the kept generations: a chain pinned before it started reaches the same color on every worker', async (t) => {
+  const a = await recorder(t, 'A')
+  const b = await recorder(t, 'B')
+  const c = await recorder(t, 'C')
+  const yaml = (blue: Recorder): string => `pinning: { keep: 5m, trust: [127.0.0.0/8] }
+defaults:
+  health: { interval: 200ms, timeout: 200ms, unhealthyThreshold: 3, healthyThreshold: 1 }
+services:
+  users:
+    match: { pathPrefix: /users }
+    blue: { targets: [${blue.url}] }
+    green: { targets: [${b.url}] }
+`
+  const file = configFile(t, yaml(a))
+  const p = serve(t, ['serve', '--config', file, '--workers', '2'])
+  const { port, admin: adminPort } = await listening(p)
+  const url = `http://127.0.0.1:${port}`
+  const adminUrl = `http://127.0.0.1:${adminPort}`
+  const lines = (msg: string): any[] => p.lines.filter((l) => l.msg === msg)
+  t.teardown(() => { for (const l of lines('worker started; routing sent')) if (isAlive(l.pid)) process.kill(l.pid, 'SIGKILL') })
+  const g0 = (await admin(adminUrl, 'GET', '/v1/state')).json.generation as number
+  await eventually(async () => {
+    const r = await admin(adminUrl, 'POST', '/v1/flip', { services: ['users'], to: 'green', guard: false })
+    if (r.status !== 200) throw new Error(r.text)
+  })
+  // A reload moves blue to C: g0's blue target A is one only a kept generation routes to.
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nlog: { access: false }\n${yaml(c)}`)
+  t.equal((await admin(adminUrl, 'POST', '/v1/reload', {})).status, 200, 'reloaded: blue is C now')
+  await eventually(() => lines('worker listening').length >= 2, { timeout: 10_000 })
+
+  const started = lines('worker started; routing sent').length
+  const listeningNow = lines('worker listening').length
+  const dead = lines('worker listening').map((l) => l.pid as number).filter(isAlive)[0]
+  process.kill(dead, 'SIGKILL')
+  await eventually(() => lines('worker listening').length > listeningNow && lines('worker started; routing sent').length > started, { timeout: 10_000 })
+    .catch((err: Error) => { throw new Error(`no replacement worker listens (${err.message}); the gateway logged: ${p.lines.map((l) => String(l.msg)).join(' | ')}; stderr: ${p.stderr().slice(-2000)}`) })
+  t.notOk(isAlive(dead), 'the killed worker is gone')
+  const before = await pinCounts(adminUrl)
+  // Fresh connections: the primary deals them out over both workers, the new one too.
+  const fresh = async (path: string, gen: number): Promise<string> =>
+    (await http1(`${url}${path}`, { headers: { baggage: `switchyard-gen=${gen}`, connection: 'close' } })).json.backend
+  const seen: string[] = []
+  for (let i = 0; i < 8; i++) seen.push(await fresh(`/users/g0-${i}`, g0))
+  t.same(seen, Array(8).fill('A'), `every pinned request of generation ${g0} reaches A, its blue, on both workers`)
+  t.same(a.at('/users/g0-0').length, 1, 'A got them')
+  const counts = await eventually(async () => {
+    const n = await pinCounts(adminUrl)
+    if (n.pinned - before.pinned < 8) throw new Error(JSON.stringify(n))
+    return n
+  }, { timeout: 5000, interval: 100 })
+  t.equal(counts.expired - before.expired, 0, 'none counted expired')
+  t.equal(counts.unavailable - before.unavailable, 0, 'none counted unavailable: the new worker has A probed')
+  const state = (await admin(adminUrl, 'GET', '/v1/state')).json
+  t.ok(state.pinning.kept.some((k: any) => k.generation === g0), `the primary still keeps ${g0}`)
   p.kill('SIGTERM')
   t.equal(await p.exit, 0)
 })

@@ -416,6 +416,16 @@ export class Controller {
     })
   }
 
+  /** The kept generations, oldest first, each with when it stopped being current (for a worker started after they were retired). */
+  keptGenerations (): Array<{ generation: number, retiredAt: number }> {
+    return this.#switcher.kept.retired()
+  }
+
+  /** Target URLs the current and kept snapshots route to. */
+  targetsInUse (): Set<string> {
+    return this.#switcher.targets()
+  }
+
   /** The routing state and config now in force (what worker processes are given). */
   routing (): { config: Config, state: RoutingState } {
     // Workers route; the releases' records (verdicts and all) are not theirs to carry.

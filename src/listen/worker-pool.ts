@@ -15,7 +15,7 @@ import { addExportCounts, type ExportCounts } from '../tracing/exporter.js'
 import { startTracing, type Tracing } from '../tracing/tracing.js'
 import { SmokeRunner } from '../health/smoke.js'
 import { createAccessLog, drainLogs, log } from '../log.js'
-import { buildSnapshot, configureSampling, configureTargets, snapshotTargets, Switcher, type RoutingState } from '../routing/snapshot.js'
+import { buildSnapshot, configureSampling, configureTargets, Switcher, type RoutingState, type Snapshot } from '../routing/snapshot.js'
 import { closeSpread, type RemoteColors, type Totals } from '../upstream/color-stats.js'
 import { TargetRegistry, type ProbeState } from '../upstream/registry.js'
 import { CertError, CertStore } from './certs.js'
@@ -31,8 +31,18 @@ const SHADOW_EVERY = 5
 /** A worker that does not take a routing change within this long is logged and not waited for. */
 const ACK_TIMEOUT_MS = 5000
 
+/**
+ * The generations pinning keeps, oldest first, each with the routing that
+ * built it and when it stopped being current; each distinct config is sent
+ * once (flips share one).
+ */
+interface KeptRouting {
+  configs: Config[]
+  generations: Array<{ config: number, state: RoutingState, retiredAt: number }>
+}
+
 type ToWorker =
-  | { t: 'sync', seq: number, config: Config, state: RoutingState, probes: Record<string, ProbeState>, secret: string, listen: HostPort, ticketKeys: string }
+  | { t: 'sync', seq: number, config: Config, state: RoutingState, probes: Record<string, ProbeState>, secret: string, listen: HostPort, ticketKeys: string, kept?: KeptRouting }
   | { t: 'certs', seq: number, tls: TlsConfig }
   | { t: 'probe', url: string, probe: ProbeState }
   | { t: 'close', service: string, color: Color, spreadMs: number }
@@ -119,6 +129,8 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
   private readonly spanReports = new Map<number, ExportCounts>()
   private retiredSpans: ExportCounts = { exported: 0, dropped: 0, failed: 0 }
   private tracingOn = false
+  /** The routing each generation was handed out with, while it is current or kept (see keptRouting). */
+  private readonly routings = new Map<number, { config: Config, state: RoutingState }>()
 
   constructor (count: number, shadowParts: ShadowParts = SHADOW_PARTS) {
     this.count = count
@@ -188,7 +200,8 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
       worker.once('exit', (code) => reject(new Error(`worker ${worker.id} exited (${String(code)}) before it was ready`)))
       worker.on('message', (msg: FromWorker) => {
         if (msg.t === 'hello') {
-          this.send(worker, this.syncMessage())
+          // A worker's first routing carries the kept generations: one started in place of a dead one routes a pinned chain as the others do.
+          this.send(worker, { ...this.syncMessage(), kept: this.keptRouting() })
           this.synced.add(worker.id)
           log('info', 'worker started; routing sent', { worker: worker.id, pid: worker.process.pid })
         } else if (msg.t === 'ready') {
@@ -205,14 +218,39 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
     })
   }
 
-  private syncMessage (): ToWorker {
+  private syncMessage (): Extract<ToWorker, { t: 'sync' }> {
     const { config, state } = this.controller.routing()
+    this.routings.set(state.generation, { config, state })
+    // The kept generations' targets too: a worker started late knows at once which a pinned chain may reach.
     const probes: Record<string, ProbeState> = {}
-    for (const url of snapshotTargets(this.controller.snapshots.current)) {
+    for (const url of this.controller.targetsInUse()) {
       const target = this.registry.find(url)
       if (target !== undefined) probes[url] = target.probe
     }
     return { t: 'sync', seq: ++this.seq, config: this.tls === undefined ? config : { ...config, tls: this.tls }, state, probes, secret: this.secret, listen: this.at as HostPort, ticketKeys: this.ticketKeys }
+  }
+
+  /** The kept generations' routing, from what was handed out; routings of generations no longer kept are forgotten. */
+  private keptRouting (): KeptRouting {
+    const current = this.controller.routing().state.generation
+    const configs: Config[] = []
+    const index = new Map<Config, number>()
+    const generations: KeptRouting['generations'] = []
+    const keep = new Set([current])
+    for (const { generation, retiredAt } of this.controller.keptGenerations()) {
+      const routing = this.routings.get(generation)
+      // Every generation was handed out before it was retired; one that was not cannot be rebuilt.
+      if (routing === undefined) continue
+      keep.add(generation)
+      let i = index.get(routing.config)
+      if (i === undefined) {
+        i = configs.push(routing.config) - 1
+        index.set(routing.config, i)
+      }
+      generations.push({ config: i, state: routing.state, retiredAt })
+    }
+    for (const g of this.routings.keys()) if (!keep.has(g)) this.routings.delete(g)
+    return { configs, generations }
   }
 
   private send (worker: Worker, msg: ToWorker): void {
@@ -225,7 +263,7 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
 
   /** Hands new routing to every worker; resolves when all have swapped it in. (A property: the controller calls it unbound.) */
   readonly publish = async (): Promise<void> => {
-    await this.toEvery(this.syncMessage() as Extract<ToWorker, { t: 'sync' }>, 'a routing change')
+    await this.toEvery(this.syncMessage(), 'a routing change')
   }
 
   /**
@@ -363,11 +401,10 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
   /** This worker's span export (`tracing`): each worker sends the spans of the requests it serves. */
   let tracing: Tracing | undefined
 
-  const apply = (config: Config, state: RoutingState, probes: Record<string, ProbeState>): void => {
+  const apply = (config: Config, state: RoutingState, probes: Record<string, ProbeState>, kept?: KeptRouting): void => {
     const snapshot = buildSnapshot(config, state, registry, shadow)
     if (switcher === undefined) {
-      const s = new Switcher(snapshot, () => registry.prune(s.targets()))
-      switcher = s
+      switcher = rebuildKept(snapshot, kept, registry)
     } else {
       switcher.swap(snapshot)
     }
@@ -434,7 +471,7 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
 
   process.on('message', (msg: ToWorker) => {
     if (msg.t === 'sync') {
-      apply(msg.config, msg.state, msg.probes)
+      apply(msg.config, msg.state, msg.probes, msg.kept)
       config = msg.config
       if (edge === undefined) {
         registry.observers.metrics = msg.config.metrics.enabled
@@ -488,4 +525,31 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
     }
   })
   tell({ t: 'hello' })
+}
+
+/**
+ * A worker's switcher, from its first routing: the primary's kept
+ * generations are rebuilt oldest first, each retired when the primary
+ * retired it, then the current one is swapped in. A worker started in place
+ * of a dead one then keeps what the others keep. (Pinned requests are never
+ * copied: the kept snapshots are built without shadow traffic.) Should one
+ * not build, the worker starts with none kept rather than not at all.
+ */
+function rebuildKept (current: Snapshot, kept: KeptRouting | undefined, registry: TargetRegistry): Switcher {
+  const history = kept?.generations ?? []
+  const configs = kept?.configs ?? []
+  let built: Snapshot[]
+  try {
+    built = history.map((k) => buildSnapshot(configs[k.config], k.state, registry))
+  } catch (err) {
+    log('error', 'worker cannot rebuild the kept generations; chains pinned to them fall back on this worker', { pid: process.pid, error: (err as Error).message })
+    built = []
+  }
+  // Not while rebuilding: the current snapshot's targets are not the switcher's yet (apply prunes once it is done).
+  let rebuilt = false
+  const switcher: Switcher = new Switcher(built[0] ?? current, () => { if (rebuilt) registry.prune(switcher.targets()) })
+  for (let i = 1; i < built.length; i++) switcher.swap(built[i], history[i - 1].retiredAt)
+  if (built.length > 0) switcher.swap(current, history[built.length - 1].retiredAt)
+  rebuilt = true
+  return switcher
 }

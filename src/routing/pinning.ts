@@ -243,6 +243,11 @@ export class KeptSnapshots<S extends Retirable> implements PinLookup<S> {
     return [...this.byGeneration.values()].reverse().map((k) => k.snapshot)
   }
 
+  /** Kept generations, oldest first, with the epoch ms each stopped being current: what a process started later rebuilds the same set from. */
+  retired (): Array<{ generation: number, retiredAt: number }> {
+    return [...this.byGeneration.values()].map((k) => ({ generation: k.snapshot.generation, retiredAt: k.retiredAt }))
+  }
+
   /** Kept generations, newest first, with this process's pinned counts; `keepMs`: the `keep` in force. */
   list (keepMs: number): KeptGeneration[] {
     return [...this.byGeneration.values()].reverse().map((k) => ({
