@@ -221,6 +221,7 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
   private syncMessage (): Extract<ToWorker, { t: 'sync' }> {
     const { config, state } = this.controller.routing()
     this.routings.set(state.generation, { config, state })
+    this.forgetRoutings(state.generation)
     // The kept generations' targets too: a worker started late knows at once which a pinned chain may reach.
     const probes: Record<string, ProbeState> = {}
     for (const url of this.controller.targetsInUse()) {
@@ -230,18 +231,22 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
     return { t: 'sync', seq: ++this.seq, config: this.tls === undefined ? config : { ...config, tls: this.tls }, state, probes, secret: this.secret, listen: this.at as HostPort, ticketKeys: this.ticketKeys }
   }
 
-  /** The kept generations' routing, from what was handed out; routings of generations no longer kept are forgotten. */
+  /** Routings of generations neither current nor kept are forgotten (at most MAX_KEPT + 1 are held). */
+  private forgetRoutings (current: number): void {
+    const keep = new Set([current])
+    for (const { generation } of this.controller.keptGenerations()) keep.add(generation)
+    for (const g of this.routings.keys()) if (!keep.has(g)) this.routings.delete(g)
+  }
+
+  /** The kept generations' routing, from what was handed out. */
   private keptRouting (): KeptRouting {
-    const current = this.controller.routing().state.generation
     const configs: Config[] = []
     const index = new Map<Config, number>()
     const generations: KeptRouting['generations'] = []
-    const keep = new Set([current])
     for (const { generation, retiredAt } of this.controller.keptGenerations()) {
       const routing = this.routings.get(generation)
       // Every generation was handed out before it was retired; one that was not cannot be rebuilt.
       if (routing === undefined) continue
-      keep.add(generation)
       let i = index.get(routing.config)
       if (i === undefined) {
         i = configs.push(routing.config) - 1
@@ -249,7 +254,6 @@ export class WorkerPool implements PublicListener, RemoteColors, ShadowReader {
       }
       generations.push({ config: i, state: routing.state, retiredAt })
     }
-    for (const g of this.routings.keys()) if (!keep.has(g)) this.routings.delete(g)
     return { configs, generations }
   }
 
@@ -532,24 +536,24 @@ export function runWorker (shadowParts: ShadowParts = SHADOW_PARTS): void {
  * generations are rebuilt oldest first, each retired when the primary
  * retired it, then the current one is swapped in. A worker started in place
  * of a dead one then keeps what the others keep. (Pinned requests are never
- * copied: the kept snapshots are built without shadow traffic.) Should one
- * not build, the worker starts with none kept rather than not at all.
+ * copied: the kept snapshots are built without shadow traffic.) One that
+ * does not build is left out (the worker starts rather than not at all).
  */
 function rebuildKept (current: Snapshot, kept: KeptRouting | undefined, registry: TargetRegistry): Switcher {
-  const history = kept?.generations ?? []
   const configs = kept?.configs ?? []
-  let built: Snapshot[]
-  try {
-    built = history.map((k) => buildSnapshot(configs[k.config], k.state, registry))
-  } catch (err) {
-    log('error', 'worker cannot rebuild the kept generations; chains pinned to them fall back on this worker', { pid: process.pid, error: (err as Error).message })
-    built = []
+  const history: Array<{ snapshot: Snapshot, retiredAt: number }> = []
+  for (const k of kept?.generations ?? []) {
+    try {
+      history.push({ snapshot: buildSnapshot(configs[k.config], k.state, registry), retiredAt: k.retiredAt })
+    } catch (err) {
+      log('error', 'worker cannot rebuild a kept generation; chains pinned to it fall back on this worker', { pid: process.pid, generation: k.state.generation, error: (err as Error).message })
+    }
   }
   // Not while rebuilding: the current snapshot's targets are not the switcher's yet (apply prunes once it is done).
   let rebuilt = false
-  const switcher: Switcher = new Switcher(built[0] ?? current, () => { if (rebuilt) registry.prune(switcher.targets()) })
-  for (let i = 1; i < built.length; i++) switcher.swap(built[i], history[i - 1].retiredAt)
-  if (built.length > 0) switcher.swap(current, history[built.length - 1].retiredAt)
+  const switcher: Switcher = new Switcher(history[0]?.snapshot ?? current, () => { if (rebuilt) registry.prune(switcher.targets()) })
+  for (let i = 1; i < history.length; i++) switcher.swap(history[i].snapshot, history[i - 1].retiredAt)
+  if (history.length > 0) switcher.swap(current, history[history.length - 1].retiredAt)
   rebuilt = true
   return switcher
 }

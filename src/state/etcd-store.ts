@@ -320,6 +320,8 @@ export class EtcdStore implements StateStore {
       const waiter = { revision, wake: () => { clearTimeout(timer); resolve() } }
       const timer = setTimeout(() => {
         this.seenWaiters = this.seenWaiters.filter((w) => w !== waiter)
+        // A watch that stalls without an error costs every change this second: say so.
+        log('warn', `etcd watch did not bring this replica's change within ${SEEN_WAIT_MS} ms; it is answered now, and GET /v1/events lists it once the watch does`, { where: this.where, revision })
         resolve()
       }, SEEN_WAIT_MS)
       this.seenWaiters.push(waiter)
