@@ -133,6 +133,8 @@ const SAVED: PersistedState = {
     orders: { live: 'blue', previous: null, targets: {} },
   },
   lastChange: ['users'],
+  // A rollback at generation 3 ended the pins of the generations before it.
+  pinFloor: 3,
 }
 
 t.test('state export, change, import into another file store: it lands whole, one generation above the target\'s', async (t) => {

@@ -15,7 +15,15 @@ export interface StateDocument extends PersistedState {
 export async function exportState (store: StateStore): Promise<StateDocument> {
   const { state } = await store.load()
   if (state === undefined) throw new Error(`${store.where} holds no state yet: nothing to export`)
-  return { version: 1, generation: state.generation, services: state.services, lastChange: state.lastChange, ...(state.releases === undefined ? {} : { releases: state.releases }) }
+  return {
+    version: 1,
+    generation: state.generation,
+    services: state.services,
+    lastChange: state.lastChange,
+    ...(state.releases === undefined ? {} : { releases: state.releases }),
+    // Generations below it pin nothing (a rollback ended them): the document keeps that too.
+    ...(state.pinFloor === undefined ? {} : { pinFloor: state.pinFloor }),
+  }
 }
 
 /** Reads a document by the state file's rules; a problem is named with `where`. */
