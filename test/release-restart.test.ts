@@ -7,7 +7,8 @@ import { admin, configFile, eventually, keyedLoad, listening, serve, startBacken
 
 t.test('SIGKILL in shifting, then a restart: the release resumes at the same step, timers from the stored start', async (t) => {
   const [v1, idle, v2] = await Promise.all(['v1', 'idle', 'v2'].map(async (n) => await startBackend(t, n)))
-  const file = configFile(t, usersYaml(v1, idle, '1s'))
+  // Probes that tolerate a loaded machine: three 80 ms timeouts in a row (the boot, four load loops) once reverted the release as "no healthy target".
+  const file = configFile(t, usersYaml(v1, idle, '1s', '{ interval: 500ms, timeout: 500ms, healthyThreshold: 1 }'))
   const start = async (): Promise<{ url: string, pub: string, kill: () => Promise<void> }> => {
     const p = serve(t, ['serve', '--config', file])
     const { admin: port, port: pub } = await listening(p)
@@ -43,7 +44,7 @@ t.test('SIGKILL in shifting, then a restart: the release resumes at the same ste
   const next = await eventually(async () => {
     const r = (await admin(second.url, 'GET', `/v1/releases/${id}`)).json
     // On a timeout the message says why the step is still on: the verdict's outcome and reasons now.
-    if (r.step !== 1) throw new Error(`step ${String(r.step)}, ${String(r.phase)}, now ${JSON.stringify(r.current ?? null)}`)
+    if (r.step !== 1) throw new Error(`step ${String(r.step)}, ${String(r.phase)} (${String(r.outcome)}), now ${JSON.stringify(r.current ?? null)}`)
     return r
   }, { timeout: 30_000, interval: 50 })
   await load.stop()

@@ -144,9 +144,9 @@ ${extra}`
 }
 
 /** One service, `users` on `/`, live on blue, probed every 100 ms: where the release tests start from. */
-export function usersYaml (blue: Backend, green: Backend, drainTimeout: string): string {
+export function usersYaml (blue: Backend, green: Backend, drainTimeout: string, health = '{ interval: 100ms, timeout: 80ms, healthyThreshold: 1 }'): string {
   return `defaults:
-  health: { interval: 100ms, timeout: 80ms, healthyThreshold: 1 }
+  health: ${health}
   drain: { timeout: ${drainTimeout} }
 services:
   users:
