@@ -25,6 +25,16 @@ function open (t: Test, endpoint: string, prefix: string, id = 'a', extra: Parti
   return store
 }
 
+/** Stores a and b on one fresh prefix, both loaded, neither watching; `revision`: the state revision they loaded (0: none yet). */
+async function twoStores (t: Test, endpoint: string): Promise<{ prefix: string, a: EtcdStore, b: EtcdStore, revision: number }> {
+  const prefix = freshPrefix()
+  const a = open(t, endpoint, prefix, 'a')
+  const b = open(t, endpoint, prefix, 'b')
+  await a.load()
+  const { revision } = await b.load()
+  return { prefix, a, b, revision }
+}
+
 const stateAt = (generation: number, live: 'blue' | 'green' = 'blue'): PersistedState =>
   ({ generation, services: { api: { live, previous: null, targets: {} } }, lastChange: ['api'] })
 
@@ -72,11 +82,7 @@ t.test('etcd store', async (t) => {
   })
 
   t.test('two commits on one base: one wins, the other gets a conflict with the winner', async (t) => {
-    const prefix = freshPrefix()
-    const a = open(t, etcd.endpoint, prefix, 'a')
-    const b = open(t, etcd.endpoint, prefix, 'b')
-    await a.load()
-    await b.load()
+    const { a, b } = await twoStores(t, etcd.endpoint)
     let appliedB = false
     const results = await Promise.allSettled([
       a.commit(stateAt(1, 'green'), flipEvent(1), () => {}, { base: 0 }),
@@ -95,11 +101,7 @@ t.test('etcd store', async (t) => {
   })
 
   t.test("a watching store gets another's commit with its event; its own are not delivered again", async (t) => {
-    const prefix = freshPrefix()
-    const a = open(t, etcd.endpoint, prefix, 'a')
-    const b = open(t, etcd.endpoint, prefix, 'b')
-    await a.load()
-    const { revision } = await b.load()
+    const { a, b, revision } = await twoStores(t, etcd.endpoint)
     const seen: StoreChange[] = []
     b.watch(revision, (c) => seen.push(c))
     const rev = await commitNext(a, 1, 0)
@@ -114,11 +116,7 @@ t.test('etcd store', async (t) => {
   })
 
   t.test('read your writes: a watching store lists its own change event as soon as the commit answers', async (t) => {
-    const prefix = freshPrefix()
-    const a = open(t, etcd.endpoint, prefix, 'a')
-    const b = open(t, etcd.endpoint, prefix, 'b')
-    await b.load()
-    const { revision } = await a.load()
+    const { a, b, revision } = await twoStores(t, etcd.endpoint)
     a.watch(revision, () => {})
     b.watch(revision, () => {})
     let base = revision
@@ -139,11 +137,7 @@ t.test('etcd store', async (t) => {
   })
 
   t.test('noise events appear on another store with growing ids; the rings are bounded', async (t) => {
-    const prefix = freshPrefix()
-    const a = open(t, etcd.endpoint, prefix, 'a')
-    const b = open(t, etcd.endpoint, prefix, 'b')
-    await a.load()
-    const { revision } = await b.load()
+    const { prefix, a, b, revision } = await twoStores(t, etcd.endpoint)
     b.watch(revision, () => {})
     for (let i = 0; i < 3; i++) void a.events.append({ type: 'health', generation: 0, reason: `probe ${i}`, actor: 'health' })
     await a.events.flush()
@@ -188,11 +182,7 @@ t.test('etcd store', async (t) => {
   })
 
   t.test('a watch from a compacted revision reads everything again', async (t) => {
-    const prefix = freshPrefix()
-    const a = open(t, etcd.endpoint, prefix, 'a')
-    const b = open(t, etcd.endpoint, prefix, 'b')
-    await a.load()
-    const { revision } = await b.load()
+    const { a, b, revision } = await twoStores(t, etcd.endpoint)
     let rev = 0
     for (let g = 1; g <= 3; g++) rev = await commitNext(a, g, rev)
     await a.client.kv.compact({ revision: String(rev), physical: true })
@@ -268,11 +258,7 @@ t.test('etcd store', async (t) => {
 
 t.test('the watch resumes after etcd restarts, skipping nothing', async (t) => {
   const etcd = await startEtcd(t)
-  const prefix = freshPrefix()
-  const a = open(t, etcd.endpoint, prefix, 'a')
-  const b = open(t, etcd.endpoint, prefix, 'b')
-  await a.load()
-  const { revision } = await b.load()
+  const { a, b, revision } = await twoStores(t, etcd.endpoint)
   const seen: number[] = []
   b.watch(revision, (c) => seen.push(c.revision))
   let rev = await commitNext(a, 1, 0)

@@ -13,11 +13,6 @@ export const ALWAYS_LEFT_OUT: ReadonlySet<string> = new Set([
   'date', 'connection', 'keep-alive', 'content-length', 'transfer-encoding', ...HOP_BY_HOP,
 ])
 
-/** Fields whose values are credentials or session state: an example shows `[redacted]`, never the value. */
-export const REDACTED_HEADERS: ReadonlySet<string> = new Set([
-  'set-cookie', 'authorization', 'cookie', 'proxy-authorization', 'www-authenticate', 'proxy-authenticate',
-])
-
 /** At most this many differences per pair; past it the list ends with a `...` entry. */
 export const MAX_DIFFERENCES = 50
 /** A JSON example is cut here. */
@@ -31,15 +26,17 @@ const ABSENT = '(absent)'
 const REDACTED = '[redacted]'
 
 /**
- * JSON member names whose values an example never shows, compared lower case
- * with `-` and `_` left out: credentials, session state, card data. A name
- * containing password, secret, token or apikey is one too (`db_password`,
- * `csrfToken`, `x-api-key`). Header field names are judged the same way.
- * The place and the count still say that the value differed.
+ * JSON member names and header field names whose values an example never
+ * shows, compared lower case with `-` and `_` left out: credentials
+ * (`Authorization`, `Proxy-Authenticate`), session state (`Set-Cookie`), card
+ * data. A name containing password, secret, token or apikey is one too
+ * (`db_password`, `csrfToken`, `x-api-key`). The place and the count still
+ * say that the value differed.
  */
 export const SECRET_MEMBERS: ReadonlySet<string> = new Set([
-  'pwd', 'passwd', 'auth', 'authorization', 'cookie', 'setcookie', 'session', 'sessionid', 'apikey', 'credential',
-  'credentials', 'privatekey', 'ssn', 'cardnumber', 'creditcard', 'cvv', 'cvc', 'otp',
+  'pwd', 'passwd', 'auth', 'authorization', 'proxyauthorization', 'wwwauthenticate', 'proxyauthenticate', 'cookie',
+  'setcookie', 'session', 'sessionid', 'apikey', 'credential', 'credentials', 'privatekey', 'ssn', 'cardnumber',
+  'creditcard', 'cvv', 'cvc', 'otp',
 ])
 const SECRET_PARTS = ['password', 'secret', 'token', 'apikey']
 /** Longer names are judged each time, never kept: the cache is bounded in bytes, not only in names. */
@@ -135,7 +132,7 @@ function compareHeaders (live: ReadonlyMap<string, string>, other: ReadonlyMap<s
   // Field order differs between servers; a sorted list reads the same for the same answers.
   differ.sort()
   for (const name of differ) {
-    const hidden = REDACTED_HEADERS.has(name) || secret.has(name)
+    const hidden = secret.has(name)
     out.add(`header:${name}`, headerExample(live.get(name), hidden), headerExample(other.get(name), hidden))
   }
 }
@@ -282,8 +279,7 @@ class Examples {
 /**
  * Walks both values together. `path` is the concrete path (indices as they
  * are, so `[0]` ignores match); the place is written with `[*]` only when a
- * difference is found, so an equal node costs no string work. `hidden`: the
- * values sit under a secret member, and no example shows them.
+ * difference is found, so an equal node costs no string work.
  */
 function compareValues (a: unknown, b: unknown, path: PathKey[], state: MatchState, matcher: PathMatcher, ex: Examples, out: Collector, depth: number): void {
   if (a === b) return

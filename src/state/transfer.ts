@@ -15,15 +15,8 @@ export interface StateDocument extends PersistedState {
 export async function exportState (store: StateStore): Promise<StateDocument> {
   const { state } = await store.load()
   if (state === undefined) throw new Error(`${store.where} holds no state yet: nothing to export`)
-  return {
-    version: 1,
-    generation: state.generation,
-    services: state.services,
-    lastChange: state.lastChange,
-    ...(state.releases === undefined ? {} : { releases: state.releases }),
-    // Generations below it pin nothing (a rollback ended them): the document keeps that too.
-    ...(state.pinFloor === undefined ? {} : { pinFloor: state.pinFloor }),
-  }
+  // All the store holds, as it holds it, so a field the state gains is exported with it (the load gives only stored fields).
+  return { version: 1, ...state }
 }
 
 /** Reads a document by the state file's rules; a problem is named with `where`. */
