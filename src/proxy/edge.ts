@@ -67,6 +67,13 @@ class ClientTurns {
 const MAX_WAITING = 32
 
 const kTurns = Symbol('turns')
+
+const NO_HOST = 'an HTTP/1.1 request must carry a Host header'
+
+/** An HTTP/1.1 request without Host, which RFC 9112 has a server refuse with 400 (the fast engine hands these over). */
+function lacksHost (req: IncomingMessage): boolean {
+  return req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor === 1
+}
 /** node:http's own fields on its sockets: `_paused` stops the parser after the current read, `parser` restarts it. */
 type TurnSocket = Duplex & { [kTurns]?: ClientTurns, _paused?: boolean, parser?: { resume: () => void } | null }
 
@@ -139,6 +146,10 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
       writeError(res, 'header_too_large', `more than ${MAX_HEADER_LINES} header lines`, true)
       return
     }
+    if (lacksHost(req)) {
+      writeError(res, 'bad_request', NO_HOST)
+      return
+    }
     onRequest(req, res)
   }
 
@@ -207,6 +218,7 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
     // Only a complete WebSocket handshake becomes a tunnel (h2c, made-up protocols and keyless ones never do).
     if (req.rawHeaders.length > 2 * MAX_HEADER_LINES) return rejectUpgrade(socket, 'header_too_large')
     if (!isWebSocketHandshake(req)) return rejectUpgrade(socket, 'upgrade_refused')
+    if (lacksHost(req)) return rejectUpgrade(socket, 'bad_request', NO_HOST)
     onUpgrade(req, socket, head)
   }
 
@@ -216,6 +228,8 @@ export function createEdgeServer (resolve: Resolve, opts: EdgeOptions, certs?: S
     requestTimeout: 0,
     // Named, not left to node:http's default (which --max-http-header-size changes): the fast path refuses the same heads.
     maxHeaderSize: MAX_HEAD,
+    // node:http would answer a bare 400 of its own: the gateway refuses in JSON, as it refuses everything (lacksHost).
+    requireHostHeader: false,
     // Header deadlines are checked on this beat (node:http's default is every 30 s).
     connectionsCheckingInterval: Math.min(1000, Math.max(50, opts.client.header / 4)),
   }, inTurn)

@@ -54,8 +54,8 @@ export function isWebSocketHandshake (req: IncomingMessage): boolean {
 }
 
 /** Raw HTTP/1.1 error on a socket that never became a WebSocket. */
-export function rejectUpgrade (socket: Duplex, code: ErrorCode): void {
-  socket.end(rawError(code, true).text)
+export function rejectUpgrade (socket: Duplex, code: ErrorCode, message?: string): void {
+  socket.end(rawError(code, true, message).text)
 }
 
 function headBlock (statusLine: string, raw: readonly string[], skip?: ReadonlySet<string>): string {
