@@ -74,6 +74,7 @@ const NO_HOST = 'an HTTP/1.1 request must carry a Host header'
 function lacksHost (req: IncomingMessage): boolean {
   return req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor === 1
 }
+
 /** node:http's own fields on its sockets: `_paused` stops the parser after the current read, `parser` restarts it. */
 type TurnSocket = Duplex & { [kTurns]?: ClientTurns, _paused?: boolean, parser?: { resume: () => void } | null }
 
